@@ -1,0 +1,229 @@
+"""Stage 01: turn a Kaggle-layout directory into the training cache (layout in :mod:`lib.cache`).
+
+Per image (in parallel worker processes): read and validate its rows, read the
+image without EXIF rotation, check every row's Height/Width against the pixel
+array, resize the image so its long side is ``long_side`` (never upscaled),
+decode each mask at full size and resize it (:func:`lib.data.resize_mask`),
+and write ``images/<stem>.jpg`` then ``ann/<stem>.json`` atomically. The
+annotation record is the "done" marker, so a rerun skips finished images.
+Then a category-stratified train/val split, ``index.parquet``, ``problems.csv``
+and ``meta.json`` are written (atomically). The input directory is never modified.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from . import cache as lcache
+from . import data as ldata
+from . import io as lio
+from . import labels as llabels
+from . import rle as lrle
+
+STAGE = "01_prepare_data"
+CACHE_VERSION = 1
+
+
+def prepare_image(
+    csv_path: str, image_dir: str, image_id: str, entries: list[tuple[int, int]], out_dir: str,
+    long_side: int | None, num_categories: int, num_attributes: int, jpeg_quality: int = 95,
+) -> tuple[dict | None, list[ldata.Problem]]:
+    """Prepare one image; return (index row or None if skipped, problems)."""
+    rows, problems = ldata.read_rows(csv_path, entries, num_categories, num_attributes)
+    img_file = Path(image_dir) / image_id
+    first_row = entries[0][0] if entries else 0
+    if not rows:
+        problems.append(ldata.Problem(str(img_file), first_row, image_id, "no valid rows for this image; skipped"))
+        return None, problems
+    try:
+        rgb = ldata.read_image(img_file)
+    except ValueError as e:
+        problems.append(ldata.Problem(str(img_file), first_row, image_id, f"{e}; image skipped"))
+        return None, problems
+    H, W = rgb.shape[:2]
+    good = []
+    for r in rows:
+        if (r.height, r.width) != (H, W):
+            hint = " (swapped: EXIF-rotated copy?)" if (r.height, r.width) == (W, H) else ""
+            problems.append(ldata.Problem(
+                csv_path, r.row, image_id, f"Height/Width {r.height}x{r.width} disagree with the image {H}x{W}{hint}"))
+            continue
+        good.append(r)
+    if not good:
+        problems.append(ldata.Problem(str(img_file), first_row, image_id, "no row matches the image size; skipped"))
+        return None, problems
+    h, w = ldata.resized_shape(H, W, long_side)
+    instances = []
+    for r in good:
+        m = ldata.resize_mask(lrle.decode(r.rle, (H, W)), (h, w))
+        bbox = lcache.mask_bbox(m)
+        if bbox is None:
+            problems.append(ldata.Problem(csv_path, r.row, image_id, f"mask vanishes at the resized size {h}x{w}; row skipped"))
+            continue
+        instances.append({"category": r.category, "attributes": list(r.attributes), "class_id": r.class_id,
+                          "rle": lrle.encode(m), "bbox": bbox, "row": r.row})
+    if not instances:
+        problems.append(ldata.Problem(str(img_file), first_row, image_id, "no instance left after resizing; skipped"))
+        return None, problems
+    small = rgb if (h, w) == (H, W) else cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA)
+    ldata.write_jpeg(lcache.image_path(out_dir, image_id), small, jpeg_quality)
+    record = {"image_id": image_id, "orig_height": H, "orig_width": W, "height": h, "width": w,
+              "instances": instances, "problems": [list(p) for p in problems]}
+    lio.atomic_write_json(lcache.ann_path(out_dir, image_id), record, indent=None)
+    return index_row(record), problems
+
+
+def index_row(record: dict) -> dict:
+    """The index.parquet row of an annotation record (split filled in later)."""
+    cats = sorted({int(i["category"]) for i in record["instances"]})
+    return {"image_id": record["image_id"], "split": "", "height": record["height"], "width": record["width"],
+            "orig_height": record["orig_height"], "orig_width": record["orig_width"],
+            "num_instances": len(record["instances"]), "categories": " ".join(map(str, cats))}
+
+
+def _work(task):
+    try:
+        return task[2], prepare_image(*task)
+    except Exception as e:  # never lose the whole run to one image
+        return task[2], (None, [ldata.Problem(str(Path(task[1]) / task[2]), task[3][0][0] if task[3] else 0, task[2],
+                                              f"unexpected error: {type(e).__name__}: {e}")])
+
+
+def stratified_split(image_categories: dict[str, set[int]], val_fraction: float, seed: int) -> dict[str, str]:
+    """Split images into "train"/"val" by image, stratified over categories.
+
+    A seeded random split is repaired, rarest category first, so that every
+    category present in >= 2 images has at least one image on each side
+    (moving the image that carries the fewest other categories). Deterministic
+    for a given input and seed.
+    """
+    ids = sorted(image_categories)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(ids))
+    n_val = int(round(len(ids) * val_fraction)) if len(ids) > 1 else 0
+    n_val = min(max(n_val, 1 if val_fraction > 0 and len(ids) > 1 else 0), len(ids) - 1 if len(ids) > 1 else 0)
+    split = {ids[i]: ("val" if k < n_val else "train") for k, i in enumerate(order)}
+    if n_val == 0:
+        return split
+    by_cat: dict[int, list[str]] = {}
+    for i in ids:
+        for c in image_categories[i]:
+            by_cat.setdefault(c, []).append(i)
+    for _ in range(3):
+        changed = False
+        for c in sorted(by_cat, key=lambda c: (len(by_cat[c]), c)):
+            members = by_cat[c]
+            if len(members) < 2:
+                continue
+            for side, other in (("val", "train"), ("train", "val")):
+                if not any(split[i] == side for i in members):
+                    # Move the member whose other categories are least likely to be broken.
+                    cand = sorted((i for i in members if split[i] == other), key=lambda i: (len(image_categories[i]), i))
+                    split[cand[0]] = side
+                    changed = True
+        if not changed:
+            break
+    return split
+
+
+def prepare_dataset(
+    data_dir: str | Path, out_dir: str | Path, long_side: int | None = 1024, val_fraction: float = 0.1,
+    seed: int = 0, workers: int = 0, limit: int | None = None, progress: bool = True, jpeg_quality: int = 95,
+    csv_path: str | Path | None = None, image_dir: str | Path | None = None, label_file: str | Path | None = None,
+    args: dict | None = None,
+) -> dict:
+    """Prepare ``data_dir`` (Kaggle layout) into ``out_dir``; returns the meta dict (also written to meta.json).
+
+    ``csv_path`` / ``image_dir`` / ``label_file`` default to ``data_dir``'s
+    ``train.csv`` / ``train/`` / ``label_descriptions.json``.
+    ``workers=0`` means ``os.cpu_count()`` processes; 1 runs in-process.
+    ``limit`` keeps the first N images (sorted by ImageId) for quick runs.
+    """
+    t0 = time.time()
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    csv_path = Path(csv_path) if csv_path else data_dir / "train.csv"
+    image_dir = Path(image_dir) if image_dir else data_dir / "train"
+    label_file = Path(label_file) if label_file else data_dir / "label_descriptions.json"
+    if not csv_path.exists():
+        raise FileNotFoundError(f"{csv_path} not found: --data-dir must be a Kaggle-layout directory")
+    labels = llabels.load_labels(label_file)
+    if out_dir.resolve() == data_dir.resolve() or data_dir.resolve() in out_dir.resolve().parents:
+        raise ValueError(f"--out-dir {out_dir} must not be inside --data-dir {data_dir} (the input is never modified)")
+    groups, problems = ldata.index_csv(csv_path)
+    ids = sorted(groups)
+    if limit:
+        ids = ids[:limit]
+    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    (out_dir / "ann").mkdir(parents=True, exist_ok=True)
+    rows: dict[str, dict] = {}
+    todo = []
+    for i in ids:
+        p = lcache.ann_path(out_dir, i)
+        if p.exists() and lcache.image_path(out_dir, i).exists():
+            try:
+                rec = lio.read_json(p)
+                rows[i] = index_row(rec)
+                problems.extend(ldata.Problem(*q) for q in rec.get("problems", []))
+                continue
+            except (ValueError, KeyError):
+                pass  # unreadable record: prepare the image again
+        todo.append((str(csv_path), str(image_dir), i, groups[i], str(out_dir), long_side,
+                     labels.num_categories, labels.num_attributes, jpeg_quality))
+    n_workers = workers or os.cpu_count() or 1
+    bar = tqdm(total=len(todo), desc="01 prepare", unit="img", disable=not progress)
+    if n_workers <= 1 or len(todo) <= 1:
+        results = map(_work, todo)
+        pool = None
+    else:
+        pool = mp.get_context("fork").Pool(min(n_workers, len(todo)))
+        results = pool.imap_unordered(_work, todo, chunksize=4)
+    try:
+        for image_id, (row, probs) in results:
+            problems.extend(probs)
+            if row is not None:
+                rows[image_id] = row
+            bar.update(1)
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.close()
+            pool.join()
+
+    cats = {i: {int(c) for c in r["categories"].split()} for i, r in rows.items()}
+    split = stratified_split(cats, val_fraction, seed)
+    index = pd.DataFrame([rows[i] for i in sorted(rows)], columns=lcache.INDEX_COLUMNS)
+    index["split"] = [split[i] for i in index["image_id"]]
+    with lio.atomic_path(out_dir / "index.parquet") as tmp:
+        index.to_parquet(tmp, index=False)
+    prob_df = pd.DataFrame(problems, columns=list(ldata.Problem._fields))
+    with lio.atomic_path(out_dir / "problems.csv") as tmp:
+        prob_df.to_csv(tmp, index=False)
+
+    cat_counts = np.zeros(labels.num_categories, np.int64)
+    for i in rows:
+        for c in cats[i]:
+            cat_counts[c] += 1
+    skipped = len(ids) - len(rows)
+    meta = {
+        "stage": STAGE, "cache_version": CACHE_VERSION, "data_dir": str(data_dir), "out_dir": str(out_dir),
+        "train_csv": str(csv_path), "image_dir": str(image_dir), "label_file": str(label_file),
+        "long_side": long_side, "seed": seed, "val_fraction": val_fraction,
+        "labels": labels.to_json(),
+        "num_images_in_csv": len(groups), "num_images_selected": len(ids), "num_images": len(rows),
+        "num_images_skipped": skipped, "num_problems": len(problems),
+        "num_instances": int(index["num_instances"].sum()) if len(index) else 0,
+        "split": {"train": int((index["split"] == "train").sum()), "val": int((index["split"] == "val").sum())},
+        "images_per_category": cat_counts.tolist(),
+        "size": {"max_height": int(index["height"].max()) if len(index) else 0,
+                 "max_width": int(index["width"].max()) if len(index) else 0},
+        "seconds": round(time.time() - t0, 2), "args": args or {},
+    }
+    lio.atomic_write_json(out_dir / "meta.json", meta)
+    return meta
