@@ -17,7 +17,12 @@ convert between the two without touching pixels.
 """
 from __future__ import annotations
 
+import re
+
 import numpy as np
+
+_VALID = re.compile(r"[0-9 \t\r\n]*")
+_TOO_LONG = re.compile(r"[0-9]{16,}")
 
 __all__ = [
     "encode_runs",
@@ -116,17 +121,18 @@ def parse_runs(rle: str, shape: tuple[int, int] | None = None) -> tuple[np.ndarr
     """
     if not isinstance(rle, str):
         raise ValueError(f"RLE must be a string, got {type(rle).__name__}")
-    tokens = rle.split()
-    if len(tokens) % 2:
-        raise ValueError(f"RLE has an odd number of tokens ({len(tokens)}): starts and lengths must pair up")
-    if not tokens:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    for t in tokens:
-        if not t.isdigit() or not t.isascii():
-            raise ValueError(f"RLE token {t[:30]!r} is not a non-negative integer")
-        if len(t) > 15:
-            raise ValueError(f"RLE token {t[:30]!r} is too large")
-    vals = np.array(tokens, dtype=np.int64)
+    if _VALID.fullmatch(rle) is None or _TOO_LONG.search(rle):
+        for t in rle.split():  # find the offending token for the message
+            if not t.isdigit() or not t.isascii():
+                raise ValueError(f"RLE token {t[:30]!r} is not a non-negative integer")
+            if len(t) > 15:
+                raise ValueError(f"RLE token {t[:30]!r} is too large")
+        raise ValueError("RLE contains characters other than digits and whitespace")
+    vals = np.fromstring(rle, dtype=np.int64, sep=" ") if rle.strip() else np.zeros(0, np.int64)
+    if len(vals) % 2:
+        raise ValueError(f"RLE has an odd number of tokens ({len(vals)}): starts and lengths must pair up")
+    if not len(vals):
+        return vals, vals
     starts, lengths = vals[0::2], vals[1::2]
     bad = np.flatnonzero(starts < 1)
     if bad.size:
@@ -158,26 +164,24 @@ def parse_runs(rle: str, shape: tuple[int, int] | None = None) -> tuple[np.ndarr
 def decode_runs(starts: np.ndarray, lengths: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Rasterise validated runs into a (H, W) uint8 mask (Fortran-ordered view).
 
-    Vectorised: a +1/-1 difference array over the column-major pixel range
-    spanned by the runs, cumulatively summed, written into a (W, H) C-ordered
-    buffer whose transpose is the (H, W) mask.
+    Vectorised: the runs become alternating background/foreground counts and
+    ``np.repeat`` writes the column-major pixel sequence in one C loop, into a
+    (W, H) C-ordered buffer whose transpose is the (H, W) mask.
     """
     h, w = int(shape[0]), int(shape[1])
-    buf = np.zeros(h * w, np.uint8)
-    if len(starts):
-        s = starts - 1
-        e = s + lengths
-        lo, hi = int(s[0]), int(e[-1])
-        if len(s) * 64 < hi - lo:
-            # Few long runs: slice assignment is cheaper than a scan.
-            for a, b in zip(s.tolist(), e.tolist()):
-                buf[a:b] = 1
-        else:
-            delta = np.zeros(hi - lo + 1, np.int8)
-            delta[s - lo] = 1
-            delta[e - lo] -= 1
-            np.cumsum(delta[:-1], dtype=np.int8, out=buf[lo:hi].view(np.int8))
-    return buf.reshape(w, h).T
+    values = np.zeros(2 * len(starts) + 1, np.uint8)
+    values[1::2] = 1
+    return np.repeat(values, _alternating_counts(starts, lengths, h * w)).reshape(w, h).T
+
+
+def _alternating_counts(starts: np.ndarray, lengths: np.ndarray, n: int) -> np.ndarray:
+    """pycocotools-style counts (background, foreground, background, ...) of runs over ``n`` pixels."""
+    s = starts - 1
+    bounds = np.empty(2 * len(s) + 2, np.int64)
+    bounds[0], bounds[-1] = 0, n
+    bounds[1:-1:2] = s
+    bounds[2:-1:2] = s + lengths
+    return np.diff(bounds)
 
 
 def decode(rle: str, shape: tuple[int, int]) -> np.ndarray:
@@ -196,13 +200,7 @@ def to_coco(rle: str, shape: tuple[int, int]) -> dict:
 
     starts, lengths = parse_runs(rle, shape)
     h, w = int(shape[0]), int(shape[1])
-    s = starts - 1
-    bounds = np.empty(2 * len(s) + 2, np.int64)
-    bounds[0] = 0
-    bounds[1:-1:2] = s
-    bounds[2:-1:2] = s + lengths
-    bounds[-1] = h * w
-    counts = np.diff(bounds).astype(np.uint32)
+    counts = _alternating_counts(starts, lengths, h * w)
     return mask_util.frPyObjects({"size": [h, w], "counts": counts.tolist()}, h, w)
 
 
