@@ -1,0 +1,513 @@
+"""The iMaterialist (Fashion) 2019 competition metric and COCO mask AP.
+
+Kaggle metric (as described on the competition's evaluation page):
+
+* For each image and each class key (the full ``ClassId`` string such as
+  ``"10_7_20"``; any hashable works, e.g. an int category), at the IoU
+  thresholds ``THRESHOLDS`` = 0.50, 0.55, ..., 0.95:
+
+  - predictions of that class are taken in descending score order (stable:
+    ties keep input order; no scores = input order); each is matched to the
+    still-unmatched ground-truth mask of the same class with the highest IoU,
+    provided that IoU is **strictly greater** than the threshold ("a predicted
+    object is considered a hit if its IoU with a ground truth object is
+    greater than t"). Equal IoUs go to the lower ground-truth index.
+  - TP = matched pairs, FP = unmatched predictions, FN = unmatched ground
+    truth; ``precision(t) = TP / (TP + FP + FN)``.
+
+* class score = mean of precision(t) over the thresholds;
+* image score = mean over the classes present in the ground truth or in the
+  predictions (a predicted class absent from the ground truth scores 0, a
+  missed class scores 0); an image with neither ground truth nor predictions
+  scores 1;
+* dataset score = mean of the image scores.
+
+Mask arrays are ``(N, H, W)`` (bool / uint8 / any dtype, nonzero =
+foreground); ``N`` may be 0 (shape ``(0, H, W)``). IoU of two empty masks is
+defined as 0.
+
+COCO mask AP (:func:`coco_mask_ap`) runs pycocotools' ``COCOeval`` with
+``iouType="segm"`` on datasets built in memory from compressed RLEs
+(``pycocotools.mask.encode``), using categories rather than full ClassIds
+(:func:`class_to_category`).
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import numbers
+from typing import Callable, Hashable, Sequence
+
+import numpy as np
+
+__all__ = [
+    "THRESHOLDS",
+    "mask_iou",
+    "class_score",
+    "image_score",
+    "class_to_category",
+    "encode_masks",
+    "coco_mask_ap",
+    "Evaluator",
+]
+
+# 0.50, 0.55, ..., 0.95 (rounded so that e.g. 0.55 is the double nearest to 0.55).
+THRESHOLDS = np.round(np.arange(0.5, 1.0, 0.05), 2)
+assert len(THRESHOLDS) == 10
+
+# Above this many pixels per mask float32 sums of 0/1 are no longer exact.
+_FLOAT32_EXACT = 2**24
+# Rows of the left operand converted to float at once in mask_iou (bytes).
+_CHUNK_BYTES = 64 * 2**20
+
+
+def _as_masks(masks, name: str, hw: tuple[int, int] | None = None) -> np.ndarray:
+    """Return ``masks`` as an (N, H, W) array; empty inputs get shape (0, *hw)."""
+    arr = np.asarray(masks)
+    if arr.size == 0 and arr.ndim != 3:
+        if arr.ndim >= 1 and arr.shape[0] == 0:
+            return np.zeros((0, *(hw or (0, 0))), np.uint8)
+    if arr.ndim != 3:
+        raise ValueError(f"{name}: masks must have shape (N, H, W), got shape {arr.shape}")
+    return arr
+
+
+def _flat_bool(masks: np.ndarray) -> np.ndarray:
+    flat = masks.reshape(masks.shape[0], -1)
+    return flat if flat.dtype == np.bool_ else flat != 0
+
+
+def mask_iou(a, b) -> np.ndarray:
+    """IoU matrix of two stacks of masks.
+
+    Args:
+        a: (Na, H, W) masks, nonzero = foreground.
+        b: (Nb, H, W) masks of the same H, W.
+
+    Returns:
+        (Na, Nb) float64 array, ``iou[i, j] = |a_i & b_j| / |a_i | b_j|``
+        (0 where both masks are empty).
+
+    Intersections come from one matrix product of the flattened masks
+    (float32, exact while H*W < 2**24; float64 beyond), in row chunks to bound
+    memory.
+    """
+    a = _as_masks(a, "mask_iou(a)")
+    b = _as_masks(b, "mask_iou(b)")
+    if a.shape[1:] != b.shape[1:]:
+        raise ValueError(f"mask_iou: mask sizes differ: a is {a.shape}, b is {b.shape}")
+    na, nb = a.shape[0], b.shape[0]
+    if na == 0 or nb == 0:
+        return np.zeros((na, nb), np.float64)
+    fa, fb = _flat_bool(a), _flat_bool(b)
+    hw = fa.shape[1]
+    dtype = np.float32 if hw < _FLOAT32_EXACT else np.float64
+    area_a = fa.sum(1, dtype=np.int64)
+    area_b = fb.sum(1, dtype=np.int64)
+    fbt = fb.astype(dtype).T
+    inter = np.empty((na, nb), np.float64)
+    step = max(1, _CHUNK_BYTES // max(1, hw * np.dtype(dtype).itemsize))
+    for s in range(0, na, step):
+        inter[s : s + step] = fa[s : s + step].astype(dtype) @ fbt
+    inter = np.rint(inter)
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
+def _greedy_tp(iou: np.ndarray, order: np.ndarray, threshold: float) -> int:
+    """Number of greedy one-to-one matches with IoU > threshold (see module docstring)."""
+    hit = iou > threshold
+    if not hit.any():
+        return 0
+    matched = np.zeros(iou.shape[0], bool)
+    tp = 0
+    for j in order:
+        cand = hit[:, j] & ~matched
+        if not cand.any():
+            continue
+        g = int(np.argmax(np.where(cand, iou[:, j], -1.0)))
+        matched[g] = True
+        tp += 1
+    return tp
+
+
+def class_score(iou, pred_order=None, thresholds=THRESHOLDS) -> float:
+    """Kaggle score of one class in one image.
+
+    Args:
+        iou: (Ngt, Npred) IoU matrix between the ground-truth and predicted
+            masks of the class.
+        pred_order: processing order of the prediction columns (a permutation
+            of ``range(Npred)``, best score first); None = column order.
+        thresholds: IoU thresholds; a pair is a hit when IoU > threshold.
+
+    Returns:
+        mean over thresholds of TP / (TP + FP + FN); 1.0 when Ngt = Npred = 0.
+    """
+    iou = np.asarray(iou, dtype=np.float64)
+    if iou.ndim != 2:
+        raise ValueError(f"class_score: iou must be 2-D (Ngt, Npred), got shape {iou.shape}")
+    n_gt, n_pred = iou.shape
+    if n_gt == 0 and n_pred == 0:
+        return 1.0
+    if pred_order is None:
+        order = np.arange(n_pred)
+    else:
+        order = np.asarray(pred_order, dtype=np.int64).reshape(-1)
+        if len(order) != n_pred or not np.array_equal(np.sort(order), np.arange(n_pred)):
+            raise ValueError(
+                f"class_score: pred_order must be a permutation of range({n_pred}), got {order.tolist()}"
+            )
+    thresholds = np.asarray(thresholds, dtype=np.float64).reshape(-1)
+    if len(thresholds) == 0:
+        raise ValueError("class_score: thresholds is empty")
+    if n_gt == 0 or n_pred == 0:
+        return 0.0
+    scores = []
+    for t in thresholds:
+        tp = _greedy_tp(iou, order, float(t))
+        scores.append(tp / (n_gt + n_pred - tp))
+    return float(np.mean(scores))
+
+
+def _plain(key):
+    """numpy scalars -> Python scalars (so dict keys print and compare cleanly)."""
+    return key.item() if isinstance(key, np.generic) else key
+
+
+def _order_by_score(scores: np.ndarray | None, n: int) -> np.ndarray:
+    if scores is None:
+        return np.arange(n)
+    return np.argsort(-scores, kind="stable")
+
+
+def _check_inputs(gt_masks, gt_classes, pred_masks, pred_classes, pred_scores):
+    gt = np.asarray(gt_masks)
+    pr = np.asarray(pred_masks)
+    hw = None
+    for arr in (gt, pr):
+        if arr.ndim == 3:
+            hw = arr.shape[1:]
+            break
+    gt = _as_masks(gt, "gt_masks", hw)
+    pr = _as_masks(pr, "pred_masks", hw)
+    if gt.shape[1:] != pr.shape[1:] and gt.shape[0] and pr.shape[0]:
+        raise ValueError(f"mask sizes differ: gt_masks {gt.shape}, pred_masks {pr.shape}")
+    gt_classes = [_plain(c) for c in gt_classes]
+    pred_classes = [_plain(c) for c in pred_classes]
+    if len(gt_classes) != gt.shape[0]:
+        raise ValueError(f"{len(gt_classes)} gt_classes for {gt.shape[0]} gt_masks")
+    if len(pred_classes) != pr.shape[0]:
+        raise ValueError(f"{len(pred_classes)} pred_classes for {pr.shape[0]} pred_masks")
+    scores = None
+    if pred_scores is not None:
+        scores = np.asarray(pred_scores, dtype=np.float64).reshape(-1)
+        if len(scores) != pr.shape[0]:
+            raise ValueError(f"{len(scores)} pred_scores for {pr.shape[0]} pred_masks")
+        if np.isnan(scores).any():
+            raise ValueError("pred_scores contains NaN")
+    return gt, gt_classes, pr, pred_classes, scores
+
+
+def image_score(
+    gt_masks,
+    gt_classes: Sequence[Hashable],
+    pred_masks,
+    pred_classes: Sequence[Hashable],
+    pred_scores=None,
+    thresholds=THRESHOLDS,
+    return_per_class: bool = False,
+):
+    """Kaggle score of one image.
+
+    Args:
+        gt_masks: (N, H, W) ground-truth masks (N may be 0).
+        gt_classes: N hashable class keys (full ClassId strings, or categories).
+        pred_masks: (M, H, W) predicted masks (M may be 0).
+        pred_classes: M class keys.
+        pred_scores: (M,) confidences (higher first, stable), or None for input order.
+        thresholds: IoU thresholds (hit = IoU > threshold).
+        return_per_class: also return ``{class: score}`` for the classes scored.
+
+    Returns:
+        the image score (1.0 when there is neither ground truth nor prediction),
+        or ``(score, per_class)`` with ``return_per_class``.
+    """
+    gt, gt_classes, pr, pred_classes, scores = _check_inputs(
+        gt_masks, gt_classes, pred_masks, pred_classes, pred_scores
+    )
+    per_class = {}
+    gt_idx: dict = {}
+    pr_idx: dict = {}
+    for i, c in enumerate(gt_classes):
+        gt_idx.setdefault(c, []).append(i)
+    for j, c in enumerate(pred_classes):
+        pr_idx.setdefault(c, []).append(j)
+    for c in dict.fromkeys(gt_classes + pred_classes):
+        gi = gt_idx.get(c, [])
+        pj = pr_idx.get(c, [])
+        if not gi or not pj:
+            per_class[c] = 0.0
+            continue
+        iou = mask_iou(gt[gi], pr[pj])
+        order = _order_by_score(None if scores is None else scores[pj], len(pj))
+        per_class[c] = class_score(iou, order, thresholds)
+    score = float(np.mean(list(per_class.values()))) if per_class else 1.0
+    return (score, per_class) if return_per_class else score
+
+
+def class_to_category(cls):
+    """Category of a class key: ``"10_7_20"`` -> 10, ``"6"`` -> 6, ``7`` -> 7.
+
+    Strings whose part before the first ``_`` is not an integer map to that
+    part; other hashables are returned unchanged.
+    """
+    if isinstance(cls, (str, np.str_)):
+        head = str(cls).split("_", 1)[0].strip()
+        try:
+            return int(head)
+        except ValueError:
+            return head
+    if isinstance(cls, numbers.Integral):
+        return int(cls)
+    return _plain(cls)
+
+
+def encode_masks(masks) -> list[dict]:
+    """(N, H, W) masks -> N pycocotools compressed RLEs (``{"size": [H, W], "counts": bytes}``)."""
+    from pycocotools import mask as mask_util
+
+    masks = _as_masks(masks, "encode_masks")
+    if masks.shape[0] == 0:
+        return []
+    m = np.asfortranarray((masks != 0).transpose(1, 2, 0).astype(np.uint8))
+    return mask_util.encode(m)
+
+
+def _nanmean_valid(p: np.ndarray) -> float:
+    valid = p[p > -1]
+    return float(valid.mean()) if valid.size else float("nan")
+
+
+def coco_mask_ap(gt: list[dict], pred: list[dict], max_dets: int = 100) -> dict:
+    """COCO mask AP with pycocotools ``COCOeval(iouType="segm")``, built in memory.
+
+    Args:
+        gt: one dict per image: ``image_id`` (any hashable, unique), ``height``,
+            ``width``, ``masks_rle`` (list of pycocotools RLEs of size
+            [height, width], counts bytes or str), ``categories`` (same length;
+            any hashables). Images without masks still count (their
+            predictions are false positives).
+        pred: one dict per image (images may be missing or repeated):
+            ``image_id`` (must be in ``gt``), ``masks_rle``, ``categories``, ``scores``.
+        max_dets: detections per image kept (maxDets = [1, 10, max_dets]).
+
+    Returns:
+        ``dict(AP=, AP50=, AP75=, per_category={category: AP})``: AP averaged
+        over IoU 0.50:0.95 (area "all", max_dets), AP50 / AP75 at one IoU,
+        floats in [0, 1] (nan when no category has ground truth);
+        ``per_category`` holds only categories with ground truth. No
+        predictions at all gives 0.
+    """
+    from pycocotools import mask as mask_util
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    img_ids: dict = {}
+    cat_ids: dict = {}
+    images, gt_anns, dt_anns = [], [], []
+
+    def cat_id(c):
+        c = _plain(c)
+        if c not in cat_ids:
+            cat_ids[c] = len(cat_ids) + 1
+        return cat_ids[c]
+
+    def check_rle(rle, h, w, where):
+        if not isinstance(rle, dict) or "size" not in rle or "counts" not in rle:
+            raise ValueError(f"{where}: not a pycocotools RLE dict: {type(rle).__name__}")
+        if [int(s) for s in rle["size"]] != [h, w]:
+            raise ValueError(f"{where}: RLE size {list(rle['size'])} differs from image size {[h, w]}")
+
+    for g in gt:
+        key = _plain(g["image_id"])
+        if key in img_ids:
+            raise ValueError(f"coco_mask_ap: image_id {key!r} appears twice in gt")
+        iid = img_ids[key] = len(img_ids) + 1
+        h, w = int(g["height"]), int(g["width"])
+        images.append({"id": iid, "height": h, "width": w, "file_name": str(key)})
+        rles, cats = list(g["masks_rle"]), list(g["categories"])
+        if len(rles) != len(cats):
+            raise ValueError(f"coco_mask_ap: gt image {key!r}: {len(rles)} masks_rle, {len(cats)} categories")
+        for k, (rle, c) in enumerate(zip(rles, cats)):
+            check_rle(rle, h, w, f"coco_mask_ap: gt image {key!r} mask {k}")
+            gt_anns.append(
+                {
+                    "id": len(gt_anns) + 1,  # ids start at 1: COCOeval treats id 0 as "unmatched"
+                    "image_id": iid,
+                    "category_id": cat_id(c),
+                    "segmentation": rle,
+                    "area": float(mask_util.area(rle)),
+                    "bbox": [float(x) for x in mask_util.toBbox(rle)],
+                    "iscrowd": 0,
+                }
+            )
+    for p in pred:
+        key = _plain(p["image_id"])
+        if key not in img_ids:
+            raise ValueError(f"coco_mask_ap: predicted image_id {key!r} is not in gt")
+        iid = img_ids[key]
+        img = images[iid - 1]
+        rles, cats, scores = list(p["masks_rle"]), list(p["categories"]), list(p["scores"])
+        if not len(rles) == len(cats) == len(scores):
+            raise ValueError(
+                f"coco_mask_ap: pred image {key!r}: {len(rles)} masks_rle, {len(cats)} categories, "
+                f"{len(scores)} scores"
+            )
+        for k, (rle, c, s) in enumerate(zip(rles, cats, scores)):
+            check_rle(rle, img["height"], img["width"], f"coco_mask_ap: pred image {key!r} mask {k}")
+            dt_anns.append(
+                {
+                    "id": len(dt_anns) + 1,
+                    "image_id": iid,
+                    "category_id": cat_id(c),
+                    "segmentation": rle,
+                    "area": float(mask_util.area(rle)),
+                    "bbox": [float(x) for x in mask_util.toBbox(rle)],
+                    "iscrowd": 0,
+                    "score": float(s),
+                }
+            )
+    categories = [{"id": i, "name": str(c)} for c, i in cat_ids.items()]
+    inv_cat = {i: c for c, i in cat_ids.items()}
+    if not gt_anns:
+        return {"AP": float("nan"), "AP50": float("nan"), "AP75": float("nan"), "per_category": {}}
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = COCO()
+        coco_gt.dataset = {"images": images, "annotations": gt_anns, "categories": categories}
+        coco_gt.createIndex()
+        coco_dt = COCO()
+        coco_dt.dataset = {"images": images, "annotations": dt_anns, "categories": categories}
+        coco_dt.createIndex()
+        ev = COCOeval(coco_gt, coco_dt, iouType="segm")
+        ev.params.maxDets = sorted({1, 10, int(max_dets)})
+        ev.evaluate()
+        ev.accumulate()
+    prec = ev.eval["precision"][:, :, :, 0, -1]  # (T, R, K) at area "all", largest maxDets
+    thr = np.asarray(ev.params.iouThrs)
+    t50 = np.flatnonzero(np.isclose(thr, 0.5))
+    t75 = np.flatnonzero(np.isclose(thr, 0.75))
+    per_category = {}
+    for k, cid in enumerate(ev.params.catIds):
+        ap = _nanmean_valid(prec[:, :, k])
+        if not np.isnan(ap):
+            per_category[inv_cat[cid]] = ap
+    return {
+        "AP": _nanmean_valid(prec),
+        "AP50": _nanmean_valid(prec[t50]),
+        "AP75": _nanmean_valid(prec[t75]),
+        "per_category": per_category,
+    }
+
+
+def _sorted_dict(d: dict) -> dict:
+    try:
+        return dict(sorted(d.items()))
+    except TypeError:  # mixed key types: keep insertion order
+        return dict(d)
+
+
+class Evaluator:
+    """Accumulates the Kaggle metric (and optionally COCO mask AP) over images.
+
+    Usage::
+
+        ev = Evaluator(coco=True)
+        for image_id, ... in data:
+            ev.add(image_id, gt_masks, gt_classes, pred_masks, pred_classes, pred_scores)
+        ev.summary()  # {"kaggle", "num_images", "per_class", "coco"}
+
+    Args:
+        thresholds: IoU thresholds of the Kaggle metric.
+        coco: also keep masks as compressed RLEs for :func:`coco_mask_ap`
+            (categories from :func:`class_to_category`).
+        category_of: class key -> COCO category.
+        max_dets: COCO detections per image.
+    """
+
+    def __init__(
+        self,
+        thresholds=THRESHOLDS,
+        coco: bool = True,
+        category_of: Callable[[Hashable], Hashable] = class_to_category,
+        max_dets: int = 100,
+    ):
+        self.thresholds = np.asarray(thresholds, dtype=np.float64)
+        self.coco = bool(coco)
+        self.category_of = category_of
+        self.max_dets = int(max_dets)
+        self.image_scores: dict = {}  # image_id -> score
+        self._class_scores: dict = {}  # class -> list of scores
+        self._coco_gt: list[dict] = []
+        self._coco_pred: list[dict] = []
+
+    def __len__(self) -> int:
+        return len(self.image_scores)
+
+    def add(self, image_id, gt_masks, gt_classes, pred_masks, pred_classes, pred_scores=None) -> float:
+        """Score one image (arguments as :func:`image_score`); returns its score.
+
+        Without ``pred_scores`` the COCO evaluation gives every prediction
+        score 1.0 (its stable sort then keeps input order within an image).
+        """
+        image_id = _plain(image_id)
+        if image_id in self.image_scores:
+            raise ValueError(f"Evaluator.add: image_id {image_id!r} was already added")
+        gt, gt_classes, pr, pred_classes, scores = _check_inputs(
+            gt_masks, gt_classes, pred_masks, pred_classes, pred_scores
+        )
+        score, per_class = image_score(
+            gt, gt_classes, pr, pred_classes, scores, self.thresholds, return_per_class=True
+        )
+        self.image_scores[image_id] = score
+        for c, s in per_class.items():
+            self._class_scores.setdefault(c, []).append(s)
+        if self.coco:
+            h, w = (gt.shape[1:] if gt.shape[0] or not pr.shape[0] else pr.shape[1:])
+            self._coco_gt.append(
+                {
+                    "image_id": image_id,
+                    "height": int(h),
+                    "width": int(w),
+                    "masks_rle": encode_masks(gt),
+                    "categories": [self.category_of(c) for c in gt_classes],
+                }
+            )
+            if pr.shape[0]:
+                self._coco_pred.append(
+                    {
+                        "image_id": image_id,
+                        "masks_rle": encode_masks(pr),
+                        "categories": [self.category_of(c) for c in pred_classes],
+                        "scores": (np.ones(pr.shape[0]) if scores is None else scores).tolist(),
+                    }
+                )
+        return score
+
+    def summary(self) -> dict:
+        """``dict(kaggle, num_images, per_class, coco)``.
+
+        ``kaggle`` is the mean image score (nan with no images); ``per_class``
+        maps each class key to its mean score over the images where it is in
+        the ground truth or the predictions; ``coco`` is :func:`coco_mask_ap`'s
+        dict, or None when ``coco=False``.
+        """
+        n = len(self.image_scores)
+        kaggle = float(np.mean(list(self.image_scores.values()))) if n else float("nan")
+        per_class = _sorted_dict({c: float(np.mean(v)) for c, v in self._class_scores.items()})
+        coco = None
+        if self.coco:
+            coco = coco_mask_ap(self._coco_gt, self._coco_pred, max_dets=self.max_dets)
+            coco["per_category"] = _sorted_dict(coco["per_category"])
+        return {"kaggle": kaggle, "num_images": n, "per_class": per_class, "coco": coco}
