@@ -1,0 +1,219 @@
+"""Stage 06: prediction tables from 05 -> post-processed, validated Kaggle submission.csv (+ scores).
+
+Reads one or more prediction tables (``predictions.parquet`` files or 05 output
+directories); several models are fused with lib/ensemble.py. Post-processing
+parameters come from ``--params`` (default ``<out dir>/params.json`` when it
+exists, else the winning recipe lib.submission.POSTPROCESS_DEFAULTS); the
+``--score-thresh`` ... flags override them. When ground truth is available
+(``--gt``, default ``<data-dir>/test_ground_truth.csv``) the Kaggle metric and
+COCO mask AP are printed for each model alone and for the ensemble, and saved
+to ``scores.json``. ``--tune`` grid-searches the parameters the flags leave
+free on that ground truth and saves the full parameter set to
+``<out dir>/params.json``, which later runs load. The submission is always validated before it is written;
+``meta.json`` is written next to it.
+
+Examples::
+
+    # one model, synthetic data (scores against data/synthetic/test_ground_truth.csv)
+    python 06_make_submission.py --predictions work/predict/maskrcnn --out work/submission/submission.csv
+
+    # ensemble of two 05 runs, weights 2:1, keep instances both models found
+    python 06_make_submission.py --predictions work/predict/maskrcnn work/predict/deepmac \\
+        --ensemble-weights 2 1 --min-votes 2 --out work/submission/submission.csv
+
+    # grid-search the thresholds on the ground truth, save params.json, then write with them
+    python 06_make_submission.py --predictions work/predict/maskrcnn --tune
+
+    # the real competition: original-size masks, attributes on
+    python 06_make_submission.py --predictions work/predict/maskrcnn --data-dir data/imaterialist-fashion-2019-FGVC6 \\
+        --mask-size 0 --attributes on --out work/submission/submission.csv
+
+    # check an existing file against the test images (exit status 1 and every problem if invalid)
+    python 06_make_submission.py --validate work/submission/submission.csv --data-dir data/synthetic
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--predictions", nargs="+", default=[],
+                   help="predictions.parquet files or 05 output directories (several -> ensemble)")
+    p.add_argument("--models", nargs="+", default=None, help="use only these model names from the tables")
+    p.add_argument("--ensemble-weights", nargs="+", type=float, default=None,
+                   help="one weight per model used (default: equal)")
+    p.add_argument("--ensemble-iou", type=float, default=0.5, help="mask IoU to fuse instances across models")
+    p.add_argument("--min-votes", type=int, default=1, help="keep fused instances found by at least this many models")
+    p.add_argument("--data-dir", default="data/synthetic",
+                   help="Kaggle-layout directory (test/, sample_submission.csv)")
+    p.add_argument("--out", default="work/submission/submission.csv", help="submission CSV to write")
+    p.add_argument("--mask-size", type=int, default=512, help="mask side in the submission (0 = original image size)")
+    p.add_argument("--params", default=None,
+                   help="post-processing params JSON (default: <out dir>/params.json if it exists)")
+    g = p.add_argument_group("post-processing overrides (default: from --params)")
+    g.add_argument("--score-thresh", type=float, default=None, help="drop instances scoring below this")
+    g.add_argument("--mask-thresh", type=float, default=None, help="binarise probabilities at >= this")
+    g.add_argument("--nms-iou", type=float, default=None, help="per-category mask NMS: drop IoU > this")
+    g.add_argument("--min-area", type=int, default=None, help="drop masks smaller than this (pixels)")
+    g.add_argument("--overlap", choices=["score", "none"], default=None,
+                   help="same-category overlap suppression by score, or none")
+    g.add_argument("--keep-categories", default=None, help="only these categories, e.g. garments or 0-26,31")
+    g.add_argument("--drop-categories", default=None, help="drop these categories, e.g. parts or 45")
+    g.add_argument("--attributes", choices=["off", "on"], default=None, help="emit attributes in ClassIds")
+    g.add_argument("--attr-thresh", type=float, default=None, help="attribute score threshold")
+    p.add_argument("--gt", default=None,
+                   help="train.csv-format ground truth to score on (default: <data-dir>/test_ground_truth.csv)")
+    p.add_argument("--no-score", action="store_true", help="do not score even if ground truth exists")
+    p.add_argument("--tune", action="store_true", help="grid-search post-processing on --gt, save params.json, use it")
+    p.add_argument("--tune-grid", default=None,
+                   help='JSON grid for --tune, e.g. \'{"score_thresh": [0.4, 0.5], "mask_thresh": [0.45]}\'')
+    p.add_argument("--validate", default=None, metavar="FILE",
+                   help="only validate FILE against --data-dir's test images; exit 0 if valid, 1 if not")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    return p
+
+
+def _load_sources(paths, models):
+    """[(name, table)], one per model of each table (predicted image ids where 05 listed them)."""
+    import pandas as pd
+
+    from lib import predictions as lpred
+
+    sources, predicted = [], set()
+    for p in map(Path, paths):
+        f = p / "predictions.parquet" if p.is_dir() else p
+        if not f.is_file():
+            raise FileNotFoundError(f"prediction table not found: {f}")
+        table = lpred.read_table(f)
+        images = f.parent / "images.parquet"
+        if images.is_file():
+            predicted.update(pd.read_parquet(images, columns=["image_id"])["image_id"])
+        else:
+            predicted.update(table["image_id"])
+        names = list(dict.fromkeys(table["model"]))
+        for m in names if models is None else [m for m in names if m in models]:
+            name = m if all(m != s[0] for s in sources) else f"{m}@{f}"
+            sources.append((name, table[table["model"] == m].reset_index(drop=True)))
+    if models is not None:
+        found = {s[0].split("@")[0] for s in sources}
+        if set(models) - found:
+            raise ValueError(f"--models {sorted(set(models) - found)} not in the tables")
+    if not sources:
+        raise ValueError("no predictions to use (empty tables, or --models matched nothing)")
+    return sources, predicted
+
+
+def _print_score(name, s):
+    print(f"  {name:<30} kaggle {s['kaggle']:.4f}   mask AP {s['AP']:.4f}  AP50 {s['AP50']:.4f}  "
+          f"AP75 {s['AP75']:.4f}   ({s['num_images']} images)")
+
+
+def main(args) -> int:
+    from lib import ensemble as lens
+    from lib import submission as lsub
+    from lib.io import atomic_write_json
+
+    t0 = time.time()
+    progress = not args.no_progress
+    mask_size = args.mask_size or None
+    images = lsub.list_test_images(args.data_dir, progress=progress)
+    ids = images["image_id"].tolist()
+    sizes = {r.image_id: (int(r.orig_height), int(r.orig_width)) for r in images.itertuples(index=False)}
+
+    if args.validate:
+        problems = lsub.validate_submission(args.validate, ids, mask_size, sizes)
+        for line in problems:
+            print(line)
+        print(f"{args.validate}: {'VALID' if not problems else f'INVALID ({len(problems)} problems)'} "
+              f"against {len(ids)} test images of {args.data_dir}")
+        return 1 if problems else 0
+
+    if not args.predictions:
+        raise SystemExit("--predictions is required (unless --validate)")
+    sources, predicted = _load_sources(args.predictions, args.models)
+    not_predicted = [i for i in ids if i not in predicted]
+    if not_predicted:
+        print(f"WARNING: {len(not_predicted)} of {len(ids)} test images were not predicted "
+              f"(e.g. {not_predicted[:3]}); they get placeholder rows", file=sys.stderr)
+    if len(sources) > 1:
+        names = [n for n, _ in sources]
+        print(f"ensemble of {names} (weights {args.ensemble_weights or 'equal'}, IoU {args.ensemble_iou}, "
+              f"min votes {args.min_votes})")
+        final = lens.ensemble_tables([t for _, t in sources], args.ensemble_weights, args.ensemble_iou,
+                                     args.min_votes, progress=progress)
+    else:
+        if args.ensemble_weights and len(args.ensemble_weights) != 1:
+            raise SystemExit(f"--ensemble-weights: {len(args.ensemble_weights)} weights for 1 model")
+        final = sources[0][1]
+
+    out = Path(args.out)
+    params_path = Path(args.params) if args.params else out.parent / "params.json"
+    if args.params and not params_path.is_file():
+        raise SystemExit(f"--params file not found: {params_path}")
+    base = lsub.load_params(params_path) if params_path.is_file() else dict(lsub.POSTPROCESS_DEFAULTS)
+    overrides = dict(score_thresh=args.score_thresh, mask_thresh=args.mask_thresh, nms_iou=args.nms_iou,
+                     min_area=args.min_area, overlap=args.overlap, keep_categories=args.keep_categories,
+                     drop_categories=args.drop_categories, attributes=args.attributes, attr_thresh=args.attr_thresh)
+    params = lsub.resolve_params(base, **overrides)
+    print(f"post-processing: {params} (from {params_path if params_path.is_file() else 'defaults'})")
+
+    gt = Path(args.gt) if args.gt else Path(args.data_dir) / "test_ground_truth.csv"
+    have_gt = gt.is_file()
+    if args.gt and not have_gt:
+        raise SystemExit(f"--gt file not found: {gt}")
+    full_ids = params["attributes"] == "on"
+    if args.tune:
+        if not have_gt:
+            raise SystemExit(f"--tune needs ground truth (--gt; {gt} not found)")
+        grid = json.loads(args.tune_grid) if args.tune_grid else lsub.DEFAULT_GRID
+        grid = {k: v for k, v in grid.items() if overrides.get(k) is None}  # explicit flags are not tuned
+        if not grid:
+            raise SystemExit("--tune: every grid parameter is fixed by a flag; nothing to tune")
+        tuned_path = out.parent / "params.json"
+        params, results = lsub.tune(final, gt, grid, mask_size, base_params=params, full_class_ids=full_ids,
+                                    out_path=tuned_path, images=images, progress=progress)
+        best = max(r["kaggle"] for r in results)
+        print(f"tuned {len(results)} combinations: best kaggle {best:.4f} with "
+              f"{ {k: params[k] for k in grid} } -> {tuned_path}")
+
+    scores = {}
+    if have_gt and not args.no_score:
+        print(f"scores on {gt} (masks at {mask_size or 'original size'}):")
+        kw = dict(params=params, mask_size=mask_size, full_class_ids=full_ids, images=images, progress=progress)
+        for name, table in sources:
+            scores[name] = lsub.score_table(table, gt, **kw)
+            _print_score(name, scores[name])
+        if len(sources) > 1:
+            scores["ensemble"] = lsub.score_table(final, gt, **kw)
+            _print_score("ensemble", scores["ensemble"])
+        atomic_write_json(out.parent / "scores.json", {"gt": str(gt), "scores": scores})
+
+    sub = lsub.build_submission(final, images, params, mask_size, progress=progress)
+    lsub.write_submission(sub, out, ids, mask_size, sizes)
+    n_placeholder = int(((sub["EncodedPixels"] == lsub.PLACEHOLDER[0]) & (sub["ClassId"] == lsub.PLACEHOLDER[1])).sum())
+    atomic_write_json(out.parent / "meta.json", {
+        "stage": "06_make_submission",
+        "args": vars(args),
+        "predictions": [str(p) for p in args.predictions],
+        "models": [n for n, _ in sources],
+        "params": {k: (list(v) if isinstance(v, tuple) else v) for k, v in params.items()},
+        "mask_size": mask_size,
+        "num_images": len(ids),
+        "num_rows": len(sub),
+        "num_placeholder_rows": n_placeholder,
+        "images_not_predicted": len(not_predicted),
+        "scores": {k: {m: v[m] for m in ("kaggle", "AP", "AP50", "AP75")} for k, v in scores.items()},
+        "seconds": round(time.time() - t0, 1),
+    })
+    print(f"wrote {out}: {len(sub)} rows for {len(ids)} images ({n_placeholder} placeholder rows)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(get_args_parser().parse_args()))

@@ -1,0 +1,455 @@
+"""Tests for lib/submission.py (post-processing, submission building/validation, scoring, tuning) and 06."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from lib import predictions as lpred
+from lib import rle as lrle
+from lib import submission as lsub
+from lib.data import SUBMISSION_COLUMNS, resize_mask
+
+REPO = Path(__file__).resolve().parents[1]
+S = 32  # mask side of most tests
+
+
+def rect(y0, x0, y1, x1, value=1.0, hw=(S, S)):
+    m = np.zeros(hw, np.float32)
+    m[y0:y1, x0:x1] = value
+    return m
+
+
+def pred_rows(image_id, masks, cats, scores, orig=(64, 48), attrs=None, model="m"):
+    rows = []
+    for i, m in enumerate(masks):
+        x0, y0, png = lpred.encode_prob(m)
+        rows.append({"image_id": image_id, "model": model, "category": int(cats[i]), "score": float(scores[i]),
+                     "x1": 0, "y1": 0, "x2": 1, "y2": 1, "orig_height": orig[0], "orig_width": orig[1],
+                     "mask_height": m.shape[0], "mask_width": m.shape[1], "mask_x0": x0, "mask_y0": y0,
+                     "mask_png": png, "attr_scores": None if attrs is None else list(attrs[i])})
+    return rows
+
+
+def table(*parts):
+    return lpred.make_table([r for p in parts for r in p])
+
+
+def post(t, out_size=(S, S), **params):
+    return lsub.postprocess_image(t, params, out_size)
+
+
+def images_df(ids, h=64, w=48):
+    return pd.DataFrame({"image_id": ids, "orig_height": h, "orig_width": w})
+
+
+def write_gt(path, items):
+    """items: [(image_id, mask (H, W), class_id)] -> train.csv-format file."""
+    lines = ["ImageId,EncodedPixels,Height,Width,ClassId"]
+    for image_id, m, cls in items:
+        lines.append(f"{image_id},{lrle.encode(m)},{m.shape[0]},{m.shape[1]},{cls}")
+    Path(path).write_text("\n".join(lines) + "\n")
+    return path
+
+
+# ------------------------------------------------------------------ parameters
+
+
+def test_resolve_params_defaults_overrides_and_errors(tmp_path):
+    p = lsub.resolve_params()
+    assert p["score_thresh"] == 0.5 and p["mask_thresh"] == 0.45 and p["nms_iou"] == 0.3
+    assert p["overlap"] == "score" and p["min_area"] == 20 and p["keep_categories"] is None
+    p = lsub.resolve_params({"score_thresh": 0.3}, score_thresh=None, mask_thresh=0.6, keep_categories="garments",
+                            drop_categories="1,2")
+    assert p["score_thresh"] == 0.3 and p["mask_thresh"] == 0.6
+    assert p["keep_categories"] == tuple(range(27)) and p["drop_categories"] == (1, 2)
+    with pytest.raises(ValueError, match="unknown post-processing parameters"):
+        lsub.resolve_params({"score": 0.3})
+    with pytest.raises(ValueError, match="overlap"):
+        lsub.resolve_params(overlap="union")
+    with pytest.raises(ValueError, match="score_thresh"):
+        lsub.resolve_params(score_thresh=1.5)
+    with pytest.raises(ValueError, match="out of range"):
+        lsub.resolve_params(keep_categories=[46])
+    lsub.save_params(tmp_path / "params.json", p, kaggle=0.5)
+    assert lsub.load_params(tmp_path / "params.json") == p
+    (tmp_path / "flat.json").write_text(json.dumps({"min_area": 7}))
+    assert lsub.load_params(tmp_path / "flat.json")["min_area"] == 7
+
+
+# ------------------------------------------------------------------ post-processing
+
+
+def test_overlap_suppression_keeps_the_higher_score_pixels():
+    hi, lo = rect(4, 4, 20, 20), rect(12, 4, 28, 20)  # same category, IoU 128/384 = 0.33 (NMS at 0.5 keeps both)
+    other = rect(4, 4, 20, 20)  # another category on the same pixels: untouched
+    t = table(pred_rows("a", [lo, hi, other], [3, 3, 8], [0.7, 0.9, 0.8]))
+    out = post(t, nms_iou=0.5)
+    assert [(c, s) for c, _, s in out] == [("3", pytest.approx(0.9)), ("8", pytest.approx(0.8)),
+                                           ("3", pytest.approx(0.7))]
+    np.testing.assert_array_equal(out[0][1], hi)  # the higher score keeps every pixel
+    np.testing.assert_array_equal(out[1][1], other)
+    np.testing.assert_array_equal(out[2][1], rect(20, 4, 28, 20))  # the lower one loses the shared rows
+    assert not (out[0][1] & out[2][1]).any()
+    out = post(t, nms_iou=0.5, overlap="none")
+    np.testing.assert_array_equal(out[2][1], lo)
+
+
+def test_nms_drops_a_duplicate_per_category():
+    a, b = rect(4, 4, 20, 20), rect(5, 4, 21, 20)  # IoU 15/17 = 0.88
+    t = table(pred_rows("a", [a, b, b], [1, 1, 2], [0.9, 0.8, 0.6]))
+    assert [c for c, _, _ in post(t, min_area=0)] == ["1", "2"]  # the duplicate of category 1 is gone
+    assert [c for c, _, _ in post(t, min_area=0, nms_iou=0.85)] == ["1", "2"]
+    out = post(t, min_area=0, nms_iou=0.9)  # IoU 0.88 is not > 0.9: kept, reduced to its one-row sliver
+    assert [c for c, _, _ in out] == ["1", "1", "2"]
+    np.testing.assert_array_equal(out[1][1], rect(20, 4, 21, 20))
+    assert [c for c, _, _ in post(t, nms_iou=1.0, overlap="none")] == ["1", "1", "2"]  # NMS off
+    assert [c for c, _, _ in post(t, nms_iou=1.0)] == ["1", "2"]  # the sliver (16 px) is under min_area 20
+    tie = table(pred_rows("a", [rect(0, 0, 10, 20), rect(0, 0, 10, 10)], [1, 1], [0.9, 0.8]))  # IoU exactly 0.5
+    assert len(post(tie, nms_iou=0.5, overlap="none", min_area=0)) == 2  # suppressed only when IoU > nms_iou
+    assert len(post(tie, nms_iou=0.49, overlap="none", min_area=0)) == 1
+
+
+def test_min_area_score_and_mask_thresholds_and_categories():
+    small = rect(0, 0, 4, 5)  # 20 px
+    t = table(pred_rows("a", [small, rect(10, 10, 20, 20), rect(22, 22, 30, 30, 0.5)], [0, 1, 2], [0.9, 0.5, 0.9]))
+    assert [c for c, _, _ in post(t)] == ["0", "2", "1"]  # by score, ties in table order
+    assert [c for c, _, _ in post(t, min_area=21)] == ["2", "1"]
+    assert [c for c, _, _ in post(t, score_thresh=0.51)] == ["0", "2"]  # 0.5 >= 0.5 kept, below dropped
+    assert [c for c, _, _ in post(t, mask_thresh=0.6)] == ["0", "1"]  # the 0.5-probability mask vanishes
+    assert [c for c, _, _ in post(t, keep_categories=[1, 2], drop_categories=[2])] == ["1"]
+    assert post(t.iloc[:0]) == []
+
+
+def test_attributes_on_only_for_attribute_categories():
+    attrs = np.zeros((3, 92), np.float32)
+    attrs[:, [3, 40, 7]] = [0.9, 0.5, 0.2]
+    t = table(pred_rows("a", [rect(0, 0, 10, 10), rect(12, 12, 22, 22), rect(0, 20, 10, 30)], [10, 20, 6],
+                        [0.9, 0.8, 0.7], attrs=attrs))
+    assert [c for c, _, _ in post(t)] == ["10", "20", "6"]
+    assert [c for c, _, _ in post(t, attributes="on")] == ["10_3_40", "20", "6_3_40"]
+    assert [c for c, _, _ in post(t, attributes="on", attr_thresh=0.1)] == ["10_3_7_40", "20", "6_3_7_40"]
+
+
+@pytest.mark.parametrize("out_size", [(32, 32), (77, 50), (13, 20), (9, 64)])
+def test_resizing_matches_a_full_bilinear_resize_then_threshold(out_size):
+    rng = np.random.default_rng(sum(out_size))
+    masks = []
+    for y0, x0, y1, x1 in [(0, 0, 9, 12), (5, 7, 30, 20), (20, 20, 32, 32), (3, 25, 11, 32)]:
+        masks.append(rect(y0, x0, y1, x1, 1.0) * rng.uniform(0.2, 1, (S, S)).astype(np.float32))
+    t = table(pred_rows("a", masks, [0, 1, 2, 3], [0.9, 0.8, 0.7, 0.6]))
+    out = post(t, out_size, min_area=0, nms_iou=1.0)
+    for (cls, got, _), m in zip(out, masks):
+        q = np.rint(m * 255).astype(np.float32) / 255  # the table's 1/255 quantisation
+        full = cv2.resize(q, (out_size[1], out_size[0]), interpolation=cv2.INTER_LINEAR)
+        assert got.shape == out_size and got.dtype == np.uint8
+        np.testing.assert_array_equal(got, (full >= 0.45).astype(np.uint8), err_msg=cls)
+
+
+# ------------------------------------------------------------------ build / validate / write
+
+
+def test_window_rle_equals_encoding_the_full_canvas():
+    rng = np.random.default_rng(3)
+    for _ in range(300):
+        H, W = rng.integers(1, 12, 2)
+        y0, x0 = rng.integers(0, H), rng.integers(0, W)
+        h, w = rng.integers(1, H - y0 + 1), rng.integers(1, W - x0 + 1)
+        if rng.random() < 0.3:
+            y0, h = 0, H  # full-height windows: runs continue across columns
+        m = rng.random((h, w)) < rng.choice([0.3, 0.9, 1.0])
+        inst = lsub._Inst(0, 1.0, "0", int(y0), int(x0), m, int(m.sum()))
+        assert inst.rle((H, W)) == lrle.encode(inst.full((H, W)))
+
+
+
+def test_build_submission_placeholders_order_and_sizes():
+    t = table(pred_rows("b.jpg", [rect(2, 2, 20, 20), rect(0, 0, 32, 32)], [4, 5], [0.9, 0.2]),
+              pred_rows("zzz.jpg", [rect(2, 2, 20, 20)], [4], [0.9]))  # not a test image: ignored
+    imgs = images_df(["a.jpg", "b.jpg", "c.jpg"])
+    sub = lsub.build_submission(t, imgs, mask_size=S, progress=False)
+    assert list(sub.columns) == list(SUBMISSION_COLUMNS)
+    assert sub["ImageId"].tolist() == ["a.jpg", "b.jpg", "c.jpg"]
+    assert sub.iloc[0].tolist() == ["a.jpg", "1 1", "0"] and sub.iloc[2].tolist() == ["c.jpg", "1 1", "0"]
+    np.testing.assert_array_equal(lrle.decode(sub.iloc[1]["EncodedPixels"], (S, S)), rect(2, 2, 20, 20))
+    assert lsub.validate_submission(sub, imgs["image_id"], S) == []
+    # Original size: the 32x32 stored mask is resized to each image's 64x48.
+    sub = lsub.build_submission(t, imgs, mask_size=None, progress=False)
+    m = lrle.decode(sub.iloc[1]["EncodedPixels"], (64, 48))
+    assert m[4:40, 3:30].all() and m.sum() == pytest.approx(36 * 27, rel=0.15)
+    sizes = {i: (64, 48) for i in imgs["image_id"]}
+    assert lsub.validate_submission(sub, imgs["image_id"], None, sizes) == []
+    assert lsub.validate_submission(sub, imgs["image_id"], 32) != []  # runs past a 32x32 mask
+
+
+GOOD = [("a.jpg", "1 3 40 2", "6"), ("a.jpg", "5 3", "6"), ("a.jpg", "1 10", "7_1_2"), ("b.jpg", "1 1", "0")]
+
+
+def csv_text(rows, header="ImageId,EncodedPixels,ClassId"):
+    return "\n".join([header] + [",".join(r) for r in rows]) + "\n"
+
+
+@pytest.mark.parametrize("bad,message", [
+    (("a.jpg", "1 2 3", "6"), "line 6 (a.jpg): bad EncodedPixels: RLE has an odd number"),
+    (("a.jpg", "1 x", "6"), "line 6 (a.jpg): bad EncodedPixels: RLE token 'x' is not a non-negative integer"),
+    (("a.jpg", "900 2 100 2", "9"), "line 6 (a.jpg): bad EncodedPixels: RLE runs are not sorted"),
+    (("a.jpg", "1020 10", "9"), "line 6 (a.jpg): bad EncodedPixels: RLE run ends at pixel 1029, past the 32x32"),
+    (("a.jpg", "", "9"), "line 6 (a.jpg): empty EncodedPixels"),
+    (("a.jpg", "2 2", "6"), "line 2 and line 6 (a.jpg): masks of category 6 overlap by 2 pixels"),
+    (("a.jpg", "2 2", "6_3"), "line 2 and line 6 (a.jpg): masks of category 6 overlap by 2 pixels"),
+    (("x.jpg", "1 1", "0"), "line 6 (x.jpg): ImageId is not a test image"),
+    (("a.jpg", "100 1", "46"), "line 6 (a.jpg): bad ClassId: ClassId '46': unknown category 46"),
+    (("a.jpg", "100 1", "shirt"), "line 6 (a.jpg): bad ClassId"),
+    (("a.jpg", "1 3 40 2", "6"), "line 6 (a.jpg): duplicate of line 2"),
+])
+def test_validator_rejects_each_malformed_row(tmp_path, bad, message):
+    path = tmp_path / "sub.csv"
+    path.write_text(csv_text(GOOD + [bad]))
+    problems = lsub.validate_submission(path, ["a.jpg", "b.jpg"], S)
+    assert len(problems) == 1 and problems[0].startswith(message), problems
+    # The same rows as a DataFrame give the same messages (row i is line i + 2).
+    df = pd.DataFrame(GOOD + [bad], columns=list(SUBMISSION_COLUMNS))
+    assert lsub.validate_submission(df, ["a.jpg", "b.jpg"], S) == problems
+
+
+def test_validator_accepts_a_correct_file_and_reports_missing_and_header(tmp_path):
+    path = tmp_path / "sub.csv"
+    path.write_text(csv_text(GOOD))
+    assert lsub.validate_submission(path, ["a.jpg", "b.jpg"], S) == []
+    assert lsub.validate_submission(path, ["a.jpg", "b.jpg", "c.jpg"], S) == [
+        "ImageId c.jpg: missing (every test image needs at least one row)"]
+    # Columns swapped: reported, and the rows are still checked by column name.
+    path.write_text(csv_text([(i, c, e) for i, e, c in GOOD + [("b.jpg", "1 1 1 1", "3")]],
+                             header="ImageId,ClassId,EncodedPixels"))
+    assert lsub.validate_submission(path, ["a.jpg", "b.jpg"], S) == [
+        "header: expected 'ImageId,EncodedPixels,ClassId', got 'ImageId,ClassId,EncodedPixels'",
+        "line 6 (b.jpg): bad EncodedPixels: RLE runs are not sorted: start 1 (pair 1) follows start 1"]
+    path.write_text(csv_text([r[:2] for r in GOOD], header="ImageId,EncodedPixels"))
+    problems = lsub.validate_submission(path, ["a.jpg", "b.jpg"], S)
+    assert problems[0].startswith("header: expected") and "cannot check the rows" in problems[1]
+    path.write_text("")
+    assert "file is empty" in lsub.validate_submission(path, ["a.jpg"], S)[0]
+
+
+def test_validator_reports_every_problem_of_a_file(tmp_path):
+    rows = [("a.jpg", "1 3", "6"), ("a.jpg", "1 3 5", "6"), ("a.jpg", "2 2", "6"), ("a.jpg", "9 1", "99"),
+            ("q.jpg", "3 1 1 1", "1"), ("a.jpg", "1 3", "6"), ("a.jpg", "1024 2", "2")]
+    path = tmp_path / "sub.csv"
+    path.write_text(csv_text(rows) + "a.jpg,1 1\n")
+    problems = lsub.validate_submission(path, ["a.jpg", "b.jpg"], S)
+    assert problems == [
+        "line 3 (a.jpg): bad EncodedPixels: RLE has an odd number of tokens (3): starts and lengths must pair up",
+        "line 5 (a.jpg): bad ClassId: ClassId '99': unknown category 99 (ids are 0-45)",
+        "line 6 (q.jpg): ImageId is not a test image",
+        "line 6 (q.jpg): bad EncodedPixels: RLE runs are not sorted: start 1 (pair 1) follows start 3",
+        "line 7 (a.jpg): duplicate of line 2",
+        "line 8 (a.jpg): bad EncodedPixels: RLE run ends at pixel 1025, past the 32x32 mask (1024 pixels)",
+        "line 9 (a.jpg): expected 3 fields, got 2",
+        "line 2 and line 4 (a.jpg): masks of category 6 overlap by 2 pixels",
+        "ImageId b.jpg: missing (every test image needs at least one row)",
+    ]
+
+
+def test_write_submission_refuses_invalid_and_writes_valid(tmp_path):
+    out = tmp_path / "sub" / "submission.csv"
+    bad = pd.DataFrame([("a.jpg", "1 2 3", "6"), ("a.jpg", "1 1", "60")], columns=list(SUBMISSION_COLUMNS))
+    with pytest.raises(lsub.SubmissionError) as e:
+        lsub.write_submission(bad, out, ["a.jpg", "b.jpg"], S)
+    assert len(e.value.problems) == 3 and "odd number" in str(e.value) and "b.jpg: missing" in str(e.value)
+    assert isinstance(e.value, ValueError)
+    assert not out.exists() and not (out.parent.exists() and any(out.parent.iterdir()))
+    good = pd.DataFrame(GOOD, columns=list(SUBMISSION_COLUMNS))
+    lsub.write_submission(good, out, ["a.jpg", "b.jpg"], S)
+    assert out.read_text() == csv_text(GOOD)
+    assert lsub.validate_submission(out, ["a.jpg", "b.jpg"], S) == []
+    assert [p.name for p in out.parent.iterdir()] == ["submission.csv"]
+
+
+@st.composite
+def random_tables(draw):
+    n_img = draw(st.integers(1, 3))
+    rng = np.random.default_rng(draw(st.integers(0, 2**31)))
+    rows, ids = [], [f"img{i}.jpg" for i in range(n_img)]
+    for image_id in ids[: draw(st.integers(0, n_img))]:
+        mh, mw = draw(st.sampled_from([(16, 16), (24, 40), (32, 32)]))
+        for _ in range(draw(st.integers(0, 6))):
+            m = np.zeros((mh, mw), np.float32)
+            y0, x0 = rng.integers(0, mh), rng.integers(0, mw)
+            h, w = rng.integers(1, mh - y0 + 1), rng.integers(1, mw - x0 + 1)
+            m[y0:y0 + h, x0:x0 + w] = rng.random((h, w))
+            rows += pred_rows(image_id, [m], [rng.integers(0, 4)], [rng.random()], orig=(20, 30),
+                              attrs=rng.random((1, 92)))
+    params = dict(score_thresh=draw(st.sampled_from([0.0, 0.3, 0.5])),
+                  mask_thresh=draw(st.sampled_from([0.0, 0.2, 0.45])),
+                  nms_iou=draw(st.sampled_from([0.0, 0.3, 1.0])), min_area=draw(st.sampled_from([0, 1, 5])),
+                  attributes=draw(st.sampled_from(["off", "on"])))
+    return lpred.make_table(rows), images_df(ids, 20, 30), params, draw(st.sampled_from([16, 32, None]))
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(random_tables())
+def test_property_build_submission_always_validates(case):
+    t, imgs, params, mask_size = case
+    sub = lsub.build_submission(t, imgs, params, mask_size, progress=False)
+    sizes = {i: (20, 30) for i in imgs["image_id"]}
+    assert lsub.validate_submission(sub, imgs["image_id"], mask_size, sizes) == []
+    assert set(sub["ImageId"]) == set(imgs["image_id"])
+
+
+# ------------------------------------------------------------------ scoring and tuning
+
+
+def gt_items():
+    """Two images of ground truth at 40x30 (original size) with non-overlapping same-category masks."""
+    a1, a2, a3 = (rect(*r, hw=(40, 30)).astype(np.uint8) for r in [(0, 0, 20, 15), (20, 0, 40, 15), (5, 15, 35, 30)])
+    b1 = rect(10, 5, 30, 25, hw=(40, 30)).astype(np.uint8)
+    return [("a.jpg", a1, "1"), ("a.jpg", a2, "1"), ("a.jpg", a3, "10_3_7"), ("b.jpg", b1, "5")]
+
+
+def test_score_table_ground_truth_as_predictions_is_perfect(tmp_path):
+    gt = write_gt(tmp_path / "gt.csv", gt_items())
+    from lib.labels import parse_class_id
+
+    def as_table(size):  # ground-truth masks stored as 05 would, at `size`
+        return lpred.make_table([
+            r for image_id, m, cls in gt_items()
+            for r in pred_rows(image_id, [resize_mask(m, size or m.shape).astype(np.float32)],
+                               [parse_class_id(cls)[0]], [0.99], orig=(40, 30))])
+
+    for mask_size in (None, 16, 64):
+        t = as_table(mask_size and (mask_size, mask_size))
+        s = lsub.score_table(t, gt, mask_size=mask_size, progress=False)
+        assert s["kaggle"] == 1.0 and s["AP"] == pytest.approx(1.0) and s["num_images"] == 2
+        assert s["per_class"] == {1: 1.0, 5: 1.0, 10: 1.0}
+    # An extra test image without ground truth nor prediction scores 1; the missing b.jpg predictions score 0.
+    s = lsub.score_table(t[t["image_id"] == "a.jpg"], gt, images=images_df(["a.jpg", "b.jpg", "c.jpg"], 40, 30),
+                         progress=False, coco=False)
+    assert s["num_images"] == 3 and s["kaggle"] == pytest.approx(2 / 3) and np.isnan(s["AP"])
+    # Full ClassIds: category 10 needs its attributes.
+    attrs = np.zeros((4, 92), np.float32)
+    attrs[2, [3, 7]] = 0.9
+    t = as_table(None)
+    t2 = lpred.make_table([dict(r, attr_scores=list(attrs[i])) for i, r in enumerate(t.to_dict("records"))])
+    s = lsub.score_table(t2, gt, {"attributes": "on"}, full_class_ids=True, progress=False)
+    assert s["kaggle"] == 1.0 and "10_3_7" in s["per_class"]
+    s = lsub.score_table(t2, gt, full_class_ids=True, progress=False)  # attributes off: "10" != "10_3_7"
+    assert s["kaggle"] < 1.0
+
+
+def test_tune_picks_thresholds_that_improve_a_constructed_case(tmp_path):
+    obj = rect(8, 8, 24, 24, hw=(S, S)).astype(np.uint8)
+    gt = write_gt(tmp_path / "gt.csv", [("a.jpg", obj, "2")])
+    soft = rect(4, 4, 28, 28, 0.5) + rect(8, 8, 24, 24, 0.4)  # 0.9 on the object, 0.5 around it
+    t = table(pred_rows("a.jpg", [soft, rect(0, 0, 6, 6)], [2, 2], [0.9, 0.4], orig=(S, S)))
+    base = lsub.score_table(t, gt, {"score_thresh": 0.3}, mask_size=S, progress=False)["kaggle"]
+    best, results = lsub.tune(t, gt, {"score_thresh": [0.3, 0.5], "mask_thresh": [0.45, 0.7]}, mask_size=S,
+                              out_path=tmp_path / "params.json", progress=False)
+    assert len(results) == 4 and results[0]["params"] == {"score_thresh": 0.3, "mask_thresh": 0.45}
+    assert best["score_thresh"] == 0.5 and best["mask_thresh"] == 0.7
+    assert max(r["kaggle"] for r in results) == 1.0 > base == results[0]["kaggle"]
+    saved = lsub.load_params(tmp_path / "params.json")
+    assert saved == best and json.loads((tmp_path / "params.json").read_text())["kaggle"] == 1.0
+
+
+# ------------------------------------------------------------------ test images and 06
+
+
+def make_data_dir(root, ids, sizes, sample=True):
+    (root / "test").mkdir(parents=True)
+    for i, (h, w) in zip(ids, sizes):
+        cv2.imwrite(str(root / "test" / i), np.full((h, w, 3), 128, np.uint8))
+    if sample:
+        (root / "sample_submission.csv").write_text(
+            "ImageId,EncodedPixels,ClassId\n" + "".join(f"{i},1 1,23\n" for i in ids + ids[:1]))
+    return root
+
+
+def test_list_test_images(tmp_path):
+    d = make_data_dir(tmp_path / "d", ["b.jpg", "a.png"], [(20, 30), (7, 5)])
+    imgs = lsub.list_test_images(d, progress=False)
+    assert imgs.values.tolist() == [["b.jpg", 20, 30], ["a.png", 7, 5]]  # sample order, duplicates once
+    (d / "sample_submission.csv").unlink()
+    assert lsub.list_test_images(d, progress=False)["image_id"].tolist() == ["a.png", "b.jpg"]
+    (d / "sample_submission.csv").write_text("ImageId,EncodedPixels,ClassId\nnope.jpg,1 1,0\n")
+    with pytest.raises(FileNotFoundError, match="nope.jpg"):
+        lsub.list_test_images(d, progress=False)
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("make_submission", REPO / "06_make_submission.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_make_submission_script_end_to_end(tmp_path, capsys):
+    items = gt_items()
+    d = make_data_dir(tmp_path / "data", ["a.jpg", "b.jpg", "c.jpg"], [(40, 30)] * 3)
+    write_gt(d / "test_ground_truth.csv", items)
+    from lib.labels import parse_class_id
+
+    perfect = [r for image_id, m, cls in items  # stored at the original 40x30: exact at --mask-size 0
+               for r in pred_rows(image_id, [m.astype(np.float32)], [parse_class_id(cls)[0]], [0.99], orig=(40, 30),
+                                  model="good")]
+    noisy = pred_rows("a.jpg", [rect(0, 0, 32, 32)], [1], [0.8], orig=(40, 30), model="bad")
+    pdir = tmp_path / "pred"
+    pdir.mkdir()
+    lpred.make_table(perfect + noisy).to_parquet(pdir / "predictions.parquet")
+    pd.DataFrame({"image_id": ["a.jpg", "b.jpg", "c.jpg"], "orig_height": 40, "orig_width": 30}).to_parquet(
+        pdir / "images.parquet")
+    mod = load_script()
+    out = tmp_path / "sub" / "submission.csv"
+    base = ["--data-dir", str(d), "--out", str(out), "--mask-size", "0", "--no-progress"]
+    assert mod.main(mod.get_args_parser().parse_args(["--predictions", str(pdir), "--models", "good"] + base)) == 0
+    scores = json.loads((out.parent / "scores.json").read_text())["scores"]
+    assert scores["good"]["kaggle"] == 1.0  # c.jpg: nothing predicted, nothing there: 1
+    sub = pd.read_csv(out, dtype=str)
+    assert sub["ImageId"].tolist() == ["a.jpg"] * 3 + ["b.jpg", "c.jpg"]
+    assert sub.iloc[-1].tolist() == ["c.jpg", "1 1", "0"]
+    meta = json.loads((out.parent / "meta.json").read_text())
+    assert meta["num_rows"] == 5 and meta["num_placeholder_rows"] == 1 and meta["models"] == ["good"]
+    assert mod.main(mod.get_args_parser().parse_args(["--validate", str(out)] + base)) == 0
+    # Two models -> ensemble; scores per model and for the ensemble.
+    assert mod.main(mod.get_args_parser().parse_args(
+        ["--predictions", str(pdir / "predictions.parquet"), "--ensemble-weights", "3", "1"] + base)) == 0
+    scores = json.loads((out.parent / "scores.json").read_text())["scores"]
+    assert set(scores) == {"good", "bad", "ensemble"} and scores["bad"]["kaggle"] < scores["good"]["kaggle"]
+    printed = capsys.readouterr().out
+    assert "ensemble" in printed and "kaggle" in printed
+    # --tune writes params.json, later runs load it.
+    assert mod.main(mod.get_args_parser().parse_args(
+        ["--predictions", str(pdir), "--models", "good", "--tune", "--tune-grid", '{"min_area": [0, 5000]}']
+        + base)) == 0
+    assert lsub.load_params(out.parent / "params.json")["min_area"] == 0
+    # An invalid file: exit 1, every problem printed.
+    bad = tmp_path / "bad.csv"
+    bad.write_text("ImageId,EncodedPixels,ClassId\na.jpg,1 2 3,6\nzz.jpg,1 1,0\n")
+    assert mod.main(mod.get_args_parser().parse_args(["--validate", str(bad)] + base)) == 1
+    printed = capsys.readouterr().out
+    assert "odd number" in printed and "not a test image" in printed and "b.jpg: missing" in printed
+
+
+def test_image_sizes_from_headers_match_decoded_real_images(tmp_path):
+    """Sizes come from the file headers; they must be the stored pixel array's (no EXIF rotation)."""
+    from lib.data import read_image
+
+    shared = REPO.parent / "shared" / "data" / "real_samples"
+    files = sorted((shared / "imaterialist2019_test").glob("*.jpg")) + sorted(
+        (shared / "imaterialist2019_train").glob("*.jpg"))
+    if not files:
+        pytest.skip(f"real sample images not found under {shared} (../shared/data beside the repo)")
+    (tmp_path / "test").mkdir()
+    for f in files:
+        (tmp_path / "test" / f.name).symlink_to(f)
+    imgs = lsub.list_test_images(tmp_path, progress=False)
+    assert imgs["image_id"].tolist() == sorted(f.name for f in files)
+    for r in imgs.itertuples(index=False):
+        assert (r.orig_height, r.orig_width) == read_image(tmp_path / "test" / r.image_id).shape[:2], r.image_id
+    assert imgs.set_index("image_id").loc["00a8764cff12b2e849c850f4be5608bc.jpg"].tolist() == [3008, 2000]
