@@ -1,0 +1,45 @@
+"""Model builders behind one interface: ``build_model(config)`` for arch "unet", "maskrcnn" or "deepmac".
+
+A config is a flat JSON-serialisable dict holding ``arch`` and every setting of that arch
+(``default_config(arch, **overrides)``); it is saved in checkpoints and is all ``build_model`` needs.
+
+Every model: ``forward(images, targets=None)`` with ``images`` a list of ``(3, H, W)`` float32 tensors in
+0..1 (sizes may differ) and ``targets`` a list of dicts ``boxes (N, 4)`` float32 x1y1x2y2, ``labels (N,)``
+int64 = category + 1, ``masks (N, H, W)`` uint8 (N may be 0).
+
+- train mode: ``dict[str, scalar Tensor]`` of losses (the total is their sum);
+- eval mode: one dict per image: ``boxes (N, 4)`` float x1y1x2y2 in input pixels, ``labels (N,)`` int64 in
+  1..num_classes-1, ``scores (N,)``, ``masks (N, 1, H, W)`` float probabilities at the input size; the UNet
+  adds ``semantic (C, H, W)`` probabilities.
+
+Shared keys: ``arch, num_classes (47), min_size, max_size, pretrained (False), mask_classes (None = all)``.
+"""
+from __future__ import annotations
+
+import copy
+
+from torch import nn
+
+from . import deepmac, maskrcnn, unet
+
+BUILDERS = {"unet": unet.build, "maskrcnn": maskrcnn.build, "deepmac": deepmac.build}
+DEFAULTS = {"unet": unet.DEFAULT_CONFIG, "maskrcnn": maskrcnn.DEFAULT_CONFIG, "deepmac": deepmac.DEFAULT_CONFIG}
+
+
+def _check_arch(arch: str) -> None:
+    if arch not in DEFAULTS:
+        raise ValueError(f"unknown arch {arch!r}; choose one of {sorted(DEFAULTS)}")
+
+
+def default_config(arch: str, **overrides) -> dict:
+    """The full config of ``arch`` with ``overrides`` applied; unknown keys raise ValueError."""
+    _check_arch(arch)
+    return maskrcnn.complete_config(DEFAULTS[arch], overrides)
+
+
+def build_model(config: dict) -> nn.Module:
+    """The model described by ``config`` (needs ``arch``; missing keys take the arch's defaults)."""
+    if "arch" not in config:
+        raise ValueError(f"config has no 'arch' (one of {sorted(DEFAULTS)}): {sorted(config)}")
+    _check_arch(config["arch"])
+    return BUILDERS[config["arch"]](copy.deepcopy(config))

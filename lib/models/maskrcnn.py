@@ -1,0 +1,328 @@
+"""Mask R-CNN (torchvision) with selectable FPN backbones and partial mask supervision.
+
+Backbones (config ``backbone``):
+
+- ``"resnet50"``: torchvision's ``maskrcnn_resnet50_fpn`` architecture (same modules, same state-dict keys).
+- ``"resnet50_v2"``: torchvision's ``maskrcnn_resnet50_fpn_v2`` architecture (BatchNorm in the FPN and
+  heads, 2-conv RPN head, 4-conv box head).
+- ``"resnet18"``, ``"resnet34"``: lighter ResNet FPN backbones (``resnet_fpn_backbone``), v1 heads.
+- ``"mobilenet_v3"``: MobileNetV3-Large FPN (``mobilenet_backbone(fpn=True)``), two FPN levels plus
+  max-pool, the anchors of torchvision's ``fasterrcnn_mobilenet_v3_large_fpn``.
+
+Normalisation layers: torchvision freezes BatchNorm (``FrozenBatchNorm2d``) when it loads pretrained
+weights; frozen *random* statistics would be wrong when training from scratch, so, like torchvision's own
+builders when no weights are given, the backbone uses trainable ``nn.BatchNorm2d`` when ``pretrained`` is
+False (and all backbone layers train). With ``pretrained`` the ImageNet backbone is loaded, BatchNorm is
+frozen and ``trainable_backbone_layers`` (default 3) of the backbone train.
+
+Partial mask supervision (config ``mask_classes``: category ids, ``None`` = all): the box classifier and
+regressor train on every class, but the mask loss only uses positive proposals whose matched ground-truth
+category is in ``mask_classes`` (:class:`MaskSubsetRoIHeads`). With no such proposal in the batch the mask
+loss is an exact zero that is still connected to the graph.
+
+Inputs/outputs follow torchvision's ``MaskRCNN``: ``forward(images, targets=None)`` with images a list of
+``(3, H, W)`` float tensors in 0..1 (sizes may differ); targets ``boxes (N, 4)`` float x1y1x2y2,
+``labels (N,)`` int64 = category + 1, ``masks (N, H, W)`` uint8, ``N`` may be 0. Training returns the loss
+dict (``loss_classifier, loss_box_reg, loss_mask, loss_objectness, loss_rpn_box_reg``); eval returns per
+image ``boxes (N, 4), labels (N,), scores (N,), masks (N, 1, H, W)`` probabilities at the input size.
+"""
+from __future__ import annotations
+
+import copy
+import numbers
+from typing import Optional
+
+import torch
+from torch import nn
+from torchvision.models import MobileNet_V3_Large_Weights, ResNet18_Weights, ResNet34_Weights, ResNet50_Weights
+from torchvision.models import resnet50 as tv_resnet50
+from torchvision.models.detection import MaskRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import (
+    _resnet_fpn_extractor,
+    mobilenet_backbone,
+    resnet_fpn_backbone,
+)
+from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads
+from torchvision.models.detection.roi_heads import RoIHeads, fastrcnn_loss, maskrcnn_inference, maskrcnn_loss
+from torchvision.models.detection.rpn import RPNHead
+from torchvision.ops import MultiScaleRoIAlign
+from torchvision.ops import misc as misc_nn_ops
+
+FPN_CHANNELS = 256  # out_channels of every backbone below
+BACKBONES = ("resnet50", "resnet50_v2", "resnet18", "resnet34", "mobilenet_v3")
+
+# ImageNet weights loaded into the backbone with ``pretrained=True``.
+_BACKBONE_WEIGHTS = {
+    "resnet18": ResNet18_Weights.IMAGENET1K_V1,
+    "resnet34": ResNet34_Weights.IMAGENET1K_V1,
+    "resnet50": ResNet50_Weights.IMAGENET1K_V1,
+    "resnet50_v2": ResNet50_Weights.IMAGENET1K_V1,
+    "mobilenet_v3": MobileNet_V3_Large_Weights.IMAGENET1K_V1,
+}
+
+# Feature maps the RoI poolers read, and the default anchors, per backbone family.
+_FEATMAPS = {"resnet": ["0", "1", "2", "3"], "mobilenet": ["0", "1"]}
+_DEFAULT_ANCHORS = {
+    "resnet": [[32], [64], [128], [256], [512]],  # one size per level: 4 FPN levels + "pool"
+    "mobilenet": [[32, 64, 128, 256, 512]] * 3,  # 2 FPN levels + "pool", as fasterrcnn_mobilenet_v3_large_fpn
+}
+
+DEFAULT_CONFIG = {
+    "arch": "maskrcnn",
+    "num_classes": 47,  # background + 46 categories; labels are category + 1
+    "backbone": "resnet50",  # one of BACKBONES
+    "pretrained": False,  # ImageNet backbone weights (needs internet)
+    "trainable_backbone_layers": None,  # with pretrained: None = 3; from scratch every layer trains
+    "min_size": 800,  # GeneralizedRCNNTransform resizing: short side -> min_size, long side <= max_size
+    "max_size": 1333,
+    "anchor_sizes": None,  # list per anchor level; None = torchvision's default for the backbone family
+    "aspect_ratios": None,  # list per anchor level; None = [0.5, 1.0, 2.0] on every level
+    "rpn_pre_nms_top_n_train": 2000,
+    "rpn_pre_nms_top_n_test": 1000,
+    "rpn_post_nms_top_n_train": 2000,
+    "rpn_post_nms_top_n_test": 1000,
+    "rpn_batch_size_per_image": 256,
+    "box_batch_size_per_image": 512,
+    "box_positive_fraction": 0.25,
+    "box_detections_per_img": 100,
+    "box_score_thresh": 0.05,
+    "box_nms_thresh": 0.5,
+    "mask_roi_size": 14,  # RoIAlign crop of the mask branch; the predictor outputs 2x this
+    "mask_classes": None,  # category ids whose masks train (None = all); boxes train on all classes
+}
+
+
+def complete_config(defaults: dict, config: dict) -> dict:
+    """``defaults`` updated with ``config``; unknown keys or another ``arch`` raise ValueError."""
+    unknown = sorted(set(config) - set(defaults))
+    if unknown:
+        raise ValueError(f"unknown config keys for arch {defaults['arch']!r}: {unknown}; known: {sorted(defaults)}")
+    if config.get("arch", defaults["arch"]) != defaults["arch"]:
+        raise ValueError(f"config arch {config['arch']!r} given to the {defaults['arch']!r} builder")
+    out = copy.deepcopy(defaults)
+    out.update(copy.deepcopy(config))
+    return out
+
+
+def mask_label_table(num_classes: int, mask_classes: Optional[list[int]]) -> torch.Tensor:
+    """``(num_classes,)`` bool: True at label ``c + 1`` for each category ``c`` whose masks train.
+
+    ``mask_classes=None`` allows every label; index 0 (background) is always False.
+    """
+    table = torch.zeros(num_classes, dtype=torch.bool)
+    if mask_classes is None:
+        table[1:] = True
+        return table
+    for c in mask_classes:
+        if not isinstance(c, numbers.Integral) or isinstance(c, bool) or not 0 <= c < num_classes - 1:
+            raise ValueError(f"mask_classes: {c!r} is not a category id in 0..{num_classes - 2}")
+        table[int(c) + 1] = True
+    return table
+
+
+class MaskSubsetRoIHeads(RoIHeads):
+    """torchvision ``RoIHeads`` whose mask branch trains only on some categories.
+
+    ``forward`` keeps torchvision's box branch (``select_training_samples``, ``fastrcnn_loss``,
+    ``postprocess_detections``) and splits the mask branch into two overridable steps:
+
+    - :meth:`mask_loss` (training): Mask R-CNN's loss on positive proposals whose matched GT label is
+      allowed by ``mask_label_allowed`` (``maskrcnn_loss``); subclasses may pick other boxes (DeepMAC).
+    - :meth:`mask_logits` (both): ``mask_roi_pool -> mask_head -> mask_predictor`` on given boxes.
+
+    With ``class_agnostic_masks`` the predictor has one output channel, used for every label.
+    """
+
+    def __init__(
+        self,
+        *args,
+        num_classes: int,
+        mask_classes: Optional[list[int]] = None,
+        class_agnostic_masks: bool = False,
+        **kwargs,
+    ):
+        super().__init__(*args, **kwargs)
+        self.class_agnostic_masks = class_agnostic_masks
+        # Derived from the config, not a learned state: kept out of the state dict.
+        self.register_buffer("mask_label_allowed", mask_label_table(num_classes, mask_classes), persistent=False)
+
+    def mask_channels(self, labels: torch.Tensor) -> torch.Tensor:
+        """The predictor channel used for each label (0 when masks are class-agnostic)."""
+        return torch.zeros_like(labels) if self.class_agnostic_masks else labels
+
+    def mask_logits(self, features, boxes: list[torch.Tensor], image_shapes) -> torch.Tensor:
+        """``(sum N_i, channels, M, M)`` mask logits for ``boxes[i] (N_i, 4)`` in image ``i``."""
+        x = self.mask_roi_pool(features, boxes, image_shapes)
+        x = self.mask_head(x)
+        return self.mask_predictor(x)
+
+    def mask_loss(self, features, proposals, matched_idxs, labels, image_shapes, targets) -> torch.Tensor:
+        """Mask R-CNN loss on the sampled positive proposals with a mask-supervised GT category."""
+        mask_proposals, pos_matched_idxs = [], []
+        for props, midx, lab, t in zip(proposals, matched_idxs, labels, targets):
+            keep = lab > 0
+            if t["labels"].numel():  # (with no GT, matched_idxs are dummy zeros and every label is 0)
+                keep &= self.mask_label_allowed[t["labels"]][midx]
+            pos = torch.where(keep)[0]
+            mask_proposals.append(props[pos])
+            pos_matched_idxs.append(midx[pos])
+        logits = self.mask_logits(features, mask_proposals, image_shapes)
+        gt_masks = [t["masks"] for t in targets]
+        gt_channels = [self.mask_channels(t["labels"]) for t in targets]
+        return maskrcnn_loss(logits, mask_proposals, gt_masks, gt_channels, pos_matched_idxs)
+
+    def forward(self, features, proposals, image_shapes, targets=None):
+        if self.training:
+            self.check_targets(targets)
+            for t in targets:
+                if not t["boxes"].is_floating_point():
+                    raise TypeError(f"target boxes must be float, got {t['boxes'].dtype}")
+                if t["labels"].dtype != torch.int64:
+                    raise TypeError(f"target labels must be int64, got {t['labels'].dtype}")
+            proposals, matched_idxs, labels, regression_targets = self.select_training_samples(proposals, targets)
+
+        box_features = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
+        class_logits, box_regression = self.box_predictor(box_features)
+
+        if self.training:
+            loss_classifier, loss_box_reg = fastrcnn_loss(class_logits, box_regression, labels, regression_targets)
+            loss_mask = self.mask_loss(features, proposals, matched_idxs, labels, image_shapes, targets)
+            return [], {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg, "loss_mask": loss_mask}
+
+        boxes, scores, labels = self.postprocess_detections(class_logits, box_regression, proposals, image_shapes)
+        result = [{"boxes": b, "labels": lab, "scores": s} for b, lab, s in zip(boxes, labels, scores)]
+        logits = self.mask_logits(features, boxes, image_shapes)
+        probs = maskrcnn_inference(logits, [self.mask_channels(lab) for lab in labels])
+        for r, p in zip(result, probs):
+            r["masks"] = p.float()  # float32 probabilities also under autocast
+        return result, {}
+
+
+def _family(backbone: str) -> str:
+    return "mobilenet" if backbone.startswith("mobilenet") else "resnet"
+
+
+def featmap_names(backbone: str) -> list[str]:
+    """Names of the FPN feature maps the RoI poolers read for ``backbone``."""
+    return list(_FEATMAPS[_family(backbone)])
+
+
+def pretrained_error(what: str, err: Exception) -> RuntimeError:
+    return RuntimeError(
+        f"--pretrained needs internet access to download {what}; run without --pretrained to train from scratch "
+        f"(download failed: {type(err).__name__}: {err})"
+    )
+
+
+def build_backbone(config: dict) -> nn.Module:
+    """The FPN backbone (``out_channels`` = 256) for ``config['backbone']``; see the module docstring."""
+    name = config["backbone"]
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; choose one of {BACKBONES}")
+    pretrained = bool(config["pretrained"])
+    weights = _BACKBONE_WEIGHTS[name] if pretrained else None
+    max_layers = 6 if name == "mobilenet_v3" else 5
+    if pretrained:
+        trainable = 3 if config["trainable_backbone_layers"] is None else int(config["trainable_backbone_layers"])
+        if not 0 <= trainable <= max_layers:
+            raise ValueError(f"trainable_backbone_layers must be in 0..{max_layers}, got {trainable}")
+    else:
+        trainable = max_layers
+    norm_layer = misc_nn_ops.FrozenBatchNorm2d if pretrained else nn.BatchNorm2d
+    try:
+        if name == "resnet50_v2":
+            # As torchvision's maskrcnn_resnet50_fpn_v2: trainable BatchNorm in the ResNet and the FPN.
+            return _resnet_fpn_extractor(tv_resnet50(weights=weights), trainable, norm_layer=nn.BatchNorm2d)
+        if name == "mobilenet_v3":
+            return mobilenet_backbone(
+                backbone_name="mobilenet_v3_large", weights=weights, fpn=True,
+                norm_layer=norm_layer, trainable_layers=trainable,
+            )
+        return resnet_fpn_backbone(
+            backbone_name=name, weights=weights, norm_layer=norm_layer, trainable_layers=trainable
+        )
+    except Exception as e:  # only reachable with downloads: offline, blocked or interrupted
+        if weights is None:
+            raise
+        raise pretrained_error(f"the ImageNet weights of {name} ({weights})", e) from e
+
+
+def anchor_generator(config: dict) -> AnchorGenerator:
+    family = _family(config["backbone"])
+    sizes = config["anchor_sizes"] if config["anchor_sizes"] is not None else _DEFAULT_ANCHORS[family]
+    n_levels = len(_DEFAULT_ANCHORS[family])
+    if len(sizes) != n_levels:
+        raise ValueError(
+            f"anchor_sizes needs {n_levels} levels (one list of sizes per feature map) for backbone "
+            f"{config['backbone']!r}, got {len(sizes)}: {sizes}"
+        )
+    ratios = config["aspect_ratios"] if config["aspect_ratios"] is not None else [[0.5, 1.0, 2.0]] * n_levels
+    if len(ratios) != n_levels:
+        raise ValueError(f"aspect_ratios needs {n_levels} levels for backbone {config['backbone']!r}, got {ratios}")
+    return AnchorGenerator(
+        tuple(tuple(int(s) for s in level) for level in sizes),
+        tuple(tuple(float(r) for r in level) for level in ratios),
+    )
+
+
+def build_detector(config: dict, mask_roi_pool=None, mask_head=None, mask_predictor=None,
+                   roi_heads_cls: type = MaskSubsetRoIHeads, roi_heads_kwargs: Optional[dict] = None) -> MaskRCNN:
+    """torchvision ``MaskRCNN`` for a complete ``config`` with ``roi_heads_cls`` (a MaskSubsetRoIHeads).
+
+    ``mask_roi_pool / mask_head / mask_predictor`` replace Mask R-CNN's mask branch when given (DeepMAC);
+    ``roi_heads_kwargs`` go to the RoI heads' constructor (e.g. ``class_agnostic_masks``).
+    """
+    backbone = build_backbone(config)
+    v2 = config["backbone"] == "resnet50_v2"
+    anchors = anchor_generator(config)
+    names = featmap_names(config["backbone"])
+    kwargs = {}
+    if v2:  # the heads of maskrcnn_resnet50_fpn_v2
+        c = backbone.out_channels
+        kwargs["rpn_head"] = RPNHead(c, anchors.num_anchors_per_location()[0], conv_depth=2)
+        kwargs["box_head"] = FastRCNNConvFCHead((c, 7, 7), [256] * 4, [1024], norm_layer=nn.BatchNorm2d)
+        kwargs["mask_head"] = MaskRCNNHeads(c, [256] * 4, 1, norm_layer=nn.BatchNorm2d)
+    model = MaskRCNN(
+        backbone,
+        num_classes=config["num_classes"],
+        min_size=config["min_size"],
+        max_size=config["max_size"],
+        rpn_anchor_generator=anchors,
+        rpn_pre_nms_top_n_train=config["rpn_pre_nms_top_n_train"],
+        rpn_pre_nms_top_n_test=config["rpn_pre_nms_top_n_test"],
+        rpn_post_nms_top_n_train=config["rpn_post_nms_top_n_train"],
+        rpn_post_nms_top_n_test=config["rpn_post_nms_top_n_test"],
+        rpn_batch_size_per_image=config["rpn_batch_size_per_image"],
+        box_roi_pool=MultiScaleRoIAlign(featmap_names=names, output_size=7, sampling_ratio=2),
+        mask_roi_pool=MultiScaleRoIAlign(featmap_names=names, output_size=config["mask_roi_size"], sampling_ratio=2),
+        **kwargs,
+    )
+    old = model.roi_heads
+    model.roi_heads = roi_heads_cls(
+        old.box_roi_pool,
+        old.box_head,
+        old.box_predictor,
+        # torchvision's defaults for the matcher, sampler and box coder
+        fg_iou_thresh=0.5,
+        bg_iou_thresh=0.5,
+        batch_size_per_image=config["box_batch_size_per_image"],
+        positive_fraction=config["box_positive_fraction"],
+        bbox_reg_weights=None,
+        score_thresh=config["box_score_thresh"],
+        nms_thresh=config["box_nms_thresh"],
+        detections_per_img=config["box_detections_per_img"],
+        mask_roi_pool=mask_roi_pool if mask_roi_pool is not None else old.mask_roi_pool,
+        mask_head=mask_head if mask_head is not None else old.mask_head,
+        mask_predictor=mask_predictor if mask_predictor is not None else old.mask_predictor,
+        num_classes=config["num_classes"],
+        mask_classes=config["mask_classes"],
+        **(roi_heads_kwargs or {}),
+    )
+    return model
+
+
+def build(config: dict) -> MaskRCNN:
+    """Mask R-CNN from a (possibly partial) config; missing keys take DEFAULT_CONFIG's values."""
+    return build_detector(complete_config(DEFAULT_CONFIG, config))

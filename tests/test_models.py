@@ -1,0 +1,361 @@
+"""lib/models: the uniform interface of the UNet, Mask R-CNN and DeepMAC builders (tiny CPU models)."""
+import json
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before smp/timm/huggingface_hub are imported
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import torchvision  # noqa: E402
+
+from lib import models  # noqa: E402
+from lib.models import deepmac, maskrcnn, unet  # noqa: E402
+
+ARCHS = ("unet", "maskrcnn", "deepmac")
+
+# Small detectors: 128 px inputs, resnet18 FPN, anchors scaled to the image, few proposals.
+TINY_DET = dict(
+    backbone="resnet18", min_size=128, max_size=128, anchor_sizes=[[8], [16], [32], [64], [128]],
+    rpn_pre_nms_top_n_train=200, rpn_pre_nms_top_n_test=100, rpn_post_nms_top_n_train=100,
+    rpn_post_nms_top_n_test=50, box_batch_size_per_image=64, box_detections_per_img=10,
+)
+TINY = {
+    "unet": dict(encoder="resnet18", min_size=128, max_size=128, decoder_channels=[64, 32, 16, 16, 8]),
+    "maskrcnn": dict(TINY_DET),
+    "deepmac": dict(TINY_DET, mask_head_width=16, mask_head_depth=2, mask_head_stacks=1, mask_roi_size=16),
+}
+
+
+def tiny_config(arch, **overrides):
+    return models.default_config(arch, **{**TINY[arch], **overrides})
+
+
+def build(arch, seed=0, **overrides):
+    torch.manual_seed(seed)
+    return models.build_model(tiny_config(arch, **overrides))
+
+
+def batch(categories=(0, 30)):
+    """Two images of different sizes: the first with one box-shaped instance per category, the second empty."""
+    torch.manual_seed(1)
+    images = [torch.rand(3, 96, 128), torch.rand(3, 128, 80)]
+    rects = [(20, 10, 60, 40), (30, 50, 100, 90), (70, 5, 120, 45)]  # x1, y1, x2, y2
+    masks = torch.zeros(len(categories), 96, 128, dtype=torch.uint8)
+    for i, (x1, y1, x2, y2) in enumerate(rects[: len(categories)]):
+        masks[i, y1:y2, x1:x2] = 1
+    targets = [
+        dict(boxes=torch.tensor(rects[: len(categories)], dtype=torch.float32).reshape(-1, 4),
+             labels=torch.tensor(categories, dtype=torch.int64) + 1, masks=masks),
+        dict(boxes=torch.zeros(0, 4), labels=torch.zeros(0, dtype=torch.int64),
+             masks=torch.zeros(0, 128, 80, dtype=torch.uint8)),
+    ]
+    return images, targets
+
+
+# ---------------------------------------------------------------- configs
+
+
+def test_default_configs_are_complete_json_and_strict():
+    for arch in ARCHS:
+        cfg = models.default_config(arch)
+        assert cfg["arch"] == arch and cfg == models.DEFAULTS[arch]
+        assert cfg["num_classes"] == 47 and cfg["pretrained"] is False and cfg["mask_classes"] is None
+        assert {"min_size", "max_size"} <= set(cfg)
+        assert json.loads(json.dumps(cfg)) == cfg
+        assert cfg is not models.DEFAULTS[arch]  # a copy: callers may edit it
+    assert models.default_config("deepmac")["mask_roi_size"] == 32
+    assert models.default_config("maskrcnn")["mask_roi_size"] == 14
+    assert models.default_config("maskrcnn", min_size=64)["min_size"] == 64
+    with pytest.raises(ValueError, match="unknown config keys.*mask_head_width"):
+        models.default_config("maskrcnn", mask_head_width=8)  # a DeepMAC-only key
+    with pytest.raises(ValueError, match="unknown arch"):
+        models.default_config("yolo")
+    with pytest.raises(ValueError, match="no 'arch'"):
+        models.build_model({"num_classes": 47})
+    with pytest.raises(ValueError, match="arch"):
+        models.BUILDERS["maskrcnn"]({"arch": "deepmac"})
+
+
+def test_bad_config_values_are_rejected():
+    with pytest.raises(ValueError, match="unknown backbone"):
+        models.build_model(tiny_config("maskrcnn", backbone="vgg"))
+    with pytest.raises(ValueError, match="anchor_sizes needs 5 levels"):
+        models.build_model(tiny_config("maskrcnn", anchor_sizes=[[8], [16]]))
+    with pytest.raises(ValueError, match="mask_classes: 46"):
+        models.build_model(tiny_config("deepmac", mask_classes=[0, 46]))
+    with pytest.raises(ValueError, match="decoder_channels"):
+        models.build_model(tiny_config("unet", decoder_channels=[16, 8]))
+
+
+# ---------------------------------------------------------------- uniform interface, every arch
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_train_step_gives_finite_losses_and_gradients(arch):
+    model = build(arch).train()
+    images, targets = batch()
+    losses = model(images, targets)
+    expected = {"loss_ce", "loss_dice"} if arch == "unet" else {
+        "loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg"}
+    assert set(losses) == expected
+    assert all(v.ndim == 0 and torch.isfinite(v) for v in losses.values())
+    assert all(v.item() > 0 for v in losses.values())
+    sum(losses.values()).backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and any(g.abs().sum() > 0 for g in grads)
+    if arch != "unet":
+        mask_grads = [p.grad for p in model.roi_heads.mask_head.parameters() if p.grad is not None]
+        assert any(g.abs().sum() > 0 for g in mask_grads)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_eval_output_format_and_state_dict_round_trip(arch):
+    overrides = {} if arch == "unet" else {"box_score_thresh": 0.0}  # untrained scores are ~1/47
+    model = build(arch, **overrides).eval()
+    images, _ = batch()
+    with torch.no_grad():
+        out = model(images)
+    assert len(out) == 2
+    for img, r in zip(images, out):
+        h, w = img.shape[-2:]
+        n = len(r["scores"])
+        assert n > 0
+        assert r["boxes"].shape == (n, 4) and r["boxes"].dtype == torch.float32
+        assert r["labels"].shape == (n,) and r["labels"].dtype == torch.int64
+        assert r["labels"].min() >= 1 and r["labels"].max() <= 46
+        assert r["masks"].shape == (n, 1, h, w) and r["masks"].dtype == torch.float32
+        assert r["masks"].min() >= 0 and r["masks"].max() <= 1
+        assert (r["boxes"][:, 0] >= 0).all() and (r["boxes"][:, 2] <= w).all() and (r["boxes"][:, 3] <= h).all()
+        if arch == "unet":
+            assert r["semantic"].shape == (47, h, w)
+            torch.testing.assert_close(r["semantic"].sum(0), torch.ones(h, w))
+        else:
+            assert "semantic" not in r
+
+    # A checkpoint keeps the config as JSON: rebuilding from it gives the same modules and outputs.
+    config = json.loads(json.dumps(tiny_config(arch, **overrides)))
+    rebuilt = models.build_model(config)
+    state = model.state_dict()
+    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in state.items()}
+    rebuilt.load_state_dict(state)
+    rebuilt.eval()
+    with torch.no_grad():
+        again = rebuilt(images)
+    for a, b in zip(out, again):
+        for key in a:
+            torch.testing.assert_close(a[key], b[key])
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_images_without_instances_train(arch):
+    model = build(arch).train()
+    images, targets = batch()
+    losses = model(images[1:], targets[1:])
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    if arch != "unet":
+        assert losses["loss_mask"].item() == 0 and losses["loss_box_reg"].item() == 0
+
+
+def test_building_without_pretrained_never_downloads(monkeypatch):
+    import segmentation_models_pytorch.encoders as smp_encoders
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("a weight download was attempted")
+
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", no_download)
+    monkeypatch.setattr(smp_encoders, "hf_hub_download", no_download)
+    for arch in ARCHS:
+        build(arch)
+
+
+@pytest.mark.parametrize("arch", ["unet", "maskrcnn", "deepmac"])
+def test_pretrained_offline_explains_itself(arch, monkeypatch):
+    import segmentation_models_pytorch.encoders as smp_encoders
+
+    def offline(*args, **kwargs):
+        raise OSError("Network is unreachable")
+
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", offline)
+    monkeypatch.setattr(smp_encoders, "hf_hub_download", offline)
+    with pytest.raises(RuntimeError, match="--pretrained needs internet access.*without --pretrained"):
+        models.build_model(tiny_config(arch, pretrained=True))
+
+
+# ---------------------------------------------------------------- detectors
+
+
+def test_backbone_variants_match_torchvision_and_train():
+    """resnet50 / resnet50_v2 keep torchvision's module names and shapes; MobileNetV3 FPN trains."""
+    for backbone, reference in (("resnet50", torchvision.models.detection.maskrcnn_resnet50_fpn),
+                                ("resnet50_v2", torchvision.models.detection.maskrcnn_resnet50_fpn_v2)):
+        ours = models.build_model(models.default_config("maskrcnn", backbone=backbone)).state_dict()
+        theirs = reference(weights=None, weights_backbone=None, num_classes=47).state_dict()
+        assert {k: v.shape for k, v in ours.items()} == {k: v.shape for k, v in theirs.items()}
+    model = build("maskrcnn", backbone="mobilenet_v3", anchor_sizes=None).train()
+    assert list(model.backbone(torch.zeros(1, 3, 64, 64))) == ["0", "1", "pool"]
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.backbone.modules())
+    assert not any(isinstance(m, torchvision.ops.FrozenBatchNorm2d) for m in model.modules())
+    assert all(p.requires_grad for p in model.parameters())  # from scratch: every layer trains
+    losses = model(*batch())
+    assert set(losses) >= {"loss_mask", "loss_classifier"} and all(torch.isfinite(v) for v in losses.values())
+
+
+def roi_heads_losses(model, images, targets, proposals, seed=0):
+    """The RoI heads' training losses for fixed backbone features and given proposals (one tensor per image)."""
+    model.train()
+    with torch.no_grad():
+        image_list, targets_t = model.transform(images, targets)
+        features = model.backbone(image_list.tensors)
+    torch.manual_seed(seed)
+    _, losses = model.roi_heads(features, proposals, image_list.image_sizes, targets_t)
+    return losses
+
+
+def test_deepmac_mask_loss_follows_gt_boxes_not_proposals():
+    images, targets = batch()
+    # The transform keeps the first image at 96x128 (scale 1), so these boxes are in network pixels.
+    near = [torch.tensor([[22.0, 12, 62, 42], [18, 8, 58, 38], [32, 52, 98, 88]]), torch.tensor([[5.0, 5, 40, 40]])]
+    far = [torch.tensor([[100.0, 60, 126, 94], [0, 70, 15, 95]]), torch.tensor([[10.0, 60, 70, 120]])]
+    dm = build("deepmac", gt_box_jitter=0.0)
+    a = roi_heads_losses(dm, images, targets, near)["loss_mask"]
+    b = roi_heads_losses(dm, images, targets, far)["loss_mask"]
+    assert a.item() > 0 and a.item() == b.item()
+    mr = build("maskrcnn")
+    a = roi_heads_losses(mr, images, targets, near)["loss_mask"]
+    b = roi_heads_losses(mr, images, targets, far)["loss_mask"]
+    assert a.item() > 0 and b.item() > 0 and abs(a.item() - b.item()) > 1e-4
+
+
+def test_deepmac_jitter_and_instance_cap():
+    images, targets = batch(categories=(0, 1, 2))
+    dm = build("deepmac", mask_max_instances=2)
+    seen = []
+    dm.roi_heads.mask_head.register_forward_hook(lambda m, inp, out: seen.append(inp[0].shape[0]))
+    props = [torch.tensor([[0.0, 0, 50, 50]]), torch.tensor([[0.0, 0, 50, 50]])]
+    a = roi_heads_losses(dm, images, targets, props, seed=0)["loss_mask"]
+    b = roi_heads_losses(dm, images, targets, props, seed=1)["loss_mask"]
+    assert seen == [2, 2]  # 3 GT instances, capped at 2; the empty image adds none
+    assert a.item() != b.item()  # jittered boxes (default 0.05) differ between seeds
+
+    boxes = torch.tensor([[10.0, 20, 50, 40], [0, 0, 8, 8]])
+    assert torch.equal(deepmac.jitter_boxes(boxes, 0.0, (64, 64)), boxes)
+    torch.manual_seed(0)
+    for _ in range(20):
+        j = deepmac.jitter_boxes(boxes, 0.1, (64, 64))
+        wh = torch.tensor([[40.0, 20, 40, 20], [8, 8, 8, 8]])
+        assert ((j - boxes).abs() <= 0.1 * wh + 1e-5).all()
+        assert (j[:, 2:] > j[:, :2]).all() and j.min() >= 0 and j.max() <= 64
+
+
+def test_deepmac_class_specific_masks():
+    dm = build("deepmac", class_agnostic_masks=False)
+    assert dm.roi_heads.mask_predictor.out_channels == 47
+    assert build("deepmac").roi_heads.mask_predictor.out_channels == 1
+    losses = dm.train()(*batch())
+    assert losses["loss_mask"].item() > 0
+    dm.eval()
+    with torch.no_grad():
+        out = dm(batch()[0])
+    assert out[0]["masks"].shape[1:] == (1, 96, 128)
+
+
+@pytest.mark.parametrize("arch", ["maskrcnn", "deepmac"])
+def test_mask_classes_restrict_only_the_mask_loss(arch):
+    assert maskrcnn.mask_label_table(4, None).tolist() == [False, True, True, True]
+    assert maskrcnn.mask_label_table(4, [2]).tolist() == [False, False, False, True]
+    model = build(arch, mask_classes=[0])
+    assert model.roi_heads.mask_label_allowed.nonzero().flatten().tolist() == [1]
+    assert "roi_heads.mask_label_allowed" not in model.state_dict()
+    images, targets = batch(categories=(5, 30))  # no category 0
+    torch.manual_seed(0)
+    losses = model.train()(images, targets)
+    assert losses["loss_mask"].item() == 0 and losses["loss_mask"].requires_grad
+    assert losses["loss_box_reg"].item() > 0 and losses["loss_classifier"].item() > 0
+    images, targets = batch(categories=(0, 30))
+    torch.manual_seed(0)
+    assert model(images, targets)["loss_mask"].item() > 0
+
+
+# ---------------------------------------------------------------- UNet
+
+
+def test_semantic_target_paints_parts_over_garments_and_small_over_large():
+    masks = torch.zeros(4, 4, 6, dtype=torch.uint8)
+    masks[0, :, :4] = 1  # category 31 (sleeve, a part), 4x4
+    masks[1] = 1  # category 0 (garment), the whole image
+    masks[2, 1:3, 1:3] = 1  # category 33 (part), 2x2 inside the sleeve: smaller part on top
+    masks[3, 2:, 3:] = 1  # category 4 (garment), smaller than the shirt: on top of it, under the sleeve
+    labels = torch.tensor([31, 0, 33, 4]) + 1
+    expected = torch.tensor([
+        [32, 32, 32, 32, 1, 1],
+        [32, 34, 34, 32, 1, 1],
+        [32, 34, 34, 32, 5, 5],
+        [32, 32, 32, 32, 5, 5],
+    ])
+    assert torch.equal(unet.semantic_target(masks, labels), expected)
+    # Only garments supervised: the parts' pixels become the garments'; the rest is unchanged.
+    only_garments = unet.semantic_target(masks, labels, mask_classes=[0, 4])
+    assert torch.equal(only_garments, torch.tensor([[1] * 6, [1] * 6, [1, 1, 1, 5, 5, 5], [1, 1, 1, 5, 5, 5]]))
+    # An unsupervised instance nobody covers is ignored, not background.
+    ign = unet.semantic_target(masks[2:3], labels[2:3], mask_classes=[0])
+    assert (ign == unet.IGNORE_INDEX).sum() == 4 and (ign == 0).sum() == 20
+    empty = unet.semantic_target(torch.zeros(0, 3, 5, dtype=torch.uint8), torch.zeros(0, dtype=torch.int64))
+    assert empty.shape == (3, 5) and empty.dtype == torch.int64 and (empty == 0).all()
+
+
+def test_instances_from_probs_splits_components():
+    probs = torch.zeros(3, 8, 10)
+    probs[0] = 0.9
+    probs[1] = 0.1
+    probs[1, 1:3, 1:4] = 0.8  # blob A of class 1 (6 px)
+    probs[1, 5:7, 6:10] = 0.6  # blob B of class 1 (8 px)
+    probs[1, 7, 0] = 0.7  # a 1 px speck of class 1
+    probs[2, 0, 9] = 0.95  # 1 px of class 2
+    probs[0] = 1 - probs[1] - probs[2]
+    r = unet.instances_from_probs(probs, min_area=2, max_instances=10)
+    assert r["labels"].tolist() == [1, 1]
+    torch.testing.assert_close(r["scores"], torch.tensor([0.8, 0.6]))
+    assert r["boxes"].tolist() == [[1, 1, 4, 3], [6, 5, 10, 7]]
+    assert r["masks"].shape == (2, 1, 8, 10)
+    expected_a = torch.zeros(8, 10)
+    expected_a[1:3, 1:4] = 0.8
+    torch.testing.assert_close(r["masks"][0, 0], expected_a)
+    assert r["masks"][1, 0].sum().item() == pytest.approx(8 * 0.6)
+    # min_area 1 keeps the specks, max_instances keeps the best scores
+    r = unet.instances_from_probs(probs, min_area=1, max_instances=3)
+    assert r["labels"].tolist() == [2, 1, 1] and r["scores"][0].item() == pytest.approx(0.95)
+    # 8-connectivity: diagonal neighbours of one class are one instance
+    diag = torch.stack([torch.ones(4, 4), torch.zeros(4, 4)])
+    diag[:, [0, 1], [0, 1]] = torch.tensor([[0.0, 0.0], [1.0, 1.0]])
+    r = unet.instances_from_probs(diag, min_area=1, max_instances=5)
+    assert r["labels"].tolist() == [1] and r["boxes"].tolist() == [[0, 0, 2, 2]]
+    none = unet.instances_from_probs(torch.stack([torch.ones(4, 4), torch.zeros(4, 4)]), 1, 5)
+    assert none["boxes"].shape == (0, 4) and none["masks"].shape == (0, 1, 4, 4) and none["labels"].dtype == torch.int64
+
+
+def test_soft_dice_loss_known_values():
+    target = torch.tensor([[[0, 1], [0, unet.IGNORE_INDEX]]])
+    # Equal logits: p = 1/2 everywhere. Class 1: intersection 1/2, sum p over 3 valid pixels 3/2, 1 true pixel.
+    loss = unet.soft_dice_loss(torch.zeros(1, 2, 2, 2), target)
+    assert loss.item() == pytest.approx(1 - 2 * 0.5 / (1.5 + 1))
+    perfect = torch.nn.functional.one_hot(torch.tensor([[[0, 1], [0, 0]]]), 2).permute(0, 3, 1, 2) * 50.0
+    assert unet.soft_dice_loss(perfect, target).item() == pytest.approx(0, abs=1e-6)
+    only_bg = unet.soft_dice_loss(torch.randn(1, 2, 2, 2, requires_grad=True), torch.zeros(1, 2, 2, dtype=torch.long))
+    assert only_bg.item() == 0 and only_bg.requires_grad
+
+
+def test_unet_resizes_like_the_detectors_and_ignores_padding():
+    model = build("unet", min_size=64, max_size=64)
+    images, targets = batch()
+    image_list, _ = model.transform(images)
+    assert image_list.image_sizes == [(48, 64), (64, 40)]  # long side = max_size, aspect kept
+    assert image_list.tensors.shape[-2:] == (64, 64)  # padded to a multiple of 32
+    # An image fully covered by an unsupervised instance has no supervised pixel: finite, zero losses.
+    m = build("unet", mask_classes=[1]).train()
+    full = dict(boxes=torch.tensor([[0.0, 0, 128, 96]]), labels=torch.tensor([1]),
+                masks=torch.ones(1, 96, 128, dtype=torch.uint8))
+    losses = m(images[:1], [full])
+    assert losses["loss_ce"].item() == 0 and losses["loss_dice"].item() == 0
+    assert np.isfinite(sum(losses.values()).item())
