@@ -75,6 +75,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help='JSON grid for --tune, e.g. \'{"score_thresh": [0.4, 0.5], "mask_thresh": [0.45]}\'')
     p.add_argument("--validate", default=None, metavar="FILE",
                    help="only validate FILE against --data-dir's test images; exit 0 if valid, 1 if not")
+    p.add_argument("--report-images", type=int, default=6,
+                   help="images shown in <out dir>/report/index.html (overlays per model); 0 = no report")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return p
 
@@ -97,6 +99,10 @@ def _load_sources(paths, models):
         else:
             predicted.update(table["image_id"])
         names = list(dict.fromkeys(table["model"]))
+        meta = f.parent / "meta.json"
+        if meta.is_file():  # 05 lists every model, also one that predicted nothing above its score floor
+            listed = [m["name"] for m in json.loads(meta.read_text()).get("models", []) if m.get("name")]
+            names = listed + [n for n in names if n not in listed]
         for m in names if models is None else [m for m in names if m in models]:
             name = m if all(m != s[0] for s in sources) else f"{m}@{f}"
             sources.append((name, table[table["model"] == m].reset_index(drop=True)))
@@ -196,6 +202,18 @@ def main(args) -> int:
 
     sub = lsub.build_submission(final, images, params, mask_size, progress=progress)
     lsub.write_submission(sub, out, ids, mask_size, sizes)
+    report = None
+    if args.report_images > 0:
+        from lib.report import train_dirs_from_predictions, write_report
+
+        tables = dict(sources)
+        if len(sources) > 1:
+            tables["ensemble"] = final
+        report = write_report(out.parent / "report", args.data_dir, tables, params, gt if have_gt else None,
+                              train_dirs_from_predictions(args.predictions), scores, n_images=args.report_images,
+                              extra={"submission": str(out), "scores": str(out.parent / "scores.json") if scores else None,
+                                     "predictions": ", ".join(map(str, args.predictions))})
+        print(f"report: {report}")
     n_placeholder = int(((sub["EncodedPixels"] == lsub.PLACEHOLDER[0]) & (sub["ClassId"] == lsub.PLACEHOLDER[1])).sum())
     atomic_write_json(out.parent / "meta.json", {
         "stage": "06_make_submission",
@@ -209,6 +227,7 @@ def main(args) -> int:
         "num_placeholder_rows": n_placeholder,
         "images_not_predicted": len(not_predicted),
         "scores": {k: {m: v[m] for m in ("kaggle", "AP", "AP50", "AP75")} for k, v in scores.items()},
+        "report": str(report) if report else None,
         "seconds": round(time.time() - t0, 1),
     })
     print(f"wrote {out}: {len(sub)} rows for {len(ids)} images ({n_placeholder} placeholder rows)")

@@ -1,0 +1,49 @@
+#!/usr/bin/env python3
+"""Stage 03: train Mask R-CNN (torchvision, FPN backbone) on the 01 cache.
+
+Writes OUT_DIR/{checkpoint.pth, best.pth, metrics.jsonl, curves.png, val_scores.json, meta.json}
+(see lib/engine.py). Checkpoints load with torch.load(..., weights_only=True) and rebuild the model
+from their own config (lib.engine.load_checkpoint).
+
+Examples:
+
+  # CPU smoke run (minutes): light backbone, small images, two steps per epoch
+  python 03_train_maskrcnn.py --prepared-dir work/prepared --out-dir work/maskrcnn_quick \\
+      --backbone resnet18 --min-size 256 --max-size 256 --epochs 1 --batch-size 2 \\
+      --max-steps-per-epoch 2 --max-val-images 4 --workers 0
+
+  # one GPU, full run (bf16 autocast by default on CUDA)
+  python 03_train_maskrcnn.py --prepared-dir work/prepared --out-dir work/maskrcnn \\
+      --backbone resnet50 --min-size 800 --max-size 1024 --epochs 12 --batch-size 8 --lr 2e-4 --workers 8
+
+  # several GPUs on one machine (--batch-size is per GPU)
+  torchrun --nproc_per_node=4 03_train_maskrcnn.py --prepared-dir work/prepared --out-dir work/maskrcnn \\
+      --backbone resnet50 --epochs 12 --batch-size 8 --lr 4e-4
+
+  # continue an interrupted run
+  python 03_train_maskrcnn.py --out-dir work/maskrcnn --resume auto  # plus the same flags as before
+"""
+import argparse
+
+from lib import engine
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    engine.add_common_args(p, "work/maskrcnn", lr=1e-4, optimizer="adamw", clip_grad=10.0)
+    engine.add_detector_args(p)
+    return p
+
+
+def model_overrides(args) -> dict:
+    """Model config keys set by the flags above (None = the model's default)."""
+    return engine.detector_overrides(args)
+
+
+def main(args) -> dict:
+    return engine.run_training("maskrcnn", model_overrides(args), args, stage="03_train_maskrcnn")
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())

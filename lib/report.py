@@ -1,0 +1,254 @@
+"""An HTML report of a submission run: overlays per model, training curves, scores (written by 06).
+
+:func:`write_report` writes into ``report_dir`` (next to ``submission.csv``: ``<submission dir>/report/``)::
+
+    index.html                    one page, all links relative (the folder can be moved or zipped)
+    overlays/<image stem>.png     per sampled image: the image | ground truth (when known) | each model | ensemble
+    charts/<name>_per_class.png   per-class Kaggle score of each scored model (bar chart)
+    curves/<name>.png             the training curves of each model (copied from its training out-dir)
+
+Overlays show the instances as they would be submitted: each table's rows go through
+:func:`lib.submission.postprocess_image` with the submission's parameters, at the panel's display size.
+"""
+from __future__ import annotations
+
+import html
+import math
+import shutil
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from . import data as ldata
+from . import io as lio
+from . import labels as llabels
+from . import rle as lrle
+from . import viz
+
+__all__ = ["write_report", "train_dirs_from_predictions", "category_names"]
+
+
+def category_names(data_dir: str | Path | None = None) -> list[str]:
+    """The 46 category names from ``<data_dir>/label_descriptions.json``, else the competition's table."""
+    p = Path(data_dir) / "label_descriptions.json" if data_dir else None
+    if p is not None and p.is_file():
+        return [c["name"] for c in llabels.load_labels(p).categories]
+    from .label_table import label_descriptions
+
+    return [c["name"] for c in label_descriptions()["categories"]]
+
+
+def train_dirs_from_predictions(prediction_paths: Sequence[str | Path]) -> dict[str, Path]:
+    """``{model name: training out-dir}`` from the ``meta.json`` of 05 output dirs (or of their tables' dirs)."""
+    out: dict[str, Path] = {}
+    for p in map(Path, prediction_paths):
+        meta = (p if p.is_dir() else p.parent) / "meta.json"
+        if not meta.is_file():
+            continue
+        for m in lio.read_json(meta).get("models", []):
+            ck = m.get("checkpoint")
+            if ck and m.get("name") and Path(ck).parent.is_dir():
+                out.setdefault(m["name"], Path(ck).parent)
+    return out
+
+
+def _class_label(key, names: list[str]) -> str:
+    """A score key (category id, its string, or a full ClassId like "6_7_20") -> "name" / "name [attrs]"."""
+    s = str(key)
+    try:
+        cat, attrs = llabels.parse_class_id(s)
+    except (ValueError, TypeError):
+        return s
+    name = names[cat] if 0 <= cat < len(names) else s
+    return f"{name} [{'_'.join(map(str, attrs))}]" if attrs else name
+
+
+def _sample_ids(tables: Mapping[str, pd.DataFrame], gt_ids: set, n: int, seed: int) -> list[str]:
+    ids: dict[str, None] = {}
+    for t in tables.values():
+        ids.update(dict.fromkeys(t["image_id"]))
+    ids.update(dict.fromkeys(sorted(gt_ids)))
+    pool = [i for i in ids if i in gt_ids] or list(ids)
+    if len(pool) < n:
+        pool += [i for i in ids if i not in set(pool)]
+    if len(pool) <= n:
+        return pool
+    pick = np.sort(np.random.default_rng(seed).choice(len(pool), size=n, replace=False))
+    return [pool[k] for k in pick]
+
+
+def _gt_instances(gt_csv: Path | None, groups: dict, image_id: str, size: tuple[int, int]):
+    """Ground-truth masks of one image at the display ``size`` and their categories."""
+    if gt_csv is None or image_id not in groups:
+        return None
+    rows, _ = ldata.read_rows(gt_csv, groups[image_id])
+    masks = [ldata.resize_mask(lrle.decode(r.rle, (r.height, r.width)), size) for r in rows]
+    return (np.stack(masks) if masks else np.zeros((0, *size), np.uint8)), [r.category for r in rows]
+
+
+def _write_png(path: Path, rgb: np.ndarray) -> None:
+    with lio.atomic_path(path, suffix=".png") as tmp:
+        if not cv2.imwrite(str(tmp), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
+            raise OSError(f"cannot write {path}")
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else f"{v:.4f}"
+    if isinstance(v, (list, tuple)):
+        return ", ".join(map(str, v)) if v else "-"
+    return "-" if v is None else str(v)
+
+
+def write_report(report_dir: str | Path, data_dir: str | Path | None, tables: Mapping[str, pd.DataFrame],
+                 params: dict | None = None, gt_csv: str | Path | None = None,
+                 train_dirs: Mapping[str, str | Path] | Sequence[str | Path] | None = None,
+                 scores: Mapping[str, dict] | None = None, n_images: int = 6,
+                 class_names: Sequence[str] | None = None, image_dir: str | Path | None = None,
+                 panel_height: int = 320, seed: int = 0, title: str = "iMaterialist (Fashion) 2019 - submission report",
+                 extra: Mapping[str, object] | None = None) -> Path:
+    """Write the report (see the module docstring) and return the path of ``index.html``.
+
+    Args:
+        report_dir: output folder (created).
+        data_dir: Kaggle-layout dir: images from ``<data_dir>/test`` and names from its
+            ``label_descriptions.json`` (either may be overridden by ``image_dir`` / ``class_names``).
+        tables: ``{name: prediction table}`` (lib.predictions format), e.g. each model and "ensemble".
+        params: the submission's post-processing parameters (lib.submission), shown and used for overlays.
+        gt_csv: train.csv-format ground truth of these images (a panel per image), or None.
+        train_dirs: training out-dirs (``{name: dir}``, or dirs named after their model) for curves.png
+            and val_scores.json.
+        scores: ``{name: lib.submission.score_table result}`` (kaggle, AP, ..., per_class).
+        n_images: images to show (a seeded sample, preferring images with ground truth).
+        image_dir: where ``<ImageId>`` files are (default ``<data_dir>/test``; a 01 cache: its ``images/``).
+        extra: more key/value lines for the summary (e.g. paths of submission.csv and scores.json).
+    """
+    from . import submission as lsub
+
+    report_dir = Path(report_dir)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    names = list(class_names) if class_names is not None else category_names(data_dir)
+    params = lsub.resolve_params(params)
+    image_dir = Path(image_dir) if image_dir else (Path(data_dir) / "test" if data_dir else None)
+    gt_csv = Path(gt_csv) if gt_csv else None
+    groups: dict = {}
+    if gt_csv is not None and gt_csv.is_file():
+        groups, _ = ldata.index_csv(gt_csv)
+    else:
+        gt_csv = None
+    scores = dict(scores or {})
+    if isinstance(train_dirs, Mapping):
+        tdirs = {str(k): Path(v) for k, v in train_dirs.items()}
+    else:
+        tdirs = {Path(d).name: Path(d) for d in (train_dirs or [])}
+
+    # ---- overlays
+    by_image = {name: {k: t.iloc[v] for k, v in t.groupby("image_id", sort=False).indices.items()}
+                for name, t in tables.items()}
+    overlays = []
+    for image_id in _sample_ids(tables, set(groups), n_images, seed):
+        path = image_dir / image_id if image_dir is not None else None
+        if path is None or not path.is_file():
+            overlays.append((image_id, None, f"image not found: {path}"))
+            continue
+        img = ldata.read_image(path)
+        h, w = img.shape[:2]
+        dh = min(panel_height, h)
+        dw = max(1, round(w * dh / h))
+        small = cv2.resize(img, (dw, dh), interpolation=cv2.INTER_AREA)
+        panels, titles = [small], [f"image {w}x{h}"]
+        gt = _gt_instances(gt_csv, groups, image_id, (dh, dw))
+        if gt is not None:
+            m, cats = gt
+            panels.append(viz.draw_overlay(small, m, [names[c] if c < len(names) else str(c) for c in cats]))
+            titles.append(f"ground truth ({len(cats)})")
+        for name, g in by_image.items():
+            rows = g.get(image_id)
+            insts = [] if rows is None else lsub.postprocess_image(rows, params, (dh, dw))
+            masks = np.stack([m for _, m, _ in insts]) if insts else np.zeros((0, dh, dw), np.uint8)
+            panels.append(viz.draw_overlay(small, masks, [_class_label(c, names) for c, _, _ in insts],
+                                           [s for _, _, s in insts]))
+            titles.append(f"{name} ({len(insts)})")
+        rel = f"overlays/{Path(image_id).stem}.png"
+        _write_png(report_dir / rel, viz.image_grid(panels, titles, height=dh))
+        overlays.append((image_id, rel, None))
+
+    # ---- per-class charts
+    charts = []
+    for name, s in scores.items():
+        pc = s.get("per_class") if isinstance(s, dict) else None
+        if pc:
+            rel = f"charts/{name}_per_class.png"
+            viz.plot_class_scores({_class_label(k, names): v for k, v in pc.items()}, report_dir / rel,
+                                  title=f"{name}: Kaggle score per class")
+            charts.append((name, rel))
+
+    # ---- training curves and validation scores
+    curves = []
+    for name, d in tdirs.items():
+        src = d / "curves.png"
+        rel = None
+        if src.is_file():
+            rel = f"curves/{name}.png"
+            (report_dir / "curves").mkdir(exist_ok=True)
+            shutil.copyfile(src, report_dir / rel)
+        val = {}
+        if (d / "val_scores.json").is_file():
+            vs = lio.read_json(d / "val_scores.json")
+            for which in ("best", "latest"):
+                e = vs.get(which) or {}
+                val[which] = (e.get("epoch"), e.get("kaggle"), (e.get("coco") or {}).get("AP"))
+        if rel or val:
+            curves.append((name, str(d), rel, val))
+
+    # ---- page
+    esc = html.escape
+    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{esc(title)}</title><style>"
+             "body{font-family:sans-serif;margin:20px;max-width:1600px}table{border-collapse:collapse;margin:8px 0}"
+             "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f0f0f0}"
+             "td:first-child,th:first-child{text-align:left}img{max-width:100%;border:1px solid #ddd}"
+             "h2{border-bottom:1px solid #ccc;padding-bottom:3px}.note{color:#555}</style></head><body>",
+             f"<h1>{esc(title)}</h1>"]
+    if extra:
+        parts.append("<table>" + "".join(f"<tr><th>{esc(str(k))}</th><td>{esc(_fmt(v))}</td></tr>"
+                                         for k, v in extra.items()) + "</table>")
+    parts.append("<h2>Scores</h2>")
+    if scores:
+        cols = ["kaggle", "AP", "AP50", "AP75", "num_images"]
+        parts.append("<table><tr><th>model</th>" + "".join(f"<th>{c}</th>" for c in cols) + "</tr>")
+        for name, s in scores.items():
+            parts.append(f"<tr><td>{esc(name)}</td>" + "".join(f"<td>{esc(_fmt(s.get(c)))}</td>" for c in cols)
+                         + "</tr>")
+        parts.append("</table><p class='note'>Kaggle metric (IoU 0.50:0.05:0.95) and COCO mask AP after "
+                     "post-processing, masks compared at the submission size.</p>")
+    else:
+        parts.append("<p class='note'>No ground truth: no scores.</p>")
+    parts.append("<h2>Post-processing parameters</h2><table>" + "".join(
+        f"<tr><th>{esc(k)}</th><td>{esc(_fmt(v))}</td></tr>" for k, v in params.items()) + "</table>")
+    if charts:
+        parts.append("<h2>Per-class scores</h2>")
+        parts += [f"<h3>{esc(n)}</h3><img src='{esc(r)}' alt='{esc(n)} per-class scores'>" for n, r in charts]
+    parts.append(f"<h2>Predictions on {len(overlays)} images</h2><p class='note'>Panels: the image"
+                 f"{', the ground truth' if gt_csv else ''}, then {', '.join(map(esc, tables))}; "
+                 "labels are 'class score' after post-processing.</p>")
+    for image_id, rel, err in overlays:
+        parts.append(f"<h3>{esc(image_id)}</h3>" + (f"<img src='{esc(rel)}' alt='{esc(image_id)}'>" if rel
+                                                    else f"<p class='note'>{esc(err)}</p>"))
+    if curves:
+        parts.append("<h2>Training</h2>")
+        for name, d, rel, val in curves:
+            parts.append(f"<h3>{esc(name)}</h3><p class='note'>{esc(d)}</p>")
+            if val:
+                head = "<tr><th>validation</th><th>epoch</th><th>kaggle</th><th>mask AP</th></tr>"
+                body = "".join(f"<tr><td>{w}</td>" + "".join(f"<td>{esc(_fmt(x))}</td>" for x in v) + "</tr>"
+                               for w, v in val.items())
+                parts.append(f"<table>{head}{body}</table>")
+            if rel:
+                parts.append(f"<img src='{esc(rel)}' alt='{esc(name)} training curves'>")
+    parts.append("</body></html>\n")
+    index = report_dir / "index.html"
+    lio.atomic_write_text(index, "\n".join(parts))
+    return index

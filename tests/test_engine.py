@@ -1,0 +1,401 @@
+"""lib/engine.py and the training scripts 02/03/04: outputs, checkpoints, resume, NaN stop, DDP, overfitting.
+
+Quick tests train one or two tiny epochs (2 steps, light models, small images) on the conftest cache.
+Slow tests (``-m slow``) check that each model overfits a handful of synthetic images from scratch on CPU.
+"""
+import importlib.util
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from lib import cache as lcache
+from lib import engine
+from lib import io as lio
+from lib import rle as lrle
+from lib.dataset import CacheDataset, build_transforms
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPTS = {"unet": "02_train_unet.py", "maskrcnn": "03_train_maskrcnn.py", "deepmac": "04_train_deepmac.py"}
+
+# Small, fast model settings per arch (CPU, 96-128 px).
+TINY_MODEL = {
+    "unet": ["--encoder", "resnet18", "--image-size", "96"],
+    "maskrcnn": ["--backbone", "resnet18", "--min-size", "96", "--max-size", "96", "--anchor-sizes", "16", "32",
+                 "64", "128", "256", "--rpn-post-nms-train", "100", "--rpn-post-nms-test", "100",
+                 "--box-batch-size-per-image", "64", "--detections-per-img", "20"],
+    "deepmac": ["--backbone", "resnet18", "--min-size", "96", "--max-size", "96", "--anchor-sizes", "16", "32",
+                "64", "128", "256", "--rpn-post-nms-train", "100", "--rpn-post-nms-test", "100",
+                "--box-batch-size-per-image", "64", "--detections-per-img", "20", "--mask-roi-size", "16",
+                "--mask-head-width", "16", "--mask-head-depth", "2", "--mask-head-stacks", "1"],
+}
+
+
+def _script(arch):
+    path = REPO / SCRIPTS[arch]
+    spec = importlib.util.spec_from_file_location(f"script_{arch}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _args(arch, cache, out, *extra):
+    flags = ["--prepared-dir", str(cache), "--out-dir", str(out), "--workers", "0", "--batch-size", "2",
+             "--max-steps-per-epoch", "2", "--epochs", "1", "--log-every", "1", "--max-val-images", "2",
+             "--threads", "1", *TINY_MODEL[arch], *extra]
+    return _script(arch).get_args_parser().parse_args(flags)
+
+
+def _run(arch, cache, out, *extra):
+    mod = _script(arch)
+    return mod.main(_args(arch, cache, out, *extra))
+
+
+# --------------------------------------------------------------------------------------------- quick runs
+@pytest.mark.parametrize("arch", ["unet", "maskrcnn", "deepmac"])
+def test_one_tiny_epoch_writes_everything_and_checkpoint_rebuilds_model(arch, prepared_cache, tmp_path):
+    out = tmp_path / arch
+    extra = ["--mask-classes", "garments"] if arch == "deepmac" else []
+    summary = _run(arch, prepared_cache, out, *extra)
+    for name in ("checkpoint.pth", "best.pth", "metrics.jsonl", "curves.png", "meta.json", "val_scores.json"):
+        assert (out / name).is_file(), name
+    recs = lio.read_jsonl(out / "metrics.jsonl")
+    train = [r for r in recs if r["kind"] == "train"]
+    epochs = [r for r in recs if r["kind"] == "epoch"]
+    assert [r["step"] for r in train] == [1, 2] and len(epochs) == 1
+    assert all(math.isfinite(r["loss"]) and r["lr"] > 0 and r["images_per_s"] > 0 for r in train)
+    assert any(k.startswith("loss_") for k in train[0])
+    ep = epochs[0]
+    assert ep["steps"] == 2 and ep["val_images"] == 2 and 0.0 <= ep["val_kaggle"] <= 1.0
+    assert "val_AP" in ep and "train_loss" in ep
+
+    meta = lio.read_json(out / "meta.json")
+    assert meta["status"] == "done" and meta["arch"] == arch and meta["config"]["arch"] == arch
+    assert meta["epochs_done"] == 1 and meta["global_step"] == 2
+    assert meta["checkpoints"]["best"] == str(out / "best.pth")
+    assert meta["data"]["num_train"] > 0 and meta["data"]["num_categories"] == 46
+    assert summary["final_metrics"]["val_kaggle"] == ep["val_kaggle"]
+    vs = lio.read_json(out / "val_scores.json")
+    assert vs["latest"]["epoch"] == 1 and vs["best"]["epoch"] == 1 and vs["latest"]["coco"] is not None
+
+    # the checkpoint is plain data: weights_only=True loads it, and it rebuilds the model alone
+    raw = torch.load(out / "checkpoint.pth", map_location="cpu", weights_only=True)
+    assert raw["format"] == engine.CHECKPOINT_FORMAT and raw["epoch"] == 1 and raw["global_step"] == 2
+    assert raw["config"]["num_classes"] == 47 and len(raw["labels"]) == 46
+    assert raw["args"]["prepared_dir"] == str(prepared_cache) and raw["scaler"] is None
+    assert {"optimizer", "scheduler", "rng", "best_score", "metrics"} <= set(raw)
+    if arch == "deepmac":
+        assert raw["config"]["mask_classes"] == list(range(27))
+    model, ck = engine.load_checkpoint(out / "best.pth")
+    assert not model.training and ck["arch"] == arch
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, raw["model"][k]), k
+    image, _ = CacheDataset(prepared_cache, "val", build_transforms(False))[0]
+    with torch.no_grad():
+        pred = model([image.as_subclass(torch.Tensor)])[0]
+    n = pred["boxes"].shape[0]
+    assert pred["masks"].shape == (n, 1, *image.shape[-2:]) and pred["labels"].shape == (n,)
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(prepared_cache, tmp_path):
+    common = ["--epochs", "2", "--val-every", "0", "--warmup-steps", "2", "--schedule", "cosine", "--lr", "1e-3",
+              "--seed", "3"]
+    _run("maskrcnn", prepared_cache, tmp_path / "full", *common)
+    _run("maskrcnn", prepared_cache, tmp_path / "split", *common, "--stop-after-epoch", "1")
+    meta = lio.read_json(tmp_path / "split" / "meta.json")
+    assert meta["status"] == "stopped" and meta["epochs_done"] == 1
+    _run("maskrcnn", prepared_cache, tmp_path / "split", *common, "--resume", "auto")
+    a = torch.load(tmp_path / "full" / "checkpoint.pth", weights_only=True)
+    b = torch.load(tmp_path / "split" / "checkpoint.pth", weights_only=True)
+    assert a["epoch"] == b["epoch"] == 2 and a["global_step"] == b["global_step"] == 4
+    for k, v in a["model"].items():
+        assert torch.allclose(v.float(), b["model"][k].float(), atol=1e-6, rtol=0), k
+    assert a["scheduler"]["last_epoch"] == b["scheduler"]["last_epoch"] == 4
+    la = [r["loss"] for r in lio.read_jsonl(tmp_path / "full" / "metrics.jsonl") if r["kind"] == "train"]
+    lb = [r["loss"] for r in lio.read_jsonl(tmp_path / "split" / "metrics.jsonl") if r["kind"] == "train"]
+    assert np.allclose(la, lb, rtol=1e-6)
+    assert any(r["kind"] == "resume" for r in lio.read_jsonl(tmp_path / "split" / "metrics.jsonl"))
+    assert lio.read_json(tmp_path / "split" / "meta.json")["status"] == "done"
+
+
+def _patch_forward(monkeypatch, on_call: int, action):
+    """Make every model built from now on apply ``action(losses)`` to its ``on_call``-th training forward."""
+    import lib.models as lmodels
+
+    real_build = lmodels.build_model
+
+    def build(config):
+        model = real_build(config)
+        forward = model.forward
+        calls = {"n": 0}
+
+        def patched(images, targets=None):
+            out_ = forward(images, targets)
+            if model.training:
+                calls["n"] += 1
+                if calls["n"] == on_call:
+                    out_ = action(out_)
+            return out_
+
+        model.forward = patched
+        return model
+
+    monkeypatch.setattr(lmodels, "build_model", build)
+
+
+def test_resume_from_a_mid_epoch_checkpoint(prepared_cache, tmp_path, monkeypatch):
+    common = ["--epochs", "2", "--val-every", "0", "--warmup-steps", "2", "--lr", "1e-3", "--seed", "5"]
+    _run("unet", prepared_cache, tmp_path / "full", *common)
+
+    def crash(losses):
+        raise RuntimeError("simulated crash")
+
+    _patch_forward(monkeypatch, 4, crash)  # epoch 2, step 2
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _run("unet", prepared_cache, tmp_path / "split", *common, "--checkpoint-every-steps", "1")
+    monkeypatch.undo()
+    mid = torch.load(tmp_path / "split" / "checkpoint.pth", weights_only=True)
+    assert (mid["epoch"], mid["iter_in_epoch"], mid["global_step"]) == (1, 1, 3)
+    _run("unet", prepared_cache, tmp_path / "split", *common, "--resume", "auto")
+    a = torch.load(tmp_path / "full" / "checkpoint.pth", weights_only=True)
+    b = torch.load(tmp_path / "split" / "checkpoint.pth", weights_only=True)
+    assert b["global_step"] == 4 and b["epoch"] == 2
+    for k, v in a["model"].items():
+        assert torch.allclose(v.float(), b["model"][k].float(), atol=1e-6, rtol=0), k
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(prepared_cache, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    _run("unet", prepared_cache, out, "--val-every", "0", "--epochs", "2", "--stop-after-epoch", "1")
+    before = (out / "checkpoint.pth").read_bytes()
+
+    def to_nan(losses):
+        first = next(iter(losses))
+        return dict(losses, **{first: losses[first] * float("nan")})
+
+    _patch_forward(monkeypatch, 2, to_nan)
+    with pytest.raises(FloatingPointError, match=r"epoch 2, step 2 .*global step 4.*loss=nan.*loss_") as e:
+        _run("unet", prepared_cache, out, "--val-every", "0", "--epochs", "2", "--resume", "auto")
+    assert "checkpoint.pth" in str(e.value)
+    monkeypatch.undo()
+    assert (out / "checkpoint.pth").read_bytes() == before
+    model, ck = engine.load_checkpoint(out / "checkpoint.pth")
+    assert ck["epoch"] == 1 and ck["global_step"] == 2
+
+
+def test_load_checkpoint_rejects_foreign_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.pth"):
+        engine.load_checkpoint(tmp_path / "missing.pth")
+    (tmp_path / "junk.pth").write_bytes(b"\x00not a checkpoint")
+    with pytest.raises(ValueError, match="junk.pth.*not a loadable"):
+        engine.load_checkpoint(tmp_path / "junk.pth")
+    torch.save([1, 2, 3], tmp_path / "list.pth")
+    with pytest.raises(ValueError, match="list.pth.*a list, expected a dict"):
+        engine.load_checkpoint(tmp_path / "list.pth")
+    torch.save({"model": {}}, tmp_path / "noconfig.pth")
+    with pytest.raises(ValueError, match="noconfig.pth.*missing"):
+        engine.load_checkpoint(tmp_path / "noconfig.pth")
+    # a pickled object (code on load) is refused by weights_only=True
+    torch.save({"config": {"arch": "unet"}, "model": {}, "evil": _Evil()}, tmp_path / "evil.pth")
+    with pytest.raises(ValueError, match="evil.pth.*not a loadable"):
+        engine.load_checkpoint(tmp_path / "evil.pth")
+    # weights that do not fit the config
+    from lib.models import default_config
+
+    torch.save({"config": default_config("unet", encoder="resnet18"), "model": {"nope": torch.zeros(1)}},
+               tmp_path / "bad.pth")
+    with pytest.raises(ValueError, match="bad.pth.*do not match"):
+        engine.load_checkpoint(tmp_path / "bad.pth")
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("this must not run",))
+
+
+class _GroundTruthModel(torch.nn.Module):
+    """Eval-mode stand-in that predicts the ground truth of the images it is given, in dataset order."""
+
+    def __init__(self, dataset, drop=False):
+        super().__init__()
+        self.targets = [dataset[i][1] for i in range(len(dataset))]
+        self.i, self.drop = 0, drop
+
+    def forward(self, images, targets=None):
+        outs = []
+        for im in images:
+            t = self.targets[self.i]
+            self.i += 1
+            n = 0 if self.drop else len(t["labels"])
+            outs.append({"boxes": t["boxes"][:n].as_subclass(torch.Tensor), "labels": t["labels"][:n],
+                         "scores": torch.linspace(0.9, 0.6, n) if n else torch.zeros(0),
+                         "masks": t["masks"][:n, None].float()})
+        return outs
+
+
+def test_evaluate_scores_perfect_and_empty_predictions(prepared_cache):
+    ds = CacheDataset(prepared_cache, "val", build_transforms(False))
+    res = engine.evaluate(_GroundTruthModel(ds), ds, torch.device("cpu"), progress=False)
+    assert res["num_images"] == len(ds) and res["kaggle"] == pytest.approx(1.0)
+    assert res["coco"]["AP"] == pytest.approx(1.0)
+    res0 = engine.evaluate(_GroundTruthModel(ds, drop=True), ds, torch.device("cpu"), progress=False)
+    assert res0["kaggle"] == 0.0
+    # detections under the score threshold count for COCO AP but not for the Kaggle metric
+    res_hi = engine.evaluate(_GroundTruthModel(ds), ds, torch.device("cpu"), score_thresh=0.95, progress=False)
+    assert res_hi["kaggle"] == 0.0 and res_hi["kaggle_all"] == pytest.approx(1.0)
+
+
+def test_lr_schedule_values():
+    f = engine.lr_factor_fn("cosine", total_steps=110, warmup_steps=10)
+    assert f(0) == pytest.approx(1e-3) and f(10) == pytest.approx(1.0)
+    assert f(5) == pytest.approx(0.5 * (1 + 1e-3))
+    assert f(60) == pytest.approx(0.5) and f(110) == pytest.approx(0.0, abs=1e-12)
+    s = engine.lr_factor_fn("step", total_steps=100, warmup_steps=0, milestones_steps=[50, 80], gamma=0.1)
+    assert (s(49), s(50), s(79), s(80)) == pytest.approx((1.0, 0.1, 0.1, 0.01))
+    assert engine.lr_factor_fn("none", 100, 0)(99) == 1.0
+
+
+def test_flags_map_to_model_config():
+    mod = _script("deepmac")
+    a = mod.get_args_parser().parse_args(["--backbone", "resnet34", "--anchor-sizes", "16", "32", "64/96", "128",
+                                          "256", "--aspect-ratios", "0.5", "1", "--mask-head-depth", "2",
+                                          "--class-specific-masks", "--detections-per-img", "50"])
+    o = engine.detector_overrides(a)
+    assert o["anchor_sizes"] == [[16], [32], [64, 96], [128], [256]]
+    assert o["aspect_ratios"] == [[0.5, 1.0]] * 5
+    assert o["class_agnostic_masks"] is False and o["mask_head_depth"] == 2 and o["box_detections_per_img"] == 50
+    assert "min_size" not in o  # unset flags keep the model's defaults
+    from lib.models import default_config
+
+    assert default_config("deepmac", **o)["backbone"] == "resnet34"
+    d = _script("maskrcnn").get_args_parser().parse_args([])
+    assert d.out_dir == Path("work/maskrcnn") and d.prepared_dir == Path("work/prepared") and d.amp == "auto"
+    assert _script("unet").get_args_parser().parse_args([]).out_dir == Path("work/unet")
+    with pytest.raises(ValueError, match="bad anchor sizes"):
+        engine.parse_levels(["16", "x"])
+    assert engine.amp_dtype("auto", torch.device("cpu")) is None
+    assert engine.amp_dtype("bf16", torch.device("cpu")) is torch.bfloat16
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("arch", ["unet", "maskrcnn", "deepmac"])
+def test_cuda_bf16_tiny_epoch(arch, prepared_cache, tmp_path):
+    _run(arch, prepared_cache, tmp_path / arch, "--device", "cuda", "--amp", "auto")
+    meta = lio.read_json(tmp_path / arch / "meta.json")
+    assert meta["device"].startswith("cuda") and meta["amp"] == "bfloat16"
+    model, _ = engine.load_checkpoint(tmp_path / arch / "checkpoint.pth")
+    assert all(p.device.type == "cpu" for p in model.parameters())
+
+
+def test_ddp_two_processes_gloo_cpu(prepared_cache, tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(REPO / SCRIPTS["maskrcnn"]), "--prepared-dir", str(prepared_cache), "--out-dir", str(out),
+           "--workers", "0", "--batch-size", "1", "--max-steps-per-epoch", "2", "--epochs", "1",
+           "--log-every", "1", "--max-val-images", "1", "--device", "cpu", "--threads", "1", *TINY_MODEL["maskrcnn"]]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    t = time.time()
+    r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert time.time() - t < 600
+    meta = lio.read_json(out / "meta.json")
+    assert meta["world_size"] == 2 and meta["status"] == "done"
+    ck = torch.load(out / "checkpoint.pth", weights_only=True)
+    assert ck["world_size"] == 2 and ck["global_step"] == 2
+    assert not any(k.startswith("module.") for k in ck["model"])  # saved unwrapped
+    train = [r for r in lio.read_jsonl(out / "metrics.jsonl") if r["kind"] == "train"]
+    assert [r["step"] for r in train] == [1, 2]  # rank 0 alone logs
+    assert train[0]["images_per_s"] > 0
+    engine.load_checkpoint(out / "checkpoint.pth")
+
+
+# --------------------------------------------------------------------------------------------- overfitting
+OVERFIT_IMAGES = 3  # training images with the fewest large instances
+OVERFIT_MIN_AREA = 300  # px at the cache's 160 px long side; smaller instances are removed
+
+
+def large_instance_cache(src: Path, dst: Path, n_images: int, min_area: int, repeat: int) -> list[str]:
+    """A derived cache of ``n_images`` train images keeping only instances of >= ``min_area`` pixels.
+
+    The chosen images are both the train split (listed ``repeat`` times, so an epoch is ``repeat`` passes)
+    and the val split, so the engine's validation measures how well the model fits them.
+    """
+    (dst / "ann").mkdir(parents=True)
+    shutil.copytree(src / "images", dst / "images")
+    shutil.copy(src / "meta.json", dst / "meta.json")
+    rows = []
+    for _, r in lcache.load_index(src, "train").iterrows():
+        ann = lcache.read_ann(src, r["image_id"])
+        keep = [a for a in ann["instances"] if lrle.area(a["rle"]) >= min_area]
+        lio.atomic_write_json(lcache.ann_path(dst, r["image_id"]), dict(ann, instances=keep))
+        rows.append(dict(r, num_instances=len(keep),
+                         categories=" ".join(str(c) for c in sorted({a["category"] for a in keep}))))
+    df = pd.DataFrame(rows)
+    df = df[df["num_instances"] > 0].sort_values(["num_instances", "image_id"]).head(n_images)
+    index = pd.concat([df.assign(split="train")] * repeat + [df.assign(split="val")]).reset_index(drop=True)
+    index.to_parquet(dst / "index.parquet")
+    return list(df["image_id"])
+
+
+# Per arch: model and optimisation flags, passes over the images per epoch, epochs, and the Kaggle score the
+# fitted model must beat (measured on these same images; an untrained model scores ~0).
+OVERFIT = {
+    "unet": dict(flags=["--encoder", "resnet18", "--image-size", "128", "--batch-size", "2", "--lr", "3e-3"],
+                 repeat=10, epochs=6, min_kaggle=0.3),
+    "maskrcnn": dict(flags=["--backbone", "resnet18", "--min-size", "128", "--max-size", "128", "--anchor-sizes",
+                            "16", "32", "64", "128", "256", "--box-batch-size-per-image", "128",
+                            "--rpn-post-nms-train", "300", "--batch-size", "2", "--lr", "1e-3"],
+                     repeat=10, epochs=8, min_kaggle=0.3),
+    "deepmac": dict(flags=["--backbone", "resnet18", "--min-size", "128", "--max-size", "128", "--anchor-sizes",
+                           "16", "32", "64", "128", "256", "--box-batch-size-per-image", "128",
+                           "--rpn-post-nms-train", "300", "--mask-head-width", "32", "--mask-head-depth", "2",
+                           "--mask-head-stacks", "1", "--mask-roi-size", "32", "--batch-size", "2", "--lr", "1e-3"],
+                    repeat=10, epochs=8, min_kaggle=0.3),
+}
+
+
+def _untrained_score(arch, args, cache) -> float:
+    """Val Kaggle score of the model the run starts from (same seed, same config)."""
+    from lib.models import build_model, default_config
+
+    mod = _script(arch)
+    overrides = {k: v for k, v in mod.model_overrides(args).items() if v is not None}
+    engine.seed_everything(args.seed)
+    model = build_model(default_config(arch, **overrides))
+    ds = CacheDataset(cache, "val", build_transforms(False))
+    return engine.evaluate(model, ds, torch.device("cpu"), score_thresh=args.val_score_thresh,
+                           progress=False)["kaggle"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["unet", "maskrcnn", "deepmac"])
+def test_overfits_a_few_images(arch, prepared_cache, tmp_path):
+    cfg = OVERFIT[arch]
+    cache = tmp_path / "cache"
+    ids = large_instance_cache(prepared_cache, cache, OVERFIT_IMAGES, OVERFIT_MIN_AREA, repeat=cfg["repeat"])
+    out = tmp_path / "out"
+    args = _script(arch).get_args_parser().parse_args(
+        ["--prepared-dir", str(cache), "--out-dir", str(out), "--workers", "0", "--no-hflip", "--color-jitter", "0",
+         "--seed", "0", "--log-every", "1", "--warmup-steps", "10", "--epochs", str(cfg["epochs"]),
+         "--val-every", str(cfg["epochs"]), *cfg["flags"]])
+    untrained = _untrained_score(arch, args, cache)
+    t = time.time()
+    _script(arch).main(args)
+    elapsed = time.time() - t
+    recs = lio.read_jsonl(out / "metrics.jsonl")
+    losses = [r["loss"] for r in recs if r["kind"] == "train"]
+    final = [r for r in recs if r["kind"] == "epoch"][-1]
+    first, last = float(np.mean(losses[:3])), float(np.mean(losses[-3:]))
+    print(f"{arch}: {len(ids)} images, {len(losses)} steps in {elapsed:.0f}s, loss {first:.3f} -> {last:.3f}, "
+          f"val kaggle {untrained:.3f} -> {final['val_kaggle']:.3f}, COCO AP {final['val_AP']}")
+    assert last < 0.5 * first, (first, last)
+    assert untrained < 0.05
+    assert final["val_kaggle"] > cfg["min_kaggle"], (untrained, final)

@@ -1,0 +1,56 @@
+"""lib/viz.py: training curves from a metrics.jsonl written by lib/engine.py."""
+import json
+
+import cv2
+import numpy as np
+
+from lib import io as lio
+from lib.viz import plot_curves
+
+
+def _log(path, n_steps=12, with_val=True):
+    for s in range(1, n_steps + 1):
+        lio.append_jsonl(path, {"kind": "train", "epoch": 1 + (s - 1) // 4, "step": s, "loss": 3.0 / s,
+                                "loss_mask": 1.0 / s, "loss_classifier": 2.0 / s, "lr": 1e-3 * min(1, s / 4)})
+        if s % 4 == 0:
+            rec = {"kind": "epoch", "epoch": s // 4, "step": s, "train_loss": 3.0 / s}
+            if with_val:
+                rec.update({"val_kaggle": 0.1 * s / 4, "val_AP": 0.05 * s / 4, "val_AP50": None})
+            lio.append_jsonl(path, rec)
+
+
+def _read(png):
+    img = cv2.imread(str(png))
+    assert img is not None, f"{png} is not a readable PNG"
+    return img
+
+
+def test_plot_curves_writes_png_atomically(tmp_path):
+    log = tmp_path / "metrics.jsonl"
+    _log(log)
+    out = plot_curves(log, tmp_path / "curves.png", title="run")
+    assert out == tmp_path / "curves.png"
+    img = _read(out)
+    assert img.shape[0] > 200 and img.shape[1] > 600
+    assert len(np.unique(img.reshape(-1, 3), axis=0)) > 20  # lines in several colours, not a blank canvas
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["curves.png", "metrics.jsonl"]  # no temp file left
+
+
+def test_plot_curves_with_data_differs_from_empty(tmp_path):
+    log = tmp_path / "metrics.jsonl"
+    _log(log)
+    full = _read(plot_curves(log, tmp_path / "full.png"))
+    empty = _read(plot_curves(tmp_path / "missing.jsonl", tmp_path / "empty.png"))
+    assert full.shape == empty.shape and not np.array_equal(full, empty)
+
+
+def test_plot_curves_tolerates_torn_lines_nan_and_other_records(tmp_path):
+    log = tmp_path / "metrics.jsonl"
+    _log(log, n_steps=8, with_val=False)
+    with open(log, "a") as f:
+        f.write(json.dumps({"kind": "resume", "epoch": 2, "step": 8}) + "\n")
+        f.write('{"kind": "train", "step": 9, "loss": NaN, "lr": 0.001}\n')  # json allows NaN
+        f.write('{"kind": "train", "step": 10, "lo')  # torn final line
+    _read(plot_curves(log, tmp_path / "c.png"))
+    # overwriting an existing PNG works
+    _read(plot_curves(log, tmp_path / "c.png"))
