@@ -115,6 +115,23 @@ def _load_sources(paths, models):
     return sources, predicted
 
 
+def _cache_split_source(paths) -> dict | None:
+    """If the first prediction dir came from ``05_predict.py --prepared-dir --split``, its images/gt/image dir."""
+    import pandas as pd
+
+    d = Path(paths[0])
+    d = d if d.is_dir() else d.parent
+    meta = d / "meta.json"
+    if not meta.is_file():
+        return None
+    src = json.loads(meta.read_text()).get("source") or {}
+    if not isinstance(src, dict) or not src.get("prepared_dir"):
+        return None
+    gt = d / "gt.csv"
+    return {"dir": d, "split": src.get("split"), "images": pd.read_parquet(d / "images.parquet"),
+            "gt": str(gt) if gt.is_file() else None, "image_dir": str(Path(src["prepared_dir"]) / "images")}
+
+
 def _print_score(name, s):
     print(f"  {name:<30} kaggle {s['kaggle']:.4f}   mask AP {s['AP']:.4f}  AP50 {s['AP50']:.4f}  "
           f"AP75 {s['AP75']:.4f}   ({s['num_images']} images)")
@@ -128,7 +145,14 @@ def main(args) -> int:
     t0 = time.time()
     progress = not args.no_progress
     mask_size = args.mask_size or None
-    images = lsub.list_test_images(args.data_dir, progress=progress)
+    val_source = _cache_split_source(args.predictions) if args.predictions and not args.validate else None
+    if val_source:  # 05 predicted a split of the 01 cache: its images and gt.csv are the reference
+        images = val_source["images"]
+        print(f"images and ground truth from {val_source['dir']} (cache split {val_source['split']!r})")
+        if args.gt is None and val_source["gt"]:
+            args.gt = val_source["gt"]
+    else:
+        images = lsub.list_test_images(args.data_dir, progress=progress)
     ids = images["image_id"].tolist()
     sizes = {r.image_id: (int(r.orig_height), int(r.orig_width)) for r in images.itertuples(index=False)}
 
@@ -211,6 +235,7 @@ def main(args) -> int:
             tables["ensemble"] = final
         report = write_report(out.parent / "report", args.data_dir, tables, params, gt if have_gt else None,
                               train_dirs_from_predictions(args.predictions), scores, n_images=args.report_images,
+                              image_dir=val_source["image_dir"] if val_source else None,
                               extra={"submission": str(out), "scores": str(out.parent / "scores.json") if scores else None,
                                      "predictions": ", ".join(map(str, args.predictions))})
         print(f"report: {report}")
