@@ -289,6 +289,14 @@ def _nanmean_valid(p: np.ndarray) -> float:
     return float(valid.mean()) if valid.size else float("nan")
 
 
+def _coco_ann(ann_id: int, image_id: int, category_id: int, rle: dict) -> dict:
+    """A COCO annotation for a compressed RLE (ids start at 1: COCOeval treats id 0 as "unmatched")."""
+    from pycocotools import mask as mask_util
+
+    return {"id": ann_id, "image_id": image_id, "category_id": category_id, "segmentation": rle,
+            "area": float(mask_util.area(rle)), "bbox": [float(x) for x in mask_util.toBbox(rle)], "iscrowd": 0}
+
+
 def coco_mask_ap(gt: list[dict], pred: list[dict], max_dets: int = 100) -> dict:
     """COCO mask AP with pycocotools ``COCOeval(iouType="segm")``, built in memory.
 
@@ -341,17 +349,7 @@ def coco_mask_ap(gt: list[dict], pred: list[dict], max_dets: int = 100) -> dict:
             raise ValueError(f"coco_mask_ap: gt image {key!r}: {len(rles)} masks_rle, {len(cats)} categories")
         for k, (rle, c) in enumerate(zip(rles, cats)):
             check_rle(rle, h, w, f"coco_mask_ap: gt image {key!r} mask {k}")
-            gt_anns.append(
-                {
-                    "id": len(gt_anns) + 1,  # ids start at 1: COCOeval treats id 0 as "unmatched"
-                    "image_id": iid,
-                    "category_id": cat_id(c),
-                    "segmentation": rle,
-                    "area": float(mask_util.area(rle)),
-                    "bbox": [float(x) for x in mask_util.toBbox(rle)],
-                    "iscrowd": 0,
-                }
-            )
+            gt_anns.append(_coco_ann(len(gt_anns) + 1, iid, cat_id(c), rle))
     for p in pred:
         key = _plain(p["image_id"])
         if key not in img_ids:
@@ -366,18 +364,7 @@ def coco_mask_ap(gt: list[dict], pred: list[dict], max_dets: int = 100) -> dict:
             )
         for k, (rle, c, s) in enumerate(zip(rles, cats, scores)):
             check_rle(rle, img["height"], img["width"], f"coco_mask_ap: pred image {key!r} mask {k}")
-            dt_anns.append(
-                {
-                    "id": len(dt_anns) + 1,
-                    "image_id": iid,
-                    "category_id": cat_id(c),
-                    "segmentation": rle,
-                    "area": float(mask_util.area(rle)),
-                    "bbox": [float(x) for x in mask_util.toBbox(rle)],
-                    "iscrowd": 0,
-                    "score": float(s),
-                }
-            )
+            dt_anns.append(dict(_coco_ann(len(dt_anns) + 1, iid, cat_id(c), rle), score=float(s)))
     categories = [{"id": i, "name": str(c)} for c, i in cat_ids.items()]
     inv_cat = {i: c for c, i in cat_ids.items()}
     if not gt_anns:

@@ -16,6 +16,18 @@ from . import io as lio
 VAL_KEYS = ("val_kaggle", "val_AP", "val_AP50", "val_AP75")
 
 
+def save_figure(fig, png_path: str | Path) -> Path:
+    """Lay out ``fig``, write it to ``png_path`` atomically (80 dpi) and close it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    png_path = Path(png_path)
+    with lio.atomic_path(png_path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=80)
+    plt.close(fig)
+    return png_path
+
+
 def _finite(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
@@ -84,12 +96,7 @@ def plot_curves(jsonl_path: str | Path, png_path: str | Path, title: str | None 
 
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    png_path = Path(png_path)
-    with lio.atomic_path(png_path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=80)
-    plt.close(fig)
-    return png_path
+    return save_figure(fig, png_path)
 
 
 # --------------------------------------------------------------------------------------------- overlays
@@ -214,9 +221,4 @@ def plot_class_scores(scores: dict, png_path: str | Path, title: str | None = No
     ax.set_xlabel("score")
     if title:
         ax.set_title(title)
-    fig.tight_layout()
-    png_path = Path(png_path)
-    with lio.atomic_path(png_path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=80)
-    plt.close(fig)
-    return png_path
+    return save_figure(fig, png_path)
