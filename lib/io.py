@@ -27,6 +27,9 @@ def atomic_path(path: str | Path, suffix: str | None = None):
     fd, tmp = tempfile.mkstemp(prefix=f".tmp.{path.stem}.", suffix=path.suffix if suffix is None else suffix,
                                dir=path.parent)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; artifacts get the usual permissions
     try:
         yield Path(tmp)
         os.replace(tmp, path)
