@@ -640,6 +640,9 @@ def score_table(pred_table: pd.DataFrame, gt_csv_path: str | Path, params: dict 
     have no objects). Masks are compared at ``mask_size x mask_size`` (None =
     original size). Classes are categories unless ``full_class_ids`` (for
     ``attributes="on"``). Submission placeholder rows are not part of this.
+    The Kaggle metric uses the post-processed instances; COCO mask AP ranks
+    every instance (the same post-processing with ``score_thresh`` 0), as AP
+    is defined over a ranked list.
 
     Returns:
         ``kaggle``, ``AP``, ``AP50``, ``AP75`` (COCO mask AP; nan unless
@@ -649,9 +652,12 @@ def score_table(pred_table: pd.DataFrame, gt_csv_path: str | Path, params: dict 
     """
     params = resolve_params(params)
     gt = load_ground_truth(gt_csv_path, mask_size, full_class_ids, progress=progress)
-    prepared, sizes, ignored = _prepare_all(pred_table, gt, images, mask_size, params["score_thresh"], progress)
-    s = _score_prepared(prepared, gt, sizes, params, full_class_ids, coco)
-    c = s["coco"] or {}
+    min_score = 0.0 if coco else params["score_thresh"]
+    prepared, sizes, ignored = _prepare_all(pred_table, gt, images, mask_size, min_score, progress)
+    s = _score_prepared(prepared, gt, sizes, params, full_class_ids, False)
+    # COCO AP ranks every instance: the same post-processing without the score threshold.
+    c = (_score_prepared(prepared, gt, sizes, dict(params, score_thresh=0.0), full_class_ids, True)["coco"]
+         if coco else None) or {}
     out = {
         "kaggle": s["kaggle"],
         "AP": c.get("AP", float("nan")),
