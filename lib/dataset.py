@@ -16,7 +16,6 @@ import random
 from collections.abc import Sequence
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
@@ -24,14 +23,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from . import cache as lcache
-
-
-def read_image_rgb(path: str | Path) -> np.ndarray:
-    """(H, W, 3) uint8 RGB. EXIF orientation is ignored (the Kaggle masks are in stored pixel order)."""
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-    if img is None:
-        raise ValueError(f"{path}: cannot read image (missing or not a decodable image file)")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+from .data import read_image
 
 
 class CacheDataset(Dataset):
@@ -65,7 +57,7 @@ class CacheDataset(Dataset):
     def load(self, i: int) -> tuple[tv_tensors.Image, dict]:
         """Item ``i`` before transforms."""
         image_id = self.image_ids[i]
-        img = read_image_rgb(lcache.image_path(self.cache_dir, image_id))
+        img = read_image(lcache.image_path(self.cache_dir, image_id))
         ann = lcache.read_ann(self.cache_dir, image_id)
         h, w = img.shape[:2]
         if (int(ann["height"]), int(ann["width"])) != (h, w):
@@ -244,4 +236,4 @@ def make_loader(dataset, batch_size: int, shuffle: bool, workers: int = 0, distr
 
 
 __all__ = ["CacheDataset", "BoxesFromMasks", "masks_to_boxes_exclusive", "EpochSampler", "build_transforms", "collate_fn", "make_loader",
-           "read_image_rgb", "seed_worker"]
+           "seed_worker"]

@@ -7,8 +7,9 @@ import torch
 from torchvision import tv_tensors
 
 from lib import cache as lcache
+from lib.data import read_image
 from lib.dataset import (BoxesFromMasks, CacheDataset, EpochSampler, build_transforms, collate_fn, make_loader,
-                         masks_to_boxes_exclusive, read_image_rgb)
+                         masks_to_boxes_exclusive)
 
 
 def _box_of(mask: torch.Tensor) -> list[float]:
@@ -220,5 +221,5 @@ def test_unreadable_image_names_the_file(prepared_cache, tmp_path):
     p.write_bytes(b"not a jpeg")
     with pytest.raises(ValueError, match=p.name):
         ds[0]
-    with pytest.raises(ValueError, match="cannot read image"):
-        read_image_rgb(tmp_path / "missing.jpg")
+    with pytest.raises(ValueError, match="image file not found"):
+        read_image(tmp_path / "missing.jpg")
