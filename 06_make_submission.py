@@ -9,8 +9,12 @@ exists, else the winning recipe lib.submission.POSTPROCESS_DEFAULTS); the
 COCO mask AP are printed for each model alone and for the ensemble, and saved
 to ``scores.json``. ``--tune`` grid-searches the parameters the flags leave
 free on that ground truth and saves the full parameter set to
-``<out dir>/params.json``, which later runs load. The submission is always validated before it is written;
-``meta.json`` is written next to it.
+``<out dir>/params.json``, which later runs load. With several models, tuning also chooses the combination:
+every subset of the models and weight ratio (lib/ensemble.py ``tune_ensemble``); the winner is saved in
+params.json and is the default of later runs. ``--tune-on`` tunes on other predictions (the 01 cache's val
+split, predicted by ``05_predict.py --prepared-dir ... --split val``, which writes its gt.csv) and applies the
+result to ``--predictions`` in the same run: the recommended way. The submission is always validated before
+it is written; ``meta.json`` is written next to it.
 
 Examples::
 
@@ -23,6 +27,11 @@ Examples::
 
     # grid-search the thresholds on the ground truth, save params.json, then write with them
     python 06_make_submission.py --predictions work/predict/maskrcnn --tune
+
+    # recommended: choose models, weights and thresholds on the val split, apply them to the test predictions
+    python 05_predict.py --checkpoints work/unet work/maskrcnn work/deepmac --prepared-dir work/prepared \\
+        --split val --out-dir work/predictions_val
+    python 06_make_submission.py --predictions work/predictions --tune-on work/predictions_val
 
     # the real competition: original-size masks, attributes on
     python 06_make_submission.py --predictions work/predict/maskrcnn --data-dir data/imaterialist-fashion-2019-FGVC6 \\
@@ -47,7 +56,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="predictions.parquet files or 05 output directories (several -> ensemble)")
     p.add_argument("--models", nargs="+", default=None, help="use only these model names from the tables")
     p.add_argument("--ensemble-weights", nargs="+", type=float, default=None,
-                   help="one weight per model used (default: equal)")
+                   help="one weight per model used (default: the tuned combination in the params file, else equal)")
     p.add_argument("--ensemble-iou", type=float, default=0.5, help="mask IoU to fuse instances across models")
     p.add_argument("--min-votes", type=int, default=1, help="keep fused instances found by at least this many models")
     p.add_argument("--data-dir", default="data/synthetic",
@@ -71,6 +80,13 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="train.csv-format ground truth to score on (default: <data-dir>/test_ground_truth.csv)")
     p.add_argument("--no-score", action="store_true", help="do not score even if ground truth exists")
     p.add_argument("--tune", action="store_true", help="grid-search post-processing on --gt, save params.json, use it")
+    p.add_argument("--tune-on", nargs="+", default=None, metavar="DIR",
+                   help="05 output dirs of the 01 cache's val split (with gt.csv): tune the combination and "
+                        "post-processing there, save params.json, and apply them to --predictions")
+    p.add_argument("--weight-choices", nargs="+", type=float, default=[1.0, 2.0],
+                   help="per-model weights tried when tuning a combination (distinct ratios only)")
+    p.add_argument("--max-models", type=int, default=0,
+                   help="largest combination tried when tuning (0 = all models)")
     p.add_argument("--tune-grid", default=None,
                    help='JSON grid for --tune, e.g. \'{"score_thresh": [0.4, 0.5], "mask_thresh": [0.45]}\'')
     p.add_argument("--validate", default=None, metavar="FILE",
@@ -171,46 +187,82 @@ def main(args) -> int:
     if not_predicted:
         print(f"WARNING: {len(not_predicted)} of {len(ids)} test images were not predicted "
               f"(e.g. {not_predicted[:3]}); they get placeholder rows", file=sys.stderr)
-    if len(sources) > 1:
-        names = [n for n, _ in sources]
-        print(f"ensemble of {names} (weights {args.ensemble_weights or 'equal'}, IoU {args.ensemble_iou}, "
-              f"min votes {args.min_votes})")
-        final = lens.ensemble_tables([t for _, t in sources], args.ensemble_weights, args.ensemble_iou,
-                                     args.min_votes, progress=progress)
-    else:
-        if args.ensemble_weights and len(args.ensemble_weights) != 1:
-            raise SystemExit(f"--ensemble-weights: {len(args.ensemble_weights)} weights for 1 model")
-        final = sources[0][1]
+    if args.ensemble_weights and len(args.ensemble_weights) != len(sources):
+        raise SystemExit(f"--ensemble-weights: {len(args.ensemble_weights)} weights for {len(sources)} models "
+                         f"{[n for n, _ in sources]}")
 
     out = Path(args.out)
     params_path = Path(args.params) if args.params else out.parent / "params.json"
     if args.params and not params_path.is_file():
         raise SystemExit(f"--params file not found: {params_path}")
-    base = lsub.load_params(params_path) if params_path.is_file() else dict(lsub.POSTPROCESS_DEFAULTS)
+    tuning = args.tune or bool(args.tune_on)
+    have_params = params_path.is_file() and not (tuning and not args.params)
+    base = lsub.load_params(params_path) if have_params else dict(lsub.POSTPROCESS_DEFAULTS)
     overrides = dict(score_thresh=args.score_thresh, mask_thresh=args.mask_thresh, nms_iou=args.nms_iou,
                      min_area=args.min_area, overlap=args.overlap, keep_categories=args.keep_categories,
                      drop_categories=args.drop_categories, attributes=args.attributes, attr_thresh=args.attr_thresh)
     params = lsub.resolve_params(base, **overrides)
-    print(f"post-processing: {params} (from {params_path if params_path.is_file() else 'defaults'})")
+    full_ids = params["attributes"] == "on"
+    explicit = args.models is not None or args.ensemble_weights is not None
+    names = [n for n, _ in sources]
+    combo = {"models": names, "weights": args.ensemble_weights or [1.0] * len(names),
+             "iou": args.ensemble_iou, "min_votes": args.min_votes}
+    combo_from = "flags" if explicit else "all models, equal weights"
+    if have_params and not explicit:
+        saved = lens.load_combination(params_path)
+        if saved is not None:
+            combo, combo_from = saved, str(params_path)
 
     gt = Path(args.gt) if args.gt else Path(args.data_dir) / "test_ground_truth.csv"
     have_gt = gt.is_file()
     if args.gt and not have_gt:
         raise SystemExit(f"--gt file not found: {gt}")
-    full_ids = params["attributes"] == "on"
-    if args.tune:
-        if not have_gt:
-            raise SystemExit(f"--tune needs ground truth (--gt; {gt} not found)")
+    if tuning:
+        if args.tune_on:  # tune on the val-split predictions and their gt.csv
+            tsrc = _cache_split_source(args.tune_on)
+            if not tsrc or not tsrc["gt"]:
+                raise SystemExit(f"--tune-on {args.tune_on[0]}: not a 05 output of a 01 cache split with gt.csv "
+                                 f"(run 05_predict.py --prepared-dir ... --split val --out-dir {args.tune_on[0]})")
+            tune_sources, _ = _load_sources(args.tune_on, args.models)
+            tgt, timages = Path(tsrc["gt"]), tsrc["images"]
+        else:
+            if not have_gt:
+                raise SystemExit(f"--tune needs ground truth (--gt; {gt} not found)")
+            tune_sources, tgt, timages = sources, gt, images
         grid = json.loads(args.tune_grid) if args.tune_grid else lsub.DEFAULT_GRID
         grid = {k: v for k, v in grid.items() if overrides.get(k) is None}  # explicit flags are not tuned
         if not grid:
             raise SystemExit("--tune: every grid parameter is fixed by a flag; nothing to tune")
         tuned_path = out.parent / "params.json"
-        params, results = lsub.tune(final, gt, grid, mask_size, base_params=params, full_class_ids=full_ids,
-                                    out_path=tuned_path, images=images, progress=progress)
-        best = max(r["kaggle"] for r in results)
-        print(f"tuned {len(results)} combinations: best kaggle {best:.4f} with "
-              f"{ {k: params[k] for k in grid} } -> {tuned_path}")
+        tdict = dict(tune_sources)
+        if explicit or len(tdict) == 1:  # the combination is given: tune its post-processing only
+            if len(tdict) == 1 and not explicit:
+                combo = dict(combo, models=list(tdict), weights=[1.0])
+            missing = [n for n in combo["models"] if n not in tdict]
+            if missing:
+                raise SystemExit(f"--tune-on: models {missing} are not in {args.tune_on} (it has {list(tdict)})")
+            params, results = lsub.tune(lens.combine(tdict, combo, progress), tgt, grid, mask_size, params,
+                                        full_ids, images=timages, progress=progress)
+            best = max(r["kaggle"] for r in results)
+            lsub.save_params(tuned_path, params, kaggle=best, mask_size=mask_size, gt=str(tgt),
+                             grid={k: list(v) for k, v in grid.items()}, ensemble=combo)
+            print(f"tuned {len(results)} post-processing combinations on {tgt}: best kaggle {best:.4f} with "
+                  f"{ {k: params[k] for k in grid} } -> {tuned_path}")
+        else:
+            print(f"tuning the combination of {list(tdict)} and its post-processing on {tgt} ...")
+            combo, params, results = lens.tune_ensemble(
+                tdict, tgt, grid, mask_size, params, weight_choices=args.weight_choices, iou_thr=args.ensemble_iou,
+                min_votes=args.min_votes, max_models=args.max_models or None, full_class_ids=full_ids,
+                images=timages, out_path=tuned_path, progress=progress)
+            for r in sorted(results, key=lambda r: -r["kaggle"])[:5]:
+                print(f"  kaggle {r['kaggle']:.4f}  {r['models']} weights {[round(w, 2) for w in r['weights']]}")
+            print(f"best of {len(results)} combinations -> {tuned_path}")
+        combo_from = f"tuned on {tgt}"
+    if len(names) > 1:
+        print(f"combination ({combo_from}): {combo['models']} weights {[round(w, 3) for w in combo['weights']]}, "
+              f"IoU {combo['iou']}, min votes {combo['min_votes']}")
+    final = lens.combine(dict(sources), combo, progress)
+    print(f"post-processing: {params} (from {params_path if have_params or tuning else 'defaults'})")
 
     scores = {}
     if have_gt and not args.no_score:
@@ -219,7 +271,7 @@ def main(args) -> int:
         for name, table in sources:
             scores[name] = lsub.score_table(table, gt, **kw)
             _print_score(name, scores[name])
-        if len(sources) > 1:
+        if len(combo["models"]) > 1:
             scores["ensemble"] = lsub.score_table(final, gt, **kw)
             _print_score("ensemble", scores["ensemble"])
         atomic_write_json(out.parent / "scores.json", {"gt": str(gt), "scores": scores})
@@ -231,7 +283,7 @@ def main(args) -> int:
         from lib.report import train_dirs_from_predictions, write_report
 
         tables = dict(sources)
-        if len(sources) > 1:
+        if len(combo["models"]) > 1:
             tables["ensemble"] = final
         report = write_report(out.parent / "report", args.data_dir, tables, params, gt if have_gt else None,
                               train_dirs_from_predictions(args.predictions), scores, n_images=args.report_images,
@@ -245,6 +297,7 @@ def main(args) -> int:
         "args": vars(args),
         "predictions": [str(p) for p in args.predictions],
         "models": [n for n, _ in sources],
+        "combination": combo,
         "params": {k: (list(v) if isinstance(v, tuple) else v) for k, v in params.items()},
         "mask_size": mask_size,
         "num_images": len(ids),

@@ -1,12 +1,22 @@
 """Tests for lib/ensemble.py: instance fusion (TTA and models) and table ensembling."""
 from __future__ import annotations
 
+import importlib.util
+import json
+from pathlib import Path
+
 import cv2
 import numpy as np
+import pandas as pd
 import pytest
 
 from lib import predictions as lpred
-from lib.ensemble import ensemble_tables, fuse_instances, masks_to_boxes
+from lib import rle as lrle
+from lib import submission as lsub
+from lib.ensemble import (combinations, combine, ensemble_tables, fuse_instances, load_combination, masks_to_boxes,
+                          tune_ensemble, weight_vectors)
+
+REPO = Path(__file__).resolve().parents[1]
 
 H = W = 24
 
@@ -175,3 +185,136 @@ def test_ensemble_votes_across_tables_and_resizes_to_the_first_table():
     c = out[out["image_id"] == "c.jpg"]  # only in t2: its own size, half the score
     assert int(c["mask_height"].iloc[0]) == 12 and c["score"].iloc[0] == pytest.approx(0.3)
     assert ensemble_tables([t1, t2], min_votes=2, progress=False)["image_id"].tolist() == ["a.jpg"]
+
+
+# ------------------------------------------------------------------ choosing the combination on validation
+
+
+def test_weight_vectors_distinct_ratios_equal_first():
+    assert weight_vectors(1) == [(1.0,)]
+    assert weight_vectors(2, (1, 2)) == [(1.0, 1.0), (0.666667, 1.333333), (1.333333, 0.666667)]
+    w3 = weight_vectors(3, (1, 2))
+    assert w3[0] == (1.0, 1.0, 1.0) and len(w3) == 7  # 2**3 vectors, (1,1,1) and (2,2,2) one ratio
+    assert all(sum(v) == pytest.approx(3) for v in w3) and len(set(w3)) == 7
+    assert weight_vectors(2, (1,)) == [(1.0, 1.0)]
+    with pytest.raises(ValueError, match="> 0"):
+        weight_vectors(2, (0, 1))
+
+
+def test_combinations_fewer_models_first():
+    c = combinations(["a", "b", "c"], (1, 2))
+    assert len(c) == 3 + 3 * 3 + 7
+    assert [x["models"] for x in c[:4]] == [["a"], ["b"], ["c"], ["a", "b"]]
+    assert c[3]["weights"] == [1.0, 1.0] and c[-7]["models"] == ["a", "b", "c"]
+    assert len(combinations(["a", "b", "c"], (1,), max_models=2)) == 6
+
+
+def gt_csv(path, items):
+    lines = ["ImageId,EncodedPixels,Height,Width,ClassId"]
+    lines += [f"{i},{lrle.encode(m.astype(np.uint8))},{m.shape[0]},{m.shape[1]},{c}" for i, m, c in items]
+    Path(path).write_text("\n".join(lines) + "\n")
+    return path
+
+
+def three_models(orig=(H, W)):
+    """"good" finds the object of a.jpg, "other" the one of b.jpg, "noise" only false positives."""
+    obj_a, obj_b = box(2, 2, 12, 12), box(10, 8, 22, 20)
+    t = {
+        "good": table("a.jpg", [obj_a], [3], [0.9], model="good", orig=orig),
+        "other": table("b.jpg", [obj_b], [5], [0.9], model="other", orig=orig),
+        "noise": table("a.jpg", [box(14, 14, 24, 24), box(0, 12, 8, 24)], [3, 7], [0.95, 0.9], model="noise",
+                       orig=orig),
+    }
+    gt = [("a.jpg", obj_a, "3"), ("b.jpg", obj_b, "5")]
+    return t, gt
+
+
+def test_tune_ensemble_picks_the_complementary_pair_and_round_trips(tmp_path):
+    sources, items = three_models()
+    gt = gt_csv(tmp_path / "gt.csv", items)
+    grid = {"score_thresh": [0.3, 0.5], "min_area": [0]}
+    combo, params, results = tune_ensemble(sources, gt, grid, mask_size=H, weight_choices=(1, 2),
+                                           out_path=tmp_path / "params.json", progress=False)
+    assert len(results) == 19
+    by = {(tuple(r["models"]), tuple(r["weights"])): r["kaggle"] for r in results}
+    assert by[(("good",), (1.0,))] == 0.5 and by[(("other",), (1.0,))] == 0.5  # one image each
+    assert by[(("noise",), (1.0,))] == 0.0
+    # Together they find both objects; the fused score halves (one vote of two), so 0.3 must be the threshold.
+    assert combo["models"] == ["good", "other"] and combo["weights"] == [1.0, 1.0]
+    assert max(by.values()) == 1.0 and params["score_thresh"] == 0.3
+    assert combo["min_score"] == pytest.approx(0.15)  # half the lowest threshold of the grid
+    # Saved for 06: the same combination and parameters come back.
+    assert load_combination(tmp_path / "params.json") == combo
+    assert lsub.load_params(tmp_path / "params.json") == params
+    saved = json.loads((tmp_path / "params.json").read_text())
+    assert saved["kaggle"] == 1.0 and len(saved["candidates"]) == 19
+    fused = combine(sources, combo)
+    assert lsub.score_table(fused, gt, params, mask_size=H, coco=False, progress=False)["kaggle"] == 1.0
+    assert combine(sources, {"models": ["good"]}) is sources["good"]
+    with pytest.raises(ValueError, match=r"\['zz'\]"):
+        combine(sources, {"models": ["good", "zz"]})
+
+
+def test_load_combination_absent_and_malformed(tmp_path):
+    f = tmp_path / "p.json"
+    f.write_text(json.dumps({"params": {"score_thresh": 0.5}}))
+    assert load_combination(f) is None
+    f.write_text(json.dumps({"ensemble": {"models": ["a", "b"], "weights": [1]}}))
+    with pytest.raises(ValueError, match="one weight per model"):
+        load_combination(f)
+    f.write_text(json.dumps({"ensemble": {"weights": [1]}}))
+    with pytest.raises(ValueError, match="p.json: malformed"):
+        load_combination(f)
+    f.write_text(json.dumps({"ensemble": {"models": ["a"], "weights": [-1]}}))
+    with pytest.raises(ValueError, match="weights must be"):
+        load_combination(f)
+
+
+def write_pred_dir(d, tables, image_ids, orig, source=None):
+    d.mkdir(parents=True)
+    lpred.make_table([r for t in tables for r in t.to_dict("records")]).to_parquet(d / "predictions.parquet")
+    pd.DataFrame({"image_id": image_ids, "orig_height": orig[0], "orig_width": orig[1]}).to_parquet(
+        d / "images.parquet")
+    meta = {"models": [{"name": t["model"].iloc[0]} for t in tables]}
+    if source:
+        meta["source"] = source
+    (d / "meta.json").write_text(json.dumps(meta))
+    return d
+
+
+def test_make_submission_tune_on_val_applies_the_winner_to_test(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("make_submission", REPO / "06_make_submission.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    sources, items = three_models()
+    # Val: 05 output of a cache split (meta source + gt.csv).
+    val = write_pred_dir(tmp_path / "val", list(sources.values()), ["a.jpg", "b.jpg"], (H, W),
+                         {"prepared_dir": str(tmp_path / "prep"), "split": "val"})
+    gt_csv(val / "gt.csv", items)
+    # Test: the same three models on the test images of a Kaggle-layout dir, with its ground truth.
+    data = tmp_path / "data"
+    (data / "test").mkdir(parents=True)
+    for i in ("a.jpg", "b.jpg"):
+        cv2.imwrite(str(data / "test" / i), np.zeros((H, W, 3), np.uint8))
+    gt_csv(data / "test_ground_truth.csv", items)
+    test = write_pred_dir(tmp_path / "test", list(sources.values()), ["a.jpg", "b.jpg"], (H, W))
+    out = tmp_path / "sub" / "submission.csv"
+    args = ["--predictions", str(test), "--tune-on", str(val), "--data-dir", str(data), "--out", str(out),
+            "--mask-size", "0", "--no-progress", "--report-images", "0", "--weight-choices", "1",
+            "--tune-grid", '{"score_thresh": [0.3, 0.5]}']
+    assert mod.main(mod.get_args_parser().parse_args(args)) == 0
+    assert load_combination(out.parent / "params.json")["models"] == ["good", "other"]
+    meta = json.loads((out.parent / "meta.json").read_text())
+    assert meta["combination"]["models"] == ["good", "other"] and meta["scores"]["ensemble"]["kaggle"] == 1.0
+    assert meta["scores"]["noise"]["kaggle"] == 0.0
+    sub = pd.read_csv(out, dtype=str)
+    assert sorted(sub["ClassId"]) == ["3", "5"]  # no noise rows
+    # A later run without tuning loads the choice from params.json by default; flags still override it.
+    assert mod.main(mod.get_args_parser().parse_args(args[:2] + args[4:])) == 0
+    assert "combination (" + str(out.parent / "params.json") in capsys.readouterr().out
+    assert json.loads((out.parent / "meta.json").read_text())["combination"]["models"] == ["good", "other"]
+    assert mod.main(mod.get_args_parser().parse_args(args[:2] + args[4:] + ["--models", "noise"])) == 0
+    assert json.loads((out.parent / "meta.json").read_text())["combination"]["models"] == ["noise"]
+    # --tune-on needs a val-split prediction dir with gt.csv.
+    with pytest.raises(SystemExit, match="not a 05 output"):
+        mod.main(mod.get_args_parser().parse_args(["--predictions", str(test), "--tune-on", str(test)] + args[4:]))
