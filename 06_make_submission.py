@@ -87,6 +87,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="per-model weights tried when tuning a combination (distinct ratios only)")
     p.add_argument("--max-models", type=int, default=0,
                    help="largest combination tried when tuning (0 = all models)")
+    p.add_argument("--refine", type=int, default=3,
+                   help="combinations searched over the whole grid after a first pass over score thresholds "
+                        "(0 = whole grid for every combination)")
     p.add_argument("--tune-grid", default=None,
                    help='JSON grid for --tune, e.g. \'{"score_thresh": [0.4, 0.5], "mask_thresh": [0.45]}\'')
     p.add_argument("--validate", default=None, metavar="FILE",
@@ -252,10 +255,14 @@ def main(args) -> int:
             print(f"tuning the combination of {list(tdict)} and its post-processing on {tgt} ...")
             combo, params, results = lens.tune_ensemble(
                 tdict, tgt, grid, mask_size, params, weight_choices=args.weight_choices, iou_thr=args.ensemble_iou,
-                min_votes=args.min_votes, max_models=args.max_models or None, full_class_ids=full_ids,
+                min_votes=args.min_votes, max_models=args.max_models or None, refine=args.refine,
+                full_class_ids=full_ids,
                 images=timages, out_path=tuned_path, progress=progress)
-            for r in sorted(results, key=lambda r: -r["kaggle"])[:5]:
-                print(f"  kaggle {r['kaggle']:.4f}  {r['models']} weights {[round(w, 2) for w in r['weights']]}")
+            for r in sorted(results, key=lambda r: (-(r["kaggle"] if r["kaggle"] is not None else -1),
+                                                    -r["kaggle_first"]))[:5]:
+                full = "  n/a " if r["kaggle"] is None else f"{r['kaggle']:.4f}"
+                print(f"  kaggle {full} (thresholds only {r['kaggle_first']:.4f})  {r['models']} "
+                      f"weights {[round(w, 2) for w in r['weights']]}")
             print(f"best of {len(results)} combinations -> {tuned_path}")
         combo_from = f"tuned on {tgt}"
     if len(names) > 1:

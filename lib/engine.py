@@ -244,13 +244,21 @@ def seed_everything(seed: int) -> None:
 
 
 def amp_dtype(amp: str, device: torch.device):
-    """torch dtype for autocast, or None for full precision."""
+    """torch dtype for autocast, or None for full precision.
+
+    ``auto`` = bf16 on a CUDA device with native bf16 (Ampere and newer); full precision on CPU and on
+    older GPUs (a T4 or P100 only emulates bf16, which is slower than fp32).
+    """
     if amp == "off":
         return None
     if amp == "bf16":
         return torch.bfloat16
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
+    if device.type == "cuda":
+        try:
+            native = torch.cuda.is_bf16_supported(including_emulation=False)
+        except TypeError:  # torch without the argument: native bf16 starts at compute capability 8.0
+            native = torch.cuda.get_device_capability(device)[0] >= 8
+        return torch.bfloat16 if native else None
     return None
 
 

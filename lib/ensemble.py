@@ -40,9 +40,10 @@ the :mod:`lib.predictions` format and returns a table of the same format.
 
 Choosing the combination (:func:`tune_ensemble`): every non-empty subset of
 the models, each with every weight vector of :func:`weight_vectors` (distinct
-ratios only), is fused on the validation predictions, its post-processing is
-grid-searched (:func:`lib.submission.tune`), and the best Kaggle metric wins;
-ties go to the simpler combination (fewer models, then equal weights). The
+ratios only), is fused on the validation predictions and scored over the
+score thresholds; the few best get the full post-processing grid
+(:func:`lib.submission.tune`), and the best Kaggle metric wins; ties go to
+the simpler combination (fewer models, then equal weights). The
 choice is saved with the post-processing parameters (``params.json``, key
 ``"ensemble"``: ``models``, ``weights``, ``iou``, ``min_votes``) and
 :func:`load_combination` reads it back, so 06 applies to the test predictions
@@ -374,15 +375,20 @@ def combine(sources: dict[str, pd.DataFrame], combo: dict, progress: bool = Fals
 def tune_ensemble(sources: dict[str, pd.DataFrame], gt_csv_path: str | Path, grid: dict | None = None,
                   mask_size: int | None = 512, base_params: dict | None = None,
                   weight_choices: Sequence[float] = (1.0, 2.0), iou_thr: float = 0.5, min_votes: int = 1,
-                  max_models: int | None = None, min_score: float | None = None, full_class_ids: bool = False,
-                  images: pd.DataFrame | None = None, out_path: str | Path | None = None, progress: bool = True) -> tuple[dict, dict, list[dict]]:
+                  max_models: int | None = None, min_score: float | None = None, refine: int = 3,
+                  full_class_ids: bool = False, images: pd.DataFrame | None = None,
+                  out_path: str | Path | None = None, progress: bool = True) -> tuple[dict, dict, list[dict]]:
     """Choose the model combination, its weights and its post-processing on validation ground truth.
+
+    Two stages: every candidate (:func:`combinations`) is fused and scored over the grid's
+    ``score_thresh`` values alone (the other parameters at ``base_params``); the ``refine`` best are
+    then searched over the whole grid, and the best of those wins. ``refine <= 0`` searches the whole
+    grid for every candidate (exhaustive; 19 candidates x 135 points for three models).
 
     Args:
         sources: model name -> prediction table of the validation images.
         gt_csv_path: train.csv-format ground truth of those images.
-        grid: post-processing grid searched for every combination (:func:`lib.submission.tune`;
-            None = :data:`lib.submission.DEFAULT_GRID`).
+        grid: post-processing grid (:func:`lib.submission.tune`; None = :data:`lib.submission.DEFAULT_GRID`).
         weight_choices, max_models: the candidates (:func:`combinations`).
         iou_thr, min_votes: fusion settings of every multi-model candidate (``min_votes`` is
             capped at the candidate's model count).
@@ -391,39 +397,56 @@ def tune_ensemble(sources: dict[str, pd.DataFrame], gt_csv_path: str | Path, gri
             of such instances could not pass any threshold of the grid; dropping them changes the
             survivors by at most their small share of the vote, and makes fusion several times faster.
             It is part of the saved combination, so the test predictions are fused the same way.
+        refine: how many candidates of the first stage get the full grid.
         out_path: when given, the winner is saved there (``params.json`` format of
             :func:`lib.submission.save_params`, plus ``"ensemble"`` and ``"candidates"``).
 
     Returns:
-        ``(combo, params, results)``: the winning ``{"models", "weights", "iou", "min_votes", "min_score"}``, its
-        tuned post-processing parameters, and per candidate ``{"models", "weights", "kaggle", "params"}``
-        in candidate order. Ties go to the earlier (simpler) candidate.
+        ``(combo, params, results)``: the winning ``{"models", "weights", "iou", "min_votes", "min_score"}``,
+        its tuned post-processing parameters, and per candidate (in candidate order) ``{"models",
+        "weights", "kaggle_first", "kaggle", "params"}``, where ``kaggle_first`` is the first-stage score
+        and ``kaggle`` / ``params`` the full-grid result (None for candidates not refined). Ties go to the
+        earlier (simpler) candidate.
     """
     from . import submission as lsub  # noqa: PLC0415 - submission does not import this module at load
 
     grid = dict(lsub.DEFAULT_GRID if grid is None else grid)
+    base = lsub.resolve_params(base_params)
     if min_score is None:
-        lowest = grid.get("score_thresh", [lsub.resolve_params(base_params)["score_thresh"]])
-        min_score = 0.5 * min(float(v) for v in lowest)
+        min_score = 0.5 * min(float(v) for v in grid.get("score_thresh", [base["score_thresh"]]))
+    first_grid = {"score_thresh": grid["score_thresh"]} if "score_thresh" in grid else dict([next(iter(grid.items()))])
     cands = combinations(list(sources), weight_choices, max_models)
-    results = []
-    best = None
+    exhaustive = refine <= 0 or refine >= len(cands) or first_grid == grid
+
+    def search(table, g):
+        params, res = lsub.tune(table, gt_csv_path, g, mask_size, base, full_class_ids, images=images,
+                                progress=False)
+        return max(r["kaggle"] for r in res), params
+
+    results, tables = [], []
     for c in tqdm(cands, desc="combinations", unit="combo", disable=not progress or len(cands) == 1):
         combo = dict(c, iou=float(iou_thr), min_votes=min(int(min_votes), len(c["models"])),
                      min_score=float(min_score))
         table = combine(sources, combo)
-        params, res = lsub.tune(table, gt_csv_path, grid, mask_size, base_params, full_class_ids,
-                                images=images, progress=False)
-        score = max(r["kaggle"] for r in res)
-        results.append({"models": combo["models"], "weights": combo["weights"], "kaggle": score,
-                        "params": {k: params[k] for k in grid}})
-        if best is None or score > best[0]:
-            best = (score, combo, params)
-    score, combo, params = best
+        score, params = search(table, grid if exhaustive else first_grid)
+        results.append({"models": combo["models"], "weights": combo["weights"], "kaggle_first": score,
+                        "kaggle": score if exhaustive else None,
+                        "params": {k: params[k] for k in grid} if exhaustive else None})
+        tables.append((combo, table, params))
+    if exhaustive:
+        chosen = list(range(len(cands)))
+    else:
+        chosen = sorted(sorted(range(len(cands)), key=lambda i: -results[i]["kaggle_first"])[:refine])
+        for i in tqdm(chosen, desc="refine", unit="combo", disable=not progress):
+            score, params = search(tables[i][1], grid)
+            results[i].update(kaggle=score, params={k: params[k] for k in grid})
+            tables[i] = (tables[i][0], tables[i][1], params)
+    best = max(chosen, key=lambda i: (results[i]["kaggle"], -i))
+    combo, _, params = tables[best]
     if out_path is not None:
-        lsub.save_params(out_path, params, kaggle=score, mask_size=mask_size, gt=str(gt_csv_path),
-                         grid={k: list(v) for k, v in grid.items()},
-                         ensemble=combo, candidates=results)
+        lsub.save_params(out_path, params, kaggle=results[best]["kaggle"], mask_size=mask_size,
+                         gt=str(gt_csv_path), grid={k: list(v) for k, v in grid.items()}, ensemble=combo,
+                         candidates=results)
     return combo, params, results
 
 

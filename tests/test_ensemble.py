@@ -236,7 +236,8 @@ def test_tune_ensemble_picks_the_complementary_pair_and_round_trips(tmp_path):
     combo, params, results = tune_ensemble(sources, gt, grid, mask_size=H, weight_choices=(1, 2),
                                            out_path=tmp_path / "params.json", progress=False)
     assert len(results) == 19
-    by = {(tuple(r["models"]), tuple(r["weights"])): r["kaggle"] for r in results}
+    by = {(tuple(r["models"]), tuple(r["weights"])): r["kaggle_first"] for r in results}
+    assert sum(r["kaggle"] is not None for r in results) == 3  # the 3 best of the first stage are refined
     assert by[(("good",), (1.0,))] == 0.5 and by[(("other",), (1.0,))] == 0.5  # one image each
     assert by[(("noise",), (1.0,))] == 0.0
     # Together they find both objects; the fused score halves (one vote of two), so 0.3 must be the threshold.
@@ -248,6 +249,10 @@ def test_tune_ensemble_picks_the_complementary_pair_and_round_trips(tmp_path):
     assert lsub.load_params(tmp_path / "params.json") == params
     saved = json.loads((tmp_path / "params.json").read_text())
     assert saved["kaggle"] == 1.0 and len(saved["candidates"]) == 19
+    # Exhaustive search agrees, and scores every candidate on the whole grid.
+    combo2, params2, results2 = tune_ensemble(sources, gt, grid, mask_size=H, weight_choices=(1, 2), refine=0,
+                                              progress=False)
+    assert (combo2, params2) == (combo, params) and all(r["kaggle"] is not None for r in results2)
     fused = combine(sources, combo)
     assert lsub.score_table(fused, gt, params, mask_size=H, coco=False, progress=False)["kaggle"] == 1.0
     assert combine(sources, {"models": ["good"]}) is sources["good"]
