@@ -48,6 +48,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
@@ -271,17 +273,28 @@ def main(args) -> int:
     final = lens.combine(dict(sources), combo, progress)
     print(f"post-processing: {params} (from {params_path if have_params or tuning else 'defaults'})")
 
+    # What is compared: each model alone, all models fused with equal weights ("ensemble"), and the
+    # combination written to submission.csv ("submission") when it is neither of those.
+    all_models = {"models": names, "weights": [1.0] * len(names), "iou": args.ensemble_iou,
+                  "min_votes": args.min_votes, "min_score": 0.0}
+    is_all = combo["models"] == names and np.allclose(combo["weights"], 1.0)
+    compared = dict(sources)
+    if len(names) > 1:
+        compared["ensemble"] = final if is_all else None  # fused below, only when scored
+        if not is_all:
+            compared["submission"] = final
     scores = {}
     if have_gt and not args.no_score:
         print(f"scores on {gt} (masks at {mask_size or 'original size'}):")
         kw = dict(params=params, mask_size=mask_size, full_class_ids=full_ids, images=images, progress=progress)
-        for name, table in sources:
+        for name, table in compared.items():
+            if table is None:
+                table = compared[name] = lens.combine(dict(sources), all_models, progress)
             scores[name] = lsub.score_table(table, gt, **kw)
-            _print_score(name, scores[name])
-        if len(combo["models"]) > 1:
-            scores["ensemble"] = lsub.score_table(final, gt, **kw)
-            _print_score("ensemble", scores["ensemble"])
-        atomic_write_json(out.parent / "scores.json", {"gt": str(gt), "scores": scores})
+            label = name if name != "submission" else f"submission = {'+'.join(combo['models'])}"
+            _print_score(label, scores[name])
+        atomic_write_json(out.parent / "scores.json", {"gt": str(gt), "scores": scores,
+                                                       "submission": combo})
 
     sub = lsub.build_submission(final, images, params, mask_size, progress=progress)
     lsub.write_submission(sub, out, ids, mask_size, sizes)
@@ -289,9 +302,7 @@ def main(args) -> int:
     if args.report_images > 0:
         from lib.report import train_dirs_from_predictions, write_report
 
-        tables = dict(sources)
-        if len(combo["models"]) > 1:
-            tables["ensemble"] = final
+        tables = {k: v for k, v in compared.items() if v is not None}
         report = write_report(out.parent / "report", args.data_dir, tables, params, gt if have_gt else None,
                               train_dirs_from_predictions(args.predictions), scores, n_images=args.report_images,
                               image_dir=val_source["image_dir"] if val_source else None,

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # End-to-end demo on the embedded synthetic dataset, offline, on CPU (under 5 minutes on 2 cores):
-#   01 generate + prepare -> 02 U-Net, 03 Mask R-CNN, 04 DeepMAC (short real training runs)
-#   -> 05 predict the test images with all three -> 06 ensemble, score, validated submission.csv, report.
+#   01 generate + prepare -> 02 U-Net, 03 Mask R-CNN, 04 DeepMAC (short real training runs, two at a time)
+#   -> 05 predict the val split and the test images with all three
+#   -> 06 choose the combination + thresholds on val, apply them to test, score, validated submission.csv, report.
 #
-# Every step runs single-threaded by default (DEMO_THREADS): on two small cores shared with other work, threads
-# gain little on these tiny convolutions and oversubscription can cost 10x. Training logs go to $WORK/logs/.
+# Every process runs single-threaded by default (DEMO_THREADS) and DEMO_JOBS (default: 2 if the machine has 2+
+# cores) training runs go side by side: on small cores, two one-thread processes get more done than one
+# two-thread process on these tiny convolutions, and oversubscribing the cores can cost 10x. Logs: $WORK/logs/.
 #
 # Usage:  bash demo.sh                 (outputs under work/demo, data under data/synthetic)
 #         WORK=/tmp/demo bash demo.sh  (every knob below can be set from the environment)
@@ -22,6 +24,8 @@ MASKRCNN_EPOCHS="${DEMO_MASKRCNN_EPOCHS:-3}"
 DEEPMAC_EPOCHS="${DEMO_DEEPMAC_EPOCHS:-3}"
 MAX_STEPS="${DEMO_MAX_STEPS:-0}"         # cap on steps per epoch (0 = every training image once per epoch)
 BATCH="${DEMO_BATCH:-4}"
+NPROC="$(getconf _NPROCESSORS_ONLN 2>/dev/null || echo 1)"
+JOBS="${DEMO_JOBS:-$(( NPROC >= 2 ? 2 : 1 ))}"  # training runs side by side (1 or 2)
 VAL_IMAGES="${DEMO_VAL_IMAGES:-6}"       # validation images scored at the end of each training run
 LOGS="$WORK/logs"
 export OMP_NUM_THREADS="${DEMO_THREADS:-1}" HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
@@ -57,22 +61,42 @@ stage "01 generate the synthetic dataset ($SYN_TRAIN train / $SYN_TEST test imag
   --synthetic-train "$SYN_TRAIN" --synthetic-test "$SYN_TEST" --workers 2 --no-progress
 
 # Fresh runs each time (the data and the cache are reused).
-rm -rf "$WORK/unet" "$WORK/maskrcnn" "$WORK/deepmac" "$WORK/predictions" "$WORK/submission" "$LOGS"
+rm -rf "$WORK/unet" "$WORK/maskrcnn" "$WORK/deepmac" "$WORK/predictions" "$WORK/predictions_val" \
+  "$WORK/submission" "$LOGS"
 mkdir -p "$LOGS"
 
-stage "02 U-Net (resnet18 encoder, $UNET_EPOCHS epochs from random weights)"
-train_args unet "$UNET_EPOCHS"
-run_logged 02_train_unet "$PYTHON" 02_train_unet.py "${TRAIN[@]}" --encoder resnet18 --image-size "$LONG_SIDE" \
-  --decoder-channels 128 64 32 16 16 --lr 2e-3 --min-area 8
+train_unet() {
+  local TRAIN
+  train_args unet "$UNET_EPOCHS"
+  run_logged 02_train_unet "$PYTHON" 02_train_unet.py "${TRAIN[@]}" --encoder resnet18 --image-size "$LONG_SIDE" \
+    --decoder-channels 128 64 32 16 16 --lr 2e-3 --min-area 8
+}
+train_maskrcnn() {
+  local TRAIN
+  train_args maskrcnn "$MASKRCNN_EPOCHS"
+  run_logged 03_train_maskrcnn "$PYTHON" 03_train_maskrcnn.py "${TRAIN[@]}" "${DET[@]}"
+}
+train_deepmac() {
+  local TRAIN
+  train_args deepmac "$DEEPMAC_EPOCHS"
+  run_logged 04_train_deepmac "$PYTHON" 04_train_deepmac.py "${TRAIN[@]}" "${DET[@]}" --mask-roi-size 16 \
+    --mask-head-depth 2 --mask-head-width 32 --mask-head-stacks 1
+}
 
-stage "03 Mask R-CNN (resnet18 FPN, $MASKRCNN_EPOCHS epochs from random weights)"
-train_args maskrcnn "$MASKRCNN_EPOCHS"
-run_logged 03_train_maskrcnn "$PYTHON" 03_train_maskrcnn.py "${TRAIN[@]}" "${DET[@]}"
-
-stage "04 DeepMAC (resnet18 FPN + small hourglass mask head, $DEEPMAC_EPOCHS epochs from random weights)"
-train_args deepmac "$DEEPMAC_EPOCHS"
-run_logged 04_train_deepmac "$PYTHON" 04_train_deepmac.py "${TRAIN[@]}" "${DET[@]}" --mask-roi-size 16 \
-  --mask-head-depth 2 --mask-head-width 32 --mask-head-stacks 1
+stage "02/03/04 train from random weights ($JOBS at a time): U-Net (resnet18 encoder, $UNET_EPOCHS epochs),"\
+" Mask R-CNN (resnet18 FPN, $MASKRCNN_EPOCHS epochs), DeepMAC (resnet18 FPN + small hourglass head, $DEEPMAC_EPOCHS epochs)"
+if [ "$JOBS" -ge 2 ]; then
+  ( train_unet && train_maskrcnn ) & lane_a=$!
+  ( train_deepmac ) & lane_b=$!
+  failed=0
+  wait "$lane_a" || failed=1
+  wait "$lane_b" || failed=1
+  [ "$failed" -eq 0 ] || { echo "training failed (see above)" >&2; exit 1; }
+else
+  train_unet
+  train_maskrcnn
+  train_deepmac
+fi
 "$PYTHON" - "$WORK" <<'EOF'
 import json, sys
 from pathlib import Path
@@ -84,13 +108,15 @@ for name in ("unet", "maskrcnn", "deepmac"):
           f"{m.get('train_loss', float('nan')):.3f}, val kaggle {m.get('val_kaggle') or 0:.4f}")
 EOF
 
-stage "05 predict the test images with the three checkpoints"
-"$PYTHON" 05_predict.py --checkpoints "$WORK/unet" "$WORK/maskrcnn" "$WORK/deepmac" --data-dir "$DATA" \
-  --out-dir "$WORK/predictions" --batch-size 4 --workers 0 --restart --no-progress
+stage "05 predict the val split (for choosing the combination) and the test images with the three checkpoints"
+PREDICT=(--checkpoints "$WORK/unet" "$WORK/maskrcnn" "$WORK/deepmac" --batch-size 4 --workers 0 --restart --no-progress)
+"$PYTHON" 05_predict.py "${PREDICT[@]}" --prepared-dir "$WORK/prepared" --split val --out-dir "$WORK/predictions_val"
+"$PYTHON" 05_predict.py "${PREDICT[@]}" --data-dir "$DATA" --out-dir "$WORK/predictions"
 
-stage "06 ensemble, score on $DATA/test_ground_truth.csv, write + validate submission.csv, report"
-"$PYTHON" 06_make_submission.py --predictions "$WORK/predictions" --data-dir "$DATA" \
-  --out "$WORK/submission/submission.csv" --no-progress
+stage "06 choose models, weights and thresholds on val; apply to test, score on $DATA/test_ground_truth.csv,"\
+" write + validate submission.csv, report"
+"$PYTHON" 06_make_submission.py --predictions "$WORK/predictions" --tune-on "$WORK/predictions_val" \
+  --data-dir "$DATA" --out "$WORK/submission/submission.csv" --no-progress
 
 stage "done in $((SECONDS - t_start)) s"
 "$PYTHON" - "$WORK/submission" <<'EOF'
@@ -98,14 +124,17 @@ import json, sys
 from pathlib import Path
 
 sub = Path(sys.argv[1])
-scores = json.loads((sub / "scores.json").read_text())["scores"]
+saved = json.loads((sub / "scores.json").read_text())
 print("local scores on the synthetic test set (Kaggle metric / COCO mask AP):")
-for name, s in scores.items():
-    print(f"  {name:<10} kaggle {s['kaggle']:.4f}   mask AP {s['AP']:.4f}")
-print(f"submission: {sub / 'submission.csv'} (validated)")
+for name, s in saved["scores"].items():
+    label = name if name != "submission" else "submission (" + "+".join(saved["submission"]["models"]) + ")"
+    print(f"  {label:<10} kaggle {s['kaggle']:.4f}   mask AP {s['AP']:.4f}")
+combo = saved["submission"]
+print(f"submission: {sub / 'submission.csv'} (validated; models {combo['models']}, weights "
+      f"{[round(w, 2) for w in combo['weights']]}, chosen with the thresholds on the val split)")
 report = sub / "report" / "index.html"
 print(f"report:     {report}" if report.is_file() else "report:     (not written)")
-print("Note: each model trained here for about a minute of CPU time from random weights (no pretrained backbones\n"
+print("Note: each model trained here for a minute or two of CPU time from random weights (no pretrained backbones\n"
       "offline), so at this budget the scores are modest - near zero; they come from real training on the synthetic\n"
       "data. Train longer (more epochs, larger images) or on a GPU for real ones (see README.md).")
 EOF

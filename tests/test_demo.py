@@ -34,10 +34,17 @@ def test_demo_end_to_end_tiny(tmp_path):
     sub = pd.read_csv(sub_dir / "submission.csv", dtype=str)
     assert set(sub["ImageId"]) == set(images["image_id"])
 
-    scores = json.loads((sub_dir / "scores.json").read_text())["scores"]
-    assert set(scores) == {"unet", "maskrcnn", "deepmac", "ensemble"}
+    saved = json.loads((sub_dir / "scores.json").read_text())
+    scores, combo = saved["scores"], saved["submission"]
+    # each model, all fused, and the combination chosen on val when it is not all three with equal weights
+    all_equal = combo["models"] == ["unet", "maskrcnn", "deepmac"] and set(combo["weights"]) == {1.0}
+    assert set(scores) == {"unet", "maskrcnn", "deepmac", "ensemble"} | (set() if all_equal else {"submission"})
     for s in scores.values():
         assert 0.0 <= s["kaggle"] <= 1.0 and s["num_images"] == 3
+    # the choice was made on the val split's predictions and saved with the thresholds
+    tuned = json.loads((sub_dir / "params.json").read_text())
+    assert tuned["ensemble"] == combo and tuned["gt"] == str(work / "predictions_val" / "gt.csv")
+    assert (work / "predictions_val" / "predictions.parquet").is_file()
 
     report = sub_dir / "report" / "index.html"
     assert report.is_file()
@@ -46,9 +53,9 @@ def test_demo_end_to_end_tiny(tmp_path):
 
     # the demo prints each model's and the ensemble's score, and where the outputs are
     out = r.stdout
-    for name in ("unet", "maskrcnn", "deepmac", "ensemble"):
-        assert re.search(rf"^\s+{name}\s+kaggle \d\.\d{{4}}", out, re.M), name
-    assert f"submission: {sub_dir / 'submission.csv'}" in out and f"report:     {report}" in out
+    for name in ("unet", "maskrcnn", "deepmac", "ensemble") + (() if all_equal else ("submission",)):
+        assert re.search(rf"^\s+{name}\b.*kaggle \d\.\d{{4}}", out, re.M), name
+    assert f"submission: {sub_dir / 'submission.csv'} (validated; models {combo['models']}" in out and f"report:     {report}" in out
     for d in ("unet", "maskrcnn", "deepmac"):
         assert (work / d / "best.pth").is_file() and (work / d / "curves.png").is_file()
     assert Path(work / "predictions" / "predictions.parquet").is_file()

@@ -310,8 +310,9 @@ def test_make_submission_tune_on_val_applies_the_winner_to_test(tmp_path, capsys
     assert mod.main(mod.get_args_parser().parse_args(args)) == 0
     assert load_combination(out.parent / "params.json")["models"] == ["good", "other"]
     meta = json.loads((out.parent / "meta.json").read_text())
-    assert meta["combination"]["models"] == ["good", "other"] and meta["scores"]["ensemble"]["kaggle"] == 1.0
+    assert meta["combination"]["models"] == ["good", "other"] and meta["scores"]["submission"]["kaggle"] == 1.0
     assert meta["scores"]["noise"]["kaggle"] == 0.0
+    assert meta["scores"]["ensemble"]["kaggle"] < 1.0  # all three fused: noise's false positives cost
     sub = pd.read_csv(out, dtype=str)
     assert sorted(sub["ClassId"]) == ["3", "5"]  # no noise rows
     # A later run without tuning loads the choice from params.json by default; flags still override it.

@@ -141,9 +141,10 @@ def test_notebook_runs_on_a_tiny_synthetic_set(tmp_path, monkeypatch):
     chosen = tuned["ensemble"]["models"]
     assert chosen and set(chosen) <= {"unet", "maskrcnn", "deepmac"}
 
-    # the scores table: each model (and the chosen combination when it has several), on val and on the test set
+    # the scores table: each model, all fused, and the chosen combination when it differs, on val and test
     scores = pd.read_csv(work / "scores.csv").set_index(["split", "model"])
-    rows = {"unet", "maskrcnn", "deepmac"} | ({"ensemble"} if len(chosen) > 1 else set())
+    all_equal = chosen == ["unet", "maskrcnn", "deepmac"] and set(tuned["ensemble"]["weights"]) == {1.0}
+    rows = {"unet", "maskrcnn", "deepmac", "ensemble"} | (set() if all_equal else {"submission"})
     n_val = int((pd.read_parquet(work / "prepared" / "index.parquet")["split"] == "val").sum())
     for split, n_images in (("val", n_val), ("test", 3)):
         assert set(scores.loc[split].index) == rows, split
@@ -151,7 +152,7 @@ def test_notebook_runs_on_a_tiny_synthetic_set(tmp_path, monkeypatch):
             s = scores.loc[(split, model)]
             assert 0.0 <= s["kaggle"] <= 1.0 and 0.0 <= s["AP"] <= 1.0 and s["num_images"] == n_images, (split, model)
         marked = scores.loc[split].index[scores.loc[split]["submitted"]].tolist()
-        assert marked == ["ensemble" if len(chosen) > 1 else chosen[0]], split
+        assert marked == ["ensemble" if all_equal else "submission"], split
     assert any("maskrcnn" in o.get("data", {}).get("text/html", "") and "kaggle" in o["data"]["text/html"]
                for c in code for o in c.outputs)
 
