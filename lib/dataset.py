@@ -5,10 +5,13 @@ An item is ``(image, target)``:
 * ``image``: ``tv_tensors.Image`` uint8 (3, H, W), RGB (float32 0..1 after ``ToDtype`` in the transforms);
 * ``target``: dict with ``boxes`` (``tv_tensors.BoundingBoxes`` XYXY float32 (N, 4), x2/y2 exclusive as in
   the cache), ``labels`` int64 (N,) = category + 1 (0 is background), ``masks`` (``tv_tensors.Mask`` uint8
-  (N, H, W), 0/1) and ``image_id`` (the Kaggle ImageId, a str). N may be 0.
+  (N, H, W), 0/1), ``attributes`` float32 (N, num_attributes) multi-hot (row i = the attribute ids of
+  instance i; all zero for categories without attributes) and ``image_id`` (the Kaggle ImageId, a str).
+  N may be 0.
 
 Because boxes and masks are tv_tensors, every v2 geometric transform moves them together with the image,
-and ``SanitizeBoundingBoxes`` drops degenerate boxes together with their labels and masks.
+and ``SanitizeBoundingBoxes`` (with :func:`instance_fields` as its ``labels_getter``) and
+:class:`BoxesFromMasks` drop instances together with their labels, masks and attributes.
 """
 from __future__ import annotations
 
@@ -24,6 +27,10 @@ from torchvision.transforms import v2
 
 from . import cache as lcache
 from .data import read_image
+from .labels import N_ATTRIBUTES
+
+# Per-instance plain tensors of a target, filtered together with the boxes and masks.
+INSTANCE_FIELDS = ("labels", "attributes")
 
 
 class CacheDataset(Dataset):
@@ -32,11 +39,13 @@ class CacheDataset(Dataset):
     ``split``: "train", "val" or None (all rows). ``image_ids`` (optional) restricts to these ImageIds,
     in the given order; each must be in the split. ``transforms``: a callable ``(image, target) -> (image,
     target)`` such as :func:`build_transforms`; None returns the uint8 image untouched.
+    ``num_attributes``: width of the ``attributes`` multi-hot (92); a larger attribute id is an error.
     """
 
     def __init__(self, cache_dir: str | Path, split: str | None = "train", transforms=None,
-                 image_ids: Sequence[str] | None = None):
+                 image_ids: Sequence[str] | None = None, num_attributes: int = N_ATTRIBUTES):
         self.cache_dir = Path(cache_dir)
+        self.num_attributes = int(num_attributes)
         self.split = split
         self.transforms = transforms
         index = lcache.load_index(self.cache_dir, split)
@@ -63,7 +72,14 @@ class CacheDataset(Dataset):
         if (int(ann["height"]), int(ann["width"])) != (h, w):
             raise ValueError(f"{lcache.ann_path(self.cache_dir, image_id)}: annotation size "
                              f"{ann['height']}x{ann['width']} != image size {h}x{w}")
-        masks, cats, _ = lcache.decode_instances(ann)
+        masks, cats, attr_ids = lcache.decode_instances(ann)
+        attributes = torch.zeros((len(attr_ids), self.num_attributes), dtype=torch.float32)
+        for k, ids in enumerate(attr_ids):
+            bad = [a for a in ids if not 0 <= int(a) < self.num_attributes]
+            if bad:
+                raise ValueError(f"{lcache.ann_path(self.cache_dir, image_id)}: instance {k} has attribute ids "
+                                 f"{bad} outside 0..{self.num_attributes - 1}")
+            attributes[k, [int(a) for a in ids]] = 1.0
         boxes = [a.get("bbox") or lcache.mask_bbox(m) or [0, 0, 0, 0] for a, m in zip(ann["instances"], masks)]
         image = tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))))
         target = {
@@ -71,6 +87,7 @@ class CacheDataset(Dataset):
                                               format="XYXY", canvas_size=(h, w)),
             "labels": torch.from_numpy(cats + 1),
             "masks": tv_tensors.Mask(torch.from_numpy(masks)),
+            "attributes": attributes,
             "image_id": image_id,
         }
         return image, target
@@ -80,6 +97,15 @@ class CacheDataset(Dataset):
         if self.transforms is not None:
             image, target = self.transforms(image, target)
         return image, target
+
+
+def instance_fields(inputs) -> tuple[torch.Tensor, ...]:
+    """``SanitizeBoundingBoxes`` labels_getter: the target's :data:`INSTANCE_FIELDS` that are present.
+
+    ``inputs`` is the transform's input, ``(image, target)`` (or the target dict alone).
+    """
+    target = inputs[1] if isinstance(inputs, (tuple, list)) else inputs
+    return tuple(target[k] for k in INSTANCE_FIELDS if k in target)
 
 
 def masks_to_boxes_exclusive(masks: torch.Tensor) -> torch.Tensor:
@@ -98,7 +124,8 @@ class BoxesFromMasks(v2.Transform):
     """Drop instances whose mask is empty (e.g. a sliver resized away) and set every box to its mask's extent.
 
     After resizing, nearest-neighbour masks and geometrically scaled boxes can disagree by a pixel or more
-    (thin parts vanish); the mask is the ground truth, so boxes follow it. Labels stay aligned.
+    (thin parts vanish); the mask is the ground truth, so boxes follow it. Labels and attributes
+    (:data:`INSTANCE_FIELDS`) stay aligned.
     """
 
     def forward(self, *inputs):
@@ -112,7 +139,9 @@ class BoxesFromMasks(v2.Transform):
         if masks.shape[0] > 0:
             keep = (masks.as_subclass(torch.Tensor) != 0).flatten(1).any(1)
             if not bool(keep.all()):
-                target["labels"] = target["labels"][keep]
+                for key in INSTANCE_FIELDS:
+                    if key in target:
+                        target[key] = target[key][keep]
                 masks = tv_tensors.wrap(masks.as_subclass(torch.Tensor)[keep], like=masks) \
                     if isinstance(masks, tv_tensors.TVTensor) else masks[keep]
                 target["masks"] = masks
@@ -134,8 +163,8 @@ def build_transforms(train: bool, scale_range: Sequence[float] | None = None, hf
         the image size). None: no resizing;
       * ``RandomHorizontalFlip(hflip)`` (0 disables), ``ColorJitter(brightness/contrast/saturation =
         color_jitter)`` (0 disables);
-      * ``ClampBoundingBoxes``, ``SanitizeBoundingBoxes`` (drops boxes under 1 px with their labels and
-        masks) and :class:`BoxesFromMasks` (drops empty masks, boxes = mask extents).
+      * ``ClampBoundingBoxes``, ``SanitizeBoundingBoxes`` (drops boxes under 1 px with their labels,
+        attributes and masks) and :class:`BoxesFromMasks` (drops empty masks, boxes = mask extents).
     """
     ts: list = []
     if train:
@@ -155,7 +184,8 @@ def build_transforms(train: bool, scale_range: Sequence[float] | None = None, hf
             ts.append(v2.RandomHorizontalFlip(p=hflip))
         if color_jitter > 0:
             ts.append(v2.ColorJitter(brightness=color_jitter, contrast=color_jitter, saturation=color_jitter))
-        ts += [v2.ClampBoundingBoxes(), v2.SanitizeBoundingBoxes(min_size=1.0), BoxesFromMasks()]
+        ts += [v2.ClampBoundingBoxes(), v2.SanitizeBoundingBoxes(min_size=1.0, labels_getter=instance_fields),
+               BoxesFromMasks()]
     ts.append(v2.ToDtype(torch.float32, scale=True))
     return v2.Compose(ts)
 
@@ -235,5 +265,5 @@ def make_loader(dataset, batch_size: int, shuffle: bool, workers: int = 0, distr
                       persistent_workers=workers > 0, worker_init_fn=seed_worker, generator=g)
 
 
-__all__ = ["CacheDataset", "BoxesFromMasks", "masks_to_boxes_exclusive", "EpochSampler", "build_transforms", "collate_fn", "make_loader",
-           "seed_worker"]
+__all__ = ["CacheDataset", "BoxesFromMasks", "INSTANCE_FIELDS", "instance_fields", "masks_to_boxes_exclusive",
+           "EpochSampler", "build_transforms", "collate_fn", "make_loader", "seed_worker"]

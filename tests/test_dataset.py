@@ -8,8 +8,8 @@ from torchvision import tv_tensors
 
 from lib import cache as lcache
 from lib.data import read_image
-from lib.dataset import (BoxesFromMasks, CacheDataset, EpochSampler, build_transforms, collate_fn, make_loader,
-                         masks_to_boxes_exclusive)
+from lib.dataset import (BoxesFromMasks, CacheDataset, EpochSampler, build_transforms, collate_fn, instance_fields,
+                         make_loader, masks_to_boxes_exclusive)
 
 
 def _box_of(mask: torch.Tensor) -> list[float]:
@@ -20,7 +20,7 @@ def test_items_types_shapes_and_boxes_match_masks(prepared_cache):
     ds = CacheDataset(prepared_cache, "train")
     index = lcache.load_index(prepared_cache, "train")
     assert len(ds) == len(index) > 0
-    n_total = 0
+    n_total = n_attr_total = 0
     for i in range(len(ds)):
         image, target = ds[i]
         row = index.iloc[i]
@@ -37,12 +37,17 @@ def test_items_types_shapes_and_boxes_match_masks(prepared_cache):
         assert labels.dtype == torch.int64 and labels.shape == (n,)
         ann = lcache.read_ann(prepared_cache, row["image_id"])
         assert labels.tolist() == [a["category"] + 1 for a in ann["instances"]]
+        attrs = target["attributes"]
+        assert attrs.dtype == torch.float32 and attrs.shape == (n, 92)
+        assert set(torch.unique(attrs).tolist()) <= {0.0, 1.0}
+        assert [r.nonzero().flatten().tolist() for r in attrs] == [sorted(a["attributes"]) for a in ann["instances"]]
+        n_attr_total += int(attrs.sum())
         for b, m in zip(boxes, masks):
             assert b.tolist() == _box_of(m)  # x2/y2 exclusive, exactly the mask's extent
         # RGB channel order: the same pixels as OpenCV's BGR read, reversed
         bgr = __import__("cv2").imread(str(lcache.image_path(prepared_cache, row["image_id"])))
         assert np.array_equal(image.permute(1, 2, 0).numpy(), bgr[:, :, ::-1])
-    assert n_total > 0
+    assert n_total > 0 and n_attr_total > 0  # the synthetic garments carry attributes
 
 
 def test_split_none_and_image_ids(prepared_cache):
@@ -67,6 +72,7 @@ def test_hflip_moves_image_masks_and_boxes_together(prepared_cache):
     assert torch.allclose(fimage, image.flip(-1).float() / 255, atol=1e-6)
     assert torch.equal(ft["masks"], target["masks"].flip(-1))
     assert torch.equal(ft["labels"], target["labels"])
+    assert torch.equal(ft["attributes"], target["attributes"])
     expected = target["boxes"].clone()
     expected[:, 0], expected[:, 2] = w - target["boxes"][:, 2], w - target["boxes"][:, 0]
     assert torch.allclose(ft["boxes"], expected)
@@ -121,7 +127,8 @@ def _sample(h=32, w=40):
     boxes = [[3, 2, 12, 10], [7, 5, 8, 6], [30, 20, 30, 25], [0, 0, 10, 10]]
     target = {"boxes": tv_tensors.BoundingBoxes(torch.tensor(boxes, dtype=torch.float32), format="XYXY",
                                                 canvas_size=(h, w)),
-              "labels": torch.tensor([1, 2, 3, 4]), "masks": tv_tensors.Mask(masks), "image_id": "x.jpg"}
+              "labels": torch.tensor([1, 2, 3, 4]), "masks": tv_tensors.Mask(masks), "image_id": "x.jpg",
+              "attributes": torch.eye(4, 92)}  # instance i has attribute i
     return image, target
 
 
@@ -129,12 +136,14 @@ def test_degenerate_boxes_and_empty_masks_are_dropped_with_their_labels_and_mask
     image, target = _sample()
     _, t = build_transforms(True, hflip=0.0, color_jitter=0.0)(image, target)
     assert t["labels"].tolist() == [1, 2]
+    assert torch.equal(t["attributes"], torch.eye(4, 92)[:2])  # still row i = attribute of label i + 1
     assert torch.equal(t["masks"], target["masks"][:2])
     assert t["boxes"].tolist() == target["boxes"][:2].tolist()
     assert t["image_id"] == "x.jpg"
     # BoxesFromMasks alone: the empty-mask instance goes, boxes become the mask extents
     _, t2 = BoxesFromMasks()(image, target)
     assert t2["labels"].tolist() == [1, 2, 3] and t2["masks"].shape[0] == 3
+    assert torch.equal(t2["attributes"], torch.eye(4, 92)[:3])
     assert isinstance(t2["boxes"], tv_tensors.BoundingBoxes) and isinstance(t2["masks"], tv_tensors.Mask)
     assert t2["boxes"].tolist() == [[3, 2, 12, 10], [7, 5, 8, 6], [30, 20, 31, 25]]
 
@@ -223,3 +232,43 @@ def test_unreadable_image_names_the_file(prepared_cache, tmp_path):
         ds[0]
     with pytest.raises(ValueError, match="image file not found"):
         read_image(tmp_path / "missing.jpg")
+
+
+def test_instance_fields_filter_without_attributes_and_on_scaling(prepared_cache):
+    # a target without attributes (e.g. built by hand) still goes through the train transforms
+    image, target = _sample()
+    del target["attributes"]
+    _, t = build_transforms(True, hflip=0.0, color_jitter=0.0)(image, target)
+    assert t["labels"].tolist() == [1, 2] and "attributes" not in t
+    assert instance_fields((image, {"labels": target["labels"]}))[0] is target["labels"]
+    # resizing that drops instances keeps the attribute rows with their labels
+    ds = CacheDataset(prepared_cache, "train", build_transforms(True, scale_range=(0.1, 0.1), hflip=0.0,
+                                                                  color_jitter=0.0, target_size=160))
+    raw = CacheDataset(prepared_cache, "train")
+    dropped = 0
+    for i in range(len(ds)):
+        torch.manual_seed(i)
+        _, t = ds[i]
+        _, r = raw[i]
+        assert t["attributes"].shape == (len(t["labels"]), 92)
+        dropped += len(r["labels"]) - len(t["labels"])
+        # each kept instance is a raw instance with the same label and attributes
+        pairs = {(int(lab), tuple(a.tolist())) for lab, a in zip(r["labels"], r["attributes"])}
+        assert all((int(lab), tuple(a.tolist())) in pairs for lab, a in zip(t["labels"], t["attributes"]))
+    assert dropped > 0  # at 16 px long side thin parts vanish
+
+
+def test_bad_attribute_id_names_the_file(prepared_cache, tmp_path):
+    import json
+
+    bad = tmp_path / "cache"
+    shutil.copytree(prepared_cache, bad)
+    ds = CacheDataset(bad, "train")
+    i = next(k for k in range(len(ds)) if len(ds[k][1]["labels"]))
+    p = lcache.ann_path(bad, ds.image_ids[i])
+    ann = json.loads(p.read_text())
+    ann["instances"][0]["attributes"] = [3, 92]
+    p.write_text(json.dumps(ann))
+    with pytest.raises(ValueError, match=f"{p.name}.*instance 0.*\\[92\\]"):
+        ds[i]
+    assert CacheDataset(bad, "train", num_attributes=93)[i][1]["attributes"].shape[1] == 93

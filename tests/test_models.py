@@ -278,6 +278,181 @@ def test_mask_classes_restrict_only_the_mask_loss(arch):
     assert model(images, targets)["loss_mask"].item() > 0
 
 
+# ---------------------------------------------------------------- attribute head (attr_head)
+
+
+def with_attributes(targets, attrs_per_instance):
+    """``targets`` plus ``attributes (N, 92)`` multi-hot, from one attribute-id list per instance (image 0)."""
+    out = []
+    for k, t in enumerate(targets):
+        a = torch.zeros(len(t["labels"]), 92)
+        for i, ids in enumerate(attrs_per_instance if k == 0 else []):
+            a[i, list(ids)] = 1
+        out.append(dict(t, attributes=a))
+    return out
+
+
+DET = ("maskrcnn", "deepmac")
+
+
+@pytest.mark.parametrize("arch", DET)
+def test_attr_head_trains_and_gradients_reach_it(arch):
+    model = build(arch, attr_head=True).train()
+    assert isinstance(model.roi_heads.attr_predictor, maskrcnn.AttributePredictor)
+    assert model.roi_heads.attr_predictor[-1].out_features == 92
+    assert model.roi_heads.attr_predictor[0].in_features == model.roi_heads.box_predictor.cls_score.in_features
+    images, targets = batch(categories=(0, 30))  # 0 (shirt) carries attributes, 30 (pocket) does not
+    losses = model(images, with_attributes(targets, [(1, 5, 20), ()]))
+    assert set(losses) == {"loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg",
+                           "loss_attr"}
+    assert losses["loss_attr"].ndim == 0 and torch.isfinite(losses["loss_attr"]) and losses["loss_attr"].item() > 0
+    sum(losses.values()).backward()
+    head = [p.grad for p in model.roi_heads.attr_predictor.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in head) and all(g.abs().sum() > 0 for g in head)
+    # the attribute loss also trains the shared box head
+    model.zero_grad()
+    model(images, with_attributes(targets, [(1, 5, 20), ()]))["loss_attr"].backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.roi_heads.box_head.parameters())
+    # uint8 multi-hot works too
+    t8 = [dict(t, attributes=t["attributes"].to(torch.uint8)) for t in with_attributes(targets, [(1,), ()])]
+    assert torch.isfinite(model(images, t8)["loss_attr"])
+
+
+@pytest.mark.parametrize("arch", DET)
+def test_attr_head_eval_scores_are_aligned_with_detections(arch):
+    model = build(arch, attr_head=True, box_score_thresh=0.0).eval()
+    images, _ = batch()
+    with torch.no_grad():
+        out = model(images)
+        # at 96x128 and 128x80 the transform keeps scale 1, so output boxes are network boxes
+        image_list, _ = model.transform(images)
+        features = model.backbone(image_list.tensors)
+        direct = torch.sigmoid(model.roi_heads.attr_logits(features, [r["boxes"] for r in out],
+                                                           image_list.image_sizes))
+    assert image_list.image_sizes == [(96, 128), (128, 80)]
+    rows = 0
+    for r in out:
+        n = len(r["scores"])
+        assert n > 0
+        a = r["attr_scores"]
+        assert a.shape == (n, 92) and a.dtype == torch.float32
+        assert a.min() >= 0 and a.max() <= 1
+        torch.testing.assert_close(a, direct[rows:rows + n])  # row i belongs to detection i
+        rows += n
+    # no detections: an empty (0, 92) block
+    model.roi_heads.score_thresh = 1.1
+    with torch.no_grad():
+        empty = model(images[:1])[0]
+    assert empty["attr_scores"].shape == (0, 92) and empty["masks"].shape[0] == 0
+
+
+@pytest.mark.parametrize("arch", DET)
+def test_attr_head_off_leaves_model_state_and_outputs_unchanged(arch):
+    off, on = build(arch, seed=0), build(arch, seed=0, attr_head=True)
+    assert not hasattr(off.roi_heads, "attr_label_allowed") and off.roi_heads.attr_predictor is None
+    keys_off, keys_on = set(off.state_dict()), set(on.state_dict())
+    assert not any("attr" in k for k in keys_off)
+    assert keys_on - keys_off == {f"roi_heads.attr_predictor.{i}.{w}" for i in (0, 2) for w in ("weight", "bias")}
+    assert keys_off <= keys_on
+    assert "roi_heads.attr_label_allowed" not in keys_on  # derived from the config, not saved
+    # the head is built last: every other weight is the same for a seed, and so are the detections
+    for k, v in off.state_dict().items():
+        assert torch.equal(v, on.state_dict()[k]), k
+    images, targets = batch()
+    off.eval(), on.eval()
+    with torch.no_grad():
+        a, b = off(images), on(images)
+    for ra, rb in zip(a, b):
+        assert set(rb) - set(ra) == {"attr_scores"} and "attr_scores" not in ra
+        for key in ra:
+            torch.testing.assert_close(ra[key], rb[key])
+    # the head off ignores target attributes; a config saved before the attr_* keys existed still loads
+    losses = off.train()(images, with_attributes(targets, [(1,), ()]))
+    assert "loss_attr" not in losses
+    old_config = {k: v for k, v in tiny_config(arch).items() if not k.startswith("attr_") and k != "num_attributes"}
+    models.build_model(old_config).load_state_dict(off.state_dict())  # strict
+
+
+@pytest.mark.parametrize("arch", DET)
+def test_attr_loss_uses_only_attribute_categories(arch):
+    from lib.labels import ATTRIBUTE_CATEGORIES
+
+    assert 0 in ATTRIBUTE_CATEGORIES and 30 not in ATTRIBUTE_CATEGORIES and 40 not in ATTRIBUTE_CATEGORIES
+    model = build(arch, attr_head=True)
+    allowed = model.roi_heads.attr_label_allowed
+    assert allowed.nonzero().flatten().tolist() == [c + 1 for c in ATTRIBUTE_CATEGORIES]
+    images, targets = batch(categories=(0, 30))
+    props = [torch.tensor([[20.0, 10, 60, 40], [22, 12, 61, 41], [30, 50, 100, 90], [31, 51, 99, 88]]),
+             torch.tensor([[5.0, 5, 40, 40]])]
+
+    def loss(attrs, weight=None, **kw):
+        if weight is not None:
+            model.roi_heads.attr_loss_weight = weight
+        return roi_heads_losses(model, images, with_attributes(targets, attrs), props, **kw)["loss_attr"]
+
+    base = loss([(1, 2), ()])
+    assert base.item() > 0
+    # the pocket's (category 30) attributes never matter; the shirt's do
+    assert loss([(1, 2), (3, 4, 5, 6)]).item() == base.item()
+    assert loss([(7,), ()]).item() != base.item()
+    # only non-attribute categories: an exact zero that is still in the graph
+    _, pockets = batch(categories=(30, 40))
+    out = roi_heads_losses(model, images, with_attributes(pockets, [(1,), (2,)]), props)["loss_attr"]
+    assert out.item() == 0 and out.requires_grad
+    # the weight scales the loss
+    assert loss([(1, 2), ()], weight=2.0).item() == pytest.approx(2 * base.item(), rel=1e-6)
+    assert loss([(1, 2), ()], weight=0.0).item() == 0
+
+
+def test_attr_head_config_and_targets_are_checked():
+    cfg = models.default_config("maskrcnn")
+    assert (cfg["attr_head"], cfg["num_attributes"], cfg["attr_loss_weight"]) == (False, 92, 1.0)
+    assert models.default_config("deepmac")["attr_head"] is False
+    model = build("maskrcnn", attr_head=True, attr_hidden=0, num_attributes=5)
+    head = model.roi_heads.attr_predictor
+    assert len(head) == 1 and isinstance(head[0], torch.nn.Linear) and head[0].out_features == 5
+    images, targets = batch()
+    model.train()
+    with pytest.raises(ValueError, match=r"attr_head needs targets\[0\]\['attributes'\]"):
+        model(images, targets)
+    with pytest.raises(ValueError, match=r"shape \(2, 5\)"):
+        model(images, with_attributes(targets, [(1,), ()]))  # 92 wide, the model has 5
+    for bad in (dict(attr_hidden=-1), dict(num_attributes=0), dict(attr_loss_weight=-1.0),
+                dict(attr_loss_weight=float("nan")), dict(attr_head="yes")):
+        with pytest.raises(ValueError, match="attr"):
+            models.build_model(tiny_config("maskrcnn", **{"attr_head": True, **bad}))
+
+
+@pytest.mark.slow
+def test_attr_head_learns_synthetic_attributes(prepared_cache):
+    """A few steps on the synthetic 01 cache lower loss_attr on the same batch."""
+    from lib.dataset import CacheDataset, build_transforms
+
+    ds = CacheDataset(prepared_cache, "train", build_transforms(False))
+    items = [ds[i] for i in range(len(ds))]
+    items = [it for it in items if it[1]["attributes"].sum() > 0][:2]
+    assert len(items) == 2
+    images = [im.as_subclass(torch.Tensor) for im, _ in items]
+    targets = [{k: t[k].as_subclass(torch.Tensor) for k in ("boxes", "labels", "masks", "attributes")}
+               for _, t in items]
+    model = build("maskrcnn", attr_head=True, min_size=160, max_size=160).train()
+    opt = torch.optim.Adam(model.roi_heads.attr_predictor.parameters(), lr=1e-3)
+
+    def attr_loss():
+        torch.manual_seed(0)  # the same proposals and samples each time
+        return model(images, targets)["loss_attr"]
+
+    with torch.no_grad():
+        before = attr_loss().item()
+    for _ in range(15):
+        opt.zero_grad()
+        attr_loss().backward()
+        opt.step()
+    with torch.no_grad():
+        after = attr_loss().item()
+    assert after < 0.5 * before
+
+
 # ---------------------------------------------------------------- UNet
 
 

@@ -5,14 +5,21 @@ A config is a flat JSON-serialisable dict holding ``arch`` and every setting of 
 
 Every model: ``forward(images, targets=None)`` with ``images`` a list of ``(3, H, W)`` float32 tensors in
 0..1 (sizes may differ) and ``targets`` a list of dicts ``boxes (N, 4)`` float32 x1y1x2y2, ``labels (N,)``
-int64 = category + 1, ``masks (N, H, W)`` uint8 (N may be 0).
+int64 = category + 1, ``masks (N, H, W)`` uint8 (N may be 0); detectors with ``attr_head`` also need
+``attributes (N, num_attributes)`` multi-hot (float32 or uint8, as ``lib.dataset.CacheDataset`` gives).
 
-- train mode: ``dict[str, scalar Tensor]`` of losses (the total is their sum);
+- train mode: ``dict[str, scalar Tensor]`` of losses (the total is their sum); ``loss_attr`` with
+  ``attr_head``;
 - eval mode: one dict per image: ``boxes (N, 4)`` float x1y1x2y2 in input pixels, ``labels (N,)`` int64 in
   1..num_classes-1, ``scores (N,)``, ``masks (N, 1, H, W)`` float probabilities at the input size; the UNet
-  adds ``semantic (C, H, W)`` probabilities.
+  adds ``semantic (C, H, W)`` probabilities; detectors with ``attr_head`` add ``attr_scores
+  (N, num_attributes)`` float32 sigmoid probabilities, row-aligned with the detections (lib/predict.py
+  keeps them; lib/submission.py turns them into ``cat_attr_attr`` ClassIds with ``attributes="on"``).
 
 Shared keys: ``arch, num_classes (47), min_size, max_size, pretrained (False), mask_classes (None = all)``.
+Mask R-CNN and DeepMAC: ``attr_head (False), num_attributes (92), attr_hidden (256), attr_loss_weight (1.0)``
+(lib/models/maskrcnn.py); with ``attr_head`` False the model and its state dict are those without the head,
+so configs saved before these keys existed build the same model.
 """
 from __future__ import annotations
 

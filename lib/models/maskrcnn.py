@@ -20,11 +20,25 @@ regressor train on every class, but the mask loss only uses positive proposals w
 category is in ``mask_classes`` (:class:`MaskSubsetRoIHeads`). With no such proposal in the batch the mask
 loss is an exact zero that is still connected to the graph.
 
+Attribute head (config ``attr_head``, off by default): a multi-label classifier over the
+``num_attributes`` (92) attributes on the box head's RoI features (the ``box_head`` output that feeds the
+box predictor): :class:`AttributePredictor`, ``attr_hidden`` hidden units (0 = one linear layer).
+Training: BCE-with-logits (mean over proposals x attributes) of the sampled positive proposals whose
+matched ground-truth category carries attributes (``lib.labels.ATTRIBUTE_CATEGORIES``; other categories
+are ignored) against the matched instance's multi-hot ``attributes``, times ``attr_loss_weight``, as
+``loss_attr`` (an exact zero connected to the graph when no such proposal is sampled). Eval: the box
+features are pooled again at each final detection box and ``attr_scores (N, num_attributes)`` sigmoid
+probabilities are added to each image's output, row-aligned with ``boxes/labels/scores/masks`` (for
+every detection; consumers keep them for attribute categories only). With ``attr_head`` False the model,
+its state dict and its outputs are exactly those without the head.
+
 Inputs/outputs follow torchvision's ``MaskRCNN``: ``forward(images, targets=None)`` with images a list of
 ``(3, H, W)`` float tensors in 0..1 (sizes may differ); targets ``boxes (N, 4)`` float x1y1x2y2,
-``labels (N,)`` int64 = category + 1, ``masks (N, H, W)`` uint8, ``N`` may be 0. Training returns the loss
-dict (``loss_classifier, loss_box_reg, loss_mask, loss_objectness, loss_rpn_box_reg``); eval returns per
-image ``boxes (N, 4), labels (N,), scores (N,), masks (N, 1, H, W)`` probabilities at the input size.
+``labels (N,)`` int64 = category + 1, ``masks (N, H, W)`` uint8, ``N`` may be 0; with ``attr_head`` also
+``attributes (N, num_attributes)`` multi-hot (float or uint8). Training returns the loss dict
+(``loss_classifier, loss_box_reg, loss_mask, loss_objectness, loss_rpn_box_reg``, plus ``loss_attr`` with
+``attr_head``); eval returns per image ``boxes (N, 4), labels (N,), scores (N,), masks (N, 1, H, W)``
+probabilities at the input size (plus ``attr_scores (N, num_attributes)`` float32 with ``attr_head``).
 """
 from __future__ import annotations
 
@@ -33,6 +47,7 @@ import numbers
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchvision.models import MobileNet_V3_Large_Weights, ResNet18_Weights, ResNet34_Weights, ResNet50_Weights
 from torchvision.models import resnet50 as tv_resnet50
@@ -49,6 +64,8 @@ from torchvision.models.detection.roi_heads import RoIHeads, fastrcnn_loss, mask
 from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops import misc as misc_nn_ops
+
+from ..labels import ATTRIBUTE_CATEGORIES, N_ATTRIBUTES
 
 FPN_CHANNELS = 256  # out_channels of every backbone below
 BACKBONES = ("resnet50", "resnet50_v2", "resnet18", "resnet34", "mobilenet_v3")
@@ -91,6 +108,10 @@ DEFAULT_CONFIG = {
     "box_nms_thresh": 0.5,
     "mask_roi_size": 14,  # RoIAlign crop of the mask branch; the predictor outputs 2x this
     "mask_classes": None,  # category ids whose masks train (None = all); boxes train on all classes
+    "attr_head": False,  # multi-label attribute head on the box head's RoI features (see the docstring)
+    "num_attributes": N_ATTRIBUTES,  # 92
+    "attr_hidden": 256,  # hidden units of the attribute MLP (0 = a single linear layer)
+    "attr_loss_weight": 1.0,  # factor on loss_attr
 }
 
 
@@ -122,6 +143,22 @@ def mask_label_table(num_classes: int, mask_classes: Optional[list[int]]) -> tor
     return table
 
 
+class AttributePredictor(nn.Sequential):
+    """RoI features ``(R, in_features)`` -> attribute logits ``(R, num_attributes)``.
+
+    ``Linear(in_features, hidden) - ReLU - Linear(hidden, num_attributes)``, or one ``Linear`` when
+    ``hidden`` is 0.
+    """
+
+    def __init__(self, in_features: int, num_attributes: int, hidden: int = 256):
+        if hidden > 0:
+            layers = [nn.Linear(in_features, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_attributes)]
+        else:
+            layers = [nn.Linear(in_features, num_attributes)]
+        super().__init__(*layers)
+        self.num_attributes = int(num_attributes)
+
+
 class MaskSubsetRoIHeads(RoIHeads):
     """torchvision ``RoIHeads`` whose mask branch trains only on some categories.
 
@@ -133,6 +170,11 @@ class MaskSubsetRoIHeads(RoIHeads):
     - :meth:`mask_logits` (both): ``mask_roi_pool -> mask_head -> mask_predictor`` on given boxes.
 
     With ``class_agnostic_masks`` the predictor has one output channel, used for every label.
+
+    With an ``attr_predictor`` (an :class:`AttributePredictor`) the heads also train and predict
+    attributes (see the module docstring): :meth:`attr_loss` in training, :meth:`attr_logits` at the final
+    detections in eval. ``attr_classes``: category ids whose instances train it (None = all).
+    Without one, nothing about the heads changes (no modules, buffers, losses or outputs are added).
     """
 
     def __init__(
@@ -141,12 +183,19 @@ class MaskSubsetRoIHeads(RoIHeads):
         num_classes: int,
         mask_classes: Optional[list[int]] = None,
         class_agnostic_masks: bool = False,
+        attr_predictor: Optional[nn.Module] = None,
+        attr_classes: Optional[list[int]] = None,
+        attr_loss_weight: float = 1.0,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
         self.class_agnostic_masks = class_agnostic_masks
         # Derived from the config, not a learned state: kept out of the state dict.
         self.register_buffer("mask_label_allowed", mask_label_table(num_classes, mask_classes), persistent=False)
+        self.attr_predictor = attr_predictor
+        if attr_predictor is not None:
+            self.attr_loss_weight = float(attr_loss_weight)
+            self.register_buffer("attr_label_allowed", mask_label_table(num_classes, attr_classes), persistent=False)
 
     def mask_channels(self, labels: torch.Tensor) -> torch.Tensor:
         """The predictor channel used for each label (0 when masks are class-agnostic)."""
@@ -173,6 +222,41 @@ class MaskSubsetRoIHeads(RoIHeads):
         gt_channels = [self.mask_channels(t["labels"]) for t in targets]
         return maskrcnn_loss(logits, mask_proposals, gt_masks, gt_channels, pos_matched_idxs)
 
+    def attr_logits(self, features, boxes: list[torch.Tensor], image_shapes) -> torch.Tensor:
+        """``(sum N_i, num_attributes)`` attribute logits for ``boxes[i] (N_i, 4)`` in image ``i``."""
+        return self.attr_predictor(self.box_head(self.box_roi_pool(features, boxes, image_shapes)))
+
+    def attr_loss(self, box_features, matched_idxs, labels, targets) -> torch.Tensor:
+        """BCE-with-logits of the attribute head on the sampled positive proposals of attribute categories.
+
+        ``box_features (sum R_i, D)``: the box head's output for the sampled proposals, image after image;
+        ``labels[i] (R_i,)``: their matched GT labels (0 = background); ``matched_idxs[i]``: matched GT
+        indices. Mean over (selected proposals x attributes); an exact zero (still in the graph) when none.
+        """
+        feats = box_features.split([len(lab) for lab in labels])
+        sel_feats, sel_targets = [], []
+        for f, midx, lab, t in zip(feats, matched_idxs, labels, targets):
+            pos = torch.where((lab > 0) & self.attr_label_allowed[lab.clamp(min=0)])[0]
+            sel_feats.append(f[pos])
+            sel_targets.append(t["attributes"][midx[pos]])
+        logits = self.attr_predictor(torch.cat(sel_feats))
+        if logits.shape[0] == 0:
+            return logits.sum() * 0.0
+        target = torch.cat(sel_targets).to(device=logits.device, dtype=torch.float32)
+        return F.binary_cross_entropy_with_logits(logits.float(), target)
+
+    def _check_attribute_targets(self, targets) -> None:
+        n_attr = self.attr_predictor.num_attributes
+        for i, t in enumerate(targets):
+            a = t.get("attributes")
+            if a is None:
+                raise ValueError(
+                    f"attr_head needs targets[{i}]['attributes'] ((N, {n_attr}) multi-hot per instance, as "
+                    "lib/dataset.py CacheDataset gives); the target has only " + ", ".join(sorted(t)))
+            if a.shape != (t["labels"].shape[0], n_attr):
+                raise ValueError(f"targets[{i}]['attributes'] must have shape ({t['labels'].shape[0]}, {n_attr}) "
+                                 f"(instances x attributes), got {tuple(a.shape)}")
+
     def forward(self, features, proposals, image_shapes, targets=None):
         if self.training:
             self.check_targets(targets)
@@ -181,6 +265,8 @@ class MaskSubsetRoIHeads(RoIHeads):
                     raise TypeError(f"target boxes must be float, got {t['boxes'].dtype}")
                 if t["labels"].dtype != torch.int64:
                     raise TypeError(f"target labels must be int64, got {t['labels'].dtype}")
+            if self.attr_predictor is not None:
+                self._check_attribute_targets(targets)
             proposals, matched_idxs, labels, regression_targets = self.select_training_samples(proposals, targets)
 
         box_features = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
@@ -189,7 +275,11 @@ class MaskSubsetRoIHeads(RoIHeads):
         if self.training:
             loss_classifier, loss_box_reg = fastrcnn_loss(class_logits, box_regression, labels, regression_targets)
             loss_mask = self.mask_loss(features, proposals, matched_idxs, labels, image_shapes, targets)
-            return [], {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg, "loss_mask": loss_mask}
+            losses = {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg, "loss_mask": loss_mask}
+            if self.attr_predictor is not None:
+                losses["loss_attr"] = self.attr_loss_weight * self.attr_loss(box_features, matched_idxs, labels,
+                                                                             targets)
+            return [], losses
 
         boxes, scores, labels = self.postprocess_detections(class_logits, box_regression, proposals, image_shapes)
         result = [{"boxes": b, "labels": lab, "scores": s} for b, lab, s in zip(boxes, labels, scores)]
@@ -197,6 +287,10 @@ class MaskSubsetRoIHeads(RoIHeads):
         probs = maskrcnn_inference(logits, [self.mask_channels(lab) for lab in labels])
         for r, p in zip(result, probs):
             r["masks"] = p.float()  # float32 probabilities also under autocast
+        if self.attr_predictor is not None:
+            attr = torch.sigmoid(self.attr_logits(features, boxes, image_shapes).float())
+            for r, a in zip(result, attr.split([len(b) for b in boxes])):
+                r["attr_scores"] = a
         return result, {}
 
 
@@ -267,12 +361,36 @@ def anchor_generator(config: dict) -> AnchorGenerator:
     )
 
 
+def attribute_head_kwargs(config: dict, in_features: int) -> dict:
+    """RoI-heads constructor kwargs of the attribute head for ``config`` ({} when ``attr_head`` is off).
+
+    ``in_features``: size of the box head's output (the box predictor's input). The head trains on the
+    categories of ``lib.labels.ATTRIBUTE_CATEGORIES`` that the model has (``< num_classes - 1``).
+    """
+    if not isinstance(config["attr_head"], bool):
+        raise ValueError(f"attr_head must be true or false, got {config['attr_head']!r}")
+    if not config["attr_head"]:
+        return {}
+    n_attr, hidden, weight = config["num_attributes"], config["attr_hidden"], config["attr_loss_weight"]
+    for key, value, low in (("num_attributes", n_attr, 1), ("attr_hidden", hidden, 0)):
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < low:
+            raise ValueError(f"{key} must be an integer >= {low}, got {value!r}")
+    if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not 0 <= float(weight) < float("inf"):
+        raise ValueError(f"attr_loss_weight must be a finite number >= 0, got {weight!r}")
+    return {
+        "attr_predictor": AttributePredictor(int(in_features), int(n_attr), int(hidden)),
+        "attr_classes": [c for c in ATTRIBUTE_CATEGORIES if c < config["num_classes"] - 1],
+        "attr_loss_weight": float(weight),
+    }
+
+
 def build_detector(config: dict, mask_roi_pool=None, mask_head=None, mask_predictor=None,
                    roi_heads_cls: type = MaskSubsetRoIHeads, roi_heads_kwargs: Optional[dict] = None) -> MaskRCNN:
     """torchvision ``MaskRCNN`` for a complete ``config`` with ``roi_heads_cls`` (a MaskSubsetRoIHeads).
 
     ``mask_roi_pool / mask_head / mask_predictor`` replace Mask R-CNN's mask branch when given (DeepMAC);
-    ``roi_heads_kwargs`` go to the RoI heads' constructor (e.g. ``class_agnostic_masks``).
+    ``roi_heads_kwargs`` go to the RoI heads' constructor (e.g. ``class_agnostic_masks``). With
+    ``config['attr_head']`` the heads get an :class:`AttributePredictor` (see the module docstring).
     """
     backbone = build_backbone(config)
     v2 = config["backbone"] == "resnet50_v2"
@@ -318,6 +436,7 @@ def build_detector(config: dict, mask_roi_pool=None, mask_head=None, mask_predic
         mask_predictor=mask_predictor if mask_predictor is not None else old.mask_predictor,
         num_classes=config["num_classes"],
         mask_classes=config["mask_classes"],
+        **attribute_head_kwargs(config, old.box_predictor.cls_score.in_features),
         **(roi_heads_kwargs or {}),
     )
     return model
