@@ -1,26 +1,34 @@
-"""One prepared GPU check: stock-vs-ours step ratios and the whole pipeline on CUDA, one JSON + a table.
+"""One prepared GPU check: the speed ratios of the bench/ scripts and the whole pipeline on CUDA, one JSON + a table.
 
-Needs no network. On a GPU box whose python3 has torch/torchvision/timm/OpenCV/pandas/pyarrow, bring
-segmentation-models-pytorch and pycocotools as wheels if they are missing, then::
+Needs no network. On a GPU box whose python3 has torch/torchvision/timm/OpenCV/pandas/pyarrow: when
+segmentation-models-pytorch or pycocotools is missing it is installed from the wheels in ``--wheels``
+(default ``.whl/`` at the repo root; bring that folder along), then::
 
-    python bench/gpu_check.py --out work/gpu_check            # GPU mode (about 5-6 minutes on one H200)
-    python bench/gpu_check.py --cpu --out work/gpu_check_cpu  # tiny CPU mode: the same code path, seconds
+    python bench/gpu_check.py --out work/gpu_check            # GPU mode (estimated 7-8 minutes on one H200)
+    python bench/gpu_check.py --cpu --out work/gpu_check_cpu  # tiny CPU mode: the same code path, ~2 minutes
 
-What it measures, each against its baseline in the same run:
+Sections, in this order, each measured against its baseline in the same run (``--budget-s`` skips the
+sections that would start after the budget is spent):
 
-1. Train step, random data already on the device (8 instances per image, bf16 autocast on CUDA,
-   ``cudnn.benchmark = False``): stock torchvision ``maskrcnn_resnet50_fpn`` vs our Mask R-CNN (R50-FPN)
-   and our DeepMAC, with our engine's optimizer; stock smp ``Unet(resnet34)`` vs our UNet wrapper.
-2. Inference: stock ``maskrcnn_resnet50_fpn`` forward (eval, 100 detections, masks pasted) vs ours.
-3. The pipeline on CUDA: synthetic data at 1024 px -> 01 -> 02/03/04 (short) -> 05 (flip TTA) -> 06,
-   timing each stage and recording the local scores.
+1. ``train``: ``bench/train_bench.py`` - our 03/04/02 training step vs the stock torchvision
+   ``maskrcnn_resnet50_fpn`` / smp ``Unet(resnet34)`` step, random batch on the device, batch 8 at 1024 px
+   (UNet 32 at 512), bf16 autocast, host-device syncs per step counted.
+2. ``infer``: ``bench/infer_bench.py`` - stock forward vs our forward vs 05's prediction path (flip TTA,
+   512 x 512 masks) and 06 (post-processing + RLE) on synthetic 3000 x 2000 JPEGs at 1024 px, and the
+   projected 05 + 06 time for 3,200 test images (target 90 s).
+3. ``input``: ``bench/input_bench.py`` - the training DataLoader (8 workers) on a 1024 px 01 cache vs our
+   Mask R-CNN step: loader / model and end-to-end / model-only (target >= 0.95).
+4. ``pipeline``: synthetic data at 1024 px -> 01 -> 02/03/04 (short) -> 05 (flip TTA) -> 06, the time of
+   each stage and the local scores (the accuracy check of a short synthetic training run).
+
+Writes ``gpu_check.json`` (everything) and ``gpu_check.md`` (the short table) into ``--out``.
 """
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -32,128 +40,55 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
+from bench import common as bc  # noqa: E402
 
-def random_batch(n: int, size: int, n_inst: int, device, seed: int = 0):
-    """n images (3, size, size) in 0..1 and torchvision targets with n_inst box-shaped masks each."""
-    g = torch.Generator().manual_seed(seed)
-    images, targets = [], []
-    for _ in range(n):
-        img = torch.rand(3, size, size, generator=g)
-        xy = torch.randint(0, size // 2, (n_inst, 2), generator=g)
-        wh = torch.randint(size // 16, size // 2, (n_inst, 2), generator=g)
-        boxes = torch.cat([xy, torch.minimum(xy + wh, torch.tensor(size))], 1).float()
-        masks = torch.zeros(n_inst, size, size, dtype=torch.uint8)
-        for k, (x1, y1, x2, y2) in enumerate(boxes.int().tolist()):
-            masks[k, y1:y2, x1:x2] = 1
-        labels = torch.randint(1, 47, (n_inst,), generator=g)
-        images.append(img.to(device))
-        targets.append({"boxes": boxes.to(device), "labels": labels.to(device), "masks": masks.to(device)})
-    return images, targets
+SECTIONS = ("train", "infer", "input", "pipeline")
 
 
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def time_train(model, images, targets, device, steps: int, warmup: int, dtype, optimizer) -> float:
-    """Images/s of forward+backward+step on one fixed batch."""
-    model.train()
-
-    def step():
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            losses = model(images, targets)
-        loss = sum(losses.values())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    for _ in range(warmup):
-        step()
-    sync(device)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    sync(device)
-    return len(images) * steps / (time.perf_counter() - t0)
-
-
-@torch.inference_mode()
-def time_infer(model, images, device, steps: int, warmup: int, dtype) -> float:
-    model.eval()
-    for _ in range(warmup):
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            model(images)
-    sync(device)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            model(images)
-    sync(device)
-    return len(images) * steps / (time.perf_counter() - t0)
-
-
-def step_benchmarks(cfg: dict, device, dtype) -> dict:
-    import segmentation_models_pytorch as smp
-    import torchvision
-
-    from lib import models as lmodels
-    from lib.engine import build_optimizer
-
-    torch.backends.cudnn.benchmark = False
-    res = {}
-    bs, size, steps, warm = cfg["batch"], cfg["size"], cfg["steps"], cfg["warmup"]
-    images, targets = random_batch(bs, size, 8, device)
-    opt_args = argparse.Namespace(optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=1e-4)
-
-    def det_kwargs():
-        return dict(min_size=size, max_size=size)
-
-    stock = torchvision.models.detection.maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=47,
-                                                               **det_kwargs()).to(device)
-    opt = torch.optim.SGD(stock.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
-    res["stock_maskrcnn_train_img_s"] = time_train(stock, images, targets, device, steps, warm, dtype, opt)
-    res["stock_maskrcnn_infer_img_s"] = time_infer(stock, images, device, steps, warm, dtype)
-    del stock, opt
-    for arch in ("maskrcnn", "deepmac"):
+def ensure_packages(wheels: Path) -> dict:
+    """Install segmentation-models-pytorch / pycocotools from ``wheels`` (no index, no deps) if missing."""
+    missing = []
+    for mod, dist in (("segmentation_models_pytorch", "segmentation-models-pytorch"), ("pycocotools", "pycocotools")):
         try:
-            conf = lmodels.default_config(arch, backbone="resnet50", **det_kwargs())
-            model = lmodels.build_model(conf).to(device)
-            opt = build_optimizer(model, opt_args, device)
-            res[f"ours_{arch}_train_img_s"] = time_train(model, images, targets, device, steps, warm, dtype, opt)
-            res[f"ours_{arch}_infer_img_s"] = time_infer(model, images, device, steps, warm, dtype)
-            res[f"{arch}_train_ratio"] = res[f"ours_{arch}_train_img_s"] / res["stock_maskrcnn_train_img_s"]
-            res[f"{arch}_infer_ratio"] = res[f"ours_{arch}_infer_img_s"] / res["stock_maskrcnn_infer_img_s"]
-            del model, opt
-        except Exception as e:  # keep measuring the rest
-            res[f"{arch}_error"] = f"{type(e).__name__}: {e}"
-
-    usize, ubs = cfg["unet_size"], cfg["unet_batch"]
-    uimages, utargets = random_batch(ubs, usize, 8, device, seed=1)
-    stock_u = smp.Unet("resnet34", encoder_weights=None, classes=47).to(device).to(memory_format=torch.channels_last)
-    x = torch.stack(uimages).to(memory_format=torch.channels_last)
-    y = torch.randint(0, 47, (ubs, usize, usize), device=device)
-    opt = torch.optim.AdamW(stock_u.parameters(), lr=1e-4)
-
-    class Wrap(torch.nn.Module):  # stock smp step: plain CE on a ready tensor batch
-        def __init__(self, net):
-            super().__init__()
-            self.net = net
-
-        def forward(self, images, targets=None):
-            return {"ce": torch.nn.functional.cross_entropy(self.net(x), y)}
-
-    res["stock_unet_train_img_s"] = time_train(Wrap(stock_u), uimages, utargets, device, steps, warm, dtype, opt)
-    del stock_u, opt
-    conf = lmodels.default_config("unet", encoder="resnet34", min_size=usize, max_size=usize)
-    model = lmodels.build_model(conf).to(device)
-    opt = build_optimizer(model, argparse.Namespace(optimizer="adamw", lr=1e-4, momentum=0.9, weight_decay=1e-4),
-                          device)
-    res["ours_unet_train_img_s"] = time_train(model, uimages, utargets, device, steps, warm, dtype, opt)
-    res["unet_train_ratio"] = res["ours_unet_train_img_s"] / res["stock_unet_train_img_s"]
-    return res
+            importlib.import_module(mod)
+        except ImportError:
+            missing.append(dist)
+    if not missing:
+        return {"installed": []}
+    if not Path(wheels).is_dir():
+        raise SystemExit(f"{', '.join(missing)} missing and no wheel folder {wheels}: bring the wheels "
+                         f"(--wheels DIR) or install them")
+    cmd = [sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", "--find-links", str(wheels), *missing]
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    if p.returncode != 0:
+        raise SystemExit(f"installing {missing} from {wheels} failed:\n{p.stdout[-2000:]}\n{p.stderr[-2000:]}")
+    importlib.invalidate_caches()
+    return {"installed": missing}
 
 
+# --------------------------------------------------------------------------------------------- configs
+def configs(cpu: bool) -> dict:
+    """Per-section settings: the bench scripts' own modes, trimmed to fit the budget."""
+    from bench import infer_bench, input_bench, train_bench
+
+    if cpu:
+        return {
+            "train": dict(train_bench.MODES["cpu"], steps=1, warmup=1),
+            "infer": dict(infer_bench.MODES["cpu"], steps=1, warmup=1, rows_threads=1),
+            "input": dict(input_bench.MODES["cpu"], n_train=8, batches=3, steps=2, warmup=1),
+            "pipeline": dict(n_train=8, n_test=2, data_side=192, det_size=128, train_steps=2, train_batch=2,
+                             workers=0, encoder="resnet18", backbone="resnet18"),
+        }
+    return {
+        "train": dict(train_bench.MODES["gpu"], steps=12, warmup=4),
+        "infer": dict(infer_bench.MODES["gpu"], steps=1, warmup=1, rows_threads=4),
+        "input": dict(input_bench.MODES["gpu"], n_train=64, batches=16, steps=8, warmup=3),
+        "pipeline": dict(n_train=96, n_test=32, data_side=1024, det_size=1024, train_steps=30, train_batch=8,
+                         workers=8, encoder="resnet34", backbone="resnet50"),
+    }
+
+
+# --------------------------------------------------------------------------------------------- pipeline
 def run_stage(name: str, cmd: list[str], log: Path) -> dict:
     t0 = time.time()
     with open(log, "a") as f:
@@ -161,11 +96,13 @@ def run_stage(name: str, cmd: list[str], log: Path) -> dict:
         f.flush()
         p = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT)
     dt = time.time() - t0
-    print(f"  {name:<10} rc={p.returncode} {dt:7.1f} s", flush=True)
+    print(f"  {name:<12} rc={p.returncode} {dt:7.1f} s", flush=True)
     return {"stage": name, "rc": p.returncode, "seconds": round(dt, 1)}
 
 
-def pipeline(cfg: dict, out: Path, device_flag: str) -> dict:
+def pipeline(cfg: dict, out: Path, device_flag: str, budget_s: float = 1e9) -> dict:
+    """01 -> 02/03/04 -> 05 -> 06 on synthetic data as subprocesses; stages starting after ``budget_s`` are
+    skipped. Returns the stage times and 06's scores."""
     py = sys.executable
     data, work = out / "data", out / "work"
     log = out / "pipeline.log"
@@ -187,14 +124,14 @@ def pipeline(cfg: dict, out: Path, device_flag: str) -> dict:
         ("05", [py, "05_predict.py", "--checkpoints", str(work / "unet"), str(work / "maskrcnn"),
                 str(work / "deepmac"), "--data-dir", str(data), "--out-dir", str(work / "predictions"),
                 "--device", device_flag, "--tta-flip", "--batch-size", str(cfg["train_batch"]), "--workers",
-                str(cfg["workers"]), "--no-progress"]),
+                str(cfg["workers"]), "--restart", "--no-progress"]),
         ("06", [py, "06_make_submission.py", "--predictions", str(work / "predictions"), "--data-dir", str(data),
                 "--out", str(work / "submission" / "submission.csv"), "--no-progress"]),
     ]
     results = []
     t0 = time.time()
     for name, cmd in stages:
-        if time.time() - t0 > cfg.get("pipeline_budget_s", 1e9):
+        if time.time() - t0 > budget_s:
             results.append({"stage": name, "rc": None, "skipped": "time budget"})
             continue
         r = run_stage(name, cmd, log)
@@ -202,51 +139,138 @@ def pipeline(cfg: dict, out: Path, device_flag: str) -> dict:
         if r["rc"] != 0:
             break
     scores = work / "submission" / "scores.json"
-    return {"stages": results, "scores": json.loads(scores.read_text()) if scores.exists() else None}
+    val = {}
+    for name in ("unet", "maskrcnn", "deepmac"):
+        meta = work / name / "meta.json"
+        if meta.is_file():
+            m = json.loads(meta.read_text()).get("final_metrics") or {}
+            val[name] = {k: m.get(k) for k in ("val_kaggle", "val_AP", "train_loss")}
+    return {"stages": results, "val": val, "scores": json.loads(scores.read_text()) if scores.exists() else None}
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out", default="work/gpu_check", help="output folder (JSON, table, logs)")
+# --------------------------------------------------------------------------------------------- report
+def summary_table(report: dict) -> str:
+    """The short Markdown table of the headline ratios (the JSON has everything)."""
+    lines = ["| measurement | ours | baseline | ratio | target |", "|---|---|---|---|---|"]
+    for r in (report.get("train") or {}).get("rows", []):
+        if "error" in r:
+            lines.append(f"| train step {r['arch']} | error: {r['error'][:80]} | | | |")
+            continue
+        target = ">= 1.5" if r["arch"] in ("maskrcnn", "deepmac") else ""
+        lines.append(f"| train step {r['arch']} (img/s, batch {r['batch']}, {r['size']} px) | "
+                     f"{bc.fmt(r['ours_img_s'])} | {bc.fmt(r['stock_img_s'])} (stock) | {bc.fmt(r['ratio'])} | "
+                     f"{target} |")
+    inf = report.get("infer") or {}
+    for r in inf.get("rows", []):
+        if "error" in r:
+            lines.append(f"| inference {r['arch']} | error: {r['error'][:80]} | | | |")
+            continue
+        lines.append(f"| forward {r['arch']} (img/s) | {bc.fmt(r['ours_forward_img_s'])} | {bc.fmt(r['stock_img_s'])} "
+                     f"(stock) | {bc.fmt(r['forward_ratio'])} | |")
+        lines.append(f"| 05 path {r['arch']}, {r['views']} views (img/s) | {bc.fmt(r['predict_img_s'])} | "
+                     f"{bc.fmt(r['stock_img_s'])} (stock fwd) | {bc.fmt(r['predict_ratio'])} | |")
+        lines.append(f"| 05 + 06 {r['arch']}, {inf.get('project_images')} images (s, projected) | "
+                     f"{bc.fmt(r['projected_total_s'])} (05 {bc.fmt(r['projected_05_s'])} + 06 "
+                     f"{bc.fmt(r['projected_06_s'])}) | | | <= {bc.fmt(inf.get('target_s'))} |")
+    for name in SECTIONS:
+        sec = report.get(name) or {}
+        if "skipped" in sec:
+            lines.append(f"| {name} | skipped ({sec['skipped']}) | | | |")
+        elif "error" in sec and name in ("train", "infer", "pipeline"):
+            lines.append(f"| {name} | error: {sec['error'][:80]} | | | |")
+    inp = report.get("input") or {}
+    if "skipped" in inp:
+        pass
+    elif "error" in inp:
+        lines.append(f"| input pipeline | error: {inp['error'][:80]} | | | |")
+    elif inp:
+        lines.append(f"| input: loader vs model (img/s, {inp['workers']} workers) | {bc.fmt(inp['loader_img_s'])} | "
+                     f"{bc.fmt(inp['model_img_s'])} (model) | {bc.fmt(inp['loader_ratio'])} | >= 1 |")
+        lines.append(f"| input: end to end vs model only (img/s) | {bc.fmt(inp['end_to_end_img_s'])} | "
+                     f"{bc.fmt(inp['model_img_s'])} | {bc.fmt(inp['end_to_end_ratio'])} | >= 0.95 |")
+    pipe = report.get("pipeline") or {}
+    for s in pipe.get("stages", []):
+        lines.append(f"| pipeline {s['stage']} (s) | {s.get('seconds', s.get('skipped'))} | | | rc={s.get('rc')} |")
+    for name, v in (pipe.get("val") or {}).items():
+        lines.append(f"| short run {name}: val Kaggle / AP | {bc.fmt(v.get('val_kaggle'))} / {bc.fmt(v.get('val_AP'))} "
+                     f"| | | |")
+    return "\n".join(lines)
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("--out", type=Path, default=Path("work/gpu_check"), help="output folder (JSON, table, logs)")
     p.add_argument("--cpu", action="store_true", help="tiny CPU mode (same code path, small sizes)")
-    p.add_argument("--skip-pipeline", action="store_true", help="only the step benchmarks")
-    p.add_argument("--skip-steps", action="store_true", help="only the pipeline")
-    args = p.parse_args(argv)
+    p.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS), help="what to run")
+    p.add_argument("--budget-s", type=float, default=480.0,
+                   help="skip the sections (and pipeline stages) that would start after this many seconds")
+    p.add_argument("--wheels", type=Path, default=REPO / ".whl",
+                   help="wheels of segmentation-models-pytorch / pycocotools, installed when they are missing")
+    return p
+
+
+def main(argv=None) -> dict:
+    args = get_args_parser().parse_args(argv)
+    t_start = time.time()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    if args.cpu:
-        device = torch.device("cpu")
-        cfg = dict(batch=2, size=128, steps=2, warmup=1, unet_size=128, unet_batch=2, n_train=8, n_test=2,
-                   data_side=192, det_size=128, train_steps=2, train_batch=2, workers=0, encoder="resnet18",
-                   backbone="resnet18")
-        dtype = None
-    else:
-        device = torch.device("cuda")
-        cfg = dict(batch=8, size=1024, steps=15, warmup=5, unet_size=512, unet_batch=32, n_train=96, n_test=32,
-                   data_side=1024, det_size=1024, train_steps=30, train_batch=8, workers=8, encoder="resnet34",
-                   backbone="resnet50", pipeline_budget_s=200)
-        dtype = torch.bfloat16
-    report = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "mode": "cpu" if args.cpu else "gpu",
-              "device": torch.cuda.get_device_name(0) if device.type == "cuda" else platform.processor() or "cpu",
-              "torch": torch.__version__, "config": cfg}
-    if not args.skip_steps:
-        print("step benchmarks ...", flush=True)
+    report: dict = {"check": "gpu_check", "mode": "cpu" if args.cpu else "gpu"}
+    report["packages"] = ensure_packages(args.wheels)
+    from bench import infer_bench, input_bench, train_bench
+
+    device = bc.pick_device(args.cpu)
+    dtype = bc.bench_dtype(device)
+    report.update(bc.env_info(device))
+    report["precision"] = str(dtype).replace("torch.", "") if dtype else "fp32"
+    cfgs = configs(args.cpu)
+    report["config"] = cfgs
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = False  # as lib/engine.py and lib/predict.py
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    def left() -> float:
+        return args.budget_s - (time.time() - t_start)
+
+    def section(name: str, fn):
+        if name not in args.sections:
+            return
+        if left() <= 0:
+            report[name] = {"skipped": "time budget"}
+            print(f"{name}: skipped (time budget)", flush=True)
+            return
+        print(f"{name} ...", flush=True)
         t0 = time.time()
         try:
-            report["steps"] = step_benchmarks(cfg, device, dtype)
-        except Exception as e:
-            report["steps"] = {"error": f"{type(e).__name__}: {e}"}
-        report["steps_seconds"] = round(time.time() - t0, 1)
-        for k, v in report["steps"].items():
-            print(f"  {k:<32} {v:9.2f}" if isinstance(v, float) else f"  {k:<32} {v}", flush=True)
+            report[name] = fn()
+        except Exception as e:  # keep the rest of the check
+            report[name] = {"error": f"{type(e).__name__}: {e}"}
+            print(f"  {name}: {report[name]['error']}", flush=True)
+        report[name]["seconds"] = round(time.time() - t0, 1)
         if device.type == "cuda":
-            report["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
             torch.cuda.empty_cache()
-    if not args.skip_pipeline:
-        print("pipeline ...", flush=True)
-        report["pipeline"] = pipeline(cfg, out, "cpu" if args.cpu else "cuda")
-    (out / "gpu_check.json").write_text(json.dumps(report, indent=2, default=str))
-    print(json.dumps({k: report[k] for k in report if k != "config"}, indent=1, default=str)[:6000])
+        bc.write_json(out / "gpu_check.json", report)  # partial results survive a kill
+
+    section("train", lambda: train_bench.run(cfgs["train"], device, dtype))
+    section("infer", lambda: infer_bench.run(cfgs["infer"], device, dtype, work_dir=out / "infer"))
+
+    def input_section():
+        c = cfgs["input"]
+        prepared = input_bench.ensure_cache(out / "input", c["n_train"], c["data_side"], c["long_side"],
+                                            workers=max(1, min(8, os.cpu_count() or 1)))
+        return input_bench.measure(prepared, c, device, dtype)
+
+    section("input", input_section)
+    section("pipeline", lambda: pipeline(cfgs["pipeline"], out, "cpu" if args.cpu else "cuda",
+                                         budget_s=max(0.0, left())))
+    report["total_seconds"] = round(time.time() - t_start, 1)
+    table = summary_table(report)
+    head = (f"gpu_check {report['date']} on {report.get('gpu', report.get('cpu'))}, torch {report['torch']}, "
+            f"{report['precision']}, {report['total_seconds']} s")
+    (out / "gpu_check.md").write_text(f"{head}\n\n{table}\n")
+    bc.write_json(out / "gpu_check.json", report)
+    print(f"\n{head}\n\n{table}\n\nwrote {out / 'gpu_check.json'} and {out / 'gpu_check.md'}")
     return report
 
 

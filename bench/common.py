@@ -1,0 +1,239 @@
+"""Shared pieces of the ``bench/`` scripts: device choice, timing, random batches, the training step, output.
+
+Every benchmark measures its baseline in the same run and reports ``ours / baseline`` ratios (> 1 = ours is
+faster). Throughputs are images per second; a timed loop synchronises the device before reading the clock.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import socket
+import statistics
+import time
+import warnings
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# --------------------------------------------------------------------------------------------- device
+def pick_device(cpu: bool) -> torch.device:
+    """``cpu`` -> the CPU; otherwise CUDA, or exit with a clear message when there is none."""
+    if cpu:
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise SystemExit("GPU mode needs a CUDA device (torch.cuda.is_available() is False); "
+                         "run with --cpu for the small CPU mode")
+    return torch.device("cuda")
+
+
+def bench_dtype(device: torch.device):
+    """Autocast dtype of the benchmarks: bf16 on CUDA (as the training scripts' ``--amp auto``), fp32 on CPU."""
+    return torch.bfloat16 if device.type == "cuda" else None
+
+
+def sync(device) -> None:
+    """Wait for queued device work (a no-op on the CPU)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def autocast(device, dtype):
+    return torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype is not None)
+
+
+def env_info(device) -> dict:
+    """Date, machine and library versions for the JSON reports."""
+    import torchvision
+
+    device = torch.device(device)
+    info = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "host": socket.gethostname(),
+            "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "device": str(device)}
+    try:
+        info["load_average"] = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        pass
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    else:
+        info["cpu"] = _cpu_name()
+    return info
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
+# --------------------------------------------------------------------------------------------- data
+def random_batch(n: int, size: int, n_inst: int, device, seed: int = 0):
+    """``n`` images ``(3, size, size)`` float32 in 0..1 and torchvision targets with ``n_inst`` box-shaped
+    masks each (``boxes (n_inst, 4)`` float32 x1y1x2y2, ``labels`` int64 in 1..46, ``masks (n_inst, size,
+    size)`` uint8), on ``device``. Deterministic for a given ``seed``."""
+    g = torch.Generator().manual_seed(seed)
+    images, targets = [], []
+    for _ in range(n):
+        img = torch.rand(3, size, size, generator=g)
+        xy = torch.randint(0, size // 2, (n_inst, 2), generator=g)
+        wh = torch.randint(max(1, size // 16), max(2, size // 2), (n_inst, 2), generator=g)
+        boxes = torch.cat([xy, torch.minimum(xy + wh, torch.tensor(size))], 1).float()
+        masks = torch.zeros(n_inst, size, size, dtype=torch.uint8)
+        for k, (x1, y1, x2, y2) in enumerate(boxes.int().tolist()):
+            masks[k, y1:y2, x1:x2] = 1
+        labels = torch.randint(1, 47, (n_inst,), generator=g)
+        images.append(img.to(device))
+        targets.append({"boxes": boxes.to(device), "labels": labels.to(device), "masks": masks.to(device)})
+    return images, targets
+
+
+# --------------------------------------------------------------------------------------------- steps
+def stock_step(model, images, targets, optimizer, dtype) -> None:
+    """The stock torchvision reference step: forward under autocast, sum of the losses, backward, step."""
+    with autocast(images[0].device, dtype):
+        losses = model(images, targets)
+    loss = sum(losses.values())
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+def engine_step(model, images, targets, optimizer, dtype, clip_grad: float = 0.0) -> dict:
+    """One step exactly as ``lib/engine.py`` ``run_training`` does it (without the scheduler and logging).
+
+    Forward under autocast, sum of the losses, the host reads of every loss part and of the total, the
+    finiteness check (through a device tensor and ``.item()``, as the engine does for DDP), backward,
+    ``clip_grad_norm_`` (``inf`` when ``clip_grad`` is 0: the norm is still computed for the log) and its host
+    read, optimizer step. Keep in step with the loop in ``lib/engine.py`` so the benchmark measures what
+    training runs. Returns the loss parts (floats).
+    """
+    with autocast(images[0].device, dtype):
+        loss_dict = model(images, targets)
+    loss = sum(loss_dict.values())
+    parts = {k: float(v.detach()) for k, v in loss_dict.items()}
+    total = float(loss.detach())
+    bad = torch.tensor([0.0 if math.isfinite(total) else 1.0], device=loss.device)  # all-reduced under DDP
+    if bad.item() > 0:
+        raise FloatingPointError(f"non-finite loss {total} ({parts})")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+    gn = float(torch.nn.utils.clip_grad_norm_(params, clip_grad if clip_grad > 0 else float("inf")))
+    if not math.isfinite(gn):
+        raise FloatingPointError(f"non-finite gradient norm {gn}")
+    optimizer.step()
+    return parts
+
+
+def time_calls(fn: Callable[[], object], device, steps: int, warmup: int) -> float:
+    """Seconds per call of ``fn`` (mean over ``steps`` calls after ``warmup`` untimed ones)."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    sync(device)
+    return (time.perf_counter() - t0) / max(1, steps)
+
+
+def time_interleaved(fns: dict[str, Callable[[], object]], device, steps: int, warmup: int) -> dict[str, float]:
+    """Median seconds per call of each function in ``fns``, timed in turns (a, b, a, b, ...) after ``warmup``
+    untimed rounds, so that a change of the machine's load hits every side alike."""
+    for _ in range(warmup):
+        for f in fns.values():
+            f()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(max(1, steps)):
+        for k, f in fns.items():
+            sync(device)
+            t0 = time.perf_counter()
+            f()
+            sync(device)
+            times[k].append(time.perf_counter() - t0)
+    return {k: float(statistics.median(v)) for k, v in times.items()}
+
+
+def count_syncs(fn: Callable[[], object], device) -> int | None:
+    """Host-device synchronisations in one call of ``fn`` (CUDA only: ``torch.cuda.set_sync_debug_mode``
+    warnings are counted); None on the CPU, where nothing runs asynchronously."""
+    if torch.device(device).type != "cuda":
+        return None
+    sync(device)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+            sync(device)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
+def profile_table(fn: Callable[[], object], device, rows: int = 25, sort_by: str | None = None) -> str:
+    """``torch.profiler`` table (the ``rows`` most expensive ops) of one call of ``fn`` after one warm-up."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    sync(device)
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.device(device).type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        fn()
+        sync(device)
+    keys = [sort_by] if sort_by else (["device_time_total", "cuda_time_total"]
+                                      if torch.device(device).type == "cuda" else ["cpu_time_total"])
+    for key in keys:
+        try:
+            return prof.key_averages().table(sort_by=key, row_limit=rows)
+        except (AttributeError, KeyError, ValueError):
+            continue  # older/newer torch name of the device-time column
+    return prof.key_averages().table(row_limit=rows)
+
+
+# --------------------------------------------------------------------------------------------- output
+def ratio(ours: float | None, base: float | None) -> float | None:
+    """``ours / base`` or None when either is missing or the base is 0."""
+    if ours is None or base is None or not base:
+        return None
+    return float(ours) / float(base)
+
+
+def fmt(v, spec: str = ".3g") -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return format(v, spec)
+    return str(v)
+
+
+def table(rows: Sequence[dict], columns: Sequence[tuple[str, str]]) -> str:
+    """A Markdown table of ``rows`` (dicts) with ``columns`` = ``[(key, header), ...]``."""
+    head = "| " + " | ".join(h for _, h in columns) + " |"
+    sep = "|" + "|".join("---" for _ in columns) + "|"
+    body = ["| " + " | ".join(fmt(r.get(k)) for k, _ in columns) + " |" for r in rows]
+    return "\n".join([head, sep, *body])
+
+
+def write_json(path: str | Path, obj) -> Path:
+    """Write ``obj`` as indented JSON (parents created); returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    return path
+
+
+__all__ = ["REPO", "pick_device", "bench_dtype", "sync", "autocast", "env_info", "random_batch", "stock_step",
+           "engine_step", "time_calls", "time_interleaved", "count_syncs",
+           "profile_table", "ratio", "fmt", "table", "write_json"]
