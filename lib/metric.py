@@ -60,6 +60,7 @@ __all__ = [
     "multilabel_f1",
     "attribute_f1",
     "AttributeEvaluator",
+    "group_scores",
 ]
 
 # 0.50, 0.55, ..., 0.95 (rounded so that e.g. 0.55 is the double nearest to 0.55).
@@ -715,3 +716,28 @@ class AttributeEvaluator:
         out = multilabel_f1(gt, scores, self.threshold if threshold is None else threshold)
         out.update(num_gt=self.num_gt, num_pred=self.num_pred)
         return out
+
+
+# --------------------------------------------------------------------------------------------- class groups
+def group_scores(per_class, groups, category_of: Callable[[Hashable], Hashable] = class_to_category) -> dict:
+    """Mean of per-class values over the classes of each group of categories.
+
+    Args:
+        per_class: ``{class key: value}``, e.g. :meth:`Evaluator.summary`'s ``per_class`` (Kaggle class
+            scores) or :func:`coco_mask_ap`'s ``per_category`` (AP per category); keys are mapped to
+            categories with ``category_of`` (``"10_7_20"`` -> 10, ``6`` -> 6). NaN values are skipped.
+        groups: ``{group name: category ids}``, e.g. :data:`lib.labels.CATEGORY_GROUPS`.
+
+    Returns:
+        ``{group name: mean}`` (nan for a group without any class in ``per_class``). For COCO AP per
+        category this is exactly the COCO mask AP of the group (COCO averages over categories); for
+        Kaggle class scores it is the macro mean over the group's classes, not the image-averaged
+        Kaggle metric of the group.
+    """
+    out = {}
+    for name, cats in groups.items():
+        members = {_plain(c) for c in cats}
+        vals = [float(v) for k, v in per_class.items()
+                if category_of(k) in members and v is not None and not np.isnan(float(v))]
+        out[name] = float(np.mean(vals)) if vals else float("nan")
+    return out

@@ -534,3 +534,113 @@ def test_unet_resizes_like_the_detectors_and_ignores_padding():
     losses = m(images[:1], [full])
     assert losses["loss_ce"].item() == 0 and losses["loss_dice"].item() == 0
     assert np.isfinite(sum(losses.values()).item())
+
+
+# ---------------------------------------------------------------- heads at given boxes (masks_for_boxes)
+
+
+HEADS = [("maskrcnn", {}), ("maskrcnn", {"class_agnostic_masks": True}), ("deepmac", {})]
+
+
+def scaled_images():
+    """Images the 160 px transform resizes (up and down), so boxes must be mapped into its frame and back."""
+    torch.manual_seed(2)
+    return [torch.rand(3, 96, 128), torch.rand(3, 200, 150)]
+
+
+@pytest.mark.parametrize("arch,extra", HEADS)
+def test_masks_for_boxes_reproduce_the_models_masks_at_its_detections(arch, extra):
+    model = build(arch, min_size=160, max_size=160, box_score_thresh=0.0, **extra).eval()
+    images = scaled_images()
+    with torch.no_grad():
+        out = model(images)
+    assert [tuple(s) for s in model.transform(images)[0].image_sizes] == [(120, 160), (160, 120)]
+    masks = maskrcnn.masks_for_boxes(model, images, [r["boxes"] for r in out], [r["labels"] for r in out])
+    for img, r, m in zip(images, out, masks):
+        n = len(r["boxes"])
+        assert n > 0 and m.shape == (n, *img.shape[-2:]) and m.dtype == torch.float32
+        assert m.min() >= 0 and m.max() <= 1
+        torch.testing.assert_close(m, r["masks"][:, 0], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("arch,extra", HEADS)
+def test_masks_for_boxes_paste_inside_each_box(arch, extra):
+    model = build(arch, min_size=160, max_size=160, **extra)
+    images = scaled_images()
+    boxes = [torch.tensor([[0.0, 0.0, 128.0, 96.0], [20.0, 30.0, 60.0, 50.0]]), torch.zeros(0, 4)]
+    labels = [torch.tensor([3, 31]), torch.zeros(0, dtype=torch.int64)]
+    whole, small = maskrcnn.masks_for_boxes(model, images, boxes, labels)[0]
+    m1 = maskrcnn.masks_for_boxes(model, images[1:], boxes[1:], labels[1:])[0]
+    assert m1.shape == (0, 200, 150)
+    assert whole.shape == small.shape == (96, 128)
+    assert (whole > 0).float().mean() > 0.9  # the whole-image box covers the image
+    # the small box: nonzero only inside it, up to the one-cell margin torchvision's paste adds
+    # (a box side / mask size, plus a pixel of interpolation)
+    m = {"maskrcnn": 28, "deepmac": 16}[arch]  # predicted mask side: 2 x 14 (Mask R-CNN), the crop (TINY DeepMAC)
+    ys, xs = torch.nonzero(small > 0, as_tuple=True)
+    assert ys.numel() > 0
+    assert xs.min() >= 20 - 40 / m - 1 and xs.max() <= 60 + 40 / m
+    assert ys.min() >= 30 - 20 / m - 1 and ys.max() <= 50 + 20 / m
+    # far from the box: exactly zero
+    assert small[:20, :].abs().sum() == 0 and small[:, 70:].abs().sum() == 0
+
+
+def test_masks_for_boxes_channels_and_bad_input():
+    per_class = build("maskrcnn")
+    agnostic = build("maskrcnn", class_agnostic_masks=True)
+    assert per_class.roi_heads.mask_predictor.mask_fcn_logits.out_channels == 47
+    assert agnostic.roi_heads.mask_predictor.mask_fcn_logits.out_channels == 1
+    images = scaled_images()[:1]
+    box = [torch.tensor([[10.0, 10.0, 70.0, 80.0]])]
+    with pytest.raises(ValueError, match="per-class masks: pass labels"):
+        maskrcnn.masks_for_boxes(per_class, images, box)
+    # per-class: the label picks the channel; class-agnostic: the label does not matter
+    a = maskrcnn.masks_for_boxes(per_class, images, box, [torch.tensor([1])])[0]
+    b = maskrcnn.masks_for_boxes(per_class, images, box, [torch.tensor([40])])[0]
+    assert not torch.allclose(a, b)
+    c = maskrcnn.masks_for_boxes(agnostic, images, box, [torch.tensor([1])])[0]
+    torch.testing.assert_close(c, maskrcnn.masks_for_boxes(agnostic, images, box, [torch.tensor([40])])[0])
+    torch.testing.assert_close(c, maskrcnn.masks_for_boxes(agnostic, images, box)[0])
+    with pytest.raises(ValueError, match="2 box tensors"):
+        maskrcnn.masks_for_boxes(agnostic, images, box * 2)
+    with pytest.raises(ValueError, match=r"\(N, 4\)"):
+        maskrcnn.masks_for_boxes(agnostic, images, [torch.zeros(4)])
+    with pytest.raises(TypeError, match="Mask R-CNN / DeepMAC"):
+        maskrcnn.masks_for_boxes(build("unet"), images, box)
+
+
+def test_class_agnostic_maskrcnn_config_trains_one_channel():
+    assert models.default_config("maskrcnn")["class_agnostic_masks"] is False
+    with pytest.raises(ValueError, match="class_agnostic_masks must be true or false"):
+        build("maskrcnn", class_agnostic_masks="yes")
+    model = build("maskrcnn", class_agnostic_masks=True).train()
+    default = build("maskrcnn")
+    shapes = {k: v.shape for k, v in model.state_dict().items()}
+    assert shapes.pop("roi_heads.mask_predictor.mask_fcn_logits.weight") == (1, 256, 1, 1)
+    assert shapes.pop("roi_heads.mask_predictor.mask_fcn_logits.bias") == (1,)
+    ref = {k: v.shape for k, v in default.state_dict().items() if "mask_fcn_logits" not in k}
+    assert shapes == ref
+    # the one-channel logits layer starts as narrow as the per-class one (not torchvision's fan_out = 1 init)
+    std = model.roi_heads.mask_predictor.mask_fcn_logits.weight.std().item()
+    assert std == pytest.approx(default.roi_heads.mask_predictor.mask_fcn_logits.weight.std().item(), rel=0.2)
+    images, targets = batch()
+    losses = model(images, targets)
+    assert 0 < losses["loss_mask"].item() < 3  # ~0.7-1.5 from a sane init; torchvision's 1-channel init gives ~9
+    # mask_classes still decide which instances train the shared channel
+    m = build("maskrcnn", class_agnostic_masks=True, mask_classes=[0]).train()
+    images, targets = batch(categories=(5, 30))
+    assert m(images, targets)["loss_mask"].item() == 0
+
+
+@pytest.mark.parametrize("arch", DET)
+def test_attributes_for_boxes_match_attr_scores_at_detections(arch):
+    model = build(arch, attr_head=True, min_size=160, max_size=160, box_score_thresh=0.0).eval()
+    images = scaled_images()
+    with torch.no_grad():
+        out = model(images)
+    scores = maskrcnn.attributes_for_boxes(model, images, [r["boxes"] for r in out])
+    for r, s in zip(out, scores):
+        assert s.shape == (len(r["boxes"]), 92)
+        torch.testing.assert_close(s, r["attr_scores"], atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="no attribute head"):
+        maskrcnn.attributes_for_boxes(build(arch), images, [r["boxes"] for r in out])

@@ -32,6 +32,15 @@ probabilities are added to each image's output, row-aligned with ``boxes/labels/
 every detection; consumers keep them for attribute categories only). With ``attr_head`` False the model,
 its state dict and its outputs are exactly those without the head.
 
+Class-agnostic masks (config ``class_agnostic_masks``, False by default as in torchvision): the mask
+predictor has one output channel, used for every label, instead of one per class. With ``mask_classes``
+a per-class head never trains the channels of the other classes; a class-agnostic head uses the same
+(trained) channel for them, which is the setting of the DeepMAC paper's comparison (lib/models/deepmac.py).
+
+Heads at given boxes (:func:`masks_for_boxes`, :func:`attributes_for_boxes`): the mask branch (or the
+attribute head) of a Mask R-CNN / DeepMAC run on boxes the caller chooses, e.g. ground-truth boxes, to
+measure the mask head alone, without the detector's box errors.
+
 Inputs/outputs follow torchvision's ``MaskRCNN``: ``forward(images, targets=None)`` with images a list of
 ``(3, H, W)`` float tensors in 0..1 (sizes may differ); targets ``boxes (N, 4)`` float x1y1x2y2,
 ``labels (N,)`` int64 = category + 1, ``masks (N, H, W)`` uint8, ``N`` may be 0; with ``attr_head`` also
@@ -43,6 +52,7 @@ probabilities at the input size (plus ``attr_scores (N, num_attributes)`` float3
 from __future__ import annotations
 
 import copy
+import math
 import numbers
 from typing import Optional
 
@@ -59,9 +69,11 @@ from torchvision.models.detection.backbone_utils import (
     resnet_fpn_backbone,
 )
 from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead
-from torchvision.models.detection.mask_rcnn import MaskRCNNHeads
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.roi_heads import RoIHeads, fastrcnn_loss, maskrcnn_inference, maskrcnn_loss
+from torchvision.models.detection.roi_heads import paste_masks_in_image
 from torchvision.models.detection.rpn import RPNHead
+from torchvision.models.detection.transform import resize_boxes
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops import misc as misc_nn_ops
 
@@ -108,6 +120,7 @@ DEFAULT_CONFIG = {
     "box_nms_thresh": 0.5,
     "mask_roi_size": 14,  # RoIAlign crop of the mask branch; the predictor outputs 2x this
     "mask_classes": None,  # category ids whose masks train (None = all); boxes train on all classes
+    "class_agnostic_masks": False,  # one mask channel for every label (True) or one per class (torchvision)
     "attr_head": False,  # multi-label attribute head on the box head's RoI features (see the docstring)
     "num_attributes": N_ATTRIBUTES,  # 92
     "attr_hidden": 256,  # hidden units of the attribute MLP (0 = a single linear layer)
@@ -443,5 +456,103 @@ def build_detector(config: dict, mask_roi_pool=None, mask_head=None, mask_predic
 
 
 def build(config: dict) -> MaskRCNN:
-    """Mask R-CNN from a (possibly partial) config; missing keys take DEFAULT_CONFIG's values."""
-    return build_detector(complete_config(DEFAULT_CONFIG, config))
+    """Mask R-CNN from a (possibly partial) config; missing keys take DEFAULT_CONFIG's values.
+
+    With ``class_agnostic_masks`` the mask predictor is torchvision's ``MaskRCNNPredictor`` with one
+    output channel (otherwise the model, and its state dict, are those of torchvision's builder).
+    """
+    config = complete_config(DEFAULT_CONFIG, config)
+    if not isinstance(config["class_agnostic_masks"], bool):
+        raise ValueError(f"class_agnostic_masks must be true or false, got {config['class_agnostic_masks']!r}")
+    if not config["class_agnostic_masks"]:
+        return build_detector(config)
+    predictor = MaskRCNNPredictor(FPN_CHANNELS, 256, 1)
+    # torchvision initialises the logits conv with Kaiming fan_out, which for one output channel is
+    # sqrt(num_classes) times wider than for the per-class head (std 1.41 instead of 0.21 with 47 classes):
+    # initial mask logits of about +-10 and a first mask loss near 9. Use the per-class head's std instead.
+    nn.init.normal_(predictor.mask_fcn_logits.weight, std=math.sqrt(2.0 / int(config["num_classes"])))
+    return build_detector(config, mask_predictor=predictor, roi_heads_kwargs={"class_agnostic_masks": True})
+
+
+# --------------------------------------------------------------------------------------------- heads at given boxes
+def _heads_input(model: MaskRCNN, images: list[torch.Tensor], boxes: list[torch.Tensor]):
+    """Backbone features of ``images`` after the model's transform, and ``boxes`` mapped into that frame.
+
+    Returns ``(features, boxes in the transformed frame, transformed image sizes, original sizes)``.
+    """
+    if len(images) != len(boxes):
+        raise ValueError(f"{len(images)} images but {len(boxes)} box tensors (one (N, 4) tensor per image)")
+    orig_sizes = []
+    for i, (im, b) in enumerate(zip(images, boxes)):
+        if im.ndim != 3 or im.shape[0] != 3:
+            raise ValueError(f"images[{i}] must be a (3, H, W) tensor, got shape {tuple(im.shape)}")
+        if b.ndim != 2 or b.shape[1] != 4:
+            raise ValueError(f"boxes[{i}] must be an (N, 4) x1y1x2y2 tensor, got shape {tuple(b.shape)}")
+        orig_sizes.append((int(im.shape[-2]), int(im.shape[-1])))
+    image_list, _ = model.transform(list(images))
+    features = model.backbone(image_list.tensors)
+    scaled = [resize_boxes(b.to(image_list.tensors.device, torch.float32), o, s)
+              for b, o, s in zip(boxes, orig_sizes, image_list.image_sizes)]
+    return features, scaled, image_list.image_sizes, orig_sizes
+
+
+@torch.no_grad()
+def masks_for_boxes(model: MaskRCNN, images: list[torch.Tensor], boxes: list[torch.Tensor],
+                    labels: Optional[list[torch.Tensor]] = None) -> list[torch.Tensor]:
+    """The mask branch of ``model`` (Mask R-CNN or DeepMAC) run at given boxes instead of its detections.
+
+    Args:
+        model: a model of this module or of :mod:`lib.models.deepmac` (its ``roi_heads`` is a
+            :class:`MaskSubsetRoIHeads`); it is put in eval mode.
+        images: list of ``(3, H_i, W_i)`` float tensors in 0..1 on the model's device.
+        boxes: list of ``(N_i, 4)`` float x1y1x2y2 boxes in the pixels of ``images[i]`` (N_i may be 0).
+        labels: list of ``(N_i,)`` int64 labels (category + 1) choosing the mask channel of a per-class
+            head; required unless the masks are class-agnostic (then ignored).
+
+    Returns:
+        one ``(N_i, H_i, W_i)`` float32 tensor of mask probabilities per image, row-aligned with
+        ``boxes[i]``: what ``model(images)`` returns as ``masks[:, 0]`` for detections at these boxes
+        (the image goes through the model's resize transform, the boxes are mapped into its frame, and
+        the predicted masks are pasted back at the original boxes and size); zero outside each box.
+    """
+    heads = getattr(model, "roi_heads", None)
+    if not isinstance(heads, MaskSubsetRoIHeads):
+        raise TypeError(f"masks_for_boxes needs a Mask R-CNN / DeepMAC model of lib.models, got roi_heads "
+                        f"{type(heads).__name__}")
+    if not heads.class_agnostic_masks:
+        if labels is None:
+            raise ValueError("this model has per-class masks: pass labels (one (N,) tensor per image) to choose "
+                             "the mask channel")
+        if len(labels) != len(boxes) or any(len(lab) != len(b) for lab, b in zip(labels, boxes)):
+            raise ValueError("labels must hold one (N_i,) tensor per image, N_i as in boxes")
+    model.eval()
+    features, scaled, sizes, orig_sizes = _heads_input(model, images, boxes)
+    logits = heads.mask_logits(features, scaled, sizes)
+    if heads.class_agnostic_masks:
+        channels = [torch.zeros(len(b), dtype=torch.int64, device=logits.device) for b in scaled]
+    else:
+        channels = [heads.mask_channels(lab.to(logits.device, torch.int64)) for lab in labels]
+    probs = maskrcnn_inference(logits.float(), channels)  # (N_i, 1, M, M) per image
+    out = []
+    for p, b, o in zip(probs, boxes, orig_sizes):
+        b = b.to(p.device, torch.float32)
+        pasted = paste_masks_in_image(p, b, o) if len(b) else p.new_zeros((0, 1, *o))
+        out.append(pasted[:, 0].float())
+    return out
+
+
+@torch.no_grad()
+def attributes_for_boxes(model: MaskRCNN, images: list[torch.Tensor], boxes: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The attribute head of ``model`` (built with ``attr_head``) at given boxes.
+
+    ``images`` / ``boxes`` as :func:`masks_for_boxes`. Returns one ``(N_i, num_attributes)`` float32
+    tensor of sigmoid probabilities per image, row-aligned with ``boxes[i]`` (what the model's
+    ``attr_scores`` would be for detections at these boxes).
+    """
+    heads = getattr(model, "roi_heads", None)
+    if getattr(heads, "attr_predictor", None) is None:
+        raise ValueError("attributes_for_boxes: the model has no attribute head (build it with attr_head=True)")
+    model.eval()
+    features, scaled, sizes, _ = _heads_input(model, images, boxes)
+    scores = torch.sigmoid(heads.attr_logits(features, scaled, sizes).float())
+    return list(scores.split([len(b) for b in scaled]))

@@ -1,0 +1,715 @@
+"""Model quality on the Kaggle-format synthetic benchmark: UNet, Mask R-CNN, DeepMAC and their ensemble,
+DeepMAC's novel-class mask claim, and the attribute head. One JSON + Markdown tables.
+
+Real-data accuracy cannot be measured offline (no Kaggle data, no pretrained weights), so this trains the
+three models from scratch, for a fixed step budget each, on synthetic data in the competition's layout and
+scores them on unseen synthetic images, through the same scripts a user runs:
+
+1. data: three synthetic Kaggle-layout sets from different seeds (``lib.synthetic.generate_dataset``):
+   train (prepared by ``01_prepare_data.py``; its small val split only picks ``best.pth``), val (prepared
+   with ``--val-fraction 1``: the images 06 tunes on) and test (scored);
+2. training (``02/03/04``, two or three runs at a time): ``unet``; ``maskrcnn`` (all masks, with
+   ``--attr-head``: the attribute run); ``deepmac`` (all masks); and the DeepMAC claim runs, masks of one
+   group only (``--mask-classes garments``): ``maskrcnn_garments`` (stock per-class mask head),
+   ``maskrcnn_agnostic_garments`` (class-agnostic mask head: the paper's baseline) and ``deepmac_garments``;
+3. ``05_predict.py`` (flip TTA, plus scales in GPU mode) on the val images and the test images;
+   ``06_make_submission.py --tune-on`` chooses the combination and thresholds on val and scores on test;
+4. in-process scoring (``lib.submission.score_table`` with the winning recipe's post-processing,
+   ``lib.submission.POSTPROCESS_DEFAULTS``): Kaggle metric and COCO mask AP of every model, of the three
+   main models fused with equal weights (``ensemble``) and of 06's val-tuned choice (``submission``), on
+   all classes and per class group (garments 0-26, parts 27-45: ground truth and predictions restricted
+   to the group, scored on the test images that contain it; COCO AP per group = mean of its categories'
+   AP, ``lib.metric.group_scores``);
+5. oracle boxes: each detector's mask branch run at the ground-truth boxes of the test images
+   (``lib.models.maskrcnn.masks_for_boxes``), mean mask IoU and the fraction with IoU >= 0.5 per group:
+   the mask head alone, which is what the DeepMAC claim is about (Birodkar et al., ICCV 2021: trained
+   with masks of only some classes, a deep hourglass head trained on ground-truth boxes segments the
+   other classes far better; COCO VOC -> non-VOC, ResNet-50 with the default head 25.9 mask AP,
+   Hourglass-52 33.1). The box itself as the mask (``box_fill``) is the floor a head has to beat, and
+   each config freshly initialised (``init``) shows how far training moved the head;
+6. attributes (``maskrcnn`` run): attribute F1 (``lib.metric.AttributeEvaluator``) of the post-processed
+   test predictions, of the head at the ground-truth boxes (``attributes_for_boxes``) against a prior
+   (per category, the attributes present in at least half of its training instances), and the Kaggle
+   metric with attributes on (full ClassIds) vs off.
+
+Commands (run from the repository root)::
+
+    python bench/quality.py --cpu                     # small CPU mode: 128-192 px, ~12 min on 2 cores
+    python bench/quality.py                           # GPU mode: 512-1024 px, sized for <= 6 min on one H200
+    python bench/quality.py --cpu --reuse             # rescore existing runs (skips finished stages)
+    python bench/quality.py --tiny --out /tmp/q       # smoke size (tests/test_bench_quality.py)
+
+Writes ``OUT/quality.json`` (after every stage, so an interrupted run keeps what it measured),
+``OUT/quality.md`` (the tables), ``OUT/logs/*.log`` (one per subprocess) and the data, runs and
+predictions under ``OUT/data`` and ``OUT/work``. Default ``OUT``: ``work/bench_quality[_cpu|_tiny]``.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
+from bench import common as bc  # noqa: E402
+
+GROUPS = ("garments", "parts")
+PAPER = {"source": "Birodkar et al., ICCV 2021, COCO VOC -> non-VOC mask AP",
+         "resnet50_default_head": 25.9, "hourglass52": 33.1}
+
+_LIGHT_RPN = ["--rpn-post-nms-train", "300", "--rpn-pre-nms-test", "300", "--rpn-post-nms-test", "100",
+              "--detections-per-img", "50"]
+MODES = {
+    # Two cores: one thread per process, two processes side by side (as demo.sh). Light RoI settings.
+    "cpu": dict(
+        sides=(128, 192), long_side=192, n_train=48, n_val=12, n_test=16, seeds=(101, 202, 303),
+        det=["--backbone", "resnet18", "--min-size", "160", "--max-size", "192",
+             "--anchor-sizes", "16", "32", "64", "128", "256", *_LIGHT_RPN, "--box-batch-size-per-image", "32"],
+        deepmac=["--mask-roi-size", "16", "--mask-head-depth", "2", "--mask-head-width", "64",
+                 "--mask-head-stacks", "2"],
+        unet=["--encoder", "resnet18", "--image-size", "192", "--decoder-channels", "128", "64", "32", "16", "16",
+              "--min-area", "8"],
+        det_budget=dict(epochs=5, steps=10, batch=2, lr=5e-4, warmup=5),
+        unet_budget=dict(epochs=10, steps=10, batch=4, lr=2e-3, warmup=5),
+        scale_range=("0.8", "1.0"), val_images=6, lanes=2, threads=1, workers=0, device="cpu",
+        tta=["--tta-flip"], predict_batch=4, tune=[], score_workers=2, prepare_workers=2),
+    # Smoke size for the test suite: every stage, a couple of steps each.
+    "tiny": dict(
+        sides=(96, 128), long_side=128, n_train=8, n_val=3, n_test=3, seeds=(101, 202, 303),
+        det=["--backbone", "resnet18", "--min-size", "96", "--max-size", "128",
+             "--anchor-sizes", "16", "32", "64", "128", "256", *_LIGHT_RPN, "--box-batch-size-per-image", "16"],
+        deepmac=["--mask-roi-size", "8", "--mask-head-depth", "1", "--mask-head-width", "16",
+                 "--mask-head-stacks", "1"],
+        unet=["--encoder", "resnet18", "--image-size", "128", "--decoder-channels", "32", "16", "16", "8", "8",
+              "--min-area", "4"],
+        det_budget=dict(epochs=1, steps=2, batch=2, lr=5e-4, warmup=1),
+        unet_budget=dict(epochs=1, steps=2, batch=2, lr=1e-3, warmup=1),
+        scale_range=("0.8", "1.0"), val_images=0, lanes=2, threads=1, workers=0, device="cpu",
+        tta=[], predict_batch=4, tune=["--weight-choices", "1", "--refine", "1"], score_workers=2,
+        prepare_workers=1),
+    # One H200: R50-FPN detectors (the paper's backbone) and the default DeepMAC head (hourglass, crop 32),
+    # three trainings at a time on the one GPU, bf16 (--amp auto). 100 steps of 8 images each.
+    "gpu": dict(
+        sides=(512, 1024), long_side=1024, n_train=256, n_val=24, n_test=32, seeds=(101, 202, 303),
+        det=["--backbone", "resnet50", "--min-size", "640", "--max-size", "1024"],
+        deepmac=[],
+        unet=["--encoder", "resnet34", "--image-size", "512"],
+        det_budget=dict(epochs=5, steps=20, batch=8, lr=3e-4, warmup=20),
+        unet_budget=dict(epochs=5, steps=20, batch=8, lr=1e-3, warmup=20),
+        scale_range=("0.7", "1.0"), val_images=16, lanes=3, threads=4, workers=4, device="cuda",
+        tta=["--tta-flip", "--tta-scales", "0.8", "1.0", "1.2"], predict_batch=8, tune=[], score_workers=12,
+        prepare_workers=8),
+}
+
+# 03 without a class-agnostic flag: run 03's own parser and engine call with the config key added.
+_AGNOSTIC_03 = (
+    "import importlib.util, sys\n"
+    "spec = importlib.util.spec_from_file_location('stage03', '03_train_maskrcnn.py')\n"
+    "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)\n"
+    "a = m.get_args_parser().parse_args(sys.argv[1:])\n"
+    "from lib import engine\n"
+    "engine.run_training('maskrcnn', dict(m.model_overrides(a), class_agnostic_masks=True), a,"
+    " stage='03_train_maskrcnn')\n")
+
+
+# --------------------------------------------------------------------------------------------- small helpers
+def _finite(x):
+    """float(x), or None for None/nan/inf (JSON-friendly)."""
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+def script_flags(script: str) -> set[str]:
+    """Option strings of a numbered script's ``get_args_parser()``."""
+    spec = importlib.util.spec_from_file_location(f"_bench_{Path(script).stem}", REPO / script)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return set(mod.get_args_parser()._option_string_actions)
+
+
+class Jobs:
+    """Runs subprocesses from the repository root, ``lanes`` at a time, one log file each; records commands."""
+
+    def __init__(self, logs: Path, lanes: int, env: dict):
+        self.logs, self.lanes, self.env = logs, max(1, int(lanes)), env
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.commands: list[str] = []
+        self.results: dict[str, dict] = {}
+
+    def run(self, jobs: list[tuple[str, list[str]]]) -> None:
+        """Run ``[(name, argv), ...]``; raise RuntimeError (with the end of its log) when one fails."""
+        pending, running = list(jobs), {}
+        failed = []
+        while pending or running:
+            while pending and len(running) < self.lanes and not failed:
+                name, cmd = pending.pop(0)
+                log = self.logs / f"{name}.log"
+                self.commands.append(" ".join(str(c) if "\n" not in str(c) else "'<03 with class_agnostic_masks>'"
+                                              for c in cmd))
+                f = open(log, "w")
+                f.write("$ " + " ".join(map(str, cmd)) + "\n")
+                f.flush()
+                p = subprocess.Popen([str(c) for c in cmd], cwd=REPO, stdout=f, stderr=subprocess.STDOUT,
+                                     env=self.env)
+                running[name] = (p, f, time.time(), log)
+                print(f"  {name}: started", flush=True)
+            time.sleep(0.2)
+            for name in list(running):
+                p, f, t0, log = running[name]
+                if p.poll() is None:
+                    continue
+                f.close()
+                del running[name]
+                dt = round(time.time() - t0, 1)
+                self.results[name] = {"rc": p.returncode, "seconds": dt, "log": str(log)}
+                print(f"  {name}: rc={p.returncode} in {dt} s", flush=True)
+                if p.returncode != 0:
+                    failed.append(name)
+            if failed and not running:
+                break
+        if failed:
+            tail = "\n".join(Path(self.results[failed[0]]["log"]).read_text(errors="replace").splitlines()[-25:])
+            raise RuntimeError(f"{failed} failed; the end of {self.results[failed[0]]['log']}:\n{tail}")
+
+
+# --------------------------------------------------------------------------------------------- stages
+def _generate(task):
+    from lib import synthetic
+
+    out, kw = task
+    return synthetic.generate_dataset(out, progress=False, **kw)
+
+
+def make_data(cfg: dict, data: Path) -> dict:
+    """Three synthetic Kaggle-layout sets from different seeds: ``train``, ``val``, ``test``."""
+    lo, hi = cfg["sides"]
+    s_train, s_val, s_test = cfg["seeds"]
+    tasks = [(data / "train", dict(n_train=cfg["n_train"], n_test=0, seed=s_train, min_side=lo, max_side=hi)),
+             # 01 --val-fraction 1 still keeps one image, and one of every category seen twice, in its train
+             # split: of n_val + 1 images, fewer land in val (8 of 13 in the CPU mode)
+             (data / "val", dict(n_train=cfg["n_val"] + 1, n_test=0, seed=s_val, min_side=lo, max_side=hi)),
+             (data / "test", dict(n_train=1, n_test=cfg["n_test"], seed=s_test, min_side=lo, max_side=hi))]
+    with ProcessPoolExecutor(3, mp_context=get_context("fork")) as pool:
+        metas = list(pool.map(_generate, tasks))
+    return {name: {"dir": str(t[0]), "seed": t[1]["seed"], "train_images": m["counts"]["train_images"],
+                   "test_images": m["counts"]["test_images"], "train_rows": m["counts"]["train_rows"],
+                   "test_rows": m["counts"]["test_rows"]}
+            for name, t, m in zip(("train", "val", "test"), tasks, metas)}
+
+
+def training_jobs(cfg: dict, w: Path, agnostic_flag: bool, claim_group: str, reuse: bool) -> list:
+    """``[(run name, argv)]`` of the trainings, longest first (Mask R-CNN's mask head is the slowest on CPU)."""
+    py = sys.executable
+    b, ub = cfg["det_budget"], cfg["unet_budget"]
+
+    threads = str(cfg["threads"] if cfg["device"] == "cpu" else 0)
+
+    def common(run, budget):
+        # validate once, after the last epoch (best.pth = the final weights), on a few images
+        val = ["--val-every", str(budget["epochs"]), "--max-val-images", str(cfg["val_images"])] \
+            if cfg["val_images"] else ["--val-every", "0"]
+        return ["--prepared-dir", w / "prepared", "--out-dir", w / run, "--epochs", str(budget["epochs"]),
+                "--max-steps-per-epoch", str(budget["steps"]), "--batch-size", str(budget["batch"]),
+                "--lr", str(budget["lr"]), "--warmup-steps", str(budget["warmup"]), "--workers",
+                str(cfg["workers"]), "--device", cfg["device"], "--threads", threads,
+                "--log-every", "5", "--scale-range", *cfg["scale_range"], "--seed", "0", *val]
+
+    det = cfg["det"]
+    dm = [*det, *cfg["deepmac"]]
+    agn = [py, "03_train_maskrcnn.py", "--class-agnostic-masks"] if agnostic_flag else [py, "-c", _AGNOSTIC_03]
+    runs = [
+        ("maskrcnn", [py, "03_train_maskrcnn.py", *common("maskrcnn", b), *det, "--attr-head"]),
+        (f"maskrcnn_{claim_group}", [py, "03_train_maskrcnn.py", *common(f"maskrcnn_{claim_group}", b), *det,
+                                     "--mask-classes", claim_group]),
+        (f"maskrcnn_agnostic_{claim_group}", [*agn, *common(f"maskrcnn_agnostic_{claim_group}", b), *det,
+                                              "--mask-classes", claim_group]),
+        ("deepmac", [py, "04_train_deepmac.py", *common("deepmac", b), *dm]),
+        (f"deepmac_{claim_group}", [py, "04_train_deepmac.py", *common(f"deepmac_{claim_group}", b), *dm,
+                                    "--mask-classes", claim_group]),
+        ("unet", [py, "02_train_unet.py", *common("unet", ub), *cfg["unet"]]),
+    ]
+    out = []
+    for name, cmd in runs:
+        meta = w / name / "meta.json"
+        if reuse and meta.is_file() and json.loads(meta.read_text()).get("status") == "done":
+            continue
+        shutil.rmtree(w / name, ignore_errors=True)  # a fixed budget: every run starts from scratch
+        out.append((f"train_{name}", cmd))
+    return out
+
+
+def training_summary(w: Path, runs: list[str]) -> dict:
+    out = {}
+    for run in runs:
+        meta = w / run / "meta.json"
+        if not meta.is_file():
+            continue
+        m = json.loads(meta.read_text())
+        fm = m.get("final_metrics") or {}
+        out[run] = {"arch": m.get("arch"), "steps": m.get("global_step"), "seconds": m.get("time_s"),
+                    "mask_classes": (m.get("config") or {}).get("mask_classes") is not None,
+                    "class_agnostic_masks": (m.get("config") or {}).get("class_agnostic_masks"),
+                    "attr_head": (m.get("config") or {}).get("attr_head"),
+                    **{k: _finite(fm.get(k)) for k in ("train_loss", "train_loss_mask", "train_loss_attr",
+                                                       "val_kaggle", "val_AP", "val_attr_micro_f1",
+                                                       "val_attr_macro_f1") if k in fm}}
+    return out
+
+
+def prediction_jobs(cfg: dict, w: Path, data: Path, main_runs: list, claim_runs: list, reuse: bool) -> list:
+    py = sys.executable
+    common = ["--batch-size", str(cfg["predict_batch"]), "--workers", str(cfg["workers"]), "--device",
+              cfg["device"], "--threads", str(cfg["threads"] if cfg["device"] == "cpu" else 0), "--restart",
+              "--no-progress", *cfg["tta"]]
+    jobs = [("predict_val", [py, "05_predict.py", "--checkpoints", *[w / r for r in main_runs], "--prepared-dir",
+                             w / "prepared_val", "--split", "val", "--out-dir", w / "pred_val", *common]),
+            ("predict_test", [py, "05_predict.py", "--checkpoints", *[w / r for r in main_runs], "--data-dir",
+                              data / "test", "--out-dir", w / "pred_test", *common]),
+            ("predict_claim", [py, "05_predict.py", "--checkpoints", *[w / r for r in claim_runs], "--data-dir",
+                               data / "test", "--out-dir", w / "pred_claim", *common])]
+    return [j for j in jobs if not (reuse and (w / j[0].replace("predict", "pred") / "predictions.parquet").is_file()
+                                    and (w / j[0].replace("predict", "pred") / "meta.json").is_file())]
+
+
+def group_gt(gt_csv: Path, out_dir: Path) -> dict[str, Path]:
+    """The test ground truth restricted to each class group (train.csv format), plus ``all``."""
+    from lib.labels import CATEGORY_GROUPS
+
+    df = pd.read_csv(gt_csv, dtype=str, keep_default_na=False)
+    cat = df["ClassId"].str.split("_").str[0].astype(int)
+    out = {"all": gt_csv}
+    for g in GROUPS:
+        p = out_dir / f"test_gt_{g}.csv"
+        df[cat.isin(CATEGORY_GROUPS[g])].to_csv(p, index=False)
+        out[g] = p
+    return out
+
+
+def _score_task(task):
+    from lib import submission as lsub
+
+    key, table, gt, params, images, coco, full_ids = task
+    torch.set_num_threads(1)
+    s = lsub.score_table(table, gt, params=params, images=images, coco=coco, per_class=coco,
+                         full_class_ids=full_ids, progress=False)
+    return key, s
+
+
+def score_tables(tables: dict, params_of: dict, gts: dict, images: pd.DataFrame, workers: int) -> dict:
+    """Per table: ``all`` (Kaggle, AP, AP50, AP75 on every test image) and, per group, the Kaggle metric of
+    the group-restricted ground truth and predictions, and the group's COCO AP (mean over its categories)."""
+    from lib import submission as lsub
+    from lib.labels import CATEGORY_GROUPS
+    from lib.metric import group_scores
+
+    tasks = []
+    for name, table in tables.items():
+        params = params_of[name]
+        tasks.append(((name, "all"), table, gts["all"], params, images, True, False))
+        for g in GROUPS:
+            tasks.append(((name, g), table, gts[g], lsub.resolve_params(params, keep_categories=g), None, False,
+                          False))
+    with ProcessPoolExecutor(max(1, workers), mp_context=get_context("fork")) as pool:
+        done = dict(pool.map(_score_task, tasks))
+    out = {}
+    for name in tables:
+        a = done[(name, "all")]
+        ap = group_scores(a.get("per_category_AP") or {}, {g: CATEGORY_GROUPS[g] for g in GROUPS})
+        out[name] = {"all": {k: _finite(a[k]) for k in ("kaggle", "AP", "AP50", "AP75")},
+                     "num_images": a["num_images"], "params": a["params"]}
+        for g in GROUPS:
+            out[name][g] = {"kaggle": _finite(done[(name, g)]["kaggle"]), "AP": _finite(ap[g]),
+                            "num_images": done[(name, g)]["num_images"]}
+    return out
+
+
+def load_sources(pred_dir: Path) -> dict[str, pd.DataFrame]:
+    """model name -> its rows of ``pred_dir/predictions.parquet`` (every model 05 listed, even with no rows)."""
+    from lib import predictions as lpred
+
+    table = lpred.read_table(pred_dir / "predictions.parquet")
+    names = [m["name"] for m in json.loads((pred_dir / "meta.json").read_text()).get("models", [])]
+    names += [n for n in dict.fromkeys(table["model"]) if n not in names]
+    return {n: table[table["model"] == n].reset_index(drop=True) for n in names}
+
+
+# --------------------------------------------------------------------------------------------- oracle boxes
+def load_test_instances(gt_csv: Path, image_dir: Path) -> list[dict]:
+    """Per test image: ``path``, ``masks (N, H, W)`` uint8, ``boxes (N, 4)`` x1y1x2y2 (x2/y2 exclusive),
+    ``categories (N,)``, ``attributes`` (N tuples), from a train.csv-format ground truth."""
+    from lib import data as ldata
+    from lib import rle as lrle
+    from lib.cache import mask_bbox
+
+    groups, problems = ldata.index_csv(gt_csv)
+    if problems:
+        raise ValueError(f"{gt_csv}: {problems[:3]}")
+    out = []
+    for image_id in sorted(groups):
+        rows, probs = ldata.read_rows(gt_csv, groups[image_id])
+        if probs:
+            raise ValueError(f"{gt_csv}: {probs[:3]}")
+        masks = [np.ascontiguousarray(lrle.decode(r.rle, (r.height, r.width))) for r in rows]
+        keep = [i for i, m in enumerate(masks) if m.any()]
+        out.append({"image_id": image_id, "path": image_dir / image_id,
+                    "masks": np.stack([masks[i] for i in keep]) if keep else np.zeros((0, 1, 1), np.uint8),
+                    "boxes": np.array([mask_bbox(masks[i]) for i in keep], np.float32).reshape(-1, 4),
+                    "categories": np.array([rows[i].category for i in keep], np.int64),
+                    "attributes": [rows[i].attributes for i in keep]})
+    return out
+
+
+def _iou_stats(ious: np.ndarray) -> dict:
+    return {"n": int(ious.size), "mean_iou": _finite(ious.mean()) if ious.size else None,
+            "iou50": _finite((ious >= 0.5).mean()) if ious.size else None,
+            "iou75": _finite((ious >= 0.75).mean()) if ious.size else None}
+
+
+def group_iou_stats(ious: np.ndarray, cats: np.ndarray) -> dict:
+    from lib.labels import CATEGORY_GROUPS
+
+    out = {"all": _iou_stats(ious)}
+    for g in GROUPS:
+        out[g] = _iou_stats(ious[np.isin(cats, CATEGORY_GROUPS[g])])
+    return out
+
+
+def oracle_masks(run_dirs: dict[str, Path], items: list[dict], device: torch.device) -> dict:
+    """Mask IoU of each model's mask branch at the ground-truth boxes (prob >= 0.5), per group, of the
+    trained model and (``init``) of the same config freshly initialised with the run's seed (where the
+    training started); and ``box_fill``: the box itself as the mask (IoU = mask area / box area)."""
+    from lib import models as lmodels
+    from lib.engine import load_checkpoint, seed_everything
+    from lib.models.maskrcnn import masks_for_boxes
+    from lib.predict import resolve_checkpoint
+
+    cats = np.concatenate([it["categories"] for it in items]) if items else np.zeros(0, np.int64)
+    fill = [it["masks"].reshape(len(it["masks"]), -1).sum(1) /
+            np.maximum(1, (it["boxes"][:, 2] - it["boxes"][:, 0]) * (it["boxes"][:, 3] - it["boxes"][:, 1]))
+            for it in items]
+    out = {"box_fill": group_iou_stats(np.concatenate(fill) if fill else np.zeros(0), cats)}
+    from lib import data as ldata
+
+    images = {}
+    for it in items:
+        images[it["image_id"]] = torch.from_numpy(ldata.read_image(it["path"])).permute(2, 0, 1).float() / 255
+
+    def stats(model):
+        model.to(device).eval()
+        ious = []
+        for it in items:
+            if not len(it["boxes"]):
+                continue
+            boxes = torch.from_numpy(it["boxes"]).to(device)
+            labels = torch.from_numpy(it["categories"] + 1).to(device)
+            prob = masks_for_boxes(model, [images[it["image_id"]].to(device)], [boxes], [labels])[0]
+            pred = (prob >= 0.5).flatten(1)
+            gt = torch.from_numpy(it["masks"]).to(device).flatten(1).bool()
+            inter = (pred & gt).sum(1).float()
+            union = (pred | gt).sum(1).float()
+            ious.append((inter / union.clamp(min=1)).cpu().numpy())
+        return group_iou_stats(np.concatenate(ious) if ious else np.zeros(0), cats)
+
+    for name, d in run_dirs.items():
+        model, ckpt = load_checkpoint(resolve_checkpoint(d))
+        out[name] = stats(model)
+        seed_everything(int((ckpt.get("args") or {}).get("seed", 0)))  # as lib.engine.run_training does
+        out[name]["init"] = stats(lmodels.build_model(ckpt["config"]))
+        del model
+    return out
+
+
+# --------------------------------------------------------------------------------------------- attributes
+def attribute_prior(train_csv: Path, n_attr: int) -> dict[int, np.ndarray]:
+    """Per category: each attribute's frequency among its training instances."""
+    from lib.labels import parse_class_id
+
+    counts: dict[int, np.ndarray] = {}
+    totals: dict[int, int] = {}
+    for cid in pd.read_csv(train_csv, usecols=["ClassId"], dtype=str)["ClassId"]:
+        c, attrs = parse_class_id(cid)
+        counts.setdefault(c, np.zeros(n_attr))[list(attrs)] += 1
+        totals[c] = totals.get(c, 0) + 1
+    return {c: counts[c] / totals[c] for c in counts}
+
+
+def attributes_report(run_dir: Path, table: pd.DataFrame, items: list[dict], gt_csv: Path, train_csv: Path,
+                      images: pd.DataFrame, device: torch.device, kaggle_off: float | None) -> dict:
+    from lib import submission as lsub
+    from lib.engine import load_checkpoint
+    from lib.labels import ATTRIBUTE_CATEGORIES, N_ATTRIBUTES, parse_class_id
+    from lib.metric import AttributeEvaluator, multilabel_f1
+    from lib.models.maskrcnn import attributes_for_boxes
+    from lib.predict import resolve_checkpoint
+
+    def multi_hot(attrs):
+        v = np.zeros(N_ATTRIBUTES)
+        v[list(attrs)] = 1
+        return v
+
+    summary = lambda s: {k: _finite(s[k]) if isinstance(s[k], float) else s[k]  # noqa: E731
+                         for k in ("micro_f1", "macro_f1", "precision", "recall", "tp", "fp", "fn",
+                                   "num_instances")}
+    out = {"run": run_dir.name, "categories": list(ATTRIBUTE_CATEGORIES)}
+    # 1. oracle boxes: the head at the ground-truth boxes of attribute categories, against the prior
+    model, _ = load_checkpoint(resolve_checkpoint(run_dir))
+    model.to(device).eval()
+    from lib import data as ldata
+
+    gts, scores, prior_scores = [], [], []
+    prior = attribute_prior(train_csv, N_ATTRIBUTES)
+    for it in items:
+        sel = np.flatnonzero(np.isin(it["categories"], ATTRIBUTE_CATEGORIES))
+        if not sel.size:
+            continue
+        img = torch.from_numpy(ldata.read_image(it["path"])).permute(2, 0, 1).float().div(255).to(device)
+        s = attributes_for_boxes(model, [img], [torch.from_numpy(it["boxes"][sel]).to(device)])[0]
+        scores.append(s.cpu().numpy())
+        gts.append(np.stack([multi_hot(it["attributes"][i]) for i in sel]))
+        prior_scores.append(np.stack([prior.get(int(it["categories"][i]), np.zeros(N_ATTRIBUTES)) for i in sel]))
+    del model
+    if gts:
+        g = np.concatenate(gts)
+        out["oracle_boxes"] = summary(multilabel_f1(g, np.concatenate(scores)))
+        out["prior"] = summary(multilabel_f1(g, np.concatenate(prior_scores)))
+    # 2. the pipeline: post-processed test predictions with attributes on, matched at mask IoU >= 0.5
+    params_on = lsub.resolve_params(None, attributes="on")
+    gt = lsub.load_ground_truth(gt_csv, 512, full_class_ids=True, progress=False)
+    ev = AttributeEvaluator()
+    by_image = table.groupby("image_id").indices if len(table) else {}
+    for image_id, (gmasks, keys) in gt.items():
+        parsed = [parse_class_id(k) for k in keys]
+        rows = table.iloc[by_image[image_id]] if image_id in by_image else table.iloc[:0]
+        insts = lsub.postprocess_image(rows, params_on, (512, 512))
+        pc = [parse_class_id(cid) for cid, _, _ in insts]
+        ev.add(gmasks, [c for c, _ in parsed], np.stack([multi_hot(a) for _, a in parsed]) if parsed else None,
+               np.stack([m for _, m, _ in insts]) if insts else np.zeros((0, 512, 512), np.uint8),
+               [c for c, _ in pc], [s for _, _, s in insts],
+               np.stack([multi_hot(a) for _, a in pc]) if pc else None)
+    out["pipeline"] = dict(summary(ev.summary()), num_gt=ev.num_gt, num_pred=ev.num_pred)
+    on = lsub.score_table(table, gt_csv, params=params_on, full_class_ids=True, coco=False, per_class=False,
+                          images=images, progress=False)
+    out["kaggle_attributes_on"] = _finite(on["kaggle"])
+    out["kaggle_attributes_off"] = kaggle_off
+    return out
+
+
+# --------------------------------------------------------------------------------------------- report
+def markdown(rep: dict) -> str:
+    f = lambda v, d=4: "-" if v is None else f"{v:.{d}f}"  # noqa: E731
+    lines = [f"Mode `{rep['mode']}`, {rep['env'].get('date')}, {rep['env'].get('gpu') or rep['env'].get('cpu')}"
+             f" ({rep['env'].get('cpu_count')} cores), torch {rep['env'].get('torch')}, "
+             f"{rep.get('seconds_total', '-')} s in all.", ""]
+    if rep.get("training"):
+        lines += ["| run | steps | s | train loss | mask loss | val Kaggle | val AP |", "|---|---|---|---|---|---|---|"]
+        for k, t in rep["training"].items():
+            lines.append(f"| {k} | {t.get('steps')} | {t.get('seconds')} | {f(t.get('train_loss'), 3)} | "
+                         f"{f(t.get('train_loss_mask'), 3)} | {f(t.get('val_kaggle'))} | {f(t.get('val_AP'))} |")
+        lines.append("")
+    sc = rep.get("scores") or {}
+    if sc:
+        lines += ["Test set, post-processing = the winning recipe (06's val-tuned one for `submission`):", "",
+                  "| model | Kaggle all | Kaggle garments | Kaggle parts | mask AP all | AP garments | AP parts |",
+                  "|---|---|---|---|---|---|---|"]
+        for k, s in sc.items():
+            lines.append(f"| {k} | {f(s['all']['kaggle'])} | {f(s['garments']['kaggle'])} | "
+                         f"{f(s['parts']['kaggle'])} | {f(s['all']['AP'])} | {f(s['garments']['AP'])} | "
+                         f"{f(s['parts']['AP'])} |")
+        lines.append("")
+    cl = rep.get("deepmac_claim") or {}
+    if cl.get("oracle"):
+        held = cl["held_out_group"]
+        lines += [f"DeepMAC claim: masks trained on `{cl['train_group']}` only, evaluated on `{held}` "
+                  f"(oracle = mask branch at the ground-truth boxes, mask prob >= 0.5):", "",
+                  f"| run | masks trained on | oracle mIoU {cl['train_group']} | oracle mIoU {held} | "
+                  f"IoU>=0.5 {held} | at init: mIoU {cl['train_group']} / {held} | pipeline AP {held} | "
+                  f"pipeline Kaggle {held} |", "|---|---|---|---|---|---|---|---|"]
+        for k, o in cl["oracle"].items():
+            p = (sc.get(k) or {}).get(held) or {}
+            trained = "-" if k == "box_fill" else (cl["train_group"] if k.endswith(cl["train_group"]) else "all")
+            init = o.get("init")
+            at_init = "-" if init is None else \
+                f"{f(init[cl['train_group']]['mean_iou'], 3)} / {f(init[held]['mean_iou'], 3)}"
+            lines.append(f"| {k} | {trained} | {f(o[cl['train_group']]['mean_iou'], 3)} | "
+                         f"{f(o[held]['mean_iou'], 3)} | {f(o[held]['iou50'], 3)} | {at_init} | {f(p.get('AP'))} | "
+                         f"{f(p.get('kaggle'))} |")
+        lines.append("")
+    at = rep.get("attributes") or {}
+    if at:
+        lines += [f"Attributes (`{at.get('run')}` run, attribute categories only):", "",
+                  "| measure | micro F1 | macro F1 | instances |", "|---|---|---|---|"]
+        for k in ("oracle_boxes", "prior", "pipeline"):
+            if k in at:
+                lines.append(f"| {k} | {f(at[k]['micro_f1'], 3)} | {f(at[k]['macro_f1'], 3)} | "
+                             f"{at[k]['num_instances']} |")
+        lines += ["", f"Kaggle metric with attributes on (full ClassIds): {f(at.get('kaggle_attributes_on'))}; "
+                      f"off: {f(at.get('kaggle_attributes_off'))}.", ""]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------- main
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cpu", action="store_true", help="small CPU mode (128-192 px, ~12 min on 2 cores)")
+    p.add_argument("--tiny", action="store_true", help="smoke size (a couple of steps per model; for the tests)")
+    p.add_argument("--out", default=None, help="output folder (default work/bench_quality[_cpu|_tiny])")
+    p.add_argument("--claim-group", choices=GROUPS, default="garments",
+                   help="the class group whose masks the claim runs train on (the other one is held out)")
+    p.add_argument("--lanes", type=int, default=None, help="trainings / predictions run at a time (mode default)")
+    p.add_argument("--reuse", action="store_true",
+                   help="keep finished data, caches, trainings and predictions under --out (default: fresh runs)")
+    return p
+
+
+def main(args) -> dict:
+    mode = "tiny" if args.tiny else "cpu" if args.cpu else "gpu"
+    cfg = dict(MODES[mode])
+    if args.lanes:
+        cfg["lanes"] = args.lanes
+    device = bc.pick_device(mode != "gpu")
+    out = Path(args.out or f"work/bench_quality{'' if mode == 'gpu' else '_' + mode}")
+    data, w = out / "data", out / "work"
+    w.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", PYTHONPATH=str(REPO))
+    env["OMP_NUM_THREADS"] = str(cfg["threads"])
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, cfg["threads"]))
+    jobs = Jobs(out / "logs", cfg["lanes"], env)
+    held = [g for g in GROUPS if g != args.claim_group][0]
+    rep: dict = {"mode": mode, "env": bc.env_info(device), "config": {k: v for k, v in cfg.items()},
+                 "out": str(out), "timings": {}, "commands": jobs.commands}
+    rep["conventions"] = {
+        "post_processing": "lib.submission.POSTPROCESS_DEFAULTS (the winning recipe) for every table but "
+                           "'submission', which uses 06's val-tuned params.json",
+        "ensemble": "unet + maskrcnn + deepmac fused with equal weights (lib.ensemble.combine)",
+        "groups": "Kaggle per group: ground truth and predictions restricted to the group, scored on the test "
+                  "images containing it; AP per group: mean COCO mask AP of its categories (all test images)",
+        "oracle": "mask branch at the ground-truth boxes (lib.models.maskrcnn.masks_for_boxes), prob >= 0.5, "
+                  "IoU with the ground-truth mask at the test image's size; box_fill = the box as the mask",
+        "attributes": "attribute categories only; oracle = head at the ground-truth boxes; prior = attributes "
+                      "in >= half of the category's training instances; pipeline = post-processed predictions "
+                      "(attributes on) matched at mask IoU >= 0.5 (lib.metric.AttributeEvaluator)"}
+    json_path, md_path = out / "quality.json", out / "quality.md"
+    t_start = time.time()
+
+    def stage(name, fn):
+        t0 = time.time()
+        print(f"[{time.time() - t_start:6.1f} s] {name} ...", flush=True)
+        res = fn()
+        rep["timings"][name] = round(time.time() - t0, 1)
+        rep["seconds_total"] = round(time.time() - t_start, 1)
+        rep["jobs"] = jobs.results
+        bc.write_json(json_path, rep)
+        return res
+
+    # 1. data + 01
+    rep["data"] = stage("data", lambda: make_data(cfg, data))
+    py = sys.executable
+    prep = []
+    for split, extra in (("prepared", []), ("prepared_val", ["--val-fraction", "1.0"])):
+        if args.reuse and (w / split / "meta.json").is_file():
+            continue
+        prep.append((f"01_{split}", [py, "01_prepare_data.py", "--data-dir", data / ("train" if split == "prepared"
+                                                                                       else "val"),
+                                     "--out-dir", w / split, "--long-side", str(cfg["long_side"]), "--workers",
+                                     str(cfg["prepare_workers"]), "--no-progress", *extra]))
+    stage("01_prepare", lambda: jobs.run(prep))
+
+    # 2. training
+    agnostic_flag = "--class-agnostic-masks" in script_flags("03_train_maskrcnn.py")
+    rep["class_agnostic_maskrcnn_via"] = ("03 --class-agnostic-masks" if agnostic_flag else
+                                          "03's parser + lib.engine.run_training with class_agnostic_masks=True "
+                                          "(03 has no --class-agnostic-masks flag)")
+    cg = args.claim_group
+    main_runs = ["unet", "maskrcnn", "deepmac"]
+    claim_runs = [f"maskrcnn_{cg}", f"maskrcnn_agnostic_{cg}", f"deepmac_{cg}"]
+    stage("train", lambda: jobs.run(training_jobs(cfg, w, agnostic_flag, cg, args.reuse)))
+    rep["training"] = training_summary(w, ["unet", "maskrcnn", "deepmac", *claim_runs])
+
+    # 3. 05 + 06
+    stage("05_predict", lambda: jobs.run(prediction_jobs(cfg, w, data, main_runs, claim_runs, args.reuse)))
+    sub_dir = w / "submission"
+    shutil.rmtree(sub_dir, ignore_errors=True)
+    stage("06_tune_and_score", lambda: jobs.run([("06_submission", [
+        py, "06_make_submission.py", "--predictions", w / "pred_test", "--tune-on", w / "pred_val", "--data-dir",
+        data / "test", "--out", sub_dir / "submission.csv", "--report-images", "0", "--no-progress",
+        *cfg["tune"]])]))
+    s06 = json.loads((sub_dir / "scores.json").read_text())
+    rep["scores_06"] = {k: {m: _finite(v[m]) for m in ("kaggle", "AP", "AP50", "AP75")}
+                        for k, v in s06["scores"].items()}
+    rep["submission_choice"] = s06.get("submission")
+
+    # 4. per model / group scores
+    from lib import ensemble as lens
+    from lib import submission as lsub
+
+    gt_csv = data / "test" / "test_ground_truth.csv"
+    gts = group_gt(gt_csv, w)
+    images = pd.read_parquet(w / "pred_test" / "images.parquet")
+    main_src = load_sources(w / "pred_test")
+    claim_src = load_sources(w / "pred_claim")
+
+    def all_scores():
+        recipe = lsub.resolve_params(None)
+        tables = dict(main_src)
+        tables["ensemble"] = lens.combine(main_src, {"models": list(main_src), "weights": [1.0] * len(main_src),
+                                                     "iou": 0.5, "min_votes": 1, "min_score": 0.0})
+        params_of = {k: recipe for k in tables}
+        combo = lens.load_combination(sub_dir / "params.json")
+        if combo is not None:
+            tables["submission"] = lens.combine(main_src, combo)
+            params_of["submission"] = lsub.load_params(sub_dir / "params.json")
+        tables.update(claim_src)
+        params_of.update({k: recipe for k in claim_src})
+        return score_tables(tables, params_of, gts, images, cfg["score_workers"])
+
+    rep["scores"] = stage("score", all_scores)
+
+    # 5. oracle boxes (the DeepMAC claim)
+    items = load_test_instances(gt_csv, data / "test" / "test")
+    oracle_runs = {r: w / r for r in ["maskrcnn", "deepmac", *claim_runs]}
+    rep["deepmac_claim"] = {"train_group": cg, "held_out_group": held, "paper": PAPER,
+                            "runs": {"stock per-class head": f"maskrcnn_{cg}",
+                                     "class-agnostic head (paper's baseline)": f"maskrcnn_agnostic_{cg}",
+                                     "DeepMAC": f"deepmac_{cg}", "fully supervised references": ["maskrcnn",
+                                                                                                 "deepmac"]}}
+    rep["deepmac_claim"]["oracle"] = stage("oracle", lambda: oracle_masks(oracle_runs, items, device))
+
+    # 6. attributes
+    rep["attributes"] = stage("attributes", lambda: attributes_report(
+        w / "maskrcnn", main_src["maskrcnn"], items, gt_csv, data / "train" / "train.csv", images, device,
+        rep["scores"]["maskrcnn"]["all"]["kaggle"]))
+    rep["attributes"]["val_during_training"] = {k: rep["training"].get("maskrcnn", {}).get(k)
+                                                for k in ("val_attr_micro_f1", "val_attr_macro_f1")}
+
+    rep["seconds_total"] = round(time.time() - t_start, 1)
+    rep["jobs"] = jobs.results
+    bc.write_json(json_path, rep)
+    md = markdown(rep)
+    md_path.write_text(md + "\n")
+    print(md)
+    print(f"wrote {json_path} and {md_path}")
+    return rep
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())

@@ -1,0 +1,111 @@
+"""bench/quality.py: its helpers, the GPU mode's refusal without CUDA, and a smoke run at the tiniest size."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from bench import quality  # noqa: E402
+from lib.labels import CATEGORY_GROUPS  # noqa: E402
+from lib.metric import group_scores  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_group_scores_average_the_classes_of_each_group():
+    per_class = {"1_2": 0.5, 3: 1.0, "30": 0.2, 31: float("nan"), 45: 0.4}
+    out = group_scores(per_class, CATEGORY_GROUPS)
+    assert out["garments"] == pytest.approx(0.75)  # "1_2" -> category 1, and 3
+    assert out["parts"] == pytest.approx(0.3)  # 30 and 45; nan skipped
+    assert out["all"] == pytest.approx((0.5 + 1.0 + 0.2 + 0.4) / 4)
+    assert np.isnan(group_scores({}, {"parts": (30,)})["parts"])
+
+
+def test_group_iou_stats_and_group_gt(tmp_path):
+    ious = np.array([0.9, 0.4, 0.6, 0.2])
+    cats = np.array([0, 5, 30, 40])
+    s = quality.group_iou_stats(ious, cats)
+    assert s["all"] == {"n": 4, "mean_iou": pytest.approx(0.525), "iou50": 0.5, "iou75": 0.25}
+    assert s["garments"]["n"] == 2 and s["garments"]["mean_iou"] == pytest.approx(0.65)
+    assert s["parts"]["iou50"] == 0.5 and s["parts"]["iou75"] == 0.0
+    empty = quality.group_iou_stats(np.zeros(0), np.zeros(0, np.int64))
+    assert empty["parts"] == {"n": 0, "mean_iou": None, "iou50": None, "iou75": None}
+
+    gt = tmp_path / "gt.csv"
+    pd.DataFrame({"ImageId": ["a.jpg", "a.jpg", "b.jpg"], "EncodedPixels": ["1 2", "5 1", "3 3"],
+                  "Height": [4, 4, 4], "Width": [4, 4, 4], "ClassId": ["6_1_2", "31", "27"]}).to_csv(gt, index=False)
+    paths = quality.group_gt(gt, tmp_path)
+    assert paths["all"] == gt
+    g = pd.read_csv(paths["garments"], dtype=str)
+    p = pd.read_csv(paths["parts"], dtype=str)
+    assert g["ClassId"].tolist() == ["6_1_2"] and g["EncodedPixels"].tolist() == ["1 2"]
+    assert p["ClassId"].tolist() == ["31", "27"] and p["ImageId"].tolist() == ["a.jpg", "b.jpg"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without CUDA")
+def test_gpu_mode_refuses_to_run_without_cuda(tmp_path):
+    with pytest.raises(SystemExit, match="needs a CUDA device.*--cpu"):
+        quality.main(quality.get_args_parser().parse_args(["--out", str(tmp_path / "q")]))
+    assert not (tmp_path / "q").exists()
+
+
+@pytest.mark.slow
+def test_tiny_run_reports_every_model_group_and_measure(tmp_path):
+    out = tmp_path / "q"
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    r = subprocess.run([sys.executable, "bench/quality.py", "--tiny", "--out", str(out)], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
+    rep = json.loads((out / "quality.json").read_text())
+    assert {"mode", "env", "config", "data", "training", "scores", "scores_06", "deepmac_claim", "attributes",
+            "commands", "timings", "seconds_total"} <= set(rep)
+    assert rep["mode"] == "tiny" and rep["env"]["date"] and rep["env"]["cpu_count"]
+
+    # three datasets from three seeds
+    assert len({rep["data"][s]["seed"] for s in ("train", "val", "test")}) == 3
+    runs = {"unet", "maskrcnn", "deepmac", "maskrcnn_garments", "maskrcnn_agnostic_garments", "deepmac_garments"}
+    assert set(rep["training"]) == runs
+    assert all(t["steps"] == 2 for t in rep["training"].values())  # the fixed budget: 1 epoch x 2 steps
+    assert rep["training"]["maskrcnn"]["attr_head"] is True
+    assert rep["training"]["maskrcnn_agnostic_garments"]["class_agnostic_masks"] is True
+    assert rep["training"]["maskrcnn_garments"]["class_agnostic_masks"] is False
+    assert rep["training"]["deepmac_garments"]["mask_classes"] is True
+
+    models = runs | {"ensemble", "submission"}
+    assert set(rep["scores"]) == models
+    for s in rep["scores"].values():
+        for g in ("all", "garments", "parts"):
+            for k in ("kaggle", "AP"):
+                assert s[g][k] is None or 0 <= s[g][k] <= 1
+    assert {"unet", "maskrcnn", "deepmac", "ensemble"} <= set(rep["scores_06"])
+
+    claim = rep["deepmac_claim"]
+    assert claim["train_group"] == "garments" and claim["held_out_group"] == "parts"
+    assert set(claim["oracle"]) == {"box_fill", "maskrcnn", "deepmac", "maskrcnn_garments",
+                                    "maskrcnn_agnostic_garments", "deepmac_garments"}
+    n_gt = len(pd.read_csv(out / "data" / "test" / "test_ground_truth.csv"))
+    for name, o in claim["oracle"].items():
+        for stats in [o] + ([o["init"]] if name != "box_fill" else []):  # trained, and freshly initialised
+            assert stats["all"]["n"] == stats["garments"]["n"] + stats["parts"]["n"] == n_gt
+            for g in ("all", "garments", "parts"):
+                assert stats[g]["n"] == 0 or 0 <= stats[g]["mean_iou"] <= 1
+    assert "init" not in claim["oracle"]["box_fill"]
+    assert 0 < claim["oracle"]["box_fill"]["all"]["mean_iou"] <= 1
+
+    at = rep["attributes"]
+    assert at["run"] == "maskrcnn"
+    assert {"oracle_boxes", "prior", "pipeline", "kaggle_attributes_on", "kaggle_attributes_off"} <= set(at)
+    assert at["oracle_boxes"]["num_instances"] == at["prior"]["num_instances"] > 0
+
+    cmds = "\n".join(rep["commands"])
+    assert "06_make_submission.py" in cmds and "--tune-on" in cmds and "--mask-classes garments" in cmds
+    assert "--attr-head" in cmds
+    md = (out / "quality.md").read_text()
+    assert "DeepMAC claim" in md and "| ensemble |" in md and "Attributes" in md
