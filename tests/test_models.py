@@ -644,3 +644,36 @@ def test_attributes_for_boxes_match_attr_scores_at_detections(arch):
         torch.testing.assert_close(s, r["attr_scores"], atol=1e-5, rtol=1e-4)
     with pytest.raises(ValueError, match="no attribute head"):
         maskrcnn.attributes_for_boxes(build(arch), images, [r["boxes"] for r in out])
+
+
+# ------------------------------------------------------------------ multi-scale training resize
+
+
+@pytest.mark.parametrize("arch", ["maskrcnn", "deepmac", "unet"])
+def test_train_scale_range_jitters_the_model_resize_in_training_only(arch):
+    image = torch.rand(3, 150, 200)
+    model = models.build_model(tiny_config(arch, min_size=96, max_size=128, train_scale_range=[0.5, 0.5]))
+    model.train()
+    assert model.transform([image])[0].image_sizes == [(48, 64)]  # exactly half the nominal 96 x 128
+    model.eval()
+    assert model.transform([image])[0].image_sizes == [(96, 128)]
+    assert model.transform.min_size == (96,) and model.transform.max_size == 128  # restored after each image
+
+    model = models.build_model(tiny_config(arch, min_size=96, max_size=128, train_scale_range=[0.5, 1.0]))
+    model.train()
+
+    def sizes(seed):
+        torch.manual_seed(seed)
+        return [model.transform([image])[0].image_sizes[0] for _ in range(8)]
+
+    got = sizes(0)
+    assert got == sizes(0) and len(set(got)) > 3  # random per image, repeatable with the seed
+    assert all(48 <= h <= 96 and 64 <= w <= 128 for h, w in got)
+    plain = models.build_model(tiny_config(arch, min_size=96, max_size=128)).train()
+    assert plain.transform([image])[0].image_sizes == [(96, 128)]  # off by default
+
+
+def test_train_scale_range_is_checked():
+    for bad in ([0, 1], [1.2, 0.8], [1], "x"):
+        with pytest.raises(ValueError, match="train_scale_range"):
+            models.build_model(tiny_config("maskrcnn", train_scale_range=bad))

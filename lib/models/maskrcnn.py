@@ -37,6 +37,11 @@ predictor has one output channel, used for every label, instead of one per class
 a per-class head never trains the channels of the other classes; a class-agnostic head uses the same
 (trained) channel for them, which is the setting of the DeepMAC paper's comparison (lib/models/deepmac.py).
 
+Multi-scale training (config ``train_scale_range``: ``None`` or ``[lo, hi]``): the model's own resize
+(:class:`ScaleJitterTransform`, a ``GeneralizedRCNNTransform``) draws a factor ``s ~ U(lo, hi)`` per
+training image and resizes it with ``min_size * s`` / ``max_size * s``; eval always uses the nominal
+sizes. Rescaling the image before the model would be undone by this resize, so the jitter has to live here.
+
 Heads at given boxes (:func:`masks_for_boxes`, :func:`attributes_for_boxes`): the mask branch (or the
 attribute head) of a Mask R-CNN / DeepMAC run on boxes the caller chooses, e.g. ground-truth boxes, to
 measure the mask head alone, without the detector's box errors.
@@ -73,7 +78,7 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredic
 from torchvision.models.detection.roi_heads import RoIHeads, fastrcnn_loss, maskrcnn_inference, maskrcnn_loss
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 from torchvision.models.detection.rpn import RPNHead
-from torchvision.models.detection.transform import resize_boxes
+from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops import misc as misc_nn_ops
 
@@ -106,6 +111,7 @@ DEFAULT_CONFIG = {
     "trainable_backbone_layers": None,  # with pretrained: None = 3; from scratch every layer trains
     "min_size": 800,  # GeneralizedRCNNTransform resizing: short side -> min_size, long side <= max_size
     "max_size": 1333,
+    "train_scale_range": None,  # [lo, hi]: training resize sizes x U(lo, hi) per image (ScaleJitterTransform)
     "anchor_sizes": None,  # list per anchor level; None = torchvision's default for the backbone family
     "aspect_ratios": None,  # list per anchor level; None = [0.5, 1.0, 2.0] on every level
     "rpn_pre_nms_top_n_train": 2000,
@@ -126,6 +132,45 @@ DEFAULT_CONFIG = {
     "attr_hidden": 256,  # hidden units of the attribute MLP (0 = a single linear layer)
     "attr_loss_weight": 1.0,  # factor on loss_attr
 }
+
+
+class ScaleJitterTransform(GeneralizedRCNNTransform):
+    """``GeneralizedRCNNTransform`` whose training resize is multi-scale.
+
+    With ``scale_range = (lo, hi)`` each training image is resized with ``min_size`` and ``max_size``
+    multiplied by ``s ~ U(lo, hi)`` (torch's global generator, so seeded runs repeat); ``scale_range=None``
+    and eval mode behave exactly as the parent class.
+    """
+
+    def __init__(self, *args, scale_range=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.scale_range = check_scale_range(scale_range)
+
+    def resize(self, image, target=None):
+        if not (self.training and self.scale_range):
+            return super().resize(image, target)
+        lo, hi = self.scale_range
+        s = float(torch.empty(()).uniform_(lo, hi))
+        nominal = self.min_size, self.max_size
+        self.min_size = tuple(max(1, round(m * s)) for m in nominal[0])
+        self.max_size = max(1, round(nominal[1] * s))
+        try:
+            return super().resize(image, target)
+        finally:
+            self.min_size, self.max_size = nominal
+
+
+def check_scale_range(scale_range) -> Optional[tuple[float, float]]:
+    """``None`` or a validated ``(lo, hi)`` pair of factors with ``0 < lo <= hi``."""
+    if scale_range is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in scale_range)
+    except (TypeError, ValueError):
+        raise ValueError(f"train_scale_range must be [lo, hi], got {scale_range!r}") from None
+    if not 0 < lo <= hi:
+        raise ValueError(f"train_scale_range must satisfy 0 < lo <= hi, got {scale_range!r}")
+    return lo, hi
 
 
 def complete_config(defaults: dict, config: dict) -> dict:
@@ -430,6 +475,10 @@ def build_detector(config: dict, mask_roi_pool=None, mask_head=None, mask_predic
         mask_roi_pool=MultiScaleRoIAlign(featmap_names=names, output_size=config["mask_roi_size"], sampling_ratio=2),
         **kwargs,
     )
+    t = model.transform
+    model.transform = ScaleJitterTransform(t.min_size, t.max_size, t.image_mean, t.image_std,
+                                           size_divisible=t.size_divisible, fixed_size=t.fixed_size,
+                                           scale_range=config["train_scale_range"])
     old = model.roi_heads
     model.roi_heads = roi_heads_cls(
         old.box_roi_pool,

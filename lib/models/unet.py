@@ -20,7 +20,8 @@ the fraction of absent classes).
 
 Input handling: torchvision's ``GeneralizedRCNNTransform`` normalises (ImageNet mean/std), resizes like the
 detectors (scale = min(min_size / short side, max_size / long side); the default min_size = max_size = 512
-puts the long side at 512), pads to a multiple of ``2 ** encoder_depth`` and batches. Training targets are
+puts the long side at 512; in training times a random factor from ``train_scale_range`` when set, see
+:class:`lib.models.maskrcnn.ScaleJitterTransform`), pads to a multiple of ``2 ** encoder_depth`` and batches. Training targets are
 built at the input size and resized with the same nearest sampling; padding is ignored by the losses.
 Eval: logits are cropped to each image, resized bilinearly to the input size, softmaxed, and turned into
 instances by :func:`instances_from_probs` (``min_area`` is in network pixels and scaled to the input size).
@@ -38,9 +39,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from ..labels import CATEGORY_GROUPS
+from .maskrcnn import ScaleJitterTransform
 
 IGNORE_INDEX = -100  # target value of pixels the losses skip (torch's cross-entropy default)
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
@@ -55,6 +56,7 @@ DEFAULT_CONFIG = {
     "pretrained": False,  # ImageNet encoder weights (needs internet)
     "min_size": 512,  # resize: scale = min(min_size / short side, max_size / long side)
     "max_size": 512,
+    "train_scale_range": None,  # [lo, hi]: training resize sizes x U(lo, hi) per image (multi-scale)
     "ce_weight": 1.0,
     "dice_weight": 1.0,
     "min_area": 16,  # smallest component kept, in network pixels
@@ -191,9 +193,9 @@ class UNet(nn.Module):
                 f"--pretrained needs internet access to download the ImageNet weights of the {config['encoder']} "
                 f"encoder; run without --pretrained to train from scratch (download failed: {type(e).__name__}: {e})"
             ) from e
-        self.transform = GeneralizedRCNNTransform(
+        self.transform = ScaleJitterTransform(
             int(config["min_size"]), int(config["max_size"]), IMAGENET_MEAN, IMAGENET_STD,
-            size_divisible=2 ** int(config["encoder_depth"]),
+            size_divisible=2 ** int(config["encoder_depth"]), scale_range=config["train_scale_range"],
         )
 
     def losses(self, logits: torch.Tensor, image_sizes: list[tuple[int, int]], targets: list[dict]) -> dict:
