@@ -7,17 +7,22 @@ Layout of a cache directory (e.g. ``work/prepared``)::
     problems.csv           file,row,image_id,reason for every skipped row/image
     images/<stem>.jpg      the image resized so its long side is ``long_side`` (RGB content, JPEG q95)
     ann/<stem>.json        per-image annotation record (see below), written after its image
+    .lock                  held (flock) by the 01 run writing the cache; a second run is refused
 
 An annotation record::
 
     {"image_id": "abc.jpg", "orig_height": H0, "orig_width": W0, "height": H, "width": W,
      "instances": [{"category": 6, "attributes": [7, 20], "class_id": "6_7_20",
-                    "rle": "<Kaggle RLE at (H, W)>", "bbox": [x1, y1, x2, y2]}, ...]}
+                    "rle": "<Kaggle RLE at (H, W)>", "bbox": [x1, y1, x2, y2], "row": 17}, ...],
+     "problems": [[file, row, image_id, reason], ...],
+     "settings": {"cache_version": 1, "long_side": 1024, "jpeg_quality": 95}}
 
 ``bbox`` is in pixels of the resized image, x2/y2 exclusive (a one-pixel mask
 at (r, c) has bbox [c, r, c + 1, r + 1]), as torchvision expects for masks.
 The record is the per-image "done" marker: a rerun of 01 skips images whose
-record exists.
+record exists (and was made with the same ``settings``: cache version, long side, JPEG quality).
+``meta.json`` is written last and removed when 01 starts, so it marks a complete cache:
+:func:`load_meta` and :func:`load_index` refuse a directory without it.
 """
 from __future__ import annotations
 
@@ -70,6 +75,9 @@ def load_index(cache_dir: str | Path, split: str | None = None) -> pd.DataFrame:
     p = Path(cache_dir) / "index.parquet"
     if not p.exists():
         raise FileNotFoundError(f"{p} not found: run 01_prepare_data.py first")
+    if not (Path(cache_dir) / "meta.json").exists():
+        raise FileNotFoundError(f"{Path(cache_dir) / 'meta.json'} not found: the cache is incomplete "
+                                f"(01_prepare_data.py did not finish); rerun it to complete the cache")
     df = pd.read_parquet(p)
     if split is not None:
         df = df[df["split"] == split].reset_index(drop=True)

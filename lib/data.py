@@ -20,7 +20,6 @@ array (cv2's default would rotate some images and break the masks).
 from __future__ import annotations
 
 import csv
-import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -84,8 +83,7 @@ def index_csv(path: str | Path, columns=TRAIN_COLUMNS) -> tuple[dict[str, list[t
             offset += len(line)
             if not line.strip():
                 continue
-            comma = line.find(b",")
-            image_id = line[:comma].decode("utf-8", errors="replace").strip() if comma > 0 else ""
+            image_id = _first_field(line)
             if not image_id:
                 problems.append(Problem(str(path), row, "", "row has no ImageId"))
                 continue
@@ -93,15 +91,48 @@ def index_csv(path: str | Path, columns=TRAIN_COLUMNS) -> tuple[dict[str, list[t
     return groups, problems
 
 
+def _first_field(line: bytes) -> str:
+    """The ImageId of a raw CSV line: its first field as :func:`split_csv_line` reads it, stripped (for a
+    line that is not valid CSV, the text before the first comma)."""
+    if b'"' not in line:  # fast path, same result as split_csv_line
+        comma = line.find(b",")
+        return (line[:comma] if comma >= 0 else line).decode("utf-8", errors="replace").strip()
+    text = line.decode("utf-8", errors="replace")
+    try:
+        fields = split_csv_line(text)
+    except ValueError:
+        fields = [text.split(",", 1)[0].strip().strip('"')]  # read_rows reports the row; group it by this
+    return fields[0].strip() if fields else ""
+
+
+def split_csv_line(line: str) -> list[str]:
+    """Split one CSV line into fields; ``ValueError`` if it cannot be parsed.
+
+    Lines without quotes are split on commas (fast path; fields may be of any length). Quoted lines go
+    through :mod:`csv`, with its field-size limit (128 KiB by default) raised to the line's length so a
+    long EncodedPixels is read, not rejected.
+    """
+    line = line.rstrip("\r\n")
+    if '"' not in line:
+        return line.split(",")
+    old = csv.field_size_limit()
+    csv.field_size_limit(max(old, len(line) + 1))
+    try:
+        return next(csv.reader([line]), [])
+    except csv.Error as e:
+        raise ValueError(f"cannot parse the line as CSV ({e})") from None
+    finally:
+        csv.field_size_limit(old)
+
+
 def parse_row(fields: list[str], row: int, path: str, num_categories: int, num_attributes: int) -> Row:
     """Validate one train.csv row (already split into fields); raise ``ValueError`` saying what is wrong."""
     if len(fields) != len(TRAIN_COLUMNS):
         raise ValueError(f"expected {len(TRAIN_COLUMNS)} fields, got {len(fields)}")
     image_id, enc, hs, ws, cls = (f.strip() for f in fields)
-    try:
-        h, w = int(hs), int(ws)
-    except ValueError:
-        raise ValueError(f"Height/Width {hs[:20]!r}/{ws[:20]!r} are not integers") from None
+    if not all(v.isascii() and v.isdigit() and len(v) <= 9 for v in (hs, ws)):
+        raise ValueError(f"Height/Width {hs[:20]!r}/{ws[:20]!r} are not integers")
+    h, w = int(hs), int(ws)
     if not (0 < h <= MAX_SIDE and 0 < w <= MAX_SIDE):
         raise ValueError(f"Height/Width {h}x{w} out of range 1-{MAX_SIDE}")
     cat, attrs = llabels.parse_class_id(cls, num_categories, num_attributes)
@@ -125,15 +156,20 @@ def read_rows(
     with open(path, "rb") as f:
         for row_no, offset in entries:
             f.seek(offset)
-            line = f.readline().decode("utf-8", errors="replace")
-            fields = next(csv.reader(io.StringIO(line)), [])
-            image_id = fields[0].strip() if fields else ""
+            raw = f.readline()
             try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                problems.append(Problem(str(path), row_no, _first_field(raw), f"not UTF-8 text (byte {e.start})"))
+                continue
+            image_id = _first_field(raw)
+            try:
+                fields = split_csv_line(line)
                 r = parse_row(fields, row_no, str(path), num_categories, num_attributes)
             except ValueError as e:
                 problems.append(Problem(str(path), row_no, image_id, str(e)))
                 continue
-            key = (r.rle, r.class_id)
+            key = (r.rle, r.height, r.width, r.class_id)
             if key in seen:
                 problems.append(Problem(str(path), row_no, image_id, f"duplicate of row {seen[key]}"))
                 continue
@@ -146,13 +182,15 @@ def read_image(path: str | Path) -> np.ndarray:
     """Read an image as RGB uint8 (H, W, 3) without applying EXIF orientation.
 
     Grayscale, 16-bit and CMYK files are converted to 8-bit RGB. Raises
-    ``ValueError`` for a missing, empty, truncated or undecodable file.
+    ``ValueError`` for a missing, unreadable, empty, truncated or undecodable file.
     """
     path = Path(path)
     try:
         data = path.read_bytes()
     except FileNotFoundError:
         raise ValueError(f"image file not found: {path}") from None
+    except OSError as e:  # a directory, no permission, an I/O error: a bad input, reported like the others
+        raise ValueError(f"cannot read image file {path}: {e.strerror or e}") from None
     if not data:
         raise ValueError(f"image file is empty (0 bytes): {path}")
     if data[:2] == b"\xff\xd8" and b"\xff\xd9" not in data[-4096:]:

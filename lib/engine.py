@@ -15,12 +15,20 @@ Checkpoints hold only plain Python types and tensors, so ``torch.load(path, weig
 them; :func:`load_checkpoint` rebuilds the model from the saved config alone. Keys: ``format``, ``stage``,
 ``arch``, ``config``, ``model``, ``optimizer``, ``scheduler``, ``scaler`` (None: bf16 needs no scaler),
 ``epoch`` (epochs completed), ``iter_in_epoch`` (steps done in epoch ``epoch``; 0 at epoch ends),
-``global_step``, ``rng`` (torch / cuda / numpy states), ``args``, ``labels`` (category names),
-``best_score``, ``metrics`` (the last epoch record), ``world_size``.
+``global_step``, ``rng`` (torch / cuda / numpy states), ``rng_ranks`` (mid-epoch checkpoints of a DDP run:
+every rank's states), ``epoch_sums`` (mid-epoch checkpoints: the epoch's loss sums so far), ``args``,
+``labels`` (category names), ``best_score``, ``metrics`` (the last epoch record), ``world_size``, ``digest``
+(SHA-256 of the rest, checked on load: a corrupted file is refused; required from format ``/2`` on, files
+of format ``/1`` without it still load).
 
 Determinism: every epoch reseeds torch/numpy/random from ``(seed, epoch, rank)`` and the sampler's order
 depends only on ``(seed, epoch)``, so a run split by ``--stop-after-epoch`` + ``--resume`` gives the same
-weights as an uninterrupted one (exactly on CPU with ``--workers 0``).
+weights as an uninterrupted one (exactly on CPU with ``--workers 0``); a mid-epoch checkpoint restores each
+rank's generators, so resuming from it is exact too.
+
+Crashes: checkpoints, ``val_scores.json`` and ``meta.json`` are written atomically, a killed run's temporary
+files are deleted at the next start, and a resume drops the ``metrics.jsonl`` records logged after its
+checkpoint (they are logged again), so a killed-and-resumed run ends with the files of an uninterrupted one.
 
 Multi-GPU: launched by ``torchrun`` (env ``WORLD_SIZE`` > 1) the model is wrapped in DDP (nccl on CUDA,
 gloo on CPU), each rank reads its shard via ``DistributedSampler``, and rank 0 alone logs, validates on
@@ -30,10 +38,13 @@ scale ``--lr`` with the world size yourself if you want the linear rule.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
+import hashlib
 import math
 import os
 import random
+import tempfile
 import time
 from pathlib import Path
 
@@ -46,7 +57,8 @@ from . import io as lio
 from . import labels as llabels
 from .dataset import CacheDataset, build_transforms, make_loader
 
-CHECKPOINT_FORMAT = "imat-train-checkpoint/1"
+CHECKPOINT_FORMAT = "imat-train-checkpoint/2"  # /2: carries a "digest", which is then required
+_FORMATS_WITHOUT_DIGEST = (None, "imat-train-checkpoint/1")
 
 
 # --------------------------------------------------------------------------------------------- arguments
@@ -153,6 +165,10 @@ def add_detector_args(parser: argparse.ArgumentParser, deepmac: bool = False) ->
     g.add_argument("--box-nms-thresh", type=float, default=None, help="per-class NMS IoU of the box head")
     g.add_argument("--mask-roi-size", type=int, default=None,
                    help="RoIAlign size of the mask branch (Mask R-CNN 14, DeepMAC 32)")
+    g.add_argument("--attr-head", action="store_true",
+                   help="add the multi-label attribute head (92 attributes, on the box head's RoI features); "
+                        "predictions then carry attr_scores for 06's --attributes on")
+    g.add_argument("--attr-loss-weight", type=float, default=None, help="factor on loss_attr (default 1.0)")
     if deepmac:
         g = parser.add_argument_group("DeepMAC mask head (defaults: lib/models/deepmac.py DEFAULT_CONFIG)")
         g.add_argument("--mask-head-depth", type=int, default=None, help="down/up levels per hourglass")
@@ -180,7 +196,9 @@ def detector_overrides(args) -> dict:
          "rpn_post_nms_top_n_test": args.rpn_post_nms_test, "rpn_batch_size_per_image": args.rpn_batch_size_per_image,
          "box_batch_size_per_image": args.box_batch_size_per_image, "box_detections_per_img": args.detections_per_img,
          "box_score_thresh": args.box_score_thresh, "box_nms_thresh": args.box_nms_thresh,
-         "mask_roi_size": args.mask_roi_size}
+         "mask_roi_size": args.mask_roi_size,
+         "attr_head": True if getattr(args, "attr_head", False) else None,
+         "attr_loss_weight": getattr(args, "attr_loss_weight", None)}
     if hasattr(args, "mask_head_depth"):
         o.update({"mask_head_depth": args.mask_head_depth, "mask_head_width": args.mask_head_width,
                   "mask_head_stacks": args.mask_head_stacks, "gt_box_jitter": args.gt_box_jitter,
@@ -272,6 +290,25 @@ def _rng_state() -> dict:
     }
 
 
+def _gather_rng_states(world: int) -> list[dict]:
+    """The :func:`_rng_state` of every rank (all ranks must call it), in rank order."""
+    out = [None] * world
+    dist.all_gather_object(out, _rng_state())
+    return out
+
+
+def _drop_records_after(log_path: Path, step: int) -> None:
+    """Rewrite a metrics log without the records past ``step`` (atomically); torn lines are dropped too."""
+    if not log_path.exists():
+        return
+    recs = lio.read_jsonl(log_path)
+    keep = [r for r in recs if not (isinstance(r.get("step"), (int, float)) and r["step"] > step
+                                    and r.get("kind") in ("train", "epoch"))]
+    text = "".join(lio.to_json(r, indent=None) + "\n" for r in keep)
+    if text != log_path.read_text(encoding="utf-8", errors="replace"):
+        lio.atomic_write_text(log_path, text)
+
+
 def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
@@ -335,10 +372,58 @@ def _milestones(args, steps_per_epoch: int) -> list[int]:
 
 
 # --------------------------------------------------------------------------------------------- checkpoints
+def state_digest(obj) -> str:
+    """SHA-256 of a checkpoint's content: every tensor's dtype, shape and bytes, and every other value,
+    walked in a fixed order (dict keys sorted). Stored under ``"digest"`` by :func:`save_checkpoint` and
+    checked by :func:`read_checkpoint`, so a corrupted or edited file is refused instead of loading wrong
+    weights (``torch.load`` does not check the zip CRCs). It detects damage, not a deliberate forger."""
+    h = hashlib.sha256()
+
+    def walk(o):
+        if isinstance(o, torch.Tensor):
+            t = o.detach().cpu().contiguous()
+            h.update(f"T{t.dtype}{tuple(t.shape)};".encode())
+            if t.numel():
+                h.update(t.reshape(-1).view(torch.uint8).numpy())
+        elif isinstance(o, dict):
+            h.update(f"D{len(o)};".encode())
+            for k in sorted(o, key=lambda k: (type(k).__name__, str(k))):
+                walk(k)
+                walk(o[k])
+        elif isinstance(o, (list, tuple)):
+            h.update(f"{type(o).__name__[0]}{len(o)};".encode())
+            for v in o:
+                walk(v)
+        else:
+            h.update(f"{type(o).__name__}:{o!r};".encode())
+
+    walk(obj)
+    return h.hexdigest()
+
+
 def save_checkpoint(path: str | Path, ckpt: dict) -> None:
-    """``torch.save`` to a temporary file, then rename over ``path`` (never a half-written checkpoint)."""
-    with lio.atomic_path(path, suffix=".pth") as tmp:
-        torch.save(ckpt, tmp)
+    """``torch.save`` to a temporary file, then rename over ``path`` (never a half-written checkpoint).
+
+    Adds ``"digest"`` (:func:`state_digest` of the rest). A failed write (full disk, read-only directory)
+    raises ``OSError`` naming the file; the previous ``path`` is left as it was.
+    """
+    path = Path(path)
+    ckpt = {k: v for k, v in ckpt.items() if k != "digest"}
+    ckpt["digest"] = state_digest(ckpt)
+    try:
+        with lio.atomic_path(path, suffix=".pth") as tmp:
+            with open(tmp, "wb") as f:  # a Python file: torch then chains the OSError of a failed write
+                torch.save(ckpt, f)
+                f.flush()
+                os.fsync(f.fileno())
+    except (OSError, RuntimeError) as e:  # torch reports a failed write as RuntimeError
+        cause = e
+        while cause is not None and not isinstance(cause, OSError):
+            cause = cause.__cause__ or cause.__context__
+        reason = f"[Errno {cause.errno}] {cause.strerror}" if cause is not None and cause.errno else str(e)[:300]
+        kept = f"the previous {path.name} is kept" if path.exists() else f"no {path.name} was written"
+        raise OSError(getattr(cause, "errno", None), f"cannot write checkpoint {path}: {reason} (disk full or "
+                                                     f"output directory not writable?); {kept}") from e
 
 
 def read_checkpoint(path: str | Path, map_location="cpu") -> dict:
@@ -355,7 +440,15 @@ def read_checkpoint(path: str | Path, map_location="cpu") -> dict:
     missing = [k for k in ("config", "model") if k not in ckpt]
     if missing or not isinstance(ckpt.get("config"), dict) or "arch" not in ckpt["config"]:
         raise ValueError(f"{path}: not a training checkpoint (missing {missing or ['config.arch']}; "
-                         f"keys: {sorted(ckpt)[:12]})")
+                         f"keys: {sorted(map(str, ckpt))[:12]})")
+    if "digest" not in ckpt and ckpt.get("format") not in _FORMATS_WITHOUT_DIGEST:
+        raise ValueError(f"{path}: checkpoint of format {str(ckpt.get('format'))[:40]!r} has no digest (the file "
+                         f"is corrupted or was modified); not loading it")
+    if "digest" in ckpt:
+        stored = ckpt.pop("digest")
+        if state_digest(ckpt) != stored:
+            raise ValueError(f"{path}: checkpoint content does not match its digest (the file is corrupted or was "
+                             f"modified); not loading it")
     return ckpt
 
 
@@ -383,9 +476,8 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> tuple[torch.nn.Modu
 # --------------------------------------------------------------------------------------------- data helpers
 def _to_device(images, targets, device):
     images = [im.as_subclass(torch.Tensor).to(device, non_blocking=True) for im in images]
-    targets = [{"boxes": t["boxes"].as_subclass(torch.Tensor).to(device, non_blocking=True),
-                "labels": t["labels"].as_subclass(torch.Tensor).to(device, non_blocking=True),
-                "masks": t["masks"].as_subclass(torch.Tensor).to(device, non_blocking=True)} for t in targets]
+    targets = [{k: t[k].as_subclass(torch.Tensor).to(device, non_blocking=True)
+                for k in ("boxes", "labels", "masks", "attributes") if k in t} for t in targets]
     return images, targets
 
 
@@ -400,16 +492,19 @@ def evaluate(model: torch.nn.Module, dataset, device: torch.device, dtype=None, 
 
     Predicted masks are ``prob >= mask_thresh``, classes are categories (label - 1). The Kaggle metric uses
     detections with ``score >= score_thresh``; COCO mask AP uses all of them. Returns ``dict(kaggle,
-    kaggle_all, num_images, per_class, coco)`` (``kaggle_all``: Kaggle metric with every detection).
+    kaggle_all, num_images, per_class, coco, attr)`` (``kaggle_all``: Kaggle metric with every detection;
+    ``attr``: :class:`lib.metric.AttributeEvaluator` summary of the kept detections when the model predicts
+    attributes, else None).
     """
     from tqdm import tqdm
 
-    from .metric import Evaluator
+    from .metric import AttributeEvaluator, Evaluator
 
     was_training = model.training
     model.eval()
     ev_k = Evaluator(coco=False)
     ev_all = Evaluator(coco=True)
+    ev_attr = None
     loader = make_loader(dataset, batch_size=batch_size, shuffle=False, workers=0)
     for images, targets in tqdm(loader, desc="val", unit="batch", disable=not progress, leave=False):
         with _autocast(device, dtype):
@@ -424,11 +519,16 @@ def evaluate(model: torch.nn.Module, dataset, device: torch.device, dtype=None, 
             ev_all.add(t["image_id"], gt_masks, gt_cls, pm, pc, ps)
             keep = ps >= score_thresh
             ev_k.add(t["image_id"], gt_masks, gt_cls, pm[keep], pc[keep], ps[keep])
+            if out.get("attr_scores") is not None and "attributes" in t:
+                ev_attr = ev_attr or AttributeEvaluator()
+                ev_attr.add(gt_masks, gt_cls, t["attributes"].as_subclass(torch.Tensor).numpy(), pm[keep], pc[keep],
+                            ps[keep], out["attr_scores"].float().cpu().numpy()[keep])
     if was_training:
         model.train()
     s_k, s_all = ev_k.summary(), ev_all.summary()
     return {"kaggle": s_k["kaggle"], "kaggle_all": s_all["kaggle"], "num_images": s_k["num_images"],
-            "per_class": s_k["per_class"], "coco": s_all["coco"], "score_thresh": score_thresh}
+            "per_class": s_k["per_class"], "coco": s_all["coco"], "score_thresh": score_thresh,
+            "attr": ev_attr.summary() if ev_attr is not None else None}
 
 
 def _finite_or_none(x):
@@ -444,8 +544,14 @@ def run_training(arch: str, model_overrides: dict, args, stage: str | None = Non
     """Train ``arch`` (a ``lib.models.BUILDERS`` name) with ``args`` from :func:`add_common_args`.
 
     ``model_overrides``: config keys from the script's model flags (None values are ignored, so the
-    model's defaults apply). Returns the final summary (also in ``out_dir/meta.json``).
+    model's defaults apply). Returns the final summary (also in ``out_dir/meta.json``). Rank 0 holds the
+    lock of ``out_dir`` (:func:`lib.io.lock_dir`) until it returns.
     """
+    with contextlib.ExitStack() as held:
+        return _run_training(arch, model_overrides, args, stage, held)
+
+
+def _run_training(arch: str, model_overrides: dict, args, stage: str | None, held: contextlib.ExitStack) -> dict:
     from tqdm import tqdm
 
     from . import models as lmodels
@@ -466,6 +572,13 @@ def run_training(arch: str, model_overrides: dict, args, stage: str | None = Non
     out_dir = Path(args.out_dir)
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
+        try:  # fail before touching anything when the directory cannot take new files
+            with tempfile.TemporaryFile(dir=out_dir):
+                pass
+        except OSError as e:
+            raise OSError(e.errno, f"--out-dir {out_dir} is not writable: {e.strerror or e}") from e
+        held.enter_context(lio.lock_dir(out_dir, "training run"))
+        lio.remove_temp_files(out_dir)  # half-written files of a killed run (never read)
     ckpt_path, best_path = out_dir / "checkpoint.pth", out_dir / "best.pth"
     log_path, png_path = out_dir / "metrics.jsonl", out_dir / "curves.png"
 
@@ -538,6 +651,7 @@ def run_training(arch: str, model_overrides: dict, args, stage: str | None = Non
         if start_iter >= steps_per_epoch:
             start_epoch, start_iter = start_epoch + 1, 0
         if main:
+            _drop_records_after(log_path, global_step)  # logged after the checkpoint: they are redone
             lio.append_jsonl(log_path, {"kind": "resume", "from": str(rpath), "epoch": start_epoch,
                                         "iter_in_epoch": start_iter, "step": global_step})
         del resume_ckpt["model"], resume_ckpt["optimizer"]
@@ -592,7 +706,8 @@ def run_training(arch: str, model_overrides: dict, args, stage: str | None = Non
     epoch_done_count = start_epoch
     val_history: list = []
     if main and (out_dir / "val_scores.json").exists() and resume_ckpt is not None:
-        val_history = lio.read_json(out_dir / "val_scores.json").get("history", [])
+        val_history = [h for h in lio.read_json(out_dir / "val_scores.json").get("history", [])
+                       if h.get("epoch", 0) <= start_epoch]  # later epochs are redone
     last_epoch = args.epochs - 1
     if args.stop_after_epoch:
         last_epoch = min(last_epoch, args.stop_after_epoch - 1)
@@ -602,7 +717,8 @@ def run_training(arch: str, model_overrides: dict, args, stage: str | None = Non
     for epoch in range(start_epoch, last_epoch + 1):
         skip = start_iter if epoch == start_epoch else 0
         if skip and resume_ckpt is not None and resume_ckpt.get("rng"):
-            _set_rng_state(resume_ckpt["rng"])
+            per_rank = resume_ckpt.get("rng_ranks") or []
+            _set_rng_state(per_rank[rank] if len(per_rank) == world else resume_ckpt["rng"])
         else:
             seed_everything(args.seed + 1000 * (epoch + 1) + rank)
         loader.sampler.set_epoch(epoch)
@@ -611,6 +727,11 @@ def run_training(arch: str, model_overrides: dict, args, stage: str | None = Non
         net.train()
         sums: dict[str, float] = {}
         n_steps, n_images, t_epoch = 0, 0, time.time()
+        if skip and resume_ckpt is not None and resume_ckpt.get("epoch_sums"):
+            # the epoch's running loss sums up to the checkpoint, so its epoch record means the whole epoch
+            part = resume_ckpt["epoch_sums"]
+            sums = {str(k): float(v) for k, v in part["sums"].items()}
+            n_steps, n_images = int(part["steps"]), int(part["images"])
         bar = tqdm(total=steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{args.epochs}", unit="step",
                    disable=not main, dynamic_ncols=True)
         it = skip
@@ -666,8 +787,13 @@ def run_training(arch: str, model_overrides: dict, args, stage: str | None = Non
             if args.checkpoint_every_steps and global_step % args.checkpoint_every_steps == 0 \
                     and it < steps_per_epoch:
                 check_params_finite(f"at global step {global_step}")
+                rng_ranks = _gather_rng_states(world) if distributed else None  # every rank takes part
                 if main:
-                    save_checkpoint(ckpt_path, make_ckpt(epoch, it))
+                    ck = make_ckpt(epoch, it)
+                    ck["epoch_sums"] = {"sums": dict(sums), "steps": n_steps, "images": n_images}
+                    if rng_ranks is not None:
+                        ck["rng_ranks"] = rng_ranks  # each rank resumes with its own generator states
+                    save_checkpoint(ckpt_path, ck)
                 if distributed:
                     dist.barrier()
         bar.close()
@@ -695,6 +821,9 @@ def run_training(arch: str, model_overrides: dict, args, stage: str | None = Non
                             "val_AP": _finite_or_none(coco.get("AP")), "val_AP50": _finite_or_none(coco.get("AP50")),
                             "val_AP75": _finite_or_none(coco.get("AP75")), "val_images": res["num_images"],
                             "val_time": round(time.time() - t_val, 2)})
+                if res["attr"] is not None:
+                    rec.update({"val_attr_micro_f1": _finite_or_none(res["attr"].get("micro_f1")),
+                                "val_attr_macro_f1": _finite_or_none(res["attr"].get("macro_f1"))})
                 score = res["kaggle"]
                 improved = math.isfinite(score) and score > best_score
                 if improved:
@@ -707,11 +836,14 @@ def run_training(arch: str, model_overrides: dict, args, stage: str | None = Non
                 lio.atomic_write_json(out_dir / "val_scores.json", _json_safe(vs))
             last_metrics = _json_safe(rec)
             epoch_done_count = epoch + 1
+            # Order matters when the process is killed in between: the log record and best.pth come before
+            # checkpoint.pth, so a resume from the previous checkpoint redoes this epoch (dropping its record)
+            # and never continues from a state whose record or best.pth is missing.
+            lio.append_jsonl(log_path, rec)
             ck = make_ckpt(epoch + 1, 0)
-            save_checkpoint(ckpt_path, ck)
             if improved:
                 save_checkpoint(best_path, ck)
-            lio.append_jsonl(log_path, rec)
+            save_checkpoint(ckpt_path, ck)
             plot_curves(log_path, png_path, title=f"{stage} ({arch})")
             write_meta("running")
         epoch_done_count = epoch + 1

@@ -15,6 +15,9 @@ from pathlib import Path
 import numpy as np
 
 
+TEMP_PREFIX = ".tmp."  # temporary files of atomic_path: ``.tmp.<stem>.<random><suffix>`` beside the target
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path, suffix: str | None = None):
     """Yield a temporary path next to ``path``; rename it to ``path`` only if the block succeeds.
@@ -24,7 +27,7 @@ def atomic_path(path: str | Path, suffix: str | None = None):
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp.{path.stem}.", suffix=path.suffix if suffix is None else suffix,
+    fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{path.stem}.", suffix=path.suffix if suffix is None else suffix,
                                dir=path.parent)
     os.close(fd)
     umask = os.umask(0)
@@ -82,19 +85,62 @@ def read_json(path: str | Path):
         raise ValueError(f"{path}: not valid JSON ({e})") from None
 
 
+def lock_dir(directory: str | Path, what: str = "run"):
+    """Take the exclusive lock of an output directory (``<directory>/.lock``, ``flock``) for this process.
+
+    Returns the open lock file: the lock lasts while it is referenced (close it, or let the process end;
+    a killed process releases it too). Raises ``RuntimeError`` if another process holds it, so two runs
+    (e.g. a rerun while orphaned workers of a killed one still write) never interleave their files.
+    """
+    import fcntl
+
+    path = Path(directory) / ".lock"
+    f = open(path, "a")
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise RuntimeError(f"{directory} is in use by another {what} (it holds {path}); wait for it to end, "
+                           f"stop it, or use another output directory") from None
+    return f
+
+
+def remove_temp_files(directory: str | Path) -> list[Path]:
+    """Delete the temporary files :func:`atomic_path` left in ``directory`` (not recursive) when a process
+    was killed mid-write; return them. Call it only where no other process is writing."""
+    d = Path(directory)
+    gone = []
+    if d.is_dir():
+        for p in d.iterdir():
+            if p.name.startswith(TEMP_PREFIX) and p.is_file():
+                with contextlib.suppress(FileNotFoundError):
+                    p.unlink()
+                    gone.append(p)
+    return gone
+
+
 def append_jsonl(path: str | Path, record: dict) -> None:
-    """Append one JSON line (a complete line per write; readers skip a torn last line)."""
-    with open(path, "a") as f:
-        f.write(to_json(record, indent=None) + "\n")
+    """Append one JSON line as a single write.
+
+    If the file ends in a torn line (a process killed mid-append), a newline is written first, so the new
+    record starts its own line instead of being glued to the fragment (and lost with it).
+    """
+    data = (to_json(record, indent=None) + "\n").encode("utf-8")
+    with open(path, "ab+") as f:
+        if f.tell() > 0:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                data = b"\n" + data
+        f.write(data)
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
-    """Read a JSONL log, ignoring a torn (incomplete) final line."""
+    """Read a JSONL log, skipping torn (incomplete) lines left by a killed writer."""
     out = []
     path = Path(path)
     if not path.exists():
         return out
-    for line in path.read_text().splitlines():
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
             out.append(json.loads(line))
         except json.JSONDecodeError:

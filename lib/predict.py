@@ -499,7 +499,14 @@ def _broadcast(obj, distributed: bool):
 
 
 def run_prediction(args) -> dict:
-    """Stage 05 (``05_predict.py``'s flags as ``args``). Returns the summary also written to ``meta.json``."""
+    """Stage 05 (``05_predict.py``'s flags as ``args``). Returns the summary also written to ``meta.json``.
+
+    Rank 0 holds the lock of ``out_dir`` (:func:`lib.io.lock_dir`) until it returns."""
+    with contextlib.ExitStack() as held:
+        return _run_prediction(args, held)
+
+
+def _run_prediction(args, held: contextlib.ExitStack) -> dict:
     from tqdm import tqdm
 
     from . import engine
@@ -550,6 +557,10 @@ def run_prediction(args) -> dict:
     status = None
     if main:
         try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            held.enter_context(lio.lock_dir(out_dir, "05_predict run"))
+            for d in (out_dir, store.dir):  # half-written files of a killed run (never read); no rank writes yet
+                lio.remove_temp_files(d)
             config = prediction_config(ckpt_paths, names, frame, source, long_side, views, args.tta_iou,
                                        args.mask_size, args.score_floor, amp)
             chash = config_hash(config)

@@ -5,12 +5,15 @@ image without EXIF rotation, check every row's Height/Width against the pixel
 array, resize the image so its long side is ``long_side`` (never upscaled),
 decode each mask at full size and resize it (:func:`lib.data.resize_mask`),
 and write ``images/<stem>.jpg`` then ``ann/<stem>.json`` atomically. The
-annotation record is the "done" marker, so a rerun skips finished images.
+annotation record is the "done" marker, so a rerun skips finished images (unless it was made with other
+settings: ``long_side``, ``jpeg_quality``, cache version). ``meta.json`` is removed when a run starts and
+written last, so it marks a complete cache; temporary files a killed run left are deleted.
 Then a category-stratified train/val split, ``index.parquet``, ``problems.csv``
 and ``meta.json`` are written (atomically). The input directory is never modified.
 """
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import time
@@ -29,6 +32,23 @@ from . import rle as lrle
 
 STAGE = "01_prepare_data"
 CACHE_VERSION = 1
+
+
+class OutputError(OSError):
+    """Writing the cache failed (disk full, read-only or missing output directory): the run stops."""
+
+
+def _write_output(write, path, *a) -> None:
+    try:
+        write(path, *a)
+    except OSError as e:
+        raise OutputError(e.errno, f"cannot write {path}: {e.strerror or e} (disk full or output directory "
+                                   f"not writable?); the cache keeps what was finished - rerun to resume") from e
+
+
+def record_settings(long_side: int | None, jpeg_quality: int) -> dict:
+    """What an annotation record depends on besides its rows; a rerun with other settings redoes the image."""
+    return {"cache_version": CACHE_VERSION, "long_side": long_side, "jpeg_quality": int(jpeg_quality)}
 
 
 def prepare_image(
@@ -73,10 +93,11 @@ def prepare_image(
         problems.append(ldata.Problem(str(img_file), first_row, image_id, "no instance left after resizing; skipped"))
         return None, problems
     small = rgb if (h, w) == (H, W) else cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA)
-    ldata.write_jpeg(lcache.image_path(out_dir, image_id), small, jpeg_quality)
+    _write_output(lambda p, a: ldata.write_jpeg(p, a, jpeg_quality), lcache.image_path(out_dir, image_id), small)
     record = {"image_id": image_id, "orig_height": H, "orig_width": W, "height": h, "width": w,
-              "instances": instances, "problems": [list(p) for p in problems]}
-    lio.atomic_write_json(lcache.ann_path(out_dir, image_id), record, indent=None)
+              "instances": instances, "problems": [list(p) for p in problems],
+              "settings": record_settings(long_side, jpeg_quality)}
+    _write_output(lambda p, r: lio.atomic_write_json(p, r, indent=None), lcache.ann_path(out_dir, image_id), record)
     return index_row(record), problems
 
 
@@ -91,9 +112,28 @@ def index_row(record: dict) -> dict:
 def _work(task):
     try:
         return task[2], prepare_image(*task)
+    except OutputError:
+        raise  # the output is unwritable: every other image would fail the same way
     except Exception as e:  # never lose the whole run to one image
         return task[2], (None, [ldata.Problem(str(Path(task[1]) / task[2]), task[3][0][0] if task[3] else 0, task[2],
                                               f"unexpected error: {type(e).__name__}: {e}")])
+
+
+def _check_image_ids(ids: list[str], groups: dict, csv_path, problems: list) -> list[str]:
+    """Drop ImageIds that are not plain file names or whose cache name (stem) another id already uses."""
+    keep, stems = [], {}
+    for i in ids:
+        first_row = groups[i][0][0]
+        if Path(i).name != i or i in (".", ".."):
+            problems.append(ldata.Problem(str(csv_path), first_row, i,
+                                          "ImageId is not a plain file name (a path); image skipped"))
+        elif lcache.stem(i) in stems:
+            problems.append(ldata.Problem(str(csv_path), first_row, i, f"ImageId has the same file stem as "
+                                          f"{stems[lcache.stem(i)]!r} (one cache file each); image skipped"))
+        else:
+            stems[lcache.stem(i)] = i
+            keep.append(i)
+    return keep
 
 
 def stratified_split(image_categories: dict[str, set[int]], val_fraction: float, seed: int) -> dict[str, str]:
@@ -145,7 +185,16 @@ def prepare_dataset(
     ``train.csv`` / ``train/`` / ``label_descriptions.json``.
     ``workers=0`` means ``os.cpu_count()`` processes; 1 runs in-process.
     ``limit`` keeps the first N images (sorted by ImageId) for quick runs.
+    Holds the lock of ``out_dir`` (:func:`lib.io.lock_dir`) while it runs; raises ``OutputError`` when the
+    cache cannot be written (disk full, read-only) and ``ValueError`` when nothing could be prepared.
     """
+    with contextlib.ExitStack() as held:
+        return _prepare_dataset(data_dir, out_dir, long_side, val_fraction, seed, workers, limit, progress,
+                                jpeg_quality, csv_path, image_dir, label_file, args, held)
+
+
+def _prepare_dataset(data_dir, out_dir, long_side, val_fraction, seed, workers, limit, progress, jpeg_quality,
+                     csv_path, image_dir, label_file, args, held: contextlib.ExitStack) -> dict:
     t0 = time.time()
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     csv_path = Path(csv_path) if csv_path else data_dir / "train.csv"
@@ -157,22 +206,39 @@ def prepare_dataset(
     if out_dir.resolve() == data_dir.resolve() or data_dir.resolve() in out_dir.resolve().parents:
         raise ValueError(f"--out-dir {out_dir} must not be inside --data-dir {data_dir} (the input is never modified)")
     groups, problems = ldata.index_csv(csv_path)
+    if not groups:
+        raise ValueError(f"{csv_path}: no data rows (only the header{', and bad rows' if problems else ''})")
     ids = sorted(groups)
     if limit:
         ids = ids[:limit]
-    (out_dir / "images").mkdir(parents=True, exist_ok=True)
-    (out_dir / "ann").mkdir(parents=True, exist_ok=True)
+    selected = len(ids)
+    ids = _check_image_ids(ids, groups, csv_path, problems)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        held.enter_context(lio.lock_dir(out_dir, "01_prepare_data run"))
+        # meta.json marks a complete cache: gone until this run finishes, so no reader takes a cache that a
+        # killed run left half re-prepared (e.g. with other settings) for a finished one.
+        (out_dir / "meta.json").unlink(missing_ok=True)
+        for sub in ("images", "ann"):
+            (out_dir / sub).mkdir(parents=True, exist_ok=True)
+            lio.remove_temp_files(out_dir / sub)  # left by a killed run; never read
+        lio.remove_temp_files(out_dir)
+    except OSError as e:
+        raise OutputError(e.errno, f"cannot write to --out-dir {out_dir}: {e.strerror or e}") from e
+    settings = record_settings(long_side, jpeg_quality)
     rows: dict[str, dict] = {}
+    image_problems: dict[str, list[ldata.Problem]] = {}
     todo = []
     for i in ids:
         p = lcache.ann_path(out_dir, i)
         if p.exists() and lcache.image_path(out_dir, i).exists():
             try:
                 rec = lio.read_json(p)
-                rows[i] = index_row(rec)
-                problems.extend(ldata.Problem(*q) for q in rec.get("problems", []))
-                continue
-            except (ValueError, KeyError):
+                if rec.get("image_id") == i and rec.get("settings") == settings:
+                    rows[i] = index_row(rec)
+                    image_problems[i] = [ldata.Problem(*q) for q in rec.get("problems", [])]
+                    continue
+            except (ValueError, KeyError, TypeError, AttributeError):
                 pass  # unreadable record: prepare the image again
         todo.append((str(csv_path), str(image_dir), i, groups[i], str(out_dir), long_side,
                      labels.num_categories, labels.num_attributes, jpeg_quality))
@@ -186,10 +252,14 @@ def prepare_dataset(
         results = pool.imap_unordered(_work, todo, chunksize=4)
     try:
         for image_id, (row, probs) in results:
-            problems.extend(probs)
+            image_problems[image_id] = probs
             if row is not None:
                 rows[image_id] = row
             bar.update(1)
+    except BaseException:
+        if pool is not None:
+            pool.terminate()
+        raise
     finally:
         bar.close()
         if pool is not None:
@@ -202,21 +272,26 @@ def prepare_dataset(
     index["split"] = [split[i] for i in index["image_id"]]
     with lio.atomic_path(out_dir / "index.parquet") as tmp:
         index.to_parquet(tmp, index=False)
+    # Images in ImageId order, so the report depends neither on worker scheduling nor on an earlier run.
+    problems = problems + [p for i in sorted(image_problems) for p in image_problems[i]]
     prob_df = pd.DataFrame(problems, columns=list(ldata.Problem._fields))
     with lio.atomic_path(out_dir / "problems.csv") as tmp:
         prob_df.to_csv(tmp, index=False)
+    if not rows:
+        raise ValueError(f"none of the {selected} images could be prepared ({len(problems)} problems): "
+                         f"see {out_dir / 'problems.csv'}")
 
     cat_counts = np.zeros(labels.num_categories, np.int64)
     for i in rows:
         for c in cats[i]:
             cat_counts[c] += 1
-    skipped = len(ids) - len(rows)
+    skipped = selected - len(rows)
     meta = {
         "stage": STAGE, "cache_version": CACHE_VERSION, "data_dir": str(data_dir), "out_dir": str(out_dir),
         "train_csv": str(csv_path), "image_dir": str(image_dir), "label_file": str(label_file),
         "long_side": long_side, "seed": seed, "val_fraction": val_fraction,
         "labels": labels.to_json(),
-        "num_images_in_csv": len(groups), "num_images_selected": len(ids), "num_images": len(rows),
+        "num_images_in_csv": len(groups), "num_images_selected": selected, "num_images": len(rows),
         "num_images_skipped": skipped, "num_problems": len(problems),
         "num_instances": int(index["num_instances"].sum()) if len(index) else 0,
         "split": {"train": int((index["split"] == "train").sum()), "val": int((index["split"] == "val").sum())},

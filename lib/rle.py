@@ -117,7 +117,8 @@ def parse_runs(rle: str, shape: tuple[int, int] | None = None) -> tuple[np.ndarr
     ``ValueError`` naming the problem for: non-string input, non-integer
     tokens, an odd token count, starts < 1, lengths < 1, runs not sorted
     ascending or overlapping/touching, and (when ``shape=(H, W)`` is given)
-    runs that end past H*W. An empty string is a valid empty mask.
+    runs that end past H*W, and a ``shape`` that is not two integers >= 0.
+    An empty string is a valid empty mask.
     """
     if not isinstance(rle, str):
         raise ValueError(f"RLE must be a string, got {type(rle).__name__}")
@@ -132,6 +133,8 @@ def parse_runs(rle: str, shape: tuple[int, int] | None = None) -> tuple[np.ndarr
     if len(vals) % 2:
         raise ValueError(f"RLE has an odd number of tokens ({len(vals)}): starts and lengths must pair up")
     if not len(vals):
+        if shape is not None:
+            _check_shape(shape)
         return vals, vals
     starts, lengths = vals[0::2], vals[1::2]
     bad = np.flatnonzero(starts < 1)
@@ -153,12 +156,26 @@ def parse_runs(rle: str, shape: tuple[int, int] | None = None) -> tuple[np.ndarr
                 f"RLE runs overlap or touch: pair {i} starts at {starts[i]} but pair {i - 1} runs to {ends[i - 1] - 1}"
             )
     if shape is not None:
-        n = int(shape[0]) * int(shape[1])
+        h, w = _check_shape(shape)
+        n = h * w
         if ends[-1] - 1 > n:
             raise ValueError(
                 f"RLE run ends at pixel {ends[-1] - 1}, past the {shape[0]}x{shape[1]} mask ({n} pixels)"
             )
     return starts, lengths
+
+
+def _check_shape(shape) -> tuple[int, int]:
+    """``(H, W)`` as two ints >= 0; ``ValueError`` for anything else (negative, fractional, not a pair)."""
+    try:
+        h, w = shape
+        hw = int(h), int(w)
+        ok = hw[0] == h and hw[1] == w and hw[0] >= 0 and hw[1] >= 0
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok:
+        raise ValueError(f"mask shape must be two integers >= 0 (H, W), got {shape!r:.60}")
+    return hw
 
 
 def decode_runs(starts: np.ndarray, lengths: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -168,7 +185,7 @@ def decode_runs(starts: np.ndarray, lengths: np.ndarray, shape: tuple[int, int])
     ``np.repeat`` writes the column-major pixel sequence in one C loop, into a
     (W, H) C-ordered buffer whose transpose is the (H, W) mask.
     """
-    h, w = int(shape[0]), int(shape[1])
+    h, w = _check_shape(shape)
     values = np.zeros(2 * len(starts) + 1, np.uint8)
     values[1::2] = 1
     return np.repeat(values, _alternating_counts(starts, lengths, h * w)).reshape(w, h).T

@@ -37,6 +37,7 @@ the post-processed instances, not the file) does not count it.
 from __future__ import annotations
 
 import csv
+import io
 import itertools
 import math
 from dataclasses import dataclass
@@ -416,14 +417,31 @@ def build_submission(pred_table: pd.DataFrame, images: pd.DataFrame, params: dic
 
 
 def _rows_from_csv(path: Path, problems: list[str]):
-    """Yield (line, ImageId, EncodedPixels, ClassId) from a submission CSV; header problems go to ``problems``."""
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.reader(f)
+    """Yield (line, ImageId, EncodedPixels, ClassId) from a submission CSV; header problems go to ``problems``.
+
+    The ImageId is yielded as written (the caller checks for padding); the other fields are stripped.
+    Undecodable bytes are a problem (naming their line) and read as U+FFFD, so the rows are still checked;
+    text the csv module cannot parse is a problem that ends the check. csv's field-size limit is lifted to
+    the file size, so long EncodedPixels are read, not refused.
+    """
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        problems.append(f"line {line}: not UTF-8 text (undecodable byte at offset {e.start})")
+        text = raw.decode("utf-8-sig", errors="replace")
+    old_limit = csv.field_size_limit()
+    csv.field_size_limit(max(old_limit, min(len(text) + 1, 2**31 - 1)))
+    # strict: an unterminated quote or text after a closing quote is an error, not guessed at (pandas, as
+    # Kaggle's reader may, refuses such a file)
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    try:
         header = next(reader, None)
         if header is None:
             problems.append(f"{path}: file is empty (expected the header {','.join(ldata.SUBMISSION_COLUMNS)})")
             return
-        pos = _header_positions([h.strip() for h in header], problems)
+        pos = _header_positions(header, problems)
         if pos is None:
             return
         for fields in reader:
@@ -434,14 +452,21 @@ def _rows_from_csv(path: Path, problems: list[str]):
                 image_id = fields[0].strip() if fields else ""
                 problems.append(f"line {line} ({image_id}): expected {len(header)} fields, got {len(fields)}")
                 continue
-            yield line, *(fields[i].strip() for i in pos)
+            yield line, fields[pos[0]], fields[pos[1]].strip(), fields[pos[2]]
+    except csv.Error as e:
+        problems.append(f"line {reader.line_num}: not parseable as CSV ({e}); the rows after it are not checked")
+    finally:
+        csv.field_size_limit(old_limit)
 
 
 def _header_positions(columns: list[str], problems: list[str]) -> list[int] | None:
+    """Positions of ImageId, EncodedPixels, ClassId. Anything but the exact header is a problem (a padded
+    name may not be found by Kaggle's reader); the rows are still checked when the names can be found."""
     want = list(ldata.SUBMISSION_COLUMNS)
     if columns == want:
         return [0, 1, 2]
     problems.append(f"header: expected {','.join(want)!r}, got {','.join(map(str, columns))[:200]!r}")
+    columns = [str(c).strip() for c in columns]
     if all(c in columns for c in want):
         return [columns.index(c) for c in want]
     problems.append(f"header: cannot check the rows without the columns "
@@ -449,19 +474,19 @@ def _header_positions(columns: list[str], problems: list[str]) -> list[int] | No
     return None
 
 
-def _cell(v) -> str:
+def _cell(v, strip: bool = True) -> str:
     if v is None or (not isinstance(v, str) and np.isscalar(v) and pd.isna(v)):
         return ""
-    return str(v).strip()
+    return str(v).strip() if strip else str(v)
 
 
 def _rows_from_frame(df: pd.DataFrame, problems: list[str]):
     pos = _header_positions([str(c) for c in df.columns], problems)
     if pos is None:
         return
-    cols = [df.columns[i] for i in pos]
-    for k, vals in enumerate(zip(*(df[c].tolist() for c in cols))):
-        yield k + 2, *(_cell(v) for v in vals)
+    cols = [df.iloc[:, i].tolist() for i in pos]  # by position: column names may repeat
+    for k, (image_id, enc, cls) in enumerate(zip(*cols)):
+        yield k + 2, _cell(image_id, strip=False), _cell(enc), _cell(cls, strip=False)
 
 
 def _overlaps(runs: list[tuple[int, np.ndarray, np.ndarray]]) -> dict[tuple[int, int], int]:
@@ -509,11 +534,16 @@ def validate_submission(sub, expected_image_ids: Iterable[str], mask_size: int |
     seen: dict[tuple[str, str, str], int] = {}
     present: set[str] = set()
     runs: dict[tuple[str, int], list] = {}
-    for line, image_id, enc, cls in rows:
+    for line, raw_id, enc, raw_cls in rows:
+        image_id, cls = raw_id.strip(), raw_cls.strip()
         where = f"line {line} ({image_id})"
         if not image_id:
             problems.append(f"line {line}: empty ImageId")
             continue
+        if raw_id != image_id:
+            problems.append(f"{where}: ImageId {raw_id!r} has leading/trailing whitespace")
+        if raw_cls != cls:
+            problems.append(f"{where}: ClassId {raw_cls!r} has leading/trailing whitespace")
         present.add(image_id)
         known = image_id in expected_set
         if not known:
@@ -559,14 +589,21 @@ def write_submission(df: pd.DataFrame, path: str | Path, expected_image_ids: Ite
                      mask_size: int | None = 512, image_sizes: dict[str, tuple[int, int]] | None = None) -> Path:
     """Validate ``df`` and write it as CSV atomically; raise :class:`SubmissionError` (a ValueError) if invalid.
 
-    Nothing is written when the submission is invalid.
+    The CSV is written to a temporary file next to ``path`` and validated again as written; it gets its
+    final name only if that passes, so nothing is written when the submission is invalid, and a failed
+    write (full disk, read-only directory) leaves an earlier ``path`` untouched.
     """
+    expected_image_ids = list(expected_image_ids)
     problems = validate_submission(df, expected_image_ids, mask_size, image_sizes)
     if problems:
         raise SubmissionError(problems)
     path = Path(path)
     with atomic_path(path) as tmp:
         df.to_csv(tmp, index=False, columns=list(ldata.SUBMISSION_COLUMNS))
+        # The bytes on disk are what Kaggle reads: validate them too before the file gets its final name.
+        problems = validate_submission(tmp, expected_image_ids, mask_size, image_sizes)
+        if problems:
+            raise SubmissionError(problems, what=f"{path} as written")
     return path
 
 

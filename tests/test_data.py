@@ -155,3 +155,171 @@ def test_known_real_prefixes_match_derived_rows(shared_data):
     # the genuine attribute-bearing ClassId parses
     from lib.labels import parse_class_id
     assert parse_class_id(known[2]["ClassId"]) == (10, (3, 20, 34, 56, 69, 91))
+
+
+# ------------------------------------------------------------------ fuzzing (docs/RELIABILITY.md)
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from conftest import fuzz_sizes  # noqa: E402
+from lib import labels  # noqa: E402
+
+HEADER = b"ImageId,EncodedPixels,Height,Width,ClassId"
+GARBAGE = ["", " ", "x", "-1", "1.5", "1e3", "\u0663", "1_0", "0", "99999999999", "1 2 3", "5 1 1 1", "\x00",
+           '"', '"q"', "a,b", "nan", "\t", "6__1", "46", "6_92", "6_3_3"]
+
+
+@st.composite
+def csv_files(draw):
+    """(bytes of a train.csv, {line: expected (image_id, rle, h, w, cat, attrs)} or None per line, header_ok)."""
+    header_ok = draw(st.integers(0, 9)) > 0
+    header = HEADER if header_ok else draw(st.sampled_from([b"", b"ImageId,EncodedPixels,ClassId",
+                                                            b"imageid,encodedpixels,height,width,classid"]))
+    if header_ok and draw(st.booleans()):
+        header = draw(st.sampled_from([b"\xef\xbb\xbf", b""])) + header + draw(st.sampled_from([b"\r", b" ", b""]))
+    lines, expect = [header], {}
+    for _ in range(draw(st.integers(0, 8))):
+        line_no = len(lines) + 1
+        image_id = draw(st.sampled_from(["a.jpg", "b.jpg", "0f3.jpg"]))
+        h, w = draw(st.integers(1, 12)), draw(st.integers(1, 12))
+        start = draw(st.integers(1, h * w))
+        length = draw(st.integers(1, h * w - start + 1))
+        starts = [start]
+        if start + length + 1 <= h * w and draw(st.booleans()):
+            starts.append(draw(st.integers(start + length + 1, h * w)))
+        runs = []
+        for k, s0 in enumerate(starts):
+            ln = length if k == 0 else draw(st.integers(1, h * w - s0 + 1))
+            runs += [s0, ln]
+        enc = " ".join(map(str, runs))
+        cat = draw(st.integers(0, 45))
+        attrs = draw(st.lists(st.integers(0, 91), max_size=3, unique=True))
+        cls = labels.format_class_id(cat, attrs)
+        fields = [image_id, enc, str(h), str(w), cls]
+        kind = draw(st.integers(0, 9))
+        want = (image_id, enc, h, w, cat, tuple(sorted(attrs)))
+        if kind == 0:  # a field replaced by garbage
+            i = draw(st.integers(1, 4))
+            fields[i] = draw(st.one_of(st.sampled_from(GARBAGE), st.text(max_size=8).filter(lambda t: "\n" not in t)))
+            want = "maybe"
+        elif kind == 1:  # surely bad: past the image, unknown class, odd count, too few fields, swapped size
+            bad = draw(st.integers(0, 4))
+            if bad == 0:
+                fields[1] = f"{h * w + 1} 1"
+            elif bad == 1:
+                fields[4] = str(draw(st.integers(46, 10**6)))
+            elif bad == 2:
+                fields[1] = enc + " 7"
+            elif bad == 3:
+                fields = fields[:draw(st.integers(1, 4))]
+            else:
+                fields.append("extra")
+            want = None
+        if kind == 2 or (kind == 3 and draw(st.booleans())):  # quoted fields (valid CSV)
+            fields = [f'"{f}"' for f in fields]
+        raw = ",".join(fields).encode()
+        if kind == 3:  # undecodable bytes / control characters / a CR in the middle
+            pos = draw(st.integers(0, len(raw)))
+            raw = raw[:pos] + draw(st.sampled_from([b"\xff", b"\xc3", b"\x00", b"\r"])) + raw[pos:]
+            want = "maybe"
+        data_lines = [x for x in lines[1:] if x]
+        if kind == 4 and data_lines:  # an exact duplicate of the last row
+            raw = data_lines[-1]
+            want = "maybe"
+        lines.append(raw)
+        expect[line_no] = want
+        if draw(st.integers(0, 6)) == 0:
+            lines.append(b"")  # blank lines are ignored
+    eol = draw(st.sampled_from([b"\n", b"\r\n"]))
+    data = eol.join(lines) + (eol if draw(st.booleans()) else b"")
+    return data, expect, header_ok
+
+
+def _check_row(r, raw_line):
+    cat, attrs = labels.parse_class_id(r.class_id)
+    assert (r.category, r.attributes) == (cat, attrs)
+    starts, _ = rle.parse_runs(r.rle, (r.height, r.width))
+    assert len(starts) > 0 and 0 < r.height <= data.MAX_SIDE and 0 < r.width <= data.MAX_SIDE
+    assert r.rle in raw_line.decode("utf-8")  # the mask comes from its own line
+
+
+@pytest.mark.parametrize("n", fuzz_sizes())
+def test_fuzz_train_csv_reader_accounts_for_every_row(n, tmp_path_factory):
+    """Generated train.csv files (valid rows, garbage fields, bad runs/classes/sizes, quotes, undecodable
+    bytes, duplicates, CRLF, BOM, bad headers): a bad header or empty file raises ValueError; otherwise
+    every non-blank line ends up exactly once as a validated row or as a problem naming the file and line,
+    and every valid line is read back exactly. No other exception."""
+    d = tmp_path_factory.mktemp("csvfuzz")
+    seen = {"files": 0, "header_rejected": 0, "rows": 0, "row_problems": 0}
+
+    @settings(max_examples=n, deadline=None, database=None, derandomize=True,
+              suppress_health_check=list(HealthCheck))
+    @given(csv_files())
+    def check(case):
+        blob, expect, header_ok = case
+        p = d / "train.csv"
+        p.write_bytes(blob)
+        seen["files"] += 1
+        try:
+            groups, problems = data.index_csv(p)
+        except ValueError as e:
+            assert not header_ok, f"good header rejected: {e}"
+            assert str(p) in str(e)
+            seen["header_rejected"] += 1
+            return
+        assert header_ok
+        raw_lines = blob.split(b"\n")
+        rows = []
+        for image_id, entries in groups.items():
+            got, probs = data.read_rows(p, entries)
+            assert all(r.image_id == image_id for r in got)
+            rows += got
+            problems += probs
+        for pr in problems:
+            assert pr.file == str(p) and pr.reason and 2 <= pr.row <= len(raw_lines)
+        for r in rows:
+            _check_row(r, raw_lines[r.row - 1])
+        accounted = sorted([r.row for r in rows] + [pr.row for pr in problems])
+        assert accounted == sorted(expect), (accounted, sorted(expect))
+        by_row = {r.row: r for r in rows}
+        for line, want in expect.items():
+            if want is None:
+                assert line not in by_row, f"bad line {line} accepted: {raw_lines[line - 1]!r}"
+            elif want != "maybe":
+                dup = any(prev < line and expect[prev] == want for prev in expect)
+                if not dup:
+                    r = by_row.get(line)
+                    assert r is not None, f"good line {line} rejected: {[p for p in problems if p.row == line]}"
+                    assert (r.image_id, r.rle, r.height, r.width, r.category, r.attributes) == want
+        seen["rows"] += len(rows)
+        seen["row_problems"] += len(problems)
+
+    check()
+    assert seen["files"] >= n and seen["header_rejected"] > 0 and seen["rows"] > n and seen["row_problems"] > n // 2
+    print(f"train.csv reader fuzz: {seen}")
+
+
+def test_rows_that_break_the_csv_module_are_problems_not_crashes(tmp_path):
+    # a CR in an unquoted field of a quoted line, a field longer than csv's default 128 KiB limit, undecodable bytes
+    long_rle = " ".join(f"{1 + 2 * k} 1" for k in range(20000))  # 20k runs, ~230 KB of text
+    assert len(long_rle) > 131072
+    p = tmp_path / "t.csv"
+    p.write_bytes(b"ImageId,EncodedPixels,Height,Width,ClassId\n"
+                  b'"a.jpg",1 2\r5 4,4,4,6\n'
+                  + f"a.jpg,{long_rle},200,200,6\n".encode()
+                  + f'"a.jpg","{long_rle}","200","201","6"\n'.encode()
+                  + b"a.jpg,1 \xff2,4,4,6\n")
+    groups, problems = data.index_csv(p)
+    assert problems == [] and list(groups) == ["a.jpg"]
+    rows, problems = data.read_rows(p, groups["a.jpg"])
+    assert [(r.row, r.width, len(rle.parse_runs(r.rle)[0])) for r in rows] == [(3, 200, 20000), (4, 201, 20000)]
+    assert [(q.row, q.image_id) for q in problems] == [(2, "a.jpg"), (5, "a.jpg")]
+    assert "CSV" in problems[0].reason and "not UTF-8" in problems[1].reason
+
+
+def test_height_width_must_be_plain_integers(tmp_path):
+    p = write_csv(tmp_path / "t.csv", ["a.jpg,1 2,4,4,6", "a.jpg,1 3,4_0,4,6", "a.jpg,1 4,\u0664,4,6"])
+    groups, _ = data.index_csv(p)
+    rows, problems = data.read_rows(p, groups["a.jpg"])
+    assert len(rows) == 1 and [q.row for q in problems] == [3, 4]
+    assert all("not integers" in q.reason for q in problems)

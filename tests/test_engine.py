@@ -399,3 +399,253 @@ def test_overfits_a_few_images(arch, prepared_cache, tmp_path):
     assert last < 0.5 * first, (first, last)
     assert untrained < 0.05
     assert final["val_kaggle"] > cfg["min_kaggle"], (untrained, final)
+
+
+# --------------------------------------------------------------------------------------------- reliability
+# (docs/RELIABILITY.md) SIGKILL and resume, full disk, read-only output, tampered checkpoints, no pickle,
+# determinism. The kill tests run the real scripts as subprocesses.
+import hashlib  # noqa: E402
+import re  # noqa: E402
+
+from conftest import (file_size_limit, fuzz_sizes, kill_when, read_only_dirs_work, run_stage,  # noqa: E402
+                      snapshot_files, without_root_override)
+
+# Lighter than TINY_MODEL["unet"]: a 3-stage encoder at 64 px, so a checkpoint every step stays cheap.
+KILL_MODEL = dict(TINY_MODEL, unet=["--encoder", "resnet18", "--encoder-depth", "3", "--decoder-channels", "16", "8",
+                                    "8", "--image-size", "64"])
+KILL_FLAGS = ["--workers", "0", "--batch-size", "2", "--max-steps-per-epoch", "3", "--epochs", "2", "--log-every", "1",
+              "--max-val-images", "2", "--threads", "1", "--warmup-steps", "2", "--lr", "1e-3", "--seed", "7",
+              "--checkpoint-every-steps", "1", "--resume", "auto"]
+
+
+def _train_cmd(arch, cache, out, *extra, launcher=()):
+    return ["python", *launcher, REPO / SCRIPTS[arch], "--prepared-dir", cache, "--out-dir", out, *KILL_FLAGS,
+            *KILL_MODEL[arch], *extra]
+
+
+def _reference_run(arch, cache, out, *extra):
+    mod = _script(arch)
+    mod.main(mod.get_args_parser().parse_args(
+        [str(c) for c in _train_cmd(arch, cache, out, *extra)[2:]]))
+
+
+def _assert_same_training(a: Path, b: Path, atol=0.0):
+    """Same final weights, optimizer step and logged losses; ``b`` has no temporary files left."""
+    ca = torch.load(a / "checkpoint.pth", weights_only=True)
+    cb = torch.load(b / "checkpoint.pth", weights_only=True)
+    assert (ca["epoch"], ca["global_step"]) == (cb["epoch"], cb["global_step"])
+    for k, v in ca["model"].items():
+        assert torch.allclose(v.float(), cb["model"][k].float(), atol=atol, rtol=0), k
+    losses = lambda d: [(r["kind"], r["step"], r.get("loss", r.get("train_loss")))  # noqa: E731
+                        for r in lio.read_jsonl(d / "metrics.jsonl") if r["kind"] in ("train", "epoch")]
+    la, lb = losses(a), losses(b)
+    assert [x[:2] for x in la] == [x[:2] for x in lb]  # the same records, none lost or doubled
+    assert np.allclose([x[2] for x in la], [x[2] for x in lb], rtol=1e-6, atol=atol)
+    assert lio.read_json(b / "meta.json")["status"] == "done"
+    assert not [p.name for p in b.iterdir() if p.name.startswith(".tmp.")]
+
+
+def _kill_then_resume(arch, cache, tmp_path, delay, launcher=()):
+    """Kill a run after its first checkpoint (+ ``delay`` s), check what it left, rerun the same command."""
+    out = tmp_path / "killed"
+    cmd = _train_cmd(arch, cache, out, launcher=launcher)
+    assert kill_when(cmd, lambda: (out / "checkpoint.pth").exists(), delay=delay), "the run ended before the kill"
+    assert lio.read_json(out / "meta.json")["status"] == "running"
+    left = engine.read_checkpoint(out / "checkpoint.pth")  # whatever the kill interrupted, this loads
+    step = int(left["global_step"])
+    r = run_stage(cmd)
+    assert r.returncode == 0, r.stderr[-3000:]
+    resumes = [x for x in lio.read_jsonl(out / "metrics.jsonl") if x["kind"] == "resume"]
+    assert [x["step"] for x in resumes] == [step]  # it continued from the last checkpoint, not from scratch
+    return out, step
+
+
+@pytest.mark.parametrize("arch", ["unet", pytest.param("maskrcnn", marks=pytest.mark.long),
+                                  pytest.param("deepmac", marks=pytest.mark.long)])
+def test_sigkill_during_training_then_rerun_equals_an_uninterrupted_run(arch, prepared_cache, tmp_path):
+    ref = tmp_path / "ref"
+    _reference_run(arch, prepared_cache, ref)
+    out, step = _kill_then_resume(arch, prepared_cache, tmp_path, delay=0.2)
+    _assert_same_training(ref, out, atol=1e-6)
+    print(f"{arch}: killed with the checkpoint at step {step}, resumed, same result as uninterrupted")
+
+
+@pytest.mark.long
+def test_sigkill_during_torchrun_training_then_rerun_equals_an_uninterrupted_run(prepared_cache, tmp_path):
+    launcher = ("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2")
+    ref = tmp_path / "ref"
+    r = run_stage(_train_cmd("unet", prepared_cache, ref, launcher=launcher))
+    assert r.returncode == 0, r.stderr[-3000:]
+    out, step = _kill_then_resume("unet", prepared_cache, tmp_path, delay=0.5, launcher=launcher)
+    assert torch.load(out / "checkpoint.pth", weights_only=True)["world_size"] == 2
+    _assert_same_training(ref, out, atol=1e-6)
+    print(f"torchrun x2: killed with the checkpoint at step {step}, resumed, same result as uninterrupted")
+
+
+def test_resume_drops_log_records_after_the_checkpoint(prepared_cache, tmp_path):
+    """What a kill between a log write and the next checkpoint leaves: records past the checkpoint, a torn
+    last line, val history of an epoch not in the checkpoint, a temporary file. A resume cleans them up."""
+    out = tmp_path / "run"
+    common = ["--epochs", "2", "--val-every", "1", "--seed", "3", "--max-val-images", "1"]
+    _run("unet", prepared_cache, out, *common, "--stop-after-epoch", "1")
+    good = (out / "metrics.jsonl").read_text()
+    lio.append_jsonl(out / "metrics.jsonl", {"kind": "train", "epoch": 2, "iter": 1, "step": 3, "loss": 9.0})
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write('{"kind": "train", "epoch": 2, "it')
+    vs = lio.read_json(out / "val_scores.json")
+    lio.atomic_write_json(out / "val_scores.json", dict(vs, history=vs["history"] + [{"epoch": 2, "kaggle": 0.5}]))
+    (out / ".tmp.checkpoint.abc.pth").write_bytes(b"half a checkpoint")
+    _run("unet", prepared_cache, out, *common, "--resume", "auto")
+    recs = lio.read_jsonl(out / "metrics.jsonl")
+    assert (out / "metrics.jsonl").read_text().startswith(good)
+    assert [r["step"] for r in recs if r["kind"] == "train"] == [1, 2, 3, 4]
+    assert not any(r.get("loss") == 9.0 for r in recs)
+    assert [h["epoch"] for h in lio.read_json(out / "val_scores.json")["history"]] == [1, 2]
+    assert not (out / ".tmp.checkpoint.abc.pth").exists()
+
+
+def test_disk_full_during_training_keeps_the_last_checkpoint(prepared_cache, tmp_path):
+    out = tmp_path / "run"
+    _reference_run("unet", prepared_cache, out, "--stop-after-epoch", "1")
+    before = (out / "checkpoint.pth").read_bytes()
+    r = run_stage(_train_cmd("unet", prepared_cache, out, "--checkpoint-every-steps", "0"),
+                  preexec_fn=file_size_limit(2 * 2**20))
+    assert r.returncode != 0
+    assert re.search(r"\n\w*Error: .*cannot write checkpoint .*checkpoint.pth: \[Errno 27\] File too large"
+                     r".*the previous checkpoint.pth is kept", r.stderr), r.stderr[-3000:]
+    assert (out / "checkpoint.pth").read_bytes() == before
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".tmp.")]
+    engine.read_checkpoint(out / "checkpoint.pth")
+    r = run_stage(_train_cmd("unet", prepared_cache, out, "--checkpoint-every-steps", "0"))  # space again
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert lio.read_json(out / "meta.json")["status"] == "done"
+
+
+def test_read_only_out_dir_stops_training_with_a_clear_error(prepared_cache, tmp_path):
+    if not read_only_dirs_work(tmp_path):
+        pytest.skip("directory permissions do not bind this user here (root without a droppable "
+                    "CAP_DAC_OVERRIDE)")
+    out = tmp_path / "run"
+    _reference_run("unet", prepared_cache, out, "--stop-after-epoch", "1")
+    before = snapshot_files(out)
+    out.chmod(0o555)
+    try:
+        r = run_stage(_train_cmd("unet", prepared_cache, out, "--checkpoint-every-steps", "0"),
+                      preexec_fn=without_root_override())
+    finally:
+        out.chmod(0o755)
+    assert r.returncode != 0
+    assert re.search(rf"\n\w*Error: .*--out-dir {re.escape(str(out))} is not writable: Permission denied",
+                     r.stderr), r.stderr[-3000:]
+    assert snapshot_files(out) == before
+
+
+def _small_checkpoint(path):
+    from lib.models import default_config
+
+    ckpt = {"format": engine.CHECKPOINT_FORMAT, "config": default_config("unet", encoder="resnet18"),
+            "model": {"w": torch.randn(64, 8), "b": torch.zeros(8, dtype=torch.bfloat16), "n": torch.tensor(3)},
+            "optimizer": {"state": {0: {"step": torch.tensor(2.0), "exp_avg": torch.randn(64, 8)}},
+                          "param_groups": [{"lr": 1e-3, "params": [0]}]},
+            "epoch": 1, "global_step": 4, "rng": {"torch": torch.get_rng_state()}, "labels": ["a", "b"]}
+    engine.save_checkpoint(path, ckpt)
+    return path
+
+
+@pytest.mark.parametrize("n", fuzz_sizes())
+def test_fuzz_tampered_checkpoints_fail_safely(n, tmp_path):
+    """Random byte edits, block overwrites and truncations of a saved checkpoint: read_checkpoint either
+    returns exactly the saved content or raises ValueError naming the file - never wrong weights, never
+    another exception."""
+    path = _small_checkpoint(tmp_path / "ck.pth")
+    blob = path.read_bytes()
+    want = engine.state_digest(engine.read_checkpoint(path))
+    rng = np.random.default_rng(0)
+    seen = {"refused": 0, "intact": 0}
+    bad = tmp_path / "bad.pth"
+    for i in range(n):
+        b = bytearray(blob)
+        kind = i % 3
+        if kind == 0:
+            for _ in range(rng.integers(1, 4)):
+                b[rng.integers(0, len(b))] = rng.integers(0, 256)
+        elif kind == 1:
+            pos = rng.integers(0, len(b))
+            b[pos:pos + 16] = rng.bytes(16)
+        else:
+            b = b[: rng.integers(0, len(b))]
+        if bytes(b) == blob:
+            continue
+        bad.write_bytes(bytes(b))
+        try:
+            got = engine.read_checkpoint(bad)
+        except ValueError as e:
+            assert str(bad) in str(e)
+            seen["refused"] += 1
+        else:
+            assert engine.state_digest(got) == want  # the edit hit bytes that do not matter (zip padding)
+            seen["intact"] += 1
+    assert seen["refused"] + seen["intact"] >= n * 0.99 and seen["refused"] > n * 0.5
+    print(f"tampered checkpoints: {seen}")
+
+
+def test_a_modified_weight_in_a_real_checkpoint_is_refused(prepared_cache, tmp_path):
+    out = tmp_path / "run"
+    _run("unet", prepared_cache, out, "--val-every", "0")
+    raw = torch.load(out / "checkpoint.pth", weights_only=True)
+    name = next(k for k, v in raw["model"].items() if v.is_floating_point() and v.numel() > 100)
+    raw["model"][name].view(-1)[7] += 1.0  # a silent edit: torch.load alone cannot tell
+    torch.save(raw, tmp_path / "edited.pth")
+    assert torch.load(tmp_path / "edited.pth", weights_only=True)["model"][name].view(-1)[7] != 0
+    with pytest.raises(ValueError, match="edited.pth: checkpoint content does not match its digest"):
+        engine.load_checkpoint(tmp_path / "edited.pth")
+    raw.pop("digest")  # a digest is required from format /2 on ...
+    torch.save(raw, tmp_path / "stripped.pth")
+    with pytest.raises(ValueError, match="stripped.pth: checkpoint of format .*/2' has no digest"):
+        engine.load_checkpoint(tmp_path / "stripped.pth")
+    raw["format"] = "imat-train-checkpoint/1"  # ... files of format /1 (before digests) still load
+    torch.save(raw, tmp_path / "legacy.pth")
+    engine.load_checkpoint(tmp_path / "legacy.pth")
+
+
+def test_no_pickle_anywhere_and_every_torch_load_is_weights_only():
+    """Every .py file and notebook code cell of the repo: no pickle-based loading, and each torch.load call
+    passes weights_only=True."""
+    import json
+
+    banned = re.compile(r"^\s*(import|from)\s+(pickle|cPickle|dill|cloudpickle|joblib|shelve|marshal)\b|"
+                        r"\b(pickle|dill|cloudpickle|joblib|marshal)\.loads?\(|read_pickle\(|"
+                        r"allow_pickle\s*=\s*True|weights_only\s*=\s*False", re.M)
+    files = [p for p in list(REPO.rglob("*.py")) + list(REPO.rglob("*.ipynb"))
+             if not any(part.startswith(".") or part in ("work", "data") for part in p.relative_to(REPO).parts)]
+    assert len(files) > 20
+    n_loads = 0
+    for p in files:
+        text = p.read_text()
+        if p.suffix == ".ipynb":
+            text = "\n".join("".join(c["source"]) for c in json.loads(text)["cells"] if c["cell_type"] == "code")
+        if p.name == "test_engine.py":  # leave out this test's own patterns
+            text = re.sub(r"def test_no_pickle_anywhere.*?(?=\ndef )", "", text, flags=re.S)
+        m = banned.search(text)
+        assert m is None, f"{p.relative_to(REPO)}: {m.group(0)!r}"
+        for call in re.finditer(r"torch\.load\(", text):
+            depth, j = 1, call.end()
+            while depth and j < len(text):
+                depth += {"(": 1, ")": -1}.get(text[j], 0)
+                j += 1
+            assert "weights_only=True" in text[call.end():j], f"{p.relative_to(REPO)}: {text[call.start():j]}"
+            n_loads += 1
+    assert n_loads >= 5
+
+
+def test_same_seed_gives_the_same_first_epoch_losses_on_cpu(prepared_cache, tmp_path):
+    common = ["--val-every", "0", "--max-steps-per-epoch", "3", "--warmup-steps", "1", "--lr", "1e-3"]
+    runs = {}
+    for name, seed in (("a", "5"), ("b", "5"), ("c", "6")):
+        _run("unet", prepared_cache, tmp_path / name, *common, "--seed", seed)
+        runs[name] = [r["loss"] for r in lio.read_jsonl(tmp_path / name / "metrics.jsonl") if r["kind"] == "train"]
+    assert len(runs["a"]) == 3 and runs["a"] == runs["b"]  # bit-identical
+    assert runs["c"] != runs["a"]
+    digest = lambda d: hashlib.sha256(b"".join(  # noqa: E731
+        v.numpy().tobytes() for v in torch.load(d / "checkpoint.pth", weights_only=True)["model"].values())).hexdigest()
+    assert digest(tmp_path / "a") == digest(tmp_path / "b")

@@ -39,3 +39,64 @@ def test_jsonl_skips_torn_last_line(tmp_path):
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(ValueError, match="bad.json: not valid JSON"):
         lio.read_json(tmp_path / "bad.json")
+
+
+# ------------------------------------------------------------------ reliability (docs/RELIABILITY.md)
+def test_append_after_a_torn_line_keeps_the_new_record(tmp_path):
+    p = tmp_path / "m.jsonl"
+    lio.append_jsonl(p, {"a": 1})
+    with open(p, "ab") as f:
+        f.write(b'{"a": 2, "b": "\xc3')  # killed mid-write, even inside a multi-byte character
+    lio.append_jsonl(p, {"a": 3})
+    lio.append_jsonl(p, {"a": 4})
+    assert lio.read_jsonl(p) == [{"a": 1}, {"a": 3}, {"a": 4}]
+
+
+def test_remove_temp_files_takes_only_atomic_temporaries(tmp_path):
+    (tmp_path / ".tmp.ann.x1.json").write_text("{")
+    (tmp_path / ".tmp.checkpoint.y.pth").write_bytes(b"\0")
+    (tmp_path / "a.json").write_text("{}")
+    (tmp_path / ".hidden").write_text("")
+    (tmp_path / ".tmp.dir").mkdir()
+    gone = lio.remove_temp_files(tmp_path)
+    assert sorted(p.name for p in gone) == [".tmp.ann.x1.json", ".tmp.checkpoint.y.pth"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".hidden", ".tmp.dir", "a.json"]
+    assert lio.remove_temp_files(tmp_path / "missing") == []
+
+
+def test_atomic_write_on_a_full_disk_raises_and_keeps_the_old_file(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO, file_size_limit
+
+    p = tmp_path / "a.bin"
+    p.write_bytes(b"old")
+    code = f"from lib import io as lio; lio.atomic_write_bytes({str(p)!r}, b'x' * 100000)"
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                       preexec_fn=file_size_limit(10000))
+    assert r.returncode != 0 and "OSError: [Errno 27] File too large" in r.stderr
+    assert p.read_bytes() == b"old" and [q.name for q in tmp_path.iterdir()] == ["a.bin"]
+
+
+def test_atomic_write_when_fsync_reports_no_space(tmp_path, monkeypatch):
+    import errno
+
+    p = tmp_path / "a.json"
+    lio.atomic_write_json(p, {"v": 1})
+
+    def no_space(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(lio.os, "fsync", no_space)
+    with pytest.raises(OSError, match="No space left"):
+        lio.atomic_write_json(p, {"v": 2})
+    assert lio.read_json(p) == {"v": 1} and [q.name for q in tmp_path.iterdir()] == ["a.json"]
+
+
+def test_lock_dir_is_exclusive_and_released_by_close(tmp_path):
+    first = lio.lock_dir(tmp_path, "test run")
+    with pytest.raises(RuntimeError, match=r"in use by another test run .*\.lock"):
+        lio.lock_dir(tmp_path, "test run")
+    first.close()
+    lio.lock_dir(tmp_path).close()

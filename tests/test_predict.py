@@ -399,3 +399,83 @@ def test_predicted_masks_land_in_the_original_frame(synthetic_data_dir, long_sid
     s = lsub.score_table(table, gt_csv, {"score_thresh": 0.0, "nms_iou": 1.0, "overlap": "none", "min_area": 0},
                          mask_size=mask_size or None, per_class=False, coco=False, progress=False)
     assert s["num_images"] == 3 and s["kaggle"] > expect, s["kaggle"]
+
+
+# --------------------------------------------------------------------------------------------- reliability
+# (docs/RELIABILITY.md) SIGKILL of a running 05 and rerun; full disk.
+from conftest import file_size_limit, kill_when, run_stage, snapshot_files  # noqa: E402
+
+
+def _cmd05(ckpt, data, out, *extra):
+    return ["python", REPO / "05_predict.py", "--checkpoints", ckpt, "--data-dir", data, "--out-dir", out,
+            "--workers", "0", "--batch-size", "1", "--shard-size", "1", "--mask-size", "64", "--score-floor", "0",
+            "--device", "cpu", "--threads", "1", "--no-progress", *extra]
+
+
+def _run05_here(ckpt, data, out, **kw):
+    """The same run as :func:`_cmd05`, in this process."""
+    return _run(out, ckpt, data, batch_size=1, shard_size=1, mask_size=64, device="cpu", threads=1, **kw)
+
+
+@pytest.fixture(scope="module")
+def clean05(tiny_maskrcnn, synthetic_data_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("clean05") / "pred"
+    _run05_here(tiny_maskrcnn, synthetic_data_dir, out)
+    return out
+
+
+def _same_predictions(a, b):
+    pd.testing.assert_frame_equal(lpred.read_table(a / "predictions.parquet"),
+                                  lpred.read_table(b / "predictions.parquet"))
+    pd.testing.assert_frame_equal(pd.read_parquet(a / "images.parquet"), pd.read_parquet(b / "images.parquet"))
+    assert json.loads((b / "meta.json").read_text())["status"] == "done"
+    assert not (b / "shards").exists() and not [p for p in b.iterdir() if p.name.startswith(".tmp.")]
+
+
+@pytest.mark.parametrize("kills, n_test", [pytest.param(2, 0, id="2kills"),
+                                           pytest.param(12, 16, id="12kills", marks=pytest.mark.long)])
+def test_sigkill_during_05_then_rerun_equals_an_uninterrupted_run(tmp_path, tiny_maskrcnn, synthetic_data_dir,
+                                                                  clean05, kills, n_test):
+    """SIGKILL 05 at random moments after its first shard, rerun the same command each time; the final
+    prediction table equals an uninterrupted run's, and no half-written shard is ever taken as done."""
+    data, clean = synthetic_data_dir, clean05
+    if n_test:
+        from lib import synthetic
+
+        data, clean = tmp_path / "data", tmp_path / "clean"
+        synthetic.generate_dataset(data, n_train=1, n_test=n_test, seed=2, min_side=128, max_side=192,
+                                   progress=False)
+        _run05_here(tiny_maskrcnn, data, clean)
+    out = tmp_path / "killed"
+    rng = np.random.default_rng(kills)
+    hit = 0
+    for _ in range(kills):
+        shards = out / "shards"
+        n_done = len(list(shards.glob("images-*"))) if shards.is_dir() else 0
+        ready = lambda: shards.is_dir() and len(list(shards.glob("images-*"))) > n_done  # noqa: E731
+        hit += kill_when(_cmd05(tiny_maskrcnn, data, out), ready, delay=float(rng.uniform(0, 0.05)))
+        if json.loads((out / "meta.json").read_text()).get("status") == "done":
+            break
+        for f in shards.glob("images-*.parquet"):  # every shard marked done is complete and readable
+            assert (shards / f.name.replace("images-", "part-")).is_file()
+            lpred.read_table(shards / f.name.replace("images-", "part-"))
+    assert hit >= max(1, kills // 2)
+    _run05_here(tiny_maskrcnn, data, out)  # the rerun (same configuration, so it resumes the shards)
+    _same_predictions(clean, out)
+    print(f"05 SIGKILL: {hit} kills, then rerun: identical prediction table")
+
+
+def test_disk_full_during_05_stops_with_a_clear_error_and_resumes(tmp_path, tiny_maskrcnn, synthetic_data_dir,
+                                                                  clean05):
+    out = tmp_path / "out"
+    _run05_here(tiny_maskrcnn, synthetic_data_dir, out, stop_after=1)
+    before = snapshot_files(out)
+    r = run_stage(_cmd05(tiny_maskrcnn, synthetic_data_dir, out), preexec_fn=file_size_limit(6000))
+    assert r.returncode != 0
+    assert "File too large" in r.stderr.strip().splitlines()[-1], r.stderr[-2000:]
+    after = snapshot_files(out)
+    assert not [k for k in after if ".tmp." in k]
+    assert {k: v for k, v in after.items() if k != "meta.json"} == {k: v for k, v in before.items() if k != "meta.json"}
+    assert not (out / "predictions.parquet").exists()
+    _run05_here(tiny_maskrcnn, synthetic_data_dir, out)  # space again: resumes
+    _same_predictions(clean05, out)

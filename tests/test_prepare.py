@@ -53,7 +53,7 @@ def test_resume_after_interruption_equals_clean_run(synthetic_data_dir, tmp_path
     (part / "ann" / ".tmp.partial.json").write_text("{")
     (part / "meta.json").unlink()
     prepare.prepare_dataset(synthetic_data_dir, part, long_side=128, workers=2, progress=False)
-    (part / "ann" / ".tmp.partial.json").unlink()
+    assert not (part / "ann" / ".tmp.partial.json").exists()  # a killed run's temporary file is removed
     assert _snapshot(part) == _snapshot(clean)
 
 
@@ -141,3 +141,279 @@ def test_real_images_through_01(shared_data, tmp_path):
         for r, m in zip(rows, masks):
             want = data.resize_mask(rle.decode(r.rle, (r.height, r.width)), (rec["height"], rec["width"]))
             np.testing.assert_array_equal(m, want)
+
+
+# ------------------------------------------------------------------ reliability (docs/RELIABILITY.md)
+import importlib.util  # noqa: E402
+import os  # noqa: E402
+
+import cv2  # noqa: E402
+
+from conftest import (REPO, TINY_LONG_SIDE, file_size_limit, kill_when, read_only_dirs_work, run_stage,  # noqa: E402
+                      snapshot_files, without_root_override)
+
+
+def _script01():
+    spec = importlib.util.spec_from_file_location("prepare_script", REPO / "01_prepare_data.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _save(path, rgb, fmt="JPEG", mode=None, exif_orientation=None):
+    from PIL import Image
+
+    im = Image.fromarray(rgb)
+    if mode:
+        im = im.convert(mode)
+    kw = {"quality": 95} if fmt == "JPEG" else {}
+    if exif_orientation:
+        ex = Image.Exif()
+        ex[0x0112] = exif_orientation
+        kw["exif"] = ex.tobytes()
+    im.save(path, fmt, **kw)
+
+
+def make_bad_data_dir(src, dst):
+    """A copy of the synthetic set with one case of every kind of bad (or merely unusual) input.
+
+    Returns (cases, df): ``cases[name] = image_id``, ``df`` the rewritten train.csv (row i = line i + 2).
+    """
+    shutil.copytree(src, dst)
+    df = pd.read_csv(dst / "train.csv", dtype={"ClassId": str})
+    ids = sorted(df["ImageId"].unique())
+    names = ["png_as_jpg", "grayscale", "cmyk", "png16_as_jpg", "exif_rotated", "truncated", "zero_bytes",
+             "missing_file", "exif_size_swapped", "bad_rows"]
+    cases = dict(zip(names, ids))
+    tr = dst / "train"
+    rgb = lambda i: data.read_image(tr / i)  # noqa: E731
+    _save(tr / cases["png_as_jpg"], rgb(cases["png_as_jpg"]), fmt="PNG")
+    _save(tr / cases["grayscale"], rgb(cases["grayscale"]), mode="L")
+    _save(tr / cases["cmyk"], rgb(cases["cmyk"]), mode="CMYK")
+    img16 = rgb(cases["png16_as_jpg"])[..., ::-1].astype(np.uint16) * 257
+    assert cv2.imwrite(str(tr / cases["png16_as_jpg"]) + ".png", img16)
+    os.replace(str(tr / cases["png16_as_jpg"]) + ".png", tr / cases["png16_as_jpg"])
+    _save(tr / cases["exif_rotated"], rgb(cases["exif_rotated"]), exif_orientation=6)
+    blob = (tr / cases["truncated"]).read_bytes()
+    (tr / cases["truncated"]).write_bytes(blob[: len(blob) // 2])
+    (tr / cases["zero_bytes"]).write_bytes(b"")
+    (tr / cases["missing_file"]).unlink()
+    swapped = rgb(cases["exif_size_swapped"])  # stored array is H x W; the CSV says the rotated W x H
+    _save(tr / cases["exif_size_swapped"], swapped, exif_orientation=6)
+    sel = df["ImageId"] == cases["exif_size_swapped"]
+    df.loc[sel, ["Height", "Width"]] = df.loc[sel, ["Width", "Height"]].to_numpy()
+    # bad rows of an otherwise good image: size disagreeing, RLE past the image, unknown ClassId, a duplicate
+    rows = df.index[df["ImageId"] == cases["bad_rows"]]
+    assert len(rows) >= 4
+    h, w = int(df.at[rows[0], "Height"]), int(df.at[rows[0], "Width"])
+    df.loc[rows[0], "Height"] = h + 1
+    df.loc[rows[1], "EncodedPixels"] = f"{h * w - 2} 5"
+    df.loc[rows[2], "ClassId"] = "46_3"
+    df = pd.concat([df.loc[: rows[3]], df.loc[[rows[3]]], df.loc[rows[3] + 1:]]).reset_index(drop=True)
+    df.to_csv(dst / "train.csv", index=False)
+    return cases, df
+
+
+def test_bad_data_each_case_reported_and_every_good_image_prepared(synthetic_data_dir, prepared_cache, tmp_path,
+                                                                   capsys):
+    src = tmp_path / "bad"
+    cases, df = make_bad_data_dir(synthetic_data_dir, src)
+    before = snapshot_files(src)
+    out = tmp_path / "out"
+    mod = _script01()
+    argv = ["--data-dir", str(src), "--out-dir", str(out), "--long-side", str(TINY_LONG_SIDE), "--workers", "1",
+            "--no-progress"]
+    assert mod.main(mod.get_args_parser().parse_args(argv)) == 0
+    summary = capsys.readouterr()
+    assert snapshot_files(src) == before  # the input is never modified
+    meta = cache.load_meta(out)
+    skipped = ["truncated", "zero_bytes", "missing_file", "exif_size_swapped"]
+    n_all = df["ImageId"].nunique()
+    assert meta["num_images_skipped"] == len(skipped) and meta["num_images"] == n_all - len(skipped)
+    assert f"{len(skipped)} images skipped, {meta['num_problems']} problems" in summary.err
+    assert f"prepared {n_all - len(skipped)} of {n_all} images" in summary.out
+
+    probs = pd.read_csv(out / "problems.csv")
+    assert len(probs) == meta["num_problems"]
+
+    def reasons(case):
+        p = probs[probs["image_id"] == cases[case]]
+        return list(zip(p["file"], p["row"], p["reason"]))
+
+    img_file = lambda case: str(src / "train" / cases[case])  # noqa: E731
+    first_row = lambda case: int(df.index[df["ImageId"] == cases[case]][0]) + 2  # noqa: E731
+    for case, why in [("truncated", "truncated JPEG"), ("zero_bytes", "empty (0 bytes)"),
+                      ("missing_file", "image file not found")]:
+        (f, row, reason), = reasons(case)
+        assert f == img_file(case) and row == first_row(case) and why in reason and "skipped" in reason
+    swapped = reasons("exif_size_swapped")
+    n_rows = int((df["ImageId"] == cases["exif_size_swapped"]).sum())
+    assert len(swapped) == n_rows + 1 and all("swapped" in r for _, _, r in swapped[:-1])
+    bad = {row: reason for f, row, reason in reasons("bad_rows")}
+    rows = [int(i) + 2 for i in df.index[df["ImageId"] == cases["bad_rows"]]]
+    assert len(bad) == 4 and "disagree with the image" in bad[rows[0]] and "past the" in bad[rows[1]]
+    assert "unknown category 46" in bad[rows[2]] and bad[rows[4]] == f"duplicate of row {rows[3]}"
+    assert all(f.endswith("train.csv") for f, _, _ in reasons("bad_rows"))
+
+    # every good image is prepared, with the masks of a clean run (bad rows dropped)
+    for case in ["png_as_jpg", "grayscale", "cmyk", "png16_as_jpg", "exif_rotated", "bad_rows"]:
+        got, ref = cache.read_ann(out, cases[case]), cache.read_ann(prepared_cache, cases[case])
+        keep = [i for i in ref["instances"] if i["row"] not in (rows[0], rows[1], rows[2])] \
+            if case == "bad_rows" else ref["instances"]
+        strip = lambda insts: [{k: v for k, v in i.items() if k != "row"} for i in insts]  # noqa: E731
+        assert strip(got["instances"]) == strip(keep), case
+        a = data.read_image(cache.image_path(out, cases[case])).astype(int)
+        b = data.read_image(cache.image_path(prepared_cache, cases[case])).astype(int)
+        if case == "grayscale":
+            assert (a[..., 0] == a[..., 1]).all() and (a[..., 1] == a[..., 2]).all()
+            b = b.mean(axis=2, keepdims=True)
+        assert a.shape[:2] == b.shape[:2] and np.abs(a - b).mean() < 6, case
+    assert set(df["ImageId"]) == set(cases.values())  # every image of the set is one of the cases
+
+    # --strict: the same run fails (exit 1) because something was skipped
+    assert mod.main(mod.get_args_parser().parse_args(argv + ["--strict"])) == 1
+
+
+def test_bad_train_csv_or_labels_stop_01_with_a_clear_error(tmp_path, synthetic_data_dir):
+    mod = _script01()
+    src = tmp_path / "d"
+    shutil.copytree(synthetic_data_dir, src, ignore=shutil.ignore_patterns("train", "test"))
+    run = lambda: mod.main(mod.get_args_parser().parse_args(  # noqa: E731
+        ["--data-dir", str(src), "--out-dir", str(tmp_path / "out"), "--workers", "1", "--no-progress"]))
+    (src / "train.csv").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"train.csv: file is empty \(expected the header"):
+        run()
+    (src / "train.csv").write_text("ImageId,EncodedPixels,Height,Width,ClassId\n\n")
+    with pytest.raises(ValueError, match=r"train.csv: no data rows"):
+        run()
+    (src / "train.csv").write_text("ImageId,EncodedPixels,Height,Width,ClassId\na.jpg,1 1,4,4,6\n")
+    with pytest.raises(ValueError, match=r"none of the 1 images could be prepared .*problems.csv"):
+        run()  # no train/ folder: the one image is missing
+    assert "image file not found" in (tmp_path / "out" / "problems.csv").read_text()
+    assert not (tmp_path / "out" / "meta.json").exists()
+    (src / "label_descriptions.json").unlink()
+    with pytest.raises(FileNotFoundError, match="label file not found"):
+        run()
+
+
+def test_image_ids_that_are_paths_or_share_a_stem_are_skipped(tmp_path, synthetic_data_dir):
+    src = tmp_path / "d"
+    shutil.copytree(synthetic_data_dir, src)
+    df = pd.read_csv(src / "train.csv", dtype={"ClassId": str})
+    first = sorted(df["ImageId"].unique())[0]
+    twin = first.replace(".jpg", ".png")
+    shutil.copy(src / "train" / first, src / "train" / twin)
+    extra = df[df["ImageId"] == first].assign(ImageId=twin)
+    path_id = df[df["ImageId"] == first].assign(ImageId=f"../train/{first}")
+    pd.concat([df, extra, path_id]).to_csv(src / "train.csv", index=False)
+    meta = prepare.prepare_dataset(src, tmp_path / "out", long_side=64, workers=1, progress=False)
+    probs = pd.read_csv(tmp_path / "out" / "problems.csv")
+    probs = probs[probs["reason"].str.contains("ImageId")]
+    assert meta["num_images_skipped"] == 2 and len(probs) == 2
+    assert set(probs["image_id"]) == {twin, f"../train/{first}"}
+    assert probs["reason"].str.contains("same file stem|not a plain file name").all()
+    assert cache.read_ann(tmp_path / "out", first)["image_id"] == first
+
+
+def test_rerun_with_other_settings_redoes_images_and_meta_marks_completion(synthetic_data_dir, tmp_path):
+    out = tmp_path / "out"
+    prepare.prepare_dataset(synthetic_data_dir, out, long_side=96, workers=1, progress=False)
+    prepare.prepare_dataset(synthetic_data_dir, out, long_side=64, workers=1, progress=False)
+    index = cache.load_index(out)
+    assert index[["height", "width"]].max().max() == 64  # no record of the 96 px run is reused
+    assert all(cache.read_ann(out, i)["settings"]["long_side"] == 64 for i in index["image_id"])
+    (out / "meta.json").unlink()  # what a run killed before its end leaves
+    with pytest.raises(FileNotFoundError, match="cache is incomplete"):
+        cache.load_index(out)
+
+
+def _cmd01(src, out, *extra):
+    return ["python", REPO / "01_prepare_data.py", "--data-dir", src, "--out-dir", out, "--long-side", "96",
+            "--workers", "1", "--no-progress", *extra]
+
+
+@pytest.mark.parametrize("kills, workers, n_images", [
+    pytest.param(4, 1, 0, id="4kills"),
+    pytest.param(25, 2, 60, id="25kills-2workers", marks=pytest.mark.long)])
+def test_sigkill_during_01_then_rerun_equals_an_uninterrupted_run(synthetic_data_dir, tmp_path, kills, workers,
+                                                                  n_images):
+    """SIGKILL 01 (its whole process group) at random moments after it starts writing, rerun the same
+    command each time, and finally compare every output file with an uninterrupted run."""
+    src = synthetic_data_dir
+    if n_images:
+        from lib import synthetic
+
+        src = tmp_path / "data"
+        synthetic.generate_dataset(src, n_train=n_images, n_test=1, seed=1, min_side=256, max_side=384,
+                                   progress=False)
+    clean, out = tmp_path / "clean", tmp_path / "killed"
+    assert run_stage(_cmd01(src, clean)).returncode == 0
+    rng = np.random.default_rng(kills)
+    hit = 0
+    ann = out / "ann"
+    for k in range(kills):
+        n_before = len(list(ann.glob("*"))) if ann.is_dir() else 0
+        ready = lambda: ann.is_dir() and len(list(ann.glob("*"))) > n_before  # noqa: E731
+        hit += kill_when(_cmd01(src, out, "--workers", str(workers)), ready, delay=float(rng.uniform(0, 0.02)))
+        if (out / "meta.json").exists():
+            break
+    assert hit >= min(kills // 2, 10)
+    r = run_stage(_cmd01(src, out))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert _snapshot(out) == _snapshot(clean)
+    print(f"01 SIGKILL: {hit} kills of a running 01, then rerun: identical cache")
+
+
+def test_disk_full_during_01_stops_with_a_clear_error_and_keeps_the_cache(synthetic_data_dir, tmp_path):
+    clean = tmp_path / "clean"
+    assert run_stage(_cmd01(synthetic_data_dir, clean)).returncode == 0
+    out = tmp_path / "out"
+    shutil.copytree(clean, out)
+    for p in sorted((out / "ann").glob("*.json"))[:3]:  # three images still to do
+        p.unlink()
+    before = snapshot_files(out)
+    r = run_stage(_cmd01(synthetic_data_dir, out), preexec_fn=file_size_limit(1500))  # JPEGs are larger
+    assert r.returncode != 0
+    last = r.stderr.strip().splitlines()[-1]
+    assert "File too large" in last and "cannot write" in last and str(out) in last, last
+    after = snapshot_files(out)
+    assert not any(".tmp." in k for k in after)  # no temporary file left
+    assert {k: v for k, v in after.items() if k != "meta.json"} == \
+        {k: v for k, v in before.items() if k != "meta.json"}  # nothing finished was altered
+    assert "meta.json" not in after  # the cache is not marked complete
+    assert run_stage(_cmd01(synthetic_data_dir, out)).returncode == 0  # space again: resumes
+    assert _snapshot(out) == _snapshot(clean)
+
+
+def test_read_only_out_dir_stops_01_with_a_clear_error(synthetic_data_dir, tmp_path):
+    if not read_only_dirs_work(tmp_path):
+        pytest.skip("directory permissions do not bind this user here (root without a droppable "
+                    "CAP_DAC_OVERRIDE)")
+    out = tmp_path / "out"
+    assert run_stage(_cmd01(synthetic_data_dir, out)).returncode == 0
+    for p in sorted((out / "ann").glob("*.json"))[:2]:
+        p.unlink()
+    before = snapshot_files(out)
+    for d in (out, out / "ann", out / "images"):
+        d.chmod(0o555)
+    try:
+        r = run_stage(_cmd01(synthetic_data_dir, out), preexec_fn=without_root_override())
+    finally:
+        for d in (out, out / "ann", out / "images"):
+            d.chmod(0o755)
+    assert r.returncode != 0
+    last = r.stderr.strip().splitlines()[-1]
+    assert "Permission denied" in last and "cannot write" in last, last
+    assert snapshot_files(out) == before
+
+
+def test_a_second_01_on_the_same_out_dir_is_refused_while_one_runs(synthetic_data_dir, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    held = lio.lock_dir(out, "01_prepare_data run")  # what a running 01 (or its orphaned workers) holds
+    try:
+        with pytest.raises(RuntimeError, match="in use by another 01_prepare_data run"):
+            prepare.prepare_dataset(synthetic_data_dir, out, long_side=64, workers=1, progress=False)
+        assert [p.name for p in out.iterdir()] == [".lock"]  # nothing touched
+    finally:
+        held.close()

@@ -1,7 +1,7 @@
 """lib/rle.py: Kaggle RLE (1-indexed, column-major) encode/decode, strict parsing, pycocotools conversion."""
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from pycocotools import mask as mask_util
@@ -128,3 +128,105 @@ def test_uncompressed_coco_counts():
         {"size": [5, 6], "counts": [11, 3, 2, 3, 2, 3, 6]}, 5, 6)
     assert rle.from_coco({"size": [5, 6], "counts": [11, 3, 2, 3, 2, 3, 6]})[0] == s
     assert rle.from_coco(counts)[0] == s
+
+
+# ------------------------------------------------------------------ fuzzing (docs/RELIABILITY.md)
+from conftest import fuzz_sizes  # noqa: E402
+
+_WS = " \t\r\n"
+
+
+def reference_decode(s: str, shape: tuple[int, int]) -> np.ndarray | None:
+    """Straightforward reading of the RLE grammar: the mask, or None when the string or shape is invalid."""
+    h, w = shape
+    if not (isinstance(h, int) and isinstance(w, int) and h >= 0 and w >= 0):
+        return None
+    if any(c not in "0123456789" + _WS for c in s):
+        return None
+    toks = [t for t in "".join(" " if c in _WS else c for c in s).split(" ") if t]
+    if any(len(t) > 15 for t in toks) or len(toks) % 2:
+        return None
+    vals = [int(t) for t in toks]
+    flat = np.zeros(h * w, np.uint8)
+    end = 0  # exclusive end of the previous run, 1-indexed
+    for start, length in zip(vals[0::2], vals[1::2]):
+        if start < 1 or length < 1 or start <= end or start + length - 1 > h * w:
+            return None
+        flat[start - 1:start - 1 + length] = 1
+        end = start + length
+    return flat.reshape(w, h).T
+
+
+def _runs_text(draw, n_pixels):
+    """A mostly-valid run list over ``n_pixels``, then mutated, joined with random whitespace."""
+    cuts = sorted(set(draw(st.lists(st.integers(0, n_pixels + 2), max_size=10))))
+    vals = []
+    for a, b in zip(cuts[0::2], cuts[1::2]):
+        vals += [a + 1, b - a]
+    if vals and draw(st.booleans()):
+        i = draw(st.integers(0, len(vals) - 1))
+        vals[i] = draw(st.sampled_from([0, -1, vals[i] + 1, vals[i] - 1, 10**15, 10**16, 2**63]))
+    if vals and draw(st.integers(0, 4)) == 0:
+        vals.pop(draw(st.integers(0, len(vals) - 1)))  # odd count
+    if len(vals) >= 4 and draw(st.integers(0, 4)) == 0:
+        vals[0:2], vals[2:4] = vals[2:4], vals[0:2]  # unsorted
+    seps = draw(st.lists(st.sampled_from([" ", "  ", "\t", "\r\n", "\n", "\x0b", "\xa0", ",", "  "]),
+                         min_size=len(vals) + 1, max_size=len(vals) + 1))
+    return seps[0] + "".join(str(v) + sep for v, sep in zip(vals, seps[1:]))
+
+
+@st.composite
+def rle_cases(draw):
+    shape = draw(st.one_of(st.tuples(st.integers(0, 24), st.integers(0, 24)),
+                           st.tuples(st.integers(-3, 3), st.integers(-3, 30))))
+    n = max(shape[0], 0) * max(shape[1], 0)
+    kind = draw(st.integers(0, 3))
+    if kind <= 1:
+        text = _runs_text(draw, n)
+    elif kind == 2:
+        text = draw(st.text(alphabet="0123456789 \t\r\n-+.e_x\x00", max_size=40))
+    else:
+        text = draw(st.text(max_size=30))
+    return text, shape
+
+
+def test_fuzz_reference_decoder_agrees_on_known_cases():
+    assert reference_decode("1 2 6 1 8 2", (3, 3)).sum() == 5
+    assert reference_decode("1 2 3 1", (3, 3)) is None  # touching runs
+    assert reference_decode("1\x0b2", (3, 3)) is None
+    np.testing.assert_array_equal(reference_decode("2 2", (2, 2)), rle.decode("2 2", (2, 2)))
+
+
+@pytest.mark.parametrize("n", fuzz_sizes())
+def test_fuzz_decoder_returns_the_right_mask_or_a_value_error(n):
+    """Generated strings and shapes: a valid one decodes to the reference mask (and re-encodes to the same
+    runs); anything else raises ValueError with a message. No other exception, no wrong mask, no hang."""
+    import time as _time
+
+    seen = {"valid": 0, "rejected": 0}
+
+    @settings(max_examples=n, deadline=None, database=None, derandomize=True,
+              suppress_health_check=list(HealthCheck))
+    @given(rle_cases())
+    def check(case):
+        text, shape = case
+        want = reference_decode(text, shape)
+        t0 = _time.perf_counter()
+        try:
+            got = rle.decode(text, shape)
+        except ValueError as e:
+            assert want is None, f"valid {text!r} at {shape} rejected: {e}"
+            assert str(e)
+            seen["rejected"] += 1
+        else:
+            assert want is not None, f"invalid {text!r} at {shape} decoded to a mask"
+            assert got.shape == tuple(shape) and got.dtype == np.uint8
+            np.testing.assert_array_equal(got, want)
+            assert rle.decode(rle.encode(got), shape).tolist() == got.tolist()
+            seen["valid"] += 1
+        assert _time.perf_counter() - t0 < 5.0
+
+    check()
+    assert seen["valid"] + seen["rejected"] >= n
+    assert seen["valid"] >= n // 20 and seen["rejected"] >= n // 4, seen  # both outcomes are exercised
+    print(f"rle decoder fuzz: {seen}")

@@ -1,7 +1,9 @@
 """Tests for lib/submission.py (post-processing, submission building/validation, scoring, tuning) and 06."""
 from __future__ import annotations
 
+import csv
 import importlib.util
+import io
 import json
 from pathlib import Path
 
@@ -12,10 +14,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import fuzz_sizes, run_stage, snapshot_files
 from lib import predictions as lpred
 from lib import rle as lrle
 from lib import submission as lsub
 from lib.data import SUBMISSION_COLUMNS, resize_mask
+from lib.labels import parse_class_id
 
 REPO = Path(__file__).resolve().parents[1]
 S = 32  # mask side of most tests
@@ -290,17 +294,36 @@ def random_tables(draw):
                   mask_thresh=draw(st.sampled_from([0.0, 0.2, 0.45])),
                   nms_iou=draw(st.sampled_from([0.0, 0.3, 1.0])), min_area=draw(st.sampled_from([0, 1, 5])),
                   attributes=draw(st.sampled_from(["off", "on"])))
-    return lpred.make_table(rows), images_df(ids, 20, 30), params, draw(st.sampled_from([16, 32, None]))
+    return lpred.make_table(rows), images_df(ids, 20, 30), params, draw(st.sampled_from([FZ_S, 16, 32, None]))
 
 
-@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(random_tables())
-def test_property_build_submission_always_validates(case):
-    t, imgs, params, mask_size = case
-    sub = lsub.build_submission(t, imgs, params, mask_size, progress=False)
-    sizes = {i: (20, 30) for i in imgs["image_id"]}
-    assert lsub.validate_submission(sub, imgs["image_id"], mask_size, sizes) == []
-    assert set(sub["ImageId"]) == set(imgs["image_id"])
+@pytest.mark.parametrize("n", fuzz_sizes(ci=50))
+def test_property_build_submission_always_validates(n, tmp_path_factory):
+    """Random prediction tables and post-processing parameters: the submission built from them is valid,
+    and so is the file write_submission writes (checked again from disk by an independent reading)."""
+    d = tmp_path_factory.mktemp("prop")
+    seen = {"cases": 0, "rows": 0, "placeholders": 0}
+
+    @settings(max_examples=n, deadline=None, database=None, derandomize=True,
+              suppress_health_check=list(HealthCheck))
+    @given(random_tables())
+    def check(case):
+        t, imgs, params, mask_size = case
+        sub = lsub.build_submission(t, imgs, params, mask_size, progress=False)
+        sizes = {i: (20, 30) for i in imgs["image_id"]}
+        assert lsub.validate_submission(sub, imgs["image_id"], mask_size, sizes) == []
+        assert set(sub["ImageId"]) == set(imgs["image_id"])
+        path = lsub.write_submission(sub, d / "submission.csv", imgs["image_id"], mask_size, sizes)
+        assert lsub.validate_submission(path, imgs["image_id"], mask_size, sizes) == []
+        if mask_size == FZ_S:
+            assert reference_valid(path.read_bytes(), list(imgs["image_id"]), FZ_S)
+        seen["cases"] += 1
+        seen["rows"] += len(sub)
+        seen["placeholders"] += int((sub["ClassId"] == lsub.PLACEHOLDER[1]).sum())
+
+    check()
+    assert seen["cases"] >= n and seen["rows"] > seen["placeholders"] > 0
+    print(f"written submissions validate: {seen}")
 
 
 # ------------------------------------------------------------------ scoring and tuning
@@ -420,7 +443,7 @@ def test_make_submission_script_end_to_end(tmp_path, capsys):
     assert mod.main(mod.get_args_parser().parse_args(
         ["--predictions", str(pdir / "predictions.parquet"), "--ensemble-weights", "3", "1"] + base)) == 0
     scores = json.loads((out.parent / "scores.json").read_text())["scores"]
-    assert set(scores) == {"good", "bad", "ensemble"} and scores["bad"]["kaggle"] < scores["good"]["kaggle"]
+    assert {"good", "bad", "ensemble"} <= set(scores) and scores["bad"]["kaggle"] < scores["good"]["kaggle"]
     printed = capsys.readouterr().out
     assert "ensemble" in printed and "kaggle" in printed
     # --tune writes params.json, later runs load it.
@@ -453,3 +476,193 @@ def test_image_sizes_from_headers_match_decoded_real_images(tmp_path):
     for r in imgs.itertuples(index=False):
         assert (r.orig_height, r.orig_width) == read_image(tmp_path / "test" / r.image_id).shape[:2], r.image_id
     assert imgs.set_index("image_id").loc["00a8764cff12b2e849c850f4be5608bc.jpg"].tolist() == [3008, 2000]
+
+
+# ------------------------------------------------------------------ fuzzing and safety (docs/RELIABILITY.md)
+FZ_IDS = ["a.jpg", "b.jpg", "c.jpg"]  # test images of the fuzzed submissions
+FZ_S = 8  # their mask side
+
+
+def reference_valid(blob: bytes, expected=FZ_IDS, s=FZ_S) -> bool:
+    """Independent reading of the submission rules on raw bytes: pixel arrays, not runs, for overlaps."""
+    try:
+        text = blob.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return False
+    old = csv.field_size_limit(2**31 - 1)
+    try:
+        rows = list(csv.reader(io.StringIO(text, newline=""), strict=True))
+    except csv.Error:
+        return False
+    finally:
+        csv.field_size_limit(old)
+    if not rows or rows[0] != ["ImageId", "EncodedPixels", "ClassId"]:
+        return False
+    seen, present, taken = set(), set(), {}
+    for fields in rows[1:]:
+        if not fields or all(not f.strip() for f in fields):
+            continue
+        if len(fields) != 3:
+            return False
+        image_id, enc, cls = fields[0], fields[1].strip(), fields[2]
+        if image_id != image_id.strip() or cls != cls.strip() or image_id not in expected \
+                or (image_id, enc, cls) in seen:
+            return False
+        seen.add((image_id, enc, cls))
+        present.add(image_id)
+        try:
+            cat = parse_class_id(cls)[0]
+            m = lrle.decode(enc, (s, s)).astype(bool)
+        except ValueError:
+            return False
+        if not m.any():
+            return False
+        canvas = taken.setdefault((image_id, cat), np.zeros((s, s), bool))
+        if (canvas & m).any():
+            return False
+        canvas |= m
+    return present == set(expected)
+
+
+@st.composite
+def submission_files(draw):
+    """Bytes of a submission CSV for FZ_IDS at FZ_S x FZ_S: mostly well formed, with random defects."""
+    rows = []
+    for image_id in FZ_IDS:
+        if draw(st.integers(0, 19)) == 0:
+            continue  # a missing image
+        for _ in range(draw(st.integers(1, 3))):
+            m = np.zeros((FZ_S, FZ_S), np.uint8)
+            y0, x0 = draw(st.integers(0, FZ_S - 1)), draw(st.integers(0, FZ_S - 1))
+            m[y0:draw(st.integers(y0 + 1, FZ_S)), x0:draw(st.integers(x0 + 1, FZ_S))] = 1
+            cls = draw(st.sampled_from(["0", "1", "6", "31", "6_3_7", "1_0"]))
+            rows.append([image_id, lrle.encode(m), cls])
+    for r in rows:
+        if draw(st.integers(0, 6)) == 0:
+            i = draw(st.integers(0, 2))
+            r[i] = draw(st.one_of(
+                st.sampled_from(["", " a.jpg", "a.jpg ", "d.jpg", " 6", "1\t", "1 2 3", "65 1", "3 1 1 1", "1 0", "0 1",
+                                 "x", "46", "6_92", "6_3_3", '"', '1 1"', "1,1", "1\n1", "\u0661 1"]),
+                st.text(max_size=6)))
+    if rows and draw(st.integers(0, 9)) == 0:
+        rows.append(list(draw(st.sampled_from(rows))))  # a duplicate row
+    if rows and draw(st.integers(0, 14)) == 0:
+        draw(st.sampled_from(rows)).append("extra")
+    header = "ImageId,EncodedPixels,ClassId"
+    if draw(st.integers(0, 19)) == 0:
+        header = draw(st.sampled_from(["ImageId,ClassId,EncodedPixels", "ImageId,EncodedPixels", "",
+                                       "imageid,encodedpixels,classid", "ImageId , EncodedPixels , ClassId"]))
+    quote = draw(st.booleans())
+    eol = draw(st.sampled_from(["\n", "\r\n"]))
+    lines = [header] + [",".join(f'"{f}"' if quote and '"' not in f else f for f in r) for r in rows]
+    blob = (draw(st.sampled_from(["", "\ufeff"])) + eol.join(lines) + eol).encode()
+    if draw(st.integers(0, 14)) == 0:
+        pos = draw(st.integers(0, len(blob)))
+        blob = blob[:pos] + draw(st.sampled_from([b"\xff", b"\x00", b'"', b"\n", b",", b"\xe2\x80"])) + blob[pos:]
+    return blob
+
+
+@pytest.mark.parametrize("n", fuzz_sizes())
+def test_fuzz_validator_agrees_with_an_independent_reading(n, tmp_path_factory):
+    """Generated submission files (missing images, unknown/padded ids, bad runs and classes, overlaps,
+    duplicates, extra fields, quotes, bad headers, BOM, CRLF, stray bytes): validate_submission returns
+    no problem exactly when the independent reference accepts the bytes, never raises, and every problem
+    names its line, ImageId, header or file. Files it accepts also pass as a DataFrame."""
+    d = tmp_path_factory.mktemp("subfuzz")
+    seen = {"valid": 0, "rejected": 0}
+
+    @settings(max_examples=n, deadline=None, database=None, derandomize=True,
+              suppress_health_check=list(HealthCheck))
+    @given(submission_files())
+    def check(blob):
+        p = d / "submission.csv"
+        p.write_bytes(blob)
+        want = reference_valid(blob)
+        problems = lsub.validate_submission(p, FZ_IDS, FZ_S)
+        assert (problems == []) == want, (problems, blob)
+        assert all(isinstance(q, str) and q.startswith(("line ", "ImageId ", "header: ", str(p))) for q in problems)
+        if want:
+            df = pd.read_csv(p, dtype=str, keep_default_na=False)
+            assert lsub.validate_submission(df, FZ_IDS, FZ_S) == []
+        seen["valid" if want else "rejected"] += 1
+
+    check()
+    assert seen["valid"] + seen["rejected"] >= n
+    assert seen["valid"] >= n // 20 and seen["rejected"] >= n // 4, seen
+    print(f"submission validator fuzz: {seen}")
+
+
+def test_validator_reads_long_rle_non_utf8_padded_ids_and_repeated_columns(tmp_path):
+    m = np.zeros((512, 512), np.uint8)
+    m[::2] = 1  # every other row: 256 runs per column, a 1.6 MB EncodedPixels (csv's default limit is 128 KiB)
+    enc = lrle.encode(m)
+    assert len(enc) > 131072
+    p = tmp_path / "long.csv"
+    p.write_text(f"ImageId,EncodedPixels,ClassId\na.jpg,{enc},6\n")
+    assert lsub.validate_submission(p, ["a.jpg"], 512) == []
+    p.write_bytes(b"ImageId,EncodedPixels,ClassId\na.jpg,1 1,6\nb\xff.jpg,1 1,6\n")
+    problems = lsub.validate_submission(p, ["a.jpg"], 512)
+    assert problems[0] == "line 3: not UTF-8 text (undecodable byte at offset 43)"
+    assert problems[1].startswith("line 3 (b\ufffd.jpg): ImageId is not a test image") and len(problems) == 2
+    p.write_text("ImageId,EncodedPixels,ClassId\na.jpg ,1 1,6\n")
+    assert lsub.validate_submission(p, ["a.jpg"], 512) == [
+        "line 2 (a.jpg): ImageId 'a.jpg ' has leading/trailing whitespace"]
+    df = pd.DataFrame([["a.jpg", "1 1", "6", "7"]], columns=["ImageId", "EncodedPixels", "ClassId", "ClassId"])
+    problems = lsub.validate_submission(df, ["a.jpg"], 512)
+    assert len(problems) == 1 and problems[0].startswith("header: expected")
+
+
+def test_write_submission_validates_the_bytes_it_wrote(tmp_path, monkeypatch):
+    out = tmp_path / "submission.csv"
+    out.write_text("an earlier submission\n")
+    good = pd.DataFrame(GOOD, columns=list(SUBMISSION_COLUMNS))
+    real_to_csv = pd.DataFrame.to_csv
+
+    def lossy_to_csv(self, path, **kw):  # a serialisation bug: the last row never reaches the file
+        return real_to_csv(self.iloc[:-1], path, **kw)
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", lossy_to_csv)
+    with pytest.raises(lsub.SubmissionError, match=r"(?s)submission.csv as written is invalid .*b.jpg: missing"):
+        lsub.write_submission(good, out, ["a.jpg", "b.jpg"], S)
+    assert out.read_text() == "an earlier submission\n" and [p.name for p in tmp_path.iterdir()] == [out.name]
+
+
+WRITE_SCRIPT = """
+import sys, pandas as pd
+from lib import submission as lsub
+rows = [("a.jpg", " ".join(f"{1 + 2 * k} 1" for k in range(5000)), "6"), ("b.jpg", "1 1", "0")]
+lsub.write_submission(pd.DataFrame(rows, columns=["ImageId", "EncodedPixels", "ClassId"]), sys.argv[1],
+                      ["a.jpg", "b.jpg"], 512)
+"""
+
+
+def test_disk_full_or_read_only_dir_never_leaves_a_partial_submission(tmp_path):
+    from conftest import file_size_limit, read_only_dirs_work, without_root_override
+
+    out = tmp_path / "sub" / "submission.csv"
+    out.parent.mkdir()
+    out.write_text("ImageId,EncodedPixels,ClassId\nold.jpg,1 1,0\n")
+    before = snapshot_files(out.parent)
+    r = run_stage(["python", "-c", WRITE_SCRIPT, out], preexec_fn=file_size_limit(4096))  # the CSV is ~50 KB
+    assert r.returncode != 0 and "File too large" in r.stderr.strip().splitlines()[-1], r.stderr[-2000:]
+    assert snapshot_files(out.parent) == before  # the old file intact, no temporary left
+    if read_only_dirs_work(tmp_path):
+        out.parent.chmod(0o555)
+        try:
+            r = run_stage(["python", "-c", WRITE_SCRIPT, out], preexec_fn=without_root_override())
+        finally:
+            out.parent.chmod(0o755)
+        assert r.returncode != 0 and "Permission denied" in r.stderr.strip().splitlines()[-1]
+        assert snapshot_files(out.parent) == before
+    assert run_stage(["python", "-c", WRITE_SCRIPT, out]).returncode == 0
+    assert lsub.validate_submission(out, ["a.jpg", "b.jpg"], 512) == []
+
+
+def test_validator_refuses_csv_that_readers_disagree_on(tmp_path):
+    # an unterminated quote at the end (pandas: "EOF inside string"), text after a closing quote
+    p = tmp_path / "s.csv"
+    good = "ImageId,EncodedPixels,ClassId\na.jpg,1 1,0\n"
+    for tail in ['"\n', 'a.jpg,"1 1"x,0\n']:
+        p.write_text(good + tail)
+        problems = lsub.validate_submission(p, ["a.jpg"], S)
+        assert len(problems) == 1 and problems[0].startswith("line 3: not parseable as CSV"), problems
