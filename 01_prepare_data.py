@@ -58,11 +58,15 @@ def main(args) -> int:
         synthetic.generate_dataset(args.data_dir, n_train=args.synthetic_train, n_test=args.synthetic_test,
                                    seed=args.synthetic_seed, min_side=args.synthetic_min_side,
                                    max_side=args.synthetic_max_side, progress=not args.no_progress)
-    meta = prepare.prepare_dataset(
-        args.data_dir, args.out_dir, long_side=args.long_side or None, val_fraction=args.val_fraction,
-        seed=args.seed, workers=args.workers, limit=args.limit, progress=not args.no_progress,
-        jpeg_quality=args.jpeg_quality, csv_path=args.train_csv, image_dir=args.image_dir, label_file=args.labels,
-        args=vars(args))
+    try:
+        meta = prepare.prepare_dataset(
+            args.data_dir, args.out_dir, long_side=args.long_side or None, val_fraction=args.val_fraction,
+            seed=args.seed, workers=args.workers, limit=args.limit, progress=not args.no_progress,
+            jpeg_quality=args.jpeg_quality, csv_path=args.train_csv, image_dir=args.image_dir,
+            label_file=args.labels, args=vars(args))
+    except (ValueError, OSError, RuntimeError) as e:  # bad input or unwritable output: the message says which
+        print(f"01: error: {e}", file=sys.stderr)
+        return 2
     print(f"01: prepared {meta['num_images']} of {meta['num_images_selected']} images "
           f"({meta['split']['train']} train / {meta['split']['val']} val, {meta['num_instances']} instances) "
           f"into {args.out_dir} in {meta['seconds']} s")

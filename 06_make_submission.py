@@ -113,6 +113,11 @@ def _load_sources(paths, models):
         f = p / "predictions.parquet" if p.is_dir() else p
         if not f.is_file():
             raise FileNotFoundError(f"prediction table not found: {f}")
+        meta = f.parent / "meta.json"
+        status = json.loads(meta.read_text()).get("status") if meta.is_file() else None
+        if status not in (None, "done"):
+            raise SystemExit(f"{f.parent}: 05_predict.py did not finish there (status {status!r}); rerun the same "
+                             f"05 command to complete it before making a submission")
         table = lpred.read_table(f)
         images = f.parent / "images.parquet"
         if images.is_file():
@@ -120,7 +125,6 @@ def _load_sources(paths, models):
         else:
             predicted.update(table["image_id"])
         names = list(dict.fromkeys(table["model"]))
-        meta = f.parent / "meta.json"
         if meta.is_file():  # 05 lists every model, also one that predicted nothing above its score floor
             listed = [m["name"] for m in json.loads(meta.read_text()).get("models", []) if m.get("name")]
             names = listed + [n for n in names if n not in listed]

@@ -6,7 +6,6 @@ faster). Throughputs are images per second; a timed loop synchronises the device
 from __future__ import annotations
 
 import json
-import math
 import os
 import platform
 import socket
@@ -110,29 +109,13 @@ def stock_step(model, images, targets, optimizer, dtype) -> None:
 
 
 def engine_step(model, images, targets, optimizer, dtype, clip_grad: float = 0.0) -> dict:
-    """One step exactly as ``lib/engine.py`` ``run_training`` does it (without the scheduler and logging).
+    """One step of training as ``lib/engine.py`` runs it (its ``train_step``: forward under autocast,
+    backward, clipping, optimizer step, two host reads), without the scheduler and logging.
+    Returns the loss parts (floats)."""
+    from lib.engine import train_step
 
-    Forward under autocast, sum of the losses, the host reads of every loss part and of the total, the
-    finiteness check (through a device tensor and ``.item()``, as the engine does for DDP), backward,
-    ``clip_grad_norm_`` (``inf`` when ``clip_grad`` is 0: the norm is still computed for the log) and its host
-    read, optimizer step. Keep in step with the loop in ``lib/engine.py`` so the benchmark measures what
-    training runs. Returns the loss parts (floats).
-    """
-    with autocast(images[0].device, dtype):
-        loss_dict = model(images, targets)
-    loss = sum(loss_dict.values())
-    parts = {k: float(v.detach()) for k, v in loss_dict.items()}
-    total = float(loss.detach())
-    bad = torch.tensor([0.0 if math.isfinite(total) else 1.0], device=loss.device)  # all-reduced under DDP
-    if bad.item() > 0:
-        raise FloatingPointError(f"non-finite loss {total} ({parts})")
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-    gn = float(torch.nn.utils.clip_grad_norm_(params, clip_grad if clip_grad > 0 else float("inf")))
-    if not math.isfinite(gn):
-        raise FloatingPointError(f"non-finite gradient norm {gn}")
-    optimizer.step()
+    params = [p for g in optimizer.param_groups for p in g["params"] if p.requires_grad]
+    _, parts, _ = train_step(model, images, targets, optimizer, params, clip_grad, images[0].device, dtype)
     return parts
 
 

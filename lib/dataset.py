@@ -156,6 +156,10 @@ def build_transforms(train: bool, scale_range: Sequence[float] | None = None, hf
     """torchvision v2 pipeline for ``(image, target)`` pairs; ends with ``ToDtype(float32, scale=True)``.
 
     ``train=False``: only the dtype conversion (the model resizes internally).
+
+    The models resize every image to their own ``min_size``/``max_size`` (``GeneralizedRCNNTransform``),
+    which undoes a rescale done here: the training scripts get multi-scale training from the model config
+    ``train_scale_range`` instead and do not pass ``scale_range``.
     ``train=True``:
       * ``scale_range=(lo, hi)``: if ``hi > 8`` these are short-side pixel sizes (``RandomShortestSize``
         over ``lo..hi`` in steps of 32, plus ``hi``); otherwise scale factors (``ScaleJitter`` to

@@ -115,7 +115,8 @@ def add_common_args(parser: argparse.ArgumentParser, out_dir: str, **defaults) -
                    help="checkpoint to continue from, or 'auto' = OUT_DIR/checkpoint.pth if it exists")
     g = parser.add_argument_group("augmentation and model")
     g.add_argument("--scale-range", type=float, nargs=2, default=None, metavar=("LO", "HI"),
-                   help="train-time resize: short side in LO..HI pixels (HI > 8) or scale factors of the cache size")
+                   help="multi-scale training: each image's resize sizes (--min-size/--max-size or --image-size) "
+                        "times U(LO, HI), e.g. 0.6 1.0; values > 8 are short-side pixels (divided by the min size)")
     g.add_argument("--no-hflip", action="store_true", help="disable random horizontal flips")
     g.add_argument("--color-jitter", type=float, default=0.2, help="brightness/contrast/saturation jitter; 0 = off")
     g.add_argument("--mask-classes", type=str, default=None,
@@ -179,6 +180,9 @@ def add_detector_args(parser: argparse.ArgumentParser, deepmac: bool = False) ->
         g.add_argument("--mask-max-instances", type=int, default=None, help="GT boxes per image used by the mask loss")
         g.add_argument("--class-specific-masks", action="store_true",
                        help="one mask channel per class (default: class-agnostic masks)")
+    else:
+        g.add_argument("--class-agnostic-masks", action="store_true",
+                       help="one mask channel for every class (default: one per class, as torchvision)")
     return parser
 
 
@@ -204,7 +208,24 @@ def detector_overrides(args) -> dict:
                   "mask_head_stacks": args.mask_head_stacks, "gt_box_jitter": args.gt_box_jitter,
                   "mask_max_instances": args.mask_max_instances,
                   "class_agnostic_masks": False if args.class_specific_masks else None})
+    elif getattr(args, "class_agnostic_masks", False):
+        o["class_agnostic_masks"] = True
     return {k: v for k, v in o.items() if v is not None}
+
+
+def train_scale_range(scale_range, min_size: int) -> list[float] | None:
+    """``--scale-range LO HI`` -> the model config's ``train_scale_range`` factors (None = off).
+
+    Values above 8 are short-side pixel sizes and are divided by the model's ``min_size``.
+    """
+    if scale_range is None:
+        return None
+    lo, hi = (float(v) for v in scale_range)
+    if hi > 8:
+        lo, hi = lo / float(min_size), hi / float(min_size)
+    if not 0 < lo <= hi:
+        raise ValueError(f"--scale-range must be 0 < LO <= HI, got {tuple(scale_range)}")
+    return [round(lo, 6), round(hi, 6)]
 
 
 def _json_safe(v):
@@ -540,6 +561,40 @@ class NonFiniteLossError(FloatingPointError):
     """Raised when a loss or gradient norm is NaN/inf; checkpoint.pth keeps the last good state."""
 
 
+def train_step(net, images, targets, optimizer, params, clip_grad: float, device: torch.device, dtype=None,
+               distributed: bool = False) -> tuple[float, dict[str, float], float]:
+    """One optimisation step: forward under autocast, backward, gradient clipping, ``optimizer.step()``.
+
+    ``images``/``targets`` are already on ``device``; ``clip_grad`` 0 = no clipping (the norm is still
+    computed). Returns ``(total loss, {loss part: value}, gradient norm)`` as Python floats, read with two
+    device-to-host copies per step (all loss values stacked, then the norm) instead of one per value.
+    Raises :class:`NonFiniteLossError` (``"non-finite loss: ..."`` / ``"non-finite gradient norm: ..."``)
+    before the weights change when the loss (on any rank, under DDP) or the gradient norm is not finite.
+    """
+    with _autocast(device, dtype):
+        loss_dict = net(images, targets)
+    loss = sum(loss_dict.values())
+    values = torch.stack([loss.detach().float(), *(v.detach().float().reshape(()) for v in loss_dict.values())])
+    if distributed:  # every rank must stop together: share the "some value is not finite" flag
+        bad = (~torch.isfinite(values)).any().float().reshape(1)
+        dist.all_reduce(bad)
+        bad_anywhere = bad.item() > 0
+    values = values.tolist()
+    total, parts = values[0], dict(zip(loss_dict, values[1:]))
+    bad_here = not all(math.isfinite(v) for v in values)
+    if bad_here or distributed and bad_anywhere:
+        detail = ", ".join(f"{k}={v:.6g}" for k, v in parts.items())
+        raise NonFiniteLossError(f"non-finite loss: loss={total:.6g} ({detail or 'no loss parts'})"
+                                 f"{'' if bad_here else ' on some rank'}")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    gn = float(torch.nn.utils.clip_grad_norm_(params, clip_grad if clip_grad > 0 else float("inf")))
+    if not math.isfinite(gn):
+        raise NonFiniteLossError(f"non-finite gradient norm: grad_norm={gn}, loss={total:.6g}")
+    optimizer.step()
+    return total, parts, gn
+
+
 def run_training(arch: str, model_overrides: dict, args, stage: str | None = None) -> dict:
     """Train ``arch`` (a ``lib.models.BUILDERS`` name) with ``args`` from :func:`add_common_args`.
 
@@ -588,9 +643,10 @@ def _run_training(arch: str, model_overrides: dict, args, stage: str | None, hel
     if not cats:
         raise ValueError(f"{Path(args.prepared_dir) / 'meta.json'}: no labels.categories (rerun 01_prepare_data.py)")
     label_names = [c["name"] if isinstance(c, dict) else str(c) for c in cats]
+    # Multi-scale training happens in the model's own resize (config train_scale_range): scaling the image
+    # here would be undone by it.
     train_ds = CacheDataset(args.prepared_dir, "train", build_transforms(
-        True, scale_range=args.scale_range, hflip=0.0 if args.no_hflip else 0.5, color_jitter=args.color_jitter,
-        target_size=meta.get("long_side")))
+        True, hflip=0.0 if args.no_hflip else 0.5, color_jitter=args.color_jitter))
     if len(train_ds) == 0:
         raise ValueError(f"{args.prepared_dir}: the train split is empty")
     val_ds = CacheDataset(args.prepared_dir, "val", build_transforms(False))
@@ -612,6 +668,8 @@ def _run_training(arch: str, model_overrides: dict, args, stage: str | None, hel
     if args.pretrained:
         overrides["pretrained"] = True
     config = lmodels.default_config(arch, **overrides)
+    if args.scale_range is not None:
+        config["train_scale_range"] = train_scale_range(args.scale_range, config["min_size"])
 
     resume_ckpt = None
     if args.resume:
@@ -740,30 +798,14 @@ def _run_training(arch: str, model_overrides: dict, args, stage: str | None, hel
             if it >= steps_per_epoch:
                 break
             images, targets = _to_device(images, targets, device)
-            with _autocast(device, dtype):
-                loss_dict = net(images, targets)
-            loss = sum(loss_dict.values())
-            parts = {k: float(v.detach()) for k, v in loss_dict.items()}
-            total = float(loss.detach())
-            bad = torch.tensor([0.0 if math.isfinite(total) else 1.0], device=device)
-            if distributed:
-                dist.all_reduce(bad)
-            if bad.item() > 0:
-                detail = ", ".join(f"{k}={v:.6g}" for k, v in parts.items())
+            try:
+                total, parts, gn = train_step(net, images, targets, optimizer, params, args.clip_grad, device,
+                                              dtype, distributed)
+            except NonFiniteLossError as e:
+                what, _, detail = str(e).partition(": ")
                 raise NonFiniteLossError(
-                    f"non-finite loss at epoch {epoch + 1}, step {it + 1} of the epoch (global step "
-                    f"{global_step + 1}): loss={total:.6g} ({detail or 'no loss parts'}){' on some rank' if math.isfinite(total) else ''}; "
-                    f"stopped without saving - {ckpt_path} keeps the last good state")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            gn = torch.nn.utils.clip_grad_norm_(params, args.clip_grad if args.clip_grad > 0 else float("inf"))
-            gn = float(gn)
-            if not math.isfinite(gn):
-                raise NonFiniteLossError(
-                    f"non-finite gradient norm at epoch {epoch + 1}, step {it + 1} of the epoch (global step "
-                    f"{global_step + 1}): grad_norm={gn}, loss={total:.6g}; stopped without saving - "
-                    f"{ckpt_path} keeps the last good state")
-            optimizer.step()
+                    f"{what} at epoch {epoch + 1}, step {it + 1} of the epoch (global step {global_step + 1}): "
+                    f"{detail}; stopped without saving - {ckpt_path} keeps the last good state") from None
             scheduler.step()
             global_step += 1
             it += 1

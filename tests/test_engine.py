@@ -283,6 +283,39 @@ def test_flags_map_to_model_config():
         engine.parse_levels(["16", "x"])
     assert engine.amp_dtype("auto", torch.device("cpu")) is None
     assert engine.amp_dtype("bf16", torch.device("cpu")) is torch.bfloat16
+    m = _script("maskrcnn").get_args_parser()
+    assert engine.detector_overrides(m.parse_args(["--class-agnostic-masks"]))["class_agnostic_masks"] is True
+    assert "class_agnostic_masks" not in engine.detector_overrides(m.parse_args([]))
+    # --scale-range: factors pass through; pixel sizes (> 8) become factors of the min size
+    assert engine.train_scale_range(None, 800) is None
+    assert engine.train_scale_range([0.6, 1.0], 800) == [0.6, 1.0]
+    assert engine.train_scale_range([480, 800], 800) == [0.6, 1.0]
+    with pytest.raises(ValueError, match="0 < LO <= HI"):
+        engine.train_scale_range([1.0, 0.5], 800)
+
+
+def test_train_step_reads_losses_once_and_stops_before_a_bad_update():
+    torch.manual_seed(0)
+    net = torch.nn.Linear(3, 1)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    params = list(net.parameters())
+    x = torch.randn(4, 3)
+
+    def model(scale):
+        return lambda images, targets: {"loss_a": net(images).pow(2).mean() * scale, "loss_b": net(images).mean() * 0}
+
+    before = net.weight.detach().clone()
+    total, parts, gn = engine.train_step(model(1.0), x, None, opt, params, 0.0, torch.device("cpu"))
+    assert isinstance(total, float) and set(parts) == {"loss_a", "loss_b"} and total == pytest.approx(sum(parts.values()))
+    assert gn > 0 and not torch.equal(net.weight, before)  # a step was taken
+    before = net.weight.detach().clone()
+    with pytest.raises(engine.NonFiniteLossError, match=r"non-finite loss: loss=nan \(loss_a=nan, loss_b=-?0\)"):
+        engine.train_step(model(float("nan")), x, None, opt, params, 0.0, torch.device("cpu"))
+    assert torch.equal(net.weight, before)  # no update from the bad step
+    with pytest.raises(engine.NonFiniteLossError, match="non-finite gradient norm"):
+        engine.train_step(lambda i, t: {"loss": torch.sqrt(net(i).pow(2) * 0).mean()}, x, None, opt, params,
+                          0.0, torch.device("cpu"))  # loss 0, gradient 0 * inf = nan
+    assert torch.equal(net.weight, before)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -321,6 +321,12 @@ def test_make_submission_tune_on_val_applies_the_winner_to_test(tmp_path, capsys
     assert json.loads((out.parent / "meta.json").read_text())["combination"]["models"] == ["good", "other"]
     assert mod.main(mod.get_args_parser().parse_args(args[:2] + args[4:] + ["--models", "noise"])) == 0
     assert json.loads((out.parent / "meta.json").read_text())["combination"]["models"] == ["noise"]
+    # An unfinished 05 run is refused (its table may be stale or partial).
+    meta = json.loads((test / "meta.json").read_text())
+    (test / "meta.json").write_text(json.dumps(dict(meta, status="partial")))
+    with pytest.raises(SystemExit, match="did not finish"):
+        mod.main(mod.get_args_parser().parse_args(args))
+    (test / "meta.json").write_text(json.dumps(dict(meta, status="done")))
     # --tune-on needs a val-split prediction dir with gt.csv.
     with pytest.raises(SystemExit, match="not a 05 output"):
         mod.main(mod.get_args_parser().parse_args(["--predictions", str(test), "--tune-on", str(test)] + args[4:]))
