@@ -22,13 +22,28 @@ REPO = Path(__file__).resolve().parents[1]
 
 # --------------------------------------------------------------------------------------------- device
 def pick_device(cpu: bool) -> torch.device:
-    """``cpu`` -> the CPU; otherwise CUDA, or exit with a clear message when there is none."""
+    """``cpu`` -> the CPU; otherwise CUDA, or exit with a clear message when there is none.
+
+    On CUDA it sets the backend flags of ``lib/engine.py`` and ``lib/predict.py``: ``cudnn.benchmark``
+    off (detectors see new shapes every step, and cuDNN would re-tune each), TF32 matmuls/convolutions on.
+    """
     if cpu:
         return torch.device("cpu")
     if not torch.cuda.is_available():
         raise SystemExit("GPU mode needs a CUDA device (torch.cuda.is_available() is False); "
                          "run with --cpu for the small CPU mode")
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
     return torch.device("cuda")
+
+
+def mode_config(modes: dict, args, flags: dict[str, str]) -> dict:
+    """``modes["cpu" | "gpu"]`` (by ``args.cpu``) updated with each flag of ``flags`` (config key -> args
+    attribute) that was given (not None)."""
+    cfg = dict(modes["cpu" if args.cpu else "gpu"])
+    cfg.update({k: getattr(args, a) for k, a in flags.items() if getattr(args, a, None) is not None})
+    return cfg
 
 
 def bench_dtype(device: torch.device):
@@ -218,5 +233,5 @@ def write_json(path: str | Path, obj) -> Path:
 
 
 __all__ = ["REPO", "pick_device", "bench_dtype", "sync", "autocast", "env_info", "random_batch", "stock_step",
-           "engine_step", "time_calls", "time_interleaved", "count_syncs",
+           "engine_step", "mode_config", "time_calls", "time_interleaved", "count_syncs",
            "profile_table", "ratio", "fmt", "table", "write_json"]

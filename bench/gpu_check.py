@@ -225,10 +225,6 @@ def main(argv=None) -> dict:
     report["precision"] = str(dtype).replace("torch.", "") if dtype else "fp32"
     cfgs = configs(args.cpu)
     report["config"] = cfgs
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = False  # as lib/engine.py and lib/predict.py
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
 
     def left() -> float:
         return args.budget_s - (time.time() - t_start)

@@ -287,12 +287,10 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args) -> dict:
-    cfg = dict(MODES["cpu" if args.cpu else "gpu"])
-    for key, attr in (("batch", "batch_size"), ("size", "size"), ("unet_size", "unet_size"),
-                      ("detections", "detections"), ("unique_images", "unique_images"), ("steps", "steps"),
-                      ("warmup", "warmup"), ("workers", "workers"), ("rows_threads", "rows_threads")):
-        if getattr(args, attr, None) is not None:
-            cfg[key] = getattr(args, attr)
+    cfg = bc.mode_config(MODES, args, {"batch": "batch_size", "size": "size", "unet_size": "unet_size",
+                                      "detections": "detections", "unique_images": "unique_images",
+                                      "steps": "steps", "warmup": "warmup", "workers": "workers",
+                                      "rows_threads": "rows_threads"})
     if args.test_size:
         cfg["test_size"] = tuple(args.test_size)
     cfg.setdefault("rows_threads", max(1, min(4, (os.cpu_count() or 2) // 2)))
@@ -304,10 +302,6 @@ def main(argv=None) -> dict:
     device = bc.pick_device(args.cpu)
     dtype = bc.bench_dtype(device)
     cfg = config_from_args(args)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = False  # as lib/predict.py: image sizes vary
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
     print(f"inference, {'CPU' if args.cpu else 'GPU'} mode: {cfg}", flush=True)
     res = run(cfg, device, dtype, args.archs, args.work_dir, not args.no_tta_flip, args.project_images,
               args.target_s)

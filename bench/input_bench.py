@@ -82,7 +82,7 @@ def model_for(arch: str, cfg: dict, long_side: int):
     return lmodels.build_model(conf)
 
 
-def measure(prepared: Path, cfg: dict, device, dtype, scale_range=None) -> dict:
+def measure(prepared: Path, cfg: dict, device, dtype) -> dict:
     """The four figures of the module docstring on the train split of ``prepared``."""
     import argparse as ap
 
@@ -92,8 +92,7 @@ def measure(prepared: Path, cfg: dict, device, dtype, scale_range=None) -> dict:
 
     arch, bs, workers = cfg["arch"], cfg["batch"], cfg["workers"]
     long_side = int(lcache.load_meta(prepared).get("long_side") or cfg["long_side"])
-    ds = CacheDataset(prepared, "train", build_transforms(True, scale_range=scale_range, hflip=0.5,
-                                                          color_jitter=0.2, target_size=long_side))
+    ds = CacheDataset(prepared, "train", build_transforms(True, hflip=0.5, color_jitter=0.2))  # as lib/engine.py
     if len(ds) < bs:
         raise ValueError(f"{prepared}: {len(ds)} training images, fewer than the batch size {bs}")
     res = {"arch": arch, "batch": bs, "workers": workers, "images": len(ds), "long_side": long_side}
@@ -192,20 +191,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--batches", type=int, default=None, help="timed loader batches")
     p.add_argument("--steps", type=int, default=None, help="timed training steps (model only and end to end)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first")
-    p.add_argument("--scale-range", type=float, nargs=2, default=None, metavar=("LO", "HI"),
-                   help="training --scale-range (default: none, as the training scripts)")
     p.add_argument("--out", type=Path, default=Path("work/bench/input_bench.json"), help="JSON file to write")
     return p
 
 
 def config_from_args(args) -> dict:
-    cfg = dict(MODES["cpu" if args.cpu else "gpu"])
-    for key, attr in (("arch", "arch"), ("n_train", "n_train"), ("data_side", "data_side"),
-                      ("long_side", "long_side"), ("batch", "batch_size"), ("workers", "workers"),
-                      ("batches", "batches"), ("steps", "steps"), ("warmup", "warmup")):
-        if getattr(args, attr) is not None:
-            cfg[key] = getattr(args, attr)
-    return cfg
+    return bc.mode_config(MODES, args, {"arch": "arch", "n_train": "n_train", "data_side": "data_side",
+                                        "long_side": "long_side", "batch": "batch_size", "workers": "workers",
+                                        "batches": "batches", "steps": "steps", "warmup": "warmup"})
 
 
 def main(argv=None) -> dict:
@@ -213,16 +206,12 @@ def main(argv=None) -> dict:
     device = bc.pick_device(args.cpu)
     dtype = bc.bench_dtype(device)
     cfg = config_from_args(args)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = False
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
     print(f"input pipeline, {'CPU' if args.cpu else 'GPU'} mode: {cfg}", flush=True)
     t0 = time.time()
     prepared = args.prepared_dir or ensure_cache(args.work_dir, cfg["n_train"], cfg["data_side"], cfg["long_side"],
                                                  workers=max(1, min(8, os.cpu_count() or 1)))
     cache_s = time.time() - t0
-    res = measure(prepared, cfg, device, dtype, args.scale_range)
+    res = measure(prepared, cfg, device, dtype)
     report = {"benchmark": "input_pipeline", "mode": "cpu" if args.cpu else "gpu", **bc.env_info(device),
               "precision": str(dtype).replace("torch.", "") if dtype else "fp32", "config": cfg,
               "prepared_dir": str(prepared), "cache_seconds": round(cache_s, 1), **res}

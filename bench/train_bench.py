@@ -201,13 +201,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args) -> dict:
-    cfg = dict(MODES["cpu" if args.cpu else "gpu"])
-    for key, attr in (("batch", "batch_size"), ("size", "size"), ("backbone", "backbone"),
-                      ("unet_batch", "unet_batch_size"), ("unet_size", "unet_size"), ("instances", "instances"),
-                      ("steps", "steps"), ("warmup", "warmup")):
-        if getattr(args, attr) is not None:
-            cfg[key] = getattr(args, attr)
-    return cfg
+    return bc.mode_config(MODES, args, {"batch": "batch_size", "size": "size", "backbone": "backbone",
+                                        "unet_batch": "unet_batch_size", "unet_size": "unet_size",
+                                        "instances": "instances", "steps": "steps", "warmup": "warmup"})
 
 
 def main(argv=None) -> dict:
@@ -215,10 +211,6 @@ def main(argv=None) -> dict:
     device = bc.pick_device(args.cpu)
     dtype = bc.bench_dtype(device)
     cfg = config_from_args(args)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = False  # as lib/engine.py: detectors see new shapes every step
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
     print(f"train step, {'CPU' if args.cpu else 'GPU'} mode: {cfg}", flush=True)
     res = run(cfg, device, dtype, args.archs, args.profile)
     report = {"benchmark": "train_step", "mode": "cpu" if args.cpu else "gpu", **bc.env_info(device),

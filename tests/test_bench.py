@@ -48,6 +48,7 @@ class _nothing:
 def test_engine_step_trains_and_refuses_nan():
     import torch
 
+    torch.manual_seed(0)
     model = torch.nn.Linear(4, 1)
 
     class Net(torch.nn.Module):
@@ -63,7 +64,7 @@ def test_engine_step_trains_and_refuses_nan():
     images = [torch.ones(4), torch.full((4,), 2.0)]
     before = bc.engine_step(net, images, None, opt, None, clip_grad=1.0)
     after = bc.engine_step(net, images, None, opt, None, clip_grad=1.0)
-    assert set(before) == {"loss_a", "loss_b"} and after["loss_a"] < before["loss_a"]
+    assert set(before) == {"loss_a", "loss_b"} and sum(after.values()) < sum(before.values())  # the step descends
     with torch.no_grad():
         model.weight.fill_(float("nan"))
     with pytest.raises(FloatingPointError, match="non-finite loss"):
