@@ -682,3 +682,31 @@ def test_same_seed_gives_the_same_first_epoch_losses_on_cpu(prepared_cache, tmp_
     digest = lambda d: hashlib.sha256(b"".join(  # noqa: E731
         v.numpy().tobytes() for v in torch.load(d / "checkpoint.pth", weights_only=True)["model"].values())).hexdigest()
     assert digest(tmp_path / "a") == digest(tmp_path / "b")
+
+
+@pytest.mark.parametrize("arch", ["unet", "maskrcnn", "deepmac"])
+def test_bf16_autocast_train_step_on_cpu(arch, prepared_cache):
+    """The bf16 autocast step the engine takes on CUDA (--amp auto there), run on the CPU: finite losses
+    (attribute head included) and an update of the weights."""
+    from lib import models as lmodels
+    from lib.dataset import collate_fn
+
+    cfg = {"unet": dict(encoder="resnet18", min_size=96, max_size=96, decoder_channels=[32, 16, 16, 8, 8]),
+           "maskrcnn": dict(backbone="resnet18", min_size=96, max_size=96, attr_head=True,
+                            train_scale_range=[0.8, 1.0]),
+           "deepmac": dict(backbone="resnet18", min_size=96, max_size=96, mask_head_width=16, mask_head_depth=2,
+                           mask_head_stacks=1, mask_roi_size=16)}[arch]
+    torch.manual_seed(0)
+    model = lmodels.build_model(lmodels.default_config(arch, **cfg)).train()
+    ds = CacheDataset(prepared_cache, "train", build_transforms(True))
+    images, targets = collate_fn([ds[0], ds[1]])
+    images, targets = engine._to_device(images, targets, torch.device("cpu"))
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-3)
+    before = [p.detach().clone() for p in params]
+    total, parts, gn = engine.train_step(model, images, targets, opt, params, 1.0, torch.device("cpu"),
+                                         torch.bfloat16)
+    assert math.isfinite(total) and math.isfinite(gn) and all(math.isfinite(v) for v in parts.values())
+    assert ("loss_attr" in parts) == (arch == "maskrcnn")
+    assert any(not torch.equal(b, p) for b, p in zip(before, params))
+    assert all(p.dtype == torch.float32 for p in params)  # autocast leaves the weights in fp32

@@ -479,3 +479,30 @@ def test_disk_full_during_05_stops_with_a_clear_error_and_resumes(tmp_path, tiny
     assert not (out / "predictions.parquet").exists()
     _run05_here(tiny_maskrcnn, synthetic_data_dir, out)  # space again: resumes
     _same_predictions(clean05, out)
+
+
+@pytest.mark.parametrize("arch", ["maskrcnn", "deepmac", "unet"])
+def test_bf16_autocast_prediction_matches_fp32(arch):
+    """The bf16 autocast path 05 takes on CUDA, run on the CPU (same casts): a valid result close to fp32."""
+    overrides = {"unet": dict(encoder="resnet18", min_size=96, max_size=96, decoder_channels=[32, 16, 16, 8, 8]),
+                 "maskrcnn": dict(backbone="resnet18", min_size=96, max_size=96, box_score_thresh=0.0,
+                                  box_detections_per_img=5, attr_head=True),
+                 "deepmac": dict(backbone="resnet18", min_size=96, max_size=96, box_score_thresh=0.0,
+                                 box_detections_per_img=5, mask_head_width=16, mask_head_depth=2,
+                                 mask_head_stacks=1, mask_roi_size=16)}[arch]
+    torch.manual_seed(0)
+    model = lmodels.build_model(lmodels.default_config(arch, **overrides)).eval()
+    images = [torch.rand(3, 90, 120)]
+    views = lpredict.tta_views((1.0,), flip=True)
+    with torch.no_grad():
+        ref = lpredict.predict_batch(model, images, [(180, 240)], views, mask_size=64, score_floor=0.0)[0]
+        got = lpredict.predict_batch(model, images, [(180, 240)], views, mask_size=64, score_floor=0.0,
+                                     dtype=torch.bfloat16)[0]
+    n = len(got["scores"])
+    assert n > 0 and got["masks"].shape == (n, 64, 64) and got["masks"].dtype == np.uint8
+    assert got["scores"].dtype == np.float32 and np.isfinite(got["scores"]).all()
+    assert np.isfinite(got["boxes"]).all() and (got["boxes"][:, 2:] <= [240, 180]).all()
+    if arch == "maskrcnn":
+        assert got["attr_scores"].shape == (n, 92) and got["attr_scores"].dtype == np.float32
+    # bf16 rounds activations (~3 significant digits): the best detection's score stays close to fp32's
+    assert abs(float(got["scores"][0]) - float(ref["scores"][0])) < 0.05
