@@ -86,8 +86,8 @@ train_deepmac() {
 stage "02/03/04 train from random weights ($JOBS at a time): U-Net (resnet18 encoder, $UNET_EPOCHS epochs),"\
 " Mask R-CNN (resnet18 FPN, $MASKRCNN_EPOCHS epochs), DeepMAC (resnet18 FPN + small hourglass head, $DEEPMAC_EPOCHS epochs)"
 if [ "$JOBS" -ge 2 ]; then
-  ( train_unet && train_maskrcnn ) & lane_a=$!
-  ( train_deepmac ) & lane_b=$!
+  ( train_maskrcnn ) & lane_a=$!  # the longest run on one core, the two shorter ones on the other
+  ( train_unet && train_deepmac ) & lane_b=$!
   failed=0
   wait "$lane_a" || failed=1
   wait "$lane_b" || failed=1
