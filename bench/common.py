@@ -61,6 +61,12 @@ def autocast(device, dtype):
     return torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype is not None)
 
 
+def report_header(benchmark: str, cpu: bool, device, dtype, cfg: dict) -> dict:
+    """The common head of a benchmark's JSON report: name, mode, :func:`env_info`, precision and config."""
+    return {"benchmark": benchmark, "mode": "cpu" if cpu else "gpu", **env_info(device),
+            "precision": str(dtype).replace("torch.", "") if dtype else "fp32", "config": cfg}
+
+
 def env_info(device) -> dict:
     """Date, machine and library versions for the JSON reports."""
     import torchvision
@@ -233,5 +239,5 @@ def write_json(path: str | Path, obj) -> Path:
 
 
 __all__ = ["REPO", "pick_device", "bench_dtype", "sync", "autocast", "env_info", "random_batch", "stock_step",
-           "engine_step", "mode_config", "time_calls", "time_interleaved", "count_syncs",
+           "engine_step", "mode_config", "report_header", "time_calls", "time_interleaved", "count_syncs",
            "profile_table", "ratio", "fmt", "table", "write_json"]

@@ -305,8 +305,7 @@ def main(argv=None) -> dict:
     print(f"inference, {'CPU' if args.cpu else 'GPU'} mode: {cfg}", flush=True)
     res = run(cfg, device, dtype, args.archs, args.work_dir, not args.no_tta_flip, args.project_images,
               args.target_s)
-    report = {"benchmark": "inference", "mode": "cpu" if args.cpu else "gpu", **bc.env_info(device),
-              "precision": str(dtype).replace("torch.", "") if dtype else "fp32", "config": cfg, **res}
+    report = {**bc.report_header("inference", args.cpu, device, dtype, cfg), **res}
     print()
     print(bc.table(res["rows"], COLUMNS))
     bc.write_json(args.out, report)

@@ -212,8 +212,7 @@ def main(argv=None) -> dict:
                                                  workers=max(1, min(8, os.cpu_count() or 1)))
     cache_s = time.time() - t0
     res = measure(prepared, cfg, device, dtype)
-    report = {"benchmark": "input_pipeline", "mode": "cpu" if args.cpu else "gpu", **bc.env_info(device),
-              "precision": str(dtype).replace("torch.", "") if dtype else "fp32", "config": cfg,
+    report = {**bc.report_header("input_pipeline", args.cpu, device, dtype, cfg),
               "prepared_dir": str(prepared), "cache_seconds": round(cache_s, 1), **res}
     print()
     print(bc.table([res], COLUMNS))

@@ -213,8 +213,7 @@ def main(argv=None) -> dict:
     cfg = config_from_args(args)
     print(f"train step, {'CPU' if args.cpu else 'GPU'} mode: {cfg}", flush=True)
     res = run(cfg, device, dtype, args.archs, args.profile)
-    report = {"benchmark": "train_step", "mode": "cpu" if args.cpu else "gpu", **bc.env_info(device),
-              "precision": str(dtype).replace("torch.", "") if dtype else "fp32", "config": cfg, **res}
+    report = {**bc.report_header("train_step", args.cpu, device, dtype, cfg), **res}
     for r in res["rows"]:
         if "profile" in r:
             print(f"\n{r['arch']}: our step, torch.profiler\n{r['profile']}")
