@@ -423,7 +423,7 @@ def tune_ensemble(sources: dict[str, pd.DataFrame], gt_csv_path: str | Path, gri
                                 progress=False)
         return max(r["kaggle"] for r in res), params
 
-    results, tables = [], []  # tables: (combination, its tuned parameters) per candidate
+    results, tuned = [], []  # tuned: (combination, its tuned parameters) per candidate
     for c in tqdm(cands, desc="combinations", unit="combo", disable=not progress or len(cands) == 1):
         combo = dict(c, iou=float(iou_thr), min_votes=min(int(min_votes), len(c["models"])),
                      min_score=float(min_score))
@@ -432,17 +432,17 @@ def tune_ensemble(sources: dict[str, pd.DataFrame], gt_csv_path: str | Path, gri
         results.append({"models": combo["models"], "weights": combo["weights"], "kaggle_first": score,
                         "kaggle": score if exhaustive else None,
                         "params": {k: params[k] for k in grid} if exhaustive else None})
-        tables.append((combo, params))  # fused tables are not kept (memory): the few refined are fused again
+        tuned.append((combo, params))  # fused tables are not kept (memory): the few refined are fused again
     if exhaustive:
         chosen = list(range(len(cands)))
     else:
         chosen = sorted(sorted(range(len(cands)), key=lambda i: -results[i]["kaggle_first"])[:refine])
         for i in tqdm(chosen, desc="refine", unit="combo", disable=not progress):
-            score, params = search(combine(sources, tables[i][0]), grid)
+            score, params = search(combine(sources, tuned[i][0]), grid)
             results[i].update(kaggle=score, params={k: params[k] for k in grid})
-            tables[i] = (tables[i][0], params)
+            tuned[i] = (tuned[i][0], params)
     best = max(chosen, key=lambda i: (results[i]["kaggle"], -i))
-    combo, params = tables[best]
+    combo, params = tuned[best]
     if out_path is not None:
         lsub.save_params(out_path, params, kaggle=results[best]["kaggle"], mask_size=mask_size,
                          gt=str(gt_csv_path), grid={k: list(v) for k, v in grid.items()}, ensemble=combo,
