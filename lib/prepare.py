@@ -3,7 +3,7 @@
 Per image (in parallel worker processes): read and validate its rows, read the
 image without EXIF rotation, check every row's Height/Width against the pixel
 array, resize the image so its long side is ``long_side`` (never upscaled),
-decode each mask at full size and resize it (:func:`lib.data.resize_mask`),
+decode each mask straight to the cache size (:func:`lib.data.resize_rle`: only the mask's bounding window),
 and write ``images/<stem>.jpg`` then ``ann/<stem>.json`` atomically. The
 annotation record is the "done" marker, so a rerun skips finished images (unless it was made with other
 settings: ``long_side``, ``jpeg_quality``, cache version). ``meta.json`` is removed when a run starts and
@@ -82,7 +82,7 @@ def prepare_image(
     h, w = ldata.resized_shape(H, W, long_side)
     instances = []
     for r in good:
-        m = ldata.resize_mask(lrle.decode(r.rle, (H, W)), (h, w))
+        m = ldata.resize_rle(r.rle, (H, W), (h, w))
         bbox = lcache.mask_bbox(m)
         if bbox is None:
             problems.append(ldata.Problem(csv_path, r.row, image_id, f"mask vanishes at the resized size {h}x{w}; row skipped"))

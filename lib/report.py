@@ -85,7 +85,7 @@ def _gt_instances(gt_csv: Path | None, groups: dict, image_id: str, size: tuple[
     if gt_csv is None or image_id not in groups:
         return None
     rows, _ = ldata.read_rows(gt_csv, groups[image_id])
-    masks = [ldata.resize_mask(lrle.decode(r.rle, (r.height, r.width)), size) for r in rows]
+    masks = [ldata.resize_rle(r.rle, (r.height, r.width), size) for r in rows]
     return (np.stack(masks) if masks else np.zeros((0, *size), np.uint8)), [r.category for r in rows]
 
 

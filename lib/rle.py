@@ -31,6 +31,8 @@ __all__ = [
     "parse_runs",
     "decode_runs",
     "decode",
+    "runs_bbox",
+    "decode_window",
     "to_coco",
     "from_coco",
     "area",
@@ -204,6 +206,53 @@ def _alternating_counts(starts: np.ndarray, lengths: np.ndarray, n: int) -> np.n
 def decode(rle: str, shape: tuple[int, int]) -> np.ndarray:
     """Decode a Kaggle RLE string into a (H, W) uint8 0/1 mask (strictly validated)."""
     return decode_runs(*parse_runs(rle, shape), shape)
+
+
+def runs_bbox(starts: np.ndarray, lengths: np.ndarray, shape: tuple[int, int]) -> tuple[int, int, int, int] | None:
+    """Bounding window ``(r0, r1, c0, c1)`` (half-open rows and columns) of validated runs over a (H, W)
+    mask, computed from the runs alone; ``None`` for an empty mask. A run that crosses a column boundary
+    covers the bottom of one column and the top of the next, so its window spans every row."""
+    h, _ = _check_shape(shape)
+    if not len(starts):
+        return None
+    s = starts - 1
+    e = s + lengths - 1  # last pixel, inclusive
+    cs, ce = s // h, e // h
+    if (ce > cs).any():
+        r0, r1 = 0, h
+    else:
+        r0, r1 = int((s % h).min()), int((e % h).max()) + 1
+    return r0, r1, int(cs[0]), int(ce[-1]) + 1
+
+
+def decode_window(starts: np.ndarray, lengths: np.ndarray, shape: tuple[int, int],
+                  window: tuple[int, int, int, int]) -> np.ndarray:
+    """Rasterise validated runs of a (H, W) mask into just the ``window`` = ``(r0, r1, c0, c1)`` (half-open),
+    i.e. ``decode_runs(...)[r0:r1, c0:c1]`` without the full-size mask: a uint8 (r1 - r0, c1 - c0)
+    Fortran-ordered view. Foreground outside the window is dropped.
+
+    Each run is cut into its per-column segments (a run spans several columns only where a column's
+    foreground reaches the bottom edge), the segments are clipped to the window and rasterised with
+    :func:`decode_runs` in the window's own column-major order.
+    """
+    h, w = _check_shape(shape)
+    r0, r1, c0, c1 = (int(v) for v in window)
+    if not (0 <= r0 <= r1 <= h and 0 <= c0 <= c1 <= w):
+        raise ValueError(f"window {window!r} is not inside the {h}x{w} mask")
+    hw, ww = r1 - r0, c1 - c0
+    s = starts - 1
+    e = s + lengths  # exclusive
+    keep = (e > c0 * h) & (s < c1 * h)
+    s, e = s[keep], e[keep]
+    cs, ce = s // h, (e - 1) // h
+    n = ce - cs + 1
+    run = np.repeat(np.arange(len(s)), n)
+    col = cs[run] + (np.arange(len(run)) - np.repeat(np.cumsum(n) - n, n))
+    top = np.maximum(s[run] - col * h, r0)
+    bottom = np.minimum(e[run] - col * h, r1)
+    ok = (col >= c0) & (col < c1) & (bottom > top)
+    col, top, bottom = col[ok], top[ok], bottom[ok]
+    return decode_runs((col - c0) * hw + (top - r0) + 1, bottom - top, (hw, ww))
 
 
 def area(rle: str) -> int:

@@ -627,7 +627,7 @@ def load_ground_truth(gt_csv_path: str | Path, mask_size: int | None = 512, full
         if not rows:
             continue
         size = (int(mask_size), int(mask_size)) if mask_size else (rows[0].height, rows[0].width)
-        masks = np.stack([ldata.resize_mask(lrle.decode(r.rle, (r.height, r.width)), size) for r in rows])
+        masks = np.stack([ldata.resize_rle(r.rle, (r.height, r.width), size) for r in rows])
         keys = [llabels.format_class_id(r.category, r.attributes) if full_class_ids else r.category for r in rows]
         out[image_id] = (masks, keys)
     if problems:

@@ -124,6 +124,79 @@ def test_resize_mask_and_shape():
     assert data.resized_shape(80, 50, None) == (80, 50)
 
 
+def exact_area_downscale(m, h, w):
+    """Reference: upsample each pixel to an h x w block, then sum H x W blocks: exact coverage in integers."""
+    H, W = m.shape
+    up = np.kron((m != 0).astype(np.int64), np.ones((h, w), np.int64))
+    cover = up.reshape(h, H, w, W).sum(axis=(1, 3))
+    return (2 * cover >= H * W).astype(np.uint8), cover
+
+
+def test_area_downscale_known_answers():
+    m = np.zeros((3, 3), np.uint8)
+    m[0, 0] = m[0, 1] = 1  # 3 -> 2: target (0, 0) covers 1.5 x 1.5 pixels, 1.5 of them foreground (2/3)
+    np.testing.assert_array_equal(data.resize_mask(m, (2, 2)), [[1, 0], [0, 0]])
+    m = np.zeros((4, 4), np.uint8)
+    m[0, :2] = 1  # 4 -> 2: target (0, 0) is exactly half foreground: a tie counts as foreground
+    np.testing.assert_array_equal(data.resize_mask(m, (2, 2)), [[1, 0], [0, 0]])
+    m[0, 0] = 0  # a quarter
+    assert data.resize_mask(m, (2, 2)).sum() == 0
+    assert data.resize_mask(np.ones((7, 5), bool), (3, 2)).all()
+
+
+def test_resize_is_exact_area_coverage_and_agrees_with_cv2_except_exact_ties():
+    rng = np.random.default_rng(0)
+    ties = 0
+    for _ in range(400):
+        H, W = rng.integers(1, 40, 2)
+        h, w = int(rng.integers(1, H + 1)), int(rng.integers(1, W + 1))
+        m = (rng.random((H, W)) < rng.random()).astype(np.uint8)
+        if rng.random() < 0.5:  # one blob in a larger frame: the windowed path does real work
+            m[:] = 0
+            a, b = sorted(rng.integers(0, H + 1, 2))
+            c, d = sorted(rng.integers(0, W + 1, 2))
+            m[a:b, c:d] = rng.random((b - a, d - c)) < 0.8
+        ref, cover = exact_area_downscale(m, h, w)
+        for variant in (m, np.asfortranarray(m), m.astype(bool), m * 7):
+            got = data.resize_mask(variant, (h, w))
+            assert got.dtype == np.uint8 and got.flags.c_contiguous
+            np.testing.assert_array_equal(got, ref)
+        starts, lengths = rle.encode_runs(m)
+        np.testing.assert_array_equal(data.resize_runs(starts, lengths, m.shape, (h, w)), ref)
+        np.testing.assert_array_equal(data.resize_rle(rle.encode(m), m.shape, (h, w)), ref)
+        cv = (cv2.resize(m * 255, (w, h), interpolation=cv2.INTER_AREA) >= 128).astype(np.uint8)
+        differ = cv != ref
+        assert (2 * cover[differ] == H * W).all()  # only where the coverage is exactly one half
+        ties += bool(differ.any())
+    assert ties < 40
+
+
+def test_resize_runs_at_full_size_and_growing():
+    m = np.zeros((20, 30), np.uint8)
+    m[5:12, 3:9] = 1
+    starts, lengths = rle.encode_runs(m)
+    np.testing.assert_array_equal(data.resize_runs(starts, lengths, m.shape, (20, 30)), m)
+    grown = data.resize_runs(starts, lengths, m.shape, (40, 60))  # bilinear, as before
+    np.testing.assert_array_equal(grown, (cv2.resize(m * 255, (60, 40), interpolation=cv2.INTER_LINEAR) >= 128))
+    assert data.resize_runs(np.zeros(0, np.int64), np.zeros(0, np.int64), (20, 30), (10, 15)).sum() == 0
+    with pytest.raises(ValueError, match="shrinks only"):
+        data.area_downscale(m, m.shape, (40, 30))
+
+
+def test_real_rows_resize_like_cv2_from_their_bounding_window(shared_data):
+    d = shared_data / "real_samples" / "imaterialist2019_train"
+    groups, _ = data.index_csv(d / "train_derived.csv")
+    for entries in groups.values():
+        rows, _ = data.read_rows(d / "train_derived.csv", entries)
+        for r in rows:
+            size = data.resized_shape(r.height, r.width, 512)
+            full = np.ascontiguousarray(rle.decode(r.rle, (r.height, r.width)))
+            cv = cv2.resize(full * 255, size[::-1], interpolation=cv2.INTER_AREA) >= 128
+            got = data.resize_rle(r.rle, (r.height, r.width), size)
+            assert (got != cv).mean() < 1e-4  # exact ties only (none in these rows at 1024)
+            assert got.sum() > 0
+
+
 def test_real_rows_decode_inside_real_images(shared_data):
     d = shared_data / "real_samples" / "imaterialist2019_train"
     groups, problems = data.index_csv(d / "train_derived.csv")

@@ -120,6 +120,39 @@ def test_roundtrip_from_runs(h, w, data):
     assert rle.encode(m) == s
 
 
+@settings(max_examples=300, deadline=None)
+@given(mask_strategy, st.data())
+def test_bbox_and_window_from_runs_match_the_decoded_mask(m, data):
+    h, w = m.shape
+    starts, lengths = rle.encode_runs(m)
+    box = rle.runs_bbox(starts, lengths, m.shape)
+    ys, xs = np.nonzero(m)
+    if not len(ys):
+        assert box is None
+    else:
+        r0, r1, c0, c1 = box
+        assert (c0, c1) == (xs.min(), xs.max() + 1)  # columns tight
+        assert r0 <= ys.min() and r1 > ys.max()  # rows hold every foreground pixel
+        win = rle.decode_window(starts, lengths, m.shape, box)
+        np.testing.assert_array_equal(win, m[r0:r1, c0:c1])
+        assert win.sum() == m.sum()
+    r0 = data.draw(st.integers(0, h))
+    r1 = data.draw(st.integers(r0, h))
+    c0 = data.draw(st.integers(0, w))
+    c1 = data.draw(st.integers(c0, w))
+    np.testing.assert_array_equal(rle.decode_window(starts, lengths, m.shape, (r0, r1, c0, c1)), m[r0:r1, c0:c1])
+
+
+def test_bbox_rows_of_a_run_across_columns_and_window_checks():
+    m = np.zeros((6, 4), np.uint8)
+    m[2:4, 1] = 1
+    assert rle.runs_bbox(*rle.encode_runs(m), m.shape) == (2, 4, 1, 2)
+    m[5, 1] = m[0, 2] = 1  # one run from the bottom of column 1 to the top of column 2
+    assert rle.runs_bbox(*rle.encode_runs(m), m.shape) == (0, 6, 1, 3)
+    with pytest.raises(ValueError, match="not inside"):
+        rle.decode_window(*rle.encode_runs(m), m.shape, (0, 7, 0, 4))
+
+
 def test_uncompressed_coco_counts():
     m = np.zeros((5, 6), np.uint8)
     m[1:4, 2:5] = 1
