@@ -169,6 +169,9 @@ def summary_table(report: dict) -> str:
                      f"(stock) | {bc.fmt(r['forward_ratio'])} | |")
         lines.append(f"| 05 path {r['arch']}, {r['views']} views (img/s) | {bc.fmt(r['predict_img_s'])} | "
                      f"{bc.fmt(r['stock_img_s'])} (stock fwd) | {bc.fmt(r['predict_ratio'])} | |")
+        if r.get("fusion_ratio") is not None:
+            lines.append(f"| TTA fusion {r['arch']} (ms/img) | {bc.fmt(r['fusion_device_ms'])} (device) | "
+                         f"{bc.fmt(r['fusion_host_ms'])} (host) | {bc.fmt(r['fusion_ratio'])} | |")
         lines.append(f"| 05 + 06 {r['arch']}, {inf.get('project_images')} images (s, projected) | "
                      f"{bc.fmt(r['projected_total_s'])} (05 {bc.fmt(r['projected_05_s'])} + 06 "
                      f"{bc.fmt(r['projected_06_s'])}) | | | <= {bc.fmt(inf.get('target_s'))} |")

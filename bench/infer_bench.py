@@ -14,6 +14,9 @@ would, every model keeps ``--detections`` instances per image (``box_score_thres
 - ``ours_forward_img_s``: our model's plain eval forward, the same way;
 - ``predict_img_s``: ``lib.predict.predict_batch`` (every TTA view: forward, masks to the original frame
   at 512 x 512, view fusion) = 05's main loop;
+- ``fusion_device_ms`` / ``fusion_host_ms`` / ``fusion_ratio`` (with TTA): the view fusion per image on the
+  model's device as 05 does it vs the host (numpy) fusion it replaced, on the same views, timed in turns;
+  ``fusion_ratio`` = host time / device time;
 - ``rows_ms``: ``lib.predict.result_rows`` per image (PNG crops; 05 runs it in a thread pool);
 - ``decode_ms``: ``ImageDataset`` per image (JPEG decode + shrink; 05 runs it in DataLoader workers);
 - ``s06_ms``: ``lib.submission.build_submission`` (default post-processing, 512 x 512 RLE) +
@@ -177,6 +180,8 @@ def measure_arch(arch: str, cfg: dict, paths: list[Path], device, dtype, views, 
 
     row["predict_img_s"] = len(images) / bc.time_calls(predict, device, steps, warm)
     row["instances_per_image"] = float(np.mean([len(r["scores"]) for r in results]))
+    if len(views) > 1:
+        row.update(fusion_ms(model, images, orig, views, device, dtype, steps, warm))
     ids = [f"img{i:04d}.jpg" for i in range(len(images))]
     rows: list[dict] = []
 
@@ -222,6 +227,42 @@ def measure_arch(arch: str, cfg: dict, paths: list[Path], device, dtype, views, 
     return row
 
 
+def fusion_ms(model, images, orig, views, device, dtype, steps: int, warm: int) -> dict:
+    """TTA view fusion per image: 05's on-device fusion (``lib.predict._fuse_views``) vs the host path it
+    replaced, timed in turns on the same views: every view's masks quantized and copied to the host, then
+    ``lib.ensemble.fuse_instances`` in numpy on uint8 / 255 maps and the fused masks quantized again."""
+    from lib import predict as lpredict
+    from lib.ensemble import fuse_instances
+
+    per_image = [[] for _ in images]
+    with torch.inference_mode():
+        for scale, flip in views:
+            inputs = [im.flip(-1) if flip else im for im in images]
+            with bc.autocast(device, dtype):
+                outs = model(inputs)
+            for i, (out, inp) in enumerate(zip(outs, inputs)):
+                per_image[i].append(lpredict._view_result(out, flip, tuple(inp.shape[-2:]), tuple(orig[i]),
+                                                          (512, 512), 0.0, quantize=False))
+
+    def on_device():
+        with torch.inference_mode():
+            for i, vs in enumerate(per_image):
+                lpredict._fuse_views(vs, tuple(orig[i]), (512, 512), 0.5, 0.0)
+
+    def on_host():
+        for vs in per_image:
+            sources = [{"masks": lpredict._quantize(v["masks"]).astype(np.float32) / 255.0,
+                        "categories": v["categories"], "scores": v["scores"], "attr_scores": v["attr_scores"]}
+                       for v in vs]
+            fused = fuse_instances(sources, None, iou_thr=0.5, min_votes=1)
+            np.clip(np.rint(fused["masks"] * 255), 0, 255).astype(np.uint8)
+
+    t = bc.time_interleaved({"device": on_device, "host": on_host}, device, max(steps, 2), warm)
+    n = len(images)
+    return {"fusion_device_ms": t["device"] / n * 1e3, "fusion_host_ms": t["host"] / n * 1e3,
+            "fusion_ratio": bc.ratio(1 / t["device"], 1 / t["host"])}
+
+
 def run(cfg: dict, device, dtype, archs=ARCHS, work_dir: Path = Path("work/bench/infer"), tta_flip: bool = True,
         project_images: int = 3200, target_s: float = 90.0) -> dict:
     """Measure every arch in ``archs`` on ``cfg["unique_images"]`` synthetic test-size JPEGs."""
@@ -256,7 +297,8 @@ COLUMNS = [("arch", "arch"), ("batch", "batch"), ("size", "size"), ("views", "vi
            ("instances_per_image", "inst/img"), ("stock_img_s", "stock fwd img/s"),
            ("ours_forward_img_s", "ours fwd img/s"), ("forward_ratio", "fwd ratio"),
            ("predict_img_s", "05 path img/s"), ("predict_ratio", "05/stock"), ("rows_ms", "rows ms/img"),
-           ("s06_ms", "06 ms/img"), ("end_to_end_ratio", "05+06/stock"), ("projected_05_s", "3200: 05 s"),
+           ("fusion_device_ms", "TTA fusion ms/img"), ("fusion_host_ms", "host fusion ms/img"),
+           ("fusion_ratio", "fusion speed-up"), ("s06_ms", "06 ms/img"), ("end_to_end_ratio", "05+06/stock"), ("projected_05_s", "3200: 05 s"),
            ("projected_06_s", "3200: 06 s"), ("projected_total_s", "3200: total s")]
 
 

@@ -64,7 +64,7 @@ from . import predictions as lpred
 from .io import read_json
 from .metric import mask_iou
 
-__all__ = ["fuse_instances", "masks_to_boxes", "table_sources", "ensemble_tables", "weight_vectors",
+__all__ = ["fuse_instances", "fusion_plan", "fused_attributes", "masks_to_boxes", "table_sources", "ensemble_tables", "weight_vectors",
            "combinations", "combine", "tune_ensemble", "load_combination"]
 
 
@@ -164,21 +164,69 @@ def fuse_instances(
     cats = np.concatenate([a[1] for a in arrays])
     scores = np.concatenate([a[2] for a in arrays])
     local = np.concatenate([np.arange(len(a[1])) for a in arrays])
+    maps = [arrays[src[i]][0][local[i]] for i in range(len(src))]  # views, no copy
+
+    def iou(idx):
+        return mask_iou(np.stack([maps[i] >= 0.5 for i in idx]), np.stack([maps[i] >= 0.5 for i in idx]))
+
+    plan = fusion_plan(cats, scores, src, w, iou, iou_thr, min_votes)
+    out_masks = []
+    for members in plan["members"]:
+        fused = np.zeros(hw, np.float32)
+        for p, c in members:
+            fused += np.float32(c) * maps[p]
+        out_masks.append(np.clip(fused, 0, 1, out=fused))
+    masks = np.stack(out_masks) if out_masks else np.zeros((0, *hw), np.float32)
+    attrs = None
+    if n_attr is not None:
+        pooled = np.concatenate([a[3] if a[3] is not None else np.zeros((len(a[1]), n_attr)) for a in arrays])
+        attrs = fused_attributes(plan, pooled, [a[3] is not None for a in arrays])
+    return {
+        "masks": masks,
+        "categories": plan["categories"],
+        "scores": plan["scores"].astype(np.float32),
+        "attr_scores": attrs,
+        "boxes": masks_to_boxes(masks),
+        "votes": plan["votes"],
+    }
+
+
+def fusion_plan(categories: np.ndarray, scores: np.ndarray, sources: np.ndarray, weights: np.ndarray, iou,
+                iou_thr: float = 0.5, min_votes: int = 1) -> dict:
+    """The clusters of :func:`fuse_instances` and their fusion coefficients, from small arrays only.
+
+    The rules are the module docstring's; the mask arithmetic is left to the caller, so the same plan drives
+    the numpy fusion of :func:`fuse_instances` and the on-device fusion of TTA views in :mod:`lib.predict`.
+
+    Args:
+        categories, scores, sources: (N,) the pooled instances' category, score and source index (0..K-1).
+        weights: (K,) source weights (checked: finite, >= 0, not all 0).
+        iou: ``iou(idx) -> (n, n)`` mask IoU (masks binarised at 0.5) among the pooled instances ``idx``
+            (an int array of n indices, all of one category).
+        iou_thr, min_votes: as in :func:`fuse_instances`.
+
+    Returns a dict over the M fused instances, sorted by fused score (best first, stable):
+    ``members`` (M lists of ``(pooled index, coefficient)``: fused mask = ``clip(sum coefficient * map, 0,
+    1)``, summed in that order), ``coef`` (M, N) float64 (the same coefficients as a matrix),
+    ``categories`` (M,) int64, ``scores`` (M,) float64, ``votes`` (M,) int64, and for attributes
+    ``vote`` (M lists of ``(source, weight, member indices)``) used by :func:`fused_attributes`.
+    """
+    cats = np.asarray(categories, np.int64).reshape(-1)
+    scores = np.asarray(scores, np.float64).reshape(-1)
+    src = np.asarray(sources, np.int64).reshape(-1)
+    w = np.asarray(weights, np.float64)
     order = np.argsort(-(w[src] * scores), kind="stable")
     w_total = w.sum()
-
-    out_masks, out_cats, out_scores, out_attrs, out_votes = [], [], [], [], []
+    out_members, out_cats, out_scores, out_votes, out_vote = [], [], [], [], []
     for c in np.unique(cats):
         idx = order[cats[order] == c]
-        maps = [arrays[src[i]][0][local[i]] for i in idx]  # views, no copy
-        binary = np.stack([m >= 0.5 for m in maps])
-        iou = mask_iou(binary, binary)
+        ious = iou(idx)
         seeds: list[int] = []
         clusters: list[list[int]] = []
         for p in range(len(idx)):
             if seeds:
-                j = int(np.argmax(iou[p, seeds]))
-                if iou[p, seeds[j]] >= iou_thr:
+                j = int(np.argmax(ious[p, seeds]))
+                if ious[p, seeds[j]] >= iou_thr:
                     clusters[j].append(p)
                     continue
             seeds.append(p)
@@ -186,49 +234,54 @@ def fuse_instances(
         for members in clusters:
             by_src: dict[int, list[int]] = {}
             for p in members:
-                by_src.setdefault(int(src[idx[p]]), []).append(p)
+                by_src.setdefault(int(src[idx[p]]), []).append(int(idx[p]))
             if len(by_src) < min_votes:
                 continue
             ks = sorted(by_src)
-            s_k = np.array([max(scores[idx[p]] for p in by_src[k]) for k in ks])
+            s_k = np.array([max(scores[i] for i in by_src[k]) for k in ks])
             wk = w[ks]
             ws = wk * s_k
             vote = ws if ws.sum() > 0 else (wk if wk.sum() > 0 else np.ones(len(ks)))
             coef = vote / vote.sum() * (wk.sum() / w_total)  # weighted mean x present weight share
-            fused = np.zeros(hw, np.float32)
+            terms = []
             for ck, k in zip(coef, ks):
                 ms = by_src[k]
-                sw = np.array([scores[idx[p]] for p in ms])
+                sw = np.array([scores[i] for i in ms])
                 sw = sw / sw.sum() if sw.sum() > 0 else np.full(len(ms), 1 / len(ms))
-                for a, p in zip(sw, ms):
-                    fused += np.float32(ck * a) * maps[p]
-            out_masks.append(np.clip(fused, 0, 1, out=fused))
+                terms += [(i, float(ck * a)) for a, i in zip(sw, ms)]
+            out_members.append(terms)
             out_cats.append(int(c))
             out_scores.append(ws.sum() / w_total)
             out_votes.append(len(ks))
-            if n_attr is not None:
-                have = [i for i, k in enumerate(ks) if arrays[k][3] is not None]
-                if have:
-                    a = np.stack([
-                        np.average([arrays[ks[i]][3][local[idx[p]]] for p in by_src[ks[i]]], axis=0)
-                        for i in have
-                    ])
-                    aw = vote[have] if vote[have].sum() > 0 else np.ones(len(have))
-                    out_attrs.append(np.average(a, axis=0, weights=aw))
-                else:
-                    out_attrs.append(np.full(n_attr, np.nan))
-
+            out_vote.append([(k, float(v), by_src[k]) for k, v in zip(ks, vote)])
     srt = np.argsort(-np.asarray(out_scores, np.float64), kind="stable")
-    masks = np.stack(out_masks)[srt] if out_masks else np.zeros((0, *hw), np.float32)
+    coef = np.zeros((len(srt), len(src)), np.float64)
+    for m, j in enumerate(srt):
+        for i, c in out_members[j]:
+            coef[m, i] += c
     return {
-        "masks": masks,
+        "members": [out_members[j] for j in srt],
+        "coef": coef,
         "categories": np.asarray(out_cats, np.int64)[srt],
-        "scores": np.asarray(out_scores, np.float32)[srt],
-        "attr_scores": None if n_attr is None else (
-            np.asarray(out_attrs, np.float32).reshape(-1, n_attr)[srt]),
-        "boxes": masks_to_boxes(masks),
+        "scores": np.asarray(out_scores, np.float64)[srt],
         "votes": np.asarray(out_votes, np.int64)[srt],
+        "vote": [out_vote[j] for j in srt],
     }
+
+
+def fused_attributes(plan: dict, pooled: np.ndarray, has_attrs: Sequence[bool]) -> np.ndarray:
+    """(M, A) float32 attribute scores of a :func:`fusion_plan`: per fused instance, the vote-weighted mean
+    over its sources that have attributes (``has_attrs[k]``) of each source's mean member row of ``pooled``
+    (N, A); a row of NaN where none of its sources has attributes."""
+    n_attr = pooled.shape[1]
+    out = np.full((len(plan["vote"]), n_attr), np.nan)
+    for m, votes in enumerate(plan["vote"]):
+        have = [(v, ms) for k, v, ms in votes if has_attrs[k]]
+        if have:
+            a = np.stack([np.average(pooled[ms], axis=0) for _, ms in have])
+            aw = np.array([v for v, _ in have])
+            out[m] = np.average(a, axis=0, weights=aw if aw.sum() > 0 else np.ones(len(have)))
+    return out.astype(np.float32)
 
 
 def table_sources(rows: pd.DataFrame, size: tuple[int, int] | None = None) -> dict:

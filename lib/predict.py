@@ -11,8 +11,9 @@ Flow of :func:`run_prediction`:
 3. a DataLoader whose workers decode and shrink each image to ``input_long_side`` (never upscaled), so the
    CPU work overlaps the accelerator; models run under ``torch.inference_mode`` with bf16 autocast on CUDA;
 4. per model and image, every TTA view (``tta_scales`` x {plain, horizontal flip}) is mapped back to the
-   original frame at the stored mask resolution and the views are merged with
-   :func:`lib.ensemble.fuse_instances` (one source per view, equal weights);
+   original frame at the stored mask resolution and the views are merged by the rules of
+   :func:`lib.ensemble.fuse_instances` (one source per view, equal weights), on the model's device
+   (:func:`_fuse_views`): only the fused masks, quantized to uint8, cross to the host;
 5. instances scoring below ``score_floor`` are dropped; masks are stored as soft probabilities at
    ``mask_size x mask_size`` (the Kaggle convention: the map is resized from the original frame without
    keeping the aspect) or at the original size (``mask_size=0``); boxes are in original-image pixels.
@@ -65,6 +66,8 @@ from . import cache as lcache
 from . import data as ldata
 from . import io as lio
 from . import predictions as lpred
+from .ensemble import fused_attributes, fusion_plan
+from .metric import mask_iou
 
 __all__ = [
     "PREDICT_FORMAT",
@@ -215,26 +218,39 @@ def _scaled_transform(model, scale: float):
         t.min_size, t.max_size = old_min, old_max
 
 
-def _resize_quantize(masks: torch.Tensor, size: tuple[int, int], chunk: int = 16) -> np.ndarray:
-    """``(N, 1, h, w)`` probabilities -> ``(N, H, W)`` uint8 (``round(p * 255)``) at ``size``, on the masks'
-    device, ``chunk`` masks at a time (bilinear; antialiased when shrinking)."""
-    n = masks.shape[0]
+def _resize_maps(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``(n, 1, h, w)`` probabilities -> ``(n, H, W)`` float32 at ``size`` on the masks' device (bilinear;
+    antialiased when shrinking)."""
     H, W = int(size[0]), int(size[1])
-    out = np.zeros((n, H, W), np.uint8)
-    if n == 0:
-        return out
-    h, w = masks.shape[-2:]
+    m = masks.float()
+    h, w = m.shape[-2:]
+    if (h, w) != (H, W) and m.shape[0]:
+        m = F.interpolate(m, size=(H, W), mode="bilinear", align_corners=False, antialias=H < h or W < w)
+    return m.reshape(m.shape[0], H, W)
+
+
+def _quantize(maps: torch.Tensor) -> np.ndarray:
+    """Probabilities (any shape, any device) -> uint8 ``round(p * 255)`` numpy array on the host."""
+    return (maps.float() * 255).round_().clamp_(0, 255).to(torch.uint8).cpu().numpy()
+
+
+def _resize_quantize(masks: torch.Tensor, size: tuple[int, int], chunk: int = 16) -> np.ndarray:
+    """``(N, 1, h, w)`` probabilities -> ``(N, H, W)`` uint8 (``round(p * 255)``) at ``size``, resized on the
+    masks' device ``chunk`` masks at a time (bounded memory; see :func:`_resize_maps`)."""
+    n = masks.shape[0]
+    out = np.zeros((n, int(size[0]), int(size[1])), np.uint8)
     for j in range(0, n, chunk):
-        m = masks[j:j + chunk].float()
-        if (h, w) != (H, W):
-            m = F.interpolate(m, size=(H, W), mode="bilinear", align_corners=False, antialias=H < h or W < w)
-        out[j:j + chunk] = (m[:, 0] * 255).round_().clamp_(0, 255).to(torch.uint8).cpu().numpy()
+        out[j:j + chunk] = _quantize(_resize_maps(masks[j:j + chunk], size))
     return out
 
 
 def _view_result(out: dict, flip: bool, in_hw: tuple[int, int], orig_hw: tuple[int, int],
-                 store_hw: tuple[int, int], score_floor: float) -> dict:
-    """One model output (one image, one view) -> instances in the original frame at the stored resolution."""
+                 store_hw: tuple[int, int], score_floor: float, quantize: bool = True) -> dict:
+    """One model output (one image, one view) -> instances in the original frame at the stored resolution.
+
+    ``masks`` is the uint8 host array of :func:`predict_batch`, or with ``quantize=False`` the (N, Hs, Ws)
+    float32 probabilities left on the model's device (for :func:`_fuse_views`).
+    """
     scores = out["scores"].float()
     keep = torch.nonzero(scores >= score_floor).flatten()
     keep = keep[torch.argsort(scores[keep], descending=True, stable=True)]
@@ -243,7 +259,7 @@ def _view_result(out: dict, flip: bool, in_hw: tuple[int, int], orig_hw: tuple[i
         masks = masks[:, None]
     if flip:
         masks = masks.flip(-1)
-    q = _resize_quantize(masks, store_hw)
+    q = _resize_quantize(masks, store_hw) if quantize else _resize_maps(masks, store_hw)
     boxes = out["boxes"][keep].float().cpu().numpy().reshape(-1, 4).astype(np.float32)
     in_h, in_w = in_hw
     if flip:
@@ -260,33 +276,91 @@ def _view_result(out: dict, flip: bool, in_hw: tuple[int, int], orig_hw: tuple[i
     }
 
 
-def _fuse_views(views: list[dict], orig_hw: tuple[int, int], store_hw: tuple[int, int], iou_thr: float,
-                score_floor: float) -> dict:
-    """Merge the TTA views of one image with :func:`lib.ensemble.fuse_instances` (equal weights)."""
-    from .ensemble import fuse_instances
+def _iou_within_categories(binary: torch.Tensor, categories: np.ndarray) -> np.ndarray:
+    """(N, N) float64 mask IoU of the (N, H, W) boolean masks ``binary`` between instances of one category
+    (0 across categories). On CUDA one float64 matrix product on the device (exact counts; TF32 never
+    applies to float64); on the CPU :func:`lib.metric.mask_iou` per category."""
+    n = binary.shape[0]
+    if binary.device.type == "cpu":
+        b = binary.numpy()
+        out = np.zeros((n, n), np.float64)
+        for c in np.unique(categories):
+            idx = np.flatnonzero(categories == c)
+            out[np.ix_(idx, idx)] = mask_iou(b[idx], b[idx])
+        return out
+    f = binary.reshape(n, -1).to(torch.float64)
+    inter = f @ f.T
+    area = f.sum(1)
+    union = area[:, None] + area[None, :] - inter
+    iou = torch.where(union > 0, inter / union.clamp_min(1), torch.zeros_like(inter)).cpu().numpy()
+    same = categories[:, None] == categories[None, :]
+    return np.where(same, iou, 0.0)
 
-    sources = [{"masks": v["masks"].astype(np.float32) / 255.0, "categories": v["categories"],
-                "scores": v["scores"], "attr_scores": v["attr_scores"]} for v in views]
-    if not any(len(s["scores"]) for s in sources):
-        return views[0]
-    if any(s["attr_scores"] is not None for s in sources):
-        n_attr = next(s["attr_scores"].shape[1] for s in sources if s["attr_scores"] is not None)
-        for s in sources:  # a view without instances has no (N, A) array yet
-            if s["attr_scores"] is None and len(s["scores"]) == 0:
-                s["attr_scores"] = np.zeros((0, n_attr), np.float32)
-    fused = fuse_instances(sources, None, iou_thr=iou_thr, min_votes=1)
-    keep = fused["scores"] >= score_floor
+
+def _boxes_of_maps(maps: torch.Tensor) -> np.ndarray:
+    """(M, H, W) probabilities -> (M, 4) float32 ``x1, y1, x2, y2`` (x2/y2 exclusive) of the pixels >= 0.5,
+    of the nonzero pixels when there are none, zeros for an all-zero map (as
+    :func:`lib.ensemble.masks_to_boxes`), computed on the maps' device from per-row / per-column maxima."""
+    row_max, col_max = maps.amax(2), maps.amax(1)  # (M, H), (M, W)
+    strong = row_max.amax(1) >= 0.5
+    thresh = torch.where(strong, 0.5, torch.finfo(maps.dtype).tiny)[:, None]
+    rows, cols = row_max >= thresh, col_max >= thresh
+    h, w = rows.shape[1], cols.shape[1]
+    boxes = torch.stack([cols.int().argmax(1), rows.int().argmax(1),
+                         w - cols.flip(1).int().argmax(1), h - rows.flip(1).int().argmax(1)], 1).float()
+    boxes[~rows.any(1)] = 0
+    return boxes.cpu().numpy().astype(np.float32).reshape(-1, 4)
+
+
+def _fuse_views(views: list[dict], orig_hw: tuple[int, int], store_hw: tuple[int, int], iou_thr: float,
+                score_floor: float, chunk: int = 16) -> dict:
+    """Merge the TTA views of one image by the rules of :func:`lib.ensemble.fuse_instances` (one source per
+    view, equal weights) without moving the masks off the device.
+
+    ``views`` are :func:`_view_result` dicts with ``quantize=False``. The IoU matrix and the
+    :func:`lib.ensemble.fusion_plan` are small host arrays; the fused maps (each a weighted sum of its
+    members' maps: one ``index_add_``, as every instance is in one cluster), their boxes and the uint8
+    quantization are computed on the device, so only the kept masks cross to the host (``chunk`` at a
+    time). Returns a :func:`predict_batch` result.
+    """
     sh, sw = store_hw
     oh, ow = orig_hw
-    q = np.clip(np.rint(fused["masks"][keep] * 255), 0, 255).astype(np.uint8)
-    attrs = fused["attr_scores"]
+    maps = torch.cat([v["masks"] for v in views]).float()  # (N, sh, sw) float32, a new tensor
+    cats = np.concatenate([v["categories"] for v in views]).astype(np.int64)
+    scores = np.concatenate([v["scores"] for v in views]).astype(np.float64)
+    src = np.concatenate([np.full(len(v["scores"]), k, np.int64) for k, v in enumerate(views)])
+    with_attrs = [v["attr_scores"] is not None for v in views]
+    n_attr = next((v["attr_scores"].shape[1] for v in views if v["attr_scores"] is not None), None)
+    ious = _iou_within_categories(maps >= 0.5, cats)
+    plan = fusion_plan(cats, scores, src, np.ones(len(views)), lambda idx: ious[np.ix_(idx, idx)], iou_thr, 1)
+    keep = np.flatnonzero(plan["scores"] >= score_floor)
+    # Every pooled instance belongs to one cluster: scale its map by its coefficient and add it into its fused
+    # instance's row (row len(keep) collects the instances of dropped clusters and is discarded).
+    row = np.full(len(cats), len(keep), np.int64)
+    coef = np.zeros(len(cats), np.float32)
+    for r, m in enumerate(keep):
+        for i, a in plan["members"][m]:
+            row[i], coef[i] = r, a
+    fused = torch.zeros((len(keep) + 1, sh, sw), dtype=torch.float32, device=maps.device)
+    maps.mul_(torch.from_numpy(coef).to(maps.device)[:, None, None])  # maps is this function's own copy
+    fused.index_add_(0, torch.from_numpy(row).to(maps.device), maps)
+    fused = fused[:len(keep)].clamp_(0, 1)
+    q = np.zeros((len(keep), sh, sw), np.uint8)
+    boxes = np.zeros((len(keep), 4), np.float32)
+    for j in range(0, len(keep), chunk):
+        q[j:j + chunk] = _quantize(fused[j:j + chunk])
+        boxes[j:j + chunk] = _boxes_of_maps(fused[j:j + chunk])
+    attrs = None
+    if n_attr is not None:
+        pooled = np.concatenate([v["attr_scores"] if v["attr_scores"] is not None
+                                 else np.zeros((len(v["scores"]), n_attr), np.float32) for v in views])
+        attrs = fused_attributes(plan, pooled.astype(np.float64), with_attrs)[keep]
     return {
-        "masks": q.reshape(-1, sh, sw),
-        "categories": fused["categories"][keep].astype(np.int64),
-        "scores": fused["scores"][keep].astype(np.float32),
-        "boxes": (fused["boxes"][keep] * np.array([ow / sw, oh / sh, ow / sw, oh / sh], np.float32)).astype(
-            np.float32).reshape(-1, 4),
-        "attr_scores": None if attrs is None else attrs[keep].astype(np.float32),
+        "masks": q,
+        "categories": plan["categories"][keep],
+        "scores": plan["scores"][keep].astype(np.float32),
+        "boxes": (boxes * np.array([ow / sw, oh / sh, ow / sw, oh / sh], np.float32)).astype(np.float32),
+        "attr_scores": attrs,
     }
 
 
@@ -323,7 +397,7 @@ def predict_batch(model, images: list[torch.Tensor], orig_sizes: list[tuple[int,
             outs = model(inputs)
         for i, (out, inp) in enumerate(zip(outs, inputs)):
             per_image[i].append(_view_result(out, flip, tuple(inp.shape[-2:]), tuple(orig_sizes[i]), stores[i],
-                                             score_floor))
+                                             score_floor, quantize=len(views) == 1))
     results = []
     for i, vs in enumerate(per_image):
         results.append(vs[0] if len(vs) == 1 else _fuse_views(vs, tuple(orig_sizes[i]), stores[i], tta_iou,

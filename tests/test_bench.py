@@ -138,6 +138,8 @@ def test_infer_bench_cpu(tmp_path):
         assert r["predict_ratio"] == pytest.approx(r["predict_img_s"] / r["stock_img_s"])
         assert r["projected_total_s"] == pytest.approx(r["projected_05_s"] + r["projected_06_s"])
         assert r["projected_05_s"] >= 100 / r["predict_img_s"] - 1e-6
+        assert _positive(r["fusion_device_ms"]) and _positive(r["fusion_host_ms"])
+        assert r["fusion_ratio"] == pytest.approx(r["fusion_host_ms"] / r["fusion_device_ms"])
 
 
 def test_input_bench_cpu(tmp_path):

@@ -115,6 +115,58 @@ def test_flip_tta_of_a_symmetric_model_equals_no_tta():
     np.testing.assert_allclose(plain["boxes"], [[20, 12, 60, 48]])
 
 
+def _random_views(rng, k, hw, n_attr=None):
+    """k TTA views of one image: device-style float maps (blobs, some near-duplicates across views)."""
+    base = []
+    for _ in range(6):
+        y, x = rng.integers(0, hw[0] - 6), rng.integers(0, hw[1] - 6)
+        m = np.zeros(hw, np.float32)
+        m[y:y + rng.integers(3, 12), x:x + rng.integers(3, 12)] = rng.uniform(0.3, 1.0)
+        base.append((m, int(rng.integers(0, 3))))
+    views = []
+    for v in range(k):
+        pick = rng.permutation(len(base))[:rng.integers(0, len(base) + 1)]
+        maps = [np.clip(base[i][0] + rng.normal(0, 0.1, hw).astype(np.float32) * (base[i][0] > 0), 0, 1)
+                for i in pick]
+        scores = np.sort(rng.uniform(0.05, 1, len(pick)).astype(np.float32))[::-1].copy()
+        attrs = rng.random((len(pick), n_attr)).astype(np.float32) if n_attr and v != 1 else None
+        views.append({"masks": torch.from_numpy(np.stack(maps) if maps else np.zeros((0, *hw), np.float32)),
+                      "categories": np.array([base[i][1] for i in pick], np.int64), "scores": scores,
+                      "boxes": np.zeros((len(pick), 4), np.float32), "attr_scores": attrs})
+    return views
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_tta_fusion_on_the_device_matches_fuse_instances(seed):
+    from lib.ensemble import fuse_instances
+
+    rng = np.random.default_rng(seed)
+    hw = (24, 32)
+    views = _random_views(rng, 3, hw, n_attr=4 if seed % 2 else None)
+    got = lpredict._fuse_views(views, (48, 96), hw, iou_thr=0.4, score_floor=0.1)
+    ref = fuse_instances([{**v, "masks": v["masks"].numpy()} for v in views], iou_thr=0.4)
+    keep = ref["scores"] >= 0.1
+    np.testing.assert_array_equal(got["categories"], ref["categories"][keep])
+    np.testing.assert_allclose(got["scores"], ref["scores"][keep], rtol=1e-6)
+    want = np.clip(np.rint(ref["masks"][keep] * 255), 0, 255)
+    assert got["masks"].dtype == np.uint8 and got["masks"].shape == want.shape
+    assert np.abs(got["masks"].astype(int) - want).max(initial=0) <= 1
+    np.testing.assert_allclose(got["boxes"], ref["boxes"][keep] * np.array([3, 2, 3, 2], np.float32))
+    if ref["attr_scores"] is None:
+        assert got["attr_scores"] is None
+    else:
+        np.testing.assert_allclose(got["attr_scores"], ref["attr_scores"][keep], rtol=1e-5)
+    if seed == 0:
+        assert len(got["scores"]) and len(got["scores"]) < sum(len(v["scores"]) for v in views)  # some fused
+
+
+def test_tta_fusion_of_empty_views():
+    empty = {"masks": torch.zeros((0, 8, 8)), "categories": np.zeros(0, np.int64),
+             "scores": np.zeros(0, np.float32), "boxes": np.zeros((0, 4), np.float32), "attr_scores": None}
+    got = lpredict._fuse_views([empty, empty], (16, 16), (8, 8), 0.5, 0.05)
+    assert got["masks"].shape == (0, 8, 8) and got["boxes"].shape == (0, 4) and got["attr_scores"] is None
+
+
 def test_flip_tta_maps_the_flipped_view_back():
     # A model that always marks the left quarter: on the mirrored image that is the right quarter of the original.
     model = FakeModel([(0.0, 0.0, 0.25, 1.0)], [0.6], [1])
