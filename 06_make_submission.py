@@ -98,6 +98,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="only validate FILE against --data-dir's test images; exit 0 if valid, 1 if not")
     p.add_argument("--report-images", type=int, default=6,
                    help="images shown in <out dir>/report/index.html (overlays per model); 0 = no report")
+    p.add_argument("--workers", type=int, default=0,
+                   help="processes that post-process and encode the test images (0 = one per CPU, 1 = none)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return p
 
@@ -300,7 +302,7 @@ def main(args) -> int:
         atomic_write_json(out.parent / "scores.json", {"gt": str(gt), "scores": scores,
                                                        "submission": combo})
 
-    sub = lsub.build_submission(final, images, params, mask_size, progress=progress)
+    sub = lsub.build_submission(final, images, params, mask_size, progress=progress, workers=args.workers)
     lsub.write_submission(sub, out, ids, mask_size, sizes)
     report = None
     if args.report_images > 0:

@@ -40,6 +40,8 @@ import csv
 import io
 import itertools
 import math
+import multiprocessing as mp
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -380,8 +382,17 @@ def _images_frame(images: pd.DataFrame) -> pd.DataFrame:
     return images
 
 
+def _submission_rows(task) -> list[tuple[str, str, str]]:
+    """The submission rows of one image: ``task`` = (image_id, (h, w), its prediction rows or None, params)."""
+    image_id, size, rows, params = task
+    insts = [] if rows is None else _finalize(_prepare(rows, size, params["score_thresh"]), params, size)
+    if not insts:
+        return [(image_id, *PLACEHOLDER)]
+    return [(image_id, i.rle(size), i.class_id) for i in insts]
+
+
 def build_submission(pred_table: pd.DataFrame, images: pd.DataFrame, params: dict | None = None,
-                     mask_size: int | None = 512, progress: bool = True) -> pd.DataFrame:
+                     mask_size: int | None = 512, progress: bool = True, workers: int = 1) -> pd.DataFrame:
     """Post-process every image and encode the Kaggle submission.
 
     Args:
@@ -391,6 +402,8 @@ def build_submission(pred_table: pd.DataFrame, images: pd.DataFrame, params: dic
             test image (order kept in the output).
         params: post-processing parameters.
         mask_size: masks are ``mask_size x mask_size``; None = original size.
+        workers: processes that post-process images in parallel (1 = in this
+            process; 0 = one per CPU). The output does not depend on it.
 
     Returns:
         DataFrame ``ImageId, EncodedPixels, ClassId`` (strings); an image
@@ -399,17 +412,28 @@ def build_submission(pred_table: pd.DataFrame, images: pd.DataFrame, params: dic
     params = resolve_params(params)
     images = _images_frame(images)
     groups = _image_groups(pred_table)
-    out = []
-    for r in tqdm(images.itertuples(index=False), total=len(images), desc="submission", unit="img",
-                  disable=not progress):
-        size = (int(mask_size), int(mask_size)) if mask_size else (int(r.orig_height), int(r.orig_width))
-        idx = groups.get(r.image_id)
-        insts = [] if idx is None else _finalize(_prepare(pred_table.iloc[idx], size, params["score_thresh"]),
-                                                  params, size)
-        if not insts:
-            out.append((r.image_id, *PLACEHOLDER))
-            continue
-        out += [(r.image_id, i.rle(size), i.class_id) for i in insts]
+
+    def tasks():
+        for r in images.itertuples(index=False):
+            size = (int(mask_size), int(mask_size)) if mask_size else (int(r.orig_height), int(r.orig_width))
+            idx = groups.get(r.image_id)
+            yield r.image_id, size, None if idx is None else pred_table.iloc[idx], params
+
+    n_workers = min(workers or os.cpu_count() or 1, max(1, len(images)))
+    bar = tqdm(total=len(images), desc="submission", unit="img", disable=not progress)
+    out: list[tuple[str, str, str]] = []
+    try:
+        if n_workers <= 1:
+            for t in tasks():
+                out += _submission_rows(t)
+                bar.update(1)
+        else:
+            with mp.get_context("fork").Pool(n_workers) as pool:
+                for rows in pool.imap(_submission_rows, tasks(), chunksize=8):  # in image order
+                    out += rows
+                    bar.update(1)
+    finally:
+        bar.close()
     return pd.DataFrame(out, columns=list(ldata.SUBMISSION_COLUMNS))
 
 

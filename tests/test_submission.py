@@ -174,6 +174,20 @@ def test_window_rle_equals_encoding_the_full_canvas():
 
 
 
+def test_build_submission_in_worker_processes_gives_the_same_file():
+    rng = np.random.default_rng(0)
+    rows, ids = [], [f"{i:03d}.jpg" for i in range(30)]
+    for i in ids[::2]:  # every other image has instances, the rest get placeholders
+        masks = [rect(*rng.integers(0, 12, 2), *rng.integers(14, 32, 2)) for _ in range(4)]
+        rows += pred_rows(i, masks, list(rng.integers(0, 3, 4)), list(rng.uniform(0.3, 1, 4)))
+    t, imgs = table(rows), images_df(ids)
+    one = lsub.build_submission(t, imgs, mask_size=S, progress=False)
+    many = lsub.build_submission(t, imgs, mask_size=S, progress=False, workers=2)
+    pd.testing.assert_frame_equal(one, many)
+    assert list(dict.fromkeys(one["ImageId"])) == ids  # image order kept
+    assert (one["EncodedPixels"] == "1 1").sum() == 15 and lsub.validate_submission(many, ids, S) == []
+
+
 def test_build_submission_placeholders_order_and_sizes():
     t = table(pred_rows("b.jpg", [rect(2, 2, 20, 20), rect(0, 0, 32, 32)], [4, 5], [0.9, 0.2]),
               pred_rows("zzz.jpg", [rect(2, 2, 20, 20)], [4], [0.9]))  # not a test image: ignored
