@@ -110,8 +110,21 @@ def instance_fields(inputs) -> tuple[torch.Tensor, ...]:
 
 def masks_to_boxes_exclusive(masks: torch.Tensor) -> torch.Tensor:
     """(N, H, W) non-empty masks -> (N, 4) float32 boxes [x1, y1, x2, y2], x2/y2 exclusive (as in the cache)."""
-    m = masks.as_subclass(torch.Tensor) != 0
-    rows, cols = m.any(dim=2), m.any(dim=1)  # (N, H), (N, W)
+    return _extent_boxes(*_row_col_any(masks))
+
+
+def _row_col_any(masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which rows (N, H) and columns (N, W) of each (N, H, W) mask hold foreground: two max-reductions of
+    the masks as they are (no full-size boolean copy)."""
+    m = masks.as_subclass(torch.Tensor)
+    if m.dtype == torch.bool:
+        return m.any(dim=2), m.any(dim=1)
+    if m.is_floating_point():
+        m = m.abs()
+    return m.amax(dim=2) != 0, m.amax(dim=1) != 0
+
+
+def _extent_boxes(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
     h, w = rows.shape[1], cols.shape[1]
     y1 = rows.int().argmax(dim=1)
     y2 = h - rows.flip(1).int().argmax(dim=1)
@@ -136,16 +149,17 @@ class BoxesFromMasks(v2.Transform):
             return image, target
         target = dict(target)
         boxes = target["boxes"]
-        if masks.shape[0] > 0:
-            keep = (masks.as_subclass(torch.Tensor) != 0).flatten(1).any(1)
-            if not bool(keep.all()):
-                for key in INSTANCE_FIELDS:
-                    if key in target:
-                        target[key] = target[key][keep]
-                masks = tv_tensors.wrap(masks.as_subclass(torch.Tensor)[keep], like=masks) \
-                    if isinstance(masks, tv_tensors.TVTensor) else masks[keep]
-                target["masks"] = masks
-        new_boxes = masks_to_boxes_exclusive(masks).to(boxes.dtype)
+        rows, cols = _row_col_any(masks)
+        keep = rows.any(1)
+        if masks.shape[0] > 0 and not bool(keep.all()):
+            for key in INSTANCE_FIELDS:
+                if key in target:
+                    target[key] = target[key][keep]
+            masks = tv_tensors.wrap(masks.as_subclass(torch.Tensor)[keep], like=masks) \
+                if isinstance(masks, tv_tensors.TVTensor) else masks[keep]
+            target["masks"] = masks
+            rows, cols = rows[keep], cols[keep]
+        new_boxes = _extent_boxes(rows, cols).to(boxes.dtype)
         target["boxes"] = tv_tensors.wrap(new_boxes, like=boxes) if isinstance(boxes, tv_tensors.BoundingBoxes) \
             else new_boxes
         return image, target

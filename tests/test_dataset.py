@@ -158,6 +158,8 @@ def test_masks_to_boxes_exclusive_matches_cache_convention():
     assert got == [[float(v) for v in lcache.mask_bbox(x.numpy())] for x in m]
     assert got == [[4, 3, 5, 4], [0, 0, 9, 7], [0, 1, 9, 7]]
     assert masks_to_boxes_exclusive(torch.zeros((0, 4, 4), dtype=torch.uint8)).shape == (0, 4)
+    for other in (m.bool(), m.float() * 0.3, -m.float(), m * 200):  # any nonzero value is foreground
+        assert masks_to_boxes_exclusive(other).tolist() == got
 
 
 def test_image_without_instances_passes_through():
