@@ -276,13 +276,16 @@ def _view_result(out: dict, flip: bool, in_hw: tuple[int, int], orig_hw: tuple[i
     }
 
 
-def _iou_within_categories(binary: torch.Tensor, categories: np.ndarray) -> np.ndarray:
+def _iou_within_categories(binary: torch.Tensor, categories: np.ndarray, by_matmul: bool | None = None) -> np.ndarray:
     """(N, N) float64 mask IoU of the (N, H, W) boolean masks ``binary`` between instances of one category
-    (0 across categories). On CUDA one float64 matrix product on the device (exact counts; TF32 never
-    applies to float64); on the CPU :func:`lib.metric.mask_iou` per category."""
+    (0 across categories). ``by_matmul`` (default: off the CPU) computes all pairs with one float64 matrix
+    product on the masks' device (exact counts; TF32 never applies to float64); otherwise
+    :func:`lib.metric.mask_iou` per category on the host."""
     n = binary.shape[0]
-    if binary.device.type == "cpu":
-        b = binary.numpy()
+    if by_matmul is None:
+        by_matmul = binary.device.type != "cpu"
+    if not by_matmul:
+        b = binary.cpu().numpy()
         out = np.zeros((n, n), np.float64)
         for c in np.unique(categories):
             idx = np.flatnonzero(categories == c)

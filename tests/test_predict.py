@@ -160,6 +160,31 @@ def test_tta_fusion_on_the_device_matches_fuse_instances(seed):
         assert len(got["scores"]) and len(got["scores"]) < sum(len(v["scores"]) for v in views)  # some fused
 
 
+def test_iou_within_categories_both_ways_agree_with_mask_iou():
+    from lib.metric import mask_iou
+
+    rng = np.random.default_rng(0)
+    masks = torch.from_numpy(rng.random((9, 20, 30)) < rng.random((9, 1, 1)))
+    masks[4] = False  # an empty mask: IoU 0 with everything, itself included
+    cats = np.array([0, 1, 0, 2, 0, 1, 1, 2, 0])
+    ref = mask_iou(masks.numpy(), masks.numpy()) * (cats[:, None] == cats[None, :])
+    for by_matmul in (False, True):  # True is what CUDA runs
+        got = lpredict._iou_within_categories(masks, cats, by_matmul=by_matmul)
+        np.testing.assert_allclose(got, ref, rtol=1e-12, atol=0)
+    assert ref[0, 2] > 0 and ref[0, 1] == 0 and ref[4, 4] == 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_tta_fusion_on_cuda_matches_the_cpu():
+    views = _random_views(np.random.default_rng(0), 3, (24, 32), n_attr=4)
+    cpu = lpredict._fuse_views(views, (48, 96), (24, 32), iou_thr=0.4, score_floor=0.1)
+    gpu = lpredict._fuse_views([{**v, "masks": v["masks"].cuda()} for v in views], (48, 96), (24, 32),
+                               iou_thr=0.4, score_floor=0.1)
+    np.testing.assert_array_equal(gpu["categories"], cpu["categories"])
+    assert np.abs(gpu["masks"].astype(int) - cpu["masks"]).max(initial=0) <= 1
+    np.testing.assert_allclose(gpu["boxes"], cpu["boxes"])
+
+
 def test_tta_fusion_of_empty_views():
     empty = {"masks": torch.zeros((0, 8, 8)), "categories": np.zeros(0, np.int64),
              "scores": np.zeros(0, np.float32), "boxes": np.zeros((0, 4), np.float32), "attr_scores": None}
