@@ -236,8 +236,9 @@ def measure_arch(arch: str, cfg: dict, paths: list[Path], device, dtype, views, 
 def fusion_ms(model, images, orig, views, device, dtype, steps: int = 2, warm: int = 1) -> dict:
     """TTA view fusion per image (of the first two images of the batch: the host path takes about a second
     per image at 100 detections per view): 05's on-device fusion (``lib.predict._fuse_views``) vs the host
-    path it replaced, timed in turns on the same views: every view's masks quantized and copied to the host, then
-    ``lib.ensemble.fuse_instances`` in numpy on uint8 / 255 maps and the fused masks quantized again."""
+    path it replaced, timed in turns on the same views (uint8 maps on the device): every view's masks copied to
+    the host, then ``lib.ensemble.fuse_instances`` in numpy on uint8 / 255 maps and the fused masks quantized
+    again."""
     from lib import predict as lpredict
     from lib.ensemble import fuse_instances
 
@@ -258,7 +259,7 @@ def fusion_ms(model, images, orig, views, device, dtype, steps: int = 2, warm: i
 
     def on_host():
         for vs in per_image:
-            sources = [{"masks": lpredict._quantize(v["masks"]).astype(np.float32) / 255.0,
+            sources = [{"masks": v["masks"].cpu().numpy().astype(np.float32) / 255.0,
                         "categories": v["categories"], "scores": v["scores"], "attr_scores": v["attr_scores"]}
                        for v in vs]
             fused = fuse_instances(sources, None, iou_thr=0.5, min_votes=1)

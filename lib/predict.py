@@ -229,16 +229,29 @@ def _resize_maps(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return m.reshape(m.shape[0], H, W)
 
 
+def _quantize_on_device(maps: torch.Tensor) -> torch.Tensor:
+    """Probabilities -> uint8 ``round(p * 255)`` on their device."""
+    return (maps.float() * 255).round_().clamp_(0, 255).to(torch.uint8)
+
+
 def _quantize(maps: torch.Tensor) -> np.ndarray:
     """Probabilities (any shape, any device) -> uint8 ``round(p * 255)`` numpy array on the host."""
-    return (maps.float() * 255).round_().clamp_(0, 255).to(torch.uint8).cpu().numpy()
+    return _quantize_on_device(maps).cpu().numpy()
 
 
-def _resize_quantize(masks: torch.Tensor, size: tuple[int, int], chunk: int = 16) -> np.ndarray:
+def _resize_quantize(masks: torch.Tensor, size: tuple[int, int], chunk: int = 16,
+                     on_device: bool = False) -> np.ndarray | torch.Tensor:
     """``(N, 1, h, w)`` probabilities -> ``(N, H, W)`` uint8 (``round(p * 255)``) at ``size``, resized on the
-    masks' device ``chunk`` masks at a time (bounded memory; see :func:`_resize_maps`)."""
+    masks' device ``chunk`` masks at a time (bounded memory; see :func:`_resize_maps`). A host numpy array,
+    or with ``on_device`` a tensor left on the masks' device."""
     n = masks.shape[0]
-    out = np.zeros((n, int(size[0]), int(size[1])), np.uint8)
+    H, W = int(size[0]), int(size[1])
+    if on_device:
+        out = torch.empty((n, H, W), dtype=torch.uint8, device=masks.device)
+        for j in range(0, n, chunk):
+            out[j:j + chunk] = _quantize_on_device(_resize_maps(masks[j:j + chunk], size))
+        return out
+    out = np.zeros((n, H, W), np.uint8)
     for j in range(0, n, chunk):
         out[j:j + chunk] = _quantize(_resize_maps(masks[j:j + chunk], size))
     return out
@@ -248,8 +261,8 @@ def _view_result(out: dict, flip: bool, in_hw: tuple[int, int], orig_hw: tuple[i
                  store_hw: tuple[int, int], score_floor: float, quantize: bool = True) -> dict:
     """One model output (one image, one view) -> instances in the original frame at the stored resolution.
 
-    ``masks`` is the uint8 host array of :func:`predict_batch`, or with ``quantize=False`` the (N, Hs, Ws)
-    float32 probabilities left on the model's device (for :func:`_fuse_views`).
+    ``masks`` is the (N, Hs, Ws) uint8 ``round(p * 255)`` of :func:`predict_batch`: a host array, or with
+    ``quantize=False`` a tensor left on the model's device (for :func:`_fuse_views`).
     """
     scores = out["scores"].float()
     keep = torch.nonzero(scores >= score_floor).flatten()
@@ -259,7 +272,7 @@ def _view_result(out: dict, flip: bool, in_hw: tuple[int, int], orig_hw: tuple[i
         masks = masks[:, None]
     if flip:
         masks = masks.flip(-1)
-    q = _resize_quantize(masks, store_hw) if quantize else _resize_maps(masks, store_hw)
+    q = _resize_quantize(masks, store_hw, on_device=not quantize)
     boxes = out["boxes"][keep].float().cpu().numpy().reshape(-1, 4).astype(np.float32)
     in_h, in_w = in_hw
     if flip:
@@ -320,39 +333,38 @@ def _fuse_views(views: list[dict], orig_hw: tuple[int, int], store_hw: tuple[int
     """Merge the TTA views of one image by the rules of :func:`lib.ensemble.fuse_instances` (one source per
     view, equal weights) without moving the masks off the device.
 
-    ``views`` are :func:`_view_result` dicts with ``quantize=False``. The IoU matrix and the
+    ``views`` are :func:`_view_result` dicts with ``quantize=False`` (uint8 maps on the device: a quarter of
+    float32's memory; the maps fused are ``q / 255``, as the host fusion did). The IoU matrix and the
     :func:`lib.ensemble.fusion_plan` are small host arrays; the fused maps (each a weighted sum of its
     members' maps: one ``index_add_``, as every instance is in one cluster), their boxes and the uint8
-    quantization are computed on the device, so only the kept masks cross to the host (``chunk`` at a
-    time). Returns a :func:`predict_batch` result.
+    quantization are computed on the device ``chunk`` fused instances at a time (bounded memory), so only
+    the kept masks cross to the host. Returns a :func:`predict_batch` result.
     """
     sh, sw = store_hw
     oh, ow = orig_hw
-    maps = torch.cat([v["masks"] for v in views]).float()  # (N, sh, sw) float32, a new tensor
+    q_all = torch.cat([v["masks"] for v in views])  # (N, sh, sw) uint8 round(p * 255)
     cats = np.concatenate([v["categories"] for v in views]).astype(np.int64)
     scores = np.concatenate([v["scores"] for v in views]).astype(np.float64)
     src = np.concatenate([np.full(len(v["scores"]), k, np.int64) for k, v in enumerate(views)])
     with_attrs = [v["attr_scores"] is not None for v in views]
     n_attr = next((v["attr_scores"].shape[1] for v in views if v["attr_scores"] is not None), None)
-    ious = _iou_within_categories(maps >= 0.5, cats)
+    ious = _iou_within_categories(q_all >= 128, cats)  # == (q / 255 >= 0.5)
     plan = fusion_plan(cats, scores, src, np.ones(len(views)), lambda idx: ious[np.ix_(idx, idx)], iou_thr, 1)
     keep = np.flatnonzero(plan["scores"] >= score_floor)
-    # Every pooled instance belongs to one cluster: scale its map by its coefficient and add it into its fused
-    # instance's row (row len(keep) collects the instances of dropped clusters and is discarded).
-    row = np.full(len(cats), len(keep), np.int64)
-    coef = np.zeros(len(cats), np.float32)
-    for r, m in enumerate(keep):
-        for i, a in plan["members"][m]:
-            row[i], coef[i] = r, a
-    fused = torch.zeros((len(keep) + 1, sh, sw), dtype=torch.float32, device=maps.device)
-    maps.mul_(torch.from_numpy(coef).to(maps.device)[:, None, None])  # maps is this function's own copy
-    fused.index_add_(0, torch.from_numpy(row).to(maps.device), maps)
-    fused = fused[:len(keep)].clamp_(0, 1)
     q = np.zeros((len(keep), sh, sw), np.uint8)
     boxes = np.zeros((len(keep), 4), np.float32)
+    dev = q_all.device
     for j in range(0, len(keep), chunk):
-        q[j:j + chunk] = _quantize(fused[j:j + chunk])
-        boxes[j:j + chunk] = _boxes_of_maps(fused[j:j + chunk])
+        # The members of these fused instances, their coefficients (/ 255: the maps are uint8) and target rows:
+        # every pooled instance is in one cluster, so one index_add_ sums each fused map.
+        terms = [(i, a / 255.0, r) for r, m in enumerate(keep[j:j + chunk]) for i, a in plan["members"][m]]
+        idx = torch.tensor([t[0] for t in terms], dtype=torch.long, device=dev)
+        coef = torch.tensor([t[1] for t in terms], dtype=torch.float32, device=dev)
+        rows = torch.tensor([t[2] for t in terms], dtype=torch.long, device=dev)
+        fused = torch.zeros((len(keep[j:j + chunk]), sh, sw), dtype=torch.float32, device=dev)
+        fused.index_add_(0, rows, q_all[idx].float() * coef[:, None, None]).clamp_(0, 1)
+        q[j:j + chunk] = _quantize(fused)
+        boxes[j:j + chunk] = _boxes_of_maps(fused)
     attrs = None
     if n_attr is not None:
         pooled = np.concatenate([v["attr_scores"] if v["attr_scores"] is not None

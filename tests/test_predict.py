@@ -116,7 +116,8 @@ def test_flip_tta_of_a_symmetric_model_equals_no_tta():
 
 
 def _random_views(rng, k, hw, n_attr=None):
-    """k TTA views of one image: device-style float maps (blobs, some near-duplicates across views)."""
+    """k TTA views of one image as _view_result leaves them on the device: uint8 maps (blobs, some
+    near-duplicates across views)."""
     base = []
     for _ in range(6):
         y, x = rng.integers(0, hw[0] - 6), rng.integers(0, hw[1] - 6)
@@ -130,7 +131,8 @@ def _random_views(rng, k, hw, n_attr=None):
                 for i in pick]
         scores = np.sort(rng.uniform(0.05, 1, len(pick)).astype(np.float32))[::-1].copy()
         attrs = rng.random((len(pick), n_attr)).astype(np.float32) if n_attr and v != 1 else None
-        views.append({"masks": torch.from_numpy(np.stack(maps) if maps else np.zeros((0, *hw), np.float32)),
+        q = np.rint(np.stack(maps) * 255).astype(np.uint8) if maps else np.zeros((0, *hw), np.uint8)
+        views.append({"masks": torch.from_numpy(q),
                       "categories": np.array([base[i][1] for i in pick], np.int64), "scores": scores,
                       "boxes": np.zeros((len(pick), 4), np.float32), "attr_scores": attrs})
     return views
@@ -144,7 +146,7 @@ def test_tta_fusion_on_the_device_matches_fuse_instances(seed):
     hw = (24, 32)
     views = _random_views(rng, 3, hw, n_attr=4 if seed % 2 else None)
     got = lpredict._fuse_views(views, (48, 96), hw, iou_thr=0.4, score_floor=0.1)
-    ref = fuse_instances([{**v, "masks": v["masks"].numpy()} for v in views], iou_thr=0.4)
+    ref = fuse_instances([{**v, "masks": v["masks"].numpy() / 255.0} for v in views], iou_thr=0.4)
     keep = ref["scores"] >= 0.1
     np.testing.assert_array_equal(got["categories"], ref["categories"][keep])
     np.testing.assert_allclose(got["scores"], ref["scores"][keep], rtol=1e-6)
@@ -186,7 +188,7 @@ def test_tta_fusion_on_cuda_matches_the_cpu():
 
 
 def test_tta_fusion_of_empty_views():
-    empty = {"masks": torch.zeros((0, 8, 8)), "categories": np.zeros(0, np.int64),
+    empty = {"masks": torch.zeros((0, 8, 8), dtype=torch.uint8), "categories": np.zeros(0, np.int64),
              "scores": np.zeros(0, np.float32), "boxes": np.zeros((0, 4), np.float32), "attr_scores": None}
     got = lpredict._fuse_views([empty, empty], (16, 16), (8, 8), 0.5, 0.05)
     assert got["masks"].shape == (0, 8, 8) and got["boxes"].shape == (0, 4) and got["attr_scores"] is None
