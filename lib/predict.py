@@ -420,24 +420,12 @@ def predict_batch(model, images: list[torch.Tensor], orig_sizes: list[tuple[int,
     return results
 
 
-def _encode_q(q: np.ndarray) -> tuple[int, int, bytes]:
-    """uint8 (H, W) map -> (x0, y0, PNG of its nonzero crop), as :func:`lib.predictions.encode_prob`."""
-    rows = np.flatnonzero(q.any(axis=1))
-    if rows.size == 0:
-        return lpred.encode_prob(np.zeros((1, 1), np.float32))
-    cols = np.flatnonzero(q.any(axis=0))
-    y0, x0 = int(rows[0]), int(cols[0])
-    crop = q[y0:rows[-1] + 1, x0:cols[-1] + 1]
-    _, _, png = lpred.encode_prob(crop.astype(np.float32) / 255.0)  # exact: rint(q / 255 * 255) == q
-    return x0, y0, png
-
-
 def result_rows(image_id: str, model_name: str, result: dict, orig_hw: tuple[int, int]) -> list[dict]:
     """A :func:`predict_batch` result -> prediction-table rows (dicts with ``lib.predictions.COLUMNS``)."""
     rows = []
     n, mh, mw = result["masks"].shape
     for k in range(n):
-        x0, y0, png = _encode_q(result["masks"][k])
+        x0, y0, png = lpred.encode_quantized(result["masks"][k])
         b = result["boxes"][k]
         a = result["attr_scores"]
         rows.append({

@@ -43,7 +43,11 @@ def encode_prob(prob: np.ndarray) -> tuple[int, int, bytes]:
 
     An all-zero mask is stored as a 1x1 zero crop at (0, 0).
     """
-    q = np.clip(np.rint(np.asarray(prob, np.float32) * 255), 0, 255).astype(np.uint8)
+    return encode_quantized(np.clip(np.rint(np.asarray(prob, np.float32) * 255), 0, 255).astype(np.uint8))
+
+
+def encode_quantized(q: np.ndarray) -> tuple[int, int, bytes]:
+    """:func:`encode_prob` of a map already quantized: (H, W) uint8 ``round(p * 255)``."""
     rows = np.flatnonzero(q.any(axis=1))
     if rows.size == 0:
         q, x0, y0 = np.zeros((1, 1), np.uint8), 0, 0

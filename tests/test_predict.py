@@ -92,6 +92,8 @@ def test_result_rows_round_trip(tmp_path):
         np.testing.assert_array_equal(np.rint(lpred.decode_prob(r) * 255).astype(np.uint8), q[k])
     np.testing.assert_allclose(t["attr_scores"].iloc[1], [0.7] * 92, rtol=1e-6)
     assert (t["mask_x0"].iloc[0], t["mask_y0"].iloc[0]) == (6, 4)
+    for m in (q[0], q[1], np.zeros((5, 5), np.uint8)):  # the uint8 path stores what the float path stores
+        assert lpred.encode_quantized(m) == lpred.encode_prob(m / 255.0)
 
 
 def test_result_rows_without_attributes():
