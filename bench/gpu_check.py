@@ -73,7 +73,7 @@ def configs(cpu: bool) -> dict:
 
     if cpu:
         return {
-            "train": dict(train_bench.MODES["cpu"], steps=1, warmup=1),
+            "train": dict(train_bench.MODES["cpu"], steps=1, warmup=1, channels_last=True),
             "infer": dict(infer_bench.MODES["cpu"], steps=1, warmup=1, rows_threads=1),
             "input": dict(input_bench.MODES["cpu"], n_train=8, batches=3, steps=2, warmup=1),
             "pipeline": dict(n_train=8, n_test=2, data_side=192, det_size=128, train_steps=2, train_batch=2,
@@ -160,6 +160,9 @@ def summary_table(report: dict) -> str:
         lines.append(f"| train step {r['arch']} (img/s, batch {r['batch']}, {r['size']} px) | "
                      f"{bc.fmt(r['ours_img_s'])} | {bc.fmt(r['stock_img_s'])} (stock) | {bc.fmt(r['ratio'])} | "
                      f"{target} |")
+        if r.get("cl_ratio") is not None:
+            lines.append(f"| train step {r['arch']}, --channels-last (img/s) | {bc.fmt(r['ours_cl_img_s'])} | "
+                         f"{bc.fmt(r['stock_img_s'])} (stock) | {bc.fmt(r['cl_ratio'])} | {target} |")
     inf = report.get("infer") or {}
     for r in inf.get("rows", []):
         if "error" in r:

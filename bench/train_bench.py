@@ -18,7 +18,9 @@ Stock and ours are timed in turns, one step each (after ``--warmup`` rounds), an
 from its median step time, so load changes on a shared machine hit both alike (on a shared CPU, run with
 ``OMP_NUM_THREADS=1``: two-thread kernels stalled by other processes made steps 5x slower and erratic).
 The CPU mode samples fewer RoIs on both sides (demo.sh's settings) and gives DeepMAC demo.sh's small head.
-``ratio`` = ours images/s / stock images/s (> 1: ours is faster). On CUDA the host-device synchronisations
+``ratio`` = ours images/s / stock images/s (> 1: ours is faster). With ``--channels-last`` (default in GPU
+mode) a third side, timed in the same turns, runs our step with the model in channels-last layout (the
+scripts' ``--channels-last``): ``ours_cl_img_s`` and ``cl_ratio`` (= it / stock). On CUDA the host-device synchronisations
 of one step are counted too (``torch.cuda.set_sync_debug_mode``); ``--profile`` prints where the time of
 our step goes (``torch.profiler``).
 
@@ -48,13 +50,13 @@ MODES = {
     # CPU: the light RoI settings of demo.sh on both sides (torchvision's defaults sample 512 RoIs per image,
     # ~10 s of mask-head backward per step on two cores).
     "cpu": dict(batch=2, size=128, backbone="resnet18", instances=8, unet_batch=2, unet_size=128,
-                encoder="resnet18", steps=3, warmup=1,
+                encoder="resnet18", steps=3, warmup=1, channels_last=False,
                 detector=dict(rpn_post_nms_top_n_train=300, box_batch_size_per_image=64,
                               rpn_pre_nms_top_n_test=300, rpn_post_nms_top_n_test=100, box_detections_per_img=50),
                 deepmac=dict(mask_roi_size=16, mask_head_width=32, mask_head_depth=2, mask_head_stacks=1)),
     # GPU: torchvision's default detector settings on both sides.
     "gpu": dict(batch=8, size=1024, backbone="resnet50", instances=8, unet_batch=32, unet_size=512,
-                encoder="resnet34", steps=15, warmup=5, detector={}, deepmac={}),
+                encoder="resnet34", steps=15, warmup=5, channels_last=True, detector={}, deepmac={}),
 }
 # The training scripts' optimiser defaults (02_train_unet.py, 03_train_maskrcnn.py, 04_train_deepmac.py).
 OURS_OPT = {"maskrcnn": dict(optimizer="adamw", lr=1e-4, clip=10.0),
@@ -144,9 +146,16 @@ def measure_arch(arch: str, cfg: dict, device, dtype, profile: bool = False) -> 
     opt = ours_optimizer(arch, model, device)
     stock.train()
     model.train()
-    t = bc.time_interleaved({"stock": lambda: bc.stock_step(stock, images, targets, stock_opt, dtype),
-                             "ours": lambda: ours_step(model, images, targets, opt, dtype)},
-                            device, cfg["steps"], cfg["warmup"])
+    sides = {"stock": lambda: bc.stock_step(stock, images, targets, stock_opt, dtype),
+             "ours": lambda: ours_step(model, images, targets, opt, dtype)}
+    if cfg.get("channels_last"):  # the scripts' --channels-last: the same model in NHWC layout
+        torch.manual_seed(0)
+        model_cl = ours_model(arch, cfg).to(device).to(memory_format=torch.channels_last).train()
+        opt_cl = ours_optimizer(arch, model_cl, device)
+        sides["ours_cl"] = lambda: ours_step(model_cl, images, targets, opt_cl, dtype)
+    t = bc.time_interleaved(sides, device, cfg["steps"], cfg["warmup"])
+    if "ours_cl" in t:
+        row.update(ours_cl_img_s=bs / t["ours_cl"], cl_ratio=t["stock"] / t["ours_cl"])
     row.update(stock_img_s=bs / t["stock"], ours_img_s=bs / t["ours"], ratio=t["stock"] / t["ours"],
                stock_syncs_per_step=bc.count_syncs(lambda: bc.stock_step(stock, images, targets, stock_opt, dtype),
                                                    device),
@@ -178,6 +187,7 @@ def run(cfg: dict, device, dtype, archs=ARCHS, profile: bool = False) -> dict:
 
 COLUMNS = [("arch", "arch"), ("model", "stock model"), ("batch", "batch"), ("size", "size"),
            ("stock_img_s", "stock img/s"), ("ours_img_s", "ours img/s"), ("ratio", "ours/stock"),
+           ("ours_cl_img_s", "ours channels-last img/s"), ("cl_ratio", "channels-last/stock"),
            ("stock_syncs_per_step", "stock syncs/step"), ("ours_syncs_per_step", "ours syncs/step")]
 
 
@@ -195,6 +205,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--instances", type=int, default=None, help="instances per image (default 8)")
     p.add_argument("--steps", type=int, default=None, help="timed steps per model (default: the mode's)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: the mode's)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="also time our step with the model in channels-last layout (the scripts' --channels-last; "
+                        "default: on in GPU mode, off in CPU mode)")
     p.add_argument("--profile", action="store_true", help="print a torch.profiler table of our step per arch")
     p.add_argument("--out", type=Path, default=Path("work/bench/train_bench.json"), help="JSON file to write")
     return p
@@ -203,7 +216,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 def config_from_args(args) -> dict:
     return bc.mode_config(MODES, args, {"batch": "batch_size", "size": "size", "backbone": "backbone",
                                         "unet_batch": "unet_batch_size", "unet_size": "unet_size",
-                                        "instances": "instances", "steps": "steps", "warmup": "warmup"})
+                                        "instances": "instances", "steps": "steps", "warmup": "warmup",
+                                        "channels_last": "channels_last"})
 
 
 def main(argv=None) -> dict:

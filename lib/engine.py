@@ -94,6 +94,10 @@ def add_common_args(parser: argparse.ArgumentParser, out_dir: str, **defaults) -
     g.add_argument("--clip-grad", type=float, default=d["clip_grad"], help="max gradient norm; 0 = no clipping")
     g.add_argument("--amp", choices=["auto", "bf16", "off"], default="auto",
                    help="mixed precision: auto = bf16 autocast on CUDA, off on CPU")
+    g.add_argument("--channels-last", action="store_true",
+                   help="keep the model's 4-D weights (and so its conv activations) in channels-last (NHWC) "
+                        "layout: often faster for convolutions on tensor-core GPUs; bench/train_bench.py measures "
+                        "it against the default layout")
     g.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto = cuda if available")
     g.add_argument("--seed", type=int, default=0, help="seed for weights, data order and augmentation")
     g.add_argument("--threads", type=int, default=0, help="torch.set_num_threads on CPU; 0 = torch's default")
@@ -688,6 +692,8 @@ def _run_training(arch: str, model_overrides: dict, args, stage: str | None, hel
 
     seed_everything(args.seed)
     model = lmodels.build_model(config).to(device)
+    if getattr(args, "channels_last", False):
+        model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, args, device)
     lr_f = lr_factor_fn(args.schedule, total_steps, args.warmup_steps, _milestones(args, steps_per_epoch),
                         args.lr_gamma)

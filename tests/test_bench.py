@@ -111,9 +111,10 @@ def test_prepare_bench_replicated_dataset_pads_the_csv(tmp_path):
 def test_train_bench_cpu(tmp_path):
     out = tmp_path / "train.json"
     train_bench.main(["--cpu", "--archs", "maskrcnn", "unet", "--size", "64", "--unet-size", "64", "--instances",
-                      "3", "--steps", "1", "--warmup", "0", "--out", str(out)])
+                      "3", "--steps", "1", "--warmup", "0", "--channels-last", "--out", str(out)])
     rep = json.loads(out.read_text())
     assert rep["precision"] == "fp32" and rep["config"]["backbone"] == "resnet18"
+    assert all(r["cl_ratio"] == pytest.approx(r["ours_cl_img_s"] / r["stock_img_s"]) for r in rep["rows"])
     for arch in ("maskrcnn", "unet"):
         assert _positive(rep[f"{arch}_train_ratio"]), rep["rows"]
     for r in rep["rows"]:
