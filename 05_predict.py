@@ -51,6 +51,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--amp", choices=["auto", "bf16", "off"], default="auto",
                    help="autocast: auto = bf16 on CUDA, off on CPU")
     g.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto = cuda if available")
+    g.add_argument("--channels-last", action="store_true",
+                   help="run the models in channels-last (NHWC) layout (bench/infer_bench.py measures it)")
     g.add_argument("--threads", type=int, default=0, help="torch.set_num_threads on CPU; 0 = torch's default")
     g = p.add_argument_group("test-time augmentation")
     g.add_argument("--tta-flip", action="store_true", help="add horizontally flipped views (mapped back)")

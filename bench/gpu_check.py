@@ -74,7 +74,7 @@ def configs(cpu: bool) -> dict:
     if cpu:
         return {
             "train": dict(train_bench.MODES["cpu"], steps=1, warmup=1, channels_last=True),
-            "infer": dict(infer_bench.MODES["cpu"], steps=1, warmup=1, rows_threads=1),
+            "infer": dict(infer_bench.MODES["cpu"], steps=1, warmup=1, rows_threads=1, channels_last=True),
             "input": dict(input_bench.MODES["cpu"], n_train=8, batches=3, steps=2, warmup=1),
             "pipeline": dict(n_train=8, n_test=2, data_side=192, det_size=128, train_steps=2, train_batch=2,
                              workers=0, encoder="resnet18", backbone="resnet18"),
@@ -170,6 +170,9 @@ def summary_table(report: dict) -> str:
             continue
         lines.append(f"| forward {r['arch']} (img/s) | {bc.fmt(r['ours_forward_img_s'])} | {bc.fmt(r['stock_img_s'])} "
                      f"(stock) | {bc.fmt(r['forward_ratio'])} | |")
+        if r.get("cl_forward_ratio") is not None:
+            lines.append(f"| forward {r['arch']}, --channels-last (img/s) | {bc.fmt(r['ours_cl_forward_img_s'])} | "
+                         f"{bc.fmt(r['stock_img_s'])} (stock) | {bc.fmt(r['cl_forward_ratio'])} | |")
         lines.append(f"| 05 path {r['arch']}, {r['views']} views (img/s) | {bc.fmt(r['predict_img_s'])} | "
                      f"{bc.fmt(r['stock_img_s'])} (stock fwd) | {bc.fmt(r['predict_ratio'])} | |")
         if r.get("fusion_ratio") is not None:

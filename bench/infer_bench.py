@@ -11,7 +11,9 @@ would, every model keeps ``--detections`` instances per image (``box_score_thres
 - ``stock_img_s``: the stock model's eval forward (torchvision ``maskrcnn_resnet50_fpn`` / ``MaskRCNN`` on the
   same backbone with the same sizes and detection count, masks pasted at the input size; smp ``Unet`` on the
   batch resized to ``(B, 3, S, S)``, softmax) under ``torch.inference_mode`` and autocast (bf16 on CUDA);
-- ``ours_forward_img_s``: our model's plain eval forward, the same way;
+- ``ours_forward_img_s``: our model's plain eval forward, the same way; with ``--channels-last`` (default in
+  GPU mode) also ``ours_cl_forward_img_s`` / ``cl_forward_ratio`` (vs stock): the same weights in
+  channels-last layout (05 ``--channels-last``), timed in the same turns;
 - ``predict_img_s``: ``lib.predict.predict_batch`` (every TTA view: forward, masks to the original frame
   at 512 x 512, view fusion) = 05's main loop;
 - ``fusion_device_ms`` / ``fusion_host_ms`` / ``fusion_ratio`` (with TTA): the view fusion per image on the
@@ -56,11 +58,12 @@ from bench.train_bench import stock_detector  # noqa: E402
 ARCHS = ("maskrcnn", "deepmac", "unet")
 MODES = {
     "cpu": dict(backbone="resnet18", size=128, encoder="resnet18", unet_size=128, batch=2, detections=20,
-                test_size=(480, 320), unique_images=2, steps=2, warmup=1, workers=1,
+                test_size=(480, 320), unique_images=2, steps=2, warmup=1, workers=1, channels_last=False,
                 detector=dict(rpn_pre_nms_top_n_test=300, rpn_post_nms_top_n_test=100),
                 deepmac=dict(mask_roi_size=16, mask_head_width=32, mask_head_depth=2, mask_head_stacks=1)),
     "gpu": dict(backbone="resnet50", size=1024, encoder="resnet34", unet_size=1024, batch=8, detections=100,
-                test_size=(3000, 2000), unique_images=4, steps=2, warmup=1, workers=8, detector={}, deepmac={}),
+                test_size=(3000, 2000), unique_images=4, steps=2, warmup=1, workers=8, channels_last=True,
+                detector={}, deepmac={}),
 }
 
 
@@ -169,9 +172,18 @@ def measure_arch(arch: str, cfg: dict, paths: list[Path], device, dtype, views, 
         with torch.inference_mode(), bc.autocast(device, dtype):
             m(images)
 
-    t = bc.time_interleaved({"stock": lambda: forward(stock), "ours": lambda: forward(model)}, device,
-                            max(steps, 2), warm)
+    sides = {"stock": lambda: forward(stock), "ours": lambda: forward(model)}
+    if cfg.get("channels_last"):  # 05 --channels-last: the same weights in NHWC layout
+        import copy
+
+        model_cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
+        sides["ours_cl"] = lambda: forward(model_cl)
+    t = bc.time_interleaved(sides, device, max(steps, 2), warm)
     row["stock_img_s"], row["ours_forward_img_s"] = len(images) / t["stock"], len(images) / t["ours"]
+    if "ours_cl" in t:
+        row["ours_cl_forward_img_s"] = len(images) / t["ours_cl"]
+        row["cl_forward_ratio"] = t["stock"] / t["ours_cl"]
+        del model_cl
     del stock
 
     results = []
@@ -304,6 +316,7 @@ def run(cfg: dict, device, dtype, archs=ARCHS, work_dir: Path = Path("work/bench
 COLUMNS = [("arch", "arch"), ("batch", "batch"), ("size", "size"), ("views", "views"),
            ("instances_per_image", "inst/img"), ("stock_img_s", "stock fwd img/s"),
            ("ours_forward_img_s", "ours fwd img/s"), ("forward_ratio", "fwd ratio"),
+           ("ours_cl_forward_img_s", "ours channels-last fwd img/s"), ("cl_forward_ratio", "channels-last fwd ratio"),
            ("predict_img_s", "05 path img/s"), ("predict_ratio", "05/stock"), ("rows_ms", "rows ms/img"),
            ("fusion_device_ms", "TTA fusion ms/img"), ("fusion_host_ms", "host fusion ms/img"),
            ("fusion_ratio", "fusion speed-up"), ("s06_ms", "06 ms/img"), ("end_to_end_ratio", "05+06/stock"), ("projected_05_s", "3200: 05 s"),
@@ -330,6 +343,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--rows-threads", type=int, default=None,
                    help="05 result-row threads assumed by the projection (default: 05's min(4, cores/2))")
     p.add_argument("--no-tta-flip", action="store_true", help="one view instead of plain + flipped")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="also time our forward in channels-last layout (05 --channels-last; default: on in GPU "
+                        "mode, off in CPU mode)")
     p.add_argument("--project-images", type=int, default=3200, help="test images of the projection")
     p.add_argument("--target-s", type=float, default=90.0, help="05 + 06 time target of the projection")
     p.add_argument("--work-dir", type=Path, default=Path("work/bench/infer"), help="where the test JPEGs go")
@@ -341,7 +357,7 @@ def config_from_args(args) -> dict:
     cfg = bc.mode_config(MODES, args, {"batch": "batch_size", "size": "size", "unet_size": "unet_size",
                                       "detections": "detections", "unique_images": "unique_images",
                                       "steps": "steps", "warmup": "warmup", "workers": "workers",
-                                      "rows_threads": "rows_threads"})
+                                      "rows_threads": "rows_threads", "channels_last": "channels_last"})
     if args.test_size:
         cfg["test_size"] = tuple(args.test_size)
     cfg.setdefault("rows_threads", max(1, min(4, (os.cpu_count() or 2) // 2)))

@@ -607,7 +607,10 @@ def _run_prediction(args, held: contextlib.ExitStack) -> dict:
     models, infos = [], []
     for name, path in zip(names, ckpt_paths):
         model, ckpt = engine.load_checkpoint(path)
-        models.append(model.to(device).eval())
+        model = model.to(device).eval()
+        if getattr(args, "channels_last", False):
+            model = model.to(memory_format=torch.channels_last)
+        models.append(model)
         infos.append({"name": name, "checkpoint": str(path), "arch": ckpt["config"]["arch"],
                       "config": ckpt["config"], "stage": ckpt.get("stage"), "epoch": ckpt.get("epoch"),
                       "global_step": ckpt.get("global_step"), "best_score": ckpt.get("best_score"),
@@ -640,6 +643,8 @@ def _run_prediction(args, held: contextlib.ExitStack) -> dict:
                 lio.remove_temp_files(d)
             config = prediction_config(ckpt_paths, names, frame, source, long_side, views, args.tta_iou,
                                        args.mask_size, args.score_floor, amp)
+            if getattr(args, "channels_last", False):  # float-level differences: shards of the two never mix
+                config["channels_last"] = True
             chash = config_hash(config)
             meta_path = out_dir / "meta.json"
             old_meta = lio.read_json(meta_path) if meta_path.is_file() else {}

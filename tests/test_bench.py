@@ -127,7 +127,7 @@ def test_infer_bench_cpu(tmp_path):
     infer_bench.main(["--cpu", "--archs", "maskrcnn", "unet", "--size", "64", "--unet-size", "64", "--detections",
                       "4", "--test-size", "96", "64", "--unique-images", "1", "--batch-size", "1", "--steps", "1",
                       "--warmup", "0", "--project-images", "100", "--work-dir", str(tmp_path / "w"),
-                      "--out", str(out)])
+                      "--channels-last", "--out", str(out)])
     rep = json.loads(out.read_text())
     assert rep["project_images"] == 100 and rep["tta_flip"] is True
     for arch in ("maskrcnn", "unet"):
@@ -135,6 +135,7 @@ def test_infer_bench_cpu(tmp_path):
         assert _positive(rep[f"{arch}_projected_total_s"])
     for r in rep["rows"]:
         assert r["views"] == 2 and r["input_hw"] == [64, 43]  # 96x64 shrunk to long side 64
+        assert r["cl_forward_ratio"] == pytest.approx(r["ours_cl_forward_img_s"] / r["stock_img_s"])
         assert r["instances_per_image"] > 0  # the post-processing had work
         assert r["predict_ratio"] == pytest.approx(r["predict_img_s"] / r["stock_img_s"])
         assert r["projected_total_s"] == pytest.approx(r["projected_05_s"] + r["projected_06_s"])

@@ -397,7 +397,9 @@ def test_05_on_the_cache_val_split_writes_gt(tmp_path, tiny_maskrcnn, prepared_c
 
     out = tmp_path / "val"
     PREDICT.main(_args(checkpoints=[tiny_maskrcnn], prepared_dir=prepared_cache, split="val", out_dir=out,
-                       workers=1, batch_size=2, names=["mr"], score_floor=0.0, mask_size=0, no_progress=True))
+                       workers=1, batch_size=2, names=["mr"], score_floor=0.0, mask_size=0, no_progress=True,
+                       channels_last=True))
+    assert json.loads((out / "meta.json").read_text())["args"]["channels_last"] is True
     val = lcache.load_index(prepared_cache, "val")
     images = pd.read_parquet(out / "images.parquet")
     assert list(images["image_id"]) == list(val["image_id"])
