@@ -291,9 +291,9 @@ def _view_result(out: dict, flip: bool, in_hw: tuple[int, int], orig_hw: tuple[i
 
 def _iou_within_categories(binary: torch.Tensor, categories: np.ndarray, by_matmul: bool | None = None) -> np.ndarray:
     """(N, N) float64 mask IoU of the (N, H, W) boolean masks ``binary`` between instances of one category
-    (0 across categories). ``by_matmul`` (default: off the CPU) computes all pairs with one float64 matrix
-    product on the masks' device (exact counts; TF32 never applies to float64); otherwise
-    :func:`lib.metric.mask_iou` per category on the host."""
+    (0 across categories). ``by_matmul`` (default: off the CPU) computes all pairs with one matrix product on
+    the masks' device: float32 with TF32 switched off for it (exact counts below 2**24 pixels; float64 above,
+    which is slow on consumer GPUs); otherwise :func:`lib.metric.mask_iou` per category on the host."""
     n = binary.shape[0]
     if by_matmul is None:
         by_matmul = binary.device.type != "cpu"
@@ -304,8 +304,18 @@ def _iou_within_categories(binary: torch.Tensor, categories: np.ndarray, by_matm
             idx = np.flatnonzero(categories == c)
             out[np.ix_(idx, idx)] = mask_iou(b[idx], b[idx])
         return out
-    f = binary.reshape(n, -1).to(torch.float64)
-    inter = f @ f.T
+    f = binary.reshape(n, -1)
+    if f.shape[1] < 2**24:  # float32 counts are exact up to 2**24 pixels - if TF32 is off for this product
+        f = f.to(torch.float32)
+        tf32 = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = False
+        try:
+            inter = (f @ f.T).double()
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+    else:
+        f = f.to(torch.float64)
+        inter = f @ f.T
     area = f.sum(1)
     union = area[:, None] + area[None, :] - inter
     iou = torch.where(union > 0, inter / union.clamp_min(1), torch.zeros_like(inter)).cpu().numpy()
