@@ -329,7 +329,6 @@ def coco_mask_ap(gt: list[dict], pred: list[dict], max_dets: int = 100) -> dict:
         ``per_category`` holds only categories with ground truth. No
         predictions at all gives 0.
     """
-    from pycocotools import mask as mask_util
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 

@@ -25,7 +25,6 @@ import pandas as pd
 from . import data as ldata
 from . import io as lio
 from . import labels as llabels
-from . import rle as lrle
 from . import viz
 
 __all__ = ["write_report", "train_dirs_from_predictions", "category_names"]

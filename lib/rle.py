@@ -272,8 +272,6 @@ def to_coco(rle: str, shape: tuple[int, int]) -> dict:
 
 def from_coco(coco_rle: dict) -> tuple[str, tuple[int, int]]:
     """pycocotools RLE (compressed or uncompressed) -> ``(kaggle_string, (H, W))``."""
-    from pycocotools import mask as mask_util
-
     h, w = (int(v) for v in coco_rle["size"])
     counts = coco_rle["counts"]
     if not isinstance(counts, list):
