@@ -254,15 +254,7 @@ def fusion_ms(model, images, orig, views, device, dtype, steps: int = 2, warm: i
     from lib import predict as lpredict
     from lib.ensemble import fuse_instances
 
-    per_image = [[] for _ in images]
-    with torch.inference_mode():
-        for scale, flip in views:
-            inputs = [im.flip(-1) if flip else im for im in images]
-            with bc.autocast(device, dtype):
-                outs = model(inputs)
-            for i, (out, inp) in enumerate(zip(outs, inputs)):
-                per_image[i].append(lpredict._view_result(out, flip, tuple(inp.shape[-2:]), tuple(orig[i]),
-                                                          (512, 512), 0.0, quantize=False))
+    per_image = lpredict.batch_views(model, images, orig, views, [(512, 512)] * len(images), 0.0, dtype)
 
     def on_device():
         with torch.inference_mode():

@@ -221,9 +221,11 @@ def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     0/255 mask, then a 50% threshold. Same size: the mask made 0/1.
     """
     h, w = size
-    m = mask if mask.dtype == np.uint8 else (mask != 0).view(np.uint8) if mask.dtype == np.bool_ else None
-    if m is None or m.max(initial=0) > 1:
-        m = (np.asarray(mask) != 0).view(np.uint8)
+    m = np.asarray(mask)
+    if m.dtype == np.bool_:
+        m = m.view(np.uint8)
+    elif m.dtype != np.uint8 or m.max(initial=0) > 1:
+        m = (m != 0).view(np.uint8)
     if m.shape == (h, w):
         return np.ascontiguousarray(m)
     if h <= m.shape[0] and w <= m.shape[1]:
@@ -276,15 +278,11 @@ def area_downscale(window: np.ndarray, shape: tuple[int, int], size: tuple[int, 
     if a == 0 or b == 0:
         return out
     if not window.flags.c_contiguous and window.flags.f_contiguous:  # e.g. a decoded RLE: work on its transpose
-        t = _area_block(window.T, (W, H), (w, h), (c0, r0))
-        if t is not None:
-            (x0, y0), blk = t
-            out[y0:y0 + blk.shape[1], x0:x0 + blk.shape[0]] = blk.T
-        return out
-    t = _area_block(np.ascontiguousarray(window), (H, W), (h, w), (r0, c0))
-    if t is not None:
-        (y0, x0), blk = t
-        out[y0:y0 + blk.shape[0], x0:x0 + blk.shape[1]] = blk
+        (x0, y0), blk = _area_block(window.T, (W, H), (w, h), (c0, r0))
+        blk = blk.T
+    else:
+        (y0, x0), blk = _area_block(np.ascontiguousarray(window), (H, W), (h, w), (r0, c0))
+    out[y0:y0 + blk.shape[0], x0:x0 + blk.shape[1]] = blk
     return out
 
 

@@ -110,7 +110,7 @@ def instance_fields(inputs) -> tuple[torch.Tensor, ...]:
 
 def masks_to_boxes_exclusive(masks: torch.Tensor) -> torch.Tensor:
     """(N, H, W) non-empty masks -> (N, 4) float32 boxes [x1, y1, x2, y2], x2/y2 exclusive (as in the cache)."""
-    return _extent_boxes(*_row_col_any(masks))
+    return extent_boxes(*_row_col_any(masks))
 
 
 def _row_col_any(masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -124,7 +124,9 @@ def _row_col_any(masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return m.amax(dim=2) != 0, m.amax(dim=1) != 0
 
 
-def _extent_boxes(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+def extent_boxes(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """(N, 4) float32 boxes [x1, y1, x2, y2] (x2/y2 exclusive) of the foreground rows (N, H) and columns (N, W)
+    of N masks (bool); an instance without any row gets [0, 0, W, H] - callers with empty masks zero those."""
     h, w = rows.shape[1], cols.shape[1]
     y1 = rows.int().argmax(dim=1)
     y2 = h - rows.flip(1).int().argmax(dim=1)
@@ -159,7 +161,7 @@ class BoxesFromMasks(v2.Transform):
                 if isinstance(masks, tv_tensors.TVTensor) else masks[keep]
             target["masks"] = masks
             rows, cols = rows[keep], cols[keep]
-        new_boxes = _extent_boxes(rows, cols).to(boxes.dtype)
+        new_boxes = extent_boxes(rows, cols).to(boxes.dtype)
         target["boxes"] = tv_tensors.wrap(new_boxes, like=boxes) if isinstance(boxes, tv_tensors.BoundingBoxes) \
             else new_boxes
         return image, target
@@ -284,4 +286,4 @@ def make_loader(dataset, batch_size: int, shuffle: bool, workers: int = 0, distr
 
 
 __all__ = ["CacheDataset", "BoxesFromMasks", "INSTANCE_FIELDS", "instance_fields", "masks_to_boxes_exclusive",
-           "EpochSampler", "build_transforms", "collate_fn", "make_loader", "seed_worker"]
+           "extent_boxes", "EpochSampler", "build_transforms", "collate_fn", "make_loader", "seed_worker"]

@@ -167,7 +167,8 @@ def fuse_instances(
     maps = [arrays[src[i]][0][local[i]] for i in range(len(src))]  # views, no copy
 
     def iou(idx):
-        return mask_iou(np.stack([maps[i] >= 0.5 for i in idx]), np.stack([maps[i] >= 0.5 for i in idx]))
+        binary = np.stack([maps[i] >= 0.5 for i in idx])
+        return mask_iou(binary, binary)
 
     plan = fusion_plan(cats, scores, src, w, iou, iou_thr, min_votes)
     out_masks = []
@@ -207,8 +208,7 @@ def fusion_plan(categories: np.ndarray, scores: np.ndarray, sources: np.ndarray,
 
     Returns a dict over the M fused instances, sorted by fused score (best first, stable):
     ``members`` (M lists of ``(pooled index, coefficient)``: fused mask = ``clip(sum coefficient * map, 0,
-    1)``, summed in that order), ``coef`` (M, N) float64 (the same coefficients as a matrix),
-    ``categories`` (M,) int64, ``scores`` (M,) float64, ``votes`` (M,) int64, and for attributes
+    1)``, summed in that order; every pooled instance is in at most one list), ``categories`` (M,) int64, ``scores`` (M,) float64, ``votes`` (M,) int64, and for attributes
     ``vote`` (M lists of ``(source, weight, member indices)``) used by :func:`fused_attributes`.
     """
     cats = np.asarray(categories, np.int64).reshape(-1)
@@ -255,13 +255,8 @@ def fusion_plan(categories: np.ndarray, scores: np.ndarray, sources: np.ndarray,
             out_votes.append(len(ks))
             out_vote.append([(k, float(v), by_src[k]) for k, v in zip(ks, vote)])
     srt = np.argsort(-np.asarray(out_scores, np.float64), kind="stable")
-    coef = np.zeros((len(srt), len(src)), np.float64)
-    for m, j in enumerate(srt):
-        for i, c in out_members[j]:
-            coef[m, i] += c
     return {
         "members": [out_members[j] for j in srt],
-        "coef": coef,
         "categories": np.asarray(out_cats, np.int64)[srt],
         "scores": np.asarray(out_scores, np.float64)[srt],
         "votes": np.asarray(out_votes, np.int64)[srt],

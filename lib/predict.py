@@ -66,6 +66,7 @@ from . import cache as lcache
 from . import data as ldata
 from . import io as lio
 from . import predictions as lpred
+from .dataset import extent_boxes
 from .ensemble import fused_attributes, fusion_plan
 from .metric import mask_iou
 
@@ -80,6 +81,7 @@ __all__ = [
     "make_image_loader",
     "tta_views",
     "predict_batch",
+    "batch_views",
     "result_rows",
     "prediction_config",
     "config_hash",
@@ -244,17 +246,11 @@ def _resize_quantize(masks: torch.Tensor, size: tuple[int, int], chunk: int = 16
     """``(N, 1, h, w)`` probabilities -> ``(N, H, W)`` uint8 (``round(p * 255)``) at ``size``, resized on the
     masks' device ``chunk`` masks at a time (bounded memory; see :func:`_resize_maps`). A host numpy array,
     or with ``on_device`` a tensor left on the masks' device."""
-    n = masks.shape[0]
-    H, W = int(size[0]), int(size[1])
-    if on_device:
-        out = torch.empty((n, H, W), dtype=torch.uint8, device=masks.device)
-        for j in range(0, n, chunk):
-            out[j:j + chunk] = _quantize_on_device(_resize_maps(masks[j:j + chunk], size))
-        return out
-    out = np.zeros((n, H, W), np.uint8)
-    for j in range(0, n, chunk):
-        out[j:j + chunk] = _quantize(_resize_maps(masks[j:j + chunk], size))
-    return out
+    out = torch.empty((masks.shape[0], int(size[0]), int(size[1])), dtype=torch.uint8,
+                      device=masks.device if on_device else "cpu")
+    for j in range(0, masks.shape[0], chunk):
+        out[j:j + chunk] = _quantize_on_device(_resize_maps(masks[j:j + chunk], size))
+    return out if on_device else out.numpy()
 
 
 def _view_result(out: dict, flip: bool, in_hw: tuple[int, int], orig_hw: tuple[int, int],
@@ -331,9 +327,7 @@ def _boxes_of_maps(maps: torch.Tensor) -> np.ndarray:
     strong = row_max.amax(1) >= 0.5
     thresh = torch.where(strong, 0.5, torch.finfo(maps.dtype).tiny)[:, None]
     rows, cols = row_max >= thresh, col_max >= thresh
-    h, w = rows.shape[1], cols.shape[1]
-    boxes = torch.stack([cols.int().argmax(1), rows.int().argmax(1),
-                         w - cols.flip(1).int().argmax(1), h - rows.flip(1).int().argmax(1)], 1).float()
+    boxes = extent_boxes(rows, cols)
     boxes[~rows.any(1)] = 0
     return boxes.cpu().numpy().astype(np.float32).reshape(-1, 4)
 
@@ -410,9 +404,21 @@ def predict_batch(model, images: list[torch.Tensor], orig_sizes: list[tuple[int,
     """
     if not images:
         return []
+    stores = [(mask_size, mask_size) if mask_size else tuple(map(int, o)) for o in orig_sizes]
+    per_image = batch_views(model, images, orig_sizes, views, stores, score_floor, dtype)
+    return [vs[0] if len(vs) == 1 else _fuse_views(vs, tuple(orig_sizes[i]), stores[i], tta_iou, score_floor)
+            for i, vs in enumerate(per_image)]
+
+
+@torch.inference_mode()
+def batch_views(model, images: list[torch.Tensor], orig_sizes: list[tuple[int, int]],
+                views: Sequence[tuple[float, bool]], stores: Sequence[tuple[int, int]], score_floor: float,
+                dtype=None) -> list[list[dict]]:
+    """The views of :func:`predict_batch` before fusion: per image, one :func:`_view_result` per view, at the
+    stored size ``stores[i]``. With one view its masks are uint8 host arrays (the final result); with several
+    they stay on the device as uint8 tensors for :func:`_fuse_views`."""
     device = images[0].device
     per_image: list[list[dict]] = [[] for _ in images]
-    stores = [(mask_size, mask_size) if mask_size else tuple(map(int, o)) for o in orig_sizes]
     for scale, flip in views:
         inputs = [im.flip(-1) if flip else im for im in images]
         if scale != 1.0 and getattr(model, "transform", None) is None:
@@ -423,11 +429,7 @@ def predict_batch(model, images: list[torch.Tensor], orig_sizes: list[tuple[int,
         for i, (out, inp) in enumerate(zip(outs, inputs)):
             per_image[i].append(_view_result(out, flip, tuple(inp.shape[-2:]), tuple(orig_sizes[i]), stores[i],
                                              score_floor, quantize=len(views) == 1))
-    results = []
-    for i, vs in enumerate(per_image):
-        results.append(vs[0] if len(vs) == 1 else _fuse_views(vs, tuple(orig_sizes[i]), stores[i], tta_iou,
-                                                               score_floor))
-    return results
+    return per_image
 
 
 def result_rows(image_id: str, model_name: str, result: dict, orig_hw: tuple[int, int]) -> list[dict]:
