@@ -201,7 +201,7 @@ def fusion_plan(categories: np.ndarray, scores: np.ndarray, sources: np.ndarray,
 
     Args:
         categories, scores, sources: (N,) the pooled instances' category, score and source index (0..K-1).
-        weights: (K,) source weights (checked: finite, >= 0, not all 0).
+        weights: (K,) source weights, finite, >= 0, not all 0 (not checked here: :func:`fuse_instances` checks them).
         iou: ``iou(idx) -> (n, n)`` mask IoU (masks binarised at 0.5) among the pooled instances ``idx``
             (an int array of n indices, all of one category).
         iou_thr, min_votes: as in :func:`fuse_instances`.

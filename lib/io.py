@@ -1,4 +1,4 @@
-"""Atomic file writes and small I/O helpers shared by every stage.
+"""Atomic file writes and small I/O helpers shared by every stage (and the stages' worker-process map).
 
 Every artifact is written to a temporary file in the same directory and then
 renamed over the target (``os.replace`` is atomic on POSIX), so a crash or a
@@ -103,6 +103,28 @@ def lock_dir(directory: str | Path, what: str = "run"):
         raise RuntimeError(f"{directory} is in use by another {what} (it holds {path}); wait for it to end, "
                            f"stop it, or use another output directory") from None
     return f
+
+
+@contextlib.contextmanager
+def process_map(fn, tasks, workers: int, ordered: bool = True, chunksize: int = 1):
+    """Yield an iterator of ``fn(task)`` over ``tasks``: in this process when ``workers <= 1``, else in a
+    pool of ``workers`` forked processes (``imap``, or ``imap_unordered`` when not ``ordered``; ``fn`` must be
+    a module-level function). On an error (or an interrupt) inside the block the pool is terminated;
+    otherwise it is closed and joined when the block ends."""
+    if workers <= 1:
+        yield map(fn, tasks)
+        return
+    import multiprocessing as mp
+
+    pool = mp.get_context("fork").Pool(workers)
+    try:
+        yield (pool.imap if ordered else pool.imap_unordered)(fn, tasks, chunksize=chunksize)
+    except BaseException:
+        pool.terminate()
+        raise
+    finally:
+        pool.close()
+        pool.join()
 
 
 def remove_temp_files(directory: str | Path) -> list[Path]:

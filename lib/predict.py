@@ -68,7 +68,7 @@ from . import io as lio
 from . import predictions as lpred
 from .dataset import extent_boxes
 from .ensemble import fused_attributes, fusion_plan
-from .metric import mask_iou
+from .metric import _FLOAT32_EXACT, mask_iou
 
 __all__ = [
     "PREDICT_FORMAT",
@@ -301,7 +301,7 @@ def _iou_within_categories(binary: torch.Tensor, categories: np.ndarray, by_matm
             out[np.ix_(idx, idx)] = mask_iou(b[idx], b[idx])
         return out
     f = binary.reshape(n, -1)
-    if f.shape[1] < 2**24:  # float32 counts are exact up to 2**24 pixels - if TF32 is off for this product
+    if f.shape[1] < _FLOAT32_EXACT:  # float32 counts are exact up to 2**24 pixels - if TF32 is off for this product
         f = f.to(torch.float32)
         tf32 = torch.backends.cuda.matmul.allow_tf32
         torch.backends.cuda.matmul.allow_tf32 = False
@@ -324,9 +324,9 @@ def _boxes_of_maps(maps: torch.Tensor) -> np.ndarray:
     of the nonzero pixels when there are none, zeros for an all-zero map (as
     :func:`lib.ensemble.masks_to_boxes`), computed on the maps' device from per-row / per-column maxima."""
     row_max, col_max = maps.amax(2), maps.amax(1)  # (M, H), (M, W)
-    strong = row_max.amax(1) >= 0.5
-    thresh = torch.where(strong, 0.5, torch.finfo(maps.dtype).tiny)[:, None]
-    rows, cols = row_max >= thresh, col_max >= thresh
+    strong = (row_max.amax(1) >= 0.5)[:, None]
+    rows = torch.where(strong, row_max >= 0.5, row_max > 0)
+    cols = torch.where(strong, col_max >= 0.5, col_max > 0)
     boxes = extent_boxes(rows, cols)
     boxes[~rows.any(1)] = 0
     return boxes.cpu().numpy().astype(np.float32).reshape(-1, 4)

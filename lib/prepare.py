@@ -14,7 +14,6 @@ and ``meta.json`` are written (atomically). The input directory is never modifie
 from __future__ import annotations
 
 import contextlib
-import multiprocessing as mp
 import os
 import time
 from pathlib import Path
@@ -243,28 +242,12 @@ def _prepare_dataset(data_dir, out_dir, long_side, val_fraction, seed, workers, 
         todo.append((str(csv_path), str(image_dir), i, groups[i], str(out_dir), long_side,
                      labels.num_categories, labels.num_attributes, jpeg_quality))
     n_workers = workers or os.cpu_count() or 1
-    bar = tqdm(total=len(todo), desc="01 prepare", unit="img", disable=not progress)
-    if n_workers <= 1 or len(todo) <= 1:
-        results = map(_work, todo)
-        pool = None
-    else:
-        pool = mp.get_context("fork").Pool(min(n_workers, len(todo)))
-        results = pool.imap_unordered(_work, todo, chunksize=4)
-    try:
-        for image_id, (row, probs) in results:
+    with lio.process_map(_work, todo, min(n_workers, len(todo)), ordered=False, chunksize=4) as results:
+        for image_id, (row, probs) in tqdm(results, total=len(todo), desc="01 prepare", unit="img",
+                                           disable=not progress):
             image_problems[image_id] = probs
             if row is not None:
                 rows[image_id] = row
-            bar.update(1)
-    except BaseException:
-        if pool is not None:
-            pool.terminate()
-        raise
-    finally:
-        bar.close()
-        if pool is not None:
-            pool.close()
-            pool.join()
 
     cats = {i: {int(c) for c in r["categories"].split()} for i, r in rows.items()}
     split = stratified_split(cats, val_fraction, seed)

@@ -40,7 +40,6 @@ import csv
 import io
 import itertools
 import math
-import multiprocessing as mp
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,7 +53,7 @@ from tqdm import tqdm
 from . import data as ldata
 from . import labels as llabels
 from . import rle as lrle
-from .io import atomic_path, atomic_write_json, read_json
+from .io import atomic_path, atomic_write_json, process_map, read_json
 from .metric import Evaluator
 
 __all__ = [
@@ -420,20 +419,10 @@ def build_submission(pred_table: pd.DataFrame, images: pd.DataFrame, params: dic
             yield r.image_id, size, None if idx is None else pred_table.iloc[idx], params
 
     n_workers = min(workers or os.cpu_count() or 1, max(1, len(images)))
-    bar = tqdm(total=len(images), desc="submission", unit="img", disable=not progress)
     out: list[tuple[str, str, str]] = []
-    try:
-        if n_workers <= 1:
-            for t in tasks():
-                out += _submission_rows(t)
-                bar.update(1)
-        else:
-            with mp.get_context("fork").Pool(n_workers) as pool:
-                for rows in pool.imap(_submission_rows, tasks(), chunksize=8):  # in image order
-                    out += rows
-                    bar.update(1)
-    finally:
-        bar.close()
+    with process_map(_submission_rows, tasks(), n_workers, chunksize=8) as per_image:  # in image order
+        for rows in tqdm(per_image, total=len(images), desc="submission", unit="img", disable=not progress):
+            out += rows
     return pd.DataFrame(out, columns=list(ldata.SUBMISSION_COLUMNS))
 
 

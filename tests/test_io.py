@@ -100,3 +100,26 @@ def test_lock_dir_is_exclusive_and_released_by_close(tmp_path):
         lio.lock_dir(tmp_path, "test run")
     first.close()
     lio.lock_dir(tmp_path).close()
+
+
+def _square_or_fail(x):
+    if x == 5:
+        raise ValueError("task 5 is bad")
+    return x * x, os.getpid()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_process_map_ordered_and_unordered(workers):
+    with lio.process_map(_square_or_fail, range(5), workers, chunksize=2) as it:
+        got = list(it)
+    assert [v for v, _ in got] == [0, 1, 4, 9, 16]  # ordered: the tasks' order
+    assert ({pid for _, pid in got} == {os.getpid()}) == (workers == 1)  # in-process only with one worker
+    with lio.process_map(_square_or_fail, range(5), workers, ordered=False) as it:
+        assert sorted(v for v, _ in it) == [0, 1, 4, 9, 16]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_process_map_passes_a_worker_error_on(workers):
+    with pytest.raises(ValueError, match="task 5 is bad"):
+        with lio.process_map(_square_or_fail, range(8), workers) as it:
+            list(it)
