@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import hashlib
 import math
 import os
 import random
@@ -53,12 +52,12 @@ import torch
 import torch.distributed as dist
 
 from . import cache as lcache
+from . import weights as lweights
 from . import io as lio
 from . import labels as llabels
+from .checkpoint import CHECKPOINT_FORMAT, load_checkpoint, read_checkpoint, save_checkpoint, state_digest  # noqa: F401
 from .dataset import CacheDataset, build_transforms, make_loader
 
-CHECKPOINT_FORMAT = "imat-train-checkpoint/2"  # /2: carries a "digest", which is then required
-_FORMATS_WITHOUT_DIGEST = (None, "imat-train-checkpoint/1")
 
 
 # --------------------------------------------------------------------------------------------- arguments
@@ -125,8 +124,17 @@ def add_common_args(parser: argparse.ArgumentParser, out_dir: str, **defaults) -
     g.add_argument("--color-jitter", type=float, default=0.2, help="brightness/contrast/saturation jitter; 0 = off")
     g.add_argument("--mask-classes", type=str, default=None,
                    help="categories that get masks, e.g. 'garments', 'parts', '0-26,31' (default: all)")
-    g.add_argument("--pretrained", action="store_true",
-                   help="ImageNet-pretrained backbone (weights must be downloadable or in the torch cache)")
+    g = parser.add_argument_group("starting weights (lib/weights.py; default: random)")
+    g.add_argument("--weights-backbone", type=str, default=None, metavar="imagenet|PATH",
+                   help="ImageNet weights for the detector backbone / UNet encoder: 'imagenet' = torchvision's "
+                        "file from the torch cache (else downloaded), or a local file such as "
+                        "resnet50-0676ba61.pth; detectors then freeze BatchNorm (--trainable-backbone-layers)")
+    g.add_argument("--pretrained", dest="weights_backbone", action="store_const", const="imagenet",
+                   help="alias of --weights-backbone imagenet")
+    g.add_argument("--weights", type=str, default=None, metavar="coco|PATH",
+                   help="the whole model: 'coco' = torchvision's COCO Mask R-CNN (03/04, resnet50 or resnet50_v2; "
+                        "the class-count layers start fresh, DeepMAC keeps its own mask head), a local copy of that "
+                        "file, or a checkpoint of ours of the same arch (fine-tuning; its model config is kept)")
     return parser
 
 
@@ -151,7 +159,8 @@ def add_detector_args(parser: argparse.ArgumentParser, deepmac: bool = False) ->
     g.add_argument("--backbone", choices=["resnet50", "resnet50_v2", "resnet18", "resnet34", "mobilenet_v3"],
                    default=None, help="FPN backbone (default resnet50)")
     g.add_argument("--trainable-backbone-layers", type=int, default=None,
-                   help="with --pretrained: backbone stages that train (0-5)")
+                   help="with pretrained weights (--weights-backbone, --weights coco): backbone stages that train "
+                        "(0-5, default 3)")
     g.add_argument("--min-size", type=int, default=None, help="short side the model resizes images to")
     g.add_argument("--max-size", type=int, default=None, help="cap on the long side after resizing")
     g.add_argument("--anchor-sizes", nargs="+", default=None, metavar="LEVEL",
@@ -396,108 +405,6 @@ def _milestones(args, steps_per_epoch: int) -> list[int]:
     return [e * steps_per_epoch for e in eps]
 
 
-# --------------------------------------------------------------------------------------------- checkpoints
-def state_digest(obj) -> str:
-    """SHA-256 of a checkpoint's content: every tensor's dtype, shape and bytes, and every other value,
-    walked in a fixed order (dict keys sorted). Stored under ``"digest"`` by :func:`save_checkpoint` and
-    checked by :func:`read_checkpoint`, so a corrupted or edited file is refused instead of loading wrong
-    weights (``torch.load`` does not check the zip CRCs). It detects damage, not a deliberate forger."""
-    h = hashlib.sha256()
-
-    def walk(o):
-        if isinstance(o, torch.Tensor):
-            t = o.detach().cpu().contiguous()
-            h.update(f"T{t.dtype}{tuple(t.shape)};".encode())
-            if t.numel():
-                h.update(t.reshape(-1).view(torch.uint8).numpy())
-        elif isinstance(o, dict):
-            h.update(f"D{len(o)};".encode())
-            for k in sorted(o, key=lambda k: (type(k).__name__, str(k))):
-                walk(k)
-                walk(o[k])
-        elif isinstance(o, (list, tuple)):
-            h.update(f"{type(o).__name__[0]}{len(o)};".encode())
-            for v in o:
-                walk(v)
-        else:
-            h.update(f"{type(o).__name__}:{o!r};".encode())
-
-    walk(obj)
-    return h.hexdigest()
-
-
-def save_checkpoint(path: str | Path, ckpt: dict) -> None:
-    """``torch.save`` to a temporary file, then rename over ``path`` (never a half-written checkpoint).
-
-    Adds ``"digest"`` (:func:`state_digest` of the rest). A failed write (full disk, read-only directory)
-    raises ``OSError`` naming the file; the previous ``path`` is left as it was.
-    """
-    path = Path(path)
-    ckpt = {k: v for k, v in ckpt.items() if k != "digest"}
-    ckpt["digest"] = state_digest(ckpt)
-    try:
-        with lio.atomic_path(path, suffix=".pth") as tmp:
-            with open(tmp, "wb") as f:  # a Python file: torch then chains the OSError of a failed write
-                torch.save(ckpt, f)
-                f.flush()
-                os.fsync(f.fileno())
-    except (OSError, RuntimeError) as e:  # torch reports a failed write as RuntimeError
-        cause = e
-        while cause is not None and not isinstance(cause, OSError):
-            cause = cause.__cause__ or cause.__context__
-        reason = f"[Errno {cause.errno}] {cause.strerror}" if cause is not None and cause.errno else str(e)[:300]
-        kept = f"the previous {path.name} is kept" if path.exists() else f"no {path.name} was written"
-        raise OSError(getattr(cause, "errno", None), f"cannot write checkpoint {path}: {reason} (disk full or "
-                                                     f"output directory not writable?); {kept}") from e
-
-
-def read_checkpoint(path: str | Path, map_location="cpu") -> dict:
-    """Load a training checkpoint with ``weights_only=True``; clear errors for missing/foreign files."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # pickle.UnpicklingError, RuntimeError (truncated zip), ...
-        raise ValueError(f"{path}: not a loadable training checkpoint ({type(e).__name__}: {str(e)[:300]})") from None
-    if not isinstance(ckpt, dict):
-        raise ValueError(f"{path}: not a training checkpoint (a {type(ckpt).__name__}, expected a dict)")
-    missing = [k for k in ("config", "model") if k not in ckpt]
-    if missing or not isinstance(ckpt.get("config"), dict) or "arch" not in ckpt["config"]:
-        raise ValueError(f"{path}: not a training checkpoint (missing {missing or ['config.arch']}; "
-                         f"keys: {sorted(map(str, ckpt))[:12]})")
-    if "digest" not in ckpt and ckpt.get("format") not in _FORMATS_WITHOUT_DIGEST:
-        raise ValueError(f"{path}: checkpoint of format {str(ckpt.get('format'))[:40]!r} has no digest (the file "
-                         f"is corrupted or was modified); not loading it")
-    if "digest" in ckpt:
-        stored = ckpt.pop("digest")
-        if state_digest(ckpt) != stored:
-            raise ValueError(f"{path}: checkpoint content does not match its digest (the file is corrupted or was "
-                             f"modified); not loading it")
-    return ckpt
-
-
-def load_checkpoint(path: str | Path, map_location="cpu") -> tuple[torch.nn.Module, dict]:
-    """Rebuild the model from the checkpoint's own config and load its weights.
-
-    Returns ``(model in eval mode, checkpoint dict)``. Raises ``ValueError`` naming the file when it is not
-    a training checkpoint or its weights do not fit the config.
-    """
-    from . import models as lmodels
-
-    ckpt = read_checkpoint(path, map_location)
-    cfg = dict(ckpt["config"])
-    if cfg.get("pretrained"):
-        cfg["pretrained"] = False  # the weights come from the checkpoint; no download
-    model = lmodels.build_model(cfg)
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as e:
-        raise ValueError(f"{path}: weights do not match the saved config: {str(e)[:500]}") from None
-    model.eval()
-    return model, ckpt
-
-
 # --------------------------------------------------------------------------------------------- data helpers
 def _to_device(images, targets, device):
     images = [im.as_subclass(torch.Tensor).to(device, non_blocking=True) for im in images]
@@ -669,11 +576,10 @@ def _run_training(arch: str, model_overrides: dict, args, stage: str | None, hel
     overrides["num_classes"] = len(label_names) + 1
     if args.mask_classes:
         overrides["mask_classes"] = list(llabels.resolve_category_spec(args.mask_classes, len(label_names)))
-    if args.pretrained:
-        overrides["pretrained"] = True
     config = lmodels.default_config(arch, **overrides)
     if args.scale_range is not None:
-        config["train_scale_range"] = train_scale_range(args.scale_range, config["min_size"])
+        overrides["train_scale_range"] = config["train_scale_range"] = train_scale_range(args.scale_range,
+                                                                                         config["min_size"])
 
     resume_ckpt = None
     if args.resume:
@@ -684,14 +590,24 @@ def _run_training(arch: str, model_overrides: dict, args, stage: str | None, hel
                 raise ValueError(f"{rpath}: checkpoint is for arch {resume_ckpt['config'].get('arch')!r}, "
                                  f"not {arch!r}")
             saved = dict(resume_ckpt["config"])  # the run continues with the model it started with
-            changed = sorted(k for k in set(saved) | set(config)
-                             if k != "pretrained" and saved.get(k) != config.get(k))
+            changed = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
             if changed and main:
                 print(f"resume: keeping the checkpoint's model config; ignoring new values of {changed}")
             config = saved
 
+    init_plan = None
+    if resume_ckpt is None:  # a resumed run has its weights in the checkpoint
+        config, init_plan = lweights.plan_init(arch, config, overrides, args.weights, args.weights_backbone)
+
     seed_everything(args.seed)
-    model = lmodels.build_model(config).to(device)
+    model = lmodels.build_model(config)
+    init_report = resume_ckpt.get("init") if resume_ckpt is not None else None
+    if init_plan is not None:
+        init_report = lweights.apply_init(model, arch, config, init_plan)
+        del init_plan
+        if main:
+            print(lweights.describe(init_report))
+    model = model.to(device)
     if getattr(args, "channels_last", False):
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, args, device)
@@ -744,7 +660,7 @@ def _run_training(arch: str, model_overrides: dict, args, stage: str | None, hel
                 "scheduler": scheduler.state_dict(), "scaler": None, "epoch": epoch_done,
                 "iter_in_epoch": iter_in_epoch, "global_step": global_step, "rng": _rng_state(),
                 "args": run_args, "labels": label_names, "best_score": best_score, "metrics": last_metrics,
-                "world_size": world}
+                "world_size": world, "init": init_report}
 
     def check_params_finite(where: str) -> None:
         bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
@@ -753,7 +669,7 @@ def _run_training(arch: str, model_overrides: dict, args, stage: str | None, hel
                                      f"{ckpt_path} keeps the last good state")
 
     def write_meta(status: str, extra: dict | None = None) -> dict:
-        m = {"stage": stage, "arch": arch, "status": status, "config": config, "args": run_args,
+        m = {"stage": stage, "arch": arch, "status": status, "config": config, "init": init_report, "args": run_args,
              "data": data_summary, "world_size": world, "device": str(device),
              "amp": str(dtype).replace("torch.", "") if dtype else "off",
              "epochs_done": epoch_done_count, "global_step": global_step,

@@ -158,29 +158,38 @@ def test_images_without_instances_train(arch):
         assert losses["loss_mask"].item() == 0 and losses["loss_box_reg"].item() == 0
 
 
-def test_building_without_pretrained_never_downloads(monkeypatch):
+@pytest.mark.parametrize("pretrained", [False, True])
+def test_building_never_downloads(pretrained, monkeypatch):
+    """Weights come from files (lib/weights.py) after the build; no config makes the builders download."""
     import segmentation_models_pytorch.encoders as smp_encoders
 
     def no_download(*args, **kwargs):
         raise AssertionError("a weight download was attempted")
 
     monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", no_download)
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_download)
     monkeypatch.setattr(smp_encoders, "hf_hub_download", no_download)
     for arch in ARCHS:
-        build(arch)
+        build(arch, pretrained=pretrained)
 
 
-@pytest.mark.parametrize("arch", ["unet", "maskrcnn", "deepmac"])
-def test_pretrained_offline_explains_itself(arch, monkeypatch):
-    import segmentation_models_pytorch.encoders as smp_encoders
-
-    def offline(*args, **kwargs):
-        raise OSError("Network is unreachable")
-
-    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", offline)
-    monkeypatch.setattr(smp_encoders, "hf_hub_download", offline)
-    with pytest.raises(RuntimeError, match="--pretrained needs internet access.*without --pretrained"):
-        models.build_model(tiny_config(arch, pretrained=True))
+@pytest.mark.parametrize("backbone", ["resnet18", "mobilenet_v3"])
+def test_pretrained_detector_backbone_freezes_batchnorm_and_early_stages(backbone):
+    """torchvision's convention for pretrained backbones: FrozenBatchNorm2d, trainable_backbone_layers stages train."""
+    anchors = {"anchor_sizes": None} if backbone == "mobilenet_v3" else {}
+    model = build("maskrcnn", backbone=backbone, pretrained=True, trainable_backbone_layers=2, **anchors)
+    body = model.backbone.body
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in body.modules())
+    assert any(isinstance(m, torchvision.ops.FrozenBatchNorm2d) for m in body.modules())
+    trains = {n.split(".")[0] for n, p in body.named_parameters() if p.requires_grad}
+    frozen = {n.split(".")[0] for n, p in body.named_parameters() if not p.requires_grad}
+    if backbone == "resnet18":
+        assert trains == {"layer3", "layer4"} and {"conv1", "layer1", "layer2"} <= frozen
+    else:
+        assert trains and frozen and max(map(int, frozen)) < min(map(int, trains))
+    assert all(p.requires_grad for p in model.backbone.fpn.parameters())
+    with pytest.raises(ValueError, match="trainable_backbone_layers must be in 0..5"):
+        build("maskrcnn", pretrained=True, trainable_backbone_layers=7)
 
 
 # ---------------------------------------------------------------- detectors

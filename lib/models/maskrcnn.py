@@ -12,8 +12,9 @@ Backbones (config ``backbone``):
 Normalisation layers: torchvision freezes BatchNorm (``FrozenBatchNorm2d``) when it loads pretrained
 weights; frozen *random* statistics would be wrong when training from scratch, so, like torchvision's own
 builders when no weights are given, the backbone uses trainable ``nn.BatchNorm2d`` when ``pretrained`` is
-False (and all backbone layers train). With ``pretrained`` the ImageNet backbone is loaded, BatchNorm is
-frozen and ``trainable_backbone_layers`` (default 3) of the backbone train.
+False (and all backbone layers train). With ``pretrained`` BatchNorm is frozen and
+``trainable_backbone_layers`` (default 3) of the backbone train; the weights themselves (ImageNet or COCO
+files) are loaded after the build by :mod:`lib.weights`. Building never downloads.
 
 Partial mask supervision (config ``mask_classes``: category ids, ``None`` = all): the box classifier and
 regressor train on every class, but the mask loss only uses positive proposals whose matched ground-truth
@@ -64,7 +65,6 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models import MobileNet_V3_Large_Weights, ResNet18_Weights, ResNet34_Weights, ResNet50_Weights
 from torchvision.models import resnet50 as tv_resnet50
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
@@ -87,15 +87,6 @@ from ..labels import ATTRIBUTE_CATEGORIES, N_ATTRIBUTES
 FPN_CHANNELS = 256  # out_channels of every backbone below
 BACKBONES = ("resnet50", "resnet50_v2", "resnet18", "resnet34", "mobilenet_v3")
 
-# ImageNet weights loaded into the backbone with ``pretrained=True``.
-_BACKBONE_WEIGHTS = {
-    "resnet18": ResNet18_Weights.IMAGENET1K_V1,
-    "resnet34": ResNet34_Weights.IMAGENET1K_V1,
-    "resnet50": ResNet50_Weights.IMAGENET1K_V1,
-    "resnet50_v2": ResNet50_Weights.IMAGENET1K_V1,
-    "mobilenet_v3": MobileNet_V3_Large_Weights.IMAGENET1K_V1,
-}
-
 # Feature maps the RoI poolers read, and the default anchors, per backbone family.
 _FEATMAPS = {"resnet": ["0", "1", "2", "3"], "mobilenet": ["0", "1"]}
 _DEFAULT_ANCHORS = {
@@ -107,7 +98,7 @@ DEFAULT_CONFIG = {
     "arch": "maskrcnn",
     "num_classes": 47,  # background + 46 categories; labels are category + 1
     "backbone": "resnet50",  # one of BACKBONES
-    "pretrained": False,  # ImageNet backbone weights (needs internet)
+    "pretrained": False,  # backbone starts from pretrained weights (lib.weights): frozen BatchNorm, see build_backbone
     "trainable_backbone_layers": None,  # with pretrained: None = 3; from scratch every layer trains
     "min_size": 800,  # GeneralizedRCNNTransform resizing: short side -> min_size, long side <= max_size
     "max_size": 1333,
@@ -361,20 +352,19 @@ def featmap_names(backbone: str) -> list[str]:
     return list(_FEATMAPS[_family(backbone)])
 
 
-def pretrained_error(what: str, err: Exception) -> RuntimeError:
-    return RuntimeError(
-        f"--pretrained needs internet access to download {what}; run without --pretrained to train from scratch "
-        f"(download failed: {type(err).__name__}: {err})"
-    )
-
-
 def build_backbone(config: dict) -> nn.Module:
-    """The FPN backbone (``out_channels`` = 256) for ``config['backbone']``; see the module docstring."""
+    """The FPN backbone (``out_channels`` = 256) for ``config['backbone']``, with random weights.
+
+    With ``config['pretrained']`` (the backbone starts from ImageNet or COCO weights, which
+    :mod:`lib.weights` loads after the build) it follows torchvision's convention for pretrained backbones:
+    ``FrozenBatchNorm2d`` (``resnet50_v2``: trainable BatchNorm, as torchvision's v2 builder) and only the
+    last ``trainable_backbone_layers`` (default 3) stages train. Without it every layer trains, with
+    ``nn.BatchNorm2d``. Never downloads.
+    """
     name = config["backbone"]
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; choose one of {BACKBONES}")
     pretrained = bool(config["pretrained"])
-    weights = _BACKBONE_WEIGHTS[name] if pretrained else None
     max_layers = 6 if name == "mobilenet_v3" else 5
     if pretrained:
         trainable = 3 if config["trainable_backbone_layers"] is None else int(config["trainable_backbone_layers"])
@@ -383,22 +373,13 @@ def build_backbone(config: dict) -> nn.Module:
     else:
         trainable = max_layers
     norm_layer = misc_nn_ops.FrozenBatchNorm2d if pretrained else nn.BatchNorm2d
-    try:
-        if name == "resnet50_v2":
-            # As torchvision's maskrcnn_resnet50_fpn_v2: trainable BatchNorm in the ResNet and the FPN.
-            return _resnet_fpn_extractor(tv_resnet50(weights=weights), trainable, norm_layer=nn.BatchNorm2d)
-        if name == "mobilenet_v3":
-            return mobilenet_backbone(
-                backbone_name="mobilenet_v3_large", weights=weights, fpn=True,
-                norm_layer=norm_layer, trainable_layers=trainable,
-            )
-        return resnet_fpn_backbone(
-            backbone_name=name, weights=weights, norm_layer=norm_layer, trainable_layers=trainable
-        )
-    except Exception as e:  # only reachable with downloads: offline, blocked or interrupted
-        if weights is None:
-            raise
-        raise pretrained_error(f"the ImageNet weights of {name} ({weights})", e) from e
+    if name == "resnet50_v2":
+        # As torchvision's maskrcnn_resnet50_fpn_v2: trainable BatchNorm in the ResNet and the FPN.
+        return _resnet_fpn_extractor(tv_resnet50(weights=None), trainable, norm_layer=nn.BatchNorm2d)
+    if name == "mobilenet_v3":
+        return mobilenet_backbone(backbone_name="mobilenet_v3_large", weights=None, fpn=True,
+                                  norm_layer=norm_layer, trainable_layers=trainable)
+    return resnet_fpn_backbone(backbone_name=name, weights=None, norm_layer=norm_layer, trainable_layers=trainable)
 
 
 def anchor_generator(config: dict) -> AnchorGenerator:

@@ -53,7 +53,7 @@ DEFAULT_CONFIG = {
     "encoder": "resnet34",  # any smp encoder name
     "encoder_depth": 5,
     "decoder_channels": [256, 128, 64, 32, 16],  # one per encoder level
-    "pretrained": False,  # ImageNet encoder weights (needs internet)
+    "pretrained": False,  # the encoder started from ImageNet weights (lib.weights loads them; recorded only)
     "min_size": 512,  # resize: scale = min(min_size / short side, max_size / long side)
     "max_size": 512,
     "train_scale_range": None,  # [lo, hi]: training resize sizes x U(lo, hi) per image (multi-scale)
@@ -175,24 +175,14 @@ class UNet(nn.Module):
         import segmentation_models_pytorch as smp
 
         self.config = copy.deepcopy(config)
-        weights = "imagenet" if config["pretrained"] else None
-        try:
-            self.net = smp.Unet(
-                encoder_name=config["encoder"],
-                encoder_depth=int(config["encoder_depth"]),
-                encoder_weights=weights,
-                decoder_channels=tuple(config["decoder_channels"]),
-                classes=int(config["num_classes"]),
-            )
-        except KeyError:  # unknown encoder / weights name: smp's message lists the choices
-            raise
-        except Exception as e:
-            if weights is None:
-                raise
-            raise RuntimeError(
-                f"--pretrained needs internet access to download the ImageNet weights of the {config['encoder']} "
-                f"encoder; run without --pretrained to train from scratch (download failed: {type(e).__name__}: {e})"
-            ) from e
+        # Random weights; an ImageNet encoder is loaded from a file afterwards (lib.weights): never a download.
+        self.net = smp.Unet(
+            encoder_name=config["encoder"],
+            encoder_depth=int(config["encoder_depth"]),
+            encoder_weights=None,
+            decoder_channels=tuple(config["decoder_channels"]),
+            classes=int(config["num_classes"]),
+        )
         self.transform = ScaleJitterTransform(
             int(config["min_size"]), int(config["max_size"]), IMAGENET_MEAN, IMAGENET_STD,
             size_divisible=2 ** int(config["encoder_depth"]), scale_range=config["train_scale_range"],
