@@ -212,7 +212,7 @@ def load_weights(model: torch.nn.Module, state: dict, path: str | Path, *, scope
     not loaded). Raises ValueError naming the file and the key for anything else that does not fit.
     """
     own = model.state_dict()
-    feed, unused, fresh = {}, [], []
+    feed, unused, fresh, source_key = {}, [], [], {}
     for key, value in state.items():
         if key.startswith(file_prefix) and not key.startswith(unused_prefixes):
             target = scope + key[len(file_prefix):]
@@ -220,7 +220,7 @@ def load_weights(model: torch.nn.Module, state: dict, path: str | Path, *, scope
             unused.append(key)
             continue
         else:
-            raise ValueError(f"{path}: key {key!r} fits no parameter of the model's {scope or 'weights'} "
+            raise ValueError(f"{path}: key {key!r} fits no parameter of the model's {scope.rstrip('.') or 'weights'} "
                              f"(expected keys starting with {file_prefix!r})")
         if target.startswith(fresh_prefixes):
             unused.append(key)
@@ -233,13 +233,15 @@ def load_weights(model: torch.nn.Module, state: dict, path: str | Path, *, scope
             unused.append(key)
             continue
         feed[target] = value
+        source_key[target] = key
     try:
         result = model.load_state_dict(feed, strict=False)
     except RuntimeError as e:  # shape errors after torchvision's key upgrades
         raise ValueError(f"{path}: weights do not fit the model: {str(e)[:500]}") from None
     if result.unexpected_keys:
-        bad = result.unexpected_keys
-        raise ValueError(f"{path}: {len(bad)} key(s) of the file fit no parameter of the model, e.g. {bad[:3]}")
+        bad = [source_key.get(k, k) for k in result.unexpected_keys]
+        raise ValueError(f"{path}: {len(bad)} key(s) of the file fit no parameter of the model's "
+                         f"{scope.rstrip('.') or 'weights'}, e.g. {bad[:3]}")
     missing, not_loaded = [], set(result.missing_keys)
     for key in sorted(not_loaded):
         if not key.startswith(scope):
@@ -250,7 +252,7 @@ def load_weights(model: torch.nn.Module, state: dict, path: str | Path, *, scope
             fresh.append(key)
         else:
             raise ValueError(f"{path}: the file has no {key!r} (shape {tuple(own[key].shape)}) for the model's "
-                             f"{scope or 'weights'}: not the weights of this architecture")
+                             f"{scope.rstrip('.') or 'weights'}: not the weights of this architecture")
     loaded = [k for k in own if k.startswith(scope) and k not in not_loaded and k not in fresh]
     if not loaded:
         raise ValueError(f"{path}: no weight of the file fits the model")
