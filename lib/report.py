@@ -6,6 +6,7 @@
     overlays/<image stem>.png     per sampled image: the image | ground truth (when known) | each model | ensemble
     charts/<name>_per_class.png   per-class Kaggle score of each scored model (bar chart)
     curves/<name>.png             the training curves of each model (copied from its training out-dir)
+    curves/learning_curves.png    the validation Kaggle metric against step of every model (from metrics.jsonl)
 
 Overlays show the instances as they would be submitted: each table's rows go through
 :func:`lib.submission.postprocess_image` with the submission's parameters, at the panel's display size.
@@ -186,6 +187,13 @@ def write_report(report_dir: str | Path, data_dir: str | Path | None, tables: Ma
             charts.append((name, rel))
 
     # ---- training curves and validation scores
+    learning = {name: viz.learning_curve(d / "metrics.jsonl") for name, d in tdirs.items()
+                if (d / "metrics.jsonl").is_file()}
+    learning_rel = None
+    if any(learning.values()):
+        learning_rel = "curves/learning_curves.png"
+        (report_dir / "curves").mkdir(exist_ok=True)
+        viz.plot_learning_curves(learning, report_dir / learning_rel, title="validation Kaggle metric vs step")
     curves = []
     for name, d in tdirs.items():
         src = d / "curves.png"
@@ -236,8 +244,16 @@ def write_report(report_dir: str | Path, data_dir: str | Path | None, tables: Ma
     for image_id, rel, err in overlays:
         parts.append(f"<h3>{esc(image_id)}</h3>" + (f"<img src='{esc(rel)}' alt='{esc(image_id)}'>" if rel
                                                     else f"<p class='note'>{esc(err)}</p>"))
-    if curves:
+    if curves or learning_rel:
         parts.append("<h2>Training</h2>")
+    if learning_rel:
+        steps = sorted({s for pts in learning.values() for s, _ in pts})
+        head = "<tr><th>val Kaggle at step</th>" + "".join(f"<th>{s}</th>" for s in steps) + "</tr>"
+        body = "".join(f"<tr><td>{esc(n)}</td>" + "".join(f"<td>{esc(_fmt(dict(pts).get(s)))}</td>" for s in steps)
+                       + "</tr>" for n, pts in learning.items())
+        parts.append(f"<h3>Learning curves</h3><img src='{esc(learning_rel)}' alt='learning curves'>"
+                     f"<table>{head}{body}</table>")
+    if curves:
         for name, d, rel, val in curves:
             parts.append(f"<h3>{esc(name)}</h3><p class='note'>{esc(d)}</p>")
             if val:

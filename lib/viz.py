@@ -1,4 +1,5 @@
-"""Plots. ``plot_curves`` draws training curves from a ``metrics.jsonl`` written by ``lib/engine.py``.
+"""Plots. ``plot_curves`` draws training curves from a ``metrics.jsonl`` written by ``lib/engine.py``;
+``plot_learning_curves`` the validation Kaggle metric against step of several runs (06's report, bench/quality.py).
 
 Records used (one JSON object per line; others are ignored):
 
@@ -96,6 +97,46 @@ def plot_curves(jsonl_path: str | Path, png_path: str | Path, title: str | None 
 
     if title:
         fig.suptitle(title)
+    return save_figure(fig, png_path)
+
+
+def learning_curve(jsonl_path: str | Path, key: str = "val_kaggle") -> list[tuple[int, float]]:
+    """``[(global step, value)]`` of ``key`` in the epoch records of a ``metrics.jsonl``, in step order.
+
+    Records without a finite value (no validation that epoch) are skipped; a missing log gives ``[]``.
+    A resumed run's log may hold an epoch twice: the last record of a step wins.
+    """
+    pts = {}
+    for r in lio.read_jsonl(jsonl_path) if Path(jsonl_path).is_file() else []:
+        if r.get("kind") == "epoch" and _finite(r.get("step")) and _finite(r.get(key)):
+            pts[int(r["step"])] = float(r[key])
+    return sorted(pts.items())
+
+
+def plot_learning_curves(curves: dict, png_path: str | Path, ylabel: str = "val Kaggle metric",
+                         title: str | None = None) -> Path:
+    """One panel, one line per model: ``curves`` maps a name to ``[(step, value)]`` (:func:`learning_curve`).
+
+    Models without points are listed in the legend as "(no validation)". Returns ``png_path``.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for name, pts in curves.items():
+        if pts:
+            xs, ys = zip(*pts)
+            ax.plot(xs, ys, "o-", ms=3, label=name)
+        else:
+            ax.plot([], [], label=f"{name} (no validation)")
+    if curves:
+        ax.legend(fontsize=8)
+    ax.set_xlabel("training step")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.set_title(title or "learning curves")
     return save_figure(fig, png_path)
 
 

@@ -79,6 +79,9 @@ def test_write_report(tmp_path):
     train = tmp_path / "runs" / "a"
     train.mkdir(parents=True)
     viz.plot_class_scores({"x": 0.5}, train / "curves.png")
+    for rec in ({"kind": "epoch", "epoch": 1, "step": 10, "val_kaggle": 0.125},
+                {"kind": "epoch", "epoch": 2, "step": 20, "val_kaggle": 0.375}):
+        lio.append_jsonl(train / "metrics.jsonl", rec)
     lio.atomic_write_json(train / "val_scores.json", {"best": {"epoch": 2, "kaggle": 0.25, "coco": {"AP": 0.1}},
                                                       "latest": {"epoch": 3, "kaggle": 0.2, "coco": {"AP": 0.1}}})
     scores = {"a": {"kaggle": 0.5, "AP": 0.3, "AP50": 0.6, "AP75": 0.2, "num_images": 3,
@@ -95,6 +98,10 @@ def test_write_report(tmp_path):
     assert len(overlays) == 2  # the sample prefers images with ground truth: img0, img1
     assert {f"overlays/img{i}.png" for i in (0, 1)} == set(overlays)
     assert "curves/a.png" in srcs and "charts/a_per_class.png" in srcs
+    # the learning curves of the models (val Kaggle vs step), plotted and tabulated
+    assert "curves/learning_curves.png" in srcs
+    assert re.search(r"<th>val Kaggle at step</th><th>10</th><th>20</th></tr><tr><td>a</td><td>0.1250</td>"
+                     r"<td>0.3750</td>", html)
     assert "0.5000" in html and "0.2500" in html and "sub/submission.csv" in html
     names = category_names(None)
     assert names[10] == "dress" and names[31] == "sleeve"

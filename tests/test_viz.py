@@ -5,7 +5,7 @@ import cv2
 import numpy as np
 
 from lib import io as lio
-from lib.viz import plot_curves
+from lib.viz import learning_curve, plot_curves, plot_learning_curves
 
 
 def _log(path, n_steps=12, with_val=True):
@@ -54,3 +54,18 @@ def test_plot_curves_tolerates_torn_lines_nan_and_other_records(tmp_path):
     _read(plot_curves(log, tmp_path / "c.png"))
     # overwriting an existing PNG works
     _read(plot_curves(log, tmp_path / "c.png"))
+
+
+def test_learning_curve_points_and_plot(tmp_path):
+    log = tmp_path / "metrics.jsonl"
+    for rec in ({"kind": "train", "step": 5, "loss": 1.0}, {"kind": "epoch", "epoch": 1, "step": 10, "val_kaggle": 0.1},
+                {"kind": "epoch", "epoch": 2, "step": 20},  # no validation that epoch
+                {"kind": "epoch", "epoch": 3, "step": 30, "val_kaggle": float("nan")},
+                {"kind": "epoch", "epoch": 4, "step": 40, "val_kaggle": 0.3},
+                {"kind": "epoch", "epoch": 4, "step": 40, "val_kaggle": 0.35}):  # a resumed epoch: the last wins
+        lio.append_jsonl(log, rec)
+    assert learning_curve(log) == [(10, 0.1), (40, 0.35)]
+    assert learning_curve(tmp_path / "missing.jsonl") == []
+    full = _read(plot_learning_curves({"a": learning_curve(log), "b": []}, tmp_path / "lc.png"))
+    empty = _read(plot_learning_curves({"b": []}, tmp_path / "lc_empty.png"))
+    assert full.shape == empty.shape and not np.array_equal(full, empty)
