@@ -5,13 +5,17 @@ Real-data accuracy cannot be measured offline (no Kaggle data, no pretrained wei
 three models from scratch, for a fixed step budget each, on synthetic data in the competition's layout and
 scores them on unseen synthetic images, through the same scripts a user runs:
 
-1. data: three synthetic Kaggle-layout sets from different seeds (``lib.synthetic.generate_dataset``):
-   train (prepared by ``01_prepare_data.py``; its small val split only picks ``best.pth``), val (prepared
-   with ``--val-fraction 1``: the images 06 tunes on) and test (scored);
-2. training (``02/03/04``, two or three runs at a time): ``unet``; ``maskrcnn`` (all masks, with
-   ``--attr-head``: the attribute run); ``deepmac`` (all masks); and the DeepMAC claim runs, masks of one
-   group only (``--mask-classes garments``): ``maskrcnn_garments`` (stock per-class mask head),
-   ``maskrcnn_agnostic_garments`` (class-agnostic mask head: the paper's baseline) and ``deepmac_garments``;
+1. data: four synthetic Kaggle-layout sets from different seeds (``lib.synthetic.generate_dataset``, the
+   realistic images): train (prepared by ``01_prepare_data.py``; its val split gives the learning curves
+   and picks ``best.pth``), val (prepared with ``--val-fraction 1``: the images 06 tunes on), test (scored)
+   and pretrain (the fine-tuning comparison's starting run);
+2. training (``02/03/04``, two or three runs at a time, validated every epoch or two: the learning curves,
+   val Kaggle metric against step): ``unet``; ``maskrcnn`` (all masks, with ``--attr-head``: the attribute
+   run); ``deepmac`` (all masks); the DeepMAC claim runs, masks of one group only (``--mask-classes
+   garments``): ``maskrcnn_garments`` (stock per-class mask head), ``maskrcnn_agnostic_garments``
+   (class-agnostic mask head: the paper's baseline) and ``deepmac_garments``; and the fine-tuning
+   comparison: ``unet_pretrain`` on the pretrain seed, then ``unet_finetune`` (``--weights`` its best.pth)
+   vs ``unet_scratch``, the same steps on the train seed;
 3. ``05_predict.py`` (flip TTA, plus scales in GPU mode) on the val images and the test images;
    ``06_make_submission.py --tune-on`` chooses the combination and thresholds on val and scores on test;
 4. in-process scoring (``lib.submission.score_table`` with the winning recipe's post-processing,
@@ -34,13 +38,16 @@ scores them on unseen synthetic images, through the same scripts a user runs:
 
 Commands (run from the repository root)::
 
-    python bench/quality.py --cpu                     # small CPU mode: 128-192 px, ~12 min on 2 cores
+    python bench/quality.py --cpu                     # CPU mode: 600 training images at 128 px, <= 60 min on 2 cores
     python bench/quality.py                           # GPU mode: 512-1024 px, sized for <= 6 min on one H200
     python bench/quality.py --cpu --reuse             # rescore existing runs (skips finished stages)
     python bench/quality.py --tiny --out /tmp/q       # smoke size (tests/test_bench_quality.py)
 
+Floors (:data:`FLOORS`, test Kaggle metric after post-processing): each model >= 0.10 and 06's val-tuned
+submission >= the best single model; ``quality.json`` says which are met.
+
 Writes ``OUT/quality.json`` (after every stage, so an interrupted run keeps what it measured),
-``OUT/quality.md`` (the tables), ``OUT/logs/*.log`` (one per subprocess) and the data, runs and
+``OUT/quality.md`` (the tables), ``OUT/learning_curves.png``, ``OUT/logs/*.log`` (one per subprocess) and the data, runs and
 predictions under ``OUT/data`` and ``OUT/work``. Default ``OUT``: ``work/bench_quality[_cpu|_tiny]``.
 """
 from __future__ import annotations
@@ -75,43 +82,58 @@ PAPER = {"source": "Birodkar et al., ICCV 2021, COCO VOC -> non-VOC mask AP",
 _LIGHT_RPN = ["--rpn-post-nms-train", "300", "--rpn-pre-nms-test", "300", "--rpn-post-nms-test", "100",
               "--detections-per-img", "50"]
 MODES = {
-    # Two cores: one thread per process, two processes side by side (as demo.sh). Light RoI settings.
+    # Two cores: one thread per process, two processes side by side (as demo.sh). Light RoI settings. Sized for
+    # <= 60 minutes: hundreds of training images and hundreds of steps per model, validated every epoch
+    # (the learning curves). The recipe of the issue's measurements: resnet18-FPN detectors at 128 px, batch 4,
+    # AdamW 5e-4, cosine; resnet18 UNet, lr 3e-3.
     "cpu": dict(
-        sides=(128, 192), long_side=192, n_train=48, n_val=12, n_test=16, seeds=(101, 202, 303),
-        det=["--backbone", "resnet18", "--min-size", "160", "--max-size", "192",
-             "--anchor-sizes", "16", "32", "64", "128", "256", *_LIGHT_RPN, "--box-batch-size-per-image", "32"],
+        sides=(128, 176), long_side=128, n_train=600, n_val=60, n_test=60, n_pretrain=300,
+        seeds=(101, 202, 303, 404),
+        det=["--backbone", "resnet18", "--min-size", "128", "--max-size", "128",
+             "--anchor-sizes", "16", "32", "64", "128", "256", *_LIGHT_RPN, "--box-batch-size-per-image", "64"],
         deepmac=["--mask-roi-size", "16", "--mask-head-depth", "2", "--mask-head-width", "64",
                  "--mask-head-stacks", "2"],
-        unet=["--encoder", "resnet18", "--image-size", "192", "--decoder-channels", "128", "64", "32", "16", "16",
+        unet=["--encoder", "resnet18", "--image-size", "128", "--decoder-channels", "128", "64", "32", "16", "16",
               "--min-area", "8"],
-        det_budget=dict(epochs=5, steps=10, batch=2, lr=5e-4, warmup=5),
-        unet_budget=dict(epochs=10, steps=10, batch=4, lr=2e-3, warmup=5),
-        scale_range=("0.8", "1.0"), val_images=6, lanes=2, threads=1, workers=0, device="cpu",
-        tta=["--tta-flip"], predict_batch=4, tune=[], score_workers=2, prepare_workers=2),
+        det_budget=dict(epochs=8, steps=50, batch=4, lr=5e-4, warmup=20, val_every=1),
+        claim_budget=dict(epochs=4, steps=50, batch=4, lr=5e-4, warmup=20, val_every=2),
+        unet_budget=dict(epochs=8, steps=100, batch=8, lr=3e-3, warmup=20, val_every=1),
+        pretrain_budget=dict(epochs=3, steps=100, batch=8, lr=3e-3, warmup=20, val_every=1),
+        finetune_budget=dict(epochs=3, steps=50, batch=8, lr=1e-3, warmup=10, val_every=1),
+        scale_range=("0.8", "1.0"), val_images=40, val_score_thresh=0.3, lanes=2, threads=1, workers=0,
+        device="cpu", tta=["--tta-flip"], predict_batch=4, tune=[], score_workers=2, prepare_workers=2),
     # Smoke size for the test suite: every stage, a couple of steps each.
     "tiny": dict(
-        sides=(96, 128), long_side=128, n_train=8, n_val=3, n_test=3, seeds=(101, 202, 303),
+        sides=(96, 128), long_side=128, n_train=8, n_val=3, n_test=3, n_pretrain=8, seeds=(101, 202, 303, 404),
         det=["--backbone", "resnet18", "--min-size", "96", "--max-size", "128",
              "--anchor-sizes", "16", "32", "64", "128", "256", *_LIGHT_RPN, "--box-batch-size-per-image", "16"],
         deepmac=["--mask-roi-size", "8", "--mask-head-depth", "1", "--mask-head-width", "16",
                  "--mask-head-stacks", "1"],
         unet=["--encoder", "resnet18", "--image-size", "128", "--decoder-channels", "32", "16", "16", "8", "8",
               "--min-area", "4"],
-        det_budget=dict(epochs=1, steps=2, batch=2, lr=5e-4, warmup=1),
-        unet_budget=dict(epochs=1, steps=2, batch=2, lr=1e-3, warmup=1),
-        scale_range=("0.8", "1.0"), val_images=0, lanes=2, threads=1, workers=0, device="cpu",
+        det_budget=dict(epochs=1, steps=2, batch=2, lr=5e-4, warmup=1, val_every=1),
+        claim_budget=dict(epochs=1, steps=2, batch=2, lr=5e-4, warmup=1, val_every=1),
+        unet_budget=dict(epochs=1, steps=2, batch=2, lr=1e-3, warmup=1, val_every=1),
+        pretrain_budget=dict(epochs=1, steps=2, batch=2, lr=1e-3, warmup=1, val_every=1),
+        finetune_budget=dict(epochs=2, steps=1, batch=2, lr=1e-3, warmup=1, val_every=1),
+        scale_range=("0.8", "1.0"), val_images=2, val_score_thresh=0.3, lanes=2, threads=1, workers=0, device="cpu",
         tta=[], predict_batch=4, tune=["--weight-choices", "1", "--refine", "1"], score_workers=2,
         prepare_workers=1),
     # One H200: R50-FPN detectors (the paper's backbone) and the default DeepMAC head (hourglass, crop 32),
     # three trainings at a time on the one GPU, bf16 (--amp auto). 100 steps of 8 images each.
     "gpu": dict(
-        sides=(512, 1024), long_side=1024, n_train=256, n_val=24, n_test=32, seeds=(101, 202, 303),
+        sides=(512, 1024), long_side=1024, n_train=256, n_val=24, n_test=32, n_pretrain=128,
+        seeds=(101, 202, 303, 404),
         det=["--backbone", "resnet50", "--min-size", "640", "--max-size", "1024"],
         deepmac=[],
         unet=["--encoder", "resnet34", "--image-size", "512"],
-        det_budget=dict(epochs=5, steps=20, batch=8, lr=3e-4, warmup=20),
-        unet_budget=dict(epochs=5, steps=20, batch=8, lr=1e-3, warmup=20),
-        scale_range=("0.7", "1.0"), val_images=16, lanes=3, threads=4, workers=4, device="cuda",
+        det_budget=dict(epochs=5, steps=20, batch=8, lr=3e-4, warmup=20, val_every=1),
+        claim_budget=dict(epochs=5, steps=20, batch=8, lr=3e-4, warmup=20, val_every=5),
+        unet_budget=dict(epochs=5, steps=20, batch=8, lr=1e-3, warmup=20, val_every=1),
+        pretrain_budget=dict(epochs=2, steps=20, batch=8, lr=1e-3, warmup=10, val_every=1),
+        finetune_budget=dict(epochs=2, steps=10, batch=8, lr=5e-4, warmup=5, val_every=1),
+        scale_range=("0.7", "1.0"), val_images=16, val_score_thresh=0.5, lanes=3, threads=4, workers=4,
+        device="cuda",
         tta=["--tta-flip", "--tta-scales", "0.8", "1.0", "1.2"], predict_batch=8, tune=[], score_workers=12,
         prepare_workers=8),
 }
@@ -154,13 +176,19 @@ class Jobs:
         self.commands: list[str] = []
         self.results: dict[str, dict] = {}
 
-    def run(self, jobs: list[tuple[str, list[str]]]) -> None:
-        """Run ``[(name, argv), ...]``; raise RuntimeError (with the end of its log) when one fails."""
-        pending, running = list(jobs), {}
-        failed = []
+    def run(self, jobs: list[tuple]) -> None:
+        """Run ``[(name, argv) or (name, argv, after), ...]`` in order, a job starting only once the job named
+        ``after`` has finished; raise RuntimeError (with the end of its log) when one fails."""
+        pending, running = [tuple(j) + (None,) * (3 - len(j)) for j in jobs], {}
+        failed, done = [], set()
         while pending or running:
-            while pending and len(running) < self.lanes and not failed:
-                name, cmd = pending.pop(0)
+            while len(running) < self.lanes and not failed:
+                ready = [j for j in pending if j[2] is None or j[2] in done or j[2] not in
+                         {p[0] for p in pending} | set(running)]
+                if not ready:
+                    break
+                pending.remove(ready[0])
+                name, cmd, _ = ready[0]
                 log = self.logs / f"{name}.log"
                 self.commands.append(" ".join(str(c) if "\n" not in str(c) else "'<03 with class_agnostic_masks>'"
                                               for c in cmd))
@@ -183,6 +211,8 @@ class Jobs:
                 print(f"  {name}: rc={p.returncode} in {dt} s", flush=True)
                 if p.returncode != 0:
                     failed.append(name)
+                else:
+                    done.add(name)
             if failed and not running:
                 break
         if failed:
@@ -199,61 +229,95 @@ def _generate(task):
 
 
 def make_data(cfg: dict, data: Path) -> dict:
-    """Three synthetic Kaggle-layout sets from different seeds: ``train``, ``val``, ``test``."""
+    """Four synthetic Kaggle-layout sets from different seeds: ``train``, ``val``, ``test``, ``pretrain``."""
     lo, hi = cfg["sides"]
-    s_train, s_val, s_test = cfg["seeds"]
+    s_train, s_val, s_test, s_pretrain = cfg["seeds"]
     tasks = [(data / "train", dict(n_train=cfg["n_train"], n_test=0, seed=s_train, min_side=lo, max_side=hi)),
              # 01 --val-fraction 1 still keeps one image, and one of every category seen twice, in its train
              # split: of n_val + 1 images, fewer land in val (8 of 13 in the CPU mode)
              (data / "val", dict(n_train=cfg["n_val"] + 1, n_test=0, seed=s_val, min_side=lo, max_side=hi)),
-             (data / "test", dict(n_train=1, n_test=cfg["n_test"], seed=s_test, min_side=lo, max_side=hi))]
-    with ProcessPoolExecutor(3, mp_context=get_context("fork")) as pool:
+             (data / "test", dict(n_train=1, n_test=cfg["n_test"], seed=s_test, min_side=lo, max_side=hi)),
+             # another seed's images: the run that the fine-tuning comparison starts from
+             (data / "pretrain", dict(n_train=cfg["n_pretrain"], n_test=0, seed=s_pretrain, min_side=lo,
+                                      max_side=hi))]
+    with ProcessPoolExecutor(2, mp_context=get_context("fork")) as pool:
         metas = list(pool.map(_generate, tasks))
     return {name: {"dir": str(t[0]), "seed": t[1]["seed"], "train_images": m["counts"]["train_images"],
                    "test_images": m["counts"]["test_images"], "train_rows": m["counts"]["train_rows"],
                    "test_rows": m["counts"]["test_rows"]}
-            for name, t, m in zip(("train", "val", "test"), tasks, metas)}
+            for name, t, m in zip(("train", "val", "test", "pretrain"), tasks, metas)}
+
+
+FINE_TUNE_RUNS = ("unet_pretrain", "unet_finetune", "unet_scratch")
 
 
 def training_jobs(cfg: dict, w: Path, agnostic_flag: bool, claim_group: str, reuse: bool) -> list:
-    """``[(run name, argv)]`` of the trainings, longest first (Mask R-CNN's mask head is the slowest on CPU)."""
-    py = sys.executable
-    b, ub = cfg["det_budget"], cfg["unet_budget"]
+    """``[(run name, argv[, after])]`` of the trainings, longest first (Mask R-CNN is the slowest on CPU).
 
+    Every run validates every ``val_every`` epochs on the same ``val_images`` images of the train cache's val
+    split (the learning curves). The fine-tuning comparison: ``unet_pretrain`` trains on the ``pretrain``
+    seed's images; ``unet_finetune`` starts from its ``best.pth`` (``--weights``) and ``unet_scratch`` from
+    random weights, both with the same budget on the train seed's images.
+    """
+    py = sys.executable
     threads = str(cfg["threads"] if cfg["device"] == "cpu" else 0)
 
-    def common(run, budget):
-        # validate once, after the last epoch (best.pth = the final weights), on a few images
-        val = ["--val-every", str(budget["epochs"]), "--max-val-images", str(cfg["val_images"])] \
-            if cfg["val_images"] else ["--val-every", "0"]
-        return ["--prepared-dir", w / "prepared", "--out-dir", w / run, "--epochs", str(budget["epochs"]),
+    def common(run, budget, prepared="prepared"):
+        val = ["--val-every", str(budget["val_every"]), "--max-val-images", str(cfg["val_images"]),
+               "--val-score-thresh", str(cfg["val_score_thresh"])] if cfg["val_images"] else ["--val-every", "0"]
+        return ["--prepared-dir", w / prepared, "--out-dir", w / run, "--epochs", str(budget["epochs"]),
                 "--max-steps-per-epoch", str(budget["steps"]), "--batch-size", str(budget["batch"]),
                 "--lr", str(budget["lr"]), "--warmup-steps", str(budget["warmup"]), "--workers",
                 str(cfg["workers"]), "--device", cfg["device"], "--threads", threads,
                 "--log-every", "5", "--scale-range", *cfg["scale_range"], "--seed", "0", *val]
 
+    b, cb, ub = cfg["det_budget"], cfg["claim_budget"], cfg["unet_budget"]
     det = cfg["det"]
     dm = [*det, *cfg["deepmac"]]
     agn = [py, "03_train_maskrcnn.py", "--class-agnostic-masks"] if agnostic_flag else [py, "-c", _AGNOSTIC_03]
+    unet = [py, "02_train_unet.py", *cfg["unet"]]
+    pretrain = [*unet, *common("unet_pretrain", cfg["pretrain_budget"], "prepared_pretrain")]
     runs = [
         ("maskrcnn", [py, "03_train_maskrcnn.py", *common("maskrcnn", b), *det, "--attr-head"]),
-        (f"maskrcnn_{claim_group}", [py, "03_train_maskrcnn.py", *common(f"maskrcnn_{claim_group}", b), *det,
-                                     "--mask-classes", claim_group]),
-        (f"maskrcnn_agnostic_{claim_group}", [*agn, *common(f"maskrcnn_agnostic_{claim_group}", b), *det,
-                                              "--mask-classes", claim_group]),
         ("deepmac", [py, "04_train_deepmac.py", *common("deepmac", b), *dm]),
-        (f"deepmac_{claim_group}", [py, "04_train_deepmac.py", *common(f"deepmac_{claim_group}", b), *dm,
+        ("unet", [*unet, *common("unet", ub)]),
+        (f"maskrcnn_{claim_group}", [py, "03_train_maskrcnn.py", *common(f"maskrcnn_{claim_group}", cb), *det,
+                                     "--mask-classes", claim_group]),
+        (f"maskrcnn_agnostic_{claim_group}", [*agn, *common(f"maskrcnn_agnostic_{claim_group}", cb), *det,
+                                              "--mask-classes", claim_group]),
+        (f"deepmac_{claim_group}", [py, "04_train_deepmac.py", *common(f"deepmac_{claim_group}", cb), *dm,
                                     "--mask-classes", claim_group]),
-        ("unet", [py, "02_train_unet.py", *common("unet", ub), *cfg["unet"]]),
+        ("unet_pretrain", pretrain),
+        ("unet_scratch", [*unet, *common("unet_scratch", cfg["finetune_budget"])]),
+        ("unet_finetune", [*unet, *common("unet_finetune", cfg["finetune_budget"]), "--weights",
+                           w / "unet_pretrain" / "best.pth"], "train_unet_pretrain"),
     ]
     out = []
-    for name, cmd in runs:
+    for name, cmd, *after in runs:
         meta = w / name / "meta.json"
         if reuse and meta.is_file() and json.loads(meta.read_text()).get("status") == "done":
             continue
         shutil.rmtree(w / name, ignore_errors=True)  # a fixed budget: every run starts from scratch
-        out.append((f"train_{name}", cmd))
+        out.append((f"train_{name}", cmd, *after))
     return out
+
+
+def learning_curves(w: Path, runs: list[str]) -> dict:
+    """``{run: [[step, val Kaggle], ...]}`` from each run's metrics.jsonl (:func:`lib.viz.learning_curve`)."""
+    from lib.viz import learning_curve
+
+    return {r: [[s, v] for s, v in learning_curve(w / r / "metrics.jsonl")] for r in runs}
+
+
+def fine_tune_report(curves: dict, training: dict) -> dict:
+    """Fine-tuning from our checkpoint vs training from scratch at equal steps (val Kaggle on the same images)."""
+    ft, sc = curves.get("unet_finetune") or [], curves.get("unet_scratch") or []
+    final = {k: (c[-1][1] if c else None) for k, c in (("fine_tuned", ft), ("scratch", sc))}
+    better = None if None in final.values() else final["fine_tuned"] > final["scratch"]
+    return {"pretrained_on": "pretrain seed's images (unet_pretrain, --weights its best.pth)",
+            "steps": (training.get("unet_finetune") or {}).get("steps"),
+            "val_kaggle_final": final, "fine_tuned_beats_scratch": better,
+            "pretrain_val_kaggle": ((curves.get("unet_pretrain") or [[None, None]])[-1])[1]}
 
 
 def training_summary(w: Path, runs: list[str]) -> dict:
@@ -513,6 +577,22 @@ def attributes_report(run_dir: Path, table: pd.DataFrame, items: list[dict], gt_
 
 
 # --------------------------------------------------------------------------------------------- report
+FLOORS = {"maskrcnn": 0.10, "deepmac": 0.10, "unet": 0.10}  # test Kaggle metric after post-processing
+
+
+def floors(scores: dict, floor_of: dict) -> dict:
+    """Each model's test Kaggle metric against its floor, and the val-tuned submission against the best model."""
+    out = {}
+    for name, floor in floor_of.items():
+        k = ((scores.get(name) or {}).get("all") or {}).get("kaggle")
+        out[name] = {"floor": floor, "kaggle": k, "met": k is not None and k >= floor}
+    singles = [((scores.get(n) or {}).get("all") or {}).get("kaggle") for n in floor_of]
+    best = max((s for s in singles if s is not None), default=None)
+    sub = ((scores.get("submission") or {}).get("all") or {}).get("kaggle")
+    out["submission"] = {"floor": best, "kaggle": sub, "met": None if best is None or sub is None else sub >= best}
+    return out
+
+
 def markdown(rep: dict) -> str:
     f = lambda v, d=4: "-" if v is None else f"{v:.{d}f}"  # noqa: E731
     lines = [f"Mode `{rep['mode']}`, {rep['env'].get('date')}, {rep['env'].get('gpu') or rep['env'].get('cpu')}"
@@ -534,6 +614,25 @@ def markdown(rep: dict) -> str:
                          f"{f(s['parts']['kaggle'])} | {f(s['all']['AP'])} | {f(s['garments']['AP'])} | "
                          f"{f(s['parts']['AP'])} |")
         lines.append("")
+    fl = rep.get("floors") or {}
+    if fl:
+        lines += ["Floors (test Kaggle metric; the submission's floor is the best single model):", "",
+                  "| model | floor | test Kaggle | met |", "|---|---|---|---|"]
+        lines += [f"| {k} | {f(v['floor'])} | {f(v['kaggle'])} | {v['met']} |" for k, v in fl.items()]
+        lines.append("")
+    lc = rep.get("learning_curves") or {}
+    if any(lc.values()):
+        lines += [f"Learning curves: val Kaggle (the train cache's val split, {rep['config'].get('val_images')} "
+                  f"images; `unet_pretrain` on the pretrain seed's val split) at step:", ""]
+        for k, pts in lc.items():
+            lines.append(f"- {k}: " + (", ".join(f"{s}: {v:.4f}" for s, v in pts) or "-"))
+        lines.append("")
+    ft = rep.get("fine_tune") or {}
+    if ft:
+        fin = ft["val_kaggle_final"]
+        lines += [f"Fine-tuning (UNet, {ft.get('steps')} steps each on the train seed): from our checkpoint "
+                  f"(`--weights`, trained on the pretrain seed) val Kaggle {f(fin['fine_tuned'])}, from scratch "
+                  f"{f(fin['scratch'])}; fine-tuned beats scratch: {ft['fine_tuned_beats_scratch']}.", ""]
     cl = rep.get("deepmac_claim") or {}
     if cl.get("oracle"):
         held = cl["held_out_group"]
@@ -569,7 +668,7 @@ def markdown(rep: dict) -> str:
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--cpu", action="store_true", help="small CPU mode (128-192 px, ~12 min on 2 cores)")
+    p.add_argument("--cpu", action="store_true", help="CPU mode (600 training images at 128 px, <= 60 min on 2 cores)")
     p.add_argument("--tiny", action="store_true", help="smoke size (a couple of steps per model; for the tests)")
     p.add_argument("--out", default=None, help="output folder (default work/bench_quality[_cpu|_tiny])")
     p.add_argument("--claim-group", choices=GROUPS, default="garments",
@@ -625,11 +724,11 @@ def main(args) -> dict:
     rep["data"] = stage("data", lambda: make_data(cfg, data))
     py = sys.executable
     prep = []
-    for split, extra in (("prepared", []), ("prepared_val", ["--val-fraction", "1.0"])):
+    for split, src, extra in (("prepared", "train", []), ("prepared_val", "val", ["--val-fraction", "1.0"]),
+                              ("prepared_pretrain", "pretrain", [])):
         if args.reuse and (w / split / "meta.json").is_file():
             continue
-        prep.append((f"01_{split}", [py, "01_prepare_data.py", "--data-dir", data / ("train" if split == "prepared"
-                                                                                       else "val"),
+        prep.append((f"01_{split}", [py, "01_prepare_data.py", "--data-dir", data / src,
                                      "--out-dir", w / split, "--long-side", str(cfg["long_side"]), "--workers",
                                      str(cfg["prepare_workers"]), "--no-progress", *extra]))
     stage("01_prepare", lambda: jobs.run(prep))
@@ -643,7 +742,14 @@ def main(args) -> dict:
     main_runs = ["unet", "maskrcnn", "deepmac"]
     claim_runs = [f"maskrcnn_{cg}", f"maskrcnn_agnostic_{cg}", f"deepmac_{cg}"]
     stage("train", lambda: jobs.run(training_jobs(cfg, w, agnostic_flag, cg, args.reuse)))
-    rep["training"] = training_summary(w, ["unet", "maskrcnn", "deepmac", *claim_runs])
+    all_runs = [*main_runs, *claim_runs, *FINE_TUNE_RUNS]
+    rep["training"] = training_summary(w, all_runs)
+    rep["learning_curves"] = learning_curves(w, all_runs)
+    from lib.viz import plot_learning_curves
+
+    plot_learning_curves({r: rep["learning_curves"][r] for r in main_runs}, out / "learning_curves.png",
+                         title=f"val Kaggle ({cfg['val_images']} val images, score >= {cfg['val_score_thresh']})")
+    rep["fine_tune"] = fine_tune_report(rep["learning_curves"], rep["training"])
 
     # 3. 05 + 06
     stage("05_predict", lambda: jobs.run(prediction_jobs(cfg, w, data, main_runs, claim_runs, args.reuse)))
@@ -701,6 +807,7 @@ def main(args) -> dict:
     rep["attributes"]["val_during_training"] = {k: rep["training"].get("maskrcnn", {}).get(k)
                                                 for k in ("val_attr_micro_f1", "val_attr_macro_f1")}
 
+    rep["floors"] = floors(rep["scores"], FLOORS)
     rep["seconds_total"] = round(time.time() - t_start, 1)
     rep["jobs"] = jobs.results
     bc.write_json(json_path, rep)

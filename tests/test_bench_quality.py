@@ -68,15 +68,29 @@ def test_tiny_run_reports_every_model_group_and_measure(tmp_path):
             "commands", "timings", "seconds_total"} <= set(rep)
     assert rep["mode"] == "tiny" and rep["env"]["date"] and rep["env"]["cpu_count"]
 
-    # three datasets from three seeds
-    assert len({rep["data"][s]["seed"] for s in ("train", "val", "test")}) == 3
+    # four datasets from four seeds
+    assert len({rep["data"][s]["seed"] for s in ("train", "val", "test", "pretrain")}) == 4
     runs = {"unet", "maskrcnn", "deepmac", "maskrcnn_garments", "maskrcnn_agnostic_garments", "deepmac_garments"}
-    assert set(rep["training"]) == runs
+    fine_tune = {"unet_pretrain", "unet_finetune", "unet_scratch"}
+    assert set(rep["training"]) == runs | fine_tune
     assert all(t["steps"] == 2 for t in rep["training"].values())  # the fixed budget: 1 epoch x 2 steps
     assert rep["training"]["maskrcnn"]["attr_head"] is True
     assert rep["training"]["maskrcnn_agnostic_garments"]["class_agnostic_masks"] is True
     assert rep["training"]["maskrcnn_garments"]["class_agnostic_masks"] is False
     assert rep["training"]["deepmac_garments"]["mask_classes"] is True
+
+    # learning curves: val Kaggle at each validated step, for every run
+    assert set(rep["learning_curves"]) == runs | fine_tune
+    assert [s for s, _ in rep["learning_curves"]["unet_finetune"]] == [1, 2]
+    assert all(0 <= v <= 1 for pts in rep["learning_curves"].values() for _, v in pts)
+    assert (out / "learning_curves.png").is_file()
+    # the fine-tuning run started from the pretraining run's checkpoint
+    ft_meta = json.loads((out / "work" / "unet_finetune" / "meta.json").read_text())
+    assert ft_meta["init"]["kind"] == "checkpoint" and ft_meta["init"]["fresh"] == []
+    assert ft_meta["init"]["file"] == str(out / "work" / "unet_pretrain" / "best.pth")
+    assert rep["fine_tune"]["steps"] == 2 and set(rep["fine_tune"]["val_kaggle_final"]) == {"fine_tuned", "scratch"}
+    assert set(rep["floors"]) == {"maskrcnn", "deepmac", "unet", "submission"}
+    assert rep["floors"]["unet"]["floor"] == 0.10
 
     models = runs | {"ensemble", "submission"}
     assert set(rep["scores"]) == models
@@ -108,4 +122,5 @@ def test_tiny_run_reports_every_model_group_and_measure(tmp_path):
     assert "06_make_submission.py" in cmds and "--tune-on" in cmds and "--mask-classes garments" in cmds
     assert "--attr-head" in cmds
     md = (out / "quality.md").read_text()
-    assert "DeepMAC claim" in md and "| ensemble |" in md and "Attributes" in md
+    assert "DeepMAC claim" in md and "| ensemble |" in md and "Attributes" in md and "Fine-tuning" in md
+    assert "Floors" in md and "Learning curves" in md
