@@ -1,12 +1,15 @@
-"""notebooks/imaterialist_pipeline.ipynb: committed without outputs, settings from NB_* variables, and a run top to
-bottom on a tiny synthetic set (01 -> 02/03/04 -> 05 val + test -> 06 tune + submission) in a temporary directory."""
+"""notebooks/imaterialist_pipeline.ipynb: committed without outputs, settings from NB_* variables, each model's
+starting-weights flags from WEIGHTS / WEIGHTS_DIR, and a run top to bottom on a tiny synthetic set (01 -> 02/03/04 ->
+05 val + test -> 06 tune + submission) in a temporary directory."""
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from conftest import REPO
 
@@ -53,11 +56,16 @@ def _settings(monkeypatch, tmp_path, **env):
     return ns
 
 
-def test_run_streams_output_and_raises_on_failure(monkeypatch, tmp_path, capsys):
-    pytest.importorskip("IPython")
-    ns = _settings(monkeypatch, tmp_path, REPO_DIR=REPO, WORK_DIR=tmp_path / "w", PRETRAINED=0)
+def _setup(ns):
+    """Run the notebook's second code cell (the set-up) in the settings cell's namespace ``ns``; ``ns``."""
     setup = [c for c in _read_notebook().cells if c.cell_type == "code"][1]
     exec(compile(setup.source, "set-up cell", "exec"), ns)
+    return ns
+
+
+def test_run_streams_output_and_raises_on_failure(monkeypatch, tmp_path, capsys):
+    pytest.importorskip("IPython")
+    ns = _setup(_settings(monkeypatch, tmp_path, REPO_DIR=REPO, WORK_DIR=tmp_path / "w", WEIGHTS="none"))
     capsys.readouterr()
     ns["run"](sys.executable, "-c", "import sys; print('to stdout'); print('to stderr', file=sys.stderr)")
     out = capsys.readouterr().out
@@ -91,11 +99,120 @@ def test_settings_follow_the_data_and_the_environment(monkeypatch, tmp_path):
 
     # Overrides are converted to the default's type; NB_<MODEL>_ARGS appends flags.
     ns = _settings(monkeypatch, tmp_path, REPO_DIR=REPO, WORK_DIR=work, MODELS="unet, maskrcnn", EPOCHS="2",
-                   VAL_FRACTION="0.3", TTA_FLIP="1", PRETRAINED="0", IMAGE_SIZE="96", MASKRCNN_ARGS="--lr 0.01")
+                   VAL_FRACTION="0.3", TTA_FLIP="1", WEIGHTS="none", IMAGE_SIZE="96", MASKRCNN_ARGS="--lr 0.01")
     assert ns["MODELS"] == ["unet", "maskrcnn"] and ns["EPOCHS"] == 2 and ns["VAL_EVERY"] == 2
-    assert ns["VAL_FRACTION"] == 0.3 and ns["TTA_FLIP"] is True and ns["PRETRAINED"] is False
+    assert ns["VAL_FRACTION"] == 0.3 and ns["TTA_FLIP"] is True and ns["WEIGHTS"] == "none"
     assert ns["IMAGE_SIZE"] == 96 and ns["MODEL_ARGS"]["maskrcnn"][-2:] == ["--lr", "0.01"]
     assert "--anchor-sizes" in ns["MODEL_ARGS"]["maskrcnn"]  # tiny images: demo.sh's small detector
+    assert _settings(monkeypatch, tmp_path, REPO_DIR=REPO, WORK_DIR=work)["WEIGHTS"] == "auto"
+    with pytest.raises(ValueError, match="WEIGHTS='pretrained': expected auto, coco, imagenet or none"):
+        _settings(monkeypatch, tmp_path, REPO_DIR=REPO, WORK_DIR=work, WEIGHTS="pretrained")
+
+
+def test_weight_file_names_are_the_scripts(monkeypatch, tmp_path):
+    """The notebook's file names are lib.weights' (torchvision's published names), which the scripts look up."""
+    from lib import weights
+
+    ns = _settings(monkeypatch, tmp_path, REPO_DIR=REPO, WORK_DIR=tmp_path / "w")
+    assert ns["IMAGENET_FILES"] == weights.BACKBONE_FILES and ns["COCO_FILES"] == weights.COCO_FILES
+
+
+def _weight_args(monkeypatch, tmp_path, files=(), states=None, **env):
+    """``(WEIGHT_ARGS, WEIGHTS_DIR)`` of the set-up cell with a new WEIGHTS_DIR holding ``files`` (empty stand-ins:
+    the notebook only resolves paths) and ``states`` ({name: state dict}, saved with torch.save)."""
+    pytest.importorskip("IPython")
+    wdir = Path(tempfile.mkdtemp(prefix="weights", dir=tmp_path))
+    for f in files:
+        (wdir / f).touch()
+    for f, state in (states or {}).items():
+        torch.save(state, wdir / f)
+    env = {"REPO_DIR": REPO, "WORK_DIR": tmp_path / "w", "WEIGHTS_DIR": wdir, **env}
+    ns = _setup(_settings(monkeypatch, tmp_path, **{k: v for k, v in env.items() if v is not None}))
+    return ns["WEIGHT_ARGS"], wdir.resolve()
+
+
+R18, R34, R50 = "resnet18-f37072fd.pth", "resnet34-b627a593.pth", "resnet50-0676ba61.pth"
+COCO, COCO_V2 = "maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth", "maskrcnn_resnet50_fpn_v2_coco-73cbd019.pth"
+REAL = {"BACKBONE": "resnet50", "UNET_ENCODER": "resnet34"}  # the real-data defaults
+NO_KAGGLE_INPUT = not Path("/kaggle/input").is_dir()  # so no WEIGHTS_DIR is found when NB_WEIGHTS_DIR is unset
+
+
+def test_auto_takes_what_weights_dir_holds(monkeypatch, tmp_path, capsys):
+    # nothing there (or no WEIGHTS_DIR at all): random weights, no flags
+    args, _ = _weight_args(monkeypatch, tmp_path)
+    assert args == {"maskrcnn": [], "deepmac": [], "unet": []}
+    if NO_KAGGLE_INPUT:
+        assert _weight_args(monkeypatch, tmp_path, WEIGHTS_DIR=None)[0] == args
+    assert "unet starts from: random weights" in capsys.readouterr().out
+
+    # the synthetic defaults (resnet18 everywhere): the ImageNet file, by path, for all three models
+    args, w = _weight_args(monkeypatch, tmp_path, [R18])
+    assert args == {m: ["--weights-backbone", w / R18] for m in ("maskrcnn", "deepmac", "unet")}
+    assert f"maskrcnn starts from: --weights-backbone {w / R18}" in capsys.readouterr().out
+
+    # resnet50 detectors: the COCO Mask R-CNN file first, the U-Net its encoder's ImageNet file
+    args, w = _weight_args(monkeypatch, tmp_path, [COCO, R50, R34], **REAL)
+    assert args == {"maskrcnn": ["--weights", w / COCO], "deepmac": ["--weights", w / COCO],
+                    "unet": ["--weights-backbone", w / R34]}
+    # resnet50_v2 without its own COCO file: the (shared) ImageNet ResNet-50; an encoder without a file: random
+    args, w = _weight_args(monkeypatch, tmp_path, [COCO, R50], BACKBONE="resnet50_v2", UNET_ENCODER="efficientnet-b0",
+                           MODELS="maskrcnn unet")
+    assert args == {"maskrcnn": ["--weights-backbone", w / R50], "unet": []}
+    args, w = _weight_args(monkeypatch, tmp_path, [COCO_V2], BACKBONE="resnet50_v2", MODELS="deepmac")
+    assert args == {"deepmac": ["--weights", w / COCO_V2]}
+
+    # "none" ignores the files; a start given in NB_<MODEL>_ARGS (fine-tuning our best.pth) replaces the notebook's
+    args, _ = _weight_args(monkeypatch, tmp_path, [COCO, R50, R34], WEIGHTS="none", **REAL)
+    assert args == {"maskrcnn": [], "deepmac": [], "unet": []}
+    args, w = _weight_args(monkeypatch, tmp_path, [COCO, R34], MASKRCNN_ARGS="--weights /x/maskrcnn/best.pth",
+                           UNET_ARGS="--weights-backbone=/x/enc.pth", **REAL)
+    assert args == {"maskrcnn": [], "deepmac": ["--weights", w / COCO], "unet": []}
+    assert "maskrcnn starts from: the flags in NB_MASKRCNN_ARGS" in capsys.readouterr().out
+
+
+def test_coco_and_imagenet_name_the_files_to_attach(monkeypatch, tmp_path, capsys):
+    args, w = _weight_args(monkeypatch, tmp_path, [COCO, R50, R34], WEIGHTS="coco", **REAL)
+    assert args == {"maskrcnn": ["--weights", w / COCO], "deepmac": ["--weights", w / COCO],
+                    "unet": ["--weights-backbone", w / R34]}
+    args, w = _weight_args(monkeypatch, tmp_path, [COCO, R50, R34], WEIGHTS="imagenet", **REAL)
+    assert args == {"maskrcnn": ["--weights-backbone", w / R50], "deepmac": ["--weights-backbone", w / R50],
+                    "unet": ["--weights-backbone", w / R34]}  # ImageNet even where the COCO file is there
+
+    # a missing file: FileNotFoundError naming each file once, before anything is installed or trained
+    with pytest.raises(FileNotFoundError, match=rf"WEIGHTS='coco' needs(.|\n)*\n  {COCO_V2}\n  {R18}\nattach") as e:
+        _weight_args(monkeypatch, tmp_path, WEIGHTS="coco", BACKBONE="resnet50_v2", UNET_ENCODER="resnet18")
+    assert str(e.value).count(COCO_V2) == 1
+    if NO_KAGGLE_INPUT:  # no dataset to find: nothing is there
+        with pytest.raises(FileNotFoundError, match=rf"WEIGHTS='imagenet' needs(.|\n)*no weights dataset attached"
+                                                    rf"(.|\n)*\n  {R18}\nattach"):
+            _weight_args(monkeypatch, tmp_path, WEIGHTS="imagenet", WEIGHTS_DIR=None)
+    with pytest.raises(FileNotFoundError, match=rf"\n  {R34}\nattach"):
+        _weight_args(monkeypatch, tmp_path, WEIGHTS="imagenet", MODELS="unet", **REAL)
+    assert f"unet starts from: {R34} (missing)" in capsys.readouterr().out
+
+    # no such published file: a ValueError saying what to do instead
+    with pytest.raises(ValueError, match="COCO Mask R-CNN exists for BACKBONE resnet50 and resnet50_v2, not "
+                                         "'resnet18'"):
+        _weight_args(monkeypatch, tmp_path, WEIGHTS="coco", MODELS="maskrcnn")
+    with pytest.raises(ValueError, match="no torchvision ImageNet file for unet's 'efficientnet-b0'(.|\n)*"
+                                         "NB_UNET_ARGS"):
+        _weight_args(monkeypatch, tmp_path, [R50], WEIGHTS="imagenet", UNET_ENCODER="efficientnet-b0")
+
+
+def test_resolved_files_load_in_the_scripts(monkeypatch, tmp_path):
+    """A real torchvision-layout file, as the notebook passes it, loads through lib.weights as 02/03 do."""
+    import torchvision
+
+    from lib import models, weights
+
+    args, w = _weight_args(monkeypatch, tmp_path, states={R18: torchvision.models.resnet18(weights=None).state_dict()},
+                           MODELS="unet maskrcnn")
+    for arch, cfg in (("unet", {"encoder": "resnet18"}), ("maskrcnn", {"backbone": "resnet18"})):
+        flag, path = args[arch]
+        assert flag == "--weights-backbone" and path == w / R18
+        config, plan = weights.plan_init(arch, models.default_config(arch, **cfg), cfg, None, str(path))
+        report = weights.apply_init(models.build_model(config), arch, config, plan)
+        assert report["num_loaded"] > 50 and report["fresh"] == [] and config["pretrained"] is True
 
 
 @pytest.mark.slow
@@ -109,9 +226,9 @@ def test_notebook_runs_on_a_tiny_synthetic_set(tmp_path, monkeypatch):
            "NB_SYN_TRAIN": 10, "NB_SYN_TEST": 3, "NB_SYN_MIN_SIDE": 128, "NB_SYN_MAX_SIDE": 160,
            "NB_VAL_FRACTION": 0.3, "NB_IMAGE_SIZE": 96, "NB_EPOCHS": 1, "NB_MAX_STEPS_PER_EPOCH": 1,
            "NB_BATCH_SIZE": 2, "NB_UNET_BATCH_SIZE": 2, "NB_VAL_IMAGES": 2, "NB_PREP_WORKERS": 1, "NB_WORKERS": 0,
-           "NB_NUM_GPUS": 1, "NB_PRETRAINED": 0, "NB_REPORT_IMAGES": 2, "NB_SHOW_IMAGES": 2,
+           "NB_NUM_GPUS": 1, "NB_REPORT_IMAGES": 2, "NB_SHOW_IMAGES": 2,
            "NB_TUNE_GRID": json.dumps({"score_thresh": [0.05, 0.3], "mask_thresh": [0.45]}),
-           "OMP_NUM_THREADS": 1, "MKL_NUM_THREADS": 1, "HF_HUB_OFFLINE": 1}
+           "OMP_NUM_THREADS": 1, "MKL_NUM_THREADS": 1}  # WEIGHTS auto, no WEIGHTS_DIR: random weights
     for k, v in env.items():
         monkeypatch.setenv(k, str(v))  # the kernel, and every command it runs, inherits these
 
@@ -129,6 +246,7 @@ def test_notebook_runs_on_a_tiny_synthetic_set(tmp_path, monkeypatch):
     text = "\n".join(o.get("text", "") for c in code for o in c.outputs if o.output_type == "stream")
     for model in ("unet", "maskrcnn", "deepmac"):
         assert "epoch 1/1" in text and f"{model}: 1 epoch(s)" in text, model  # tqdm bars and summaries inline
+        assert f"{model} starts from: random weights" in text, model
         assert (work / model / "curves.png").is_file()
     images = [o for c in code for o in c.outputs if "image/png" in o.get("data", {})]
     assert len(images) >= 3 + 2, "training curves and report overlays are shown"
