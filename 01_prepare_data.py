@@ -45,6 +45,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--synthetic-seed", type=int, default=0, help="synthetic generator seed")
     g.add_argument("--synthetic-max-side", type=int, default=768, help="long side of the largest synthetic image")
     g.add_argument("--synthetic-min-side", type=int, default=256, help="long side of the smallest synthetic image")
+    g.add_argument("--synthetic-preset", choices=("realistic", "demo"), default="realistic",
+                   help="how hard the synthetic images are: 'realistic' (1-3 figures, all 46 categories, cluttered "
+                        "backgrounds) or 'demo' (one figure in a few big garments on a plain background; "
+                        "see lib.synthetic.PRESETS); a set generated with another preset is regenerated")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return p
 
@@ -57,7 +61,8 @@ def main(args) -> int:
 
         synthetic.generate_dataset(args.data_dir, n_train=args.synthetic_train, n_test=args.synthetic_test,
                                    seed=args.synthetic_seed, min_side=args.synthetic_min_side,
-                                   max_side=args.synthetic_max_side, progress=not args.no_progress)
+                                   max_side=args.synthetic_max_side, progress=not args.no_progress,
+                                   preset=args.synthetic_preset)
     try:
         meta = prepare.prepare_dataset(
             args.data_dir, args.out_dir, long_side=args.long_side or None, val_fraction=args.val_fraction,

@@ -32,6 +32,20 @@ holds a time stamp, so the same seed gives byte-identical files. Rare categories
 round-robin (the least-seen categories of the split so far are put on the front figure), so the
 default 48 training images contain all 46 categories.
 
+Presets (``preset=``, :data:`PRESETS`) choose how hard the images are; both use the same garments, drawing
+code, layout and files:
+
+* ``"realistic"`` (the default): everything above;
+* ``"demo"``: an easier set for a few minutes of CPU training from random weights: one full-body figure per
+  image on a plain studio background, dressed only in the big garments of ``PRESETS["demo"]["categories"]``
+  (a top/t-shirt 1 over pants 6 or a skirt 8: two instances per image); nothing else is drawn except the
+  garments' own parts (sleeves, necklines, pockets, zippers), which are not annotated and belong to their
+  garment's mask. (A dress was left out: it and a top over a skirt look alike to a model trained for two
+  minutes, which then scores near zero on both.)
+
+The marker records the preset's name with the other parameters, so a set generated with another preset is
+regenerated; changing a preset's settings must bump :data:`GENERATOR_VERSION`.
+
 Example::
 
     from lib.synthetic import generate_dataset
@@ -57,10 +71,12 @@ __all__ = [
     "GENERATOR_VERSION",
     "MARKER",
     "MIN_VISIBLE_PX",
+    "PRESETS",
     "attribute_id",
     "image_id_for",
     "image_size",
     "make_image",
+    "preset_settings",
     "generate_dataset",
 ]
 
@@ -70,6 +86,13 @@ MIN_VISIBLE_PX = 20  # instances with fewer visible pixels (after occlusion) are
 OUTPUTS = ("train", "test", "train.csv", "test_ground_truth.csv", "sample_submission.csv",
            "label_descriptions.json", MARKER)
 _SPLIT_CODE = {"train": 1, "test": 2}
+# Preset name -> settings. categories: the categories that may appear (None = all 46); figures: people per
+# image (None = 1-3, more in landscape images); plain_background: a pale studio gradient instead of clutter;
+# closeups: allow close-ups that crop the front figure; force: least-seen categories forced per image.
+PRESETS = {
+    "realistic": {"categories": None, "figures": None, "plain_background": False, "closeups": True, "force": 3},
+    "demo": {"categories": (1, 6, 8), "figures": 1, "plain_background": True, "closeups": False, "force": 1},
+}
 _SHIFT = 3  # sub-pixel bits for cv2 drawing
 _ONE = 1 << _SHIFT
 
@@ -332,10 +355,14 @@ class _Item:
 
 
 class _Scene:
-    """The canvas, a per-pixel map of the topmost occlusion group, and the instances drawn so far."""
+    """The canvas, a per-pixel map of the topmost occlusion group, and the instances drawn so far.
 
-    def __init__(self, rng, height: int, width: int, annotate: bool):
+    ``keep``: the categories recorded as instances (None = all); others are still drawn.
+    """
+
+    def __init__(self, rng, height: int, width: int, annotate: bool, keep=None):
         self.rng, self.h, self.w, self.annotate = rng, height, width, annotate
+        self.keep = None if keep is None else frozenset(int(c) for c in keep)
         self.img = np.zeros((height, width, 3), np.uint8)
         self.top = np.zeros((height, width), np.int32)
         self.items: list[tuple[int, tuple, _Mask, int]] = []
@@ -378,6 +405,8 @@ class _Scene:
         self.img[sl][sel] = np.asarray(colour, np.float64).clip(0, 255).astype(np.uint8)
 
     def add(self, category: int, attributes, m: _Mask, group: int) -> None:
+        if self.keep is not None and int(category) not in self.keep:
+            return
         attrs = ()
         if self.annotate and category in ATTRIBUTE_CATEGORIES:
             attrs = tuple(sorted({attribute_id(a) if isinstance(a, str) else int(a) for a in attributes}))
@@ -715,6 +744,48 @@ def _plan_outfit(rng, force) -> dict:
     p["headroom"] = p["umbrella"] or p["hat"]
     p["full_body"] = bool(f) or p["legwarmers"] or p["socks"]
     p["cats"] = _planned_categories(p)
+    return p
+
+
+# plan keys of stand-alone items -> their category (cleared when the category is not allowed)
+_PLAN_ITEMS = (("glasses", 13), ("hat", 14), ("headband", 15), ("tie", 16), ("gloves", 17), ("watch", 18),
+               ("belt", 19), ("legwarmers", 20), ("tights", 21), ("socks", 22), ("shoes", 23), ("bag", 24),
+               ("scarf", 25), ("umbrella", 26))
+
+
+def _restrict_plan(rng, p: dict, categories) -> dict:
+    """Make plan ``p`` use only ``categories`` (a preset's): base garments re-picked among the allowed ones,
+    outer layers, accessories and decorations dropped. Parts (hood, sleeves, ...) are still drawn with their
+    garment; :class:`_Scene` leaves unlisted categories unannotated, so they count as the garment's pixels.
+    """
+    allowed = set(categories)
+    tops, bottoms = [c for c in (0, 1, 2) if c in allowed], [c for c in (6, 7, 8) if c in allowed]
+    bases = (["separates"] if tops and bottoms else []) + (["dress"] if 10 in allowed else []) + \
+        (["jumpsuit"] if 11 in allowed else [])
+    if not bases:
+        raise ValueError(f"categories {sorted(allowed)} allow no outfit: need a top and a bottom (0-2, 6-8), "
+                         f"a dress (10) or a jumpsuit (11)")
+    if p["base"] not in bases:
+        p["base"] = _pick(rng, bases)
+    if p["base"] == "separates":
+        p["top"] = p["top"] if p["top"] in tops else _pick(rng, tops)
+        p["bottom"] = p["bottom"] if p["bottom"] in bottoms else _pick(rng, bottoms)
+    else:
+        p["top"] = p["bottom"] = None
+    if p["outer"] not in allowed:
+        p["outer"] = None
+    hosts = {"outer": p["outer"] is not None, "top": p["top"] is not None, "bottom": p["bottom"] in (6, 7),
+             "jumpsuit": p["base"] == "jumpsuit"}
+    p["zip"] = p["zip"] if hosts.get(p["zip"]) else None
+    p["hood"] = p["hood"] if hosts.get(p["hood"]) else None
+    for name, c in _PLAN_ITEMS:
+        if c not in allowed:
+            p[name] = False
+    p["shoe_buckle"] = p["shoe_buckle"] and p["shoes"]
+    p["decos"] = [(c, h) for c, h in p["decos"] if c in allowed and h not in ("bag", "scarf", "hat", "outer")]
+    p["poses"] = {s: ("down" if pose == "raise" and not p["umbrella"] else pose) for s, pose in p["poses"].items()}
+    p["headroom"] = p["umbrella"] or p["hat"]
+    p["cats"] = _planned_categories(p) & allowed
     return p
 
 
@@ -1551,11 +1622,13 @@ def _draw_figure(sc: _Scene, fig: _Fig, plan: dict, look: dict) -> None:
 
 
 # ------------------------------------------------------------------------------------------- image
-def _background(sc: _Scene) -> None:
+def _background(sc: _Scene, plain: bool = False) -> None:
+    """Gradient + low-frequency noise; ~30% pale studio backdrops, the rest with a floor and clutter.
+    ``plain``: always the pale studio backdrop, nothing else."""
     rng, h, w = sc.rng, sc.h, sc.w
     c1 = np.asarray(_jitter(rng, _GARMENT_COLOURS[int(rng.integers(len(_GARMENT_COLOURS)))], 30), np.float32)
     c2 = np.asarray(_jitter(rng, (200, 200, 200), 55), np.float32)
-    if rng.random() < 0.3:  # studio: pale, near uniform
+    if plain or rng.random() < 0.3:  # studio: pale, near uniform
         c1 = c1 * 0.2 + 200
         c2 = c2 * 0.2 + 190
     ang = rng.uniform(0, 2 * math.pi)
@@ -1566,7 +1639,7 @@ def _background(sc: _Scene) -> None:
     low = rng.normal(0, 12, (max(2, h // 40), max(2, w // 40), 3)).astype(np.float32)
     img += cv2.resize(low, (w, h), interpolation=cv2.INTER_CUBIC)
     img = np.clip(img, 0, 255).astype(np.uint8)
-    if rng.random() < 0.75:
+    if not plain and rng.random() < 0.75:
         floor = int(h * rng.uniform(0.6, 0.85))
         cv2.rectangle(img, (0, floor), (w, h), _jitter(rng, (120, 110, 100), 50), -1)
         cv2.line(img, (0, floor), (w, floor), _jitter(rng, (60, 55, 50), 30), max(1, h // 200))
@@ -1607,27 +1680,39 @@ def _look(rng) -> dict:
             "hair_style": style, "hair_len": float(rng.uniform(1.6, 2.8))}
 
 
-def make_image(rng: np.random.Generator, height: int, width: int, force=()) -> tuple[np.ndarray, list[dict]]:
-    """Draw one synthetic photo of 1-3 dressed figures.
+def make_image(rng: np.random.Generator, height: int, width: int, force=(),
+               preset: str = "realistic") -> tuple[np.ndarray, list[dict]]:
+    """Draw one synthetic photo of 1-3 dressed figures (one with ``preset="demo"``, see :data:`PRESETS`).
 
     Returns ``(image, instances)``: ``image`` is (H, W, 3) uint8 RGB; each instance is
     ``dict(category=int, attributes=tuple[int, ...], mask=uint8 (H, W) 0/1)`` with a non-empty visible
-    mask (>= :data:`MIN_VISIBLE_PX` pixels), in drawing order (back to front). ``force`` lists categories
-    to put on the front figure where they fit (used to cover rare categories).
+    mask (>= :data:`MIN_VISIBLE_PX` pixels), in drawing order (back to front), of the preset's categories
+    only. ``force`` lists categories to put on the front figure where they fit (used to cover rare
+    categories). Raises ``ValueError`` for an unknown preset.
     """
+    cfg = preset_settings(preset)
+    cats = cfg["categories"]
     height, width = int(height), int(width)
-    sc = _Scene(rng, height, width, annotate=rng.random() < 0.8)
-    _background(sc)
+    sc = _Scene(rng, height, width, annotate=rng.random() < 0.8, keep=cats)
+    _background(sc, plain=cfg["plain_background"])
     landscape = width > height * 1.1
-    n = int(rng.choice([1, 2, 3], p=[0.3, 0.45, 0.25] if landscape else [0.6, 0.3, 0.1]))
-    plans = [_plan_outfit(rng, force)]
+    if cfg["figures"] is None:
+        n = int(rng.choice([1, 2, 3], p=[0.3, 0.45, 0.25] if landscape else [0.6, 0.3, 0.1]))
+    else:
+        n = int(cfg["figures"])
+
+    def plan(force_now):
+        p = _plan_outfit(rng, force_now)
+        return p if cats is None else _restrict_plan(rng, p, cats)
+
+    plans = [plan(force)]
     left = set(force) - plans[0]["cats"]
     for _ in range(n - 1):
-        plans.append(_plan_outfit(rng, left))
+        plans.append(plan(left))
         left -= plans[-1]["cats"]
     # placement: plans[0] is the front figure (drawn last)
     front = plans[0]
-    closeup = not front["full_body"] and not front["headroom"] and rng.random() < 0.2
+    closeup = cfg["closeups"] and not front["full_body"] and not front["headroom"] and rng.random() < 0.2
     if closeup:
         fh = height * float(rng.uniform(1.3, 1.8))
         ftop = height * float(rng.uniform(-0.03, 0.06))
@@ -1674,10 +1759,19 @@ def image_size(rng: np.random.Generator, min_side: int, max_side: int) -> tuple[
     return (long_side, short) if kind < 0.78 else (short, long_side)
 
 
-def _force_for(counts: np.ndarray, index: int, k: int = 3) -> tuple[int, ...]:
-    """The ``k`` least-seen categories so far (ties rotate with ``index``), if seen less than a target."""
+def preset_settings(preset: str) -> dict:
+    """The settings of a preset name (a key of :data:`PRESETS`); ``ValueError`` for an unknown one."""
+    if not isinstance(preset, str) or preset not in PRESETS:
+        raise ValueError(f"unknown synthetic preset {preset!r}: choose one of {sorted(PRESETS)}")
+    return PRESETS[preset]
+
+
+def _force_for(counts: np.ndarray, index: int, k: int = 3, categories=None) -> tuple[int, ...]:
+    """The ``k`` least-seen of ``categories`` (None = all) so far (ties rotate with ``index``), if seen less
+    than a target."""
     target = 1 + index // 12
-    order = sorted(range(N_CATEGORIES), key=lambda c: (int(counts[c]), (c - 7 * index) % N_CATEGORIES))
+    pool = range(N_CATEGORIES) if categories is None else categories
+    order = sorted(pool, key=lambda c: (int(counts[c]), (c - 7 * index) % N_CATEGORIES))
     return tuple(c for c in order[:k] if counts[c] < target)
 
 
@@ -1695,7 +1789,8 @@ def _csv_text(header: str, rows) -> str:
     return header + "\n" + "".join(",".join(str(v) for v in r) + "\n" for r in rows)
 
 
-def _check_params(n_train, n_test, seed, min_side, max_side, jpeg_quality) -> dict:
+def _check_params(n_train, n_test, seed, min_side, max_side, jpeg_quality, preset) -> dict:
+    preset_settings(preset)
     params = {"n_train": n_train, "n_test": n_test, "seed": seed, "min_side": min_side, "max_side": max_side,
               "jpeg_quality": jpeg_quality}
     for k, v in params.items():
@@ -1710,7 +1805,7 @@ def _check_params(n_train, n_test, seed, min_side, max_side, jpeg_quality) -> di
         raise ValueError(f"need 32 <= min_side <= max_side, got min_side={min_side}, max_side={max_side}")
     if not 1 <= params["jpeg_quality"] <= 100:
         raise ValueError(f"jpeg_quality must be in 1..100, got {jpeg_quality}")
-    return params
+    return dict(params, preset=preset)
 
 
 def _existing(out: Path, params: dict) -> dict | None:
@@ -1744,8 +1839,12 @@ def _existing(out: Path, params: dict) -> dict | None:
 
 
 def generate_dataset(out_dir, n_train: int = 48, n_test: int = 12, seed: int = 0, min_side: int = 256,
-                     max_side: int = 768, jpeg_quality: int = 90, progress: bool = True) -> dict:
+                     max_side: int = 768, jpeg_quality: int = 90, progress: bool = True,
+                     preset: str = "realistic") -> dict:
     """Write the synthetic dataset (layout in the module docstring) into ``out_dir``; return its summary.
+
+    ``preset`` ("realistic" or "demo", see :data:`PRESETS`) is recorded with the other parameters in the
+    marker; an unknown preset raises ``ValueError``.
 
     ``out_dir`` is created if needed. A non-empty directory without a ``synthetic.json`` marker is
     refused (``ValueError``) so a real dataset is never overwritten. If the marker records the same
@@ -1753,7 +1852,8 @@ def generate_dataset(out_dir, n_train: int = 48, n_test: int = 12, seed: int = 0
     previous synthetic files are removed and the set is rebuilt. The summary is the marker's content
     plus ``out_dir`` and ``reused`` (True when nothing was regenerated).
     """
-    params = _check_params(n_train, n_test, seed, min_side, max_side, jpeg_quality)
+    params = _check_params(n_train, n_test, seed, min_side, max_side, jpeg_quality, preset)
+    cfg = preset_settings(preset)
     out = Path(out_dir)
     meta = _existing(out, params)
     if meta is not None:
@@ -1772,7 +1872,8 @@ def generate_dataset(out_dir, n_train: int = 48, n_test: int = 12, seed: int = 0
         for i in range(params[f"n_{split}"]):
             rng = np.random.default_rng([params["seed"], _SPLIT_CODE[split], i])
             h, w = image_size(rng, params["min_side"], params["max_side"])
-            img, inst = make_image(rng, h, w, force=_force_for(images[split], i))
+            img, inst = make_image(rng, h, w, force=_force_for(images[split], i, cfg["force"], cfg["categories"]),
+                                   preset=preset)
             image_id = image_id_for(params["seed"], split, i)
             lio.atomic_write_bytes(out / split / image_id, _jpeg_bytes(img, params["jpeg_quality"]))
             seen = set()

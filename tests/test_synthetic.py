@@ -116,7 +116,8 @@ def test_label_descriptions_and_marker(small):
     assert json.loads((small / "label_descriptions.json").read_text()) == label_descriptions()
     meta = json.loads((small / "synthetic.json").read_text())
     assert meta["complete"] is True and meta["version"] == synthetic.GENERATOR_VERSION
-    assert meta["params"] == {k: v for k, v in SMALL.items() if k != "progress"} | {"jpeg_quality": 90}
+    assert meta["params"] == {k: v for k, v in SMALL.items() if k != "progress"} | {"jpeg_quality": 90,
+                                                                                    "preset": "realistic"}
     assert meta["counts"]["train_rows"] == len(read_csv(small / "train.csv"))
     assert sum(meta["category_counts"]["train"].values()) == meta["counts"]["train_rows"]
 
@@ -250,3 +251,89 @@ def test_default_dataset_covers_every_category(default_set):
     assert 256 <= max(sizes["max_height"], sizes["max_width"]) <= 768
     n_per_image = decoded(read_csv(d / "test_ground_truth.csv"))
     assert len(n_per_image) == 12
+
+
+# ------------------------------------------------------------------------------------------ presets
+DEMO = dict(SMALL, n_train=8, n_test=3, min_side=96, max_side=160, preset="demo")
+
+
+@pytest.fixture(scope="module")
+def demo_set(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("syn_demo") / "a"
+    synthetic.generate_dataset(d, **DEMO)
+    return d
+
+
+def test_demo_preset_is_deterministic_and_differs_from_realistic(demo_set, small, tmp_path):
+    again = tmp_path / "b"
+    synthetic.generate_dataset(again, **DEMO)
+    assert all_files(demo_set) == all_files(again)
+    realistic = tmp_path / "c"
+    synthetic.generate_dataset(realistic, **dict(DEMO, preset="realistic"))
+    assert (realistic / "train.csv").read_bytes() != (demo_set / "train.csv").read_bytes()
+
+
+def test_demo_preset_draws_one_figure_in_its_categories(demo_set):
+    wanted = set(synthetic.PRESETS["demo"]["categories"])
+    assert wanted == {1, 6, 8}
+    for name in ("train.csv", "test_ground_truth.csv"):
+        per_image = decoded(read_csv(demo_set / name))
+        assert len(per_image) == (8 if name == "train.csv" else 3)  # every image has instances
+        for image_id, inst in per_image.items():
+            cats = [c for c, _, _ in inst]
+            # one figure: exactly one top and one bottom (pants or skirt), nothing else
+            assert cats.count(1) == 1, (image_id, cats)
+            assert sum(c in (6, 8) for c in cats) == 1 and set(cats) <= wanted, (image_id, cats)
+    meta = json.loads((demo_set / "synthetic.json").read_text())
+    assert meta["params"]["preset"] == "demo"
+    seen = {int(c) for split in ("train", "test") for c, n in meta["category_counts"][split].items() if n}
+    assert seen <= wanted and 1 in seen
+
+
+def test_make_image_demo_preset_over_many_images():
+    for i in range(40):
+        rng = np.random.default_rng([3, 1, i])
+        img, inst = synthetic.make_image(rng, 160, 110, preset="demo")
+        assert img.shape == (160, 110, 3)
+        cats = sorted(d["category"] for d in inst)
+        assert cats in ([1, 6], [1, 8]), (i, cats)
+
+
+def test_default_preset_is_realistic():
+    a = synthetic.make_image(np.random.default_rng(5), 200, 150)
+    b = synthetic.make_image(np.random.default_rng(5), 200, 150, preset="realistic")
+    assert np.array_equal(a[0], b[0]) and len(a[1]) == len(b[1])
+
+
+def test_regenerates_on_preset_change(tmp_path):
+    d = tmp_path / "d"
+    assert synthetic.generate_dataset(d, **dict(DEMO, preset="realistic"))["reused"] is False
+    realistic_rows = (d / "train.csv").read_bytes()
+    demo = synthetic.generate_dataset(d, **DEMO)
+    assert demo["reused"] is False and demo["params"]["preset"] == "demo"
+    assert (d / "train.csv").read_bytes() != realistic_rows
+    assert {parse_class_id(r["ClassId"])[0] for r in read_csv(d / "train.csv")} <= {1, 6, 8}
+    assert synthetic.generate_dataset(d, **DEMO)["reused"] is True
+
+
+@pytest.mark.parametrize("preset", ["easy", "", None, "Demo"])
+def test_unknown_preset_is_a_clear_error(tmp_path, preset):
+    with pytest.raises(ValueError, match="unknown synthetic preset.*demo.*realistic"):
+        synthetic.generate_dataset(tmp_path / "x", **dict(DEMO, preset=preset))
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(ValueError, match="unknown synthetic preset"):
+        synthetic.make_image(np.random.default_rng(0), 64, 48, preset=preset)
+
+
+def test_prepare_script_offers_every_preset():
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("prepare_script", REPO / "01_prepare_data.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    parser = mod.get_args_parser()
+    assert set(parser._option_string_actions["--synthetic-preset"].choices) == set(synthetic.PRESETS)
+    assert parser.parse_args([]).synthetic_preset == "realistic"
+    assert parser.parse_args(["--synthetic-preset", "demo"]).synthetic_preset == "demo"
