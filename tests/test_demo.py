@@ -56,6 +56,9 @@ def test_demo_end_to_end_tiny(tmp_path):
     for name in ("unet", "maskrcnn", "deepmac", "ensemble") + (() if all_equal else ("submission",)):
         assert re.search(rf"^\s+{name}\b.*kaggle \d\.\d{{4}}", out, re.M), name
     assert f"submission: {sub_dir / 'submission.csv'} (validated; models {combo['models']}" in out and f"report:     {report}" in out
+    # it says its images are the easier demo preset, and the dataset records that preset
+    assert "the easier 'demo' preset" in out and "synthetic 'demo' preset's images" in out
+    assert json.loads((data / "synthetic.json").read_text())["params"]["preset"] == "demo"
     for d in ("unet", "maskrcnn", "deepmac"):
         assert (work / d / "best.pth").is_file() and (work / d / "curves.png").is_file()
     assert Path(work / "predictions" / "predictions.parquet").is_file()
