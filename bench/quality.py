@@ -97,7 +97,7 @@ MODES = {
               "--min-area", "8"],
         det_budget=dict(epochs=10, steps=40, batch=4, lr=5e-4, warmup=20, val_every=1),
         claim_budget=dict(epochs=3, steps=50, batch=4, lr=5e-4, warmup=20, val_every=3),
-        unet_budget=dict(epochs=8, steps=100, batch=8, lr=3e-3, warmup=20, val_every=1),
+        unet_budget=dict(epochs=10, steps=100, batch=12, lr=3e-3, warmup=20, val_every=1),
         pretrain_budget=dict(epochs=3, steps=100, batch=8, lr=3e-3, warmup=20, val_every=1),
         finetune_budget=dict(epochs=3, steps=50, batch=8, lr=1e-3, warmup=10, val_every=1),
         scale_range=("0.8", "1.0"), val_images=40, val_score_thresh=0.3, lanes=2, threads=1, workers=0,
