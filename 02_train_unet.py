@@ -22,13 +22,13 @@ Examples:
 """
 import argparse
 
-from lib import engine
+from lib import cli, engine
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    engine.add_common_args(p, "work/unet", lr=3e-4, optimizer="adamw", batch_size=8, epochs=30, clip_grad=5.0)
+    cli.add_common_args(p, "work/unet", lr=3e-4, optimizer="adamw", batch_size=8, epochs=30, clip_grad=5.0)
     g = p.add_argument_group("U-Net (defaults: lib/models/unet.py DEFAULT_CONFIG)")
     g.add_argument("--encoder", type=str, default=None, help="smp encoder name, e.g. resnet18, resnet34, efficientnet-b3")
     g.add_argument("--encoder-depth", type=int, default=None, help="encoder stages (3-5)")

@@ -3,7 +3,7 @@
 
 Writes OUT_DIR/{checkpoint.pth, best.pth, metrics.jsonl, curves.png, val_scores.json, meta.json}
 (see lib/engine.py). Checkpoints load with torch.load(..., weights_only=True) and rebuild the model
-from their own config (lib.engine.load_checkpoint).
+from their own config (lib.checkpoint.load_checkpoint).
 
 Examples:
 
@@ -25,20 +25,20 @@ Examples:
 """
 import argparse
 
-from lib import engine
+from lib import cli, engine
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    engine.add_common_args(p, "work/maskrcnn", lr=1e-4, optimizer="adamw", clip_grad=10.0)
-    engine.add_detector_args(p)
+    cli.add_common_args(p, "work/maskrcnn", lr=1e-4, optimizer="adamw", clip_grad=10.0)
+    cli.add_detector_args(p)
     return p
 
 
 def model_overrides(args) -> dict:
     """Model config keys set by the flags above (None = the model's default)."""
-    return engine.detector_overrides(args)
+    return cli.detector_overrides(args)
 
 
 def main(args) -> dict:

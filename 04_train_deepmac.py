@@ -23,20 +23,20 @@ Examples:
 """
 import argparse
 
-from lib import engine
+from lib import cli, engine
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    engine.add_common_args(p, "work/deepmac", lr=1e-4, optimizer="adamw", clip_grad=10.0)
-    engine.add_detector_args(p, deepmac=True)
+    cli.add_common_args(p, "work/deepmac", lr=1e-4, optimizer="adamw", clip_grad=10.0)
+    cli.add_detector_args(p, deepmac=True)
     return p
 
 
 def model_overrides(args) -> dict:
     """Model config keys set by the flags above (None = the model's default)."""
-    return engine.detector_overrides(args)
+    return cli.detector_overrides(args)
 
 
 def main(args) -> dict:

@@ -24,17 +24,17 @@ REPO = Path(__file__).resolve().parents[1]
 def pick_device(cpu: bool) -> torch.device:
     """``cpu`` -> the CPU; otherwise CUDA, or exit with a clear message when there is none.
 
-    On CUDA it sets the backend flags of ``lib/engine.py`` and ``lib/predict.py``: ``cudnn.benchmark``
-    off (detectors see new shapes every step, and cuDNN would re-tune each), TF32 matmuls/convolutions on.
+    On CUDA it sets the backend flags of the training and prediction stages (``lib.runtime.set_backend_flags``:
+    ``cudnn.benchmark`` off, as detectors see new shapes every step and cuDNN would re-tune each; TF32 on).
     """
     if cpu:
         return torch.device("cpu")
     if not torch.cuda.is_available():
         raise SystemExit("GPU mode needs a CUDA device (torch.cuda.is_available() is False); "
                          "run with --cpu for the small CPU mode")
-    torch.backends.cudnn.benchmark = False
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
+    from lib import runtime
+
+    runtime.set_backend_flags()
     return torch.device("cuda")
 
 

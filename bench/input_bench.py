@@ -84,7 +84,6 @@ def model_for(arch: str, cfg: dict, long_side: int):
 
 def measure(prepared: Path, cfg: dict, device, dtype) -> dict:
     """The four figures of the module docstring on the train split of ``prepared``."""
-    import argparse as ap
 
     from lib import cache as lcache
     from lib.dataset import CacheDataset, build_transforms, make_loader
@@ -131,7 +130,7 @@ def measure(prepared: Path, cfg: dict, device, dtype) -> dict:
     opt_name, lr, clip = OURS_OPT[arch]
     torch.manual_seed(0)
     model = model_for(arch, cfg, long_side).to(device).train()
-    opt = build_optimizer(model, ap.Namespace(optimizer=opt_name, lr=lr, momentum=0.9, weight_decay=1e-4), device)
+    opt = build_optimizer(model, opt_name, lr, weight_decay=1e-4, momentum=0.9, device=device)
     n_warm, n_steps = max(1, cfg["warmup"]), cfg["steps"]
 
     def step(images, targets):

@@ -461,7 +461,8 @@ def oracle_masks(run_dirs: dict[str, Path], items: list[dict], device: torch.dev
     trained model and (``init``) of the same config freshly initialised with the run's seed (where the
     training started); and ``box_fill``: the box itself as the mask (IoU = mask area / box area)."""
     from lib import models as lmodels
-    from lib.engine import load_checkpoint, seed_everything
+    from lib.checkpoint import load_checkpoint
+    from lib.runtime import seed_everything
     from lib.models.maskrcnn import masks_for_boxes
     from lib.predict import resolve_checkpoint
 
@@ -495,7 +496,7 @@ def oracle_masks(run_dirs: dict[str, Path], items: list[dict], device: torch.dev
     for name, d in run_dirs.items():
         model, ckpt = load_checkpoint(resolve_checkpoint(d))
         out[name] = stats(model)
-        seed_everything(int((ckpt.get("args") or {}).get("seed", 0)))  # as lib.engine.run_training does
+        seed_everything(int((ckpt.get("args") or {}).get("seed", 0)))  # as lib.engine.start_run does
         out[name]["init"] = stats(lmodels.build_model(ckpt["config"]))
         del model
     return out
@@ -518,7 +519,7 @@ def attribute_prior(train_csv: Path, n_attr: int) -> dict[int, np.ndarray]:
 def attributes_report(run_dir: Path, table: pd.DataFrame, items: list[dict], gt_csv: Path, train_csv: Path,
                       images: pd.DataFrame, device: torch.device, kaggle_off: float | None) -> dict:
     from lib import submission as lsub
-    from lib.engine import load_checkpoint
+    from lib.checkpoint import load_checkpoint
     from lib.labels import ATTRIBUTE_CATEGORIES, N_ATTRIBUTES, parse_class_id
     from lib.metric import AttributeEvaluator, multilabel_f1
     from lib.models.maskrcnn import attributes_for_boxes

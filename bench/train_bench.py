@@ -99,8 +99,7 @@ def ours_optimizer(arch: str, model, device):
     from lib.engine import build_optimizer
 
     o = OURS_OPT[arch]
-    return build_optimizer(model, argparse.Namespace(optimizer=o["optimizer"], lr=o["lr"], momentum=0.9,
-                                                     weight_decay=1e-4), device)
+    return build_optimizer(model, o["optimizer"], o["lr"], weight_decay=1e-4, momentum=0.9, device=device)
 
 
 class StockUnetStep(torch.nn.Module):

@@ -4,7 +4,7 @@ Flow of :func:`run_prediction`:
 
 1. models: each ``--checkpoints`` entry (a ``best.pth``/``checkpoint.pth`` file, or a training out-dir,
    meaning its ``best.pth``, else ``checkpoint.pth``) is rebuilt from its saved config alone
-   (:func:`lib.engine.load_checkpoint`); its name is the out-dir name unless ``--names`` says otherwise;
+   (:func:`lib.checkpoint.load_checkpoint`); its name is the out-dir name unless ``--names`` says otherwise;
 2. images: the test images of a Kaggle-layout ``--data-dir`` (:func:`lib.submission.list_test_images`,
    original sizes), or the images of one split of a 01 cache (``--prepared-dir``; "original" size = the
    cached size; ``gt.csv`` in train.csv format is written for them so 06 can score and tune on val);
@@ -63,9 +63,11 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from . import cache as lcache
+from . import checkpoint as lcheckpoint
 from . import data as ldata
 from . import io as lio
 from . import predictions as lpred
+from . import runtime
 from .dataset import extent_boxes
 from .ensemble import fused_attributes, fusion_plan
 from .metric import _FLOAT32_EXACT, mask_iou
@@ -598,18 +600,14 @@ def run_prediction(args) -> dict:
 def _run_prediction(args, held: contextlib.ExitStack) -> dict:
     from tqdm import tqdm
 
-    from . import engine
-
-    env = engine.setup_distributed(args.device)
+    env = runtime.setup_distributed(args.device)
     rank, world, device, distributed = env["rank"], env["world_size"], env["device"], env["distributed"]
     main = rank == 0
     progress = main and not args.no_progress
     if device.type == "cpu" and getattr(args, "threads", 0):
         torch.set_num_threads(args.threads)
-    torch.backends.cudnn.benchmark = False  # image sizes vary
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
-    dtype = engine.amp_dtype(args.amp, device)
+    runtime.set_backend_flags()  # image sizes vary: no cuDNN autotuning
+    dtype = runtime.amp_dtype(args.amp, device)
     out_dir = Path(args.out_dir)
     t0 = time.time()
 
@@ -618,7 +616,7 @@ def _run_prediction(args, held: contextlib.ExitStack) -> dict:
     names = model_names(args.checkpoints, args.names)
     models, infos = [], []
     for name, path in zip(names, ckpt_paths):
-        model, ckpt = engine.load_checkpoint(path)
+        model, ckpt = lcheckpoint.load_checkpoint(path)
         model = model.to(device).eval()
         if getattr(args, "channels_last", False):
             model = model.to(memory_format=torch.channels_last)
@@ -691,7 +689,7 @@ def _run_prediction(args, held: contextlib.ExitStack) -> dict:
             dist.destroy_process_group()
         return lio.read_json(out_dir / "meta.json") if main else {}
 
-    run_args = engine.args_dict(args)
+    run_args = lio.json_safe(vars(args))
     meta_base = {"stage": "05_predict", "config_hash": status["hash"], "world_size": world, "device": str(device),
                  "amp": amp, "input_long_side": long_side, "tta_views": [[s, f] for s, f in views],
                  "mask_size": args.mask_size, "score_floor": args.score_floor, "source": source,

@@ -19,6 +19,16 @@ TINY = dict(n_train=10, n_test=3, seed=0, min_side=160, max_side=256)
 TINY_LONG_SIDE = 160
 
 
+def stage_module(script: str):
+    """A numbered stage script (e.g. ``"03_train_maskrcnn.py"``) imported as a module."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"stage_{Path(script).stem}", REPO / script)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """../shared/data from the repo root (read-only real reference files), or skip."""

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from conftest import REAL_TEST, REPO
-from lib import engine
+from lib import checkpoint as lcheckpoint
 from lib import models as lmodels
 from lib import predict as lpredict
 from lib import predictions as lpred
@@ -297,7 +297,7 @@ def _save_untrained(path: Path, arch: str, **overrides) -> Path:
     torch.manual_seed(0)
     cfg = lmodels.default_config(arch, **overrides)
     model = lmodels.build_model(cfg)
-    engine.save_checkpoint(path, {"format": engine.CHECKPOINT_FORMAT, "stage": "test", "arch": arch, "config": cfg,
+    lcheckpoint.save_checkpoint(path, {"format": lcheckpoint.CHECKPOINT_FORMAT, "stage": "test", "arch": arch, "config": cfg,
                                   "model": model.state_dict(), "epoch": 0, "global_step": 0,
                                   "labels": [str(i) for i in range(46)]})
     return path

@@ -1,0 +1,201 @@
+"""Command-line flags of the training scripts 02/03/04 and their translation into a model config.
+
+:func:`add_common_args` (data, optimisation, logging, checkpoints, augmentation, starting weights) and
+:func:`add_detector_args` (03/04's model flags) build the parsers; :func:`detector_overrides` and
+:func:`train_scale_range` turn parsed flags into ``lib.models`` config keys (``None`` = the model's default).
+This is the one module that reads argparse Namespaces; ``lib.engine.run_training`` takes the parsed flags.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from . import io as lio
+
+
+def add_common_args(parser: argparse.ArgumentParser, out_dir: str, **defaults) -> argparse.ArgumentParser:
+    """Add the flags shared by the training scripts. ``defaults`` override per-script defaults (e.g. lr=0.02)."""
+    d = dict(epochs=12, batch_size=4, lr=1e-4, optimizer="adamw", weight_decay=1e-4, momentum=0.9,
+             warmup_steps=500, schedule="cosine", clip_grad=0.0, workers=4, log_every=20)
+    unknown = set(defaults) - set(d)
+    if unknown:
+        raise ValueError(f"add_common_args: unknown defaults {sorted(unknown)}")
+    d.update(defaults)
+    g = parser.add_argument_group("data and output")
+    g.add_argument("--prepared-dir", type=Path, default=Path("work/prepared"),
+                   help="01_prepare_data.py output (the cache)")
+    g.add_argument("--out-dir", type=Path, default=Path(out_dir), help="where checkpoints, logs and plots go")
+    g.add_argument("--workers", type=int, default=d["workers"], help="DataLoader worker processes per rank")
+    g.add_argument("--max-steps-per-epoch", type=int, default=0, help="cap steps per epoch (quick runs); 0 = all")
+    g.add_argument("--max-val-images", type=int, default=0, help="validate on the first N val images; 0 = all")
+    g = parser.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, default=d["epochs"], help="total epochs")
+    g.add_argument("--batch-size", type=int, default=d["batch_size"], help="images per step per process")
+    g.add_argument("--lr", type=float, default=d["lr"], help="peak learning rate")
+    g.add_argument("--optimizer", choices=["sgd", "adamw"], default=d["optimizer"], help="optimizer")
+    g.add_argument("--weight-decay", type=float, default=d["weight_decay"],
+                   help="weight decay (not applied to biases and norm weights)")
+    g.add_argument("--momentum", type=float, default=d["momentum"], help="SGD momentum")
+    g.add_argument("--warmup-steps", type=int, default=d["warmup_steps"], help="linear warmup steps from lr/1000")
+    g.add_argument("--schedule", choices=["cosine", "step", "none"], default=d["schedule"],
+                   help="lr after warmup: cosine to 0 over the run, step (x--lr-gamma at --lr-milestones), none")
+    g.add_argument("--lr-milestones", type=str, default="",
+                   help="epochs where the step schedule decays, e.g. '8,11' (default: 2/3 and 8/9 of --epochs)")
+    g.add_argument("--lr-gamma", type=float, default=0.1, help="step schedule decay factor")
+    g.add_argument("--clip-grad", type=float, default=d["clip_grad"], help="max gradient norm; 0 = no clipping")
+    g.add_argument("--amp", choices=["auto", "bf16", "off"], default="auto",
+                   help="mixed precision: auto = bf16 autocast on CUDA, off on CPU")
+    g.add_argument("--channels-last", action="store_true",
+                   help="keep the model's 4-D weights (and so its conv activations) in channels-last (NHWC) "
+                        "layout: often faster for convolutions on tensor-core GPUs; bench/train_bench.py measures "
+                        "it against the default layout")
+    g.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto = cuda if available")
+    g.add_argument("--seed", type=int, default=0, help="seed for weights, data order and augmentation")
+    g.add_argument("--threads", type=int, default=0, help="torch.set_num_threads on CPU; 0 = torch's default")
+    g.add_argument("--sync-bn", action="store_true",
+                   help="with several CUDA processes: SyncBatchNorm (BatchNorm statistics over the global batch)")
+    g.add_argument("--ddp-find-unused", action=argparse.BooleanOptionalAction, default=True,
+                   help="DDP find_unused_parameters (needed when a head gets no loss, e.g. a batch without "
+                        "instances of --mask-classes)")
+    g = parser.add_argument_group("logging, validation, checkpoints")
+    g.add_argument("--log-every", type=int, default=d["log_every"], help="write a train record every N steps")
+    g.add_argument("--val-every", type=int, default=1, help="validate every N epochs (and after the last); 0 = never")
+    g.add_argument("--val-score-thresh", type=float, default=0.5,
+                   help="detections below this score are dropped for the Kaggle metric (COCO AP uses all)")
+    g.add_argument("--checkpoint-every-steps", type=int, default=0,
+                   help="also save checkpoint.pth every N steps (mid-epoch resume); 0 = only at epoch ends")
+    g.add_argument("--stop-after-epoch", type=int, default=0,
+                   help="stop after this epoch (to split a run into jobs; continue with --resume auto); 0 = no")
+    g.add_argument("--resume", type=str, default="",
+                   help="checkpoint to continue from, or 'auto' = OUT_DIR/checkpoint.pth if it exists")
+    g.add_argument("--keep-epochs", type=int, nargs="+", default=[], metavar="EPOCH",
+                   help="also keep the checkpoints of these epochs as OUT_DIR/model_<epoch>.pth (torchvision's "
+                        "references' name), e.g. 8 10 12 for a checkpoint ensemble (05 --checkpoints takes them)")
+    g = parser.add_argument_group("augmentation and model")
+    g.add_argument("--scale-range", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                   help="multi-scale training: each image's resize sizes (--min-size/--max-size or --image-size) "
+                        "times U(LO, HI), e.g. 0.6 1.0; values > 8 are short-side pixels (divided by the min size)")
+    g.add_argument("--no-hflip", action="store_true", help="disable random horizontal flips")
+    g.add_argument("--color-jitter", type=float, default=0.2, help="brightness/contrast/saturation jitter; 0 = off")
+    g.add_argument("--mask-classes", type=str, default=None,
+                   help="categories that get masks, e.g. 'garments', 'parts', '0-26,31' (default: all)")
+    g = parser.add_argument_group("starting weights (lib/weights.py; default: random)")
+    g.add_argument("--weights-backbone", type=str, default=None, metavar="imagenet|PATH",
+                   help="ImageNet weights for the detector backbone / UNet encoder: 'imagenet' = torchvision's "
+                        "file from the torch cache (else downloaded), or a local file such as "
+                        "resnet50-0676ba61.pth; detectors then freeze BatchNorm (--trainable-backbone-layers)")
+    g.add_argument("--pretrained", dest="weights_backbone", action="store_const", const="imagenet",
+                   help="alias of --weights-backbone imagenet")
+    g.add_argument("--weights", type=str, default=None, metavar="coco|PATH",
+                   help="the whole model: 'coco' = torchvision's COCO Mask R-CNN (03/04, resnet50 or resnet50_v2; "
+                        "the class-count layers start fresh, DeepMAC keeps its own mask head), a local copy of that "
+                        "file, or a checkpoint of ours of the same arch (fine-tuning; its model config is kept)")
+    return parser
+
+
+def parse_levels(tokens, what: str = "anchor sizes", cast=int) -> list[list] | None:
+    """``["16", "32", "64/96"]`` -> ``[[16], [32], [64, 96]]`` (one token per feature level, "/" inside a level)."""
+    if not tokens:
+        return None
+    out = []
+    for tok in tokens:
+        try:
+            out.append([cast(x) for x in str(tok).split("/") if x.strip()])
+        except ValueError:
+            raise ValueError(f"bad {what} level {tok!r}: expected numbers separated by '/'") from None
+        if not out[-1]:
+            raise ValueError(f"bad {what} level {tok!r}: empty")
+    return out
+
+
+def add_detector_args(parser: argparse.ArgumentParser, deepmac: bool = False) -> argparse.ArgumentParser:
+    """Model flags of 03_train_maskrcnn.py / 04_train_deepmac.py (all default to the model's own defaults)."""
+    g = parser.add_argument_group("detector (defaults: lib/models/maskrcnn.py DEFAULT_CONFIG)")
+    g.add_argument("--backbone", choices=["resnet50", "resnet50_v2", "resnet18", "resnet34", "mobilenet_v3"],
+                   default=None, help="FPN backbone (default resnet50)")
+    g.add_argument("--trainable-backbone-layers", type=int, default=None,
+                   help="with pretrained weights (--weights-backbone, --weights coco): backbone stages that train "
+                        "(0-5, default 3)")
+    g.add_argument("--min-size", type=int, default=None, help="short side the model resizes images to")
+    g.add_argument("--max-size", type=int, default=None, help="cap on the long side after resizing")
+    g.add_argument("--anchor-sizes", nargs="+", default=None, metavar="LEVEL",
+                   help="anchor sizes, one token per feature level, '/' for several in a level, "
+                        "e.g. 16 32 64 128 256 (resnet: 5 levels, mobilenet_v3: 3)")
+    g.add_argument("--aspect-ratios", nargs="+", type=float, default=None,
+                   help="anchor aspect ratios used on every level, e.g. 0.5 1 2")
+    g.add_argument("--rpn-pre-nms-train", type=int, default=None, help="RPN proposals kept before NMS (train)")
+    g.add_argument("--rpn-pre-nms-test", type=int, default=None, help="RPN proposals kept before NMS (eval)")
+    g.add_argument("--rpn-post-nms-train", type=int, default=None, help="RPN proposals kept after NMS (train)")
+    g.add_argument("--rpn-post-nms-test", type=int, default=None, help="RPN proposals kept after NMS (eval)")
+    g.add_argument("--rpn-batch-size-per-image", type=int, default=None, help="anchors sampled per image for the RPN loss")
+    g.add_argument("--box-batch-size-per-image", type=int, default=None, help="RoIs sampled per image for the box loss")
+    g.add_argument("--detections-per-img", type=int, default=None, help="max detections per image")
+    g.add_argument("--box-score-thresh", type=float, default=None, help="drop detections below this score")
+    g.add_argument("--box-nms-thresh", type=float, default=None, help="per-class NMS IoU of the box head")
+    g.add_argument("--mask-roi-size", type=int, default=None,
+                   help="RoIAlign size of the mask branch (Mask R-CNN 14, DeepMAC 32)")
+    g.add_argument("--attr-head", action="store_true",
+                   help="add the multi-label attribute head (92 attributes, on the box head's RoI features); "
+                        "predictions then carry attr_scores for 06's --attributes on")
+    g.add_argument("--attr-loss-weight", type=float, default=None, help="factor on loss_attr (default 1.0)")
+    if deepmac:
+        g = parser.add_argument_group("DeepMAC mask head (defaults: lib/models/deepmac.py DEFAULT_CONFIG)")
+        g.add_argument("--mask-head-depth", type=int, default=None, help="down/up levels per hourglass")
+        g.add_argument("--mask-head-width", type=int, default=None, help="channels in the mask head")
+        g.add_argument("--mask-head-stacks", type=int, default=None, help="hourglasses in sequence")
+        g.add_argument("--gt-box-jitter", type=float, default=None,
+                       help="max GT box corner shift (fraction of width/height) for the mask loss")
+        g.add_argument("--mask-max-instances", type=int, default=None, help="GT boxes per image used by the mask loss")
+        g.add_argument("--class-specific-masks", action="store_true",
+                       help="one mask channel per class (default: class-agnostic masks)")
+    else:
+        g.add_argument("--class-agnostic-masks", action="store_true",
+                       help="one mask channel for every class (default: one per class, as torchvision)")
+    return parser
+
+
+def detector_overrides(args) -> dict:
+    """Model config overrides from :func:`add_detector_args` flags (None = keep the model default)."""
+    ratios = None
+    if args.aspect_ratios:
+        n_levels = len(parse_levels(args.anchor_sizes)) if args.anchor_sizes else (
+            3 if args.backbone == "mobilenet_v3" else 5)
+        ratios = [list(args.aspect_ratios)] * n_levels
+    o = {"backbone": args.backbone, "trainable_backbone_layers": args.trainable_backbone_layers,
+         "min_size": args.min_size, "max_size": args.max_size, "anchor_sizes": parse_levels(args.anchor_sizes),
+         "aspect_ratios": ratios, "rpn_pre_nms_top_n_train": args.rpn_pre_nms_train,
+         "rpn_pre_nms_top_n_test": args.rpn_pre_nms_test, "rpn_post_nms_top_n_train": args.rpn_post_nms_train,
+         "rpn_post_nms_top_n_test": args.rpn_post_nms_test, "rpn_batch_size_per_image": args.rpn_batch_size_per_image,
+         "box_batch_size_per_image": args.box_batch_size_per_image, "box_detections_per_img": args.detections_per_img,
+         "box_score_thresh": args.box_score_thresh, "box_nms_thresh": args.box_nms_thresh,
+         "mask_roi_size": args.mask_roi_size,
+         "attr_head": True if getattr(args, "attr_head", False) else None,
+         "attr_loss_weight": getattr(args, "attr_loss_weight", None)}
+    if hasattr(args, "mask_head_depth"):
+        o.update({"mask_head_depth": args.mask_head_depth, "mask_head_width": args.mask_head_width,
+                  "mask_head_stacks": args.mask_head_stacks, "gt_box_jitter": args.gt_box_jitter,
+                  "mask_max_instances": args.mask_max_instances,
+                  "class_agnostic_masks": False if args.class_specific_masks else None})
+    elif getattr(args, "class_agnostic_masks", False):
+        o["class_agnostic_masks"] = True
+    return {k: v for k, v in o.items() if v is not None}
+
+
+def train_scale_range(scale_range, min_size: int) -> list[float] | None:
+    """``--scale-range LO HI`` -> the model config's ``train_scale_range`` factors (None = off).
+
+    Values above 8 are short-side pixel sizes and are divided by the model's ``min_size``.
+    """
+    if scale_range is None:
+        return None
+    lo, hi = (float(v) for v in scale_range)
+    if hi > 8:
+        lo, hi = lo / float(min_size), hi / float(min_size)
+    if not 0 < lo <= hi:
+        raise ValueError(f"--scale-range must be 0 < LO <= HI, got {tuple(scale_range)}")
+    return [round(lo, 6), round(hi, 6)]
+
+
+def args_dict(args) -> dict:
+    """``vars(args)`` with Paths/tuples made JSON-safe."""
+    return lio.json_safe(vars(args))
