@@ -33,7 +33,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--long-side", type=int, default=1024, help="resize images so the long side is this (0 = keep)")
     p.add_argument("--val-fraction", type=float, default=0.1, help="fraction of images in the val split")
     p.add_argument("--seed", type=int, default=0, help="seed of the split")
-    p.add_argument("--workers", type=int, default=0, help="worker processes (0 = all cores)")
+    p.add_argument("--processes", type=int, default=0, help="processes preparing images in parallel (0 = all cores)")
     p.add_argument("--limit", type=int, default=None, help="prepare only the first N images (quick runs)")
     p.add_argument("--jpeg-quality", type=int, default=95, help="JPEG quality of the cached images")
     p.add_argument("--strict", action="store_true", help="exit with status 1 if any row or image was skipped")
@@ -66,7 +66,7 @@ def main(args) -> int:
     try:
         meta = prepare.prepare_dataset(
             args.data_dir, args.out_dir, long_side=args.long_side or None, val_fraction=args.val_fraction,
-            seed=args.seed, workers=args.workers, limit=args.limit, progress=not args.no_progress,
+            seed=args.seed, workers=args.processes, limit=args.limit, progress=not args.no_progress,
             jpeg_quality=args.jpeg_quality, csv_path=args.train_csv, image_dir=args.image_dir,
             label_file=args.labels, args=vars(args))
     except (ValueError, OSError, RuntimeError) as e:  # bad input or unwritable output: the message says which

@@ -2,14 +2,14 @@
 
 Reads one or more prediction tables (``predictions.parquet`` files or 05 output
 directories); several models are fused with lib/ensemble.py. Post-processing
-parameters come from ``--params`` (default ``<out dir>/params.json`` when it
+parameters come from ``--params`` (default ``<out-dir>/params.json`` when it
 exists, else the winning recipe lib.submission.POSTPROCESS_DEFAULTS); the
 ``--score-thresh`` ... flags override them. When ground truth is available
 (``--gt``, default ``<data-dir>/test_ground_truth.csv``) the Kaggle metric and
 COCO mask AP are printed for each model alone and for the ensemble, and saved
 to ``scores.json``. ``--tune`` grid-searches the parameters the flags leave
 free on that ground truth and saves the full parameter set to
-``<out dir>/params.json``, which later runs load. With several models, tuning also chooses the combination:
+``<out-dir>/params.json``, which later runs load. With several models, tuning also chooses the combination:
 every subset of the models and weight ratio (lib/ensemble.py ``tune_ensemble``); the winner is saved in
 params.json and is the default of later runs. ``--tune-on`` tunes on other predictions (the 01 cache's val
 split, predicted by ``05_predict.py --prepared-dir ... --split val``, which writes its gt.csv) and applies the
@@ -19,11 +19,11 @@ it is written; ``meta.json`` is written next to it.
 Examples::
 
     # one model, synthetic data (scores against data/synthetic/test_ground_truth.csv)
-    python 06_make_submission.py --predictions work/predict/maskrcnn --out work/submission/submission.csv
+    python 06_make_submission.py --predictions work/predict/maskrcnn --out-dir work/submission
 
     # ensemble of two 05 runs, weights 2:1, keep instances both models found
     python 06_make_submission.py --predictions work/predict/maskrcnn work/predict/deepmac \\
-        --ensemble-weights 2 1 --min-votes 2 --out work/submission/submission.csv
+        --ensemble-weights 2 1 --min-votes 2 --out-dir work/submission
 
     # grid-search the thresholds on the ground truth, save params.json, then write with them
     python 06_make_submission.py --predictions work/predict/maskrcnn --tune
@@ -35,7 +35,7 @@ Examples::
 
     # the real competition: original-size masks, attributes on
     python 06_make_submission.py --predictions work/predict/maskrcnn --data-dir data/imaterialist-fashion-2019-FGVC6 \\
-        --mask-size 0 --attributes on --out work/submission/submission.csv
+        --mask-size 0 --attributes on --out-dir work/submission
 
     # check an existing file against the test images (exit status 1 and every problem if invalid)
     python 06_make_submission.py --validate work/submission/submission.csv --data-dir data/synthetic
@@ -63,10 +63,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-votes", type=int, default=1, help="keep fused instances found by at least this many models")
     p.add_argument("--data-dir", default="data/synthetic",
                    help="Kaggle-layout directory (test/, sample_submission.csv)")
-    p.add_argument("--out", default="work/submission/submission.csv", help="submission CSV to write")
+    p.add_argument("--out-dir", type=Path, default=Path("work/submission"),
+                   help="where submission.csv, params.json, scores.json, meta.json and report/ go")
     p.add_argument("--mask-size", type=int, default=512, help="mask side in the submission (0 = original image size)")
     p.add_argument("--params", default=None,
-                   help="post-processing params JSON (default: <out dir>/params.json if it exists)")
+                   help="post-processing params JSON (default: <out-dir>/params.json if it exists)")
     g = p.add_argument_group("post-processing overrides (default: from --params)")
     g.add_argument("--score-thresh", type=float, default=None, help="drop instances scoring below this")
     g.add_argument("--mask-thresh", type=float, default=None, help="binarise probabilities at >= this")
@@ -97,8 +98,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--validate", default=None, metavar="FILE",
                    help="only validate FILE against --data-dir's test images; exit 0 if valid, 1 if not")
     p.add_argument("--report-images", type=int, default=6,
-                   help="images shown in <out dir>/report/index.html (overlays per model); 0 = no report")
-    p.add_argument("--workers", type=int, default=0,
+                   help="images shown in <out-dir>/report/index.html (overlays per model); 0 = no report")
+    p.add_argument("--processes", type=int, default=0,
                    help="processes that post-process and encode the test images (0 = one per CPU, 1 = none)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return p
@@ -202,7 +203,7 @@ def main(args) -> int:
         raise SystemExit(f"--ensemble-weights: {len(args.ensemble_weights)} weights for {len(sources)} models "
                          f"{[n for n, _ in sources]}")
 
-    out = Path(args.out)
+    out = Path(args.out_dir) / "submission.csv"
     params_path = Path(args.params) if args.params else out.parent / "params.json"
     if args.params and not params_path.is_file():
         raise SystemExit(f"--params file not found: {params_path}")
@@ -302,7 +303,7 @@ def main(args) -> int:
         atomic_write_json(out.parent / "scores.json", {"gt": str(gt), "scores": scores,
                                                        "submission": combo})
 
-    sub = lsub.build_submission(final, images, params, mask_size, progress=progress, workers=args.workers)
+    sub = lsub.build_submission(final, images, params, mask_size, progress=progress, workers=args.processes)
     lsub.write_submission(sub, out, ids, mask_size, sizes)
     report = None
     if args.report_images > 0:

@@ -69,7 +69,7 @@ else
 fi
 stage "01 generate the synthetic dataset ($PRESET preset, $SYN_TRAIN train / $SYN_TEST test images) and prepare it"
 "$PYTHON" 01_prepare_data.py --synthetic --data-dir "$DATA" --out-dir "$WORK/prepared" --long-side "$LONG_SIDE" \
-  --synthetic-train "$SYN_TRAIN" --synthetic-test "$SYN_TEST" --synthetic-preset "$PRESET" --workers 2 --no-progress
+  --synthetic-train "$SYN_TRAIN" --synthetic-test "$SYN_TEST" --synthetic-preset "$PRESET" --processes 2 --no-progress
 
 # Fresh runs each time (the data and the cache are reused).
 rm -rf "$WORK/unet" "$WORK/maskrcnn" "$WORK/deepmac" "$WORK/predictions" "$WORK/predictions_val" \
@@ -127,7 +127,7 @@ PREDICT=(--checkpoints "$WORK/unet" "$WORK/maskrcnn" "$WORK/deepmac" --batch-siz
 stage "06 choose models, weights and thresholds on val; apply to test, score on $DATA/test_ground_truth.csv,"\
 " write + validate submission.csv, report"
 "$PYTHON" 06_make_submission.py --predictions "$WORK/predictions" --tune-on "$WORK/predictions_val" \
-  --data-dir "$DATA" --out "$WORK/submission/submission.csv" --no-progress
+  --data-dir "$DATA" --out-dir "$WORK/submission" --no-progress
 
 stage "done in $((SECONDS - t_start)) s"
 "$PYTHON" - "$WORK/submission" "$PRESET" <<'EOF'

@@ -126,7 +126,7 @@ def pipeline(cfg: dict, out: Path, device_flag: str, budget_s: float = 1e9) -> d
                 "--device", device_flag, "--tta-flip", "--batch-size", str(cfg["train_batch"]), "--workers",
                 str(cfg["workers"]), "--restart", "--no-progress"]),
         ("06", [py, "06_make_submission.py", "--predictions", str(work / "predictions"), "--data-dir", str(data),
-                "--out", str(work / "submission" / "submission.csv"), "--no-progress"]),
+                "--out-dir", str(work / "submission"), "--no-progress"]),
     ]
     results = []
     t0 = time.time()

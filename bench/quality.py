@@ -730,7 +730,7 @@ def main(args) -> dict:
         if args.reuse and (w / split / "meta.json").is_file():
             continue
         prep.append((f"01_{split}", [py, "01_prepare_data.py", "--data-dir", data / src,
-                                     "--out-dir", w / split, "--long-side", str(cfg["long_side"]), "--workers",
+                                     "--out-dir", w / split, "--long-side", str(cfg["long_side"]), "--processes",
                                      str(cfg["prepare_workers"]), "--no-progress", *extra]))
     stage("01_prepare", lambda: jobs.run(prep))
 
@@ -758,7 +758,7 @@ def main(args) -> dict:
     shutil.rmtree(sub_dir, ignore_errors=True)
     stage("06_tune_and_score", lambda: jobs.run([("06_submission", [
         py, "06_make_submission.py", "--predictions", w / "pred_test", "--tune-on", w / "pred_val", "--data-dir",
-        data / "test", "--out", sub_dir / "submission.csv", "--report-images", "0", "--no-progress",
+        data / "test", "--out-dir", sub_dir, "--report-images", "0", "--no-progress",
         *cfg["tune"]])]))
     s06 = json.loads((sub_dir / "scores.json").read_text())
     rep["scores_06"] = {k: {m: _finite(v[m]) for m in ("kaggle", "AP", "AP50", "AP75")}

@@ -304,7 +304,7 @@ def test_make_submission_tune_on_val_applies_the_winner_to_test(tmp_path, capsys
     gt_csv(data / "test_ground_truth.csv", items)
     test = write_pred_dir(tmp_path / "test", list(sources.values()), ["a.jpg", "b.jpg"], (H, W))
     out = tmp_path / "sub" / "submission.csv"
-    args = ["--predictions", str(test), "--tune-on", str(val), "--data-dir", str(data), "--out", str(out),
+    args = ["--predictions", str(test), "--tune-on", str(val), "--data-dir", str(data), "--out-dir", str(out.parent),
             "--mask-size", "0", "--no-progress", "--report-images", "0", "--weight-choices", "1",
             "--tune-grid", '{"score_thresh": [0.3, 0.5]}']
     assert mod.main(mod.get_args_parser().parse_args(args)) == 0

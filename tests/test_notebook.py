@@ -225,7 +225,7 @@ def test_notebook_runs_on_a_tiny_synthetic_set(tmp_path, monkeypatch):
     env = {"NB_REPO_DIR": REPO, "NB_WORK_DIR": work, "NB_DATA_DIR": data, "NB_SUBMISSION": submission,
            "NB_SYN_TRAIN": 10, "NB_SYN_TEST": 3, "NB_SYN_MIN_SIDE": 128, "NB_SYN_MAX_SIDE": 160,
            "NB_VAL_FRACTION": 0.3, "NB_IMAGE_SIZE": 96, "NB_EPOCHS": 1, "NB_MAX_STEPS_PER_EPOCH": 1,
-           "NB_BATCH_SIZE": 2, "NB_UNET_BATCH_SIZE": 2, "NB_VAL_IMAGES": 2, "NB_PREP_WORKERS": 1, "NB_WORKERS": 0,
+           "NB_BATCH_SIZE": 2, "NB_UNET_BATCH_SIZE": 2, "NB_VAL_IMAGES": 2, "NB_PREP_PROCESSES": 1, "NB_WORKERS": 0,
            "NB_NUM_GPUS": 1, "NB_REPORT_IMAGES": 2, "NB_SHOW_IMAGES": 2,
            "NB_TUNE_GRID": json.dumps({"score_thresh": [0.05, 0.3], "mask_thresh": [0.45]}),
            "OMP_NUM_THREADS": 1, "MKL_NUM_THREADS": 1}  # WEIGHTS auto, no WEIGHTS_DIR: random weights

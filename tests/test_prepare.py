@@ -222,7 +222,7 @@ def test_bad_data_each_case_reported_and_every_good_image_prepared(synthetic_dat
     before = snapshot_files(src)
     out = tmp_path / "out"
     mod = _script01()
-    argv = ["--data-dir", str(src), "--out-dir", str(out), "--long-side", str(TINY_LONG_SIDE), "--workers", "1",
+    argv = ["--data-dir", str(src), "--out-dir", str(out), "--long-side", str(TINY_LONG_SIDE), "--processes", "1",
             "--no-progress"]
     assert mod.main(mod.get_args_parser().parse_args(argv)) == 0
     summary = capsys.readouterr()
@@ -282,7 +282,7 @@ def test_bad_train_csv_or_labels_stop_01_with_a_clear_error(tmp_path, synthetic_
 
     def run():  # exit status 2 and the message, without a traceback
         code = mod.main(mod.get_args_parser().parse_args(
-            ["--data-dir", str(src), "--out-dir", str(tmp_path / "out"), "--workers", "1", "--no-progress"]))
+            ["--data-dir", str(src), "--out-dir", str(tmp_path / "out"), "--processes", "1", "--no-progress"]))
         assert code == 2
         err = capsys.readouterr().err.strip().splitlines()[-1]
         assert err.startswith("01: error: ")
@@ -334,7 +334,7 @@ def test_rerun_with_other_settings_redoes_images_and_meta_marks_completion(synth
 
 def _cmd01(src, out, *extra):
     return ["python", REPO / "01_prepare_data.py", "--data-dir", src, "--out-dir", out, "--long-side", "96",
-            "--workers", "1", "--no-progress", *extra]
+            "--processes", "1", "--no-progress", *extra]
 
 
 @pytest.mark.parametrize("kills, workers, n_images", [
@@ -359,7 +359,7 @@ def test_sigkill_during_01_then_rerun_equals_an_uninterrupted_run(synthetic_data
     for k in range(kills):
         n_before = len(list(ann.glob("*"))) if ann.is_dir() else 0
         ready = lambda: ann.is_dir() and len(list(ann.glob("*"))) > n_before  # noqa: E731
-        hit += kill_when(_cmd01(src, out, "--workers", str(workers)), ready, delay=float(rng.uniform(0, 0.02)))
+        hit += kill_when(_cmd01(src, out, "--processes", str(workers)), ready, delay=float(rng.uniform(0, 0.02)))
         if (out / "meta.json").exists():
             break
     assert hit >= min(kills // 2, 10)

@@ -443,7 +443,7 @@ def test_make_submission_script_end_to_end(tmp_path, capsys):
         pdir / "images.parquet")
     mod = load_script()
     out = tmp_path / "sub" / "submission.csv"
-    base = ["--data-dir", str(d), "--out", str(out), "--mask-size", "0", "--no-progress"]
+    base = ["--data-dir", str(d), "--out-dir", str(out.parent), "--mask-size", "0", "--no-progress"]
     assert mod.main(mod.get_args_parser().parse_args(["--predictions", str(pdir), "--models", "good"] + base)) == 0
     scores = json.loads((out.parent / "scores.json").read_text())["scores"]
     assert scores["good"]["kaggle"] == 1.0  # c.jpg: nothing predicted, nothing there: 1
