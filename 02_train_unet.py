@@ -21,6 +21,7 @@ Examples:
       --encoder resnet34 --image-size 512 --epochs 30 --batch-size 16 --lr 6e-4
 """
 import argparse
+import sys
 
 from lib import cli, engine
 
@@ -48,9 +49,10 @@ def model_overrides(args) -> dict:
             "dice_weight": args.dice_weight, "min_area": args.min_area, "max_instances": args.max_instances}
 
 
-def main(args) -> dict:
-    return engine.run_training("unet", model_overrides(args), args, stage="02_train_unet")
+def main(args) -> int:
+    engine.run_training("unet", model_overrides(args), args, stage="02_train_unet")  # summary: OUT_DIR/meta.json
+    return 0
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    sys.exit(main(get_args_parser().parse_args()))

@@ -24,6 +24,7 @@ Examples:
   python 03_train_maskrcnn.py --out-dir work/maskrcnn --resume auto  # plus the same flags as before
 """
 import argparse
+import sys
 
 from lib import cli, engine
 
@@ -41,9 +42,10 @@ def model_overrides(args) -> dict:
     return cli.detector_overrides(args)
 
 
-def main(args) -> dict:
-    return engine.run_training("maskrcnn", model_overrides(args), args, stage="03_train_maskrcnn")
+def main(args) -> int:
+    engine.run_training("maskrcnn", model_overrides(args), args, stage="03_train_maskrcnn")  # summary: OUT_DIR/meta.json
+    return 0
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    sys.exit(main(get_args_parser().parse_args()))

@@ -22,6 +22,7 @@ Examples:
       --backbone resnet50 --epochs 12 --batch-size 8 --lr 4e-4
 """
 import argparse
+import sys
 
 from lib import cli, engine
 
@@ -39,9 +40,10 @@ def model_overrides(args) -> dict:
     return cli.detector_overrides(args)
 
 
-def main(args) -> dict:
-    return engine.run_training("deepmac", model_overrides(args), args, stage="04_train_deepmac")
+def main(args) -> int:
+    engine.run_training("deepmac", model_overrides(args), args, stage="04_train_deepmac")  # summary: OUT_DIR/meta.json
+    return 0
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    sys.exit(main(get_args_parser().parse_args()))

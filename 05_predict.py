@@ -77,14 +77,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(args) -> dict:
+def main(args) -> int:
     from lib.predict import run_prediction
 
     if args.mask_size < 0 or not 0 <= args.score_floor <= 1 or args.batch_size < 1:
         raise SystemExit("--mask-size must be >= 0, --score-floor in [0, 1], --batch-size >= 1")
-    return run_prediction(args)
+    run_prediction(args)  # summary: OUT_DIR/meta.json
+    return 0
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
-    sys.exit(0)
+    sys.exit(main(get_args_parser().parse_args()))

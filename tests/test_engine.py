@@ -65,7 +65,7 @@ def _run(arch, cache, out, *extra):
 def test_one_tiny_epoch_writes_everything_and_checkpoint_rebuilds_model(arch, prepared_cache, tmp_path):
     out = tmp_path / arch
     extra = {"deepmac": ["--mask-classes", "garments"], "unet": ["--channels-last"]}.get(arch, [])
-    summary = _run(arch, prepared_cache, out, *extra)
+    assert _run(arch, prepared_cache, out, *extra) == 0
     for name in ("checkpoint.pth", "best.pth", "metrics.jsonl", "curves.png", "meta.json", "val_scores.json"):
         assert (out / name).is_file(), name
     recs = lio.read_jsonl(out / "metrics.jsonl")
@@ -83,7 +83,7 @@ def test_one_tiny_epoch_writes_everything_and_checkpoint_rebuilds_model(arch, pr
     assert meta["epochs_done"] == 1 and meta["global_step"] == 2
     assert meta["checkpoints"]["best"] == str(out / "best.pth")
     assert meta["data"]["num_train"] > 0 and meta["data"]["num_categories"] == 46
-    assert summary["final_metrics"]["val_kaggle"] == ep["val_kaggle"]
+    assert meta["final_metrics"]["val_kaggle"] == ep["val_kaggle"]
     vs = lio.read_json(out / "val_scores.json")
     assert vs["latest"]["epoch"] == 1 and vs["best"]["epoch"] == 1 and vs["latest"]["coco"] is not None
 
