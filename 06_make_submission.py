@@ -9,7 +9,9 @@ exists, else the winning recipe lib.submission.POSTPROCESS_DEFAULTS); the
 COCO mask AP are printed for each model alone and for the ensemble, and saved
 to ``scores.json``. ``--tune`` grid-searches the parameters the flags leave
 free on that ground truth and saves the full parameter set to
-``<out-dir>/params.json``, which later runs load. With several models, tuning also chooses the combination:
+``<out-dir>/params.json``, which later runs load; after the grid it drops the categories whose predictions
+lower the tuning score (``--no-tune-drop-categories`` keeps them). With several models, tuning also chooses the
+combination:
 every subset of the models and weight ratio (lib/ensemble.py ``tune_ensemble``); the winner is saved in
 params.json and is the default of later runs. ``--tune-on`` tunes on other predictions (the 01 cache's val
 split, predicted by ``05_predict.py --prepared-dir ... --split val``, which writes its gt.csv) and applies the
@@ -77,6 +79,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="same-category overlap suppression by score, or none")
     g.add_argument("--keep-categories", default=None, help="only these categories, e.g. garments or 0-26,31")
     g.add_argument("--drop-categories", default=None, help="drop these categories, e.g. parts or 45")
+    g.add_argument("--tune-drop-categories", action=argparse.BooleanOptionalAction, default=True,
+                   help="with --tune / --tune-on: after the threshold grid, drop the categories whose predictions "
+                        "lower the tuning split's score (a category the model never gets right only adds zeros "
+                        "to the images' averages); saved in params.json")
     g.add_argument("--attributes", choices=["off", "on"], default=None, help="emit attributes in ClassIds")
     g.add_argument("--attr-thresh", type=float, default=None, help="attribute score threshold")
     p.add_argument("--gt", default=None,
@@ -246,6 +252,8 @@ def main(args) -> int:
         if not grid:
             raise SystemExit("--tune: every grid parameter is fixed by a flag; nothing to tune")
         tuned_path = out.parent / "params.json"
+        # after the grid, drop the categories whose predictions lower the score, unless a flag fixes them
+        tune_drops = args.tune_drop_categories and args.keep_categories is None and args.drop_categories is None
         tdict = dict(tune_sources)
         if explicit or len(tdict) == 1:  # the combination is given: tune its post-processing only
             if len(tdict) == 1 and not explicit:
@@ -254,7 +262,7 @@ def main(args) -> int:
             if missing:
                 raise SystemExit(f"--tune-on: models {missing} are not in {args.tune_on} (it has {list(tdict)})")
             params, results = lsub.tune(lens.combine(tdict, combo, progress), tgt, grid, mask_size, params,
-                                        full_ids, images=timages, progress=progress)
+                                        full_ids, images=timages, progress=progress, drop_categories=tune_drops)
             best = max(r["kaggle"] for r in results)
             lsub.save_params(tuned_path, params, kaggle=best, mask_size=mask_size, gt=str(tgt),
                              grid={k: list(v) for k, v in grid.items()}, ensemble=combo)
@@ -265,8 +273,8 @@ def main(args) -> int:
             combo, params, results = lens.tune_ensemble(
                 tdict, tgt, grid, mask_size, params, weight_choices=args.weight_choices, iou_thr=args.ensemble_iou,
                 min_votes=args.min_votes, max_models=args.max_models or None, refine=args.refine,
-                full_class_ids=full_ids,
-                images=timages, out_path=tuned_path, progress=progress)
+                full_class_ids=full_ids, images=timages, out_path=tuned_path, progress=progress,
+                drop_categories=tune_drops)
             for r in sorted(results, key=lambda r: (-(r["kaggle"] if r["kaggle"] is not None else -1),
                                                     -r["kaggle_first"]))[:5]:
                 full = "  n/a " if r["kaggle"] is None else f"{r['kaggle']:.4f}"

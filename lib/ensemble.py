@@ -425,7 +425,8 @@ def tune_ensemble(sources: dict[str, pd.DataFrame], gt_csv_path: str | Path, gri
                   weight_choices: Sequence[float] = (1.0, 2.0), iou_thr: float = 0.5, min_votes: int = 1,
                   max_models: int | None = None, min_score: float | None = None, refine: int = 3,
                   full_class_ids: bool = False, images: pd.DataFrame | None = None,
-                  out_path: str | Path | None = None, progress: bool = True) -> tuple[dict, dict, list[dict]]:
+                  out_path: str | Path | None = None, progress: bool = True,
+                  drop_categories: bool = True) -> tuple[dict, dict, list[dict]]:
     """Choose the model combination, its weights and its post-processing on validation ground truth.
 
     Two stages: every candidate (:func:`combinations`) is fused and scored over the grid's
@@ -446,6 +447,8 @@ def tune_ensemble(sources: dict[str, pd.DataFrame], gt_csv_path: str | Path, gri
             survivors by at most their small share of the vote, and makes fusion several times faster.
             It is part of the saved combination, so the test predictions are fused the same way.
         refine: how many candidates of the first stage get the full grid.
+        drop_categories: each search ends by dropping the categories that lower the score
+            (:func:`lib.submission.tune`).
         out_path: when given, the winner is saved there (``params.json`` format of
             :func:`lib.submission.save_params`, plus ``"ensemble"`` and ``"candidates"``).
 
@@ -468,7 +471,7 @@ def tune_ensemble(sources: dict[str, pd.DataFrame], gt_csv_path: str | Path, gri
 
     def search(table, g):
         params, res = lsub.tune(table, gt_csv_path, g, mask_size, base, full_class_ids, images=images,
-                                progress=False)
+                                progress=False, drop_categories=drop_categories)
         return max(r["kaggle"] for r in res), params
 
     results, tuned = [], []  # tuned: (combination, its tuned parameters) per candidate

@@ -54,7 +54,7 @@ from . import data as ldata
 from . import labels as llabels
 from . import rle as lrle
 from .io import atomic_path, atomic_write_json, process_map, read_json
-from .metric import Evaluator
+from .metric import Evaluator, image_score
 
 __all__ = [
     "POSTPROCESS_DEFAULTS",
@@ -724,11 +724,54 @@ def score_table(pred_table: pd.DataFrame, gt_csv_path: str | Path, params: dict 
     return out
 
 
+def class_scores(prepared: dict, gt: dict, sizes: dict, params: dict) -> list[tuple[dict, set]]:
+    """Per scored image: ``({category: Kaggle class score}`` over the categories of its ground truth and
+    post-processed predictions, ``{ground-truth categories})`` (categories as class keys)."""
+    out = []
+    for image_id, size in sizes.items():
+        insts = _finalize(prepared.get(image_id, []), params, size)
+        gt_masks, gt_keys = gt.get(image_id, (np.zeros((0, *size), np.uint8), []))
+        pred = np.stack([i.full(size) for i in insts]) if insts else np.zeros((0, *size), np.uint8)
+        _, per_class = image_score(gt_masks, list(gt_keys), pred, [i.category for i in insts],
+                                   [i.score for i in insts], return_per_class=True)
+        out.append((per_class, set(gt_keys)))
+    return out
+
+
+def score_dropping(table: list[tuple[dict, set]], drop) -> float:
+    """The Kaggle metric of :func:`class_scores`' images when the categories ``drop`` are not predicted.
+
+    Post-processing works per category, so dropping one leaves the others' instances as they are: a
+    dropped category scores 0 where the ground truth has it and leaves the image's average elsewhere.
+    """
+    drop, total = set(drop), 0.0
+    for per_class, gt_keys in table:
+        kept = [0.0 if c in drop else s for c, s in per_class.items() if c not in drop or c in gt_keys]
+        total += float(np.mean(kept)) if kept else 1.0
+    return total / max(1, len(table))
+
+
+def choose_dropped_categories(table: list[tuple[dict, set]]) -> tuple[list[int], float]:
+    """Greedy on the tuning images: the predicted categories, lowest mean class score first, are dropped
+    one by one when that raises the Kaggle metric (:func:`score_dropping`). Returns ``(dropped, score)``."""
+    seen: dict = {}
+    for per_class, _ in table:
+        for c, s in per_class.items():
+            seen.setdefault(c, []).append(s)
+    drop, best = [], score_dropping(table, ())
+    for c in sorted(seen, key=lambda c: (float(np.mean(seen[c])), str(c))):
+        score = score_dropping(table, drop + [c])
+        if score > best + 1e-12:
+            drop, best = drop + [c], score
+    return sorted(drop, key=str), best
+
+
 def tune(pred_table: pd.DataFrame, gt_csv_path: str | Path, grid: dict[str, Sequence] | None = None,
          mask_size: int | None = 512, base_params: dict | None = None, full_class_ids: bool = False,
          out_path: str | Path | None = None, images: pd.DataFrame | None = None,
-         progress: bool = True) -> tuple[dict, list[dict]]:
-    """Grid search of post-processing parameters maximising the Kaggle metric on ``gt_csv_path``.
+         progress: bool = True, drop_categories: bool = True) -> tuple[dict, list[dict]]:
+    """Grid search of post-processing parameters maximising the Kaggle metric on ``gt_csv_path``, then the
+    categories to drop.
 
     Args:
         grid: ``{param: [values, ...]}`` over :data:`POSTPROCESS_DEFAULTS` keys
@@ -736,11 +779,15 @@ def tune(pred_table: pd.DataFrame, gt_csv_path: str | Path, grid: dict[str, Sequ
         out_path: when given, the best parameters are saved there
             (:func:`save_params`, with the score and the grid) for 06 to load.
         images: also score these images (as :func:`score_table`).
+        drop_categories: after the grid, with the best parameters, drop the categories whose
+            predictions lower the score (:func:`choose_dropped_categories`; categories the model never
+            gets right only add zeros to the images' averages). Not with ``full_class_ids``.
 
     Returns:
         ``(best_params, results)``; ``results`` is one dict ``{"params":
         {grid values}, "kaggle": score}`` per combination in grid order; ties
-        go to the first combination.
+        go to the first combination; when categories were dropped, one more entry
+        ``{"params": {grid values of the best, "drop_categories": [...]}, "kaggle": score}`` follows.
 
     Probability windows are decoded and resized once (at the lowest
     score_thresh of the grid) and reused for every combination.
@@ -755,12 +802,19 @@ def tune(pred_table: pd.DataFrame, gt_csv_path: str | Path, grid: dict[str, Sequ
     floor = min(p["score_thresh"] for p in checked)
     prepared, sizes, _ = _prepare_all(pred_table, gt, images, mask_size, floor, progress)
     results = []
-    best, best_score = None, -math.inf
+    best, best_score, best_combo = None, -math.inf, None
     for combo, params in tqdm(list(zip(combos, checked)), desc="tune", unit="combo", disable=not progress):
         score = _score_prepared(prepared, gt, sizes, params, full_class_ids, coco=False)["kaggle"]
         results.append({"params": combo, "kaggle": score})
         if score > best_score:
-            best, best_score = params, score
+            best, best_score, best_combo = params, score, combo
+    if drop_categories and not full_class_ids:
+        dropped, score = choose_dropped_categories(class_scores(prepared, gt, sizes, best))
+        if dropped:
+            best = resolve_params(best, drop_categories=sorted(set(best["drop_categories"]) | set(dropped)))
+            best_score = score
+            results.append({"params": dict(best_combo, drop_categories=list(best["drop_categories"])),
+                            "kaggle": score})
     if out_path is not None:
         save_params(out_path, best, kaggle=best_score, mask_size=mask_size, gt=str(gt_csv_path),
                     grid={k: list(v) for k, v in grid.items()})

@@ -395,6 +395,38 @@ def test_tune_picks_thresholds_that_improve_a_constructed_case(tmp_path):
     assert saved == best and json.loads((tmp_path / "params.json").read_text())["kaggle"] == 1.0
 
 
+def test_tune_drops_categories_that_only_add_false_positives(tmp_path):
+    obj = rect(8, 8, 24, 24, hw=(S, S)).astype(np.uint8)
+    gt = write_gt(tmp_path / "gt.csv", [("a.jpg", obj, "2"), ("b.jpg", obj, "5")])
+    good = rect(8, 8, 24, 24, 0.9)
+    rows = (pred_rows("a.jpg", [good, rect(26, 26, 31, 31, 0.9)], [2, 7], [0.9, 0.8], orig=(S, S))
+            + pred_rows("b.jpg", [rect(8, 8, 22, 24, 0.9), rect(0, 0, 6, 6, 0.9)], [5, 7], [0.9, 0.8], orig=(S, S)))
+    t = table(rows)
+    grid = {"score_thresh": [0.5]}
+    best, results = lsub.tune(t, gt, grid, mask_size=S, out_path=tmp_path / "params.json", progress=False)
+    # category 7 is predicted in both images and never there: dropped; 5 is there and mostly right: kept
+    assert best["drop_categories"] == (7,)
+    assert results[-1]["params"] == {"score_thresh": 0.5, "drop_categories": [7]}
+    assert results[-1]["kaggle"] > results[0]["kaggle"]
+    assert lsub.load_params(tmp_path / "params.json")["drop_categories"] == (7,)
+    # the shortcut score equals scoring the table with those categories dropped
+    assert results[-1]["kaggle"] == pytest.approx(lsub.score_table(t, gt, best, mask_size=S, coco=False,
+                                                                   progress=False)["kaggle"])
+    assert results[0]["kaggle"] == pytest.approx(lsub.score_table(t, gt, {"score_thresh": 0.5}, mask_size=S,
+                                                                  coco=False, progress=False)["kaggle"])
+    no_drop, res = lsub.tune(t, gt, grid, mask_size=S, progress=False, drop_categories=False)
+    assert no_drop["drop_categories"] == () and len(res) == 1
+
+
+def test_score_dropping_matches_the_metric():
+    table = [({2: 1.0, 7: 0.0}, {2}), ({5: 0.5, 7: 0.0}, {5, 7}), ({}, set())]
+    assert lsub.score_dropping(table, ()) == pytest.approx((0.5 + 0.25 + 1.0) / 3)
+    # dropping 7: gone from image 1's average; still counted (as 0) in image 2, where it is in the ground truth
+    assert lsub.score_dropping(table, [7]) == pytest.approx((1.0 + 0.25 + 1.0) / 3)
+    assert lsub.choose_dropped_categories(table) == ([7], pytest.approx((1.0 + 0.25 + 1.0) / 3))
+    assert lsub.score_dropping([({3: 0.0}, set())], [3]) == 1.0  # nothing left in the image: 1
+
+
 # ------------------------------------------------------------------ test images and 06
 
 
