@@ -273,7 +273,7 @@ def _attrs_of(value) -> np.ndarray | None:
     return np.asarray(value, np.float32)
 
 
-def _prepare(rows: pd.DataFrame, out_size: tuple[int, int], min_score: float = 0.0) -> list[_Prob]:
+def _decode_windows(rows: pd.DataFrame, out_size: tuple[int, int], min_score: float = 0.0) -> list[_Prob]:
     """Rows of one image -> probability windows at ``out_size``, best score first (stable)."""
     if rows is None or len(rows) == 0:
         return []
@@ -313,7 +313,7 @@ def _class_id(p: _Prob, params: dict) -> str:
 
 
 def _finalize(probs: list[_Prob], params: dict, out_size: tuple[int, int]) -> list[_Inst]:
-    """Steps 1-7 of the module docstring on prepared windows (already sorted by score)."""
+    """Steps 1-7 of the module docstring on decoded windows (already sorted by score)."""
     keep, drop = params["keep_categories"], set(params["drop_categories"])
     kept: dict[int, list[_Inst]] = {}
     for rank, p in enumerate(probs):
@@ -361,7 +361,7 @@ def postprocess_image(rows: pd.DataFrame, params: dict | None = None,
     """
     params = resolve_params(params)
     out_size = (int(out_size[0]), int(out_size[1]))
-    insts = _finalize(_prepare(rows, out_size), params, out_size)
+    insts = _finalize(_decode_windows(rows, out_size), params, out_size)
     return [(i.class_id, i.full(out_size), i.score) for i in insts]
 
 
@@ -384,7 +384,7 @@ def _images_frame(images: pd.DataFrame) -> pd.DataFrame:
 def _submission_rows(task) -> list[tuple[str, str, str]]:
     """The submission rows of one image: ``task`` = (image_id, (h, w), its prediction rows or None, params)."""
     image_id, size, rows, params = task
-    insts = [] if rows is None else _finalize(_prepare(rows, size, params["score_thresh"]), params, size)
+    insts = [] if rows is None else _finalize(_decode_windows(rows, size, params["score_thresh"]), params, size)
     if not insts:
         return [(image_id, *PLACEHOLDER)]
     return [(image_id, i.rle(size), i.class_id) for i in insts]
@@ -649,10 +649,10 @@ def load_ground_truth(gt_csv_path: str | Path, mask_size: int | None = 512, full
     return out
 
 
-def _score_prepared(prepared: dict, gt: dict, sizes: dict, params: dict, full_class_ids: bool, coco: bool):
+def _score_windows(windows: dict, gt: dict, sizes: dict, params: dict, full_class_ids: bool, coco: bool):
     ev = Evaluator(coco=coco)
     for image_id, size in sizes.items():
-        insts = _finalize(prepared.get(image_id, []), params, size)
+        insts = _finalize(windows.get(image_id, []), params, size)
         gt_masks, gt_keys = gt.get(image_id, (np.zeros((0, *size), np.uint8), []))
         pred = np.stack([i.full(size) for i in insts]) if insts else np.zeros((0, *size), np.uint8)
         keys = [i.class_id if full_class_ids else i.category for i in insts]
@@ -660,7 +660,7 @@ def _score_prepared(prepared: dict, gt: dict, sizes: dict, params: dict, full_cl
     return ev.summary()
 
 
-def _prepare_all(pred_table, gt, images, mask_size, min_score, progress):
+def _decode_all(pred_table, gt, images, mask_size, min_score, progress):
     """Probability windows of every scored image and the output size of each."""
     groups = _image_groups(pred_table)
     sizes: dict[str, tuple[int, int]] = {}
@@ -670,13 +670,13 @@ def _prepare_all(pred_table, gt, images, mask_size, min_score, progress):
         for r in _images_frame(images).itertuples(index=False):
             if r.image_id not in sizes:
                 sizes[r.image_id] = (mask_size, mask_size) if mask_size else (int(r.orig_height), int(r.orig_width))
-    prepared = {}
+    windows = {}
     for image_id in tqdm(list(sizes), desc="predictions", unit="img", disable=not progress):
         idx = groups.get(image_id)
         if idx is not None:
-            prepared[image_id] = _prepare(pred_table.iloc[idx], sizes[image_id], min_score)
+            windows[image_id] = _decode_windows(pred_table.iloc[idx], sizes[image_id], min_score)
     ignored = sum(1 for k in groups if k not in sizes)
-    return prepared, sizes, ignored
+    return windows, sizes, ignored
 
 
 def score_table(pred_table: pd.DataFrame, gt_csv_path: str | Path, params: dict | None = None,
@@ -703,10 +703,10 @@ def score_table(pred_table: pd.DataFrame, gt_csv_path: str | Path, params: dict 
     params = resolve_params(params)
     gt = load_ground_truth(gt_csv_path, mask_size, full_class_ids, progress=progress)
     min_score = 0.0 if coco else params["score_thresh"]
-    prepared, sizes, ignored = _prepare_all(pred_table, gt, images, mask_size, min_score, progress)
-    s = _score_prepared(prepared, gt, sizes, params, full_class_ids, False)
+    windows, sizes, ignored = _decode_all(pred_table, gt, images, mask_size, min_score, progress)
+    s = _score_windows(windows, gt, sizes, params, full_class_ids, False)
     # COCO AP ranks every instance: the same post-processing without the score threshold.
-    c = (_score_prepared(prepared, gt, sizes, dict(params, score_thresh=0.0), full_class_ids, True)["coco"]
+    c = (_score_windows(windows, gt, sizes, dict(params, score_thresh=0.0), full_class_ids, True)["coco"]
          if coco else None) or {}
     out = {
         "kaggle": s["kaggle"],
@@ -724,12 +724,12 @@ def score_table(pred_table: pd.DataFrame, gt_csv_path: str | Path, params: dict 
     return out
 
 
-def class_scores(prepared: dict, gt: dict, sizes: dict, params: dict) -> list[tuple[dict, set]]:
+def class_scores(windows: dict, gt: dict, sizes: dict, params: dict) -> list[tuple[dict, set]]:
     """Per scored image: ``({category: Kaggle class score}`` over the categories of its ground truth and
     post-processed predictions, ``{ground-truth categories})`` (categories as class keys)."""
     out = []
     for image_id, size in sizes.items():
-        insts = _finalize(prepared.get(image_id, []), params, size)
+        insts = _finalize(windows.get(image_id, []), params, size)
         gt_masks, gt_keys = gt.get(image_id, (np.zeros((0, *size), np.uint8), []))
         pred = np.stack([i.full(size) for i in insts]) if insts else np.zeros((0, *size), np.uint8)
         _, per_class = image_score(gt_masks, list(gt_keys), pred, [i.category for i in insts],
@@ -800,16 +800,16 @@ def tune(pred_table: pd.DataFrame, gt_csv_path: str | Path, grid: dict[str, Sequ
     checked = [resolve_params(base, **c) for c in combos]
     gt = load_ground_truth(gt_csv_path, mask_size, full_class_ids, progress=progress)
     floor = min(p["score_thresh"] for p in checked)
-    prepared, sizes, _ = _prepare_all(pred_table, gt, images, mask_size, floor, progress)
+    windows, sizes, _ = _decode_all(pred_table, gt, images, mask_size, floor, progress)
     results = []
     best, best_score, best_combo = None, -math.inf, None
     for combo, params in tqdm(list(zip(combos, checked)), desc="tune", unit="combo", disable=not progress):
-        score = _score_prepared(prepared, gt, sizes, params, full_class_ids, coco=False)["kaggle"]
+        score = _score_windows(windows, gt, sizes, params, full_class_ids, coco=False)["kaggle"]
         results.append({"params": combo, "kaggle": score})
         if score > best_score:
             best, best_score, best_combo = params, score, combo
     if drop_categories and not full_class_ids:
-        dropped, score = choose_dropped_categories(class_scores(prepared, gt, sizes, best))
+        dropped, score = choose_dropped_categories(class_scores(windows, gt, sizes, best))
         if dropped:
             best = resolve_params(best, drop_categories=sorted(set(best["drop_categories"]) | set(dropped)))
             best_score = score
