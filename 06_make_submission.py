@@ -1,7 +1,7 @@
 """Stage 06: prediction tables from 05 -> post-processed, validated Kaggle submission.csv (+ scores).
 
 Reads one or more prediction tables (``predictions.parquet`` files or 05 output
-directories); several models are fused with lib/ensemble.py. Post-processing
+directories); several models are fused with lib/fusion.py. Post-processing
 parameters come from ``--params`` (default ``<out-dir>/params.json`` when it
 exists, else the winning recipe lib.submission.POSTPROCESS_DEFAULTS); the
 ``--score-thresh`` ... flags override them. When ground truth is available
@@ -173,6 +173,7 @@ def _print_score(name, s):
 
 def main(args) -> int:
     from lib import ensemble as lens
+    from lib import fusion as lfusion
     from lib import submission as lsub
     from lib.io import atomic_write_json
 
@@ -261,7 +262,7 @@ def main(args) -> int:
             missing = [n for n in combo["models"] if n not in tdict]
             if missing:
                 raise SystemExit(f"--tune-on: models {missing} are not in {args.tune_on} (it has {list(tdict)})")
-            params, results = lsub.tune(lens.combine(tdict, combo, progress), tgt, grid, mask_size, params,
+            params, results = lsub.tune(lfusion.combine(tdict, combo, progress), tgt, grid, mask_size, params,
                                         full_ids, images=timages, progress=progress, drop_categories=tune_drops)
             best = max(r["kaggle"] for r in results)
             lsub.save_params(tuned_path, params, kaggle=best, mask_size=mask_size, gt=str(tgt),
@@ -285,7 +286,7 @@ def main(args) -> int:
     if len(names) > 1:
         print(f"combination ({combo_from}): {combo['models']} weights {[round(w, 3) for w in combo['weights']]}, "
               f"IoU {combo['iou']}, min votes {combo['min_votes']}")
-    final = lens.combine(dict(sources), combo, progress)
+    final = lfusion.combine(dict(sources), combo, progress)
     print(f"post-processing: {params} (from {params_path if have_params or tuning else 'defaults'})")
 
     # What is compared: each model alone, all models fused with equal weights ("ensemble"), and the
@@ -304,7 +305,7 @@ def main(args) -> int:
         kw = dict(params=params, mask_size=mask_size, full_class_ids=full_ids, images=images, progress=progress)
         for name, table in compared.items():
             if table is None:
-                table = compared[name] = lens.combine(dict(sources), all_models, progress)
+                table = compared[name] = lfusion.combine(dict(sources), all_models, progress)
             scores[name] = lsub.score_table(table, gt, **kw)
             label = name if name != "submission" else f"submission = {'+'.join(combo['models'])}"
             _print_score(label, scores[name])

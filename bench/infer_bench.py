@@ -249,10 +249,10 @@ def fusion_ms(model, images, orig, views, device, dtype, steps: int = 2, warm: i
     """TTA view fusion per image (of the first two images of the batch: the host path takes about a second
     per image at 100 detections per view): 05's on-device fusion (``lib.predict._fuse_views``) vs the host
     path it replaced, timed in turns on the same views (uint8 maps on the device): every view's masks copied to
-    the host, then ``lib.ensemble.fuse_instances`` in numpy on uint8 / 255 maps and the fused masks quantized
+    the host, then ``lib.fusion.fuse_instances`` in numpy on uint8 / 255 maps and the fused masks quantized
     again."""
     from lib import predict as lpredict
-    from lib.ensemble import fuse_instances
+    from lib.fusion import fuse_instances
 
     per_image = lpredict.batch_views(model, images, orig, views, [(512, 512)] * len(images), 0.0, dtype)
 

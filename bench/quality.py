@@ -700,7 +700,7 @@ def main(args) -> dict:
     rep["conventions"] = {
         "post_processing": "lib.submission.POSTPROCESS_DEFAULTS (the winning recipe) for every table but "
                            "'submission', which uses 06's val-tuned params.json",
-        "ensemble": "unet + maskrcnn + deepmac fused with equal weights (lib.ensemble.combine)",
+        "ensemble": "unet + maskrcnn + deepmac fused with equal weights (lib.fusion.combine)",
         "groups": "Kaggle per group: ground truth and predictions restricted to the group, scored on the test "
                   "images containing it; AP per group: mean COCO mask AP of its categories (all test images)",
         "oracle": "mask branch at the ground-truth boxes (lib.models.maskrcnn.masks_for_boxes), prob >= 0.5, "
@@ -766,7 +766,8 @@ def main(args) -> dict:
     rep["submission_choice"] = s06.get("submission")
 
     # 4. per model / group scores
-    from lib import ensemble as lens
+    from lib import fusion as lfusion
+    from lib.ensemble import load_combination
     from lib import submission as lsub
 
     gt_csv = data / "test" / "test_ground_truth.csv"
@@ -778,12 +779,12 @@ def main(args) -> dict:
     def all_scores():
         recipe = lsub.resolve_params(None)
         tables = dict(main_src)
-        tables["ensemble"] = lens.combine(main_src, {"models": list(main_src), "weights": [1.0] * len(main_src),
+        tables["ensemble"] = lfusion.combine(main_src, {"models": list(main_src), "weights": [1.0] * len(main_src),
                                                      "iou": 0.5, "min_votes": 1, "min_score": 0.0})
         params_of = {k: recipe for k in tables}
-        combo = lens.load_combination(sub_dir / "params.json")
+        combo = load_combination(sub_dir / "params.json")
         if combo is not None:
-            tables["submission"] = lens.combine(main_src, combo)
+            tables["submission"] = lfusion.combine(main_src, combo)
             params_of["submission"] = lsub.load_params(sub_dir / "params.json")
         tables.update(claim_src)
         params_of.update({k: recipe for k in claim_src})

@@ -12,7 +12,7 @@ Flow of :func:`run_prediction`:
    CPU work overlaps the accelerator; models run under ``torch.inference_mode`` with bf16 autocast on CUDA;
 4. per model and image, every TTA view (``tta_scales`` x {plain, horizontal flip}) is mapped back to the
    original frame at the stored mask resolution and the views are merged by the rules of
-   :func:`lib.ensemble.fuse_instances` (one source per view, equal weights), on the model's device
+   :func:`lib.fusion.fuse_instances` (one source per view, equal weights), on the model's device
    (:func:`_fuse_views`): only the fused masks, quantized to uint8, cross to the host;
 5. instances scoring below ``score_floor`` are dropped; masks are stored as soft probabilities at
    ``mask_size x mask_size`` (the Kaggle convention: the map is resized from the original frame without
@@ -69,7 +69,7 @@ from . import io as lio
 from . import predictions as lpred
 from . import runtime
 from .dataset import extent_boxes
-from .ensemble import fused_attributes, fusion_plan
+from .fusion import fused_attributes, fusion_plan
 from .metric import _FLOAT32_EXACT, mask_iou
 
 __all__ = [
@@ -324,7 +324,7 @@ def _iou_within_categories(binary: torch.Tensor, categories: np.ndarray, by_matm
 def _boxes_of_maps(maps: torch.Tensor) -> np.ndarray:
     """(M, H, W) probabilities -> (M, 4) float32 ``x1, y1, x2, y2`` (x2/y2 exclusive) of the pixels >= 0.5,
     of the nonzero pixels when there are none, zeros for an all-zero map (as
-    :func:`lib.ensemble.masks_to_boxes`), computed on the maps' device from per-row / per-column maxima."""
+    :func:`lib.fusion.masks_to_boxes`), computed on the maps' device from per-row / per-column maxima."""
     row_max, col_max = maps.amax(2), maps.amax(1)  # (M, H), (M, W)
     strong = (row_max.amax(1) >= 0.5)[:, None]
     rows = torch.where(strong, row_max >= 0.5, row_max > 0)
@@ -336,12 +336,12 @@ def _boxes_of_maps(maps: torch.Tensor) -> np.ndarray:
 
 def _fuse_views(views: list[dict], orig_hw: tuple[int, int], store_hw: tuple[int, int], iou_thr: float,
                 score_floor: float, chunk: int = 16) -> dict:
-    """Merge the TTA views of one image by the rules of :func:`lib.ensemble.fuse_instances` (one source per
+    """Merge the TTA views of one image by the rules of :func:`lib.fusion.fuse_instances` (one source per
     view, equal weights) without moving the masks off the device.
 
     ``views`` are :func:`_view_result` dicts with ``quantize=False`` (uint8 maps on the device: a quarter of
     float32's memory; the maps fused are ``q / 255``, as the host fusion did). The IoU matrix and the
-    :func:`lib.ensemble.fusion_plan` are small host arrays; the fused maps (each a weighted sum of its
+    :func:`lib.fusion.fusion_plan` are small host arrays; the fused maps (each a weighted sum of its
     members' maps: one ``index_add_``, as every instance is in one cluster), their boxes and the uint8
     quantization are computed on the device ``chunk`` fused instances at a time (bounded memory), so only
     the kept masks cross to the host. Returns a :func:`predict_batch` result.

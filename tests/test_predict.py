@@ -142,7 +142,7 @@ def _random_views(rng, k, hw, n_attr=None):
 
 @pytest.mark.parametrize("seed", range(6))
 def test_tta_fusion_on_the_device_matches_fuse_instances(seed):
-    from lib.ensemble import fuse_instances
+    from lib.fusion import fuse_instances
 
     rng = np.random.default_rng(seed)
     hw = (24, 32)
@@ -179,9 +179,9 @@ def test_iou_within_categories_both_ways_agree_with_mask_iou():
 
 
 def test_boxes_of_fused_maps_follow_masks_to_boxes():
-    """The on-device boxes of fused maps = lib.ensemble.masks_to_boxes: the pixels >= 0.5, else the nonzero
+    """The on-device boxes of fused maps = lib.fusion.masks_to_boxes: the pixels >= 0.5, else the nonzero
     ones (however faint, subnormal floats included), else zeros."""
-    from lib.ensemble import masks_to_boxes
+    from lib.fusion import masks_to_boxes
 
     rng = np.random.default_rng(1)
     maps = (rng.random((6, 12, 16)) * (rng.random((6, 12, 16)) < 0.2)).astype(np.float32)

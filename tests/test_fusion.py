@@ -1,0 +1,181 @@
+"""Tests for lib/fusion.py: instance fusion (TTA and models) and table ensembling."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from lib import predictions as lpred
+from lib.fusion import ensemble_tables, fuse_instances, masks_to_boxes
+
+REPO = Path(__file__).resolve().parents[1]
+
+H = W = 24
+
+
+def box(y0, x0, y1, x1, value=1.0, hw=(H, W)):
+    m = np.zeros(hw, np.float32)
+    m[y0:y1, x0:x1] = value
+    return m
+
+
+def source(masks, cats, scores, attrs=None):
+    return {"masks": np.stack(masks).astype(np.float32), "categories": np.array(cats), "scores": np.array(scores),
+            "attr_scores": None if attrs is None else np.asarray(attrs, np.float32)}
+
+
+def table(image_id, masks, cats, scores, model="m", orig=(48, 48), attrs=None):
+    rows = []
+    for i, m in enumerate(masks):
+        x0, y0, png = lpred.encode_prob(m)
+        rows.append({"image_id": image_id, "model": model, "category": cats[i], "score": scores[i],
+                     "x1": 0, "y1": 0, "x2": 1, "y2": 1, "orig_height": orig[0], "orig_width": orig[1],
+                     "mask_height": m.shape[0], "mask_width": m.shape[1], "mask_x0": x0, "mask_y0": y0,
+                     "mask_png": png, "attr_scores": None if attrs is None else list(attrs[i])})
+    return lpred.make_table(rows)
+
+
+def rows_of(t, image_id):
+    r = t[t["image_id"] == image_id].sort_values("score", ascending=False, kind="stable")
+    return [lpred.decode_prob(x) for x in r.itertuples(index=False)], r["score"].tolist(), r["category"].tolist()
+
+
+# ------------------------------------------------------------------ fuse_instances
+
+
+def test_single_source_and_identical_sources_give_back_the_input():
+    rng = np.random.default_rng(0)
+    masks = [box(2, 2, 10, 10) * 0.9, box(12, 12, 20, 22) * rng.uniform(0.5, 1, (H, W)), box(0, 14, 8, 24)]
+    src = source(masks, [3, 3, 7], [0.9, 0.6, 0.8], attrs=rng.random((3, 92)))
+    for k in (1, 3):
+        out = fuse_instances([src] * k)
+        order = [0, 2, 1]  # by score
+        np.testing.assert_allclose(out["masks"], np.stack(masks)[order], atol=1e-6)
+        np.testing.assert_allclose(out["scores"], [0.9, 0.8, 0.6], rtol=1e-6)
+        assert out["categories"].tolist() == [3, 7, 3]
+        np.testing.assert_allclose(out["attr_scores"], src["attr_scores"][order], atol=1e-6)
+        assert out["votes"].tolist() == [k] * 3
+
+
+def test_voting_lowers_a_lone_instance_by_its_weight_share():
+    shared, lone = box(2, 2, 12, 12), box(14, 14, 22, 22)
+    a = source([shared, lone], [1, 2], [0.8, 0.8])
+    b = source([shared], [1], [0.8])
+    out = fuse_instances([a, b])
+    assert out["categories"].tolist() == [1, 2]
+    np.testing.assert_allclose(out["scores"], [0.8, 0.4], rtol=1e-6)  # lone: 0.8 * 1/2
+    np.testing.assert_allclose(out["masks"][0], shared, atol=1e-6)
+    np.testing.assert_allclose(out["masks"][1], lone * 0.5, atol=1e-6)  # absent source counts as zeros
+    out = fuse_instances([a, b], weights=[3, 1])
+    np.testing.assert_allclose(out["scores"], [0.8, 0.6], rtol=1e-6)  # 0.8 * 3/4
+    np.testing.assert_allclose(out["masks"][1], lone * 0.75, atol=1e-6)
+    out = fuse_instances([a, b], weights=[1, 3])
+    np.testing.assert_allclose(out["scores"], [0.8, 0.2], rtol=1e-6)
+    out = fuse_instances([a, b], min_votes=2)
+    assert out["categories"].tolist() == [1] and out["masks"].shape == (1, H, W)
+
+
+def test_shifted_copies_fuse_to_their_average_and_categories_never_fuse():
+    m1, m2 = box(4, 4, 16, 16), box(4, 6, 16, 18)  # IoU = 120/168 > 0.5
+    out = fuse_instances([source([m1], [5], [0.9]), source([m2], [5], [0.9])])
+    assert len(out["scores"]) == 1
+    np.testing.assert_allclose(out["masks"][0], (m1 + m2) / 2, atol=1e-6)
+    assert out["scores"][0] == pytest.approx(0.9)
+    np.testing.assert_array_equal(out["boxes"][0], [4, 4, 18, 16])  # x1 y1 x2 y2 of the >= 0.5 area
+    # Score-weighted: the stronger view dominates the average.
+    out = fuse_instances([source([m1], [5], [0.9]), source([m2], [5], [0.3])])
+    np.testing.assert_allclose(out["masks"][0], 0.75 * m1 + 0.25 * m2, atol=1e-6)
+    assert out["scores"][0] == pytest.approx(0.6)
+    # Same masks, different categories: two instances, each a lone vote.
+    out = fuse_instances([source([m1], [5], [0.9]), source([m1], [6], [0.9])])
+    assert sorted(out["categories"].tolist()) == [5, 6]
+    np.testing.assert_allclose(out["masks"], np.stack([m1 / 2, m1 / 2]), atol=1e-6)
+    # Below the IoU threshold they stay apart.
+    out = fuse_instances([source([m1], [5], [0.9]), source([m2], [5], [0.9])], iou_thr=0.9)
+    assert len(out["scores"]) == 2
+
+
+def test_clusters_compare_with_the_seed_and_duplicates_of_one_source_count_once():
+    m = box(4, 4, 16, 16)
+    a = source([m, m], [1, 1], [0.9, 0.5])  # a near-duplicate inside one source
+    out = fuse_instances([a, source([m], [1], [0.9])])
+    assert len(out["scores"]) == 1 and out["votes"].tolist() == [2]
+    assert out["scores"][0] == pytest.approx(0.9)  # each source votes with its best member
+
+
+def test_attributes_weighted_mean_and_missing():
+    m = box(4, 4, 16, 16)
+    a = source([m], [1], [0.9], attrs=np.ones((1, 92)))
+    b = source([m], [1], [0.3], attrs=np.zeros((1, 92)))
+    out = fuse_instances([a, b])
+    np.testing.assert_allclose(out["attr_scores"][0], 0.75, atol=1e-6)
+    out = fuse_instances([a, source([m], [1], [0.3])])  # b has no attribute head
+    np.testing.assert_allclose(out["attr_scores"][0], 1.0)
+    out = fuse_instances([source([box(0, 0, 3, 3)], [2], [0.9]), a])
+    assert np.isnan(out["attr_scores"][out["categories"] == 2]).all()
+    assert fuse_instances([source([m], [1], [0.9])])["attr_scores"] is None
+
+
+def test_empty_sources_and_errors():
+    empty = {"masks": np.zeros((0, H, W), np.float32), "categories": [], "scores": [], "attr_scores": None}
+    out = fuse_instances([empty, empty])
+    assert out["masks"].shape == (0, H, W) and out["boxes"].shape == (0, 4)
+    out = fuse_instances([empty, source([box(1, 1, 5, 5)], [0], [1.0])])
+    assert out["scores"].tolist() == [0.5]
+    with pytest.raises(ValueError, match="weights"):
+        fuse_instances([empty, empty], weights=[1])
+    with pytest.raises(ValueError, match="min_votes"):
+        fuse_instances([empty], min_votes=2)
+    with pytest.raises(ValueError, match="resize"):
+        fuse_instances([empty, source([box(1, 1, 5, 5, hw=(8, 8))], [0], [1.0])])
+
+
+def test_masks_to_boxes():
+    m = np.zeros((3, 10, 12), np.float32)
+    m[0, 2:5, 3:9] = 0.8
+    m[1, 1, 1] = 0.2  # only weak pixels: their box
+    np.testing.assert_array_equal(masks_to_boxes(m), [[3, 2, 9, 5], [1, 1, 2, 2], [0, 0, 0, 0]])
+
+
+# ------------------------------------------------------------------ ensemble_tables
+
+
+def test_ensemble_of_identical_tables_equals_the_input():
+    rng = np.random.default_rng(1)
+    masks = [box(2, 2, 10, 12) * rng.uniform(0.3, 1, (H, W)), box(13, 1, 23, 9), box(5, 15, 20, 23) * 0.7]
+    t = table("a.jpg", masks, [0, 4, 4], [0.95, 0.7, 0.5], attrs=rng.random((3, 92)))
+    t = lpred.make_table(t.to_dict("records") + table("b.jpg", masks[:1], [9], [0.4]).to_dict("records"))
+    out = ensemble_tables([t, t, t], progress=False)
+    assert set(out["model"]) == {"ensemble"} and len(out) == len(t)
+    for image_id in ("a.jpg", "b.jpg"):
+        got, gs, gc = rows_of(out, image_id)
+        want, ws, wc = rows_of(t, image_id)
+        assert gc == wc
+        np.testing.assert_allclose(gs, ws, rtol=1e-6)
+        for g, w_ in zip(got, want):
+            assert np.abs(g - w_).max() <= 1 / 255 + 1e-6
+    a = out[out["image_id"] == "a.jpg"].iloc[0]
+    np.testing.assert_allclose(a["attr_scores"], t.iloc[0]["attr_scores"], atol=1e-6)
+    assert a["x2"] == pytest.approx(12 * 2) and a["y2"] == pytest.approx(10 * 2)  # box in 48x48 original pixels
+    assert out[out["image_id"] == "b.jpg"]["attr_scores"].iloc[0] is None
+
+
+def test_ensemble_votes_across_tables_and_resizes_to_the_first_table():
+    m = box(4, 4, 20, 20)
+    t1 = table("a.jpg", [m], [2], [0.8], model="m1")
+    small = np.zeros((12, 12), np.float32)
+    small[2:10, 2:10] = 1.0
+    t2 = lpred.make_table(table("a.jpg", [small], [2], [0.8], model="m2").to_dict("records")
+                          + table("c.jpg", [small], [3], [0.6], model="m2").to_dict("records"))
+    out = ensemble_tables([t1, t2], weights=[1, 1], progress=False)
+    a = out[out["image_id"] == "a.jpg"]
+    assert len(a) == 1 and int(a["mask_height"].iloc[0]) == H
+    up = cv2.resize(small, (W, H), interpolation=cv2.INTER_LINEAR)  # bilinear to 24x24: soft edges
+    assert up[6:18, 6:18].min() == 1.0 and 0 < up[3, 3] < 1 and up[0].max() == 0
+    np.testing.assert_allclose(lpred.decode_prob(a.iloc[0]), (m + up) / 2, atol=1 / 255)
+    assert a["score"].iloc[0] == pytest.approx(0.8)
+    c = out[out["image_id"] == "c.jpg"]  # only in t2: its own size, half the score
+    assert int(c["mask_height"].iloc[0]) == 12 and c["score"].iloc[0] == pytest.approx(0.3)
+    assert ensemble_tables([t1, t2], min_votes=2, progress=False)["image_id"].tolist() == ["a.jpg"]
