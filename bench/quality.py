@@ -14,8 +14,9 @@ scores them on unseen synthetic images, through the same scripts a user runs:
    run); ``deepmac`` (all masks); the DeepMAC claim runs, masks of one group only (``--mask-classes
    garments``): ``maskrcnn_garments`` (stock per-class mask head), ``maskrcnn_agnostic_garments``
    (class-agnostic mask head: the paper's baseline) and ``deepmac_garments``; and the fine-tuning
-   comparison: ``unet_pretrain`` on the pretrain seed, then ``unet_finetune`` (``--weights`` its best.pth)
-   vs ``unet_scratch``, the same steps on the train seed;
+   comparison on another seed's images (the pretrain set, its own val split): ``maskrcnn_finetune``
+   (``--weights`` the ``maskrcnn`` run's best.pth, trained on the train seed) vs ``maskrcnn_scratch``,
+   the same steps;
 3. ``05_predict.py`` (flip TTA, plus scales in GPU mode) on the val images and the test images;
    ``06_make_submission.py --tune-on`` chooses the combination and thresholds on val and scores on test;
 4. in-process scoring (``lib.submission.score_table`` with the winning recipe's post-processing,
@@ -97,9 +98,8 @@ MODES = {
               "--min-area", "8"],
         det_budget=dict(epochs=10, steps=40, batch=4, lr=5e-4, warmup=20, val_every=1),
         claim_budget=dict(epochs=3, steps=50, batch=4, lr=5e-4, warmup=20, val_every=3),
-        unet_budget=dict(epochs=10, steps=100, batch=12, lr=3e-3, warmup=20, val_every=1),
-        pretrain_budget=dict(epochs=3, steps=100, batch=8, lr=3e-3, warmup=20, val_every=1),
-        finetune_budget=dict(epochs=3, steps=50, batch=8, lr=1e-3, warmup=10, val_every=1),
+        unet_budget=dict(epochs=18, steps=100, batch=12, lr=3e-3, warmup=20, val_every=2),
+        finetune_budget=dict(epochs=2, steps=50, batch=4, lr=5e-4, warmup=10, val_every=1),
         scale_range=("0.8", "1.0"), val_images=40, val_score_thresh=0.3, lanes=2, threads=1, workers=0,
         device="cpu", tta=["--tta-flip"], predict_batch=4, tune=[], score_workers=2, prepare_workers=2),
     # Smoke size for the test suite: every stage, a couple of steps each.
@@ -114,8 +114,7 @@ MODES = {
         det_budget=dict(epochs=1, steps=2, batch=2, lr=5e-4, warmup=1, val_every=1),
         claim_budget=dict(epochs=1, steps=2, batch=2, lr=5e-4, warmup=1, val_every=1),
         unet_budget=dict(epochs=1, steps=2, batch=2, lr=1e-3, warmup=1, val_every=1),
-        pretrain_budget=dict(epochs=1, steps=2, batch=2, lr=1e-3, warmup=1, val_every=1),
-        finetune_budget=dict(epochs=2, steps=1, batch=2, lr=1e-3, warmup=1, val_every=1),
+        finetune_budget=dict(epochs=2, steps=1, batch=2, lr=5e-4, warmup=1, val_every=1),
         scale_range=("0.8", "1.0"), val_images=2, val_score_thresh=0.3, lanes=2, threads=1, workers=0, device="cpu",
         tta=[], predict_batch=4, tune=["--weight-choices", "1", "--refine", "1"], score_workers=2,
         prepare_workers=1),
@@ -130,8 +129,7 @@ MODES = {
         det_budget=dict(epochs=5, steps=20, batch=8, lr=3e-4, warmup=20, val_every=1),
         claim_budget=dict(epochs=5, steps=20, batch=8, lr=3e-4, warmup=20, val_every=5),
         unet_budget=dict(epochs=5, steps=20, batch=8, lr=1e-3, warmup=20, val_every=1),
-        pretrain_budget=dict(epochs=2, steps=20, batch=8, lr=1e-3, warmup=10, val_every=1),
-        finetune_budget=dict(epochs=2, steps=10, batch=8, lr=5e-4, warmup=5, val_every=1),
+        finetune_budget=dict(epochs=2, steps=10, batch=8, lr=3e-4, warmup=5, val_every=1),
         scale_range=("0.7", "1.0"), val_images=16, val_score_thresh=0.5, lanes=3, threads=4, workers=4,
         device="cuda",
         tta=["--tta-flip", "--tta-scales", "0.8", "1.0", "1.2"], predict_batch=8, tune=[], score_workers=12,
@@ -248,16 +246,16 @@ def make_data(cfg: dict, data: Path) -> dict:
             for name, t, m in zip(("train", "val", "test", "pretrain"), tasks, metas)}
 
 
-FINE_TUNE_RUNS = ("unet_pretrain", "unet_finetune", "unet_scratch")
+FINE_TUNE_RUNS = ("maskrcnn_finetune", "maskrcnn_scratch")
 
 
 def training_jobs(cfg: dict, w: Path, agnostic_flag: bool, claim_group: str, reuse: bool) -> list:
     """``[(run name, argv[, after])]`` of the trainings, longest first (Mask R-CNN is the slowest on CPU).
 
     Every run validates every ``val_every`` epochs on the same ``val_images`` images of the train cache's val
-    split (the learning curves). The fine-tuning comparison: ``unet_pretrain`` trains on the ``pretrain``
-    seed's images; ``unet_finetune`` starts from its ``best.pth`` (``--weights``) and ``unet_scratch`` from
-    random weights, both with the same budget on the train seed's images.
+    split (the learning curves). The fine-tuning comparison, on the ``pretrain`` seed's images and their
+    own val split: ``maskrcnn_finetune`` starts from the ``maskrcnn`` run's ``best.pth`` (``--weights``, a
+    model of the train seed's images), ``maskrcnn_scratch`` from random weights, the same budget.
     """
     py = sys.executable
     threads = str(cfg["threads"] if cfg["device"] == "cpu" else 0)
@@ -276,7 +274,6 @@ def training_jobs(cfg: dict, w: Path, agnostic_flag: bool, claim_group: str, reu
     dm = [*det, *cfg["deepmac"]]
     agn = [py, "03_train_maskrcnn.py", "--class-agnostic-masks"] if agnostic_flag else [py, "-c", _AGNOSTIC_03]
     unet = [py, "02_train_unet.py", *cfg["unet"]]
-    pretrain = [*unet, *common("unet_pretrain", cfg["pretrain_budget"], "prepared_pretrain")]
     runs = [
         ("maskrcnn", [py, "03_train_maskrcnn.py", *common("maskrcnn", b), *det, "--attr-head"]),
         ("deepmac", [py, "04_train_deepmac.py", *common("deepmac", b), *dm]),
@@ -287,10 +284,11 @@ def training_jobs(cfg: dict, w: Path, agnostic_flag: bool, claim_group: str, reu
                                               "--mask-classes", claim_group]),
         (f"deepmac_{claim_group}", [py, "04_train_deepmac.py", *common(f"deepmac_{claim_group}", cb), *dm,
                                     "--mask-classes", claim_group]),
-        ("unet_pretrain", pretrain),
-        ("unet_scratch", [*unet, *common("unet_scratch", cfg["finetune_budget"])]),
-        ("unet_finetune", [*unet, *common("unet_finetune", cfg["finetune_budget"]), "--weights",
-                           w / "unet_pretrain" / "best.pth"], "train_unet_pretrain"),
+        ("maskrcnn_finetune", [py, "03_train_maskrcnn.py", *common("maskrcnn_finetune", cfg["finetune_budget"],
+                                                                   "prepared_pretrain"), *det, "--attr-head",
+                               "--weights", w / "maskrcnn" / "best.pth"], "train_maskrcnn"),
+        ("maskrcnn_scratch", [py, "03_train_maskrcnn.py", *common("maskrcnn_scratch", cfg["finetune_budget"],
+                                                                 "prepared_pretrain"), *det, "--attr-head"]),
     ]
     out = []
     for name, cmd, *after in runs:
@@ -311,13 +309,14 @@ def learning_curves(w: Path, runs: list[str]) -> dict:
 
 def fine_tune_report(curves: dict, training: dict) -> dict:
     """Fine-tuning from our checkpoint vs training from scratch at equal steps (val Kaggle on the same images)."""
-    ft, sc = curves.get("unet_finetune") or [], curves.get("unet_scratch") or []
+    ft, sc = curves.get("maskrcnn_finetune") or [], curves.get("maskrcnn_scratch") or []
     final = {k: (c[-1][1] if c else None) for k, c in (("fine_tuned", ft), ("scratch", sc))}
     better = None if None in final.values() else final["fine_tuned"] > final["scratch"]
-    return {"pretrained_on": "pretrain seed's images (unet_pretrain, --weights its best.pth)",
-            "steps": (training.get("unet_finetune") or {}).get("steps"),
+    return {"start": "the maskrcnn run's best.pth (train seed), fine-tuned on the pretrain seed's images",
+            "steps": (training.get("maskrcnn_finetune") or {}).get("steps"),
             "val_kaggle_final": final, "fine_tuned_beats_scratch": better,
-            "pretrain_val_kaggle": ((curves.get("unet_pretrain") or [[None, None]])[-1])[1]}
+            "val_AP_final": {k: (training.get(r) or {}).get("val_AP") for k, r in
+                             (("fine_tuned", "maskrcnn_finetune"), ("scratch", "maskrcnn_scratch"))}}
 
 
 def training_summary(w: Path, runs: list[str]) -> dict:
@@ -624,16 +623,19 @@ def markdown(rep: dict) -> str:
     lc = rep.get("learning_curves") or {}
     if any(lc.values()):
         lines += [f"Learning curves: val Kaggle (the train cache's val split, {rep['config'].get('val_images')} "
-                  f"images; `unet_pretrain` on the pretrain seed's val split) at step:", ""]
+                  f"images; the fine-tuning runs on the pretrain seed's val split) at step:", ""]
         for k, pts in lc.items():
             lines.append(f"- {k}: " + (", ".join(f"{s}: {v:.4f}" for s, v in pts) or "-"))
         lines.append("")
     ft = rep.get("fine_tune") or {}
     if ft:
         fin = ft["val_kaggle_final"]
-        lines += [f"Fine-tuning (UNet, {ft.get('steps')} steps each on the train seed): from our checkpoint "
-                  f"(`--weights`, trained on the pretrain seed) val Kaggle {f(fin['fine_tuned'])}, from scratch "
-                  f"{f(fin['scratch'])}; fine-tuned beats scratch: {ft['fine_tuned_beats_scratch']}.", ""]
+        ap = ft.get("val_AP_final") or {}
+        lines += [f"Fine-tuning (Mask R-CNN, {ft.get('steps')} steps each on the pretrain seed's images): from our "
+                  f"checkpoint (`--weights` the `maskrcnn` run's best.pth, trained on the train seed) val Kaggle "
+                  f"{f(fin['fine_tuned'])} (mask AP {f(ap.get('fine_tuned'))}), from scratch {f(fin['scratch'])} "
+                  f"(mask AP {f(ap.get('scratch'))}); fine-tuned beats scratch: {ft['fine_tuned_beats_scratch']}.",
+                  ""]
     cl = rep.get("deepmac_claim") or {}
     if cl.get("oracle"):
         held = cl["held_out_group"]

@@ -71,7 +71,7 @@ def test_tiny_run_reports_every_model_group_and_measure(tmp_path):
     # four datasets from four seeds
     assert len({rep["data"][s]["seed"] for s in ("train", "val", "test", "pretrain")}) == 4
     runs = {"unet", "maskrcnn", "deepmac", "maskrcnn_garments", "maskrcnn_agnostic_garments", "deepmac_garments"}
-    fine_tune = {"unet_pretrain", "unet_finetune", "unet_scratch"}
+    fine_tune = {"maskrcnn_finetune", "maskrcnn_scratch"}
     assert set(rep["training"]) == runs | fine_tune
     assert all(t["steps"] == 2 for t in rep["training"].values())  # the fixed budget: 1 epoch x 2 steps
     assert rep["training"]["maskrcnn"]["attr_head"] is True
@@ -81,13 +81,14 @@ def test_tiny_run_reports_every_model_group_and_measure(tmp_path):
 
     # learning curves: val Kaggle at each validated step, for every run
     assert set(rep["learning_curves"]) == runs | fine_tune
-    assert [s for s, _ in rep["learning_curves"]["unet_finetune"]] == [1, 2]
+    assert [s for s, _ in rep["learning_curves"]["maskrcnn_finetune"]] == [1, 2]
     assert all(0 <= v <= 1 for pts in rep["learning_curves"].values() for _, v in pts)
     assert (out / "learning_curves.png").is_file()
     # the fine-tuning run started from the pretraining run's checkpoint
-    ft_meta = json.loads((out / "work" / "unet_finetune" / "meta.json").read_text())
+    ft_meta = json.loads((out / "work" / "maskrcnn_finetune" / "meta.json").read_text())
     assert ft_meta["init"]["kind"] == "checkpoint" and ft_meta["init"]["fresh"] == []
-    assert ft_meta["init"]["file"] == str(out / "work" / "unet_pretrain" / "best.pth")
+    assert ft_meta["init"]["file"] == str(out / "work" / "maskrcnn" / "best.pth")
+    assert ft_meta["data"]["prepared_dir"] == str(out / "work" / "prepared_pretrain")
     assert rep["fine_tune"]["steps"] == 2 and set(rep["fine_tune"]["val_kaggle_final"]) == {"fine_tuned", "scratch"}
     assert set(rep["floors"]) == {"maskrcnn", "deepmac", "unet", "submission"}
     assert rep["floors"]["unet"]["floor"] == 0.10
