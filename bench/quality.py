@@ -96,9 +96,9 @@ MODES = {
                  "--mask-head-stacks", "2"],
         unet=["--encoder", "resnet18", "--image-size", "128", "--decoder-channels", "128", "64", "32", "16", "16",
               "--min-area", "8"],
-        det_budget=dict(epochs=10, steps=40, batch=4, lr=5e-4, warmup=20, val_every=1),
+        det_budget=dict(epochs=10, steps=40, batch=4, lr=5e-4, warmup=20, val_every=2),
         claim_budget=dict(epochs=3, steps=50, batch=4, lr=5e-4, warmup=20, val_every=3),
-        unet_budget=dict(epochs=18, steps=100, batch=12, lr=3e-3, warmup=20, val_every=2),
+        unet_budget=dict(epochs=10, steps=45, batch=12, lr=3e-3, warmup=20, val_every=1),  # 540 images: 45 steps
         finetune_budget=dict(epochs=2, steps=50, batch=4, lr=5e-4, warmup=10, val_every=1),
         scale_range=("0.8", "1.0"), val_images=40, val_score_thresh=0.3, lanes=2, threads=1, workers=0,
         device="cpu", tta=["--tta-flip"], predict_batch=4, tune=[], score_workers=2, prepare_workers=2),
