@@ -9,9 +9,8 @@ exists, else the winning recipe lib.submission.POSTPROCESS_DEFAULTS); the
 COCO mask AP are printed for each model alone and for the ensemble, and saved
 to ``scores.json``. ``--tune`` grid-searches the parameters the flags leave
 free on that ground truth and saves the full parameter set to
-``<out-dir>/params.json``, which later runs load; after the grid it drops the categories whose predictions
-lower the tuning score (``--no-tune-drop-categories`` keeps them). With several models, tuning also chooses the
-combination:
+``<out-dir>/params.json``, which later runs load; ``--tune-drop-categories`` then also drops the categories
+whose predictions lower the tuning score. With several models, tuning also chooses the combination:
 every subset of the models and weight ratio (lib/ensemble.py ``tune_ensemble``); the winner is saved in
 params.json and is the default of later runs. ``--tune-on`` tunes on other predictions (the 01 cache's val
 split, predicted by ``05_predict.py --prepared-dir ... --split val``, which writes its gt.csv) and applies the
@@ -79,10 +78,11 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="same-category overlap suppression by score, or none")
     g.add_argument("--keep-categories", default=None, help="only these categories, e.g. garments or 0-26,31")
     g.add_argument("--drop-categories", default=None, help="drop these categories, e.g. parts or 45")
-    g.add_argument("--tune-drop-categories", action=argparse.BooleanOptionalAction, default=True,
+    g.add_argument("--tune-drop-categories", action=argparse.BooleanOptionalAction, default=False,
                    help="with --tune / --tune-on: after the threshold grid, drop the categories whose predictions "
                         "lower the tuning split's score (a category the model never gets right only adds zeros "
-                        "to the images' averages); saved in params.json")
+                        "to the images' averages); saved in params.json. Needs a large tuning split: on the "
+                        "demo's 12 val images it overfits")
     g.add_argument("--attributes", choices=["off", "on"], default=None, help="emit attributes in ClassIds")
     g.add_argument("--attr-thresh", type=float, default=None, help="attribute score threshold")
     p.add_argument("--gt", default=None,

@@ -70,7 +70,7 @@ def tune_ensemble(sources: dict[str, pd.DataFrame], gt_csv_path: str | Path, gri
                   max_models: int | None = None, min_score: float | None = None, refine: int = 3,
                   full_class_ids: bool = False, images: pd.DataFrame | None = None,
                   out_path: str | Path | None = None, progress: bool = True,
-                  drop_categories: bool = True) -> tuple[dict, dict, list[dict]]:
+                  drop_categories: bool = False) -> tuple[dict, dict, list[dict]]:
     """Choose the model combination, its weights and its post-processing on validation ground truth.
 
     Two stages: every candidate (:func:`combinations`) is fused and scored over the grid's

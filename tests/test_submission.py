@@ -403,7 +403,8 @@ def test_tune_drops_categories_that_only_add_false_positives(tmp_path):
             + pred_rows("b.jpg", [rect(8, 8, 22, 24, 0.9), rect(0, 0, 6, 6, 0.9)], [5, 7], [0.9, 0.8], orig=(S, S)))
     t = table(rows)
     grid = {"score_thresh": [0.5]}
-    best, results = lsub.tune(t, gt, grid, mask_size=S, out_path=tmp_path / "params.json", progress=False)
+    best, results = lsub.tune(t, gt, grid, mask_size=S, out_path=tmp_path / "params.json", progress=False,
+                              drop_categories=True)
     # category 7 is predicted in both images and never there: dropped; 5 is there and mostly right: kept
     assert best["drop_categories"] == (7,)
     assert results[-1]["params"] == {"score_thresh": 0.5, "drop_categories": [7]}
@@ -414,7 +415,7 @@ def test_tune_drops_categories_that_only_add_false_positives(tmp_path):
                                                                    progress=False)["kaggle"])
     assert results[0]["kaggle"] == pytest.approx(lsub.score_table(t, gt, {"score_thresh": 0.5}, mask_size=S,
                                                                   coco=False, progress=False)["kaggle"])
-    no_drop, res = lsub.tune(t, gt, grid, mask_size=S, progress=False, drop_categories=False)
+    no_drop, res = lsub.tune(t, gt, grid, mask_size=S, progress=False)  # off by default
     assert no_drop["drop_categories"] == () and len(res) == 1
 
 
