@@ -82,6 +82,12 @@ def read_checkpoint(path: str | Path, map_location="cpu") -> dict:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # pickle.UnpicklingError, RuntimeError (truncated zip), ...
         raise ValueError(f"{path}: not a loadable training checkpoint ({type(e).__name__}: {str(e)[:300]})") from None
+    return check_checkpoint(ckpt, path)
+
+
+def check_checkpoint(ckpt, path: str | Path) -> dict:
+    """``ckpt`` (what ``torch.load`` read from ``path``) as a training checkpoint, its digest checked and
+    removed; ValueError naming ``path`` when it is not one, or was corrupted or modified."""
     if not isinstance(ckpt, dict):
         raise ValueError(f"{path}: not a training checkpoint (a {type(ckpt).__name__}, expected a dict)")
     missing = [k for k in ("config", "model") if k not in ckpt]

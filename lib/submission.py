@@ -649,14 +649,20 @@ def load_ground_truth(gt_csv_path: str | Path, mask_size: int | None = 512, full
     return out
 
 
-def _score_windows(windows: dict, gt: dict, sizes: dict, params: dict, full_class_ids: bool, coco: bool):
-    ev = Evaluator(coco=coco)
+def _scored_images(windows: dict, gt: dict, sizes: dict, params: dict, full_class_ids: bool):
+    """Per scored image: ``(image_id, gt masks, gt keys, post-processed masks, their keys, their scores)``."""
     for image_id, size in sizes.items():
         insts = _finalize(windows.get(image_id, []), params, size)
         gt_masks, gt_keys = gt.get(image_id, (np.zeros((0, *size), np.uint8), []))
         pred = np.stack([i.full(size) for i in insts]) if insts else np.zeros((0, *size), np.uint8)
         keys = [i.class_id if full_class_ids else i.category for i in insts]
-        ev.add(image_id, gt_masks, gt_keys, pred, keys, [i.score for i in insts])
+        yield image_id, gt_masks, list(gt_keys), pred, keys, [i.score for i in insts]
+
+
+def _score_windows(windows: dict, gt: dict, sizes: dict, params: dict, full_class_ids: bool, coco: bool):
+    ev = Evaluator(coco=coco)
+    for image_id, *scored in _scored_images(windows, gt, sizes, params, full_class_ids):
+        ev.add(image_id, *scored)
     return ev.summary()
 
 
@@ -728,12 +734,8 @@ def class_scores(windows: dict, gt: dict, sizes: dict, params: dict) -> list[tup
     """Per scored image: ``({category: Kaggle class score}`` over the categories of its ground truth and
     post-processed predictions, ``{ground-truth categories})`` (categories as class keys)."""
     out = []
-    for image_id, size in sizes.items():
-        insts = _finalize(windows.get(image_id, []), params, size)
-        gt_masks, gt_keys = gt.get(image_id, (np.zeros((0, *size), np.uint8), []))
-        pred = np.stack([i.full(size) for i in insts]) if insts else np.zeros((0, *size), np.uint8)
-        _, per_class = image_score(gt_masks, list(gt_keys), pred, [i.category for i in insts],
-                                   [i.score for i in insts], return_per_class=True)
+    for _, gt_masks, gt_keys, pred, keys, scores in _scored_images(windows, gt, sizes, params, False):
+        _, per_class = image_score(gt_masks, gt_keys, pred, keys, scores, return_per_class=True)
         out.append((per_class, set(gt_keys)))
     return out
 

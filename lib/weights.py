@@ -116,11 +116,16 @@ def cached_or_downloaded(url: str, flag: str) -> Path:
     return path
 
 
+def _backbone_name(arch: str, config: dict) -> str:
+    """The backbone of a detector config, or the encoder of a UNet config."""
+    return config["encoder"] if arch == "unet" else config["backbone"]
+
+
 def backbone_file(source: str, arch: str, config: dict) -> Path:
     """The ImageNet file for ``--weights-backbone SOURCE`` (``imagenet`` or a path) of ``config``'s backbone."""
     if source != "imagenet":
         return Path(source)
-    name = config["encoder"] if arch == "unet" else config["backbone"]
+    name = _backbone_name(arch, config)
     if name not in BACKBONE_URLS:
         raise ValueError(f"--weights-backbone imagenet: no torchvision ImageNet file for {name!r} (known: "
                          f"{sorted(BACKBONE_URLS)}); pass the encoder's weights file as --weights-backbone PATH")
@@ -154,7 +159,7 @@ def read_weights(path: str | Path) -> tuple[dict, dict | None]:
         raise ValueError(f"{path}: not a readable weights file, truncated or not saved by torch.save "
                          f"({type(e).__name__}: {str(e)[:200]})") from None
     if isinstance(obj, dict) and isinstance(obj.get("config"), dict) and "model" in obj:
-        ckpt = lcheckpoint.read_checkpoint(path)  # checks the digest
+        ckpt = lcheckpoint.check_checkpoint(obj, path)  # checks the digest
         return ckpt["model"], ckpt
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         obj = obj["model"]
@@ -212,16 +217,16 @@ def load_weights(model: torch.nn.Module, state: dict, path: str | Path, *, scope
     not loaded). Raises ValueError naming the file and the key for anything else that does not fit.
     """
     own = model.state_dict()
+    part = scope.rstrip(".") or "weights"  # for messages
     feed, unused, fresh, source_key = {}, [], [], {}
     for key, value in state.items():
-        if key.startswith(file_prefix) and not key.startswith(unused_prefixes):
-            target = scope + key[len(file_prefix):]
-        elif key.startswith(unused_prefixes):
+        if key.startswith(unused_prefixes):
             unused.append(key)
             continue
-        else:
-            raise ValueError(f"{path}: key {key!r} fits no parameter of the model's {scope.rstrip('.') or 'weights'} "
+        if not key.startswith(file_prefix):
+            raise ValueError(f"{path}: key {key!r} fits no parameter of the model's {part} "
                              f"(expected keys starting with {file_prefix!r})")
+        target = scope + key[len(file_prefix):]
         if target.startswith(fresh_prefixes):
             unused.append(key)
             continue
@@ -240,8 +245,8 @@ def load_weights(model: torch.nn.Module, state: dict, path: str | Path, *, scope
         raise ValueError(f"{path}: weights do not fit the model: {str(e)[:500]}") from None
     if result.unexpected_keys:
         bad = [source_key.get(k, k) for k in result.unexpected_keys]
-        raise ValueError(f"{path}: {len(bad)} key(s) of the file fit no parameter of the model's "
-                         f"{scope.rstrip('.') or 'weights'}, e.g. {bad[:3]}")
+        raise ValueError(f"{path}: {len(bad)} key(s) of the file fit no parameter of the model's {part}, "
+                         f"e.g. {bad[:3]}")
     missing, not_loaded = [], set(result.missing_keys)
     for key in sorted(not_loaded):
         if not key.startswith(scope):
@@ -252,7 +257,7 @@ def load_weights(model: torch.nn.Module, state: dict, path: str | Path, *, scope
             fresh.append(key)
         else:
             raise ValueError(f"{path}: the file has no {key!r} (shape {tuple(own[key].shape)}) for the model's "
-                             f"{scope.rstrip('.') or 'weights'}: not the weights of this architecture")
+                             f"{part}: not the weights of this architecture")
     loaded = [k for k in own if k.startswith(scope) and k not in not_loaded and k not in fresh]
     if not loaded:
         raise ValueError(f"{path}: no weight of the file fits the model")
@@ -301,9 +306,9 @@ def plan_init(arch: str, config: dict, explicit: dict, weights: str | None, weig
 def apply_init(model: torch.nn.Module, arch: str, config: dict, plan: dict) -> dict:
     """Load what :func:`plan_init` planned into the freshly built ``model``; the report (JSON-safe)."""
     if plan["kind"] == "backbone":
-        name = config["encoder"] if arch == "unet" else config["backbone"]
         report = load_weights(model, plan["state"], plan["path"], scope=_BACKBONE_SCOPE[arch],
-                              file_prefix=_FILE_PREFIX.get(name, ""), unused_prefixes=_UNUSED_BACKBONE_KEYS)
+                              file_prefix=_FILE_PREFIX.get(_backbone_name(arch, config), ""),
+                              unused_prefixes=_UNUSED_BACKBONE_KEYS)
     else:
         fresh = _DEEPMAC_OWN if (arch == "deepmac" and plan["kind"] == "coco") else ()
         report = load_weights(model, plan["state"], plan["path"], fresh_prefixes=fresh)
