@@ -550,6 +550,7 @@ def end_epoch(run: Run, epoch: int, epoch_sums: dict) -> None:
     """Rank 0: the epoch record, validation, best.pth / model_<epoch>.pth / checkpoint.pth, curves, meta."""
     args = run.args
     check_params_finite(run, f"after epoch {epoch + 1}")
+    run.epochs_done = epoch + 1
     if run.main:
         n_steps, seconds = epoch_sums["steps"], epoch_sums["seconds"]
         rec = {"kind": "epoch", "epoch": epoch + 1, "step": run.global_step, "steps": n_steps,
@@ -563,7 +564,6 @@ def end_epoch(run: Run, epoch: int, epoch_sums: dict) -> None:
             (epoch + 1) % args.val_every == 0 or epoch == args.epochs - 1)
         improved = validate(run, epoch, rec) if do_val else False
         run.last_metrics = lio.json_safe(rec)
-        run.epochs_done = epoch + 1
         # Order matters when the process is killed in between: the log record and best.pth come before
         # checkpoint.pth, so a resume from the previous checkpoint redoes this epoch (dropping its record)
         # and never continues from a state whose record or best.pth is missing.
@@ -576,7 +576,6 @@ def end_epoch(run: Run, epoch: int, epoch_sums: dict) -> None:
         save_checkpoint(run.path("checkpoint.pth"), ck)
         plot_curves(run.path("metrics.jsonl"), run.path("curves.png"), title=f"{run.stage} ({run.arch})")
         write_meta(run, "running")
-    run.epochs_done = epoch + 1
     if run.env["distributed"]:
         dist.barrier()
 
