@@ -1,4 +1,4 @@
-"""Stage 01: prepare a Kaggle-layout dataset (real or synthetic) into the training cache.
+"""Stage 01: prepare a Kaggle-layout dataset (real or synthetic) into the prepared set.
 
 Reads ``--data-dir`` (train.csv, label_descriptions.json, train/), writes under
 ``--out-dir``: resized images, per-image instance masks as RLE, index.parquet,
@@ -26,7 +26,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data-dir", default="data/synthetic", help="Kaggle-layout input directory")
-    p.add_argument("--out-dir", default="work/prepared", help="cache directory to write")
+    p.add_argument("--out-dir", default="work/prepared", help="prepared-set directory to write")
     p.add_argument("--train-csv", default=None, help="train.csv to read (default: <data-dir>/train.csv)")
     p.add_argument("--image-dir", default=None, help="training images (default: <data-dir>/train)")
     p.add_argument("--labels", default=None, help="label file (default: <data-dir>/label_descriptions.json)")
@@ -54,7 +54,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args) -> int:
-    from lib import prepare
+    from lib import prepared
 
     if args.synthetic:
         from lib import synthetic
@@ -64,7 +64,7 @@ def main(args) -> int:
                                    max_side=args.synthetic_max_side, progress=not args.no_progress,
                                    preset=args.synthetic_preset)
     try:
-        meta = prepare.prepare_dataset(
+        meta = prepared.prepare_dataset(
             args.data_dir, args.out_dir, long_side=args.long_side or None, val_fraction=args.val_fraction,
             seed=args.seed, workers=args.processes, limit=args.limit, progress=not args.no_progress,
             jpeg_quality=args.jpeg_quality, csv_path=args.train_csv, image_dir=args.image_dir,

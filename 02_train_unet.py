@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Stage 02: train the semantic U-Net (segmentation_models_pytorch) on the 01 cache.
+"""Stage 02: train the semantic U-Net (segmentation_models_pytorch) on the prepared set.
 
 Instances come out of the U-Net's per-pixel classes by connected components (lib/models/unet.py).
 Writes OUT_DIR/{checkpoint.pth, best.pth, metrics.jsonl, curves.png, val_scores.json, meta.json}

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Stage 03: train Mask R-CNN (torchvision, FPN backbone) on the 01 cache.
+"""Stage 03: train Mask R-CNN (torchvision, FPN backbone) on the prepared set.
 
 Writes OUT_DIR/{checkpoint.pth, best.pth, metrics.jsonl, curves.png, val_scores.json, meta.json}
 (see lib/engine.py). Checkpoints load with torch.load(..., weights_only=True) and rebuild the model

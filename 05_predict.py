@@ -12,7 +12,7 @@ Examples:
   python 05_predict.py --checkpoints work/unet work/maskrcnn work/deepmac --data-dir data/synthetic \\
       --out-dir work/predictions
 
-  # the validation split of the 01 cache (also writes gt.csv there, for 06 to score/tune on)
+  # the validation split of the prepared set (also writes gt.csv there, for 06 to score/tune on)
   python 05_predict.py --checkpoints work/maskrcnn --prepared-dir work/prepared --split val \\
       --out-dir work/predictions_val
 
@@ -38,8 +38,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--data-dir", type=Path, default=Path("data/synthetic"),
                    help="Kaggle-layout dir: predicts its test images (sample_submission.csv order)")
     g.add_argument("--prepared-dir", type=Path, default=None,
-                   help="a 01 cache: predict one split of it instead (--split) and write gt.csv")
-    g.add_argument("--split", choices=["val", "train"], default="val", help="cache split with --prepared-dir")
+                   help="a prepared set: predict one split of it instead (--split) and write gt.csv")
+    g.add_argument("--split", choices=["val", "train"], default="val", help="prepared split with --prepared-dir")
     g.add_argument("--limit", type=int, default=0, help="predict only the first N images (quick runs); 0 = all")
     g.add_argument("--out-dir", type=Path, default=Path("work/predictions"), help="output directory")
     g = p.add_argument_group("inference")

@@ -12,7 +12,7 @@ free on that ground truth and saves the full parameter set to
 ``<out-dir>/params.json``, which later runs load; ``--tune-drop-categories`` then also drops the categories
 whose predictions lower the tuning score. With several models, tuning also chooses the combination:
 every subset of the models and weight ratio (lib/ensemble.py ``tune_ensemble``); the winner is saved in
-params.json and is the default of later runs. ``--tune-on`` tunes on other predictions (the 01 cache's val
+params.json and is the default of later runs. ``--tune-on`` tunes on other predictions (the prepared set's val
 split, predicted by ``05_predict.py --prepared-dir ... --split val``, which writes its gt.csv) and applies the
 result to ``--predictions`` in the same run: the recommended way. The submission is always validated before
 it is written; ``meta.json`` is written next to it.
@@ -90,7 +90,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-score", action="store_true", help="do not score even if ground truth exists")
     p.add_argument("--tune", action="store_true", help="grid-search post-processing on --gt, save params.json, use it")
     p.add_argument("--tune-on", nargs="+", default=None, metavar="DIR",
-                   help="05 output dirs of the 01 cache's val split (with gt.csv): tune the combination and "
+                   help="05 output dirs of the prepared set's val split (with gt.csv): tune the combination and "
                         "post-processing there, save params.json, and apply them to --predictions")
     p.add_argument("--weight-choices", nargs="+", type=float, default=[1.0, 2.0],
                    help="per-model weights tried when tuning a combination (distinct ratios only)")
@@ -115,7 +115,7 @@ def _load_sources(paths, models):
     """[(name, table)], one per model of each table (predicted image ids where 05 listed them)."""
     import pandas as pd
 
-    from lib import predictions as lpred
+    from lib import prediction_table as lpred
 
     sources, predicted = [], set()
     for p in map(Path, paths):
@@ -181,9 +181,9 @@ def main(args) -> int:
     progress = not args.no_progress
     mask_size = args.mask_size or None
     val_source = _cache_split_source(args.predictions) if args.predictions and not args.validate else None
-    if val_source:  # 05 predicted a split of the 01 cache: its images and gt.csv are the reference
+    if val_source:  # 05 predicted a split of the prepared set: its images and gt.csv are the reference
         images = val_source["images"]
-        print(f"images and ground truth from {val_source['dir']} (cache split {val_source['split']!r})")
+        print(f"images and ground truth from {val_source['dir']} (prepared split {val_source['split']!r})")
         if args.gt is None and val_source["gt"]:
             args.gt = val_source["gt"]
     else:
@@ -240,7 +240,7 @@ def main(args) -> int:
         if args.tune_on:  # tune on the val-split predictions and their gt.csv
             tsrc = _cache_split_source(args.tune_on)
             if not tsrc or not tsrc["gt"]:
-                raise SystemExit(f"--tune-on {args.tune_on[0]}: not a 05 output of a 01 cache split with gt.csv "
+                raise SystemExit(f"--tune-on {args.tune_on[0]}: not a 05 output of a prepared set split with gt.csv "
                                  f"(run 05_predict.py --prepared-dir ... --split val --out-dir {args.tune_on[0]})")
             tune_sources, _ = _load_sources(args.tune_on, args.models)
             tgt, timages = Path(tsrc["gt"]), tsrc["images"]

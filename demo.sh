@@ -21,7 +21,7 @@ PRESET="${DEMO_PRESET:-demo}"            # synthetic images: demo (easier: one f
 if [ "$PRESET" = demo ]; then DATA="${DATA:-data/synthetic_demo}"; else DATA="${DATA:-data/synthetic}"; fi
                                          # the synthetic Kaggle-layout dataset (generated once, then reused)
 PYTHON="${PYTHON:-python}"
-LONG_SIDE="${DEMO_LONG_SIDE:-128}"       # cache / network image size (long side, pixels)
+LONG_SIDE="${DEMO_LONG_SIDE:-128}"       # prepared / network image size (long side, pixels)
 SYN_TRAIN="${DEMO_SYN_TRAIN:-120}"       # synthetic training images (10% go to the val split)
 SYN_TEST="${DEMO_SYN_TEST:-12}"          # synthetic test images
 UNET_EPOCHS="${DEMO_UNET_EPOCHS:-9}"     # epochs per model (a fixed budget, not a time limit)
@@ -71,7 +71,7 @@ stage "01 generate the synthetic dataset ($PRESET preset, $SYN_TRAIN train / $SY
 "$PYTHON" 01_prepare_data.py --synthetic --data-dir "$DATA" --out-dir "$WORK/prepared" --long-side "$LONG_SIDE" \
   --synthetic-train "$SYN_TRAIN" --synthetic-test "$SYN_TEST" --synthetic-preset "$PRESET" --processes 2 --no-progress
 
-# Fresh runs each time (the data and the cache are reused).
+# Fresh runs each time (the data and the prepared set are reused).
 rm -rf "$WORK/unet" "$WORK/maskrcnn" "$WORK/deepmac" "$WORK/predictions" "$WORK/predictions_val" \
   "$WORK/submission" "$LOGS"
 mkdir -p "$LOGS"

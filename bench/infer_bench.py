@@ -70,7 +70,7 @@ MODES = {
 # --------------------------------------------------------------------------------------------- inputs
 def make_test_images(work_dir: Path, n: int, size: tuple[int, int], seed: int = 0) -> list[Path]:
     """``n`` synthetic JPEGs (q90) of ``size = (H, W)`` in ``work_dir`` (kept and reused)."""
-    from lib import data as ldata
+    from lib import kaggle_data as ldata
     from lib import synthetic
 
     h, w = int(size[0]), int(size[1])
@@ -101,7 +101,7 @@ def decode_ms(paths: list[Path], long_side: int, repeat: int = 2) -> float:
 def load_batch(paths: list[Path], long_side: int, batch: int, device):
     """05's batch: ``batch`` images (cycling over ``paths``) as float 0..1 ``(3, h, w)`` on ``device`` (read and
     shrunk by ``lib.predict.ImageDataset``) and their original ``(H, W)`` sizes."""
-    from lib import data as ldata
+    from lib import kaggle_data as ldata
     from lib.predict import ImageDataset
 
     ds = ImageDataset([str(p) for p in paths], long_side)
@@ -153,7 +153,7 @@ def stock_model(arch: str, cfg: dict):
 def measure_arch(arch: str, cfg: dict, paths: list[Path], device, dtype, views, project_images: int,
                  dec_ms: float) -> dict:
     from lib import predict as lpredict
-    from lib import predictions as lpred
+    from lib import prediction_table as lpred
     from lib import submission as lsub
 
     size = cfg["unet_size"] if arch == "unet" else cfg["size"]

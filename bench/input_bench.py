@@ -1,6 +1,6 @@
 """Benchmark: does the training input pipeline keep up with the model?
 
-The training DataLoader (``lib.dataset``: ``CacheDataset`` over a 01 cache with the training transforms of
+The training DataLoader (``lib.training_data``: ``PreparedDataset`` over a prepared set with the training transforms of
 ``lib/engine.py`` - JPEG decode, RLE decode of every mask, random flip, colour jitter, box sanitising -
 collated, pinned on CUDA, moved to the device like the engine does) against the model's own consumption:
 
@@ -12,7 +12,7 @@ collated, pinned on CUDA, moved to the device like the engine does) against the 
 
 ``loader_ratio`` = loader / model (>= 1: the loader can feed the model); ``end_to_end_ratio`` = end to end /
 model only (the issue's target: >= 0.95, i.e. the pipeline hides); ``workers_needed`` = model images/s x
-sample seconds (cores of decode + augmentation the model's pace needs). The 01 cache is generated from the
+sample seconds (cores of decode + augmentation the model's pace needs). The prepared set is generated from the
 synthetic dataset at ``--data-side`` unless ``--prepared-dir`` names one. On a 2-core CPU the workers and
 the model share the cores, so the CPU ratios say little about a GPU box.
 
@@ -20,7 +20,7 @@ Examples::
 
     OMP_NUM_THREADS=1 python bench/input_bench.py --cpu                 # tiny CPU mode (resnet18 Mask R-CNN, 128 px)
     python bench/input_bench.py --cpu --arch unet --workers 0
-    python bench/input_bench.py --out work/bench/input.json             # GPU mode: 1024 px cache, batch 8, 8 workers
+    python bench/input_bench.py --out work/bench/input.json             # GPU mode: 1024 px prepared set, batch 8, 8 workers
     python bench/input_bench.py --prepared-dir work/prepared --arch deepmac
 """
 from __future__ import annotations
@@ -51,21 +51,21 @@ OURS_OPT = {"maskrcnn": ("adamw", 1e-4, 10.0), "deepmac": ("adamw", 1e-4, 10.0),
 
 
 def ensure_cache(work_dir: Path, n_train: int, data_side: int, long_side: int, workers: int = 1) -> Path:
-    """A 01 cache of ``n_train`` synthetic images (long side ``data_side``, prepared at ``long_side``) under
+    """A prepared set of ``n_train`` synthetic images (long side ``data_side``, prepared at ``long_side``) under
     ``work_dir``; reused when it is there."""
-    from lib import cache as lcache
-    from lib import prepare, synthetic
+    from lib import prepared as lprepared
+    from lib import synthetic
 
     data, prepared = Path(work_dir) / "data", Path(work_dir) / "prepared"
     synthetic.generate_dataset(data, n_train=n_train, n_test=1, seed=0, min_side=max(64, data_side * 2 // 3),
                                max_side=data_side, progress=False)
     try:
-        meta = lcache.load_meta(prepared)
+        meta = lprepared.load_meta(prepared)
         if meta.get("long_side") == long_side and meta.get("num_images") == n_train:
             return prepared
     except FileNotFoundError:
         pass
-    prepare.prepare_dataset(data, prepared, long_side=long_side, val_fraction=0.0, seed=0, workers=workers,
+    lprepared.prepare_dataset(data, prepared, long_side=long_side, val_fraction=0.0, seed=0, workers=workers,
                             progress=False)  # every image in the train split
     return prepared
 
@@ -85,13 +85,13 @@ def model_for(arch: str, cfg: dict, long_side: int):
 def measure(prepared: Path, cfg: dict, device, dtype) -> dict:
     """The four figures of the module docstring on the train split of ``prepared``."""
 
-    from lib import cache as lcache
-    from lib.dataset import CacheDataset, build_transforms, make_loader
+    from lib import prepared as lprepared
+    from lib.training_data import PreparedDataset, build_transforms, make_loader
     from lib.engine import _to_device, build_optimizer
 
     arch, bs, workers = cfg["arch"], cfg["batch"], cfg["workers"]
-    long_side = int(lcache.load_meta(prepared).get("long_side") or cfg["long_side"])
-    ds = CacheDataset(prepared, "train", build_transforms(True, hflip=0.5, color_jitter=0.2))  # as lib/engine.py
+    long_side = int(lprepared.load_meta(prepared).get("long_side") or cfg["long_side"])
+    ds = PreparedDataset(prepared, "train", build_transforms(True, hflip=0.5, color_jitter=0.2))  # as lib/engine.py
     if len(ds) < bs:
         raise ValueError(f"{prepared}: {len(ds)} training images, fewer than the batch size {bs}")
     res = {"arch": arch, "batch": bs, "workers": workers, "images": len(ds), "long_side": long_side}
@@ -180,11 +180,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpu", action="store_true", help="small CPU mode (default: GPU mode, needs CUDA)")
     p.add_argument("--arch", choices=ARCHS, default=None, help="model whose step is the consumer (maskrcnn)")
     p.add_argument("--prepared-dir", type=Path, default=None,
-                   help="an existing 01 cache (default: a synthetic one generated under --work-dir)")
-    p.add_argument("--work-dir", type=Path, default=Path("work/bench/input"), help="synthetic data and cache")
+                   help="an existing prepared set (default: a synthetic one generated under --work-dir)")
+    p.add_argument("--work-dir", type=Path, default=Path("work/bench/input"), help="synthetic data and prepared set")
     p.add_argument("--n-train", type=int, default=None, help="synthetic training images (default 12 CPU, 64 GPU)")
     p.add_argument("--data-side", type=int, default=None, help="synthetic image long side (default 192 / 1024)")
-    p.add_argument("--long-side", type=int, default=None, help="cache long side = model size (default 128 / 1024)")
+    p.add_argument("--long-side", type=int, default=None, help="prepared long side = model size (default 128 / 1024)")
     p.add_argument("--batch-size", type=int, default=None, help="images per step (default 2 CPU, 8 GPU)")
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default 1 CPU, 8 GPU)")
     p.add_argument("--batches", type=int, default=None, help="timed loader batches")

@@ -252,7 +252,7 @@ FINE_TUNE_RUNS = ("maskrcnn_finetune", "maskrcnn_scratch")
 def training_jobs(cfg: dict, w: Path, agnostic_flag: bool, claim_group: str, reuse: bool) -> list:
     """``[(run name, argv[, after])]`` of the trainings, longest first (Mask R-CNN is the slowest on CPU).
 
-    Every run validates every ``val_every`` epochs on the same ``val_images`` images of the train cache's val
+    Every run validates every ``val_every`` epochs on the same ``val_images`` images of the train set's val
     split (the learning curves). The fine-tuning comparison, on the ``pretrain`` seed's images and their
     own val split: ``maskrcnn_finetune`` starts from the ``maskrcnn`` run's ``best.pth`` (``--weights``, a
     model of the train seed's images), ``maskrcnn_scratch`` from random weights, the same budget.
@@ -406,7 +406,7 @@ def score_tables(tables: dict, params_of: dict, gts: dict, images: pd.DataFrame,
 
 def load_sources(pred_dir: Path) -> dict[str, pd.DataFrame]:
     """model name -> its rows of ``pred_dir/predictions.parquet`` (every model 05 listed, even with no rows)."""
-    from lib import predictions as lpred
+    from lib import prediction_table as lpred
 
     table = lpred.read_table(pred_dir / "predictions.parquet")
     names = [m["name"] for m in json.loads((pred_dir / "meta.json").read_text()).get("models", [])]
@@ -418,9 +418,9 @@ def load_sources(pred_dir: Path) -> dict[str, pd.DataFrame]:
 def load_test_instances(gt_csv: Path, image_dir: Path) -> list[dict]:
     """Per test image: ``path``, ``masks (N, H, W)`` uint8, ``boxes (N, 4)`` x1y1x2y2 (x2/y2 exclusive),
     ``categories (N,)``, ``attributes`` (N tuples), from a train.csv-format ground truth."""
-    from lib import data as ldata
+    from lib import kaggle_data as ldata
     from lib import rle as lrle
-    from lib.cache import mask_bbox
+    from lib.prepared import mask_bbox
 
     groups, problems = ldata.index_csv(gt_csv)
     if problems:
@@ -470,7 +470,7 @@ def oracle_masks(run_dirs: dict[str, Path], items: list[dict], device: torch.dev
             np.maximum(1, (it["boxes"][:, 2] - it["boxes"][:, 0]) * (it["boxes"][:, 3] - it["boxes"][:, 1]))
             for it in items]
     out = {"box_fill": group_iou_stats(np.concatenate(fill) if fill else np.zeros(0), cats)}
-    from lib import data as ldata
+    from lib import kaggle_data as ldata
 
     images = {}
     for it in items:
@@ -536,7 +536,7 @@ def attributes_report(run_dir: Path, table: pd.DataFrame, items: list[dict], gt_
     # 1. oracle boxes: the head at the ground-truth boxes of attribute categories, against the prior
     model, _ = load_checkpoint(resolve_checkpoint(run_dir))
     model.to(device).eval()
-    from lib import data as ldata
+    from lib import kaggle_data as ldata
 
     gts, scores, prior_scores = [], [], []
     prior = attribute_prior(train_csv, N_ATTRIBUTES)
@@ -636,7 +636,7 @@ def markdown(rep: dict) -> str:
         lines.append("")
     lc = rep.get("learning_curves") or {}
     if any(lc.values()):
-        lines += [f"Learning curves: val Kaggle (the train cache's val split, {rep['config'].get('val_images')} "
+        lines += [f"Learning curves: val Kaggle (the train set's val split, {rep['config'].get('val_images')} "
                   f"images; the fine-tuning runs on the pretrain seed's val split) at step:", ""]
         for k, pts in lc.items():
             lines.append(f"- {k}: " + (", ".join(f"{s}: {v:.4f}" for s, v in pts) or "-"))
@@ -692,7 +692,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="the class group whose masks the claim runs train on (the other one is held out)")
     p.add_argument("--lanes", type=int, default=None, help="trainings / predictions run at a time (mode default)")
     p.add_argument("--reuse", action="store_true",
-                   help="keep finished data, caches, trainings and predictions under --out (default: fresh runs)")
+                   help="keep finished data, prepared sets, trainings and predictions under --out (default: fresh runs)")
     return p
 
 

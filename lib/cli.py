@@ -23,7 +23,7 @@ def add_common_args(parser: argparse.ArgumentParser, out_dir: str, **defaults) -
     d.update(defaults)
     g = parser.add_argument_group("data and output")
     g.add_argument("--prepared-dir", type=Path, default=Path("work/prepared"),
-                   help="01_prepare_data.py output (the cache)")
+                   help="01_prepare_data.py output (the prepared set)")
     g.add_argument("--out-dir", type=Path, default=Path(out_dir), help="where checkpoints, logs and plots go")
     g.add_argument("--workers", type=int, default=d["workers"], help="DataLoader worker processes per rank")
     g.add_argument("--max-steps-per-epoch", type=int, default=0, help="cap steps per epoch (quick runs); 0 = all")

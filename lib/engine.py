@@ -1,7 +1,7 @@
 """Training loop shared by ``02_train_unet.py``, ``03_train_maskrcnn.py`` and ``04_train_deepmac.py``.
 
 ``run_training(arch, model_overrides, args)`` (``args``: the flags of :mod:`lib.cli`) trains a ``lib.models``
-model on a 01 cache, as torchvision's references do: :func:`train_one_epoch` then validation
+model on a prepared set, as torchvision's references do: :func:`train_one_epoch` then validation
 (:func:`evaluate`) and checkpoints at each epoch's end, over a small :class:`Run` state. It writes to
 ``args.out_dir``:
 
@@ -52,14 +52,14 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from . import cache as lcache
+from . import prepared as lprepared
 from . import io as lio
 from . import labels as llabels
 from . import models as lmodels
 from . import runtime
 from . import weights as lweights
 from .checkpoint import CHECKPOINT_FORMAT, save_checkpoint
-from .dataset import CacheDataset, build_transforms, make_loader
+from .training_data import PreparedDataset, build_transforms, make_loader
 from .viz import plot_curves
 
 
@@ -147,7 +147,7 @@ def _autocast(device: torch.device, dtype):
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, dataset, device: torch.device, dtype=None, batch_size: int = 2,
              score_thresh: float = 0.5, mask_thresh: float = 0.5, progress: bool = True) -> dict:
-    """Validate on ``dataset`` (a :class:`CacheDataset` with eval transforms).
+    """Validate on ``dataset`` (a :class:`PreparedDataset` with eval transforms).
 
     Predicted masks are ``prob >= mask_thresh``, classes are categories (label - 1). The Kaggle metric uses
     detections with ``score >= score_thresh``; COCO mask AP uses all of them. Returns ``dict(kaggle,
@@ -364,8 +364,8 @@ def start_run(arch: str, model_overrides: dict, args, stage: str, held: contextl
 
 
 def _cache_labels(prepared_dir) -> tuple[list[str], dict]:
-    """The category names of a 01 cache, and its meta.json."""
-    meta = lcache.load_meta(prepared_dir)
+    """The category names of a prepared set, and its meta.json."""
+    meta = lprepared.load_meta(prepared_dir)
     cats = meta.get("labels", {}).get("categories")
     if not cats:
         raise ValueError(f"{Path(prepared_dir) / 'meta.json'}: no labels.categories (rerun 01_prepare_data.py)")
@@ -373,18 +373,18 @@ def _cache_labels(prepared_dir) -> tuple[list[str], dict]:
 
 
 def _datasets(args, distributed: bool):
-    """Train and val datasets of the cache and the training loader.
+    """Train and val datasets of the prepared set and the training loader.
 
     Multi-scale training happens in the model's own resize (config train_scale_range): scaling the image
     here would be undone by it.
     """
-    train_ds = CacheDataset(args.prepared_dir, "train", build_transforms(
+    train_ds = PreparedDataset(args.prepared_dir, "train", build_transforms(
         True, hflip=0.0 if args.no_hflip else 0.5, color_jitter=args.color_jitter))
     if len(train_ds) == 0:
         raise ValueError(f"{args.prepared_dir}: the train split is empty")
-    val_ds = CacheDataset(args.prepared_dir, "val", build_transforms(False))
+    val_ds = PreparedDataset(args.prepared_dir, "val", build_transforms(False))
     if args.max_val_images and len(val_ds) > args.max_val_images:
-        val_ds = CacheDataset(args.prepared_dir, "val", build_transforms(False),
+        val_ds = PreparedDataset(args.prepared_dir, "val", build_transforms(False),
                               image_ids=val_ds.image_ids[: args.max_val_images])
     loader = make_loader(train_ds, args.batch_size, shuffle=True, workers=args.workers, distributed=distributed,
                          seed=args.seed)

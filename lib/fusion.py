@@ -36,7 +36,7 @@ Fusion, category by category (instances of different categories never fuse):
    that have attributes (a row of NaN when none of them has).
 
 :func:`ensemble_tables` applies this image by image to prediction tables in
-the :mod:`lib.predictions` format and returns a table of the same format.
+the :mod:`lib.prediction_table` format and returns a table of the same format.
 :func:`combine` fuses the tables of one combination (models, weights, IoU, votes), as
 :mod:`lib.ensemble` chose it on the validation split.
 """
@@ -49,7 +49,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from . import predictions as lpred
+from . import prediction_table as lpred
 from .metric import mask_iou
 
 __all__ = ["fuse_instances", "fusion_plan", "fused_attributes", "masks_to_boxes", "table_sources", "ensemble_tables",
@@ -302,7 +302,7 @@ def ensemble_tables(
     min_score: float = 0.0,
     progress: bool = True,
 ) -> pd.DataFrame:
-    """Fuse prediction tables (one source each, :mod:`lib.predictions` format) image by image.
+    """Fuse prediction tables (one source each, :mod:`lib.prediction_table` format) image by image.
 
     Args:
         tables: K prediction tables; each is one source (split a table holding

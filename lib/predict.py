@@ -1,4 +1,4 @@
-"""Inference behind ``05_predict.py``: checkpoints + images -> prediction table (:mod:`lib.predictions`).
+"""Inference behind ``05_predict.py``: checkpoints + images -> prediction table (:mod:`lib.prediction_table`).
 
 Flow of :func:`run_prediction`:
 
@@ -6,8 +6,8 @@ Flow of :func:`run_prediction`:
    meaning its ``best.pth``, else ``checkpoint.pth``) is rebuilt from its saved config alone
    (:func:`lib.checkpoint.load_checkpoint`); its name is the out-dir name unless ``--names`` says otherwise;
 2. images: the test images of a Kaggle-layout ``--data-dir`` (:func:`lib.submission.list_test_images`,
-   original sizes), or the images of one split of a 01 cache (``--prepared-dir``; "original" size = the
-   cached size; ``gt.csv`` in train.csv format is written for them so 06 can score and tune on val);
+   original sizes), or the images of one split of a prepared set (``--prepared-dir``; "original" size = the
+   prepared size; ``gt.csv`` in train.csv format is written for them so 06 can score and tune on val);
 3. a DataLoader whose workers decode and shrink each image to ``input_long_side`` (never upscaled), so the
    CPU work overlaps the accelerator; models run under ``torch.inference_mode`` with bf16 autocast on CUDA;
 4. per model and image, every TTA view (``tta_scales`` x {plain, horizontal flip}) is mapped back to the
@@ -25,10 +25,10 @@ resized by ``s`` instead. A flipped view runs on the mirrored image; its masks a
 
 Output directory (``out_dir``)::
 
-    predictions.parquet     all rows (lib.predictions format), ordered by image, model, score (desc)
+    predictions.parquet     all rows (lib.prediction_table format), ordered by image, model, score (desc)
     images.parquet          image_id, orig_height, orig_width of every predicted image (even with no rows)
     meta.json               checkpoints, model configs, args, config hash, timing (images/s)
-    gt.csv                  (cache input only) ground truth of the predicted images, train.csv format
+    gt.csv                  (prepared-set input only) ground truth of the predicted images, train.csv format
     shards/config.json      config hash of the shards below
     shards/part-<rank>-<n>.parquet    prediction rows of one shard
     shards/images-<rank>-<n>.parquet  the images of that shard: written after its part, it marks them done
@@ -62,13 +62,13 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from . import cache as lcache
+from . import prepared as lprepared
 from . import checkpoint as lcheckpoint
-from . import data as ldata
+from . import kaggle_data as ldata
 from . import io as lio
-from . import predictions as lpred
+from . import prediction_table as lpred
 from . import runtime
-from .dataset import extent_boxes
+from .training_data import extent_boxes
 from .fusion import fused_attributes, fusion_plan
 from .metric import _FLOAT32_EXACT, mask_iou
 
@@ -136,26 +136,26 @@ def images_from_data_dir(data_dir: str | Path, progress: bool = True) -> pd.Data
 
 
 def images_from_cache(prepared_dir: str | Path, split: str = "val") -> pd.DataFrame:
-    """Images of one split of a 01 cache: ``image_id, path, orig_height, orig_width`` (= the cached size)."""
-    idx = lcache.load_index(prepared_dir, split)
+    """Images of one split of a prepared set: ``image_id, path, orig_height, orig_width`` (= the prepared size)."""
+    idx = lprepared.load_index(prepared_dir, split)
     if len(idx) == 0:
         raise ValueError(f"{prepared_dir}: split {split!r} has no images")
     return pd.DataFrame({
         "image_id": idx["image_id"].astype(str),
-        "path": [str(lcache.image_path(prepared_dir, i)) for i in idx["image_id"]],
+        "path": [str(lprepared.image_path(prepared_dir, i)) for i in idx["image_id"]],
         "orig_height": idx["height"].astype("int32"),
         "orig_width": idx["width"].astype("int32"),
     })
 
 
 def write_gt_csv(prepared_dir: str | Path, image_ids: Sequence[str], path: str | Path) -> int:
-    """Write the cache records of ``image_ids`` as a train.csv-format CSV (masks at the cached size).
+    """Write the prepared set records of ``image_ids`` as a train.csv-format CSV (masks at the prepared size).
 
     Returns the number of rows. Images without instances have no row (as in train.csv).
     """
     rows = []
     for iid in image_ids:
-        ann = lcache.read_ann(prepared_dir, iid)
+        ann = lprepared.read_ann(prepared_dir, iid)
         for inst in ann["instances"]:
             rows.append((iid, inst["rle"], int(ann["height"]), int(ann["width"]), str(inst["class_id"])))
     df = pd.DataFrame(rows, columns=["ImageId", "EncodedPixels", "Height", "Width", "ClassId"])
@@ -435,7 +435,7 @@ def batch_views(model, images: list[torch.Tensor], orig_sizes: list[tuple[int, i
 
 
 def result_rows(image_id: str, model_name: str, result: dict, orig_hw: tuple[int, int]) -> list[dict]:
-    """A :func:`predict_batch` result -> prediction-table rows (dicts with ``lib.predictions.COLUMNS``)."""
+    """A :func:`predict_batch` result -> prediction-table rows (dicts with ``lib.prediction_table.COLUMNS``)."""
     rows = []
     n, mh, mw = result["masks"].shape
     for k in range(n):

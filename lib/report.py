@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from . import data as ldata
+from . import kaggle_data as ldata
 from . import io as lio
 from . import labels as llabels
 from . import viz
@@ -36,7 +36,7 @@ def category_names(data_dir: str | Path | None = None) -> list[str]:
     p = Path(data_dir) / "label_descriptions.json" if data_dir else None
     if p is not None and p.is_file():
         return [c["name"] for c in llabels.load_labels(p).categories]
-    from .label_table import label_descriptions
+    from .label_descriptions import label_descriptions
 
     return [c["name"] for c in label_descriptions()["categories"]]
 
@@ -116,14 +116,14 @@ def write_report(report_dir: str | Path, data_dir: str | Path | None, tables: Ma
         report_dir: output folder (created).
         data_dir: Kaggle-layout dir: images from ``<data_dir>/test`` and names from its
             ``label_descriptions.json`` (either may be overridden by ``image_dir`` / ``class_names``).
-        tables: ``{name: prediction table}`` (lib.predictions format), e.g. each model and "ensemble".
+        tables: ``{name: prediction table}`` (lib.prediction_table format), e.g. each model and "ensemble".
         params: the submission's post-processing parameters (lib.submission), shown and used for overlays.
         gt_csv: train.csv-format ground truth of these images (a panel per image), or None.
         train_dirs: training out-dirs (``{name: dir}``, or dirs named after their model) for curves.png
             and val_scores.json.
         scores: ``{name: lib.submission.score_table result}`` (kaggle, AP, ..., per_class).
         n_images: images to show (a seeded sample, preferring images with ground truth).
-        image_dir: where ``<ImageId>`` files are (default ``<data_dir>/test``; a 01 cache: its ``images/``).
+        image_dir: where ``<ImageId>`` files are (default ``<data_dir>/test``; a prepared set: its ``images/``).
         extra: more key/value lines for the summary (e.g. paths of submission.csv and scores.json).
     """
     from . import submission as lsub

@@ -1,4 +1,4 @@
-"""From a prediction table (:mod:`lib.predictions`) to a checked Kaggle ``submission.csv``, and its score.
+"""From a prediction table (:mod:`lib.prediction_table`) to a checked Kaggle ``submission.csv``, and its score.
 
 Post-processing of one image (:func:`postprocess_image`), in this order:
 
@@ -50,7 +50,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from . import data as ldata
+from . import kaggle_data as ldata
 from . import labels as llabels
 from . import rle as lrle
 from .io import atomic_path, atomic_write_json, process_map, read_json
@@ -351,7 +351,7 @@ def postprocess_image(rows: pd.DataFrame, params: dict | None = None,
     """Post-process the prediction-table rows of one image (steps in the module docstring).
 
     Args:
-        rows: the rows of one image (:mod:`lib.predictions` columns).
+        rows: the rows of one image (:mod:`lib.prediction_table` columns).
         params: post-processing parameters (missing keys from :data:`POSTPROCESS_DEFAULTS`).
         out_size: (h, w) of the output masks (512x512, or the original size).
 
@@ -395,7 +395,7 @@ def build_submission(pred_table: pd.DataFrame, images: pd.DataFrame, params: dic
     """Post-process every image and encode the Kaggle submission.
 
     Args:
-        pred_table: prediction table (:mod:`lib.predictions`); rows of images
+        pred_table: prediction table (:mod:`lib.prediction_table`); rows of images
             not in ``images`` are ignored.
         images: DataFrame ``image_id, orig_height, orig_width`` listing EVERY
             test image (order kept in the output).
@@ -628,7 +628,7 @@ def load_ground_truth(gt_csv_path: str | Path, mask_size: int | None = 512, full
     """A train.csv-format CSV -> ``{image_id: (masks (N, h, w) uint8, class keys)}`` at the output size.
 
     Masks are decoded at their Height x Width and resized with
-    :func:`lib.data.resize_mask` to ``mask_size x mask_size`` (None = kept).
+    :func:`lib.kaggle_data.resize_mask` to ``mask_size x mask_size`` (None = kept).
     Class keys are categories (int), or normalised full ClassId strings with
     ``full_class_ids``. Raises ``ValueError`` listing bad rows.
     """
@@ -845,7 +845,7 @@ def list_test_images(data_dir: str | Path, progress: bool = True) -> pd.DataFram
 
     Ids come from ``sample_submission.csv`` (unique, in file order), or, if it
     is absent, from the images in ``test/``. Sizes are read from the image
-    headers (no EXIF rotation, as :func:`lib.data.read_image`). Raises
+    headers (no EXIF rotation, as :func:`lib.kaggle_data.read_image`). Raises
     ``FileNotFoundError`` listing images that are missing from ``test/``.
     """
     data_dir = Path(data_dir)

@@ -21,7 +21,7 @@ zebra, letters) on cluttered backgrounds. Masks follow the competition's convent
   front) is subtracted from earlier masks; instances with fewer than :data:`MIN_VISIBLE_PX` visible
   pixels are dropped;
 * ClassId carries attribute ids only for categories 0-12, 27, 28, 33 (``lib.labels.ATTRIBUTE_CATEGORIES``),
-  chosen BY NAME from ``lib.label_table`` to match the drawing: length (hem height), opening type,
+  chosen BY NAME from ``lib.label_descriptions`` to match the drawing: length (hem height), opening type,
   silhouette, textile pattern, waistline, manufacturing technique. The 2019 table has no neckline,
   collar or hood types, so those parts carry the silhouette symmetry ('symmetrical' / 'asymmetrical')
   the drawing shows. About 20% of images carry no attributes at all, as in the real train.csv.
@@ -64,7 +64,7 @@ from tqdm import tqdm
 
 from . import io as lio
 from . import rle as lrle
-from .label_table import ATTRIBUTES, label_descriptions
+from .label_descriptions import ATTRIBUTES, label_descriptions
 from .labels import ATTRIBUTE_CATEGORIES, N_CATEGORIES, format_class_id
 
 __all__ = [
@@ -100,11 +100,11 @@ _ATTRIBUTE_IDS = {row[1]: row[0] for row in ATTRIBUTES}
 
 
 def attribute_id(name: str) -> int:
-    """Attribute id for its exact name in ``lib.label_table.ATTRIBUTES`` (KeyError naming it if unknown)."""
+    """Attribute id for its exact name in ``lib.label_descriptions.ATTRIBUTES`` (KeyError naming it if unknown)."""
     try:
         return _ATTRIBUTE_IDS[name]
     except KeyError:
-        raise KeyError(f"attribute {name!r} is not in lib.label_table.ATTRIBUTES") from None
+        raise KeyError(f"attribute {name!r} is not in lib.label_descriptions.ATTRIBUTES") from None
 
 
 # Hem height (head units from the top of the head, sole at 8) for each length attribute.

@@ -48,12 +48,12 @@ def synthetic_data_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def prepared_cache(synthetic_data_dir, tmp_path_factory) -> Path:
+def prepared_set(synthetic_data_dir, tmp_path_factory) -> Path:
     """01 cache of the tiny synthetic set (long side 160, 30% val so both splits are populated)."""
-    from lib import prepare
+    from lib import prepared
 
     out = tmp_path_factory.mktemp("prepared") / "prepared"
-    prepare.prepare_dataset(synthetic_data_dir, out, long_side=TINY_LONG_SIDE, val_fraction=0.3, seed=0,
+    prepared.prepare_dataset(synthetic_data_dir, out, long_side=TINY_LONG_SIDE, val_fraction=0.3, seed=0,
                             workers=1, progress=False)
     return out
 

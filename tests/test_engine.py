@@ -1,6 +1,6 @@
 """lib/engine.py and the training scripts 02/03/04: outputs, checkpoints, resume, NaN stop, DDP, overfitting.
 
-Quick tests train one or two tiny epochs (2 steps, light models, small images) on the conftest cache.
+Quick tests train one or two tiny epochs (2 steps, light models, small images) on the conftest prepared set.
 Slow tests (``-m slow``) check that each model overfits a handful of synthetic images from scratch on CPU.
 """
 import importlib.util
@@ -17,12 +17,12 @@ import pandas as pd
 import pytest
 import torch
 
-from lib import cache as lcache
+from lib import prepared as lprepared
 from lib import checkpoint as lcheckpoint
 from lib import cli, engine, runtime
 from lib import io as lio
 from lib import rle as lrle
-from lib.dataset import CacheDataset, build_transforms
+from lib.training_data import PreparedDataset, build_transforms
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = {"unet": "02_train_unet.py", "maskrcnn": "03_train_maskrcnn.py", "deepmac": "04_train_deepmac.py"}
@@ -62,10 +62,10 @@ def _run(arch, cache, out, *extra):
 
 # --------------------------------------------------------------------------------------------- quick runs
 @pytest.mark.parametrize("arch", ["unet", "maskrcnn", "deepmac"])
-def test_one_tiny_epoch_writes_everything_and_checkpoint_rebuilds_model(arch, prepared_cache, tmp_path):
+def test_one_tiny_epoch_writes_everything_and_checkpoint_rebuilds_model(arch, prepared_set, tmp_path):
     out = tmp_path / arch
     extra = {"deepmac": ["--mask-classes", "garments"], "unet": ["--channels-last"]}.get(arch, [])
-    assert _run(arch, prepared_cache, out, *extra) == 0
+    assert _run(arch, prepared_set, out, *extra) == 0
     for name in ("checkpoint.pth", "best.pth", "metrics.jsonl", "curves.png", "meta.json", "val_scores.json"):
         assert (out / name).is_file(), name
     recs = lio.read_jsonl(out / "metrics.jsonl")
@@ -91,7 +91,7 @@ def test_one_tiny_epoch_writes_everything_and_checkpoint_rebuilds_model(arch, pr
     raw = torch.load(out / "checkpoint.pth", map_location="cpu", weights_only=True)
     assert raw["format"] == lcheckpoint.CHECKPOINT_FORMAT and raw["epoch"] == 1 and raw["global_step"] == 2
     assert raw["config"]["num_classes"] == 47 and len(raw["labels"]) == 46
-    assert raw["args"]["prepared_dir"] == str(prepared_cache) and raw["scaler"] is None
+    assert raw["args"]["prepared_dir"] == str(prepared_set) and raw["scaler"] is None
     assert raw["args"]["channels_last"] == (arch == "unet")
     assert {"optimizer", "scheduler", "rng", "best_score", "metrics"} <= set(raw)
     if arch == "deepmac":
@@ -100,21 +100,21 @@ def test_one_tiny_epoch_writes_everything_and_checkpoint_rebuilds_model(arch, pr
     assert not model.training and ck["arch"] == arch
     for k, v in model.state_dict().items():
         assert torch.equal(v, raw["model"][k]), k
-    image, _ = CacheDataset(prepared_cache, "val", build_transforms(False))[0]
+    image, _ = PreparedDataset(prepared_set, "val", build_transforms(False))[0]
     with torch.no_grad():
         pred = model([image.as_subclass(torch.Tensor)])[0]
     n = pred["boxes"].shape[0]
     assert pred["masks"].shape == (n, 1, *image.shape[-2:]) and pred["labels"].shape == (n,)
 
 
-def test_resume_gives_the_same_weights_as_an_uninterrupted_run(prepared_cache, tmp_path):
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(prepared_set, tmp_path):
     common = ["--epochs", "2", "--val-every", "0", "--warmup-steps", "2", "--schedule", "cosine", "--lr", "1e-3",
               "--seed", "3"]
-    _run("maskrcnn", prepared_cache, tmp_path / "full", *common)
-    _run("maskrcnn", prepared_cache, tmp_path / "split", *common, "--stop-after-epoch", "1")
+    _run("maskrcnn", prepared_set, tmp_path / "full", *common)
+    _run("maskrcnn", prepared_set, tmp_path / "split", *common, "--stop-after-epoch", "1")
     meta = lio.read_json(tmp_path / "split" / "meta.json")
     assert meta["status"] == "stopped" and meta["epochs_done"] == 1
-    _run("maskrcnn", prepared_cache, tmp_path / "split", *common, "--resume", "auto")
+    _run("maskrcnn", prepared_set, tmp_path / "split", *common, "--resume", "auto")
     a = torch.load(tmp_path / "full" / "checkpoint.pth", weights_only=True)
     b = torch.load(tmp_path / "split" / "checkpoint.pth", weights_only=True)
     assert a["epoch"] == b["epoch"] == 2 and a["global_step"] == b["global_step"] == 4
@@ -128,9 +128,9 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(prepared_cache, t
     assert lio.read_json(tmp_path / "split" / "meta.json")["status"] == "done"
 
 
-def test_keep_epochs_saves_model_epoch_checkpoints(prepared_cache, tmp_path):
+def test_keep_epochs_saves_model_epoch_checkpoints(prepared_set, tmp_path):
     out = tmp_path / "run"
-    _run("unet", prepared_cache, out, "--epochs", "3", "--max-steps-per-epoch", "1", "--val-every", "0",
+    _run("unet", prepared_set, out, "--epochs", "3", "--max-steps-per-epoch", "1", "--val-every", "0",
          "--keep-epochs", "1", "3")
     assert sorted(p.name for p in out.glob("model_*.pth")) == ["model_1.pth", "model_3.pth"]
     meta = lio.read_json(out / "meta.json")
@@ -169,20 +169,20 @@ def _patch_forward(monkeypatch, on_call: int, action):
     monkeypatch.setattr(lmodels, "build_model", build)
 
 
-def test_resume_from_a_mid_epoch_checkpoint(prepared_cache, tmp_path, monkeypatch):
+def test_resume_from_a_mid_epoch_checkpoint(prepared_set, tmp_path, monkeypatch):
     common = ["--epochs", "2", "--val-every", "0", "--warmup-steps", "2", "--lr", "1e-3", "--seed", "5"]
-    _run("unet", prepared_cache, tmp_path / "full", *common)
+    _run("unet", prepared_set, tmp_path / "full", *common)
 
     def crash(losses):
         raise RuntimeError("simulated crash")
 
     _patch_forward(monkeypatch, 4, crash)  # epoch 2, step 2
     with pytest.raises(RuntimeError, match="simulated crash"):
-        _run("unet", prepared_cache, tmp_path / "split", *common, "--checkpoint-every-steps", "1")
+        _run("unet", prepared_set, tmp_path / "split", *common, "--checkpoint-every-steps", "1")
     monkeypatch.undo()
     mid = torch.load(tmp_path / "split" / "checkpoint.pth", weights_only=True)
     assert (mid["epoch"], mid["iter_in_epoch"], mid["global_step"]) == (1, 1, 3)
-    _run("unet", prepared_cache, tmp_path / "split", *common, "--resume", "auto")
+    _run("unet", prepared_set, tmp_path / "split", *common, "--resume", "auto")
     a = torch.load(tmp_path / "full" / "checkpoint.pth", weights_only=True)
     b = torch.load(tmp_path / "split" / "checkpoint.pth", weights_only=True)
     assert b["global_step"] == 4 and b["epoch"] == 2
@@ -190,9 +190,9 @@ def test_resume_from_a_mid_epoch_checkpoint(prepared_cache, tmp_path, monkeypatc
         assert torch.allclose(v.float(), b["model"][k].float(), atol=1e-6, rtol=0), k
 
 
-def test_nan_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(prepared_cache, tmp_path, monkeypatch):
+def test_nan_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(prepared_set, tmp_path, monkeypatch):
     out = tmp_path / "run"
-    _run("unet", prepared_cache, out, "--val-every", "0", "--epochs", "2", "--stop-after-epoch", "1")
+    _run("unet", prepared_set, out, "--val-every", "0", "--epochs", "2", "--stop-after-epoch", "1")
     before = (out / "checkpoint.pth").read_bytes()
 
     def to_nan(losses):
@@ -201,7 +201,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(prepared_c
 
     _patch_forward(monkeypatch, 2, to_nan)
     with pytest.raises(FloatingPointError, match=r"epoch 2, step 2 .*global step 4.*loss=nan.*loss_") as e:
-        _run("unet", prepared_cache, out, "--val-every", "0", "--epochs", "2", "--resume", "auto")
+        _run("unet", prepared_set, out, "--val-every", "0", "--epochs", "2", "--resume", "auto")
     assert "checkpoint.pth" in str(e.value)
     monkeypatch.undo()
     assert (out / "checkpoint.pth").read_bytes() == before
@@ -229,8 +229,8 @@ class _GroundTruthModel(torch.nn.Module):
         return outs
 
 
-def test_evaluate_scores_perfect_and_empty_predictions(prepared_cache):
-    ds = CacheDataset(prepared_cache, "val", build_transforms(False))
+def test_evaluate_scores_perfect_and_empty_predictions(prepared_set):
+    ds = PreparedDataset(prepared_set, "val", build_transforms(False))
     res = engine.evaluate(_GroundTruthModel(ds), ds, torch.device("cpu"), progress=False)
     assert res["num_images"] == len(ds) and res["kaggle"] == pytest.approx(1.0)
     assert res["coco"]["AP"] == pytest.approx(1.0)
@@ -277,18 +277,18 @@ def test_train_step_reads_losses_once_and_stops_before_a_bad_update():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("arch", ["unet", "maskrcnn", "deepmac"])
-def test_cuda_bf16_tiny_epoch(arch, prepared_cache, tmp_path):
-    _run(arch, prepared_cache, tmp_path / arch, "--device", "cuda", "--amp", "auto")
+def test_cuda_bf16_tiny_epoch(arch, prepared_set, tmp_path):
+    _run(arch, prepared_set, tmp_path / arch, "--device", "cuda", "--amp", "auto")
     meta = lio.read_json(tmp_path / arch / "meta.json")
     assert meta["device"].startswith("cuda") and meta["amp"] == "bfloat16"
     model, _ = lcheckpoint.load_checkpoint(tmp_path / arch / "checkpoint.pth")
     assert all(p.device.type == "cpu" for p in model.parameters())
 
 
-def test_ddp_two_processes_gloo_cpu(prepared_cache, tmp_path):
+def test_ddp_two_processes_gloo_cpu(prepared_set, tmp_path):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(REPO / SCRIPTS["maskrcnn"]), "--prepared-dir", str(prepared_cache), "--out-dir", str(out),
+           str(REPO / SCRIPTS["maskrcnn"]), "--prepared-dir", str(prepared_set), "--out-dir", str(out),
            "--workers", "0", "--batch-size", "1", "--max-steps-per-epoch", "2", "--epochs", "1",
            "--log-every", "1", "--max-val-images", "1", "--device", "cpu", "--threads", "1", *TINY_MODEL["maskrcnn"]]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
@@ -309,11 +309,11 @@ def test_ddp_two_processes_gloo_cpu(prepared_cache, tmp_path):
 
 # --------------------------------------------------------------------------------------------- overfitting
 OVERFIT_IMAGES = 3  # training images with the fewest large instances
-OVERFIT_MIN_AREA = 300  # px at the cache's 160 px long side; smaller instances are removed
+OVERFIT_MIN_AREA = 300  # px at the prepared set's 160 px long side; smaller instances are removed
 
 
-def large_instance_cache(src: Path, dst: Path, n_images: int, min_area: int, repeat: int) -> list[str]:
-    """A derived cache of ``n_images`` train images keeping only instances of >= ``min_area`` pixels.
+def large_instance_set(src: Path, dst: Path, n_images: int, min_area: int, repeat: int) -> list[str]:
+    """A derived prepared set of ``n_images`` train images keeping only instances of >= ``min_area`` pixels.
 
     The chosen images are both the train split (listed ``repeat`` times, so an epoch is ``repeat`` passes)
     and the val split, so the engine's validation measures how well the model fits them.
@@ -322,10 +322,10 @@ def large_instance_cache(src: Path, dst: Path, n_images: int, min_area: int, rep
     shutil.copytree(src / "images", dst / "images")
     shutil.copy(src / "meta.json", dst / "meta.json")
     rows = []
-    for _, r in lcache.load_index(src, "train").iterrows():
-        ann = lcache.read_ann(src, r["image_id"])
+    for _, r in lprepared.load_index(src, "train").iterrows():
+        ann = lprepared.read_ann(src, r["image_id"])
         keep = [a for a in ann["instances"] if lrle.area(a["rle"]) >= min_area]
-        lio.atomic_write_json(lcache.ann_path(dst, r["image_id"]), dict(ann, instances=keep))
+        lio.atomic_write_json(lprepared.ann_path(dst, r["image_id"]), dict(ann, instances=keep))
         rows.append(dict(r, num_instances=len(keep),
                          categories=" ".join(str(c) for c in sorted({a["category"] for a in keep}))))
     df = pd.DataFrame(rows)
@@ -360,17 +360,17 @@ def _untrained_score(arch, args, cache) -> float:
     overrides = {k: v for k, v in mod.model_overrides(args).items() if v is not None}
     runtime.seed_everything(args.seed)
     model = build_model(default_config(arch, **overrides))
-    ds = CacheDataset(cache, "val", build_transforms(False))
+    ds = PreparedDataset(cache, "val", build_transforms(False))
     return engine.evaluate(model, ds, torch.device("cpu"), score_thresh=args.val_score_thresh,
                            progress=False)["kaggle"]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", ["unet", "maskrcnn", "deepmac"])
-def test_overfits_a_few_images(arch, prepared_cache, tmp_path):
+def test_overfits_a_few_images(arch, prepared_set, tmp_path):
     cfg = OVERFIT[arch]
     cache = tmp_path / "cache"
-    ids = large_instance_cache(prepared_cache, cache, OVERFIT_IMAGES, OVERFIT_MIN_AREA, repeat=cfg["repeat"])
+    ids = large_instance_set(prepared_set, cache, OVERFIT_IMAGES, OVERFIT_MIN_AREA, repeat=cfg["repeat"])
     out = tmp_path / "out"
     args = _script(arch).get_args_parser().parse_args(
         ["--prepared-dir", str(cache), "--out-dir", str(out), "--workers", "0", "--no-hflip", "--color-jitter", "0",
@@ -452,32 +452,32 @@ def _kill_then_resume(arch, cache, tmp_path, delay, launcher=()):
 
 @pytest.mark.parametrize("arch", ["unet", pytest.param("maskrcnn", marks=pytest.mark.long),
                                   pytest.param("deepmac", marks=pytest.mark.long)])
-def test_sigkill_during_training_then_rerun_equals_an_uninterrupted_run(arch, prepared_cache, tmp_path):
+def test_sigkill_during_training_then_rerun_equals_an_uninterrupted_run(arch, prepared_set, tmp_path):
     ref = tmp_path / "ref"
-    _reference_run(arch, prepared_cache, ref)
-    out, step = _kill_then_resume(arch, prepared_cache, tmp_path, delay=0.2)
+    _reference_run(arch, prepared_set, ref)
+    out, step = _kill_then_resume(arch, prepared_set, tmp_path, delay=0.2)
     _assert_same_training(ref, out, atol=1e-6)
     print(f"{arch}: killed with the checkpoint at step {step}, resumed, same result as uninterrupted")
 
 
 @pytest.mark.long
-def test_sigkill_during_torchrun_training_then_rerun_equals_an_uninterrupted_run(prepared_cache, tmp_path):
+def test_sigkill_during_torchrun_training_then_rerun_equals_an_uninterrupted_run(prepared_set, tmp_path):
     launcher = ("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2")
     ref = tmp_path / "ref"
-    r = run_stage(_train_cmd("unet", prepared_cache, ref, launcher=launcher))
+    r = run_stage(_train_cmd("unet", prepared_set, ref, launcher=launcher))
     assert r.returncode == 0, r.stderr[-3000:]
-    out, step = _kill_then_resume("unet", prepared_cache, tmp_path, delay=0.5, launcher=launcher)
+    out, step = _kill_then_resume("unet", prepared_set, tmp_path, delay=0.5, launcher=launcher)
     assert torch.load(out / "checkpoint.pth", weights_only=True)["world_size"] == 2
     _assert_same_training(ref, out, atol=1e-6)
     print(f"torchrun x2: killed with the checkpoint at step {step}, resumed, same result as uninterrupted")
 
 
-def test_resume_drops_log_records_after_the_checkpoint(prepared_cache, tmp_path):
+def test_resume_drops_log_records_after_the_checkpoint(prepared_set, tmp_path):
     """What a kill between a log write and the next checkpoint leaves: records past the checkpoint, a torn
     last line, val history of an epoch not in the checkpoint, a temporary file. A resume cleans them up."""
     out = tmp_path / "run"
     common = ["--epochs", "2", "--val-every", "1", "--seed", "3", "--max-val-images", "1"]
-    _run("unet", prepared_cache, out, *common, "--stop-after-epoch", "1")
+    _run("unet", prepared_set, out, *common, "--stop-after-epoch", "1")
     good = (out / "metrics.jsonl").read_text()
     lio.append_jsonl(out / "metrics.jsonl", {"kind": "train", "epoch": 2, "iter": 1, "step": 3, "loss": 9.0})
     with open(out / "metrics.jsonl", "a") as f:
@@ -485,7 +485,7 @@ def test_resume_drops_log_records_after_the_checkpoint(prepared_cache, tmp_path)
     vs = lio.read_json(out / "val_scores.json")
     lio.atomic_write_json(out / "val_scores.json", dict(vs, history=vs["history"] + [{"epoch": 2, "kaggle": 0.5}]))
     (out / ".tmp.checkpoint.abc.pth").write_bytes(b"half a checkpoint")
-    _run("unet", prepared_cache, out, *common, "--resume", "auto")
+    _run("unet", prepared_set, out, *common, "--resume", "auto")
     recs = lio.read_jsonl(out / "metrics.jsonl")
     assert (out / "metrics.jsonl").read_text().startswith(good)
     assert [r["step"] for r in recs if r["kind"] == "train"] == [1, 2, 3, 4]
@@ -494,11 +494,11 @@ def test_resume_drops_log_records_after_the_checkpoint(prepared_cache, tmp_path)
     assert not (out / ".tmp.checkpoint.abc.pth").exists()
 
 
-def test_disk_full_during_training_keeps_the_last_checkpoint(prepared_cache, tmp_path):
+def test_disk_full_during_training_keeps_the_last_checkpoint(prepared_set, tmp_path):
     out = tmp_path / "run"
-    _reference_run("unet", prepared_cache, out, "--stop-after-epoch", "1")
+    _reference_run("unet", prepared_set, out, "--stop-after-epoch", "1")
     before = (out / "checkpoint.pth").read_bytes()
-    r = run_stage(_train_cmd("unet", prepared_cache, out, "--checkpoint-every-steps", "0"),
+    r = run_stage(_train_cmd("unet", prepared_set, out, "--checkpoint-every-steps", "0"),
                   preexec_fn=file_size_limit(2 * 2**20))
     assert r.returncode != 0
     assert re.search(r"\n\w*Error: .*cannot write checkpoint .*checkpoint.pth: \[Errno 27\] File too large"
@@ -506,21 +506,21 @@ def test_disk_full_during_training_keeps_the_last_checkpoint(prepared_cache, tmp
     assert (out / "checkpoint.pth").read_bytes() == before
     assert not [p.name for p in out.iterdir() if p.name.startswith(".tmp.")]
     lcheckpoint.read_checkpoint(out / "checkpoint.pth")
-    r = run_stage(_train_cmd("unet", prepared_cache, out, "--checkpoint-every-steps", "0"))  # space again
+    r = run_stage(_train_cmd("unet", prepared_set, out, "--checkpoint-every-steps", "0"))  # space again
     assert r.returncode == 0, r.stderr[-3000:]
     assert lio.read_json(out / "meta.json")["status"] == "done"
 
 
-def test_read_only_out_dir_stops_training_with_a_clear_error(prepared_cache, tmp_path):
+def test_read_only_out_dir_stops_training_with_a_clear_error(prepared_set, tmp_path):
     if not read_only_dirs_work(tmp_path):
         pytest.skip("directory permissions do not bind this user here (root without a droppable "
                     "CAP_DAC_OVERRIDE)")
     out = tmp_path / "run"
-    _reference_run("unet", prepared_cache, out, "--stop-after-epoch", "1")
+    _reference_run("unet", prepared_set, out, "--stop-after-epoch", "1")
     before = snapshot_files(out)
     out.chmod(0o555)
     try:
-        r = run_stage(_train_cmd("unet", prepared_cache, out, "--checkpoint-every-steps", "0"),
+        r = run_stage(_train_cmd("unet", prepared_set, out, "--checkpoint-every-steps", "0"),
                       preexec_fn=without_root_override())
     finally:
         out.chmod(0o755)
@@ -530,9 +530,9 @@ def test_read_only_out_dir_stops_training_with_a_clear_error(prepared_cache, tmp
     assert snapshot_files(out) == before
 
 
-def test_a_modified_weight_in_a_real_checkpoint_is_refused(prepared_cache, tmp_path):
+def test_a_modified_weight_in_a_real_checkpoint_is_refused(prepared_set, tmp_path):
     out = tmp_path / "run"
-    _run("unet", prepared_cache, out, "--val-every", "0")
+    _run("unet", prepared_set, out, "--val-every", "0")
     raw = torch.load(out / "checkpoint.pth", weights_only=True)
     name = next(k for k, v in raw["model"].items() if v.is_floating_point() and v.numel() > 100)
     raw["model"][name].view(-1)[7] += 1.0  # a silent edit: torch.load alone cannot tell
@@ -579,11 +579,11 @@ def test_no_pickle_anywhere_and_every_torch_load_is_weights_only():
     assert n_loads >= 5
 
 
-def test_same_seed_gives_the_same_first_epoch_losses_on_cpu(prepared_cache, tmp_path):
+def test_same_seed_gives_the_same_first_epoch_losses_on_cpu(prepared_set, tmp_path):
     common = ["--val-every", "0", "--max-steps-per-epoch", "3", "--warmup-steps", "1", "--lr", "1e-3"]
     runs = {}
     for name, seed in (("a", "5"), ("b", "5"), ("c", "6")):
-        _run("unet", prepared_cache, tmp_path / name, *common, "--seed", seed)
+        _run("unet", prepared_set, tmp_path / name, *common, "--seed", seed)
         runs[name] = [r["loss"] for r in lio.read_jsonl(tmp_path / name / "metrics.jsonl") if r["kind"] == "train"]
     assert len(runs["a"]) == 3 and runs["a"] == runs["b"]  # bit-identical
     assert runs["c"] != runs["a"]
@@ -593,16 +593,16 @@ def test_same_seed_gives_the_same_first_epoch_losses_on_cpu(prepared_cache, tmp_
 
 
 @pytest.mark.parametrize("arch", ["unet", "maskrcnn", "deepmac"])
-def test_channels_last_model_trains_like_the_default_layout(arch, prepared_cache):
+def test_channels_last_model_trains_like_the_default_layout(arch, prepared_set):
     """--channels-last: the same weights in NHWC layout give the same losses and the same update (fp32)."""
     from lib import models as lmodels
-    from lib.dataset import collate_fn
+    from lib.training_data import collate_fn
 
     cfg = {"unet": dict(encoder="resnet18", min_size=64, max_size=64, decoder_channels=[32, 16, 16, 8, 8]),
            "maskrcnn": dict(backbone="resnet18", min_size=64, max_size=64),
            "deepmac": dict(backbone="resnet18", min_size=64, max_size=64, mask_head_width=16, mask_head_depth=2,
                            mask_head_stacks=1, mask_roi_size=16)}[arch]
-    ds = CacheDataset(prepared_cache, "train", build_transforms(False))
+    ds = PreparedDataset(prepared_set, "train", build_transforms(False))
     images, targets = engine._to_device(*collate_fn([ds[0], ds[1]]), torch.device("cpu"))
     results = []
     for channels_last in (False, True):
@@ -632,11 +632,11 @@ def test_channels_last_model_trains_like_the_default_layout(arch, prepared_cache
 
 
 @pytest.mark.parametrize("arch", ["unet", "maskrcnn", "deepmac"])
-def test_bf16_autocast_train_step_on_cpu(arch, prepared_cache):
+def test_bf16_autocast_train_step_on_cpu(arch, prepared_set):
     """The bf16 autocast step the engine takes on CUDA (--amp auto there), run on the CPU: finite losses
     (attribute head included) and an update of the weights."""
     from lib import models as lmodels
-    from lib.dataset import collate_fn
+    from lib.training_data import collate_fn
 
     cfg = {"unet": dict(encoder="resnet18", min_size=96, max_size=96, decoder_channels=[32, 16, 16, 8, 8]),
            "maskrcnn": dict(backbone="resnet18", min_size=96, max_size=96, attr_head=True,
@@ -645,7 +645,7 @@ def test_bf16_autocast_train_step_on_cpu(arch, prepared_cache):
                            mask_head_stacks=1, mask_roi_size=16)}[arch]
     torch.manual_seed(0)
     model = lmodels.build_model(lmodels.default_config(arch, **cfg)).train()
-    ds = CacheDataset(prepared_cache, "train", build_transforms(True))
+    ds = PreparedDataset(prepared_set, "train", build_transforms(True))
     images, targets = collate_fn([ds[0], ds[1]])
     images, targets = engine._to_device(images, targets, torch.device("cpu"))
     params = [p for p in model.parameters() if p.requires_grad]

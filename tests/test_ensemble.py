@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lib import predictions as lpred
+from lib import prediction_table as lpred
 from lib import rle as lrle
 from lib import submission as lsub
 from lib.ensemble import combinations, load_combination, tune_ensemble, weight_vectors

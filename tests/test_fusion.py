@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from lib import predictions as lpred
+from lib import prediction_table as lpred
 from lib.fusion import ensemble_tables, fuse_instances, masks_to_boxes
 
 REPO = Path(__file__).resolve().parents[1]

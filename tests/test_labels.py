@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from lib import label_table, labels
+from lib import label_descriptions, labels
 
 
 def test_real_label_file_loads(shared_data):
@@ -15,7 +15,7 @@ def test_real_label_file_loads(shared_data):
 
 def test_embedded_table_equals_real_file(shared_data):
     real = json.loads((shared_data / "imaterialist2019" / "label_descriptions.json").read_text())
-    assert label_table.label_descriptions() == real
+    assert label_descriptions.label_descriptions() == real
 
 
 @pytest.mark.parametrize("cid, want", [

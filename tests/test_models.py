@@ -433,11 +433,11 @@ def test_attr_head_config_and_targets_are_checked():
 
 
 @pytest.mark.slow
-def test_attr_head_learns_synthetic_attributes(prepared_cache):
+def test_attr_head_learns_synthetic_attributes(prepared_set):
     """A few steps on the synthetic 01 cache lower loss_attr on the same batch."""
-    from lib.dataset import CacheDataset, build_transforms
+    from lib.training_data import PreparedDataset, build_transforms
 
-    ds = CacheDataset(prepared_cache, "train", build_transforms(False))
+    ds = PreparedDataset(prepared_set, "train", build_transforms(False))
     items = [ds[i] for i in range(len(ds))]
     items = [it for it in items if it[1]["attributes"].sum() > 0][:2]
     assert len(items) == 2

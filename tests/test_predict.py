@@ -17,7 +17,7 @@ from conftest import REAL_TEST, REPO
 from lib import checkpoint as lcheckpoint
 from lib import models as lmodels
 from lib import predict as lpredict
-from lib import predictions as lpred
+from lib import prediction_table as lpred
 
 
 def _load_script(name: str):
@@ -409,16 +409,16 @@ def test_05_stop_after_then_continue(tmp_path, tiny_maskrcnn, synthetic_data_dir
     assert (out / "shards" / "images-0-00001.parquet").exists()
 
 
-def test_05_on_the_cache_val_split_writes_gt(tmp_path, tiny_maskrcnn, prepared_cache):
-    from lib import cache as lcache
+def test_05_on_the_cache_val_split_writes_gt(tmp_path, tiny_maskrcnn, prepared_set):
+    from lib import prepared as lprepared
     from lib import submission as lsub
 
     out = tmp_path / "val"
-    PREDICT.main(_args(checkpoints=[tiny_maskrcnn], prepared_dir=prepared_cache, split="val", out_dir=out,
+    PREDICT.main(_args(checkpoints=[tiny_maskrcnn], prepared_dir=prepared_set, split="val", out_dir=out,
                        workers=1, batch_size=2, names=["mr"], score_floor=0.0, mask_size=0, no_progress=True,
                        channels_last=True))
     assert json.loads((out / "meta.json").read_text())["args"]["channels_last"] is True
-    val = lcache.load_index(prepared_cache, "val")
+    val = lprepared.load_index(prepared_set, "val")
     images = pd.read_parquet(out / "images.parquet")
     assert list(images["image_id"]) == list(val["image_id"])
     assert list(images["orig_height"]) == list(val["height"])

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from lib import io as lio
-from lib import predictions as lpred
+from lib import prediction_table as lpred
 from lib import rle as lrle
 from lib import viz
 from lib.report import category_names, train_dirs_from_predictions, write_report

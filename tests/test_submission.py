@@ -15,10 +15,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import fuzz_sizes, run_stage, snapshot_files
-from lib import predictions as lpred
+from lib import prediction_table as lpred
 from lib import rle as lrle
 from lib import submission as lsub
-from lib.data import SUBMISSION_COLUMNS, resize_mask
+from lib.kaggle_data import SUBMISSION_COLUMNS, resize_mask
 from lib.labels import parse_class_id
 
 REPO = Path(__file__).resolve().parents[1]
@@ -508,7 +508,7 @@ def test_make_submission_script_end_to_end(tmp_path, capsys):
 
 def test_image_sizes_from_headers_match_decoded_real_images(tmp_path):
     """Sizes come from the file headers; they must be the stored pixel array's (no EXIF rotation)."""
-    from lib.data import read_image
+    from lib.kaggle_data import read_image
 
     shared = REPO.parent / "shared" / "data" / "real_samples"
     files = sorted((shared / "imaterialist2019_test").glob("*.jpg")) + sorted(

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from lib import rle, synthetic
-from lib.label_table import ATTRIBUTES, label_descriptions
+from lib.label_descriptions import ATTRIBUTES, label_descriptions
 from lib.labels import ATTRIBUTE_CATEGORIES, parse_class_id
 
 SMALL = dict(n_train=6, n_test=2, seed=0, min_side=160, max_side=256, progress=False)

@@ -289,9 +289,9 @@ def _train(arch, cache, out, *extra):
 
 
 @pytest.mark.parametrize("arch", ["unet", "maskrcnn"])
-def test_scripts_start_from_a_backbone_file_and_record_it(arch, files, prepared_cache, tmp_path, capsys):
+def test_scripts_start_from_a_backbone_file_and_record_it(arch, files, prepared_set, tmp_path, capsys):
     extra = [] if arch == "unet" else ["--backbone", "resnet18"]
-    meta, ck = _train(arch, prepared_cache, tmp_path / arch, "--weights-backbone", str(files["resnet18"]), *extra)
+    meta, ck = _train(arch, prepared_set, tmp_path / arch, "--weights-backbone", str(files["resnet18"]), *extra)
     assert f"--weights-backbone {files['resnet18']}: " in capsys.readouterr().out
     init = meta["init"]
     assert init["flag"] == "--weights-backbone" and init["file"] == str(files["resnet18"])
@@ -305,8 +305,8 @@ def test_scripts_start_from_a_backbone_file_and_record_it(arch, files, prepared_
             assert torch.equal(ck["model"][prefix + k], v), k
 
 
-def test_deepmac_script_starts_from_the_coco_file(files, prepared_cache, tmp_path):
-    meta, ck = _train("deepmac", prepared_cache, tmp_path / "dm", "--weights", str(files["coco"]),
+def test_deepmac_script_starts_from_the_coco_file(files, prepared_set, tmp_path):
+    meta, ck = _train("deepmac", prepared_set, tmp_path / "dm", "--weights", str(files["coco"]),
                       "--backbone", "resnet50")
     state = torch.load(files["coco"], weights_only=True)
     assert meta["init"]["kind"] == "coco" and meta["init"]["num_loaded"] == 291
@@ -318,11 +318,11 @@ def test_deepmac_script_starts_from_the_coco_file(files, prepared_cache, tmp_pat
     assert any(isinstance(m, misc_nn_ops.FrozenBatchNorm2d) for m in model.modules())
 
 
-def test_fine_tuning_from_our_checkpoint_through_the_script(prepared_cache, tmp_path):
+def test_fine_tuning_from_our_checkpoint_through_the_script(prepared_set, tmp_path):
     first = tmp_path / "first"
-    _, ck1 = _train("maskrcnn", prepared_cache, first, "--backbone", "resnet18", "--lr", "1e-3")
+    _, ck1 = _train("maskrcnn", prepared_set, first, "--backbone", "resnet18", "--lr", "1e-3")
     # no model flags: the checkpoint's model config is kept (resnet18, its sizes); every tensor loads
-    meta, ck2 = _train("maskrcnn", prepared_cache, tmp_path / "second", "--weights", str(first / "best.pth"),
+    meta, ck2 = _train("maskrcnn", prepared_set, tmp_path / "second", "--weights", str(first / "best.pth"),
                        "--min-size", "64", "--max-size", "64")
     assert meta["config"]["backbone"] == "resnet18" and meta["init"]["kind"] == "checkpoint"
     assert meta["init"]["fresh"] == [] and meta["init"]["num_loaded"] == len(ck1["model"])
@@ -333,7 +333,7 @@ def test_fine_tuning_from_our_checkpoint_through_the_script(prepared_cache, tmp_
         assert torch.equal(ck2["model"][k], ck1["model"][k]), k
     with pytest.raises(ValueError, match="differs from the checkpoint's beyond the class-count layers "
                                          r"\(backbone: 'resnet34' here, 'resnet18' in the checkpoint\)"):
-        _train("maskrcnn", prepared_cache, tmp_path / "third", "--weights", str(first / "best.pth"),
+        _train("maskrcnn", prepared_set, tmp_path / "third", "--weights", str(first / "best.pth"),
                "--backbone", "resnet34")
     with pytest.raises(ValueError, match="a checkpoint of arch 'maskrcnn'; --weights needs a 'deepmac'"):
-        _train("deepmac", prepared_cache, tmp_path / "fourth", "--weights", str(first / "best.pth"))
+        _train("deepmac", prepared_set, tmp_path / "fourth", "--weights", str(first / "best.pth"))

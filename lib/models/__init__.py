@@ -6,7 +6,7 @@ A config is a flat JSON-serialisable dict holding ``arch`` and every setting of 
 Every model: ``forward(images, targets=None)`` with ``images`` a list of ``(3, H, W)`` float32 tensors in
 0..1 (sizes may differ) and ``targets`` a list of dicts ``boxes (N, 4)`` float32 x1y1x2y2, ``labels (N,)``
 int64 = category + 1, ``masks (N, H, W)`` uint8 (N may be 0); detectors with ``attr_head`` also need
-``attributes (N, num_attributes)`` multi-hot (float32 or uint8, as ``lib.dataset.CacheDataset`` gives).
+``attributes (N, num_attributes)`` multi-hot (float32 or uint8, as ``lib.training_data.PreparedDataset`` gives).
 
 - train mode: ``dict[str, scalar Tensor]`` of losses (the total is their sum); ``loss_attr`` with
   ``attr_head``;

@@ -301,7 +301,7 @@ class MaskSubsetRoIHeads(RoIHeads):
             if a is None:
                 raise ValueError(
                     f"attr_head needs targets[{i}]['attributes'] ((N, {n_attr}) multi-hot per instance, as "
-                    "lib/dataset.py CacheDataset gives); the target has only " + ", ".join(sorted(t)))
+                    "lib/training_data.py PreparedDataset gives); the target has only " + ", ".join(sorted(t)))
             if a.shape != (t["labels"].shape[0], n_attr):
                 raise ValueError(f"targets[{i}]['attributes'] must have shape ({t['labels'].shape[0]}, {n_attr}) "
                                  f"(instances x attributes), got {tuple(a.shape)}")

@@ -1,4 +1,4 @@
-"""lib/dataset.py: items from the 01 cache, v2 transforms, collate and the seeded loader."""
+"""lib/training_data.py: items from the prepared set, v2 transforms, collate and the seeded loader."""
 import shutil
 
 import numpy as np
@@ -6,19 +6,19 @@ import pytest
 import torch
 from torchvision import tv_tensors
 
-from lib import cache as lcache
-from lib.data import read_image
-from lib.dataset import (BoxesFromMasks, CacheDataset, EpochSampler, build_transforms, collate_fn, instance_fields,
+from lib import prepared as lprepared
+from lib.kaggle_data import read_image
+from lib.training_data import (BoxesFromMasks, PreparedDataset, EpochSampler, build_transforms, collate_fn, instance_fields,
                          make_loader, masks_to_boxes_exclusive)
 
 
 def _box_of(mask: torch.Tensor) -> list[float]:
-    return [float(v) for v in lcache.mask_bbox(mask.numpy())]
+    return [float(v) for v in lprepared.mask_bbox(mask.numpy())]
 
 
-def test_items_types_shapes_and_boxes_match_masks(prepared_cache):
-    ds = CacheDataset(prepared_cache, "train")
-    index = lcache.load_index(prepared_cache, "train")
+def test_items_types_shapes_and_boxes_match_masks(prepared_set):
+    ds = PreparedDataset(prepared_set, "train")
+    index = lprepared.load_index(prepared_set, "train")
     assert len(ds) == len(index) > 0
     n_total = n_attr_total = 0
     for i in range(len(ds)):
@@ -35,7 +35,7 @@ def test_items_types_shapes_and_boxes_match_masks(prepared_cache):
         assert isinstance(masks, tv_tensors.Mask) and masks.dtype == torch.uint8 and masks.shape == (n, h, w)
         assert set(torch.unique(masks).tolist()) <= {0, 1}
         assert labels.dtype == torch.int64 and labels.shape == (n,)
-        ann = lcache.read_ann(prepared_cache, row["image_id"])
+        ann = lprepared.read_ann(prepared_set, row["image_id"])
         assert labels.tolist() == [a["category"] + 1 for a in ann["instances"]]
         attrs = target["attributes"]
         assert attrs.dtype == torch.float32 and attrs.shape == (n, 92)
@@ -45,25 +45,25 @@ def test_items_types_shapes_and_boxes_match_masks(prepared_cache):
         for b, m in zip(boxes, masks):
             assert b.tolist() == _box_of(m)  # x2/y2 exclusive, exactly the mask's extent
         # RGB channel order: the same pixels as OpenCV's BGR read, reversed
-        bgr = __import__("cv2").imread(str(lcache.image_path(prepared_cache, row["image_id"])))
+        bgr = __import__("cv2").imread(str(lprepared.image_path(prepared_set, row["image_id"])))
         assert np.array_equal(image.permute(1, 2, 0).numpy(), bgr[:, :, ::-1])
     assert n_total > 0 and n_attr_total > 0  # the synthetic garments carry attributes
 
 
-def test_split_none_and_image_ids(prepared_cache):
-    all_ids = list(lcache.load_index(prepared_cache)["image_id"])
-    assert CacheDataset(prepared_cache, None).image_ids == all_ids
-    val_ids = list(lcache.load_index(prepared_cache, "val")["image_id"])
-    sub = CacheDataset(prepared_cache, "val", image_ids=val_ids[::-1])
+def test_split_none_and_image_ids(prepared_set):
+    all_ids = list(lprepared.load_index(prepared_set)["image_id"])
+    assert PreparedDataset(prepared_set, None).image_ids == all_ids
+    val_ids = list(lprepared.load_index(prepared_set, "val")["image_id"])
+    sub = PreparedDataset(prepared_set, "val", image_ids=val_ids[::-1])
     assert sub.image_ids == val_ids[::-1]
     assert sub[0][1]["image_id"] == val_ids[-1]
-    train_id = lcache.load_index(prepared_cache, "train")["image_id"][0]
+    train_id = lprepared.load_index(prepared_set, "train")["image_id"][0]
     with pytest.raises(ValueError, match="not in split 'val'"):
-        CacheDataset(prepared_cache, "val", image_ids=[train_id])
+        PreparedDataset(prepared_set, "val", image_ids=[train_id])
 
 
-def test_hflip_moves_image_masks_and_boxes_together(prepared_cache):
-    ds = CacheDataset(prepared_cache, "train")
+def test_hflip_moves_image_masks_and_boxes_together(prepared_set):
+    ds = PreparedDataset(prepared_set, "train")
     flip = build_transforms(True, hflip=1.0, color_jitter=0.0)
     image, target = ds[0]
     fimage, ft = flip(image, target)
@@ -80,16 +80,16 @@ def test_hflip_moves_image_masks_and_boxes_together(prepared_cache):
         assert b.tolist() == _box_of(m)
 
 
-def test_eval_transforms_only_convert_dtype(prepared_cache):
-    image, target = CacheDataset(prepared_cache, "val")[0]
+def test_eval_transforms_only_convert_dtype(prepared_set):
+    image, target = PreparedDataset(prepared_set, "val")[0]
     out, t = build_transforms(False)(image, target)
     assert out.dtype == torch.float32 and float(out.max()) <= 1.0
     assert torch.allclose(out, image.float() / 255, atol=1e-6)
     assert torch.equal(t["boxes"], target["boxes"]) and torch.equal(t["masks"], target["masks"])
 
 
-def test_scale_range_resizes_short_side_and_keeps_boxes_on_masks(prepared_cache):
-    ds = CacheDataset(prepared_cache, "train", build_transforms(True, scale_range=(64, 96), hflip=0.0,
+def test_scale_range_resizes_short_side_and_keeps_boxes_on_masks(prepared_set):
+    ds = PreparedDataset(prepared_set, "train", build_transforms(True, scale_range=(64, 96), hflip=0.0,
                                                                   color_jitter=0.0))
     torch.manual_seed(0)
     sizes = set()
@@ -108,11 +108,11 @@ def test_scale_range_resizes_short_side_and_keeps_boxes_on_masks(prepared_cache)
         build_transforms(True, scale_range=(2.0, 1.0), target_size=160)
 
 
-def test_scale_jitter_factors(prepared_cache):
-    ds = CacheDataset(prepared_cache, "train", build_transforms(True, scale_range=(0.5, 0.5), hflip=0.0,
+def test_scale_jitter_factors(prepared_set):
+    ds = PreparedDataset(prepared_set, "train", build_transforms(True, scale_range=(0.5, 0.5), hflip=0.0,
                                                                   color_jitter=0.0, target_size=160))
     image, t = ds[0]
-    raw, _ = CacheDataset(prepared_cache, "train")[0]
+    raw, _ = PreparedDataset(prepared_set, "train")[0]
     assert abs(max(image.shape[-2:]) - 0.5 * max(raw.shape[-2:])) <= 1
 
 
@@ -155,7 +155,7 @@ def test_masks_to_boxes_exclusive_matches_cache_convention():
     m[2, 1:3, 5:9] = 1
     m[2, 6, 0] = 1
     got = masks_to_boxes_exclusive(m).tolist()
-    assert got == [[float(v) for v in lcache.mask_bbox(x.numpy())] for x in m]
+    assert got == [[float(v) for v in lprepared.mask_bbox(x.numpy())] for x in m]
     assert got == [[4, 3, 5, 4], [0, 0, 9, 7], [0, 1, 9, 7]]
     assert masks_to_boxes_exclusive(torch.zeros((0, 4, 4), dtype=torch.uint8)).shape == (0, 4)
     for other in (m.bool(), m.float() * 0.3, -m.float(), m * 200):  # any nonzero value is foreground
@@ -187,9 +187,9 @@ def _epoch(loader, epoch):
     return out
 
 
-def test_loader_is_deterministic_for_a_seed(prepared_cache):
+def test_loader_is_deterministic_for_a_seed(prepared_set):
     tf = build_transforms(True, hflip=0.5, color_jitter=0.4)
-    ds = CacheDataset(prepared_cache, "train", tf)
+    ds = PreparedDataset(prepared_set, "train", tf)
     # workers: their augmentation seeds come from the loader's seeded generator
     a = _epoch(make_loader(ds, 3, shuffle=True, workers=2, seed=7), 0)
     b = _epoch(make_loader(ds, 3, shuffle=True, workers=2, seed=7), 0)
@@ -224,11 +224,11 @@ def test_epoch_sampler_shards_and_skips():
     assert sorted(shards[0] + shards[1]) == data
 
 
-def test_unreadable_image_names_the_file(prepared_cache, tmp_path):
+def test_unreadable_image_names_the_file(prepared_set, tmp_path):
     bad = tmp_path / "cache"
-    shutil.copytree(prepared_cache, bad)
-    ds = CacheDataset(bad, "train")
-    p = lcache.image_path(bad, ds.image_ids[0])
+    shutil.copytree(prepared_set, bad)
+    ds = PreparedDataset(bad, "train")
+    p = lprepared.image_path(bad, ds.image_ids[0])
     p.write_bytes(b"not a jpeg")
     with pytest.raises(ValueError, match=p.name):
         ds[0]
@@ -236,7 +236,7 @@ def test_unreadable_image_names_the_file(prepared_cache, tmp_path):
         read_image(tmp_path / "missing.jpg")
 
 
-def test_instance_fields_filter_without_attributes_and_on_scaling(prepared_cache):
+def test_instance_fields_filter_without_attributes_and_on_scaling(prepared_set):
     # a target without attributes (e.g. built by hand) still goes through the train transforms
     image, target = _sample()
     del target["attributes"]
@@ -244,9 +244,9 @@ def test_instance_fields_filter_without_attributes_and_on_scaling(prepared_cache
     assert t["labels"].tolist() == [1, 2] and "attributes" not in t
     assert instance_fields((image, {"labels": target["labels"]}))[0] is target["labels"]
     # resizing that drops instances keeps the attribute rows with their labels
-    ds = CacheDataset(prepared_cache, "train", build_transforms(True, scale_range=(0.1, 0.1), hflip=0.0,
+    ds = PreparedDataset(prepared_set, "train", build_transforms(True, scale_range=(0.1, 0.1), hflip=0.0,
                                                                   color_jitter=0.0, target_size=160))
-    raw = CacheDataset(prepared_cache, "train")
+    raw = PreparedDataset(prepared_set, "train")
     dropped = 0
     for i in range(len(ds)):
         torch.manual_seed(i)
@@ -260,17 +260,17 @@ def test_instance_fields_filter_without_attributes_and_on_scaling(prepared_cache
     assert dropped > 0  # at 16 px long side thin parts vanish
 
 
-def test_bad_attribute_id_names_the_file(prepared_cache, tmp_path):
+def test_bad_attribute_id_names_the_file(prepared_set, tmp_path):
     import json
 
     bad = tmp_path / "cache"
-    shutil.copytree(prepared_cache, bad)
-    ds = CacheDataset(bad, "train")
+    shutil.copytree(prepared_set, bad)
+    ds = PreparedDataset(bad, "train")
     i = next(k for k in range(len(ds)) if len(ds[k][1]["labels"]))
-    p = lcache.ann_path(bad, ds.image_ids[i])
+    p = lprepared.ann_path(bad, ds.image_ids[i])
     ann = json.loads(p.read_text())
     ann["instances"][0]["attributes"] = [3, 92]
     p.write_text(json.dumps(ann))
     with pytest.raises(ValueError, match=f"{p.name}.*instance 0.*\\[92\\]"):
         ds[i]
-    assert CacheDataset(bad, "train", num_attributes=93)[i][1]["attributes"].shape[1] == 93
+    assert PreparedDataset(bad, "train", num_attributes=93)[i][1]["attributes"].shape[1] == 93

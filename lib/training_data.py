@@ -1,10 +1,10 @@
-"""Training data from the 01 cache: a torch Dataset, torchvision v2 transforms and a DataLoader factory.
+"""Training data from the prepared set: a torch Dataset, torchvision v2 transforms and a DataLoader factory.
 
 An item is ``(image, target)``:
 
 * ``image``: ``tv_tensors.Image`` uint8 (3, H, W), RGB (float32 0..1 after ``ToDtype`` in the transforms);
 * ``target``: dict with ``boxes`` (``tv_tensors.BoundingBoxes`` XYXY float32 (N, 4), x2/y2 exclusive as in
-  the cache), ``labels`` int64 (N,) = category + 1 (0 is background), ``masks`` (``tv_tensors.Mask`` uint8
+  the prepared set), ``labels`` int64 (N,) = category + 1 (0 is background), ``masks`` (``tv_tensors.Mask`` uint8
   (N, H, W), 0/1), ``attributes`` float32 (N, num_attributes) multi-hot (row i = the attribute ids of
   instance i; all zero for categories without attributes) and ``image_id`` (the Kaggle ImageId, a str).
   N may be 0.
@@ -25,16 +25,16 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from . import cache as lcache
-from .data import read_image
+from . import prepared as lprepared
+from .kaggle_data import read_image
 from .labels import N_ATTRIBUTES
 
 # Per-instance plain tensors of a target, filtered together with the boxes and masks.
 INSTANCE_FIELDS = ("labels", "attributes")
 
 
-class CacheDataset(Dataset):
-    """Images and instance targets of one split of a prepared cache (see ``lib/cache.py``).
+class PreparedDataset(Dataset):
+    """Images and instance targets of one split of a prepared set (see ``lib/prepared.py``).
 
     ``split``: "train", "val" or None (all rows). ``image_ids`` (optional) restricts to these ImageIds,
     in the given order; each must be in the split. ``transforms``: a callable ``(image, target) -> (image,
@@ -42,18 +42,18 @@ class CacheDataset(Dataset):
     ``num_attributes``: width of the ``attributes`` multi-hot (92); a larger attribute id is an error.
     """
 
-    def __init__(self, cache_dir: str | Path, split: str | None = "train", transforms=None,
+    def __init__(self, prepared_dir: str | Path, split: str | None = "train", transforms=None,
                  image_ids: Sequence[str] | None = None, num_attributes: int = N_ATTRIBUTES):
-        self.cache_dir = Path(cache_dir)
+        self.prepared_dir = Path(prepared_dir)
         self.num_attributes = int(num_attributes)
         self.split = split
         self.transforms = transforms
-        index = lcache.load_index(self.cache_dir, split)
+        index = lprepared.load_index(self.prepared_dir, split)
         if image_ids is not None:
             known = set(index["image_id"])
             missing = [i for i in image_ids if i not in known]
             if missing:
-                raise ValueError(f"{self.cache_dir}: image ids not in split {split!r}: {missing[:5]}"
+                raise ValueError(f"{self.prepared_dir}: image ids not in split {split!r}: {missing[:5]}"
                                  f"{' ...' if len(missing) > 5 else ''}")
             pos = {iid: k for k, iid in enumerate(index["image_id"])}
             index = index.iloc[[pos[i] for i in image_ids]].reset_index(drop=True)
@@ -66,21 +66,21 @@ class CacheDataset(Dataset):
     def load(self, i: int) -> tuple[tv_tensors.Image, dict]:
         """Item ``i`` before transforms."""
         image_id = self.image_ids[i]
-        img = read_image(lcache.image_path(self.cache_dir, image_id))
-        ann = lcache.read_ann(self.cache_dir, image_id)
+        img = read_image(lprepared.image_path(self.prepared_dir, image_id))
+        ann = lprepared.read_ann(self.prepared_dir, image_id)
         h, w = img.shape[:2]
         if (int(ann["height"]), int(ann["width"])) != (h, w):
-            raise ValueError(f"{lcache.ann_path(self.cache_dir, image_id)}: annotation size "
+            raise ValueError(f"{lprepared.ann_path(self.prepared_dir, image_id)}: annotation size "
                              f"{ann['height']}x{ann['width']} != image size {h}x{w}")
-        masks, cats, attr_ids = lcache.decode_instances(ann)
+        masks, cats, attr_ids = lprepared.decode_instances(ann)
         attributes = torch.zeros((len(attr_ids), self.num_attributes), dtype=torch.float32)
         for k, ids in enumerate(attr_ids):
             bad = [a for a in ids if not 0 <= int(a) < self.num_attributes]
             if bad:
-                raise ValueError(f"{lcache.ann_path(self.cache_dir, image_id)}: instance {k} has attribute ids "
+                raise ValueError(f"{lprepared.ann_path(self.prepared_dir, image_id)}: instance {k} has attribute ids "
                                  f"{bad} outside 0..{self.num_attributes - 1}")
             attributes[k, [int(a) for a in ids]] = 1.0
-        boxes = [a.get("bbox") or lcache.mask_bbox(m) or [0, 0, 0, 0] for a, m in zip(ann["instances"], masks)]
+        boxes = [a.get("bbox") or lprepared.mask_bbox(m) or [0, 0, 0, 0] for a, m in zip(ann["instances"], masks)]
         image = tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))))
         target = {
             "boxes": tv_tensors.BoundingBoxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
@@ -109,7 +109,7 @@ def instance_fields(inputs) -> tuple[torch.Tensor, ...]:
 
 
 def masks_to_boxes_exclusive(masks: torch.Tensor) -> torch.Tensor:
-    """(N, H, W) non-empty masks -> (N, 4) float32 boxes [x1, y1, x2, y2], x2/y2 exclusive (as in the cache)."""
+    """(N, H, W) non-empty masks -> (N, 4) float32 boxes [x1, y1, x2, y2], x2/y2 exclusive (as in the prepared set)."""
     return extent_boxes(*_row_col_any(masks))
 
 
@@ -179,7 +179,7 @@ def build_transforms(train: bool, scale_range: Sequence[float] | None = None, hf
     ``train=True``:
       * ``scale_range=(lo, hi)``: if ``hi > 8`` these are short-side pixel sizes (``RandomShortestSize``
         over ``lo..hi`` in steps of 32, plus ``hi``); otherwise scale factors (``ScaleJitter`` to
-        ``target_size`` x U(lo, hi); with ``target_size`` = the cache's ``long_side`` a factor of 1 keeps
+        ``target_size`` x U(lo, hi); with ``target_size`` = the prepared set's ``long_side`` a factor of 1 keeps
         the image size). None: no resizing;
       * ``RandomHorizontalFlip(hflip)`` (0 disables), ``ColorJitter(brightness/contrast/saturation =
         color_jitter)`` (0 disables);
@@ -197,7 +197,7 @@ def build_transforms(train: bool, scale_range: Sequence[float] | None = None, hf
                 ts.append(v2.RandomShortestSize(min_size=sizes, antialias=True))
             else:
                 if target_size is None:
-                    raise ValueError("scale factors in scale_range need target_size (the cache long side)")
+                    raise ValueError("scale factors in scale_range need target_size (the prepared set long side)")
                 ts.append(v2.ScaleJitter(target_size=(int(target_size), int(target_size)), scale_range=(lo, hi),
                                          antialias=True))
         if hflip > 0:
@@ -285,5 +285,5 @@ def make_loader(dataset, batch_size: int, shuffle: bool, workers: int = 0, distr
                       persistent_workers=workers > 0, worker_init_fn=seed_worker, generator=g)
 
 
-__all__ = ["CacheDataset", "BoxesFromMasks", "INSTANCE_FIELDS", "instance_fields", "masks_to_boxes_exclusive",
+__all__ = ["PreparedDataset", "BoxesFromMasks", "INSTANCE_FIELDS", "instance_fields", "masks_to_boxes_exclusive",
            "extent_boxes", "EpochSampler", "build_transforms", "collate_fn", "make_loader", "seed_worker"]

@@ -1,4 +1,4 @@
-"""lib/prepare.py (stage 01): cache contents, resume, bad input, stratified split, real images."""
+"""lib/prepared.py (stage 01): prepared-set contents, resume, bad input, stratified split, real images."""
 import re
 import shutil
 
@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lib import cache, data, io as lio, prepare, rle
+from lib import io as lio
+from lib import kaggle_data, prepared, rle
 
 
 def _snapshot(d):
@@ -22,38 +23,38 @@ def _snapshot(d):
     return out
 
 
-def test_cache_matches_decoded_rows_resized(synthetic_data_dir, prepared_cache):
-    meta = cache.load_meta(prepared_cache)
-    index = cache.load_index(prepared_cache)
+def test_cache_matches_decoded_rows_resized(synthetic_data_dir, prepared_set):
+    meta = prepared.load_meta(prepared_set)
+    index = prepared.load_index(prepared_set)
     assert meta["num_images"] == len(index) == meta["num_images_selected"] and meta["num_problems"] == 0
     assert set(index["split"]) == {"train", "val"}
-    groups, _ = data.index_csv(synthetic_data_dir / "train.csv")
+    groups, _ = kaggle_data.index_csv(synthetic_data_dir / "train.csv")
     for image_id in index["image_id"]:
-        rec = cache.read_ann(prepared_cache, image_id)
+        rec = prepared.read_ann(prepared_set, image_id)
         h, w = rec["height"], rec["width"]
         assert max(h, w) <= 160
-        img = data.read_image(cache.image_path(prepared_cache, image_id))
+        img = kaggle_data.read_image(prepared.image_path(prepared_set, image_id))
         assert img.shape[:2] == (h, w)
-        rows, _ = data.read_rows(synthetic_data_dir / "train.csv", groups[image_id])
+        rows, _ = kaggle_data.read_rows(synthetic_data_dir / "train.csv", groups[image_id])
         assert len(rows) == len(rec["instances"])
-        masks, cats, _ = cache.decode_instances(rec)
+        masks, cats, _ = prepared.decode_instances(rec)
         for r, inst, m in zip(rows, rec["instances"], masks):
-            want = data.resize_mask(rle.decode(r.rle, (r.height, r.width)), (h, w))
+            want = kaggle_data.resize_mask(rle.decode(r.rle, (r.height, r.width)), (h, w))
             np.testing.assert_array_equal(m, want)
-            assert inst["category"] == r.category and inst["bbox"] == cache.mask_bbox(m)
+            assert inst["category"] == r.category and inst["bbox"] == prepared.mask_bbox(m)
 
 
 def test_resume_after_interruption_equals_clean_run(synthetic_data_dir, tmp_path):
     clean = tmp_path / "clean"
-    prepare.prepare_dataset(synthetic_data_dir, clean, long_side=128, workers=2, progress=False)
+    prepared.prepare_dataset(synthetic_data_dir, clean, long_side=128, workers=2, progress=False)
     part = tmp_path / "part"
-    prepare.prepare_dataset(synthetic_data_dir, part, long_side=128, workers=1, progress=False, limit=4)
+    prepared.prepare_dataset(synthetic_data_dir, part, long_side=128, workers=1, progress=False, limit=4)
     # an interrupted write leaves at most a temp file and a missing record
     rec = sorted((part / "ann").glob("*.json"))[0]
     rec.unlink()
     (part / "ann" / ".tmp.partial.json").write_text("{")
     (part / "meta.json").unlink()
-    prepare.prepare_dataset(synthetic_data_dir, part, long_side=128, workers=2, progress=False)
+    prepared.prepare_dataset(synthetic_data_dir, part, long_side=128, workers=2, progress=False)
     assert not (part / "ann" / ".tmp.partial.json").exists()  # a killed run's temporary file is removed
     assert _snapshot(part) == _snapshot(clean)
 
@@ -71,7 +72,7 @@ def test_bad_jpeg_and_bad_row_are_reported_and_skipped(synthetic_data_dir, tmp_p
     df.to_csv(src / "train.csv", index=False)
     before = {p: p.read_bytes() for p in src.rglob("*") if p.is_file()}
     out = tmp_path / "out"
-    meta = prepare.prepare_dataset(src, out, long_side=128, workers=2, progress=False)
+    meta = prepared.prepare_dataset(src, out, long_side=128, workers=2, progress=False)
     assert {p: p.read_bytes() for p in src.rglob("*") if p.is_file()} == before  # input untouched
     assert meta["num_images"] == len(ids) - 1 and meta["num_images_skipped"] == 1
     probs = pd.read_csv(out / "problems.csv")
@@ -80,7 +81,7 @@ def test_bad_jpeg_and_bad_row_are_reported_and_skipped(synthetic_data_dir, tmp_p
     assert "truncated" in p_img["reason"] and p_img["file"].endswith(broken_img)
     p_row = probs[probs["image_id"] == bad_row_img].iloc[0]
     assert "not sorted" in p_row["reason"] and p_row["row"] == i + 2 and p_row["file"].endswith("train.csv")
-    rec = cache.read_ann(out, bad_row_img)
+    rec = prepared.read_ann(out, bad_row_img)
     assert len(rec["instances"]) == int((df["ImageId"] == bad_row_img).sum()) - 1
 
 
@@ -92,7 +93,7 @@ def test_size_mismatch_reported(synthetic_data_dir, tmp_path):
     sel = df["ImageId"] == target
     df.loc[sel, ["Height", "Width"]] = df.loc[sel, ["Width", "Height"]].to_numpy()
     df.to_csv(src / "train.csv", index=False)
-    meta = prepare.prepare_dataset(src, tmp_path / "out", long_side=128, workers=1, progress=False)
+    meta = prepared.prepare_dataset(src, tmp_path / "out", long_side=128, workers=1, progress=False)
     probs = pd.read_csv(tmp_path / "out" / "problems.csv")
     mism = probs[probs["image_id"] == target]
     assert len(mism) == sel.sum() + 1  # every row, then the image itself
@@ -106,8 +107,8 @@ def test_stratified_split_covers_categories():
     cats = {f"i{k:03d}": set(rng.choice(46, size=rng.integers(1, 6), replace=False).tolist()) for k in range(120)}
     cats["rare_a"] = {45}
     cats["rare_b"] = {45}
-    split = prepare.stratified_split(cats, 0.1, seed=0)
-    assert split == prepare.stratified_split(cats, 0.1, seed=0)
+    split = prepared.stratified_split(cats, 0.1, seed=0)
+    assert split == prepared.stratified_split(cats, 0.1, seed=0)
     counts = {c: [0, 0] for c in range(46)}
     for i, cs in cats.items():
         for c in cs:
@@ -120,27 +121,27 @@ def test_stratified_split_covers_categories():
 
 def test_missing_inputs_give_clear_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="train.csv not found"):
-        prepare.prepare_dataset(tmp_path, tmp_path / "out", progress=False)
+        prepared.prepare_dataset(tmp_path, tmp_path / "out", progress=False)
     (tmp_path / "train.csv").write_text("ImageId,EncodedPixels,Height,Width,ClassId\n")
     with pytest.raises(FileNotFoundError, match="label file not found"):
-        prepare.prepare_dataset(tmp_path, tmp_path / "out", progress=False)
+        prepared.prepare_dataset(tmp_path, tmp_path / "out", progress=False)
 
 
 def test_real_images_through_01(shared_data, tmp_path):
     d = shared_data / "real_samples" / "imaterialist2019_train"
     out = tmp_path / "real"
-    meta = prepare.prepare_dataset(d, out, long_side=512, workers=2, progress=False,
+    meta = prepared.prepare_dataset(d, out, long_side=512, workers=2, progress=False,
                                    csv_path=d / "train_derived.csv", image_dir=d,
                                    label_file=shared_data / "imaterialist2019" / "label_descriptions.json")
     assert meta["num_images"] == 10 and meta["num_problems"] == 0 and meta["num_instances"] == 42
-    groups, _ = data.index_csv(d / "train_derived.csv")
+    groups, _ = kaggle_data.index_csv(d / "train_derived.csv")
     for image_id, entries in groups.items():
-        rec = cache.read_ann(out, image_id)
+        rec = prepared.read_ann(out, image_id)
         assert max(rec["height"], rec["width"]) == 512
-        rows, _ = data.read_rows(d / "train_derived.csv", entries)
-        masks, _, _ = cache.decode_instances(rec)
+        rows, _ = kaggle_data.read_rows(d / "train_derived.csv", entries)
+        masks, _, _ = prepared.decode_instances(rec)
         for r, m in zip(rows, masks):
-            want = data.resize_mask(rle.decode(r.rle, (r.height, r.width)), (rec["height"], rec["width"]))
+            want = kaggle_data.resize_mask(rle.decode(r.rle, (r.height, r.width)), (rec["height"], rec["width"]))
             np.testing.assert_array_equal(m, want)
 
 
@@ -187,7 +188,7 @@ def make_bad_data_dir(src, dst):
              "missing_file", "exif_size_swapped", "bad_rows"]
     cases = dict(zip(names, ids))
     tr = dst / "train"
-    rgb = lambda i: data.read_image(tr / i)  # noqa: E731
+    rgb = lambda i: kaggle_data.read_image(tr / i)  # noqa: E731
     _save(tr / cases["png_as_jpg"], rgb(cases["png_as_jpg"]), fmt="PNG")
     _save(tr / cases["grayscale"], rgb(cases["grayscale"]), mode="L")
     _save(tr / cases["cmyk"], rgb(cases["cmyk"]), mode="CMYK")
@@ -215,7 +216,7 @@ def make_bad_data_dir(src, dst):
     return cases, df
 
 
-def test_bad_data_each_case_reported_and_every_good_image_prepared(synthetic_data_dir, prepared_cache, tmp_path,
+def test_bad_data_each_case_reported_and_every_good_image_prepared(synthetic_data_dir, prepared_set, tmp_path,
                                                                    capsys):
     src = tmp_path / "bad"
     cases, df = make_bad_data_dir(synthetic_data_dir, src)
@@ -227,7 +228,7 @@ def test_bad_data_each_case_reported_and_every_good_image_prepared(synthetic_dat
     assert mod.main(mod.get_args_parser().parse_args(argv)) == 0
     summary = capsys.readouterr()
     assert snapshot_files(src) == before  # the input is never modified
-    meta = cache.load_meta(out)
+    meta = prepared.load_meta(out)
     skipped = ["truncated", "zero_bytes", "missing_file", "exif_size_swapped"]
     n_all = df["ImageId"].nunique()
     assert meta["num_images_skipped"] == len(skipped) and meta["num_images"] == n_all - len(skipped)
@@ -258,13 +259,13 @@ def test_bad_data_each_case_reported_and_every_good_image_prepared(synthetic_dat
 
     # every good image is prepared, with the masks of a clean run (bad rows dropped)
     for case in ["png_as_jpg", "grayscale", "cmyk", "png16_as_jpg", "exif_rotated", "bad_rows"]:
-        got, ref = cache.read_ann(out, cases[case]), cache.read_ann(prepared_cache, cases[case])
+        got, ref = prepared.read_ann(out, cases[case]), prepared.read_ann(prepared_set, cases[case])
         keep = [i for i in ref["instances"] if i["row"] not in (rows[0], rows[1], rows[2])] \
             if case == "bad_rows" else ref["instances"]
         strip = lambda insts: [{k: v for k, v in i.items() if k != "row"} for i in insts]  # noqa: E731
         assert strip(got["instances"]) == strip(keep), case
-        a = data.read_image(cache.image_path(out, cases[case])).astype(int)
-        b = data.read_image(cache.image_path(prepared_cache, cases[case])).astype(int)
+        a = kaggle_data.read_image(prepared.image_path(out, cases[case])).astype(int)
+        b = kaggle_data.read_image(prepared.image_path(prepared_set, cases[case])).astype(int)
         if case == "grayscale":
             assert (a[..., 0] == a[..., 1]).all() and (a[..., 1] == a[..., 2]).all()
             b = b.mean(axis=2, keepdims=True)
@@ -311,25 +312,25 @@ def test_image_ids_that_are_paths_or_share_a_stem_are_skipped(tmp_path, syntheti
     extra = df[df["ImageId"] == first].assign(ImageId=twin)
     path_id = df[df["ImageId"] == first].assign(ImageId=f"../train/{first}")
     pd.concat([df, extra, path_id]).to_csv(src / "train.csv", index=False)
-    meta = prepare.prepare_dataset(src, tmp_path / "out", long_side=64, workers=1, progress=False)
+    meta = prepared.prepare_dataset(src, tmp_path / "out", long_side=64, workers=1, progress=False)
     probs = pd.read_csv(tmp_path / "out" / "problems.csv")
     probs = probs[probs["reason"].str.contains("ImageId")]
     assert meta["num_images_skipped"] == 2 and len(probs) == 2
     assert set(probs["image_id"]) == {twin, f"../train/{first}"}
     assert probs["reason"].str.contains("same file stem|not a plain file name").all()
-    assert cache.read_ann(tmp_path / "out", first)["image_id"] == first
+    assert prepared.read_ann(tmp_path / "out", first)["image_id"] == first
 
 
 def test_rerun_with_other_settings_redoes_images_and_meta_marks_completion(synthetic_data_dir, tmp_path):
     out = tmp_path / "out"
-    prepare.prepare_dataset(synthetic_data_dir, out, long_side=96, workers=1, progress=False)
-    prepare.prepare_dataset(synthetic_data_dir, out, long_side=64, workers=1, progress=False)
-    index = cache.load_index(out)
+    prepared.prepare_dataset(synthetic_data_dir, out, long_side=96, workers=1, progress=False)
+    prepared.prepare_dataset(synthetic_data_dir, out, long_side=64, workers=1, progress=False)
+    index = prepared.load_index(out)
     assert index[["height", "width"]].max().max() == 64  # no record of the 96 px run is reused
-    assert all(cache.read_ann(out, i)["settings"]["long_side"] == 64 for i in index["image_id"])
+    assert all(prepared.read_ann(out, i)["settings"]["long_side"] == 64 for i in index["image_id"])
     (out / "meta.json").unlink()  # what a run killed before its end leaves
-    with pytest.raises(FileNotFoundError, match="cache is incomplete"):
-        cache.load_index(out)
+    with pytest.raises(FileNotFoundError, match="prepared set is incomplete"):
+        prepared.load_index(out)
 
 
 def _cmd01(src, out, *extra):
@@ -366,10 +367,10 @@ def test_sigkill_during_01_then_rerun_equals_an_uninterrupted_run(synthetic_data
     r = run_stage(_cmd01(src, out))
     assert r.returncode == 0, r.stderr[-2000:]
     assert _snapshot(out) == _snapshot(clean)
-    print(f"01 SIGKILL: {hit} kills of a running 01, then rerun: identical cache")
+    print(f"01 SIGKILL: {hit} kills of a running 01, then rerun: identical prepared set")
 
 
-def test_disk_full_during_01_stops_with_a_clear_error_and_keeps_the_cache(synthetic_data_dir, tmp_path):
+def test_disk_full_during_01_stops_with_a_clear_error_and_keeps_the_prepared_set(synthetic_data_dir, tmp_path):
     clean = tmp_path / "clean"
     assert run_stage(_cmd01(synthetic_data_dir, clean)).returncode == 0
     out = tmp_path / "out"
@@ -385,7 +386,7 @@ def test_disk_full_during_01_stops_with_a_clear_error_and_keeps_the_cache(synthe
     assert not any(".tmp." in k for k in after)  # no temporary file left
     assert {k: v for k, v in after.items() if k != "meta.json"} == \
         {k: v for k, v in before.items() if k != "meta.json"}  # nothing finished was altered
-    assert "meta.json" not in after  # the cache is not marked complete
+    assert "meta.json" not in after  # the prepared set is not marked complete
     assert run_stage(_cmd01(synthetic_data_dir, out)).returncode == 0  # space again: resumes
     assert _snapshot(out) == _snapshot(clean)
 
@@ -418,7 +419,7 @@ def test_a_second_01_on_the_same_out_dir_is_refused_while_one_runs(synthetic_dat
     held = lio.lock_dir(out, "01_prepare_data run")  # what a running 01 (or its orphaned workers) holds
     try:
         with pytest.raises(RuntimeError, match="in use by another 01_prepare_data run"):
-            prepare.prepare_dataset(synthetic_data_dir, out, long_side=64, workers=1, progress=False)
+            prepared.prepare_dataset(synthetic_data_dir, out, long_side=64, workers=1, progress=False)
         assert [p.name for p in out.iterdir()] == [".lock"]  # nothing touched
     finally:
         held.close()

@@ -1,15 +1,39 @@
-"""Stage 01: turn a Kaggle-layout directory into the training cache (layout in :mod:`lib.cache`).
+"""The prepared set: what ``01_prepare_data.py`` writes (:func:`prepare_dataset`) and training reads.
 
 Per image (in parallel worker processes): read and validate its rows, read the
 image without EXIF rotation, check every row's Height/Width against the pixel
 array, resize the image so its long side is ``long_side`` (never upscaled),
-decode each mask straight to the cache size (:func:`lib.data.resize_rle`: only the mask's bounding window),
+decode each mask straight to the prepared set size (:func:`lib.kaggle_data.resize_rle`: only the mask's bounding window),
 and write ``images/<stem>.jpg`` then ``ann/<stem>.json`` atomically. The
 annotation record is the "done" marker, so a rerun skips finished images (unless it was made with other
-settings: ``long_side``, ``jpeg_quality``, cache version). ``meta.json`` is removed when a run starts and
-written last, so it marks a complete cache; temporary files a killed run left are deleted.
+settings: ``long_side``, ``jpeg_quality``, format version). ``meta.json`` is removed when a run starts and
+written last, so it marks a complete prepared set; temporary files a killed run left are deleted.
 Then a category-stratified train/val split, ``index.parquet``, ``problems.csv``
 and ``meta.json`` are written (atomically). The input directory is never modified.
+
+Layout of a prepared set (e.g. ``work/prepared``)::
+
+    meta.json              stage, args, labels (categories/attributes), counts, sizes, split summary
+    index.parquet          one row per prepared image (see INDEX_COLUMNS)
+    problems.csv           file,row,image_id,reason for every skipped row/image
+    images/<stem>.jpg      the image resized so its long side is ``long_side`` (RGB content, JPEG q95)
+    ann/<stem>.json        per-image annotation record (see below), written after its image
+    .lock                  held (flock) by the 01 run writing the prepared set; a second run is refused
+
+An annotation record::
+
+    {"image_id": "abc.jpg", "orig_height": H0, "orig_width": W0, "height": H, "width": W,
+     "instances": [{"category": 6, "attributes": [7, 20], "class_id": "6_7_20",
+                    "rle": "<Kaggle RLE at (H, W)>", "bbox": [x1, y1, x2, y2], "row": 17}, ...],
+     "problems": [[file, row, image_id, reason], ...],
+     "settings": {"cache_version": 1, "long_side": 1024, "jpeg_quality": 95}}
+
+``bbox`` is in pixels of the resized image, x2/y2 exclusive (a one-pixel mask
+at (r, c) has bbox [c, r, c + 1, r + 1]), as torchvision expects for masks.
+The record is the per-image "done" marker: a rerun of 01 skips images whose
+record exists (and was made with the same ``settings``: format version, long side, JPEG quality).
+``meta.json`` is written last and removed when 01 starts, so it marks a complete prepared set:
+:func:`load_meta` and :func:`load_index` refuse a directory without it.
 """
 from __future__ import annotations
 
@@ -23,8 +47,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from . import cache as lcache
-from . import data as ldata
+from . import kaggle_data as ldata
 from . import io as lio
 from . import labels as llabels
 from . import rle as lrle
@@ -32,9 +55,83 @@ from . import rle as lrle
 STAGE = "01_prepare_data"
 CACHE_VERSION = 1
 
+INDEX_COLUMNS = [
+    "image_id",  # Kaggle ImageId, e.g. "abc.jpg"
+    "split",  # "train" or "val"
+    "height",  # resized size
+    "width",
+    "orig_height",
+    "orig_width",
+    "num_instances",
+    "categories",  # space-separated sorted unique category ids, e.g. "0 6 31"
+]
+
+
+def stem(image_id: str) -> str:
+    """File stem of a Kaggle ImageId (``"abc.jpg"`` -> ``"abc"``)."""
+    return Path(image_id).stem
+
+
+def image_path(prepared_dir: str | Path, image_id: str) -> Path:
+    return Path(prepared_dir) / "images" / f"{stem(image_id)}.jpg"
+
+
+def ann_path(prepared_dir: str | Path, image_id: str) -> Path:
+    return Path(prepared_dir) / "ann" / f"{stem(image_id)}.json"
+
+
+def read_ann(prepared_dir: str | Path, image_id: str) -> dict:
+    return lio.read_json(ann_path(prepared_dir, image_id))
+
+
+def load_meta(prepared_dir: str | Path) -> dict:
+    p = Path(prepared_dir) / "meta.json"
+    if not p.exists():
+        raise FileNotFoundError(f"{p} not found: run 01_prepare_data.py first (or point --prepared-dir at its output)")
+    return lio.read_json(p)
+
+
+def load_index(prepared_dir: str | Path, split: str | None = None) -> pd.DataFrame:
+    """The image index, optionally only one split ("train" / "val")."""
+    p = Path(prepared_dir) / "index.parquet"
+    if not p.exists():
+        raise FileNotFoundError(f"{p} not found: run 01_prepare_data.py first")
+    if not (Path(prepared_dir) / "meta.json").exists():
+        raise FileNotFoundError(f"{Path(prepared_dir) / 'meta.json'} not found: the prepared set is incomplete "
+                                f"(01_prepare_data.py did not finish); rerun it to complete the prepared set")
+    df = pd.read_parquet(p)
+    if split is not None:
+        df = df[df["split"] == split].reset_index(drop=True)
+    return df
+
+
+def mask_bbox(mask: np.ndarray) -> list[int] | None:
+    """[x1, y1, x2, y2] (x2/y2 exclusive) of a (H, W) mask, or None if it is empty."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(mask.any(axis=0))
+    return [int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1]
+
+
+def decode_instances(ann: dict) -> tuple[np.ndarray, np.ndarray, list[tuple[int, ...]]]:
+    """Decode a record's instances.
+
+    Returns ``masks`` (N, H, W) uint8 0/1 (C-ordered), ``categories`` (N,) int64
+    and ``attributes`` (a list of N tuples). N may be 0.
+    """
+    h, w = int(ann["height"]), int(ann["width"])
+    inst = ann["instances"]
+    masks = np.zeros((len(inst), h, w), np.uint8)
+    for i, a in enumerate(inst):
+        masks[i] = lrle.decode(a["rle"], (h, w))
+    cats = np.array([a["category"] for a in inst], np.int64)
+    attrs = [tuple(a.get("attributes", ())) for a in inst]
+    return masks, cats, attrs
+
 
 class OutputError(OSError):
-    """Writing the cache failed (disk full, read-only or missing output directory): the run stops."""
+    """Writing the prepared set failed (disk full, read-only or missing output directory): the run stops."""
 
 
 def _write_output(write, path, *a) -> None:
@@ -42,7 +139,7 @@ def _write_output(write, path, *a) -> None:
         write(path, *a)
     except OSError as e:
         raise OutputError(e.errno, f"cannot write {path}: {e.strerror or e} (disk full or output directory "
-                                   f"not writable?); the cache keeps what was finished - rerun to resume") from e
+                                   f"not writable?); the prepared set keeps what was finished - rerun to resume") from e
 
 
 def record_settings(long_side: int | None, jpeg_quality: int) -> dict:
@@ -82,7 +179,7 @@ def prepare_image(
     instances = []
     for r in good:
         m = ldata.resize_rle(r.rle, (H, W), (h, w))
-        bbox = lcache.mask_bbox(m)
+        bbox = mask_bbox(m)
         if bbox is None:
             problems.append(ldata.Problem(csv_path, r.row, image_id, f"mask vanishes at the resized size {h}x{w}; row skipped"))
             continue
@@ -92,11 +189,11 @@ def prepare_image(
         problems.append(ldata.Problem(str(img_file), first_row, image_id, "no instance left after resizing; skipped"))
         return None, problems
     small = rgb if (h, w) == (H, W) else cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA)
-    _write_output(lambda p, a: ldata.write_jpeg(p, a, jpeg_quality), lcache.image_path(out_dir, image_id), small)
+    _write_output(lambda p, a: ldata.write_jpeg(p, a, jpeg_quality), image_path(out_dir, image_id), small)
     record = {"image_id": image_id, "orig_height": H, "orig_width": W, "height": h, "width": w,
               "instances": instances, "problems": [list(p) for p in problems],
               "settings": record_settings(long_side, jpeg_quality)}
-    _write_output(lambda p, r: lio.atomic_write_json(p, r, indent=None), lcache.ann_path(out_dir, image_id), record)
+    _write_output(lambda p, r: lio.atomic_write_json(p, r, indent=None), ann_path(out_dir, image_id), record)
     return index_row(record), problems
 
 
@@ -119,18 +216,18 @@ def _work(task):
 
 
 def _check_image_ids(ids: list[str], groups: dict, csv_path, problems: list) -> list[str]:
-    """Drop ImageIds that are not plain file names or whose cache name (stem) another id already uses."""
+    """Drop ImageIds that are not plain file names or whose file name (stem) another id already uses."""
     keep, stems = [], {}
     for i in ids:
         first_row = groups[i][0][0]
         if Path(i).name != i or i in (".", ".."):
             problems.append(ldata.Problem(str(csv_path), first_row, i,
                                           "ImageId is not a plain file name (a path); image skipped"))
-        elif lcache.stem(i) in stems:
+        elif stem(i) in stems:
             problems.append(ldata.Problem(str(csv_path), first_row, i, f"ImageId has the same file stem as "
-                                          f"{stems[lcache.stem(i)]!r} (one cache file each); image skipped"))
+                                          f"{stems[stem(i)]!r} (one file each); image skipped"))
         else:
-            stems[lcache.stem(i)] = i
+            stems[stem(i)] = i
             keep.append(i)
     return keep
 
@@ -185,7 +282,7 @@ def prepare_dataset(
     ``workers=0`` means ``os.cpu_count()`` processes; 1 runs in-process.
     ``limit`` keeps the first N images (sorted by ImageId) for quick runs.
     Holds the lock of ``out_dir`` (:func:`lib.io.lock_dir`) while it runs; raises ``OutputError`` when the
-    cache cannot be written (disk full, read-only) and ``ValueError`` when nothing could be prepared.
+    prepared set cannot be written (disk full, read-only) and ``ValueError`` when nothing could be prepared.
     """
     with contextlib.ExitStack() as held:
         return _prepare_dataset(data_dir, out_dir, long_side, val_fraction, seed, workers, limit, progress,
@@ -215,7 +312,7 @@ def _prepare_dataset(data_dir, out_dir, long_side, val_fraction, seed, workers, 
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         held.enter_context(lio.lock_dir(out_dir, "01_prepare_data run"))
-        # meta.json marks a complete cache: gone until this run finishes, so no reader takes a cache that a
+        # meta.json marks a complete prepared set: gone until this run finishes, so no reader takes a prepared set that a
         # killed run left half re-prepared (e.g. with other settings) for a finished one.
         (out_dir / "meta.json").unlink(missing_ok=True)
         for sub in ("images", "ann"):
@@ -229,8 +326,8 @@ def _prepare_dataset(data_dir, out_dir, long_side, val_fraction, seed, workers, 
     image_problems: dict[str, list[ldata.Problem]] = {}
     todo = []
     for i in ids:
-        p = lcache.ann_path(out_dir, i)
-        if p.exists() and lcache.image_path(out_dir, i).exists():
+        p = ann_path(out_dir, i)
+        if p.exists() and image_path(out_dir, i).exists():
             try:
                 rec = lio.read_json(p)
                 if rec.get("image_id") == i and rec.get("settings") == settings:
@@ -251,7 +348,7 @@ def _prepare_dataset(data_dir, out_dir, long_side, val_fraction, seed, workers, 
 
     cats = {i: {int(c) for c in r["categories"].split()} for i, r in rows.items()}
     split = stratified_split(cats, val_fraction, seed)
-    index = pd.DataFrame([rows[i] for i in sorted(rows)], columns=lcache.INDEX_COLUMNS)
+    index = pd.DataFrame([rows[i] for i in sorted(rows)], columns=INDEX_COLUMNS)
     index["split"] = [split[i] for i in index["image_id"]]
     with lio.atomic_path(out_dir / "index.parquet") as tmp:
         index.to_parquet(tmp, index=False)

@@ -1,11 +1,11 @@
-"""lib/data.py: streaming train.csv reader, row validation, image reading without EXIF rotation."""
+"""lib/kaggle_data.py: streaming train.csv reader, row validation, image reading without EXIF rotation."""
 import json
 
 import cv2
 import numpy as np
 import pytest
 
-from lib import data, rle
+from lib import kaggle_data, rle
 
 
 def write_csv(path, rows, header="ImageId,EncodedPixels,Height,Width,ClassId"):
@@ -15,10 +15,10 @@ def write_csv(path, rows, header="ImageId,EncodedPixels,Height,Width,ClassId"):
 
 def test_index_groups_rows_by_image_with_line_numbers(tmp_path):
     p = write_csv(tmp_path / "t.csv", ["a.jpg,1 2,4,4,6", "b.jpg,3 1,4,4,1", "a.jpg,5 2,4,4,31", "", "b.jpg,1 1,4,4,0_1"])
-    groups, problems = data.index_csv(p)
+    groups, problems = kaggle_data.index_csv(p)
     assert problems == []
     assert [r for r, _ in groups["a.jpg"]] == [2, 4] and [r for r, _ in groups["b.jpg"]] == [3, 6]
-    rows, problems = data.read_rows(p, groups["b.jpg"])
+    rows, problems = kaggle_data.read_rows(p, groups["b.jpg"])
     assert problems == [] and [(r.category, r.attributes) for r in rows] == [(1, ()), (0, (1,))]
     assert rows[1].row == 6 and rows[1].class_id == "0_1"
 
@@ -35,8 +35,8 @@ def test_index_groups_rows_by_image_with_line_numbers(tmp_path):
 ])
 def test_bad_rows_become_problems_naming_file_and_row(tmp_path, line, why):
     p = write_csv(tmp_path / "t.csv", ["a.jpg,1 2,4,4,6", line])
-    groups, _ = data.index_csv(p)
-    rows, problems = data.read_rows(p, groups["a.jpg"])
+    groups, _ = kaggle_data.index_csv(p)
+    rows, problems = kaggle_data.read_rows(p, groups["a.jpg"])
     assert len(rows) == 1 and rows[0].row == 2
     assert len(problems) == 1
     pr = problems[0]
@@ -45,27 +45,27 @@ def test_bad_rows_become_problems_naming_file_and_row(tmp_path, line, why):
 
 def test_duplicate_rows_reported(tmp_path):
     p = write_csv(tmp_path / "t.csv", ["a.jpg,1 2,4,4,6", "a.jpg,1 2,4,4,6"])
-    groups, _ = data.index_csv(p)
-    rows, problems = data.read_rows(p, groups["a.jpg"])
+    groups, _ = kaggle_data.index_csv(p)
+    rows, problems = kaggle_data.read_rows(p, groups["a.jpg"])
     assert len(rows) == 1 and problems[0].reason == "duplicate of row 2"
 
 
 def test_header_checked(tmp_path):
     with pytest.raises(ValueError, match="header"):
-        data.index_csv(write_csv(tmp_path / "t.csv", [], header="ImageId,EncodedPixels,ClassId"))
+        kaggle_data.index_csv(write_csv(tmp_path / "t.csv", [], header="ImageId,EncodedPixels,ClassId"))
     (tmp_path / "e.csv").write_text("")
     with pytest.raises(ValueError, match="empty"):
-        data.index_csv(tmp_path / "e.csv")
+        kaggle_data.index_csv(tmp_path / "e.csv")
 
 
 def test_index_memory_is_offsets_only(tmp_path):
     # 20k rows over 500 images: the index holds (row, offset) pairs, and a group's offsets read back its own rows
     lines = [f"img{i % 500:04d}.jpg,{1 + i % 7} 3,50,50,{i % 46}" for i in range(20000)]
     p = write_csv(tmp_path / "big.csv", lines)
-    groups, problems = data.index_csv(p)
+    groups, problems = kaggle_data.index_csv(p)
     assert len(groups) == 500 and sum(map(len, groups.values())) == 20000 and not problems
     assert all(isinstance(v, tuple) and len(v) == 2 for v in groups["img0007.jpg"])
-    rows, probs = data.read_rows(p, groups["img0007.jpg"])
+    rows, probs = kaggle_data.read_rows(p, groups["img0007.jpg"])
     assert all(r.image_id == "img0007.jpg" for r in rows)
     assert len(rows) + len(probs) == 40
 
@@ -88,40 +88,40 @@ def test_read_image_ignores_exif_orientation(tmp_path):
     img[:, :20] = 255
     p = _jpeg(tmp_path / "r.jpg", img, exif_orientation=6)
     assert cv2.imread(str(p)).shape[:2] == (40, 20)  # OpenCV's default rotates
-    got = data.read_image(p)
+    got = kaggle_data.read_image(p)
     assert got.shape == (20, 40, 3) and got[:, :18].mean() > 200 and got[:, 22:].mean() < 50
 
 
 def test_read_image_formats_and_errors(tmp_path):
     gray = np.full((10, 12), 100, np.uint8)
     cv2.imwrite(str(tmp_path / "g.png"), gray)
-    assert data.read_image(tmp_path / "g.png").shape == (10, 12, 3)
+    assert kaggle_data.read_image(tmp_path / "g.png").shape == (10, 12, 3)
     cv2.imwrite(str(tmp_path / "d.png"), np.full((10, 12, 3), 60000, np.uint16))
-    out = data.read_image(tmp_path / "d.png")
+    out = kaggle_data.read_image(tmp_path / "d.png")
     assert out.dtype == np.uint8 and out.shape == (10, 12, 3)
     good = _jpeg(tmp_path / "ok.jpg", np.zeros((30, 30, 3), np.uint8))
     (tmp_path / "trunc.jpg").write_bytes(good.read_bytes()[: len(good.read_bytes()) // 2])
     with pytest.raises(ValueError, match="truncated"):
-        data.read_image(tmp_path / "trunc.jpg")
+        kaggle_data.read_image(tmp_path / "trunc.jpg")
     (tmp_path / "zero.jpg").write_bytes(b"")
     with pytest.raises(ValueError, match="empty"):
-        data.read_image(tmp_path / "zero.jpg")
+        kaggle_data.read_image(tmp_path / "zero.jpg")
     (tmp_path / "junk.jpg").write_bytes(b"not an image at all")
     with pytest.raises(ValueError, match="cannot decode"):
-        data.read_image(tmp_path / "junk.jpg")
+        kaggle_data.read_image(tmp_path / "junk.jpg")
     with pytest.raises(ValueError, match="not found"):
-        data.read_image(tmp_path / "missing.jpg")
+        kaggle_data.read_image(tmp_path / "missing.jpg")
 
 
 def test_resize_mask_and_shape():
     m = np.zeros((100, 60), np.uint8)
     m[10:50, 20:40] = 1
-    r = data.resize_mask(m, (50, 30))
+    r = kaggle_data.resize_mask(m, (50, 30))
     assert r.shape == (50, 30) and r.dtype == np.uint8 and r.flags.c_contiguous
     assert r[5:25, 10:20].all() and r.sum() == 20 * 10
-    assert data.resized_shape(1000, 500, 100) == (100, 50)
-    assert data.resized_shape(80, 50, 100) == (80, 50)  # never upscaled
-    assert data.resized_shape(80, 50, None) == (80, 50)
+    assert kaggle_data.resized_shape(1000, 500, 100) == (100, 50)
+    assert kaggle_data.resized_shape(80, 50, 100) == (80, 50)  # never upscaled
+    assert kaggle_data.resized_shape(80, 50, None) == (80, 50)
 
 
 def exact_area_downscale(m, h, w):
@@ -135,13 +135,13 @@ def exact_area_downscale(m, h, w):
 def test_area_downscale_known_answers():
     m = np.zeros((3, 3), np.uint8)
     m[0, 0] = m[0, 1] = 1  # 3 -> 2: target (0, 0) covers 1.5 x 1.5 pixels, 1.5 of them foreground (2/3)
-    np.testing.assert_array_equal(data.resize_mask(m, (2, 2)), [[1, 0], [0, 0]])
+    np.testing.assert_array_equal(kaggle_data.resize_mask(m, (2, 2)), [[1, 0], [0, 0]])
     m = np.zeros((4, 4), np.uint8)
     m[0, :2] = 1  # 4 -> 2: target (0, 0) is exactly half foreground: a tie counts as foreground
-    np.testing.assert_array_equal(data.resize_mask(m, (2, 2)), [[1, 0], [0, 0]])
+    np.testing.assert_array_equal(kaggle_data.resize_mask(m, (2, 2)), [[1, 0], [0, 0]])
     m[0, 0] = 0  # a quarter
-    assert data.resize_mask(m, (2, 2)).sum() == 0
-    assert data.resize_mask(np.ones((7, 5), bool), (3, 2)).all()
+    assert kaggle_data.resize_mask(m, (2, 2)).sum() == 0
+    assert kaggle_data.resize_mask(np.ones((7, 5), bool), (3, 2)).all()
 
 
 def test_resize_is_exact_area_coverage_and_agrees_with_cv2_except_exact_ties():
@@ -158,12 +158,12 @@ def test_resize_is_exact_area_coverage_and_agrees_with_cv2_except_exact_ties():
             m[a:b, c:d] = rng.random((b - a, d - c)) < 0.8
         ref, cover = exact_area_downscale(m, h, w)
         for variant in (m, np.asfortranarray(m), m.astype(bool), m * 7):
-            got = data.resize_mask(variant, (h, w))
+            got = kaggle_data.resize_mask(variant, (h, w))
             assert got.dtype == np.uint8 and got.flags.c_contiguous
             np.testing.assert_array_equal(got, ref)
         starts, lengths = rle.encode_runs(m)
-        np.testing.assert_array_equal(data.resize_runs(starts, lengths, m.shape, (h, w)), ref)
-        np.testing.assert_array_equal(data.resize_rle(rle.encode(m), m.shape, (h, w)), ref)
+        np.testing.assert_array_equal(kaggle_data.resize_runs(starts, lengths, m.shape, (h, w)), ref)
+        np.testing.assert_array_equal(kaggle_data.resize_rle(rle.encode(m), m.shape, (h, w)), ref)
         cv = (cv2.resize(m * 255, (w, h), interpolation=cv2.INTER_AREA) >= 128).astype(np.uint8)
         differ = cv != ref
         assert (2 * cover[differ] == H * W).all()  # only where the coverage is exactly one half
@@ -175,36 +175,36 @@ def test_resize_runs_at_full_size_and_growing():
     m = np.zeros((20, 30), np.uint8)
     m[5:12, 3:9] = 1
     starts, lengths = rle.encode_runs(m)
-    np.testing.assert_array_equal(data.resize_runs(starts, lengths, m.shape, (20, 30)), m)
-    grown = data.resize_runs(starts, lengths, m.shape, (40, 60))  # bilinear, as before
+    np.testing.assert_array_equal(kaggle_data.resize_runs(starts, lengths, m.shape, (20, 30)), m)
+    grown = kaggle_data.resize_runs(starts, lengths, m.shape, (40, 60))  # bilinear, as before
     np.testing.assert_array_equal(grown, (cv2.resize(m * 255, (60, 40), interpolation=cv2.INTER_LINEAR) >= 128))
-    assert data.resize_runs(np.zeros(0, np.int64), np.zeros(0, np.int64), (20, 30), (10, 15)).sum() == 0
+    assert kaggle_data.resize_runs(np.zeros(0, np.int64), np.zeros(0, np.int64), (20, 30), (10, 15)).sum() == 0
     with pytest.raises(ValueError, match="shrinks only"):
-        data.area_downscale(m, m.shape, (40, 30))
+        kaggle_data.area_downscale(m, m.shape, (40, 30))
 
 
 def test_real_rows_resize_like_cv2_from_their_bounding_window(shared_data):
     d = shared_data / "real_samples" / "imaterialist2019_train"
-    groups, _ = data.index_csv(d / "train_derived.csv")
+    groups, _ = kaggle_data.index_csv(d / "train_derived.csv")
     for entries in groups.values():
-        rows, _ = data.read_rows(d / "train_derived.csv", entries)
+        rows, _ = kaggle_data.read_rows(d / "train_derived.csv", entries)
         for r in rows:
-            size = data.resized_shape(r.height, r.width, 512)
+            size = kaggle_data.resized_shape(r.height, r.width, 512)
             full = np.ascontiguousarray(rle.decode(r.rle, (r.height, r.width)))
             cv = cv2.resize(full * 255, size[::-1], interpolation=cv2.INTER_AREA) >= 128
-            got = data.resize_rle(r.rle, (r.height, r.width), size)
+            got = kaggle_data.resize_rle(r.rle, (r.height, r.width), size)
             assert (got != cv).mean() < 1e-4  # exact ties only (none in these rows at 1024)
             assert got.sum() > 0
 
 
 def test_real_rows_decode_inside_real_images(shared_data):
     d = shared_data / "real_samples" / "imaterialist2019_train"
-    groups, problems = data.index_csv(d / "train_derived.csv")
+    groups, problems = kaggle_data.index_csv(d / "train_derived.csv")
     assert not problems and len(groups) == 10 and sum(map(len, groups.values())) == 42
     for image_id, entries in groups.items():
-        rows, probs = data.read_rows(d / "train_derived.csv", entries)
+        rows, probs = kaggle_data.read_rows(d / "train_derived.csv", entries)
         assert not probs
-        img = data.read_image(d / image_id)
+        img = kaggle_data.read_image(d / image_id)
         for r in rows:
             assert (r.height, r.width) == img.shape[:2]
             assert rle.decode(r.rle, (r.height, r.width)).sum() > 0
@@ -213,12 +213,12 @@ def test_real_rows_decode_inside_real_images(shared_data):
 def test_known_real_prefixes_match_derived_rows(shared_data):
     d = shared_data / "real_samples" / "imaterialist2019_train"
     known = json.loads((d / "known_real_prefixes.json").read_text())
-    groups, _ = data.index_csv(d / "train_derived.csv")
+    groups, _ = kaggle_data.index_csv(d / "train_derived.csv")
     checked = 0
     for k in known:
         if k["ImageId"] not in groups or k["ClassId"] != "6":
             continue
-        rows, _ = data.read_rows(d / "train_derived.csv", groups[k["ImageId"]])
+        rows, _ = kaggle_data.read_rows(d / "train_derived.csv", groups[k["ImageId"]])
         (row,) = [r for r in rows if r.class_id == "6"]
         n = len(k["EncodedPixels_prefix"].split())
         assert row.rle.split()[:n] == k["EncodedPixels_prefix"].split()
@@ -312,7 +312,7 @@ def _check_row(r, raw_line):
     cat, attrs = labels.parse_class_id(r.class_id)
     assert (r.category, r.attributes) == (cat, attrs)
     starts, _ = rle.parse_runs(r.rle, (r.height, r.width))
-    assert len(starts) > 0 and 0 < r.height <= data.MAX_SIDE and 0 < r.width <= data.MAX_SIDE
+    assert len(starts) > 0 and 0 < r.height <= kaggle_data.MAX_SIDE and 0 < r.width <= kaggle_data.MAX_SIDE
     assert r.rle in raw_line.decode("utf-8")  # the mask comes from its own line
 
 
@@ -334,7 +334,7 @@ def test_fuzz_train_csv_reader_accounts_for_every_row(n, tmp_path_factory):
         p.write_bytes(blob)
         seen["files"] += 1
         try:
-            groups, problems = data.index_csv(p)
+            groups, problems = kaggle_data.index_csv(p)
         except ValueError as e:
             assert not header_ok, f"good header rejected: {e}"
             assert str(p) in str(e)
@@ -344,7 +344,7 @@ def test_fuzz_train_csv_reader_accounts_for_every_row(n, tmp_path_factory):
         raw_lines = blob.split(b"\n")
         rows = []
         for image_id, entries in groups.items():
-            got, probs = data.read_rows(p, entries)
+            got, probs = kaggle_data.read_rows(p, entries)
             assert all(r.image_id == image_id for r in got)
             rows += got
             problems += probs
@@ -382,9 +382,9 @@ def test_rows_that_break_the_csv_module_are_problems_not_crashes(tmp_path):
                   + f"a.jpg,{long_rle},200,200,6\n".encode()
                   + f'"a.jpg","{long_rle}","200","201","6"\n'.encode()
                   + b"a.jpg,1 \xff2,4,4,6\n")
-    groups, problems = data.index_csv(p)
+    groups, problems = kaggle_data.index_csv(p)
     assert problems == [] and list(groups) == ["a.jpg"]
-    rows, problems = data.read_rows(p, groups["a.jpg"])
+    rows, problems = kaggle_data.read_rows(p, groups["a.jpg"])
     assert [(r.row, r.width, len(rle.parse_runs(r.rle)[0])) for r in rows] == [(3, 200, 20000), (4, 201, 20000)]
     assert [(q.row, q.image_id) for q in problems] == [(2, "a.jpg"), (5, "a.jpg")]
     assert "CSV" in problems[0].reason and "not UTF-8" in problems[1].reason
@@ -392,7 +392,7 @@ def test_rows_that_break_the_csv_module_are_problems_not_crashes(tmp_path):
 
 def test_height_width_must_be_plain_integers(tmp_path):
     p = write_csv(tmp_path / "t.csv", ["a.jpg,1 2,4,4,6", "a.jpg,1 3,4_0,4,6", "a.jpg,1 4,\u0664,4,6"])
-    groups, _ = data.index_csv(p)
-    rows, problems = data.read_rows(p, groups["a.jpg"])
+    groups, _ = kaggle_data.index_csv(p)
+    rows, problems = kaggle_data.read_rows(p, groups["a.jpg"])
     assert len(rows) == 1 and [q.row for q in problems] == [3, 4]
     assert all("not integers" in q.reason for q in problems)
