@@ -19,8 +19,8 @@ scores them on unseen synthetic images, through the same scripts a user runs:
    the same steps;
 3. ``05_predict.py`` (flip TTA, plus scales in GPU mode) on the val images and the test images;
    ``06_make_submission.py --tune-on`` chooses the combination and thresholds on val and scores on test;
-4. in-process scoring (``lib.submission.score_table`` with the winning recipe's post-processing,
-   ``lib.submission.POSTPROCESS_DEFAULTS``): Kaggle metric and COCO mask AP of every model, of the three
+4. in-process scoring (``lib.scoring.score_table`` with the winning recipe's post-processing,
+   ``lib.postprocess.POSTPROCESS_DEFAULTS``): Kaggle metric and COCO mask AP of every model, of the three
    main models fused with equal weights (``ensemble``) and of 06's val-tuned choice (``submission``), on
    all classes and per class group (garments 0-26, parts 27-45: ground truth and predictions restricted
    to the group, scored on the test images that contain it; COCO AP per group = mean of its categories'
@@ -367,11 +367,11 @@ def group_gt(gt_csv: Path, out_dir: Path) -> dict[str, Path]:
 
 
 def _score_task(task):
-    from lib import submission as lsub
+    from lib import scoring as lscoring
 
     key, table, gt, params, images, coco, full_ids = task
     torch.set_num_threads(1)
-    s = lsub.score_table(table, gt, params=params, images=images, coco=coco, per_class=coco,
+    s = lscoring.score_table(table, gt, params=params, images=images, coco=coco, per_class=coco,
                          full_class_ids=full_ids, progress=False)
     return key, s
 
@@ -379,7 +379,7 @@ def _score_task(task):
 def score_tables(tables: dict, params_of: dict, gts: dict, images: pd.DataFrame, workers: int) -> dict:
     """Per table: ``all`` (Kaggle, AP, AP50, AP75 on every test image) and, per group, the Kaggle metric of
     the group-restricted ground truth and predictions, and the group's COCO AP (mean over its categories)."""
-    from lib import submission as lsub
+    from lib import postprocess as lpost
     from lib.labels import CATEGORY_GROUPS
     from lib.metric import group_scores
 
@@ -388,7 +388,7 @@ def score_tables(tables: dict, params_of: dict, gts: dict, images: pd.DataFrame,
         params = params_of[name]
         tasks.append(((name, "all"), table, gts["all"], params, images, True, False))
         for g in GROUPS:
-            tasks.append(((name, g), table, gts[g], lsub.resolve_params(params, keep_categories=g), None, False,
+            tasks.append(((name, g), table, gts[g], lpost.resolve_params(params, keep_categories=g), None, False,
                           False))
     with ProcessPoolExecutor(max(1, workers), mp_context=get_context("fork")) as pool:
         done = dict(pool.map(_score_task, tasks))
@@ -517,7 +517,8 @@ def attribute_prior(train_csv: Path, n_attr: int) -> dict[int, np.ndarray]:
 
 def attributes_report(run_dir: Path, table: pd.DataFrame, items: list[dict], gt_csv: Path, train_csv: Path,
                       images: pd.DataFrame, device: torch.device, kaggle_off: float | None) -> dict:
-    from lib import submission as lsub
+    from lib import postprocess as lpost
+    from lib import scoring as lscoring
     from lib.checkpoint import load_checkpoint
     from lib.labels import ATTRIBUTE_CATEGORIES, N_ATTRIBUTES, parse_class_id
     from lib.metric import AttributeEvaluator, multilabel_f1
@@ -555,21 +556,21 @@ def attributes_report(run_dir: Path, table: pd.DataFrame, items: list[dict], gt_
         out["oracle_boxes"] = summary(multilabel_f1(g, np.concatenate(scores)))
         out["prior"] = summary(multilabel_f1(g, np.concatenate(prior_scores)))
     # 2. the pipeline: post-processed test predictions with attributes on, matched at mask IoU >= 0.5
-    params_on = lsub.resolve_params(None, attributes="on")
-    gt = lsub.load_ground_truth(gt_csv, 512, full_class_ids=True, progress=False)
+    params_on = lpost.resolve_params(None, attributes="on")
+    gt = lscoring.load_ground_truth(gt_csv, 512, full_class_ids=True, progress=False)
     ev = AttributeEvaluator()
     by_image = table.groupby("image_id").indices if len(table) else {}
     for image_id, (gmasks, keys) in gt.items():
         parsed = [parse_class_id(k) for k in keys]
         rows = table.iloc[by_image[image_id]] if image_id in by_image else table.iloc[:0]
-        insts = lsub.postprocess_image(rows, params_on, (512, 512))
+        insts = lpost.postprocess_image(rows, params_on, (512, 512))
         pc = [parse_class_id(cid) for cid, _, _ in insts]
         ev.add(gmasks, [c for c, _ in parsed], np.stack([multi_hot(a) for _, a in parsed]) if parsed else None,
                np.stack([m for _, m, _ in insts]) if insts else np.zeros((0, 512, 512), np.uint8),
                [c for c, _ in pc], [s for _, _, s in insts],
                np.stack([multi_hot(a) for _, a in pc]) if pc else None)
     out["pipeline"] = dict(summary(ev.summary()), num_gt=ev.num_gt, num_pred=ev.num_pred)
-    on = lsub.score_table(table, gt_csv, params=params_on, full_class_ids=True, coco=False, per_class=False,
+    on = lscoring.score_table(table, gt_csv, params=params_on, full_class_ids=True, coco=False, per_class=False,
                           images=images, progress=False)
     out["kaggle_attributes_on"] = _finite(on["kaggle"])
     out["kaggle_attributes_off"] = kaggle_off
@@ -714,7 +715,7 @@ def main(args) -> dict:
     rep: dict = {"mode": mode, "env": bc.env_info(device), "config": {k: v for k, v in cfg.items()},
                  "out": str(out), "timings": {}, "commands": jobs.commands}
     rep["conventions"] = {
-        "post_processing": "lib.submission.POSTPROCESS_DEFAULTS (the winning recipe) for every table but "
+        "post_processing": "lib.postprocess.POSTPROCESS_DEFAULTS (the winning recipe) for every table but "
                            "'submission', which uses 06's val-tuned params.json",
         "ensemble": "unet + maskrcnn + deepmac fused with equal weights (lib.fusion.combine)",
         "groups": "Kaggle per group: ground truth and predictions restricted to the group, scored on the test "
@@ -783,8 +784,8 @@ def main(args) -> dict:
 
     # 4. per model / group scores
     from lib import fusion as lfusion
-    from lib.ensemble import load_combination
-    from lib import submission as lsub
+    from lib.tuning import load_combination
+    from lib import postprocess as lpost
 
     gt_csv = data / "test" / "test_ground_truth.csv"
     gts = group_gt(gt_csv, w)
@@ -793,7 +794,7 @@ def main(args) -> dict:
     claim_src = load_sources(w / "pred_claim")
 
     def all_scores():
-        recipe = lsub.resolve_params(None)
+        recipe = lpost.resolve_params(None)
         tables = dict(main_src)
         tables["ensemble"] = lfusion.combine(main_src, {"models": list(main_src), "weights": [1.0] * len(main_src),
                                                      "iou": 0.5, "min_votes": 1, "min_score": 0.0})
@@ -801,7 +802,7 @@ def main(args) -> dict:
         combo = load_combination(sub_dir / "params.json")
         if combo is not None:
             tables["submission"] = lfusion.combine(main_src, combo)
-            params_of["submission"] = lsub.load_params(sub_dir / "params.json")
+            params_of["submission"] = lpost.load_params(sub_dir / "params.json")
         tables.update(claim_src)
         params_of.update({k: recipe for k in claim_src})
         return score_tables(tables, params_of, gts, images, cfg["score_workers"])

@@ -1,9 +1,10 @@
-"""Command-line flags of the training scripts 02/03/04 and their translation into a model config.
+"""Command-line flags of the scripts 02-06 and their translation into configs.
 
 :func:`add_common_args` (data, optimisation, logging, checkpoints, augmentation, starting weights) and
 :func:`add_detector_args` (03/04's model flags) build the parsers; :func:`detector_overrides` and
 :func:`train_scale_range` turn parsed flags into ``lib.models`` config keys (``None`` = the model's default).
-This is the one module that reads argparse Namespaces; ``lib.engine.run_training`` takes the parsed flags.
+:func:`add_predict_args` / :func:`predict_settings` build 05's parser and settings, :func:`add_submission_args` builds 06's parser and :func:`postprocess_overrides` reads its post-processing
+flags. This is the one module that reads argparse Namespaces; ``lib.engine.run_training`` takes the parsed flags.
 """
 from __future__ import annotations
 
@@ -199,3 +200,128 @@ def train_scale_range(scale_range, min_size: int) -> list[float] | None:
 def args_dict(args) -> dict:
     """``vars(args)`` with Paths/tuples made JSON-safe."""
     return lio.json_safe(vars(args))
+
+
+def add_submission_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """06_make_submission.py's flags: prediction tables, the combination, post-processing overrides, scoring and
+    tuning, output. The post-processing flags carry the names of :data:`lib.postprocess.POSTPROCESS_DEFAULTS`
+    (:func:`postprocess_overrides`)."""
+    p.add_argument("--predictions", nargs="+", default=[],
+                   help="predictions.parquet files or 05 output directories (several -> ensemble)")
+    p.add_argument("--models", nargs="+", default=None, help="use only these model names from the tables")
+    p.add_argument("--ensemble-weights", nargs="+", type=float, default=None,
+                   help="one weight per model used (default: the tuned combination in the params file, else equal)")
+    p.add_argument("--ensemble-iou", type=float, default=0.5, help="mask IoU to fuse instances across models")
+    p.add_argument("--min-votes", type=int, default=1, help="keep fused instances found by at least this many models")
+    p.add_argument("--data-dir", default="data/synthetic",
+                   help="Kaggle-layout directory (test/, sample_submission.csv)")
+    p.add_argument("--out-dir", type=Path, default=Path("work/submission"),
+                   help="where submission.csv, params.json, scores.json, meta.json and report/ go")
+    p.add_argument("--mask-size", type=int, default=512, help="mask side in the submission (0 = original image size)")
+    p.add_argument("--params", default=None,
+                   help="post-processing params JSON (default: <out-dir>/params.json if it exists)")
+    g = p.add_argument_group("post-processing overrides (default: from --params)")
+    g.add_argument("--score-thresh", type=float, default=None, help="drop instances scoring below this")
+    g.add_argument("--mask-thresh", type=float, default=None, help="binarise probabilities at >= this")
+    g.add_argument("--nms-iou", type=float, default=None, help="per-category mask NMS: drop IoU > this")
+    g.add_argument("--min-area", type=int, default=None, help="drop masks smaller than this (pixels)")
+    g.add_argument("--overlap", choices=["score", "none"], default=None,
+                   help="same-category overlap suppression by score, or none")
+    g.add_argument("--keep-categories", default=None, help="only these categories, e.g. garments or 0-26,31")
+    g.add_argument("--drop-categories", default=None, help="drop these categories, e.g. parts or 45")
+    g.add_argument("--tune-drop-categories", action=argparse.BooleanOptionalAction, default=False,
+                   help="with --tune / --tune-on: after the threshold grid, drop the categories whose predictions "
+                        "lower the tuning split's score (a category the model never gets right only adds zeros "
+                        "to the images' averages); saved in params.json. Needs a large tuning split: on the "
+                        "demo's 12 val images it overfits")
+    g.add_argument("--attributes", choices=["off", "on"], default=None, help="emit attributes in ClassIds")
+    g.add_argument("--attr-thresh", type=float, default=None, help="attribute score threshold")
+    p.add_argument("--gt", default=None,
+                   help="train.csv-format ground truth to score on (default: <data-dir>/test_ground_truth.csv)")
+    p.add_argument("--no-score", action="store_true", help="do not score even if ground truth exists")
+    p.add_argument("--tune", action="store_true", help="grid-search post-processing on --gt, save params.json, use it")
+    p.add_argument("--tune-on", nargs="+", default=None, metavar="DIR",
+                   help="05 output dirs of the prepared set's val split (with gt.csv): tune the combination and "
+                        "post-processing there, save params.json, and apply them to --predictions")
+    p.add_argument("--weight-choices", nargs="+", type=float, default=[1.0, 2.0],
+                   help="per-model weights tried when tuning a combination (distinct ratios only)")
+    p.add_argument("--max-models", type=int, default=0,
+                   help="largest combination tried when tuning (0 = all models)")
+    p.add_argument("--refine", type=int, default=3,
+                   help="combinations searched over the whole grid after a first pass over score thresholds "
+                        "(0 = whole grid for every combination)")
+    p.add_argument("--tune-grid", default=None,
+                   help='JSON grid for --tune, e.g. \'{"score_thresh": [0.4, 0.5], "mask_thresh": [0.45]}\'')
+    p.add_argument("--validate", default=None, metavar="FILE",
+                   help="only validate FILE against --data-dir's test images; exit 0 if valid, 1 if not")
+    p.add_argument("--report-images", type=int, default=6,
+                   help="images shown in <out-dir>/report/index.html (overlays per model); 0 = no report")
+    p.add_argument("--processes", type=int, default=0,
+                   help="processes that post-process and encode the test images (0 = one per CPU, 1 = none)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    return p
+
+
+def postprocess_overrides(args) -> dict:
+    """06's post-processing flags as :func:`lib.postprocess.resolve_params` overrides (None = not given)."""
+    from .postprocess import POSTPROCESS_DEFAULTS
+
+    return {k: getattr(args, k) for k in POSTPROCESS_DEFAULTS}
+
+
+def add_predict_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """05_predict.py's flags (named as the fields of :class:`lib.predict.PredictSettings`, :func:`predict_settings`)."""
+    g = p.add_argument_group("models and images")
+    g.add_argument("--checkpoints", nargs="+", required=True,
+                   help="checkpoint files or training out-dirs (an out-dir means its best.pth, else checkpoint.pth)")
+    g.add_argument("--names", nargs="+", default=None, help="model names (default: each checkpoint's out-dir name)")
+    g.add_argument("--data-dir", type=Path, default=Path("data/synthetic"),
+                   help="Kaggle-layout dir: predicts its test images (sample_submission.csv order)")
+    g.add_argument("--prepared-dir", type=Path, default=None,
+                   help="a prepared set: predict one split of it instead (--split) and write gt.csv")
+    g.add_argument("--split", choices=["val", "train"], default="val", help="prepared split with --prepared-dir")
+    g.add_argument("--limit", type=int, default=0, help="predict only the first N images (quick runs); 0 = all")
+    g.add_argument("--out-dir", type=Path, default=Path("work/predictions"), help="output directory")
+    g = p.add_argument_group("inference")
+    g.add_argument("--batch-size", type=int, default=4, help="images per forward pass (per process)")
+    g.add_argument("--workers", type=int, default=4, help="DataLoader workers decoding + resizing images")
+    g.add_argument("--input-long-side", type=int, default=0,
+                   help="shrink images to this long side before the model (0 = the largest model max_size "
+                        "x the largest TTA scale; images are never upscaled)")
+    g.add_argument("--amp", choices=["auto", "bf16", "off"], default="auto",
+                   help="autocast: auto = bf16 on CUDA, off on CPU")
+    g.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto = cuda if available")
+    g.add_argument("--channels-last", action="store_true",
+                   help="run the models in channels-last (NHWC) layout (bench/infer_bench.py measures it)")
+    g.add_argument("--threads", type=int, default=0, help="torch.set_num_threads on CPU; 0 = torch's default")
+    g = p.add_argument_group("test-time augmentation")
+    g.add_argument("--tta-flip", action="store_true", help="add horizontally flipped views (mapped back)")
+    g.add_argument("--tta-scales", type=float, nargs="+", default=[1.0],
+                   help="view scales, e.g. 0.8 1.0 1.2 (multiply the model's resize sizes)")
+    g.add_argument("--tta-iou", type=float, default=0.5, help="mask IoU at which instances of two views fuse")
+    g = p.add_argument_group("storage")
+    g.add_argument("--mask-size", type=int, default=512,
+                   help="store masks at N x N (resized from the original frame, aspect not kept); 0 = original size "
+                        "(with TTA each view's masks wait on the device as uint8 until fused: about 0.6 GB per view "
+                        "and image at 100 detections of a 3000x2000 image, so lower --batch-size)")
+    g.add_argument("--score-floor", type=float, default=0.05,
+                   help="drop instances scoring below this (06 applies the real threshold)")
+    g.add_argument("--shard-size", type=int, default=100,
+                   help="write a resumable shard every N images (rounded up to a multiple of --batch-size)")
+    g.add_argument("--stop-after", type=int, default=0,
+                   help="stop this run after N images per process (split a long run; rerun to continue); 0 = no")
+    g.add_argument("--restart", action="store_true",
+                   help="delete shards / results of an earlier run in --out-dir and predict from scratch")
+    g.add_argument("--keep-shards", action="store_true", help="keep out_dir/shards after merging")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    return p
+
+
+def predict_settings(args):
+    """05's parsed flags as :class:`lib.predict.PredictSettings`."""
+    from dataclasses import fields
+
+    from .predict import PredictSettings
+
+    names = {f.name for f in fields(PredictSettings)} - {"progress"}
+    return PredictSettings(**{k: getattr(args, k) for k in names}, progress=not args.no_progress)

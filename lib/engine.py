@@ -301,9 +301,7 @@ def run_training(arch: str, model_overrides: dict, args, stage: str | None = Non
             epoch_sums = train_one_epoch(run, epoch)
             end_epoch(run, epoch, epoch_sums)
         summary = write_meta(run, "done" if run.epochs_done >= args.epochs else "stopped") if run.main else {}
-        if run.env["distributed"]:
-            dist.barrier()
-            dist.destroy_process_group()
+        runtime.teardown_distributed(run.env["distributed"], barrier=True)
         return summary
 
 

@@ -38,7 +38,7 @@ Fusion, category by category (instances of different categories never fuse):
 :func:`ensemble_tables` applies this image by image to prediction tables in
 the :mod:`lib.prediction_table` format and returns a table of the same format.
 :func:`combine` fuses the tables of one combination (models, weights, IoU, votes), as
-:mod:`lib.ensemble` chose it on the validation split.
+:mod:`lib.tuning` chose it on the validation split.
 """
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ from . import prediction_table as lpred
 from .metric import mask_iou
 
 __all__ = ["fuse_instances", "fusion_plan", "fused_attributes", "masks_to_boxes", "table_sources", "ensemble_tables",
-           "combine", "check_weights"]
+           "combine", "check_weights", "compared_tables"]
 
 
 def check_weights(weights, n: int) -> np.ndarray:
@@ -185,7 +185,7 @@ def fusion_plan(categories: np.ndarray, scores: np.ndarray, sources: np.ndarray,
     """The clusters of :func:`fuse_instances` and their fusion coefficients, from small arrays only.
 
     The rules are the module docstring's; the mask arithmetic is left to the caller, so the same plan drives
-    the numpy fusion of :func:`fuse_instances` and the on-device fusion of TTA views in :mod:`lib.predict`.
+    the numpy fusion of :func:`fuse_instances` and the on-device fusion of TTA views in :mod:`lib.inference`.
 
     Args:
         categories, scores, sources: (N,) the pooled instances' category, score and source index (0..K-1).
@@ -369,3 +369,24 @@ def combine(sources: dict[str, pd.DataFrame], combo: dict, progress: bool = Fals
     return ensemble_tables([sources[m] for m in combo["models"]], combo.get("weights"),
                            float(combo.get("iou", 0.5)), int(combo.get("min_votes", 1)),
                            min_score=float(combo.get("min_score", 0.0)), progress=progress)
+
+
+def compared_tables(sources: dict[str, pd.DataFrame], combo: dict, submission: pd.DataFrame, with_ensemble: bool,
+                    iou: float = 0.5, min_votes: int = 1, progress: bool = False) -> dict[str, pd.DataFrame]:
+    """What 06 compares: each model alone, all models fused with equal weights (``"ensemble"``: the submission
+    itself when ``combo`` is that, else fused here at ``iou`` / ``min_votes`` when ``with_ensemble``) and, when
+    it is neither of those, the submission's combination (``"submission"``). One model alone: just it."""
+    names = list(sources)
+    out = dict(sources)
+    if len(names) < 2:
+        return out
+    is_all = combo["models"] == names and np.allclose(combo["weights"], 1.0)
+    if is_all:
+        out["ensemble"] = submission
+    else:
+        if with_ensemble:
+            all_models = {"models": names, "weights": [1.0] * len(names), "iou": iou,
+                          "min_votes": min_votes, "min_score": 0.0}
+            out["ensemble"] = combine(sources, all_models, progress)
+        out["submission"] = submission
+    return out

@@ -27,6 +27,9 @@ in the companion ``images.parquet`` (image_id, orig_height, orig_width), so
 """
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pandas as pd
@@ -87,3 +90,72 @@ def read_table(path) -> pd.DataFrame:
     if missing:
         raise ValueError(f"{path}: not a prediction table (missing columns {missing})")
     return df
+
+
+def check_images(images: pd.DataFrame) -> pd.DataFrame:
+    """``images`` (an images table: ``image_id, orig_height, orig_width``, as ``images.parquet``), checked:
+    the columns are there and no image is listed twice; else ``ValueError``."""
+    missing = [c for c in ("image_id", "orig_height", "orig_width") if c not in images.columns]
+    if missing:
+        raise ValueError(f"images table lacks columns {missing} (needs image_id, orig_height, orig_width)")
+    dup = images["image_id"][images["image_id"].duplicated()]
+    if len(dup):
+        raise ValueError(f"images table lists {dup.iloc[0]!r} more than once")
+    return images
+
+
+def _table_file(path) -> Path:
+    """A ``predictions.parquet`` file, or the 05 output directory holding one."""
+    p = Path(path)
+    return p / "predictions.parquet" if p.is_dir() else p
+
+
+def read_sources(paths, models=None) -> tuple[list[tuple[str, pd.DataFrame]], set[str]]:
+    """The prediction tables of 05 runs, one source per model: ``([(name, table)], predicted image ids)``.
+
+    ``paths``: ``predictions.parquet`` files or 05 output directories. A model is named as in its table (a
+    name seen twice gets ``@<file>``); ``meta.json`` lists a model that predicted nothing above its score
+    floor too. ``models``: keep only these names. The predicted ids are those of ``images.parquet`` (an
+    image predicted without instances is predicted). Raises ``FileNotFoundError`` for a missing table and
+    ``ValueError`` for an unfinished 05 run, unknown ``models`` or nothing to use.
+    """
+    sources, predicted = [], set()
+    for f in map(_table_file, paths):
+        if not f.is_file():
+            raise FileNotFoundError(f"prediction table not found: {f}")
+        meta = f.parent / "meta.json"
+        info = json.loads(meta.read_text()) if meta.is_file() else {}
+        if info.get("status") not in (None, "done"):
+            raise ValueError(f"{f.parent}: 05_predict.py did not finish there (status {info.get('status')!r}); rerun "
+                             f"the same 05 command to complete it before making a submission")
+        table = read_table(f)
+        images = f.parent / "images.parquet"
+        predicted.update(pd.read_parquet(images, columns=["image_id"])["image_id"] if images.is_file()
+                         else table["image_id"])
+        names = list(dict.fromkeys(table["model"]))
+        listed = [m["name"] for m in info.get("models", []) if m.get("name")]
+        names = listed + [n for n in names if n not in listed]
+        for m in names if models is None else [m for m in names if m in models]:
+            name = m if all(m != s[0] for s in sources) else f"{m}@{f}"
+            sources.append((name, table[table["model"] == m].reset_index(drop=True)))
+    if models is not None:
+        missing = set(models) - {s[0].split("@")[0] for s in sources}
+        if missing:
+            raise ValueError(f"--models {sorted(missing)} not in the tables")
+    if not sources:
+        raise ValueError("no predictions to use (empty tables, or --models matched nothing)")
+    return sources, predicted
+
+
+def split_source(paths) -> dict | None:
+    """When the first of ``paths`` is a 05 output of a prepared split (``05_predict.py --prepared-dir --split``):
+    ``{"dir", "split", "images" (its images.parquet), "gt" (its gt.csv, or None), "image_dir"}``; else None."""
+    d = Path(paths[0])
+    d = d if d.is_dir() else d.parent
+    meta = d / "meta.json"
+    src = (json.loads(meta.read_text()).get("source") or {}) if meta.is_file() else {}
+    if not isinstance(src, dict) or not src.get("prepared_dir"):
+        return None
+    gt = d / "gt.csv"
+    return {"dir": d, "split": src.get("split"), "images": pd.read_parquet(d / "images.parquet"),
+            "gt": str(gt) if gt.is_file() else None, "image_dir": str(Path(src["prepared_dir"]) / "images")}

@@ -9,7 +9,7 @@
     curves/learning_curves.png    the validation Kaggle metric against step of every model (from metrics.jsonl)
 
 Overlays show the instances as they would be submitted: each table's rows go through
-:func:`lib.submission.postprocess_image` with the submission's parameters, at the panel's display size.
+:func:`lib.postprocess.postprocess_image` with the submission's parameters, at the panel's display size.
 """
 from __future__ import annotations
 
@@ -117,21 +117,21 @@ def write_report(report_dir: str | Path, data_dir: str | Path | None, tables: Ma
         data_dir: Kaggle-layout dir: images from ``<data_dir>/test`` and names from its
             ``label_descriptions.json`` (either may be overridden by ``image_dir`` / ``class_names``).
         tables: ``{name: prediction table}`` (lib.prediction_table format), e.g. each model and "ensemble".
-        params: the submission's post-processing parameters (lib.submission), shown and used for overlays.
+        params: the submission's post-processing parameters (lib.postprocess), shown and used for overlays.
         gt_csv: train.csv-format ground truth of these images (a panel per image), or None.
         train_dirs: training out-dirs (``{name: dir}``, or dirs named after their model) for curves.png
             and val_scores.json.
-        scores: ``{name: lib.submission.score_table result}`` (kaggle, AP, ..., per_class).
+        scores: ``{name: lib.scoring.score_table result}`` (kaggle, AP, ..., per_class).
         n_images: images to show (a seeded sample, preferring images with ground truth).
         image_dir: where ``<ImageId>`` files are (default ``<data_dir>/test``; a prepared set: its ``images/``).
         extra: more key/value lines for the summary (e.g. paths of submission.csv and scores.json).
     """
-    from . import submission as lsub
+    from . import postprocess as lpost
 
     report_dir = Path(report_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
     names = list(class_names) if class_names is not None else category_names(data_dir)
-    params = lsub.resolve_params(params)
+    params = lpost.resolve_params(params)
     image_dir = Path(image_dir) if image_dir else (Path(data_dir) / "test" if data_dir else None)
     gt_csv = Path(gt_csv) if gt_csv else None
     groups: dict = {}
@@ -167,7 +167,7 @@ def write_report(report_dir: str | Path, data_dir: str | Path | None, tables: Ma
             titles.append(f"ground truth ({len(cats)})")
         for name, g in by_image.items():
             rows = g.get(image_id)
-            insts = [] if rows is None else lsub.postprocess_image(rows, params, (dh, dw))
+            insts = [] if rows is None else lpost.postprocess_image(rows, params, (dh, dw))
             masks = np.stack([m for _, m, _ in insts]) if insts else np.zeros((0, dh, dw), np.uint8)
             panels.append(viz.draw_overlay(small, masks, [_class_label(c, names) for c, _, _ in insts],
                                            [s for _, _, s in insts]))

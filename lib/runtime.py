@@ -71,6 +71,24 @@ def setup_distributed(device_arg: str = "auto") -> dict:
     return dict(distributed=distributed, rank=rank, world_size=world, local_rank=local_rank, device=device)
 
 
+def gather_counts(n: int, distributed: bool, world: int) -> list[int]:
+    """Every rank's ``n`` (``[n]`` when not distributed); returns once every rank has sent its count."""
+    if not distributed:
+        return [n]
+    counts = [None] * world
+    dist.all_gather_object(counts, n)
+    dist.barrier()
+    return counts
+
+
+def teardown_distributed(distributed: bool, barrier: bool = False) -> None:
+    """End torch.distributed (after a barrier when ``barrier``); nothing when not distributed."""
+    if distributed:
+        if barrier:
+            dist.barrier()
+        dist.destroy_process_group()
+
+
 def seed_everything(seed: int) -> None:
     """Seed torch (CPU and CUDA), numpy and random."""
     seed = int(seed) % 2**31

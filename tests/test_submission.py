@@ -1,4 +1,4 @@
-"""Tests for lib/submission.py (post-processing, submission building/validation, scoring, tuning) and 06."""
+"""lib/submission.py and 06_make_submission.py: building, validating and writing submission.csv; 06 end to end."""
 from __future__ import annotations
 
 import csv
@@ -18,159 +18,14 @@ from conftest import fuzz_sizes, run_stage, snapshot_files
 from lib import prediction_table as lpred
 from lib import rle as lrle
 from lib import submission as lsub
-from lib.kaggle_data import SUBMISSION_COLUMNS, resize_mask
+from lib.kaggle_data import SUBMISSION_COLUMNS
 from lib.labels import parse_class_id
+from lib.postprocess import load_params
 
 REPO = Path(__file__).resolve().parents[1]
 S = 32  # mask side of most tests
-
-
-def rect(y0, x0, y1, x1, value=1.0, hw=(S, S)):
-    m = np.zeros(hw, np.float32)
-    m[y0:y1, x0:x1] = value
-    return m
-
-
-def pred_rows(image_id, masks, cats, scores, orig=(64, 48), attrs=None, model="m"):
-    rows = []
-    for i, m in enumerate(masks):
-        x0, y0, png = lpred.encode_prob(m)
-        rows.append({"image_id": image_id, "model": model, "category": int(cats[i]), "score": float(scores[i]),
-                     "x1": 0, "y1": 0, "x2": 1, "y2": 1, "orig_height": orig[0], "orig_width": orig[1],
-                     "mask_height": m.shape[0], "mask_width": m.shape[1], "mask_x0": x0, "mask_y0": y0,
-                     "mask_png": png, "attr_scores": None if attrs is None else list(attrs[i])})
-    return rows
-
-
-def table(*parts):
-    return lpred.make_table([r for p in parts for r in p])
-
-
-def post(t, out_size=(S, S), **params):
-    return lsub.postprocess_image(t, params, out_size)
-
-
-def images_df(ids, h=64, w=48):
-    return pd.DataFrame({"image_id": ids, "orig_height": h, "orig_width": w})
-
-
-def write_gt(path, items):
-    """items: [(image_id, mask (H, W), class_id)] -> train.csv-format file."""
-    lines = ["ImageId,EncodedPixels,Height,Width,ClassId"]
-    for image_id, m, cls in items:
-        lines.append(f"{image_id},{lrle.encode(m)},{m.shape[0]},{m.shape[1]},{cls}")
-    Path(path).write_text("\n".join(lines) + "\n")
-    return path
-
-
-# ------------------------------------------------------------------ parameters
-
-
-def test_resolve_params_defaults_overrides_and_errors(tmp_path):
-    p = lsub.resolve_params()
-    assert p["score_thresh"] == 0.5 and p["mask_thresh"] == 0.45 and p["nms_iou"] == 0.3
-    assert p["overlap"] == "score" and p["min_area"] == 20 and p["keep_categories"] is None
-    p = lsub.resolve_params({"score_thresh": 0.3}, score_thresh=None, mask_thresh=0.6, keep_categories="garments",
-                            drop_categories="1,2")
-    assert p["score_thresh"] == 0.3 and p["mask_thresh"] == 0.6
-    assert p["keep_categories"] == tuple(range(27)) and p["drop_categories"] == (1, 2)
-    with pytest.raises(ValueError, match="unknown post-processing parameters"):
-        lsub.resolve_params({"score": 0.3})
-    with pytest.raises(ValueError, match="overlap"):
-        lsub.resolve_params(overlap="union")
-    with pytest.raises(ValueError, match="score_thresh"):
-        lsub.resolve_params(score_thresh=1.5)
-    with pytest.raises(ValueError, match="out of range"):
-        lsub.resolve_params(keep_categories=[46])
-    lsub.save_params(tmp_path / "params.json", p, kaggle=0.5)
-    assert lsub.load_params(tmp_path / "params.json") == p
-    (tmp_path / "flat.json").write_text(json.dumps({"min_area": 7}))
-    assert lsub.load_params(tmp_path / "flat.json")["min_area"] == 7
-
-
-# ------------------------------------------------------------------ post-processing
-
-
-def test_overlap_suppression_keeps_the_higher_score_pixels():
-    hi, lo = rect(4, 4, 20, 20), rect(12, 4, 28, 20)  # same category, IoU 128/384 = 0.33 (NMS at 0.5 keeps both)
-    other = rect(4, 4, 20, 20)  # another category on the same pixels: untouched
-    t = table(pred_rows("a", [lo, hi, other], [3, 3, 8], [0.7, 0.9, 0.8]))
-    out = post(t, nms_iou=0.5)
-    assert [(c, s) for c, _, s in out] == [("3", pytest.approx(0.9)), ("8", pytest.approx(0.8)),
-                                           ("3", pytest.approx(0.7))]
-    np.testing.assert_array_equal(out[0][1], hi)  # the higher score keeps every pixel
-    np.testing.assert_array_equal(out[1][1], other)
-    np.testing.assert_array_equal(out[2][1], rect(20, 4, 28, 20))  # the lower one loses the shared rows
-    assert not (out[0][1] & out[2][1]).any()
-    out = post(t, nms_iou=0.5, overlap="none")
-    np.testing.assert_array_equal(out[2][1], lo)
-
-
-def test_nms_drops_a_duplicate_per_category():
-    a, b = rect(4, 4, 20, 20), rect(5, 4, 21, 20)  # IoU 15/17 = 0.88
-    t = table(pred_rows("a", [a, b, b], [1, 1, 2], [0.9, 0.8, 0.6]))
-    assert [c for c, _, _ in post(t, min_area=0)] == ["1", "2"]  # the duplicate of category 1 is gone
-    assert [c for c, _, _ in post(t, min_area=0, nms_iou=0.85)] == ["1", "2"]
-    out = post(t, min_area=0, nms_iou=0.9)  # IoU 0.88 is not > 0.9: kept, reduced to its one-row sliver
-    assert [c for c, _, _ in out] == ["1", "1", "2"]
-    np.testing.assert_array_equal(out[1][1], rect(20, 4, 21, 20))
-    assert [c for c, _, _ in post(t, nms_iou=1.0, overlap="none")] == ["1", "1", "2"]  # NMS off
-    assert [c for c, _, _ in post(t, nms_iou=1.0)] == ["1", "2"]  # the sliver (16 px) is under min_area 20
-    tie = table(pred_rows("a", [rect(0, 0, 10, 20), rect(0, 0, 10, 10)], [1, 1], [0.9, 0.8]))  # IoU exactly 0.5
-    assert len(post(tie, nms_iou=0.5, overlap="none", min_area=0)) == 2  # suppressed only when IoU > nms_iou
-    assert len(post(tie, nms_iou=0.49, overlap="none", min_area=0)) == 1
-
-
-def test_min_area_score_and_mask_thresholds_and_categories():
-    small = rect(0, 0, 4, 5)  # 20 px
-    t = table(pred_rows("a", [small, rect(10, 10, 20, 20), rect(22, 22, 30, 30, 0.5)], [0, 1, 2], [0.9, 0.5, 0.9]))
-    assert [c for c, _, _ in post(t)] == ["0", "2", "1"]  # by score, ties in table order
-    assert [c for c, _, _ in post(t, min_area=21)] == ["2", "1"]
-    assert [c for c, _, _ in post(t, score_thresh=0.51)] == ["0", "2"]  # 0.5 >= 0.5 kept, below dropped
-    assert [c for c, _, _ in post(t, mask_thresh=0.6)] == ["0", "1"]  # the 0.5-probability mask vanishes
-    assert [c for c, _, _ in post(t, keep_categories=[1, 2], drop_categories=[2])] == ["1"]
-    assert post(t.iloc[:0]) == []
-
-
-def test_attributes_on_only_for_attribute_categories():
-    attrs = np.zeros((3, 92), np.float32)
-    attrs[:, [3, 40, 7]] = [0.9, 0.5, 0.2]
-    t = table(pred_rows("a", [rect(0, 0, 10, 10), rect(12, 12, 22, 22), rect(0, 20, 10, 30)], [10, 20, 6],
-                        [0.9, 0.8, 0.7], attrs=attrs))
-    assert [c for c, _, _ in post(t)] == ["10", "20", "6"]
-    assert [c for c, _, _ in post(t, attributes="on")] == ["10_3_40", "20", "6_3_40"]
-    assert [c for c, _, _ in post(t, attributes="on", attr_thresh=0.1)] == ["10_3_7_40", "20", "6_3_7_40"]
-
-
-@pytest.mark.parametrize("out_size", [(32, 32), (77, 50), (13, 20), (9, 64)])
-def test_resizing_matches_a_full_bilinear_resize_then_threshold(out_size):
-    rng = np.random.default_rng(sum(out_size))
-    masks = []
-    for y0, x0, y1, x1 in [(0, 0, 9, 12), (5, 7, 30, 20), (20, 20, 32, 32), (3, 25, 11, 32)]:
-        masks.append(rect(y0, x0, y1, x1, 1.0) * rng.uniform(0.2, 1, (S, S)).astype(np.float32))
-    t = table(pred_rows("a", masks, [0, 1, 2, 3], [0.9, 0.8, 0.7, 0.6]))
-    out = post(t, out_size, min_area=0, nms_iou=1.0)
-    for (cls, got, _), m in zip(out, masks):
-        q = np.rint(m * 255).astype(np.float32) / 255  # the table's 1/255 quantisation
-        full = cv2.resize(q, (out_size[1], out_size[0]), interpolation=cv2.INTER_LINEAR)
-        assert got.shape == out_size and got.dtype == np.uint8
-        np.testing.assert_array_equal(got, (full >= 0.45).astype(np.uint8), err_msg=cls)
-
-
-# ------------------------------------------------------------------ build / validate / write
-
-
-def test_window_rle_equals_encoding_the_full_canvas():
-    rng = np.random.default_rng(3)
-    for _ in range(300):
-        H, W = rng.integers(1, 12, 2)
-        y0, x0 = rng.integers(0, H), rng.integers(0, W)
-        h, w = rng.integers(1, H - y0 + 1), rng.integers(1, W - x0 + 1)
-        if rng.random() < 0.3:
-            y0, h = 0, H  # full-height windows: runs continue across columns
-        m = rng.random((h, w)) < rng.choice([0.3, 0.9, 1.0])
-        inst = lsub._Inst(0, 1.0, "0", int(y0), int(x0), m, int(m.sum()))
-        assert inst.rle((H, W)) == lrle.encode(inst.full((H, W)))
+from test_postprocess import images_df, pred_rows, rect, table, write_gt  # noqa: E402
+from test_scoring import gt_items  # noqa: E402
 
 
 
@@ -340,94 +195,6 @@ def test_property_build_submission_always_validates(n, tmp_path_factory):
     print(f"written submissions validate: {seen}")
 
 
-# ------------------------------------------------------------------ scoring and tuning
-
-
-def gt_items():
-    """Two images of ground truth at 40x30 (original size) with non-overlapping same-category masks."""
-    a1, a2, a3 = (rect(*r, hw=(40, 30)).astype(np.uint8) for r in [(0, 0, 20, 15), (20, 0, 40, 15), (5, 15, 35, 30)])
-    b1 = rect(10, 5, 30, 25, hw=(40, 30)).astype(np.uint8)
-    return [("a.jpg", a1, "1"), ("a.jpg", a2, "1"), ("a.jpg", a3, "10_3_7"), ("b.jpg", b1, "5")]
-
-
-def test_score_table_ground_truth_as_predictions_is_perfect(tmp_path):
-    gt = write_gt(tmp_path / "gt.csv", gt_items())
-    from lib.labels import parse_class_id
-
-    def as_table(size):  # ground-truth masks stored as 05 would, at `size`
-        return lpred.make_table([
-            r for image_id, m, cls in gt_items()
-            for r in pred_rows(image_id, [resize_mask(m, size or m.shape).astype(np.float32)],
-                               [parse_class_id(cls)[0]], [0.99], orig=(40, 30))])
-
-    for mask_size in (None, 16, 64):
-        t = as_table(mask_size and (mask_size, mask_size))
-        s = lsub.score_table(t, gt, mask_size=mask_size, progress=False)
-        assert s["kaggle"] == 1.0 and s["AP"] == pytest.approx(1.0) and s["num_images"] == 2
-        assert s["per_class"] == {1: 1.0, 5: 1.0, 10: 1.0}
-    # An extra test image without ground truth nor prediction scores 1; the missing b.jpg predictions score 0.
-    s = lsub.score_table(t[t["image_id"] == "a.jpg"], gt, images=images_df(["a.jpg", "b.jpg", "c.jpg"], 40, 30),
-                         progress=False, coco=False)
-    assert s["num_images"] == 3 and s["kaggle"] == pytest.approx(2 / 3) and np.isnan(s["AP"])
-    # Full ClassIds: category 10 needs its attributes.
-    attrs = np.zeros((4, 92), np.float32)
-    attrs[2, [3, 7]] = 0.9
-    t = as_table(None)
-    t2 = lpred.make_table([dict(r, attr_scores=list(attrs[i])) for i, r in enumerate(t.to_dict("records"))])
-    s = lsub.score_table(t2, gt, {"attributes": "on"}, full_class_ids=True, progress=False)
-    assert s["kaggle"] == 1.0 and "10_3_7" in s["per_class"]
-    s = lsub.score_table(t2, gt, full_class_ids=True, progress=False)  # attributes off: "10" != "10_3_7"
-    assert s["kaggle"] < 1.0
-
-
-def test_tune_picks_thresholds_that_improve_a_constructed_case(tmp_path):
-    obj = rect(8, 8, 24, 24, hw=(S, S)).astype(np.uint8)
-    gt = write_gt(tmp_path / "gt.csv", [("a.jpg", obj, "2")])
-    soft = rect(4, 4, 28, 28, 0.5) + rect(8, 8, 24, 24, 0.4)  # 0.9 on the object, 0.5 around it
-    t = table(pred_rows("a.jpg", [soft, rect(0, 0, 6, 6)], [2, 2], [0.9, 0.4], orig=(S, S)))
-    base = lsub.score_table(t, gt, {"score_thresh": 0.3}, mask_size=S, progress=False)["kaggle"]
-    best, results = lsub.tune(t, gt, {"score_thresh": [0.3, 0.5], "mask_thresh": [0.45, 0.7]}, mask_size=S,
-                              out_path=tmp_path / "params.json", progress=False)
-    assert len(results) == 4 and results[0]["params"] == {"score_thresh": 0.3, "mask_thresh": 0.45}
-    assert best["score_thresh"] == 0.5 and best["mask_thresh"] == 0.7
-    assert max(r["kaggle"] for r in results) == 1.0 > base == results[0]["kaggle"]
-    saved = lsub.load_params(tmp_path / "params.json")
-    assert saved == best and json.loads((tmp_path / "params.json").read_text())["kaggle"] == 1.0
-
-
-def test_tune_drops_categories_that_only_add_false_positives(tmp_path):
-    obj = rect(8, 8, 24, 24, hw=(S, S)).astype(np.uint8)
-    gt = write_gt(tmp_path / "gt.csv", [("a.jpg", obj, "2"), ("b.jpg", obj, "5")])
-    good = rect(8, 8, 24, 24, 0.9)
-    rows = (pred_rows("a.jpg", [good, rect(26, 26, 31, 31, 0.9)], [2, 7], [0.9, 0.8], orig=(S, S))
-            + pred_rows("b.jpg", [rect(8, 8, 22, 24, 0.9), rect(0, 0, 6, 6, 0.9)], [5, 7], [0.9, 0.8], orig=(S, S)))
-    t = table(rows)
-    grid = {"score_thresh": [0.5]}
-    best, results = lsub.tune(t, gt, grid, mask_size=S, out_path=tmp_path / "params.json", progress=False,
-                              drop_categories=True)
-    # category 7 is predicted in both images and never there: dropped; 5 is there and mostly right: kept
-    assert best["drop_categories"] == (7,)
-    assert results[-1]["params"] == {"score_thresh": 0.5, "drop_categories": [7]}
-    assert results[-1]["kaggle"] > results[0]["kaggle"]
-    assert lsub.load_params(tmp_path / "params.json")["drop_categories"] == (7,)
-    # the shortcut score equals scoring the table with those categories dropped
-    assert results[-1]["kaggle"] == pytest.approx(lsub.score_table(t, gt, best, mask_size=S, coco=False,
-                                                                   progress=False)["kaggle"])
-    assert results[0]["kaggle"] == pytest.approx(lsub.score_table(t, gt, {"score_thresh": 0.5}, mask_size=S,
-                                                                  coco=False, progress=False)["kaggle"])
-    no_drop, res = lsub.tune(t, gt, grid, mask_size=S, progress=False)  # off by default
-    assert no_drop["drop_categories"] == () and len(res) == 1
-
-
-def test_score_dropping_matches_the_metric():
-    table = [({2: 1.0, 7: 0.0}, {2}), ({5: 0.5, 7: 0.0}, {5, 7}), ({}, set())]
-    assert lsub.score_dropping(table, ()) == pytest.approx((0.5 + 0.25 + 1.0) / 3)
-    # dropping 7: gone from image 1's average; still counted (as 0) in image 2, where it is in the ground truth
-    assert lsub.score_dropping(table, [7]) == pytest.approx((1.0 + 0.25 + 1.0) / 3)
-    assert lsub.choose_dropped_categories(table) == ([7], pytest.approx((1.0 + 0.25 + 1.0) / 3))
-    assert lsub.score_dropping([({3: 0.0}, set())], [3]) == 1.0  # nothing left in the image: 1
-
-
 # ------------------------------------------------------------------ test images and 06
 
 
@@ -497,7 +264,7 @@ def test_make_submission_script_end_to_end(tmp_path, capsys):
     assert mod.main(mod.get_args_parser().parse_args(
         ["--predictions", str(pdir), "--models", "good", "--tune", "--tune-grid", '{"min_area": [0, 5000]}']
         + base)) == 0
-    assert lsub.load_params(out.parent / "params.json")["min_area"] == 0
+    assert load_params(out.parent / "params.json")["min_area"] == 0
     # An invalid file: exit 1, every problem printed.
     bad = tmp_path / "bad.csv"
     bad.write_text("ImageId,EncodedPixels,ClassId\na.jpg,1 2 3,6\nzz.jpg,1 1,0\n")

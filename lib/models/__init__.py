@@ -13,8 +13,8 @@ int64 = category + 1, ``masks (N, H, W)`` uint8 (N may be 0); detectors with ``a
 - eval mode: one dict per image: ``boxes (N, 4)`` float x1y1x2y2 in input pixels, ``labels (N,)`` int64 in
   1..num_classes-1, ``scores (N,)``, ``masks (N, 1, H, W)`` float probabilities at the input size; the UNet
   adds ``semantic (C, H, W)`` probabilities; detectors with ``attr_head`` add ``attr_scores
-  (N, num_attributes)`` float32 sigmoid probabilities, row-aligned with the detections (lib/predict.py
-  keeps them; lib/submission.py turns them into ``cat_attr_attr`` ClassIds with ``attributes="on"``).
+  (N, num_attributes)`` float32 sigmoid probabilities, row-aligned with the detections (lib/inference.py
+  keeps them; lib/postprocess.py turns them into ``cat_attr_attr`` ClassIds with ``attributes="on"``).
 
 Shared keys: ``arch, num_classes (47), min_size, max_size, pretrained (False), mask_classes (None = all)``.
 ``pretrained`` says the backbone starts from pretrained weights (detectors then freeze BatchNorm, as torchvision

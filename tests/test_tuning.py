@@ -1,4 +1,4 @@
-"""Tests for lib/ensemble.py: choosing the combination of models and its post-processing on validation."""
+"""lib/tuning.py: the post-processing grid, dropped categories, and the combination of models chosen on validation."""
 from __future__ import annotations
 
 import importlib.util
@@ -12,10 +12,13 @@ import pytest
 
 from lib import prediction_table as lpred
 from lib import rle as lrle
-from lib import submission as lsub
-from lib.ensemble import combinations, load_combination, tune_ensemble, weight_vectors
+from lib import postprocess as lpost
+from lib import scoring as lscoring
+from lib.tuning import (choose_dropped_categories, combinations, load_combination, score_dropping, tune_ensemble,
+                        tune_postprocess, weight_vectors)
 from lib.fusion import combine
 from test_fusion import H, W, box, table
+from test_postprocess import S, pred_rows, rect, write_gt
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -79,7 +82,7 @@ def test_tune_ensemble_picks_the_complementary_pair_and_round_trips(tmp_path):
     assert combo["min_score"] == pytest.approx(0.15)  # half the lowest threshold of the grid
     # Saved for 06: the same combination and parameters come back.
     assert load_combination(tmp_path / "params.json") == combo
-    assert lsub.load_params(tmp_path / "params.json") == params
+    assert lpost.load_params(tmp_path / "params.json") == params
     saved = json.loads((tmp_path / "params.json").read_text())
     assert saved["kaggle"] == 1.0 and len(saved["candidates"]) == 19
     # Exhaustive search agrees, and scores every candidate on the whole grid.
@@ -87,7 +90,7 @@ def test_tune_ensemble_picks_the_complementary_pair_and_round_trips(tmp_path):
                                               progress=False)
     assert (combo2, params2) == (combo, params) and all(r["kaggle"] is not None for r in results2)
     fused = combine(sources, combo)
-    assert lsub.score_table(fused, gt, params, mask_size=H, coco=False, progress=False)["kaggle"] == 1.0
+    assert lscoring.score_table(fused, gt, params, mask_size=H, coco=False, progress=False)["kaggle"] == 1.0
     assert combine(sources, {"models": ["good"]}) is sources["good"]
     with pytest.raises(ValueError, match=r"\['zz'\]"):
         combine(sources, {"models": ["good", "zz"]})
@@ -163,3 +166,53 @@ def test_make_submission_tune_on_val_applies_the_winner_to_test(tmp_path, capsys
     # --tune-on needs a val-split prediction dir with gt.csv.
     with pytest.raises(SystemExit, match="not a 05 output"):
         mod.main(mod.get_args_parser().parse_args(["--predictions", str(test), "--tune-on", str(test)] + args[4:]))
+
+
+# ------------------------------------------------------------------ post-processing grid and dropped categories
+
+def test_tune_picks_thresholds_that_improve_a_constructed_case(tmp_path):
+    obj = rect(8, 8, 24, 24, hw=(S, S)).astype(np.uint8)
+    gt = write_gt(tmp_path / "gt.csv", [("a.jpg", obj, "2")])
+    soft = rect(4, 4, 28, 28, 0.5) + rect(8, 8, 24, 24, 0.4)  # 0.9 on the object, 0.5 around it
+    t = lpred.make_table(pred_rows("a.jpg", [soft, rect(0, 0, 6, 6)], [2, 2], [0.9, 0.4], orig=(S, S)))
+    base = lscoring.score_table(t, gt, {"score_thresh": 0.3}, mask_size=S, progress=False)["kaggle"]
+    best, results = tune_postprocess(t, gt, {"score_thresh": [0.3, 0.5], "mask_thresh": [0.45, 0.7]}, mask_size=S,
+                              out_path=tmp_path / "params.json", progress=False)
+    assert len(results) == 4 and results[0]["params"] == {"score_thresh": 0.3, "mask_thresh": 0.45}
+    assert best["score_thresh"] == 0.5 and best["mask_thresh"] == 0.7
+    assert max(r["kaggle"] for r in results) == 1.0 > base == results[0]["kaggle"]
+    saved = lpost.load_params(tmp_path / "params.json")
+    assert saved == best and json.loads((tmp_path / "params.json").read_text())["kaggle"] == 1.0
+
+
+def test_tune_drops_categories_that_only_add_false_positives(tmp_path):
+    obj = rect(8, 8, 24, 24, hw=(S, S)).astype(np.uint8)
+    gt = write_gt(tmp_path / "gt.csv", [("a.jpg", obj, "2"), ("b.jpg", obj, "5")])
+    good = rect(8, 8, 24, 24, 0.9)
+    rows = (pred_rows("a.jpg", [good, rect(26, 26, 31, 31, 0.9)], [2, 7], [0.9, 0.8], orig=(S, S))
+            + pred_rows("b.jpg", [rect(8, 8, 22, 24, 0.9), rect(0, 0, 6, 6, 0.9)], [5, 7], [0.9, 0.8], orig=(S, S)))
+    t = lpred.make_table(rows)
+    grid = {"score_thresh": [0.5]}
+    best, results = tune_postprocess(t, gt, grid, mask_size=S, out_path=tmp_path / "params.json", progress=False,
+                              drop_categories=True)
+    # category 7 is predicted in both images and never there: dropped; 5 is there and mostly right: kept
+    assert best["drop_categories"] == (7,)
+    assert results[-1]["params"] == {"score_thresh": 0.5, "drop_categories": [7]}
+    assert results[-1]["kaggle"] > results[0]["kaggle"]
+    assert lpost.load_params(tmp_path / "params.json")["drop_categories"] == (7,)
+    # the shortcut score equals scoring the table with those categories dropped
+    assert results[-1]["kaggle"] == pytest.approx(lscoring.score_table(t, gt, best, mask_size=S, coco=False,
+                                                                   progress=False)["kaggle"])
+    assert results[0]["kaggle"] == pytest.approx(lscoring.score_table(t, gt, {"score_thresh": 0.5}, mask_size=S,
+                                                                  coco=False, progress=False)["kaggle"])
+    no_drop, res = tune_postprocess(t, gt, grid, mask_size=S, progress=False)  # off by default
+    assert no_drop["drop_categories"] == () and len(res) == 1
+
+
+def test_score_dropping_matches_the_metric():
+    table = [({2: 1.0, 7: 0.0}, {2}), ({5: 0.5, 7: 0.0}, {5, 7}), ({}, set())]
+    assert score_dropping(table, ()) == pytest.approx((0.5 + 0.25 + 1.0) / 3)
+    # dropping 7: gone from image 1's average; still counted (as 0) in image 2, where it is in the ground truth
+    assert score_dropping(table, [7]) == pytest.approx((1.0 + 0.25 + 1.0) / 3)
+    assert choose_dropped_categories(table) == ([7], pytest.approx((1.0 + 0.25 + 1.0) / 3))
+    assert score_dropping([({3: 0.0}, set())], [3]) == 1.0  # nothing left in the image: 1

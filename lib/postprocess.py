@@ -1,0 +1,315 @@
+"""Post-processing of a prediction table (:mod:`lib.prediction_table`): the parameters and one image's steps.
+
+Post-processing of one image (:func:`postprocess_image`; :func:`finalize` on decoded windows), in this order:
+
+1. keep / drop categories (``keep_categories``, ``drop_categories``);
+2. drop instances scoring below ``score_thresh``;
+3. resize each soft probability map to the output size (bilinear, only the
+   window around its stored crop), then binarise at ``>= mask_thresh``;
+4. mask NMS per category: by descending score, an instance whose mask IoU
+   with an already kept instance of its category is ``> nms_iou`` is
+   dropped (``nms_iou >= 1`` disables it);
+5. same-class overlap suppression (``overlap="score"``): by descending score,
+   each mask loses the pixels already taken by higher-scoring masks of the
+   same *category* (Kaggle requires same-class masks not to overlap; the
+   category is the stricter reading, since ClassIds with attributes of one
+   category are still the same garment). ``overlap="none"`` skips it, which
+   can produce files :func:`lib.submission.validate_submission` rejects (useful for scoring
+   experiments only);
+6. drop masks smaller than ``min_area`` pixels (empty masks always);
+7. ClassId: the category, plus (``attributes="on"``, categories in
+   :data:`lib.labels.ATTRIBUTE_CATEGORIES` only) the attributes whose score
+   is ``>= attr_thresh``.
+
+:data:`POSTPROCESS_DEFAULTS` is the recipe of the competition's winning
+solution (score 0.5, mask threshold 0.45, NMS 0.3, same-class overlap
+suppression, minimum area 20 px). Masks come out at ``mask_size x
+mask_size`` (512 by the competition's convention) or, with ``mask_size=None``,
+at each image's original size.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from . import labels as llabels
+from . import rle as lrle
+from .io import atomic_write_json, read_json
+
+__all__ = ["POSTPROCESS_DEFAULTS", "resolve_params", "load_params", "save_params", "ProbWindow", "Instance",
+           "decode_windows", "finalize", "postprocess_image", "image_groups"]
+
+
+POSTPROCESS_DEFAULTS = dict(
+    score_thresh=0.5,
+    mask_thresh=0.45,
+    nms_iou=0.3,
+    overlap="score",
+    min_area=20,
+    keep_categories=None,
+    drop_categories=(),
+    attributes="off",
+    attr_thresh=0.5,
+)
+
+
+def _category_set(value, name: str) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return llabels.resolve_category_spec(value) if value.strip() else ()
+    try:
+        out = tuple(sorted({int(v) for v in value}))
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: expected a category spec string or a list of ids, got {value!r:.80}") from None
+    bad = [c for c in out if not 0 <= c < llabels.N_CATEGORIES]
+    if bad:
+        raise ValueError(f"{name}: categories {bad} out of range 0-{llabels.N_CATEGORIES - 1}")
+    return out
+
+
+def resolve_params(params: dict | None = None, **overrides) -> dict:
+    """:data:`POSTPROCESS_DEFAULTS` updated with ``params`` then ``overrides`` (None values ignored), checked.
+
+    Category sets become sorted tuples (``keep_categories`` None = all);
+    strings such as ``"garments"`` or ``"0-26,31"`` are accepted. Raises
+    ``ValueError`` naming an unknown key or a bad value.
+    """
+    p = dict(POSTPROCESS_DEFAULTS)
+    for src, skip_none in ((params or {}), False), (overrides, True):
+        unknown = sorted(set(src) - set(POSTPROCESS_DEFAULTS))
+        if unknown:
+            raise ValueError(f"unknown post-processing parameters {unknown}; known: {sorted(POSTPROCESS_DEFAULTS)}")
+        p.update({k: v for k, v in src.items() if not (skip_none and v is None)})
+    for k in ("score_thresh", "mask_thresh", "attr_thresh"):
+        p[k] = float(p[k])
+        if not 0.0 <= p[k] <= 1.0:
+            raise ValueError(f"{k} must be in [0, 1], got {p[k]}")
+    p["nms_iou"] = float(p["nms_iou"])
+    if not 0.0 <= p["nms_iou"]:
+        raise ValueError(f"nms_iou must be >= 0, got {p['nms_iou']}")
+    p["min_area"] = int(p["min_area"])
+    if p["min_area"] < 0:
+        raise ValueError(f"min_area must be >= 0, got {p['min_area']}")
+    if p["overlap"] not in ("score", "none"):
+        raise ValueError(f"overlap must be 'score' or 'none', got {p['overlap']!r}")
+    if p["attributes"] not in ("off", "on"):
+        raise ValueError(f"attributes must be 'off' or 'on', got {p['attributes']!r}")
+    p["keep_categories"] = _category_set(p["keep_categories"], "keep_categories")
+    p["drop_categories"] = _category_set(p["drop_categories"], "drop_categories") or ()
+    return p
+
+
+def load_params(path: str | Path) -> dict:
+    """Read a params JSON (``{"params": {...}, ...}`` as :func:`save_params` writes, or a flat dict), checked."""
+    obj = read_json(path)
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: expected a JSON object of post-processing parameters")
+    params = obj.get("params", obj)
+    try:
+        return resolve_params(params)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+
+
+def save_params(path: str | Path, params: dict, **info) -> None:
+    """Write ``{"params": params, **info}`` atomically (the format :func:`load_params` reads)."""
+    p = resolve_params(params)
+    p = {k: (list(v) if isinstance(v, tuple) else v) for k, v in p.items()}
+    atomic_write_json(path, {"params": p, **info})
+
+
+@dataclass
+class ProbWindow:
+    """One instance's probability map at the output size, kept as a window: ``prob`` covers rows y0.., cols x0.."""
+
+    category: int
+    score: float
+    attrs: np.ndarray | None
+    y0: int
+    x0: int
+    prob: np.ndarray  # (h, w) float32
+
+
+@dataclass
+class Instance:
+    """A post-processed instance: binary ``mask`` window at (y0, x0) of the output canvas."""
+
+    category: int
+    score: float
+    class_id: str
+    y0: int
+    x0: int
+    mask: np.ndarray  # (h, w) bool
+    area: int
+    rank: int = 0  # position in score order (ties keep table order)
+
+    def full(self, size: tuple[int, int]) -> np.ndarray:
+        out = np.zeros(size, np.uint8)
+        h, w = self.mask.shape
+        out[self.y0:self.y0 + h, self.x0:self.x0 + w] = self.mask
+        return out
+
+    def rle(self, size: tuple[int, int]) -> str:
+        """Kaggle RLE of the mask on the (H, W) canvas ``size``, computed from the window only.
+
+        The window is padded with a background row above and below so no
+        run crosses a column; runs are shifted to canvas indices, and runs
+        that touch across columns (full-height windows) are merged.
+        """
+        h, w = self.mask.shape
+        pad = np.zeros((h + 2, w), np.uint8)
+        pad[1:-1] = self.mask
+        starts, lengths = lrle.encode_runs(pad)
+        col, row = np.divmod(starts - 1, h + 2)
+        g = (self.x0 + col) * int(size[0]) + self.y0 + row - 1  # 0-based canvas starts
+        e = g + lengths
+        if len(g) > 1:
+            brk = np.flatnonzero(g[1:] != e[:-1]) + 1
+            g, e = g[np.concatenate([[0], brk])], e[np.concatenate([brk - 1, [len(e) - 1]])]
+        return lrle.runs_to_string(g + 1, e - g)
+
+
+def _resize_window(crop: np.ndarray, x0: int, y0: int, src_hw: tuple[int, int], dst_hw: tuple[int, int]):
+    """Resize the nonzero window of a (src_h, src_w) map to (dst_h, dst_w) without building the full map.
+
+    ``crop`` (h, w) float32 sits at (y0, x0) of an otherwise zero map. The
+    result equals (up to OpenCV's 1/32-pixel interpolation grid)
+    ``cv2.resize(full_map, (dst_w, dst_h), interpolation=cv2.INTER_LINEAR)``
+    restricted to the output window it touches: source coordinate
+    ``u = (X + 0.5) * src_w / dst_w - 0.5``, clamped at the map's borders.
+    Returns ``(Y0, X0, window)``.
+    """
+    (sh, sw), (dh, dw) = src_hw, dst_hw
+    h, w = crop.shape
+    sx, sy = dw / sw, dh / sh
+    # Pad by one pixel: zeros inside the map, the edge value at the map's border (cv2.resize clamps there).
+    pad = np.pad(crop, 1, mode="constant")
+    if y0 == 0:
+        pad[0, 1:-1] = crop[0]
+    if y0 + h >= sh:
+        pad[-1, 1:-1] = crop[-1]
+    if x0 == 0:
+        pad[:, 0] = pad[:, 1]
+    if x0 + w >= sw:
+        pad[:, -1] = pad[:, -2]
+    X0 = max(0, math.floor((x0 - 0.5) * sx - 0.5))
+    X1 = min(dw, math.ceil((x0 + w + 0.5) * sx - 0.5) + 1)
+    Y0 = max(0, math.floor((y0 - 0.5) * sy - 0.5))
+    Y1 = min(dh, math.ceil((y0 + h + 0.5) * sy - 0.5) + 1)
+    if X1 <= X0 or Y1 <= Y0:
+        return 0, 0, np.zeros((0, 0), np.float32)
+    m = np.array([[1 / sx, 0, (X0 + 0.5) / sx - 0.5 - x0 + 1],
+                  [0, 1 / sy, (Y0 + 0.5) / sy - 0.5 - y0 + 1]], np.float64)
+    out = cv2.warpAffine(pad, m, (X1 - X0, Y1 - Y0), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                         borderMode=cv2.BORDER_REPLICATE)
+    return Y0, X0, out
+
+
+def _attrs_of(value) -> np.ndarray | None:
+    if value is None or (np.isscalar(value) and pd.isna(value)):
+        return None
+    return np.asarray(value, np.float32)
+
+
+def decode_windows(rows: pd.DataFrame, out_size: tuple[int, int], min_score: float = 0.0) -> list[ProbWindow]:
+    """Rows of one image -> probability windows at ``out_size``, best score first (stable)."""
+    if rows is None or len(rows) == 0:
+        return []
+    rows = rows[rows["score"].to_numpy() >= min_score]
+    rows = rows.iloc[np.argsort(-rows["score"].to_numpy(np.float64), kind="stable")]
+    out = []
+    oh, ow = int(out_size[0]), int(out_size[1])
+    for r in rows.itertuples(index=False):
+        crop = cv2.imdecode(np.frombuffer(r.mask_png, np.uint8), cv2.IMREAD_UNCHANGED)
+        if crop is None or crop.ndim != 2:
+            raise ValueError(f"bad mask_png in the prediction table for image {r.image_id}")
+        mh, mw, x0, y0 = int(r.mask_height), int(r.mask_width), int(r.mask_x0), int(r.mask_y0)
+        crop = crop[:max(0, mh - y0), :max(0, mw - x0)].astype(np.float32) / 255.0
+        if crop.size == 0:
+            continue
+        if (mh, mw) != (oh, ow):
+            y0, x0, crop = _resize_window(crop, x0, y0, (mh, mw), (oh, ow))
+        out.append(ProbWindow(int(r.category), float(r.score), _attrs_of(r.attr_scores), y0, x0, crop))
+    return out
+
+
+def _window_iou(a: Instance, b: Instance) -> float:
+    ya, yb = max(a.y0, b.y0), min(a.y0 + a.mask.shape[0], b.y0 + b.mask.shape[0])
+    xa, xb = max(a.x0, b.x0), min(a.x0 + a.mask.shape[1], b.x0 + b.mask.shape[1])
+    if yb <= ya or xb <= xa:
+        return 0.0
+    inter = int(np.count_nonzero(a.mask[ya - a.y0:yb - a.y0, xa - a.x0:xb - a.x0]
+                                 & b.mask[ya - b.y0:yb - b.y0, xa - b.x0:xb - b.x0]))
+    union = a.area + b.area - inter
+    return inter / union if union else 0.0
+
+
+def _class_id(p: ProbWindow, params: dict) -> str:
+    if params["attributes"] == "on" and p.attrs is not None and p.category in llabels.ATTRIBUTE_CATEGORIES:
+        return llabels.format_class_id(p.category, np.flatnonzero(p.attrs >= params["attr_thresh"]))
+    return str(p.category)
+
+
+def finalize(probs: list[ProbWindow], params: dict, out_size: tuple[int, int]) -> list[Instance]:
+    """Steps 1-7 of the module docstring on decoded windows (already sorted by score)."""
+    keep, drop = params["keep_categories"], set(params["drop_categories"])
+    kept: dict[int, list[Instance]] = {}
+    for rank, p in enumerate(probs):
+        if p.score < params["score_thresh"] or p.category in drop or (keep is not None and p.category not in keep):
+            continue
+        fg = p.prob >= params["mask_thresh"]
+        rows, cols = np.flatnonzero(fg.any(1)), np.flatnonzero(fg.any(0))
+        if rows.size == 0:
+            continue
+        fg = fg[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+        inst = Instance(p.category, p.score, _class_id(p, params), p.y0 + int(rows[0]), p.x0 + int(cols[0]), fg,
+                     int(np.count_nonzero(fg)), rank)
+        same = kept.setdefault(p.category, [])
+        if any(_window_iou(inst, k) > params["nms_iou"] for k in same):
+            continue
+        same.append(inst)
+    out = []
+    for insts in kept.values():
+        if params["overlap"] == "score":
+            for n, inst in enumerate(insts):  # remove the pixels of every higher-scoring mask of the category
+                for k in insts[:n]:
+                    ya, yb = max(inst.y0, k.y0), min(inst.y0 + inst.mask.shape[0], k.y0 + k.mask.shape[0])
+                    xa, xb = max(inst.x0, k.x0), min(inst.x0 + inst.mask.shape[1], k.x0 + k.mask.shape[1])
+                    if yb > ya and xb > xa:
+                        inst.mask[ya - inst.y0:yb - inst.y0, xa - inst.x0:xb - inst.x0] &= \
+                            ~k.mask[ya - k.y0:yb - k.y0, xa - k.x0:xb - k.x0]
+                inst.area = int(np.count_nonzero(inst.mask))
+        out += [i for i in insts if i.area >= max(1, params["min_area"])]
+    out.sort(key=lambda i: i.rank)
+    return out
+
+
+def postprocess_image(rows: pd.DataFrame, params: dict | None = None,
+                      out_size: tuple[int, int] = (512, 512)) -> list[tuple[str, np.ndarray, float]]:
+    """Post-process the prediction-table rows of one image (steps in the module docstring).
+
+    Args:
+        rows: the rows of one image (:mod:`lib.prediction_table` columns).
+        params: post-processing parameters (missing keys from :data:`POSTPROCESS_DEFAULTS`).
+        out_size: (h, w) of the output masks (512x512, or the original size).
+
+    Returns:
+        ``[(class_id, mask, score), ...]`` best score first; ``mask`` is
+        (h, w) uint8 0/1.
+    """
+    params = resolve_params(params)
+    out_size = (int(out_size[0]), int(out_size[1]))
+    insts = finalize(decode_windows(rows, out_size), params, out_size)
+    return [(i.class_id, i.full(out_size), i.score) for i in insts]
+
+
+def image_groups(pred_table: pd.DataFrame) -> dict[str, np.ndarray]:
+    if len(pred_table) == 0:
+        return {}
+    return pred_table.groupby("image_id", sort=False).indices
