@@ -420,7 +420,7 @@ def load_test_instances(gt_csv: Path, image_dir: Path) -> list[dict]:
     ``categories (N,)``, ``attributes`` (N tuples), from a train.csv-format ground truth."""
     from lib import kaggle_data as ldata
     from lib import rle as lrle
-    from lib.prepared import mask_bbox
+    from lib.boxes import mask_bbox
 
     groups, problems = ldata.index_csv(gt_csv)
     if problems:

@@ -50,9 +50,10 @@ import pandas as pd
 from tqdm import tqdm
 
 from . import prediction_table as lpred
+from .boxes import prob_boxes
 from .metric import mask_iou
 
-__all__ = ["fuse_instances", "fusion_plan", "fused_attributes", "masks_to_boxes", "table_sources", "ensemble_tables",
+__all__ = ["fuse_instances", "fusion_plan", "fused_attributes", "table_sources", "ensemble_tables",
            "combine", "check_weights", "compared_tables"]
 
 
@@ -88,22 +89,6 @@ def _source_arrays(src: dict, k: int, hw: tuple[int, int] | None):
     return masks, cats, scores, attrs
 
 
-def masks_to_boxes(masks: np.ndarray, thresh: float = 0.5) -> np.ndarray:
-    """(N, H, W) probabilities -> (N, 4) float32 boxes ``x1, y1, x2, y2`` in mask pixels (x2/y2 exclusive).
-
-    The box of the pixels ``>= thresh``; of the nonzero pixels when there are
-    none; all zeros for an all-zero mask.
-    """
-    out = np.zeros((len(masks), 4), np.float32)
-    for i, m in enumerate(masks):
-        fg = m >= thresh
-        if not fg.any():
-            fg = m > 0
-        rows, cols = np.flatnonzero(fg.any(1)), np.flatnonzero(fg.any(0))
-        if rows.size:
-            out[i] = (cols[0], rows[0], cols[-1] + 1, rows[-1] + 1)
-    return out
-
 
 def fuse_instances(
     sources: list[dict], weights: Sequence[float] | None = None, iou_thr: float = 0.5, min_votes: int = 1
@@ -123,7 +108,7 @@ def fuse_instances(
         ``masks`` (M, H, W) float32, ``categories`` (M,) int64, ``scores``
         (M,) float32, ``attr_scores`` (M, A) float32 (NaN rows where no member
         had attributes) or None when no source has attributes, ``boxes`` (M, 4)
-        float32 in mask pixels (:func:`masks_to_boxes`), ``votes`` (M,) int64
+        float32 in mask pixels (:func:`lib.boxes.prob_boxes`), ``votes`` (M,) int64
         distinct sources per instance; sorted by fused score, best first.
     """
     if not sources:
@@ -175,7 +160,7 @@ def fuse_instances(
         "categories": plan["categories"],
         "scores": plan["scores"].astype(np.float32),
         "attr_scores": attrs,
-        "boxes": masks_to_boxes(masks),
+        "boxes": prob_boxes(masks),
         "votes": plan["votes"],
     }
 

@@ -31,9 +31,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from . import kaggle_data as ldata
 from . import prediction_table as lpred
+from .boxes import prob_boxes_torch
 from .fusion import fused_attributes, fusion_plan
 from .metric import _FLOAT32_EXACT, mask_iou
-from .training_data import extent_boxes
 
 __all__ = ["ImageDataset", "make_image_loader", "tta_views", "predict_batch", "batch_views", "result_rows"]
 
@@ -194,18 +194,6 @@ def _iou_within_categories(binary: torch.Tensor, categories: np.ndarray, by_matm
     return np.where(same, iou, 0.0)
 
 
-def _boxes_of_maps(maps: torch.Tensor) -> np.ndarray:
-    """(M, H, W) probabilities -> (M, 4) float32 ``x1, y1, x2, y2`` (x2/y2 exclusive) of the pixels >= 0.5,
-    of the nonzero pixels when there are none, zeros for an all-zero map (as
-    :func:`lib.fusion.masks_to_boxes`), computed on the maps' device from per-row / per-column maxima."""
-    row_max, col_max = maps.amax(2), maps.amax(1)  # (M, H), (M, W)
-    strong = (row_max.amax(1) >= 0.5)[:, None]
-    rows = torch.where(strong, row_max >= 0.5, row_max > 0)
-    cols = torch.where(strong, col_max >= 0.5, col_max > 0)
-    boxes = extent_boxes(rows, cols)
-    boxes[~rows.any(1)] = 0
-    return boxes.cpu().numpy().astype(np.float32).reshape(-1, 4)
-
 
 def _fuse_views(views: list[dict], orig_hw: tuple[int, int], store_hw: tuple[int, int], iou_thr: float,
                 score_floor: float, chunk: int = 16) -> dict:
@@ -243,7 +231,7 @@ def _fuse_views(views: list[dict], orig_hw: tuple[int, int], store_hw: tuple[int
         fused = torch.zeros((len(keep[j:j + chunk]), sh, sw), dtype=torch.float32, device=dev)
         fused.index_add_(0, rows, q_all[idx].float() * coef[:, None, None]).clamp_(0, 1)
         q[j:j + chunk] = _quantize(fused)
-        boxes[j:j + chunk] = _boxes_of_maps(fused)
+        boxes[j:j + chunk] = prob_boxes_torch(fused).cpu().numpy().reshape(-1, 4)
     attrs = None
     if n_attr is not None:
         pooled = np.concatenate([v["attr_scores"] if v["attr_scores"] is not None

@@ -51,6 +51,7 @@ from . import kaggle_data as ldata
 from . import io as lio
 from . import labels as llabels
 from . import rle as lrle
+from .boxes import mask_bbox
 
 STAGE = "01_prepare_data"
 CACHE_VERSION = 1
@@ -104,14 +105,6 @@ def load_index(prepared_dir: str | Path, split: str | None = None) -> pd.DataFra
         df = df[df["split"] == split].reset_index(drop=True)
     return df
 
-
-def mask_bbox(mask: np.ndarray) -> list[int] | None:
-    """[x1, y1, x2, y2] (x2/y2 exclusive) of a (H, W) mask, or None if it is empty."""
-    rows = np.flatnonzero(mask.any(axis=1))
-    if rows.size == 0:
-        return None
-    cols = np.flatnonzero(mask.any(axis=0))
-    return [int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1]
 
 
 def decode_instances(ann: dict) -> tuple[np.ndarray, np.ndarray, list[tuple[int, ...]]]:

@@ -26,6 +26,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from . import prepared as lprepared
+from .boxes import extent_boxes, mask_bbox, row_col_any
 from .kaggle_data import read_image
 from .labels import N_ATTRIBUTES
 
@@ -80,7 +81,7 @@ class PreparedDataset(Dataset):
                 raise ValueError(f"{lprepared.ann_path(self.prepared_dir, image_id)}: instance {k} has attribute ids "
                                  f"{bad} outside 0..{self.num_attributes - 1}")
             attributes[k, [int(a) for a in ids]] = 1.0
-        boxes = [a.get("bbox") or lprepared.mask_bbox(m) or [0, 0, 0, 0] for a, m in zip(ann["instances"], masks)]
+        boxes = [a.get("bbox") or mask_bbox(m) or [0, 0, 0, 0] for a, m in zip(ann["instances"], masks)]
         image = tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))))
         target = {
             "boxes": tv_tensors.BoundingBoxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
@@ -108,31 +109,7 @@ def instance_fields(inputs) -> tuple[torch.Tensor, ...]:
     return tuple(target[k] for k in INSTANCE_FIELDS if k in target)
 
 
-def masks_to_boxes_exclusive(masks: torch.Tensor) -> torch.Tensor:
-    """(N, H, W) non-empty masks -> (N, 4) float32 boxes [x1, y1, x2, y2], x2/y2 exclusive (as in the prepared set)."""
-    return extent_boxes(*_row_col_any(masks))
 
-
-def _row_col_any(masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Which rows (N, H) and columns (N, W) of each (N, H, W) mask hold foreground: two max-reductions of
-    the masks as they are (no full-size boolean copy)."""
-    m = masks.as_subclass(torch.Tensor)
-    if m.dtype == torch.bool:
-        return m.any(dim=2), m.any(dim=1)
-    if m.is_floating_point():
-        m = m.abs()
-    return m.amax(dim=2) != 0, m.amax(dim=1) != 0
-
-
-def extent_boxes(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-    """(N, 4) float32 boxes [x1, y1, x2, y2] (x2/y2 exclusive) of the foreground rows (N, H) and columns (N, W)
-    of N masks (bool); an instance without any row gets [0, 0, W, H] - callers with empty masks zero those."""
-    h, w = rows.shape[1], cols.shape[1]
-    y1 = rows.int().argmax(dim=1)
-    y2 = h - rows.flip(1).int().argmax(dim=1)
-    x1 = cols.int().argmax(dim=1)
-    x2 = w - cols.flip(1).int().argmax(dim=1)
-    return torch.stack([x1, y1, x2, y2], dim=1).float()
 
 
 class BoxesFromMasks(v2.Transform):
@@ -151,7 +128,7 @@ class BoxesFromMasks(v2.Transform):
             return image, target
         target = dict(target)
         boxes = target["boxes"]
-        rows, cols = _row_col_any(masks)
+        rows, cols = row_col_any(masks)
         keep = rows.any(1)
         if masks.shape[0] > 0 and not bool(keep.all()):
             for key in INSTANCE_FIELDS:
@@ -285,5 +262,5 @@ def make_loader(dataset, batch_size: int, shuffle: bool, workers: int = 0, distr
                       persistent_workers=workers > 0, worker_init_fn=seed_worker, generator=g)
 
 
-__all__ = ["PreparedDataset", "BoxesFromMasks", "INSTANCE_FIELDS", "instance_fields", "masks_to_boxes_exclusive",
-           "extent_boxes", "EpochSampler", "build_transforms", "collate_fn", "make_loader", "seed_worker"]
+__all__ = ["PreparedDataset", "BoxesFromMasks", "INSTANCE_FIELDS", "instance_fields",
+           "EpochSampler", "build_transforms", "collate_fn", "make_loader", "seed_worker"]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from lib import prediction_table as lpred
-from lib.fusion import ensemble_tables, fuse_instances, masks_to_boxes
+from lib.fusion import ensemble_tables, fuse_instances
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -130,13 +130,6 @@ def test_empty_sources_and_errors():
         fuse_instances([empty], min_votes=2)
     with pytest.raises(ValueError, match="resize"):
         fuse_instances([empty, source([box(1, 1, 5, 5, hw=(8, 8))], [0], [1.0])])
-
-
-def test_masks_to_boxes():
-    m = np.zeros((3, 10, 12), np.float32)
-    m[0, 2:5, 3:9] = 0.8
-    m[1, 1, 1] = 0.2  # only weak pixels: their box
-    np.testing.assert_array_equal(masks_to_boxes(m), [[3, 2, 9, 5], [1, 1, 2, 2], [0, 0, 0, 0]])
 
 
 # ------------------------------------------------------------------ ensemble_tables

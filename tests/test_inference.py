@@ -145,24 +145,6 @@ def test_iou_within_categories_both_ways_agree_with_mask_iou():
     assert ref[0, 2] > 0 and ref[0, 1] == 0 and ref[4, 4] == 0
 
 
-def test_boxes_of_fused_maps_follow_masks_to_boxes():
-    """The on-device boxes of fused maps = lib.fusion.masks_to_boxes: the pixels >= 0.5, else the nonzero
-    ones (however faint, subnormal floats included), else zeros."""
-    from lib.fusion import masks_to_boxes
-
-    rng = np.random.default_rng(1)
-    maps = (rng.random((6, 12, 16)) * (rng.random((6, 12, 16)) < 0.2)).astype(np.float32)
-    maps[1] = 0.0
-    maps[1, 3:5, 7:9] = 0.3  # nothing >= 0.5: the box of the nonzero pixels
-    maps[2] = 0.0
-    maps[2, 6, 2] = np.float32(1e-40)  # subnormal, still nonzero
-    maps[3] = 0.0  # all zero
-    maps[4, 0, 0] = 0.5  # exactly the threshold
-    got = linference._boxes_of_maps(torch.from_numpy(maps))
-    np.testing.assert_array_equal(got, masks_to_boxes(maps))
-    assert got.dtype == np.float32 and got[2].tolist() == [2, 6, 3, 7] and got[3].tolist() == [0, 0, 0, 0]
-
-
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_tta_fusion_on_cuda_matches_the_cpu():
     views = _random_views(np.random.default_rng(0), 3, (24, 32), n_attr=4)

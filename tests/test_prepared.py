@@ -8,6 +8,7 @@ import pytest
 
 from lib import io as lio
 from lib import kaggle_data, prepared, rle
+from lib.boxes import mask_bbox
 
 
 def _snapshot(d):
@@ -41,7 +42,7 @@ def test_cache_matches_decoded_rows_resized(synthetic_data_dir, prepared_set):
         for r, inst, m in zip(rows, rec["instances"], masks):
             want = kaggle_data.resize_mask(rle.decode(r.rle, (r.height, r.width)), (h, w))
             np.testing.assert_array_equal(m, want)
-            assert inst["category"] == r.category and inst["bbox"] == prepared.mask_bbox(m)
+            assert inst["category"] == r.category and inst["bbox"] == mask_bbox(m)
 
 
 def test_resume_after_interruption_equals_clean_run(synthetic_data_dir, tmp_path):

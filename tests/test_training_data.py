@@ -8,12 +8,13 @@ from torchvision import tv_tensors
 
 from lib import prepared as lprepared
 from lib.kaggle_data import read_image
-from lib.training_data import (BoxesFromMasks, PreparedDataset, EpochSampler, build_transforms, collate_fn, instance_fields,
-                         make_loader, masks_to_boxes_exclusive)
+from lib.boxes import mask_bbox
+from lib.training_data import (BoxesFromMasks, EpochSampler, PreparedDataset, build_transforms, collate_fn,
+                               instance_fields, make_loader)
 
 
 def _box_of(mask: torch.Tensor) -> list[float]:
-    return [float(v) for v in lprepared.mask_bbox(mask.numpy())]
+    return [float(v) for v in mask_bbox(mask.numpy())]
 
 
 def test_items_types_shapes_and_boxes_match_masks(prepared_set):
@@ -146,20 +147,6 @@ def test_degenerate_boxes_and_empty_masks_are_dropped_with_their_labels_and_mask
     assert torch.equal(t2["attributes"], torch.eye(4, 92)[:3])
     assert isinstance(t2["boxes"], tv_tensors.BoundingBoxes) and isinstance(t2["masks"], tv_tensors.Mask)
     assert t2["boxes"].tolist() == [[3, 2, 12, 10], [7, 5, 8, 6], [30, 20, 31, 25]]
-
-
-def test_masks_to_boxes_exclusive_matches_cache_convention():
-    m = torch.zeros((3, 7, 9), dtype=torch.uint8)
-    m[0, 3, 4] = 1
-    m[1, :, :] = 1
-    m[2, 1:3, 5:9] = 1
-    m[2, 6, 0] = 1
-    got = masks_to_boxes_exclusive(m).tolist()
-    assert got == [[float(v) for v in lprepared.mask_bbox(x.numpy())] for x in m]
-    assert got == [[4, 3, 5, 4], [0, 0, 9, 7], [0, 1, 9, 7]]
-    assert masks_to_boxes_exclusive(torch.zeros((0, 4, 4), dtype=torch.uint8)).shape == (0, 4)
-    for other in (m.bool(), m.float() * 0.3, -m.float(), m * 200):  # any nonzero value is foreground
-        assert masks_to_boxes_exclusive(other).tolist() == got
 
 
 def test_image_without_instances_passes_through():
