@@ -27,6 +27,7 @@ from . import kaggle_data as ldata
 from . import io as lio
 from . import labels as llabels
 from . import viz
+from .postprocess import postprocess_image, resolve_params
 
 __all__ = ["write_report", "train_dirs_from_predictions", "category_names"]
 
@@ -126,57 +127,91 @@ def write_report(report_dir: str | Path, data_dir: str | Path | None, tables: Ma
         image_dir: where ``<ImageId>`` files are (default ``<data_dir>/test``; a prepared set: its ``images/``).
         extra: more key/value lines for the summary (e.g. paths of submission.csv and scores.json).
     """
-    from . import postprocess as lpost
-
     report_dir = Path(report_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
     names = list(class_names) if class_names is not None else category_names(data_dir)
-    params = lpost.resolve_params(params)
+    params = resolve_params(params)
     image_dir = Path(image_dir) if image_dir else (Path(data_dir) / "test" if data_dir else None)
-    gt_csv = Path(gt_csv) if gt_csv else None
-    groups: dict = {}
-    if gt_csv is not None and gt_csv.is_file():
-        groups, _ = ldata.index_csv(gt_csv)
-    else:
-        gt_csv = None
+    gt_csv = Path(gt_csv) if gt_csv and Path(gt_csv).is_file() else None
+    groups = ldata.index_csv(gt_csv)[0] if gt_csv is not None else {}
     scores = dict(scores or {})
     if isinstance(train_dirs, Mapping):
         tdirs = {str(k): Path(v) for k, v in train_dirs.items()}
     else:
         tdirs = {Path(d).name: Path(d) for d in (train_dirs or [])}
+    ids = _sample_ids(tables, set(groups), n_images, seed)
+    overlays = [_overlay(report_dir, i, image_dir, tables, gt_csv, groups, names, params, panel_height) for i in ids]
+    charts = _class_charts(report_dir, scores, names)
+    learning, learning_rel = _learning_curves(report_dir, tdirs)
+    curves = _training_runs(report_dir, tdirs)
+    esc = html.escape
+    parts = [_HEAD.format(title=esc(title))]
+    if extra:
+        parts.append(_kv_table(extra))
+    parts += _scores_html(scores)
+    parts.append("<h2>Post-processing parameters</h2>" + _kv_table(params))
+    if charts:
+        parts.append("<h2>Per-class scores</h2>")
+        parts += [f"<h3>{esc(n)}</h3><img src='{esc(r)}' alt='{esc(n)} per-class scores'>" for n, r in charts]
+    parts.append(f"<h2>Predictions on {len(overlays)} images</h2><p class='note'>Panels: the image"
+                 f"{', the ground truth' if gt_csv else ''}, then {', '.join(map(esc, tables))}; "
+                 "labels are 'class score' after post-processing.</p>")
+    for image_id, rel, err in overlays:
+        parts.append(f"<h3>{esc(image_id)}</h3>" + (f"<img src='{esc(rel)}' alt='{esc(image_id)}'>" if rel
+                                                    else f"<p class='note'>{esc(err)}</p>"))
+    parts += _training_html(learning, learning_rel, curves)
+    parts.append("</body></html>\n")
+    index = report_dir / "index.html"
+    lio.atomic_write_text(index, "\n".join(parts))
+    return index
 
-    # ---- overlays
-    by_image = {name: {k: t.iloc[v] for k, v in t.groupby("image_id", sort=False).indices.items()}
-                for name, t in tables.items()}
-    overlays = []
-    for image_id in _sample_ids(tables, set(groups), n_images, seed):
-        path = image_dir / image_id if image_dir is not None else None
-        if path is None or not path.is_file():
-            overlays.append((image_id, None, f"image not found: {path}"))
-            continue
-        img = ldata.read_image(path)
-        h, w = img.shape[:2]
-        dh = min(panel_height, h)
-        dw = max(1, round(w * dh / h))
-        small = cv2.resize(img, (dw, dh), interpolation=cv2.INTER_AREA)
-        panels, titles = [small], [f"image {w}x{h}"]
-        gt = _gt_instances(gt_csv, groups, image_id, (dh, dw))
-        if gt is not None:
-            m, cats = gt
-            panels.append(viz.draw_overlay(small, m, [names[c] if c < len(names) else str(c) for c in cats]))
-            titles.append(f"ground truth ({len(cats)})")
-        for name, g in by_image.items():
-            rows = g.get(image_id)
-            insts = [] if rows is None else lpost.postprocess_image(rows, params, (dh, dw))
-            masks = np.stack([m for _, m, _ in insts]) if insts else np.zeros((0, dh, dw), np.uint8)
-            panels.append(viz.draw_overlay(small, masks, [_class_label(c, names) for c, _, _ in insts],
-                                           [s for _, _, s in insts]))
-            titles.append(f"{name} ({len(insts)})")
-        rel = f"overlays/{Path(image_id).stem}.png"
-        _write_png(report_dir / rel, viz.image_grid(panels, titles, height=dh))
-        overlays.append((image_id, rel, None))
 
-    # ---- per-class charts
+_HEAD = ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title><style>"
+         "body{{font-family:sans-serif;margin:20px;max-width:1600px}}table{{border-collapse:collapse;margin:8px 0}}"
+         "td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}th{{background:#f0f0f0}}"
+         "td:first-child,th:first-child{{text-align:left}}img{{max-width:100%;border:1px solid #ddd}}"
+         "h2{{border-bottom:1px solid #ccc;padding-bottom:3px}}.note{{color:#555}}</style></head><body>\n"
+         "<h1>{title}</h1>")
+
+
+def _kv_table(items: Mapping) -> str:
+    esc = html.escape
+    return "<table>" + "".join(f"<tr><th>{esc(str(k))}</th><td>{esc(_fmt(v))}</td></tr>"
+                               for k, v in items.items()) + "</table>"
+
+
+def _overlay(report_dir: Path, image_id: str, image_dir: Path | None, tables: Mapping[str, pd.DataFrame],
+             gt_csv: Path | None, groups: dict, names: list[str], params: dict, panel_height: int):
+    """One image's panels (the image, its ground truth, each table post-processed) as a PNG under
+    ``overlays/``: ``(image_id, relative path or None, error or None)``."""
+    path = image_dir / image_id if image_dir is not None else None
+    if path is None or not path.is_file():
+        return image_id, None, f"image not found: {path}"
+    img = ldata.read_image(path)
+    h, w = img.shape[:2]
+    dh = min(panel_height, h)
+    dw = max(1, round(w * dh / h))
+    small = cv2.resize(img, (dw, dh), interpolation=cv2.INTER_AREA)
+    panels, titles = [small], [f"image {w}x{h}"]
+    gt = _gt_instances(gt_csv, groups, image_id, (dh, dw))
+    if gt is not None:
+        m, cats = gt
+        panels.append(viz.draw_overlay(small, m, [names[c] if c < len(names) else str(c) for c in cats]))
+        titles.append(f"ground truth ({len(cats)})")
+    for name, table in tables.items():
+        rows = table[table["image_id"] == image_id]
+        insts = postprocess_image(rows, params, (dh, dw)) if len(rows) else []
+        masks = np.stack([m for _, m, _ in insts]) if insts else np.zeros((0, dh, dw), np.uint8)
+        panels.append(viz.draw_overlay(small, masks, [_class_label(c, names) for c, _, _ in insts],
+                                       [s for _, _, s in insts]))
+        titles.append(f"{name} ({len(insts)})")
+    rel = f"overlays/{Path(image_id).stem}.png"
+    _write_png(report_dir / rel, viz.image_grid(panels, titles, height=dh))
+    return image_id, rel, None
+
+
+def _class_charts(report_dir: Path, scores: Mapping[str, dict], names: list[str]) -> list[tuple[str, str]]:
+    """A per-class bar chart of each scored table: ``[(name, relative path)]``."""
     charts = []
     for name, s in scores.items():
         pc = s.get("per_class") if isinstance(s, dict) else None
@@ -185,19 +220,26 @@ def write_report(report_dir: str | Path, data_dir: str | Path | None, tables: Ma
             viz.plot_class_scores({_class_label(k, names): v for k, v in pc.items()}, report_dir / rel,
                                   title=f"{name}: Kaggle score per class")
             charts.append((name, rel))
+    return charts
 
-    # ---- training curves and validation scores
+
+def _learning_curves(report_dir: Path, tdirs: Mapping[str, Path]) -> tuple[dict, str | None]:
+    """Each run's validation Kaggle metric against step, and their plot (relative path, None without any)."""
     learning = {name: viz.learning_curve(d / "metrics.jsonl") for name, d in tdirs.items()
                 if (d / "metrics.jsonl").is_file()}
-    learning_rel = None
-    if any(learning.values()):
-        learning_rel = "curves/learning_curves.png"
-        (report_dir / "curves").mkdir(exist_ok=True)
-        viz.plot_learning_curves(learning, report_dir / learning_rel, title="validation Kaggle metric vs step")
-    curves = []
+    if not any(learning.values()):
+        return learning, None
+    rel = "curves/learning_curves.png"
+    (report_dir / "curves").mkdir(exist_ok=True)
+    viz.plot_learning_curves(learning, report_dir / rel, title="validation Kaggle metric vs step")
+    return learning, rel
+
+
+def _training_runs(report_dir: Path, tdirs: Mapping[str, Path]) -> list[tuple]:
+    """Per training run: ``(name, dir, copied curves.png or None, {"best"/"latest": (epoch, kaggle, AP)})``."""
+    runs = []
     for name, d in tdirs.items():
-        src = d / "curves.png"
-        rel = None
+        src, rel = d / "curves.png", None
         if src.is_file():
             rel = f"curves/{name}.png"
             (report_dir / "curves").mkdir(exist_ok=True)
@@ -209,43 +251,25 @@ def write_report(report_dir: str | Path, data_dir: str | Path | None, tables: Ma
                 e = vs.get(which) or {}
                 val[which] = (e.get("epoch"), e.get("kaggle"), (e.get("coco") or {}).get("AP"))
         if rel or val:
-            curves.append((name, str(d), rel, val))
+            runs.append((name, str(d), rel, val))
+    return runs
 
-    # ---- page
+
+def _scores_html(scores: Mapping[str, dict]) -> list[str]:
     esc = html.escape
-    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{esc(title)}</title><style>"
-             "body{font-family:sans-serif;margin:20px;max-width:1600px}table{border-collapse:collapse;margin:8px 0}"
-             "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f0f0f0}"
-             "td:first-child,th:first-child{text-align:left}img{max-width:100%;border:1px solid #ddd}"
-             "h2{border-bottom:1px solid #ccc;padding-bottom:3px}.note{color:#555}</style></head><body>",
-             f"<h1>{esc(title)}</h1>"]
-    if extra:
-        parts.append("<table>" + "".join(f"<tr><th>{esc(str(k))}</th><td>{esc(_fmt(v))}</td></tr>"
-                                         for k, v in extra.items()) + "</table>")
-    parts.append("<h2>Scores</h2>")
-    if scores:
-        cols = ["kaggle", "AP", "AP50", "AP75", "num_images"]
-        parts.append("<table><tr><th>model</th>" + "".join(f"<th>{c}</th>" for c in cols) + "</tr>")
-        for name, s in scores.items():
-            parts.append(f"<tr><td>{esc(name)}</td>" + "".join(f"<td>{esc(_fmt(s.get(c)))}</td>" for c in cols)
-                         + "</tr>")
-        parts.append("</table><p class='note'>Kaggle metric (IoU 0.50:0.05:0.95) and COCO mask AP after "
-                     "post-processing, masks compared at the submission size.</p>")
-    else:
-        parts.append("<p class='note'>No ground truth: no scores.</p>")
-    parts.append("<h2>Post-processing parameters</h2><table>" + "".join(
-        f"<tr><th>{esc(k)}</th><td>{esc(_fmt(v))}</td></tr>" for k, v in params.items()) + "</table>")
-    if charts:
-        parts.append("<h2>Per-class scores</h2>")
-        parts += [f"<h3>{esc(n)}</h3><img src='{esc(r)}' alt='{esc(n)} per-class scores'>" for n, r in charts]
-    parts.append(f"<h2>Predictions on {len(overlays)} images</h2><p class='note'>Panels: the image"
-                 f"{', the ground truth' if gt_csv else ''}, then {', '.join(map(esc, tables))}; "
-                 "labels are 'class score' after post-processing.</p>")
-    for image_id, rel, err in overlays:
-        parts.append(f"<h3>{esc(image_id)}</h3>" + (f"<img src='{esc(rel)}' alt='{esc(image_id)}'>" if rel
-                                                    else f"<p class='note'>{esc(err)}</p>"))
-    if curves or learning_rel:
-        parts.append("<h2>Training</h2>")
+    if not scores:
+        return ["<h2>Scores</h2>", "<p class='note'>No ground truth: no scores.</p>"]
+    cols = ["kaggle", "AP", "AP50", "AP75", "num_images"]
+    rows = [f"<tr><td>{esc(name)}</td>" + "".join(f"<td>{esc(_fmt(s.get(c)))}</td>" for c in cols) + "</tr>"
+            for name, s in scores.items()]
+    return ["<h2>Scores</h2>", "<table><tr><th>model</th>" + "".join(f"<th>{c}</th>" for c in cols) + "</tr>",
+            *rows, "</table><p class='note'>Kaggle metric (IoU 0.50:0.05:0.95) and COCO mask AP after "
+            "post-processing, masks compared at the submission size.</p>"]
+
+
+def _training_html(learning: dict, learning_rel: str | None, runs: list[tuple]) -> list[str]:
+    esc = html.escape
+    parts = ["<h2>Training</h2>"] if runs or learning_rel else []
     if learning_rel:
         steps = sorted({s for pts in learning.values() for s, _ in pts})
         head = "<tr><th>val Kaggle at step</th>" + "".join(f"<th>{s}</th>" for s in steps) + "</tr>"
@@ -253,17 +277,13 @@ def write_report(report_dir: str | Path, data_dir: str | Path | None, tables: Ma
                        + "</tr>" for n, pts in learning.items())
         parts.append(f"<h3>Learning curves</h3><img src='{esc(learning_rel)}' alt='learning curves'>"
                      f"<table>{head}{body}</table>")
-    if curves:
-        for name, d, rel, val in curves:
-            parts.append(f"<h3>{esc(name)}</h3><p class='note'>{esc(d)}</p>")
-            if val:
-                head = "<tr><th>validation</th><th>epoch</th><th>kaggle</th><th>mask AP</th></tr>"
-                body = "".join(f"<tr><td>{w}</td>" + "".join(f"<td>{esc(_fmt(x))}</td>" for x in v) + "</tr>"
-                               for w, v in val.items())
-                parts.append(f"<table>{head}{body}</table>")
-            if rel:
-                parts.append(f"<img src='{esc(rel)}' alt='{esc(name)} training curves'>")
-    parts.append("</body></html>\n")
-    index = report_dir / "index.html"
-    lio.atomic_write_text(index, "\n".join(parts))
-    return index
+    for name, d, rel, val in runs:
+        parts.append(f"<h3>{esc(name)}</h3><p class='note'>{esc(d)}</p>")
+        if val:
+            head = "<tr><th>validation</th><th>epoch</th><th>kaggle</th><th>mask AP</th></tr>"
+            body = "".join(f"<tr><td>{w}</td>" + "".join(f"<td>{esc(_fmt(x))}</td>" for x in v) + "</tr>"
+                           for w, v in val.items())
+            parts.append(f"<table>{head}{body}</table>")
+        if rel:
+            parts.append(f"<img src='{esc(rel)}' alt='{esc(name)} training curves'>")
+    return parts
