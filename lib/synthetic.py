@@ -64,7 +64,7 @@ from tqdm import tqdm
 
 from . import io as lio
 from . import rle as lrle
-from .label_descriptions import ATTRIBUTES, label_descriptions
+from .label_descriptions import ATTRIBUTES, CATEGORIES, label_descriptions
 from .labels import ATTRIBUTE_CATEGORIES, N_CATEGORIES, format_class_id
 
 __all__ = [
@@ -97,6 +97,9 @@ _SHIFT = 3  # sub-pixel bits for cv2 drawing
 _ONE = 1 << _SHIFT
 
 _ATTRIBUTE_IDS = {row[1]: row[0] for row in ATTRIBUTES}
+# Category ids by their short name (the first word of the competition's name: "shirt", "headband", "sleeve", ...).
+_CATEGORY = {row[1].split(",")[0]: row[0] for row in CATEGORIES}
+_CATEGORY_NAME = {v: k for k, v in _CATEGORY.items()}
 
 
 def attribute_id(name: str) -> int:
@@ -596,136 +599,192 @@ def _pick(rng, options, p=None):
     return options[int(rng.choice(len(options), p=p))]
 
 
+def _ids(*names: str) -> set[int]:
+    """Category ids of short names (:data:`_CATEGORY`)."""
+    return {_CATEGORY[n] for n in names}
+
+
 def _plan_outfit(rng, force) -> dict:
-    """Decide what one figure wears; forced categories are honoured where they fit (see ``plan['cats']``)."""
+    """Decide what one figure wears; forced categories are honoured where they fit (see ``plan['cats']``).
+
+    The planners below run in this order and draw from ``rng`` in it: garments, their parts, accessories,
+    lengths, poses, decorations."""
     f = {int(c) for c in force}
-    u = rng.random
-    legs = bool(f & {20, 21, 22})
-    if 10 in f:
+    p = _plan_garments(rng, f)
+    _plan_parts(rng, f, p)
+    _plan_accessories(rng, f, p)
+    _plan_lengths(rng, p)
+    _plan_poses(rng, p)
+    p["decos"] = _plan_decorations(rng, f, p)
+    p["headroom"] = p["umbrella"] or p["hat"]
+    p["full_body"] = bool(f) or p["legwarmers"] or p["socks"]
+    p["cats"] = _planned_categories(p)
+    for k in ("top_forced", "outer_forced"):
+        del p[k]
+    return p
+
+
+def _plan_garments(rng, f: set) -> dict:
+    """The base (separates, dress or jumpsuit), its top and bottom, and the outer layer."""
+    C = _CATEGORY
+    legs = bool(f & _ids("leg warmer", "tights", "sock"))
+    if C["dress"] in f:
         base = "dress"
-    elif 11 in f and not legs:
+    elif C["jumpsuit"] in f and not legs:
         base = "jumpsuit"
-    elif f & {0, 1, 2, 6, 7, 8}:
+    elif f & _ids("shirt", "top", "sweater", "pants", "shorts", "skirt"):
         base = "separates"
     else:
         base = _pick(rng, ["separates", "dress", "jumpsuit"], [0.6, 0.3, 0.1])
         if legs and base == "jumpsuit":
             base = "separates"
     top = bottom = None
-    top_forced = bool(f & {0, 1, 2})
+    tops, bottoms = [C["shirt"], C["top"], C["sweater"]], [C["pants"], C["shorts"], C["skirt"]]
     if base == "separates":
-        ft = sorted(f & {0, 1, 2})
-        top = ft[0] if ft else _pick(rng, [0, 1, 2], [0.35, 0.4, 0.25])
-        fb = sorted(f & {6, 7, 8})
-        bottom = fb[0] if fb else _pick(rng, [6, 7, 8], [0.5, 0.2, 0.3])
-        if bottom == 6 and not fb and f & {21, 22}:
-            bottom = _pick(rng, [7, 8])
-    fo = sorted(f & {3, 4, 5, 9, 12})
-    outer_forced = bool(fo)
-    outer = fo[0] if fo else (None if u() < 0.5 else _pick(rng, [3, 4, 5, 9, 12], [0.2, 0.36, 0.1, 0.24, 0.1]))
-    if legs and outer in (9, 12) and not outer_forced:
+        ft = sorted(f & set(tops))
+        top = ft[0] if ft else _pick(rng, tops, [0.35, 0.4, 0.25])
+        fb = sorted(f & set(bottoms))
+        bottom = fb[0] if fb else _pick(rng, bottoms, [0.5, 0.2, 0.3])
+        if bottom == C["pants"] and not fb and f & _ids("tights", "sock"):
+            bottom = _pick(rng, [C["shorts"], C["skirt"]])
+    outers = [C["cardigan"], C["jacket"], C["vest"], C["coat"], C["cape"]]
+    fo = sorted(f & set(outers))
+    outer = fo[0] if fo else (None if rng.random() < 0.5 else _pick(rng, outers, [0.2, 0.36, 0.1, 0.24, 0.1]))
+    if legs and outer in (C["coat"], C["cape"]) and not fo:
         outer = None
-    p = {"base": base, "top": top, "bottom": bottom, "legs": legs}
+    return {"base": base, "top": top, "bottom": bottom, "legs": legs, "outer": outer,
+            "top_forced": bool(f & set(tops)), "outer_forced": bool(fo)}
 
-    def get_outer(options, default) -> bool:
-        nonlocal outer
-        if outer in options:
-            return True
-        if not outer_forced:
-            outer = default
-            return True
-        return False
 
-    def get_top(value) -> bool:
-        nonlocal top
-        if base == "separates" and not top_forced:
-            top = value
-            return True
-        return False
+def _wear_outer(p: dict, options, default: int) -> bool:
+    """Make the outer layer one of ``options`` (``default`` unless it is one already) if it is not forced."""
+    if p["outer"] in options:
+        return True
+    if not p["outer_forced"]:
+        p["outer"] = default
+        return True
+    return False
 
-    # garment parts
+
+def _wear_top(p: dict, value: int) -> bool:
+    """Make the top ``value`` if the figure wears separates and its top is not forced."""
+    if p["base"] == "separates" and not p["top_forced"]:
+        p["top"] = value
+        return True
+    return False
+
+
+def _plan_parts(rng, f: set, p: dict) -> None:
+    """Garment parts: hood and zip hosts, collar, lapel, epaulette, sleeves, pockets, neckline, an open outer."""
+    C, u = _CATEGORY, rng.random
+    jacket, hooded, open_outer = C["jacket"], (C["jacket"], C["coat"], C["cape"]), (None, C["cardigan"], C["vest"])
     hood = None
-    if 27 in f:
-        if outer in (4, 9, 12):
+    top_hood = p["base"] == "separates" and p["top"] in (C["top"], C["sweater"])
+    if C["hood"] in f:
+        if p["outer"] in hooded:
             hood = "outer"
-        elif base == "separates" and top in (1, 2) and outer in (None, 3, 5):
+        elif top_hood and p["outer"] in open_outer:
             hood = "top"
-        elif get_outer((4, 9, 12), 4):
+        elif _wear_outer(p, hooded, jacket):
             hood = "outer"
-        elif outer in (None, 3, 5) and get_top(1):
+        elif p["outer"] in open_outer and _wear_top(p, C["top"]):
             hood = "top"
-    elif outer in (4, 9, 12) and u() < 0.15:
+    elif p["outer"] in hooded and u() < 0.15:
         hood = "outer"
-    elif base == "separates" and top in (1, 2) and outer in (None, 3, 5) and u() < 0.12:
+    elif top_hood and p["outer"] in open_outer and u() < 0.12:
         hood = "top"
-    if 28 in f and not (top == 0 or outer in (4, 9, 12)):
-        if not get_top(0):
-            get_outer((4, 9, 12), 4)
-    if 29 in f:
-        get_outer((4, 9), 4)
-    if 30 in f and not (outer in (4, 9) or top == 0):
-        if not get_outer((4, 9), 4):
-            get_top(0)
-    zip_host = None
-    if 35 in f:
-        if outer == 4 or (outer is None and not outer_forced):
-            outer, zip_host = 4, "outer"
-        elif base == "jumpsuit":
-            zip_host = "jumpsuit"
-        elif bottom in (6, 7):
-            zip_host = "bottom"
+    if C["collar"] in f and not (p["top"] == C["shirt"] or p["outer"] in hooded):
+        if not _wear_top(p, C["shirt"]):
+            _wear_outer(p, hooded, jacket)
+    if C["lapel"] in f:
+        _wear_outer(p, (jacket, C["coat"]), jacket)
+    if C["epaulette"] in f and not (p["outer"] in (jacket, C["coat"]) or p["top"] == C["shirt"]):
+        if not _wear_outer(p, (jacket, C["coat"]), jacket):
+            _wear_top(p, C["shirt"])
+    p.update(hood=hood, zip=_zip_host(rng, f, p))
+    p["collar"] = C["collar"] in f or u() < 0.85
+    p["lapel"] = C["lapel"] in f or u() < 0.75
+    p["epaulette"] = C["epaulette"] in f or u() < 0.08
+    p["sleeves"] = C["sleeve"] in f
+    p["pocket"] = C["pocket"] in f
+    p["neck"] = C["neckline"] in f
+    p["outer_open"] = (C["neckline"] in f and p["outer"] not in (None, C["cape"])) or u() < 0.45
+
+
+def _zip_host(rng, f: set, p: dict) -> str | None:
+    """What carries the zipper: the outer layer (a jacket), the jumpsuit, the bottom or the top; or nothing."""
+    C, u = _CATEGORY, rng.random
+    bottom_zip = p["bottom"] in (C["pants"], C["shorts"])
+    if C["zipper"] in f:
+        if p["outer"] == C["jacket"] or (p["outer"] is None and not p["outer_forced"]):
+            p["outer"] = C["jacket"]
+            return "outer"
+        if p["base"] == "jumpsuit":
+            return "jumpsuit"
+        if bottom_zip:
+            return "bottom"
+        return "top" if p["base"] == "separates" else None
+    if p["outer"] == C["jacket"] and C["lapel"] not in f and u() < 0.25:
+        return "outer"
+    if p["base"] == "jumpsuit" and u() < 0.4:
+        return "jumpsuit"
+    if bottom_zip and u() < 0.2:
+        return "bottom"
+    return None
+
+
+# Accessories in planning order: (plan key, the category, probability when not forced). The draws of the
+# items with a condition (:func:`_plan_accessories`) happen only when it holds.
+_ACCESSORIES = (("glasses", "glasses", 0.18), ("hat", "hat", 0.13), ("headband", "headband", 0.08),
+                ("tie", "tie", 0.15), ("gloves", "glove", 0.05), ("watch", "watch", 0.1), ("belt", "belt", 0.22),
+                ("buckle", "buckle", 0.8), ("legwarmers", "leg warmer", 0.03), ("tights", "tights", 0.22),
+                ("socks", "sock", 0.15), ("shoes", "shoe", 0.96), ("bag", "bag", 0.3), ("scarf", "scarf", 0.1),
+                ("umbrella", "umbrella", 0.03), ("shoe_buckle", None, 0.08), ("bag_buckle", None, 0.15))
+
+
+def _plan_accessories(rng, f: set, p: dict) -> None:
+    """Stand-alone items and buckles (:data:`_ACCESSORIES`): forced ones are worn, the others drawn."""
+    C = _CATEGORY
+    bare = p["base"] == "dress" or p["bottom"] in (C["shorts"], C["skirt"])
+    for key, cat, prob in _ACCESSORIES:
+        forced = cat is not None and C[cat] in f
+        if key == "hat":
+            p[key] = forced or (C["headband"] not in f and rng.random() < prob)
+        elif key == "headband":
+            p[key] = forced and not p["hat"] or (not p["hat"] and rng.random() < prob)
+        elif key == "tie":
+            p[key] = forced or (p["top"] == C["shirt"] and rng.random() < prob)
+        elif key == "belt":
+            p[key] = forced or C["buckle"] in f or rng.random() < prob
+        elif key == "tights":
+            p[key] = forced or (bare and rng.random() < prob)
+        elif key == "scarf":
+            p[key] = forced or (not p["neck"] and rng.random() < prob)
         else:
-            zip_host = "top" if base == "separates" else None
-    else:
-        if outer == 4 and 29 not in f and u() < 0.25:
-            zip_host = "outer"
-        elif base == "jumpsuit" and u() < 0.4:
-            zip_host = "jumpsuit"
-        elif bottom in (6, 7) and u() < 0.2:
-            zip_host = "bottom"
-    p.update(top=top, outer=outer, hood=hood, zip=zip_host)
-    p["collar"] = 28 in f or u() < 0.85
-    p["lapel"] = 29 in f or u() < 0.75
-    p["epaulette"] = 30 in f or u() < 0.08
-    p["sleeves"] = 31 in f
-    p["pocket"] = 32 in f
-    p["neck"] = 33 in f
-    p["outer_open"] = (33 in f and outer not in (None, 12)) or u() < 0.45
-    # accessories
-    p["glasses"] = 13 in f or u() < 0.18
-    p["hat"] = 14 in f or (not (15 in f) and u() < 0.13)
-    p["headband"] = 15 in f and not p["hat"] or (not p["hat"] and u() < 0.08)
-    p["tie"] = 16 in f or (top == 0 and u() < 0.15)
-    p["gloves"] = 17 in f or u() < 0.05
-    p["watch"] = 18 in f or u() < 0.1
-    p["belt"] = 19 in f or 34 in f or u() < 0.22
-    p["buckle"] = 34 in f or u() < 0.8
-    p["legwarmers"] = 20 in f or u() < 0.03
-    bare = base == "dress" or bottom in (7, 8)
-    p["tights"] = 21 in f or (bare and u() < 0.22)
-    p["socks"] = 22 in f or u() < 0.15
-    p["shoes"] = 23 in f or u() < 0.96
-    p["bag"] = 24 in f or u() < 0.3
-    p["scarf"] = 25 in f or (not p["neck"] and u() < 0.1)
-    p["umbrella"] = 26 in f or u() < 0.03
-    p["shoe_buckle"] = u() < 0.08
-    p["bag_buckle"] = u() < 0.15
-    # lengths (head-unit hem heights come from _LENGTH_Y)
+            p[key] = forced or rng.random() < prob
+
+
+def _plan_lengths(rng, p: dict) -> None:
+    """Hem lengths of the top, skirt, dress, coat and cape (head-unit hem heights come from _LENGTH_Y)."""
     short = list(_KNEE_OR_SHORTER)
     p["top_len"] = _pick(rng, ["above-the-hip (length)", "hip (length)"], [0.2, 0.8])
-    if legs:
+    if p["legs"]:
         p["skirt_len"] = _pick(rng, short)
         p["dress_len"] = _pick(rng, short)
     else:
         p["skirt_len"] = _pick(rng, list(_LENGTH_Y)[2:], [0.08, 0.2, 0.2, 0.16, 0.1, 0.12, 0.09, 0.05])
         p["dress_len"] = _pick(rng, list(_LENGTH_Y)[2:], [0.08, 0.18, 0.2, 0.16, 0.1, 0.12, 0.1, 0.06])
-    coat_opts = ["above-the-knee (length)", "knee (length)"] if legs else \
+    coat_opts = ["above-the-knee (length)", "knee (length)"] if p["legs"] else \
         ["hip (length)", "above-the-knee (length)", "knee (length)", "below the knee (length)", "midi",
          "maxi (length)"]
     p["coat_len"] = _pick(rng, coat_opts)
-    p["cape_len"] = _pick(rng, ["hip (length)", "mini (length)"] if legs else
+    p["cape_len"] = _pick(rng, ["hip (length)", "mini (length)"] if p["legs"] else
                           ["hip (length)", "mini (length)", "above-the-knee (length)", "knee (length)"])
-    # poses
+
+
+def _plan_poses(rng, p: dict) -> None:
+    """Arm poses (a raised arm holds the umbrella), the umbrella's and the bag's side, the bag's kind."""
+    u = rng.random
     poses = {-1: "hip" if u() < 0.2 else "down", 1: "hip" if u() < 0.2 else "down"}
     p["umbrella_side"] = int(_pick(rng, [-1, 1]))
     if p["umbrella"]:
@@ -733,18 +792,17 @@ def _plan_outfit(rng, force) -> dict:
     p["bag_side"] = -p["umbrella_side"] if p["umbrella"] else int(_pick(rng, [-1, 1]))
     p["bag_kind"] = "hand" if poses[p["bag_side"]] == "down" and u() < 0.5 else _pick(rng, ["shoulder", "cross"])
     p["poses"] = poses
-    # decorations, each on the outermost visible host that suits it
+
+
+def _plan_decorations(rng, f: set, p: dict) -> list[tuple[int, str]]:
+    """Decorations (applique ... tassel), each on the outermost visible host that suits it."""
     decos = []
-    for c in range(36, 46):
-        if c in f or u() < 0.05:
+    for c in range(_CATEGORY["applique"], _CATEGORY["tassel"] + 1):
+        if c in f or rng.random() < 0.05:
             host = _deco_host(rng, c, p)
             if host:
                 decos.append((c, host))
-    p["decos"] = decos
-    p["headroom"] = p["umbrella"] or p["hat"]
-    p["full_body"] = bool(f) or p["legwarmers"] or p["socks"]
-    p["cats"] = _planned_categories(p)
-    return p
+    return decos
 
 
 # plan keys of stand-alone items -> their category (cleared when the category is not allowed)
@@ -1466,95 +1524,145 @@ def _draw_umbrella(sc: _Scene, fig: _Fig, plan: dict) -> None:
     sc.item(26, (), m, st)
 
 
-def _decorate(sc: _Scene, fig: _Fig, host: _Item, cat: int) -> None:
-    """Draw decoration ``cat`` (36-45) on ``host`` as a part (its mask overlaps the host's)."""
+def _applique(sc: _Scene, fig: _Fig, host: _Item, m, st: dict, cx: float, cy: float) -> dict | None:
+    """A star or heart patch."""
     rng, u = sc.rng, fig.u
+    r = float(rng.uniform(0.16, 0.3))
+    if rng.random() < 0.5:
+        ang = np.linspace(-math.pi / 2, 1.5 * math.pi, 11)[:-1]
+        rad = np.where(np.arange(10) % 2 == 0, r, r * 0.45)
+        m.poly(fig.P(np.column_stack([cx + rad * np.cos(ang), cy + rad * np.sin(ang)])))
+    else:
+        m.circle(fig.P([(cx - r * 0.45, cy - r * 0.2)])[0], r * 0.5 * u)
+        m.circle(fig.P([(cx + r * 0.45, cy - r * 0.2)])[0], r * 0.5 * u)
+        m.poly(fig.P([(cx - r * 0.92, cy - 0.1 * r), (cx + r * 0.92, cy - 0.1 * r), (cx, cy + r)]))
+    return st
+
+
+def _beads(sc: _Scene, fig: _Fig, host: _Item, m, st: dict, cx: float, cy: float) -> dict | None:
+    """Beads along the neckline or the hem."""
+    rng, u, a = sc.rng, fig.u, host.anchors
+    st = _plain(fig, _pick(rng, [(245, 240, 230), (220, 185, 90), (30, 30, 30)]), 0.3)
+    if "neck" in a:
+        pts = np.asarray(a["neck"], np.float64) + (0.0, 0.1)
+    else:
+        xl, xr, y = a.get("hem", (cx - 0.4, cx + 0.4, cy))
+        pts = np.array([(xl * 0.8, y - 0.12), (xr * 0.8, y - 0.12)])
+    seg = np.linspace(0, 1, 22)
+    k = np.interp(seg, np.linspace(0, 1, len(pts)), np.arange(len(pts)))
+    i = np.minimum(k.astype(int), len(pts) - 2)
+    beads = pts[i] + (pts[i + 1] - pts[i]) * (k - i)[:, None]
+    for b in beads:
+        m.circle(fig.P([b])[0], max(1.2, 0.04 * u))
+    return st
+
+
+def _bow(sc: _Scene, fig: _Fig, host: _Item, m, st: dict, cx: float, cy: float) -> dict | None:
+    r = float(sc.rng.uniform(0.14, 0.24))
+    for s in (-1, 1):
+        m.poly(fig.P([(cx, cy), (cx + s * r, cy - r * 0.6), (cx + s * r, cy + r * 0.6)]))
+    m.circle(fig.P([(cx, cy)])[0], r * 0.3 * fig.u)
+    return st
+
+
+def _flower(sc: _Scene, fig: _Fig, host: _Item, m, st: dict, cx: float, cy: float) -> dict | None:
+    """Five petals and a yellow centre (drawn here, with its mark): returns None."""
+    r, u = float(sc.rng.uniform(0.07, 0.12)), fig.u
+    for k in range(5):
+        ang = k * 2 * math.pi / 5
+        m.circle(fig.P([(cx + 1.1 * r * math.cos(ang), cy + 1.1 * r * math.sin(ang))])[0], r * u)
+    sc.part(_CATEGORY["flower"], (), m, host, st)
+    sc.mark(m, lambda t: t.circle(fig.P([(cx, cy)])[0], r * 0.6 * u), (240, 210, 70))
+    return None
+
+
+def _fringe(sc: _Scene, fig: _Fig, host: _Item, m, st: dict, cx: float, cy: float) -> dict | None:
+    """A fringe hanging from the hem."""
+    xl, xr, y = host.anchors.get("hem", (cx - 0.4, cx + 0.4, cy))
+    L = float(sc.rng.uniform(0.2, 0.4))
+    m.poly(fig.P([(xl, y - 0.05), (xr, y - 0.05), (xr, y + 0.03), (xl, y + 0.03)]))
+    for x in np.arange(xl + 0.02, xr, 0.07):
+        m.line(fig.P([(x, y)])[0], fig.P([(x + 0.02, y + L)])[0], max(1.0, 0.025 * fig.u))
+    return _variant(host.style, 0.8, pattern="plain (pattern)")
+
+
+def _ribbon(sc: _Scene, fig: _Fig, host: _Item, m, st: dict, cx: float, cy: float) -> dict | None:
+    """A ribbon band at the waist with two tails."""
+    xl, xr, y = host.anchors.get("waist", (cx - 0.5, cx + 0.5, cy))
+    m.poly(fig.P([(xl, y - 0.06), (xr, y - 0.06), (xr, y + 0.06), (xl, y + 0.06)]))
+    x = xl + (xr - xl) * 0.6
+    m.poly(fig.P([(x, y), (x + 0.05, y), (x + 0.12, y + 0.55), (x + 0.05, y + 0.5)]))
+    m.poly(fig.P([(x, y), (x - 0.03, y), (x - 0.1, y + 0.5), (x - 0.02, y + 0.48)]))
+    return st
+
+
+def _rivets(sc: _Scene, fig: _Fig, host: _Item, m, st: dict, cx: float, cy: float) -> dict | None:
+    """Metal rivets along the waist or in a block on the chest."""
+    rng, a = sc.rng, host.anchors
+    st = _plain(fig, _METAL[int(rng.integers(2))], 0.3)
+    if "waist" in a and rng.random() < 0.6:
+        xl, xr, y = a["waist"]
+        pts = [(x, y + 0.1) for x in np.linspace(xl + 0.1, xr - 0.1, 8)]
+    else:
+        pts = [(cx + dx, cy + dy) for dx in (-0.15, 0.0, 0.15) for dy in (-0.1, 0.1)]
+    for q in pts:
+        m.circle(fig.P([q])[0], max(1.2, 0.045 * fig.u))
+    return st
+
+
+def _ruffle(sc: _Scene, fig: _Fig, host: _Item, m, st: dict, cx: float, cy: float) -> dict | None:
+    """A ruffle along the hem (or the neckline)."""
+    a = host.anchors
+    if "hem" in a and sc.rng.random() < 0.7:
+        xl, xr, y = a["hem"]
+        pts = np.column_stack([np.linspace(xl, xr, 14), np.full(14, y)])
+    else:
+        pts = np.asarray(a.get("neck", [(cx - 0.3, cy), (cx + 0.3, cy)]), np.float64) + (0.0, 0.06)
+        k = np.linspace(0, len(pts) - 1, 12)
+        pts = np.column_stack([np.interp(k, np.arange(len(pts)), pts[:, 0]),
+                               np.interp(k, np.arange(len(pts)), pts[:, 1])])
+    for q in pts:
+        m.ellipse(fig.P([q])[0], (0.09 * fig.u, 0.08 * fig.u))
+    return _variant(host.style, 1.08)
+
+
+def _sequins(sc: _Scene, fig: _Fig, host: _Item, m, st: dict, cx: float, cy: float) -> dict | None:
+    """A dotted sequin patch."""
+    rng, u = sc.rng, fig.u
+    st = dict(_plain(fig, _pick(rng, [(210, 190, 120), (200, 200, 215), (160, 40, 70)]), 0.2),
+              pattern="dot", c2=(250, 250, 250), period=max(3.0, 0.07 * u), duty=0.5, angle=0.0, phase=0.0)
+    m.ellipse(fig.P([(cx, cy + 0.1)])[0], (float(rng.uniform(0.25, 0.4)) * u, float(rng.uniform(0.2, 0.35)) * u))
+    return st
+
+
+def _tassels(sc: _Scene, fig: _Fig, host: _Item, m, st: dict, cx: float, cy: float) -> dict | None:
+    """One or two tassels hanging from the hem (of a garment, a bag or a scarf)."""
+    xl, xr, y = host.anchors.get("hem", (cx - 0.3, cx + 0.3, cy))
+    for x in ((xl + 0.05, xr - 0.05) if sc.rng.random() < 0.6 else ((xl + xr) / 2,)):
+        m.line(fig.P([(x, y - 0.05)])[0], fig.P([(x, y + 0.15)])[0], max(1.0, 0.025 * fig.u))
+        m.poly(fig.P([(x, y + 0.12), (x + 0.07, y + 0.42), (x - 0.07, y + 0.42)]))
+    return st
+
+
+# Decoration category -> its drawer: draws into the mask ``m`` near (cx, cy) and returns the style of the
+# part (None: it drew the part itself).
+_DECORATORS = {"applique": _applique, "bead": _beads, "bow": _bow, "flower": _flower, "fringe": _fringe,
+               "ribbon": _ribbon, "rivet": _rivets, "ruffle": _ruffle, "sequin": _sequins, "tassel": _tassels}
+
+
+def _decorate(sc: _Scene, fig: _Fig, host: _Item, cat: int) -> None:
+    """Draw decoration ``cat`` (applique ... tassel, :data:`_DECORATORS`) on ``host`` as a part (its mask
+    overlaps the host's)."""
+    rng = sc.rng
     a = host.anchors
     cx, cy = a.get("chest", a.get("point", (0.0, 2.2)))
     cx, cy = cx + float(rng.uniform(-0.12, 0.12)), cy + float(rng.uniform(-0.1, 0.1))
     colour = _jitter(rng, _GARMENT_COLOURS[int(rng.integers(len(_GARMENT_COLOURS)))])
     st = _plain(fig, colour, 0.1)
     m = sc.mask()
-    if cat == 36:  # applique: star or heart patch
-        r = float(rng.uniform(0.16, 0.3))
-        if rng.random() < 0.5:
-            ang = np.linspace(-math.pi / 2, 1.5 * math.pi, 11)[:-1]
-            rad = np.where(np.arange(10) % 2 == 0, r, r * 0.45)
-            m.poly(fig.P(np.column_stack([cx + rad * np.cos(ang), cy + rad * np.sin(ang)])))
-        else:
-            m.circle(fig.P([(cx - r * 0.45, cy - r * 0.2)])[0], r * 0.5 * u)
-            m.circle(fig.P([(cx + r * 0.45, cy - r * 0.2)])[0], r * 0.5 * u)
-            m.poly(fig.P([(cx - r * 0.92, cy - 0.1 * r), (cx + r * 0.92, cy - 0.1 * r), (cx, cy + r)]))
-    elif cat == 37:  # beads along the neckline or hem
-        st = _plain(fig, _pick(rng, [(245, 240, 230), (220, 185, 90), (30, 30, 30)]), 0.3)
-        if "neck" in a:
-            pts = np.asarray(a["neck"], np.float64) + (0.0, 0.1)
-        else:
-            xl, xr, y = a.get("hem", (cx - 0.4, cx + 0.4, cy))
-            pts = np.array([(xl * 0.8, y - 0.12), (xr * 0.8, y - 0.12)])
-        seg = np.linspace(0, 1, 22)
-        k = np.interp(seg, np.linspace(0, 1, len(pts)), np.arange(len(pts)))
-        i = np.minimum(k.astype(int), len(pts) - 2)
-        beads = pts[i] + (pts[i + 1] - pts[i]) * (k - i)[:, None]
-        for b in beads:
-            m.circle(fig.P([b])[0], max(1.2, 0.04 * u))
-    elif cat == 38:  # bow
-        r = float(rng.uniform(0.14, 0.24))
-        for s in (-1, 1):
-            m.poly(fig.P([(cx, cy), (cx + s * r, cy - r * 0.6), (cx + s * r, cy + r * 0.6)]))
-        m.circle(fig.P([(cx, cy)])[0], r * 0.3 * u)
-    elif cat == 39:  # flower
-        r = float(rng.uniform(0.07, 0.12))
-        for k in range(5):
-            ang = k * 2 * math.pi / 5
-            m.circle(fig.P([(cx + 1.1 * r * math.cos(ang), cy + 1.1 * r * math.sin(ang))])[0], r * u)
-        sc.part(39, (), m, host, st)
-        sc.mark(m, lambda t: t.circle(fig.P([(cx, cy)])[0], r * 0.6 * u), (240, 210, 70))
-        return
-    elif cat == 40:  # fringe hanging from the hem
-        xl, xr, y = a.get("hem", (cx - 0.4, cx + 0.4, cy))
-        L = float(rng.uniform(0.2, 0.4))
-        m.poly(fig.P([(xl, y - 0.05), (xr, y - 0.05), (xr, y + 0.03), (xl, y + 0.03)]))
-        for x in np.arange(xl + 0.02, xr, 0.07):
-            m.line(fig.P([(x, y)])[0], fig.P([(x + 0.02, y + L)])[0], max(1.0, 0.025 * u))
-        st = _variant(host.style, 0.8, pattern="plain (pattern)")
-    elif cat == 41:  # ribbon band with tails
-        xl, xr, y = a.get("waist", (cx - 0.5, cx + 0.5, cy))
-        m.poly(fig.P([(xl, y - 0.06), (xr, y - 0.06), (xr, y + 0.06), (xl, y + 0.06)]))
-        x = xl + (xr - xl) * 0.6
-        m.poly(fig.P([(x, y), (x + 0.05, y), (x + 0.12, y + 0.55), (x + 0.05, y + 0.5)]))
-        m.poly(fig.P([(x, y), (x - 0.03, y), (x - 0.1, y + 0.5), (x - 0.02, y + 0.48)]))
-    elif cat == 42:  # rivets
-        st = _plain(fig, _METAL[int(rng.integers(2))], 0.3)
-        if "waist" in a and rng.random() < 0.6:
-            xl, xr, y = a["waist"]
-            pts = [(x, y + 0.1) for x in np.linspace(xl + 0.1, xr - 0.1, 8)]
-        else:
-            pts = [(cx + dx, cy + dy) for dx in (-0.15, 0.0, 0.15) for dy in (-0.1, 0.1)]
-        for p in pts:
-            m.circle(fig.P([p])[0], max(1.2, 0.045 * u))
-    elif cat == 43:  # ruffle along the hem (or neckline)
-        if "hem" in a and rng.random() < 0.7:
-            xl, xr, y = a["hem"]
-            pts = np.column_stack([np.linspace(xl, xr, 14), np.full(14, y)])
-        else:
-            pts = np.asarray(a.get("neck", [(cx - 0.3, cy), (cx + 0.3, cy)]), np.float64) + (0.0, 0.06)
-            k = np.linspace(0, len(pts) - 1, 12)
-            pts = np.column_stack([np.interp(k, np.arange(len(pts)), pts[:, 0]),
-                                   np.interp(k, np.arange(len(pts)), pts[:, 1])])
-        for p in pts:
-            m.ellipse(fig.P([p])[0], (0.09 * u, 0.08 * u))
-        st = _variant(host.style, 1.08)
-    elif cat == 44:  # sequin patch
-        st = dict(_plain(fig, _pick(rng, [(210, 190, 120), (200, 200, 215), (160, 40, 70)]), 0.2),
-                  pattern="dot", c2=(250, 250, 250), period=max(3.0, 0.07 * u), duty=0.5, angle=0.0, phase=0.0)
-        m.ellipse(fig.P([(cx, cy + 0.1)])[0], (float(rng.uniform(0.25, 0.4)) * u, float(rng.uniform(0.2, 0.35)) * u))
-    else:  # 45 tassels hanging from the hem / bag / scarf
-        xl, xr, y = a.get("hem", (cx - 0.3, cx + 0.3, cy))
-        for x in ((xl + 0.05, xr - 0.05) if rng.random() < 0.6 else ((xl + xr) / 2,)):
-            m.line(fig.P([(x, y - 0.05)])[0], fig.P([(x, y + 0.15)])[0], max(1.0, 0.025 * u))
-            m.poly(fig.P([(x, y + 0.12), (x + 0.07, y + 0.42), (x - 0.07, y + 0.42)]))
-    sc.part(cat, (), m, host, st)
+    st = _DECORATORS[_CATEGORY_NAME[cat]](sc, fig, host, m, st, cx, cy)
+    if st is not None:
+        sc.part(cat, (), m, host, st)
 
 
 def _draw_figure(sc: _Scene, fig: _Fig, plan: dict, look: dict) -> None:
