@@ -314,7 +314,7 @@ def start_run(arch: str, model_overrides: dict, args, stage: str, held: contextl
     runtime.set_backend_flags()
     out_dir = Path(args.out_dir)
     if main:
-        runtime.claim_out_dir(out_dir, "training run", held)
+        lio.claim_dir(out_dir, "training run", held)
     label_names, meta = _cache_labels(args.prepared_dir)
     train_ds, val_ds, loader = _datasets(args, env["distributed"])
     steps_per_epoch = len(loader)

@@ -185,3 +185,19 @@ def json_safe(v):
     if v is None or isinstance(v, (bool, int, float, str)):
         return v
     return str(v)
+
+
+def claim_dir(out_dir: str | Path, what: str, held: contextlib.ExitStack) -> Path:
+    """Create ``out_dir``, fail at once (OSError naming it) when it cannot take new files, hold its lock
+    (:func:`lock_dir`) in ``held`` and delete the temporary files a killed run left there."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with tempfile.TemporaryFile(dir=out_dir):
+            pass
+    except OSError as e:
+        raise OSError(e.errno, f"--out-dir {out_dir} is not writable: {e.strerror or e}") from e
+    held.enter_context(lock_dir(out_dir, what))
+    remove_temp_files(out_dir)  # half-written files of a killed run (never read)
+    return out_dir
+

@@ -189,7 +189,7 @@ def _images(s: PredictSettings, progress: bool) -> tuple[pd.DataFrame, dict]:
 def _check_out_dir(s: PredictSettings, store: ShardStore, config: dict, held: contextlib.ExitStack) -> dict:
     """Rank 0: lock ``out_dir`` and compare its contents with ``config``: ``{"state": "complete" | "fresh" |
     "resume", "hash", ...}``. Writes the shards' config.json (and gt.csv for a prepared split)."""
-    out_dir = runtime.claim_out_dir(s.out_dir, "05_predict run", held)
+    out_dir = lio.claim_dir(s.out_dir, "05_predict run", held)
     lio.remove_temp_files(store.dir)  # half-written shards of a killed run (never read); no rank writes yet
     chash = config_hash(config)
     meta_path = out_dir / "meta.json"

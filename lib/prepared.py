@@ -278,17 +278,46 @@ def prepare_dataset(
     prepared set cannot be written (disk full, read-only) and ``ValueError`` when nothing could be prepared.
     """
     with contextlib.ExitStack() as held:
-        return _prepare_dataset(data_dir, out_dir, long_side, val_fraction, seed, workers, limit, progress,
-                                jpeg_quality, csv_path, image_dir, label_file, args, held)
+        t0 = time.time()
+        data_dir, out_dir = Path(data_dir), Path(out_dir)
+        csv_path = Path(csv_path) if csv_path else data_dir / "train.csv"
+        image_dir = Path(image_dir) if image_dir else data_dir / "train"
+        label_file = Path(label_file) if label_file else data_dir / "label_descriptions.json"
+        labels, groups, problems = _read_inputs(data_dir, out_dir, csv_path, label_file)
+        ids = sorted(groups)[:limit or None]
+        selected = len(ids)
+        ids = _check_image_ids(ids, groups, csv_path, problems)
+        _claim_out_dir(out_dir, held)
+        rows, image_problems, todo = _finished_images(out_dir, ids, record_settings(long_side, jpeg_quality))
+        todo = [(str(csv_path), str(image_dir), i, groups[i], str(out_dir), long_side, labels.num_categories,
+                 labels.num_attributes, jpeg_quality) for i in todo]
+        with lio.process_map(_work, todo, min(workers or os.cpu_count() or 1, len(todo)), ordered=False,
+                             chunksize=4) as results:
+            for image_id, (row, probs) in tqdm(results, total=len(todo), desc="01 prepare", unit="img",
+                                               disable=not progress):
+                image_problems[image_id] = probs
+                if row is not None:
+                    rows[image_id] = row
+        # Problems in ImageId order, so the report depends neither on worker scheduling nor on an earlier run.
+        problems = problems + [q for i in sorted(image_problems) for q in image_problems[i]]
+        index = _write_tables(out_dir, rows, problems, val_fraction, seed)
+        if not rows:
+            raise ValueError(f"none of the {selected} images could be prepared ({len(problems)} problems): "
+                             f"see {out_dir / 'problems.csv'}")
+        meta = {
+            "stage": STAGE, "cache_version": CACHE_VERSION, "data_dir": str(data_dir), "out_dir": str(out_dir),
+            "train_csv": str(csv_path), "image_dir": str(image_dir), "label_file": str(label_file),
+            "long_side": long_side, "seed": seed, "val_fraction": val_fraction, "labels": labels.to_json(),
+            "num_images_in_csv": len(groups), "num_images_selected": selected, "num_images": len(rows),
+            "num_images_skipped": selected - len(rows), "num_problems": len(problems), **_index_summary(index, labels),
+            "seconds": round(time.time() - t0, 2), "args": args or {},
+        }
+        lio.atomic_write_json(out_dir / "meta.json", meta)
+        return meta
 
 
-def _prepare_dataset(data_dir, out_dir, long_side, val_fraction, seed, workers, limit, progress, jpeg_quality,
-                     csv_path, image_dir, label_file, args, held: contextlib.ExitStack) -> dict:
-    t0 = time.time()
-    data_dir, out_dir = Path(data_dir), Path(out_dir)
-    csv_path = Path(csv_path) if csv_path else data_dir / "train.csv"
-    image_dir = Path(image_dir) if image_dir else data_dir / "train"
-    label_file = Path(label_file) if label_file else data_dir / "label_descriptions.json"
+def _read_inputs(data_dir: Path, out_dir: Path, csv_path: Path, label_file: Path):
+    """The label set and ``train.csv``'s index (:func:`lib.kaggle_data.index_csv`), checked."""
     if not csv_path.exists():
         raise FileNotFoundError(f"{csv_path} not found: --data-dir must be a Kaggle-layout directory")
     labels = llabels.load_labels(label_file)
@@ -297,24 +326,28 @@ def _prepare_dataset(data_dir, out_dir, long_side, val_fraction, seed, workers, 
     groups, problems = ldata.index_csv(csv_path)
     if not groups:
         raise ValueError(f"{csv_path}: no data rows (only the header{', and bad rows' if problems else ''})")
-    ids = sorted(groups)
-    if limit:
-        ids = ids[:limit]
-    selected = len(ids)
-    ids = _check_image_ids(ids, groups, csv_path, problems)
+    return labels, groups, problems
+
+
+def _claim_out_dir(out_dir: Path, held: contextlib.ExitStack) -> None:
+    """Lock ``out_dir`` (:func:`lib.io.claim_dir`), remove its meta.json and the temporary files of a killed run."""
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        held.enter_context(lio.lock_dir(out_dir, "01_prepare_data run"))
-        # meta.json marks a complete prepared set: gone until this run finishes, so no reader takes a prepared set that a
-        # killed run left half re-prepared (e.g. with other settings) for a finished one.
+        lio.claim_dir(out_dir, "01_prepare_data run", held)
+    except OSError as e:  # "--out-dir ... is not writable: <reason>"
+        raise OutputError(e.errno, e.strerror) from e
+    try:
+        # meta.json marks a complete prepared set: gone until this run finishes, so no reader takes a set that
+        # a killed run left half re-prepared (e.g. with other settings) for a finished one.
         (out_dir / "meta.json").unlink(missing_ok=True)
         for sub in ("images", "ann"):
             (out_dir / sub).mkdir(parents=True, exist_ok=True)
             lio.remove_temp_files(out_dir / sub)  # left by a killed run; never read
-        lio.remove_temp_files(out_dir)
     except OSError as e:
         raise OutputError(e.errno, f"cannot write to --out-dir {out_dir}: {e.strerror or e}") from e
-    settings = record_settings(long_side, jpeg_quality)
+
+
+def _finished_images(out_dir: Path, ids: list[str], settings: dict):
+    """Images a run with the same ``settings`` finished: ``(index rows, problems)`` of each, and the ids to do."""
     rows: dict[str, dict] = {}
     image_problems: dict[str, list[ldata.Problem]] = {}
     todo = []
@@ -329,49 +362,33 @@ def _prepare_dataset(data_dir, out_dir, long_side, val_fraction, seed, workers, 
                     continue
             except (ValueError, KeyError, TypeError, AttributeError):
                 pass  # unreadable record: prepare the image again
-        todo.append((str(csv_path), str(image_dir), i, groups[i], str(out_dir), long_side,
-                     labels.num_categories, labels.num_attributes, jpeg_quality))
-    n_workers = workers or os.cpu_count() or 1
-    with lio.process_map(_work, todo, min(n_workers, len(todo)), ordered=False, chunksize=4) as results:
-        for image_id, (row, probs) in tqdm(results, total=len(todo), desc="01 prepare", unit="img",
-                                           disable=not progress):
-            image_problems[image_id] = probs
-            if row is not None:
-                rows[image_id] = row
+        todo.append(i)
+    return rows, image_problems, todo
 
+
+def _write_tables(out_dir: Path, rows: dict[str, dict], problems: list, val_fraction: float, seed: int) -> pd.DataFrame:
+    """Split (stratified by category), write ``index.parquet`` and ``problems.csv``; return the index."""
     cats = {i: {int(c) for c in r["categories"].split()} for i, r in rows.items()}
     split = stratified_split(cats, val_fraction, seed)
     index = pd.DataFrame([rows[i] for i in sorted(rows)], columns=INDEX_COLUMNS)
     index["split"] = [split[i] for i in index["image_id"]]
     with lio.atomic_path(out_dir / "index.parquet") as tmp:
         index.to_parquet(tmp, index=False)
-    # Images in ImageId order, so the report depends neither on worker scheduling nor on an earlier run.
-    problems = problems + [p for i in sorted(image_problems) for p in image_problems[i]]
-    prob_df = pd.DataFrame(problems, columns=list(ldata.Problem._fields))
     with lio.atomic_path(out_dir / "problems.csv") as tmp:
-        prob_df.to_csv(tmp, index=False)
-    if not rows:
-        raise ValueError(f"none of the {selected} images could be prepared ({len(problems)} problems): "
-                         f"see {out_dir / 'problems.csv'}")
+        pd.DataFrame(problems, columns=list(ldata.Problem._fields)).to_csv(tmp, index=False)
+    return index
 
+
+def _index_summary(index: pd.DataFrame, labels) -> dict:
+    """meta.json's counts: instances, split sizes, images per category, largest size."""
     cat_counts = np.zeros(labels.num_categories, np.int64)
-    for i in rows:
-        for c in cats[i]:
+    for cats in index["categories"]:
+        for c in {int(c) for c in str(cats).split()}:
             cat_counts[c] += 1
-    skipped = selected - len(rows)
-    meta = {
-        "stage": STAGE, "cache_version": CACHE_VERSION, "data_dir": str(data_dir), "out_dir": str(out_dir),
-        "train_csv": str(csv_path), "image_dir": str(image_dir), "label_file": str(label_file),
-        "long_side": long_side, "seed": seed, "val_fraction": val_fraction,
-        "labels": labels.to_json(),
-        "num_images_in_csv": len(groups), "num_images_selected": selected, "num_images": len(rows),
-        "num_images_skipped": skipped, "num_problems": len(problems),
+    return {
         "num_instances": int(index["num_instances"].sum()) if len(index) else 0,
         "split": {"train": int((index["split"] == "train").sum()), "val": int((index["split"] == "val").sum())},
         "images_per_category": cat_counts.tolist(),
         "size": {"max_height": int(index["height"].max()) if len(index) else 0,
                  "max_width": int(index["width"].max()) if len(index) else 0},
-        "seconds": round(time.time() - t0, 2), "args": args or {},
     }
-    lio.atomic_write_json(out_dir / "meta.json", meta)
-    return meta

@@ -1,28 +1,23 @@
-"""Run start-up shared by the stages that run models (02/03/04 training, 05 prediction, the benchmarks).
+"""Run start-up shared by the stages that run models (02/03/04 training, 05 prediction, the benchmarks); the
+output folder is claimed by :func:`lib.io.claim_dir` (01 and 06's writers use it too, without torch).
 
 - :func:`setup_distributed`: torchrun's process group (``WORLD_SIZE`` > 1) and the device of this rank;
 - :func:`set_backend_flags`: cuDNN autotuning off (detectors see new shapes every step: with it on, Mask R-CNN
   trains 3-4x slower), TF32 matmuls and convolutions on;
 - :func:`amp_dtype`: the autocast dtype of ``--amp``;
-- :func:`claim_out_dir`: create an output folder, check that it takes files, hold its lock and delete the
-  temporary files of a killed run;
 - :func:`seed_everything`, :func:`rng_state`, :func:`gather_rng_states`, :func:`set_rng_state`: the random
   generators (torch, CUDA, numpy, random) a checkpoint saves and restores.
 """
 from __future__ import annotations
 
-import contextlib
 import datetime
 import os
 import random
-import tempfile
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from . import io as lio
 
 
 def set_backend_flags() -> None:
@@ -30,21 +25,6 @@ def set_backend_flags() -> None:
     torch.backends.cudnn.benchmark = False
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
-
-
-def claim_out_dir(out_dir: str | Path, what: str, held: contextlib.ExitStack) -> Path:
-    """Create ``out_dir``, fail at once (OSError naming it) when it cannot take new files, hold its lock
-    (:func:`lib.io.lock_dir`) in ``held`` and delete the temporary files a killed run left there."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        with tempfile.TemporaryFile(dir=out_dir):
-            pass
-    except OSError as e:
-        raise OSError(e.errno, f"--out-dir {out_dir} is not writable: {e.strerror or e}") from e
-    held.enter_context(lio.lock_dir(out_dir, what))
-    lio.remove_temp_files(out_dir)  # half-written files of a killed run (never read)
-    return out_dir
 
 
 def setup_distributed(device_arg: str = "auto") -> dict:

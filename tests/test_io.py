@@ -1,4 +1,5 @@
 """lib/io.py: atomic writes, JSON and JSONL helpers."""
+import contextlib
 import os
 import stat
 
@@ -123,3 +124,15 @@ def test_process_map_passes_a_worker_error_on(workers):
     with pytest.raises(ValueError, match="task 5 is bad"):
         with lio.process_map(_square_or_fail, range(8), workers) as it:
             list(it)
+
+
+def test_claim_dir_locks_and_cleans(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    half = out / f"{lio.TEMP_PREFIX}checkpoint.pth"
+    half.write_bytes(b"x")
+    with contextlib.ExitStack() as held:
+        assert lio.claim_dir(out, "training run", held) == out
+        assert not half.exists()
+        with contextlib.ExitStack() as other, pytest.raises(RuntimeError, match="in use by another training run"):
+            lio.claim_dir(out, "training run", other)

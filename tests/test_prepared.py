@@ -410,7 +410,7 @@ def test_read_only_out_dir_stops_01_with_a_clear_error(synthetic_data_dir, tmp_p
             d.chmod(0o755)
     assert r.returncode != 0
     last = r.stderr.strip().splitlines()[-1]
-    assert "Permission denied" in last and "cannot write" in last, last
+    assert "Permission denied" in last and "is not writable" in last and str(out) in last, last
     assert snapshot_files(out) == before
 
 

@@ -1,12 +1,9 @@
 """lib/runtime.py: devices, backend flags, autocast dtype, output folders, random generators."""
-import contextlib
 import random
 
 import numpy as np
-import pytest
 import torch
 
-from lib import io as lio
 from lib import runtime
 
 
@@ -32,15 +29,3 @@ def test_rng_state_round_trip():
     runtime.set_rng_state(state)
     b = (torch.rand(3), np.random.rand(3))
     assert torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1])
-
-
-def test_claim_out_dir_locks_and_cleans(tmp_path):
-    out = tmp_path / "run"
-    out.mkdir()
-    half = out / f"{lio.TEMP_PREFIX}checkpoint.pth"
-    half.write_bytes(b"x")
-    with contextlib.ExitStack() as held:
-        assert runtime.claim_out_dir(out, "training run", held) == out
-        assert not half.exists()
-        with contextlib.ExitStack() as other, pytest.raises(RuntimeError, match="in use by another training run"):
-            runtime.claim_out_dir(out, "training run", other)
