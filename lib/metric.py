@@ -329,24 +329,44 @@ def coco_mask_ap(gt: list[dict], pred: list[dict], max_dets: int = 100) -> dict:
         ``per_category`` holds only categories with ground truth. No
         predictions at all gives 0.
     """
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
+    images, gt_anns, dt_anns, cat_ids = _coco_records(gt, pred)
+    if not gt_anns:
+        return {"AP": float("nan"), "AP50": float("nan"), "AP75": float("nan"), "per_category": {}}
+    ev = _cocoeval(images, gt_anns, dt_anns, [{"id": i, "name": str(c)} for c, i in cat_ids.items()], max_dets)
+    prec = ev.eval["precision"][:, :, :, 0, -1]  # (T, R, K) at area "all", largest maxDets
+    thr = np.asarray(ev.params.iouThrs)
+    t50 = np.flatnonzero(np.isclose(thr, 0.5))
+    t75 = np.flatnonzero(np.isclose(thr, 0.75))
+    inv_cat = {i: c for c, i in cat_ids.items()}
+    per_category = {}
+    for k, cid in enumerate(ev.params.catIds):
+        ap = _nanmean_valid(prec[:, :, k])
+        if not np.isnan(ap):
+            per_category[inv_cat[cid]] = ap
+    return {
+        "AP": _nanmean_valid(prec),
+        "AP50": _nanmean_valid(prec[t50]),
+        "AP75": _nanmean_valid(prec[t75]),
+        "per_category": per_category,
+    }
 
+
+def _check_rle(rle, h: int, w: int, where: str) -> None:
+    if not isinstance(rle, dict) or "size" not in rle or "counts" not in rle:
+        raise ValueError(f"{where}: not a pycocotools RLE dict: {type(rle).__name__}")
+    if [int(s) for s in rle["size"]] != [h, w]:
+        raise ValueError(f"{where}: RLE size {list(rle['size'])} differs from image size {[h, w]}")
+
+
+def _coco_records(gt: list[dict], pred: list[dict]):
+    """:func:`coco_mask_ap`'s inputs as COCO ``images``, ground-truth and detection annotations (ids from 1)
+    and ``{category: COCO category id}``; ``ValueError`` naming the image for inconsistent input."""
     img_ids: dict = {}
     cat_ids: dict = {}
     images, gt_anns, dt_anns = [], [], []
 
     def cat_id(c):
-        c = _plain(c)
-        if c not in cat_ids:
-            cat_ids[c] = len(cat_ids) + 1
-        return cat_ids[c]
-
-    def check_rle(rle, h, w, where):
-        if not isinstance(rle, dict) or "size" not in rle or "counts" not in rle:
-            raise ValueError(f"{where}: not a pycocotools RLE dict: {type(rle).__name__}")
-        if [int(s) for s in rle["size"]] != [h, w]:
-            raise ValueError(f"{where}: RLE size {list(rle['size'])} differs from image size {[h, w]}")
+        return cat_ids.setdefault(_plain(c), len(cat_ids) + 1)
 
     for g in gt:
         key = _plain(g["image_id"])
@@ -359,7 +379,7 @@ def coco_mask_ap(gt: list[dict], pred: list[dict], max_dets: int = 100) -> dict:
         if len(rles) != len(cats):
             raise ValueError(f"coco_mask_ap: gt image {key!r}: {len(rles)} masks_rle, {len(cats)} categories")
         for k, (rle, c) in enumerate(zip(rles, cats)):
-            check_rle(rle, h, w, f"coco_mask_ap: gt image {key!r} mask {k}")
+            _check_rle(rle, h, w, f"coco_mask_ap: gt image {key!r} mask {k}")
             gt_anns.append(_coco_ann(len(gt_anns) + 1, iid, cat_id(c), rle))
     for p in pred:
         key = _plain(p["image_id"])
@@ -374,12 +394,15 @@ def coco_mask_ap(gt: list[dict], pred: list[dict], max_dets: int = 100) -> dict:
                 f"{len(scores)} scores"
             )
         for k, (rle, c, s) in enumerate(zip(rles, cats, scores)):
-            check_rle(rle, img["height"], img["width"], f"coco_mask_ap: pred image {key!r} mask {k}")
+            _check_rle(rle, img["height"], img["width"], f"coco_mask_ap: pred image {key!r} mask {k}")
             dt_anns.append(dict(_coco_ann(len(dt_anns) + 1, iid, cat_id(c), rle), score=float(s)))
-    categories = [{"id": i, "name": str(c)} for c, i in cat_ids.items()]
-    inv_cat = {i: c for c, i in cat_ids.items()}
-    if not gt_anns:
-        return {"AP": float("nan"), "AP50": float("nan"), "AP75": float("nan"), "per_category": {}}
+    return images, gt_anns, dt_anns, cat_ids
+
+
+def _cocoeval(images: list, gt_anns: list, dt_anns: list, categories: list, max_dets: int):
+    """pycocotools' ``COCOeval(iouType="segm")`` evaluated and accumulated over in-memory datasets (quietly)."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
 
     with contextlib.redirect_stdout(io.StringIO()):
         coco_gt = COCO()
@@ -392,21 +415,7 @@ def coco_mask_ap(gt: list[dict], pred: list[dict], max_dets: int = 100) -> dict:
         ev.params.maxDets = sorted({1, 10, int(max_dets)})
         ev.evaluate()
         ev.accumulate()
-    prec = ev.eval["precision"][:, :, :, 0, -1]  # (T, R, K) at area "all", largest maxDets
-    thr = np.asarray(ev.params.iouThrs)
-    t50 = np.flatnonzero(np.isclose(thr, 0.5))
-    t75 = np.flatnonzero(np.isclose(thr, 0.75))
-    per_category = {}
-    for k, cid in enumerate(ev.params.catIds):
-        ap = _nanmean_valid(prec[:, :, k])
-        if not np.isnan(ap):
-            per_category[inv_cat[cid]] = ap
-    return {
-        "AP": _nanmean_valid(prec),
-        "AP50": _nanmean_valid(prec[t50]),
-        "AP75": _nanmean_valid(prec[t75]),
-        "per_category": per_category,
-    }
+    return ev
 
 
 def _sorted_dict(d: dict) -> dict:
