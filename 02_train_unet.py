@@ -50,7 +50,7 @@ def model_overrides(args) -> dict:
 
 
 def main(args) -> int:
-    engine.run_training("unet", model_overrides(args), args, stage="02_train_unet")  # summary: OUT_DIR/meta.json
+    engine.run_training("unet", model_overrides(args), cli.train_settings(args), stage="02_train_unet")  # summary: OUT_DIR/meta.json
     return 0
 
 

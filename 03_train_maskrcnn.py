@@ -43,7 +43,7 @@ def model_overrides(args) -> dict:
 
 
 def main(args) -> int:
-    engine.run_training("maskrcnn", model_overrides(args), args, stage="03_train_maskrcnn")  # summary: OUT_DIR/meta.json
+    engine.run_training("maskrcnn", model_overrides(args), cli.train_settings(args), stage="03_train_maskrcnn")  # summary: OUT_DIR/meta.json
     return 0
 
 

@@ -41,7 +41,7 @@ def model_overrides(args) -> dict:
 
 
 def main(args) -> int:
-    engine.run_training("deepmac", model_overrides(args), args, stage="04_train_deepmac")  # summary: OUT_DIR/meta.json
+    engine.run_training("deepmac", model_overrides(args), cli.train_settings(args), stage="04_train_deepmac")  # summary: OUT_DIR/meta.json
     return 0
 
 

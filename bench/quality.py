@@ -142,8 +142,8 @@ _AGNOSTIC_03 = (
     "spec = importlib.util.spec_from_file_location('stage03', '03_train_maskrcnn.py')\n"
     "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)\n"
     "a = m.get_args_parser().parse_args(sys.argv[1:])\n"
-    "from lib import engine\n"
-    "engine.run_training('maskrcnn', dict(m.model_overrides(a), class_agnostic_masks=True), a,"
+    "from lib import cli, engine\n"
+    "engine.run_training('maskrcnn', dict(m.model_overrides(a), class_agnostic_masks=True), cli.train_settings(a),"
     " stage='03_train_maskrcnn')\n")
 
 

@@ -3,8 +3,10 @@
 :func:`add_common_args` (data, optimisation, logging, checkpoints, augmentation, starting weights) and
 :func:`add_detector_args` (03/04's model flags) build the parsers; :func:`detector_overrides` and
 :func:`train_scale_range` turn parsed flags into ``lib.models`` config keys (``None`` = the model's default).
-:func:`add_predict_args` / :func:`predict_settings` build 05's parser and settings, :func:`add_submission_args` builds 06's parser and :func:`postprocess_overrides` reads its post-processing
-flags. This is the one module that reads argparse Namespaces; ``lib.engine.run_training`` takes the parsed flags.
+:func:`add_predict_args` / :func:`predict_settings` build 05's parser and settings, :func:`add_submission_args`
+builds 06's parser and :func:`postprocess_overrides` reads its post-processing flags. This is the one module
+that reads argparse Namespaces: :func:`train_settings` turns a training script's flags into
+``lib.engine.TrainSettings``.
 """
 from __future__ import annotations
 
@@ -325,3 +327,13 @@ def predict_settings(args):
 
     names = {f.name for f in fields(PredictSettings)} - {"progress"}
     return PredictSettings(**{k: getattr(args, k) for k in names}, progress=not args.no_progress)
+
+
+def train_settings(args):
+    """A training script's parsed flags as :class:`lib.engine.TrainSettings` (every flag kept in ``record``)."""
+    from dataclasses import fields
+
+    from .engine import TrainSettings
+
+    names = {f.name for f in fields(TrainSettings)} - {"record"}
+    return TrainSettings(**{k: getattr(args, k) for k in names}, record=args_dict(args))

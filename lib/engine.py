@@ -1,9 +1,9 @@
 """Training loop shared by ``02_train_unet.py``, ``03_train_maskrcnn.py`` and ``04_train_deepmac.py``.
 
-``run_training(arch, model_overrides, args)`` (``args``: the flags of :mod:`lib.cli`) trains a ``lib.models``
-model on a prepared set, as torchvision's references do: :func:`train_one_epoch` then validation
-(:func:`evaluate`) and checkpoints at each epoch's end, over a small :class:`Run` state. It writes to
-``args.out_dir``:
+``run_training(arch, model_overrides, settings)`` (:class:`TrainSettings`: the flags of :mod:`lib.cli`) trains
+a ``lib.models`` model on a prepared set, as torchvision's references do: :func:`train_one_epoch` then
+validation (:func:`evaluate`) and checkpoints at each epoch's end, over a small :class:`Run` state. It writes
+to ``out_dir``:
 
 * ``checkpoint.pth`` - rolling checkpoint (every epoch; also every ``--checkpoint-every-steps`` steps);
 * ``best.pth``       - the checkpoint with the best validation Kaggle score so far;
@@ -233,6 +233,51 @@ def train_step(net, images, targets, optimizer, params, clip_grad: float, device
 
 # --------------------------------------------------------------------------------------------- a run
 @dataclass
+class TrainSettings:
+    """What a training run is told: the flags of :func:`lib.cli.add_common_args`, same names (see their
+    ``--help``); :func:`lib.cli.train_settings` builds it from the parsed flags. ``record`` is every flag of the
+    script (its model flags too), as saved in checkpoints and meta.json."""
+
+    prepared_dir: Path
+    out_dir: Path
+    workers: int = 4
+    max_steps_per_epoch: int = 0
+    max_val_images: int = 0
+    epochs: int = 12
+    batch_size: int = 4
+    lr: float = 1e-4
+    optimizer: str = "adamw"
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    warmup_steps: int = 500
+    schedule: str = "cosine"
+    lr_milestones: str = ""
+    lr_gamma: float = 0.1
+    clip_grad: float = 0.0
+    amp: str = "auto"
+    channels_last: bool = False
+    device: str = "auto"
+    seed: int = 0
+    threads: int = 0
+    sync_bn: bool = False
+    ddp_find_unused: bool = True
+    log_every: int = 20
+    val_every: int = 1
+    val_score_thresh: float = 0.5
+    checkpoint_every_steps: int = 0
+    stop_after_epoch: int = 0
+    resume: str = ""
+    keep_epochs: list = field(default_factory=list)
+    scale_range: list | None = None
+    no_hflip: bool = False
+    color_jitter: float = 0.2
+    mask_classes: str | None = None
+    weights_backbone: str | None = None
+    weights: str | None = None
+    record: dict = field(default_factory=dict)
+
+
+@dataclass
 class Run:
     """The state of one training run: what :func:`train_one_epoch` and the epoch end work on.
 
@@ -243,7 +288,7 @@ class Run:
 
     arch: str
     stage: str
-    args: object
+    settings: TrainSettings
     env: dict
     dtype: object
     out_dir: Path
@@ -283,46 +328,46 @@ class Run:
         return self.out_dir / name
 
 
-def run_training(arch: str, model_overrides: dict, args, stage: str | None = None) -> dict:
-    """Train ``arch`` (a ``lib.models.BUILDERS`` name) with ``args`` from :func:`lib.cli.add_common_args`.
+def run_training(arch: str, model_overrides: dict, s: TrainSettings, stage: str | None = None) -> dict:
+    """Train ``arch`` (a ``lib.models.BUILDERS`` name) as the settings ``s`` say.
 
     ``model_overrides``: config keys from the script's model flags (None values are ignored, so the
     model's defaults apply). Returns the final summary (also in ``out_dir/meta.json``). Rank 0 holds the
     lock of ``out_dir`` (:func:`lib.io.lock_dir`) until it returns.
     """
     with contextlib.ExitStack() as held:
-        run = start_run(arch, model_overrides, args, stage or f"train_{arch}", held)
-        last_epoch = args.epochs - 1
-        if args.stop_after_epoch:
-            last_epoch = min(last_epoch, args.stop_after_epoch - 1)
+        run = start_run(arch, model_overrides, s, stage or f"train_{arch}", held)
+        last_epoch = s.epochs - 1
+        if s.stop_after_epoch:
+            last_epoch = min(last_epoch, s.stop_after_epoch - 1)
         if run.main:
             write_meta(run, "running")
         for epoch in range(run.start_epoch, last_epoch + 1):
             epoch_sums = train_one_epoch(run, epoch)
             end_epoch(run, epoch, epoch_sums)
-        summary = write_meta(run, "done" if run.epochs_done >= args.epochs else "stopped") if run.main else {}
+        summary = write_meta(run, "done" if run.epochs_done >= s.epochs else "stopped") if run.main else {}
         runtime.teardown_distributed(run.env["distributed"], barrier=True)
         return summary
 
 
-def start_run(arch: str, model_overrides: dict, args, stage: str, held: contextlib.ExitStack) -> Run:
+def start_run(arch: str, model_overrides: dict, s: TrainSettings, stage: str, held: contextlib.ExitStack) -> Run:
     """Devices, output folder, data, model config, starting or resumed weights, optimizer: a :class:`Run`."""
-    env = runtime.setup_distributed(args.device)
+    env = runtime.setup_distributed(s.device)
     device, main = env["device"], env["rank"] == 0
-    if device.type == "cpu" and args.threads > 0:
-        torch.set_num_threads(args.threads)
+    if device.type == "cpu" and s.threads > 0:
+        torch.set_num_threads(s.threads)
     runtime.set_backend_flags()
-    out_dir = Path(args.out_dir)
+    out_dir = Path(s.out_dir)
     if main:
         lio.claim_dir(out_dir, "training run", held)
-    label_names, meta = _cache_labels(args.prepared_dir)
-    train_ds, val_ds, loader = _datasets(args, env["distributed"])
+    label_names, meta = _cache_labels(s.prepared_dir)
+    train_ds, val_ds, loader = _datasets(s, env["distributed"])
     steps_per_epoch = len(loader)
-    if args.max_steps_per_epoch:
-        steps_per_epoch = min(steps_per_epoch, args.max_steps_per_epoch)
+    if s.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, s.max_steps_per_epoch)
 
-    config, overrides = _model_config(arch, model_overrides, args, len(label_names))
-    resume = _read_resume(arch, args, out_dir)
+    config, overrides = _model_config(arch, model_overrides, s, len(label_names))
+    resume = _read_resume(arch, s, out_dir)
     if resume is not None:
         saved = dict(resume["config"])  # the run continues with the model it started with
         changed = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
@@ -330,9 +375,9 @@ def start_run(arch: str, model_overrides: dict, args, stage: str, held: contextl
             print(f"resume: keeping the checkpoint's model config; ignoring new values of {changed}")
         config, init_plan = saved, None
     else:  # a resumed run has its weights in the checkpoint
-        config, init_plan = lweights.plan_init(arch, config, overrides, args.weights, args.weights_backbone)
+        config, init_plan = lweights.plan_init(arch, config, overrides, s.weights, s.weights_backbone)
 
-    runtime.seed_everything(args.seed)
+    runtime.seed_everything(s.seed)
     model = lmodels.build_model(config)
     init_report = resume.get("init") if resume is not None else None
     if init_plan is not None:
@@ -341,18 +386,18 @@ def start_run(arch: str, model_overrides: dict, args, stage: str, held: contextl
         if main:
             print(lweights.describe(init_report))
     model = model.to(device)
-    if args.channels_last:
+    if s.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(model, args.optimizer, args.lr, args.weight_decay, args.momentum, device)
-    lr_f = lr_factor_fn(args.schedule, steps_per_epoch * args.epochs, args.warmup_steps,
-                        milestone_steps(args.lr_milestones, args.epochs, steps_per_epoch), args.lr_gamma)
+    optimizer = build_optimizer(model, s.optimizer, s.lr, s.weight_decay, s.momentum, device)
+    lr_f = lr_factor_fn(s.schedule, steps_per_epoch * s.epochs, s.warmup_steps,
+                        milestone_steps(s.lr_milestones, s.epochs, steps_per_epoch), s.lr_gamma)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_f)
-    run = Run(arch=arch, stage=stage, args=args, env=env, dtype=runtime.amp_dtype(args.amp, device),
+    run = Run(arch=arch, stage=stage, settings=s, env=env, dtype=runtime.amp_dtype(s.amp, device),
               out_dir=out_dir, label_names=label_names, train_ds=train_ds, val_ds=val_ds, loader=loader,
               steps_per_epoch=steps_per_epoch, config=config, model=model, net=model, optimizer=optimizer,
               scheduler=scheduler, params=[], init_report=init_report, resume=resume,
-              run_args=lio.json_safe(vars(args)),
-              data_summary={"prepared_dir": str(args.prepared_dir), "num_train": len(train_ds),
+              run_args=s.record,
+              data_summary={"prepared_dir": str(s.prepared_dir), "num_train": len(train_ds),
                             "num_val": len(val_ds), "long_side": meta.get("long_side"),
                             "num_categories": len(label_names), "cache_counts": meta.get("counts")})
     if resume is not None:
@@ -370,48 +415,48 @@ def _cache_labels(prepared_dir) -> tuple[list[str], dict]:
     return [c["name"] if isinstance(c, dict) else str(c) for c in cats], meta
 
 
-def _datasets(args, distributed: bool):
+def _datasets(s: TrainSettings, distributed: bool):
     """Train and val datasets of the prepared set and the training loader.
 
     Multi-scale training happens in the model's own resize (config train_scale_range): scaling the image
     here would be undone by it.
     """
-    train_ds = PreparedDataset(args.prepared_dir, "train", build_transforms(
-        True, hflip=0.0 if args.no_hflip else 0.5, color_jitter=args.color_jitter))
+    train_ds = PreparedDataset(s.prepared_dir, "train", build_transforms(
+        True, hflip=0.0 if s.no_hflip else 0.5, color_jitter=s.color_jitter))
     if len(train_ds) == 0:
-        raise ValueError(f"{args.prepared_dir}: the train split is empty")
-    val_ds = PreparedDataset(args.prepared_dir, "val", build_transforms(False))
-    if args.max_val_images and len(val_ds) > args.max_val_images:
-        val_ds = PreparedDataset(args.prepared_dir, "val", build_transforms(False),
-                              image_ids=val_ds.image_ids[: args.max_val_images])
-    loader = make_loader(train_ds, args.batch_size, shuffle=True, workers=args.workers, distributed=distributed,
-                         seed=args.seed)
+        raise ValueError(f"{s.prepared_dir}: the train split is empty")
+    val_ds = PreparedDataset(s.prepared_dir, "val", build_transforms(False))
+    if s.max_val_images and len(val_ds) > s.max_val_images:
+        val_ds = PreparedDataset(s.prepared_dir, "val", build_transforms(False),
+                              image_ids=val_ds.image_ids[: s.max_val_images])
+    loader = make_loader(train_ds, s.batch_size, shuffle=True, workers=s.workers, distributed=distributed,
+                         seed=s.seed)
     return train_ds, val_ds, loader
 
 
-def _model_config(arch: str, model_overrides: dict, args, n_categories: int) -> tuple[dict, dict]:
+def _model_config(arch: str, model_overrides: dict, s: TrainSettings, n_categories: int) -> tuple[dict, dict]:
     """The model config from the script's overrides and the common flags, and the keys the flags set."""
     from .cli import train_scale_range
 
     overrides = {k: v for k, v in (model_overrides or {}).items() if v is not None}
     overrides["num_classes"] = n_categories + 1
-    if args.mask_classes:
-        overrides["mask_classes"] = list(llabels.resolve_category_spec(args.mask_classes, n_categories))
+    if s.mask_classes:
+        overrides["mask_classes"] = list(llabels.resolve_category_spec(s.mask_classes, n_categories))
     config = lmodels.default_config(arch, **overrides)
-    if args.scale_range is not None:
-        overrides["train_scale_range"] = config["train_scale_range"] = train_scale_range(args.scale_range,
+    if s.scale_range is not None:
+        overrides["train_scale_range"] = config["train_scale_range"] = train_scale_range(s.scale_range,
                                                                                          config["min_size"])
     return config, overrides
 
 
-def _read_resume(arch: str, args, out_dir: Path) -> dict | None:
+def _read_resume(arch: str, s: TrainSettings, out_dir: Path) -> dict | None:
     """The checkpoint named by ``--resume`` (``auto``: ``checkpoint.pth`` if there), checked for ``arch``."""
     from .checkpoint import read_checkpoint
 
-    if not args.resume:
+    if not s.resume:
         return None
-    path = out_dir / "checkpoint.pth" if args.resume == "auto" else Path(args.resume)
-    if args.resume == "auto" and not path.exists():
+    path = out_dir / "checkpoint.pth" if s.resume == "auto" else Path(s.resume)
+    if s.resume == "auto" and not path.exists():
         return None
     ckpt = read_checkpoint(path)
     if ckpt["config"].get("arch") != arch:
@@ -448,8 +493,8 @@ def _restore(run: Run) -> None:
 
 def _wrap_distributed(run: Run) -> None:
     """SyncBatchNorm / DDP under torchrun; the list of trainable parameters."""
-    args, env = run.args, run.env
-    if env["distributed"] and args.sync_bn:
+    s, env = run.settings, run.env
+    if env["distributed"] and s.sync_bn:
         if run.device.type == "cuda":
             run.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(run.model)
             run.net = run.model
@@ -458,7 +503,7 @@ def _wrap_distributed(run: Run) -> None:
     if env["distributed"]:
         run.net = torch.nn.parallel.DistributedDataParallel(
             run.model, device_ids=[run.device.index] if run.device.type == "cuda" else None,
-            find_unused_parameters=args.ddp_find_unused)
+            find_unused_parameters=s.ddp_find_unused)
     run.params = [p for p in run.model.parameters() if p.requires_grad]
 
 
@@ -469,18 +514,18 @@ def train_one_epoch(run: Run, epoch: int) -> dict:
     Logs a train record every ``--log-every`` steps and saves mid-epoch checkpoints every
     ``--checkpoint-every-steps``. Returns ``{"sums": {loss name: sum}, "steps", "images", "seconds"}``.
     """
-    args, world, rank = run.args, run.env["world_size"], run.env["rank"]
+    s, world, rank = run.settings, run.env["world_size"], run.env["rank"]
     skip = run.start_iter if epoch == run.start_epoch else 0
     resumed = run.resume if skip else None
     if resumed is not None and resumed.get("rng"):
         per_rank = resumed.get("rng_ranks") or []
         runtime.set_rng_state(per_rank[rank] if len(per_rank) == world else resumed["rng"])
     else:
-        runtime.seed_everything(args.seed + 1000 * (epoch + 1) + rank)
+        runtime.seed_everything(s.seed + 1000 * (epoch + 1) + rank)
     loader = run.loader
     loader.sampler.set_epoch(epoch)
-    loader.sampler.set_skip(skip * args.batch_size)
-    loader.generator.manual_seed(args.seed + epoch)
+    loader.sampler.set_skip(skip * s.batch_size)
+    loader.generator.manual_seed(s.seed + epoch)
     run.net.train()
     sums: dict[str, float] = {}
     n_steps, n_images, t_epoch = 0, 0, time.time()
@@ -489,7 +534,7 @@ def train_one_epoch(run: Run, epoch: int) -> dict:
         part = resumed["epoch_sums"]
         sums = {str(k): float(v) for k, v in part["sums"].items()}
         n_steps, n_images = int(part["steps"]), int(part["images"])
-    bar = tqdm(total=run.steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{args.epochs}", unit="step",
+    bar = tqdm(total=run.steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{s.epochs}", unit="step",
                disable=not run.main, dynamic_ncols=True)
     it, t_step = skip, time.time()
     for images, targets in loader:
@@ -497,7 +542,7 @@ def train_one_epoch(run: Run, epoch: int) -> dict:
             break
         images, targets = _to_device(images, targets, run.device)
         try:
-            total, parts, gn = train_step(run.net, images, targets, run.optimizer, run.params, args.clip_grad,
+            total, parts, gn = train_step(run.net, images, targets, run.optimizer, run.params, s.clip_grad,
                                           run.device, run.dtype, run.env["distributed"])
         except NonFiniteLossError as e:
             what, _, detail = str(e).partition(": ")
@@ -517,13 +562,13 @@ def train_one_epoch(run: Run, epoch: int) -> dict:
             lr = run.optimizer.param_groups[0]["lr"]
             bar.set_postfix(loss=f"{total:.3f}", lr=f"{lr:.2e}")
             bar.update(1)
-            if args.log_every and (run.global_step % args.log_every == 0 or it == run.steps_per_epoch):
+            if s.log_every and (run.global_step % s.log_every == 0 or it == run.steps_per_epoch):
                 rec = {"kind": "train", "epoch": epoch + 1, "iter": it, "step": run.global_step, "loss": total}
                 rec.update({k if k.startswith("loss") else f"loss_{k}": v for k, v in parts.items()})
                 rec.update({"lr": lr, "grad_norm": gn, "step_time": round(dt, 4),
                             "images_per_s": round(len(images) * world / max(dt, 1e-9), 3)})
                 lio.append_jsonl(run.path("metrics.jsonl"), rec)
-        if args.checkpoint_every_steps and run.global_step % args.checkpoint_every_steps == 0 \
+        if s.checkpoint_every_steps and run.global_step % s.checkpoint_every_steps == 0 \
                 and it < run.steps_per_epoch:
             _save_mid_epoch(run, epoch, it, {"sums": dict(sums), "steps": n_steps, "images": n_images})
     bar.close()
@@ -546,7 +591,7 @@ def _save_mid_epoch(run: Run, epoch: int, it: int, epoch_sums: dict) -> None:
 
 def end_epoch(run: Run, epoch: int, epoch_sums: dict) -> None:
     """Rank 0: the epoch record, validation, best.pth / model_<epoch>.pth / checkpoint.pth, curves, meta."""
-    args = run.args
+    s = run.settings
     check_params_finite(run, f"after epoch {epoch + 1}")
     run.epochs_done = epoch + 1
     if run.main:
@@ -558,8 +603,8 @@ def end_epoch(run: Run, epoch: int, epoch_sums: dict) -> None:
             rec["max_mem_gb"] = round(torch.cuda.max_memory_allocated(run.device) / 2**30, 3)
         for k, v in epoch_sums["sums"].items():
             rec[f"train_{k}" if k == "loss" or k.startswith("loss") else f"train_loss_{k}"] = v / max(n_steps, 1)
-        do_val = len(run.val_ds) > 0 and args.val_every > 0 and (
-            (epoch + 1) % args.val_every == 0 or epoch == args.epochs - 1)
+        do_val = len(run.val_ds) > 0 and s.val_every > 0 and (
+            (epoch + 1) % s.val_every == 0 or epoch == s.epochs - 1)
         improved = validate(run, epoch, rec) if do_val else False
         run.last_metrics = lio.json_safe(rec)
         # Order matters when the process is killed in between: the log record and best.pth come before
@@ -569,7 +614,7 @@ def end_epoch(run: Run, epoch: int, epoch_sums: dict) -> None:
         ck = make_checkpoint(run, epoch + 1, 0)
         if improved:
             save_checkpoint(run.path("best.pth"), ck)
-        if epoch + 1 in (args.keep_epochs or ()):
+        if epoch + 1 in (s.keep_epochs or ()):
             save_checkpoint(run.path(f"model_{epoch + 1}.pth"), ck)
         save_checkpoint(run.path("checkpoint.pth"), ck)
         plot_curves(run.path("metrics.jsonl"), run.path("curves.png"), title=f"{run.stage} ({run.arch})")
@@ -581,8 +626,8 @@ def end_epoch(run: Run, epoch: int, epoch_sums: dict) -> None:
 def validate(run: Run, epoch: int, rec: dict) -> bool:
     """Score the val split into ``rec`` and ``val_scores.json``; True when the Kaggle metric improved."""
     t_val = time.time()
-    res = evaluate(run.model, run.val_ds, run.device, run.dtype, batch_size=run.args.batch_size,
-                   score_thresh=run.args.val_score_thresh, progress=True)
+    res = evaluate(run.model, run.val_ds, run.device, run.dtype, batch_size=run.settings.batch_size,
+                   score_thresh=run.settings.val_score_thresh, progress=True)
     coco = res["coco"] or {}
     rec.update({"val_kaggle": res["kaggle"], "val_kaggle_all": res["kaggle_all"],
                 "val_AP": _finite_or_none(coco.get("AP")), "val_AP50": _finite_or_none(coco.get("AP50")),
@@ -626,7 +671,7 @@ def check_params_finite(run: Run, where: str) -> None:
 def write_meta(run: Run, status: str) -> dict:
     """meta.json of the run (atomically); returns it."""
     best = run.path("best.pth")
-    kept = {str(e): str(run.path(f"model_{e}.pth")) for e in sorted(run.args.keep_epochs or ())
+    kept = {str(e): str(run.path(f"model_{e}.pth")) for e in sorted(run.settings.keep_epochs or ())
             if run.path(f"model_{e}.pth").exists()}
     m = {"stage": run.stage, "arch": run.arch, "status": status, "config": run.config, "init": run.init_report,
          "args": run.run_args, "data": run.data_summary, "world_size": run.env["world_size"],

@@ -3,8 +3,8 @@
 Per image (in parallel worker processes): read and validate its rows, read the
 image without EXIF rotation, check every row's Height/Width against the pixel
 array, resize the image so its long side is ``long_side`` (never upscaled),
-decode each mask straight to the prepared set size (:func:`lib.kaggle_data.resize_rle`: only the mask's bounding window),
-and write ``images/<stem>.jpg`` then ``ann/<stem>.json`` atomically. The
+decode each mask straight to the prepared size (:func:`lib.kaggle_data.resize_rle`: only the mask's
+bounding window), and write ``images/<stem>.jpg`` then ``ann/<stem>.json`` atomically. The
 annotation record is the "done" marker, so a rerun skips finished images (unless it was made with other
 settings: ``long_side``, ``jpeg_quality``, format version). ``meta.json`` is removed when a run starts and
 written last, so it marks a complete prepared set; temporary files a killed run left are deleted.
