@@ -4,7 +4,7 @@
 :func:`add_detector_args` (03/04's model flags) build the parsers; :func:`detector_overrides` and
 :func:`train_scale_range` turn parsed flags into ``lib.models`` config keys (``None`` = the model's default).
 :func:`add_predict_args` / :func:`predict_settings` build 05's parser and settings, :func:`add_submission_args`
-builds 06's parser and :func:`postprocess_overrides` reads its post-processing flags. This is the one module
+and :func:`submission_settings` build 06's parser and settings. This is the one module
 that reads argparse Namespaces: :func:`train_settings` turns a training script's flags into
 ``lib.engine.TrainSettings``.
 """
@@ -337,3 +337,18 @@ def train_settings(args):
 
     names = {f.name for f in fields(TrainSettings)} - {"record"}
     return TrainSettings(**{k: getattr(args, k) for k in names}, record=args_dict(args))
+
+
+def submission_settings(args):
+    """06's parsed flags as :class:`lib.make_submission.SubmissionSettings`."""
+    from .make_submission import SubmissionSettings, parse_grid
+
+    return SubmissionSettings(
+        predictions=list(args.predictions), models=args.models, ensemble_weights=args.ensemble_weights,
+        ensemble_iou=args.ensemble_iou, min_votes=args.min_votes, data_dir=Path(args.data_dir),
+        out_dir=Path(args.out_dir), mask_size=args.mask_size, params=Path(args.params) if args.params else None,
+        postprocess=postprocess_overrides(args), gt=Path(args.gt) if args.gt else None, score=not args.no_score,
+        tune=args.tune, tune_on=args.tune_on, tune_grid=parse_grid(args.tune_grid),
+        tune_drop_categories=args.tune_drop_categories, weight_choices=list(args.weight_choices),
+        max_models=args.max_models, refine=args.refine, report_images=args.report_images, processes=args.processes,
+        progress=not args.no_progress, record=args_dict(args))

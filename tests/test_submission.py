@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import io
-import json
 from pathlib import Path
 
 import cv2
@@ -20,12 +18,10 @@ from lib import rle as lrle
 from lib import submission as lsub
 from lib.kaggle_data import SUBMISSION_COLUMNS
 from lib.labels import parse_class_id
-from lib.postprocess import load_params
 
 REPO = Path(__file__).resolve().parents[1]
 S = 32  # mask side of most tests
-from test_postprocess import images_df, pred_rows, rect, table, write_gt  # noqa: E402
-from test_scoring import gt_items  # noqa: E402
+from test_postprocess import images_df, pred_rows, rect, table  # noqa: E402
 
 
 
@@ -217,60 +213,6 @@ def test_list_test_images(tmp_path):
     (d / "sample_submission.csv").write_text("ImageId,EncodedPixels,ClassId\nnope.jpg,1 1,0\n")
     with pytest.raises(FileNotFoundError, match="nope.jpg"):
         lsub.list_test_images(d, progress=False)
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("make_submission", REPO / "06_make_submission.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_make_submission_script_end_to_end(tmp_path, capsys):
-    items = gt_items()
-    d = make_data_dir(tmp_path / "data", ["a.jpg", "b.jpg", "c.jpg"], [(40, 30)] * 3)
-    write_gt(d / "test_ground_truth.csv", items)
-    from lib.labels import parse_class_id
-
-    perfect = [r for image_id, m, cls in items  # stored at the original 40x30: exact at --mask-size 0
-               for r in pred_rows(image_id, [m.astype(np.float32)], [parse_class_id(cls)[0]], [0.99], orig=(40, 30),
-                                  model="good")]
-    noisy = pred_rows("a.jpg", [rect(0, 0, 32, 32)], [1], [0.8], orig=(40, 30), model="bad")
-    pdir = tmp_path / "pred"
-    pdir.mkdir()
-    lpred.make_table(perfect + noisy).to_parquet(pdir / "predictions.parquet")
-    pd.DataFrame({"image_id": ["a.jpg", "b.jpg", "c.jpg"], "orig_height": 40, "orig_width": 30}).to_parquet(
-        pdir / "images.parquet")
-    mod = load_script()
-    out = tmp_path / "sub" / "submission.csv"
-    base = ["--data-dir", str(d), "--out-dir", str(out.parent), "--mask-size", "0", "--no-progress"]
-    assert mod.main(mod.get_args_parser().parse_args(["--predictions", str(pdir), "--models", "good"] + base)) == 0
-    scores = json.loads((out.parent / "scores.json").read_text())["scores"]
-    assert scores["good"]["kaggle"] == 1.0  # c.jpg: nothing predicted, nothing there: 1
-    sub = pd.read_csv(out, dtype=str)
-    assert sub["ImageId"].tolist() == ["a.jpg"] * 3 + ["b.jpg", "c.jpg"]
-    assert sub.iloc[-1].tolist() == ["c.jpg", "1 1", "0"]
-    meta = json.loads((out.parent / "meta.json").read_text())
-    assert meta["num_rows"] == 5 and meta["num_placeholder_rows"] == 1 and meta["models"] == ["good"]
-    assert mod.main(mod.get_args_parser().parse_args(["--validate", str(out)] + base)) == 0
-    # Two models -> ensemble; scores per model and for the ensemble.
-    assert mod.main(mod.get_args_parser().parse_args(
-        ["--predictions", str(pdir / "predictions.parquet"), "--ensemble-weights", "3", "1"] + base)) == 0
-    scores = json.loads((out.parent / "scores.json").read_text())["scores"]
-    assert {"good", "bad", "ensemble"} <= set(scores) and scores["bad"]["kaggle"] < scores["good"]["kaggle"]
-    printed = capsys.readouterr().out
-    assert "ensemble" in printed and "kaggle" in printed
-    # --tune writes params.json, later runs load it.
-    assert mod.main(mod.get_args_parser().parse_args(
-        ["--predictions", str(pdir), "--models", "good", "--tune", "--tune-grid", '{"min_area": [0, 5000]}']
-        + base)) == 0
-    assert load_params(out.parent / "params.json")["min_area"] == 0
-    # An invalid file: exit 1, every problem printed.
-    bad = tmp_path / "bad.csv"
-    bad.write_text("ImageId,EncodedPixels,ClassId\na.jpg,1 2 3,6\nzz.jpg,1 1,0\n")
-    assert mod.main(mod.get_args_parser().parse_args(["--validate", str(bad)] + base)) == 1
-    printed = capsys.readouterr().out
-    assert "odd number" in printed and "not a test image" in printed and "b.jpg: missing" in printed
 
 
 def test_image_sizes_from_headers_match_decoded_real_images(tmp_path):

@@ -1,11 +1,9 @@
 """lib/tuning.py: the post-processing grid, dropped categories, and the combination of models chosen on validation."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pandas as pd
 import pytest
@@ -20,7 +18,6 @@ from lib.fusion import combine
 from test_fusion import H, W, box, table
 from test_postprocess import S, pred_rows, rect, write_gt
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 # ------------------------------------------------------------------ choosing the combination on validation
@@ -121,51 +118,6 @@ def write_pred_dir(d, tables, image_ids, orig, source=None):
         meta["source"] = source
     (d / "meta.json").write_text(json.dumps(meta))
     return d
-
-
-def test_make_submission_tune_on_val_applies_the_winner_to_test(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("make_submission", REPO / "06_make_submission.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    sources, items = three_models()
-    # Val: 05 output of a cache split (meta source + gt.csv).
-    val = write_pred_dir(tmp_path / "val", list(sources.values()), ["a.jpg", "b.jpg"], (H, W),
-                         {"prepared_dir": str(tmp_path / "prep"), "split": "val"})
-    gt_csv(val / "gt.csv", items)
-    # Test: the same three models on the test images of a Kaggle-layout dir, with its ground truth.
-    data = tmp_path / "data"
-    (data / "test").mkdir(parents=True)
-    for i in ("a.jpg", "b.jpg"):
-        cv2.imwrite(str(data / "test" / i), np.zeros((H, W, 3), np.uint8))
-    gt_csv(data / "test_ground_truth.csv", items)
-    test = write_pred_dir(tmp_path / "test", list(sources.values()), ["a.jpg", "b.jpg"], (H, W))
-    out = tmp_path / "sub" / "submission.csv"
-    args = ["--predictions", str(test), "--tune-on", str(val), "--data-dir", str(data), "--out-dir", str(out.parent),
-            "--mask-size", "0", "--no-progress", "--report-images", "0", "--weight-choices", "1",
-            "--tune-grid", '{"score_thresh": [0.3, 0.5]}']
-    assert mod.main(mod.get_args_parser().parse_args(args)) == 0
-    assert load_combination(out.parent / "params.json")["models"] == ["good", "other"]
-    meta = json.loads((out.parent / "meta.json").read_text())
-    assert meta["combination"]["models"] == ["good", "other"] and meta["scores"]["submission"]["kaggle"] == 1.0
-    assert meta["scores"]["noise"]["kaggle"] == 0.0
-    assert meta["scores"]["ensemble"]["kaggle"] < 1.0  # all three fused: noise's false positives cost
-    sub = pd.read_csv(out, dtype=str)
-    assert sorted(sub["ClassId"]) == ["3", "5"]  # no noise rows
-    # A later run without tuning loads the choice from params.json by default; flags still override it.
-    assert mod.main(mod.get_args_parser().parse_args(args[:2] + args[4:])) == 0
-    assert "combination (" + str(out.parent / "params.json") in capsys.readouterr().out
-    assert json.loads((out.parent / "meta.json").read_text())["combination"]["models"] == ["good", "other"]
-    assert mod.main(mod.get_args_parser().parse_args(args[:2] + args[4:] + ["--models", "noise"])) == 0
-    assert json.loads((out.parent / "meta.json").read_text())["combination"]["models"] == ["noise"]
-    # An unfinished 05 run is refused (its table may be stale or partial).
-    meta = json.loads((test / "meta.json").read_text())
-    (test / "meta.json").write_text(json.dumps(dict(meta, status="partial")))
-    with pytest.raises(SystemExit, match="did not finish"):
-        mod.main(mod.get_args_parser().parse_args(args))
-    (test / "meta.json").write_text(json.dumps(dict(meta, status="done")))
-    # --tune-on needs a val-split prediction dir with gt.csv.
-    with pytest.raises(SystemExit, match="not a 05 output"):
-        mod.main(mod.get_args_parser().parse_args(["--predictions", str(test), "--tune-on", str(test)] + args[4:]))
 
 
 # ------------------------------------------------------------------ post-processing grid and dropped categories

@@ -1,0 +1,156 @@
+"""lib/make_submission.py and 06_make_submission.py: stage 06 end to end (one model, an ensemble, tuning,
+--tune-on a val split, validation of a file), settings without argparse."""
+import importlib.util
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+
+from lib import make_submission
+from lib import prediction_table as lpred
+from lib.labels import parse_class_id
+from lib.postprocess import load_params
+from lib.tuning import load_combination
+from test_fusion import H, W
+from test_postprocess import pred_rows, rect, write_gt
+from test_scoring import gt_items
+from test_submission import make_data_dir
+from test_tuning import gt_csv, three_models, write_pred_dir
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("make_submission", REPO / "06_make_submission.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_make_submission_script_end_to_end(tmp_path, capsys):
+    items = gt_items()
+    d = make_data_dir(tmp_path / "data", ["a.jpg", "b.jpg", "c.jpg"], [(40, 30)] * 3)
+    write_gt(d / "test_ground_truth.csv", items)
+    perfect = [r for image_id, m, cls in items  # stored at the original 40x30: exact at --mask-size 0
+               for r in pred_rows(image_id, [m.astype(np.float32)], [parse_class_id(cls)[0]], [0.99], orig=(40, 30),
+                                  model="good")]
+    noisy = pred_rows("a.jpg", [rect(0, 0, 32, 32)], [1], [0.8], orig=(40, 30), model="bad")
+    pdir = tmp_path / "pred"
+    pdir.mkdir()
+    lpred.make_table(perfect + noisy).to_parquet(pdir / "predictions.parquet")
+    pd.DataFrame({"image_id": ["a.jpg", "b.jpg", "c.jpg"], "orig_height": 40, "orig_width": 30}).to_parquet(
+        pdir / "images.parquet")
+    mod = load_script()
+    out = tmp_path / "sub" / "submission.csv"
+    base = ["--data-dir", str(d), "--out-dir", str(out.parent), "--mask-size", "0", "--no-progress"]
+    assert mod.main(mod.get_args_parser().parse_args(["--predictions", str(pdir), "--models", "good"] + base)) == 0
+    scores = json.loads((out.parent / "scores.json").read_text())["scores"]
+    assert scores["good"]["kaggle"] == 1.0  # c.jpg: nothing predicted, nothing there: 1
+    sub = pd.read_csv(out, dtype=str)
+    assert sub["ImageId"].tolist() == ["a.jpg"] * 3 + ["b.jpg", "c.jpg"]
+    assert sub.iloc[-1].tolist() == ["c.jpg", "1 1", "0"]
+    meta = json.loads((out.parent / "meta.json").read_text())
+    assert meta["num_rows"] == 5 and meta["num_placeholder_rows"] == 1 and meta["models"] == ["good"]
+    assert mod.main(mod.get_args_parser().parse_args(["--validate", str(out)] + base)) == 0
+    # Two models -> ensemble; scores per model and for the ensemble.
+    assert mod.main(mod.get_args_parser().parse_args(
+        ["--predictions", str(pdir / "predictions.parquet"), "--ensemble-weights", "3", "1"] + base)) == 0
+    scores = json.loads((out.parent / "scores.json").read_text())["scores"]
+    assert {"good", "bad", "ensemble"} <= set(scores) and scores["bad"]["kaggle"] < scores["good"]["kaggle"]
+    printed = capsys.readouterr().out
+    assert "ensemble" in printed and "kaggle" in printed
+    # --tune writes params.json, later runs load it.
+    assert mod.main(mod.get_args_parser().parse_args(
+        ["--predictions", str(pdir), "--models", "good", "--tune", "--tune-grid", '{"min_area": [0, 5000]}']
+        + base)) == 0
+    assert load_params(out.parent / "params.json")["min_area"] == 0
+    # An invalid file: exit 1, every problem printed.
+    bad = tmp_path / "bad.csv"
+    bad.write_text("ImageId,EncodedPixels,ClassId\na.jpg,1 2 3,6\nzz.jpg,1 1,0\n")
+    assert mod.main(mod.get_args_parser().parse_args(["--validate", str(bad)] + base)) == 1
+    printed = capsys.readouterr().out
+    assert "odd number" in printed and "not a test image" in printed and "b.jpg: missing" in printed
+
+
+def test_make_submission_tune_on_val_applies_the_winner_to_test(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("make_submission", REPO / "06_make_submission.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    sources, items = three_models()
+    # Val: 05 output of a cache split (meta source + gt.csv).
+    val = write_pred_dir(tmp_path / "val", list(sources.values()), ["a.jpg", "b.jpg"], (H, W),
+                         {"prepared_dir": str(tmp_path / "prep"), "split": "val"})
+    gt_csv(val / "gt.csv", items)
+    # Test: the same three models on the test images of a Kaggle-layout dir, with its ground truth.
+    data = tmp_path / "data"
+    (data / "test").mkdir(parents=True)
+    for i in ("a.jpg", "b.jpg"):
+        cv2.imwrite(str(data / "test" / i), np.zeros((H, W, 3), np.uint8))
+    gt_csv(data / "test_ground_truth.csv", items)
+    test = write_pred_dir(tmp_path / "test", list(sources.values()), ["a.jpg", "b.jpg"], (H, W))
+    out = tmp_path / "sub" / "submission.csv"
+    args = ["--predictions", str(test), "--tune-on", str(val), "--data-dir", str(data), "--out-dir", str(out.parent),
+            "--mask-size", "0", "--no-progress", "--report-images", "0", "--weight-choices", "1",
+            "--tune-grid", '{"score_thresh": [0.3, 0.5]}']
+    assert mod.main(mod.get_args_parser().parse_args(args)) == 0
+    assert load_combination(out.parent / "params.json")["models"] == ["good", "other"]
+    meta = json.loads((out.parent / "meta.json").read_text())
+    assert meta["combination"]["models"] == ["good", "other"] and meta["scores"]["submission"]["kaggle"] == 1.0
+    assert meta["scores"]["noise"]["kaggle"] == 0.0
+    assert meta["scores"]["ensemble"]["kaggle"] < 1.0  # all three fused: noise's false positives cost
+    sub = pd.read_csv(out, dtype=str)
+    assert sorted(sub["ClassId"]) == ["3", "5"]  # no noise rows
+    # A later run without tuning loads the choice from params.json by default; flags still override it.
+    assert mod.main(mod.get_args_parser().parse_args(args[:2] + args[4:])) == 0
+    assert "combination (" + str(out.parent / "params.json") in capsys.readouterr().out
+    assert json.loads((out.parent / "meta.json").read_text())["combination"]["models"] == ["good", "other"]
+    assert mod.main(mod.get_args_parser().parse_args(args[:2] + args[4:] + ["--models", "noise"])) == 0
+    assert json.loads((out.parent / "meta.json").read_text())["combination"]["models"] == ["noise"]
+    # An unfinished 05 run is refused (its table may be stale or partial).
+    meta = json.loads((test / "meta.json").read_text())
+    (test / "meta.json").write_text(json.dumps(dict(meta, status="partial")))
+    with pytest.raises(SystemExit, match="did not finish"):
+        mod.main(mod.get_args_parser().parse_args(args))
+    (test / "meta.json").write_text(json.dumps(dict(meta, status="done")))
+    # --tune-on needs a val-split prediction dir with gt.csv.
+    with pytest.raises(SystemExit, match="not a 05 output"):
+        mod.main(mod.get_args_parser().parse_args(["--predictions", str(test), "--tune-on", str(test)] + args[4:]))
+
+
+def _one_model_dir(tmp_path):
+    items = gt_items()
+    d = make_data_dir(tmp_path / "data", ["a.jpg", "b.jpg", "c.jpg"], [(40, 30)] * 3)
+    write_gt(d / "test_ground_truth.csv", items)
+    rows = [r for image_id, m, cls in items
+            for r in pred_rows(image_id, [m.astype(np.float32)], [parse_class_id(cls)[0]], [0.99], orig=(40, 30))]
+    pdir = tmp_path / "pred"
+    pdir.mkdir()
+    lpred.make_table(rows).to_parquet(pdir / "predictions.parquet")
+    return d, pdir
+
+
+def test_run_takes_settings_without_argparse(tmp_path):
+    d, pdir = _one_model_dir(tmp_path)
+    s = make_submission.SubmissionSettings(predictions=[pdir], data_dir=d, out_dir=tmp_path / "sub", mask_size=0,
+                                           report_images=0, processes=1, progress=False)
+    meta = make_submission.run(s)
+    assert meta["scores"]["m"]["kaggle"] == 1.0 and meta["num_rows"] == 5 and meta["num_placeholder_rows"] == 1
+    assert make_submission.validate_file(tmp_path / "sub" / "submission.csv", d, None, progress=False) == 0
+    with pytest.raises(ValueError, match="--models \\['zz'\\] not in the tables"):
+        make_submission.run(make_submission.SubmissionSettings(predictions=[pdir], models=["zz"], data_dir=d,
+                                                               out_dir=tmp_path / "sub2", progress=False))
+    with pytest.raises(ValueError, match="--params file not found"):
+        make_submission.run(make_submission.SubmissionSettings(predictions=[pdir], params=tmp_path / "none.json",
+                                                               data_dir=d, out_dir=tmp_path / "sub3", progress=False))
+
+
+def test_parse_grid():
+    assert make_submission.parse_grid(None) is None
+    assert make_submission.parse_grid('{"min_area": [0, 5]}') == {"min_area": [0, 5]}
+    with pytest.raises(ValueError, match="not valid JSON"):
+        make_submission.parse_grid("{min_area: 0}")
+    with pytest.raises(ValueError, match="expected a JSON object"):
+        make_submission.parse_grid("[1, 2]")
