@@ -16,6 +16,11 @@ Examples:
   python 05_predict.py --checkpoints work/maskrcnn --prepared-dir work/prepared --split val \\
       --out-dir work/predictions_val
 
+  # any images (a folder, or a quoted glob): predictions + overlays/*.png + coco_results.json in --out-dir
+  python 05_predict.py --checkpoints work/maskrcnn --images photos/ --out-dir work/predictions_photos
+  python 05_predict.py --checkpoints work/unet work/maskrcnn --images "shoots/**/*.jpg" \\
+      --params work/submission/params.json --out-dir work/predictions_shoots
+
   # flip + multi-scale TTA on a GPU, bigger batches
   python 05_predict.py --checkpoints work/maskrcnn/best.pth --data-dir data/imaterialist-fashion-2019-FGVC6 \\
       --tta-flip --tta-scales 0.8 1.0 1.2 --batch-size 8 --workers 8 --out-dir work/predictions_tta

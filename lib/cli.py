@@ -282,6 +282,9 @@ def add_predict_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--prepared-dir", type=Path, default=None,
                    help="a prepared set: predict one split of it instead (--split) and write gt.csv")
     g.add_argument("--split", choices=["val", "train"], default="val", help="prepared split with --prepared-dir")
+    g.add_argument("--images", default=None, metavar="DIR_OR_GLOB",
+                   help="predict any images instead: a folder (its .jpg/.jpeg/.png files) or a glob pattern "
+                        "(quote it; ** recurses); writes overlays/ and coco_results.json too")
     g.add_argument("--limit", type=int, default=0, help="predict only the first N images (quick runs); 0 = all")
     g.add_argument("--out-dir", type=Path, default=Path("work/predictions"), help="output directory")
     g = p.add_argument_group("inference")
@@ -315,6 +318,14 @@ def add_predict_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--restart", action="store_true",
                    help="delete shards / results of an earlier run in --out-dir and predict from scratch")
     g.add_argument("--keep-shards", action="store_true", help="keep out_dir/shards after merging")
+    g = p.add_argument_group("export (default: on with --images, off otherwise)")
+    g.add_argument("--overlays", action=argparse.BooleanOptionalAction, default=None,
+                   help="write overlays/<image>.png: each image with its post-processed masks, class names, scores")
+    g.add_argument("--coco-results", action=argparse.BooleanOptionalAction, default=None,
+                   help="write coco_results.json: the post-processed instances in COCO results format")
+    g.add_argument("--params", type=Path, default=None,
+                   help="06's params.json for the exported instances: thresholds and the combination of several "
+                        "models (default: the winning recipe, all models fused with equal weights)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return p
 

@@ -40,7 +40,9 @@ __all__ = ["ImageDataset", "make_image_loader", "tta_views", "predict_batch", "b
 
 class ImageDataset(Dataset):
     """Items ``(position, image)``: ``image`` a uint8 ``(3, h, w)`` RGB tensor, shrunk (INTER_AREA) so its
-    long side is at most ``long_side`` (0 = original size; never upscaled). Read without EXIF rotation."""
+    long side is at most ``long_side`` (0 = original size; never upscaled). Read without EXIF rotation.
+    An image that cannot be read (:func:`lib.kaggle_data.read_image`'s ``ValueError``) is its reason, a str,
+    so one bad file does not stop the loader."""
 
     def __init__(self, paths: Sequence[str], long_side: int = 0):
         self.paths = [str(p) for p in paths]
@@ -50,7 +52,10 @@ class ImageDataset(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int):
-        img = ldata.read_image(self.paths[i])
+        try:
+            img = ldata.read_image(self.paths[i])
+        except ValueError as e:
+            return i, str(e)
         h, w = img.shape[:2]
         nh, nw = ldata.resized_shape(h, w, self.long_side or None)
         if (nh, nw) != (h, w):
@@ -64,7 +69,7 @@ def _collate(batch):
 
 def make_image_loader(paths: Sequence[str], long_side: int, batch_size: int, workers: int,
                       pin_memory: bool = False) -> DataLoader:
-    """Ordered DataLoader over :class:`ImageDataset`; batches are ``(positions, [uint8 (3, h, w)])``."""
+    """Ordered DataLoader over :class:`ImageDataset`; batches are ``(positions, [uint8 (3, h, w) or str])``."""
     return DataLoader(ImageDataset(paths, long_side), batch_size=batch_size, shuffle=False, num_workers=workers,
                       collate_fn=_collate, pin_memory=pin_memory)
 

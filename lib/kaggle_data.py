@@ -322,9 +322,31 @@ def resized_shape(height: int, width: int, long_side: int | None, upscale: bool 
     return max(1, round(height * s)), max(1, round(width * s))
 
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+def is_image_file(path: str | Path) -> bool:
+    """A visible file named like an image (:data:`IMAGE_SUFFIXES`, any case)."""
+    p = Path(path)
+    return p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+
+
 def list_images(directory: str | Path) -> list[str]:
-    """Sorted image file names (jpg/jpeg/png) directly inside ``directory``."""
+    """Sorted image file names (:func:`is_image_file`) directly inside ``directory``."""
     d = Path(directory)
     if not d.is_dir():
         raise FileNotFoundError(f"image directory not found: {d}")
-    return sorted(p.name for p in d.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png") and not p.name.startswith("."))
+    return sorted(p.name for p in d.iterdir() if is_image_file(p))
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(height, width) of the stored pixel array (EXIF orientation not applied), from the header when possible."""
+    try:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            w, h = im.size
+        return int(h), int(w)
+    except Exception:  # noqa: BLE001 - fall back to a full decode, which raises a clear error
+        img = read_image(path)
+        return int(img.shape[0]), int(img.shape[1])

@@ -7,14 +7,20 @@ Flow of :func:`run_prediction` (settings: :class:`PredictSettings`):
    (:func:`lib.checkpoint.load_checkpoint`); its name is the out-dir name unless ``names`` says otherwise;
 2. images: the test images of a Kaggle-layout ``data_dir`` (:func:`lib.submission.list_test_images`,
    original sizes), or the images of one split of a prepared set (``prepared_dir``; "original" size = the
-   prepared size; ``gt.csv`` in train.csv format is written for them so 06 can score and tune on val);
+   prepared size; ``gt.csv`` in train.csv format is written for them so 06 can score and tune on val), or
+   any images (``images``: a folder or a glob pattern, :func:`images_from_folder`). A file that cannot be
+   read is reported (meta.json ``skipped_images`` / ``unreadable_images``, ``images.parquet``'s ``error``) and
+   skipped, the rest predicted;
 3. the configuration is checked against what ``out_dir`` holds (:mod:`lib.shards`): a finished run of the
    same configuration is kept, shards of it are resumed, others are an error unless ``restart``;
 4. batches of the images still to do are predicted (:mod:`lib.inference`: TTA views fused on the device)
    and written as shards every ``shard_size`` images (multiples of the batch size, so a run split by
    ``stop_after`` sees the same batches as an uninterrupted one);
 5. when every image is done the shards are merged into ``predictions.parquet`` / ``images.parquet``, and
-   ``meta.json`` records the run (status, configuration hash, models, timing).
+   ``meta.json`` records the run (status, configuration hash, models, timing);
+6. with ``images`` (or ``overlays`` / ``coco_results``): overlay PNGs and a COCO results JSON of the
+   post-processed instances (:mod:`lib.export`; ``params``: 06's params.json for the thresholds and the
+   combination of several models).
 
 Distributed: launched by ``torchrun`` (``WORLD_SIZE`` > 1), rank ``r`` predicts ``todo[r::world]`` of the
 images still to do and writes its own shards; rank 0 merges after a barrier (gloo on CPU, nccl on CUDA).
@@ -24,6 +30,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
+import glob
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -32,16 +39,19 @@ from typing import Sequence
 
 import pandas as pd
 import torch
+from tqdm import tqdm
 
 from . import checkpoint as lcheckpoint
 from . import io as lio
+from . import kaggle_data as ldata
+from . import prediction_table as lpred
 from . import prepared as lprepared
 from . import runtime
 from .inference import make_image_loader, predict_batch, result_rows, tta_views
 from .shards import ShardStore, config_hash, prediction_config
 
 __all__ = ["PredictSettings", "resolve_checkpoint", "model_names", "images_from_data_dir", "images_from_prepared",
-           "write_gt_csv", "run_prediction"]
+           "images_from_folder", "write_gt_csv", "run_prediction"]
 
 
 @dataclass
@@ -53,6 +63,7 @@ class PredictSettings:
     names: Sequence[str] | None = None
     data_dir: Path | None = Path("data/synthetic")
     prepared_dir: Path | None = None
+    images: str | None = None
     split: str = "val"
     limit: int = 0
     batch_size: int = 4
@@ -71,11 +82,23 @@ class PredictSettings:
     stop_after: int = 0
     restart: bool = False
     keep_shards: bool = False
+    overlays: bool | None = None
+    coco_results: bool | None = None
+    params: Path | None = None
     progress: bool = True
 
     def check(self) -> None:
         if self.mask_size < 0 or not 0 <= self.score_floor <= 1 or self.batch_size < 1:
             raise ValueError("--mask-size must be >= 0, --score-floor in [0, 1], --batch-size >= 1")
+        if self.images and self.prepared_dir:
+            raise ValueError("--images and --prepared-dir: give one source of images")
+        if self.params and not Path(self.params).is_file():
+            raise ValueError(f"--params file not found: {self.params}")
+
+    def exports(self) -> tuple[bool, bool]:
+        """(overlays, COCO results): on by default for ``--images``, off otherwise."""
+        on = bool(self.images)
+        return (on if self.overlays is None else self.overlays, on if self.coco_results is None else self.coco_results)
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -130,6 +153,36 @@ def images_from_prepared(prepared_dir: str | Path, split: str = "val") -> pd.Dat
     })
 
 
+def images_from_folder(spec: str | Path, progress: bool = True) -> tuple[pd.DataFrame, dict[str, str]]:
+    """Any images: a folder (its .jpg/.jpeg/.png files, not recursive) or a glob pattern (``**`` recurses).
+
+    Returns ``(image_id, path, orig_height, orig_width)`` sorted by id (the path below the folder, or below the
+    matches' common folder for a pattern) and ``{id: reason}`` of the files whose size cannot be read
+    (skipped). Sizes come from the headers, EXIF orientation not applied (as the images are read).
+    ``FileNotFoundError`` when nothing matches.
+    """
+    p = Path(spec)
+    if p.is_dir():
+        files, root = [f for f in p.iterdir() if f.is_file() and ldata.is_image_file(f)], p
+    else:
+        files = [Path(f) for f in glob.glob(str(spec), recursive=True) if Path(f).is_file() and ldata.is_image_file(f)]
+        root = Path(os.path.commonpath([f.parent.resolve() for f in files])) if files else None
+    if not files:
+        raise FileNotFoundError(f"--images {spec}: no {'/'.join(ldata.IMAGE_SUFFIXES)} files there")
+    rows, skipped = [], {}
+    for f in tqdm(sorted(files, key=lambda f: f.resolve().relative_to(root.resolve()).as_posix()), desc="images",
+                  unit="img", disable=not progress):
+        image_id = f.resolve().relative_to(root.resolve()).as_posix()
+        try:
+            h, w = ldata.image_size(f)
+        except ValueError as e:
+            skipped[image_id] = str(e)
+            continue
+        rows.append((image_id, str(f), h, w))
+    frame = pd.DataFrame(rows, columns=["image_id", "path", "orig_height", "orig_width"])
+    return frame.astype({"orig_height": "int32", "orig_width": "int32"}), skipped
+
+
 def write_gt_csv(prepared_dir: str | Path, image_ids: Sequence[str], path: str | Path) -> int:
     """Write the prepared set records of ``image_ids`` as a train.csv-format CSV (masks at the prepared size).
 
@@ -173,9 +226,14 @@ def _load_models(paths: Sequence[Path], names: Sequence[str], device, channels_l
     return models, infos
 
 
-def _images(s: PredictSettings, progress: bool) -> tuple[pd.DataFrame, dict]:
-    """The images to predict (``image_id, path, orig_height, orig_width``) and where they come from."""
-    if s.prepared_dir:
+def _images(s: PredictSettings, progress: bool) -> tuple[pd.DataFrame, dict, dict]:
+    """The images to predict (``image_id, path, orig_height, orig_width``), where they come from, and the files
+    skipped because they cannot be read (``{image id: reason}``)."""
+    skipped = {}
+    if s.images:
+        frame, skipped = images_from_folder(s.images, progress=progress)
+        source = {"images": str(s.images)}
+    elif s.prepared_dir:
         frame = images_from_prepared(s.prepared_dir, s.split)
         source = {"prepared_dir": str(Path(s.prepared_dir).resolve()), "split": s.split}
     else:
@@ -183,7 +241,7 @@ def _images(s: PredictSettings, progress: bool) -> tuple[pd.DataFrame, dict]:
         source = {"data_dir": str(Path(s.data_dir).resolve())}
     if s.limit:
         frame = frame.head(s.limit).reset_index(drop=True)
-    return frame, source
+    return frame, source, skipped
 
 
 def _check_out_dir(s: PredictSettings, store: ShardStore, config: dict, held: contextlib.ExitStack) -> dict:
@@ -229,26 +287,30 @@ def _predict_images(sub: pd.DataFrame, models, names, store: ShardStore, rank: i
     shard_size = max(bs, -(-max(1, s.shard_size) // bs) * bs)  # a multiple of the batch size
     loader = make_image_loader(sub["path"].tolist(), long_side, bs, s.workers, pin_memory=device.type == "cuda")
     pool = cf.ThreadPoolExecutor(max_workers=max(1, min(4, (os.cpu_count() or 2) // 2)))
-    shard_no, pending, shard_pos, n_done = store.next_index(rank), [], [], 0
+    shard_no, pending, shard_pos, errors, n_done = store.next_index(rank), [], [], {}, 0
 
     def flush():
         nonlocal shard_no, pending, shard_pos
         if shard_pos:
-            store.write(rank, shard_no, [r for f in pending for r in f.result()], sub.iloc[shard_pos])
+            images = sub.iloc[shard_pos].assign(error=[errors.get(p, "") for p in shard_pos])
+            store.write(rank, shard_no, [r for f in pending for r in f.result()], images)
             shard_no, pending, shard_pos = shard_no + 1, [], []
 
     try:
         for positions, imgs in loader:
-            batch = [im.to(device, non_blocking=True).float().div_(255) for im in imgs]
-            orig = [(int(sub.at[p, "orig_height"]), int(sub.at[p, "orig_width"])) for p in positions]
+            bad = {p: im for p, im in zip(positions, imgs) if isinstance(im, str)}  # unreadable: skipped, reported
+            errors.update(bad)
+            good = [(p, im) for p, im in zip(positions, imgs) if p not in bad]
+            batch = [im.to(device, non_blocking=True).float().div_(255) for _, im in good]
+            orig = [(int(sub.at[p, "orig_height"]), int(sub.at[p, "orig_width"])) for p, _ in good]
             per_model = [predict_batch(m, batch, orig, views, s.mask_size, s.score_floor, dtype, s.tta_iou)
-                         for m in models]
-            for j, p in enumerate(positions):
+                         for m in models] if good else []
+            for j, (p, _) in enumerate(good):
                 iid = sub.at[p, "image_id"]
                 pending.append(pool.submit(
                     lambda rs, iid=iid, o=orig[j]: [r for name, res in rs for r in result_rows(iid, name, res, o)],
                     [(name, pm[j]) for name, pm in zip(names, per_model)]))
-                shard_pos.append(p)
+            shard_pos += list(positions)
             n_done += len(positions)
             bar.update(len(positions) * world)  # the other ranks keep the same pace
             if len(shard_pos) >= shard_size:
@@ -276,7 +338,10 @@ def _merge(s: PredictSettings, store: ShardStore, frame: pd.DataFrame, names, me
     with lio.atomic_path(out_dir / "images.parquet", suffix=".parquet") as tmp:
         images.to_parquet(tmp, index=False)
     per_model = table.groupby("model").size().to_dict() if len(table) else {}
-    summary = {**meta_base, "status": "done", "num_predictions": len(table),
+    unreadable = {r.image_id: r.error for r in images.itertuples(index=False) if r.error}
+    for image_id, reason in unreadable.items():
+        print(f"05: could not read {image_id}, skipped: {reason}")
+    summary = {**meta_base, "status": "done", "num_predictions": len(table), "unreadable_images": unreadable,
                "predictions_per_model": {n: int(per_model.get(n, 0)) for n in names}, "timing": timing,
                "files": {"predictions": str(out_dir / "predictions.parquet"),
                          "images": str(out_dir / "images.parquet"),
@@ -290,6 +355,22 @@ def _merge(s: PredictSettings, store: ShardStore, frame: pd.DataFrame, names, me
     return summary
 
 
+def _export(s: PredictSettings, frame: pd.DataFrame, summary: dict) -> dict:
+    """Rank 0, after the merge: overlays and COCO results (:mod:`lib.export`), recorded in meta.json."""
+    from .export import export_predictions
+
+    out_dir = Path(s.out_dir)
+    overlays, coco = s.exports()
+    written = export_predictions(out_dir, lpred.read_table(out_dir / "predictions.parquet"),
+                                 pd.read_parquet(out_dir / "images.parquet"), dict(zip(frame["image_id"], frame["path"])),
+                                 summary.get("labels"), s.params, overlays, coco, s.progress)
+    summary = {**summary, "export": written}
+    lio.atomic_write_json(out_dir / "meta.json", summary)
+    print(f"05: exported {written['num_instances']} instances ({written['exported']}): "
+          f"{', '.join(v for k, v in written.items() if k in ('overlays', 'coco_results') and v)}")
+    return summary
+
+
 def run_prediction(s: PredictSettings) -> dict:
     """Stage 05. Returns the summary also written to ``meta.json`` (module docstring)."""
     with contextlib.ExitStack() as held:
@@ -297,8 +378,6 @@ def run_prediction(s: PredictSettings) -> dict:
 
 
 def _run_prediction(s: PredictSettings, held: contextlib.ExitStack) -> dict:
-    from tqdm import tqdm
-
     s.check()
     env = runtime.setup_distributed(s.device)
     rank, world, device, distributed = env["rank"], env["world_size"], env["device"], env["distributed"]
@@ -310,7 +389,9 @@ def _run_prediction(s: PredictSettings, held: contextlib.ExitStack) -> dict:
     dtype = runtime.amp_dtype(s.amp, device)
     paths, names = [resolve_checkpoint(p) for p in s.checkpoints], model_names(s.checkpoints, s.names)
     models, infos = _load_models(paths, names, device, s.channels_last)
-    frame, source = _images(s, progress)
+    frame, source, skipped = _images(s, progress)
+    for image_id, reason in skipped.items():
+        print(f"05: skipped {image_id}: {reason}")
     views = tta_views(s.tta_scales, s.tta_flip)
     long_side = s.input_long_side or int(round(  # enough pixels for the largest view of any model
         max(int(i["config"].get("max_size") or 0) for i in infos) * max(sc for sc, _ in views)))
@@ -338,7 +419,7 @@ def _run_prediction(s: PredictSettings, held: contextlib.ExitStack) -> dict:
                  "amp": amp, "input_long_side": long_side, "tta_views": [[sc, f] for sc, f in views],
                  "mask_size": s.mask_size, "score_floor": s.score_floor, "source": source,
                  "num_images": len(frame), "models": [{k: v for k, v in i.items() if k != "labels"} for i in infos],
-                 "labels": infos[0]["labels"], "args": lio.json_safe(asdict(s))}
+                 "labels": infos[0]["labels"], "skipped_images": skipped, "args": lio.json_safe(asdict(s))}
     if main:
         lio.atomic_write_json(out_dir / "meta.json", {**meta_base, "status": "running"})
 
@@ -357,5 +438,7 @@ def _run_prediction(s: PredictSettings, held: contextlib.ExitStack) -> dict:
         timing = {"seconds": round(time.time() - t0, 2), "predict_seconds": round(t_pred, 2),
                   "images_this_run": int(sum(counts)), "images_per_s": round(sum(counts) / max(t_pred, 1e-9), 3)}
         summary = _merge(s, store, frame, names, meta_base, timing)
+        if summary.get("status") == "done" and any(s.exports()):
+            summary = _export(s, frame, summary)
     runtime.teardown_distributed(distributed, barrier=True)
     return summary

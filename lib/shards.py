@@ -3,7 +3,8 @@
 Output directory (``out_dir``) of ``05_predict.py``::
 
     predictions.parquet     all rows (lib.prediction_table format), ordered by image, model, score (desc)
-    images.parquet          image_id, orig_height, orig_width of every predicted image (even with no rows)
+    images.parquet          image_id, orig_height, orig_width, error of every predicted image (even with no
+                            rows; ``error``: why an unreadable image was skipped, else "")
     meta.json               checkpoints, model configs, args, config hash, timing (images/s)
     gt.csv                  (prepared-set input only) ground truth of the predicted images, train.csv format
     shards/config.json      config hash of the shards below
@@ -31,9 +32,11 @@ import pandas as pd
 from . import io as lio
 from . import prediction_table as lpred
 
-__all__ = ["PREDICT_FORMAT", "prediction_config", "config_hash", "ShardStore"]
+__all__ = ["PREDICT_FORMAT", "IMAGE_COLUMNS", "prediction_config", "config_hash", "ShardStore"]
 
-PREDICT_FORMAT = "imat-predictions/1"
+PREDICT_FORMAT = "imat-predictions/2"
+# The images table of a shard and of images.parquet; ``error``: why the image could not be read ("" if it was).
+IMAGE_COLUMNS = ["image_id", "orig_height", "orig_width", "error"]
 _SHARD_RE = re.compile(r"^(part|images)-(\d+)-(\d+)\.parquet$")
 
 
@@ -117,7 +120,8 @@ class ShardStore:
                 frames.append(pd.read_parquet(f).assign(rank=r, shard=k))
         if not frames:
             return pd.DataFrame({"image_id": pd.Series([], dtype=str), "orig_height": pd.Series([], dtype="int32"),
-                                 "orig_width": pd.Series([], dtype="int32"), "rank": [], "shard": []})
+                                 "orig_width": pd.Series([], dtype="int32"), "error": pd.Series([], dtype=str),
+                                 "rank": [], "shard": []})
         return pd.concat(frames, ignore_index=True).drop_duplicates("image_id", keep="first")
 
     def next_index(self, rank: int) -> int:
@@ -129,7 +133,8 @@ class ShardStore:
         with lio.atomic_path(self.dir / f"part-{rank}-{index:05d}.parquet", suffix=".parquet") as tmp:
             lpred.make_table(rows).to_parquet(tmp, index=False)
         with lio.atomic_path(self.dir / f"images-{rank}-{index:05d}.parquet", suffix=".parquet") as tmp:
-            images[["image_id", "orig_height", "orig_width"]].reset_index(drop=True).to_parquet(tmp, index=False)
+            images = images.assign(error=images["error"] if "error" in images else "")
+            images[IMAGE_COLUMNS].reset_index(drop=True).to_parquet(tmp, index=False)
 
     def merge(self, image_ids: Sequence[str], model_order: Sequence[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
         """(predictions, images) of ``image_ids`` from the shards, in image order, model order, score desc."""
@@ -154,7 +159,7 @@ class ShardStore:
                                  _s=-table["score"].astype(np.float64))
             table = table.sort_values(["_i", "_m", "_s"], kind="stable").drop(columns=["_i", "_m", "_s"])
         table = table[lpred.COLUMNS].astype(lpred.DTYPES) if len(table) else lpred.make_table([])
-        images = done.loc[list(image_ids), ["orig_height", "orig_width"]].reset_index()
+        images = done.loc[list(image_ids), ["orig_height", "orig_width", "error"]].reset_index()
         images = images.astype({"orig_height": "int32", "orig_width": "int32"})
         return table.reset_index(drop=True), images
 

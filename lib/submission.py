@@ -285,19 +285,6 @@ def write_submission(df: pd.DataFrame, path: str | Path, expected_image_ids: Ite
     return path
 
 
-def _image_size(path: Path) -> tuple[int, int]:
-    """(height, width) of the stored pixel array (EXIF orientation not applied), from the header when possible."""
-    try:
-        from PIL import Image
-
-        with Image.open(path) as im:
-            w, h = im.size
-        return int(h), int(w)
-    except Exception:  # noqa: BLE001 - fall back to a full decode, which raises a clear error
-        img = lkaggle.read_image(path)
-        return int(img.shape[0]), int(img.shape[1])
-
-
 def list_test_images(data_dir: str | Path, progress: bool = True) -> pd.DataFrame:
     """The test images of a Kaggle-layout directory: DataFrame ``image_id, orig_height, orig_width``.
 
@@ -321,7 +308,7 @@ def list_test_images(data_dir: str | Path, progress: bool = True) -> pd.DataFram
     if missing:
         raise FileNotFoundError(f"{len(missing)} test images listed in {sample} are missing from {test_dir}: "
                                 f"{missing[:10]}{' ...' if len(missing) > 10 else ''}")
-    sizes = [_image_size(test_dir / i) for i in tqdm(ids, desc="test images", unit="img", disable=not progress)]
+    sizes = [lkaggle.image_size(test_dir / i) for i in tqdm(ids, desc="test images", unit="img", disable=not progress)]
     return pd.DataFrame({"image_id": ids, "orig_height": [s[0] for s in sizes],
                          "orig_width": [s[1] for s in sizes]}).astype({"orig_height": "int32", "orig_width": "int32"})
 

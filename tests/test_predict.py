@@ -99,7 +99,7 @@ def test_05_real_test_image_to_valid_submission(tmp_path, tiny_maskrcnn):
     table = lpred.read_table(out / "predictions.parquet")
     images = pd.read_parquet(out / "images.parquet")
     h, w = 3008, 2000
-    assert images.to_dict("records") == [{"image_id": real[0].name, "orig_height": h, "orig_width": w}]
+    assert images.to_dict("records") == [{"image_id": real[0].name, "orig_height": h, "orig_width": w, "error": ""}]
     assert len(table) > 0 and set(table["model"]) == {"maskrcnn"}
     assert (table["mask_height"] == 512).all() and (table["mask_width"] == 512).all()
     assert (table["x2"] <= w + 1e-3).all() and (table["y2"] <= h + 1e-3).all() and (table["x1"] >= 0).all()
@@ -180,6 +180,44 @@ def test_05_stop_after_then_continue(tmp_path, tiny_maskrcnn, synthetic_data_dir
     meta = json.loads((out / "meta.json").read_text())
     assert meta["status"] == "done" and len(pd.read_parquet(out / "images.parquet")) == 3
     assert (out / "shards" / "images-0-00001.parquet").exists()
+
+
+def test_05_on_any_folder_skips_unreadable_files_and_exports(tmp_path, tiny_maskrcnn):
+    import cv2
+
+    from lib import kaggle_data
+
+    src = tmp_path / "photos"
+    (src / "sub").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    cv2.imwrite(str(src / "a.jpg"), rng.integers(0, 255, (90, 70, 3), dtype=np.uint8))
+    cv2.imwrite(str(src / "sub" / "b.png"), rng.integers(0, 255, (50, 80, 3), dtype=np.uint8))
+    good = (src / "a.jpg").read_bytes()
+    (src / "c.jpg").write_bytes(good[: len(good) // 2])  # truncated: its header reads, its pixels do not
+    (src / "d.jpg").write_bytes(b"not an image")  # not even a header: skipped when listed
+    (src / "notes.txt").write_text("ignored")
+    out = tmp_path / "pred"
+    PREDICT.main(_args(checkpoints=[tiny_maskrcnn], images=str(src), out_dir=out, workers=0, no_progress=True,
+                       score_floor=0.0, batch_size=2))
+    images = pd.read_parquet(out / "images.parquet")
+    assert list(images["image_id"]) == ["a.jpg", "c.jpg"]  # a folder: its own files, not its subfolders
+    meta = json.loads((out / "meta.json").read_text())
+    assert set(meta["skipped_images"]) == {"d.jpg"} and "truncated" in meta["unreadable_images"]["c.jpg"]
+    table = lpred.read_table(out / "predictions.parquet")
+    assert set(table["image_id"]) <= {"a.jpg"} and len(table) > 0
+    assert (out / "overlays" / "a.png").is_file() and not (out / "overlays" / "c.png").exists()
+    recs = json.loads((out / "coco_results.json").read_text())
+    assert all(r["file_name"] == "a.jpg" and r["segmentation"]["size"] == [90, 70] for r in recs)
+    assert meta["export"]["num_instances"] == len(recs)
+    # A glob reaches into subfolders; ids are paths below the matches' common folder.
+    out2 = tmp_path / "pred2"
+    PREDICT.main(_args(checkpoints=[tiny_maskrcnn], images=str(src / "**" / "*.png"), out_dir=out2, workers=0,
+                       no_progress=True, score_floor=0.0, no_overlays=True))
+    assert list(pd.read_parquet(out2 / "images.parquet")["image_id"]) == ["b.png"]
+    assert (out2 / "coco_results.json").is_file() and not (out2 / "overlays").exists()
+    assert kaggle_data.image_size(src / "sub" / "b.png") == (50, 80)
+    with pytest.raises(FileNotFoundError, match="no .jpg"):
+        lpredict.images_from_folder(tmp_path / "empty*")
 
 
 def test_05_on_the_cache_val_split_writes_gt(tmp_path, tiny_maskrcnn, prepared_set):
