@@ -1,6 +1,6 @@
-"""Stage 01: prepare a Kaggle-layout dataset (real or synthetic) into the prepared set.
+"""Stage 01: prepare a Kaggle-layout dataset (real or synthetic) and/or COCO-format JSON into the prepared set.
 
-Reads ``--data-dir`` (train.csv, label_descriptions.json, train/), writes under
+Reads ``--data-dir`` (train.csv, label_descriptions.json, train/) and any ``--coco-json`` files, writes under
 ``--out-dir``: resized images, per-image instance masks as RLE, index.parquet,
 a category-stratified train/val split, problems.csv and meta.json. Resumable:
 rerunning the same command skips finished images. The input is never modified.
@@ -15,6 +15,12 @@ Examples::
 
     # in a Kaggle notebook
     python 01_prepare_data.py --data-dir /kaggle/input/imaterialist-fashion-2019-FGVC6 --out-dir /kaggle/working/prepared
+
+    # Fashionpedia (COCO-format JSON + images), alone or with the Kaggle data into one prepared set
+    python 01_prepare_data.py --coco-json fashionpedia/instances_attributes_train2020.json \\
+        --coco-images fashionpedia/train --out-dir work/prepared_fp
+    python 01_prepare_data.py --data-dir data/imaterialist-fashion-2019-FGVC6 \\
+        --coco-json fashionpedia/instances_attributes_train2020.json --coco-images fashionpedia/train
 """
 from __future__ import annotations
 
@@ -25,11 +31,18 @@ import sys
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--data-dir", default="data/synthetic", help="Kaggle-layout input directory")
+    p.add_argument("--data-dir", default=None,
+                   help="Kaggle-layout input directory (default: data/synthetic, unless --coco-json alone is given)")
     p.add_argument("--out-dir", default="work/prepared", help="prepared-set directory to write")
     p.add_argument("--train-csv", default=None, help="train.csv to read (default: <data-dir>/train.csv)")
     p.add_argument("--image-dir", default=None, help="training images (default: <data-dir>/train)")
     p.add_argument("--labels", default=None, help="label file (default: <data-dir>/label_descriptions.json)")
+    p.add_argument("--coco-json", nargs="+", default=[], metavar="FILE",
+                   help="COCO-format instance files (Fashionpedia's instances_attributes_*2020.json) to prepare too, "
+                        "categories and attributes mapped by name; an ImageId already in an earlier source is "
+                        "prepared once")
+    p.add_argument("--coco-images", nargs="+", default=[], metavar="DIR",
+                   help="the image folder of each --coco-json file (default: the file's folder)")
     p.add_argument("--long-side", type=int, default=1024, help="resize images so the long side is this (0 = keep)")
     p.add_argument("--val-fraction", type=float, default=0.1, help="fraction of images in the val split")
     p.add_argument("--seed", type=int, default=0, help="seed of the split")
@@ -56,6 +69,11 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(args) -> int:
     from lib import prepared
 
+    if len(args.coco_images) > len(args.coco_json):
+        raise SystemExit(f"--coco-images: {len(args.coco_images)} folders for {len(args.coco_json)} --coco-json files")
+    if args.data_dir is None and not args.coco_json:
+        args.data_dir = "data/synthetic"
+    coco = [(f, args.coco_images[k] if k < len(args.coco_images) else None) for k, f in enumerate(args.coco_json)]
     if args.synthetic:
         from lib import synthetic
 
@@ -68,7 +86,7 @@ def main(args) -> int:
             args.data_dir, args.out_dir, long_side=args.long_side or None, val_fraction=args.val_fraction,
             seed=args.seed, workers=args.processes, limit=args.limit, progress=not args.no_progress,
             jpeg_quality=args.jpeg_quality, csv_path=args.train_csv, image_dir=args.image_dir,
-            label_file=args.labels, args=vars(args))
+            label_file=args.labels, args=vars(args), coco=coco)
     except (ValueError, OSError, RuntimeError) as e:  # bad input or unwritable output: the message says which
         print(f"01: error: {e}", file=sys.stderr)
         return 2

@@ -41,6 +41,7 @@ import contextlib
 import os
 import time
 from pathlib import Path
+from typing import Sequence
 
 import cv2
 import numpy as np
@@ -52,6 +53,7 @@ from . import io as lio
 from . import labels as llabels
 from . import rle as lrle
 from .boxes import mask_bbox
+from .coco_data import CocoSource, annotation_rows, read_coco
 
 STAGE = "01_prepare_data"
 CACHE_VERSION = 1
@@ -141,13 +143,22 @@ def record_settings(long_side: int | None, jpeg_quality: int) -> dict:
 
 
 def prepare_image(
-    csv_path: str, image_dir: str, image_id: str, entries: list[tuple[int, int]], out_dir: str,
+    source, image_dir: str, image_id: str, entries: list[tuple[int, int]] | None, out_dir: str,
     long_side: int | None, num_categories: int, num_attributes: int, jpeg_quality: int = 95,
 ) -> tuple[dict | None, list[ldata.Problem]]:
-    """Prepare one image; return (index row or None if skipped, problems)."""
-    rows, problems = ldata.read_rows(csv_path, entries, num_categories, num_attributes)
+    """Prepare one image; return (index row or None if skipped, problems).
+
+    ``source``: the train.csv path (the image's rows at ``entries``, from :func:`lib.kaggle_data.index_csv`),
+    or a :class:`lib.coco_data.CocoSource` holding the image's annotations (``entries`` None)."""
+    if isinstance(source, CocoSource):
+        rows, problems = annotation_rows(source, image_id, num_attributes)
+        csv_path = str(source.path)
+        first_row = int(source.annotations[image_id][0].get("id", 0)) if source.annotations.get(image_id) else 0
+    else:
+        rows, problems = ldata.read_rows(source, entries, num_categories, num_attributes)
+        csv_path = str(source)
+        first_row = entries[0][0] if entries else 0
     img_file = Path(image_dir) / image_id
-    first_row = entries[0][0] if entries else 0
     if not rows:
         problems.append(ldata.Problem(str(img_file), first_row, image_id, "no valid rows for this image; skipped"))
         return None, problems
@@ -204,15 +215,16 @@ def _work(task):
     except OutputError:
         raise  # the output is unwritable: every other image would fail the same way
     except Exception as e:  # never lose the whole run to one image
-        return task[2], (None, [ldata.Problem(str(Path(task[1]) / task[2]), task[3][0][0] if task[3] else 0, task[2],
-                                              f"unexpected error: {type(e).__name__}: {e}")])
+        return task[2], (None, [ldata.Problem(str(Path(task[1]) / task[2]), task[3][0][0] if task[3] else 0,
+                                              task[2], f"unexpected error: {type(e).__name__}: {e}")])
 
 
-def _check_image_ids(ids: list[str], groups: dict, csv_path, problems: list) -> list[str]:
+def _check_image_ids(ids: list[str], images: dict, problems: list) -> list[str]:
     """Drop ImageIds that are not plain file names or whose file name (stem) another id already uses."""
     keep, stems = [], {}
     for i in ids:
-        first_row = groups[i][0][0]
+        source, _, entries = images[i]
+        csv_path, first_row = (source, entries[0][0]) if entries else (getattr(source, "path", source), 0)
         if Path(i).name != i or i in (".", ".."):
             problems.append(ldata.Problem(str(csv_path), first_row, i,
                                           "ImageId is not a plain file name (a path); image skipped"))
@@ -263,33 +275,38 @@ def stratified_split(image_categories: dict[str, set[int]], val_fraction: float,
 
 
 def prepare_dataset(
-    data_dir: str | Path, out_dir: str | Path, long_side: int | None = 1024, val_fraction: float = 0.1,
+    data_dir: str | Path | None, out_dir: str | Path, long_side: int | None = 1024, val_fraction: float = 0.1,
     seed: int = 0, workers: int = 0, limit: int | None = None, progress: bool = True, jpeg_quality: int = 95,
     csv_path: str | Path | None = None, image_dir: str | Path | None = None, label_file: str | Path | None = None,
-    args: dict | None = None,
+    args: dict | None = None, coco: Sequence[tuple[str | Path, str | Path | None]] = (),
 ) -> dict:
-    """Prepare ``data_dir`` (Kaggle layout) into ``out_dir``; returns the meta dict (also written to meta.json).
+    """Prepare ``data_dir`` (Kaggle layout) and/or COCO-format files into ``out_dir``; returns the meta dict
+    (also written to meta.json).
 
     ``csv_path`` / ``image_dir`` / ``label_file`` default to ``data_dir``'s
-    ``train.csv`` / ``train/`` / ``label_descriptions.json``.
-    ``workers=0`` means ``os.cpu_count()`` processes; 1 runs in-process.
+    ``train.csv`` / ``train/`` / ``label_descriptions.json`` (without ``data_dir``: the competition's labels,
+    :mod:`lib.label_descriptions`). ``coco``: ``(instances JSON, its image folder or None = the JSON's
+    folder)`` pairs (:mod:`lib.coco_data`; categories and attributes mapped by name onto the labels). An ImageId
+    in several sources is prepared once, from the first (Kaggle, then the COCO files in order); the others are
+    reported. ``workers=0`` means ``os.cpu_count()`` processes; 1 runs in-process.
     ``limit`` keeps the first N images (sorted by ImageId) for quick runs.
     Holds the lock of ``out_dir`` (:func:`lib.io.lock_dir`) while it runs; raises ``OutputError`` when the
     prepared set cannot be written (disk full, read-only) and ``ValueError`` when nothing could be prepared.
     """
     with contextlib.ExitStack() as held:
         t0 = time.time()
-        data_dir, out_dir = Path(data_dir), Path(out_dir)
-        csv_path = Path(csv_path) if csv_path else data_dir / "train.csv"
-        image_dir = Path(image_dir) if image_dir else data_dir / "train"
-        label_file = Path(label_file) if label_file else data_dir / "label_descriptions.json"
-        labels, groups, problems = _read_inputs(data_dir, out_dir, csv_path, label_file)
-        ids = sorted(groups)[:limit or None]
+        out_dir = Path(out_dir)
+        data_dir = Path(data_dir) if data_dir else None
+        csv_path = Path(csv_path) if csv_path else (data_dir / "train.csv" if data_dir else None)
+        image_dir = Path(image_dir) if image_dir else (data_dir / "train" if data_dir else None)
+        label_file = Path(label_file) if label_file else (data_dir / "label_descriptions.json" if data_dir else None)
+        labels, images, problems, sources = _read_inputs(data_dir, out_dir, csv_path, image_dir, label_file, coco)
+        ids = sorted(images)[:limit or None]
         selected = len(ids)
-        ids = _check_image_ids(ids, groups, csv_path, problems)
+        ids = _check_image_ids(ids, images, problems)
         _claim_out_dir(out_dir, held)
         rows, image_problems, todo = _finished_images(out_dir, ids, record_settings(long_side, jpeg_quality))
-        todo = [(str(csv_path), str(image_dir), i, groups[i], str(out_dir), long_side, labels.num_categories,
+        todo = [(*images[i][:2], i, images[i][2], str(out_dir), long_side, labels.num_categories,
                  labels.num_attributes, jpeg_quality) for i in todo]
         with lio.process_map(_work, todo, min(workers or os.cpu_count() or 1, len(todo)), ordered=False,
                              chunksize=4) as results:
@@ -305,28 +322,57 @@ def prepare_dataset(
             raise ValueError(f"none of the {selected} images could be prepared ({len(problems)} problems): "
                              f"see {out_dir / 'problems.csv'}")
         meta = {
-            "stage": STAGE, "cache_version": CACHE_VERSION, "data_dir": str(data_dir), "out_dir": str(out_dir),
-            "train_csv": str(csv_path), "image_dir": str(image_dir), "label_file": str(label_file),
+            "stage": STAGE, "cache_version": CACHE_VERSION, "data_dir": str(data_dir) if data_dir else None,
+            "out_dir": str(out_dir), "train_csv": str(csv_path) if csv_path else None,
+            "image_dir": str(image_dir) if image_dir else None, "label_file": str(label_file) if label_file else None,
             "long_side": long_side, "seed": seed, "val_fraction": val_fraction, "labels": labels.to_json(),
-            "num_images_in_csv": len(groups), "num_images_selected": selected, "num_images": len(rows),
-            "num_images_skipped": selected - len(rows), "num_problems": len(problems), **_index_summary(index, labels),
-            "seconds": round(time.time() - t0, 2), "args": args or {},
+            "num_images_in_csv": sources[0]["num_images"] if csv_path else 0, "num_images_selected": selected,
+            "num_images": len(rows), "num_images_skipped": selected - len(rows), "num_problems": len(problems),
+            **_index_summary(index, labels), "seconds": round(time.time() - t0, 2), "args": args or {},
         }
+        if coco:
+            meta["sources"] = sources
         lio.atomic_write_json(out_dir / "meta.json", meta)
         return meta
 
 
-def _read_inputs(data_dir: Path, out_dir: Path, csv_path: Path, label_file: Path):
-    """The label set and ``train.csv``'s index (:func:`lib.kaggle_data.index_csv`), checked."""
-    if not csv_path.exists():
+def _read_inputs(data_dir: Path | None, out_dir: Path, csv_path: Path | None, image_dir: Path | None,
+                 label_file: Path | None, coco) -> tuple:
+    """The label set, every source's images as ``{image_id: (source, image folder, csv entries or None)}``
+    (the first source of an ImageId wins), the problems found so far and a summary per source."""
+    if csv_path is not None and not csv_path.exists():
         raise FileNotFoundError(f"{csv_path} not found: --data-dir must be a Kaggle-layout directory")
-    labels = llabels.load_labels(label_file)
-    if out_dir.resolve() == data_dir.resolve() or data_dir.resolve() in out_dir.resolve().parents:
+    if label_file is not None:
+        labels = llabels.load_labels(label_file)
+    else:
+        from .label_descriptions import label_descriptions
+
+        d = label_descriptions()
+        labels = llabels.LabelSet(tuple(d["categories"]), tuple(d["attributes"]), d.get("info", {}))
+    inside = data_dir is not None and (data_dir.resolve() == out_dir.resolve()
+                                       or data_dir.resolve() in out_dir.resolve().parents)
+    if inside:
         raise ValueError(f"--out-dir {out_dir} must not be inside --data-dir {data_dir} (the input is never modified)")
-    groups, problems = ldata.index_csv(csv_path)
-    if not groups:
-        raise ValueError(f"{csv_path}: no data rows (only the header{', and bad rows' if problems else ''})")
-    return labels, groups, problems
+    images, problems, sources = {}, [], []
+    if csv_path is not None:
+        groups, problems = ldata.index_csv(csv_path)
+        if not groups:
+            raise ValueError(f"{csv_path}: no data rows (only the header{', and bad rows' if problems else ''})")
+        images = {i: (str(csv_path), str(image_dir), e) for i, e in groups.items()}
+        sources.append({"kind": "kaggle", "csv": str(csv_path), "image_dir": str(image_dir), "num_images": len(groups)})
+    for json_path, folder in coco:
+        src = read_coco(json_path, folder or Path(json_path).parent, labels)
+        problems += src.problems
+        sources.append(src.summary())
+        for i in src.images:
+            if i in images:
+                problems.append(ldata.Problem(str(src.path), 0, i, f"ImageId also in {images[i][0]}; prepared "
+                                              f"once, from there"))
+            else:
+                images[i] = (src.for_image(i), str(src.image_dir), None)
+    if not images:
+        raise ValueError("nothing to prepare: give --data-dir (a Kaggle-layout directory) and/or --coco-json")
+    return labels, images, problems, sources
 
 
 def _claim_out_dir(out_dir: Path, held: contextlib.ExitStack) -> None:
