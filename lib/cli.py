@@ -239,7 +239,8 @@ def add_submission_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--attributes", choices=["off", "on"], default=None, help="emit attributes in ClassIds")
     g.add_argument("--attr-thresh", type=float, default=None, help="attribute score threshold")
     p.add_argument("--gt", default=None,
-                   help="train.csv-format ground truth to score on (default: <data-dir>/test_ground_truth.csv)")
+                   help="ground truth to score on: train.csv-format CSV or COCO-format JSON, e.g. Fashionpedia's val "
+                        "file (default: <data-dir>/test_ground_truth.csv)")
     p.add_argument("--no-score", action="store_true", help="do not score even if ground truth exists")
     p.add_argument("--tune", action="store_true", help="grid-search post-processing on --gt, save params.json, use it")
     p.add_argument("--tune-on", nargs="+", default=None, metavar="DIR",

@@ -4,7 +4,9 @@ Flow of :func:`run` (settings: :class:`SubmissionSettings`):
 
 1. the images: the test images of the Kaggle-layout ``data_dir`` (:func:`lib.submission.list_test_images`),
    or, when the predictions are of a prepared split (``05_predict.py --prepared-dir --split``), that split's
-   images and its ``gt.csv``;
+   images and its ``gt.csv``, or of a folder (``05_predict.py --images``), its images; the ground truth
+   ``gt`` may be a train.csv-format CSV or a COCO-format JSON (Fashionpedia's val file,
+   :func:`lib.scoring.load_ground_truth`);
 2. the prediction tables, one source per model (:func:`lib.prediction_table.read_sources`);
 3. the post-processing parameters and the model combination (:func:`choose`): from ``params`` (default
    ``<out_dir>/params.json``) and the flags, or tuned on ground truth (``tune``) or on other predictions
@@ -140,8 +142,8 @@ def run(s: SubmissionSettings) -> dict:
     if not s.predictions:
         raise ValueError("--predictions is required (unless --validate)")
     split = lpred.split_source(s.predictions)
-    if split:  # 05 predicted a prepared split: its images and gt.csv are the reference
-        print(f"images and ground truth from {split['dir']} (prepared split {split['split']!r})")
+    if split:  # 05 predicted a prepared split or a folder: its images (and a split's gt.csv) are the reference
+        print(f"images{' and ground truth' if split['gt'] else ''} from {split['dir']} ({split['what']})")
     images = split["images"] if split else lsub.list_test_images(s.data_dir, progress=s.progress)
     given_gt = s.gt or (split["gt"] if split else None)
     gt = Path(given_gt or Path(s.data_dir) / "test_ground_truth.csv")

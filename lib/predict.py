@@ -153,12 +153,12 @@ def images_from_prepared(prepared_dir: str | Path, split: str = "val") -> pd.Dat
     })
 
 
-def images_from_folder(spec: str | Path, progress: bool = True) -> tuple[pd.DataFrame, dict[str, str]]:
+def images_from_folder(spec: str | Path, progress: bool = True) -> tuple[pd.DataFrame, dict[str, str], Path]:
     """Any images: a folder (its .jpg/.jpeg/.png files, not recursive) or a glob pattern (``**`` recurses).
 
     Returns ``(image_id, path, orig_height, orig_width)`` sorted by id (the path below the folder, or below the
-    matches' common folder for a pattern) and ``{id: reason}`` of the files whose size cannot be read
-    (skipped). Sizes come from the headers, EXIF orientation not applied (as the images are read).
+    matches' common folder for a pattern), ``{id: reason}`` of the files whose size cannot be read
+    (skipped), and that folder. Sizes come from the headers, EXIF orientation not applied (as the images are read).
     ``FileNotFoundError`` when nothing matches.
     """
     p = Path(spec)
@@ -180,7 +180,7 @@ def images_from_folder(spec: str | Path, progress: bool = True) -> tuple[pd.Data
             continue
         rows.append((image_id, str(f), h, w))
     frame = pd.DataFrame(rows, columns=["image_id", "path", "orig_height", "orig_width"])
-    return frame.astype({"orig_height": "int32", "orig_width": "int32"}), skipped
+    return frame.astype({"orig_height": "int32", "orig_width": "int32"}), skipped, root
 
 
 def write_gt_csv(prepared_dir: str | Path, image_ids: Sequence[str], path: str | Path) -> int:
@@ -231,8 +231,8 @@ def _images(s: PredictSettings, progress: bool) -> tuple[pd.DataFrame, dict, dic
     skipped because they cannot be read (``{image id: reason}``)."""
     skipped = {}
     if s.images:
-        frame, skipped = images_from_folder(s.images, progress=progress)
-        source = {"images": str(s.images)}
+        frame, skipped, root = images_from_folder(s.images, progress=progress)
+        source = {"images": str(s.images), "root": str(root.resolve())}
     elif s.prepared_dir:
         frame = images_from_prepared(s.prepared_dir, s.split)
         source = {"prepared_dir": str(Path(s.prepared_dir).resolve()), "split": s.split}

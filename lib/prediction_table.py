@@ -148,14 +148,19 @@ def read_sources(paths, models=None) -> tuple[list[tuple[str, pd.DataFrame]], se
 
 
 def split_source(paths) -> dict | None:
-    """When the first of ``paths`` is a 05 output of a prepared split (``05_predict.py --prepared-dir --split``):
-    ``{"dir", "split", "images" (its images.parquet), "gt" (its gt.csv, or None), "image_dir"}``; else None."""
+    """When the first of ``paths`` is a 05 output of a prepared split (``05_predict.py --prepared-dir --split``)
+    or of a folder (``--images``): ``{"dir", "split" (None for a folder), "images" (its images.parquet), "gt"
+    (the split's gt.csv, or None), "image_dir", "what"}``; else None (05 predicted a Kaggle test folder)."""
     d = Path(paths[0])
     d = d if d.is_dir() else d.parent
     meta = d / "meta.json"
     src = (json.loads(meta.read_text()).get("source") or {}) if meta.is_file() else {}
-    if not isinstance(src, dict) or not src.get("prepared_dir"):
+    if not isinstance(src, dict) or not (src.get("prepared_dir") or src.get("images")):
         return None
+    images = pd.read_parquet(d / "images.parquet")
+    if src.get("images"):
+        return {"dir": d, "split": None, "images": images, "gt": None, "image_dir": src.get("root"),
+                "what": f"the images of {src['images']}"}
     gt = d / "gt.csv"
-    return {"dir": d, "split": src.get("split"), "images": pd.read_parquet(d / "images.parquet"),
-            "gt": str(gt) if gt.is_file() else None, "image_dir": str(Path(src["prepared_dir"]) / "images")}
+    return {"dir": d, "split": src.get("split"), "images": images, "gt": str(gt) if gt.is_file() else None,
+            "image_dir": str(Path(src["prepared_dir"]) / "images"), "what": f"prepared split {src.get('split')!r}"}

@@ -28,6 +28,7 @@ from . import io as lio
 from . import labels as llabels
 from . import viz
 from .postprocess import postprocess_image, resolve_params
+from .scoring import ground_truth_index
 
 __all__ = ["write_report", "train_dirs_from_predictions", "category_names"]
 
@@ -81,11 +82,12 @@ def _sample_ids(tables: Mapping[str, pd.DataFrame], gt_ids: set, n: int, seed: i
     return [pool[k] for k in pick]
 
 
-def _gt_instances(gt_csv: Path | None, groups: dict, image_id: str, size: tuple[int, int]):
-    """Ground-truth masks of one image at the display ``size`` and their categories."""
-    if gt_csv is None or image_id not in groups:
+def _gt_instances(gt: tuple | None, image_id: str, size: tuple[int, int]):
+    """Ground-truth masks of one image at the display ``size`` and their categories (``gt``: the
+    :func:`lib.scoring.ground_truth_index` of the ground truth, or None)."""
+    if gt is None or image_id not in gt[0]:
         return None
-    rows, _ = ldata.read_rows(gt_csv, groups[image_id])
+    rows, _ = gt[1](image_id)
     masks = [ldata.resize_rle(r.rle, (r.height, r.width), size) for r in rows]
     return (np.stack(masks) if masks else np.zeros((0, *size), np.uint8)), [r.category for r in rows]
 
@@ -119,7 +121,7 @@ def write_report(report_dir: str | Path, data_dir: str | Path | None, tables: Ma
             ``label_descriptions.json`` (either may be overridden by ``image_dir`` / ``class_names``).
         tables: ``{name: prediction table}`` (lib.prediction_table format), e.g. each model and "ensemble".
         params: the submission's post-processing parameters (lib.postprocess), shown and used for overlays.
-        gt_csv: train.csv-format ground truth of these images (a panel per image), or None.
+        gt_csv: ground truth of these images (train.csv-format CSV or COCO JSON; a panel per image), or None.
         train_dirs: training out-dirs (``{name: dir}``, or dirs named after their model) for curves.png
             and val_scores.json.
         scores: ``{name: lib.scoring.score_table result}`` (kaggle, AP, ..., per_class).
@@ -133,14 +135,14 @@ def write_report(report_dir: str | Path, data_dir: str | Path | None, tables: Ma
     params = resolve_params(params)
     image_dir = Path(image_dir) if image_dir else (Path(data_dir) / "test" if data_dir else None)
     gt_csv = Path(gt_csv) if gt_csv and Path(gt_csv).is_file() else None
-    groups = ldata.index_csv(gt_csv)[0] if gt_csv is not None else {}
+    gt = ground_truth_index(gt_csv) if gt_csv is not None else None
     scores = dict(scores or {})
     if isinstance(train_dirs, Mapping):
         tdirs = {str(k): Path(v) for k, v in train_dirs.items()}
     else:
         tdirs = {Path(d).name: Path(d) for d in (train_dirs or [])}
-    ids = _sample_ids(tables, set(groups), n_images, seed)
-    overlays = [_overlay(report_dir, i, image_dir, tables, gt_csv, groups, names, params, panel_height) for i in ids]
+    ids = _sample_ids(tables, set(gt[0]) if gt else set(), n_images, seed)
+    overlays = [_overlay(report_dir, i, image_dir, tables, gt, names, params, panel_height) for i in ids]
     charts = _class_charts(report_dir, scores, names)
     learning, learning_rel = _learning_curves(report_dir, tdirs)
     curves = _training_runs(report_dir, tdirs)
@@ -181,7 +183,7 @@ def _kv_table(items: Mapping) -> str:
 
 
 def _overlay(report_dir: Path, image_id: str, image_dir: Path | None, tables: Mapping[str, pd.DataFrame],
-             gt_csv: Path | None, groups: dict, names: list[str], params: dict, panel_height: int):
+             gt: tuple | None, names: list[str], params: dict, panel_height: int):
     """One image's panels (the image, its ground truth, each table post-processed) as a PNG under
     ``overlays/``: ``(image_id, relative path or None, error or None)``."""
     path = image_dir / image_id if image_dir is not None else None
@@ -193,9 +195,9 @@ def _overlay(report_dir: Path, image_id: str, image_dir: Path | None, tables: Ma
     dw = max(1, round(w * dh / h))
     small = cv2.resize(img, (dw, dh), interpolation=cv2.INTER_AREA)
     panels, titles = [small], [f"image {w}x{h}"]
-    gt = _gt_instances(gt_csv, groups, image_id, (dh, dw))
-    if gt is not None:
-        m, cats = gt
+    gt_inst = _gt_instances(gt, image_id, (dh, dw))
+    if gt_inst is not None:
+        m, cats = gt_inst
         panels.append(viz.draw_overlay(small, m, [names[c] if c < len(names) else str(c) for c in cats]))
         titles.append(f"ground truth ({len(cats)})")
     for name, table in tables.items():

@@ -19,27 +19,54 @@ from .metric import Evaluator, image_score
 from .postprocess import decode_windows, finalize, image_groups, resolve_params
 from .prediction_table import check_images
 
-__all__ = ["load_ground_truth", "decode_all", "score_windows", "score_table", "class_scores", "score_line"]
+__all__ = ["ground_truth_index", "load_ground_truth", "decode_all", "score_windows", "score_table", "class_scores", "score_line"]
+
+
+def ground_truth_index(gt_path: str | Path):
+    """Index ground truth for per-image reading: ``(sizes, rows_of, problems)``. ``sizes``: image id -> (h, w)
+    (None for a CSV: the rows carry it), in file order; ``rows_of(image_id) -> (rows, problems)``
+    (:class:`lib.kaggle_data.Row`); ``problems``: those of the file as a whole.
+
+    ``gt_path``: a train.csv-format CSV, or a COCO-format JSON (``.json``; every image it lists, also those
+    without annotations; its categories not among the 46 are left out with a printed warning,
+    :mod:`lib.coco_data`)."""
+    gt_path = Path(gt_path)
+    if gt_path.suffix.lower() == ".json":
+        from .coco_data import annotation_rows, read_coco
+        from .label_descriptions import label_descriptions
+
+        d = label_descriptions()
+        src = read_coco(gt_path, gt_path.parent, llabels.LabelSet(tuple(d["categories"]), tuple(d["attributes"])))
+        if src.unmapped_categories:
+            print(f"WARNING: {gt_path}: categories {sorted(src.unmapped_categories.values())} are not among the 46; "
+                  f"their annotations are not scored")
+        return (dict(src.images), lambda name: annotation_rows(src, name, llabels.N_ATTRIBUTES),
+                [q for q in src.problems if q.row])  # annotations on images the file does not list
+    groups, problems = lkaggle.index_csv(gt_path)
+    return dict.fromkeys(groups), lambda image_id: lkaggle.read_rows(gt_path, groups[image_id]), problems
 
 
 def load_ground_truth(gt_csv_path: str | Path, mask_size: int | None = 512, full_class_ids: bool = False,
                       progress: bool = True) -> dict[str, tuple[np.ndarray, list]]:
-    """A train.csv-format CSV -> ``{image_id: (masks (N, h, w) uint8, class keys)}`` at the output size.
+    """Ground truth -> ``{image_id: (masks (N, h, w) uint8, class keys)}`` at the output size.
 
-    Masks are decoded at their Height x Width and resized with
-    :func:`lib.kaggle_data.resize_mask` to ``mask_size x mask_size`` (None = kept).
+    ``gt_csv_path``: a train.csv-format CSV, or a COCO-format JSON (``.json``: Fashionpedia's val file; its
+    images without annotations are scored as having none). Masks are decoded at their Height x Width and
+    resized with :func:`lib.kaggle_data.resize_mask` to ``mask_size x mask_size`` (None = kept).
     Class keys are categories (int), or normalised full ClassId strings with
     ``full_class_ids``. Raises ``ValueError`` listing bad rows.
     """
-    groups, problems = lkaggle.index_csv(gt_csv_path)
     out = {}
-    for image_id, entries in tqdm(groups.items(), desc="ground truth", unit="img", disable=not progress):
-        rows, probs = lkaggle.read_rows(gt_csv_path, entries)
+    sizes, rows_of, problems = ground_truth_index(gt_csv_path)
+    for image_id, hw in tqdm(sizes.items(), desc="ground truth", unit="img", disable=not progress):
+        rows, probs = rows_of(image_id)
         problems += probs
-        if not rows:
+        if not rows and hw is None:
             continue
-        size = (int(mask_size), int(mask_size)) if mask_size else (rows[0].height, rows[0].width)
-        masks = np.stack([lkaggle.resize_rle(r.rle, (r.height, r.width), size) for r in rows])
+        hw = hw or (rows[0].height, rows[0].width)
+        size = (int(mask_size), int(mask_size)) if mask_size else hw
+        masks = (np.stack([lkaggle.resize_rle(r.rle, (r.height, r.width), size) for r in rows]) if rows
+                 else np.zeros((0, *size), np.uint8))
         keys = [llabels.format_class_id(r.category, r.attributes) if full_class_ids else r.category for r in rows]
         out[image_id] = (masks, keys)
     if problems:

@@ -154,3 +154,38 @@ def test_parse_grid():
         make_submission.parse_grid("{min_area: 0}")
     with pytest.raises(ValueError, match="expected a JSON object"):
         make_submission.parse_grid("[1, 2]")
+
+
+def test_folder_predictions_scored_on_coco_ground_truth(shared_data, tmp_path):
+    """05 --images output (a folder's images.parquet) + Fashionpedia's COCO JSON as --gt: scores and a
+    submission over the folder's images, no Kaggle test folder needed."""
+    from pycocotools import mask as mask_utils
+
+    from lib.label_descriptions import label_descriptions
+
+    d = shared_data / "real_samples" / "fashionpedia_sample"
+    gt = json.loads((d / "sample.json").read_text())
+    names = {c["id"]: c["name"] for c in gt["categories"]}
+    ours = {c["name"]: c["id"] for c in label_descriptions()["categories"]}
+    files = {im["id"]: (im["file_name"], im["height"], im["width"]) for im in gt["images"]}
+    rows = []
+    for a in gt["annotations"]:  # the ground truth itself as predictions: a perfect score
+        if names[a["category_id"]] in ours:
+            name, h, w = files[a["image_id"]]
+            m = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(a["segmentation"], h, w)))
+            rows += pred_rows(name, [m.astype(np.float32)], [ours[names[a["category_id"]]]], [0.9], orig=(h, w))
+    pdir = tmp_path / "pred"
+    pdir.mkdir()
+    lpred.make_table(rows).to_parquet(pdir / "predictions.parquet")
+    pd.DataFrame({"image_id": [f for f, _, _ in files.values()], "orig_height": [h for _, h, _ in files.values()],
+                  "orig_width": [w for _, _, w in files.values()], "error": ""}).to_parquet(pdir / "images.parquet")
+    (pdir / "meta.json").write_text(json.dumps({"status": "done", "source": {"images": str(d), "root": str(d)}}))
+    s = make_submission.SubmissionSettings(predictions=[pdir], gt=d / "sample.json", out_dir=tmp_path / "sub",
+                                           mask_size=0, report_images=1, processes=1, progress=False,
+                                           postprocess={"overlap": "none", "nms_iou": 1.0, "min_area": 0})
+    meta = make_submission.run(s)
+    assert meta["scores"]["m"]["kaggle"] == 1.0 and meta["scores"]["m"]["AP"] == pytest.approx(1.0)
+    sub = pd.read_csv(tmp_path / "sub" / "submission.csv")
+    assert set(sub["ImageId"]) == {"000000009813.jpg", "000000010223.jpg"}
+    shown = list((tmp_path / "sub" / "report" / "overlays").glob("*.png"))  # image | ground truth | model
+    assert len(shown) == 1 and shown[0].stem in {"000000009813", "000000010223"}

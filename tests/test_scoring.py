@@ -1,12 +1,20 @@
 """lib/scoring.py: the Kaggle metric and COCO mask AP of a prediction table after post-processing."""
 from __future__ import annotations
 
+import contextlib
+import io
+import json
+
 import numpy as np
 import pytest
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 
 from lib import prediction_table as lpred
 from lib import scoring as lscoring
 from lib.kaggle_data import resize_mask
+from lib.label_descriptions import label_descriptions
 from test_postprocess import images_df, pred_rows, rect, write_gt
 
 
@@ -47,3 +55,42 @@ def test_score_table_ground_truth_as_predictions_is_perfect(tmp_path):
     assert s["kaggle"] == 1.0 and "10_3_7" in s["per_class"]
     s = lscoring.score_table(t2, gt, full_class_ids=True, progress=False)  # attributes off: "10" != "10_3_7"
     assert s["kaggle"] < 1.0
+
+
+def test_coco_json_ground_truth_scores_like_pycocotools(shared_data, tmp_path):
+    """Fashionpedia's sample as ground truth and its fake results as predictions (categories by name): the COCO
+    mask AP equals pycocotools' own evaluation of the same masks, the Kaggle metric is in (0, 1)."""
+    d = shared_data / "real_samples" / "fashionpedia_sample"
+    gt = json.loads((d / "sample.json").read_text())
+    names = {c["id"]: c["name"] for c in gt["categories"]}
+    ours = {c["name"]: c["id"] for c in label_descriptions()["categories"]}
+    files = {im["id"]: (im["file_name"], im["height"], im["width"]) for im in gt["images"]}
+    rows = []
+    for r in json.loads((d / "fake_results.json").read_text()):
+        if names[r["category_id"]] not in ours:
+            continue
+        name, h, w = files[r["image_id"]]
+        m = mask_utils.decode(r["segmentation"]).astype(np.float32)
+        rows += pred_rows(name, [m], [ours[names[r["category_id"]]]], [r["score"]], orig=(h, w))
+    table = lpred.make_table(rows)
+    exact = {"score_thresh": 0.0, "mask_thresh": 0.5, "nms_iou": 1.0, "overlap": "none", "min_area": 0}
+    s = lscoring.score_table(table, d / "sample.json", exact, mask_size=None, progress=False)
+    # pycocotools on the same data: our category ids for both sides, the unmapped categories left out
+    keep = [a for a in gt["annotations"] if names[a["category_id"]] in ours]
+    ref_gt = {"images": gt["images"], "categories": [{"id": i, "name": n} for n, i in ours.items()],
+              "annotations": [dict(a, category_id=ours[names[a["category_id"]]]) for a in keep]}
+    dets = [dict(r, category_id=ours[names[r["category_id"]]]) for r in json.loads((d / "fake_results.json").read_text())
+            if names[r["category_id"]] in ours]
+    with contextlib.redirect_stdout(io.StringIO()):
+        cg = COCO()
+        cg.dataset = ref_gt
+        cg.createIndex()
+        for a in cg.dataset["annotations"]:
+            a.setdefault("area", float(mask_utils.area(cg.annToRLE(a))))
+        cd = cg.loadRes(dets)
+        ev = COCOeval(cg, cd, iouType="segm")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    assert s["AP"] == pytest.approx(ev.stats[0], abs=1e-6) and s["AP50"] == pytest.approx(ev.stats[1], abs=1e-6)
+    assert s["num_images"] == 2 and 0.0 < s["kaggle"] < 1.0
