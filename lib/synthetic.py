@@ -9,6 +9,8 @@ Layout written by :func:`generate_dataset` into ``out_dir``::
     sample_submission.csv    ImageId,EncodedPixels,ClassId: one placeholder row "1 1", "0" per test image
     test_ground_truth.csv    train.csv format for the test images (offline scoring)
     synthetic.json           marker: generator version, parameters, counts, sizes, category counts
+    instances_train.json     (``coco=True``) the same annotations in COCO format, as Fashionpedia ships them
+    instances_test.json      (``coco=True``) the test images' ground truth in COCO format
 
 Images show 1-3 front-facing, person-like figures (head, torso, arms, legs, skin tones, hair) dressed in
 garments drawn as category-typical polygons/ellipses with textures (plain, stripe, check, dot, floral,
@@ -1948,11 +1950,12 @@ def _existing(out: Path, params: dict) -> dict | None:
 
 def generate_dataset(out_dir, n_train: int = 48, n_test: int = 12, seed: int = 0, min_side: int = 256,
                      max_side: int = 768, jpeg_quality: int = 90, progress: bool = True,
-                     preset: str = "realistic") -> dict:
+                     preset: str = "realistic", coco: bool = False) -> dict:
     """Write the synthetic dataset (layout in the module docstring) into ``out_dir``; return its summary.
 
     ``preset`` ("realistic" or "demo", see :data:`PRESETS`) is recorded with the other parameters in the
-    marker; an unknown preset raises ``ValueError``.
+    marker; an unknown preset raises ``ValueError``. ``coco``: also write the same annotations in COCO
+    format (``instances_train.json`` / ``instances_test.json``, :func:`coco_json`), as Fashionpedia ships them.
 
     ``out_dir`` is created if needed. A non-empty directory without a ``synthetic.json`` marker is
     refused (``ValueError``) so a real dataset is never overwritten. If the marker records the same
@@ -1961,6 +1964,8 @@ def generate_dataset(out_dir, n_train: int = 48, n_test: int = 12, seed: int = 0
     plus ``out_dir`` and ``reused`` (True when nothing was regenerated).
     """
     params = _check_params(n_train, n_test, seed, min_side, max_side, jpeg_quality, preset)
+    if coco:  # only then in the marker, so the sets written without it stay as they were
+        params["coco"] = True
     cfg = preset_settings(preset)
     out = Path(out_dir)
     meta = _existing(out, params)
@@ -1999,6 +2004,10 @@ def generate_dataset(out_dir, n_train: int = 48, n_test: int = 12, seed: int = 0
     for split, name in (("train", "train.csv"), ("test", "test_ground_truth.csv")):
         ordered = sorted(rows[split], key=lambda r: r[0])  # stable: instance order kept within an image
         lio.atomic_write_text(out / name, _csv_text(header, ordered))
+    if coco:
+        for split in ("train", "test"):
+            lio.atomic_write_json(out / f"instances_{split}.json", coco_json(sorted(rows[split], key=lambda r: r[0])),
+                                  indent=None)
     test_ids = sorted(image_id_for(params["seed"], "test", i) for i in range(params["n_test"]))
     lio.atomic_write_text(out / "sample_submission.csv",
                           _csv_text("ImageId,EncodedPixels,ClassId", [(t, "1 1", "0") for t in test_ids]))
@@ -2019,3 +2028,36 @@ def generate_dataset(out_dir, n_train: int = 48, n_test: int = 12, seed: int = 0
                 category_images={s: {str(c): int(images[s][c]) for c in range(N_CATEGORIES)} for s in images})
     lio.atomic_write_json(out / MARKER, meta)
     return dict(meta, out_dir=str(out), reused=False)
+
+
+def coco_json(rows) -> dict:
+    """Kaggle-format rows ``(ImageId, EncodedPixels, Height, Width, ClassId)`` as a COCO instance file in
+    Fashionpedia's form: ``images``, ``annotations`` (``segmentation`` as compressed RLE, or - every third
+    one - as uncompressed RLE, so readers meet both; ``attribute_ids``, ``area``, ``bbox``, ``iscrowd``),
+    ``categories`` and ``attributes`` of the competition's label file (ids as there)."""
+    from pycocotools import mask as mask_utils
+
+    from .boxes import mask_bbox
+    from .labels import parse_class_id
+
+    labels = label_descriptions()
+    images, annotations, ids = [], [], {}
+    for image_id, enc, h, w, class_id in rows:
+        if image_id not in ids:
+            ids[image_id] = len(ids) + 1
+            images.append({"id": ids[image_id], "file_name": image_id, "height": int(h), "width": int(w)})
+        m = lrle.decode(enc, (int(h), int(w)))
+        cat, attrs = parse_class_id(class_id)
+        if len(annotations) % 3 == 2:  # uncompressed: run lengths down the columns, background first
+            flat = m.flatten(order="F")
+            edges = np.flatnonzero(np.diff(np.concatenate([[0], flat, [1 - flat[-1]]])))
+            seg = {"size": [int(h), int(w)], "counts": np.diff(np.concatenate([[0], edges])).tolist()}
+        else:
+            rle = mask_utils.encode(np.asfortranarray(m))
+            seg = {"size": [int(h), int(w)], "counts": rle["counts"].decode("ascii")}
+        x1, y1, x2, y2 = mask_bbox(m)
+        annotations.append({"id": len(annotations) + 1, "image_id": ids[image_id], "category_id": cat,
+                            "attribute_ids": list(attrs), "segmentation": seg, "area": int(m.sum()),
+                            "bbox": [x1, y1, x2 - x1, y2 - y1], "iscrowd": 0})
+    return {"info": dict(labels["info"]), "images": images, "annotations": annotations,
+            "categories": labels["categories"], "attributes": labels["attributes"]}
