@@ -31,6 +31,9 @@ from . import labels as llabels
 from . import rle as lrle
 
 TRAIN_COLUMNS = ("ImageId", "EncodedPixels", "Height", "Width", "ClassId")
+# iMaterialist (Fashion) 2020 (FGVC7): ClassId is the category alone, attribute ids in their own column
+# ("115,136,143", or empty), of the 294 of its label_descriptions.json.
+TRAIN_COLUMNS_2020 = TRAIN_COLUMNS + ("AttributesIds",)
 SUBMISSION_COLUMNS = ("ImageId", "EncodedPixels", "ClassId")
 MAX_SIDE = 20000  # larger Height/Width values are treated as corrupt rows
 
@@ -61,7 +64,8 @@ class Row:
 def index_csv(path: str | Path, columns=TRAIN_COLUMNS) -> tuple[dict[str, list[tuple[int, int]]], list[Problem]]:
     """Scan a Kaggle CSV once; return ``{image_id: [(row, byte_offset), ...]}`` in file order, and problems.
 
-    Checks the header exactly. Only the ImageId (first field) of each line is
+    Checks the header exactly (train.csv: the 2019 or the 2020 edition's, :func:`csv_layout`). Only the ImageId
+    (first field) of each line is
     looked at here; the rest is validated by :func:`read_rows`. Blank lines are
     ignored. Raises ``ValueError`` for a missing/wrong header or an empty file.
     """
@@ -73,8 +77,11 @@ def index_csv(path: str | Path, columns=TRAIN_COLUMNS) -> tuple[dict[str, list[t
         if not header:
             raise ValueError(f"{path}: file is empty (expected the header {','.join(columns)})")
         got = header.decode("utf-8-sig", errors="replace").strip()
-        if [c.strip() for c in got.split(",")] != list(columns):
-            raise ValueError(f"{path}: header is {got[:200]!r}, expected {','.join(columns)!r}")
+        names = [c.strip() for c in got.split(",")]
+        if names != list(columns) and not (tuple(columns) == TRAIN_COLUMNS and names == list(TRAIN_COLUMNS_2020)):
+            raise ValueError(f"{path}: header is {got[:200]!r}, expected {','.join(columns)!r}"
+                             + (f" (or the 2020 edition's {','.join(TRAIN_COLUMNS_2020)!r})"
+                                if tuple(columns) == TRAIN_COLUMNS else ""))
         offset = len(header)
         row = 1
         for line in f:
@@ -125,10 +132,38 @@ def split_csv_line(line: str) -> list[str]:
         csv.field_size_limit(old)
 
 
-def parse_row(fields: list[str], row: int, path: str, num_categories: int, num_attributes: int) -> Row:
-    """Validate one train.csv row (already split into fields); raise ``ValueError`` saying what is wrong."""
-    if len(fields) != len(TRAIN_COLUMNS):
-        raise ValueError(f"expected {len(TRAIN_COLUMNS)} fields, got {len(fields)}")
+def csv_layout(path: str | Path) -> str:
+    """``"2020"`` when a train.csv has the 2020 edition's header (:data:`TRAIN_COLUMNS_2020`), else ``"2019"``."""
+    with open(path, "rb") as f:
+        header = f.readline().decode("utf-8-sig", errors="replace").strip()
+    return "2020" if [c.strip() for c in header.split(",")] == list(TRAIN_COLUMNS_2020) else "2019"
+
+
+def _attribute_ids(text: str, num_attributes: int) -> tuple[int, ...]:
+    """The 2020 edition's AttributesIds field ("115,136,143" or empty) as sorted unique ids."""
+    items = [a.strip() for a in text.split(",")] if text.strip() else []
+    if not all(a.isascii() and a.isdigit() and len(a) <= 6 for a in items):
+        raise ValueError(f"AttributesIds {text[:40]!r} is not a comma-separated list of ids")
+    ids = sorted({int(a) for a in items})
+    bad = [a for a in ids if a >= num_attributes]
+    if bad:
+        raise ValueError(f"attribute ids {bad} out of range 0-{num_attributes - 1}")
+    return tuple(ids)
+
+
+def parse_row(fields: list[str], row: int, path: str, num_categories: int, num_attributes: int,
+              layout: str = "2019") -> Row:
+    """Validate one train.csv row (already split into fields); raise ``ValueError`` saying what is wrong.
+    ``layout="2020"``: the row has the AttributesIds field and its ClassId is the category alone; the row's
+    ``class_id`` is written the 2019 way (``"10_7_20"``) either way."""
+    columns = TRAIN_COLUMNS_2020 if layout == "2020" else TRAIN_COLUMNS
+    if len(fields) != len(columns):
+        raise ValueError(f"expected {len(columns)} fields, got {len(fields)}")
+    if layout == "2020":
+        if not fields[4].strip().isdigit():
+            raise ValueError(f"ClassId {fields[4].strip()[:20]!r} is not a category id (2020 layout)")
+        attrs = _attribute_ids(fields[5], num_attributes)
+        fields = [*fields[:4], llabels.format_class_id(int(fields[4].strip()), attrs)]
     image_id, enc, hs, ws, cls = (f.strip() for f in fields)
     if not all(v.isascii() and v.isdigit() and len(v) <= 9 for v in (hs, ws)):
         raise ValueError(f"Height/Width {hs[:20]!r}/{ws[:20]!r} are not integers")
@@ -153,6 +188,7 @@ def read_rows(
     rows: list[Row] = []
     problems: list[Problem] = []
     seen: dict[tuple, int] = {}
+    layout = csv_layout(path)
     with open(path, "rb") as f:
         for row_no, offset in entries:
             f.seek(offset)
@@ -165,7 +201,7 @@ def read_rows(
             image_id = _first_field(raw)
             try:
                 fields = split_csv_line(line)
-                r = parse_row(fields, row_no, str(path), num_categories, num_attributes)
+                r = parse_row(fields, row_no, str(path), num_categories, num_attributes, layout)
             except ValueError as e:
                 problems.append(Problem(str(path), row_no, image_id, str(e)))
                 continue

@@ -396,3 +396,29 @@ def test_height_width_must_be_plain_integers(tmp_path):
     rows, problems = kaggle_data.read_rows(p, groups["a.jpg"])
     assert len(rows) == 1 and [q.row for q in problems] == [3, 4]
     assert all("not integers" in q.reason for q in problems)
+
+
+def test_2020_layout_rows_read_with_their_attribute_column(tmp_path):
+    """The 2020 edition's train.csv: header detected, ClassId the category alone, AttributesIds its own
+    (quoted, comma-separated) column; rows come out with the 2019-style class_id."""
+    p = tmp_path / "train.csv"
+    p.write_text("ImageId,EncodedPixels,Height,Width,ClassId,AttributesIds\n"
+                 'a.jpg,1 3,4,4,6,"115,136,143"\n'
+                 "a.jpg,5 2,4,4,31,\n"
+                 'b.jpg,1 2,4,4,10_3,"1"\n'
+                 'b.jpg,1 2,4,4,10,"1,x"\n'
+                 'b.jpg,3 2,4,4,10,"400"\n')
+    assert kaggle_data.csv_layout(p) == "2020"
+    groups, problems = kaggle_data.index_csv(p)
+    assert problems == [] and sorted(groups) == ["a.jpg", "b.jpg"]
+    rows, problems = kaggle_data.read_rows(p, groups["a.jpg"], num_attributes=341)
+    assert [(r.category, r.attributes, r.class_id) for r in rows] == [(6, (115, 136, 143), "6_115_136_143"),
+                                                                       (31, (), "31")]
+    rows, problems = kaggle_data.read_rows(p, groups["b.jpg"], num_attributes=341)
+    assert rows == [] and [q.row for q in problems] == [4, 5, 6]
+    assert "not a category id" in problems[0].reason and "comma-separated" in problems[1].reason
+    assert "out of range" in problems[2].reason
+    with pytest.raises(ValueError, match="or the 2020 edition's"):
+        (tmp_path / "bad.csv").write_text("ImageId,EncodedPixels,Height,Width\n")
+        kaggle_data.index_csv(tmp_path / "bad.csv")
+    assert kaggle_data.csv_layout(tmp_path / "bad.csv") == "2019"
