@@ -1,12 +1,12 @@
-"""Command-line flags of the scripts 02-06 and their translation into configs.
+"""Command-line flags of the scripts 01-06 and their translation into settings and configs.
 
 :func:`add_common_args` (data, optimisation, logging, checkpoints, augmentation, starting weights) and
-:func:`add_detector_args` (03/04's model flags) build the parsers; :func:`detector_overrides` and
-:func:`train_scale_range` turn parsed flags into ``lib.models`` config keys (``None`` = the model's default).
-:func:`add_predict_args` / :func:`predict_settings` build 05's parser and settings, :func:`add_submission_args`
-and :func:`submission_settings` build 06's parser and settings. This is the one module
-that reads argparse Namespaces: :func:`train_settings` turns a training script's flags into
-``lib.engine.TrainSettings``.
+:func:`add_detector_args` (03/04's model flags) build the training parsers; :func:`detector_overrides` and
+:func:`train_scale_range` turn parsed flags into ``lib.models`` config keys (``None`` = the model's default),
+:func:`train_settings` into ``lib.engine.TrainSettings``. :func:`add_prepare_args` builds 01's parser,
+:func:`add_predict_args` / :func:`predict_settings` 05's parser and ``lib.predict.PredictSettings``,
+:func:`add_submission_args` / :func:`submission_settings` 06's parser and
+``lib.make_submission.SubmissionSettings``. This is the one module that reads argparse Namespaces.
 """
 from __future__ import annotations
 
@@ -364,3 +364,41 @@ def submission_settings(args):
         tune_drop_categories=args.tune_drop_categories, weight_choices=list(args.weight_choices),
         max_models=args.max_models, refine=args.refine, report_images=args.report_images, processes=args.processes,
         progress=not args.no_progress, record=args_dict(args))
+
+
+def add_prepare_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """01_prepare_data.py's flags: the sources (Kaggle layout, COCO files, the synthetic generator), the
+    prepared set's size and split, processes."""
+    p.add_argument("--data-dir", default=None,
+                   help="Kaggle-layout input directory (default: data/synthetic, unless --coco-json alone is given)")
+    p.add_argument("--out-dir", default="work/prepared", help="prepared-set directory to write")
+    p.add_argument("--train-csv", default=None, help="train.csv to read (default: <data-dir>/train.csv)")
+    p.add_argument("--image-dir", default=None, help="training images (default: <data-dir>/train)")
+    p.add_argument("--labels", default=None, help="label file (default: <data-dir>/label_descriptions.json)")
+    p.add_argument("--coco-json", nargs="+", default=[], metavar="FILE",
+                   help="COCO-format instance files (Fashionpedia's instances_attributes_*2020.json) to prepare too, "
+                        "categories and attributes mapped by name; an ImageId already in an earlier source is "
+                        "prepared once")
+    p.add_argument("--coco-images", nargs="+", default=[], metavar="DIR",
+                   help="the image folder of each --coco-json file (default: the file's folder)")
+    p.add_argument("--long-side", type=int, default=1024, help="resize images so the long side is this (0 = keep)")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="fraction of images in the val split")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split")
+    p.add_argument("--processes", type=int, default=0, help="processes preparing images in parallel (0 = all cores)")
+    p.add_argument("--limit", type=int, default=None, help="prepare only the first N images (quick runs)")
+    p.add_argument("--jpeg-quality", type=int, default=95, help="JPEG quality of the cached images")
+    p.add_argument("--strict", action="store_true", help="exit with status 1 if any row or image was skipped")
+    g = p.add_argument_group("synthetic data (offline default)")
+    g.add_argument("--synthetic", action="store_true",
+                   help="first generate the synthetic Kaggle-layout dataset into --data-dir (reused if it is there)")
+    g.add_argument("--synthetic-train", type=int, default=48, help="synthetic training images")
+    g.add_argument("--synthetic-test", type=int, default=12, help="synthetic test images")
+    g.add_argument("--synthetic-seed", type=int, default=0, help="synthetic generator seed")
+    g.add_argument("--synthetic-max-side", type=int, default=768, help="long side of the largest synthetic image")
+    g.add_argument("--synthetic-min-side", type=int, default=256, help="long side of the smallest synthetic image")
+    g.add_argument("--synthetic-preset", choices=("realistic", "demo"), default="realistic",
+                   help="how hard the synthetic images are: 'realistic' (1-3 figures, all 46 categories, cluttered "
+                        "backgrounds) or 'demo' (one figure in a few big garments on a plain background; "
+                        "see lib.synthetic.PRESETS); a set generated with another preset is regenerated")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    return p

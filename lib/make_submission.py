@@ -185,7 +185,8 @@ def run(s: SubmissionSettings) -> dict:
         "scores": {k: {m: v[m] for m in ("kaggle", "AP", "AP50", "AP75")} for k, v in scores.items()},
         "report": str(report) if report else None, "seconds": round(time.time() - t0, 1)}
     atomic_write_json(out_dir / "meta.json", meta)
-    print(f"wrote {out_dir / 'submission.csv'}: {len(sub)} rows for {len(ids)} images ({n_placeholder} placeholder rows)")
+    print(f"wrote {out_dir / 'submission.csv'}: {len(sub)} rows for {len(ids)} images "
+          f"({n_placeholder} placeholder rows)")
     return meta
 
 

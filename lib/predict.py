@@ -362,8 +362,9 @@ def _export(s: PredictSettings, frame: pd.DataFrame, summary: dict) -> dict:
     out_dir = Path(s.out_dir)
     overlays, coco = s.exports()
     written = export_predictions(out_dir, lpred.read_table(out_dir / "predictions.parquet"),
-                                 pd.read_parquet(out_dir / "images.parquet"), dict(zip(frame["image_id"], frame["path"])),
-                                 summary.get("labels"), s.params, overlays, coco, s.progress)
+                                 pd.read_parquet(out_dir / "images.parquet"),
+                                 dict(zip(frame["image_id"], frame["path"])), summary.get("labels"), s.params,
+                                 overlays, coco, s.progress)
     summary = {**summary, "export": written}
     lio.atomic_write_json(out_dir / "meta.json", summary)
     print(f"05: exported {written['num_instances']} instances ({written['exported']}): "

@@ -19,7 +19,8 @@ from .metric import Evaluator, image_score
 from .postprocess import decode_windows, finalize, image_groups, resolve_params
 from .prediction_table import check_images
 
-__all__ = ["ground_truth_index", "load_ground_truth", "decode_all", "score_windows", "score_table", "class_scores", "score_line"]
+__all__ = ["ground_truth_index", "load_ground_truth", "decode_all", "score_windows", "score_table", "class_scores",
+           "score_line"]
 
 
 def ground_truth_index(gt_path: str | Path):
