@@ -16,7 +16,7 @@ from lib.postprocess import load_params
 from lib.tuning import load_combination
 from test_fusion import H, W
 from test_postprocess import pred_rows, rect, write_gt
-from test_scoring import gt_items
+from test_scoring import fashionpedia_sample, gt_items
 from test_submission import make_data_dir
 from test_tuning import gt_csv, three_models, write_pred_dir
 
@@ -161,13 +161,7 @@ def test_folder_predictions_scored_on_coco_ground_truth(shared_data, tmp_path):
     submission over the folder's images, no Kaggle test folder needed."""
     from pycocotools import mask as mask_utils
 
-    from lib.label_descriptions import label_descriptions
-
-    d = shared_data / "real_samples" / "fashionpedia_sample"
-    gt = json.loads((d / "sample.json").read_text())
-    names = {c["id"]: c["name"] for c in gt["categories"]}
-    ours = {c["name"]: c["id"] for c in label_descriptions()["categories"]}
-    files = {im["id"]: (im["file_name"], im["height"], im["width"]) for im in gt["images"]}
+    d, gt, names, ours, files = fashionpedia_sample(shared_data)
     rows = []
     for a in gt["annotations"]:  # the ground truth itself as predictions: a perfect score
         if names[a["category_id"]] in ours:

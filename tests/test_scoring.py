@@ -57,14 +57,21 @@ def test_score_table_ground_truth_as_predictions_is_perfect(tmp_path):
     assert s["kaggle"] < 1.0
 
 
-def test_coco_json_ground_truth_scores_like_pycocotools(shared_data, tmp_path):
-    """Fashionpedia's sample as ground truth and its fake results as predictions (categories by name): the COCO
-    mask AP equals pycocotools' own evaluation of the same masks, the Kaggle metric is in (0, 1)."""
+def fashionpedia_sample(shared_data):
+    """The real Fashionpedia sample: its folder, its JSON, its category names by id, our category ids by name,
+    and ``{image id: (file_name, height, width)}``."""
     d = shared_data / "real_samples" / "fashionpedia_sample"
     gt = json.loads((d / "sample.json").read_text())
     names = {c["id"]: c["name"] for c in gt["categories"]}
     ours = {c["name"]: c["id"] for c in label_descriptions()["categories"]}
     files = {im["id"]: (im["file_name"], im["height"], im["width"]) for im in gt["images"]}
+    return d, gt, names, ours, files
+
+
+def test_coco_json_ground_truth_scores_like_pycocotools(shared_data, tmp_path):
+    """Fashionpedia's sample as ground truth and its fake results as predictions (categories by name): the COCO
+    mask AP equals pycocotools' own evaluation of the same masks, the Kaggle metric is in (0, 1)."""
+    d, gt, names, ours, files = fashionpedia_sample(shared_data)
     rows = []
     for r in json.loads((d / "fake_results.json").read_text()):
         if names[r["category_id"]] not in ours:
