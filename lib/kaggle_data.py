@@ -214,6 +214,18 @@ def read_rows(
     return rows, problems
 
 
+def remap_attributes(rows: list[Row], mapping: dict[int, int]) -> list[Row]:
+    """Rows with their attribute ids mapped through ``mapping`` (ids without an entry dropped), ClassIds
+    rewritten to match."""
+    from dataclasses import replace
+
+    out = []
+    for r in rows:
+        attrs = tuple(sorted({mapping[a] for a in r.attributes if a in mapping}))
+        out.append(replace(r, attributes=attrs, class_id=llabels.format_class_id(r.category, attrs)))
+    return out
+
+
 def read_image(path: str | Path) -> np.ndarray:
     """Read an image as RGB uint8 (H, W, 3) without applying EXIF orientation.
 

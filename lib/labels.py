@@ -79,6 +79,28 @@ def load_labels(path: str | Path) -> LabelSet:
     return LabelSet(tuple(data["categories"]), tuple(data["attributes"]), data.get("info", {}))
 
 
+def competition_labels() -> LabelSet:
+    """The 2019 competition's labels (46 categories, 92 attributes), embedded (:mod:`lib.label_descriptions`)."""
+    from .label_descriptions import label_descriptions
+
+    d = label_descriptions()
+    return LabelSet(tuple(d["categories"]), tuple(d["attributes"]), d.get("info", {}))
+
+
+def read_vocabulary(path: str | Path) -> tuple[dict[int, str], dict[int, str]]:
+    """``({category id: name}, {attribute id: name})`` of any label file, ids as written (the 2020 edition's
+    attribute ids are not 0..N-1, which :func:`load_labels` requires); ``ValueError`` naming the file."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+        return ({int(c["id"]): str(c["name"]) for c in data["categories"]},
+                {int(a["id"]): str(a["name"]) for a in data.get("attributes") or []})
+    except FileNotFoundError:
+        raise FileNotFoundError(f"label file not found: {path}") from None
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: not a label file with categories and attributes ({e})") from None
+
+
 def parse_class_id(
     class_id: str, num_categories: int = N_CATEGORIES, num_attributes: int = N_ATTRIBUTES
 ) -> tuple[int, tuple[int, ...]]:

@@ -38,6 +38,7 @@ record exists (and was made with the same ``settings``: format version, long sid
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 import os
 import time
 from pathlib import Path
@@ -57,6 +58,16 @@ from .coco_data import CocoSource, annotation_rows, read_coco
 
 STAGE = "01_prepare_data"
 CACHE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class CsvSource:
+    """A train.csv of either edition. ``num_attributes``: the attribute ids its rows may use;
+    ``attribute_map``: the 2020 edition's attribute ids -> the prepared set's (by name; None for 2019)."""
+
+    path: str
+    num_attributes: int
+    attribute_map: dict | None = None
 
 INDEX_COLUMNS = [
     "image_id",  # Kaggle ImageId, e.g. "abc.jpg"
@@ -148,15 +159,17 @@ def prepare_image(
 ) -> tuple[dict | None, list[ldata.Problem]]:
     """Prepare one image; return (index row or None if skipped, problems).
 
-    ``source``: the train.csv path (the image's rows at ``entries``, from :func:`lib.kaggle_data.index_csv`),
+    ``source``: a :class:`CsvSource` (the image's rows at ``entries``, from :func:`lib.kaggle_data.index_csv`),
     or a :class:`lib.coco_data.CocoSource` holding the image's annotations (``entries`` None)."""
     if isinstance(source, CocoSource):
         rows, problems = annotation_rows(source, image_id, num_attributes)
         csv_path = str(source.path)
         first_row = int(source.annotations[image_id][0].get("id", 0)) if source.annotations.get(image_id) else 0
     else:
-        rows, problems = ldata.read_rows(source, entries, num_categories, num_attributes)
-        csv_path = str(source)
+        rows, problems = ldata.read_rows(source.path, entries, num_categories, source.num_attributes)
+        if source.attribute_map is not None:
+            rows = ldata.remap_attributes(rows, source.attribute_map)
+        csv_path = source.path
         first_row = entries[0][0] if entries else 0
     img_file = Path(image_dir) / image_id
     if not rows:
@@ -224,7 +237,7 @@ def _check_image_ids(ids: list[str], images: dict, problems: list) -> list[str]:
     keep, stems = [], {}
     for i in ids:
         source, _, entries = images[i]
-        csv_path, first_row = (source, entries[0][0]) if entries else (getattr(source, "path", source), 0)
+        csv_path, first_row = source.path, (entries[0][0] if entries else 0)
         if Path(i).name != i or i in (".", ".."):
             problems.append(ldata.Problem(str(csv_path), first_row, i,
                                           "ImageId is not a plain file name (a path); image skipped"))
@@ -330,8 +343,7 @@ def prepare_dataset(
             "num_images": len(rows), "num_images_skipped": selected - len(rows), "num_problems": len(problems),
             **_index_summary(index, labels), "seconds": round(time.time() - t0, 2), "args": args or {},
         }
-        if coco:
-            meta["sources"] = sources
+        meta["sources"] = sources
         lio.atomic_write_json(out_dir / "meta.json", meta)
         return meta
 
@@ -342,13 +354,11 @@ def _read_inputs(data_dir: Path | None, out_dir: Path, csv_path: Path | None, im
     (the first source of an ImageId wins), the problems found so far and a summary per source."""
     if csv_path is not None and not csv_path.exists():
         raise FileNotFoundError(f"{csv_path} not found: --data-dir must be a Kaggle-layout directory")
-    if label_file is not None:
+    edition = ldata.csv_layout(csv_path) if csv_path is not None else None
+    if label_file is not None and edition != "2020":
         labels = llabels.load_labels(label_file)
-    else:
-        from .label_descriptions import label_descriptions
-
-        d = label_descriptions()
-        labels = llabels.LabelSet(tuple(d["categories"]), tuple(d["attributes"]), d.get("info", {}))
+    else:  # the 2020 edition's label file is mapped onto these by name (_csv_source)
+        labels = llabels.competition_labels()
     inside = data_dir is not None and (data_dir.resolve() == out_dir.resolve()
                                        or data_dir.resolve() in out_dir.resolve().parents)
     if inside:
@@ -358,21 +368,44 @@ def _read_inputs(data_dir: Path | None, out_dir: Path, csv_path: Path | None, im
         groups, problems = ldata.index_csv(csv_path)
         if not groups:
             raise ValueError(f"{csv_path}: no data rows (only the header{', and bad rows' if problems else ''})")
-        images = {i: (str(csv_path), str(image_dir), e) for i, e in groups.items()}
-        sources.append({"kind": "kaggle", "csv": str(csv_path), "image_dir": str(image_dir), "num_images": len(groups)})
+        source, vocabulary = _csv_source(csv_path, edition, label_file, labels)
+        images = {i: (source, str(image_dir), e) for i, e in groups.items()}
+        sources.append({"kind": "kaggle", "edition": edition, "csv": str(csv_path), "image_dir": str(image_dir),
+                        "num_images": len(groups), "attribute_vocabulary": vocabulary})
     for json_path, folder in coco:
         src = read_coco(json_path, folder or Path(json_path).parent, labels)
         problems += src.problems
         sources.append(src.summary())
         for i in src.images:
             if i in images:
-                problems.append(ldata.Problem(str(src.path), 0, i, f"ImageId also in {images[i][0]}; prepared "
+                problems.append(ldata.Problem(str(src.path), 0, i, f"ImageId also in {images[i][0].path}; prepared "
                                               f"once, from there"))
             else:
                 images[i] = (src.for_image(i), str(src.image_dir), None)
     if not images:
         raise ValueError("nothing to prepare: give --data-dir (a Kaggle-layout directory) and/or --coco-json")
     return labels, images, problems, sources
+
+
+def _csv_source(csv_path: Path, edition: str, label_file: Path | None, labels) -> tuple[CsvSource, dict]:
+    """The :class:`CsvSource` of a train.csv and what meta.json records of its attribute vocabulary. The 2020
+    edition's categories and attributes are mapped onto ``labels`` by name (its own label file: ``label_file``);
+    a category without a namesake is an error (every row of it would be lost)."""
+    if edition != "2020":
+        return CsvSource(str(csv_path), labels.num_attributes), {"label_file": str(label_file) if label_file else
+                                                                 None, "size": labels.num_attributes}
+    if label_file is None or not label_file.is_file():
+        raise FileNotFoundError(f"{csv_path} is the 2020 edition's train.csv: its label_descriptions.json is "
+                                f"needed (not found: {label_file})")
+    cats, attrs = llabels.read_vocabulary(label_file)
+    ours = {n: i for i, n in enumerate(labels.category_names)}
+    if any(ours.get(n) != i for i, n in cats.items()):
+        raise ValueError(f"{label_file}: its categories are not the 46 of the 2019 edition (by id and name)")
+    by_name = {n: i for i, n in enumerate(labels.attribute_names)}
+    mapping = {i: by_name[n] for i, n in attrs.items() if n in by_name}
+    return (CsvSource(str(csv_path), max(attrs, default=-1) + 1, mapping),
+            {"label_file": str(label_file), "size": len(attrs), "mapped": len(mapping),
+             "onto": labels.num_attributes})
 
 
 def _claim_out_dir(out_dir: Path, held: contextlib.ExitStack) -> None:

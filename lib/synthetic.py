@@ -1950,12 +1950,15 @@ def _existing(out: Path, params: dict) -> dict | None:
 
 def generate_dataset(out_dir, n_train: int = 48, n_test: int = 12, seed: int = 0, min_side: int = 256,
                      max_side: int = 768, jpeg_quality: int = 90, progress: bool = True,
-                     preset: str = "realistic", coco: bool = False) -> dict:
+                     preset: str = "realistic", coco: bool = False, edition: str = "2019") -> dict:
     """Write the synthetic dataset (layout in the module docstring) into ``out_dir``; return its summary.
 
     ``preset`` ("realistic" or "demo", see :data:`PRESETS`) is recorded with the other parameters in the
     marker; an unknown preset raises ``ValueError``. ``coco``: also write the same annotations in COCO
     format (``instances_train.json`` / ``instances_test.json``, :func:`coco_json`), as Fashionpedia ships them.
+    ``edition="2020"``: the CSVs, ``label_descriptions.json`` and ``sample_submission.csv`` in the 2020
+    edition's layout (:func:`edition_2020_labels`: the 2019 attributes under sparse ids, in their own
+    AttributesIds column).
 
     ``out_dir`` is created if needed. A non-empty directory without a ``synthetic.json`` marker is
     refused (``ValueError``) so a real dataset is never overwritten. If the marker records the same
@@ -1966,6 +1969,10 @@ def generate_dataset(out_dir, n_train: int = 48, n_test: int = 12, seed: int = 0
     params = _check_params(n_train, n_test, seed, min_side, max_side, jpeg_quality, preset)
     if coco:  # only then in the marker, so the sets written without it stay as they were
         params["coco"] = True
+    if edition not in ("2019", "2020"):
+        raise ValueError(f"edition must be '2019' or '2020', got {edition!r}")
+    if edition == "2020":
+        params["edition"] = edition
     cfg = preset_settings(preset)
     out = Path(out_dir)
     meta = _existing(out, params)
@@ -1974,7 +1981,8 @@ def generate_dataset(out_dir, n_train: int = 48, n_test: int = 12, seed: int = 0
     out.mkdir(parents=True, exist_ok=True)
     base = {"generator": "lib.synthetic", "version": GENERATOR_VERSION, "params": params}
     lio.atomic_write_json(out / MARKER, dict(base, complete=False))
-    lio.atomic_write_text(out / "label_descriptions.json", lio.to_json(label_descriptions(), indent=2) + "\n")
+    labels = label_descriptions() if edition == "2019" else edition_2020_labels()
+    lio.atomic_write_text(out / "label_descriptions.json", lio.to_json(labels, indent=2) + "\n")
     rows = {"train": [], "test": []}
     counts = {"train": np.zeros(N_CATEGORIES, np.int64), "test": np.zeros(N_CATEGORIES, np.int64)}
     images = {"train": np.zeros(N_CATEGORIES, np.int64), "test": np.zeros(N_CATEGORIES, np.int64)}
@@ -2003,14 +2011,21 @@ def generate_dataset(out_dir, n_train: int = 48, n_test: int = 12, seed: int = 0
     header = "ImageId,EncodedPixels,Height,Width,ClassId"
     for split, name in (("train", "train.csv"), ("test", "test_ground_truth.csv")):
         ordered = sorted(rows[split], key=lambda r: r[0])  # stable: instance order kept within an image
-        lio.atomic_write_text(out / name, _csv_text(header, ordered))
+        if edition == "2020":
+            lio.atomic_write_text(out / name, _csv_text(header + ",AttributesIds", map(_row_2020, ordered)))
+        else:
+            lio.atomic_write_text(out / name, _csv_text(header, ordered))
     if coco:
         for split in ("train", "test"):
             lio.atomic_write_json(out / f"instances_{split}.json", coco_json(sorted(rows[split], key=lambda r: r[0])),
                                   indent=None)
     test_ids = sorted(image_id_for(params["seed"], "test", i) for i in range(params["n_test"]))
-    lio.atomic_write_text(out / "sample_submission.csv",
-                          _csv_text("ImageId,EncodedPixels,ClassId", [(t, "1 1", "0") for t in test_ids]))
+    if edition == "2020":
+        lio.atomic_write_text(out / "sample_submission.csv", _csv_text("ImageId,EncodedPixels,ClassId,AttributesIds",
+                                                                       [(t, "1 1", "0", "") for t in test_ids]))
+    else:
+        lio.atomic_write_text(out / "sample_submission.csv",
+                              _csv_text("ImageId,EncodedPixels,ClassId", [(t, "1 1", "0") for t in test_ids]))
 
     def size_summary(sz):
         if not sz:
@@ -2061,3 +2076,26 @@ def coco_json(rows) -> dict:
                             "bbox": [x1, y1, x2 - x1, y2 - y1], "iscrowd": 0})
     return {"info": dict(labels["info"]), "images": images, "annotations": annotations,
             "categories": labels["categories"], "attributes": labels["attributes"]}
+
+
+def _attribute_id_2020(attribute: int) -> int:
+    return 3 * attribute + 2  # sparse, as the 2020 edition's ids are
+
+
+def edition_2020_labels() -> dict:
+    """A label file in the 2020 edition's form for the synthetic set: the 46 categories and the 2019 attributes
+    under sparse ids (:func:`_attribute_id_2020`; the real file has 294 attributes, ids not 0..N-1)."""
+    d = label_descriptions()
+    return {"info": dict(d["info"], year=2020),
+            "categories": d["categories"],
+            "attributes": [dict(a, id=_attribute_id_2020(a["id"])) for a in d["attributes"]]}
+
+
+def _row_2020(row) -> tuple:
+    """A 2019 train.csv row as the 2020 edition writes it: ClassId the category, attribute ids (sparse) quoted."""
+    from .labels import parse_class_id
+
+    image_id, enc, h, w, class_id = row
+    cat, attrs = parse_class_id(class_id)
+    ids = ",".join(str(_attribute_id_2020(a)) for a in attrs)
+    return image_id, enc, h, w, cat, f'"{ids}"' if "," in ids else ids

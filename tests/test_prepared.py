@@ -424,3 +424,30 @@ def test_a_second_01_on_the_same_out_dir_is_refused_while_one_runs(synthetic_dat
         assert [p.name for p in out.iterdir()] == [".lock"]  # nothing touched
     finally:
         held.close()
+
+
+def test_2020_edition_prepares_like_2019(tmp_path):
+    """The generator's 2020 layout (ClassId the category, sparse attribute ids in AttributesIds, its own label
+    file) prepares to the same records as the 2019 layout of the same seed: attributes mapped by name."""
+    from lib import synthetic
+
+    a, b = tmp_path / "d2019", tmp_path / "d2020"
+    synthetic.generate_dataset(a, n_train=6, n_test=1, seed=5, min_side=96, max_side=160, progress=False)
+    synthetic.generate_dataset(b, n_train=6, n_test=1, seed=5, min_side=96, max_side=160, progress=False,
+                               edition="2020")
+    assert (b / "train.csv").read_text().startswith("ImageId,EncodedPixels,Height,Width,ClassId,AttributesIds\n")
+    assert kaggle_data.csv_layout(b / "train.csv") == "2020" and '"' in (b / "train.csv").read_text()
+    ma = prepared.prepare_dataset(a, tmp_path / "p2019", long_side=128, workers=1, progress=False)
+    mb = prepared.prepare_dataset(b, tmp_path / "p2020", long_side=128, workers=1, progress=False)
+    assert mb["num_problems"] == 0 and mb["num_images"] == ma["num_images"] == 6
+    assert mb["sources"][0]["edition"] == "2020" and mb["sources"][0]["attribute_vocabulary"]["mapped"] == 92
+    assert mb["labels"] == ma["labels"]  # the prepared set speaks the 2019 labels either way
+    with_attributes = 0
+    for image_id in prepared.load_index(tmp_path / "p2019")["image_id"]:
+        ra, rb = (prepared.read_ann(tmp_path / d, image_id)["instances"] for d in ("p2019", "p2020"))
+        assert ra == rb
+        with_attributes += sum(bool(i["attributes"]) for i in rb)
+    assert with_attributes > 0  # the sparse ids did map back
+    with pytest.raises(FileNotFoundError, match="2020 edition's train.csv"):
+        (b / "label_descriptions.json").unlink()
+        prepared.prepare_dataset(b, tmp_path / "p2020b", long_side=128, workers=1, progress=False)
