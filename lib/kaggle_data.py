@@ -35,6 +35,7 @@ TRAIN_COLUMNS = ("ImageId", "EncodedPixels", "Height", "Width", "ClassId")
 # ("115,136,143", or empty), of the 294 of its label_descriptions.json.
 TRAIN_COLUMNS_2020 = TRAIN_COLUMNS + ("AttributesIds",)
 SUBMISSION_COLUMNS = ("ImageId", "EncodedPixels", "ClassId")
+SUBMISSION_COLUMNS_2020 = SUBMISSION_COLUMNS + ("AttributesIds",)
 MAX_SIDE = 20000  # larger Height/Width values are treated as corrupt rows
 
 

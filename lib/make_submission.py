@@ -15,7 +15,9 @@ Flow of :func:`run` (settings: :class:`SubmissionSettings`):
 4. the models fused as chosen (:func:`lib.fusion.combine`); with ground truth, each model alone, all of them
    fused with equal weights and the chosen combination are scored (:func:`lib.scoring.score_table`,
    ``scores.json``);
-5. ``submission.csv`` built (:func:`lib.submission.build_submission`), validated and written; an HTML report
+5. ``submission.csv`` built (:func:`lib.submission.build_submission`), in the columns of ``data_dir``'s
+   edition (its ``sample_submission.csv`` header: the 2020 edition's AttributesIds column with that edition's
+   attribute ids, :func:`lib.submission.to_edition_2020`), validated and written; an HTML report
    (:func:`lib.report.write_report`) and ``meta.json``.
 """
 from __future__ import annotations
@@ -71,7 +73,7 @@ def validate_file(path, data_dir, mask_size: int | None, progress: bool = True) 
     """Check a submission file against ``data_dir``'s test images; print every problem. Returns 0 if valid."""
     images = lsub.list_test_images(data_dir, progress=progress)
     sizes = {r.image_id: (int(r.orig_height), int(r.orig_width)) for r in images.itertuples(index=False)}
-    problems = lsub.validate_submission(path, images["image_id"].tolist(), mask_size, sizes)
+    problems = lsub.validate_submission(path, images["image_id"].tolist(), mask_size, sizes, _edition(data_dir)[2])
     print("\n".join(problems + [f"{path}: {'VALID' if not problems else f'INVALID ({len(problems)} problems)'} "
                                 f"against {len(images)} test images of {data_dir}"]))
     return 1 if problems else 0
@@ -135,6 +137,19 @@ def _report(s: SubmissionSettings, compared: dict, params: dict, gt: Path | None
                                "predictions": ", ".join(map(str, s.predictions))})
 
 
+def _edition(data_dir) -> tuple[str, dict | None, set | None]:
+    """The submission's edition (``data_dir``'s sample_submission.csv header) and, for 2020, our attribute
+    ids -> the 2020 label file's (by name) and every attribute id of that file."""
+    from .labels import competition_labels, map_vocabulary, read_vocabulary
+
+    edition = lsub.submission_edition(data_dir)
+    if edition != "2020":
+        return edition, None, None
+    label_file = Path(data_dir) / "label_descriptions.json"
+    mapping, _ = map_vocabulary(label_file, competition_labels())
+    return edition, {ours: theirs for theirs, ours in mapping.items()}, set(read_vocabulary(label_file)[1])
+
+
 def run(s: SubmissionSettings) -> dict:
     """Stage 06 (module docstring). Returns the summary also written to ``<out_dir>/meta.json``; raises
     ``ValueError`` for inconsistent inputs (an unfinished 05 run, unknown models, a missing params file)."""
@@ -171,7 +186,10 @@ def run(s: SubmissionSettings) -> dict:
         atomic_write_json(out_dir / "scores.json", {"gt": str(gt), "scores": scores, "submission": combo})
     sizes = {r.image_id: (int(r.orig_height), int(r.orig_width)) for r in images.itertuples(index=False)}
     sub = lsub.build_submission(final, images, params, mask_size, progress=s.progress, workers=s.processes)
-    lsub.write_submission(sub, out_dir / "submission.csv", ids, mask_size, sizes)
+    edition, theirs, their_ids = _edition(s.data_dir)
+    if edition == "2020":
+        sub = lsub.to_edition_2020(sub, theirs)
+    lsub.write_submission(sub, out_dir / "submission.csv", ids, mask_size, sizes, their_ids)
     report = _report(s, compared, params, gt if gt.is_file() else None, scores, split) if s.report_images > 0 else None
     if report:
         print(f"report: {report}")
@@ -180,7 +198,7 @@ def run(s: SubmissionSettings) -> dict:
         "stage": "06_make_submission", "args": s.record, "predictions": [str(p) for p in s.predictions],
         "models": [n for n, _ in sources], "combination": combo,
         "params": {k: (list(v) if isinstance(v, tuple) else v) for k, v in params.items()}, "mask_size": mask_size,
-        "num_images": len(ids), "num_rows": len(sub), "num_placeholder_rows": n_placeholder,
+        "edition": edition, "num_images": len(ids), "num_rows": len(sub), "num_placeholder_rows": n_placeholder,
         "images_not_predicted": len(not_predicted),
         "scores": {k: {m: v[m] for m in ("kaggle", "AP", "AP50", "AP75")} for k, v in scores.items()},
         "report": str(report) if report else None, "seconds": round(time.time() - t0, 1)}

@@ -397,15 +397,10 @@ def _csv_source(csv_path: Path, edition: str, label_file: Path | None, labels) -
     if label_file is None or not label_file.is_file():
         raise FileNotFoundError(f"{csv_path} is the 2020 edition's train.csv: its label_descriptions.json is "
                                 f"needed (not found: {label_file})")
-    cats, attrs = llabels.read_vocabulary(label_file)
-    ours = {n: i for i, n in enumerate(labels.category_names)}
-    if any(ours.get(n) != i for i, n in cats.items()):
-        raise ValueError(f"{label_file}: its categories are not the 46 of the 2019 edition (by id and name)")
-    by_name = {n: i for i, n in enumerate(labels.attribute_names)}
-    mapping = {i: by_name[n] for i, n in attrs.items() if n in by_name}
-    return (CsvSource(str(csv_path), max(attrs, default=-1) + 1, mapping),
-            {"label_file": str(label_file), "size": len(attrs), "mapped": len(mapping),
-             "onto": labels.num_attributes})
+    mapping, bound = llabels.map_vocabulary(label_file, labels)
+    size = len(llabels.read_vocabulary(label_file)[1])
+    return (CsvSource(str(csv_path), bound, mapping),
+            {"label_file": str(label_file), "size": size, "mapped": len(mapping), "onto": labels.num_attributes})
 
 
 def _claim_out_dir(out_dir: Path, held: contextlib.ExitStack) -> None:

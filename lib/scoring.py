@@ -34,16 +34,23 @@ def ground_truth_index(gt_path: str | Path):
     gt_path = Path(gt_path)
     if gt_path.suffix.lower() == ".json":
         from .coco_data import annotation_rows, read_coco
-        from .label_descriptions import label_descriptions
 
-        d = label_descriptions()
-        src = read_coco(gt_path, gt_path.parent, llabels.LabelSet(tuple(d["categories"]), tuple(d["attributes"])))
+        src = read_coco(gt_path, gt_path.parent, llabels.competition_labels())
         if src.unmapped_categories:
             print(f"WARNING: {gt_path}: categories {sorted(src.unmapped_categories.values())} are not among the 46; "
                   f"their annotations are not scored")
         return (dict(src.images), lambda name: annotation_rows(src, name, llabels.N_ATTRIBUTES),
                 [q for q in src.problems if q.row])  # annotations on images the file does not list
     groups, problems = lkaggle.index_csv(gt_path)
+    if lkaggle.csv_layout(gt_path) == "2020":  # attribute ids of its own label file, mapped by name
+        mapping, bound = llabels.map_vocabulary(gt_path.parent / "label_descriptions.json",
+                                                llabels.competition_labels())
+
+        def rows_of(image_id):
+            rows, probs = lkaggle.read_rows(gt_path, groups[image_id], num_attributes=bound)
+            return lkaggle.remap_attributes(rows, mapping), probs
+
+        return dict.fromkeys(groups), rows_of, problems
     return dict.fromkeys(groups), lambda image_id: lkaggle.read_rows(gt_path, groups[image_id]), problems
 
 

@@ -32,7 +32,7 @@ from .postprocess import decode_windows, finalize, image_groups, resolve_params
 from .prediction_table import check_images
 
 __all__ = ["PLACEHOLDER", "SubmissionError", "build_submission", "validate_submission", "write_submission",
-           "count_placeholders", "list_test_images"]
+           "submission_edition", "to_edition_2020", "count_placeholders", "list_test_images"]
 
 
 # (EncodedPixels, ClassId) of the row written for an image without any instance.
@@ -119,7 +119,8 @@ def _rows_from_csv(path: Path, problems: list[str]):
         if header is None:
             problems.append(f"{path}: file is empty (expected the header {','.join(lkaggle.SUBMISSION_COLUMNS)})")
             return
-        pos = _header_positions(header, problems)
+        want = _expected_columns(header)
+        pos = _header_positions(header, problems, want)
         if pos is None:
             return
         for fields in reader:
@@ -130,19 +131,27 @@ def _rows_from_csv(path: Path, problems: list[str]):
                 image_id = fields[0].strip() if fields else ""
                 problems.append(f"line {line} ({image_id}): expected {len(header)} fields, got {len(fields)}")
                 continue
-            yield line, fields[pos[0]], fields[pos[1]].strip(), fields[pos[2]]
+            yield line, fields[pos[0]], fields[pos[1]].strip(), fields[pos[2]], \
+                fields[pos[3]] if len(pos) > 3 else None
     except csv.Error as e:
         problems.append(f"line {reader.line_num}: not parseable as CSV ({e}); the rows after it are not checked")
     finally:
         csv.field_size_limit(old_limit)
 
 
-def _header_positions(columns: list[str], problems: list[str]) -> list[int] | None:
-    """Positions of ImageId, EncodedPixels, ClassId. Anything but the exact header is a problem (a padded
-    name may not be found by Kaggle's reader); the rows are still checked when the names can be found."""
-    want = list(lkaggle.SUBMISSION_COLUMNS)
+def _expected_columns(columns) -> tuple[str, ...]:
+    """The 2020 edition's submission columns when the header names AttributesIds, else the 2019 edition's."""
+    names = [str(c).strip() for c in columns]
+    return lkaggle.SUBMISSION_COLUMNS_2020 if "AttributesIds" in names else lkaggle.SUBMISSION_COLUMNS
+
+
+def _header_positions(columns: list[str], problems: list[str], want=lkaggle.SUBMISSION_COLUMNS) -> list[int] | None:
+    """Positions of the ``want`` columns (ImageId, EncodedPixels, ClassId[, AttributesIds]). Anything but the
+    exact header is a problem (a padded name may not be found by Kaggle's reader); the rows are still checked
+    when the names can be found."""
+    want = list(want)
     if columns == want:
-        return [0, 1, 2]
+        return list(range(len(want)))
     problems.append(f"header: expected {','.join(want)!r}, got {','.join(map(str, columns))[:200]!r}")
     columns = [str(c).strip() for c in columns]
     if all(c in columns for c in want):
@@ -159,12 +168,15 @@ def _cell(v, strip: bool = True) -> str:
 
 
 def _rows_from_frame(df: pd.DataFrame, problems: list[str]):
-    pos = _header_positions([str(c) for c in df.columns], problems)
+    want = _expected_columns(df.columns)
+    pos = _header_positions([str(c) for c in df.columns], problems, want)
     if pos is None:
         return
     cols = [df.iloc[:, i].tolist() for i in pos]  # by position: column names may repeat
-    for k, (image_id, enc, cls) in enumerate(zip(*cols)):
-        yield k + 2, _cell(image_id, strip=False), _cell(enc), _cell(cls, strip=False)
+    for k, values in enumerate(zip(*cols)):
+        image_id, enc, cls = values[:3]
+        yield (k + 2, _cell(image_id, strip=False), _cell(enc), _cell(cls, strip=False),
+               _cell(values[3], strip=False) if len(values) > 3 else None)
 
 
 def _overlaps(runs: list[tuple[int, np.ndarray, np.ndarray]]) -> dict[tuple[int, int], int]:
@@ -182,8 +194,27 @@ def _overlaps(runs: list[tuple[int, np.ndarray, np.ndarray]]) -> dict[tuple[int,
     return out
 
 
+def _class_id_2020(cls: str, attrs: str, known: set[int] | None) -> tuple[str, str | None]:
+    """A 2020 row's ClassId and AttributesIds as one "cat_a_b" key, and what is wrong with them (or None)."""
+    items = [a.strip() for a in attrs.split(",")] if attrs.strip() else []
+    if attrs != attrs.strip():
+        return cls, f"AttributesIds {attrs!r} has leading/trailing whitespace"
+    if not cls.isdigit():
+        return cls, f"ClassId {cls[:20]!r} is not a category id (the 2020 layout keeps attributes in AttributesIds)"
+    if not all(a.isascii() and a.isdigit() and len(a) <= 6 for a in items):
+        return cls, f"AttributesIds {attrs[:40]!r} is not a comma-separated list of ids"
+    ids = [int(a) for a in items]
+    unknown = sorted(set(ids) - known) if known is not None else []
+    if unknown:
+        return cls, f"AttributesIds: unknown attribute ids {unknown[:10]}"
+    if len(set(ids)) != len(ids):
+        return cls, "AttributesIds: repeated attribute id"
+    return "_".join([cls, *map(str, ids)]), None
+
+
 def validate_submission(sub, expected_image_ids: Iterable[str], mask_size: int | None = 512,
-                        image_sizes: dict[str, tuple[int, int]] | None = None) -> list[str]:
+                        image_sizes: dict[str, tuple[int, int]] | None = None,
+                        attribute_ids: Iterable[int] | None = None) -> list[str]:
     """Check a submission (DataFrame or CSV path) and return EVERY problem found (empty list = valid).
 
     Checks: the header ``ImageId,EncodedPixels,ClassId``; the field count of
@@ -195,10 +226,13 @@ def validate_submission(sub, expected_image_ids: Iterable[str], mask_size: int |
     not empty; each ClassId parses (:func:`lib.labels.parse_class_id`); masks
     of the same category in one image do not overlap. Messages name the CSV
     line (the header is line 1; a DataFrame row i is line i + 2) and the
-    ImageId.
+    ImageId. The 2020 edition's files (header ``ImageId,EncodedPixels,ClassId,AttributesIds``) have the
+    category alone in ClassId and its attribute ids, comma-separated, in AttributesIds; ``attribute_ids`` are
+    the ids that may appear there (default: any).
     """
     problems: list[str] = []
     expected = list(dict.fromkeys(str(i) for i in expected_image_ids))
+    known_attributes = None if attribute_ids is None else {int(a) for a in attribute_ids}
     expected_set = set(expected)
     if mask_size is None and image_sizes is None:
         raise ValueError("validate_submission: image_sizes is needed when mask_size is None")
@@ -212,15 +246,20 @@ def validate_submission(sub, expected_image_ids: Iterable[str], mask_size: int |
     seen: dict[tuple[str, str, str], int] = {}
     present: set[str] = set()
     runs: dict[tuple[str, int], list] = {}
-    for line, raw_id, enc, raw_cls in rows:
+    for line, raw_id, enc, raw_cls, raw_attrs in rows:
         image_id, cls = raw_id.strip(), raw_cls.strip()
         where = f"line {line} ({image_id})"
+        problem = None
+        if raw_attrs is not None:  # the 2020 edition: check the attributes, then go on with "cat_a_b"
+            cls, problem = _class_id_2020(cls, raw_attrs, known_attributes)
+            if problem:
+                problems.append(f"{where}: {problem}")
         if not image_id:
             problems.append(f"line {line}: empty ImageId")
             continue
         if raw_id != image_id:
             problems.append(f"{where}: ImageId {raw_id!r} has leading/trailing whitespace")
-        if raw_cls != cls:
+        if raw_cls != raw_cls.strip():
             problems.append(f"{where}: ClassId {raw_cls!r} has leading/trailing whitespace")
         present.add(image_id)
         known = image_id in expected_set
@@ -233,7 +272,9 @@ def validate_submission(sub, expected_image_ids: Iterable[str], mask_size: int |
         seen[key] = line
         cat = None
         try:
-            cat, _ = llabels.parse_class_id(cls)
+            if problem is None:  # (a 2020 row's attribute ids were checked against their own vocabulary)
+                cat, _ = llabels.parse_class_id(cls, num_attributes=10**6 if raw_attrs is not None
+                                                else llabels.N_ATTRIBUTES)
         except ValueError as e:
             problems.append(f"{where}: bad ClassId: {e}")
         if mask_size:
@@ -263,8 +304,33 @@ def validate_submission(sub, expected_image_ids: Iterable[str], mask_size: int |
     return problems
 
 
+def submission_edition(data_dir: str | Path | None) -> str:
+    """``"2020"`` when ``data_dir``'s ``sample_submission.csv`` has the 2020 edition's header (with
+    AttributesIds), else ``"2019"`` (also without the file)."""
+    sample = Path(data_dir) / "sample_submission.csv" if data_dir else None
+    if sample is None or not sample.is_file():
+        return "2019"
+    with open(sample, encoding="utf-8-sig", errors="replace") as f:
+        header = [c.strip() for c in f.readline().strip().split(",")]
+    return "2020" if header == list(lkaggle.SUBMISSION_COLUMNS_2020) else "2019"
+
+
+def to_edition_2020(sub: pd.DataFrame, attribute_ids: dict[int, int]) -> pd.DataFrame:
+    """A submission frame of :func:`build_submission` in the 2020 edition's columns: ClassId the category,
+    AttributesIds the attributes as the 2020 label file numbers them (``attribute_ids``: ours -> theirs, by
+    name; an attribute without one is dropped), comma-separated; empty without attributes."""
+    cats, attrs = [], []
+    for cls in sub["ClassId"]:
+        cat, ours = llabels.parse_class_id(cls)
+        cats.append(str(cat))
+        attrs.append(",".join(str(i) for i in sorted(attribute_ids[a] for a in ours if a in attribute_ids)))
+    return pd.DataFrame({"ImageId": sub["ImageId"].to_numpy(), "EncodedPixels": sub["EncodedPixels"].to_numpy(),
+                         "ClassId": cats, "AttributesIds": attrs})
+
+
 def write_submission(df: pd.DataFrame, path: str | Path, expected_image_ids: Iterable[str],
-                     mask_size: int | None = 512, image_sizes: dict[str, tuple[int, int]] | None = None) -> Path:
+                     mask_size: int | None = 512, image_sizes: dict[str, tuple[int, int]] | None = None,
+                     attribute_ids: Iterable[int] | None = None) -> Path:
     """Validate ``df`` and write it as CSV atomically; raise :class:`SubmissionError` (a ValueError) if invalid.
 
     The CSV is written to a temporary file next to ``path`` and validated again as written; it gets its
@@ -272,14 +338,14 @@ def write_submission(df: pd.DataFrame, path: str | Path, expected_image_ids: Ite
     write (full disk, read-only directory) leaves an earlier ``path`` untouched.
     """
     expected_image_ids = list(expected_image_ids)
-    problems = validate_submission(df, expected_image_ids, mask_size, image_sizes)
+    problems = validate_submission(df, expected_image_ids, mask_size, image_sizes, attribute_ids)
     if problems:
         raise SubmissionError(problems)
     path = Path(path)
     with atomic_path(path) as tmp:
-        df.to_csv(tmp, index=False, columns=list(lkaggle.SUBMISSION_COLUMNS))
+        df.to_csv(tmp, index=False, columns=list(_expected_columns(df.columns)))
         # The bytes on disk are what Kaggle reads: validate them too before the file gets its final name.
-        problems = validate_submission(tmp, expected_image_ids, mask_size, image_sizes)
+        problems = validate_submission(tmp, expected_image_ids, mask_size, image_sizes, attribute_ids)
         if problems:
             raise SubmissionError(problems, what=f"{path} as written")
     return path

@@ -12,14 +12,9 @@ from lib import coco_data, kaggle_data, labels, prepared, rle
 from lib.label_descriptions import label_descriptions
 
 
-def _labels():
-    d = label_descriptions()
-    return labels.LabelSet(tuple(d["categories"]), tuple(d["attributes"]))
-
-
 def _fashionpedia_sample(shared_data):
     d = shared_data / "real_samples" / "fashionpedia_sample"
-    return d, coco_data.read_coco(d / "sample.json", d, _labels())
+    return d, coco_data.read_coco(d / "sample.json", d, labels.competition_labels())
 
 
 def test_real_sample_maps_by_name_and_equals_its_kaggle_rows(shared_data):
@@ -75,7 +70,7 @@ def _bad_coco(tmp_path):
 
 
 def test_bad_annotations_become_problems(tmp_path):
-    src = coco_data.read_coco(_bad_coco(tmp_path), tmp_path, _labels())
+    src = coco_data.read_coco(_bad_coco(tmp_path), tmp_path, labels.competition_labels())
     rows, problems = coco_data.annotation_rows(src, "a.jpg", 92)
     assert [r.row for r in rows] == [1] and rows[0].class_id == "10_" + str(
         [a["name"] for a in label_descriptions()["attributes"]].index("mini (length)"))
@@ -84,7 +79,7 @@ def test_bad_annotations_become_problems(tmp_path):
     assert "fewer than 3 points" in reasons[2] and "not in the file's attributes" in reasons[5]
     with pytest.raises(ValueError, match="not a COCO instance file"):
         (tmp_path / "x.json").write_text("[]")
-        coco_data.read_coco(tmp_path / "x.json", tmp_path, _labels())
+        coco_data.read_coco(tmp_path / "x.json", tmp_path, labels.competition_labels())
 
 
 def test_01_prepares_kaggle_and_coco_into_one_set(shared_data, synthetic_data_dir, tmp_path):

@@ -183,3 +183,53 @@ def test_folder_predictions_scored_on_coco_ground_truth(shared_data, tmp_path):
     assert set(sub["ImageId"]) == {"000000009813.jpg", "000000010223.jpg"}
     shown = list((tmp_path / "sub" / "report" / "overlays").glob("*.png"))  # image | ground truth | model
     assert len(shown) == 1 and shown[0].stem in {"000000009813", "000000010223"}
+
+
+def test_2020_edition_submission_and_ground_truth(tmp_path):
+    """A 2020-layout data dir: 06 scores on its ground truth (sparse attribute ids mapped by name) and writes
+    the 2020 columns with the 2020 ids; the validator reads them back, and refuses a bad AttributesIds."""
+    from lib import rle, synthetic
+    from lib.kaggle_data import index_csv, read_rows
+    from lib.labels import competition_labels, map_vocabulary
+
+    data = tmp_path / "d2020"
+    synthetic.generate_dataset(data, n_train=1, n_test=3, seed=9, min_side=64, max_side=96, progress=False,
+                               edition="2020")
+    mapping, bound = map_vocabulary(data / "label_descriptions.json", competition_labels())
+    groups, _ = index_csv(data / "test_ground_truth.csv")
+    rows = []  # the ground truth as predictions, attributes as probability-1 scores in our 92
+    for image_id, entries in groups.items():
+        for r in read_rows(data / "test_ground_truth.csv", entries, num_attributes=bound)[0]:
+            attrs = np.zeros(92, np.float32)
+            attrs[[mapping[a] for a in r.attributes]] = 1.0
+            rows += pred_rows(image_id, [rle.decode(r.rle, (r.height, r.width)).astype(np.float32)], [r.category],
+                              [0.9], orig=(r.height, r.width), attrs=[attrs])
+    pdir = tmp_path / "pred"
+    pdir.mkdir()
+    lpred.make_table(rows).to_parquet(pdir / "predictions.parquet")
+    s = make_submission.SubmissionSettings(predictions=[pdir], data_dir=data, out_dir=tmp_path / "sub", mask_size=0,
+                                           report_images=0, processes=1, progress=False,
+                                           postprocess={"attributes": "on", "overlap": "none", "nms_iou": 1.0,
+                                                        "min_area": 0})
+    meta = make_submission.run(s)
+    assert meta["edition"] == "2020" and meta["scores"]["m"]["kaggle"] == 1.0
+    sub = pd.read_csv(tmp_path / "sub" / "submission.csv", dtype=str, keep_default_na=False)
+    assert list(sub.columns) == ["ImageId", "EncodedPixels", "ClassId", "AttributesIds"]
+    assert sub["ClassId"].str.isdigit().all()
+    ids = {int(a) for v in sub["AttributesIds"] if v for a in v.split(",")}
+    assert ids and ids <= {3 * a + 2 for a in range(92)}  # the synthetic 2020 file's sparse ids
+    assert make_submission.validate_file(tmp_path / "sub" / "submission.csv", data, None, progress=False) == 0
+    bad = sub.copy()
+    bad.loc[0, "AttributesIds"] = "1,x"
+    bad.loc[1, "ClassId"] = "6_2"
+    bad.loc[2, "AttributesIds"] = "1"  # not an id of the 2020 label file
+    bad.to_csv(tmp_path / "bad.csv", index=False)
+    assert make_submission.validate_file(tmp_path / "bad.csv", data, None, progress=False) == 1
+    from lib.submission import validate_submission
+
+    sizes = {i: (int(h), int(w)) for i, h, w in pd.read_parquet(pdir / "predictions.parquet")[
+        ["image_id", "orig_height", "orig_width"]].drop_duplicates().itertuples(index=False)}
+    problems = validate_submission(tmp_path / "bad.csv", sorted(sizes), None, sizes, {3 * a + 2 for a in range(92)})
+    assert any("line 2 " in p and "comma-separated" in p for p in problems)
+    assert any("line 3 " in p and "not a category id" in p for p in problems)
+    assert any("line 4 " in p and "unknown attribute ids [1]" in p for p in problems) and len(problems) == 3
