@@ -54,8 +54,8 @@ class CocoSource:
         return {"kind": "coco", "json": str(self.path), "image_dir": str(self.image_dir),
                 "num_images": len(self.images), "num_annotations": sum(map(len, self.annotations.values())),
                 "unmapped_categories": {str(k): v for k, v in sorted(self.unmapped_categories.items())},
-                "attribute_vocabulary": {"size": len(self.attribute_names),
-                                         "mapped": len(self.attribute_map)}}
+                "attribute_vocabulary": {"size": len(self.attribute_names), "mapped": len(self.attribute_map),
+                                         "names": {str(k): v for k, v in sorted(self.attribute_names.items())}}}
 
 
 def read_coco(json_path: str | Path, image_dir: str | Path, labels: LabelSet) -> CocoSource:

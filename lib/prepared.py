@@ -38,6 +38,7 @@ record exists (and was made with the same ``settings``: format version, long sid
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from dataclasses import dataclass
 import os
 import time
@@ -209,17 +210,41 @@ def prepare_image(
     _write_output(lambda p, a: ldata.write_jpeg(p, a, jpeg_quality), image_path(out_dir, image_id), small)
     record = {"image_id": image_id, "orig_height": H, "orig_width": W, "height": h, "width": w,
               "instances": instances, "problems": [list(p) for p in problems],
-              "settings": record_settings(long_side, jpeg_quality)}
+              "settings": record_settings(long_side, jpeg_quality), "file_sha1": _sha1(img_file)}
     _write_output(lambda p, r: lio.atomic_write_json(p, r, indent=None), ann_path(out_dir, image_id), record)
     return index_row(record), problems
 
 
 def index_row(record: dict) -> dict:
-    """The index.parquet row of an annotation record (split filled in later)."""
+    """The index.parquet row of an annotation record (split filled in later), and its image file's SHA-1
+    (``file_sha1``, for finding the same image under two ids; not a column)."""
     cats = sorted({int(i["category"]) for i in record["instances"]})
     return {"image_id": record["image_id"], "split": "", "height": record["height"], "width": record["width"],
             "orig_height": record["orig_height"], "orig_width": record["orig_width"],
-            "num_instances": len(record["instances"]), "categories": " ".join(map(str, cats))}
+            "num_instances": len(record["instances"]), "categories": " ".join(map(str, cats)),
+            "file_sha1": record.get("file_sha1")}
+
+
+def _sha1(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha1").hexdigest()
+
+
+def _drop_duplicate_files(rows: dict[str, dict], order: list[str], images: dict) -> list:
+    """Keep one of the images whose files have the same bytes (the first in ``order``: the sources' order),
+    removing the others from ``rows``; returns their problems."""
+    first, problems = {}, []
+    for i in order:
+        sha = rows[i].get("file_sha1") if i in rows else None
+        if sha is None:
+            continue
+        if sha in first:
+            problems.append(ldata.Problem(str(Path(images[i][1]) / i), 0, i, f"the same image file as "
+                                          f"{first[sha]!r} (identical bytes); prepared once, as {first[sha]!r}"))
+            del rows[i]
+        else:
+            first[sha] = i
+    return problems
 
 
 def _work(task):
@@ -330,6 +355,7 @@ def prepare_dataset(
                     rows[image_id] = row
         # Problems in ImageId order, so the report depends neither on worker scheduling nor on an earlier run.
         problems = problems + [q for i in sorted(image_problems) for q in image_problems[i]]
+        problems += _drop_duplicate_files(rows, [i for i in images if i in set(ids)], images)
         index = _write_tables(out_dir, rows, problems, val_fraction, seed)
         if not rows:
             raise ValueError(f"none of the {selected} images could be prepared ({len(problems)} problems): "
@@ -398,9 +424,10 @@ def _csv_source(csv_path: Path, edition: str, label_file: Path | None, labels) -
         raise FileNotFoundError(f"{csv_path} is the 2020 edition's train.csv: its label_descriptions.json is "
                                 f"needed (not found: {label_file})")
     mapping, bound = llabels.map_vocabulary(label_file, labels)
-    size = len(llabels.read_vocabulary(label_file)[1])
+    names = llabels.read_vocabulary(label_file)[1]
     return (CsvSource(str(csv_path), bound, mapping),
-            {"label_file": str(label_file), "size": size, "mapped": len(mapping), "onto": labels.num_attributes})
+            {"label_file": str(label_file), "size": len(names), "mapped": len(mapping), "onto": labels.num_attributes,
+             "names": {str(k): v for k, v in sorted(names.items())}})
 
 
 def _claim_out_dir(out_dir: Path, held: contextlib.ExitStack) -> None:

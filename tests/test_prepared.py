@@ -451,3 +451,19 @@ def test_2020_edition_prepares_like_2019(tmp_path):
     with pytest.raises(FileNotFoundError, match="2020 edition's train.csv"):
         (b / "label_descriptions.json").unlink()
         prepared.prepare_dataset(b, tmp_path / "p2020b", long_side=128, workers=1, progress=False)
+
+
+def test_the_same_image_file_under_two_ids_is_prepared_once(synthetic_data_dir, tmp_path):
+    d = tmp_path / "data"
+    shutil.copytree(synthetic_data_dir, d)
+    lines = (d / "train.csv").read_text().splitlines()
+    first_id = lines[1].split(",")[0]
+    shutil.copyfile(d / "train" / first_id, d / "train" / "zz_copy.jpg")  # sorts after every hex id
+    copies = [l.replace(first_id, "zz_copy.jpg", 1) for l in lines[1:] if l.startswith(first_id + ",")]
+    (d / "train.csv").write_text("\n".join(lines + copies) + "\n")
+    meta = prepared.prepare_dataset(d, tmp_path / "out", long_side=128, workers=1, progress=False)
+    index = prepared.load_index(tmp_path / "out")
+    assert first_id in set(index["image_id"]) and "zz_copy.jpg" not in set(index["image_id"])
+    assert meta["num_images"] == meta["num_images_selected"] - 1
+    problems = pd.read_csv(tmp_path / "out" / "problems.csv")
+    assert problems["reason"].str.contains(f"the same image file as '{first_id}'").sum() == 1
