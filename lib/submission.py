@@ -257,10 +257,8 @@ def validate_submission(sub, expected_image_ids: Iterable[str], mask_size: int |
         if not image_id:
             problems.append(f"line {line}: empty ImageId")
             continue
-        if raw_id != image_id:
-            problems.append(f"{where}: ImageId {raw_id!r} has leading/trailing whitespace")
-        if raw_cls != raw_cls.strip():
-            problems.append(f"{where}: ClassId {raw_cls!r} has leading/trailing whitespace")
+        problems += [f"{where}: {name} {raw!r} has leading/trailing whitespace"
+                     for name, raw in (("ImageId", raw_id), ("ClassId", raw_cls)) if raw != raw.strip()]
         present.add(image_id)
         known = image_id in expected_set
         if not known:
@@ -293,15 +291,19 @@ def validate_submission(sub, expected_image_ids: Iterable[str], mask_size: int |
             continue
         if cat is not None:
             runs.setdefault((image_id, cat), []).append((line, starts, lengths))
+    return problems + _overlap_problems(runs) + [
+        f"ImageId {image_id}: missing (every test image needs at least one row)"
+        for image_id in expected if image_id not in present]
+
+
+def _overlap_problems(runs: dict[tuple[str, int], list]) -> list[str]:
+    """Same-category overlaps of each image's masks (``runs``: (image id, category) -> [(line, starts, lengths)])."""
+    out = []
     for (image_id, cat), group in runs.items():
-        if len(group) < 2:
-            continue
-        for (la, lb), n in sorted(_overlaps(group).items()):
-            problems.append(f"line {la} and line {lb} ({image_id}): masks of category {cat} overlap by {n} pixels")
-    for image_id in expected:
-        if image_id not in present:
-            problems.append(f"ImageId {image_id}: missing (every test image needs at least one row)")
-    return problems
+        if len(group) > 1:
+            out += [f"line {la} and line {lb} ({image_id}): masks of category {cat} overlap by {n} pixels"
+                    for (la, lb), n in sorted(_overlaps(group).items())]
+    return out
 
 
 def submission_edition(data_dir: str | Path | None) -> str:

@@ -1895,6 +1895,29 @@ def _jpeg_bytes(img_rgb: np.ndarray, quality: int) -> bytes:
     return buf.tobytes()
 
 
+def _write_annotations(out: Path, rows: dict, params: dict, edition: str, coco: bool) -> None:
+    """train.csv, test_ground_truth.csv and sample_submission.csv in the ``edition``'s layout (and, with
+    ``coco``, the instance JSONs) from the rows of each split."""
+    header = "ImageId,EncodedPixels,Height,Width,ClassId"
+    for split, name in (("train", "train.csv"), ("test", "test_ground_truth.csv")):
+        ordered = sorted(rows[split], key=lambda r: r[0])  # stable: instance order kept within an image
+        if edition == "2020":
+            lio.atomic_write_text(out / name, _csv_text(header + ",AttributesIds", map(_row_2020, ordered)))
+        else:
+            lio.atomic_write_text(out / name, _csv_text(header, ordered))
+    if coco:
+        for split in ("train", "test"):
+            lio.atomic_write_json(out / f"instances_{split}.json", coco_json(sorted(rows[split], key=lambda r: r[0])),
+                                  indent=None)
+    test_ids = sorted(image_id_for(params["seed"], "test", i) for i in range(params["n_test"]))
+    if edition == "2020":
+        lio.atomic_write_text(out / "sample_submission.csv", _csv_text("ImageId,EncodedPixels,ClassId,AttributesIds",
+                                                                       [(t, "1 1", "0", "") for t in test_ids]))
+    else:
+        lio.atomic_write_text(out / "sample_submission.csv",
+                              _csv_text("ImageId,EncodedPixels,ClassId", [(t, "1 1", "0") for t in test_ids]))
+
+
 def _csv_text(header: str, rows) -> str:
     return header + "\n" + "".join(",".join(str(v) for v in r) + "\n" for r in rows)
 
@@ -2008,24 +2031,7 @@ def generate_dataset(out_dir, n_train: int = 48, n_test: int = 12, seed: int = 0
             sizes[split].append((h, w))
             bar.update(1)
     bar.close()
-    header = "ImageId,EncodedPixels,Height,Width,ClassId"
-    for split, name in (("train", "train.csv"), ("test", "test_ground_truth.csv")):
-        ordered = sorted(rows[split], key=lambda r: r[0])  # stable: instance order kept within an image
-        if edition == "2020":
-            lio.atomic_write_text(out / name, _csv_text(header + ",AttributesIds", map(_row_2020, ordered)))
-        else:
-            lio.atomic_write_text(out / name, _csv_text(header, ordered))
-    if coco:
-        for split in ("train", "test"):
-            lio.atomic_write_json(out / f"instances_{split}.json", coco_json(sorted(rows[split], key=lambda r: r[0])),
-                                  indent=None)
-    test_ids = sorted(image_id_for(params["seed"], "test", i) for i in range(params["n_test"]))
-    if edition == "2020":
-        lio.atomic_write_text(out / "sample_submission.csv", _csv_text("ImageId,EncodedPixels,ClassId,AttributesIds",
-                                                                       [(t, "1 1", "0", "") for t in test_ids]))
-    else:
-        lio.atomic_write_text(out / "sample_submission.csv",
-                              _csv_text("ImageId,EncodedPixels,ClassId", [(t, "1 1", "0") for t in test_ids]))
+    _write_annotations(out, rows, params, edition, coco)
 
     def size_summary(sz):
         if not sz:
