@@ -56,7 +56,7 @@ def main(args) -> int:
             args.data_dir, args.out_dir, long_side=args.long_side or None, val_fraction=args.val_fraction,
             seed=args.seed, workers=args.processes, limit=args.limit, progress=not args.no_progress,
             jpeg_quality=args.jpeg_quality, csv_path=args.train_csv, image_dir=args.image_dir,
-            label_file=args.labels, args=vars(args), coco=coco)
+            label_file=args.labels, args=vars(args), coco=coco, keep_duplicate_files=args.keep_duplicate_files)
     except (ValueError, OSError, RuntimeError) as e:  # bad input or unwritable output: the message says which
         print(f"01: error: {e}", file=sys.stderr)
         return 2

@@ -176,7 +176,8 @@ def run_ours(data: Path, out: Path, long_side: int, workers: int, limit: int | N
     """01 as a subprocess on ``data`` into a fresh ``out``; adds 01's own seconds and images/s."""
     shutil.rmtree(out, ignore_errors=True)
     cmd = [sys.executable, "01_prepare_data.py", "--data-dir", str(data), "--out-dir", str(out), "--long-side",
-           str(long_side), "--processes", str(workers), "--no-progress"] + (["--limit", str(limit)] if limit else [])
+           str(long_side), "--processes", str(workers), "--no-progress", "--keep-duplicate-files"] + \
+        (["--limit", str(limit)] if limit else [])  # the replicated images share bytes: all of them are the work
     r = run_measured(cmd, _env())
     if r["rc"] != 0:
         raise RuntimeError(f"01_prepare_data.py failed ({r['rc']}):\n{r['output']}")

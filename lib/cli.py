@@ -388,6 +388,9 @@ def add_prepare_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="prepare only the first N images (quick runs)")
     p.add_argument("--jpeg-quality", type=int, default=95, help="JPEG quality of the cached images")
     p.add_argument("--strict", action="store_true", help="exit with status 1 if any row or image was skipped")
+    p.add_argument("--keep-duplicate-files", action="store_true",
+                   help="prepare every ImageId even when its file has the same bytes as another's (by default "
+                        "such an image is prepared once and the others reported)")
     g = p.add_argument_group("synthetic data (offline default)")
     g.add_argument("--synthetic", action="store_true",
                    help="first generate the synthetic Kaggle-layout dataset into --data-dir (reused if it is there)")

@@ -317,6 +317,7 @@ def prepare_dataset(
     seed: int = 0, workers: int = 0, limit: int | None = None, progress: bool = True, jpeg_quality: int = 95,
     csv_path: str | Path | None = None, image_dir: str | Path | None = None, label_file: str | Path | None = None,
     args: dict | None = None, coco: Sequence[tuple[str | Path, str | Path | None]] = (),
+    keep_duplicate_files: bool = False,
 ) -> dict:
     """Prepare ``data_dir`` (Kaggle layout) and/or COCO-format files into ``out_dir``; returns the meta dict
     (also written to meta.json).
@@ -326,7 +327,8 @@ def prepare_dataset(
     :mod:`lib.label_descriptions`). ``coco``: ``(instances JSON, its image folder or None = the JSON's
     folder)`` pairs (:mod:`lib.coco_data`; categories and attributes mapped by name onto the labels). An ImageId
     in several sources is prepared once, from the first (Kaggle, then the COCO files in order); the others are
-    reported. ``workers=0`` means ``os.cpu_count()`` processes; 1 runs in-process.
+    reported. So is an image file with the same bytes as an earlier one under another ImageId, unless
+    ``keep_duplicate_files`` (benchmarks replicate images). ``workers=0`` means ``os.cpu_count()`` processes; 1 runs in-process.
     ``limit`` keeps the first N images (sorted by ImageId) for quick runs.
     Holds the lock of ``out_dir`` (:func:`lib.io.lock_dir`) while it runs; raises ``OutputError`` when the
     prepared set cannot be written (disk full, read-only) and ``ValueError`` when nothing could be prepared.
@@ -355,7 +357,8 @@ def prepare_dataset(
                     rows[image_id] = row
         # Problems in ImageId order, so the report depends neither on worker scheduling nor on an earlier run.
         problems = problems + [q for i in sorted(image_problems) for q in image_problems[i]]
-        problems += _drop_duplicate_files(rows, [i for i in images if i in set(ids)], images)
+        if not keep_duplicate_files:
+            problems += _drop_duplicate_files(rows, [i for i in images if i in set(ids)], images)
         index = _write_tables(out_dir, rows, problems, val_fraction, seed)
         if not rows:
             raise ValueError(f"none of the {selected} images could be prepared ({len(problems)} problems): "

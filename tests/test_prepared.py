@@ -467,3 +467,6 @@ def test_the_same_image_file_under_two_ids_is_prepared_once(synthetic_data_dir, 
     assert meta["num_images"] == meta["num_images_selected"] - 1
     problems = pd.read_csv(tmp_path / "out" / "problems.csv")
     assert problems["reason"].str.contains(f"the same image file as '{first_id}'").sum() == 1
+    kept = prepared.prepare_dataset(d, tmp_path / "kept", long_side=128, workers=1, progress=False,
+                                    keep_duplicate_files=True)  # what benchmarks that replicate images ask for
+    assert kept["num_images"] == meta["num_images"] + 1
