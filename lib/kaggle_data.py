@@ -233,13 +233,22 @@ def read_image(path: str | Path) -> np.ndarray:
     Grayscale, 16-bit and CMYK files are converted to 8-bit RGB. Raises
     ``ValueError`` for a missing, unreadable, empty, truncated or undecodable file.
     """
+    return decode_image(read_image_bytes(path), path)
+
+
+def read_image_bytes(path: str | Path) -> bytes:
+    """The bytes of an image file; ``ValueError`` naming it when it is missing or cannot be read."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        return path.read_bytes()
     except FileNotFoundError:
         raise ValueError(f"image file not found: {path}") from None
     except OSError as e:  # a directory, no permission, an I/O error: a bad input, reported like the others
         raise ValueError(f"cannot read image file {path}: {e.strerror or e}") from None
+
+
+def decode_image(data: bytes, path: str | Path) -> np.ndarray:
+    """:func:`read_image` of bytes already read from ``path`` (named in the errors)."""
     if not data:
         raise ValueError(f"image file is empty (0 bytes): {path}")
     if data[:2] == b"\xff\xd8" and b"\xff\xd9" not in data[-4096:]:

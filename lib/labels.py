@@ -101,17 +101,17 @@ def read_vocabulary(path: str | Path) -> tuple[dict[int, str], dict[int, str]]:
         raise ValueError(f"{path}: not a label file with categories and attributes ({e})") from None
 
 
-def map_vocabulary(label_file: str | Path, labels: LabelSet) -> tuple[dict[int, int], int]:
+def map_vocabulary(label_file: str | Path, labels: LabelSet) -> tuple[dict[int, int], dict[int, str]]:
     """Another edition's label file (the 2020 one: sparse attribute ids) mapped onto ``labels`` by name:
-    ``({its attribute id: our attribute id}, its attribute id bound)``. Its categories must be ours (by id and
-    name): a ``ValueError`` naming the file otherwise."""
+    ``({its attribute id: our attribute id}, {its attribute id: name})``. Its categories must be ours (by id
+    and name): a ``ValueError`` naming the file otherwise."""
     cats, attrs = read_vocabulary(label_file)
     ours = {n: i for i, n in enumerate(labels.category_names)}
     if any(ours.get(n) != i for i, n in cats.items()):
         raise ValueError(f"{label_file}: its categories are not the {labels.num_categories} of these labels "
                          f"(by id and name)")
     by_name = {n: i for i, n in enumerate(labels.attribute_names)}
-    return {i: by_name[n] for i, n in attrs.items() if n in by_name}, max(attrs, default=-1) + 1
+    return {i: by_name[n] for i, n in attrs.items() if n in by_name}, attrs
 
 
 def parse_class_id(

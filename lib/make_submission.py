@@ -140,14 +140,13 @@ def _report(s: SubmissionSettings, compared: dict, params: dict, gt: Path | None
 def _edition(data_dir) -> tuple[str, dict | None, set | None]:
     """The submission's edition (``data_dir``'s sample_submission.csv header) and, for 2020, our attribute
     ids -> the 2020 label file's (by name) and every attribute id of that file."""
-    from .labels import competition_labels, map_vocabulary, read_vocabulary
+    from .labels import competition_labels, map_vocabulary
 
     edition = lsub.submission_edition(data_dir)
     if edition != "2020":
         return edition, None, None
-    label_file = Path(data_dir) / "label_descriptions.json"
-    mapping, _ = map_vocabulary(label_file, competition_labels())
-    return edition, {ours: theirs for theirs, ours in mapping.items()}, set(read_vocabulary(label_file)[1])
+    mapping, names = map_vocabulary(Path(data_dir) / "label_descriptions.json", competition_labels())
+    return edition, {ours: theirs for theirs, ours in mapping.items()}, set(names)
 
 
 def run(s: SubmissionSettings) -> dict:

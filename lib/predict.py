@@ -44,7 +44,6 @@ from tqdm import tqdm
 from . import checkpoint as lcheckpoint
 from . import io as lio
 from . import kaggle_data as ldata
-from . import prediction_table as lpred
 from . import prepared as lprepared
 from . import runtime
 from .inference import make_image_loader, predict_batch, result_rows, tta_views
@@ -169,10 +168,10 @@ def images_from_folder(spec: str | Path, progress: bool = True) -> tuple[pd.Data
         root = Path(os.path.commonpath([f.parent.resolve() for f in files])) if files else None
     if not files:
         raise FileNotFoundError(f"--images {spec}: no {'/'.join(ldata.IMAGE_SUFFIXES)} files there")
+    base = root.resolve()
     rows, skipped = [], {}
-    for f in tqdm(sorted(files, key=lambda f: f.resolve().relative_to(root.resolve()).as_posix()), desc="images",
-                  unit="img", disable=not progress):
-        image_id = f.resolve().relative_to(root.resolve()).as_posix()
+    for image_id, f in tqdm(sorted((f.resolve().relative_to(base).as_posix(), f) for f in files), desc="images",
+                            unit="img", disable=not progress):
         try:
             h, w = ldata.image_size(f)
         except ValueError as e:
@@ -321,8 +320,10 @@ def _predict_images(sub: pd.DataFrame, models, names, store: ShardStore, rank: i
     return n_done
 
 
-def _merge(s: PredictSettings, store: ShardStore, frame: pd.DataFrame, names, meta_base: dict, timing: dict) -> dict:
-    """Rank 0, every rank done: merge the shards when every image is predicted; write meta.json."""
+def _merge(s: PredictSettings, store: ShardStore, frame: pd.DataFrame, names, meta_base: dict,
+           timing: dict) -> tuple[dict, pd.DataFrame | None, pd.DataFrame | None]:
+    """Rank 0, every rank done: merge the shards when every image is predicted; write meta.json. Returns the
+    summary and the merged predictions and images tables (None while images are left)."""
     out_dir = Path(s.out_dir)
     done = store.done()
     left = int((~frame["image_id"].isin(set(done["image_id"]))).sum())
@@ -331,7 +332,7 @@ def _merge(s: PredictSettings, store: ShardStore, frame: pd.DataFrame, names, me
         lio.atomic_write_json(out_dir / "meta.json", summary)
         print(f"05: {len(frame) - left} of {len(frame)} images predicted ({left} left); rerun the same "
               f"command to continue")
-        return summary
+        return summary, None, None
     table, images = store.merge(frame["image_id"].tolist(), names)
     with lio.atomic_path(out_dir / "predictions.parquet", suffix=".parquet") as tmp:
         table.to_parquet(tmp, index=False)
@@ -352,19 +353,19 @@ def _merge(s: PredictSettings, store: ShardStore, frame: pd.DataFrame, names, me
     print(f"05: {len(table)} instances for {len(images)} images from {len(names)} models "
           f"({', '.join(names)}) -> {out_dir / 'predictions.parquet'} "
           f"({timing['images_per_s']} images/s this run)")
-    return summary
+    return summary, table, images
 
 
-def _export(s: PredictSettings, frame: pd.DataFrame, summary: dict) -> dict:
-    """Rank 0, after the merge: overlays and COCO results (:mod:`lib.export`), recorded in meta.json."""
+def _export(s: PredictSettings, frame: pd.DataFrame, summary: dict, table: pd.DataFrame,
+            images: pd.DataFrame) -> dict:
+    """Rank 0, after the merge: overlays and COCO results (:mod:`lib.export`) of the merged ``table`` /
+    ``images``, recorded in meta.json."""
     from .export import export_predictions
 
     out_dir = Path(s.out_dir)
     overlays, coco = s.exports()
-    written = export_predictions(out_dir, lpred.read_table(out_dir / "predictions.parquet"),
-                                 pd.read_parquet(out_dir / "images.parquet"),
-                                 dict(zip(frame["image_id"], frame["path"])), summary.get("labels"), s.params,
-                                 overlays, coco, s.progress)
+    written = export_predictions(out_dir, table, images, dict(zip(frame["image_id"], frame["path"])),
+                                 summary.get("labels"), s.params, overlays, coco, s.progress)
     summary = {**summary, "export": written}
     lio.atomic_write_json(out_dir / "meta.json", summary)
     print(f"05: exported {written['num_instances']} instances ({written['exported']}): "
@@ -438,8 +439,8 @@ def _run_prediction(s: PredictSettings, held: contextlib.ExitStack) -> dict:
     if main:
         timing = {"seconds": round(time.time() - t0, 2), "predict_seconds": round(t_pred, 2),
                   "images_this_run": int(sum(counts)), "images_per_s": round(sum(counts) / max(t_pred, 1e-9), 3)}
-        summary = _merge(s, store, frame, names, meta_base, timing)
-        if summary.get("status") == "done" and any(s.exports()):
-            summary = _export(s, frame, summary)
+        summary, table, images = _merge(s, store, frame, names, meta_base, timing)
+        if table is not None and any(s.exports()):
+            summary = _export(s, frame, summary, table, images)
     runtime.teardown_distributed(distributed, barrier=True)
     return summary

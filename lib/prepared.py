@@ -177,7 +177,8 @@ def prepare_image(
         problems.append(ldata.Problem(str(img_file), first_row, image_id, "no valid rows for this image; skipped"))
         return None, problems
     try:
-        rgb = ldata.read_image(img_file)
+        data = ldata.read_image_bytes(img_file)  # read once: decoded and hashed
+        rgb = ldata.decode_image(data, img_file)
     except ValueError as e:
         problems.append(ldata.Problem(str(img_file), first_row, image_id, f"{e}; image skipped"))
         return None, problems
@@ -210,7 +211,7 @@ def prepare_image(
     _write_output(lambda p, a: ldata.write_jpeg(p, a, jpeg_quality), image_path(out_dir, image_id), small)
     record = {"image_id": image_id, "orig_height": H, "orig_width": W, "height": h, "width": w,
               "instances": instances, "problems": [list(p) for p in problems],
-              "settings": record_settings(long_side, jpeg_quality), "file_sha1": _sha1(img_file)}
+              "settings": record_settings(long_side, jpeg_quality), "file_sha1": hashlib.sha1(data).hexdigest()}
     _write_output(lambda p, r: lio.atomic_write_json(p, r, indent=None), ann_path(out_dir, image_id), record)
     return index_row(record), problems
 
@@ -223,11 +224,6 @@ def index_row(record: dict) -> dict:
             "orig_height": record["orig_height"], "orig_width": record["orig_width"],
             "num_instances": len(record["instances"]), "categories": " ".join(map(str, cats)),
             "file_sha1": record.get("file_sha1")}
-
-
-def _sha1(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha1").hexdigest()
 
 
 def _drop_duplicate_files(rows: dict[str, dict], order: list[str], images: dict) -> list:
@@ -358,7 +354,8 @@ def prepare_dataset(
         # Problems in ImageId order, so the report depends neither on worker scheduling nor on an earlier run.
         problems = problems + [q for i in sorted(image_problems) for q in image_problems[i]]
         if not keep_duplicate_files:
-            problems += _drop_duplicate_files(rows, [i for i in images if i in set(ids)], images)
+            kept = set(ids)
+            problems += _drop_duplicate_files(rows, [i for i in images if i in kept], images)
         index = _write_tables(out_dir, rows, problems, val_fraction, seed)
         if not rows:
             raise ValueError(f"none of the {selected} images could be prepared ({len(problems)} problems): "
@@ -426,9 +423,8 @@ def _csv_source(csv_path: Path, edition: str, label_file: Path | None, labels) -
     if label_file is None or not label_file.is_file():
         raise FileNotFoundError(f"{csv_path} is the 2020 edition's train.csv: its label_descriptions.json is "
                                 f"needed (not found: {label_file})")
-    mapping, bound = llabels.map_vocabulary(label_file, labels)
-    names = llabels.read_vocabulary(label_file)[1]
-    return (CsvSource(str(csv_path), bound, mapping),
+    mapping, names = llabels.map_vocabulary(label_file, labels)
+    return (CsvSource(str(csv_path), max(names, default=-1) + 1, mapping),
             {"label_file": str(label_file), "size": len(names), "mapped": len(mapping), "onto": labels.num_attributes,
              "names": {str(k): v for k, v in sorted(names.items())}})
 

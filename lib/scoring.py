@@ -43,11 +43,11 @@ def ground_truth_index(gt_path: str | Path):
                 [q for q in src.problems if q.row])  # annotations on images the file does not list
     groups, problems = lkaggle.index_csv(gt_path)
     if lkaggle.csv_layout(gt_path) == "2020":  # attribute ids of its own label file, mapped by name
-        mapping, bound = llabels.map_vocabulary(gt_path.parent / "label_descriptions.json",
-                                                llabels.competition_labels())
+        mapping, theirs = llabels.map_vocabulary(gt_path.parent / "label_descriptions.json",
+                                                 llabels.competition_labels())
 
         def rows_of(image_id):
-            rows, probs = lkaggle.read_rows(gt_path, groups[image_id], num_attributes=bound)
+            rows, probs = lkaggle.read_rows(gt_path, groups[image_id], num_attributes=max(theirs, default=-1) + 1)
             return lkaggle.remap_attributes(rows, mapping), probs
 
         return dict.fromkeys(groups), rows_of, problems

@@ -195,7 +195,8 @@ def test_2020_edition_submission_and_ground_truth(tmp_path):
     data = tmp_path / "d2020"
     synthetic.generate_dataset(data, n_train=1, n_test=3, seed=9, min_side=64, max_side=96, progress=False,
                                edition="2020")
-    mapping, bound = map_vocabulary(data / "label_descriptions.json", competition_labels())
+    mapping, theirs = map_vocabulary(data / "label_descriptions.json", competition_labels())
+    bound = max(theirs) + 1
     groups, _ = index_csv(data / "test_ground_truth.csv")
     rows = []  # the ground truth as predictions, attributes as probability-1 scores in our 92
     for image_id, entries in groups.items():
