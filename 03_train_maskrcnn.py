@@ -32,7 +32,8 @@ from lib import cli, engine
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    cli.add_common_args(p, "work/maskrcnn", lr=1e-4, optimizer="adamw", clip_grad=10.0)
+    cli.add_common_args(p, "work/maskrcnn", lr=1e-4, optimizer="adamw", clip_grad=10.0,
+                        aspect_ratio_group_factor=3)
     cli.add_detector_args(p)
     return p
 

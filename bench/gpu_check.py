@@ -14,8 +14,8 @@ sections that would start after the budget is spent):
    ``maskrcnn_resnet50_fpn`` / smp ``Unet(resnet34)`` step, random batch on the device, batch 8 at 1024 px
    (UNet 32 at 512), bf16 autocast, host-device syncs per step counted.
 2. ``infer``: ``bench/infer_bench.py`` - stock forward vs our forward vs 05's prediction path (flip TTA,
-   512 x 512 masks) and 06 (post-processing + RLE) on synthetic 3000 x 2000 JPEGs at 1024 px, and the
-   projected 05 + 06 time for 3,200 test images (target 90 s).
+   512 x 512 masks) and 06 (post-processing + RLE) on synthetic 3000 x 2000 JPEGs at 1024 px, the
+   projected 05 + 06 time for 3,200 test images (target 90 s), and 05's batched mask paste vs torchvision's.
 3. ``input``: ``bench/input_bench.py`` - the training DataLoader (8 workers) on a 1024 px 01 cache vs our
    Mask R-CNN step: loader / model and end-to-end / model-only (target >= 0.95).
 4. ``pipeline``: synthetic data at 1024 px -> 01 -> 02/03/04 (short) -> 05 (flip TTA) -> 06, the time of
@@ -181,6 +181,13 @@ def summary_table(report: dict) -> str:
         lines.append(f"| 05 + 06 {r['arch']}, {inf.get('project_images')} images (s, projected) | "
                      f"{bc.fmt(r['projected_total_s'])} (05 {bc.fmt(r['projected_05_s'])} + 06 "
                      f"{bc.fmt(r['projected_06_s'])}) | | | <= {bc.fmt(inf.get('target_s'))} |")
+    paste = inf.get("paste") or {}
+    if "error" in paste:
+        lines.append(f"| mask paste | error: {paste['error'][:80]} | | | |")
+    elif paste:
+        lines.append(f"| mask paste, {paste['detections']} masks into 512 x 512 (ms) | "
+                     f"{bc.fmt(paste['paste_ours_ms'])} | {bc.fmt(paste['paste_stock_ms'])} (stock + resize) | "
+                     f"{bc.fmt(paste['paste_ratio'])} | |")
     for name in SECTIONS:
         sec = report.get(name) or {}
         if "skipped" in sec:

@@ -24,6 +24,14 @@ would, every model keeps ``--detections`` instances per image (``box_score_thres
 - ``s06_ms`` = ``s06_build_ms`` + ``s06_validate_ms``: ``lib.submission.build_submission`` (default
   post-processing, 512 x 512 RLE) and ``validate_submission`` per image, each in one process.
 
+Mask pasting (``paste``, once per run, no model: ``--paste-detections`` random smooth ``28 x 28`` crops at
+boxes of 20-300 px in a ``--paste-image`` (default 768 x 1024) input, on the bench's device): 05's batched
+paste straight into the 512 x 512 stored frame (``lib.mask_paste.masks_in_frame``) vs what 05 did before,
+torchvision's ``paste_masks_in_image`` at the input size (as the model's ``postprocess`` does) then the
+resize to 512 x 512 (``paste_stock_ms`` / ``paste_ours_ms``, ``paste_ratio`` = stock / ours); the same at
+the input size for both (``paste_same_size_ratio``: validation's case); ``paste_iou_mean`` / ``paste_iou_min``:
+IoU of the two 512 x 512 results binarised at 0.5; on CUDA ``paste_*_syncs``: host syncs per call.
+
 The two forwards are timed in turns (median batch time). Ratios: ``forward_ratio`` = ours forward / stock
 forward; ``predict_ratio`` = 05's path / stock forward (with flip TTA the path runs two forwards, so 0.5 is
 its ideal); ``end_to_end_ratio`` = 05 + rows + 06 per image, sequential, / stock forward. Projection for
@@ -37,6 +45,7 @@ Examples::
     OMP_NUM_THREADS=1 python bench/infer_bench.py --cpu         # tiny CPU mode (resnet18 at 128 px)
     python bench/infer_bench.py --out work/bench/infer.json     # GPU mode: 1024 px, flip TTA, batch 8
     python bench/infer_bench.py --archs maskrcnn --no-tta-flip  # one model, no TTA
+    python bench/infer_bench.py --cpu --archs --paste-detections 100  # the mask paste only
 """
 from __future__ import annotations
 
@@ -59,10 +68,12 @@ ARCHS = ("maskrcnn", "deepmac", "unet")
 MODES = {
     "cpu": dict(backbone="resnet18", size=128, encoder="resnet18", unet_size=128, batch=2, detections=20,
                 test_size=(480, 320), unique_images=2, steps=2, warmup=1, workers=1, channels_last=False,
+                paste_detections=100, paste_image=(768, 1024),
                 detector=dict(rpn_pre_nms_top_n_test=300, rpn_post_nms_top_n_test=100),
                 deepmac=dict(mask_roi_size=16, mask_head_width=32, mask_head_depth=2, mask_head_stacks=1)),
     "gpu": dict(backbone="resnet50", size=1024, encoder="resnet34", unet_size=1024, batch=8, detections=100,
                 test_size=(3000, 2000), unique_images=4, steps=2, warmup=1, workers=8, channels_last=True,
+                paste_detections=100, paste_image=(768, 1024),
                 detector={}, deepmac={}),
 }
 
@@ -275,17 +286,79 @@ def fusion_ms(model, images, orig, views, device, dtype, steps: int = 2, warm: i
             "fusion_ratio": bc.ratio(1 / t["device"], 1 / t["host"])}
 
 
+def paste_inputs(n: int, image_hw: tuple[int, int], crop: int = 28, device="cpu", seed: int = 0):
+    """``n`` smooth random mask crops ``(n, 1, crop, crop)`` (sigmoid of upsampled 5 x 5 noise: blobs, like a
+    mask head's output) and ``(n, 4)`` float32 boxes of 20-300 px inside an ``image_hw`` image, on ``device``."""
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.randn(n, 1, 5, 5, generator=g) * 4
+    crops = torch.sigmoid(torch.nn.functional.interpolate(noise, size=(crop, crop), mode="bilinear",
+                                                          align_corners=False))
+    h, w = int(image_hw[0]), int(image_hw[1])
+    wh = (torch.rand(n, 2, generator=g) * 280 + 20).minimum(torch.tensor([w, h], dtype=torch.float32))
+    xy = torch.rand(n, 2, generator=g) * (torch.tensor([w, h], dtype=torch.float32) - wh)
+    return crops.to(device), torch.cat([xy, xy + wh], 1).to(device)
+
+
+def paste_ms(device, n: int = 100, image_hw: tuple[int, int] = (768, 1024), frame: int = 512, steps: int = 3,
+             warm: int = 1) -> dict:
+    """05's batched paste into the stored frame vs torchvision's paste at the input size + resize (what 05
+    did), timed in turns on the same inputs; the same at the input size for both (see the module docstring)."""
+    from torchvision.models.detection.roi_heads import paste_masks_in_image
+
+    from lib.mask_paste import masks_in_frame, resize_maps
+
+    crops, boxes = paste_inputs(n, image_hw, device=device)
+    out = {"mask_crops": crops, "boxes": boxes}
+    store = (frame, frame)
+    res = {}
+
+    def stock():  # the model's postprocess, then 05's former resize of those maps (16 at a time)
+        full = paste_masks_in_image(crops, boxes, image_hw)
+        res["stock"] = torch.cat([resize_maps(full[j:j + 16], store) for j in range(0, len(full), 16)])
+
+    def ours():
+        res["ours"] = masks_in_frame(out, image_hw, store)
+
+    with torch.inference_mode():
+        t = bc.time_interleaved({"stock": stock, "ours": ours}, device, steps, warm)
+        same = bc.time_interleaved({"stock": lambda: paste_masks_in_image(crops, boxes, image_hw),
+                                    "ours": lambda: masks_in_frame(out, image_hw, image_hw)}, device, steps, warm)
+        a, b = res["ours"] >= 0.5, res["stock"] >= 0.5
+        iou = (a & b).flatten(1).sum(1).double() / (a | b).flatten(1).sum(1).clamp(min=1).double()
+        row = {"detections": n, "crop": int(crops.shape[-1]), "image_hw": list(image_hw), "frame": frame,
+               "paste_stock_ms": t["stock"] * 1e3, "paste_ours_ms": t["ours"] * 1e3,
+               "paste_ratio": bc.ratio(1 / t["ours"], 1 / t["stock"]),
+               "paste_same_size_stock_ms": same["stock"] * 1e3, "paste_same_size_ours_ms": same["ours"] * 1e3,
+               "paste_same_size_ratio": bc.ratio(1 / same["ours"], 1 / same["stock"]),
+               "paste_iou_mean": float(iou.mean()), "paste_iou_min": float(iou.min())}
+        row["paste_stock_syncs"] = bc.count_syncs(stock, device)
+        row["paste_ours_syncs"] = bc.count_syncs(ours, device)
+    return row
+
+
 def run(cfg: dict, device, dtype, archs=ARCHS, work_dir: Path = Path("work/bench/infer"), tta_flip: bool = True,
         project_images: int = 3200, target_s: float = 90.0) -> dict:
-    """Measure every arch in ``archs`` on ``cfg["unique_images"]`` synthetic test-size JPEGs."""
+    """The mask paste (:func:`paste_ms`, unless ``cfg["paste_detections"]`` is 0), then every arch in ``archs``
+    on ``cfg["unique_images"]`` synthetic test-size JPEGs."""
     from lib.inference import tta_views
 
+    paste = None
+    if cfg.get("paste_detections"):
+        try:
+            paste = paste_ms(device, int(cfg["paste_detections"]), tuple(cfg["paste_image"]),
+                             steps=max(2, cfg["steps"]), warm=cfg["warmup"])
+            print(f"  mask paste, {paste['detections']} masks of {tuple(paste['image_hw'])} into 512 x 512: ours "
+                  f"{bc.fmt(paste['paste_ours_ms'])} ms vs stock + resize {bc.fmt(paste['paste_stock_ms'])} ms "
+                  f"(x{bc.fmt(paste['paste_ratio'])}); at the input size x{bc.fmt(paste['paste_same_size_ratio'])}; "
+                  f"IoU mean {bc.fmt(paste['paste_iou_mean'], '.4f')} min {bc.fmt(paste['paste_iou_min'], '.4f')}",
+                  flush=True)
+        except Exception as e:  # keep measuring the rest
+            paste = {"error": f"{type(e).__name__}: {e}"}
     t0 = time.time()
-    paths = make_test_images(Path(work_dir), cfg["unique_images"], cfg["test_size"])
+    paths = make_test_images(Path(work_dir), cfg["unique_images"], cfg["test_size"]) if archs else []
     gen_s = time.time() - t0
     views = tta_views((1.0,), tta_flip)
-    long_side = max(cfg["size"], cfg["unet_size"])
-    dec = decode_ms(paths, long_side)
+    dec = decode_ms(paths, max(cfg["size"], cfg["unet_size"])) if paths else None
     rows = []
     for arch in archs:
         t0 = time.time()
@@ -299,7 +372,8 @@ def run(cfg: dict, device, dtype, archs=ARCHS, work_dir: Path = Path("work/bench
         print(f"  {arch:<9} stock {bc.fmt(row.get('stock_img_s'))} img/s, 05 path {bc.fmt(row.get('predict_img_s'))} "
               f"img/s, 06 {bc.fmt(row.get('s06_ms'))} ms/img, projected {bc.fmt(row.get('projected_total_s'))} s"
               f"{'  ' + row['error'] if 'error' in row else ''}", flush=True)
-    return {"rows": rows, "tta_flip": tta_flip, "project_images": project_images, "target_s": target_s,
+    return {"rows": rows, "paste": paste, "paste_ratio": (paste or {}).get("paste_ratio"),
+            "tta_flip": tta_flip, "project_images": project_images, "target_s": target_s,
             "test_images_generation_s": round(gen_s, 1), "decode_ms": dec,
             **{f"{r['arch']}_predict_ratio": r.get("predict_ratio") for r in rows},
             **{f"{r['arch']}_projected_total_s": r.get("projected_total_s") for r in rows}}
@@ -319,7 +393,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--cpu", action="store_true", help="small CPU mode (default: GPU mode, needs CUDA)")
-    p.add_argument("--archs", nargs="+", choices=ARCHS, default=list(ARCHS), help="models to measure")
+    p.add_argument("--archs", nargs="*", choices=ARCHS, default=list(ARCHS),
+                   help="models to measure (none: only the mask paste)")
     p.add_argument("--batch-size", type=int, default=None, help="images per forward (default: the mode's)")
     p.add_argument("--size", type=int, default=None, help="detector min/max size (default: 128 CPU, 1024 GPU)")
     p.add_argument("--unet-size", type=int, default=None, help="UNet min/max size (default: 128 CPU, 1024 GPU)")
@@ -334,6 +409,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="05 DataLoader workers and 06 processes assumed by the projection")
     p.add_argument("--rows-threads", type=int, default=None,
                    help="05 result-row threads assumed by the projection (default: 05's min(4, cores/2))")
+    p.add_argument("--paste-detections", type=int, default=None,
+                   help="masks of the paste measurement (default 100; 0 skips it)")
+    p.add_argument("--paste-image", type=int, nargs=2, default=None, metavar=("H", "W"),
+                   help="input image size of the paste measurement (default 768 1024)")
     p.add_argument("--no-tta-flip", action="store_true", help="one view instead of plain + flipped")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="also time our forward in channels-last layout (05 --channels-last; default: on in GPU "
@@ -349,9 +428,12 @@ def config_from_args(args) -> dict:
     cfg = bc.mode_config(MODES, args, {"batch": "batch_size", "size": "size", "unet_size": "unet_size",
                                       "detections": "detections", "unique_images": "unique_images",
                                       "steps": "steps", "warmup": "warmup", "workers": "workers",
-                                      "rows_threads": "rows_threads", "channels_last": "channels_last"})
+                                      "rows_threads": "rows_threads", "channels_last": "channels_last",
+                                      "paste_detections": "paste_detections"})
     if args.test_size:
         cfg["test_size"] = tuple(args.test_size)
+    if args.paste_image:
+        cfg["paste_image"] = tuple(args.paste_image)
     cfg.setdefault("rows_threads", max(1, min(4, (os.cpu_count() or 2) // 2)))
     return cfg
 
@@ -365,8 +447,9 @@ def main(argv=None) -> dict:
     res = run(cfg, device, dtype, args.archs, args.work_dir, not args.no_tta_flip, args.project_images,
               args.target_s)
     report = {**bc.report_header("inference", args.cpu, device, dtype, cfg), **res}
-    print()
-    print(bc.table(res["rows"], COLUMNS))
+    if res["rows"]:
+        print()
+        print(bc.table(res["rows"], COLUMNS))
     bc.write_json(args.out, report)
     print(f"\nwrote {args.out}")
     return report

@@ -19,7 +19,7 @@ from . import io as lio
 def add_common_args(parser: argparse.ArgumentParser, out_dir: str, **defaults) -> argparse.ArgumentParser:
     """Add the flags shared by the training scripts. ``defaults`` override per-script defaults (e.g. lr=0.02)."""
     d = dict(epochs=12, batch_size=4, lr=1e-4, optimizer="adamw", weight_decay=1e-4, momentum=0.9,
-             warmup_steps=500, schedule="cosine", clip_grad=0.0, workers=4, log_every=20)
+             warmup_steps=500, schedule="cosine", clip_grad=0.0, workers=4, log_every=20, aspect_ratio_group_factor=0)
     unknown = set(defaults) - set(d)
     if unknown:
         raise ValueError(f"add_common_args: unknown defaults {sorted(unknown)}")
@@ -31,6 +31,9 @@ def add_common_args(parser: argparse.ArgumentParser, out_dir: str, **defaults) -
     g.add_argument("--workers", type=int, default=d["workers"], help="DataLoader worker processes per rank")
     g.add_argument("--max-steps-per-epoch", type=int, default=0, help="cap steps per epoch (quick runs); 0 = all")
     g.add_argument("--max-val-images", type=int, default=0, help="validate on the first N val images; 0 = all")
+    g.add_argument("--aspect-ratio-group-factor", type=int, default=d["aspect_ratio_group_factor"],
+                   help="batch images of similar aspect ratio (2k+1 log-spaced bins, as torchvision's references) "
+                        "so a batch pads less; 0 = plain shuffled batches")
     g = parser.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=d["epochs"], help="total epochs")
     g.add_argument("--batch-size", type=int, default=d["batch_size"], help="images per step per process")
@@ -46,8 +49,9 @@ def add_common_args(parser: argparse.ArgumentParser, out_dir: str, **defaults) -
                    help="epochs where the step schedule decays, e.g. '8,11' (default: 2/3 and 8/9 of --epochs)")
     g.add_argument("--lr-gamma", type=float, default=0.1, help="step schedule decay factor")
     g.add_argument("--clip-grad", type=float, default=d["clip_grad"], help="max gradient norm; 0 = no clipping")
-    g.add_argument("--amp", choices=["auto", "bf16", "off"], default="auto",
-                   help="mixed precision: auto = bf16 autocast on CUDA, off on CPU")
+    g.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], default="auto",
+                   help="mixed precision: auto = bf16 autocast on GPUs with native bf16 (A100, H100), fp16 with a "
+                        "gradient scaler on older GPUs (T4, V100, P100), off on CPU")
     g.add_argument("--channels-last", action="store_true",
                    help="keep the model's 4-D weights (and so its conv activations) in channels-last (NHWC) "
                         "layout: often faster for convolutions on tensor-core GPUs; bench/train_bench.py measures "
@@ -57,11 +61,14 @@ def add_common_args(parser: argparse.ArgumentParser, out_dir: str, **defaults) -
     g.add_argument("--threads", type=int, default=0, help="torch.set_num_threads on CPU; 0 = torch's default")
     g.add_argument("--sync-bn", action="store_true",
                    help="with several CUDA processes: SyncBatchNorm (BatchNorm statistics over the global batch)")
-    g.add_argument("--ddp-find-unused", action=argparse.BooleanOptionalAction, default=True,
-                   help="DDP find_unused_parameters (needed when a head gets no loss, e.g. a batch without "
-                        "instances of --mask-classes)")
+    g.add_argument("--ddp-find-unused", action=argparse.BooleanOptionalAction, default=False,
+                   help="DDP find_unused_parameters (an extra graph walk every step; not needed by these models: "
+                        "every trainable parameter gets a gradient, also in batches without instances or without "
+                        "--mask-classes instances, tests/test_models.py)")
     g = parser.add_argument_group("logging, validation, checkpoints")
     g.add_argument("--log-every", type=int, default=d["log_every"], help="write a train record every N steps")
+    g.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=True,
+                   help="also write TensorBoard event files to OUT_DIR/tensorboard (tensorboard --logdir work)")
     g.add_argument("--val-every", type=int, default=1, help="validate every N epochs (and after the last); 0 = never")
     g.add_argument("--val-score-thresh", type=float, default=0.5,
                    help="detections below this score are dropped for the Kaggle metric (COCO AP uses all)")
@@ -294,8 +301,9 @@ def add_predict_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--input-long-side", type=int, default=0,
                    help="shrink images to this long side before the model (0 = the largest model max_size "
                         "x the largest TTA scale; images are never upscaled)")
-    g.add_argument("--amp", choices=["auto", "bf16", "off"], default="auto",
-                   help="autocast: auto = bf16 on CUDA, off on CPU")
+    g.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], default="auto",
+                   help="autocast: auto = bf16 on GPUs with native bf16 (A100, H100), fp16 on older GPUs (T4, V100, "
+                        "P100), off on CPU")
     g.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto = cuda if available")
     g.add_argument("--channels-last", action="store_true",
                    help="run the models in channels-last (NHWC) layout (bench/infer_bench.py measures it)")

@@ -16,7 +16,8 @@ to ``out_dir``:
 
 Checkpoints hold only plain Python types and tensors, so ``torch.load(path, weights_only=True)`` reads
 them; :func:`lib.checkpoint.load_checkpoint` rebuilds the model from the saved config alone. Keys: ``format``, ``stage``,
-``arch``, ``config``, ``model``, ``optimizer``, ``scheduler``, ``scaler`` (None: bf16 needs no scaler),
+``arch``, ``config``, ``model``, ``optimizer``, ``scheduler``, ``scaler`` (fp16's ``GradScaler`` state; None in fp32 and bf16, which need no scaler),
+``skipped_steps`` (updates fp16's scaler skipped so far),
 ``epoch`` (epochs completed), ``iter_in_epoch`` (steps done in epoch ``epoch``; 0 at epoch ends),
 ``global_step``, ``rng`` (torch / cuda / numpy states), ``rng_ranks`` (mid-epoch checkpoints of a DDP run:
 every rank's states), ``epoch_sums`` (mid-epoch checkpoints: the epoch's loss sums so far), ``args``,
@@ -35,17 +36,29 @@ files are deleted at the next start, and a resume drops the ``metrics.jsonl`` re
 checkpoint (they are logged again), so a killed-and-resumed run ends with the files of an uninterrupted one.
 
 Multi-GPU: launched by ``torchrun`` (env ``WORLD_SIZE`` > 1) the model is wrapped in DDP (nccl on CUDA,
-gloo on CPU), each rank reads its shard via ``DistributedSampler``, and rank 0 alone logs, validates on
-the full val split and saves while the others wait at a barrier. ``--batch-size`` is per process;
-scale ``--lr`` with the world size yourself if you want the linear rule.
+gloo on CPU; ``find_unused_parameters`` off by default: every trainable parameter gets a gradient), each
+rank reads its shard via ``DistributedSampler``, every rank validates its contiguous share of the val split
+(:func:`evaluate`; rank 0 merges the shards: the scores of a single-process evaluation), and rank 0 alone
+logs and saves while the others wait at a barrier. ``--batch-size`` is per process; scale ``--lr`` with the
+world size yourself if you want the linear rule.
+
+Mixed precision (``--amp``, :func:`lib.runtime.amp_dtype`): bf16 autocast, or fp16 autocast with
+``torch.amp.GradScaler`` (its state in every checkpoint; an update it skips for inf/NaN gradients is counted
+as ``skipped_steps`` in ``metrics.jsonl`` and the progress bar, and only :data:`MAX_CONSECUTIVE_SKIPS` in a
+row stop the run). Boxes and masks stay float32 under both (lib/models/maskrcnn.py).
+
+Live monitoring: the train and epoch records also go to TensorBoard event files in ``tensorboard/``
+(:mod:`lib.monitor`; ``--no-tensorboard``), with a few validation overlays per epoch.
 """
 from __future__ import annotations
 
 import contextlib
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -59,7 +72,9 @@ from . import models as lmodels
 from . import runtime
 from . import weights as lweights
 from .checkpoint import CHECKPOINT_FORMAT, save_checkpoint
-from .training_data import PreparedDataset, build_transforms, make_loader
+from .mask_paste import crops_from, masks_in_frame
+from .monitor import TrainMonitor, tensorboard_dir
+from .training_data import PreparedDataset, build_transforms, make_loader, set_epoch
 from .viz import plot_curves
 
 
@@ -144,48 +159,100 @@ def _autocast(device: torch.device, dtype):
     return torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None)
 
 
+def shard_indices(n: int, batch_size: int, rank: int, world: int) -> list[int]:
+    """Rank ``rank``'s share of ``n`` items for a distributed evaluation: a contiguous run of whole batches of
+    ``batch_size``, so every image is in the batch it has in a single-process run (padding and batch size
+    then equal: the same predictions), and the shards in rank order are ``0 .. n-1``."""
+    n_batches = -(-n // max(1, batch_size))
+    lo, hi = (n_batches * rank) // world, (n_batches * (rank + 1)) // world
+    return list(range(min(n, lo * batch_size), min(n, hi * batch_size)))
+
+
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, dataset, device: torch.device, dtype=None, batch_size: int = 2,
-             score_thresh: float = 0.5, mask_thresh: float = 0.5, progress: bool = True) -> dict:
+             score_thresh: float = 0.5, mask_thresh: float = 0.5, progress: bool = True, workers: int = 0,
+             distributed: bool = False, examples: int = 0) -> dict | None:
     """Validate on ``dataset`` (a :class:`PreparedDataset` with eval transforms).
 
-    Predicted masks are ``prob >= mask_thresh``, classes are categories (label - 1). The Kaggle metric uses
-    detections with ``score >= score_thresh``; COCO mask AP uses all of them. Returns ``dict(kaggle,
-    kaggle_all, num_images, per_class, coco, attr)`` (``kaggle_all``: Kaggle metric with every detection;
-    ``attr``: :class:`lib.metric.AttributeEvaluator` summary of the kept detections when the model predicts
-    attributes, else None).
+    Predicted masks are ``prob >= mask_thresh`` at the image's size (detectors' crops pasted in one batch per
+    image, :func:`lib.mask_paste.masks_in_frame`, binarised on the device), classes are categories
+    (label - 1). The Kaggle metric uses detections with ``score >= score_thresh``; COCO mask AP uses all of
+    them. ``workers``: loader processes decoding the val images.
+
+    ``distributed`` (every rank calls it): each rank evaluates its :func:`shard_indices` and rank 0 merges
+    the shards in order, so the scores equal a single-process evaluation's; the other ranks return None.
+
+    Returns ``dict(kaggle, kaggle_all, num_images, per_class, coco, attr, examples)`` (``kaggle_all``: Kaggle
+    metric with every detection; ``attr``: :class:`lib.metric.AttributeEvaluator` summary of the kept
+    detections when the model predicts attributes, else None; ``examples``: the first ``examples`` images as
+    ``(image (3, H, W) float, {"masks" (N, H, W) bool, "labels", "scores"})`` with the kept detections, for
+    overlays).
     """
-    from .metric import AttributeEvaluator, Evaluator
+    from .metric import Evaluator
 
     was_training = model.training
     model.eval()
-    ev_k = Evaluator(coco=False)
-    ev_all = Evaluator(coco=True)
-    ev_attr = None
-    loader = make_loader(dataset, batch_size=batch_size, shuffle=False, workers=0)
+    evs = {"kaggle": Evaluator(coco=False), "all": Evaluator(coco=True), "attr": None}
+    shown = []
+    if distributed:
+        rank, world = dist.get_rank(), dist.get_world_size()
+        dataset = torch.utils.data.Subset(dataset, shard_indices(len(dataset), batch_size, rank, world))
+    loader = make_loader(dataset, batch_size=batch_size, shuffle=False, workers=workers)
     for images, targets in tqdm(loader, desc="val", unit="batch", disable=not progress, leave=False):
-        with _autocast(device, dtype):
-            outs = model([im.as_subclass(torch.Tensor).to(device) for im in images])
-        for out, t in zip(outs, targets):
-            gt_masks = t["masks"].as_subclass(torch.Tensor).numpy()
-            gt_cls = (t["labels"] - 1).numpy()
-            m = out["masks"]
-            pm = (m[:, 0] >= mask_thresh).cpu().numpy() if m.numel() else np.zeros((0, *gt_masks.shape[1:]), bool)
-            pc = (out["labels"] - 1).cpu().numpy()
-            ps = out["scores"].float().cpu().numpy()
-            ev_all.add(t["image_id"], gt_masks, gt_cls, pm, pc, ps)
-            keep = ps >= score_thresh
-            ev_k.add(t["image_id"], gt_masks, gt_cls, pm[keep], pc[keep], ps[keep])
-            if out.get("attr_scores") is not None and "attributes" in t:
-                ev_attr = ev_attr or AttributeEvaluator()
-                ev_attr.add(gt_masks, gt_cls, t["attributes"].as_subclass(torch.Tensor).numpy(), pm[keep], pc[keep],
-                            ps[keep], out["attr_scores"].float().cpu().numpy()[keep])
+        images = [im.as_subclass(torch.Tensor).to(device, non_blocking=True) for im in images]
+        with _autocast(device, dtype), crops_from(model):
+            outs = model(images)
+        for im, out, t in zip(images, outs, targets):
+            kept = _score_image(evs, out, t, tuple(im.shape[-2:]), score_thresh, mask_thresh)
+            if len(shown) < examples:
+                shown.append((im.cpu(), kept))
     if was_training:
         model.train()
-    s_k, s_all = ev_k.summary(), ev_all.summary()
+    if distributed:
+        evs, shown = _gather_evaluators(evs, shown)
+        if evs is None:
+            return None
+    s_k, s_all = evs["kaggle"].summary(), evs["all"].summary()
     return {"kaggle": s_k["kaggle"], "kaggle_all": s_all["kaggle"], "num_images": s_k["num_images"],
             "per_class": s_k["per_class"], "coco": s_all["coco"], "score_thresh": score_thresh,
-            "attr": ev_attr.summary() if ev_attr is not None else None}
+            "attr": evs["attr"].summary() if evs["attr"] is not None else None, "examples": shown}
+
+
+def _score_image(evs: dict, out: dict, t: dict, hw: tuple[int, int], score_thresh: float,
+                 mask_thresh: float) -> dict:
+    """Add one image's predictions to the evaluators of :func:`evaluate`; returns the kept detections."""
+    from .metric import AttributeEvaluator
+
+    gt_masks = t["masks"].as_subclass(torch.Tensor).numpy()
+    gt_cls = (t["labels"] - 1).numpy()
+    pm = (masks_in_frame(out, hw, hw) >= mask_thresh).cpu().numpy()
+    pc = (out["labels"] - 1).cpu().numpy()
+    ps = out["scores"].float().cpu().numpy()
+    evs["all"].add(t["image_id"], gt_masks, gt_cls, pm, pc, ps)
+    keep = ps >= score_thresh
+    evs["kaggle"].add(t["image_id"], gt_masks, gt_cls, pm[keep], pc[keep], ps[keep])
+    if out.get("attr_scores") is not None and "attributes" in t:
+        evs["attr"] = evs["attr"] or AttributeEvaluator()
+        evs["attr"].add(gt_masks, gt_cls, t["attributes"].as_subclass(torch.Tensor).numpy(), pm[keep], pc[keep],
+                        ps[keep], out["attr_scores"].float().cpu().numpy()[keep])
+    return {"masks": torch.from_numpy(pm[keep]), "labels": torch.from_numpy(pc[keep] + 1),
+            "scores": torch.from_numpy(ps[keep])}
+
+
+def _gather_evaluators(evs: dict, shown: list):
+    """Every rank's evaluators (and examples) merged in rank order on rank 0; ``(None, None)`` elsewhere."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    parts = [None] * world if rank == 0 else None
+    dist.gather_object((evs, shown), parts, dst=0)
+    if rank != 0:
+        return None, None
+    merged, shown = parts[0]
+    for other, more in parts[1:]:
+        merged["kaggle"].merge(other["kaggle"])
+        merged["all"].merge(other["all"])
+        if other["attr"] is not None:
+            merged["attr"] = other["attr"] if merged["attr"] is None else merged["attr"].merge(other["attr"])
+    return merged, shown
 
 
 def _finite_or_none(x):
@@ -197,38 +264,63 @@ class NonFiniteLossError(FloatingPointError):
     """Raised when a loss or gradient norm is NaN/inf; checkpoint.pth keeps the last good state."""
 
 
+class StepResult(NamedTuple):
+    """What :func:`train_step` reports, as Python floats: the total loss, each loss part, the (unscaled)
+    gradient norm, and whether fp16's gradient scaler skipped the update (inf/NaN gradients)."""
+
+    loss: float
+    parts: dict
+    grad_norm: float
+    skipped: bool
+
+
 def train_step(net, images, targets, optimizer, params, clip_grad: float, device: torch.device, dtype=None,
-               distributed: bool = False) -> tuple[float, dict[str, float], float]:
+               distributed: bool = False, scaler: torch.amp.GradScaler | None = None) -> StepResult:
     """One optimisation step: forward under autocast, backward, gradient clipping, ``optimizer.step()``.
 
     ``images``/``targets`` are already on ``device``; ``clip_grad`` 0 = no clipping (the norm is still
-    computed). Returns ``(total loss, {loss part: value}, gradient norm)`` as Python floats, read with two
-    device-to-host copies per step (all loss values stacked, then the norm) instead of one per value.
-    Raises :class:`NonFiniteLossError` (``"non-finite loss: ..."`` / ``"non-finite gradient norm: ..."``)
-    before the weights change when the loss (on any rank, under DDP) or the gradient norm is not finite.
+    computed). The losses and the gradient norm are read together after ``backward``: one device-to-host
+    copy per step.
+
+    ``scaler``: fp16's ``torch.amp.GradScaler`` (:func:`lib.runtime.make_grad_scaler`). Enabled, it scales
+    the loss, unscales the gradients before clipping, and skips the update when a gradient is inf/NaN
+    (``StepResult.skipped``; it then lowers its scale): an fp16 overflow is normal, not an error. Without an
+    enabled scaler (fp32, bf16) a non-finite loss (on any rank, under DDP) or gradient norm raises
+    :class:`NonFiniteLossError` (``"non-finite loss: ..."`` / ``"non-finite gradient norm: ..."``) before
+    the weights change.
     """
+    scaling = scaler is not None and scaler.is_enabled()
     with _autocast(device, dtype):
         loss_dict = net(images, targets)
     loss = sum(loss_dict.values())
-    values = torch.stack([loss.detach().float(), *(v.detach().float().reshape(()) for v in loss_dict.values())])
-    if distributed:  # every rank must stop together: share the "some value is not finite" flag
-        bad = (~torch.isfinite(values)).any().float().reshape(1)
+    optimizer.zero_grad(set_to_none=True)
+    (scaler.scale(loss) if scaling else loss).backward()
+    if scaling:
+        scaler.unscale_(optimizer)
+    gn = torch.nn.utils.clip_grad_norm_(params, clip_grad if clip_grad > 0 else float("inf"))
+    values = torch.stack([loss.detach().float(), *(v.detach().float().reshape(()) for v in loss_dict.values()),
+                          gn.detach().float().reshape(())])
+    if distributed:  # every rank must stop (or skip) together: share the "some value is not finite" flag
+        bad = (~torch.isfinite(values[:-1])).any().float().reshape(1)
         dist.all_reduce(bad)
-        bad_anywhere = bad.item() > 0
-    values = values.tolist()
-    total, parts = values[0], dict(zip(loss_dict, values[1:]))
-    bad_here = not all(math.isfinite(v) for v in values)
-    if bad_here or distributed and bad_anywhere:
+        values = torch.cat([values, bad])
+    values = values.tolist()  # the step's one host sync
+    bad_anywhere = distributed and values.pop() > 0
+    total, gn = values[0], values[-1]
+    parts = dict(zip(loss_dict, values[1:-1]))
+    if scaling:
+        scaler.step(optimizer)  # skipped by the scaler when a gradient is inf/NaN
+        scaler.update()
+        return StepResult(total, parts, gn, not math.isfinite(gn))
+    bad_here = not all(math.isfinite(v) for v in values[:-1])
+    if bad_here or bad_anywhere:
         detail = ", ".join(f"{k}={v:.6g}" for k, v in parts.items())
         raise NonFiniteLossError(f"non-finite loss: loss={total:.6g} ({detail or 'no loss parts'})"
                                  f"{'' if bad_here else ' on some rank'}")
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    gn = float(torch.nn.utils.clip_grad_norm_(params, clip_grad if clip_grad > 0 else float("inf")))
     if not math.isfinite(gn):
         raise NonFiniteLossError(f"non-finite gradient norm: grad_norm={gn}, loss={total:.6g}")
     optimizer.step()
-    return total, parts, gn
+    return StepResult(total, parts, gn, False)
 
 
 # --------------------------------------------------------------------------------------------- a run
@@ -260,7 +352,9 @@ class TrainSettings:
     seed: int = 0
     threads: int = 0
     sync_bn: bool = False
-    ddp_find_unused: bool = True
+    ddp_find_unused: bool = False
+    aspect_ratio_group_factor: int = 0
+    tensorboard: bool = True
     log_every: int = 20
     val_every: int = 1
     val_score_thresh: float = 0.5
@@ -307,6 +401,10 @@ class Run:
     resume: dict | None
     run_args: dict
     data_summary: dict
+    scaler: torch.amp.GradScaler | None = None
+    monitor: TrainMonitor | None = None
+    skipped_steps: int = 0
+    consecutive_skips: int = 0
     start_epoch: int = 0
     start_iter: int = 0
     global_step: int = 0
@@ -392,7 +490,8 @@ def start_run(arch: str, model_overrides: dict, s: TrainSettings, stage: str, he
     lr_f = lr_factor_fn(s.schedule, steps_per_epoch * s.epochs, s.warmup_steps,
                         milestone_steps(s.lr_milestones, s.epochs, steps_per_epoch), s.lr_gamma)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_f)
-    run = Run(arch=arch, stage=stage, settings=s, env=env, dtype=runtime.amp_dtype(s.amp, device),
+    dtype = runtime.amp_dtype(s.amp, device)
+    run = Run(arch=arch, stage=stage, settings=s, env=env, dtype=dtype, scaler=runtime.make_grad_scaler(dtype, device),
               out_dir=out_dir, label_names=label_names, train_ds=train_ds, val_ds=val_ds, loader=loader,
               steps_per_epoch=steps_per_epoch, config=config, model=model, net=model, optimizer=optimizer,
               scheduler=scheduler, params=[], init_report=init_report, resume=resume,
@@ -402,6 +501,8 @@ def start_run(arch: str, model_overrides: dict, s: TrainSettings, stage: str, he
                             "num_categories": len(label_names), "cache_counts": meta.get("counts")})
     if resume is not None:
         _restore(run)
+    run.monitor = held.enter_context(TrainMonitor(tensorboard_dir(out_dir), enabled=main and s.tensorboard,
+                                                  resume_step=run.global_step))
     _wrap_distributed(run)
     return run
 
@@ -430,7 +531,7 @@ def _datasets(s: TrainSettings, distributed: bool):
         val_ds = PreparedDataset(s.prepared_dir, "val", build_transforms(False),
                               image_ids=val_ds.image_ids[: s.max_val_images])
     loader = make_loader(train_ds, s.batch_size, shuffle=True, workers=s.workers, distributed=distributed,
-                         seed=s.seed)
+                         seed=s.seed, aspect_ratio_group_factor=s.aspect_ratio_group_factor)
     return train_ds, val_ds, loader
 
 
@@ -473,6 +574,9 @@ def _restore(run: Run) -> None:
         run.optimizer.load_state_dict(ck["optimizer"])
     if ck.get("scheduler") is not None:
         run.scheduler.load_state_dict(ck["scheduler"])
+    if ck.get("scaler") and run.scaler.is_enabled():  # fp16: the loss scale and its growth counter
+        run.scaler.load_state_dict(ck["scaler"])
+    run.skipped_steps = int(ck.get("skipped_steps", 0))
     run.start_epoch = int(ck.get("epoch", 0))
     run.start_iter = int(ck.get("iter_in_epoch", 0))
     run.global_step = int(ck.get("global_step", 0))
@@ -523,8 +627,7 @@ def train_one_epoch(run: Run, epoch: int) -> dict:
     else:
         runtime.seed_everything(s.seed + 1000 * (epoch + 1) + rank)
     loader = run.loader
-    loader.sampler.set_epoch(epoch)
-    loader.sampler.set_skip(skip * s.batch_size)
+    set_epoch(loader, epoch, skip)
     loader.generator.manual_seed(s.seed + epoch)
     run.net.train()
     sums: dict[str, float] = {}
@@ -540,39 +643,70 @@ def train_one_epoch(run: Run, epoch: int) -> dict:
     for images, targets in loader:
         if it >= run.steps_per_epoch:
             break
+        t_data = time.time() - t_step  # waiting for the loader
         images, targets = _to_device(images, targets, run.device)
         try:
-            total, parts, gn = train_step(run.net, images, targets, run.optimizer, run.params, s.clip_grad,
-                                          run.device, run.dtype, run.env["distributed"])
+            step = train_step(run.net, images, targets, run.optimizer, run.params, s.clip_grad, run.device,
+                              run.dtype, run.env["distributed"], run.scaler)
         except NonFiniteLossError as e:
             what, _, detail = str(e).partition(": ")
             raise NonFiniteLossError(
                 f"{what} at epoch {epoch + 1}, step {it + 1} of the epoch (global step {run.global_step + 1}): "
                 f"{detail}; stopped without saving - {run.path('checkpoint.pth')} keeps the last good state"
             ) from None
-        run.scheduler.step()
+        _count_skip(run, step.skipped, epoch, it)
+        with warnings.catch_warnings():  # a skipped fp16 update is no misordered scheduler call
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
+            run.scheduler.step()
         run.global_step += 1
         it += 1
         n_steps += 1
         n_images += len(images) * world
         dt, t_step = time.time() - t_step, time.time()
-        for k, v in (("loss", total), *parts.items()):
+        for k, v in (("loss", step.loss), *step.parts.items()):
             sums[k] = sums.get(k, 0.0) + v
         if run.main:
             lr = run.optimizer.param_groups[0]["lr"]
-            bar.set_postfix(loss=f"{total:.3f}", lr=f"{lr:.2e}")
+            bar.set_postfix(loss=f"{step.loss:.3f}", lr=f"{lr:.2e}", **({"skipped": run.skipped_steps}
+                                                                        if run.skipped_steps else {}))
             bar.update(1)
             if s.log_every and (run.global_step % s.log_every == 0 or it == run.steps_per_epoch):
-                rec = {"kind": "train", "epoch": epoch + 1, "iter": it, "step": run.global_step, "loss": total}
-                rec.update({k if k.startswith("loss") else f"loss_{k}": v for k, v in parts.items()})
-                rec.update({"lr": lr, "grad_norm": gn, "step_time": round(dt, 4),
-                            "images_per_s": round(len(images) * world / max(dt, 1e-9), 3)})
+                rec = {"kind": "train", "epoch": epoch + 1, "iter": it, "step": run.global_step, "loss": step.loss}
+                rec.update({k if k.startswith("loss") else f"loss_{k}": v for k, v in step.parts.items()})
+                rec.update({"lr": lr, "grad_norm": step.grad_norm, "step_time": round(dt, 4),
+                            "data_time": round(t_data, 4), "images_per_s": round(len(images) * world / max(dt, 1e-9), 3),
+                            "skipped_steps": run.skipped_steps, **_device_memory(run.device)})
                 lio.append_jsonl(run.path("metrics.jsonl"), rec)
+                run.monitor.log_train(run.global_step, rec)
         if s.checkpoint_every_steps and run.global_step % s.checkpoint_every_steps == 0 \
                 and it < run.steps_per_epoch:
             _save_mid_epoch(run, epoch, it, {"sums": dict(sums), "steps": n_steps, "images": n_images})
     bar.close()
     return {"sums": sums, "steps": n_steps, "images": n_images, "seconds": time.time() - t_epoch}
+
+
+MAX_CONSECUTIVE_SKIPS = 25  # fp16 steps in a row without an update: the scale fell from 2**16 to below 2**-8
+
+
+def _count_skip(run: Run, skipped: bool, epoch: int, it: int) -> None:
+    """Count a step fp16's gradient scaler skipped; a long run of them (the loss itself is not finite, not an
+    overflow the scale can cure) stops training like a non-finite fp32 loss."""
+    run.consecutive_skips = run.consecutive_skips + 1 if skipped else 0
+    if not skipped:
+        return
+    run.skipped_steps += 1
+    if run.consecutive_skips >= MAX_CONSECUTIVE_SKIPS:
+        raise NonFiniteLossError(
+            f"non-finite gradients in {run.consecutive_skips} fp16 steps in a row up to epoch {epoch + 1}, step "
+            f"{it + 1} (loss scale now {run.scaler.get_scale():.3g}); stopped without saving - "
+            f"{run.path('checkpoint.pth')} keeps the last good state (try --amp bf16 or off, a lower --lr)")
+
+
+def _device_memory(device: torch.device) -> dict:
+    """``{"max_mem_gb": peak allocated GiB}`` on CUDA, ``{}`` elsewhere."""
+    if device.type != "cuda":
+        return {}
+    return {"max_mem_gb": round(torch.cuda.max_memory_allocated(device) / 2**30, 3)}
 
 
 def _save_mid_epoch(run: Run, epoch: int, it: int, epoch_sums: dict) -> None:
@@ -589,28 +723,40 @@ def _save_mid_epoch(run: Run, epoch: int, it: int, epoch_sums: dict) -> None:
         dist.barrier()
 
 
+OVERLAY_IMAGES = 4  # validation images drawn into TensorBoard each validated epoch
+
+
 def end_epoch(run: Run, epoch: int, epoch_sums: dict) -> None:
-    """Rank 0: the epoch record, validation, best.pth / model_<epoch>.pth / checkpoint.pth, curves, meta."""
+    """The epoch's end: validation on every rank (each over its shard), then on rank 0 the epoch record,
+    TensorBoard, best.pth / model_<epoch>.pth / checkpoint.pth, curves, meta."""
     s = run.settings
     check_params_finite(run, f"after epoch {epoch + 1}")
     run.epochs_done = epoch + 1
+    do_val = len(run.val_ds) > 0 and s.val_every > 0 and ((epoch + 1) % s.val_every == 0 or epoch == s.epochs - 1)
+    t_val = time.time()
+    res = evaluate(run.model, run.val_ds, run.device, run.dtype, batch_size=s.batch_size,
+                   score_thresh=s.val_score_thresh, progress=run.main, workers=s.workers,
+                   distributed=run.env["distributed"], examples=OVERLAY_IMAGES if run.main else 0) if do_val else None
     if run.main:
         n_steps, seconds = epoch_sums["steps"], epoch_sums["seconds"]
         rec = {"kind": "epoch", "epoch": epoch + 1, "step": run.global_step, "steps": n_steps,
                "epoch_time": round(seconds, 2), "images_per_s": round(epoch_sums["images"] / max(seconds, 1e-9), 3),
                "lr": run.optimizer.param_groups[0]["lr"]}
-        if run.device.type == "cuda":
-            rec["max_mem_gb"] = round(torch.cuda.max_memory_allocated(run.device) / 2**30, 3)
+        rec.update(_device_memory(run.device))
+        if run.scaler.is_enabled():
+            rec["skipped_steps"] = run.skipped_steps
         for k, v in epoch_sums["sums"].items():
             rec[f"train_{k}" if k == "loss" or k.startswith("loss") else f"train_loss_{k}"] = v / max(n_steps, 1)
-        do_val = len(run.val_ds) > 0 and s.val_every > 0 and (
-            (epoch + 1) % s.val_every == 0 or epoch == s.epochs - 1)
-        improved = validate(run, epoch, rec) if do_val else False
+        improved = record_validation(run, epoch, rec, res, time.time() - t_val) if res is not None else False
         run.last_metrics = lio.json_safe(rec)
         # Order matters when the process is killed in between: the log record and best.pth come before
         # checkpoint.pth, so a resume from the previous checkpoint redoes this epoch (dropping its record)
         # and never continues from a state whose record or best.pth is missing.
         lio.append_jsonl(run.path("metrics.jsonl"), rec)
+        run.monitor.log_epoch(run.global_step, rec)
+        if res is not None:
+            run.monitor.log_overlays(run.global_step, [im for im, _ in res["examples"]],
+                                     [p for _, p in res["examples"]], class_names=run.label_names)
         ck = make_checkpoint(run, epoch + 1, 0)
         if improved:
             save_checkpoint(run.path("best.pth"), ck)
@@ -623,16 +769,13 @@ def end_epoch(run: Run, epoch: int, epoch_sums: dict) -> None:
         dist.barrier()
 
 
-def validate(run: Run, epoch: int, rec: dict) -> bool:
-    """Score the val split into ``rec`` and ``val_scores.json``; True when the Kaggle metric improved."""
-    t_val = time.time()
-    res = evaluate(run.model, run.val_ds, run.device, run.dtype, batch_size=run.settings.batch_size,
-                   score_thresh=run.settings.val_score_thresh, progress=True)
+def record_validation(run: Run, epoch: int, rec: dict, res: dict, seconds: float) -> bool:
+    """:func:`evaluate`'s scores into ``rec`` and ``val_scores.json``; True when the Kaggle metric improved."""
     coco = res["coco"] or {}
     rec.update({"val_kaggle": res["kaggle"], "val_kaggle_all": res["kaggle_all"],
                 "val_AP": _finite_or_none(coco.get("AP")), "val_AP50": _finite_or_none(coco.get("AP50")),
                 "val_AP75": _finite_or_none(coco.get("AP75")), "val_images": res["num_images"],
-                "val_time": round(time.time() - t_val, 2)})
+                "val_time": round(seconds, 2)})
     if res["attr"] is not None:
         rec.update({"val_attr_micro_f1": _finite_or_none(res["attr"].get("micro_f1")),
                     "val_attr_macro_f1": _finite_or_none(res["attr"].get("macro_f1"))})
@@ -640,7 +783,7 @@ def validate(run: Run, epoch: int, rec: dict) -> bool:
     improved = math.isfinite(score) and score > run.best_score
     if improved:
         run.best_score = score
-    entry = {"epoch": epoch + 1, "step": run.global_step, **res}
+    entry = {"epoch": epoch + 1, "step": run.global_step, **{k: v for k, v in res.items() if k != "examples"}}
     run.val_history.append({"epoch": epoch + 1, "kaggle": res["kaggle"], "AP": rec["val_AP"]})
     path = run.path("val_scores.json")
     old = lio.read_json(path) if path.exists() else {}
@@ -654,7 +797,9 @@ def make_checkpoint(run: Run, epoch_done: int, iter_in_epoch: int) -> dict:
     """The checkpoint dict of ``run`` after ``iter_in_epoch`` steps of epoch ``epoch_done`` (0 at epoch ends)."""
     return {"format": CHECKPOINT_FORMAT, "stage": run.stage, "arch": run.arch, "config": run.config,
             "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
-            "scheduler": run.scheduler.state_dict(), "scaler": None, "epoch": epoch_done,
+            "scheduler": run.scheduler.state_dict(),
+            "scaler": run.scaler.state_dict() if run.scaler.is_enabled() else None,
+            "skipped_steps": run.skipped_steps, "epoch": epoch_done,
             "iter_in_epoch": iter_in_epoch, "global_step": run.global_step, "rng": runtime.rng_state(),
             "args": run.run_args, "labels": run.label_names, "best_score": run.best_score,
             "metrics": run.last_metrics, "world_size": run.env["world_size"], "init": run.init_report}
@@ -689,6 +834,6 @@ def write_meta(run: Run, status: str) -> dict:
     return m
 
 
-__all__ = ["Run", "run_training", "start_run", "train_one_epoch", "end_epoch", "validate", "evaluate", "train_step",
+__all__ = ["Run", "run_training", "start_run", "train_one_epoch", "end_epoch", "record_validation", "evaluate", "shard_indices", "train_step", "StepResult",
            "build_optimizer", "lr_factor_fn", "milestone_steps", "make_checkpoint", "write_meta",
            "NonFiniteLossError"]

@@ -5,7 +5,11 @@ fused on the device, as rows of the prediction table (:mod:`lib.prediction_table
    (never upscaled), so the CPU work overlaps the accelerator; models run under ``torch.inference_mode``
    with bf16 autocast on CUDA;
 2. per model and image, every TTA view (``tta_scales`` x {plain, horizontal flip}, :func:`tta_views`) is
-   mapped back to the original frame at the stored mask resolution and the views are merged by the rules of
+   mapped back to the original frame at the stored mask resolution: a detector's mask crops are pasted
+   straight into that frame, all of an image's masks in one batched ``grid_sample`` with no host sync per
+   detection (:mod:`lib.mask_paste`), instead of full-size float32 pastes resized afterwards; the UNet's
+   full-size masks are resized to it, and its ``semantic`` probabilities are not produced
+   (:func:`lib.models.unet.without_semantic`). The views are merged by the rules of
    :func:`lib.fusion.fuse_instances` (one source per view, equal weights), on the model's device
    (:func:`_fuse_views`): only the fused masks, quantized to uint8, cross to the host;
 3. instances scoring below ``score_floor`` are dropped; masks are stored as soft probabilities at
@@ -33,7 +37,9 @@ from . import kaggle_data as ldata
 from . import prediction_table as lpred
 from .boxes import prob_boxes_torch
 from .fusion import fused_attributes, fusion_plan
+from .mask_paste import crops_from, default_chunk, masks_in_frame
 from .metric import _FLOAT32_EXACT, mask_iou
+from .models.unet import without_semantic
 
 __all__ = ["ImageDataset", "make_image_loader", "tta_views", "predict_batch", "batch_views", "result_rows"]
 
@@ -100,17 +106,6 @@ def _scaled_transform(model, scale: float):
         t.min_size, t.max_size = old_min, old_max
 
 
-def _resize_maps(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """``(n, 1, h, w)`` probabilities -> ``(n, H, W)`` float32 at ``size`` on the masks' device (bilinear;
-    antialiased when shrinking)."""
-    H, W = int(size[0]), int(size[1])
-    m = masks.float()
-    h, w = m.shape[-2:]
-    if (h, w) != (H, W) and m.shape[0]:
-        m = F.interpolate(m, size=(H, W), mode="bilinear", align_corners=False, antialias=H < h or W < w)
-    return m.reshape(m.shape[0], H, W)
-
-
 def _quantize_on_device(maps: torch.Tensor) -> torch.Tensor:
     """Probabilities -> uint8 ``round(p * 255)`` on their device."""
     return (maps.float() * 255).round_().clamp_(0, 255).to(torch.uint8)
@@ -121,34 +116,29 @@ def _quantize(maps: torch.Tensor) -> np.ndarray:
     return _quantize_on_device(maps).cpu().numpy()
 
 
-def _resize_quantize(masks: torch.Tensor, size: tuple[int, int], chunk: int = 16,
-                     on_device: bool = False) -> np.ndarray | torch.Tensor:
-    """``(N, 1, h, w)`` probabilities -> ``(N, H, W)`` uint8 (``round(p * 255)``) at ``size``, resized on the
-    masks' device ``chunk`` masks at a time (bounded memory; see :func:`_resize_maps`). A host numpy array,
-    or with ``on_device`` a tensor left on the masks' device."""
-    out = torch.empty((masks.shape[0], int(size[0]), int(size[1])), dtype=torch.uint8,
-                      device=masks.device if on_device else "cpu")
-    for j in range(0, masks.shape[0], chunk):
-        out[j:j + chunk] = _quantize_on_device(_resize_maps(masks[j:j + chunk], size))
-    return out if on_device else out.numpy()
-
-
 def _view_result(out: dict, flip: bool, in_hw: tuple[int, int], orig_hw: tuple[int, int],
                  store_hw: tuple[int, int], score_floor: float, quantize: bool = True) -> dict:
     """One model output (one image, one view) -> instances in the original frame at the stored resolution.
 
-    ``masks`` is the (N, Hs, Ws) uint8 ``round(p * 255)`` of :func:`predict_batch`: a host array, or with
-    ``quantize=False`` a tensor left on the model's device (for :func:`_fuse_views`).
+    ``out`` carries ``mask_crops`` (a detector inside :func:`lib.mask_paste.crops_from`) or full-size
+    ``masks``; either way the kept instances' maps are made in the ``store_hw`` frame by
+    :func:`lib.mask_paste.masks_in_frame` (flipped back for a flipped view) and quantized, a chunk of
+    instances at a time (bounded memory). ``masks`` is the (N, Hs, Ws) uint8 ``round(p * 255)`` of
+    :func:`predict_batch`: a host array, or with ``quantize=False`` a tensor left on the model's device (for
+    :func:`_fuse_views`).
     """
     scores = out["scores"].float()
     keep = torch.nonzero(scores >= score_floor).flatten()
     keep = keep[torch.argsort(scores[keep], descending=True, stable=True)]
-    masks = out["masks"][keep]
-    if masks.ndim == 3:
-        masks = masks[:, None]
-    if flip:
-        masks = masks.flip(-1)
-    q = _resize_quantize(masks, store_hw, on_device=not quantize)
+    dev = scores.device
+    q = torch.empty((len(keep), int(store_hw[0]), int(store_hw[1])), dtype=torch.uint8,
+                    device="cpu" if quantize else dev)
+    chunk = default_chunk(store_hw)
+    for j in range(0, len(keep), chunk):
+        maps = masks_in_frame(out, in_hw, store_hw, rows=keep[j:j + chunk])
+        q[j:j + chunk] = _quantize_on_device(maps.flip(-1) if flip else maps)
+    if quantize:
+        q = q.numpy()
     boxes = out["boxes"][keep].float().cpu().numpy().reshape(-1, 4).astype(np.float32)
     in_h, in_w = in_hw
     if flip:
@@ -284,7 +274,9 @@ def batch_views(model, images: list[torch.Tensor], orig_sizes: list[tuple[int, i
                 dtype=None) -> list[list[dict]]:
     """The views of :func:`predict_batch` before fusion: per image, one :func:`_view_result` per view, at the
     stored size ``stores[i]``. With one view its masks are uint8 host arrays (the final result); with several
-    they stay on the device as uint8 tensors for :func:`_fuse_views`."""
+    they stay on the device as uint8 tensors for :func:`_fuse_views`. Detectors run inside
+    :func:`lib.mask_paste.crops_from` (their crops are pasted at the stored size, never at the input size),
+    the UNet inside :func:`lib.models.unet.without_semantic`."""
     device = images[0].device
     per_image: list[list[dict]] = [[] for _ in images]
     for scale, flip in views:
@@ -292,8 +284,9 @@ def batch_views(model, images: list[torch.Tensor], orig_sizes: list[tuple[int, i
         if scale != 1.0 and getattr(model, "transform", None) is None:
             inputs = [F.interpolate(im[None], scale_factor=scale, mode="bilinear", align_corners=False,
                                     antialias=scale < 1)[0] for im in inputs]
-        with _scaled_transform(model, scale), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            outs = model(inputs)
+        with _scaled_transform(model, scale), crops_from(model), without_semantic(model):
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                outs = model(inputs)
         for i, (out, inp) in enumerate(zip(outs, inputs)):
             per_image[i].append(_view_result(out, flip, tuple(inp.shape[-2:]), tuple(orig_sizes[i]), stores[i],
                                              score_floor, quantize=len(views) == 1))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -140,6 +141,22 @@ def remove_temp_files(directory: str | Path) -> list[Path]:
                     gone.append(p)
     return gone
 
+
+def dir_size(path: str | Path) -> int:
+    """Bytes of the files under ``path`` (recursive; a file: its size; missing: 0), as ``du --apparent-size
+    --bytes``: the files' lengths, symbolic links not followed, files that vanish while walking skipped."""
+    total, todo = 0, [Path(path)]
+    while todo:
+        p = todo.pop()
+        try:
+            st = os.lstat(p)
+            if stat.S_ISDIR(st.st_mode):
+                todo += list(p.iterdir())
+            elif stat.S_ISREG(st.st_mode):
+                total += st.st_size
+        except FileNotFoundError:
+            continue
+    return total
 
 def append_jsonl(path: str | Path, record: dict) -> None:
     """Append one JSON line as a single write.

@@ -502,6 +502,19 @@ class Evaluator:
                 )
         return score
 
+    def merge(self, other: "Evaluator") -> "Evaluator":
+        """Append ``other``'s images after this one's (as if they had been added here, in that order; e.g. the
+        shards of a distributed evaluation, in rank order); returns self."""
+        dup = set(self.image_scores) & set(other.image_scores)
+        if dup:
+            raise ValueError(f"Evaluator.merge: image_ids in both: {sorted(map(str, dup))[:5]}")
+        self.image_scores.update(other.image_scores)
+        for c, v in other._class_scores.items():
+            self._class_scores.setdefault(c, []).extend(v)
+        self._coco_gt.extend(other._coco_gt)
+        self._coco_pred.extend(other._coco_pred)
+        return self
+
     def summary(self) -> dict:
         """``dict(kaggle, num_images, per_class, coco)``.
 
@@ -715,6 +728,14 @@ class AttributeEvaluator:
         self.num_gt += sum(1 for c in gt_classes if allowed is None or _plain(c) in allowed)
         self.num_pred += sum(1 for c in pred_classes if allowed is None or _plain(c) in allowed)
         return int(gt.shape[0])
+
+    def merge(self, other: "AttributeEvaluator") -> "AttributeEvaluator":
+        """Append ``other``'s instances after this one's (see :meth:`Evaluator.merge`); returns self."""
+        self._gt.extend(other._gt)
+        self._scores.extend(other._scores)
+        self.num_gt += other.num_gt
+        self.num_pred += other.num_pred
+        return self
 
     def summary(self, threshold: float | None = None) -> dict:
         """:func:`multilabel_f1` of every matched pair so far, plus ``num_gt`` / ``num_pred``."""

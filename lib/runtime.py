@@ -4,7 +4,9 @@ output folder is claimed by :func:`lib.io.claim_dir` (01 and 06's writers use it
 - :func:`setup_distributed`: torchrun's process group (``WORLD_SIZE`` > 1) and the device of this rank;
 - :func:`set_backend_flags`: cuDNN autotuning off (detectors see new shapes every step: with it on, Mask R-CNN
   trains 3-4x slower), TF32 matmuls and convolutions on;
-- :func:`amp_dtype`: the autocast dtype of ``--amp``;
+- :func:`check_cuda_kernels` (called by :func:`setup_distributed`): stop at start, with a clear message, when this
+  torch build has no kernels for the GPU (:func:`cuda_arch_problem`), not at the first kernel launch;
+- :func:`amp_dtype`: the autocast dtype of ``--amp``; :func:`make_grad_scaler`: fp16's gradient scaler;
 - :func:`seed_everything`, :func:`rng_state`, :func:`gather_rng_states`, :func:`set_rng_state`: the random
   generators (torch, CUDA, numpy, random) a checkpoint saves and restores.
 """
@@ -18,6 +20,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 
 
 def set_backend_flags() -> None:
@@ -41,6 +44,7 @@ def setup_distributed(device_arg: str = "auto") -> dict:
     if use_cuda:
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)
+        check_cuda_kernels(device)
     else:
         device = torch.device("cpu")
     distributed = world > 1
@@ -77,23 +81,69 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
 
 
+def cuda_arch_problem(capability: tuple[int, int], arch_list: list[str], device_name: str = "this GPU",
+                      torch_version: str = torch.__version__) -> str | None:
+    """Why a torch build whose kernels are ``arch_list`` (``torch.cuda.get_arch_list()``: ``"sm_75"``,
+    ``"compute_90"``, ...) cannot run on a GPU of compute ``capability`` ``(major, minor)``; None when it can.
+
+    A GPU runs binary code built for its own major version and a minor version up to its own (``sm_80`` code
+    runs on an 8.6 GPU), or PTX (``compute_XY``) of an older or equal capability, compiled on first use.
+    An empty ``arch_list`` (a build that does not say) is taken as compatible.
+    """
+    major, minor = int(capability[0]), int(capability[1])
+    if not arch_list:
+        return None
+    for arch in arch_list:
+        kind, _, num = arch.partition("_")
+        num = num.rstrip("abcdefghijklmnopqrstuvwxyz")  # sm_90a, sm_100f
+        if not num.isdigit() or len(num) < 2:
+            continue
+        a_major, a_minor = int(num[:-1]), int(num[-1])
+        if kind == "sm" and a_major == major and a_minor <= minor:
+            return None
+        if kind == "compute" and (a_major, a_minor) <= (major, minor):
+            return None
+    return (f"{device_name} has compute capability {major}.{minor} (sm_{major}{minor}), but this torch build "
+            f"({torch_version}) has kernels only for {' '.join(arch_list)}. Install a torch build for this GPU "
+            f"(README: 'Which torch for which GPU': builds for an older CUDA, e.g. cu126, still carry the P100's "
+            f"and V100's kernels; in a Kaggle notebook use the torch the image brings) or run with --device cpu.")
+
+
+def check_cuda_kernels(device: torch.device) -> None:
+    """Raise RuntimeError (see :func:`cuda_arch_problem`) when torch cannot run kernels on ``device``."""
+    problem = cuda_arch_problem(torch.cuda.get_device_capability(device), torch.cuda.get_arch_list(),
+                                torch.cuda.get_device_name(device))
+    if problem:
+        raise RuntimeError(problem)
+
+
 def amp_dtype(amp: str, device: torch.device):
     """torch dtype for autocast, or None for full precision.
 
-    ``auto`` = bf16 on a CUDA device with native bf16 (Ampere and newer); full precision on CPU and on
-    older GPUs (a T4 or P100 only emulates bf16, which is slower than fp32).
+    ``auto``: bf16 on a CUDA device with native bf16 (Ampere and newer: A100, H100, L4, RTX 30xx+); fp16 on
+    older CUDA GPUs (T4, V100, P100: they only emulate bf16, slower than fp32; fp16 trains with
+    :func:`make_grad_scaler`); full precision on CPU. ``bf16`` / ``fp16`` force that dtype (on CPU too: torch's
+    CPU autocast runs both), ``off`` is full precision.
     """
+    if amp not in AMP_CHOICES:
+        raise ValueError(f"--amp {amp!r}: choose one of {AMP_CHOICES}")
     if amp == "off":
         return None
-    if amp == "bf16":
-        return torch.bfloat16
+    if amp in ("bf16", "fp16"):
+        return torch.bfloat16 if amp == "bf16" else torch.float16
     if device.type == "cuda":
         try:
             native = torch.cuda.is_bf16_supported(including_emulation=False)
         except TypeError:  # torch without the argument: native bf16 starts at compute capability 8.0
             native = torch.cuda.get_device_capability(device)[0] >= 8
-        return torch.bfloat16 if native else None
+        return torch.bfloat16 if native else torch.float16
     return None
+
+
+def make_grad_scaler(dtype, device: torch.device) -> torch.amp.GradScaler:
+    """``torch.amp.GradScaler`` for ``device``, enabled for fp16 autocast only (bf16 has fp32's exponent range:
+    no scaling; a disabled scaler's ``scale``/``step``/``update`` are plain pass-throughs)."""
+    return torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
 
 def rng_state() -> dict:

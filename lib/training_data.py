@@ -15,6 +15,7 @@ and ``SanitizeBoundingBoxes`` (with :func:`instance_fields` as its ``labels_gett
 """
 from __future__ import annotations
 
+import bisect
 import random
 from collections.abc import Sequence
 from pathlib import Path
@@ -218,7 +219,8 @@ class EpochSampler(Sampler):
     def set_skip(self, k: int) -> None:
         self.skip = max(0, int(k))
 
-    def _indices(self) -> list[int]:
+    def order(self) -> list[int]:
+        """This rank's indices of the current epoch, before the skip."""
         if self.dist is not None:
             return list(self.dist)
         if not self.shuffle:
@@ -226,12 +228,123 @@ class EpochSampler(Sampler):
         g = torch.Generator().manual_seed(self.seed + self.epoch)
         return torch.randperm(self.n, generator=g).tolist()
 
+    def full_len(self) -> int:
+        """``len(self.order())``: this rank's share of an epoch, before the skip."""
+        return len(self.dist) if self.dist is not None else self.n
+
     def __iter__(self):
-        return iter(self._indices()[self.skip:])
+        return iter(self.order()[self.skip:])
 
     def __len__(self) -> int:
-        full = len(self.dist) if self.dist is not None else self.n
-        return max(0, full - self.skip)
+        return max(0, self.full_len() - self.skip)
+
+
+# ------------------------------------------------------------------------------ aspect-ratio grouped batches
+def aspect_ratio_bins(factor: int) -> list[float]:
+    """Bin edges of the aspect ratio ``width / height``, as torchvision's references
+    (``create_aspect_ratio_groups``): ``2 ** linspace(-1, 1, 2 * factor + 1)`` for ``factor > 0``
+    (``2 * factor + 1`` edges, log-spaced from 1/2 to 2, so ``2 * factor + 2`` groups), ``[1.0]`` for 0."""
+    if factor < 0:
+        raise ValueError(f"aspect_ratio_group_factor must be >= 0, got {factor}")
+    if factor == 0:
+        return [1.0]
+    return [float(2.0 ** v) for v in np.linspace(-1, 1, 2 * int(factor) + 1)]
+
+
+def aspect_ratio_groups(aspect_ratios: Sequence[float], factor: int) -> list[int]:
+    """Group id of each ``width / height``: the number of bin edges (:func:`aspect_ratio_bins`) at or below it
+    (``bisect_right``, as torchvision's ``_quantize``); group ids rise with the ratio."""
+    bins = aspect_ratio_bins(factor)
+    return [bisect.bisect_right(bins, float(r)) for r in aspect_ratios]
+
+
+def image_aspect_ratios(dataset) -> list[float]:
+    """``width / height`` of each item of ``dataset``, without decoding images.
+
+    From ``dataset.index``'s ``height`` / ``width`` columns (a :class:`PreparedDataset`: the prepared set's
+    index.parquet); else, for a dataset with ``prepared_dir`` and ``image_ids``, from the image files'
+    headers (PIL reads only the header); a ``torch.utils.data.Subset`` maps through to its dataset.
+    ``ValueError`` when the sizes cannot be found.
+    """
+    from torch.utils.data import Subset
+
+    if isinstance(dataset, Subset):
+        inner = image_aspect_ratios(dataset.dataset)
+        return [inner[int(i)] for i in dataset.indices]
+    index = getattr(dataset, "index", None)
+    if index is not None and {"height", "width"} <= set(getattr(index, "columns", ())):
+        h = index["height"].to_numpy(dtype=np.float64)
+        w = index["width"].to_numpy(dtype=np.float64)
+        if len(h) == len(dataset) and (h > 0).all() and (w > 0).all():
+            return (w / h).tolist()
+    if hasattr(dataset, "prepared_dir") and hasattr(dataset, "image_ids"):
+        from PIL import Image
+
+        out = []
+        for image_id in dataset.image_ids:
+            with Image.open(lprepared.image_path(dataset.prepared_dir, image_id)) as im:
+                w, h = im.size
+            out.append(w / h)
+        return out
+    raise ValueError(f"aspect-ratio grouping needs each image's size: {type(dataset).__name__} has neither an "
+                     f"index with height/width columns nor prepared_dir + image_ids")
+
+
+class GroupedBatchSampler(Sampler):
+    """Batches of images from one aspect-ratio group, over an :class:`EpochSampler`'s order (torchvision's
+    ``GroupedBatchSampler``, made exact-resumable).
+
+    The epoch's order (``sampler.order()``: depends only on ``(seed, epoch)``, this rank's share under DDP) is
+    streamed into one buffer per group; a buffer that reaches ``batch_size`` is the next batch. At the end the
+    incomplete buffers are joined in group order (neighbouring aspect ratios next to each other; within a
+    group in stream order) and cut into batches, the last one short unless ``drop_last``. So every index of
+    the share comes exactly once, as without grouping, and there are as many batches as without grouping:
+    ``ceil(n / batch_size)`` (``floor`` with ``drop_last``). torchvision instead fills each incomplete group
+    with repeats of that group's images and yields ``floor(n / batch_size)`` batches, which repeats some
+    images and leaves others out of the epoch.
+
+    ``set_epoch(e)`` picks the epoch (of the sampler); ``set_skip(k)`` drops the first ``k`` batches of the
+    epoch's batches (to resume in the middle of an epoch: the rest are the same batches in the same order).
+    ``group_ids[i]``: the group of dataset index ``i`` (:func:`aspect_ratio_groups`).
+    """
+
+    def __init__(self, sampler: EpochSampler, group_ids: Sequence[int], batch_size: int, drop_last: bool = False):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.sampler, self.group_ids = sampler, [int(g) for g in group_ids]
+        self.batch_size, self.drop_last = int(batch_size), bool(drop_last)
+        self.skip = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def set_skip(self, k: int) -> None:
+        self.skip = max(0, int(k))
+
+    def batches(self) -> list[list[int]]:
+        """Every batch of the current epoch, before the skip."""
+        bs, buffers, out = self.batch_size, {}, []
+        for i in self.sampler.order():
+            buf = buffers.setdefault(self.group_ids[i], [])
+            buf.append(i)
+            if len(buf) == bs:
+                out.append(buf)
+                buffers[self.group_ids[i]] = []
+        rest = [i for g in sorted(buffers) for i in buffers[g]]
+        out += [rest[k:k + bs] for k in range(0, len(rest), bs)]
+        if self.drop_last and out and len(out[-1]) < bs:
+            out.pop()
+        return out
+
+    def _full_len(self) -> int:
+        n = self.sampler.full_len()
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self):
+        return iter(self.batches()[self.skip:])
+
+    def __len__(self) -> int:
+        return max(0, self._full_len() - self.skip)
 
 
 def seed_worker(worker_id: int) -> None:
@@ -242,12 +355,16 @@ def seed_worker(worker_id: int) -> None:
 
 
 def make_loader(dataset, batch_size: int, shuffle: bool, workers: int = 0, distributed: bool = False,
-                seed: int = 0, drop_last: bool = False) -> DataLoader:
-    """DataLoader with :func:`collate_fn` and an :class:`EpochSampler` (``loader.sampler``).
+                seed: int = 0, drop_last: bool = False, aspect_ratio_group_factor: int = 0) -> DataLoader:
+    """DataLoader with :func:`collate_fn` over an :class:`EpochSampler`.
 
-    Call ``loader.sampler.set_epoch(e)`` (and reseed ``loader.generator``) each epoch. ``distributed``
-    shards by ``torch.distributed`` rank. ``pin_memory`` when CUDA is available, persistent workers
-    when ``workers > 0``; worker seeds come from ``loader.generator`` (seeded with ``seed``).
+    Call :func:`set_epoch` each epoch (and reseed ``loader.generator``). ``distributed`` shards by
+    ``torch.distributed`` rank. ``pin_memory`` when CUDA is available, persistent workers when
+    ``workers > 0``; worker seeds come from ``loader.generator`` (seeded with ``seed``).
+    ``aspect_ratio_group_factor``: 0 = plain batches of the sampler's order (``loader.sampler`` is the
+    :class:`EpochSampler`); ``k > 0`` = batches of one aspect-ratio group (``2k + 1`` log-spaced bin edges,
+    :func:`aspect_ratio_bins`), ``loader.batch_sampler`` a :class:`GroupedBatchSampler` over the
+    :class:`EpochSampler` (ratios from :func:`image_aspect_ratios`). ``len(loader)`` is the same either way.
     """
     num_replicas, rank = 1, 0
     if distributed:
@@ -257,10 +374,28 @@ def make_loader(dataset, batch_size: int, shuffle: bool, workers: int = 0, distr
     sampler = EpochSampler(dataset, shuffle=shuffle, seed=seed, num_replicas=num_replicas, rank=rank,
                            drop_last=drop_last)
     g = torch.Generator().manual_seed(int(seed))
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                      collate_fn=collate_fn, pin_memory=torch.cuda.is_available(), drop_last=drop_last,
-                      persistent_workers=workers > 0, worker_init_fn=seed_worker, generator=g)
+    common = dict(num_workers=workers, collate_fn=collate_fn, pin_memory=torch.cuda.is_available(),
+                  persistent_workers=workers > 0, worker_init_fn=seed_worker, generator=g)
+    if aspect_ratio_group_factor:
+        groups = aspect_ratio_groups(image_aspect_ratios(dataset), aspect_ratio_group_factor)
+        batches = GroupedBatchSampler(sampler, groups, batch_size, drop_last=drop_last)
+        return DataLoader(dataset, batch_sampler=batches, **common)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last, **common)
+
+
+def set_epoch(loader: DataLoader, epoch: int, skip_batches: int = 0) -> None:
+    """Point a :func:`make_loader` loader at ``epoch`` (its order depends only on the seed and the epoch),
+    starting after its first ``skip_batches`` batches (resuming mid-epoch: the batches that follow are those
+    of the whole epoch from there on). Works for grouped and plain loaders alike."""
+    batches = loader.batch_sampler
+    if isinstance(batches, GroupedBatchSampler):
+        batches.set_epoch(epoch)
+        batches.set_skip(skip_batches)
+    else:
+        loader.sampler.set_epoch(epoch)
+        loader.sampler.set_skip(int(skip_batches) * int(loader.batch_size))
 
 
 __all__ = ["PreparedDataset", "BoxesFromMasks", "INSTANCE_FIELDS", "instance_fields",
-           "EpochSampler", "build_transforms", "collate_fn", "make_loader", "seed_worker"]
+           "EpochSampler", "GroupedBatchSampler", "aspect_ratio_bins", "aspect_ratio_groups",
+           "image_aspect_ratios", "build_transforms", "collate_fn", "make_loader", "set_epoch", "seed_worker"]

@@ -10,7 +10,7 @@ import math
 import pytest
 
 from bench import common as bc
-from bench import gpu_check, infer_bench, input_bench, prepare_bench, rle_bench, train_bench
+from bench import aspect_bench, gpu_check, infer_bench, input_bench, prepare_bench, rle_bench, train_bench
 
 
 def _positive(x) -> bool:
@@ -178,3 +178,30 @@ def test_gpu_check_cpu_sections(tmp_path):
     assert all("error" not in rep[s] for s in ("train", "infer", "input")), rep
     assert _positive(rep["train"]["maskrcnn_train_ratio"]) and _positive(rep["input"]["end_to_end_ratio"])
     assert _positive(rep["infer"]["deepmac_projected_total_s"])
+
+
+def test_aspect_bench_sizes_padding_and_report(tmp_path):
+    import torch
+    from torchvision.models.detection.transform import GeneralizedRCNNTransform
+
+    # the resize is torchvision's (floored sizes), checked on small images
+    t = GeneralizedRCNNTransform(80, 100, [0.0] * 3, [1.0] * 3).eval()
+    for h, w in ((57, 40), (40, 57), (64, 64), (300, 90)):
+        out = t([torch.zeros(3, h, w)])[0].image_sizes[0]
+        assert tuple(out) == aspect_bench.detector_size(h, w, 80, 100), (h, w)
+    # padded to the batch's max height and width, each rounded up to 32
+    real, padded = aspect_bench.padded_pixels([[0, 1], [2]], [(64, 40), (40, 64), (33, 32)])
+    assert real == 2 * 64 * 40 + 33 * 32 and padded == 2 * 64 * 64 + 64 * 32
+    assert aspect_bench.synthetic_sizes(3) == aspect_bench.synthetic_sizes(3)  # the generator's own sizes
+    if (aspect_bench.REAL / "imaterialist2019_train").is_dir():  # ../shared/data: 10 train JPEGs + the test one
+        real = aspect_bench.real_sizes()
+        assert len(real) == 11 and (5214, 3676) in real and (3008, 2000) in real
+    out = tmp_path / "aspect.json"
+    rep = aspect_bench.main(["--images", "48", "--epochs", "1", "--batch-sizes", "4", "--real-dir",
+                             str(tmp_path / "none"), "--out", str(out)])
+    assert json.loads(out.read_text())["rows"] == rep["rows"] and rep["real_sizes"] is None
+    assert [(r["source"], r["scale_range"]) for r in rep["rows"]] == [("synthetic", "none"), ("synthetic", "0.6-1")]
+    for r in rep["rows"]:
+        assert 0 <= r["pad_grouped"] < 1 and 0 <= r["pad_plain"] < 1
+        assert r["pad_ratio"] == pytest.approx(r["pad_plain"] / r["pad_grouped"])
+    assert rep["rows"][0]["pad_ratio"] > 1  # grouping pads less

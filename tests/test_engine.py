@@ -262,9 +262,9 @@ def test_train_step_reads_losses_once_and_stops_before_a_bad_update():
         return lambda images, targets: {"loss_a": net(images).pow(2).mean() * scale, "loss_b": net(images).mean() * 0}
 
     before = net.weight.detach().clone()
-    total, parts, gn = engine.train_step(model(1.0), x, None, opt, params, 0.0, torch.device("cpu"))
+    total, parts, gn, skipped = engine.train_step(model(1.0), x, None, opt, params, 0.0, torch.device("cpu"))
     assert isinstance(total, float) and set(parts) == {"loss_a", "loss_b"} and total == pytest.approx(sum(parts.values()))
-    assert gn > 0 and not torch.equal(net.weight, before)  # a step was taken
+    assert gn > 0 and not skipped and not torch.equal(net.weight, before)  # a step was taken
     before = net.weight.detach().clone()
     with pytest.raises(engine.NonFiniteLossError, match=r"non-finite loss: loss=nan \(loss_a=nan, loss_b=-?0\)"):
         engine.train_step(model(float("nan")), x, None, opt, params, 0.0, torch.device("cpu"))
@@ -273,6 +273,87 @@ def test_train_step_reads_losses_once_and_stops_before_a_bad_update():
         engine.train_step(lambda i, t: {"loss": torch.sqrt(net(i).pow(2) * 0).mean()}, x, None, opt, params,
                           0.0, torch.device("cpu"))  # loss 0, gradient 0 * inf = nan
     assert torch.equal(net.weight, before)
+
+
+def test_fp16_train_step_with_scaler_skips_an_overflow_and_counts_it():
+    """fp16's GradScaler (on the CPU, as on a T4): an inf loss is a skipped update, not an error; the next step
+    updates again; without a scaler (fp32) the same loss stops the step."""
+    torch.manual_seed(0)
+    net = torch.nn.Linear(3, 1)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    params = list(net.parameters())
+    x = torch.randn(4, 3)
+    scaler = runtime.make_grad_scaler(torch.float16, torch.device("cpu"))
+    assert scaler.is_enabled() and not runtime.make_grad_scaler(torch.bfloat16, torch.device("cpu")).is_enabled()
+    scale0 = scaler.get_scale()
+
+    def loss(factor):
+        return lambda images, targets: {"loss": net(images).pow(2).mean() * factor}
+
+    before = net.weight.detach().clone()
+    step = engine.train_step(loss(float("inf")), x, None, opt, params, 1.0, torch.device("cpu"), torch.float16,
+                             scaler=scaler)
+    assert step.skipped and not math.isfinite(step.grad_norm) and torch.equal(net.weight, before)
+    assert scaler.get_scale() == scale0 / 2  # the scaler backed off
+    step = engine.train_step(loss(1.0), x, None, opt, params, 1.0, torch.device("cpu"), torch.float16, scaler=scaler)
+    assert not step.skipped and math.isfinite(step.loss) and not torch.equal(net.weight, before)
+    with pytest.raises(engine.NonFiniteLossError, match="non-finite loss"):
+        engine.train_step(loss(float("inf")), x, None, opt, params, 1.0, torch.device("cpu"), None)
+
+
+def test_fp16_run_skips_an_overflow_step_and_resumes_exactly(prepared_set, tmp_path, monkeypatch):
+    """--amp fp16 on the CPU: a tiny run with the gradient scaler; a forced overflow (inf loss at the 2nd step)
+    is skipped and counted in metrics.jsonl, the scaler's state is in the checkpoint, and a run split by
+    --stop-after-epoch + --resume equals the uninterrupted one exactly."""
+    def to_inf(losses):
+        first = next(iter(losses))
+        return dict(losses, **{first: losses[first] * float("inf")})
+
+    common = ["--amp", "fp16", "--device", "cpu", "--epochs", "2", "--val-every", "0", "--warmup-steps", "1",
+              "--lr", "1e-3", "--seed", "4", "--encoder-depth", "3", "--decoder-channels", "16", "8", "8",
+              "--image-size", "64"]
+    _patch_forward(monkeypatch, 2, to_inf)
+    _run("unet", prepared_set, tmp_path / "full", *common)
+    monkeypatch.undo()
+    full = lio.read_jsonl(tmp_path / "full" / "metrics.jsonl")
+    train = [r for r in full if r["kind"] == "train"]
+    skips = [r["skipped_steps"] for r in train]  # cumulative; the first fp16 steps may overflow on their own
+    assert len(skips) == 4 and skips[1] == skips[0] + 1 and skips == sorted(skips)  # the inf step counted
+    assert [r["skipped_steps"] for r in full if r["kind"] == "epoch"] == [skips[1], skips[3]]
+    ck = torch.load(tmp_path / "full" / "checkpoint.pth", weights_only=True)
+    assert ck["skipped_steps"] == skips[3] and ck["scaler"]["scale"] == 2.0 ** (16 - skips[3])  # halved per skip
+    assert lio.read_json(tmp_path / "full" / "meta.json")["amp"] == "float16"
+
+    _patch_forward(monkeypatch, 2, to_inf)
+    _run("unet", prepared_set, tmp_path / "split", *common, "--stop-after-epoch", "1")
+    monkeypatch.undo()
+    _run("unet", prepared_set, tmp_path / "split", *common, "--resume", "auto")
+    _assert_same_training(tmp_path / "full", tmp_path / "split")
+    split = torch.load(tmp_path / "split" / "checkpoint.pth", weights_only=True)
+    assert split["scaler"] == ck["scaler"] and split["skipped_steps"] == ck["skipped_steps"]
+
+
+def test_fp16_steps_that_never_update_stop_the_run(prepared_set, tmp_path, monkeypatch):
+    """A loss that is never finite is not an fp16 overflow: after MAX_CONSECUTIVE_SKIPS skipped steps in a row
+    the run stops like a non-finite fp32 loss."""
+    import lib.models as lmodels
+
+    monkeypatch.setattr(engine, "MAX_CONSECUTIVE_SKIPS", 3)
+    real_build = lmodels.build_model
+
+    def build(config):
+        model = real_build(config)
+        forward = model.forward
+        model.forward = lambda images, targets=None: (
+            {k: v * float("nan") for k, v in forward(images, targets).items()} if model.training
+            else forward(images, targets))
+        return model
+
+    monkeypatch.setattr(lmodels, "build_model", build)
+    with pytest.raises(FloatingPointError, match=r"3 fp16 steps in a row .*checkpoint.pth"):
+        _run("unet", prepared_set, tmp_path / "run", "--amp", "fp16", "--device", "cpu", "--val-every", "0",
+             "--max-steps-per-epoch", "5", "--encoder-depth", "3", "--decoder-channels", "16", "8", "8",
+             "--image-size", "64")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -620,7 +701,7 @@ def test_channels_last_model_trains_like_the_default_layout(arch, prepared_set):
                 batch, _ = model.transform([im.as_subclass(torch.Tensor) for im in images])
                 feats = model.backbone(batch.tensors)
         torch.manual_seed(1)  # the same RoI sampling on both sides
-        total, parts, _ = engine.train_step(model, images, targets, opt, params, 0.0, torch.device("cpu"), None)
+        total, parts, _, _ = engine.train_step(model, images, targets, opt, params, 0.0, torch.device("cpu"), None)
         results.append((total, [p.detach().clone() for p in params], feats))
     (t0, p0, f0), (t1, p1, f1) = results
     assert math.isfinite(t1) and t1 == pytest.approx(t0, rel=1e-3)
@@ -651,7 +732,7 @@ def test_bf16_autocast_train_step_on_cpu(arch, prepared_set):
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-3)
     before = [p.detach().clone() for p in params]
-    total, parts, gn = engine.train_step(model, images, targets, opt, params, 1.0, torch.device("cpu"),
+    total, parts, gn, _ = engine.train_step(model, images, targets, opt, params, 1.0, torch.device("cpu"),
                                          torch.bfloat16)
     assert math.isfinite(total) and math.isfinite(gn) and all(math.isfinite(v) for v in parts.values())
     assert ("loss_attr" in parts) == (arch == "maskrcnn")

@@ -136,3 +136,15 @@ def test_claim_dir_locks_and_cleans(tmp_path):
         assert not half.exists()
         with contextlib.ExitStack() as other, pytest.raises(RuntimeError, match="in use by another training run"):
             lio.claim_dir(out, "training run", other)
+
+
+def test_dir_size_counts_file_bytes_recursively(tmp_path):
+    assert lio.dir_size(tmp_path / "missing") == 0
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "b").mkdir()
+    (tmp_path / "x.bin").write_bytes(b"x" * 10)
+    (tmp_path / "a" / "y.bin").write_bytes(b"y" * 100)
+    (tmp_path / "a" / "b" / "z.bin").write_bytes(b"z" * 1000)
+    os.symlink(tmp_path / "a", tmp_path / "link")  # not followed: counted once
+    assert lio.dir_size(tmp_path) == 1110
+    assert lio.dir_size(tmp_path / "a") == 1100 and lio.dir_size(str(tmp_path / "x.bin")) == 10

@@ -686,3 +686,80 @@ def test_train_scale_range_is_checked():
     for bad in ([0, 1], [1.2, 0.8], [1], "x"):
         with pytest.raises(ValueError, match="train_scale_range"):
             models.build_model(tiny_config("maskrcnn", train_scale_range=bad))
+
+
+# ---------------------------------------------------------------- precision under autocast
+def _on_bf16_grid(x: torch.Tensor) -> bool:
+    return bool((x.bfloat16().float() == x).all())
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("arch", ["maskrcnn", "deepmac"])
+def test_boxes_stay_float32_under_autocast(arch, dtype):
+    """bf16/fp16 autocast (as on a GPU): anchors, proposals and final boxes are float32, not on the bf16 grid
+    (torchvision's BoxCoder would decode in the deltas' dtype), and masks are float32 probabilities."""
+    model = build(arch, box_score_thresh=0.0, box_detections_per_img=50).eval()
+    images = [torch.rand(3, 128, 128, generator=torch.Generator().manual_seed(3))]
+    with torch.no_grad(), torch.autocast("cpu", dtype=dtype):
+        image_list, _ = model.transform(images)
+        feats = model.backbone(image_list.tensors)
+        assert next(iter(feats.values())).dtype == dtype  # the convolutions did run in low precision
+        anchors = model.rpn.anchor_generator(image_list, list(feats.values()))
+        proposals, _ = model.rpn(image_list, feats)
+        out = model(images)[0]
+    assert anchors[0].dtype == torch.float32 and proposals[0].dtype == torch.float32
+    assert all(c.dtype == torch.float32 for c in model.rpn.anchor_generator.cell_anchors)
+    boxes = out["boxes"]
+    assert len(boxes) > 10 and boxes.dtype == torch.float32 and out["masks"].dtype == torch.float32
+    assert not _on_bf16_grid(boxes) and not _on_bf16_grid(proposals[0])
+
+
+def test_float32_box_decoding_leaves_the_float32_path_unchanged():
+    """In float32 the float32 coder and anchors give exactly torchvision's stock results."""
+    from torchvision.models.detection._utils import BoxCoder
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+
+    images, _ = batch()
+    model = build("maskrcnn", box_score_thresh=0.0).eval()
+    with torch.no_grad():
+        ours = model(images)
+        for part in (model.rpn, model.roi_heads):
+            part.box_coder = BoxCoder(part.box_coder.weights, part.box_coder.bbox_xform_clip)
+        ag = model.rpn.anchor_generator
+        stock = AnchorGenerator(ag.sizes, ag.aspect_ratios)
+        model.rpn.anchor_generator = stock
+        theirs = model(images)
+    assert type(ag) is not AnchorGenerator
+    for a, b in zip(ours, theirs):
+        assert len(a["boxes"]) > 0
+        for key in a:
+            assert torch.equal(a[key], b[key]), key
+    rel = torch.randn(50, 4) * 0.5
+    ref = torch.rand(50, 4) * 500
+    ref[:, 2:] += ref[:, :2] + 1
+    assert torch.equal(maskrcnn.Float32BoxCoder((1.0,) * 4).decode_single(rel, ref),
+                       BoxCoder((1.0,) * 4).decode_single(rel, ref))
+
+
+# ---------------------------------------------------------------- DDP without find_unused_parameters
+@pytest.mark.parametrize("case", ["no_mask_supervised_instance", "images_without_instances", "attr_head"])
+@pytest.mark.parametrize("arch", ARCHS)
+def test_every_trainable_parameter_gets_a_gradient(arch, case):
+    """DDP's find_unused_parameters can stay off (lib/cli.py --ddp-find-unused): in the cases its help names,
+    every trainable parameter still receives a gradient (zero losses stay connected to the graph)."""
+    if case == "attr_head" and arch == "unet":
+        pytest.skip("the UNet has no attribute head")
+    overrides = {"attr_head": True} if case == "attr_head" else {}
+    if case == "no_mask_supervised_instance":
+        overrides["mask_classes"] = [5]  # the batch's instances are categories 0 and 30
+    model = build(arch, **overrides).train()
+    images, targets = batch()
+    if case == "images_without_instances":
+        images, targets = images[1:] * 2, targets[1:] * 2
+    if case == "attr_head":
+        for t in targets:
+            t["attributes"] = torch.zeros(len(t["labels"]), 92)
+    losses = model(images, targets)
+    sum(losses.values()).backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, missing[:10]

@@ -75,6 +75,20 @@ def test_run_streams_output_and_raises_on_failure(monkeypatch, tmp_path, capsys)
     assert (tmp_path / "w").is_dir()  # commands run in WORK_DIR, created by the set-up cell
 
 
+def test_show_disk_reports_each_stage(monkeypatch, tmp_path, capsys):
+    pytest.importorskip("IPython")
+    ns = _setup(_settings(monkeypatch, tmp_path, REPO_DIR=REPO, WORK_DIR=tmp_path / "w",
+                          SCRATCH_DIR=tmp_path / "s", WEIGHTS="none"))
+    assert (tmp_path / "s").is_dir()  # created by the set-up cell
+    (tmp_path / "s" / "prepared").mkdir()
+    with open(tmp_path / "s" / "prepared" / "a.jpg", "wb") as f:
+        f.truncate(30_000_000)  # sparse: its length counts
+    capsys.readouterr()
+    ns["show_disk"]("01", tmp_path / "s" / "prepared")
+    out = capsys.readouterr().out
+    assert out.startswith(f"disk after 01: {tmp_path / 's' / 'prepared'} 30.0 MB;") and " free for " in out
+
+
 def test_settings_follow_the_data_and_the_environment(monkeypatch, tmp_path):
     if Path("/kaggle/input/imaterialist-fashion-2019-FGVC6").is_dir():
         pytest.skip("the competition data is attached here: the defaults follow it")
@@ -85,6 +99,10 @@ def test_settings_follow_the_data_and_the_environment(monkeypatch, tmp_path):
     assert ns["DATA_DIR"] == work / "synthetic_data" and ns["SYNTHETIC"] is True
     assert (ns["IMAGE_SIZE"], ns["BACKBONE"], ns["TTA_FLIP"]) == (128, "resnet18", False)
     assert ns["MODELS"] == ["maskrcnn", "deepmac", "unet"]
+    if not Path("/kaggle/working").is_dir():  # off Kaggle: everything in WORK_DIR, no TensorBoard started
+        assert ns["SCRATCH_DIR"] == work and ns["TENSORBOARD"] is False
+    ns = _settings(monkeypatch, tmp_path, REPO_DIR=REPO, WORK_DIR=work, SCRATCH_DIR=tmp_path / "s", TENSORBOARD="1")
+    assert ns["SCRATCH_DIR"] == tmp_path / "s" and ns["TENSORBOARD"] is True
 
     # A real Kaggle-layout dir (train.csv, no synthetic.json marker): the README's real-data recipe.
     real = tmp_path / "real"
@@ -226,7 +244,7 @@ def test_notebook_runs_on_a_tiny_synthetic_set(tmp_path, monkeypatch):
            "NB_SYN_TRAIN": 10, "NB_SYN_TEST": 3, "NB_SYN_MIN_SIDE": 128, "NB_SYN_MAX_SIDE": 160,
            "NB_VAL_FRACTION": 0.3, "NB_IMAGE_SIZE": 96, "NB_EPOCHS": 1, "NB_MAX_STEPS_PER_EPOCH": 1,
            "NB_BATCH_SIZE": 2, "NB_UNET_BATCH_SIZE": 2, "NB_VAL_IMAGES": 2, "NB_PREP_PROCESSES": 1, "NB_WORKERS": 0,
-           "NB_NUM_GPUS": 1, "NB_REPORT_IMAGES": 2, "NB_SHOW_IMAGES": 2,
+           "NB_NUM_GPUS": 1, "NB_REPORT_IMAGES": 2, "NB_SHOW_IMAGES": 2, "NB_TENSORBOARD": 0,
            "NB_TUNE_GRID": json.dumps({"score_thresh": [0.05, 0.3], "mask_thresh": [0.45]}),
            "OMP_NUM_THREADS": 1, "MKL_NUM_THREADS": 1}  # WEIGHTS auto, no WEIGHTS_DIR: random weights
     for k, v in env.items():

@@ -9,8 +9,9 @@ from torchvision import tv_tensors
 from lib import prepared as lprepared
 from lib.kaggle_data import read_image
 from lib.boxes import mask_bbox
-from lib.training_data import (BoxesFromMasks, EpochSampler, PreparedDataset, build_transforms, collate_fn,
-                               instance_fields, make_loader)
+from lib.training_data import (BoxesFromMasks, EpochSampler, GroupedBatchSampler, PreparedDataset,
+                               aspect_ratio_bins, aspect_ratio_groups, build_transforms, collate_fn,
+                               image_aspect_ratios, instance_fields, make_loader, set_epoch)
 
 
 def _box_of(mask: torch.Tensor) -> list[float]:
@@ -261,3 +262,175 @@ def test_bad_attribute_id_names_the_file(prepared_set, tmp_path):
     with pytest.raises(ValueError, match=f"{p.name}.*instance 0.*\\[92\\]"):
         ds[i]
     assert PreparedDataset(bad, "train", num_attributes=93)[i][1]["attributes"].shape[1] == 93
+
+
+# ------------------------------------------------------------------------------ aspect-ratio grouped batches
+def test_aspect_ratio_bins_and_groups_follow_torchvision():
+    assert aspect_ratio_bins(0) == [1.0]
+    bins = aspect_ratio_bins(3)  # torchvision's --aspect-ratio-group-factor 3: 7 edges, 8 groups
+    assert len(bins) == 7 and bins[0] == pytest.approx(0.5) and bins[3] == pytest.approx(1.0)
+    assert bins[-1] == pytest.approx(2.0) and bins == sorted(bins)
+    assert all(b / a == pytest.approx(2 ** (1 / 3)) for a, b in zip(bins, bins[1:]))  # log-spaced
+    # bisect_right: an edge belongs to the group above it
+    assert aspect_ratio_groups([0.4, 0.5, 0.67, 1.0, 1.5, 2.0, 3.0], 3) == [0, 1, 2, 4, 5, 7, 7]
+    assert aspect_ratio_groups([0.7, 1.0, 1.4], 0) == [0, 1, 1]
+    with pytest.raises(ValueError, match=">= 0"):
+        aspect_ratio_bins(-1)
+
+
+class _Order:
+    """A stand-in for EpochSampler with a fixed order."""
+
+    def __init__(self, order):
+        self._order = list(order)
+
+    def order(self):
+        return list(self._order)
+
+    def full_len(self):
+        return len(self._order)
+
+
+def test_grouped_batches_are_one_group_except_the_leftovers():
+    groups = [0, 1, 0, 0, 1, 2, 0, 1, 2, 0]
+    s = GroupedBatchSampler(_Order(range(10)), groups, batch_size=3)
+    # streamed: group 0 fills at index 3, group 0 again at index 9; the rest are joined in group order
+    assert s.batches() == [[0, 2, 3], [1, 4, 7], [6, 9, 5], [8]]
+    assert len(s) == 4 and list(s) == s.batches()
+    s.set_skip(2)
+    assert list(s) == [[6, 9, 5], [8]] and len(s) == 2
+    dropped = GroupedBatchSampler(_Order(range(10)), groups, batch_size=3, drop_last=True)
+    assert dropped.batches() == [[0, 2, 3], [1, 4, 7], [6, 9, 5]] and len(dropped) == 3
+
+
+def _fake_sizes(n, seed=0):
+    """(height, width) of ``n`` images: mostly portrait, some landscape and square, as the real set."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        long_side, kind = int(rng.integers(400, 1025)), rng.random()
+        short = int(long_side * rng.uniform(0.56, 0.85))
+        out.append((long_side, long_side) if kind < 0.1 else (long_side, short) if kind < 0.75 else (short, long_side))
+    return out
+
+
+class _SizedSet(torch.utils.data.Dataset):
+    """Items are their own index; sizes in ``index`` as a prepared set's index.parquet."""
+
+    def __init__(self, sizes):
+        import pandas as pd
+
+        self.index = pd.DataFrame({"height": [h for h, _ in sizes], "width": [w for _, w in sizes]})
+
+    def __len__(self):
+        return len(self.index)
+
+    def __getitem__(self, i):
+        return i, {"image_id": i}
+
+
+def _batches(loader):
+    return [[t["image_id"] for t in targets] for _, targets in loader]
+
+
+@pytest.mark.parametrize("n,bs,drop_last", [(53, 4, False), (53, 4, True), (40, 8, False), (7, 8, False)])
+def test_grouped_loader_epoch_contract(n, bs, drop_last):
+    ds = _SizedSet(_fake_sizes(n))
+    groups = aspect_ratio_groups(image_aspect_ratios(ds), 3)
+    assert len(set(groups)) > 2
+    plain = make_loader(ds, bs, shuffle=True, seed=5, drop_last=drop_last)
+    loader = make_loader(ds, bs, shuffle=True, seed=5, drop_last=drop_last, aspect_ratio_group_factor=3)
+    assert isinstance(loader.batch_sampler, GroupedBatchSampler)
+    assert len(loader) == len(plain) == (n // bs if drop_last else -(-n // bs))  # the engine's steps per epoch
+    epochs = {}
+    for epoch in (0, 1):
+        set_epoch(loader, epoch)
+        batches = _batches(loader)
+        epochs[epoch] = batches
+        assert len(batches) == len(loader)
+        flat = [i for b in batches for i in b]
+        assert len(flat) == len(set(flat))  # no image twice
+        assert set(flat) == set(range(n)) if not drop_last else len(flat) == (n // bs) * bs
+        # batches are one group each, except the leftover batches at the end (at most one per group)
+        mixed = [k for k, b in enumerate(batches) if len({groups[i] for i in b}) > 1]
+        assert all(k >= len(batches) - len(set(groups)) for k in mixed)
+        assert sum(len({groups[i] for i in b}) == 1 for b in batches) >= len(batches) - len(set(groups))
+        # the same seed and epoch give the same batches, in a new loader too
+        again = make_loader(ds, bs, shuffle=True, seed=5, drop_last=drop_last, aspect_ratio_group_factor=3)
+        set_epoch(again, epoch)
+        assert _batches(again) == batches
+        # resuming after k batches gives the tail of the epoch's batches
+        for k in sorted({0, 1, 3, len(batches)} & set(range(len(batches) + 1))):
+            set_epoch(loader, epoch, skip_batches=k)
+            assert len(loader) == len(batches) - k and _batches(loader) == batches[k:]
+    assert epochs[0] != epochs[1]
+    other = make_loader(ds, bs, shuffle=True, seed=6, drop_last=drop_last, aspect_ratio_group_factor=3)
+    set_epoch(other, 0)
+    assert _batches(other) != epochs[0] or n <= bs
+
+
+def test_grouped_loader_with_one_group_is_the_plain_loader():
+    ds = _SizedSet([(600, 400)] * 23)  # every image in one group: the same batches as without grouping
+    for skip in (0, 2):
+        plain = make_loader(ds, 4, shuffle=True, seed=1)
+        grouped = make_loader(ds, 4, shuffle=True, seed=1, aspect_ratio_group_factor=3)
+        set_epoch(plain, 2, skip)
+        set_epoch(grouped, 2, skip)
+        assert _batches(grouped) == _batches(plain) and len(grouped) == len(plain)
+
+
+def test_factor_0_is_the_old_loader():
+    ds = _SizedSet(_fake_sizes(21))
+    loader = make_loader(ds, 4, shuffle=True, seed=3, aspect_ratio_group_factor=0)
+    assert isinstance(loader.sampler, EpochSampler)  # the engine's loader.sampler.set_epoch still works
+    old = EpochSampler(ds, shuffle=True, seed=3)
+    for epoch, skip in ((0, 0), (1, 0), (1, 2)):
+        old.set_epoch(epoch)
+        order = old.order()
+        expected = [order[k:k + 4] for k in range(0, len(order), 4)][skip:]
+        set_epoch(loader, epoch, skip)
+        assert _batches(loader) == expected and len(loader) == len(expected)
+        # the engine's calls today give the same batches
+        loader.sampler.set_epoch(epoch)
+        loader.sampler.set_skip(skip * 4)
+        assert _batches(loader) == expected
+
+
+def test_grouped_loader_shards_over_ranks(monkeypatch):
+    import torch.distributed as dist
+
+    n, bs = 48, 4
+    ds = _SizedSet(_fake_sizes(n, seed=2))
+    groups = aspect_ratio_groups(image_aspect_ratios(ds), 3)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    shards = []
+    for rank in (0, 1):
+        monkeypatch.setattr(dist, "get_rank", lambda rank=rank: rank)
+        loader = make_loader(ds, bs, shuffle=True, seed=4, distributed=True, aspect_ratio_group_factor=3)
+        assert len(loader) == n // 2 // bs
+        set_epoch(loader, 1)
+        batches = _batches(loader)
+        assert len(batches) == len(loader)
+        assert sum(len({groups[i] for i in b}) > 1 for b in batches) <= len(set(groups))
+        set_epoch(loader, 1, skip_batches=2)
+        assert _batches(loader) == batches[2:]
+        shards.append([i for b in batches for i in b])
+    assert not set(shards[0]) & set(shards[1]) and sorted(shards[0] + shards[1]) == list(range(n))
+
+
+def test_grouped_loader_on_a_prepared_set(prepared_set, tmp_path):
+    ds = PreparedDataset(prepared_set, "train", build_transforms(False))
+    ratios = image_aspect_ratios(ds)
+    index = lprepared.load_index(prepared_set, "train")
+    assert ratios == pytest.approx(list(index["width"] / index["height"]))
+    # without the index's sizes they come from the image files' headers
+    ds.index = ds.index.drop(columns=["height", "width"])
+    assert image_aspect_ratios(ds) == pytest.approx(ratios)
+    assert image_aspect_ratios(torch.utils.data.Subset(ds, [2, 0])) == pytest.approx([ratios[2], ratios[0]])
+    with pytest.raises(ValueError, match="size"):
+        image_aspect_ratios(list(range(3)))
+    loader = make_loader(PreparedDataset(prepared_set, "train"), 2, shuffle=True, workers=1, seed=0,
+                         aspect_ratio_group_factor=1)
+    set_epoch(loader, 0)
+    ids = [t["image_id"] for _, targets in loader for t in targets]
+    assert sorted(ids) == sorted(ds.image_ids) and len(loader) == -(-len(ds) // 2)

@@ -67,6 +67,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import resnet50 as tv_resnet50
 from torchvision.models.detection import MaskRCNN
+from torchvision.models.detection._utils import BoxCoder
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import (
     _resnet_fpn_extractor,
@@ -125,17 +126,67 @@ DEFAULT_CONFIG = {
 }
 
 
+class Float32BoxCoder(BoxCoder):
+    """torchvision's ``BoxCoder`` that decodes in float32 whatever the dtype of the regression output.
+
+    torchvision casts the reference boxes to the deltas' dtype (``boxes.to(rel_codes.dtype)``): under bf16
+    autocast the RPN's and the box predictor's deltas are bf16, so proposals and final boxes land on the bf16
+    grid (2 px steps in 256-512, 4 px in 512-1024). As detectron2 does (``deltas.float()``), the deltas and
+    the reference boxes are cast to float32 and decoded with autocast off; in float32 nothing changes.
+    """
+
+    def decode_single(self, rel_codes: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(rel_codes.device.type, enabled=False):
+            return super().decode_single(rel_codes.float(), boxes.float())
+
+
+class Float32AnchorGenerator(AnchorGenerator):
+    """torchvision's ``AnchorGenerator`` whose anchors are float32 under any autocast.
+
+    torchvision builds anchors in the dtype of the feature maps (bf16/fp16 under autocast: a 1024 px
+    image's anchors on a 4 px grid) and keeps its cell anchors in that dtype afterwards, so one
+    low-precision call would round them for good; here they stay float32.
+    """
+
+    def set_cell_anchors(self, dtype: torch.dtype, device: torch.device):
+        super().set_cell_anchors(torch.float32 if dtype.is_floating_point else dtype, device)
+
+
+def use_float32_boxes(model: MaskRCNN) -> MaskRCNN:
+    """Give ``model``'s RPN and RoI heads a :class:`Float32BoxCoder` (same weights and clip); returns it."""
+    for part in (model.rpn, model.roi_heads):
+        old = part.box_coder
+        part.box_coder = Float32BoxCoder(old.weights, old.bbox_xform_clip)
+    return model
+
+
 class ScaleJitterTransform(GeneralizedRCNNTransform):
     """``GeneralizedRCNNTransform`` whose training resize is multi-scale.
 
     With ``scale_range = (lo, hi)`` each training image is resized with ``min_size`` and ``max_size``
     multiplied by ``s ~ U(lo, hi)`` (torch's global generator, so seeded runs repeat); ``scale_range=None``
     and eval mode behave exactly as the parent class.
+
+    ``paste_masks`` (True; not in the state dict): with False, eval ``postprocess`` maps the boxes to the
+    original image size as usual but leaves the mask crops unpasted, under ``mask_crops (N, 1, M, M)``
+    instead of ``masks``, for :func:`lib.mask_paste.masks_in_frame` to paste into the frame the caller
+    keeps (switched by :func:`lib.mask_paste.crops_from`).
     """
+
+    paste_masks = True
 
     def __init__(self, *args, scale_range=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.scale_range = check_scale_range(scale_range)
+
+    def postprocess(self, result, image_shapes, original_image_sizes):
+        if self.training or self.paste_masks:
+            return super().postprocess(result, image_shapes, original_image_sizes)
+        for pred, im_s, o_im_s in zip(result, image_shapes, original_image_sizes):
+            pred["boxes"] = resize_boxes(pred["boxes"], im_s, o_im_s)
+            if "masks" in pred:
+                pred["mask_crops"] = pred.pop("masks")
+        return result
 
     def resize(self, image, target=None):
         if not (self.training and self.scale_range):
@@ -333,9 +384,9 @@ class MaskSubsetRoIHeads(RoIHeads):
         boxes, scores, labels = self.postprocess_detections(class_logits, box_regression, proposals, image_shapes)
         result = [{"boxes": b, "labels": lab, "scores": s} for b, lab, s in zip(boxes, labels, scores)]
         logits = self.mask_logits(features, boxes, image_shapes)
-        probs = maskrcnn_inference(logits, [self.mask_channels(lab) for lab in labels])
+        probs = maskrcnn_inference(logits.float(), [self.mask_channels(lab) for lab in labels])
         for r, p in zip(result, probs):
-            r["masks"] = p.float()  # float32 probabilities also under autocast
+            r["masks"] = p  # float32 probabilities also under autocast (pasted in float32 at float32 boxes)
         if self.attr_predictor is not None:
             attr = torch.sigmoid(self.attr_logits(features, boxes, image_shapes).float())
             for r, a in zip(result, attr.split([len(b) for b in boxes])):
@@ -382,7 +433,7 @@ def build_backbone(config: dict) -> nn.Module:
     return resnet_fpn_backbone(backbone_name=name, weights=None, norm_layer=norm_layer, trainable_layers=trainable)
 
 
-def anchor_generator(config: dict) -> AnchorGenerator:
+def anchor_generator(config: dict) -> Float32AnchorGenerator:
     family = _family(config["backbone"])
     sizes = config["anchor_sizes"] if config["anchor_sizes"] is not None else _DEFAULT_ANCHORS[family]
     n_levels = len(_DEFAULT_ANCHORS[family])
@@ -394,7 +445,7 @@ def anchor_generator(config: dict) -> AnchorGenerator:
     ratios = config["aspect_ratios"] if config["aspect_ratios"] is not None else [[0.5, 1.0, 2.0]] * n_levels
     if len(ratios) != n_levels:
         raise ValueError(f"aspect_ratios needs {n_levels} levels for backbone {config['backbone']!r}, got {ratios}")
-    return AnchorGenerator(
+    return Float32AnchorGenerator(
         tuple(tuple(int(s) for s in level) for level in sizes),
         tuple(tuple(float(r) for r in level) for level in ratios),
     )
@@ -482,7 +533,7 @@ def build_detector(config: dict, mask_roi_pool=None, mask_head=None, mask_predic
         **attribute_head_kwargs(config, old.box_predictor.cls_score.in_features),
         **(roi_heads_kwargs or {}),
     )
-    return model
+    return use_float32_boxes(model)
 
 
 def build(config: dict) -> MaskRCNN:

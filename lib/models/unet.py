@@ -29,10 +29,15 @@ instances by :func:`instances_from_probs` (``min_area`` is in network pixels and
 forward(images, targets=None): images a list of ``(3, H, W)`` float in 0..1; targets ``masks (N, H, W)``
 uint8 and ``labels (N,)`` int64 = category + 1 (``boxes`` unused), N may be 0. Training returns
 ``{"loss_ce", "loss_dice"}``; eval returns per image ``boxes, labels, scores, masks (N, 1, H, W)`` and
-``semantic (C, H, W)`` softmax probabilities (when ``return_semantic``).
+``semantic (C, H, W)`` softmax probabilities (when ``return_semantic``: 47 float32 maps, about 190 MB for a 1229 x 820
+image, so 05 runs the model inside :func:`without_semantic`: nothing there reads them).
+
+Host syncs: training builds its targets and losses with tensor ops only (no per-image ``.tolist()`` or
+``bool(tensor)``); eval turns probabilities into instances on the host (``instances_from_probs``).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import numpy as np
@@ -80,23 +85,34 @@ def semantic_target(
     so they are ignored where no supervised instance covers them.
     """
     h, w = masks.shape[-2:]
-    out = torch.zeros((h, w), dtype=torch.int64, device=masks.device)
-    if masks.shape[0] == 0:
+    n, dev = masks.shape[0], masks.device
+    out = torch.zeros((h, w), dtype=torch.int64, device=dev)
+    if n == 0:
         return out
+    # Tensor ops only (no host sync): each instance's painting rank (1..n), then per pixel the label of the
+    # highest-ranked supervised instance covering it, else ignore_index under an unsupervised one, else 0.
     m = masks.bool()
-    areas = m.flatten(1).sum(1).tolist()
-    cats = (labels.to(torch.int64) - 1).tolist()
-    parts = set(CATEGORY_GROUPS["parts"])
-    order = sorted(range(len(cats)), key=lambda i: (cats[i] in parts, -areas[i], i))
-    allowed = None if mask_classes is None else set(mask_classes)
-    supervised = [allowed is None or c in allowed for c in cats]
-    for i in order:
-        if not supervised[i]:
-            out[m[i]] = ignore_index
-    for i in order:
-        if supervised[i]:
-            out[m[i]] = cats[i] + 1
-    return out
+    cats = labels.to(device=dev, dtype=torch.int64) - 1
+    areas = m.flatten(1).sum(1)
+    is_part = torch.isin(cats, torch.tensor(CATEGORY_GROUPS["parts"], dtype=torch.int64, device=dev))
+    order = torch.argsort(-areas, stable=True)  # larger first, ties in input order
+    order = order[torch.argsort(is_part[order].to(torch.int8), stable=True)]  # then garments before parts
+    rank = torch.empty(n, dtype=torch.int32, device=dev)
+    rank[order] = torch.arange(1, n + 1, dtype=torch.int32, device=dev)
+    if mask_classes is None:
+        supervised = torch.ones(n, dtype=torch.bool, device=dev)
+    else:
+        supervised = torch.isin(cats, torch.tensor(list(mask_classes), dtype=torch.int64, device=dev))
+    key = torch.where(supervised, rank, 0)[:, None, None]
+    top = torch.zeros((h, w), dtype=torch.int32, device=dev)
+    ignored = torch.zeros((h, w), dtype=torch.bool, device=dev)
+    for j in range(0, n, 16):  # 16 instances at a time: bounded memory
+        top = torch.maximum(top, torch.where(m[j:j + 16], key[j:j + 16], 0).amax(0))
+        ignored |= (m[j:j + 16] & ~supervised[j:j + 16, None, None]).any(0)
+    label_of_rank = torch.zeros(n + 1, dtype=torch.int64, device=dev)
+    label_of_rank[rank.long()] = cats + 1
+    out = label_of_rank[top.long()]
+    return torch.where((top == 0) & ignored, torch.full_like(out, ignore_index), out)
 
 
 def instances_from_probs(probs: torch.Tensor, min_area: float = 16, max_instances: int = 100) -> dict:
@@ -150,7 +166,7 @@ def instances_from_probs(probs: torch.Tensor, min_area: float = 16, max_instance
 def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """1 - soft Dice of ``softmax(logits) (B, C, H, W)`` vs ``target (B, H, W)``, averaged over the classes
     ``c > 0`` present in ``target`` (pixels equal to ``ignore_index`` excluded). A zero connected to the
-    graph when no foreground class is present."""
+    graph when no foreground class is present. No host sync."""
     probs = logits.softmax(1)
     n_classes = probs.shape[1]
     valid = target != ignore_index
@@ -161,20 +177,41 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int
     p_sum = (probs * valid[:, None]).sum((0, 2, 3))
     present = count > 0
     present[0] = False
-    if not bool(present.any()):
-        return logits.sum() * 0
-    dice = 2 * inter[present] / (p_sum[present] + count[present])
-    return (1 - dice).mean()
+    denom = torch.where(present, p_sum + count, torch.ones_like(p_sum))  # finite gradients for absent classes
+    loss = torch.where(present, 1 - 2 * inter / denom, torch.zeros_like(denom))
+    return loss.sum() / present.sum().clamp(min=1).to(loss.dtype)
+
+
+@contextlib.contextmanager
+def without_semantic(model):
+    """Inside the block a :class:`UNet`'s eval outputs carry no ``semantic`` probabilities (restored after);
+    a no-op for other models. DDP- and ``torch.compile``-wrapped models are unwrapped."""
+    for attr in ("module", "_orig_mod"):
+        while isinstance(getattr(model, attr, None), nn.Module):
+            model = getattr(model, attr)
+    if not isinstance(model, UNet):
+        yield
+        return
+    old = model.return_semantic
+    model.return_semantic = False
+    try:
+        yield
+    finally:
+        model.return_semantic = old
 
 
 class UNet(nn.Module):
-    """smp ``Unet`` behind the uniform detection interface (see the module docstring)."""
+    """smp ``Unet`` behind the uniform detection interface (see the module docstring).
+
+    ``return_semantic`` (from the config; :func:`without_semantic` switches it off for a block): eval
+    outputs carry ``semantic``."""
 
     def __init__(self, config: dict):
         super().__init__()
         import segmentation_models_pytorch as smp
 
         self.config = copy.deepcopy(config)
+        self.return_semantic = bool(config["return_semantic"])
         # Random weights; an ImageNet encoder is loaded from a file afterwards (lib.weights): never a download.
         self.net = smp.Unet(
             encoder_name=config["encoder"],
@@ -214,7 +251,7 @@ class UNet(nn.Module):
             probs = lg.softmax(1)[0]
             min_area = self.config["min_area"] * (H * W) / (h * w)
             r = instances_from_probs(probs, min_area, int(self.config["max_instances"]))
-            if self.config["return_semantic"]:
+            if self.return_semantic:
                 r["semantic"] = probs
             out.append(r)
         return out
