@@ -34,6 +34,7 @@ def pick_device(cpu: bool) -> torch.device:
                          "run with --cpu for the small CPU mode")
     from lib import runtime
 
+    runtime.check_cuda_kernels(torch.device("cuda"))  # a GPU this torch build has no kernels for: stop here
     runtime.set_backend_flags()
     return torch.device("cuda")
 

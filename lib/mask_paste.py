@@ -13,9 +13,13 @@ Geometry (:func:`paste_masks`) is torchvision's paste rule, evaluated per pixel:
 zero cell on each side, its box widened by ``(M + 2) / M`` about its centre and truncated to whole pixels
 ``[a, b]`` (b inclusive, as torchvision's ``+ 1``), the padded crop resampled bilinearly
 (``align_corners=False``) onto those ``b - a + 1`` pixels; zero outside ``[a, b]`` and outside the frame.
-At the same frame size this is torchvision's result up to float rounding. detectron2's
+At the same frame size this is torchvision's result up to float rounding. For another frame size
+:func:`masks_in_frame` rounds the boxes in the input's pixels (``box_hw``) and the frame samples that paste
+at its own pixel centres: what pasting at the input size and resizing gave 05 before, less the resize's
+antialiasing, with no full-size map (rounding the scaled boxes to whole pixels of a 512 x 512 frame
+instead would grow the masks, by about 2 % of their area from a 768 x 1024 input). detectron2's
 ``paste_masks_in_image`` pastes the same way (one ``grid_sample`` per chunk of masks over the image on the
-GPU, each mask over its own box on the CPU) with a continuous box instead of truncated pixels.
+GPU, each mask over its own box on the CPU) with a continuous box instead of whole pixels.
 """
 from __future__ import annotations
 
@@ -78,11 +82,9 @@ def paste_masks(crops: torch.Tensor, boxes: torch.Tensor, frame_hw: tuple[int, i
         boxes: ``(N, 4)`` x1y1x2y2 in the frame's pixels (float; may extend outside the frame), or with
             ``box_hw`` in the pixels of an image of that size covering the same area as the frame.
         frame_hw: the output size ``(H, W)``.
-        box_hw: the size ``(h, w)`` the boxes' pixels belong to (default ``frame_hw``). The crops are placed
-            by torchvision's rule at that size (whole pixels of it) and the frame samples that paste at its
-            own pixel centres, so a frame smaller than the input gets, without any full-size map, what a paste
-            at the input size then resized to the frame gives (05: up to the resize's antialiasing),
-            without the bias of whole-pixel rounding in the smaller frame.
+        box_hw: the size ``(h, w)`` the boxes' pixels belong to (default ``frame_hw``): the crops are placed
+            by torchvision's rule in whole pixels of that size and the frame samples that paste at its own
+            pixel centres (see the module docstring).
         chunk: masks per ``grid_sample`` call (default :func:`default_chunk`: bounded memory); the result does
             not depend on it.
         by_box: paste each mask over its own box only, reading the boxes on the host once (default: on the

@@ -1,4 +1,5 @@
-"""Training data from the prepared set: a torch Dataset, torchvision v2 transforms and a DataLoader factory.
+"""Training data from the prepared set: a torch Dataset, torchvision v2 transforms and a DataLoader factory
+(plain or aspect-ratio grouped batches, both exactly resumable: :func:`make_loader`, :func:`set_epoch`).
 
 An item is ``(image, target)``:
 

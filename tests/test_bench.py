@@ -127,9 +127,16 @@ def test_infer_bench_cpu(tmp_path):
     infer_bench.main(["--cpu", "--archs", "maskrcnn", "unet", "--size", "64", "--unet-size", "64", "--detections",
                       "4", "--test-size", "96", "64", "--unique-images", "1", "--batch-size", "1", "--steps", "1",
                       "--warmup", "0", "--project-images", "100", "--work-dir", str(tmp_path / "w"),
-                      "--channels-last", "--out", str(out)])
+                      "--channels-last", "--paste-detections", "20", "--paste-image", "192", "256", "--out", str(out)])
     rep = json.loads(out.read_text())
     assert rep["project_images"] == 100 and rep["tta_flip"] is True
+    paste = rep["paste"]
+    assert paste["detections"] == 20 and paste["image_hw"] == [192, 256] and rep["paste_ratio"] == paste["paste_ratio"]
+    assert paste["paste_ratio"] == pytest.approx(paste["paste_stock_ms"] / paste["paste_ours_ms"])
+    assert paste["paste_same_size_ratio"] == pytest.approx(paste["paste_same_size_stock_ms"]
+                                                           / paste["paste_same_size_ours_ms"])
+    assert paste["paste_iou_mean"] > 0.9 and paste["paste_ours_syncs"] is None  # syncs: counted on CUDA only
+    assert "| mask paste, 20 masks into 512 x 512 (ms) |" in gpu_check.summary_table({"infer": rep})
     for arch in ("maskrcnn", "unet"):
         assert _positive(rep[f"{arch}_predict_ratio"]), rep["rows"]
         assert _positive(rep[f"{arch}_projected_total_s"])

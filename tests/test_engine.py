@@ -4,6 +4,7 @@ Quick tests train one or two tiny epochs (2 steps, light models, small images) o
 Slow tests (``-m slow``) check that each model overfits a handful of synthetic images from scratch on CPU.
 """
 import importlib.util
+import json
 import math
 import os
 import shutil
@@ -49,7 +50,9 @@ def _script(arch):
 
 
 def _args(arch, cache, out, *extra):
-    flags = ["--prepared-dir", str(cache), "--out-dir", str(out), "--workers", "0", "--batch-size", "2",
+    # --device cpu: the runs compare weights and losses exactly, which only the CPU repeats bit for bit (a GPU box
+    # runs these on its CPU too; the CUDA tests below run the GPU path)
+    flags = ["--prepared-dir", str(cache), "--out-dir", str(out), "--device", "cpu", "--workers", "0", "--batch-size", "2",
              "--max-steps-per-epoch", "2", "--epochs", "1", "--log-every", "1", "--max-val-images", "2",
              "--threads", "1", *TINY_MODEL[arch], *extra]
     return _script(arch).get_args_parser().parse_args(flags)
@@ -241,6 +244,89 @@ def test_evaluate_scores_perfect_and_empty_predictions(prepared_set):
     assert res_hi["kaggle"] == 0.0 and res_hi["kaggle_all"] == pytest.approx(1.0)
 
 
+def _tiny_detector():
+    from lib import models as lmodels
+
+    torch.manual_seed(0)
+    cfg = lmodels.default_config("maskrcnn", backbone="resnet18", min_size=96, max_size=96, box_score_thresh=0.0,
+                                 box_detections_per_img=20, attr_head=True,
+                                 anchor_sizes=[[16], [32], [64], [128], [256]])
+    return lmodels.build_model(cfg).eval()
+
+
+class _ShiftedTruthModel(torch.nn.Module):
+    """Eval stand-in that finds each image's ground truth by its pixels and predicts it shifted by 0-3 pixels
+    (so the scores lie between 0 and 1), in any order and on any shard."""
+
+    def __init__(self, dataset):
+        super().__init__()
+        self.truth = {}
+        for i in range(len(dataset)):
+            image, t = dataset[i]
+            self.truth[round(float(image.sum()), 2)] = (i, t)
+
+    def forward(self, images, targets=None):
+        outs = []
+        for im in images:
+            i, t = self.truth[round(float(im.sum()), 2)]
+            n = len(t["labels"])
+            outs.append({"boxes": t["boxes"].as_subclass(torch.Tensor), "labels": t["labels"],
+                         "scores": torch.linspace(0.9, 0.3, n) if n else torch.zeros(0),
+                         "masks": torch.roll(t["masks"].as_subclass(torch.Tensor), i % 4, -1)[:, None].float()})
+        return outs
+
+
+def _eval_ds(prepared_set):
+    ds = PreparedDataset(prepared_set, "train", build_transforms(False))
+    return PreparedDataset(prepared_set, "train", build_transforms(False), image_ids=ds.image_ids[:5])
+
+
+def _eval_model(which, prepared_set):
+    return _tiny_detector() if which == "detector" else _ShiftedTruthModel(_eval_ds(prepared_set))
+
+
+def _ddp_eval_worker(rank, world, init_file, prepared_set, out, which):
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        res = engine.evaluate(_eval_model(which, prepared_set), _eval_ds(prepared_set), torch.device("cpu"),
+                              batch_size=2, score_thresh=0.0, progress=False, distributed=True, examples=2)
+        if rank == 0:
+            torch.save({"res": lio.json_safe({k: v for k, v in res.items() if k != "examples"}),
+                        "n_examples": len(res["examples"])}, out)
+        else:
+            assert res is None
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("which", ["detector", "shifted_truth"])
+def test_distributed_evaluation_equals_single_process(which, prepared_set, tmp_path):
+    """Validation on 2 gloo ranks (each its contiguous share of whole batches, merged on rank 0) gives exactly
+    the single-process scores: Kaggle metric, COCO mask AP, per class (a tiny Mask R-CNN: its pasted crops and
+    attribute scores; ground truth shifted by a few pixels: scores between 0 and 1)."""
+    import torch.multiprocessing as mp
+
+    assert engine.shard_indices(5, 2, 0, 2) == [0, 1] and engine.shard_indices(5, 2, 1, 2) == [2, 3, 4]
+    assert sum((engine.shard_indices(7, 3, r, 3) for r in range(3)), []) == list(range(7))
+    out = tmp_path / "ddp.pt"
+    mp.spawn(_ddp_eval_worker, args=(2, str(tmp_path / "init"), prepared_set, str(out), which), nprocs=2, join=True)
+    ddp = torch.load(out, weights_only=True)
+    torch.set_num_threads(1)
+    single = engine.evaluate(_eval_model(which, prepared_set), _eval_ds(prepared_set), torch.device("cpu"),
+                             batch_size=2, score_thresh=0.0, progress=False, examples=2)
+    assert ddp["n_examples"] == 2 and len(single["examples"]) == 2
+    single = lio.json_safe({k: v for k, v in single.items() if k != "examples"})
+    assert single["num_images"] == ddp["res"]["num_images"] == 5
+    if which == "detector":
+        assert single["attr"] is not None and single["attr"]["num_pred"] > 0
+    else:
+        assert 0.05 < single["kaggle"] < 0.95 and 0.05 < single["coco"]["AP"] < 0.95
+    assert json.dumps(ddp["res"], sort_keys=True) == json.dumps(single, sort_keys=True)  # NaN == NaN here
+
+
 def test_lr_schedule_values():
     f = engine.lr_factor_fn("cosine", total_steps=110, warmup_steps=10)
     assert f(0) == pytest.approx(1e-3) and f(10) == pytest.approx(1.0)
@@ -358,10 +444,14 @@ def test_fp16_steps_that_never_update_stop_the_run(prepared_set, tmp_path, monke
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("arch", ["unet", "maskrcnn", "deepmac"])
-def test_cuda_bf16_tiny_epoch(arch, prepared_set, tmp_path):
+def test_cuda_amp_auto_tiny_epoch(arch, prepared_set, tmp_path):
+    """--amp auto on the GPU there is: bf16 where it is native (Ampere and newer), fp16 with the scaler before."""
     _run(arch, prepared_set, tmp_path / arch, "--device", "cuda", "--amp", "auto")
     meta = lio.read_json(tmp_path / arch / "meta.json")
-    assert meta["device"].startswith("cuda") and meta["amp"] == "bfloat16"
+    native_bf16 = torch.cuda.get_device_capability()[0] >= 8
+    assert meta["device"].startswith("cuda") and meta["amp"] == ("bfloat16" if native_bf16 else "float16")
+    ck = torch.load(tmp_path / arch / "checkpoint.pth", weights_only=True)
+    assert (ck["scaler"] is None) == native_bf16
     model, _ = lcheckpoint.load_checkpoint(tmp_path / arch / "checkpoint.pth")
     assert all(p.device.type == "cpu" for p in model.parameters())
 
@@ -484,7 +574,7 @@ from conftest import (file_size_limit, fuzz_sizes, kill_when, read_only_dirs_wor
 # Lighter than TINY_MODEL["unet"]: a 3-stage encoder at 64 px, so a checkpoint every step stays cheap.
 KILL_MODEL = dict(TINY_MODEL, unet=["--encoder", "resnet18", "--encoder-depth", "3", "--decoder-channels", "16", "8",
                                     "8", "--image-size", "64"])
-KILL_FLAGS = ["--workers", "0", "--batch-size", "2", "--max-steps-per-epoch", "3", "--epochs", "2", "--log-every", "1",
+KILL_FLAGS = ["--device", "cpu", "--workers", "0", "--batch-size", "2", "--max-steps-per-epoch", "3", "--epochs", "2", "--log-every", "1",
               "--max-val-images", "2", "--threads", "1", "--warmup-steps", "2", "--lr", "1e-3", "--seed", "7",
               "--checkpoint-every-steps", "1", "--resume", "auto"]
 
@@ -516,10 +606,10 @@ def _assert_same_training(a: Path, b: Path, atol=0.0):
     assert not [p.name for p in b.iterdir() if p.name.startswith(".tmp.")]
 
 
-def _kill_then_resume(arch, cache, tmp_path, delay, launcher=()):
+def _kill_then_resume(arch, cache, tmp_path, delay, launcher=(), extra=()):
     """Kill a run after its first checkpoint (+ ``delay`` s), check what it left, rerun the same command."""
     out = tmp_path / "killed"
-    cmd = _train_cmd(arch, cache, out, launcher=launcher)
+    cmd = _train_cmd(arch, cache, out, *extra, launcher=launcher)
     assert kill_when(cmd, lambda: (out / "checkpoint.pth").exists(), delay=delay), "the run ended before the kill"
     assert lio.read_json(out / "meta.json")["status"] == "running"
     left = lcheckpoint.read_checkpoint(out / "checkpoint.pth")  # whatever the kill interrupted, this loads
@@ -539,6 +629,16 @@ def test_sigkill_during_training_then_rerun_equals_an_uninterrupted_run(arch, pr
     out, step = _kill_then_resume(arch, prepared_set, tmp_path, delay=0.2)
     _assert_same_training(ref, out, atol=1e-6)
     print(f"{arch}: killed with the checkpoint at step {step}, resumed, same result as uninterrupted")
+
+
+def test_sigkill_during_fp16_training_then_rerun_equals_an_uninterrupted_run(prepared_set, tmp_path):
+    """fp16 with the gradient scaler (CPU autocast): the scaler's state resumes with the weights."""
+    ref = tmp_path / "ref"
+    _reference_run("unet", prepared_set, ref, "--amp", "fp16")
+    out, step = _kill_then_resume("unet", prepared_set, tmp_path, delay=0.2, extra=("--amp", "fp16"))
+    _assert_same_training(ref, out)
+    a, b = (torch.load(d / "checkpoint.pth", weights_only=True) for d in (ref, out))
+    assert a["scaler"] is not None and a["scaler"] == b["scaler"] and a["skipped_steps"] == b["skipped_steps"]
 
 
 @pytest.mark.long

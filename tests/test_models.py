@@ -489,6 +489,50 @@ def test_semantic_target_paints_parts_over_garments_and_small_over_large():
     assert empty.shape == (3, 5) and empty.dtype == torch.int64 and (empty == 0).all()
 
 
+def _painted_in_order(masks, labels, mask_classes=None):
+    """semantic_target's rule, painted one instance at a time on the host (the reference)."""
+    out = torch.zeros(masks.shape[-2:], dtype=torch.int64)
+    m, cats = masks.bool(), (labels - 1).tolist()
+    areas = m.flatten(1).sum(1).tolist()
+    parts = set(range(27, 46))
+    order = sorted(range(len(cats)), key=lambda i: (cats[i] in parts, -areas[i], i))
+    supervised = [mask_classes is None or c in mask_classes for c in cats]
+    for i in order:
+        if not supervised[i]:
+            out[m[i]] = unet.IGNORE_INDEX
+    for i in order:
+        if supervised[i]:
+            out[m[i]] = cats[i] + 1
+    return out
+
+
+def test_semantic_target_equals_painting_in_order():
+    """The tensor-only target (no host sync) paints what one instance after the other would, ties included."""
+    g = torch.Generator().manual_seed(0)
+    for t in range(60):
+        n = int(torch.randint(0, 40, (1,), generator=g))  # more than one chunk of 16 instances
+        masks = (torch.rand(n, 7, 9, generator=g) < torch.rand(n, 1, 1, generator=g)).to(torch.uint8)
+        if n > 3:
+            masks[1] = masks[0]  # an area tie
+        labels = torch.randint(1, 47, (n,), generator=g)
+        mc = None if t % 2 else torch.randint(0, 46, (10,), generator=g).tolist()
+        assert torch.equal(unet.semantic_target(masks, labels, mc), _painted_in_order(masks, labels, mc)), t
+
+
+def test_without_semantic_drops_the_semantic_output():
+    model = build("unet").eval()
+    images, _ = batch()
+    with torch.no_grad():
+        with unet.without_semantic(model):
+            plain = model(images[:1])[0]
+        again = model(images[:1])[0]
+        with unet.without_semantic(torch.nn.Linear(2, 2)):  # other models: a no-op
+            pass
+    assert "semantic" not in plain and again["semantic"].shape[0] == 47 and model.return_semantic
+    for key in ("boxes", "labels", "scores", "masks"):
+        torch.testing.assert_close(plain[key], again[key])
+
+
 def test_instances_from_probs_splits_components():
     probs = torch.zeros(3, 8, 10)
     probs[0] = 0.9

@@ -33,6 +33,7 @@ PREDICT = _load_script("05_predict.py")
 
 
 def _args(**kw):
+    kw.setdefault("device", "cpu")  # outputs are compared exactly: the CPU repeats them (also on a GPU box)
     argv = []
     for k, v in kw.items():
         flag = "--" + k.replace("_", "-")

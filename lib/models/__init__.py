@@ -15,6 +15,9 @@ int64 = category + 1, ``masks (N, H, W)`` uint8 (N may be 0); detectors with ``a
   adds ``semantic (C, H, W)`` probabilities; detectors with ``attr_head`` add ``attr_scores
   (N, num_attributes)`` float32 sigmoid probabilities, row-aligned with the detections (lib/inference.py
   keeps them; lib/postprocess.py turns them into ``cat_attr_attr`` ClassIds with ``attributes="on"``).
+  Inside ``lib.mask_paste.crops_from(model)`` the detectors return unpasted ``mask_crops (N, 1, M, M)``
+  instead of ``masks`` (``lib.mask_paste.masks_in_frame`` pastes them into any frame), and inside
+  ``lib.models.unet.without_semantic(model)`` the UNet leaves out ``semantic``.
 
 Shared keys: ``arch, num_classes (47), min_size, max_size, pretrained (False), mask_classes (None = all)``.
 ``pretrained`` says the backbone starts from pretrained weights (detectors then freeze BatchNorm, as torchvision

@@ -6,7 +6,7 @@ model predicts one class per pixel, so :func:`semantic_target` chooses the *most
 painted over garments, and within each group smaller instances over larger ones. A sleeve pixel is
 "sleeve", not "top"; the garment loses the pixels under its parts, which is the price of a single-label
 map (the detectors in :mod:`lib.models.maskrcnn` / :mod:`lib.models.deepmac` handle overlaps properly; this
-model is meant for the ensemble, where its per-pixel ``semantic`` probabilities are reused).
+model is meant for the ensemble, which fuses its instances with the detectors').
 
 Partial supervision (config ``mask_classes``, category ids, ``None`` = all): pixels of instances whose
 category is not in ``mask_classes`` are ignored by the losses unless a supervised instance is painted
@@ -29,8 +29,8 @@ instances by :func:`instances_from_probs` (``min_area`` is in network pixels and
 forward(images, targets=None): images a list of ``(3, H, W)`` float in 0..1; targets ``masks (N, H, W)``
 uint8 and ``labels (N,)`` int64 = category + 1 (``boxes`` unused), N may be 0. Training returns
 ``{"loss_ce", "loss_dice"}``; eval returns per image ``boxes, labels, scores, masks (N, 1, H, W)`` and
-``semantic (C, H, W)`` softmax probabilities (when ``return_semantic``: 47 float32 maps, about 190 MB for a 1229 x 820
-image, so 05 runs the model inside :func:`without_semantic`: nothing there reads them).
+``semantic (C, H, W)`` softmax probabilities (when ``return_semantic``: 47 float32 maps, about 190 MB for
+a 1229 x 820 image, so 05 runs the model inside :func:`without_semantic`: nothing there reads them).
 
 Host syncs: training builds its targets and losses with tensor ops only (no per-image ``.tolist()`` or
 ``bool(tensor)``); eval turns probabilities into instances on the host (``instances_from_probs``).
