@@ -827,7 +827,8 @@ def write_meta(run: Run, status: str) -> dict:
          "checkpoints": {"last": str(run.path("checkpoint.pth")), "best": str(best) if best.exists() else None,
                          "epochs": kept},
          "files": {"metrics": str(run.path("metrics.jsonl")), "curves": str(run.path("curves.png")),
-                   "val_scores": str(run.path("val_scores.json"))},
+                   "val_scores": str(run.path("val_scores.json")),
+                   "tensorboard": str(tensorboard_dir(run.out_dir)) if run.settings.tensorboard else None},
          "time_s": round(time.time() - run.t_start, 1)}
     m = lio.json_safe(m)
     lio.atomic_write_json(run.path("meta.json"), m)

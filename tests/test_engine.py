@@ -87,6 +87,8 @@ def test_one_tiny_epoch_writes_everything_and_checkpoint_rebuilds_model(arch, pr
     assert meta["checkpoints"]["best"] == str(out / "best.pth")
     assert meta["data"]["num_train"] > 0 and meta["data"]["num_categories"] == 46
     assert meta["final_metrics"]["val_kaggle"] == ep["val_kaggle"]
+    assert all("data_time" in r and "skipped_steps" in r for r in train)
+    _assert_tensorboard_events(out / "tensorboard", train, ep)
     vs = lio.read_json(out / "val_scores.json")
     assert vs["latest"]["epoch"] == 1 and vs["best"]["epoch"] == 1 and vs["latest"]["coco"] is not None
 
@@ -108,6 +110,25 @@ def test_one_tiny_epoch_writes_everything_and_checkpoint_rebuilds_model(arch, pr
         pred = model([image.as_subclass(torch.Tensor)])[0]
     n = pred["boxes"].shape[0]
     assert pred["masks"].shape == (n, 1, *image.shape[-2:]) and pred["labels"].shape == (n,)
+
+
+def _assert_tensorboard_events(log_dir, train, ep):
+    """The run's TensorBoard files, read back with TensorBoard's reader: the train records' losses, lr, gradient
+    norm, step and data time at their steps; the epoch's validation scores; validation overlays."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0, "images": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    for tag in ("train/loss", "train/lr", "train/grad_norm", "time/step", "time/data", "amp/skipped_steps",
+                "val/kaggle", "val/AP75", "epoch/train_loss"):
+        assert tag in tags["scalars"], (tag, tags["scalars"])
+    loss = acc.Scalars("train/loss")
+    assert [e.step for e in loss] == [r["step"] for r in train]
+    assert [e.value for e in loss] == pytest.approx([r["loss"] for r in train], rel=1e-6)
+    assert [(e.step, e.value) for e in acc.Scalars("val/kaggle")] == [(ep["step"], pytest.approx(ep["val_kaggle"]))]
+    overlays = [t for t in tags["images"] if t.startswith("val/overlay/")]
+    assert overlays and all(acc.Images(t)[0].step == ep["step"] for t in overlays)
 
 
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(prepared_set, tmp_path):
