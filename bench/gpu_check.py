@@ -21,6 +21,12 @@ sections that would start after the budget is spent):
 4. ``pipeline``: synthetic data at 1024 px -> 01 -> 02/03/04 (short) -> 05 (flip TTA) -> 06, the time of
    each stage and the local scores (the accuracy check of a short synthetic training run).
 
+5. ``box_precision`` (run first): a Mask R-CNN's output under bf16 and fp16 autocast on the device: boxes, anchors
+   and masks float32, the share of box coordinates on the bf16 grid (~0 expected; torchvision's own decoding
+   would put all of them there).
+6. ``amp``: one short 03 epoch (50 steps, batch 8, 1024 px) with ``--amp auto`` and with ``--amp off`` on the
+   pipeline's prepared set: val AP75 / Kaggle and the epoch time of each.
+
 Writes ``gpu_check.json`` (everything) and ``gpu_check.md`` (the short table) into ``--out``.
 """
 from __future__ import annotations
@@ -42,7 +48,7 @@ import torch  # noqa: E402
 
 from bench import common as bc  # noqa: E402
 
-SECTIONS = ("train", "infer", "input", "pipeline")
+SECTIONS = ("box_precision", "train", "infer", "input", "pipeline", "amp")
 
 
 def ensure_packages(wheels: Path) -> dict:
@@ -73,6 +79,8 @@ def configs(cpu: bool) -> dict:
 
     if cpu:
         return {
+            "box_precision": dict(size=128, backbone="resnet18"),
+            "amp": dict(steps=2, batch=2, det_size=128, backbone="resnet18", val_images=4, workers=0),
             "train": dict(train_bench.MODES["cpu"], steps=1, warmup=1, channels_last=True),
             "infer": dict(infer_bench.MODES["cpu"], steps=1, warmup=1, rows_threads=1, channels_last=True),
             "input": dict(input_bench.MODES["cpu"], n_train=8, batches=3, steps=2, warmup=1),
@@ -80,6 +88,8 @@ def configs(cpu: bool) -> dict:
                              workers=0, encoder="resnet18", backbone="resnet18"),
         }
     return {
+        "box_precision": dict(size=1024, backbone="resnet50"),
+        "amp": dict(steps=50, batch=8, det_size=1024, backbone="resnet50", val_images=32, workers=8),
         "train": dict(train_bench.MODES["gpu"], steps=12, warmup=4),
         "infer": dict(infer_bench.MODES["gpu"], steps=1, warmup=1, rows_threads=4),
         "input": dict(input_bench.MODES["gpu"], n_train=64, batches=16, steps=8, warmup=3),
@@ -148,10 +158,73 @@ def pipeline(cfg: dict, out: Path, device_flag: str, budget_s: float = 1e9) -> d
     return {"stages": results, "val": val, "scores": json.loads(scores.read_text()) if scores.exists() else None}
 
 
+# --------------------------------------------------------------------------------------------- precision
+@torch.no_grad()
+def precision_check(cfg: dict, device: torch.device) -> dict:
+    """Output dtypes of an untrained Mask R-CNN under bf16 / fp16 autocast and in fp32 on ``device``."""
+    from lib.models import build_model
+
+    torch.manual_seed(0)
+    size = cfg["size"]
+    model = build_model({"arch": "maskrcnn", "backbone": cfg["backbone"], "min_size": size, "max_size": size,
+                         "box_score_thresh": 0.0}).to(device).eval()
+    image = torch.rand(3, size, size, device=device)
+    rows = {}
+    for name, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16), ("fp32", None)):
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            out = model([image])[0]
+            image_list, _ = model.transform([image])
+            anchors = model.rpn.anchor_generator(image_list, list(model.backbone(image_list.tensors).values()))
+        b = out["boxes"]
+        on_grid = (b.bfloat16().float() == b).float().mean().item() if len(b) else None
+        rows[name] = {"boxes": str(b.dtype), "anchors": str(anchors[0].dtype), "masks": str(out["masks"].dtype),
+                      "detections": len(b), "share_on_bf16_grid": on_grid}
+    rows["ok"] = all(r["boxes"] == r["anchors"] == r["masks"] == "torch.float32" for r in rows.values())
+    return rows
+
+
+def amp_compare(cfg: dict, out: Path, device_flag: str) -> dict:
+    """03 for one short epoch with --amp auto and --amp off on the pipeline's prepared set (made if missing)."""
+    py, prepared = sys.executable, out / "work" / "prepared"
+    log = out / "amp.log"
+    if not (prepared / "meta.json").is_file():
+        run_stage("01", [py, "01_prepare_data.py", "--synthetic", "--data-dir", str(out / "data"), "--out-dir",
+                         str(prepared), "--synthetic-train", "96", "--synthetic-test", "8", "--long-side",
+                         str(cfg["det_size"]), "--no-progress"], log)
+    res = {}
+    for amp in ("auto", "off"):
+        run_dir = out / "work" / f"amp_{amp}"
+        r = run_stage(f"03 amp {amp}", [py, "03_train_maskrcnn.py", "--prepared-dir", str(prepared), "--out-dir",
+                                        str(run_dir), "--device", device_flag, "--amp", amp, "--backbone",
+                                        cfg["backbone"], "--min-size", str(cfg["det_size"]), "--max-size",
+                                        str(cfg["det_size"]), "--epochs", "1", "--max-steps-per-epoch",
+                                        str(cfg["steps"]), "--batch-size", str(cfg["batch"]), "--workers",
+                                        str(cfg["workers"]), "--max-val-images", str(cfg["val_images"]),
+                                        "--warmup-steps", "10", "--lr", "2e-4", "--log-every", "10"], log)
+        meta = run_dir / "meta.json"
+        m = json.loads(meta.read_text()) if meta.is_file() else {}
+        fm = m.get("final_metrics") or {}
+        res[amp] = {"rc": r["rc"], "seconds": r["seconds"], "amp": m.get("amp"),
+                    **{k: fm.get(k) for k in ("val_AP75", "val_AP", "val_kaggle", "epoch_time", "skipped_steps",
+                                              "max_mem_gb")}}
+    return res
+
+
 # --------------------------------------------------------------------------------------------- report
 def summary_table(report: dict) -> str:
     """The short Markdown table of the headline ratios (the JSON has everything)."""
     lines = ["| measurement | ours | baseline | ratio | target |", "|---|---|---|---|---|"]
+    prec = report.get("box_precision") or {}
+    for name in ("bf16", "fp16", "fp32"):
+        if name in prec:
+            r = prec[name]
+            lines.append(f"| {name}: boxes / anchors / masks dtype, share of boxes on the bf16 grid | {r['boxes']} / "
+                         f"{r['anchors']} / {r['masks']}, {bc.fmt(r['share_on_bf16_grid'])} | | | float32 |")
+    for amp, r in (report.get("amp") or {}).items():
+        if isinstance(r, dict) and "rc" in r:
+            lines.append(f"| 03 short epoch --amp {amp} ({r.get('amp')}): val AP75 / Kaggle, epoch s | "
+                         f"{bc.fmt(r.get('val_AP75'))} / {bc.fmt(r.get('val_kaggle'))}, {bc.fmt(r.get('epoch_time'))} "
+                         f"| | | rc={r['rc']} |")
     for r in (report.get("train") or {}).get("rows", []):
         if "error" in r:
             lines.append(f"| train step {r['arch']} | error: {r['error'][:80]} | | | |")
@@ -264,6 +337,7 @@ def main(argv=None) -> dict:
             torch.cuda.empty_cache()
         bc.write_json(out / "gpu_check.json", report)  # partial results survive a kill
 
+    section("box_precision", lambda: precision_check(cfgs["box_precision"], device))
     section("train", lambda: train_bench.run(cfgs["train"], device, dtype))
     section("infer", lambda: infer_bench.run(cfgs["infer"], device, dtype, work_dir=out / "infer"))
 
@@ -276,6 +350,7 @@ def main(argv=None) -> dict:
     section("input", input_section)
     section("pipeline", lambda: pipeline(cfgs["pipeline"], out, "cpu" if args.cpu else "cuda",
                                          budget_s=max(0.0, left())))
+    section("amp", lambda: amp_compare(cfgs["amp"], out, "cpu" if args.cpu else "cuda"))
     report["total_seconds"] = round(time.time() - t_start, 1)
     table = summary_table(report)
     head = (f"gpu_check {report['date']} on {report.get('gpu', report.get('cpu'))}, torch {report['torch']}, "

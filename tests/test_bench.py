@@ -178,6 +178,24 @@ def test_gpu_check_budget_and_table(tmp_path):
     assert "| infer | skipped (time budget) | | | |" in gpu_check.summary_table({"infer": {"skipped": "time budget"}})
 
 
+def test_gpu_check_precision_section_on_cpu():
+    """The first check a GPU gets, run here on the CPU's autocast: float32 boxes, anchors and masks."""
+    import torch
+
+    rep = gpu_check.precision_check(gpu_check.configs(True)["box_precision"], torch.device("cpu"))
+    assert rep["ok"] is True and rep["bf16"]["detections"] > 0
+    assert rep["bf16"]["share_on_bf16_grid"] < 0.5  # torchvision's own decoding: 1.0
+    assert "| bf16: boxes / anchors / masks dtype" in gpu_check.summary_table({"box_precision": rep})
+
+
+@pytest.mark.slow
+def test_gpu_check_amp_section_on_cpu(tmp_path):
+    rep = gpu_check.main(["--cpu", "--sections", "amp", "--out", str(tmp_path)])
+    amp = rep["amp"]
+    assert amp["auto"]["rc"] == 0 and amp["off"]["rc"] == 0 and amp["auto"]["amp"] == "off"  # auto: fp32 on CPU
+    assert "| 03 short epoch --amp auto (off): val AP75 / Kaggle, epoch s |" in gpu_check.summary_table(rep)
+
+
 @pytest.mark.slow
 def test_gpu_check_cpu_sections(tmp_path):
     gpu_check.main(["--cpu", "--sections", "train", "infer", "input", "--out", str(tmp_path)])
