@@ -73,6 +73,7 @@ from . import runtime
 from . import weights as lweights
 from .checkpoint import CHECKPOINT_FORMAT, save_checkpoint
 from .mask_paste import crops_from, masks_in_frame
+from .models.unet import without_semantic
 from .monitor import TrainMonitor, tensorboard_dir
 from .training_data import PreparedDataset, build_transforms, make_loader, set_epoch
 from .viz import plot_curves
@@ -200,7 +201,7 @@ def evaluate(model: torch.nn.Module, dataset, device: torch.device, dtype=None, 
     loader = make_loader(dataset, batch_size=batch_size, shuffle=False, workers=workers)
     for images, targets in tqdm(loader, desc="val", unit="batch", disable=not progress, leave=False):
         images = [im.as_subclass(torch.Tensor).to(device, non_blocking=True) for im in images]
-        with _autocast(device, dtype), crops_from(model):
+        with _autocast(device, dtype), crops_from(model), without_semantic(model):
             outs = model(images)
         for im, out, t in zip(images, outs, targets):
             kept = _score_image(evs, out, t, tuple(im.shape[-2:]), score_thresh, mask_thresh)

@@ -77,13 +77,13 @@ from torchvision.models.detection.backbone_utils import (
 from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.roi_heads import RoIHeads, fastrcnn_loss, maskrcnn_inference, maskrcnn_loss
-from torchvision.models.detection.roi_heads import paste_masks_in_image
 from torchvision.models.detection.rpn import RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops import misc as misc_nn_ops
 
 from ..labels import ATTRIBUTE_CATEGORIES, N_ATTRIBUTES
+from ..mask_paste import paste_masks
 
 FPN_CHANNELS = 256  # out_channels of every backbone below
 BACKBONES = ("resnet50", "resnet50_v2", "resnet18", "resnet34", "mobilenet_v3")
@@ -614,12 +614,7 @@ def masks_for_boxes(model: MaskRCNN, images: list[torch.Tensor], boxes: list[tor
     else:
         channels = [heads.mask_channels(lab.to(logits.device, torch.int64)) for lab in labels]
     probs = maskrcnn_inference(logits.float(), channels)  # (N_i, 1, M, M) per image
-    out = []
-    for p, b, o in zip(probs, boxes, orig_sizes):
-        b = b.to(p.device, torch.float32)
-        pasted = paste_masks_in_image(p, b, o) if len(b) else p.new_zeros((0, 1, *o))
-        out.append(pasted[:, 0].float())
-    return out
+    return [paste_masks(p, b.to(p.device, torch.float32), o) for p, b, o in zip(probs, boxes, orig_sizes)]
 
 
 @torch.no_grad()
