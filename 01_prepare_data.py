@@ -29,10 +29,10 @@ import sys
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    from lib.cli import add_prepare_args
+    from lib.cli import DefaultsHelpFormatter, add_prepare_args
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=DefaultsHelpFormatter)
     return add_prepare_args(p)
 
 

@@ -21,6 +21,10 @@ Examples:
   python 05_predict.py --checkpoints work/unet work/maskrcnn --images "shoots/**/*.jpg" \\
       --params work/submission/params.json --out-dir work/predictions_shoots
 
+  # COCO results with the image ids (by file name) and category ids of a COCO ground truth, for pycocotools
+  python 05_predict.py --checkpoints work/maskrcnn --images fashionpedia/test \
+      --coco-gt fashionpedia/instances_attributes_val2020.json --out-dir work/photos_fp
+
   # flip + multi-scale TTA on a GPU, bigger batches
   python 05_predict.py --checkpoints work/maskrcnn/best.pth --data-dir data/imaterialist-fashion-2019-FGVC6 \\
       --tta-flip --tta-scales 0.8 1.0 1.2 --batch-size 8 --workers 8 --out-dir work/predictions_tta
@@ -47,9 +51,9 @@ def main(args) -> int:
     try:
         settings = predict_settings(args)
         settings.check()
-    except ValueError as e:
-        raise SystemExit(str(e)) from None
-    run_prediction(settings)  # summary: OUT_DIR/meta.json
+        run_prediction(settings)  # summary: OUT_DIR/meta.json
+    except (ValueError, FileNotFoundError) as e:  # bad input (a missing image or file): the message says which
+        raise SystemExit(f"05: error: {e}") from None
     return 0
 
 

@@ -48,10 +48,10 @@ import sys
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    from lib.cli import add_submission_args
+    from lib.cli import DefaultsHelpFormatter, add_submission_args
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=DefaultsHelpFormatter)
     return add_submission_args(p)
 
 
@@ -64,8 +64,8 @@ def main(args) -> int:
             return make_submission.validate_file(args.validate, args.data_dir, args.mask_size or None,
                                                  progress=not args.no_progress)
         make_submission.run(submission_settings(args))  # summary: OUT_DIR/meta.json
-    except ValueError as e:
-        raise SystemExit(str(e)) from None
+    except (ValueError, FileNotFoundError) as e:  # bad input: the message says which
+        raise SystemExit(f"06: error: {e}") from None
     return 0
 
 

@@ -11,9 +11,24 @@
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 from . import io as lio
+
+
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` with each flag's default said once: argparse's ``(default: X)`` is added only where the help
+    text does not already say what the default is (``(default: <data-dir>/train.csv)``) and the default is a
+    value (not None, False or an empty list: a flag that is off or left to another rule)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        d = action.default
+        if re.search(r"\bdefault\b", text, re.IGNORECASE) or d is None or d is False or (
+                isinstance(d, (list, tuple)) and not d):
+            return text
+        return super()._get_help_string(action)
 
 
 def add_common_args(parser: argparse.ArgumentParser, out_dir: str, **defaults) -> argparse.ArgumentParser:
@@ -334,7 +349,14 @@ def add_predict_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="write coco_results.json: the post-processed instances in COCO results format")
     g.add_argument("--params", type=Path, default=None,
                    help="06's params.json for the exported instances: thresholds and the combination of several "
-                        "models (default: the winning recipe, all models fused with equal weights)")
+                        "models (default: the winning recipe, all models fused with equal weights); a rerun with "
+                        "another params file (or other content) exports again")
+    g.add_argument("--coco-gt", type=Path, default=None, metavar="FILE",
+                   help="a COCO-format ground-truth file of these images (e.g. Fashionpedia's "
+                        "instances_attributes_val2020.json): coco_results.json then uses its image ids (matched by "
+                        "file name; an image not in the file is an error) and its category ids (by name), so "
+                        "pycocotools' COCO(FILE).loadRes takes it (default: images numbered 1..N, category ids "
+                        "0-45); turns --coco-results on")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return p
 

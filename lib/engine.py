@@ -301,7 +301,8 @@ def train_step(net, images, targets, optimizer, params, clip_grad: float, device
     gn = torch.nn.utils.clip_grad_norm_(params, clip_grad if clip_grad > 0 else float("inf"))
     values = torch.stack([loss.detach().float(), *(v.detach().float().reshape(()) for v in loss_dict.values()),
                           gn.detach().float().reshape(())])
-    if distributed:  # every rank must stop (or skip) together: share the "some value is not finite" flag
+    if distributed and not scaling:  # every rank must stop together: share the "some value is not finite" flag
+        # (with the scaler they skip together: DDP has averaged the gradients, so every rank has the same norm)
         bad = (~torch.isfinite(values[:-1])).any().float().reshape(1)
         dist.all_reduce(bad)
         values = torch.cat([values, bad])
@@ -617,7 +618,8 @@ def train_one_epoch(run: Run, epoch: int) -> dict:
     """Train epoch ``epoch`` (0-based) of ``run``, from ``run.start_iter`` when it is the resumed epoch.
 
     Logs a train record every ``--log-every`` steps and saves mid-epoch checkpoints every
-    ``--checkpoint-every-steps``. Returns ``{"sums": {loss name: sum}, "steps", "images", "seconds"}``.
+    ``--checkpoint-every-steps``. Returns ``{"sums": {loss name: sum over the steps with a finite loss},
+    "steps", "images", "finite_steps", "seconds"}``.
     """
     s, world, rank = run.settings, run.env["world_size"], run.env["rank"]
     skip = run.start_iter if epoch == run.start_epoch else 0
@@ -632,12 +634,13 @@ def train_one_epoch(run: Run, epoch: int) -> dict:
     loader.generator.manual_seed(s.seed + epoch)
     run.net.train()
     sums: dict[str, float] = {}
-    n_steps, n_images, t_epoch = 0, 0, time.time()
+    n_steps, n_images, n_finite, t_epoch = 0, 0, 0, time.time()
     if resumed is not None and resumed.get("epoch_sums"):
         # the epoch's running loss sums up to the checkpoint, so its epoch record means the whole epoch
         part = resumed["epoch_sums"]
         sums = {str(k): float(v) for k, v in part["sums"].items()}
         n_steps, n_images = int(part["steps"]), int(part["images"])
+        n_finite = int(part.get("finite_steps", n_steps))
     bar = tqdm(total=run.steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{s.epochs}", unit="step",
                disable=not run.main, dynamic_ncols=True)
     it, t_step = skip, time.time()
@@ -664,8 +667,10 @@ def train_one_epoch(run: Run, epoch: int) -> dict:
         n_steps += 1
         n_images += len(images) * world
         dt, t_step = time.time() - t_step, time.time()
-        for k, v in (("loss", step.loss), *step.parts.items()):
-            sums[k] = sums.get(k, 0.0) + v
+        if math.isfinite(step.loss):  # an fp16 step the scaler skipped may have an inf loss: not in the means
+            n_finite += 1
+            for k, v in (("loss", step.loss), *step.parts.items()):
+                sums[k] = sums.get(k, 0.0) + v
         if run.main:
             lr = run.optimizer.param_groups[0]["lr"]
             bar.set_postfix(loss=f"{step.loss:.3f}", lr=f"{lr:.2e}", **({"skipped": run.skipped_steps}
@@ -681,9 +686,11 @@ def train_one_epoch(run: Run, epoch: int) -> dict:
                 run.monitor.log_train(run.global_step, rec)
         if s.checkpoint_every_steps and run.global_step % s.checkpoint_every_steps == 0 \
                 and it < run.steps_per_epoch:
-            _save_mid_epoch(run, epoch, it, {"sums": dict(sums), "steps": n_steps, "images": n_images})
+            _save_mid_epoch(run, epoch, it, {"sums": dict(sums), "steps": n_steps, "images": n_images,
+                                             "finite_steps": n_finite})
     bar.close()
-    return {"sums": sums, "steps": n_steps, "images": n_images, "seconds": time.time() - t_epoch}
+    return {"sums": sums, "steps": n_steps, "images": n_images, "finite_steps": n_finite,
+            "seconds": time.time() - t_epoch}
 
 
 MAX_CONSECUTIVE_SKIPS = 25  # fp16 steps in a row without an update: the scale fell from 2**16 to below 2**-8
@@ -747,7 +754,8 @@ def end_epoch(run: Run, epoch: int, epoch_sums: dict) -> None:
         if run.scaler.is_enabled():
             rec["skipped_steps"] = run.skipped_steps
         for k, v in epoch_sums["sums"].items():
-            rec[f"train_{k}" if k == "loss" or k.startswith("loss") else f"train_loss_{k}"] = v / max(n_steps, 1)
+            rec[f"train_{k}" if k == "loss" or k.startswith("loss") else f"train_loss_{k}"] = \
+                v / max(epoch_sums["finite_steps"], 1)
         improved = record_validation(run, epoch, rec, res, time.time() - t_val) if res is not None else False
         run.last_metrics = lio.json_safe(rec)
         # Order matters when the process is killed in between: the log record and best.pth come before

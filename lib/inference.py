@@ -3,7 +3,7 @@ fused on the device, as rows of the prediction table (:mod:`lib.prediction_table
 
 1. a DataLoader (:func:`make_image_loader`) whose workers decode and shrink each image to ``long_side``
    (never upscaled), so the CPU work overlaps the accelerator; models run under ``torch.inference_mode``
-   with bf16 autocast on CUDA;
+   with the autocast of 05's ``--amp`` (bf16, or fp16 on GPUs without native bf16; boxes and masks stay float32);
 2. per model and image, every TTA view (``tta_scales`` x {plain, horizontal flip}, :func:`tta_views`) is
    mapped back to the original frame at the stored mask resolution: a detector's mask crops are pasted
    straight into that frame, all of an image's masks in one batched ``grid_sample`` with no host sync per

@@ -18,7 +18,9 @@ Flow of :func:`run` (settings: :class:`SubmissionSettings`):
 5. ``submission.csv`` built (:func:`lib.submission.build_submission`), in the columns of ``data_dir``'s
    edition (its ``sample_submission.csv`` header: the 2020 edition's AttributesIds column with that edition's
    attribute ids, :func:`lib.submission.to_edition_2020`), validated and written; an HTML report
-   (:func:`lib.report.write_report`) and ``meta.json``.
+   (:func:`lib.report.write_report`) and ``meta.json``. The competition refuses overlapping masks of one
+   class, so the file always has same-category overlaps removed by score: ``overlap="none"`` (a scoring
+   experiment) applies to the scores and the report only (:func:`submission_params`).
 """
 from __future__ import annotations
 
@@ -35,7 +37,7 @@ from . import prediction_table as lpred
 from . import submission as lsub
 from .io import atomic_write_json
 
-__all__ = ["SubmissionSettings", "validate_file", "choose", "run"]
+__all__ = ["SubmissionSettings", "validate_file", "choose", "submission_params", "run"]
 
 
 @dataclass
@@ -137,6 +139,27 @@ def _report(s: SubmissionSettings, compared: dict, params: dict, gt: Path | None
                                "predictions": ", ".join(map(str, s.predictions))})
 
 
+def submission_params(params: dict) -> dict:
+    """The post-processing of ``submission.csv``: ``params`` with same-category overlaps removed (``overlap``
+    "score") also when they say "none", which the competition's (and :func:`lib.submission.validate_submission`'s)
+    rule forbids in a submission."""
+    return {**params, "overlap": "score"} if params["overlap"] == "none" else params
+
+
+def _test_images(s: SubmissionSettings) -> pd.DataFrame:
+    """The test images of ``data_dir`` for predictions that are not of a prepared split or a folder; a
+    ``ValueError`` saying what to give when there are none."""
+    try:
+        return lsub.list_test_images(s.data_dir, progress=s.progress)
+    except FileNotFoundError as e:
+        d = Path(s.predictions[0])
+        d = d if d.is_dir() else d.parent
+        why = "" if (d / "meta.json").is_file() else f"{d} has no 05 meta.json (which names the images predicted), so "
+        raise ValueError(f"--predictions {s.predictions[0]}: {why}the images are taken to be the test images of "
+                         f"--data-dir {s.data_dir}, but {e}. Give the --data-dir these predictions are of, or 05's "
+                         f"whole output folder (with its meta.json)") from None
+
+
 def _edition(data_dir) -> tuple[str, dict | None, set | None]:
     """The submission's edition (``data_dir``'s sample_submission.csv header) and, for 2020, our attribute
     ids -> the 2020 label file's (by name) and every attribute id of that file."""
@@ -152,13 +175,21 @@ def _edition(data_dir) -> tuple[str, dict | None, set | None]:
 def run(s: SubmissionSettings) -> dict:
     """Stage 06 (module docstring). Returns the summary also written to ``<out_dir>/meta.json``; raises
     ``ValueError`` for inconsistent inputs (an unfinished 05 run, unknown models, a missing params file)."""
+    with scoring.warnings_once():  # the ground truth is read for every scored table: one warning about it
+        return _run(s)
+
+
+def _run(s: SubmissionSettings) -> dict:
     t0, mask_size, out_dir = time.time(), s.mask_size or None, Path(s.out_dir)
     if not s.predictions:
         raise ValueError("--predictions is required (unless --validate)")
+    for p in s.predictions:
+        if not Path(p).exists():
+            raise ValueError(f"--predictions {p}: not found")
     split = lpred.split_source(s.predictions)
     if split:  # 05 predicted a prepared split or a folder: its images (and a split's gt.csv) are the reference
         print(f"images{' and ground truth' if split['gt'] else ''} from {split['dir']} ({split['what']})")
-    images = split["images"] if split else lsub.list_test_images(s.data_dir, progress=s.progress)
+    images = split["images"] if split else _test_images(s)
     given_gt = s.gt or (split["gt"] if split else None)
     gt = Path(given_gt or Path(s.data_dir) / "test_ground_truth.csv")
     if given_gt and not gt.is_file():
@@ -184,7 +215,11 @@ def run(s: SubmissionSettings) -> dict:
     if scores:
         atomic_write_json(out_dir / "scores.json", {"gt": str(gt), "scores": scores, "submission": combo})
     sizes = {r.image_id: (int(r.orig_height), int(r.orig_width)) for r in images.itertuples(index=False)}
-    sub = lsub.build_submission(final, images, params, mask_size, progress=s.progress, workers=s.processes)
+    sub_params = submission_params(params)
+    if sub_params is not params:
+        print("note: --overlap none applies to the scores and the report; submission.csv has same-category "
+              "overlaps removed by score all the same (the competition refuses overlapping masks of one class)")
+    sub = lsub.build_submission(final, images, sub_params, mask_size, progress=s.progress, workers=s.processes)
     edition, theirs, their_ids = _edition(s.data_dir)
     if edition == "2020":
         sub = lsub.to_edition_2020(sub, theirs)
@@ -197,6 +232,7 @@ def run(s: SubmissionSettings) -> dict:
         "stage": "06_make_submission", "args": s.record, "predictions": [str(p) for p in s.predictions],
         "models": [n for n, _ in sources], "combination": combo,
         "params": {k: (list(v) if isinstance(v, tuple) else v) for k, v in params.items()}, "mask_size": mask_size,
+        "submission_overlap": sub_params["overlap"],
         "edition": edition, "num_images": len(ids), "num_rows": len(sub), "num_placeholder_rows": n_placeholder,
         "images_not_predicted": len(not_predicted),
         "scores": {k: {m: v[m] for m in ("kaggle", "AP", "AP50", "AP75")} for k, v in scores.items()},

@@ -20,7 +20,11 @@ Flow of :func:`run_prediction` (settings: :class:`PredictSettings`):
    ``meta.json`` records the run (status, configuration hash, models, timing);
 6. with ``images`` (or ``overlays`` / ``coco_results``): overlay PNGs and a COCO results JSON of the
    post-processed instances (:mod:`lib.export`; ``params``: 06's params.json for the thresholds and the
-   combination of several models).
+   combination of several models; ``coco_gt``: a COCO file whose image ids (by file name) and category ids
+   (by name) the results use, every image checked before predicting). The export follows its inputs: a
+   rerun whose predictions, params file or ground-truth file differ from the last export's
+   (:func:`lib.export.export_signature`, meta.json ``export``) exports again, also when the predictions are
+   complete; otherwise the files there are kept.
 
 Distributed: launched by ``torchrun`` (``WORLD_SIZE`` > 1), rank ``r`` predicts ``todo[r::world]`` of the
 images still to do and writes its own shards; rank 0 merges after a barrier (gloo on CPU, nccl on CUDA).
@@ -44,6 +48,7 @@ from tqdm import tqdm
 from . import checkpoint as lcheckpoint
 from . import io as lio
 from . import kaggle_data as ldata
+from . import prediction_table as lpred
 from . import prepared as lprepared
 from . import runtime
 from .inference import make_image_loader, predict_batch, result_rows, tta_views
@@ -84,6 +89,7 @@ class PredictSettings:
     overlays: bool | None = None
     coco_results: bool | None = None
     params: Path | None = None
+    coco_gt: Path | None = None
     progress: bool = True
 
     def check(self) -> None:
@@ -93,11 +99,18 @@ class PredictSettings:
             raise ValueError("--images and --prepared-dir: give one source of images")
         if self.params and not Path(self.params).is_file():
             raise ValueError(f"--params file not found: {self.params}")
+        if self.coco_gt and not Path(self.coco_gt).is_file():
+            raise ValueError(f"--coco-gt file not found: {self.coco_gt}")
+        if self.coco_gt and self.coco_results is False:
+            raise ValueError("--coco-gt gives the ids of coco_results.json: it does not go with --no-coco-results")
 
     def exports(self) -> tuple[bool, bool]:
-        """(overlays, COCO results): on by default for ``--images``, off otherwise."""
+        """(overlays, COCO results): on by default for ``--images`` (COCO results also with ``coco_gt``), off
+        otherwise."""
         on = bool(self.images)
-        return (on if self.overlays is None else self.overlays, on if self.coco_results is None else self.coco_results)
+        coco = on or bool(self.coco_gt)
+        return (on if self.overlays is None else self.overlays,
+                coco if self.coco_results is None else self.coco_results)
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -356,20 +369,52 @@ def _merge(s: PredictSettings, store: ShardStore, frame: pd.DataFrame, names, me
     return summary, table, images
 
 
-def _export(s: PredictSettings, frame: pd.DataFrame, summary: dict, table: pd.DataFrame,
-            images: pd.DataFrame) -> dict:
-    """Rank 0, after the merge: overlays and COCO results (:mod:`lib.export`) of the merged ``table`` /
-    ``images``, recorded in meta.json."""
-    from .export import export_predictions
+def _export(s: PredictSettings, frame: pd.DataFrame, summary: dict, tables, coco_gt=None) -> dict:
+    """Rank 0, every image predicted: overlays and COCO results (:mod:`lib.export`) of the merged tables
+    (``tables()`` -> ``(table, images)``, called only when something is exported), recorded in meta.json's
+    ``export`` with their :func:`lib.export.export_signature`. Files of an earlier export with another signature
+    are deleted; those with this one are kept (and written only when missing). ``coco_gt``: its
+    :func:`lib.export.read_coco_gt`, if already read."""
+    from . import export as lexport
 
     out_dir = Path(s.out_dir)
     overlays, coco = s.exports()
-    written = export_predictions(out_dir, table, images, dict(zip(frame["image_id"], frame["path"])),
-                                 summary.get("labels"), s.params, overlays, coco, s.progress)
-    summary = {**summary, "export": written}
+    sig = lexport.export_signature(summary["config_hash"], s.params, s.coco_gt if coco else None)
+    old = summary.get("export") or {}
+    if old.get("signature") != sig:  # made from other inputs (or an export of format 1, or none recorded)
+        if old or (out_dir / "overlays").is_dir() or (out_dir / "coco_results.json").is_file():
+            lexport.remove_exports(out_dir)
+            if old and (overlays or coco):
+                print("05: the predictions, --params or --coco-gt changed since the last export: exporting again")
+        old = {}
+    have_overlays = bool(old.get("overlays")) and (out_dir / "overlays").is_dir()
+    have_coco = bool(old.get("coco_results")) and (out_dir / "coco_results.json").is_file()
+    todo_overlays, todo_coco = overlays and not have_overlays, coco and not have_coco
+    if not (todo_overlays or todo_coco):
+        if overlays or coco:
+            print(f"05: {', '.join(n for n, on in (('overlays', overlays), ('coco_results.json', coco)) if on)} "
+                  f"up to date (same predictions, --params and --coco-gt as when exported)")
+        if old == {} and summary.get("export"):
+            summary = {k: v for k, v in summary.items() if k != "export"}
+            lio.atomic_write_json(out_dir / "meta.json", summary)
+        return summary
+    table, images = tables()
+    written = lexport.export_predictions(out_dir, table, images, dict(zip(frame["image_id"], frame["path"])),
+                                         summary.get("labels"), s.params, todo_overlays, todo_coco, s.progress,
+                                         coco_gt=(coco_gt or s.coco_gt) if todo_coco else None)
+    redone = {"overlays": todo_overlays, "renamed_overlays": todo_overlays, "coco_results": todo_coco,
+              "coco_gt": todo_coco, "categories_not_in_gt": todo_coco}
+    record = {**old, **{k: v for k, v in written.items() if redone.get(k, True)}, "signature": sig}
+    summary = {**summary, "export": record}
     lio.atomic_write_json(out_dir / "meta.json", summary)
     print(f"05: exported {written['num_instances']} instances ({written['exported']}): "
           f"{', '.join(v for k, v in written.items() if k in ('overlays', 'coco_results') and v)}")
+    if written.get("renamed_overlays"):
+        print(f"05: {len(written['renamed_overlays'])} images whose overlay names would collide got a hash in "
+              f"the name (meta.json export.renamed_overlays), e.g. {next(iter(written['renamed_overlays'].items()))}")
+    if written.get("categories_not_in_gt"):
+        print(f"05: instances of categories not in {s.coco_gt} left out of coco_results.json: "
+              f"{written['categories_not_in_gt']}")
     return summary
 
 
@@ -400,7 +445,14 @@ def _run_prediction(s: PredictSettings, held: contextlib.ExitStack) -> dict:
     amp = str(dtype).replace("torch.", "") if dtype is not None else "off"
     store = ShardStore(out_dir)
 
+    gt = {}
+
     def check():
+        if s.coco_gt and s.exports()[1]:  # every image must be in it: before any work
+            from .export import read_coco_gt
+
+            gt["coco"] = read_coco_gt(s.coco_gt)
+            gt["coco"].image_ids(frame["image_id"])
         config = prediction_config(paths, names, frame, source, long_side, views, s.tta_iou, s.mask_size,
                                    s.score_floor, amp)
         if s.channels_last:  # float-level differences: shards of the two never mix
@@ -412,11 +464,15 @@ def _run_prediction(s: PredictSettings, held: contextlib.ExitStack) -> dict:
 
     status = _shared_status(main, distributed, check)
     if status["state"] == "complete":
+        summary = {}
         if main:
             print(f"05: {out_dir}/predictions.parquet is complete for this configuration (hash {status['hash']}); "
-                  f"nothing to do (--restart predicts again)")
+                  f"nothing to predict (--restart predicts again)")
+            summary = _export(s, frame, lio.read_json(out_dir / "meta.json"),
+                              lambda: (lpred.read_table(out_dir / "predictions.parquet"),
+                                       pd.read_parquet(out_dir / "images.parquet")), gt.get("coco"))
         runtime.teardown_distributed(distributed)
-        return lio.read_json(out_dir / "meta.json") if main else {}
+        return summary
     meta_base = {"stage": "05_predict", "config_hash": status["hash"], "world_size": world, "device": str(device),
                  "amp": amp, "input_long_side": long_side, "tta_views": [[sc, f] for sc, f in views],
                  "mask_size": s.mask_size, "score_floor": s.score_floor, "source": source,
@@ -440,7 +496,7 @@ def _run_prediction(s: PredictSettings, held: contextlib.ExitStack) -> dict:
         timing = {"seconds": round(time.time() - t0, 2), "predict_seconds": round(t_pred, 2),
                   "images_this_run": int(sum(counts)), "images_per_s": round(sum(counts) / max(t_pred, 1e-9), 3)}
         summary, table, images = _merge(s, store, frame, names, meta_base, timing)
-        if table is not None and any(s.exports()):
-            summary = _export(s, frame, summary, table, images)
+        if table is not None:
+            summary = _export(s, frame, summary, lambda: (table, images), gt.get("coco"))
     runtime.teardown_distributed(distributed, barrier=True)
     return summary

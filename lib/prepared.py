@@ -253,6 +253,13 @@ def _work(task):
                                               task[2], f"unexpected error: {type(e).__name__}: {e}")])
 
 
+def _worker_died(task, reason: str):
+    """:func:`_work`'s result for an image whose worker process died (killed, crashed): a problem row."""
+    row = task[3][0][0] if task[3] else 0
+    return task[2], (None, [ldata.Problem(str(Path(task[1]) / task[2]), row, task[2],
+                                          f"the worker process preparing this image died ({reason}); image skipped")])
+
+
 def _check_image_ids(ids: list[str], images: dict, problems: list) -> list[str]:
     """Drop ImageIds that are not plain file names or whose file name (stem) another id already uses."""
     keep, stems = [], {}
@@ -345,7 +352,7 @@ def prepare_dataset(
         todo = [(*images[i][:2], i, images[i][2], str(out_dir), long_side, labels.num_categories,
                  labels.num_attributes, jpeg_quality) for i in todo]
         with lio.process_map(_work, todo, min(workers or os.cpu_count() or 1, len(todo)), ordered=False,
-                             chunksize=4) as results:
+                             chunksize=4, on_crash=_worker_died) as results:
             for image_id, (row, probs) in tqdm(results, total=len(todo), desc="01 prepare", unit="img",
                                                disable=not progress):
                 image_problems[image_id] = probs

@@ -49,7 +49,7 @@ def setup_distributed(device_arg: str = "auto") -> dict:
         device = torch.device("cpu")
     distributed = world > 1
     if distributed and not dist.is_initialized():
-        # Long timeout: ranks > 0 wait at a barrier while rank 0 validates on the whole val split.
+        # Long timeout: ranks > 0 wait at a barrier while rank 0 scores the merged validation (COCO AP) and saves.
         dist.init_process_group("nccl" if use_cuda else "gloo", timeout=datetime.timedelta(hours=2),
                                 **({"device_id": device} if use_cuda else {}))
     return dict(distributed=distributed, rank=rank, world_size=world, local_rank=local_rank, device=device)

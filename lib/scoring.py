@@ -7,6 +7,7 @@ any instance scores as predicting nothing.
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,29 @@ from .postprocess import decode_windows, finalize, image_groups, resolve_params
 from .prediction_table import check_images
 
 __all__ = ["ground_truth_index", "load_ground_truth", "decode_all", "score_windows", "score_table", "class_scores",
-           "score_line"]
+           "score_line", "warnings_once"]
+
+
+_SEEN: list[set[str]] = []  # the messages printed in each open warnings_once() scope
+
+
+@contextlib.contextmanager
+def warnings_once():
+    """Inside, each warning of this module is printed once: a run that reads one ground truth for every table
+    it scores (06: each model, the ensemble, the submission, the report) warns about it once."""
+    _SEEN.append(set())
+    try:
+        yield
+    finally:
+        _SEEN.pop()
+
+
+def _warn(message: str) -> None:
+    if _SEEN:
+        if message in _SEEN[-1]:
+            return
+        _SEEN[-1].add(message)
+    print(message)
 
 
 def ground_truth_index(gt_path: str | Path):
@@ -29,18 +52,19 @@ def ground_truth_index(gt_path: str | Path):
     (:class:`lib.kaggle_data.Row`); ``problems``: those of the file as a whole.
 
     ``gt_path``: a train.csv-format CSV, or a COCO-format JSON (``.json``; every image it lists, also those
-    without annotations; its categories not among the 46 are left out with a printed warning,
-    :mod:`lib.coco_data`)."""
+    without annotations; its categories not among the 46 are left out with a printed warning; read and
+    rasterised by :mod:`lib.coco_data` as 01 reads it, so bad image entries and annotations, NaN polygons or
+    malformed RLE included, are problems, never handed to pycocotools)."""
     gt_path = Path(gt_path)
     if gt_path.suffix.lower() == ".json":
         from .coco_data import annotation_rows, read_coco
 
         src = read_coco(gt_path, gt_path.parent, llabels.competition_labels())
         if src.unmapped_categories:
-            print(f"WARNING: {gt_path}: categories {sorted(src.unmapped_categories.values())} are not among the 46; "
-                  f"their annotations are not scored")
+            _warn(f"WARNING: {gt_path}: categories {sorted(src.unmapped_categories.values())} are not among "
+                  f"the 46; their annotations are not scored")
         return (dict(src.images), lambda name: annotation_rows(src, name, llabels.N_ATTRIBUTES),
-                [q for q in src.problems if q.row])  # annotations on images the file does not list
+                src.entry_problems())  # all but the unmapped categories warned about above
     groups, problems = lkaggle.index_csv(gt_path)
     if lkaggle.csv_layout(gt_path) == "2020":  # attribute ids of its own label file, mapped by name
         mapping, theirs = llabels.map_vocabulary(gt_path.parent / "label_descriptions.json",

@@ -88,7 +88,8 @@ def build_submission(pred_table: pd.DataFrame, images: pd.DataFrame, params: dic
 
     n_workers = min(workers or os.cpu_count() or 1, max(1, len(images)))
     out: list[tuple[str, str, str]] = []
-    with process_map(_submission_rows, tasks(), n_workers, chunksize=8) as per_image:  # in image order
+    with process_map(_submission_rows, tasks(), n_workers, chunksize=8,  # in image order; a dead worker
+                     name=lambda task: f"test image {task[0]}") as per_image:  # stops 06 naming its image
         for rows in tqdm(per_image, total=len(images), desc="submission", unit="img", disable=not progress):
             out += rows
     return pd.DataFrame(out, columns=list(lkaggle.SUBMISSION_COLUMNS))

@@ -43,3 +43,20 @@ def test_keep_epochs_and_starting_weight_flags():
     assert p.parse_args([]).keep_epochs == []
     assert p.parse_args(["--pretrained"]).weights_backbone == "imagenet"  # the alias
     assert p.parse_args(["--weights-backbone", "w/resnet50-0676ba61.pth"]).weights_backbone == "w/resnet50-0676ba61.pth"
+
+
+@pytest.mark.parametrize("script", ["01_prepare_data.py", "02_train_unet.py", "03_train_maskrcnn.py",
+                                    "04_train_deepmac.py", "05_predict.py", "06_make_submission.py"])
+def test_help_says_each_default_once(script):
+    """--help printed two defaults for 8 flags of 01 and 06 ("(default: <data-dir>/train.csv) (default: None)"):
+    a default written in the help text is not repeated, and None / False / [] are not printed."""
+    p = stage_module(script).get_args_parser()
+    fmt = p._get_formatter()
+    for a in p._actions:
+        text = fmt._get_help_string(a) or ""
+        assert text.count("(default:") <= 1, (a.option_strings, text)
+    flat = " ".join(p.format_help().split())
+    for empty in ("(default: None)", "(default: False)", "(default: [])"):
+        assert empty not in flat
+    if script in ("01_prepare_data.py", "06_make_submission.py"):  # the formatter adds the defaults it should
+        assert "(default: 512)" in flat or "(default: 1024)" in flat

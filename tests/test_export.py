@@ -4,6 +4,7 @@ import json
 import cv2
 import numpy as np
 import pandas as pd
+import pytest
 from pycocotools import mask as mask_utils
 
 from lib import export
@@ -68,3 +69,101 @@ def test_several_models_are_fused_with_the_saved_combination(tmp_path):
     assert what == "ensemble of x+y" and list(fused["category"]) == [3] and params["score_thresh"] == 0.3
     one, _, what = export.export_table(table[table["model"] == "x"])
     assert what == "x" and len(one) == 1
+
+
+def test_overlay_names_are_unique_and_stable_when_plain_names_collide(tmp_path):
+    ids = ["x.jpg", "x.png", "a/b.jpg", "a__b.jpg", "Case.jpg", "case.png", "plain.jpg", "sub/deep/y.jpeg"]
+    names = export.overlay_names(ids)
+    assert len({n.casefold() for n in names.values()}) == len(ids)  # unique, also on case-insensitive disks
+    assert names["plain.jpg"] == "plain.png" and names["sub/deep/y.jpeg"] == "sub__deep__y.png"  # no clash: as before
+    assert names["x.jpg"].startswith("x-") and names["a/b.jpg"].startswith("a__b-")
+    assert export.overlay_names(list(reversed(ids))) == names  # the same set of ids, the same names
+    # a hashed name that meets a file really called so is hashed again, still unique
+    tricky = ids + [names["x.jpg"][:-4] + ".jpg"]
+    assert len({n.casefold() for n in export.overlay_names(tricky).values()}) == len(tricky)
+    # export_predictions writes one overlay per image, none overwritten
+    frame, paths = _images(tmp_path, {"x.jpg": (12, 10), "x.png": (14, 10), "a/b.jpg": (10, 16), "a__b.jpg": (8, 8)})
+    got = export.export_predictions(tmp_path / "out", lpred.make_table([]), frame, paths, None, coco=False,
+                                    progress=False)
+    written = {p.name: cv2.imread(str(p)).shape[:2] for p in (tmp_path / "out" / "overlays").glob("*.png")}
+    want = export.overlay_names(frame["image_id"])
+    assert written == {want[i]: (h, w) for i, h, w in frame[["image_id", "orig_height", "orig_width"]].itertuples(
+        index=False)}
+    assert got["renamed_overlays"] == {i: want[i] for i in ["x.jpg", "x.png", "a/b.jpg", "a__b.jpg"]}
+
+
+def _coco_gt(path, images, categories):
+    path.write_text(json.dumps({"images": [{"id": i, "file_name": f, "height": h, "width": w}
+                                           for i, f, h, w in images],
+                                "annotations": [], "categories": [{"id": i, "name": n} for i, n in categories]}))
+    return path
+
+
+def test_coco_results_take_the_image_and_category_ids_of_a_ground_truth_file(tmp_path):
+    from pycocotools.coco import COCO
+
+    from lib.labels import competition_labels
+
+    names = competition_labels().category_names
+    frame, paths = _images(tmp_path, {"a.jpg": (40, 30), "shoot/b.png": (20, 24)})
+    table = lpred.make_table(pred_rows("a.jpg", [rect(5, 4, 25, 20, 0.9, hw=(40, 30))], [6], [0.8], orig=(40, 30))
+                             + pred_rows("shoot/b.png", [rect(2, 2, 15, 20, 0.9, hw=(20, 24)),
+                                                         rect(0, 0, 8, 8, 0.9, hw=(20, 24))], [23, 31], [0.9, 0.7],
+                                         orig=(20, 24)))
+    # their ids differ from ours (a pre-release list), "sleeve" (31) is not in the file, b.png by its base name
+    gt = _coco_gt(tmp_path / "gt.json", [(9813, "a.jpg", 40, 30), (77, "b.png", 20, 24)],
+                  [(106, names[6]), (124, names[23])])
+    got = export.export_predictions(tmp_path / "out", table, frame, paths, None, overlays=False, progress=False,
+                                    coco_gt=gt)
+    recs = json.loads((tmp_path / "out" / "coco_results.json").read_text())
+    assert sorted((r["file_name"], r["image_id"], r["category_id"]) for r in recs) == [
+        ("a.jpg", 9813, 106), ("shoot/b.png", 77, 124)]
+    assert got["categories_not_in_gt"] == {names[31]: 1} and got["coco_gt"] == str(gt)
+    coco = COCO(str(gt))
+    assert len(coco.loadRes(recs).getAnnIds()) == 2  # pycocotools takes the ids
+    # without the file: images numbered 1..N, our category ids
+    export.export_predictions(tmp_path / "plain", table, frame, paths, None, overlays=False, progress=False)
+    plain = json.loads((tmp_path / "plain" / "coco_results.json").read_text())
+    assert sorted((r["image_id"], r["category_id"]) for r in plain) == [(1, 6), (2, 23), (2, 31)]
+    # an image the file does not list is an error naming it
+    gt2 = _coco_gt(tmp_path / "gt2.json", [(1, "a.jpg", 40, 30)], [(6, names[6])])
+    with pytest.raises(ValueError, match=r"gt2.json: 1 of 2 images are not in that file.*shoot/b.png"):
+        export.export_predictions(tmp_path / "o2", table, frame, paths, None, overlays=False, progress=False,
+                                  coco_gt=gt2)
+    assert not (tmp_path / "o2" / "coco_results.json").exists()
+
+
+def test_coco_results_load_against_the_real_fashionpedia_sample(shared_data, tmp_path):
+    """The sample's own images predicted (its ground truth as predictions) and exported with --coco-gt: the
+    results load into pycocotools against the sample file and evaluate to AP 1 on what they cover."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from test_scoring import fashionpedia_sample
+
+    d, gt, names, ours, files = fashionpedia_sample(shared_data)
+    rows = []
+    for a in gt["annotations"]:
+        if names[a["category_id"]] in ours:
+            name, h, w = files[a["image_id"]]
+            m = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(a["segmentation"], h, w)))
+            rows += pred_rows(name, [m.astype(np.float32)], [ours[names[a["category_id"]]]], [0.9], orig=(h, w))
+    frame = pd.DataFrame({"image_id": [f for f, _, _ in files.values()], "error": "",
+                          "orig_height": [h for _, h, _ in files.values()],
+                          "orig_width": [w for _, _, w in files.values()]})
+    paths = {f: str(d / f) for f, _, _ in files.values()}
+    params = tmp_path / "params.json"
+    save_params(params, {"nms_iou": 1.0, "overlap": "none", "min_area": 0})
+    export.export_predictions(tmp_path / "out", lpred.make_table(rows), frame, paths, None, params_path=params,
+                              overlays=False, progress=False, coco_gt=d / "sample.json")
+    recs = json.loads((tmp_path / "out" / "coco_results.json").read_text())
+    assert {r["image_id"] for r in recs} == set(files) and len(recs) == len(rows)
+    assert {r["category_id"] for r in recs} <= {a["category_id"] for a in gt["annotations"]}  # their ids
+    coco = COCO(str(d / "sample.json"))
+    ev = COCOeval(coco, coco.loadRes(recs), "segm")
+    ev.evaluate(), ev.accumulate(), ev.summarize()
+    assert ev.stats[0] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="not in that file"):
+        export.export_predictions(tmp_path / "o2", lpred.make_table(rows), frame.assign(image_id="other.jpg"),
+                                  {"other.jpg": paths[frame["image_id"][0]]}, None, overlays=False, progress=False,
+                                  coco_gt=d / "sample.json")

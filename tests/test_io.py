@@ -126,6 +126,59 @@ def test_process_map_passes_a_worker_error_on(workers):
             list(it)
 
 
+def _die_on_3(task):
+    x, sig = task
+    if x == 3:
+        os.kill(os.getpid(), sig)
+    return x * x
+
+
+@pytest.fixture
+def no_hang():
+    """Fail (SIGALRM) instead of hanging forever."""
+    import signal
+
+    def alarm(*_):
+        raise TimeoutError("process_map hung")
+
+    old = signal.signal(signal.SIGALRM, alarm)
+    signal.alarm(120)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)
+
+
+@pytest.mark.parametrize("ordered", [True, False])
+@pytest.mark.parametrize("sig", ["SIGKILL", "SIGSEGV"])
+def test_process_map_never_hangs_on_a_dying_worker(sig, ordered, no_hang):
+    """A worker killed (SIGKILL: the OOM killer) or crashing (SIGSEGV) on task 3: the map names that task, gives
+    it on_crash's result, and every other task its own result; without on_crash it raises, naming it."""
+    import signal
+
+    tasks = [(x, getattr(signal, sig)) for x in range(10)]
+    with lio.process_map(_die_on_3, tasks, 2, ordered=ordered,
+                         on_crash=lambda task, reason: f"task {task[0]}: {reason}") as it:
+        got = list(it)
+    crashed = [g for g in got if isinstance(g, str)]
+    assert len(crashed) == 1 and crashed[0].startswith(f"task 3: killed by {sig} (")
+    numbers = [g for g in got if not isinstance(g, str)]
+    assert (numbers if ordered else sorted(numbers)) == [x * x for x in range(10) if x != 3]
+    assert not ordered or got.index(crashed[0]) == 3
+    with pytest.raises(lio.WorkerDiedError, match=rf"a worker process died on task three: killed by {sig}"):
+        with lio.process_map(_die_on_3, tasks, 2, ordered=ordered,
+                             name=lambda t: "task three" if t[0] == 3 else str(t)) as it:
+            list(it)
+
+
+def test_process_map_reads_tasks_lazily():
+    """Only a window of tasks is in flight: an endless task stream is fine (memory flat in the task count)."""
+    import itertools
+
+    with lio.process_map(_square_or_fail, (x for x in itertools.count() if x != 5), 2, chunksize=2) as it:
+        first = [v for v, _ in itertools.islice(it, 12)]
+    assert first == [x * x for x in range(13) if x != 5]
+
+
 def test_claim_dir_locks_and_cleans(tmp_path):
     out = tmp_path / "run"
     out.mkdir()

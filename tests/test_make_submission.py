@@ -234,3 +234,65 @@ def test_2020_edition_submission_and_ground_truth(tmp_path):
     assert any("line 2 " in p and "comma-separated" in p for p in problems)
     assert any("line 3 " in p and "not a category id" in p for p in problems)
     assert any("line 4 " in p and "unknown attribute ids [1]" in p for p in problems) and len(problems) == 3
+
+
+def test_predictions_without_meta_json_or_missing_are_a_clear_error(tmp_path):
+    """A prediction folder without 05's meta.json is taken to be of --data-dir's test images: with no such
+    images there, 06 says so (and what to give) instead of a traceback; a path that is not there is named."""
+    _, pdir = _one_model_dir(tmp_path)
+    mod = load_script()
+    args = ["--predictions", str(pdir), "--data-dir", str(tmp_path / "nowhere"), "--out-dir", str(tmp_path / "sub"),
+            "--no-progress"]
+    with pytest.raises(SystemExit, match=r"06: error: --predictions .*pred: .*pred has no 05 meta.json .* test images "
+                                         r"of --data-dir .*nowhere, but image directory not found"):
+        mod.main(mod.get_args_parser().parse_args(args))
+    with pytest.raises(SystemExit, match=r"06: error: --predictions .*gone: not found"):
+        mod.main(mod.get_args_parser().parse_args(["--predictions", str(tmp_path / "gone")] + args[2:]))
+
+
+def test_overlap_none_scores_as_asked_and_still_writes_a_valid_submission(tmp_path, capsys):
+    """--overlap none (a scoring experiment) used to end in a submission 06 itself refused to write: now the
+    scores use it and submission.csv has the same-category overlaps removed all the same."""
+    d = make_data_dir(tmp_path / "data", ["a.jpg"], [(40, 30)])
+    pdir = tmp_path / "pred"
+    pdir.mkdir()
+    lpred.make_table(pred_rows("a.jpg", [rect(0, 0, 20, 20, hw=(40, 30)), rect(10, 5, 30, 25, hw=(40, 30))], [6, 6],
+                               [0.9, 0.8], orig=(40, 30))).to_parquet(pdir / "predictions.parquet")
+    mod = load_script()
+    out = tmp_path / "sub"
+    assert mod.main(mod.get_args_parser().parse_args(
+        ["--predictions", str(pdir), "--data-dir", str(d), "--out-dir", str(out), "--mask-size", "0", "--overlap",
+         "none", "--nms-iou", "1", "--report-images", "0", "--no-progress"])) == 0
+    assert "overlaps removed by score all the same" in capsys.readouterr().out
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["params"]["overlap"] == "none" and meta["submission_overlap"] == "score"
+    assert make_submission.validate_file(out / "submission.csv", d, None, progress=False) == 0
+    assert len(pd.read_csv(out / "submission.csv")) == 2  # both instances, the second without the shared pixels
+
+
+def test_unmapped_ground_truth_categories_are_warned_about_once(tmp_path, capsys):
+    """A COCO ground truth with a category that is not among the 46: one warning per 06 run, not one per
+    scored table (each model, the ensemble, the submission) and the report."""
+    from pycocotools import mask as mask_utils
+
+    d = make_data_dir(tmp_path / "data", ["a.jpg"], [(40, 30)])
+    m = rect(0, 0, 20, 20, hw=(40, 30)).astype(np.uint8)
+    rle = mask_utils.encode(np.asfortranarray(m))
+    gt = tmp_path / "gt.json"
+    gt.write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "a.jpg", "height": 40, "width": 30}],
+        "categories": [{"id": 0, "name": "shirt, blouse"}, {"id": 1, "name": "earmuffs"}],
+        "annotations": [{"id": k + 1, "image_id": 1, "category_id": k, "iscrowd": 0, "area": int(m.sum()),
+                         "segmentation": {"size": [40, 30], "counts": rle["counts"].decode()}} for k in (0, 1)]}))
+    pdir = tmp_path / "pred"
+    pdir.mkdir()
+    lpred.make_table(pred_rows("a.jpg", [m.astype(np.float32)], [0], [0.9], orig=(40, 30), model="p")
+                     + pred_rows("a.jpg", [m.astype(np.float32)], [0], [0.8], orig=(40, 30), model="q")
+                     ).to_parquet(pdir / "predictions.parquet")
+    s = make_submission.SubmissionSettings(predictions=[pdir], gt=gt, data_dir=d, out_dir=tmp_path / "sub",
+                                           mask_size=0, report_images=1, processes=1, progress=False)
+    meta = make_submission.run(s)
+    assert set(meta["scores"]) == {"p", "q", "ensemble"}  # scored three times, and read once more by the report
+    assert capsys.readouterr().out.count("['earmuffs'] are not among the 46") == 1
+    make_submission.run(s)  # a second run warns again (once)
+    assert capsys.readouterr().out.count("['earmuffs'] are not among the 46") == 1

@@ -149,7 +149,7 @@ def test_05_resume_after_interruption_gives_the_clean_result(tmp_path, tiny_mask
     assert not (out / "predictions.parquet").exists()
 
     # another configuration must not be mixed into these shards
-    with pytest.raises(ValueError, match="another prediction configuration.*mask_size"):
+    with pytest.raises(SystemExit, match="another prediction configuration.*mask_size"):
         _run(out, tiny_maskrcnn, synthetic_data_dir, batch_size=1, mask_size=32, shard_size=1)
 
     seen = []
@@ -219,6 +219,82 @@ def test_05_on_any_folder_skips_unreadable_files_and_exports(tmp_path, tiny_mask
     assert kaggle_data.image_size(src / "sub" / "b.png") == (50, 80)
     with pytest.raises(FileNotFoundError, match="no .jpg"):
         lpredict.images_from_folder(tmp_path / "empty*")
+
+
+def test_05_export_follows_params_and_coco_gt_and_reruns_keep_up_to_date_files(tmp_path, tiny_maskrcnn, capsys):
+    """A rerun of a finished folder prediction with another --params (or --coco-gt) exports again without
+    predicting again; the same command again changes nothing; a stale export is deleted, not left beside."""
+    import hashlib
+
+    import cv2
+
+    from lib.export import overlay_names
+    from lib.labels import competition_labels
+    from lib.postprocess import save_params
+
+    src = tmp_path / "photos"
+    src.mkdir()
+    rng = np.random.default_rng(1)
+    for name, hw in (("x.jpg", (60, 50)), ("x.png", (40, 64))):  # overlay names that used to collide
+        cv2.imwrite(str(src / name), rng.integers(0, 255, (*hw, 3), dtype=np.uint8))
+    out = tmp_path / "pred"
+    loose, strict = tmp_path / "loose.json", tmp_path / "strict.json"
+    save_params(loose, {"score_thresh": 0.0, "min_area": 0})
+    save_params(strict, {"score_thresh": 1.0})
+
+    def run(**kw):
+        PREDICT.main(_args(checkpoints=[tiny_maskrcnn], images=str(src), out_dir=out, workers=0, no_progress=True,
+                           score_floor=0.0, **kw))
+        return json.loads((out / "meta.json").read_text()), json.loads((out / "coco_results.json").read_text())
+
+    meta, recs = run(params=loose)
+    assert len(recs) > 0 and meta["export"]["num_instances"] == len(recs)
+    assert sorted(p.name for p in (out / "overlays").iterdir()) == sorted(overlay_names(["x.jpg", "x.png"]).values())
+    capsys.readouterr()
+    meta, recs = run(params=strict)  # finished predictions: nothing predicted, exported again
+    printed = capsys.readouterr().out
+    assert "nothing to predict" in printed and "exporting again" in printed
+    assert recs == [] and meta["export"]["num_instances"] == 0
+    assert meta["export"]["signature"]["params_sha256"] == hashlib.sha256(strict.read_bytes()).hexdigest()
+    stamp = {p.name: p.stat().st_mtime_ns for p in [*(out / "overlays").iterdir(), out / "coco_results.json"]}
+    run(params=strict)  # the same inputs: kept as they are
+    assert "up to date" in capsys.readouterr().out
+    assert stamp == {p.name: p.stat().st_mtime_ns for p in [*(out / "overlays").iterdir(), out / "coco_results.json"]}
+    save_params(strict, {"score_thresh": 0.0, "min_area": 0, "nms_iou": 1.0})  # the same file, new content
+    meta, recs = run(params=strict)
+    assert len(recs) > 0 and "exporting again" in capsys.readouterr().out
+
+    # --coco-gt: the file's image ids (by name), its category ids (by name); every category of ours is there
+    cats = competition_labels().category_names
+    gt = tmp_path / "gt.json"
+    gt.write_text(json.dumps({"images": [{"id": 500, "file_name": "x.jpg"}, {"id": 7, "file_name": "x.png"}],
+                              "annotations": [], "categories": [{"id": 100 + k, "name": n} for k, n in
+                                                                enumerate(cats)]}))
+    meta, with_gt = run(params=strict, coco_gt=gt)
+    assert {r["image_id"] for r in with_gt} <= {500, 7} and len(with_gt) == len(recs)
+    assert sorted(r["category_id"] - 100 for r in with_gt) == sorted(r["category_id"] for r in recs)
+    # an image missing from the file: a clear error before anything is predicted or written
+    gt.write_text(json.dumps({"images": [{"id": 500, "file_name": "x.jpg"}], "annotations": [], "categories": []}))
+    with pytest.raises(SystemExit, match=r"05: error: --coco-gt .*gt.json: 1 of 2 images are not in that file.*x.png"):
+        run(params=strict, coco_gt=gt, restart=True)
+    assert (out / "predictions.parquet").is_file() and len(json.loads((out / "coco_results.json").read_text()))
+    # 05 on a folder without exports after a run with them: the stale export goes
+    PREDICT.main(_args(checkpoints=[tiny_maskrcnn], images=str(src), out_dir=out, workers=0, no_progress=True,
+                       score_floor=0.0, no_overlays=True, no_coco_results=True))
+    assert not (out / "overlays").exists() and not (out / "coco_results.json").exists()
+    assert "export" not in json.loads((out / "meta.json").read_text())
+
+
+def test_05_missing_test_image_is_a_clear_error(tmp_path, tiny_maskrcnn):
+    import cv2
+
+    data = tmp_path / "data"
+    (data / "test").mkdir(parents=True)
+    cv2.imwrite(str(data / "test" / "a.jpg"), np.zeros((20, 20, 3), np.uint8))
+    (data / "sample_submission.csv").write_text("ImageId,EncodedPixels,ClassId\na.jpg,1 1,0\nb.jpg,1 1,0\n")
+    with pytest.raises(SystemExit, match=r"05: error: 1 test images listed in .*sample_submission.csv are missing "
+                                         r"from .*test: \['b.jpg'\]"):
+        _run(tmp_path / "out", tiny_maskrcnn, data)
 
 
 def test_05_on_the_cache_val_split_writes_gt(tmp_path, tiny_maskrcnn, prepared_set):

@@ -1,5 +1,6 @@
 """lib/prepared.py (stage 01): prepared-set contents, resume, bad input, stratified split, real images."""
 import re
+import os
 import shutil
 
 import numpy as np
@@ -84,6 +85,40 @@ def test_bad_jpeg_and_bad_row_are_reported_and_skipped(synthetic_data_dir, tmp_p
     assert "not sorted" in p_row["reason"] and p_row["row"] == i + 2 and p_row["file"].endswith("train.csv")
     rec = prepared.read_ann(out, bad_row_img)
     assert len(rec["instances"]) == int((df["ImageId"] == bad_row_img).sum()) - 1
+
+
+@pytest.mark.parametrize("sig", ["SIGKILL", "SIGSEGV"])
+def test_a_worker_dying_on_an_image_is_a_problem_row_not_a_hang(sig, synthetic_data_dir, tmp_path, monkeypatch):
+    """01 --processes 2 with a worker killed (the OOM killer: SIGKILL) or crashing (SIGSEGV) on one image: the
+    image is in problems.csv naming the signal, every other image is prepared, and a rerun redoes only it."""
+    import signal
+
+    ids = sorted(pd.read_csv(synthetic_data_dir / "train.csv")["ImageId"].unique())
+    victim = ids[2]
+    real = prepared.prepare_image
+
+    def dies_on_victim(*task):
+        if task[2] == victim:
+            os.kill(os.getpid(), getattr(signal, sig))
+        return real(*task)
+
+    monkeypatch.setattr(prepared, "prepare_image", dies_on_victim)  # the forked workers inherit it
+    old = signal.signal(signal.SIGALRM, lambda *_: (_ for _ in ()).throw(TimeoutError("01 hung")))
+    signal.alarm(300)
+    try:
+        out = tmp_path / "out"
+        meta = prepared.prepare_dataset(synthetic_data_dir, out, long_side=64, workers=2, progress=False)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    assert meta["num_images"] == len(ids) - 1
+    probs = pd.read_csv(out / "problems.csv")
+    row = probs[probs["image_id"] == victim].iloc[0]
+    assert f"worker process preparing this image died (killed by {sig}" in row["reason"]
+    assert row["file"].endswith(victim)
+    monkeypatch.undo()  # the image was fine after all: a rerun prepares it
+    meta = prepared.prepare_dataset(synthetic_data_dir, out, long_side=64, workers=2, progress=False)
+    assert meta["num_images"] == len(ids) and victim not in set(pd.read_csv(out / "problems.csv")["image_id"])
 
 
 def test_size_mismatch_reported(synthetic_data_dir, tmp_path):

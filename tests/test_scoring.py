@@ -101,3 +101,37 @@ def test_coco_json_ground_truth_scores_like_pycocotools(shared_data, tmp_path):
         ev.summarize()
     assert s["AP"] == pytest.approx(ev.stats[0], abs=1e-6) and s["AP50"] == pytest.approx(ev.stats[1], abs=1e-6)
     assert s["num_images"] == 2 and 0.0 < s["kaggle"] < 1.0
+
+
+def test_hostile_coco_ground_truth_is_a_value_error_listing_its_entries(tmp_path, capsys):
+    """06 --gt file.json reads through lib.coco_data: NaN / Infinity polygons, malformed RLE, a bbox-only
+    annotation, an unknown category id and a bad image entry are listed in one ValueError (no segfault, no
+    memory blow-up); a huge polygon is clipped and scored; an unmapped category alone only warns."""
+    ok = [[1, 1, 12, 1, 12, 9, 1, 9]]
+    anns = [ok, [[1, 1, float("nan"), 1, 12, 9]], [[1, 1, 12, 1, float("inf"), 9]],
+            {"size": [10, 14], "counts": [-3, 143]}, {"size": [10, 14], "counts": "1g"}, None,
+            [[-1e7, -1e7, 1e7, -1e7, 1e7, 1e7, -1e7, 1e7]]]
+    obj = {"images": [{"id": 1, "file_name": "a.jpg", "height": 10, "width": 14},
+                      {"id": 2, "file_name": "b.jpg", "height": 10, "width": float("nan")}],
+           "categories": [{"id": 1, "name": "dress"}, {"id": 2, "name": "earmuffs"}],
+           "annotations": [{"id": i + 1, "image_id": 1, "category_id": 1, "segmentation": s}
+                           for i, s in enumerate(anns)]
+           + [{"id": 20, "image_id": 1, "category_id": 5, "segmentation": ok},
+              {"id": 21, "image_id": 1, "category_id": 2, "segmentation": ok}]}
+    gt = tmp_path / "gt.json"
+    gt.write_text(json.dumps(obj))
+    with pytest.raises(ValueError) as e:
+        lscoring.load_ground_truth(gt, mask_size=None, progress=False)
+    msg = str(e.value)
+    assert msg.startswith(f"{gt}: 7 bad ground-truth rows")
+    for line in ["row 2 (a.jpg): polygon with non-finite", "row 3 (a.jpg): polygon with non-finite",
+                 "row 4 (a.jpg): RLE counts out of range", "row 5 (a.jpg): compressed RLE counts end inside",
+                 "row 6 (a.jpg): no segmentation", "row 20 (a.jpg): category id 5 is not in the file's categories",
+                 "row 0 (b.jpg): image entry: height/width 10xnan"]:
+        assert line in msg, msg
+    keep = [a for a in obj["annotations"] if a["id"] in (1, 7, 21)]
+    gt.write_text(json.dumps(dict(obj, images=obj["images"][:1], annotations=keep)))
+    out = lscoring.load_ground_truth(gt, mask_size=None, progress=False)
+    masks, keys = out["a.jpg"]
+    assert keys == [10, 10] and masks[1].all() and masks[0].sum() == 11 * 8
+    assert "earmuffs" in capsys.readouterr().out

@@ -39,6 +39,32 @@ def test_build_submission_in_worker_processes_gives_the_same_file():
     assert (one["EncodedPixels"] == "1 1").sum() == 15 and lsub.validate_submission(many, ids, S) == []
 
 
+def test_a_worker_dying_on_a_test_image_stops_06_naming_it(monkeypatch):
+    """06 --processes 2 with a worker killed on one image: an error naming that image, not a hang."""
+    import os
+    import signal
+
+    rows, ids = [], [f"{i:03d}.jpg" for i in range(12)]
+    for i in ids:
+        rows += pred_rows(i, [rect(2, 2, 20, 20)], [1], [0.9])
+    real = lsub.decode_windows
+
+    def dies_on_007(rows, *args):
+        if rows["image_id"].iloc[0] == "007.jpg":
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(rows, *args)
+
+    monkeypatch.setattr(lsub, "decode_windows", dies_on_007)  # the forked workers inherit it
+    old = signal.signal(signal.SIGALRM, lambda *_: (_ for _ in ()).throw(TimeoutError("06 hung")))
+    signal.alarm(120)
+    try:
+        with pytest.raises(RuntimeError, match=r"a worker process died on test image 007\.jpg: killed by SIGKILL"):
+            lsub.build_submission(table(rows), images_df(ids), mask_size=S, progress=False, workers=2)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
 def test_build_submission_placeholders_order_and_sizes():
     t = table(pred_rows("b.jpg", [rect(2, 2, 20, 20), rect(0, 0, 32, 32)], [4, 5], [0.9, 0.2]),
               pred_rows("zzz.jpg", [rect(2, 2, 20, 20)], [4], [0.9]))  # not a test image: ignored
