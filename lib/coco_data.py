@@ -16,9 +16,9 @@ naming it. Any other bad entry becomes a :class:`lib.kaggle_data.Problem` (file 
   file_name string, no int or string id, a height or width that is not an integer in 1-20000, or repeats
   an earlier entry's id or file_name;
 - an annotation (``row`` its id; ``row`` 0 and ``annotations[k]`` for one that is not an object or has no
-  integer id) whose id an earlier one has, on an image the file does not list (or whose entry was skipped), with a category id that is
-  not in ``categories``, attribute ids that are not a list of the file's attribute ids, no segmentation (a
-  bbox-only annotation), or a segmentation :func:`rasterize` refuses; an empty mask.
+  integer id) whose id an earlier one has, on an image the file does not list (or whose entry was skipped),
+  with a category id that is not in ``categories``, attribute ids that are not a list of the file's attribute
+  ids, no segmentation (a bbox-only annotation), or a segmentation :func:`rasterize` refuses; an empty mask.
 
 Annotations of a category listed in the file but not one of the label set's (by name) are skipped, reported
 once per category (``row`` 0, no image: the only problems with neither, :meth:`CocoSource.entry_problems`).
@@ -307,14 +307,17 @@ def _rle_mask(segmentation: dict, height: int, width: int) -> np.ndarray:
 def rasterize(segmentation, height: int, width: int) -> np.ndarray:
     """A COCO ``segmentation`` (polygons, or RLE with list or string counts) as a (height, width) uint8 mask.
 
-    ``ValueError`` naming the problem, before pycocotools sees anything, for: no segmentation (None, missing
-    or ``[]``); a polygon that is not a list of numbers, has fewer than 3 points or an odd count, or a
-    non-finite coordinate; outlines longer than :data:`MAX_OUTLINE` half-perimeters; an RLE whose ``size`` is
-    not the image's, whose counts are not non-negative integers summing to height x width, or whose
-    compressed string is malformed; anything else. Polygons reaching more than ``max(height, width)`` beyond
-    the image are clipped to that margin (within a pixel of pycocotools' mask of the unclipped polygon along
-    the clipped edges); others are rasterised by pycocotools as given. A polygon clipped away adds nothing.
+    ``ValueError`` naming the problem, before pycocotools sees anything, for: an image size outside 1-20000;
+    no segmentation (None, missing or ``[]``); a polygon that is not a list of numbers, has fewer than 3 points
+    or an odd count, or a non-finite coordinate; outlines longer than :data:`MAX_OUTLINE` half-perimeters; an
+    RLE whose ``size`` is not the image's, whose counts are not non-negative integers summing to height x
+    width, or whose compressed string is malformed; anything else. Polygons reaching more than
+    ``max(height, width)`` beyond the image are clipped to that margin (within a pixel of pycocotools' mask of
+    the unclipped polygon along the clipped edges); others are rasterised by pycocotools as given. A polygon
+    clipped away adds nothing (all of them: an empty mask).
     """
+    if not (0 < height <= MAX_SIDE and 0 < width <= MAX_SIDE):
+        raise ValueError(f"image size {height}x{width} is not in 1-{MAX_SIDE}")
     if segmentation is None or (isinstance(segmentation, list) and not segmentation):
         raise ValueError("no segmentation (a bbox-only annotation?)")
     if isinstance(segmentation, list):

@@ -41,7 +41,7 @@ from .mask_paste import crops_from, default_chunk, masks_in_frame
 from .metric import _FLOAT32_EXACT, mask_iou
 from .models.unet import without_semantic
 
-__all__ = ["ImageDataset", "make_image_loader", "tta_views", "predict_batch", "batch_views", "result_rows"]
+__all__ = ["ImageDataset", "make_image_loader", "image_batches", "tta_views", "predict_batch", "batch_views", "result_rows"]
 
 
 class ImageDataset(Dataset):
@@ -78,6 +78,71 @@ def make_image_loader(paths: Sequence[str], long_side: int, batch_size: int, wor
     """Ordered DataLoader over :class:`ImageDataset`; batches are ``(positions, [uint8 (3, h, w) or str])``."""
     return DataLoader(ImageDataset(paths, long_side), batch_size=batch_size, shuffle=False, num_workers=workers,
                       collate_fn=_collate, pin_memory=pin_memory)
+
+
+@contextlib.contextmanager
+def _worker_deaths_seen_in_next():
+    """PyTorch's SIGCHLD handler raises "DataLoader worker ... is killed by signal" wherever the main thread is
+    (in the middle of the caller's work on a batch); with the default SIGCHLD action inside the block, the
+    loader reports a dead worker from ``next()`` instead ("exited unexpectedly", its status check), where
+    :func:`image_batches` can handle it. Restored after; a no-op outside the main thread."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGCHLD, old)
+
+
+def _as_numpy(item):
+    """An :class:`ImageDataset` item with its tensor as a numpy array (a tensor crosses a pipe as shared memory
+    that dies with the process that sent it)."""
+    i, im = item
+    return i, im if isinstance(im, str) else im.numpy()
+
+
+def image_batches(paths: Sequence[str], long_side: int, batch_size: int, workers: int, pin_memory: bool = False):
+    """The batches of :func:`make_image_loader` (``(positions, [uint8 (3, h, w) or str])``, in order), robust to
+    a loader process that dies (a decoder crashing on a hostile file, an out-of-memory kill).
+
+    PyTorch's DataLoader then raises at once ("worker exited unexpectedly") without naming the image. Here the
+    images that were in flight are read again, each in a process of its own (:func:`lib.io.run_alone`): the
+    one whose process dies becomes an unreadable image (its reason a str, as for a file that cannot be
+    decoded: 05 reports and skips it), the others are predicted, and a new loader goes on with the rest.
+    """
+    from torch.utils.data import Subset
+
+    from .io import run_alone
+
+    dataset = ImageDataset(paths, long_side)
+    start, n = 0, len(dataset)
+    while start < n:
+        rest = Subset(dataset, range(start, n))
+        loader = DataLoader(rest, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=_collate,
+                            pin_memory=pin_memory)
+        try:
+            batches = iter(loader)  # starts the workers and installs PyTorch's SIGCHLD handler
+            with _worker_deaths_seen_in_next():
+                for positions, images in batches:
+                    start = positions[-1] + 1
+                    yield positions, images
+            return
+        except RuntimeError as e:
+            if workers == 0 or "DataLoader worker (pid" not in str(e):  # "exited unexpectedly"
+                raise
+        in_flight = range(start, min(n, start + workers * 2 * batch_size))  # 2: the loader's prefetch factor
+        items = [run_alone(lambda i: _as_numpy(dataset[i]), i, on_crash=lambda i, reason: (
+            i, f"the process reading this image died ({reason}): {dataset.paths[i]}")) for i in in_flight]
+        items = [(i, im if isinstance(im, str) else torch.from_numpy(im)) for i, im in items]
+        for j in range(0, len(items), batch_size):
+            chunk = items[j:j + batch_size]
+            yield [i for i, _ in chunk], [im for _, im in chunk]
+        start = in_flight.stop
 
 
 def tta_views(scales: Sequence[float] = (1.0,), flip: bool = False) -> list[tuple[float, bool]]:

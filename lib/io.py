@@ -172,7 +172,7 @@ def _pool_results(fn, tasks, workers: int, ordered: bool, window: int, on_crash,
                 pending.popleft()
                 done = (fut is not None and fut.done() and not fut.cancelled()
                         and not isinstance(fut.exception(), BrokenProcessPool))
-                yield fut.result() if done else _run_alone(ctx, fn, task, on_crash, name)
+                yield fut.result() if done else run_alone(fn, task, on_crash, name, ctx)
             pool = cf.ProcessPoolExecutor(workers, mp_context=ctx)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
@@ -187,11 +187,14 @@ def _send_result(fn, task, conn) -> None:
         conn.close()
 
 
-def _run_alone(ctx, fn, task, on_crash, name):
-    """``fn(task)`` in a forked process of its own; ``on_crash(task, reason)`` (or :class:`WorkerDiedError`) when
-    that process dies before it answers."""
+def run_alone(fn, task, on_crash=None, name=repr, ctx=None):
+    """``fn(task)`` in a forked process of its own (``fn`` may be any callable: nothing is pickled but the result);
+    ``on_crash(task, reason)`` (or :class:`WorkerDiedError` naming ``name(task)``) when that process dies before
+    it answers, e.g. ``reason`` = "killed by SIGSEGV (a crash in native code)"."""
+    import multiprocessing as mp
     import signal
 
+    ctx = ctx or mp.get_context("fork")
     recv, send = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=_send_result, args=(fn, task, send), daemon=True)
     proc.start()

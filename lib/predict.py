@@ -51,7 +51,7 @@ from . import kaggle_data as ldata
 from . import prediction_table as lpred
 from . import prepared as lprepared
 from . import runtime
-from .inference import make_image_loader, predict_batch, result_rows, tta_views
+from .inference import image_batches, predict_batch, result_rows, tta_views
 from .shards import ShardStore, config_hash, prediction_config
 
 __all__ = ["PredictSettings", "resolve_checkpoint", "model_names", "images_from_data_dir", "images_from_prepared",
@@ -297,7 +297,7 @@ def _predict_images(sub: pd.DataFrame, models, names, store: ShardStore, rank: i
     """Predict ``sub``'s images in batches, writing a shard every ``shard_size`` images. Returns the count."""
     bs = max(1, s.batch_size)
     shard_size = max(bs, -(-max(1, s.shard_size) // bs) * bs)  # a multiple of the batch size
-    loader = make_image_loader(sub["path"].tolist(), long_side, bs, s.workers, pin_memory=device.type == "cuda")
+    loader = image_batches(sub["path"].tolist(), long_side, bs, s.workers, pin_memory=device.type == "cuda")
     pool = cf.ThreadPoolExecutor(max_workers=max(1, min(4, (os.cpu_count() or 2) // 2)))
     shard_no, pending, shard_pos, errors, n_done = store.next_index(rank), [], [], {}, 0
 

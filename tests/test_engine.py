@@ -112,6 +112,30 @@ def test_one_tiny_epoch_writes_everything_and_checkpoint_rebuilds_model(arch, pr
     assert pred["masks"].shape == (n, 1, *image.shape[-2:]) and pred["labels"].shape == (n,)
 
 
+def test_a_loader_worker_dying_stops_training_at_once(prepared_set, tmp_path, monkeypatch):
+    """--workers 2 with a loader process killed (the OOM killer) on one image: training stops with PyTorch's
+    error at once (no hang); checkpoint.pth keeps the last good state for --resume auto."""
+    import signal
+
+    real = PreparedDataset.load
+
+    def dies_on_3(self, i):
+        if i == 3 and self.split == "train":
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(self, i)
+
+    monkeypatch.setattr(PreparedDataset, "load", dies_on_3)  # the forked loader processes inherit it
+    old = signal.signal(signal.SIGALRM, lambda *_: (_ for _ in ()).throw(TimeoutError("training hung")))
+    signal.alarm(300)
+    try:
+        with pytest.raises(RuntimeError, match=r"DataLoader worker \(pid"):
+            _run("unet", prepared_set, tmp_path / "run", "--workers", "2", "--val-every", "0",
+                 "--max-steps-per-epoch", "8", "--aspect-ratio-group-factor", "0")
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
 def _assert_tensorboard_events(log_dir, train, ep):
     """The run's TensorBoard files, read back with TensorBoard's reader: the train records' losses, lr, gradient
     norm, step and data time at their steps; the epoch's validation scores; validation overlays."""

@@ -183,6 +183,46 @@ def test_05_stop_after_then_continue(tmp_path, tiny_maskrcnn, synthetic_data_dir
     assert (out / "shards" / "images-0-00001.parquet").exists()
 
 
+@pytest.mark.parametrize("sig", ["SIGKILL", "SIGSEGV"])
+def test_05_a_loader_process_dying_on_an_image_skips_it_and_goes_on(sig, tmp_path, tiny_maskrcnn, monkeypatch):
+    """05 --workers 2 with the process decoding one image killed (SIGKILL) or crashing (SIGSEGV): that image is
+    reported unreadable naming the signal, every other image is predicted; no hang."""
+    import os
+    import signal
+
+    import cv2
+
+    from lib import kaggle_data
+
+    src = tmp_path / "photos"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    names = [f"{k}.jpg" for k in "abcdefg"]
+    for n in names:
+        cv2.imwrite(str(src / n), rng.integers(0, 255, (60, 50, 3), dtype=np.uint8))
+    real = kaggle_data.read_image
+
+    def dies_on_e(path, *a, **k):
+        if str(path).endswith("e.jpg"):
+            os.kill(os.getpid(), getattr(signal, sig))
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(kaggle_data, "read_image", dies_on_e)  # the forked loader processes inherit it
+    old = signal.signal(signal.SIGALRM, lambda *_: (_ for _ in ()).throw(TimeoutError("05 hung")))
+    signal.alarm(300)
+    try:
+        out = tmp_path / "pred"
+        PREDICT.main(_args(checkpoints=[tiny_maskrcnn], images=str(src), out_dir=out, workers=2, no_progress=True,
+                           score_floor=0.0, batch_size=1))
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    meta = json.loads((out / "meta.json").read_text())
+    assert list(meta["unreadable_images"]) == ["e.jpg"]
+    assert f"the process reading this image died (killed by {sig}" in meta["unreadable_images"]["e.jpg"]
+    assert set(lpred.read_table(out / "predictions.parquet")["image_id"]) == set(names) - {"e.jpg"}
+
+
 def test_05_on_any_folder_skips_unreadable_files_and_exports(tmp_path, tiny_maskrcnn):
     import cv2
 
