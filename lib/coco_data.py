@@ -76,6 +76,7 @@ class CocoSource:
     attribute_names: dict[int, str]  # the file's attribute vocabulary
     unmapped_categories: dict[int, str]  # COCO categories with no namesake in the label set
     problems: list[Problem] = field(default_factory=list)
+    unmapped_annotations: dict[int, int] = field(default_factory=dict)  # unmapped category id -> its annotations
 
     def for_image(self, file_name: str) -> CocoSource:
         """This source restricted to one image (what a worker process is sent)."""
@@ -161,10 +162,8 @@ def read_coco(json_path: str | Path, image_dir: str | Path, labels: LabelSet) ->
     attribute_names = _vocabulary(path, [] if obj.get("attributes") is None else obj["attributes"], "attributes")
     attribute_map = {i: attr_by_name[n] for i, n in attribute_names.items() if n in attr_by_name}
     images, by_id, skipped, image_problems = _index_images(path, obj["images"])
-    problems = [Problem(str(path), 0, "", f"category {n!r} (id {i}) is not one of the {len(cat_by_name)} "
-                                          f"categories; its annotations are skipped")
-                for i, n in sorted(cats.items()) if i not in category_map]
-    problems += image_problems
+    problems = list(image_problems)
+    unmapped_use: dict[int, int] = {}
     annotations: dict[str, list[dict]] = {}
     seen: set[int] = set()
     for k, a in enumerate(obj["annotations"]):
@@ -186,8 +185,15 @@ def read_coco(json_path: str | Path, image_dir: str | Path, labels: LabelSet) ->
                                     f"annotation on an image {why}; skipped"))
             continue
         annotations.setdefault(name, []).append(a)
+        cid = a.get("category_id")
+        if _is_int(cid) and cid in cats and cid not in category_map:
+            unmapped_use[cid] = unmapped_use.get(cid, 0) + 1
+    # a category of the file that none of the 46 matches is a problem only when annotations use it
+    problems = [Problem(str(path), 0, "", f"category {cats[i]!r} (id {i}) is not one of the {len(cat_by_name)} "
+                                          f"categories; {'its annotation is' if k == 1 else f'its {k} annotations are'} skipped")
+                for i, k in sorted(unmapped_use.items())] + problems
     return CocoSource(path, Path(image_dir), images, annotations, category_map, attribute_map, attribute_names,
-                      {i: n for i, n in cats.items() if i not in category_map}, problems)
+                      {i: n for i, n in cats.items() if i not in category_map}, problems, unmapped_use)
 
 
 def _clip_polygon(xy: np.ndarray, x0: float, y0: float, x1: float, y1: float) -> np.ndarray:

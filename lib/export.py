@@ -152,7 +152,7 @@ def read_coco_gt(path: str | Path) -> CocoGt:
     try:
         images = {str(im["file_name"]): im["id"] for im in obj["images"]}
         categories = {str(c["name"]): int(c["id"]) for c in obj["categories"]}
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, OverflowError) as e:  # OverflowError: an id of Infinity
         raise ValueError(f"--coco-gt {path}: an image without file_name/id or a category without name/id "
                          f"({type(e).__name__}: {e})") from None
     base = Counter(Path(f).name for f in images)

@@ -60,9 +60,10 @@ def ground_truth_index(gt_path: str | Path):
         from .coco_data import annotation_rows, read_coco
 
         src = read_coco(gt_path, gt_path.parent, llabels.competition_labels())
-        if src.unmapped_categories:
-            _warn(f"WARNING: {gt_path}: categories {sorted(src.unmapped_categories.values())} are not among "
-                  f"the 46; their annotations are not scored")
+        if src.unmapped_annotations:  # categories of the file that annotations use and none of the 46 matches
+            used = sorted(src.unmapped_categories[i] for i in src.unmapped_annotations)
+            _warn(f"WARNING: {gt_path}: categories {used} are not among the 46; their "
+                  f"{sum(src.unmapped_annotations.values())} annotations are not scored")
         return (dict(src.images), lambda name: annotation_rows(src, name, llabels.N_ATTRIBUTES),
                 src.entry_problems())  # all but the unmapped categories warned about above
     groups, problems = lkaggle.index_csv(gt_path)

@@ -131,6 +131,10 @@ def test_coco_results_take_the_image_and_category_ids_of_a_ground_truth_file(tmp
         export.export_predictions(tmp_path / "o2", table, frame, paths, None, overlays=False, progress=False,
                                   coco_gt=gt2)
     assert not (tmp_path / "o2" / "coco_results.json").exists()
+    # a category id of Infinity (json's extension) is a clear error, not a traceback
+    (tmp_path / "gt3.json").write_text('{"images": [], "annotations": [], "categories": [{"id": Infinity, "name": "x"}]}')
+    with pytest.raises(ValueError, match=r"gt3.json: an image without file_name/id or a category.*OverflowError"):
+        export.read_coco_gt(tmp_path / "gt3.json")
 
 
 def test_coco_results_load_against_the_real_fashionpedia_sample(shared_data, tmp_path):
