@@ -75,7 +75,7 @@ from .checkpoint import CHECKPOINT_FORMAT, save_checkpoint
 from .mask_paste import crops_from, masks_in_frame
 from .models.unet import without_semantic
 from .monitor import TrainMonitor, tensorboard_dir
-from .training_data import PreparedDataset, build_transforms, make_loader, set_epoch
+from .training_data import PreparedDataset, build_transforms, checked_batches, make_loader, set_epoch
 from .viz import plot_curves
 
 
@@ -644,7 +644,7 @@ def train_one_epoch(run: Run, epoch: int) -> dict:
     bar = tqdm(total=run.steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{s.epochs}", unit="step",
                disable=not run.main, dynamic_ncols=True)
     it, t_step = skip, time.time()
-    for images, targets in loader:
+    for images, targets in checked_batches(loader):  # a dead loader worker: an error naming the image
         if it >= run.steps_per_epoch:
             break
         t_data = time.time() - t_step  # waiting for the loader

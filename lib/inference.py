@@ -80,25 +80,6 @@ def make_image_loader(paths: Sequence[str], long_side: int, batch_size: int, wor
                       collate_fn=_collate, pin_memory=pin_memory)
 
 
-@contextlib.contextmanager
-def _worker_deaths_seen_in_next():
-    """PyTorch's SIGCHLD handler raises "DataLoader worker ... is killed by signal" wherever the main thread is
-    (in the middle of the caller's work on a batch); with the default SIGCHLD action inside the block, the
-    loader reports a dead worker from ``next()`` instead ("exited unexpectedly", its status check), where
-    :func:`image_batches` can handle it. Restored after; a no-op outside the main thread."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    old = signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGCHLD, old)
-
-
 def _as_numpy(item):
     """An :class:`ImageDataset` item with its tensor as a numpy array (a tensor crosses a pipe as shared memory
     that dies with the process that sent it)."""
@@ -117,7 +98,7 @@ def image_batches(paths: Sequence[str], long_side: int, batch_size: int, workers
     """
     from torch.utils.data import Subset
 
-    from .io import run_alone
+    from .io import run_alone, worker_deaths_seen_in_next
 
     dataset = ImageDataset(paths, long_side)
     start, n = 0, len(dataset)
@@ -127,7 +108,7 @@ def image_batches(paths: Sequence[str], long_side: int, batch_size: int, workers
                             pin_memory=pin_memory)
         try:
             batches = iter(loader)  # starts the workers and installs PyTorch's SIGCHLD handler
-            with _worker_deaths_seen_in_next():
+            with worker_deaths_seen_in_next():
                 for positions, images in batches:
                     start = positions[-1] + 1
                     yield positions, images

@@ -187,6 +187,26 @@ def _send_result(fn, task, conn) -> None:
         conn.close()
 
 
+@contextlib.contextmanager
+def worker_deaths_seen_in_next():
+    """Inside the block a dead DataLoader worker is reported by the loader's ``next()`` ("DataLoader worker (pid
+    ...) exited unexpectedly", its status check every few seconds), not by PyTorch's SIGCHLD handler, which
+    raises "... is killed by signal" wherever the main thread is, in the middle of the caller's work on a batch.
+    Enter it after ``iter(loader)`` (which installs that handler); restored after; a no-op outside the main
+    thread."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGCHLD, old)
+
+
 def run_alone(fn, task, on_crash=None, name=repr, ctx=None):
     """``fn(task)`` in a forked process of its own (``fn`` may be any callable: nothing is pickled but the result);
     ``on_crash(task, reason)`` (or :class:`WorkerDiedError` naming ``name(task)``) when that process dies before

@@ -397,6 +397,45 @@ def set_epoch(loader: DataLoader, epoch: int, skip_batches: int = 0) -> None:
         loader.sampler.set_skip(int(skip_batches) * int(loader.batch_size))
 
 
+class LoaderWorkerDied(RuntimeError):
+    """A DataLoader worker process died (killed, crashed) while reading training images."""
+
+
+def checked_batches(loader: DataLoader):
+    """The batches of ``loader`` (one epoch, after :func:`set_epoch`). When a worker process dies (PyTorch then
+    raises without naming the image), the batches that were in flight are read again, one image at a time in a
+    process of its own (:func:`lib.io.run_alone`), and :class:`LoaderWorkerDied` names the image whose process
+    dies, with the reason (e.g. "killed by SIGKILL")."""
+    from .io import worker_deaths_seen_in_next
+
+    batches, done = iter(loader), 0  # iter() starts the workers (and PyTorch's SIGCHLD handler)
+    try:
+        with worker_deaths_seen_in_next():
+            for batch in batches:
+                yield batch
+                done += 1
+    except RuntimeError as e:
+        if "DataLoader worker (pid" not in str(e):
+            raise
+        raise LoaderWorkerDied(f"a DataLoader worker process died at batch {done + 1} of the epoch: "
+                               f"{_dead_worker_image(loader, done)}") from None
+
+
+def _dead_worker_image(loader: DataLoader, done: int) -> str:
+    """Which image of the batches in flight after ``done`` batches kills the process that reads it."""
+    from .io import run_alone
+
+    dataset = loader.dataset
+    ids = getattr(dataset, "image_ids", None)
+    in_flight = list(loader.batch_sampler)[done:done + 2 * max(1, loader.num_workers)]  # 2: the prefetch factor
+    for i in (i for batch in in_flight for i in batch):
+        reason = run_alone(lambda i: (dataset[i], None)[1], i, on_crash=lambda i, reason: reason)
+        if reason:
+            return f"image {ids[i] if ids is not None else i} (dataset index {i}) kills the process reading it: {reason}"
+    return f"no image of the {len(in_flight)} batches in flight kills a process when read again (out of memory?)"
+
+
 __all__ = ["PreparedDataset", "BoxesFromMasks", "INSTANCE_FIELDS", "instance_fields",
            "EpochSampler", "GroupedBatchSampler", "aspect_ratio_bins", "aspect_ratio_groups",
-           "image_aspect_ratios", "build_transforms", "collate_fn", "make_loader", "set_epoch", "seed_worker"]
+           "image_aspect_ratios", "build_transforms", "collate_fn", "make_loader", "set_epoch", "seed_worker",
+           "checked_batches", "LoaderWorkerDied"]

@@ -113,8 +113,8 @@ def test_one_tiny_epoch_writes_everything_and_checkpoint_rebuilds_model(arch, pr
 
 
 def test_a_loader_worker_dying_stops_training_at_once(prepared_set, tmp_path, monkeypatch):
-    """--workers 2 with a loader process killed (the OOM killer) on one image: training stops with PyTorch's
-    error at once (no hang); checkpoint.pth keeps the last good state for --resume auto."""
+    """--workers 2 with a loader process killed (the OOM killer) on one image: training stops at once (no hang)
+    with an error naming that image and the signal; checkpoint.pth keeps the last good state for --resume auto."""
     import signal
 
     real = PreparedDataset.load
@@ -128,7 +128,8 @@ def test_a_loader_worker_dying_stops_training_at_once(prepared_set, tmp_path, mo
     old = signal.signal(signal.SIGALRM, lambda *_: (_ for _ in ()).throw(TimeoutError("training hung")))
     signal.alarm(300)
     try:
-        with pytest.raises(RuntimeError, match=r"DataLoader worker \(pid"):
+        with pytest.raises(RuntimeError, match=r"a DataLoader worker process died at batch \d+ of the epoch: image "
+                                               r"\S+ \(dataset index 3\) kills the process reading it: killed by SIGKILL"):
             _run("unet", prepared_set, tmp_path / "run", "--workers", "2", "--val-every", "0",
                  "--max-steps-per-epoch", "8", "--aspect-ratio-group-factor", "0")
     finally:
