@@ -33,6 +33,7 @@ Examples:
   torchrun --nproc_per_node=4 05_predict.py --checkpoints work/maskrcnn --data-dir data/imaterialist-fashion-2019-FGVC6
 """
 import argparse
+import os
 import sys
 
 
@@ -45,6 +46,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args) -> int:
+    from lib import io as lio
     from lib.cli import predict_settings
     from lib.predict import run_prediction
 
@@ -53,6 +55,8 @@ def main(args) -> int:
         settings.check()
         run_prediction(settings)  # summary: OUT_DIR/meta.json
     except (ValueError, FileNotFoundError) as e:  # bad input (a missing image or file): the message says which
+        if os.environ.get("IMAT_TRACEBACK") or not lio.raised_by_project(e):
+            raise  # from inside a library: a bug, shown with its traceback (IMAT_TRACEBACK=1: always)
         raise SystemExit(f"05: error: {e}") from None
     return 0
 

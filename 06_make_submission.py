@@ -44,6 +44,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -56,6 +57,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args) -> int:
+    from lib import io as lio
     from lib import make_submission
     from lib.cli import submission_settings
 
@@ -65,6 +67,8 @@ def main(args) -> int:
                                                  progress=not args.no_progress)
         make_submission.run(submission_settings(args))  # summary: OUT_DIR/meta.json
     except (ValueError, FileNotFoundError) as e:  # bad input: the message says which
+        if os.environ.get("IMAT_TRACEBACK") or not lio.raised_by_project(e):
+            raise  # from inside a library: a bug, shown with its traceback (IMAT_TRACEBACK=1: always)
         raise SystemExit(f"06: error: {e}") from None
     return 0
 

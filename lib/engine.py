@@ -248,12 +248,14 @@ def _gather_evaluators(evs: dict, shown: list):
     if rank != 0:
         return None, None
     merged, shown = parts[0]
+    examples = max(len(more) for _, more in parts)
     for other, more in parts[1:]:
+        shown = shown + more
         merged["kaggle"].merge(other["kaggle"])
         merged["all"].merge(other["all"])
         if other["attr"] is not None:
             merged["attr"] = other["attr"] if merged["attr"] is None else merged["attr"].merge(other["attr"])
-    return merged, shown
+    return merged, shown[:examples]
 
 
 def _finite_or_none(x):
@@ -301,13 +303,13 @@ def train_step(net, images, targets, optimizer, params, clip_grad: float, device
     gn = torch.nn.utils.clip_grad_norm_(params, clip_grad if clip_grad > 0 else float("inf"))
     values = torch.stack([loss.detach().float(), *(v.detach().float().reshape(()) for v in loss_dict.values()),
                           gn.detach().float().reshape(())])
-    if distributed and not scaling:  # every rank must stop together: share the "some value is not finite" flag
-        # (with the scaler they skip together: DDP has averaged the gradients, so every rank has the same norm)
+    share = distributed and not scaling  # with the scaler every rank skips together: DDP averaged the gradients
+    if share:  # every rank must stop together: share the "some value is not finite" flag
         bad = (~torch.isfinite(values[:-1])).any().float().reshape(1)
         dist.all_reduce(bad)
         values = torch.cat([values, bad])
     values = values.tolist()  # the step's one host sync
-    bad_anywhere = distributed and values.pop() > 0
+    bad_anywhere = share and values.pop() > 0
     total, gn = values[0], values[-1]
     parts = dict(zip(loss_dict, values[1:-1]))
     if scaling:
@@ -579,6 +581,7 @@ def _restore(run: Run) -> None:
     if ck.get("scaler") and run.scaler.is_enabled():  # fp16: the loss scale and its growth counter
         run.scaler.load_state_dict(ck["scaler"])
     run.skipped_steps = int(ck.get("skipped_steps", 0))
+    run.consecutive_skips = int(ck.get("consecutive_skips", 0))
     run.start_epoch = int(ck.get("epoch", 0))
     run.start_iter = int(ck.get("iter_in_epoch", 0))
     run.global_step = int(ck.get("global_step", 0))
@@ -677,9 +680,10 @@ def train_one_epoch(run: Run, epoch: int) -> dict:
                                                                         if run.skipped_steps else {}))
             bar.update(1)
             if s.log_every and (run.global_step % s.log_every == 0 or it == run.steps_per_epoch):
-                rec = {"kind": "train", "epoch": epoch + 1, "iter": it, "step": run.global_step, "loss": step.loss}
-                rec.update({k if k.startswith("loss") else f"loss_{k}": v for k, v in step.parts.items()})
-                rec.update({"lr": lr, "grad_norm": step.grad_norm, "step_time": round(dt, 4),
+                rec = {"kind": "train", "epoch": epoch + 1, "iter": it, "step": run.global_step,
+                       "loss": _finite_or_none(step.loss)}  # an fp16 step the scaler skipped: null, not Infinity
+                rec.update({k if k.startswith("loss") else f"loss_{k}": _finite_or_none(v) for k, v in step.parts.items()})
+                rec.update({"lr": lr, "grad_norm": _finite_or_none(step.grad_norm), "step_time": round(dt, 4),
                             "data_time": round(t_data, 4), "images_per_s": round(len(images) * world / max(dt, 1e-9), 3),
                             "skipped_steps": run.skipped_steps, **_device_memory(run.device)})
                 lio.append_jsonl(run.path("metrics.jsonl"), rec)
@@ -744,7 +748,7 @@ def end_epoch(run: Run, epoch: int, epoch_sums: dict) -> None:
     t_val = time.time()
     res = evaluate(run.model, run.val_ds, run.device, run.dtype, batch_size=s.batch_size,
                    score_thresh=s.val_score_thresh, progress=run.main, workers=s.workers,
-                   distributed=run.env["distributed"], examples=OVERLAY_IMAGES if run.main else 0) if do_val else None
+                   distributed=run.env["distributed"], examples=OVERLAY_IMAGES) if do_val else None
     if run.main:
         n_steps, seconds = epoch_sums["steps"], epoch_sums["seconds"]
         rec = {"kind": "epoch", "epoch": epoch + 1, "step": run.global_step, "steps": n_steps,
@@ -808,7 +812,7 @@ def make_checkpoint(run: Run, epoch_done: int, iter_in_epoch: int) -> dict:
             "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
             "scheduler": run.scheduler.state_dict(),
             "scaler": run.scaler.state_dict() if run.scaler.is_enabled() else None,
-            "skipped_steps": run.skipped_steps, "epoch": epoch_done,
+            "skipped_steps": run.skipped_steps, "consecutive_skips": run.consecutive_skips, "epoch": epoch_done,
             "iter_in_epoch": iter_in_epoch, "global_step": run.global_step, "rng": runtime.rng_state(),
             "args": run.run_args, "labels": run.label_names, "best_score": run.best_score,
             "metrics": run.last_metrics, "world_size": run.env["world_size"], "init": run.init_report}

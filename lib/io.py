@@ -106,6 +106,19 @@ def lock_dir(directory: str | Path, what: str = "run"):
     return f
 
 
+def raised_by_project(error: BaseException) -> bool:
+    """True when ``error`` was raised by this project's own code, whose messages name the file, row or flag at
+    fault (a script prints them as one line); False when it comes from inside a library (numpy, pandas,
+    torch, ...): a bug, to be shown with its traceback."""
+    tb, last = error.__traceback__, None
+    while tb is not None:
+        last, tb = tb.tb_frame.f_code.co_filename, tb.tb_next
+    if last is None:
+        return False
+    root = Path(__file__).resolve().parents[1]
+    return Path(last).resolve().is_relative_to(root) and "site-packages" not in last
+
+
 class WorkerDiedError(RuntimeError):
     """A worker process of :func:`process_map` died (killed by a signal, crashed, or exited) on a task."""
 
@@ -115,7 +128,8 @@ def process_map(fn, tasks, workers: int, ordered: bool = True, chunksize: int = 
     """Yield an iterator of ``fn(task)`` over ``tasks``: in this process when ``workers <= 1``, else in
     ``workers`` forked processes (``fn`` must be a module-level function), in task order or, when not
     ``ordered``, as they finish. Tasks are read lazily, at most ``workers * max(2, chunksize)`` in flight, so
-    memory stays flat in the number of tasks. An exception raised by ``fn`` reaches the caller as it is.
+    memory stays flat in the number of tasks (each task is its own submission; ``chunksize`` sets the window).
+    An exception raised by ``fn`` reaches the caller as it is.
 
     A worker that dies (killed by a signal: an out-of-memory kill, a segfault in native code; or an exit)
     never hangs the map: every task that was in flight is run again alone, in a process of its own, which
@@ -179,6 +193,10 @@ def _pool_results(fn, tasks, workers: int, ordered: bool, window: int, on_crash,
 
 
 def _send_result(fn, task, conn) -> None:
+    import sys
+
+    if "torch" in sys.modules:  # as PyTorch's DataLoader workers: a forked child's OpenMP pool would deadlock
+        sys.modules["torch"].set_num_threads(1)
     try:
         conn.send((True, fn(task)))
     except BaseException as e:  # noqa: BLE001 - the parent re-raises it

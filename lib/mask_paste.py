@@ -192,7 +192,8 @@ def masks_in_frame(out: dict, in_hw: tuple[int, int], frame_hw: tuple[int, int],
     pixels covering the whole input image (of ``in_hw = (h, w)`` pixels; the frame need not keep its aspect).
 
     ``out`` holds either ``mask_crops (N, 1, M, M)`` with ``boxes (N, 4)`` in input pixels (a detector inside
-    :func:`crops_from`): pasted by :func:`paste_masks` at the boxes scaled by ``frame / input``; or
+    :func:`crops_from`): pasted by :func:`paste_masks` with ``box_hw=in_hw`` (the boxes' whole-pixel extent is
+    taken in input pixels, as the model's own paste would, and sampled at the frame's pixel centres); or
     ``masks (N, 1, h, w)`` at the input size (the UNet, or a detector outside :func:`crops_from`): resized
     by :func:`resize_maps`. ``rows`` (an index tensor, list or slice) selects detections first. With
     ``frame_hw == in_hw`` a detector's maps are what the model would have pasted itself. On the output's

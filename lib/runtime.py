@@ -88,11 +88,12 @@ def cuda_arch_problem(capability: tuple[int, int], arch_list: list[str], device_
 
     A GPU runs binary code built for its own major version and a minor version up to its own (``sm_80`` code
     runs on an 8.6 GPU), or PTX (``compute_XY``) of an older or equal capability, compiled on first use.
-    An empty ``arch_list`` (a build that does not say) is taken as compatible.
+    An empty ``arch_list`` (a build that does not say) or one without ``sm_``/``compute_`` entries (a ROCm
+    build: ``gfx90a``, ...) is taken as compatible.
     """
     major, minor = int(capability[0]), int(capability[1])
-    if not arch_list:
-        return None
+    if not arch_list or not any(a.startswith(("sm_", "compute_")) for a in arch_list):
+        return None  # a build that does not say, or not NVIDIA's (ROCm lists gfx90a, ...)
     for arch in arch_list:
         kind, _, num = arch.partition("_")
         num = num.rstrip("abcdefghijklmnopqrstuvwxyz")  # sm_90a, sm_100f

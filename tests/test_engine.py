@@ -433,6 +433,41 @@ def test_fp16_train_step_with_scaler_skips_an_overflow_and_counts_it():
         engine.train_step(loss(float("inf")), x, None, opt, params, 1.0, torch.device("cpu"), None)
 
 
+@pytest.mark.parametrize("amp", ["fp16", "off"])
+def test_train_step_under_ddp_reports_the_same_as_single_process(amp, tmp_path):
+    """distributed=True (a 1-rank gloo group): the same loss parts, gradient norm and skip verdict as one process,
+    fp16 with the scaler (ranks skip together, no flag exchanged) and fp32 (the non-finite flag is shared)."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'init'}", rank=0, world_size=1)
+    try:
+        results = []
+        for distributed in (False, True):
+            torch.manual_seed(0)
+            net = torch.nn.Linear(3, 1)
+            opt = torch.optim.SGD(net.parameters(), lr=0.1)
+            dtype = torch.float16 if amp == "fp16" else None
+            scaler = runtime.make_grad_scaler(dtype, torch.device("cpu"))
+            x = torch.randn(4, 3)
+            loss = lambda f: lambda i, t: {"loss_a": net(i).pow(2).mean() * f, "loss_b": net(i).mean() * 0}  # noqa: E731
+            steps = [engine.train_step(loss(1.0), x, None, opt, list(net.parameters()), 1.0, torch.device("cpu"),
+                                       dtype, distributed, scaler)]
+            if amp == "fp16":
+                steps.append(engine.train_step(loss(float("inf")), x, None, opt, list(net.parameters()), 1.0,
+                                               torch.device("cpu"), dtype, distributed, scaler))
+            else:
+                with pytest.raises(engine.NonFiniteLossError, match="non-finite loss"):
+                    engine.train_step(loss(float("nan")), x, None, opt, list(net.parameters()), 1.0,
+                                      torch.device("cpu"), dtype, distributed, scaler)
+            results.append([(set(s.parts), s.grad_norm, s.skipped) for s in steps])
+        assert results[0][0][0] == {"loss_a", "loss_b"}
+        assert json.dumps(results[1], default=sorted) == json.dumps(results[0], default=sorted)
+        if amp == "fp16":
+            assert results[1][1][2] is True  # the inf step: skipped
+    finally:
+        dist.destroy_process_group()
+
+
 def test_fp16_run_skips_an_overflow_step_and_resumes_exactly(prepared_set, tmp_path, monkeypatch):
     """--amp fp16 on the CPU: a tiny run with the gradient scaler; a forced overflow (inf loss at the 2nd step)
     is skipped and counted in metrics.jsonl, the scaler's state is in the checkpoint, and a run split by
@@ -650,7 +685,8 @@ def _assert_same_training(a: Path, b: Path, atol=0.0):
                         for r in lio.read_jsonl(d / "metrics.jsonl") if r["kind"] in ("train", "epoch")]
     la, lb = losses(a), losses(b)
     assert [x[:2] for x in la] == [x[:2] for x in lb]  # the same records, none lost or doubled
-    assert np.allclose([x[2] for x in la], [x[2] for x in lb], rtol=1e-6, atol=atol)
+    nan = lambda xs: [np.nan if x[2] is None else x[2] for x in xs]  # noqa: E731 - an fp16 step's inf loss: null
+    assert np.allclose(nan(la), nan(lb), rtol=1e-6, atol=atol, equal_nan=True)
     assert lio.read_json(b / "meta.json")["status"] == "done"
     assert not [p.name for p in b.iterdir() if p.name.startswith(".tmp.")]
 

@@ -170,6 +170,16 @@ def test_process_map_never_hangs_on_a_dying_worker(sig, ordered, no_hang):
             list(it)
 
 
+def test_run_alone_after_a_parallel_torch_op_in_the_parent(no_hang):
+    """A forked child's torch ops after the parent used its OpenMP pool: one thread there, no deadlock."""
+    import torch
+
+    torch.set_num_threads(2)
+    torch.ones(3_000_000).add_(1)  # the parent's thread pool is up
+    got = lio.run_alone(lambda n: float(torch.ones(768, n, 3).permute(2, 0, 1).contiguous().sum()), 1024)
+    assert got == 768 * 1024 * 3
+
+
 def test_process_map_reads_tasks_lazily():
     """Only a window of tasks is in flight: an endless task stream is fine (memory flat in the task count)."""
     import itertools
@@ -177,6 +187,25 @@ def test_process_map_reads_tasks_lazily():
     with lio.process_map(_square_or_fail, (x for x in itertools.count() if x != 5), 2, chunksize=2) as it:
         first = [v for v, _ in itertools.islice(it, 12)]
     assert first == [x * x for x in range(13) if x != 5]
+
+
+def test_raised_by_project_tells_our_messages_from_library_errors(tmp_path):
+    """05/06 print our own ValueErrors as one line; one raised inside a library keeps its traceback."""
+    import pandas as pd
+
+    import json
+
+    from lib import rle
+
+    with pytest.raises(ValueError, match="not sorted") as ours:
+        rle.decode("5 3 1 2", (4, 4))
+    assert lio.raised_by_project(ours.value)
+    with pytest.raises(ValueError) as theirs:
+        json.loads("{")
+    assert not lio.raised_by_project(theirs.value)
+    with pytest.raises(FileNotFoundError) as missing:
+        pd.read_parquet(tmp_path / "missing.parquet")
+    assert not lio.raised_by_project(missing.value)
 
 
 def test_claim_dir_locks_and_cleans(tmp_path):
