@@ -210,7 +210,7 @@ def evaluate(model: torch.nn.Module, dataset, device: torch.device, dtype=None, 
     if was_training:
         model.train()
     if distributed:
-        evs, shown = _gather_evaluators(evs, shown)
+        evs, shown = _gather_evaluators(evs, shown, examples)
         if evs is None:
             return None
     s_k, s_all = evs["kaggle"].summary(), evs["all"].summary()
@@ -240,15 +240,15 @@ def _score_image(evs: dict, out: dict, t: dict, hw: tuple[int, int], score_thres
             "scores": torch.from_numpy(ps[keep])}
 
 
-def _gather_evaluators(evs: dict, shown: list):
-    """Every rank's evaluators (and examples) merged in rank order on rank 0; ``(None, None)`` elsewhere."""
+def _gather_evaluators(evs: dict, shown: list, examples: int):
+    """Every rank's evaluators merged in rank order on rank 0, with the first ``examples`` examples of the
+    merged shards; ``(None, None)`` elsewhere."""
     rank, world = dist.get_rank(), dist.get_world_size()
     parts = [None] * world if rank == 0 else None
     dist.gather_object((evs, shown), parts, dst=0)
     if rank != 0:
         return None, None
     merged, shown = parts[0]
-    examples = max(len(more) for _, more in parts)
     for other, more in parts[1:]:
         shown = shown + more
         merged["kaggle"].merge(other["kaggle"])

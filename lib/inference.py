@@ -76,8 +76,12 @@ def _collate(batch):
 def make_image_loader(paths: Sequence[str], long_side: int, batch_size: int, workers: int,
                       pin_memory: bool = False) -> DataLoader:
     """Ordered DataLoader over :class:`ImageDataset`; batches are ``(positions, [uint8 (3, h, w) or str])``."""
-    return DataLoader(ImageDataset(paths, long_side), batch_size=batch_size, shuffle=False, num_workers=workers,
-                      collate_fn=_collate, pin_memory=pin_memory)
+    return _ordered_loader(ImageDataset(paths, long_side), batch_size, workers, pin_memory)
+
+
+def _ordered_loader(dataset, batch_size: int, workers: int, pin_memory: bool) -> DataLoader:
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=_collate,
+                      pin_memory=pin_memory)
 
 
 def _as_numpy(item):
@@ -98,14 +102,12 @@ def image_batches(paths: Sequence[str], long_side: int, batch_size: int, workers
     """
     from torch.utils.data import Subset
 
-    from .io import run_alone, worker_deaths_seen_in_next
+    from .io import LOADER_PREFETCH, loader_worker_died, run_alone, worker_deaths_seen_in_next
 
     dataset = ImageDataset(paths, long_side)
     start, n = 0, len(dataset)
     while start < n:
-        rest = Subset(dataset, range(start, n))
-        loader = DataLoader(rest, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=_collate,
-                            pin_memory=pin_memory)
+        loader = _ordered_loader(Subset(dataset, range(start, n)), batch_size, workers, pin_memory)
         try:
             batches = iter(loader)  # starts the workers and installs PyTorch's SIGCHLD handler
             with worker_deaths_seen_in_next():
@@ -114,9 +116,9 @@ def image_batches(paths: Sequence[str], long_side: int, batch_size: int, workers
                     yield positions, images
             return
         except RuntimeError as e:
-            if workers == 0 or "DataLoader worker (pid" not in str(e):  # "exited unexpectedly"
+            if workers == 0 or not loader_worker_died(e):
                 raise
-        in_flight = range(start, min(n, start + workers * 2 * batch_size))  # 2: the loader's prefetch factor
+        in_flight = range(start, min(n, start + workers * LOADER_PREFETCH * batch_size))
         items = [run_alone(lambda i: _as_numpy(dataset[i]), i, on_crash=lambda i, reason: (
             i, f"the process reading this image died ({reason}): {dataset.paths[i]}")) for i in in_flight]
         items = [(i, im if isinstance(im, str) else torch.from_numpy(im)) for i, im in items]

@@ -225,6 +225,15 @@ def worker_deaths_seen_in_next():
         signal.signal(signal.SIGCHLD, old)
 
 
+LOADER_PREFETCH = 2  # batches each DataLoader worker reads ahead (PyTorch's default prefetch_factor)
+
+
+def loader_worker_died(error: BaseException) -> bool:
+    """True for PyTorch's error when a DataLoader worker process died ("DataLoader worker (pid ...) exited
+    unexpectedly", seen inside :func:`worker_deaths_seen_in_next`)."""
+    return isinstance(error, RuntimeError) and "DataLoader worker (pid" in str(error)
+
+
 def run_alone(fn, task, on_crash=None, name=repr, ctx=None):
     """``fn(task)`` in a forked process of its own (``fn`` may be any callable: nothing is pickled but the result);
     ``on_crash(task, reason)`` (or :class:`WorkerDiedError` naming ``name(task)``) when that process dies before

@@ -140,21 +140,13 @@ def _window(a: torch.Tensor, b: torch.Tensor, ratio: float, size: int) -> tuple[
     return start.tolist(), stop.tolist()
 
 
-def _unwrapped(model):
-    """The module behind DistributedDataParallel (``.module``) and ``torch.compile`` (``._orig_mod``)."""
-    for attr in ("module", "_orig_mod"):
-        while hasattr(model, attr) and isinstance(getattr(model, attr), torch.nn.Module):
-            model = getattr(model, attr)
-    return model
-
-
 @contextlib.contextmanager
 def crops_from(model):
     """Inside the block, an eval forward of ``model`` returns unpasted ``mask_crops (N, 1, M, M)`` (and no
     ``masks``) for each image, boxes in input pixels as usual: the model's transform gets ``paste_masks =
     False`` (:class:`lib.models.maskrcnn.ScaleJitterTransform`); restored after. A no-op for models whose
     transform has no such switch, and the UNet, which never pastes, keeps returning full-size ``masks``.
-    DDP- and ``torch.compile``-wrapped models are unwrapped. Yields ``model``.
+    Give it the bare model (validation and 05 run the model itself, not its DDP wrapper). Yields ``model``.
 
     Use with :func:`masks_in_frame`::
 
@@ -162,7 +154,7 @@ def crops_from(model):
             outs = model(images)
         maps = masks_in_frame(outs[0], images[0].shape[-2:], frame_hw)
     """
-    t = getattr(_unwrapped(model), "transform", None)
+    t = getattr(model, "transform", None)
     if t is None or not hasattr(t, "paste_masks"):
         yield model
         return

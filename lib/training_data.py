@@ -406,7 +406,7 @@ def checked_batches(loader: DataLoader):
     raises without naming the image), the batches that were in flight are read again, one image at a time in a
     process of its own (:func:`lib.io.run_alone`), and :class:`LoaderWorkerDied` names the image whose process
     dies, with the reason (e.g. "killed by SIGKILL")."""
-    from .io import worker_deaths_seen_in_next
+    from .io import loader_worker_died, worker_deaths_seen_in_next
 
     batches, done = iter(loader), 0  # iter() starts the workers (and PyTorch's SIGCHLD handler)
     try:
@@ -415,7 +415,7 @@ def checked_batches(loader: DataLoader):
                 yield batch
                 done += 1
     except RuntimeError as e:
-        if "DataLoader worker (pid" not in str(e):
+        if not loader_worker_died(e):
             raise
         raise LoaderWorkerDied(f"a DataLoader worker process died at batch {done + 1} of the epoch: "
                                f"{_dead_worker_image(loader, done)}") from None
@@ -423,11 +423,11 @@ def checked_batches(loader: DataLoader):
 
 def _dead_worker_image(loader: DataLoader, done: int) -> str:
     """Which image of the batches in flight after ``done`` batches kills the process that reads it."""
-    from .io import run_alone
+    from .io import LOADER_PREFETCH, run_alone
 
     dataset = loader.dataset
     ids = getattr(dataset, "image_ids", None)
-    in_flight = list(loader.batch_sampler)[done:done + 2 * max(1, loader.num_workers)]  # 2: the prefetch factor
+    in_flight = list(loader.batch_sampler)[done:done + LOADER_PREFETCH * max(1, loader.num_workers)]
     for i in (i for batch in in_flight for i in batch):
         reason = run_alone(lambda i: (dataset[i], None)[1], i, on_crash=lambda i, reason: reason)
         if reason:

@@ -185,10 +185,7 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int
 @contextlib.contextmanager
 def without_semantic(model):
     """Inside the block a :class:`UNet`'s eval outputs carry no ``semantic`` probabilities (restored after);
-    a no-op for other models. DDP- and ``torch.compile``-wrapped models are unwrapped."""
-    for attr in ("module", "_orig_mod"):
-        while isinstance(getattr(model, attr, None), nn.Module):
-            model = getattr(model, attr)
+    a no-op for other models (give it the bare model, as :func:`lib.mask_paste.crops_from`)."""
     if not isinstance(model, UNet):
         yield
         return
