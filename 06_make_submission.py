@@ -34,9 +34,10 @@ Examples::
         --split val --out-dir work/predictions_val
     python 06_make_submission.py --predictions work/predictions --tune-on work/predictions_val
 
-    # the real competition: original-size masks, attributes on
+    # the real competition, attributes on: masks at the size its edition is evaluated at (2019: 512 x 512,
+    # 2020: long side 1024; --mask-size overrides)
     python 06_make_submission.py --predictions work/predict/maskrcnn --data-dir data/imaterialist-fashion-2019-FGVC6 \\
-        --mask-size 0 --attributes on --out-dir work/submission
+        --attributes on --out-dir work/submission
 
     # check an existing file against the test images (exit status 1 and every problem if invalid)
     python 06_make_submission.py --validate work/submission/submission.csv --data-dir data/synthetic
@@ -63,7 +64,7 @@ def main(args) -> int:
 
     try:
         if args.validate:
-            return make_submission.validate_file(args.validate, args.data_dir, args.mask_size or None,
+            return make_submission.validate_file(args.validate, args.data_dir, args.mask_size,
                                                  progress=not args.no_progress)
         make_submission.run(submission_settings(args))  # summary: OUT_DIR/meta.json
     except (ValueError, FileNotFoundError) as e:  # bad input: the message says which

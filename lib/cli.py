@@ -241,7 +241,12 @@ def add_submission_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="Kaggle-layout directory (test/, sample_submission.csv)")
     p.add_argument("--out-dir", type=Path, default=Path("work/submission"),
                    help="where submission.csv, params.json, scores.json, meta.json and report/ go")
-    p.add_argument("--mask-size", type=int, default=512, help="mask side in the submission (0 = original image size)")
+    p.add_argument("--mask-size", type=mask_size_arg, default=None, metavar="SIZE",
+                   help="the frame of the submission's masks: N (N x N, the image resized without keeping its "
+                        "aspect), 0 (each image's own size) or long:N (the image scaled so its long side is N, aspect "
+                        "kept, short side floored). Default: the one --data-dir's edition is evaluated at, 512 for "
+                        "2019 and long:1024 for 2020 (data/README.md). With --validate: the size FILE was written at "
+                        "(default: 06's meta.json beside a submission.csv, else the edition's)")
     p.add_argument("--params", default=None,
                    help="post-processing params JSON (default: <out-dir>/params.json if it exists)")
     g = p.add_argument_group("post-processing overrides (default: from --params)")
@@ -285,6 +290,16 @@ def add_submission_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="processes that post-process and encode the test images (0 = one per CPU, 1 = none)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return p
+
+
+def mask_size_arg(text: str):
+    """06's ``--mask-size`` value in :func:`lib.submission.parse_mask_size`'s form; a bad one is argparse's error."""
+    from .submission import parse_mask_size
+
+    try:
+        return parse_mask_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def postprocess_overrides(args) -> dict:

@@ -51,10 +51,11 @@ from tqdm import tqdm
 
 from . import prediction_table as lpred
 from .boxes import prob_boxes
-from .metric import mask_iou
+from .postprocess import window_at
+from .metric import window_ious
 
-__all__ = ["fuse_instances", "fusion_plan", "fused_attributes", "table_sources", "ensemble_tables",
-           "combine", "check_weights", "compared_tables"]
+__all__ = ["fuse_windows", "fuse_instances", "fusion_plan", "fused_attributes", "fuse_stored", "combine_image",
+           "ensemble_tables", "combine", "check_weights", "compared_names", "compared_masks"]
 
 
 def check_weights(weights, n: int) -> np.ndarray:
@@ -66,28 +67,95 @@ def check_weights(weights, n: int) -> np.ndarray:
     return w
 
 
-def _source_arrays(src: dict, k: int, hw: tuple[int, int] | None):
-    for key in ("masks", "categories", "scores"):
+def _source_arrays(src: dict, k: int):
+    """A source's ``(windows, categories, scores, attr_scores)`` checked; windows ``(y0, x0, prob)``."""
+    for key in ("windows", "categories", "scores"):
         if key not in src:
             raise ValueError(f"source {k}: missing {key!r}")
-    masks = np.asarray(src["masks"], np.float32)
-    if masks.ndim != 3:
-        if masks.size == 0 and hw is not None:
-            masks = np.zeros((0, *hw), np.float32)
-        else:
-            raise ValueError(f"source {k}: masks must be (N, H, W), got shape {masks.shape}")
+    wins = [(int(y), int(x), np.asarray(p, np.float32)) for y, x, p in src["windows"]]
     cats = np.asarray(src["categories"]).astype(np.int64).reshape(-1)
     scores = np.asarray(src["scores"], np.float64).reshape(-1)
     attrs = src.get("attr_scores")
-    n = masks.shape[0]
+    n = len(wins)
     if len(cats) != n or len(scores) != n:
         raise ValueError(f"source {k}: {n} masks, {len(cats)} categories, {len(scores)} scores")
     if attrs is not None:
         attrs = np.asarray(attrs, np.float64)
         if attrs.ndim != 2 or attrs.shape[0] != n:
             raise ValueError(f"source {k}: attr_scores must be (N, A) with N={n}, got shape {attrs.shape}")
-    return masks, cats, scores, attrs
+    return wins, cats, scores, attrs
 
+
+def _foreground(win) -> tuple[int, int, np.ndarray]:
+    """A probability window -> the window of its pixels ``>= 0.5`` cropped to them (empty: a 0 x 0 window)."""
+    y0, x0, p = win
+    fg = p >= 0.5
+    rows, cols = np.flatnonzero(fg.any(1)), np.flatnonzero(fg.any(0))
+    if rows.size == 0:
+        return y0, x0, np.zeros((0, 0), bool)
+    return y0 + int(rows[0]), x0 + int(cols[0]), fg[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+
+
+def _weighted_sum(terms: list[tuple[tuple, float]]) -> tuple[int, int, np.ndarray]:
+    """``clip(sum c * p, 0, 1)`` of windows ``(y0, x0, p)`` over the union of their extents, summed in order in
+    float32 (as over whole maps: outside a window its map adds 0)."""
+    y0 = min(w[0] for w, _ in terms)
+    x0 = min(w[1] for w, _ in terms)
+    y1 = max(w[0] + w[2].shape[0] for w, _ in terms)
+    x1 = max(w[1] + w[2].shape[1] for w, _ in terms)
+    out = np.zeros((y1 - y0, x1 - x0), np.float32)
+    for (wy, wx, p), c in terms:
+        out[wy - y0:wy - y0 + p.shape[0], wx - x0:wx - x0 + p.shape[1]] += np.float32(c) * p
+    return y0, x0, np.clip(out, 0, 1, out=out)
+
+
+def fuse_windows(sources: list[dict], weights: Sequence[float] | None = None, iou_thr: float = 0.5,
+                 min_votes: int = 1) -> dict:
+    """Fuse the instances of several sources of one image (module docstring rules), masks given as windows.
+
+    Args:
+        sources: K dicts ``windows`` (N_k windows ``(y0, x0, prob)``: (h, w) float probabilities at rows
+            ``y0..``, columns ``x0..`` of one common frame, zero elsewhere), ``categories`` (N_k,), ``scores``
+            (N_k,), ``attr_scores`` (N_k, A) or None.
+        weights, iou_thr, min_votes: as :func:`fuse_instances`.
+
+    Returns:
+        ``windows`` (M fused windows ``(y0, x0, prob)``, float32, over the union of their members' windows),
+        ``categories`` (M,) int64, ``scores`` (M,) float64, ``attr_scores`` (M, A) float32 or None,
+        ``votes`` (M,) int64; sorted by fused score, best first. Equal to :func:`fuse_instances` of the
+        pasted maps.
+    """
+    if not sources:
+        raise ValueError("fuse_windows: no sources")
+    w = check_weights(weights, len(sources))
+    if min_votes < 1 or min_votes > len(sources):
+        raise ValueError(f"min_votes must be 1..{len(sources)}, got {min_votes}")
+    arrays = [_source_arrays(s, k) for k, s in enumerate(sources)]
+    n_attr = next((a.shape[1] for *_r, a in arrays if a is not None), None)
+    for k, (*_r, a) in enumerate(arrays):
+        if a is not None and a.shape[1] != n_attr:
+            raise ValueError(f"source {k}: {a.shape[1]} attribute scores, another source has {n_attr}")
+    wins = [win for a in arrays for win in a[0]]
+    src = np.concatenate([np.full(len(a[1]), k, np.int64) for k, a in enumerate(arrays)])
+    cats = np.concatenate([a[1] for a in arrays])
+    scores = np.concatenate([a[2] for a in arrays])
+    fg = [_foreground(win) for win in wins]
+
+    def iou(idx):
+        return window_ious([fg[i] for i in idx], [fg[i] for i in idx])
+
+    plan = fusion_plan(cats, scores, src, w, iou, iou_thr, min_votes)
+    attrs = None
+    if n_attr is not None:
+        pooled = np.concatenate([a[3] if a[3] is not None else np.zeros((len(a[1]), n_attr)) for a in arrays])
+        attrs = fused_attributes(plan, pooled, [a[3] is not None for a in arrays])
+    return {
+        "windows": [_weighted_sum([(wins[p], c) for p, c in members]) for members in plan["members"]],
+        "categories": plan["categories"],
+        "scores": plan["scores"],
+        "attr_scores": attrs,
+        "votes": plan["votes"],
+    }
 
 
 def fuse_instances(
@@ -109,60 +177,33 @@ def fuse_instances(
         (M,) float32, ``attr_scores`` (M, A) float32 (NaN rows where no member
         had attributes) or None when no source has attributes, ``boxes`` (M, 4)
         float32 in mask pixels (:func:`lib.boxes.prob_boxes`), ``votes`` (M,) int64
-        distinct sources per instance; sorted by fused score, best first.
+        distinct sources per instance; sorted by fused score, best first. (:func:`fuse_windows` on whole
+        maps.)
     """
     if not sources:
         raise ValueError("fuse_instances: no sources")
-    w = check_weights(weights, len(sources))
-    if min_votes < 1 or min_votes > len(sources):
-        raise ValueError(f"min_votes must be 1..{len(sources)}, got {min_votes}")
-    hw = None
-    for s in sources:
-        m = np.asarray(s.get("masks"))
-        if m.ndim == 3:
-            hw = m.shape[1:]
-            break
-    arrays = [_source_arrays(s, k, hw) for k, s in enumerate(sources)]
+    shapes = [np.asarray(s.get("masks")).shape for s in sources]
+    hw = next((sh[1:] for sh in shapes if len(sh) == 3), None)
     if hw is None:
         raise ValueError("fuse_instances: no source has (N, H, W) masks to take the size from")
-    for k, (masks, *_rest) in enumerate(arrays):
+    windowed = []
+    for k, (s, sh) in enumerate(zip(sources, shapes)):
+        if "masks" not in s:
+            raise ValueError(f"source {k}: missing 'masks'")
+        masks = np.asarray(s["masks"], np.float32)
+        if masks.ndim != 3 and masks.size == 0:
+            masks = np.zeros((0, *hw), np.float32)
+        if masks.ndim != 3:
+            raise ValueError(f"source {k}: masks must be (N, H, W), got shape {masks.shape}")
         if masks.shape[1:] != hw:
             raise ValueError(f"source {k}: masks are {masks.shape[1:]}, source 0's are {hw}: resize first")
-    n_attr = next((a.shape[1] for *_r, a in arrays if a is not None), None)
-    for k, (*_r, a) in enumerate(arrays):
-        if a is not None and a.shape[1] != n_attr:
-            raise ValueError(f"source {k}: {a.shape[1]} attribute scores, another source has {n_attr}")
-
-    src = np.concatenate([np.full(len(a[1]), k, np.int64) for k, a in enumerate(arrays)])
-    cats = np.concatenate([a[1] for a in arrays])
-    scores = np.concatenate([a[2] for a in arrays])
-    local = np.concatenate([np.arange(len(a[1])) for a in arrays])
-    maps = [arrays[src[i]][0][local[i]] for i in range(len(src))]  # views, no copy
-
-    def iou(idx):
-        binary = np.stack([maps[i] >= 0.5 for i in idx])
-        return mask_iou(binary, binary)
-
-    plan = fusion_plan(cats, scores, src, w, iou, iou_thr, min_votes)
-    out_masks = []
-    for members in plan["members"]:
-        fused = np.zeros(hw, np.float32)
-        for p, c in members:
-            fused += np.float32(c) * maps[p]
-        out_masks.append(np.clip(fused, 0, 1, out=fused))
-    masks = np.stack(out_masks) if out_masks else np.zeros((0, *hw), np.float32)
-    attrs = None
-    if n_attr is not None:
-        pooled = np.concatenate([a[3] if a[3] is not None else np.zeros((len(a[1]), n_attr)) for a in arrays])
-        attrs = fused_attributes(plan, pooled, [a[3] is not None for a in arrays])
-    return {
-        "masks": masks,
-        "categories": plan["categories"],
-        "scores": plan["scores"].astype(np.float32),
-        "attr_scores": attrs,
-        "boxes": prob_boxes(masks),
-        "votes": plan["votes"],
-    }
+        windowed.append({**s, "windows": [(0, 0, m) for m in masks]})
+    fused = fuse_windows(windowed, weights, iou_thr, min_votes)
+    masks = np.zeros((len(fused["windows"]), *hw), np.float32)
+    for m, (y0, x0, p) in zip(masks, fused["windows"]):
+        m[y0:y0 + p.shape[0], x0:x0 + p.shape[1]] = p
+    return {**{k: fused[k] for k in ("categories", "attr_scores", "votes")}, "masks": masks,
+            "scores": fused["scores"].astype(np.float32), "boxes": prob_boxes(masks)}
 
 
 def fusion_plan(categories: np.ndarray, scores: np.ndarray, sources: np.ndarray, weights: np.ndarray, iou,
@@ -252,30 +293,76 @@ def fused_attributes(plan: dict, pooled: np.ndarray, has_attrs: Sequence[bool]) 
     return out.astype(np.float32)
 
 
-def table_sources(rows: pd.DataFrame, size: tuple[int, int] | None = None) -> dict:
-    """The rows of one image of a prediction table -> a :func:`fuse_instances` source.
-
-    Probabilities are decoded at the rows' ``mask_height x mask_width`` and
-    resized (bilinear) to ``size`` = (H, W) when given and different.
-    ``attr_scores`` is None unless every row has attributes.
-    """
-    masks = []
-    for r in rows.itertuples(index=False):
-        p = lpred.decode_prob(r)
-        if size is not None and p.shape != tuple(size):
-            p = cv2.resize(p, (int(size[1]), int(size[0])), interpolation=cv2.INTER_LINEAR)
-        masks.append(p)
-    hw = tuple(size) if size is not None else (
-        (int(rows["mask_height"].iloc[0]), int(rows["mask_width"].iloc[0])) if len(rows) else (0, 0))
+def _stored_source(masks: list, hw: tuple[int, int]) -> dict:
+    """:class:`lib.prediction_table.StoredMask` of one model and image -> a :func:`fuse_windows` source at the
+    stored size ``hw`` (masks stored at another size are resized, bilinear, whole); ``attr_scores`` None unless
+    every mask has attributes."""
+    wins = []
+    for m in masks:
+        if m.hw == tuple(hw):
+            win = window_at(m.q, m.x0, m.y0, m.hw, m.hw)
+            wins.append(win if win is not None else (m.y0, m.x0, np.zeros((0, 0), np.float32)))
+        else:
+            full = np.zeros(m.hw, np.float32)
+            full[m.y0:m.y0 + m.q.shape[0], m.x0:m.x0 + m.q.shape[1]] = m.q[:m.hw[0] - m.y0, :m.hw[1] - m.x0] / 255.0
+            wins.append((0, 0, cv2.resize(full, (int(hw[1]), int(hw[0])), interpolation=cv2.INTER_LINEAR)))
     attrs = None
-    if len(rows) and all(a is not None and not (np.isscalar(a) and pd.isna(a)) for a in rows["attr_scores"]):
-        attrs = np.stack([np.asarray(a, np.float32) for a in rows["attr_scores"]])
-    return {
-        "masks": np.stack(masks) if masks else np.zeros((0, *hw), np.float32),
-        "categories": rows["category"].to_numpy(np.int64),
-        "scores": rows["score"].to_numpy(np.float64),
-        "attr_scores": attrs,
-    }
+    if masks and all(m.attrs is not None for m in masks):
+        attrs = np.stack([m.attrs for m in masks])
+    return {"windows": wins, "categories": [m.category for m in masks], "scores": [m.score for m in masks],
+            "attr_scores": attrs}
+
+
+def _stored(win, category: int, score: float, attrs, hw: tuple[int, int], scale: tuple[float, float]):
+    """A fused window -> the :class:`lib.prediction_table.StoredMask` a table row would hold (quantized and
+    cropped as :func:`lib.prediction_table.encode_prob`; box of :func:`lib.boxes.prob_boxes`, in original
+    pixels)."""
+    y0, x0, p = win
+    q = np.zeros(hw, np.uint8)
+    q[y0:y0 + p.shape[0], x0:x0 + p.shape[1]] = np.clip(np.rint(p * 255), 0, 255).astype(np.uint8)
+    qx, qy, q = lpred.nonzero_crop(q)
+    box = np.zeros(4, np.float32)
+    if p.size:
+        full = np.zeros(hw, np.float32)
+        full[y0:y0 + p.shape[0], x0:x0 + p.shape[1]] = p
+        box = prob_boxes(full[None])[0]
+    sx, sy = scale
+    keep = attrs is not None and not np.isnan(attrs).any()
+    return lpred.StoredMask(int(category), float(np.float32(score)), attrs.astype(np.float32) if keep else None,
+                            qx, qy, q, tuple(hw), (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy))
+
+
+def fuse_stored(sources: list[list], orig_hw: tuple[int, int] | None, weights: Sequence[float] | None = None,
+                iou_thr: float = 0.5, min_votes: int = 1, min_score: float = 0.0) -> list:
+    """Fuse one image's instances of K models, each a list of :class:`lib.prediction_table.StoredMask` (its
+    table rows), into the masks a fused table row stores (:func:`ensemble_tables`' rules; empty when no model
+    has a mask scoring ``>= min_score``). ``orig_hw``: the image's original size (the boxes' pixels)."""
+    check_weights(weights, len(sources))
+    if min_score > 0:
+        sources = [[m for m, ok in zip(ms, np.array([m.score for m in ms], np.float32) >= min_score) if ok]
+                   for ms in sources]
+    ref = next((ms for ms in sources if ms), None)
+    if ref is None:
+        return []
+    hw = ref[0].hw
+    fused = fuse_windows([_stored_source(ms, hw) for ms in sources], weights, iou_thr, min_votes)
+    scale = (orig_hw[1] / hw[1], orig_hw[0] / hw[0]) if orig_hw else (1.0, 1.0)
+    attrs = fused["attr_scores"]
+    return [_stored(win, c, sc, None if attrs is None else attrs[i], hw, scale)
+            for i, (win, c, sc) in enumerate(zip(fused["windows"], fused["categories"], fused["scores"]))]
+
+
+def combine_image(masks: dict[str, list], combo: dict, orig_hw: tuple[int, int] | None = None) -> list:
+    """One image's masks of one combination (:func:`combine`'s rules): ``masks`` maps model name -> its
+    :class:`lib.prediction_table.StoredMask` list (table order)."""
+    missing = [m for m in combo["models"] if m not in masks]
+    if missing:
+        raise ValueError(f"combination needs models {missing}, the predictions have {sorted(masks)}")
+    if len(combo["models"]) == 1:
+        return masks[combo["models"][0]]
+    return fuse_stored([masks[m] for m in combo["models"]], orig_hw, combo.get("weights"),
+                       float(combo.get("iou", 0.5)), int(combo.get("min_votes", 1)),
+                       float(combo.get("min_score", 0.0)))
 
 
 def ensemble_tables(
@@ -287,7 +374,8 @@ def ensemble_tables(
     min_score: float = 0.0,
     progress: bool = True,
 ) -> pd.DataFrame:
-    """Fuse prediction tables (one source each, :mod:`lib.prediction_table` format) image by image.
+    """Fuse prediction tables (one source each, :mod:`lib.prediction_table` format) image by image, in memory
+    (small sets: 06 fuses image by image in its passes, :func:`combine_image`).
 
     Args:
         tables: K prediction tables; each is one source (split a table holding
@@ -295,7 +383,7 @@ def ensemble_tables(
         weights: K weights (None = equal).
         iou_thr, min_votes: as :func:`fuse_instances`.
         model_name: the ``model`` value of the output rows.
-        min_score: rows scoring below this are dropped before fusing (memory).
+        min_score: rows scoring below this are dropped before fusing.
         progress: tqdm over images.
 
     Images are taken in order of first appearance over the tables. A table
@@ -307,7 +395,7 @@ def ensemble_tables(
     """
     if not tables:
         raise ValueError("ensemble_tables: no tables")
-    w = check_weights(weights, len(tables))
+    check_weights(weights, len(tables))
     groups = []
     order: dict[str, None] = {}
     for t in tables:
@@ -321,24 +409,10 @@ def ensemble_tables(
     out_rows = []
     for image_id in tqdm(list(order), desc="ensemble", unit="img", disable=not progress):
         ref = next(g[image_id] for g in groups if image_id in g)
-        mh, mw = int(ref["mask_height"].iloc[0]), int(ref["mask_width"].iloc[0])
-        oh, ow = int(ref["orig_height"].iloc[0]), int(ref["orig_width"].iloc[0])
-        sources = [table_sources(g[image_id] if image_id in g else ref.iloc[:0], (mh, mw)) for g in groups]
-        fused = fuse_instances(sources, w, iou_thr=iou_thr, min_votes=min_votes)
-        sx, sy = ow / mw, oh / mh
-        for i in range(len(fused["scores"])):
-            x0, y0, png = lpred.encode_prob(fused["masks"][i])
-            bx = fused["boxes"][i]
-            attrs = None
-            if fused["attr_scores"] is not None and not np.isnan(fused["attr_scores"][i]).any():
-                attrs = fused["attr_scores"][i].astype(np.float32).tolist()
-            out_rows.append({
-                "image_id": image_id, "model": model_name, "category": int(fused["categories"][i]),
-                "score": float(fused["scores"][i]),
-                "x1": bx[0] * sx, "y1": bx[1] * sy, "x2": bx[2] * sx, "y2": bx[3] * sy,
-                "orig_height": oh, "orig_width": ow, "mask_height": mh, "mask_width": mw,
-                "mask_x0": x0, "mask_y0": y0, "mask_png": png, "attr_scores": attrs,
-            })
+        orig = (int(ref["orig_height"].iloc[0]), int(ref["orig_width"].iloc[0]))
+        sources = [lpred.stored_masks(g[image_id]) if image_id in g else [] for g in groups]
+        out_rows += lpred.mask_rows(image_id, model_name, fuse_stored(sources, orig, weights, iou_thr, min_votes),
+                                    orig)
     return lpred.make_table(out_rows)
 
 
@@ -356,22 +430,32 @@ def combine(sources: dict[str, pd.DataFrame], combo: dict, progress: bool = Fals
                            min_score=float(combo.get("min_score", 0.0)), progress=progress)
 
 
-def compared_tables(sources: dict[str, pd.DataFrame], combo: dict, submission: pd.DataFrame, with_ensemble: bool,
-                    iou: float = 0.5, min_votes: int = 1, progress: bool = False) -> dict[str, pd.DataFrame]:
-    """What 06 compares: each model alone, all models fused with equal weights (``"ensemble"``: the submission
-    itself when ``combo`` is that, else fused here at ``iou`` / ``min_votes`` when ``with_ensemble``) and, when
-    it is neither of those, the submission's combination (``"submission"``). One model alone: just it."""
-    names = list(sources)
-    out = dict(sources)
+def compared_names(names: Sequence[str], combo: dict, with_ensemble: bool) -> list[str]:
+    """The tables 06 compares (:func:`compared_masks`), in order."""
+    names = list(names)
     if len(names) < 2:
+        return names
+    if list(combo["models"]) == names and np.allclose(combo["weights"], 1.0):
+        return names + ["ensemble"]
+    return names + (["ensemble"] if with_ensemble else []) + ["submission"]
+
+
+def compared_masks(names: Sequence[str], combo: dict, with_ensemble: bool, iou: float, min_votes: int, task,
+                   masks: dict[str, list]) -> dict[str, list]:
+    """What 06 compares, for one image (a :func:`lib.table_stream.map_images` function: ``task`` is its
+    :class:`lib.table_stream.ImageTask`, ``masks`` its sources' masks): each model alone, all models fused with
+    equal weights (``"ensemble"``: the submission itself when ``combo`` is that, else fused here at ``iou`` /
+    ``min_votes`` when ``with_ensemble``) and, when it is neither of those, the submission's combination
+    (``"submission"``). One model alone: just it. Values: :class:`lib.prediction_table.StoredMask` lists."""
+    wanted = compared_names(names, combo, with_ensemble)
+    out = {n: masks[n] for n in names}
+    if len(wanted) == len(out):
         return out
-    is_all = combo["models"] == names and np.allclose(combo["weights"], 1.0)
-    if is_all:
-        out["ensemble"] = submission
-    else:
-        if with_ensemble:
-            all_models = {"models": names, "weights": [1.0] * len(names), "iou": iou,
-                          "min_votes": min_votes, "min_score": 0.0}
-            out["ensemble"] = combine(sources, all_models, progress)
-        out["submission"] = submission
-    return out
+    submission = combine_image(masks, combo, task.orig_hw)
+    if "submission" not in wanted:  # the submission is all models with equal weights
+        return {**out, "ensemble": submission}
+    if "ensemble" in wanted:
+        everything = {"models": list(names), "weights": [1.0] * len(names), "iou": iou, "min_votes": min_votes,
+                      "min_score": 0.0}
+        out["ensemble"] = combine_image(masks, everything, task.orig_hw)
+    return {**out, "submission": submission}

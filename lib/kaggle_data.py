@@ -13,6 +13,10 @@ Row numbers are 1-based file line numbers (the header is line 1), as a text
 editor shows them. Every bad row or image becomes a :class:`Problem`
 (file, row, image_id, reason) and the rest continues.
 
+An ImageId names its image file in the 2019 edition (``"abc.jpg"``) but not in the 2020 edition (``"abc"``,
+file ``abc.jpg``), in train.csv and sample_submission.csv alike: ids are kept as written, :func:`image_file`
+finds the file of either form and :func:`image_key` is the part both forms share.
+
 Images are read with ``cv2.IMREAD_IGNORE_ORIENTATION``: EXIF orientation is
 *not* applied, because the Height/Width in train.csv refer to the stored pixel
 array (cv2's default would rotate some images and break the masks).
@@ -21,7 +25,7 @@ from __future__ import annotations
 
 import csv
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 
 import cv2
@@ -395,6 +399,29 @@ def list_images(directory: str | Path) -> list[str]:
     if not d.is_dir():
         raise FileNotFoundError(f"image directory not found: {d}")
     return sorted(p.name for p in d.iterdir() if is_image_file(p))
+
+
+def image_key(image_id: str) -> str:
+    """An ImageId without its image suffix (:data:`IMAGE_SUFFIXES`, any case), the part both editions' forms
+    share: the 2019 edition's ids name the file (``"abc.jpg"``), the 2020 edition's do not (``"abc"``, file
+    ``abc.jpg``); both give ``"abc"``. Another suffix is kept (``"a.txt"``)."""
+    suffix = PurePosixPath(image_id).suffix
+    return image_id[:-len(suffix)] if suffix.lower() in IMAGE_SUFFIXES else image_id
+
+
+def image_file(directory: str | Path, image_id: str) -> Path:
+    """The file of ``image_id`` in ``directory``: ``directory/image_id`` when that file exists (the 2019
+    edition's ids, ``"abc.jpg"``), else the first existing ``directory/image_id + suffix`` of
+    :data:`IMAGE_SUFFIXES`, lower then upper case (the 2020 edition's, ``"abc"`` -> ``abc.jpg``). When none
+    exists, ``directory/image_id``, which the caller's read then names as missing."""
+    plain = Path(directory) / image_id
+    if plain.is_file():
+        return plain
+    for suffix in IMAGE_SUFFIXES + tuple(s.upper() for s in IMAGE_SUFFIXES):
+        f = plain.with_name(plain.name + suffix)
+        if f.is_file():
+            return f
+    return plain
 
 
 def image_size(path: str | Path) -> tuple[int, int]:

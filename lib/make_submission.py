@@ -17,14 +17,18 @@ Flow of :func:`run` (settings: :class:`SubmissionSettings`):
    ``scores.json``);
 5. ``submission.csv`` built (:func:`lib.submission.build_submission`), in the columns of ``data_dir``'s
    edition (its ``sample_submission.csv`` header: the 2020 edition's AttributesIds column with that edition's
-   attribute ids, :func:`lib.submission.to_edition_2020`), validated and written; an HTML report
+   attribute ids, :func:`lib.submission.to_edition_2020`) and, unless ``mask_size`` says otherwise, at the
+   mask size it is evaluated at (:data:`lib.submission.EDITION_MASK_SIZES`: 512 x 512 for 2019, long side
+   1024 for 2020), validated and written; an HTML report
    (:func:`lib.report.write_report`) and ``meta.json``. The competition refuses overlapping masks of one
    class, so the file always has same-category overlaps removed by score: ``overlap="none"`` (a scoring
    experiment) applies to the scores and the report only (:func:`submission_params`).
 """
 from __future__ import annotations
 
+import functools
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -36,6 +40,7 @@ from . import fusion, scoring, tuning
 from . import prediction_table as lpred
 from . import submission as lsub
 from .io import atomic_write_json
+from .table_stream import map_images, read_sources
 
 __all__ = ["SubmissionSettings", "validate_file", "choose", "submission_params", "run"]
 
@@ -53,7 +58,7 @@ class SubmissionSettings:
     min_votes: int = 1
     data_dir: Path = Path("data/synthetic")
     out_dir: Path = Path("work/submission")
-    mask_size: int = 512
+    mask_size: int | str | None = None  # None: the edition's (lib.submission.EDITION_MASK_SIZES)
     params: Path | None = None
     postprocess: dict = field(default_factory=dict)
     gt: Path | None = None
@@ -71,17 +76,27 @@ class SubmissionSettings:
     record: dict = field(default_factory=dict)
 
 
-def validate_file(path, data_dir, mask_size: int | None, progress: bool = True) -> int:
-    """Check a submission file against ``data_dir``'s test images; print every problem. Returns 0 if valid."""
+def validate_file(path, data_dir, mask_size=None, progress: bool = True) -> int:
+    """Check a submission file against ``data_dir``'s test images; print every problem. Returns 0 if valid.
+    ``mask_size``: the size the file was written at (:func:`lib.submission.parse_mask_size`); None = the one
+    06's meta.json beside a ``submission.csv`` records, else the edition's (:func:`lib.submission.written_mask_size`)."""
     images = lsub.list_test_images(data_dir, progress=progress)
     sizes = {r.image_id: (int(r.orig_height), int(r.orig_width)) for r in images.itertuples(index=False)}
-    problems = lsub.validate_submission(path, images["image_id"].tolist(), mask_size, sizes, _edition(data_dir)[2])
+    edition, _, their_ids = _edition(data_dir)
+    size, origin = lsub.written_mask_size(path, mask_size, edition)
+    problems = lsub.validate_submission(path, images["image_id"].tolist(), size, sizes, their_ids)
+    evaluated = lsub.EDITION_MASK_SIZES[edition]
+    if size != evaluated:
+        print(f"note: masks checked at {size or 'original size'} ({origin}); the {edition} edition is evaluated "
+              f"at {evaluated}")
     print("\n".join(problems + [f"{path}: {'VALID' if not problems else f'INVALID ({len(problems)} problems)'} "
-                                f"against {len(images)} test images of {data_dir}"]))
+                                f"against {len(images)} test images of {data_dir}, masks at "
+                                f"{size or 'original size'} ({origin})"]))
     return 1 if problems else 0
 
 
-def choose(s: SubmissionSettings, sources: list, images: pd.DataFrame, gt: Path, mask_size: int | None):
+def choose(s: SubmissionSettings, sources: list, indexes: dict, images: pd.DataFrame, gt: Path,
+           mask_size: int | None):
     """The post-processing parameters and the model combination: ``(params, combo, where the combination comes
     from, where the parameters come from)``, from params.json and the flags, or tuned (``tune``, ``tune_on``)."""
     out_dir = Path(s.out_dir)
@@ -91,49 +106,78 @@ def choose(s: SubmissionSettings, sources: list, images: pd.DataFrame, gt: Path,
     tuning_on = s.tune or bool(s.tune_on)
     explicit = s.models is not None or s.ensemble_weights is not None
     params, combo, origin = tuning.initial_choice(
-        [n for n, _ in sources], params_path, params_path.is_file() and not (tuning_on and not s.params),
+        [src.name for src in sources], params_path, params_path.is_file() and not (tuning_on and not s.params),
         s.postprocess, s.ensemble_weights, s.ensemble_iou, s.min_votes, explicit)
     if not tuning_on:
         return params, combo, origin, str(params_path) if params_path.is_file() else "defaults"
+    full_class_ids, procs = params["attributes"] == "on", _processes(s)
     if s.tune_on:  # tune on the val-split predictions and their gt.csv
         split = lpred.split_source(s.tune_on)
         if not split or not split["gt"]:
             raise ValueError(f"--tune-on {s.tune_on[0]}: not a 05 output of a prepared split with gt.csv (run "
                              f"05_predict.py --prepared-dir ... --split val --out-dir {s.tune_on[0]})")
-        tune_sources, tgt, timages = dict(lpred.read_sources(s.tune_on, s.models)[0]), split["gt"], split["images"]
+        tsources, tindexes, _ = read_sources(s.tune_on, s.models)
+        ts = tuning.TuningSet(tsources, tindexes, Path(split["gt"]), split["images"], mask_size, full_class_ids,
+                              procs, s.progress)
     else:
         if not gt.is_file():
             raise ValueError(f"--tune needs ground truth (--gt; {gt} not found)")
-        tune_sources, tgt, timages = dict(sources), gt, images
+        ts = tuning.TuningSet(sources, indexes, gt, images, mask_size, full_class_ids, procs, s.progress)
     grid = tuning.free_grid(s.tune_grid, s.postprocess)
     fixed = s.postprocess.get("keep_categories") is not None or s.postprocess.get("drop_categories") is not None
-    combo, params = tuning.tune_choice(
-        tune_sources, Path(tgt), timages, grid, mask_size, params, combo, explicit, out_dir / "params.json",
-        s.weight_choices, s.max_models or None, s.refine, params["attributes"] == "on",
-        s.tune_drop_categories and not fixed, s.progress)
-    return params, combo, f"tuned on {tgt}", str(params_path)
+    combo, params = tuning.tune_choice(ts, grid, params, combo, explicit, out_dir / "params.json", s.weight_choices,
+                                       s.max_models or None, s.refine, s.tune_drop_categories and not fixed)
+    return params, combo, f"tuned on {ts.gt_path}", str(params_path)
 
 
-def _score(compared: dict, gt: Path, params: dict, mask_size, images, combo: dict, progress: bool) -> dict:
-    """Score every compared table on ``gt``, print one line each; returns ``{name: score_table result}``."""
+def _processes(s: SubmissionSettings) -> int:
+    return s.processes or os.cpu_count() or 1
+
+
+def _score(s: SubmissionSettings, sources: list, indexes: dict, gt: Path, params: dict, mask_size, images,
+           combo: dict) -> dict:
+    """Score every compared table (:func:`lib.fusion.compared_masks`) on ``gt`` in one pass over the images;
+    print one line each; returns ``{name: lib.scoring.score_table result}``."""
     print(f"scores on {gt} (masks at {mask_size or 'original size'}):")
-    scores = {}
-    for name, table in compared.items():
-        scores[name] = scoring.score_table(table, gt, params=params, mask_size=mask_size,
-                                           full_class_ids=params["attributes"] == "on", images=images,
-                                           progress=progress)
+    compare = functools.partial(fusion.compared_masks, [src.name for src in sources], combo, True, s.ensemble_iou,
+                                s.min_votes)
+    scores = scoring.score_tables({"sources": sources, "indexes": indexes}, gt, params, mask_size, images, compare,
+                                  params["attributes"] == "on", _processes(s), s.progress)
+    for name, result in scores.items():
         label = name if name != "submission" else f"submission = {'+'.join(combo['models'])}"
-        print(scoring.score_line(label, scores[name]))
+        print(scoring.score_line(label, result))
     return scores
 
 
-def _report(s: SubmissionSettings, compared: dict, params: dict, gt: Path | None, scores: dict, split) -> Path:
-    from .report import train_dirs_from_predictions, write_report
+def _compared_rows(names, combo, with_ensemble, iou, min_votes, task, masks) -> list[dict]:
+    """One image's compared tables as prediction-table rows (column ``model`` = the table's name), for the report."""
+    out = []
+    for name, ms in fusion.compared_masks(names, combo, with_ensemble, iou, min_votes, task, masks).items():
+        out += lpred.mask_rows(task.image_id, name, ms, task.orig_hw)
+    return out
+
+
+def _report(s: SubmissionSettings, sources: list, indexes: dict, images: pd.DataFrame, combo: dict, params: dict,
+            gt: Path | None, scores: dict, split) -> Path:
+    """The report of a few sampled images (:func:`lib.report.sample_ids`), their compared tables made for them."""
+    from .report import sample_ids, train_dirs_from_predictions, write_report
+    from .table_stream import ImageTask
 
     out_dir = Path(s.out_dir)
-    return write_report(out_dir / "report", s.data_dir, compared, params, gt,
+    predicted = [i for f in dict.fromkeys(src.path for src in sources) for i in indexes[f].rows]
+    gt_ids = set(scoring.ground_truth_index(gt)[0]) if gt is not None else set()
+    ids = sample_ids(predicted, gt_ids, s.report_images)
+    orig = {r.image_id: (int(r.orig_height), int(r.orig_width)) for r in images.itertuples(index=False)}
+    tasks = [ImageTask(i, orig.get(i, (0, 0)), orig.get(i, (0, 0))) for i in ids]
+    rows = [r for part in map_images(functools.partial(_compared_rows, [src.name for src in sources], combo,
+                                                       bool(scores), s.ensemble_iou, s.min_votes),
+                                     tasks, len(tasks), sources, indexes, 1, 0.0, False) for r in part]
+    table = lpred.make_table(rows)
+    tables = {n: table[table["model"] == n] for n in fusion.compared_names([src.name for src in sources], combo,
+                                                                          bool(scores))}
+    return write_report(out_dir / "report", s.data_dir, tables, params, gt,
                         train_dirs_from_predictions(s.predictions), scores, n_images=s.report_images,
-                        image_dir=split["image_dir"] if split else None,
+                        image_dir=split["image_dir"] if split else None, image_ids=ids,
                         extra={"submission": str(out_dir / "submission.csv"),
                                "scores": str(out_dir / "scores.json") if scores else None,
                                "predictions": ", ".join(map(str, s.predictions))})
@@ -180,7 +224,10 @@ def run(s: SubmissionSettings) -> dict:
 
 
 def _run(s: SubmissionSettings) -> dict:
-    t0, mask_size, out_dir = time.time(), s.mask_size or None, Path(s.out_dir)
+    t0, out_dir = time.time(), Path(s.out_dir)
+    edition, theirs, their_ids = _edition(s.data_dir)
+    sub_size = lsub.EDITION_MASK_SIZES[edition] if s.mask_size is None else lsub.parse_mask_size(s.mask_size)
+    mask_size = sub_size if isinstance(sub_size, int) and sub_size else None  # scores: N x N, else original
     if not s.predictions:
         raise ValueError("--predictions is required (unless --validate)")
     for p in s.predictions:
@@ -194,11 +241,11 @@ def _run(s: SubmissionSettings) -> dict:
     gt = Path(given_gt or Path(s.data_dir) / "test_ground_truth.csv")
     if given_gt and not gt.is_file():
         raise ValueError(f"--gt file not found: {gt}")
-    sources, predicted = lpred.read_sources(s.predictions, s.models)
+    sources, indexes, predicted = read_sources(s.predictions, s.models)
     if s.ensemble_weights and len(s.ensemble_weights) != len(sources):
         raise ValueError(f"--ensemble-weights: {len(s.ensemble_weights)} weights for {len(sources)} models "
-                         f"{[n for n, _ in sources]}")
-    params, combo, origin, params_from = choose(s, sources, images, gt, mask_size)
+                         f"{[src.name for src in sources]}")
+    params, combo, origin, params_from = choose(s, sources, indexes, images, gt, mask_size)
     ids = images["image_id"].tolist()
     not_predicted = [i for i in ids if i not in predicted]
     if not_predicted:
@@ -207,11 +254,9 @@ def _run(s: SubmissionSettings) -> dict:
     if len(sources) > 1:
         print(f"combination ({origin}): {combo['models']} weights {[round(w, 3) for w in combo['weights']]}, "
               f"IoU {combo['iou']}, min votes {combo['min_votes']}")
-    final = fusion.combine(dict(sources), combo, s.progress)
     print(f"post-processing: {params} (from {params_from})")
     scored = gt.is_file() and s.score
-    compared = fusion.compared_tables(dict(sources), combo, final, scored, s.ensemble_iou, s.min_votes, s.progress)
-    scores = _score(compared, gt, params, mask_size, images, combo, s.progress) if scored else {}
+    scores = _score(s, sources, indexes, gt, params, mask_size, images, combo) if scored else {}
     if scores:
         atomic_write_json(out_dir / "scores.json", {"gt": str(gt), "scores": scores, "submission": combo})
     sizes = {r.image_id: (int(r.orig_height), int(r.orig_width)) for r in images.itertuples(index=False)}
@@ -219,19 +264,21 @@ def _run(s: SubmissionSettings) -> dict:
     if sub_params is not params:
         print("note: --overlap none applies to the scores and the report; submission.csv has same-category "
               "overlaps removed by score all the same (the competition refuses overlapping masks of one class)")
-    sub = lsub.build_submission(final, images, sub_params, mask_size, progress=s.progress, workers=s.processes)
-    edition, theirs, their_ids = _edition(s.data_dir)
+    sub = lsub.submission_of_sources(sources, indexes, combo, images, sub_params, sub_size, _processes(s),
+                                     s.progress)
     if edition == "2020":
         sub = lsub.to_edition_2020(sub, theirs)
-    lsub.write_submission(sub, out_dir / "submission.csv", ids, mask_size, sizes, their_ids)
-    report = _report(s, compared, params, gt if gt.is_file() else None, scores, split) if s.report_images > 0 else None
+    lsub.write_submission(sub, out_dir / "submission.csv", ids, sub_size, sizes, their_ids)
+    report = (_report(s, sources, indexes, images, combo, params, gt if gt.is_file() else None, scores, split)
+              if s.report_images > 0 else None)
     if report:
         print(f"report: {report}")
     n_placeholder = lsub.count_placeholders(sub)
     meta = {
         "stage": "06_make_submission", "args": s.record, "predictions": [str(p) for p in s.predictions],
-        "models": [n for n, _ in sources], "combination": combo,
-        "params": {k: (list(v) if isinstance(v, tuple) else v) for k, v in params.items()}, "mask_size": mask_size,
+        "models": [src.name for src in sources], "combination": combo,
+        "params": {k: (list(v) if isinstance(v, tuple) else v) for k, v in params.items()},
+        "mask_size": sub_size or None, "score_mask_size": mask_size,
         "submission_overlap": sub_params["overlap"],
         "edition": edition, "num_images": len(ids), "num_rows": len(sub), "num_placeholder_rows": n_placeholder,
         "images_not_predicted": len(not_predicted),

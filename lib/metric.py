@@ -49,11 +49,13 @@ from .labels import ATTRIBUTE_CATEGORIES, N_ATTRIBUTES
 __all__ = [
     "THRESHOLDS",
     "mask_iou",
+    "window_ious",
     "class_score",
     "image_score",
     "class_to_category",
     "encode_masks",
     "coco_mask_ap",
+    "coco_records",
     "Evaluator",
     "match_instances",
     "matched_attributes",
@@ -124,6 +126,36 @@ def mask_iou(a, b) -> np.ndarray:
     inter = np.rint(inter)
     union = area_a[:, None] + area_b[None, :] - inter
     return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
+def window_ious(a, b) -> np.ndarray:
+    """IoU matrix of masks given as windows of one canvas: :func:`mask_iou` of the full masks, without them.
+
+    Args:
+        a: Na windows ``(y0, x0, mask)``: ``mask`` (h, w) bool is the part of the canvas at rows ``y0..``,
+            columns ``x0..``; the canvas is empty elsewhere.
+        b: Nb windows of the same canvas.
+
+    Returns:
+        (Na, Nb) float64, equal to ``mask_iou`` of the pasted masks (integer counts, 0 where both are empty).
+        Pairs whose windows do not overlap are not looked at: crop each mask to its foreground first.
+    """
+    out = np.zeros((len(a), len(b)), np.float64)
+    if not len(a) or not len(b):
+        return out
+    ba = np.array([(y, x, y + m.shape[0], x + m.shape[1]) for y, x, m in a], np.int64).reshape(-1, 4)
+    bb = np.array([(y, x, y + m.shape[0], x + m.shape[1]) for y, x, m in b], np.int64).reshape(-1, 4)
+    area_a = [int(np.count_nonzero(m)) for _, _, m in a]
+    area_b = [int(np.count_nonzero(m)) for _, _, m in b]
+    y0, x0 = np.maximum(ba[:, None, 0], bb[None, :, 0]), np.maximum(ba[:, None, 1], bb[None, :, 1])
+    y1, x1 = np.minimum(ba[:, None, 2], bb[None, :, 2]), np.minimum(ba[:, None, 3], bb[None, :, 3])
+    for i, j in zip(*np.nonzero((y1 > y0) & (x1 > x0))):
+        (ya, xa, ma), (yb, xb, mb) = a[i], b[j]
+        r0, r1, c0, c1 = int(y0[i, j]), int(y1[i, j]), int(x0[i, j]), int(x1[i, j])
+        inter = int(np.count_nonzero(ma[r0 - ya:r1 - ya, c0 - xa:c1 - xa] & mb[r0 - yb:r1 - yb, c0 - xb:c1 - xb]))
+        union = area_a[i] + area_b[j] - inter
+        out[i, j] = inter / union if union else 0.0
+    return out
 
 
 def _greedy_tp(iou: np.ndarray, order: np.ndarray, threshold: float) -> int:
@@ -425,6 +457,22 @@ def _sorted_dict(d: dict) -> dict:
         return dict(d)
 
 
+def coco_records(gt_masks, gt_classes, pred_masks, pred_classes, pred_scores=None,
+                 category_of: Callable[[Hashable], Hashable] = class_to_category) -> tuple[dict, dict | None]:
+    """One image's part of :func:`coco_mask_ap`'s input, without its ``image_id``: the ground truth's
+    ``height, width, masks_rle, categories`` and the predictions' ``masks_rle, categories, scores`` (None
+    without predictions; no scores = 1.0 each). Masks (N, H, W) as in :func:`image_score`."""
+    gt, pr = np.asarray(gt_masks), np.asarray(pred_masks)
+    h, w = (gt.shape[1:] if gt.shape[0] or not pr.shape[0] else pr.shape[1:])
+    gt_rec = {"height": int(h), "width": int(w), "masks_rle": encode_masks(gt),
+              "categories": [category_of(c) for c in gt_classes]}
+    if not pr.shape[0]:
+        return gt_rec, None
+    scores = np.ones(pr.shape[0]) if pred_scores is None else np.asarray(pred_scores, np.float64)
+    return gt_rec, {"masks_rle": encode_masks(pr), "categories": [category_of(c) for c in pred_classes],
+                    "scores": scores.tolist()}
+
+
 class Evaluator:
     """Accumulates the Kaggle metric (and optionally COCO mask AP) over images.
 
@@ -468,38 +516,29 @@ class Evaluator:
         Without ``pred_scores`` the COCO evaluation gives every prediction
         score 1.0 (its stable sort then keeps input order within an image).
         """
-        image_id = _plain(image_id)
-        if image_id in self.image_scores:
-            raise ValueError(f"Evaluator.add: image_id {image_id!r} was already added")
         gt, gt_classes, pr, pred_classes, scores = _check_inputs(
             gt_masks, gt_classes, pred_masks, pred_classes, pred_scores
         )
         score, per_class = image_score(
             gt, gt_classes, pr, pred_classes, scores, self.thresholds, return_per_class=True
         )
+        coco = coco_records(gt, gt_classes, pr, pred_classes, scores, self.category_of) if self.coco else (None, None)
+        return self.add_scored(image_id, score, per_class, *coco)
+
+    def add_scored(self, image_id, score: float, per_class: dict, coco_gt: dict | None = None,
+                   coco_pred: dict | None = None) -> float:
+        """Add an image scored elsewhere (e.g. in a worker process): its Kaggle ``score`` and ``per_class``
+        (:func:`image_score`) and, with ``coco``, its :func:`coco_records`. Returns ``score``."""
+        image_id = _plain(image_id)
+        if image_id in self.image_scores:
+            raise ValueError(f"Evaluator.add: image_id {image_id!r} was already added")
         self.image_scores[image_id] = score
         for c, s in per_class.items():
             self._class_scores.setdefault(c, []).append(s)
         if self.coco:
-            h, w = (gt.shape[1:] if gt.shape[0] or not pr.shape[0] else pr.shape[1:])
-            self._coco_gt.append(
-                {
-                    "image_id": image_id,
-                    "height": int(h),
-                    "width": int(w),
-                    "masks_rle": encode_masks(gt),
-                    "categories": [self.category_of(c) for c in gt_classes],
-                }
-            )
-            if pr.shape[0]:
-                self._coco_pred.append(
-                    {
-                        "image_id": image_id,
-                        "masks_rle": encode_masks(pr),
-                        "categories": [self.category_of(c) for c in pred_classes],
-                        "scores": (np.ones(pr.shape[0]) if scores is None else scores).tolist(),
-                    }
-                )
+            self._coco_gt.append({"image_id": image_id, **coco_gt})
+            if coco_pred is not None:
+                self._coco_pred.append({"image_id": image_id, **coco_pred})
         return score
 
     def merge(self, other: "Evaluator") -> "Evaluator":

@@ -38,11 +38,12 @@ import numpy as np
 import pandas as pd
 
 from . import labels as llabels
+from . import prediction_table as lpred
 from . import rle as lrle
 from .io import atomic_write_json, read_json
 
 __all__ = ["POSTPROCESS_DEFAULTS", "resolve_params", "load_params", "save_params", "ProbWindow", "Instance",
-           "decode_windows", "finalize", "postprocess_image", "image_groups"]
+           "window_at", "decode_windows", "rank_windows", "finalize", "postprocess_image", "image_groups"]
 
 
 POSTPROCESS_DEFAULTS = dict(
@@ -211,31 +212,39 @@ def _resize_window(crop: np.ndarray, x0: int, y0: int, src_hw: tuple[int, int], 
     return Y0, X0, out
 
 
-def _attrs_of(value) -> np.ndarray | None:
-    if value is None or (np.isscalar(value) and pd.isna(value)):
+def window_at(q: np.ndarray, x0: int, y0: int, stored_hw: tuple[int, int],
+              out_size: tuple[int, int]) -> tuple[int, int, np.ndarray] | None:
+    """A stored crop -> its probability window at ``out_size``: ``(y0, x0, (h, w) float32)``, or None when empty.
+
+    ``q`` (h, w) uint8 ``round(p * 255)`` sits at (y0, x0) of a ``stored_hw`` map that is zero elsewhere (the
+    ``mask_png`` of a prediction-table row); resized (:func:`_resize_window`) when ``out_size`` differs."""
+    mh, mw = stored_hw
+    crop = q[:max(0, mh - y0), :max(0, mw - x0)].astype(np.float32) / 255.0
+    if crop.size == 0:
         return None
-    return np.asarray(value, np.float32)
+    if (mh, mw) != tuple(out_size):
+        y0, x0, crop = _resize_window(crop, x0, y0, (mh, mw), tuple(out_size))
+    return y0, x0, crop
 
 
 def decode_windows(rows: pd.DataFrame, out_size: tuple[int, int], min_score: float = 0.0) -> list[ProbWindow]:
     """Rows of one image -> probability windows at ``out_size``, best score first (stable)."""
     if rows is None or len(rows) == 0:
         return []
-    rows = rows[rows["score"].to_numpy() >= min_score]
-    rows = rows.iloc[np.argsort(-rows["score"].to_numpy(np.float64), kind="stable")]
+    return rank_windows(lpred.stored_masks(rows[rows["score"].to_numpy() >= min_score]), out_size)
+
+
+def rank_windows(masks: list, out_size: tuple[int, int], min_score: float = 0.0) -> list[ProbWindow]:
+    """:class:`lib.prediction_table.StoredMask` of one image -> probability windows at ``out_size`` of those
+    scoring ``>= min_score`` (compared in float32, as the table's column), best score first (stable)."""
+    scores = np.array([m.score for m in masks], np.float32)
+    keep = np.flatnonzero(scores >= min_score)
     out = []
-    oh, ow = int(out_size[0]), int(out_size[1])
-    for r in rows.itertuples(index=False):
-        crop = cv2.imdecode(np.frombuffer(r.mask_png, np.uint8), cv2.IMREAD_UNCHANGED)
-        if crop is None or crop.ndim != 2:
-            raise ValueError(f"bad mask_png in the prediction table for image {r.image_id}")
-        mh, mw, x0, y0 = int(r.mask_height), int(r.mask_width), int(r.mask_x0), int(r.mask_y0)
-        crop = crop[:max(0, mh - y0), :max(0, mw - x0)].astype(np.float32) / 255.0
-        if crop.size == 0:
-            continue
-        if (mh, mw) != (oh, ow):
-            y0, x0, crop = _resize_window(crop, x0, y0, (mh, mw), (oh, ow))
-        out.append(ProbWindow(int(r.category), float(r.score), _attrs_of(r.attr_scores), y0, x0, crop))
+    for i in keep[np.argsort(-scores[keep].astype(np.float64), kind="stable")]:
+        m = masks[i]
+        win = window_at(m.q, m.x0, m.y0, m.hw, (int(out_size[0]), int(out_size[1])))
+        if win is not None:
+            out.append(ProbWindow(m.category, m.score, m.attrs, *win))
     return out
 
 

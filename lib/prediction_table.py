@@ -28,6 +28,7 @@ in the companion ``images.parquet`` (image_id, orig_height, orig_width), so
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -51,17 +52,73 @@ def encode_prob(prob: np.ndarray) -> tuple[int, int, bytes]:
 
 def encode_quantized(q: np.ndarray) -> tuple[int, int, bytes]:
     """:func:`encode_prob` of a map already quantized: (H, W) uint8 ``round(p * 255)``."""
+    x0, y0, q = nonzero_crop(q)
+    return x0, y0, png_bytes(q)
+
+
+def nonzero_crop(q: np.ndarray) -> tuple[int, int, np.ndarray]:
+    """(H, W) uint8 -> ``(x0, y0, crop)`` of its nonzero area; an all-zero map gives a 1x1 zero crop at (0, 0)."""
     rows = np.flatnonzero(q.any(axis=1))
     if rows.size == 0:
-        q, x0, y0 = np.zeros((1, 1), np.uint8), 0, 0
-    else:
-        cols = np.flatnonzero(q.any(axis=0))
-        y0, x0 = int(rows[0]), int(cols[0])
-        q = q[y0:rows[-1] + 1, x0:cols[-1] + 1]
+        return 0, 0, np.zeros((1, 1), np.uint8)
+    cols = np.flatnonzero(q.any(axis=0))
+    y0, x0 = int(rows[0]), int(cols[0])
+    return x0, y0, q[y0:rows[-1] + 1, x0:cols[-1] + 1]
+
+
+def png_bytes(q: np.ndarray) -> bytes:
+    """The ``mask_png`` of a (h, w) uint8 crop."""
     ok, buf = cv2.imencode(".png", np.ascontiguousarray(q), [cv2.IMWRITE_PNG_COMPRESSION, 1])
     if not ok:
         raise ValueError("PNG encoding of a mask failed")
-    return x0, y0, buf.tobytes()
+    return buf.tobytes()
+
+
+@dataclass
+class StoredMask:
+    """One row's instance as the table stores it: ``q`` (h, w) uint8 ``round(p * 255)`` crop at (y0, x0) of a
+    ``hw`` = (mask_height, mask_width) map that is zero elsewhere; ``score`` a float32 value; ``attrs`` (A,)
+    float32 or None; ``box`` (x1, y1, x2, y2) in original-image pixels."""
+
+    category: int
+    score: float
+    attrs: np.ndarray | None
+    x0: int
+    y0: int
+    q: np.ndarray
+    hw: tuple[int, int]
+    box: tuple[float, float, float, float]
+
+
+def _attrs_of(value) -> np.ndarray | None:
+    if value is None or (np.isscalar(value) and pd.isna(value)):
+        return None
+    return np.asarray(value, np.float32)
+
+
+def decode_png(row) -> np.ndarray:
+    """The (h, w) uint8 crop of a row's ``mask_png``; ``ValueError`` naming the image when it is not one."""
+    crop = cv2.imdecode(np.frombuffer(row.mask_png, np.uint8), cv2.IMREAD_UNCHANGED)
+    if crop is None or crop.ndim != 2:
+        raise ValueError(f"bad mask_png in the prediction table for image {row.image_id}")
+    return crop
+
+
+def stored_masks(rows: pd.DataFrame) -> list[StoredMask]:
+    """The rows of a table (one image), in table order, as :class:`StoredMask` (PNGs decoded)."""
+    return [StoredMask(int(r.category), float(r.score), _attrs_of(r.attr_scores), int(r.mask_x0), int(r.mask_y0),
+                       decode_png(r), (int(r.mask_height), int(r.mask_width)),
+                       (float(r.x1), float(r.y1), float(r.x2), float(r.y2)))
+            for r in rows.itertuples(index=False)]
+
+
+def mask_rows(image_id: str, model: str, masks: list[StoredMask], orig_hw: tuple[int, int]) -> list[dict]:
+    """:class:`StoredMask` of one image -> table rows (:func:`make_table` input)."""
+    return [{"image_id": image_id, "model": model, "category": m.category, "score": m.score,
+             "x1": m.box[0], "y1": m.box[1], "x2": m.box[2], "y2": m.box[3],
+             "orig_height": int(orig_hw[0]), "orig_width": int(orig_hw[1]), "mask_height": m.hw[0],
+             "mask_width": m.hw[1], "mask_x0": m.x0, "mask_y0": m.y0, "mask_png": png_bytes(m.q),
+             "attr_scores": None if m.attrs is None else m.attrs.tolist()} for m in masks]
 
 
 def decode_prob(row) -> np.ndarray:
@@ -104,47 +161,10 @@ def check_images(images: pd.DataFrame) -> pd.DataFrame:
     return images
 
 
-def _table_file(path) -> Path:
+def table_file(path) -> Path:
     """A ``predictions.parquet`` file, or the 05 output directory holding one."""
     p = Path(path)
     return p / "predictions.parquet" if p.is_dir() else p
-
-
-def read_sources(paths, models=None) -> tuple[list[tuple[str, pd.DataFrame]], set[str]]:
-    """The prediction tables of 05 runs, one source per model: ``([(name, table)], predicted image ids)``.
-
-    ``paths``: ``predictions.parquet`` files or 05 output directories. A model is named as in its table (a
-    name seen twice gets ``@<file>``); ``meta.json`` lists a model that predicted nothing above its score
-    floor too. ``models``: keep only these names. The predicted ids are those of ``images.parquet`` (an
-    image predicted without instances is predicted). Raises ``FileNotFoundError`` for a missing table and
-    ``ValueError`` for an unfinished 05 run, unknown ``models`` or nothing to use.
-    """
-    sources, predicted = [], set()
-    for f in map(_table_file, paths):
-        if not f.is_file():
-            raise FileNotFoundError(f"prediction table not found: {f}")
-        meta = f.parent / "meta.json"
-        info = json.loads(meta.read_text()) if meta.is_file() else {}
-        if info.get("status") not in (None, "done"):
-            raise ValueError(f"{f.parent}: 05_predict.py did not finish there (status {info.get('status')!r}); rerun "
-                             f"the same 05 command to complete it before making a submission")
-        table = read_table(f)
-        images = f.parent / "images.parquet"
-        predicted.update(pd.read_parquet(images, columns=["image_id"])["image_id"] if images.is_file()
-                         else table["image_id"])
-        names = list(dict.fromkeys(table["model"]))
-        listed = [m["name"] for m in info.get("models", []) if m.get("name")]
-        names = listed + [n for n in names if n not in listed]
-        for m in names if models is None else [m for m in names if m in models]:
-            name = m if all(m != s[0] for s in sources) else f"{m}@{f}"
-            sources.append((name, table[table["model"] == m].reset_index(drop=True)))
-    if models is not None:
-        missing = set(models) - {s[0].split("@")[0] for s in sources}
-        if missing:
-            raise ValueError(f"--models {sorted(missing)} not in the tables")
-    if not sources:
-        raise ValueError("no predictions to use (empty tables, or --models matched nothing)")
-    return sources, predicted
 
 
 def split_source(paths) -> dict | None:

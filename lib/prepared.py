@@ -172,7 +172,7 @@ def prepare_image(
             rows = ldata.remap_attributes(rows, source.attribute_map)
         csv_path = source.path
         first_row = entries[0][0] if entries else 0
-    img_file = Path(image_dir) / image_id
+    img_file = ldata.image_file(image_dir, image_id)
     if not rows:
         problems.append(ldata.Problem(str(img_file), first_row, image_id, "no valid rows for this image; skipped"))
         return None, problems

@@ -30,7 +30,7 @@ from . import viz
 from .postprocess import postprocess_image, resolve_params
 from .scoring import ground_truth_index
 
-__all__ = ["write_report", "train_dirs_from_predictions", "category_names"]
+__all__ = ["write_report", "sample_ids", "train_dirs_from_predictions", "category_names"]
 
 
 def category_names(data_dir: str | Path | None = None) -> list[str]:
@@ -68,10 +68,10 @@ def _class_label(key, names: list[str]) -> str:
     return f"{name} [{'_'.join(map(str, attrs))}]" if attrs else name
 
 
-def _sample_ids(tables: Mapping[str, pd.DataFrame], gt_ids: set, n: int, seed: int) -> list[str]:
-    ids: dict[str, None] = {}
-    for t in tables.values():
-        ids.update(dict.fromkeys(t["image_id"]))
+def sample_ids(image_ids, gt_ids: set, n: int, seed: int = 0) -> list[str]:
+    """The images a report shows: ``n`` of ``image_ids`` (the images predicted, in order) and ``gt_ids``, a seeded
+    sample preferring those with ground truth."""
+    ids = dict.fromkeys(image_ids)
     ids.update(dict.fromkeys(sorted(gt_ids)))
     pool = [i for i in ids if i in gt_ids] or list(ids)
     if len(pool) < n:
@@ -112,7 +112,7 @@ def write_report(report_dir: str | Path, data_dir: str | Path | None, tables: Ma
                  scores: Mapping[str, dict] | None = None, n_images: int = 6,
                  class_names: Sequence[str] | None = None, image_dir: str | Path | None = None,
                  panel_height: int = 320, seed: int = 0, title: str = "iMaterialist (Fashion) 2019 - submission report",
-                 extra: Mapping[str, object] | None = None) -> Path:
+                 extra: Mapping[str, object] | None = None, image_ids: Sequence[str] | None = None) -> Path:
     """Write the report (see the module docstring) and return the path of ``index.html``.
 
     Args:
@@ -125,7 +125,8 @@ def write_report(report_dir: str | Path, data_dir: str | Path | None, tables: Ma
         train_dirs: training out-dirs (``{name: dir}``, or dirs named after their model) for curves.png
             and val_scores.json.
         scores: ``{name: lib.scoring.score_table result}`` (kaggle, AP, ..., per_class).
-        n_images: images to show (a seeded sample, preferring images with ground truth).
+        n_images: images to show (a seeded sample, preferring images with ground truth: :func:`sample_ids`).
+        image_ids: the images to show instead (``tables`` need hold only their rows).
         image_dir: where ``<ImageId>`` files are (default ``<data_dir>/test``; a prepared set: its ``images/``).
         extra: more key/value lines for the summary (e.g. paths of submission.csv and scores.json).
     """
@@ -141,7 +142,10 @@ def write_report(report_dir: str | Path, data_dir: str | Path | None, tables: Ma
         tdirs = {str(k): Path(v) for k, v in train_dirs.items()}
     else:
         tdirs = {Path(d).name: Path(d) for d in (train_dirs or [])}
-    ids = _sample_ids(tables, set(gt[0]) if gt else set(), n_images, seed)
+    if image_ids is None:
+        image_ids = sample_ids([i for t in tables.values() for i in t["image_id"]], set(gt[0]) if gt else set(),
+                               n_images, seed)
+    ids = list(image_ids)
     overlays = [_overlay(report_dir, i, image_dir, tables, gt, names, params, panel_height) for i in ids]
     charts = _class_charts(report_dir, scores, names)
     learning, learning_rel = _learning_curves(report_dir, tdirs)
@@ -186,7 +190,7 @@ def _overlay(report_dir: Path, image_id: str, image_dir: Path | None, tables: Ma
              gt: tuple | None, names: list[str], params: dict, panel_height: int):
     """One image's panels (the image, its ground truth, each table post-processed) as a PNG under
     ``overlays/``: ``(image_id, relative path or None, error or None)``."""
-    path = image_dir / image_id if image_dir is not None else None
+    path = ldata.image_file(image_dir, image_id) if image_dir is not None else None
     if path is None or not path.is_file():
         return image_id, None, f"image not found: {path}"
     img = ldata.read_image(path)

@@ -1,14 +1,20 @@
 """Scoring a prediction table after post-processing against train.csv-format ground truth.
 
 :func:`score_table`: the Kaggle metric (:mod:`lib.metric`) of the post-processed instances and COCO mask AP
-of the ranked ones, per class too; :func:`class_scores`: per image, the class scores tuning reads.
+of the ranked ones, per class too, of a table in memory; :func:`score_tables`: the same for 06's tables, image by
+image in worker processes (:mod:`lib.table_stream`). Both score an image with :func:`image_record`: the ground
+truth decoded once (:class:`GroundTruth`), the IoUs counted on windows (:class:`ImageScorer`, which tuning uses to
+score many subsets of one post-processing).
 Submission placeholder rows (:data:`lib.submission.PLACEHOLDER`) are not part of this: an image without
 any instance scores as predicting nothing.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -16,11 +22,13 @@ from tqdm import tqdm
 
 from . import kaggle_data as lkaggle
 from . import labels as llabels
-from .metric import Evaluator, image_score
-from .postprocess import decode_windows, finalize, image_groups, resolve_params
+from . import prediction_table as lpred
+from .metric import Evaluator, class_score, coco_records, window_ious
+from .postprocess import finalize, image_groups, rank_windows, resolve_params
 from .prediction_table import check_images
 
-__all__ = ["ground_truth_index", "load_ground_truth", "decode_all", "score_windows", "score_table", "class_scores",
+__all__ = ["ground_truth_index", "load_ground_truth", "GroundTruth", "image_ground_truth", "ImageScorer",
+           "image_record", "scored_images", "raise_problems", "summarize", "score_table", "score_tables",
            "score_line", "warnings_once"]
 
 
@@ -108,71 +116,152 @@ def load_ground_truth(gt_csv_path: str | Path, mask_size: int | None = 512, full
     return out
 
 
-def _scored_images(windows: dict, gt: dict, sizes: dict, params: dict, full_class_ids: bool):
-    """Per scored image: ``(image_id, gt masks, gt keys, post-processed masks, their keys, their scores)``."""
-    for image_id, size in sizes.items():
-        insts = finalize(windows.get(image_id, []), params, size)
-        gt_masks, gt_keys = gt.get(image_id, (np.zeros((0, *size), np.uint8), []))
-        pred = np.stack([i.full(size) for i in insts]) if insts else np.zeros((0, *size), np.uint8)
-        keys = [i.class_id if full_class_ids else i.category for i in insts]
-        yield image_id, gt_masks, list(gt_keys), pred, keys, [i.score for i in insts]
+@dataclass
+class GroundTruth:
+    """One image's ground truth at the output size: class ``keys`` (categories, or full ClassIds) and masks as
+    windows ``(y0, x0, (h, w) bool)`` cropped to their pixels (:func:`lib.metric.window_ious`)."""
+
+    keys: list
+    windows: list
+    size: tuple[int, int]
+
+    def masks(self) -> np.ndarray:
+        """(N, H, W) uint8 full masks."""
+        return _paste([(y, x, m) for y, x, m in self.windows], self.size)
 
 
-def score_windows(windows: dict, gt: dict, sizes: dict, params: dict, full_class_ids: bool, coco: bool):
-    ev = Evaluator(coco=coco)
-    for image_id, *scored in _scored_images(windows, gt, sizes, params, full_class_ids):
-        ev.add(image_id, *scored)
-    return ev.summary()
+def _paste(windows, size) -> np.ndarray:
+    out = np.zeros((len(windows), *size), np.uint8)
+    for o, (y0, x0, m) in zip(out, windows):
+        o[y0:y0 + m.shape[0], x0:x0 + m.shape[1]] = m
+    return out
 
 
-def decode_all(pred_table, gt, images, mask_size, min_score, progress):
-    """Probability windows of every scored image and the output size of each."""
-    groups = image_groups(pred_table)
-    sizes: dict[str, tuple[int, int]] = {}
-    for image_id, (masks, _) in gt.items():
-        sizes[image_id] = masks.shape[1:]
-    if images is not None:
-        for r in check_images(images).itertuples(index=False):
-            if r.image_id not in sizes:
-                sizes[r.image_id] = (mask_size, mask_size) if mask_size else (int(r.orig_height), int(r.orig_width))
-    windows = {}
-    for image_id in tqdm(list(sizes), desc="predictions", unit="img", disable=not progress):
-        idx = groups.get(image_id)
-        if idx is not None:
-            windows[image_id] = decode_windows(pred_table.iloc[idx], sizes[image_id], min_score)
-    ignored = sum(1 for k in groups if k not in sizes)
-    return windows, sizes, ignored
+def _crop(mask: np.ndarray) -> tuple[int, int, np.ndarray]:
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    if rows.size == 0:
+        return 0, 0, np.zeros((0, 0), bool)
+    return int(rows[0]), int(cols[0]), mask[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1] != 0
 
 
-def score_table(pred_table: pd.DataFrame, gt_csv_path: str | Path, params: dict | None = None,
-                mask_size: int | None = 512, per_class: bool = True, full_class_ids: bool = False,
-                coco: bool = True, images: pd.DataFrame | None = None, progress: bool = True) -> dict:
-    """Kaggle metric and COCO mask AP of a prediction table after post-processing.
+def image_ground_truth(rows: list, size: tuple[int, int], full_class_ids: bool = False) -> GroundTruth:
+    """Ground-truth rows (:class:`lib.kaggle_data.Row`) of one image -> :class:`GroundTruth` at ``size``
+    (:func:`lib.kaggle_data.resize_rle`, as :func:`load_ground_truth`)."""
+    keys = [llabels.format_class_id(r.category, r.attributes) if full_class_ids else r.category for r in rows]
+    wins = [_crop(lkaggle.resize_rle(r.rle, (r.height, r.width), size)) for r in rows]
+    return GroundTruth(keys, wins, tuple(size))
 
-    Scores every image of the ground truth (an image the table has no row
-    for counts as predicting nothing), plus the images of ``images`` (image_id,
-    orig_height, orig_width) when given (those absent from the ground truth
-    have no objects). Masks are compared at ``mask_size x mask_size`` (None =
-    original size). Classes are categories unless ``full_class_ids`` (for
-    ``attributes="on"``). Submission placeholder rows are not part of this.
-    The Kaggle metric uses the post-processed instances; COCO mask AP ranks
-    every instance (the same post-processing with ``score_thresh`` 0), as AP
-    is defined over a ranked list.
 
-    Returns:
-        ``kaggle``, ``AP``, ``AP50``, ``AP75`` (COCO mask AP; nan unless
-        ``coco``), ``num_images``, ``ignored_pred_images`` (table images not
-        scored), ``params``, ``mask_size``, and with ``per_class``:
-        ``per_class`` (class -> Kaggle class score) and ``per_category_AP``.
-    """
-    params = resolve_params(params)
-    gt = load_ground_truth(gt_csv_path, mask_size, full_class_ids, progress=progress)
-    min_score = 0.0 if coco else params["score_thresh"]
-    windows, sizes, ignored = decode_all(pred_table, gt, images, mask_size, min_score, progress)
-    s = score_windows(windows, gt, sizes, params, full_class_ids, False)
-    # COCO AP ranks every instance: the same post-processing without the score threshold.
-    c = (score_windows(windows, gt, sizes, dict(params, score_thresh=0.0), full_class_ids, True)["coco"]
-         if coco else None) or {}
+class ImageScorer:
+    """The Kaggle score (:func:`lib.metric.image_score`) of one image's post-processed instances, or of any subset
+    of them, against its ground truth; the IoUs are counted once, on windows."""
+
+    def __init__(self, gt: GroundTruth, insts: list, full_class_ids: bool = False):
+        self.gt = gt
+        self.keys = [i.class_id if full_class_ids else i.category for i in insts]
+        self.scores = np.array([i.score for i in insts], np.float64)
+        self.insts = insts
+        self._gt_of: dict = {}
+        for k, c in enumerate(gt.keys):
+            self._gt_of.setdefault(c, []).append(k)
+        self._ious: dict = {}
+
+    def _iou(self, c) -> tuple[np.ndarray, list[int]]:
+        """(Ngt_c, Npred_c) IoU of class ``c`` over all instances of that class, and their indices."""
+        if c not in self._ious:
+            pj = [j for j, k in enumerate(self.keys) if k == c]
+            self._ious[c] = (window_ious([self.gt.windows[g] for g in self._gt_of[c]],
+                                         [(self.insts[j].y0, self.insts[j].x0, self.insts[j].mask) for j in pj]), pj)
+        return self._ious[c]
+
+    def score(self, keep: np.ndarray | None = None) -> tuple[float, dict]:
+        """``(image score, {class: class score})`` of the instances ``keep`` (bool (N,); None = all)."""
+        kept = np.ones(len(self.keys), bool) if keep is None else np.asarray(keep, bool)
+        per_class = {}
+        for c in dict.fromkeys(self.gt.keys + [k for k, on in zip(self.keys, kept) if on]):
+            if c not in self._gt_of or not any(on and k == c for k, on in zip(self.keys, kept)):
+                per_class[c] = 0.0
+                continue
+            iou, pj = self._iou(c)
+            cols = [n for n, j in enumerate(pj) if kept[j]]
+            order = np.argsort(-self.scores[[pj[n] for n in cols]], kind="stable")
+            per_class[c] = class_score(iou[:, cols], order)
+        return (float(np.mean(list(per_class.values()))) if per_class else 1.0), per_class
+
+
+def image_record(probs: list, gt: GroundTruth, params: dict, full_class_ids: bool = False, coco: bool = True):
+    """One image's :meth:`lib.metric.Evaluator.add_scored` arguments (after the image id): its Kaggle score and
+    class scores after post-processing with ``params`` (:func:`lib.postprocess.finalize` of ``probs``, windows at
+    ``gt.size`` best first), and with ``coco`` its COCO records of every instance (the same post-processing
+    without the score threshold: AP ranks them all)."""
+    insts = finalize(probs, dict(params, score_thresh=0.0) if coco else params, gt.size)
+    keep = np.array([i.score >= params["score_thresh"] for i in insts], bool)  # a score threshold keeps a prefix
+    score, per_class = ImageScorer(gt, insts, full_class_ids).score(keep)
+    if not coco:
+        return score, per_class
+    keys = [i.class_id if full_class_ids else i.category for i in insts]
+    pred = _paste([(i.y0, i.x0, i.mask) for i in insts], gt.size)
+    return (score, per_class, *coco_records(gt.masks(), gt.keys, pred, keys, [i.score for i in insts]))
+
+
+def scored_images(gt_path: str | Path, images: pd.DataFrame | None, mask_size: int | None,
+                  full_class_ids: bool = False, problems: list | None = None):
+    """The images a score covers, for :func:`lib.table_stream.map_images`: ``(tasks, total, positions)``.
+
+    ``tasks`` yields an :class:`lib.table_stream.ImageTask` per image with its ground-truth rows (read as the
+    tasks are taken): the images of ``images`` (image_id, orig_height, orig_width; an image absent from the
+    ground truth has no objects) in its order, then those of the ground truth it does not list. ``positions``:
+    image id -> its place in :func:`load_ground_truth`'s order (the ground truth's images in file order, then
+    the others), in which the scores are averaged. Bad ground-truth rows are appended to ``problems``
+    (:func:`raise_problems` after the pass)."""
+    from .table_stream import ImageTask
+
+    sizes, rows_of, file_problems = ground_truth_index(gt_path)
+    if problems is not None:
+        problems += file_problems
+    listed = check_images(images) if images is not None else pd.DataFrame(columns=["image_id", "orig_height",
+                                                                                 "orig_width"])
+    positions = {i: n for n, i in enumerate(sizes)}
+    for i in listed["image_id"]:
+        positions.setdefault(i, len(positions))
+    orig = {r.image_id: (int(r.orig_height), int(r.orig_width)) for r in listed.itertuples(index=False)}
+    order = list(orig) + [i for i in sizes if i not in orig]
+
+    def tasks():
+        for image_id in order:
+            rows, hw = [], None
+            if image_id in sizes:
+                rows, probs = rows_of(image_id)
+                if problems is not None:
+                    problems.extend(probs)
+                hw = sizes[image_id] or ((rows[0].height, rows[0].width) if rows else orig.get(image_id))
+            hw = hw or orig.get(image_id)
+            if hw is None:  # a ground-truth image without a valid row: its problems are raised after the pass
+                continue
+            size = (int(mask_size), int(mask_size)) if mask_size else (int(hw[0]), int(hw[1]))
+            yield ImageTask(image_id, size, orig.get(image_id, tuple(hw)), rows)
+
+    return tasks(), len(order), positions
+
+
+def raise_problems(gt_path, problems: list) -> None:
+    """``ValueError`` listing the bad ground-truth rows, if any."""
+    if problems:
+        lines = "\n".join(f"row {p.row} ({p.image_id}): {p.reason}" for p in problems[:20])
+        raise ValueError(f"{gt_path}: {len(problems)} bad ground-truth rows:\n{lines}")
+
+
+def _score_image(params, full_class_ids, coco, floor, task, masks):
+    """:func:`score_tables`' work on one image in a worker: ``{table name: image_record}``."""
+    gt = image_ground_truth(task.gt, task.size, full_class_ids)
+    return {name: image_record(rank_windows(m, task.size, floor), gt, params, full_class_ids, coco)
+            for name, m in masks.items()}
+
+
+def summarize(ev: Evaluator, params: dict, mask_size, ignored: int, per_class: bool = True) -> dict:
+    """:func:`score_table`'s result from an :class:`lib.metric.Evaluator` filled by :func:`image_record`."""
+    s = ev.summary()
+    c = s["coco"] or {}
     out = {
         "kaggle": s["kaggle"],
         "AP": c.get("AP", float("nan")),
@@ -189,14 +278,76 @@ def score_table(pred_table: pd.DataFrame, gt_csv_path: str | Path, params: dict 
     return out
 
 
-def class_scores(windows: dict, gt: dict, sizes: dict, params: dict) -> list[tuple[dict, set]]:
-    """Per scored image: ``({category: Kaggle class score}`` over the categories of its ground truth and
-    post-processed predictions, ``{ground-truth categories})`` (categories as class keys)."""
-    out = []
-    for _, gt_masks, gt_keys, pred, keys, scores in _scored_images(windows, gt, sizes, params, False):
-        _, per_class = image_score(gt_masks, gt_keys, pred, keys, scores, return_per_class=True)
-        out.append((per_class, set(gt_keys)))
+def score_table(pred_table: pd.DataFrame, gt_csv_path: str | Path, params: dict | None = None,
+                mask_size: int | None = 512, per_class: bool = True, full_class_ids: bool = False,
+                coco: bool = True, images: pd.DataFrame | None = None, progress: bool = True) -> dict:
+    """Kaggle metric and COCO mask AP of a prediction table (in memory) after post-processing.
+
+    Scores every image of the ground truth (an image the table has no row
+    for counts as predicting nothing), plus the images of ``images`` (image_id,
+    orig_height, orig_width) when given (those absent from the ground truth
+    have no objects). Masks are compared at ``mask_size x mask_size`` (None =
+    original size). Classes are categories unless ``full_class_ids`` (for
+    ``attributes="on"``). Submission placeholder rows are not part of this.
+    The Kaggle metric uses the post-processed instances; COCO mask AP ranks
+    every instance (the same post-processing with ``score_thresh`` 0), as AP
+    is defined over a ranked list. (06 scores its tables image by image in processes, :func:`score_tables`.)
+
+    Returns:
+        ``kaggle``, ``AP``, ``AP50``, ``AP75`` (COCO mask AP; nan unless
+        ``coco``), ``num_images``, ``ignored_pred_images`` (table images not
+        scored), ``params``, ``mask_size``, and with ``per_class``:
+        ``per_class`` (class -> Kaggle class score) and ``per_category_AP``.
+    """
+    params = resolve_params(params)
+    problems: list = []
+    tasks, total, positions = scored_images(gt_csv_path, images, mask_size, full_class_ids, problems)
+    groups = image_groups(pred_table)
+    floor = 0.0 if coco else params["score_thresh"]
+    records = {}
+    for task in tqdm(tasks, total=total, desc="score", unit="img", disable=not progress):
+        idx = groups.get(task.image_id)
+        rows = pred_table.iloc[idx] if idx is not None else pred_table.iloc[:0]
+        masks = {"t": lpred.stored_masks(rows[rows["score"].to_numpy() >= floor])}
+        records[task.image_id] = _score_image(params, full_class_ids, coco, floor, task, masks)["t"]
+    raise_problems(gt_csv_path, problems)
+    ev = Evaluator(coco=coco)
+    for image_id in sorted(records, key=positions.__getitem__):
+        ev.add_scored(image_id, *records[image_id])
+    return summarize(ev, params, mask_size, sum(1 for k in groups if k not in positions), per_class)
+
+
+def score_tables(sources: dict, gt_path: str | Path, params: dict, mask_size: int | None, images: pd.DataFrame | None,
+                 combine: Callable, full_class_ids: bool = False, processes: int = 1,
+                 progress: bool = True) -> dict[str, dict]:
+    """:func:`score_table` of several tables at once, image by image in ``processes`` (06's scores).
+
+    ``sources``: ``{"sources": [lib.table_stream.Source], "indexes": {file: TableIndex}}``; ``combine(task,
+    masks) -> {table name: StoredMask list}`` makes each scored table of one image from its sources' masks
+    (a picklable function). Returns ``{table name: score_table result}``."""
+    from .table_stream import map_images
+
+    problems: list = []
+    tasks, total, positions = scored_images(gt_path, images, mask_size, full_class_ids, problems)
+    work = functools.partial(_combined_records, combine, params, full_class_ids)
+    records: dict = {}
+    for task_id, rec in map_images(work, tasks, total, sources["sources"], sources["indexes"], processes, 0.0,
+                                   progress, desc="score"):
+        records[task_id] = rec
+    raise_problems(gt_path, problems)
+    names = list(next(iter(records.values()))) if records else []
+    predicted = set().union(*(sources["indexes"][f].rows for f in {s.path for s in sources["sources"]}))
+    out = {}
+    for name in names:
+        ev = Evaluator(coco=True)
+        for image_id in sorted(records, key=positions.__getitem__):
+            ev.add_scored(image_id, *records[image_id][name])
+        out[name] = summarize(ev, params, mask_size, sum(1 for k in predicted if k not in positions))
     return out
+
+
+def _combined_records(combine, params, full_class_ids, task, masks):
+    return task.image_id, _score_image(params, full_class_ids, True, 0.0, task, combine(task, masks))
 
 
 def score_line(name: str, s: dict) -> str:

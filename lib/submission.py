@@ -5,6 +5,13 @@
 RLE syntax and bounds, same-class overlaps); :func:`write_submission` writes only what passes, atomically;
 :func:`list_test_images` lists the test images of a Kaggle-layout directory.
 
+Mask size: the frame a submission's masks are encoded in, in one of three forms (:func:`parse_mask_size`,
+:func:`mask_shape`): ``N`` (``N x N``, the image resized without keeping its aspect), ``0`` (each image's own
+Height x Width) or ``"long:N"`` (the image scaled so its long side is ``N``, aspect kept, the short side
+floored). Each edition is evaluated in its own (:data:`EDITION_MASK_SIZES`, data/README.md): 2019 at
+``512 x 512``, 2020 at ``long:1024``. A file is checked against the frame it was written in
+(:func:`written_mask_size`: the size given, else 06's meta.json beside it, else its edition's).
+
 Every test image gets at least one row: an image without any instance gets
 the placeholder ``EncodedPixels="1 1", ClassId="0"`` (one pixel of class 0),
 because Kaggle rejects a submission with missing ImageIds and the
@@ -15,8 +22,10 @@ the post-processed instances, not the file) does not count it.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import os
+import re
 from pathlib import Path
 from typing import Iterable
 
@@ -27,16 +36,58 @@ from tqdm import tqdm
 from . import kaggle_data as lkaggle
 from . import labels as llabels
 from . import rle as lrle
-from .io import atomic_path, process_map
-from .postprocess import decode_windows, finalize, image_groups, resolve_params
-from .prediction_table import check_images
+from .io import atomic_path, process_map, read_json
+from .fusion import combine_image
+from .postprocess import finalize, image_groups, rank_windows, resolve_params
+from .prediction_table import check_images, stored_masks
 
-__all__ = ["PLACEHOLDER", "SubmissionError", "build_submission", "validate_submission", "write_submission",
-           "submission_edition", "to_edition_2020", "count_placeholders", "list_test_images"]
+__all__ = ["PLACEHOLDER", "EDITION_MASK_SIZES", "SubmissionError", "build_submission", "submission_of_sources",
+           "image_rows", "validate_submission",
+           "write_submission", "submission_edition", "to_edition_2020", "count_placeholders", "list_test_images",
+           "parse_mask_size", "mask_shape", "written_mask_size"]
 
 
 # (EncodedPixels, ClassId) of the row written for an image without any instance.
 PLACEHOLDER = ("1 1", "0")
+
+# The mask size each edition's submissions are evaluated (and by default written) at, in
+# :func:`parse_mask_size`'s forms: the 2019 edition's by convention 512 x 512 (its winning solution resized its
+# masks so); the 2020 edition's the image scaled so its long side is 1024 px, aspect kept, short side floored
+# (every public 2020 solution encodes so; data/README.md names them).
+EDITION_MASK_SIZES = {"2019": 512, "2020": "long:1024"}
+_LONG = re.compile(r"long:(\d{1,6})")
+
+
+def parse_mask_size(value) -> int | str:
+    """A mask size in its canonical form: ``N`` (an int > 0: ``N x N`` masks), ``0`` (each image's own Height x
+    Width) or ``"long:N"`` (the image scaled so its long side is ``N``: :func:`mask_shape`). Takes those, their
+    text (``"512"``, ``"0"``, ``"original"``, ``"long:1024"``) and None (= 0: meta.json writes an original size
+    so); ``ValueError`` naming the value otherwise."""
+    if value is None:
+        return 0
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 0:
+        return int(value)
+    text = value.strip() if isinstance(value, str) else None
+    if text == "original":
+        return 0
+    if text is not None and text.isascii() and text.isdigit() and len(text) <= 6:
+        return int(text)
+    m = _LONG.fullmatch(text or "")
+    if m and int(m.group(1)) > 0:
+        return f"long:{int(m.group(1))}"
+    raise ValueError(f"mask size {value!r}: expected N (N x N masks), 0 (each image's own size) or long:N (the "
+                     f"image scaled so its long side is N, aspect kept)")
+
+
+def mask_shape(mask_size, height: int, width: int) -> tuple[int, int]:
+    """(h, w) of the masks of a ``height x width`` image written at ``mask_size`` (a form of
+    :func:`parse_mask_size`): ``(N, N)``, ``(height, width)``, or for ``"long:N"`` the long side ``N`` and the
+    short one ``floor(short * N / long)`` (at least 1; small images grow), as the 2020 solutions resize."""
+    size = parse_mask_size(mask_size)
+    if isinstance(size, int):
+        return (size, size) if size else (int(height), int(width))
+    n, h, w = int(size[5:]), int(height), int(width)
+    return (n, max(1, w * n // h)) if h >= w else (max(1, h * n // w), n)
 
 
 class SubmissionError(ValueError):
@@ -49,17 +100,49 @@ class SubmissionError(ValueError):
         super().__init__(f"{what} is invalid ({len(self.problems)} problems):\n" + "\n".join(shown) + more)
 
 
-def _submission_rows(task) -> list[tuple[str, str, str]]:
-    """The submission rows of one image: ``task`` = (image_id, (h, w), its prediction rows or None, params)."""
-    image_id, size, rows, params = task
-    insts = [] if rows is None else finalize(decode_windows(rows, size, params["score_thresh"]), params, size)
+def image_rows(image_id: str, size: tuple[int, int], masks: list | None, params: dict) -> list[tuple[str, str, str]]:
+    """The submission rows of one image: its :class:`lib.prediction_table.StoredMask` (None = not predicted)
+    post-processed with ``params`` at ``size`` = (h, w), or the :data:`PLACEHOLDER` row."""
+    insts = [] if masks is None else finalize(rank_windows(masks, size, params["score_thresh"]), params, size)
     if not insts:
         return [(image_id, *PLACEHOLDER)]
     return [(image_id, i.rle(size), i.class_id) for i in insts]
 
 
+def _submission_rows(task) -> list[tuple[str, str, str]]:
+    """The submission rows of one image: ``task`` = (image_id, (h, w), its prediction rows or None, params)."""
+    image_id, size, rows, params = task
+    masks = None if rows is None else stored_masks(rows[rows["score"].to_numpy() >= params["score_thresh"]])
+    return image_rows(image_id, size, masks, params)
+
+
+def _combined_rows(combo: dict, params: dict, task, masks: dict) -> list[tuple[str, str, str]]:
+    return image_rows(task.image_id, task.size, combine_image(masks, combo, task.orig_hw), params)
+
+
+def submission_of_sources(sources: list, indexes: dict, combo: dict, images: pd.DataFrame, params: dict | None = None,
+                          mask_size: int | str | None = 512, processes: int = 1, progress: bool = True) -> pd.DataFrame:
+    """:func:`build_submission` of the combination ``combo`` (:func:`lib.fusion.combine_image`) of prediction
+    tables on disk (``sources``, ``indexes``: :func:`lib.table_stream.read_sources`), image by image in
+    ``processes`` worker processes (:func:`lib.table_stream.map_images`): memory flat in the number of images."""
+    from .table_stream import ImageTask, map_images
+
+    params = resolve_params(params)
+    images = check_images(images)
+    mask_size = parse_mask_size(mask_size)
+    tasks = (ImageTask(r.image_id, mask_shape(mask_size, r.orig_height, r.orig_width),
+                       (int(r.orig_height), int(r.orig_width))) for r in images.itertuples(index=False))
+    floor = min([params["score_thresh"]] + [float(combo.get("min_score", 0.0))] * (len(combo["models"]) > 1))
+    out: list[tuple[str, str, str]] = []
+    for rows in map_images(functools.partial(_combined_rows, combo, params), tasks, len(images),
+                           [s for s in sources if s.name in combo["models"]], indexes, processes, floor, progress,
+                           desc="submission"):
+        out += rows
+    return pd.DataFrame(out, columns=list(lkaggle.SUBMISSION_COLUMNS))
+
+
 def build_submission(pred_table: pd.DataFrame, images: pd.DataFrame, params: dict | None = None,
-                     mask_size: int | None = 512, progress: bool = True, workers: int = 1) -> pd.DataFrame:
+                     mask_size: int | str | None = 512, progress: bool = True, workers: int = 1) -> pd.DataFrame:
     """Post-process every image and encode the Kaggle submission.
 
     Args:
@@ -68,7 +151,8 @@ def build_submission(pred_table: pd.DataFrame, images: pd.DataFrame, params: dic
         images: DataFrame ``image_id, orig_height, orig_width`` listing EVERY
             test image (order kept in the output).
         params: post-processing parameters.
-        mask_size: masks are ``mask_size x mask_size``; None = original size.
+        mask_size: the masks' frame (:func:`parse_mask_size`: ``N`` for ``N x N``, 0 or None for each image's
+            own size, ``"long:N"`` for its long side scaled to ``N``; :func:`mask_shape`).
         workers: processes that post-process images in parallel (1 = in this
             process; 0 = one per CPU). The output does not depend on it.
 
@@ -79,10 +163,11 @@ def build_submission(pred_table: pd.DataFrame, images: pd.DataFrame, params: dic
     params = resolve_params(params)
     images = check_images(images)
     groups = image_groups(pred_table)
+    mask_size = parse_mask_size(mask_size)
 
     def tasks():
         for r in images.itertuples(index=False):
-            size = (int(mask_size), int(mask_size)) if mask_size else (int(r.orig_height), int(r.orig_width))
+            size = mask_shape(mask_size, r.orig_height, r.orig_width)
             idx = groups.get(r.image_id)
             yield r.image_id, size, None if idx is None else pred_table.iloc[idx], params
 
@@ -213,17 +298,20 @@ def _class_id_2020(cls: str, attrs: str, known: set[int] | None) -> tuple[str, s
     return "_".join([cls, *map(str, ids)]), None
 
 
-def validate_submission(sub, expected_image_ids: Iterable[str], mask_size: int | None = 512,
+def validate_submission(sub, expected_image_ids: Iterable[str], mask_size: int | str | None = 512,
                         image_sizes: dict[str, tuple[int, int]] | None = None,
                         attribute_ids: Iterable[int] | None = None) -> list[str]:
     """Check a submission (DataFrame or CSV path) and return EVERY problem found (empty list = valid).
 
     Checks: the header ``ImageId,EncodedPixels,ClassId``; the field count of
     each line; ImageIds missing from the file or not among
-    ``expected_image_ids``; duplicate identical rows; each EncodedPixels parses
+    ``expected_image_ids`` (an id in the other form of one, with or without
+    its ``.jpg``, is named: Kaggle matches the ids as sample_submission.csv
+    writes them); duplicate identical rows; each EncodedPixels parses
     strictly (:func:`lib.rle.parse_runs`: integers, even count, sorted, not
-    overlapping, inside the ``mask_size x mask_size`` mask, or inside the
-    image's ``image_sizes[id] = (h, w)`` when ``mask_size`` is None) and is
+    overlapping, inside the mask of the frame the file was written in,
+    ``mask_size`` (:func:`mask_shape`: ``N x N``; for 0 / None and
+    ``"long:N"`` from the image's ``image_sizes[id] = (h, w)``) and is
     not empty; each ClassId parses (:func:`lib.labels.parse_class_id`); masks
     of the same category in one image do not overlap. Messages name the CSV
     line (the header is line 1; a DataFrame row i is line i + 2) and the
@@ -235,8 +323,11 @@ def validate_submission(sub, expected_image_ids: Iterable[str], mask_size: int |
     expected = list(dict.fromkeys(str(i) for i in expected_image_ids))
     known_attributes = None if attribute_ids is None else {int(a) for a in attribute_ids}
     expected_set = set(expected)
-    if mask_size is None and image_sizes is None:
-        raise ValueError("validate_submission: image_sizes is needed when mask_size is None")
+    mask_size = parse_mask_size(mask_size)
+    square = isinstance(mask_size, int) and mask_size > 0
+    if not square and image_sizes is None:
+        raise ValueError(f"validate_submission: image_sizes is needed for masks at {mask_size or 'original size'}")
+    other_form: dict[str, str] | None = None  # image_key -> expected id, built at the first unknown id
     if isinstance(sub, pd.DataFrame):
         rows = _rows_from_frame(sub, problems)
     else:
@@ -263,7 +354,11 @@ def validate_submission(sub, expected_image_ids: Iterable[str], mask_size: int |
         present.add(image_id)
         known = image_id in expected_set
         if not known:
-            problems.append(f"{where}: ImageId is not a test image")
+            if other_form is None:
+                other_form = {lkaggle.image_key(i): i for i in expected}
+            twin = other_form.get(lkaggle.image_key(image_id))
+            problems.append(f"{where}: ImageId is not a test image" + (
+                f"; {twin!r} is (write the ImageIds as the test image list does)" if twin else ""))
         key = (image_id, enc, cls)
         if key in seen:
             problems.append(f"{where}: duplicate of line {seen[key]}")
@@ -276,10 +371,11 @@ def validate_submission(sub, expected_image_ids: Iterable[str], mask_size: int |
                                                 else llabels.N_ATTRIBUTES)
         except ValueError as e:
             problems.append(f"{where}: bad ClassId: {e}")
-        if mask_size:
-            shape = (int(mask_size), int(mask_size))
+        if square:
+            shape = (mask_size, mask_size)
         else:
-            shape = image_sizes.get(image_id)
+            hw = image_sizes.get(image_id)
+            shape = None if hw is None else mask_shape(mask_size, *hw)
             if shape is None and known:
                 problems.append(f"{where}: no image size known to check EncodedPixels against")
         if not enc:
@@ -332,7 +428,7 @@ def to_edition_2020(sub: pd.DataFrame, attribute_ids: dict[int, int]) -> pd.Data
 
 
 def write_submission(df: pd.DataFrame, path: str | Path, expected_image_ids: Iterable[str],
-                     mask_size: int | None = 512, image_sizes: dict[str, tuple[int, int]] | None = None,
+                     mask_size: int | str | None = 512, image_sizes: dict[str, tuple[int, int]] | None = None,
                      attribute_ids: Iterable[int] | None = None) -> Path:
     """Validate ``df`` and write it as CSV atomically; raise :class:`SubmissionError` (a ValueError) if invalid.
 
@@ -354,12 +450,34 @@ def write_submission(df: pd.DataFrame, path: str | Path, expected_image_ids: Ite
     return path
 
 
+def written_mask_size(path: str | Path, given=None, edition: str = "2019") -> tuple[int | str, str]:
+    """The mask size the submission file ``path`` was written at (:func:`parse_mask_size`'s canonical form)
+    and where that comes from: ``given`` (``--mask-size``) when not None; else the ``mask_size`` of 06's
+    ``meta.json`` beside a file named ``submission.csv`` (06 writes the two together; another file or
+    another stage's meta.json says nothing of it); else the edition's (:data:`EDITION_MASK_SIZES`).
+    ``ValueError`` naming meta.json when it is not JSON or its size is not a mask size."""
+    if given is not None:
+        return parse_mask_size(given), "--mask-size"
+    path = Path(path)
+    meta_path = path.with_name("meta.json")
+    if path.name == "submission.csv" and meta_path.is_file():
+        meta = read_json(meta_path)
+        if isinstance(meta, dict) and meta.get("stage") == "06_make_submission" and "mask_size" in meta:
+            try:
+                return parse_mask_size(meta["mask_size"]), str(meta_path)
+            except ValueError as e:
+                raise ValueError(f"{meta_path}: {e}") from None
+    return EDITION_MASK_SIZES[edition], f"the {edition} edition's"
+
+
 def list_test_images(data_dir: str | Path, progress: bool = True) -> pd.DataFrame:
     """The test images of a Kaggle-layout directory: DataFrame ``image_id, orig_height, orig_width``.
 
-    Ids come from ``sample_submission.csv`` (unique, in file order), or, if it
-    is absent, from the images in ``test/``. Sizes are read from the image
-    headers (no EXIF rotation, as :func:`lib.kaggle_data.read_image`). Raises
+    Ids come from ``sample_submission.csv`` (unique, in file order, as written there: the 2019 edition's
+    with ``.jpg``, the 2020 edition's without), or, if it is absent, from the images in ``test/`` (file
+    names). Each id's file is ``test/<id>``, else ``test/<id>.jpg`` (or ``.jpeg``, ``.png``:
+    :func:`lib.kaggle_data.image_file`).
+    Sizes are read from the image headers (no EXIF rotation, as :func:`lib.kaggle_data.read_image`). Raises
     ``FileNotFoundError`` listing images that are missing from ``test/``.
     """
     data_dir = Path(data_dir)
@@ -373,11 +491,13 @@ def list_test_images(data_dir: str | Path, progress: bool = True) -> pd.DataFram
         ids = list(dict.fromkeys(ids.dropna()))
     else:
         ids = lkaggle.list_images(test_dir)
-    missing = [i for i in ids if not (test_dir / i).is_file()]
+    files = [lkaggle.image_file(test_dir, i) for i in ids]
+    missing = [i for i, f in zip(ids, files) if not f.is_file()]
     if missing:
-        raise FileNotFoundError(f"{len(missing)} test images listed in {sample} are missing from {test_dir}: "
+        raise FileNotFoundError(f"{len(missing)} test images listed in {sample} are missing from {test_dir} "
+                                f"(looked for <ImageId> and <ImageId>{'/'.join(lkaggle.IMAGE_SUFFIXES)}): "
                                 f"{missing[:10]}{' ...' if len(missing) > 10 else ''}")
-    sizes = [lkaggle.image_size(test_dir / i) for i in tqdm(ids, desc="test images", unit="img", disable=not progress)]
+    sizes = [lkaggle.image_size(f) for f in tqdm(files, desc="test images", unit="img", disable=not progress)]
     return pd.DataFrame({"image_id": ids, "orig_height": [s[0] for s in sizes],
                          "orig_width": [s[1] for s in sizes]}).astype({"orig_height": "int32", "orig_width": "int32"})
 

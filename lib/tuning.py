@@ -16,21 +16,23 @@ exactly what won on validation.
 """
 from __future__ import annotations
 
+import functools
 import itertools
-import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
-from .fusion import check_weights, combine
+from .fusion import check_weights, combine_image
 from .io import read_json
-from .postprocess import POSTPROCESS_DEFAULTS, load_params, resolve_params, save_params
-from .scoring import class_scores, decode_all, load_ground_truth, score_windows
+from .postprocess import POSTPROCESS_DEFAULTS, finalize, load_params, rank_windows, resolve_params, save_params
+from .scoring import ImageScorer, image_ground_truth, raise_problems, scored_images
+from .table_stream import map_images
 
-__all__ = ["DEFAULT_GRID", "score_dropping", "choose_dropped_categories", "tune_postprocess", "weight_vectors",
+__all__ = ["DEFAULT_GRID", "TuningSet", "grid_points", "point_groups", "search_candidates", "score_dropping",
+           "choose_dropped_categories", "tune_postprocess", "weight_vectors",
            "combinations", "tune_ensemble", "load_combination", "initial_choice", "free_grid", "tune_choice"]
 
 
@@ -73,22 +75,146 @@ def choose_dropped_categories(table: list[tuple[dict, set]]) -> tuple[list[int],
     return sorted(drop, key=str), best
 
 
-def tune_postprocess(pred_table: pd.DataFrame, gt_csv_path: str | Path, grid: dict[str, Sequence] | None = None,
-         mask_size: int | None = 512, base_params: dict | None = None, full_class_ids: bool = False,
-         out_path: str | Path | None = None, images: pd.DataFrame | None = None,
-         progress: bool = True, drop_categories: bool = False) -> tuple[dict, list[dict]]:
-    """Grid search of post-processing parameters maximising the Kaggle metric on ``gt_csv_path`` (and, with
-    ``drop_categories``, then the categories to drop).
+@dataclass
+class TuningSet:
+    """What tuning scores on: the validation predictions (``sources`` with their ``indexes``,
+    :func:`lib.table_stream.read_sources`), their ground truth ``gt_path`` (train.csv format or COCO JSON) and
+    images table (``images``: the images scored besides the ground truth's, None = those only), compared at
+    ``mask_size`` (None = original size) by category or (``full_class_ids``) full ClassId; each pass over the
+    images runs in ``processes`` worker processes."""
+
+    sources: list
+    indexes: dict
+    gt_path: Path
+    images: pd.DataFrame | None = None
+    mask_size: int | None = 512
+    full_class_ids: bool = False
+    processes: int = 1
+    progress: bool = True
+
+    @property
+    def names(self) -> list[str]:
+        return [s.name for s in self.sources]
+
+
+def grid_points(grid: dict, base: dict) -> tuple[list[dict], list[dict]]:
+    """The points of ``grid`` in product order: ``(grid values, full parameters)`` of each (``base`` updated)."""
+    if not grid or any(len(v) == 0 for v in grid.values()):
+        raise ValueError(f"tune: empty grid {grid}")
+    values = [dict(zip(grid, vals)) for vals in itertools.product(*grid.values())]
+    return values, [resolve_params(base, **v) for v in values]
+
+
+def point_groups(points: list[dict]) -> list[tuple[dict, list[tuple[int, float, int]]]]:
+    """Points that differ only in ``score_thresh`` and ``min_area`` share one post-processing: those two are
+    filters of its output (a threshold keeps the instances scoring above it, which no lower one changes; the
+    area filter comes last). Returns ``[(the group's finalize parameters: its lowest threshold, no area
+    filter), [(point index, score_thresh, min_area)]]``."""
+    groups: dict = {}
+    for k, p in enumerate(points):
+        key = tuple(sorted((n, v) for n, v in p.items() if n not in ("score_thresh", "min_area")))
+        groups.setdefault(key, []).append((k, p["score_thresh"], p["min_area"]))
+    return [(dict(points[m[0][0]], score_thresh=min(t for _, t, _ in m), min_area=0), m) for m in groups.values()]
+
+
+def _image_points(candidates, groups, n_points, floor, full_class_ids, classes, task, masks):
+    """In a worker: one image's Kaggle score at every point of every candidate.
+
+    Returns ``(image id, its ground-truth categories, [(scores (P,), distinct class-score dicts or None, which
+    dict each point has (P,) or None)] per candidate)``. The ground truth is decoded once; each candidate is
+    fused once; each group of points is post-processed once and its IoUs counted once; points keeping the same
+    instances are scored once.
+    """
+    gt = image_ground_truth(task.gt, task.size, full_class_ids)
+    out = []
+    for combo in candidates:
+        probs = rank_windows(combine_image(masks, combo, task.orig_hw), task.size, floor)
+        index = np.zeros(n_points, np.int64)
+        distinct: list[tuple[float, dict]] = []
+        memo: dict = {}
+        for g, (params, members) in enumerate(groups):
+            insts = finalize(probs, params, task.size)
+            scorer = ImageScorer(gt, insts, full_class_ids)
+            areas = np.array([i.area for i in insts], np.int64)
+            for k, thresh, min_area in members:
+                keep = (scorer.scores >= thresh) & (areas >= max(1, min_area))
+                key = (g, keep.tobytes())
+                if key not in memo:
+                    memo[key] = len(distinct)
+                    distinct.append(scorer.score(keep))
+                index[k] = memo[key]
+        scores = np.array([distinct[i][0] for i in index], np.float64)
+        out.append((scores, [d for _, d in distinct], index) if classes else (scores, None, None))
+    return task.image_id, set(gt.keys), out
+
+
+def _score_pass(ts: TuningSet, candidates: list[dict], points: list[dict], classes: bool, desc: str):
+    """One pass over the tuning images: per candidate, (P, N) image scores (images in
+    :func:`lib.scoring.scored_images`' order), and with ``classes`` per image its (class-score dicts, index)."""
+    groups = point_groups(points)
+    floor = min(p["score_thresh"] for p in points)
+    fused = [c.get("min_score", 0.0) for c in candidates if len(c["models"]) > 1]
+    needed = {m for c in candidates for m in c["models"]}
+    problems: list = []
+    tasks, total, positions = scored_images(ts.gt_path, ts.images, ts.mask_size, ts.full_class_ids, problems)
+    work = functools.partial(_image_points, candidates, groups, len(points), floor, ts.full_class_ids, classes)
+    scores = np.zeros((len(candidates), len(points), len(positions)), np.float64)
+    per_image: list = [[None] * len(positions) for _ in candidates]
+    gt_keys: list = [set()] * len(positions)
+    for image_id, keys, results in map_images(work, tasks, total, [s for s in ts.sources if s.name in needed],
+                                              ts.indexes, ts.processes, min([floor] + fused), ts.progress, desc):
+        pos = positions[image_id]
+        gt_keys[pos] = keys
+        for c, (sc, dicts, index) in enumerate(results):
+            scores[c, :, pos] = sc
+            per_image[c][pos] = (dicts, index)
+    raise_problems(ts.gt_path, problems)
+    return scores, per_image, gt_keys
+
+
+def search_candidates(ts: TuningSet, candidates: list[dict], grid: dict, base: dict, drop_categories: bool = False,
+                      desc: str = "tune") -> list[tuple[dict, list[dict]]]:
+    """The grid search of each candidate combination, in one pass over the images.
+
+    Per candidate: ``(best parameters, results)`` as :func:`tune_postprocess` returns them: one
+    ``{"params": grid values, "kaggle": score}`` per point in grid order (ties go to the first point), then,
+    with ``drop_categories`` (not with full ClassIds), the categories whose predictions lower the score dropped
+    (:func:`choose_dropped_categories`) and one more entry when any are.
+    """
+    values, points = grid_points(grid, base)
+    drop = drop_categories and not ts.full_class_ids
+    scores, per_image, gt_keys = _score_pass(ts, candidates, points, drop, desc)
+    out = []
+    for c in range(len(candidates)):
+        results = [{"params": v, "kaggle": float(np.mean(scores[c, k]))} for k, v in enumerate(values)]
+        best = max(range(len(points)), key=lambda k: (results[k]["kaggle"], -k))
+        params = points[best]
+        if drop:
+            table = [(dicts[index[best]], keys) for (dicts, index), keys in zip(per_image[c], gt_keys)]
+            dropped, score = choose_dropped_categories(table)
+            if dropped:
+                params = resolve_params(params, drop_categories=sorted(set(params["drop_categories"]) | set(dropped)))
+                results.append({"params": dict(values[best], drop_categories=list(params["drop_categories"])),
+                                "kaggle": score})
+        out.append((params, results))
+    return out
+
+
+def tune_postprocess(ts: TuningSet, combo: dict, grid: dict[str, Sequence] | None = None,
+                     base_params: dict | None = None, out_path: str | Path | None = None,
+                     drop_categories: bool = False) -> tuple[dict, list[dict]]:
+    """Grid search of post-processing parameters maximising the Kaggle metric of one combination ``combo``
+    (one model: ``{"models": [name]}``) on the tuning set (and, with ``drop_categories``, then the categories
+    to drop).
 
     Args:
         grid: ``{param: [values, ...]}`` over :data:`lib.postprocess.POSTPROCESS_DEFAULTS` keys
             (default :data:`DEFAULT_GRID`); other parameters from ``base_params``.
         out_path: when given, the best parameters are saved there
             (:func:`lib.postprocess.save_params`, with the score and the grid) for 06 to load.
-        images: also score these images (as :func:`lib.scoring.score_table`).
         drop_categories: after the grid, with the best parameters, drop the categories whose
             predictions lower the score (:func:`choose_dropped_categories`; categories the model never
-            gets right only add zeros to the images' averages). Not with ``full_class_ids``. Off by default:
+            gets right only add zeros to the images' averages). Not with full ClassIds. Off by default:
             on a small tuning split it overfits (the demo's 12 val images: test 0.42 -> 0.36).
 
     Returns:
@@ -97,35 +223,14 @@ def tune_postprocess(pred_table: pd.DataFrame, gt_csv_path: str | Path, grid: di
         go to the first combination; when categories were dropped, one more entry
         ``{"params": {grid values of the best, "drop_categories": [...]}, "kaggle": score}`` follows.
 
-    Probability windows are decoded and resized once (at the lowest
-    score_thresh of the grid) and reused for every combination.
+    Each image is post-processed once per group of points that differ only in their score threshold and
+    minimum area (:func:`point_groups`).
     """
     grid = dict(DEFAULT_GRID if grid is None else grid)
-    base = resolve_params(base_params)
-    if not grid or any(len(v) == 0 for v in grid.values()):
-        raise ValueError(f"tune: empty grid {grid}")
-    combos = [dict(zip(grid, vals)) for vals in itertools.product(*grid.values())]
-    checked = [resolve_params(base, **c) for c in combos]
-    gt = load_ground_truth(gt_csv_path, mask_size, full_class_ids, progress=progress)
-    floor = min(p["score_thresh"] for p in checked)
-    windows, sizes, _ = decode_all(pred_table, gt, images, mask_size, floor, progress)
-    results = []
-    best, best_score, best_combo = None, -math.inf, None
-    for combo, params in tqdm(list(zip(combos, checked)), desc="tune", unit="combo", disable=not progress):
-        score = score_windows(windows, gt, sizes, params, full_class_ids, coco=False)["kaggle"]
-        results.append({"params": combo, "kaggle": score})
-        if score > best_score:
-            best, best_score, best_combo = params, score, combo
-    if drop_categories and not full_class_ids:
-        dropped, score = choose_dropped_categories(class_scores(windows, gt, sizes, best))
-        if dropped:
-            best = resolve_params(best, drop_categories=sorted(set(best["drop_categories"]) | set(dropped)))
-            best_score = score
-            results.append({"params": dict(best_combo, drop_categories=list(best["drop_categories"])),
-                            "kaggle": score})
+    best, results = search_candidates(ts, [combo], grid, resolve_params(base_params), drop_categories)[0]
     if out_path is not None:
-        save_params(out_path, best, kaggle=best_score, mask_size=mask_size, gt=str(gt_csv_path),
-                    grid={k: list(v) for k, v in grid.items()})
+        save_params(out_path, best, kaggle=max(r["kaggle"] for r in results), mask_size=ts.mask_size,
+                    gt=str(ts.gt_path), grid={k: list(v) for k, v in grid.items()})
     return best, results
 
 
@@ -166,23 +271,20 @@ def combinations(names: Sequence[str], weight_choices: Sequence[float] = (1.0, 2
     return out
 
 
-def tune_ensemble(sources: dict[str, pd.DataFrame], gt_csv_path: str | Path, grid: dict | None = None,
-                  mask_size: int | None = 512, base_params: dict | None = None,
+def tune_ensemble(ts: TuningSet, grid: dict | None = None, base_params: dict | None = None,
                   weight_choices: Sequence[float] = (1.0, 2.0), iou_thr: float = 0.5, min_votes: int = 1,
                   max_models: int | None = None, min_score: float | None = None, refine: int = 3,
-                  full_class_ids: bool = False, images: pd.DataFrame | None = None,
-                  out_path: str | Path | None = None, progress: bool = True,
-                  drop_categories: bool = False) -> tuple[dict, dict, list[dict]]:
+                  out_path: str | Path | None = None, drop_categories: bool = False) -> tuple[dict, dict, list[dict]]:
     """Choose the model combination, its weights and its post-processing on validation ground truth.
 
-    Two stages: every candidate (:func:`combinations`) is fused and scored over the grid's
-    ``score_thresh`` values alone (the other parameters at ``base_params``); the ``refine`` best are
-    then searched over the whole grid, and the best of those wins. ``refine <= 0`` searches the whole
-    grid for every candidate (exhaustive; 19 candidates x 135 points for three models).
+    Two stages, each one pass over the images (:func:`search_candidates`): every candidate
+    (:func:`combinations` of ``ts``' models) is fused and scored over the grid's ``score_thresh`` values alone
+    (the other parameters at ``base_params``); the ``refine`` best are then searched over the whole grid, and
+    the best of those wins. ``refine <= 0`` searches the whole grid for every candidate in the first pass
+    (exhaustive; 19 candidates x 135 points for three models).
 
     Args:
-        sources: model name -> prediction table of the validation images.
-        gt_csv_path: train.csv-format ground truth of those images.
+        ts: the validation predictions and their ground truth.
         grid: post-processing grid (:func:`tune_postprocess`; None = :data:`DEFAULT_GRID`).
         weight_choices, max_models: the candidates (:func:`combinations`).
         iou_thr, min_votes: fusion settings of every multi-model candidate (``min_votes`` is
@@ -210,38 +312,32 @@ def tune_ensemble(sources: dict[str, pd.DataFrame], gt_csv_path: str | Path, gri
     if min_score is None:
         min_score = 0.5 * min(float(v) for v in grid.get("score_thresh", [base["score_thresh"]]))
     first_grid = {"score_thresh": grid["score_thresh"]} if "score_thresh" in grid else dict([next(iter(grid.items()))])
-    cands = combinations(list(sources), weight_choices, max_models)
+    cands = [dict(c, iou=float(iou_thr), min_votes=min(int(min_votes), len(c["models"])), min_score=float(min_score))
+             for c in combinations(ts.names, weight_choices, max_models)]
     exhaustive = refine <= 0 or refine >= len(cands) or first_grid == grid
-
-    def search(table, g):
-        params, res = tune_postprocess(table, gt_csv_path, g, mask_size, base, full_class_ids, images=images,
-                                progress=False, drop_categories=drop_categories)
-        return max(r["kaggle"] for r in res), params
-
+    first = search_candidates(ts, cands, grid if exhaustive else first_grid, base, drop_categories,
+                              desc=f"tune {len(cands)} combinations")
     results, tuned = [], []  # tuned: (combination, its tuned parameters) per candidate
-    for c in tqdm(cands, desc="combinations", unit="combo", disable=not progress or len(cands) == 1):
-        combo = dict(c, iou=float(iou_thr), min_votes=min(int(min_votes), len(c["models"])),
-                     min_score=float(min_score))
-        table = combine(sources, combo)
-        score, params = search(table, grid if exhaustive else first_grid)
+    for combo, (params, res) in zip(cands, first):
+        score = max(r["kaggle"] for r in res)
         results.append({"models": combo["models"], "weights": combo["weights"], "kaggle_first": score,
                         "kaggle": score if exhaustive else None,
                         "params": {k: params[k] for k in grid} if exhaustive else None})
-        tuned.append((combo, params))  # fused tables are not kept (memory): the few refined are fused again
-    if exhaustive:
-        chosen = list(range(len(cands)))
-    else:
+        tuned.append((combo, params))
+    chosen = list(range(len(cands)))
+    if not exhaustive:
         chosen = sorted(sorted(range(len(cands)), key=lambda i: -results[i]["kaggle_first"])[:refine])
-        for i in tqdm(chosen, desc="refine", unit="combo", disable=not progress):
-            score, params = search(combine(sources, tuned[i][0]), grid)
-            results[i].update(kaggle=score, params={k: params[k] for k in grid})
+        refined = search_candidates(ts, [cands[i] for i in chosen], grid, base, drop_categories,
+                                    desc=f"refine {len(chosen)}")
+        for i, (params, res) in zip(chosen, refined):
+            results[i].update(kaggle=max(r["kaggle"] for r in res), params={k: params[k] for k in grid})
             tuned[i] = (tuned[i][0], params)
     best = max(chosen, key=lambda i: (results[i]["kaggle"], -i))
     combo, params = tuned[best]
     if out_path is not None:
-        save_params(out_path, params, kaggle=results[best]["kaggle"], mask_size=mask_size,
-                         gt=str(gt_csv_path), grid={k: list(v) for k, v in grid.items()}, ensemble=combo,
-                         candidates=results)
+        save_params(out_path, params, kaggle=results[best]["kaggle"], mask_size=ts.mask_size,
+                    gt=str(ts.gt_path), grid={k: list(v) for k, v in grid.items()}, ensemble=combo,
+                    candidates=results)
     return combo, params, results
 
 
@@ -301,39 +397,34 @@ def free_grid(grid: dict | None, fixed: dict) -> dict:
     return free
 
 
-def tune_choice(sources: dict[str, pd.DataFrame], gt_csv_path: str | Path, images: pd.DataFrame | None, grid: dict,
-                mask_size: int | None, params: dict, combo: dict, explicit: bool, out_path: str | Path,
+def tune_choice(ts: TuningSet, grid: dict, params: dict, combo: dict, explicit: bool, out_path: str | Path,
                 weight_choices: Sequence[float] = (1.0, 2.0), max_models: int | None = None, refine: int = 3,
-                full_class_ids: bool = False, drop_categories: bool = False,
-                progress: bool = True) -> tuple[dict, dict]:
-    """06's tuning on the ground truth ``gt_csv_path`` of ``sources``' images: returns ``(combo, params)``, saved
-    to ``out_path`` (``params.json``).
+                drop_categories: bool = False) -> tuple[dict, dict]:
+    """06's tuning on the tuning set ``ts``: returns ``(combo, params)``, saved to ``out_path`` (``params.json``).
 
     A combination given by flags (``explicit``), or a single model, gets its post-processing tuned
     (:func:`tune_postprocess`); otherwise the combination and its post-processing are chosen together
     (:func:`tune_ensemble`, with ``combo``'s fusion IoU and minimum votes). Prints the outcome.
     """
-    if explicit or len(sources) == 1:
-        if len(sources) == 1 and not explicit:
-            combo = dict(combo, models=list(sources), weights=[1.0])
-        missing = [n for n in combo["models"] if n not in sources]
+    names = ts.names
+    if explicit or len(names) == 1:
+        if len(names) == 1 and not explicit:
+            combo = dict(combo, models=list(names), weights=[1.0])
+        missing = [n for n in combo["models"] if n not in names]
         if missing:
             raise ValueError(f"--tune-on: models {missing} are not in the tuning predictions (they have "
-                             f"{list(sources)})")
-        params, results = tune_postprocess(combine(sources, combo, progress), gt_csv_path, grid, mask_size, params,
-                                           full_class_ids, images=images, progress=progress,
-                                           drop_categories=drop_categories)
+                             f"{names})")
+        params, results = tune_postprocess(ts, combo, grid, params, drop_categories=drop_categories)
         best = max(r["kaggle"] for r in results)
-        save_params(out_path, params, kaggle=best, mask_size=mask_size, gt=str(gt_csv_path),
+        save_params(out_path, params, kaggle=best, mask_size=ts.mask_size, gt=str(ts.gt_path),
                     grid={k: list(v) for k, v in grid.items()}, ensemble=combo)
-        print(f"tuned {len(results)} post-processing combinations on {gt_csv_path}: best kaggle {best:.4f} with "
+        print(f"tuned {len(results)} post-processing combinations on {ts.gt_path}: best kaggle {best:.4f} with "
               f"{ {k: params[k] for k in grid} } -> {out_path}")
         return combo, params
-    print(f"tuning the combination of {list(sources)} and its post-processing on {gt_csv_path} ...")
+    print(f"tuning the combination of {names} and its post-processing on {ts.gt_path} ...")
     combo, params, results = tune_ensemble(
-        sources, gt_csv_path, grid, mask_size, params, weight_choices=weight_choices, iou_thr=combo["iou"],
-        min_votes=combo["min_votes"], max_models=max_models, refine=refine, full_class_ids=full_class_ids,
-        images=images, out_path=out_path, progress=progress, drop_categories=drop_categories)
+        ts, grid, params, weight_choices=weight_choices, iou_thr=combo["iou"], min_votes=combo["min_votes"],
+        max_models=max_models, refine=refine, out_path=out_path, drop_categories=drop_categories)
     ranked = sorted(results, key=lambda r: (-(r["kaggle"] if r["kaggle"] is not None else -1), -r["kaggle_first"]))
     for r in ranked[:5]:
         full = "  n/a " if r["kaggle"] is None else f"{r['kaggle']:.4f}"

@@ -58,5 +58,18 @@ def test_help_says_each_default_once(script):
     flat = " ".join(p.format_help().split())
     for empty in ("(default: None)", "(default: False)", "(default: [])"):
         assert empty not in flat
-    if script in ("01_prepare_data.py", "06_make_submission.py"):  # the formatter adds the defaults it should
-        assert "(default: 512)" in flat or "(default: 1024)" in flat
+    if script == "01_prepare_data.py":  # the formatter adds the defaults it should
+        assert "(default: 1024)" in flat
+    if script == "06_make_submission.py":
+        assert "(default: 0.5)" in flat and "512 for 2019 and long:1024 for 2020" in flat
+
+
+def test_submission_mask_size_flag(capsys):
+    """06's --mask-size: unset = the edition's (and, with --validate, the size the file was written at); N,
+    0 or long:N; anything else is argparse's error saying the forms."""
+    p = stage_module("06_make_submission.py").get_args_parser()
+    assert p.parse_args([]).mask_size is None
+    assert [p.parse_args(["--mask-size", v]).mask_size for v in ("512", "0", "long:1024")] == [512, 0, "long:1024"]
+    with pytest.raises(SystemExit):
+        p.parse_args(["--mask-size", "long:x"])
+    assert "argument --mask-size: mask size 'long:x': expected N (N x N masks)" in capsys.readouterr().err

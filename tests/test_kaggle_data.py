@@ -422,3 +422,39 @@ def test_2020_layout_rows_read_with_their_attribute_column(tmp_path):
         (tmp_path / "bad.csv").write_text("ImageId,EncodedPixels,Height,Width\n")
         kaggle_data.index_csv(tmp_path / "bad.csv")
     assert kaggle_data.csv_layout(tmp_path / "bad.csv") == "2019"
+
+
+def test_image_ids_with_or_without_their_suffix(tmp_path):
+    """The 2019 edition's ImageIds name the file ("abc.jpg"), the 2020 edition's do not ("abc"): each finds its
+    file, the id as written first."""
+    for name in ("abc.jpg", "def.JPG", "ghi.png", "both", "both.jpg"):
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "folder.jpg").mkdir()
+    f = kaggle_data.image_file
+    assert f(tmp_path, "abc.jpg") == f(tmp_path, "abc") == tmp_path / "abc.jpg"
+    assert f(tmp_path, "def") == tmp_path / "def.JPG" and f(tmp_path, "ghi") == tmp_path / "ghi.png"
+    assert f(tmp_path, "both") == tmp_path / "both"
+    assert f(tmp_path, "folder") == tmp_path / "folder"  # a directory is not its image: the missing path
+    assert f(tmp_path, "nope") == tmp_path / "nope" and not (tmp_path / "nope").exists()
+    assert [kaggle_data.image_key(i) for i in ("abc.jpg", "abc.JPEG", "abc", "a.b.png", "notes.txt", "sub/x.jpg")] \
+        == ["abc", "abc", "abc", "a.b", "notes.txt", "sub/x"]
+
+
+def test_2020_ids_without_jpg_read_and_matched_to_real_images(shared_data, tmp_path):
+    """train_derived.csv's real rows written the 2020 way (ImageIds without .jpg, an AttributesIds column) read as
+    the 2019 file does, and each id finds its real JPEG, whose size is its rows' Height x Width."""
+    d = shared_data / "real_samples" / "imaterialist2019_train"
+    lines = (d / "train_derived.csv").read_text().splitlines()
+    p = write_csv(tmp_path / "train.csv", [line.replace(".jpg,", ",", 1) + "," for line in lines[1:]],
+                  header=lines[0] + ",AttributesIds")
+    assert kaggle_data.csv_layout(p) == "2020"
+    groups19, _ = kaggle_data.index_csv(d / "train_derived.csv")
+    groups, problems = kaggle_data.index_csv(p)
+    assert not problems and len(groups) == 10 and sorted(groups) == sorted(map(kaggle_data.image_key, groups19))
+    for image_id, entries in groups.items():
+        rows, probs = kaggle_data.read_rows(p, entries)
+        rows19, _ = kaggle_data.read_rows(d / "train_derived.csv", groups19[image_id + ".jpg"])
+        assert not probs and [(r.rle, r.class_id) for r in rows] == [(r.rle, r.class_id) for r in rows19]
+        assert rows[0].image_id == image_id
+        f = kaggle_data.image_file(d, image_id)
+        assert f == d / f"{image_id}.jpg" and {(r.height, r.width) for r in rows} == {kaggle_data.image_size(f)}

@@ -296,3 +296,41 @@ def test_unmapped_ground_truth_categories_are_warned_about_once(tmp_path, capsys
     assert capsys.readouterr().out.count("['earmuffs'] are not among the 46") == 1
     make_submission.run(s)  # a second run warns again (once)
     assert capsys.readouterr().out.count("['earmuffs'] are not among the 46") == 1
+
+
+def test_2020_edition_masks_default_to_the_long_side_1024(tmp_path, capsys):
+    """Without --mask-size 06 writes a 2020 data dir's masks where that edition is evaluated, the image scaled
+    so its long side is 1024 (aspect kept), and says so in meta.json; --validate then checks the file at that
+    size, and a copy of it checked at the images' own size is refused where its runs leave the image."""
+    from lib import rle, synthetic
+    from lib import submission as lsub
+
+    data = tmp_path / "d2020"
+    synthetic.generate_dataset(data, n_train=1, n_test=2, seed=3, min_side=64, max_side=96, progress=False,
+                               edition="2020")
+    pdir = tmp_path / "pred"
+    pdir.mkdir()
+    imgs = lsub.list_test_images(data, progress=False)
+    rows = [r for i in imgs.itertuples(index=False)  # one box over the lower right quarter of each image
+            for r in pred_rows(i.image_id, [rect(i.orig_height // 2, i.orig_width // 2, i.orig_height, i.orig_width,
+                                                 hw=(int(i.orig_height), int(i.orig_width)))],
+                               [6], [0.9], orig=(int(i.orig_height), int(i.orig_width)))]
+    lpred.make_table(rows).to_parquet(pdir / "predictions.parquet")
+    out = tmp_path / "sub"
+    meta = make_submission.run(make_submission.SubmissionSettings(predictions=[pdir], data_dir=data, out_dir=out,
+                                                                  report_images=0, processes=1, progress=False))
+    assert meta["edition"] == "2020" and meta["mask_size"] == "long:1024"
+    sub = pd.read_csv(out / "submission.csv", dtype=str, keep_default_na=False)
+    for i in imgs.itertuples(index=False):
+        (enc,) = sub.loc[sub["ImageId"] == i.image_id, "EncodedPixels"]
+        h, w = lsub.mask_shape("long:1024", i.orig_height, i.orig_width)
+        assert max(h, w) == 1024 and abs(h / w - i.orig_height / i.orig_width) < 2 / min(h, w)
+        m = rle.decode(enc, (h, w))
+        y0, x0 = i.orig_height // 2 * h / i.orig_height, i.orig_width // 2 * w / i.orig_width  # the box, scaled
+        assert m[int(y0) + 2:, int(x0) + 2:].all() and not m[:int(y0) - 1].any() and not m[:, :int(x0) - 1].any()
+    assert make_submission.validate_file(out / "submission.csv", data, None, progress=False) == 0
+    assert "masks at long:1024 (" in capsys.readouterr().out
+    (tmp_path / "copy.csv").write_bytes((out / "submission.csv").read_bytes())
+    assert make_submission.validate_file(tmp_path / "copy.csv", data, 0, progress=False) == 1
+    printed = capsys.readouterr().out
+    assert printed.count("past the") == len(imgs) and "line 2 (" in printed

@@ -54,25 +54,6 @@ def test_check_images():
         lpred.check_images(pd.concat([good, good.head(1)]))
 
 
-def test_read_sources_names_models_and_refuses_unfinished_runs(tmp_path):
-    p = np.ones((6, 5), np.float32)
-    one = _out_dir(tmp_path / "one", [_row("a.jpg", "x", p), _row("b.jpg", "y", p)], ["a.jpg", "b.jpg", "c.jpg"],
-                   {"status": "done", "models": [{"name": "x"}, {"name": "y"}, {"name": "quiet"}]})
-    two = _out_dir(tmp_path / "two", [_row("a.jpg", "x", p)], ["a.jpg"])
-    sources, predicted = lpred.read_sources([one, two / "predictions.parquet"])
-    names = [n for n, _ in sources]
-    assert names == ["x", "y", "quiet", f"x@{two / 'predictions.parquet'}"]  # a model listed by 05 with no rows too
-    assert len(dict(sources)["quiet"]) == 0 and predicted == {"a.jpg", "b.jpg", "c.jpg"}
-    assert [n for n, _ in lpred.read_sources([one], models=["y"])[0]] == ["y"]
-    with pytest.raises(ValueError, match=r"--models \['z'\] not in the tables"):
-        lpred.read_sources([one], models=["z"])
-    with pytest.raises(FileNotFoundError, match="prediction table not found"):
-        lpred.read_sources([tmp_path / "none"])
-    (one / "meta.json").write_text(json.dumps({"status": "partial"}))
-    with pytest.raises(ValueError, match="did not finish"):
-        lpred.read_sources([one])
-
-
 def test_split_source_only_for_prepared_splits(tmp_path):
     p = np.ones((6, 5), np.float32)
     test = _out_dir(tmp_path / "test", [_row("a.jpg", "x", p)], ["a.jpg"], {"source": {"data_dir": "d"}})

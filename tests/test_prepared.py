@@ -505,3 +505,20 @@ def test_the_same_image_file_under_two_ids_is_prepared_once(synthetic_data_dir, 
     kept = prepared.prepare_dataset(d, tmp_path / "kept", long_side=128, workers=1, progress=False,
                                     keep_duplicate_files=True)  # what benchmarks that replicate images ask for
     assert kept["num_images"] == meta["num_images"] + 1
+
+
+def test_2020_image_ids_without_jpg_find_their_images(tmp_path):
+    """The 2020 edition's train.csv names its images without .jpg (the file is train/<id>.jpg): every image is
+    prepared under the id as written."""
+    from lib import synthetic
+
+    data = tmp_path / "d2020"
+    synthetic.generate_dataset(data, n_train=3, n_test=1, seed=1, min_side=64, max_side=96, progress=False,
+                               edition="2020")
+    csv_path = data / "train.csv"
+    csv_path.write_text(re.sub(r"^([0-9a-f]+)\.jpg,", r"\1,", csv_path.read_text(), flags=re.M))
+    m = prepared.prepare_dataset(data, tmp_path / "p", long_side=64, workers=1, progress=False)
+    assert m["num_images"] == 3 and m["num_problems"] == 0
+    ids = prepared.load_index(tmp_path / "p")["image_id"].tolist()
+    assert len(ids) == 3 and not any(i.endswith(".jpg") for i in ids)
+    assert all(prepared.image_path(tmp_path / "p", i).is_file() for i in ids)

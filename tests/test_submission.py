@@ -39,27 +39,32 @@ def test_build_submission_in_worker_processes_gives_the_same_file():
     assert (one["EncodedPixels"] == "1 1").sum() == 15 and lsub.validate_submission(many, ids, S) == []
 
 
-def test_a_worker_dying_on_a_test_image_stops_06_naming_it(monkeypatch):
+def test_a_worker_dying_on_a_test_image_stops_06_naming_it(monkeypatch, tmp_path):
     """06 --processes 2 with a worker killed on one image: an error naming that image, not a hang."""
     import os
     import signal
 
+    from lib.table_stream import read_sources
+
     rows, ids = [], [f"{i:03d}.jpg" for i in range(12)]
     for i in ids:
         rows += pred_rows(i, [rect(2, 2, 20, 20)], [1], [0.9])
-    real = lsub.decode_windows
+    table(rows).to_parquet(tmp_path / "predictions.parquet")
+    sources, indexes, _ = read_sources([tmp_path])
+    real = lsub.image_rows
 
-    def dies_on_007(rows, *args):
-        if rows["image_id"].iloc[0] == "007.jpg":
+    def dies_on_007(image_id, *args):
+        if image_id == "007.jpg":
             os.kill(os.getpid(), signal.SIGKILL)
-        return real(rows, *args)
+        return real(image_id, *args)
 
-    monkeypatch.setattr(lsub, "decode_windows", dies_on_007)  # the forked workers inherit it
+    monkeypatch.setattr(lsub, "image_rows", dies_on_007)  # the forked workers inherit it
     old = signal.signal(signal.SIGALRM, lambda *_: (_ for _ in ()).throw(TimeoutError("06 hung")))
     signal.alarm(120)
     try:
-        with pytest.raises(RuntimeError, match=r"a worker process died on test image 007\.jpg: killed by SIGKILL"):
-            lsub.build_submission(table(rows), images_df(ids), mask_size=S, progress=False, workers=2)
+        with pytest.raises(RuntimeError, match=r"a worker process died on submission image 007\.jpg: killed by SIGKILL"):
+            lsub.submission_of_sources(sources, indexes, {"models": [sources[0].name]}, images_df(ids),
+                                       mask_size=S, processes=2, progress=False)
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, old)
@@ -258,6 +263,150 @@ def test_image_sizes_from_headers_match_decoded_real_images(tmp_path):
     for r in imgs.itertuples(index=False):
         assert (r.orig_height, r.orig_width) == read_image(tmp_path / "test" / r.image_id).shape[:2], r.image_id
     assert imgs.set_index("image_id").loc["00a8764cff12b2e849c850f4be5608bc.jpg"].tolist() == [3008, 2000]
+
+
+# ------------------------------------------------------------------ mask sizes and the editions' ImageIds
+
+
+def test_mask_size_forms_and_shapes():
+    assert [lsub.parse_mask_size(v) for v in (512, "512", " 64 ", 0, "0", None, "original", "long:1024",
+                                               np.int64(8))] == [512, 512, 64, 0, 0, 0, 0, "long:1024", 8]
+    for bad in ("long:0", "long:", "long:x", "x", "-1", -1, True, 51.2, "1024long", "long:1024 px", ""):
+        with pytest.raises(ValueError, match="mask size .*: expected N"):
+            lsub.parse_mask_size(bad)
+    assert lsub.EDITION_MASK_SIZES == {"2019": 512, "2020": "long:1024"}
+    assert lsub.mask_shape(512, 3008, 2000) == (512, 512)
+    assert lsub.mask_shape(0, 3008, 2000) == lsub.mask_shape(None, 3008, 2000) == (3008, 2000)
+    assert lsub.mask_shape("long:1024", 3008, 2000) == (1024, 680)  # 2000 * 1024 / 3008 = 680.9, floored
+    assert lsub.mask_shape("long:1024", 2000, 3008) == (680, 1024)
+    assert lsub.mask_shape("long:1024", 600, 800) == (768, 1024)  # exactly 768: not 767 by float rounding
+    assert lsub.mask_shape("long:1024", 300, 300) == (1024, 1024)  # a small image grows
+    assert lsub.mask_shape("long:1024", 5000, 1) == (1024, 1)  # never an empty side
+
+
+def test_long_side_frame_is_the_2020_solutions_resize():
+    """``long:1024`` is the frame the public 2020 solutions encode their masks in; their formula
+    (apls777/kaggle-imaterialist2020-model, mask_rcnn/submission.py: the long side 1024, the short one
+    ``int(short / (long / 1024))``) gives the same shape for every size."""
+    rng = np.random.default_rng(0)
+    for h, w in rng.integers(1, 6000, (3000, 2)).tolist() + [[600, 800], [768, 1024], [3008, 2000], [7, 7]]:
+        want = (int(h / (w / 1024)), 1024) if w > h else (1024, int(w / (h / 1024)))
+        assert lsub.mask_shape("long:1024", h, w) == (max(1, want[0]), max(1, want[1])), (h, w)
+
+
+def test_build_and_validate_at_the_long_side_frame():
+    t = table(pred_rows("b", [rect(4, 0, 20, 16)], [4], [0.9]),  # stored 32x32, image 64x48
+              pred_rows("c", [rect(0, 0, 64, 48, hw=(64, 48))], [6], [0.9]))
+    imgs = images_df(["a", "b", "c"])
+    sizes = {i: (64, 48) for i in imgs["image_id"]}
+    sub = lsub.build_submission(t, imgs, mask_size="long:32", progress=False)
+    assert sub["ImageId"].tolist() == ["a", "b", "c"] and sub.iloc[0].tolist() == ["a", "1 1", "0"]
+    m = lrle.decode(sub.iloc[1]["EncodedPixels"], (32, 24))  # 64x48 with its long side at 32
+    assert m[5:19, 1:11].all() and m.sum() == pytest.approx(16 * 12, rel=0.15)
+    assert lrle.decode(sub.iloc[2]["EncodedPixels"], (32, 24)).all()  # the whole frame, no more
+    assert lsub.validate_submission(sub, imgs["image_id"], "long:32", sizes) == []
+    with pytest.raises(ValueError, match="image_sizes is needed for masks at long:32"):
+        lsub.validate_submission(sub, imgs["image_id"], "long:32")
+    # The same predictions written at the original size: their runs end past the 32x24 frame.
+    full = lsub.build_submission(t, imgs, mask_size=0, progress=False)
+    assert lsub.validate_submission(full, imgs["image_id"], 0, sizes) == []
+    assert lsub.validate_submission(full, imgs["image_id"], "long:32", sizes) == [
+        "line 3 (b): bad EncodedPixels: RLE run ends at pixel 1512, past the 32x24 mask (768 pixels)",  # 40x24 box
+        "line 4 (c): bad EncodedPixels: RLE run ends at pixel 3072, past the 32x24 mask (768 pixels)"]
+
+
+def test_a_2020_row_past_its_image_is_refused_naming_the_line(tmp_path):
+    """06 --validate checked every file at 512 x 512, so a 2020 row written at the original size whose runs end
+    far past its image's Height x Width passed. At the size the file was written at, it is refused."""
+    path = tmp_path / "submission.csv"
+    path.write_text("ImageId,EncodedPixels,ClassId,AttributesIds\n"
+                    'abc,1 5,6,"115,136"\n'
+                    "abc,590 20000,31,\n"  # ends at pixel 20589 of a 20x30 image (600 pixels)
+                    "def,1048570 10,0,\n")  # ends past even the 1024x1024 frame of a 10x10 image
+    ids, sizes = ["abc", "def"], {"abc": (20, 30), "def": (10, 10)}
+    assert lsub.validate_submission(path, ids, 512, sizes)[0].startswith("line 4 (def)")  # abc's passed
+    assert lsub.validate_submission(path, ids, 0, sizes) == [
+        "line 3 (abc): bad EncodedPixels: RLE run ends at pixel 20589, past the 20x30 mask (600 pixels)",
+        "line 4 (def): bad EncodedPixels: RLE run ends at pixel 1048579, past the 10x10 mask (100 pixels)"]
+    assert lsub.validate_submission(path, ids, "long:1024", sizes) == [
+        "line 4 (def): bad EncodedPixels: RLE run ends at pixel 1048579, past the 1024x1024 mask (1048576 pixels)"]
+
+
+def test_the_size_a_file_was_written_at(tmp_path):
+    """--validate checks a file at the size given, else at the one 06's meta.json beside it records, else at
+    its edition's."""
+    import json
+
+    sub, meta = tmp_path / "submission.csv", tmp_path / "meta.json"
+    sub.write_text("ImageId,EncodedPixels,ClassId\n")
+    assert lsub.written_mask_size(sub, None, "2020") == ("long:1024", "the 2020 edition's")
+    assert lsub.written_mask_size(sub, None, "2019") == (512, "the 2019 edition's")
+    for written, read in ((None, 0), (0, 0), (512, 512), ("long:1024", "long:1024")):
+        meta.write_text(json.dumps({"stage": "06_make_submission", "mask_size": written}))
+        assert lsub.written_mask_size(sub, None, "2019") == (read, str(meta))
+    assert lsub.written_mask_size(sub, "512", "2020") == (512, "--mask-size")  # given: it wins
+    assert lsub.written_mask_size(sub, 0, "2020") == (0, "--mask-size")
+    assert lsub.written_mask_size(tmp_path / "copy.csv", None, "2020")[0] == "long:1024"  # meta.json is not its
+    meta.write_text(json.dumps({"stage": "05_predict", "mask_size": 512}))  # 05's: the size it stored
+    assert lsub.written_mask_size(sub, None, "2020")[0] == "long:1024"
+    meta.write_text(json.dumps({"stage": "06_make_submission", "mask_size": "big"}))
+    with pytest.raises(ValueError, match=r"meta\.json: mask size 'big'"):
+        lsub.written_mask_size(sub, None, "2020")
+    meta.write_text("{")
+    with pytest.raises(ValueError, match=r"meta\.json: not valid JSON"):
+        lsub.written_mask_size(sub, None, "2020")
+
+
+def test_test_images_listed_with_or_without_their_jpg(tmp_path):
+    """The 2020 edition's sample_submission.csv lists its ImageIds without .jpg (the file is test/<id>.jpg),
+    the 2019 edition's with it: both find their files and keep the ids as written."""
+    d = make_data_dir(tmp_path / "d", ["b.jpg", "a.jpg"], [(20, 30), (7, 5)], sample=False)
+    sample = d / "sample_submission.csv"
+    sample.write_text("ImageId,EncodedPixels,ClassId,AttributesIds\nb,1 1,0,\na,1 1,0,\nb,1 1,0,\n")
+    assert lsub.list_test_images(d, progress=False).values.tolist() == [["b", 20, 30], ["a", 7, 5]]
+    sample.write_text("ImageId,EncodedPixels,ClassId\nb.jpg,1 1,23\na,1 1,23\n")
+    assert lsub.list_test_images(d, progress=False).values.tolist() == [["b.jpg", 20, 30], ["a", 7, 5]]
+    sample.write_text("ImageId,EncodedPixels,ClassId\nb,1 1,23\nc,1 1,23\nc.jpg,1 1,23\n")
+    with pytest.raises(FileNotFoundError, match=r"2 test images .*<ImageId>\.jpg.*\['c', 'c\.jpg'\]"):
+        lsub.list_test_images(d, progress=False)
+
+
+@pytest.mark.parametrize("listed,written", [(["abc", "def"], "def.jpg"), (["abc.jpg", "def.jpg"], "def")])
+def test_validator_names_an_imageid_in_the_other_form(listed, written):
+    """Kaggle matches ImageIds as the test list writes them: a row in the other form (with or without .jpg)
+    is refused, naming the id it should be."""
+    sizes = {i: (20, 30) for i in listed}
+    df = pd.DataFrame([(listed[0], "1 5", "6", ""), (listed[1], "1 1", "0", "")],
+                      columns=["ImageId", "EncodedPixels", "ClassId", "AttributesIds"])
+    assert lsub.validate_submission(df, listed, "long:1024", sizes) == []
+    df.loc[1, "ImageId"] = written
+    assert lsub.validate_submission(df, listed, "long:1024", sizes) == [
+        f"line 3 ({written}): ImageId is not a test image; {listed[1]!r} is (write the ImageIds as the test image "
+        f"list does)", f"ImageId {listed[1]}: missing (every test image needs at least one row)"]
+
+
+def test_real_test_image_listed_the_2020_way_and_its_frame(tmp_path):
+    """A real test image listed as the 2020 edition lists it (no .jpg): found, its real size read, and a row
+    checked against its long:1024 frame (1024 x 680 for 3008 x 2000) down to the last pixel."""
+    f = REPO.parent / "shared" / "data" / "real_samples" / "imaterialist2019_test" / \
+        "00a8764cff12b2e849c850f4be5608bc.jpg"
+    if not f.is_file():
+        pytest.skip(f"real sample image not found: {f} (../shared/data beside the repo)")
+    (tmp_path / "test").mkdir()
+    (tmp_path / "test" / f.name).symlink_to(f)
+    (tmp_path / "sample_submission.csv").write_text(f"ImageId,EncodedPixels,ClassId,AttributesIds\n{f.stem},1 1,0,\n")
+    imgs = lsub.list_test_images(tmp_path, progress=False)
+    assert imgs.values.tolist() == [[f.stem, 3008, 2000]] and lsub.submission_edition(tmp_path) == "2020"
+    size = lsub.EDITION_MASK_SIZES["2020"]
+    assert lsub.mask_shape(size, 3008, 2000) == (1024, 680)
+    sizes = {f.stem: (3008, 2000)}
+    row = pd.DataFrame([(f.stem, f"{1024 * 680 - 9} 10", "6", "")],
+                       columns=["ImageId", "EncodedPixels", "ClassId", "AttributesIds"])
+    assert lsub.validate_submission(row, [f.stem], size, sizes) == []
+    row.loc[0, "EncodedPixels"] = f"{1024 * 680 - 8} 10"
+    assert lsub.validate_submission(row, [f.stem], size, sizes) == [
+        f"line 2 ({f.stem}): bad EncodedPixels: RLE run ends at pixel 696321, past the 1024x680 mask "
+        f"(696320 pixels)"]
 
 
 # ------------------------------------------------------------------ fuzzing and safety (docs/RELIABILITY.md)

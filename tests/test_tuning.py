@@ -12,12 +12,23 @@ from lib import prediction_table as lpred
 from lib import rle as lrle
 from lib import postprocess as lpost
 from lib import scoring as lscoring
-from lib.tuning import (choose_dropped_categories, combinations, load_combination, score_dropping, tune_ensemble,
-                        tune_postprocess, weight_vectors)
+from lib.table_stream import read_sources
+from lib.tuning import (TuningSet, choose_dropped_categories, combinations, load_combination, point_groups,
+                        score_dropping, search_candidates, tune_ensemble, tune_postprocess, weight_vectors)
 from lib.fusion import combine
 from test_fusion import H, W, box, table
 from test_postprocess import S, pred_rows, rect, write_gt
 
+
+
+def tuning_set(tmp_path, tables, gt, mask_size, processes=1, images=None) -> TuningSet:
+    """The tables (a dict of them, or one) written as 05 writes them, and a :class:`TuningSet` over them."""
+    paths = []
+    for k, t in enumerate(tables.values() if isinstance(tables, dict) else [tables]):
+        paths.append(tmp_path / f"predictions-{k}.parquet")
+        t.to_parquet(paths[-1], index=False)
+    sources, indexes, _ = read_sources(paths)
+    return TuningSet(sources, indexes, Path(gt), images, mask_size, processes=processes, progress=False)
 
 
 # ------------------------------------------------------------------ choosing the combination on validation
@@ -66,8 +77,8 @@ def test_tune_ensemble_picks_the_complementary_pair_and_round_trips(tmp_path):
     sources, items = three_models()
     gt = gt_csv(tmp_path / "gt.csv", items)
     grid = {"score_thresh": [0.3, 0.5], "min_area": [0]}
-    combo, params, results = tune_ensemble(sources, gt, grid, mask_size=H, weight_choices=(1, 2),
-                                           out_path=tmp_path / "params.json", progress=False)
+    ts = tuning_set(tmp_path, sources, gt, H)
+    combo, params, results = tune_ensemble(ts, grid, weight_choices=(1, 2), out_path=tmp_path / "params.json")
     assert len(results) == 19
     by = {(tuple(r["models"]), tuple(r["weights"])): r["kaggle_first"] for r in results}
     assert sum(r["kaggle"] is not None for r in results) == 3  # the 3 best of the first stage are refined
@@ -83,8 +94,7 @@ def test_tune_ensemble_picks_the_complementary_pair_and_round_trips(tmp_path):
     saved = json.loads((tmp_path / "params.json").read_text())
     assert saved["kaggle"] == 1.0 and len(saved["candidates"]) == 19
     # Exhaustive search agrees, and scores every candidate on the whole grid.
-    combo2, params2, results2 = tune_ensemble(sources, gt, grid, mask_size=H, weight_choices=(1, 2), refine=0,
-                                              progress=False)
+    combo2, params2, results2 = tune_ensemble(ts, grid, weight_choices=(1, 2), refine=0)
     assert (combo2, params2) == (combo, params) and all(r["kaggle"] is not None for r in results2)
     fused = combine(sources, combo)
     assert lscoring.score_table(fused, gt, params, mask_size=H, coco=False, progress=False)["kaggle"] == 1.0
@@ -128,8 +138,9 @@ def test_tune_picks_thresholds_that_improve_a_constructed_case(tmp_path):
     soft = rect(4, 4, 28, 28, 0.5) + rect(8, 8, 24, 24, 0.4)  # 0.9 on the object, 0.5 around it
     t = lpred.make_table(pred_rows("a.jpg", [soft, rect(0, 0, 6, 6)], [2, 2], [0.9, 0.4], orig=(S, S)))
     base = lscoring.score_table(t, gt, {"score_thresh": 0.3}, mask_size=S, progress=False)["kaggle"]
-    best, results = tune_postprocess(t, gt, {"score_thresh": [0.3, 0.5], "mask_thresh": [0.45, 0.7]}, mask_size=S,
-                              out_path=tmp_path / "params.json", progress=False)
+    best, results = tune_postprocess(tuning_set(tmp_path, t, gt, S), {"models": ["m"]},
+                                     {"score_thresh": [0.3, 0.5], "mask_thresh": [0.45, 0.7]},
+                                     out_path=tmp_path / "params.json")
     assert len(results) == 4 and results[0]["params"] == {"score_thresh": 0.3, "mask_thresh": 0.45}
     assert best["score_thresh"] == 0.5 and best["mask_thresh"] == 0.7
     assert max(r["kaggle"] for r in results) == 1.0 > base == results[0]["kaggle"]
@@ -145,8 +156,9 @@ def test_tune_drops_categories_that_only_add_false_positives(tmp_path):
             + pred_rows("b.jpg", [rect(8, 8, 22, 24, 0.9), rect(0, 0, 6, 6, 0.9)], [5, 7], [0.9, 0.8], orig=(S, S)))
     t = lpred.make_table(rows)
     grid = {"score_thresh": [0.5]}
-    best, results = tune_postprocess(t, gt, grid, mask_size=S, out_path=tmp_path / "params.json", progress=False,
-                              drop_categories=True)
+    ts = tuning_set(tmp_path, t, gt, S)
+    best, results = tune_postprocess(ts, {"models": ["m"]}, grid, out_path=tmp_path / "params.json",
+                                     drop_categories=True)
     # category 7 is predicted in both images and never there: dropped; 5 is there and mostly right: kept
     assert best["drop_categories"] == (7,)
     assert results[-1]["params"] == {"score_thresh": 0.5, "drop_categories": [7]}
@@ -157,7 +169,7 @@ def test_tune_drops_categories_that_only_add_false_positives(tmp_path):
                                                                    progress=False)["kaggle"])
     assert results[0]["kaggle"] == pytest.approx(lscoring.score_table(t, gt, {"score_thresh": 0.5}, mask_size=S,
                                                                   coco=False, progress=False)["kaggle"])
-    no_drop, res = tune_postprocess(t, gt, grid, mask_size=S, progress=False)  # off by default
+    no_drop, res = tune_postprocess(ts, {"models": ["m"]}, grid)  # off by default
     assert no_drop["drop_categories"] == () and len(res) == 1
 
 
@@ -168,3 +180,67 @@ def test_score_dropping_matches_the_metric():
     assert score_dropping(table, [7]) == pytest.approx((1.0 + 0.25 + 1.0) / 3)
     assert choose_dropped_categories(table) == ([7], pytest.approx((1.0 + 0.25 + 1.0) / 3))
     assert score_dropping([({3: 0.0}, set())], [3]) == 1.0  # nothing left in the image: 1
+
+
+# ------------------------------------------------------------------ one pass over the images computes every point
+
+
+def random_models(seed, n_images=4, rows=10, hw=(32, 32), orig=(40, 56)):
+    """Three models' noisy copies of 4 ground-truth ellipses per image, plus false positives, and that gt."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:hw[0], :hw[1]]
+
+    def ellipse(cy, cx, ry, rx, soft):
+        d = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2
+        return np.clip(1.5 - d, 0, 1).astype(np.float32) if soft else (d < 1).astype(np.uint8)
+
+    tables, gt = {m: [] for m in ("a", "b", "c")}, []
+    for i in range(n_images):
+        objs = [(*rng.uniform(6, 26, 2), *rng.uniform(3, 9, 2), int(rng.integers(0, 3))) for _ in range(4)]
+        gt += [(f"{i}.jpg", ellipse(*o[:4], False), str(o[4])) for o in objs]
+        for m in tables:
+            for r in range(rows):
+                if r < 4 and rng.random() < 0.8:
+                    cy, cx, ry, rx, cat = objs[r]
+                    o, score = (cy + rng.normal(0, 1), cx + rng.normal(0, 1), ry * rng.uniform(.8, 1.2),
+                                rx * rng.uniform(.8, 1.2), cat), rng.uniform(0.3, 1)
+                else:
+                    o, score = (*rng.uniform(4, 28, 2), *rng.uniform(2, 7, 2), int(rng.integers(0, 3))), rng.uniform(0.05, .7)
+                tables[m] += pred_rows(f"{i}.jpg", [ellipse(*o[:4], True) * rng.uniform(.6, 1)], [o[4]], [score],
+                                       orig=orig, model=m)
+    return {m: lpred.make_table(r) for m, r in tables.items()}, gt
+
+
+def test_point_groups_share_one_postprocessing_per_mask_threshold_and_nms():
+    points = [lpost.resolve_params(None, score_thresh=t, min_area=a, mask_thresh=m)
+              for m in (0.4, 0.6) for t in (0.5, 0.3) for a in (0, 20)]
+    groups = point_groups(points)
+    assert len(groups) == 2
+    for params, members in groups:
+        assert params["score_thresh"] == 0.3 and params["min_area"] == 0
+        assert [k for k, _, _ in members] == [k for k, p in enumerate(points) if p["mask_thresh"] == params["mask_thresh"]]
+
+
+@pytest.mark.parametrize("mask_size", [32, None])
+def test_every_candidate_and_point_equals_scoring_its_fused_table(tmp_path, mask_size):
+    """The one pass (decoded once, fused once per candidate, post-processed once per group of points) gives each
+    candidate at each point exactly the Kaggle metric of its fused table post-processed with that point's
+    parameters; the same with the work in 2 processes."""
+    tables, items = random_models(1)
+    gt = write_gt(tmp_path / "gt.csv", items)
+    grid = {"score_thresh": [0.3, 0.6], "mask_thresh": [0.35, 0.55], "min_area": [0, 15], "nms_iou": [0.3, 0.7]}
+    cands = [dict(c, iou=0.5, min_votes=1, min_score=0.15) for c in combinations(["a", "b", "c"], (1, 2), 3)]
+    cands = [cands[k] for k in (0, 3, 4, 12, 15)]  # a, a+b, a+b weighted, all three, all three weighted
+    base = lpost.resolve_params(None)
+    found = search_candidates(tuning_set(tmp_path, tables, gt, mask_size), cands, grid, base)
+    values = [dict(zip(grid, v)) for v in __import__("itertools").product(*grid.values())]
+    for combo, (best, results) in zip(cands, found):
+        fused = combine(tables, combo)
+        want = [lscoring.score_table(fused, gt, lpost.resolve_params(base, **v), mask_size, per_class=False,
+                                     coco=False, progress=False)["kaggle"] for v in values]
+        assert [r["kaggle"] for r in results] == want  # exactly: the same IoUs, matches and means
+        assert [r["params"] for r in results] == values
+        assert {k: best[k] for k in grid} == values[int(np.argmax(want))]
+    assert len({r["kaggle"] for _, res in found for r in res}) > 8  # the points do differ
+    (tmp_path / "two").mkdir()
+    assert search_candidates(tuning_set(tmp_path / "two", tables, gt, mask_size, processes=2), cands, grid, base) == found
