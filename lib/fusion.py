@@ -42,7 +42,7 @@ the :mod:`lib.prediction_table` format and returns a table of the same format.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import cv2
 import numpy as np
@@ -54,7 +54,7 @@ from .boxes import prob_boxes
 from .postprocess import window_at
 from .metric import window_ious
 
-__all__ = ["fuse_windows", "fuse_instances", "fusion_plan", "fused_attributes", "fuse_stored", "combine_image",
+__all__ = ["fuse_windows", "fuse_instances", "fusion_plan", "fused_attributes", "ImageFusion", "fuse_stored", "combine_image",
            "ensemble_tables", "combine", "check_weights", "compared_names", "compared_masks"]
 
 
@@ -110,7 +110,7 @@ def _weighted_sum(terms: list[tuple[tuple, float]]) -> tuple[int, int, np.ndarra
 
 
 def fuse_windows(sources: list[dict], weights: Sequence[float] | None = None, iou_thr: float = 0.5,
-                 min_votes: int = 1) -> dict:
+                 min_votes: int = 1, iou: Callable | None = None) -> dict:
     """Fuse the instances of several sources of one image (module docstring rules), masks given as windows.
 
     Args:
@@ -118,6 +118,8 @@ def fuse_windows(sources: list[dict], weights: Sequence[float] | None = None, io
             ``y0..``, columns ``x0..`` of one common frame, zero elsewhere), ``categories`` (N_k,), ``scores``
             (N_k,), ``attr_scores`` (N_k, A) or None.
         weights, iou_thr, min_votes: as :func:`fuse_instances`.
+        iou: ``iou(idx) -> (n, n)`` IoU of the masks binarised at 0.5 among the pooled instances ``idx`` (the
+            sources' instances in order), when already known (:class:`ImageFusion`); None = counted here.
 
     Returns:
         ``windows`` (M fused windows ``(y0, x0, prob)``, float32, over the union of their members' windows),
@@ -139,10 +141,11 @@ def fuse_windows(sources: list[dict], weights: Sequence[float] | None = None, io
     src = np.concatenate([np.full(len(a[1]), k, np.int64) for k, a in enumerate(arrays)])
     cats = np.concatenate([a[1] for a in arrays])
     scores = np.concatenate([a[2] for a in arrays])
-    fg = [_foreground(win) for win in wins]
+    if iou is None:
+        fg = [_foreground(win) for win in wins]
 
-    def iou(idx):
-        return window_ious([fg[i] for i in idx], [fg[i] for i in idx])
+        def iou(idx):
+            return window_ious([fg[i] for i in idx], [fg[i] for i in idx])
 
     plan = fusion_plan(cats, scores, src, w, iou, iou_thr, min_votes)
     attrs = None
@@ -313,56 +316,114 @@ def _stored_source(masks: list, hw: tuple[int, int]) -> dict:
             "attr_scores": attrs}
 
 
-def _stored(win, category: int, score: float, attrs, hw: tuple[int, int], scale: tuple[float, float]):
+def _stored(win, category: int, score: float, attrs, hw: tuple[int, int], scale: tuple[float, float] | None):
     """A fused window -> the :class:`lib.prediction_table.StoredMask` a table row would hold (quantized and
-    cropped as :func:`lib.prediction_table.encode_prob`; box of :func:`lib.boxes.prob_boxes`, in original
-    pixels)."""
+    cropped as :func:`lib.prediction_table.encode_prob`), computed on the window; with ``scale`` (x, y: original
+    pixels per mask pixel) its box (:func:`lib.boxes.prob_boxes` of the fused map), else no box."""
     y0, x0, p = win
-    q = np.zeros(hw, np.uint8)
-    q[y0:y0 + p.shape[0], x0:x0 + p.shape[1]] = np.clip(np.rint(p * 255), 0, 255).astype(np.uint8)
-    qx, qy, q = lpred.nonzero_crop(q)
-    box = np.zeros(4, np.float32)
-    if p.size:
-        full = np.zeros(hw, np.float32)
-        full[y0:y0 + p.shape[0], x0:x0 + p.shape[1]] = p
-        box = prob_boxes(full[None])[0]
-    sx, sy = scale
+    p = p[:max(0, hw[0] - y0), :max(0, hw[1] - x0)]
+    qx, qy, q = lpred.nonzero_crop(np.clip(np.rint(p * 255), 0, 255).astype(np.uint8))
+    if q.any():
+        qx, qy = qx + x0, qy + y0
+    box = None
+    if scale is not None:
+        b = prob_boxes(p[None])[0] + np.array([x0, y0, x0, y0], np.float32) if (p > 0).any() else np.zeros(4)
+        box = (b[0] * scale[0], b[1] * scale[1], b[2] * scale[0], b[3] * scale[1])
     keep = attrs is not None and not np.isnan(attrs).any()
     return lpred.StoredMask(int(category), float(np.float32(score)), attrs.astype(np.float32) if keep else None,
-                            qx, qy, q, tuple(hw), (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy))
+                            qx, qy, q, tuple(hw), box)
+
+
+class ImageFusion:
+    """One image's masks of several models (``masks``: model name -> its
+    :class:`lib.prediction_table.StoredMask` list, table order; ``orig_hw``: the image's original size),
+    prepared once for every combination fused from them (:meth:`combine`; 06's tuning fuses up to 16 per
+    image): each model's windows at a stored size and the IoUs of each category's instances over all models are
+    computed once, the weights and the subset of models being all that differs."""
+
+    def __init__(self, masks: dict[str, list], orig_hw: tuple[int, int] | None = None):
+        self.masks = masks
+        self.orig_hw = orig_hw
+        self._kept: dict = {}  # min_score -> {name: masks scoring >= min_score}
+        self._sources: dict = {}  # (min_score, name, hw) -> fuse_windows source with "fg"
+        self._ious: dict = {}  # (min_score, hw, category) -> ({(name, j): row}, IoU matrix)
+
+    def _scoring(self, min_score: float) -> dict[str, list]:
+        if min_score not in self._kept:
+            self._kept[min_score] = {n: [m for m, ok in zip(ms, np.array([m.score for m in ms], np.float32)
+                                                              >= min_score) if ok] if min_score > 0 else ms
+                                     for n, ms in self.masks.items()}
+        return self._kept[min_score]
+
+    def _source(self, min_score: float, name: str, hw) -> dict:
+        key = (min_score, name, hw)
+        if key not in self._sources:
+            src = _stored_source(self._scoring(min_score)[name], hw)
+            self._sources[key] = dict(src, fg=[_foreground(w) for w in src["windows"]])
+        return self._sources[key]
+
+    def _iou(self, min_score: float, hw, category: int, keys: list) -> np.ndarray:
+        """IoU among the instances ``keys`` ((model name, index) pairs, all of ``category``)."""
+        cache = (min_score, hw, category)
+        if cache not in self._ious:
+            everyone = [(n, j) for n in self.masks for j, c in enumerate(self._source(min_score, n, hw)["categories"])
+                        if c == category]
+            fg = [self._source(min_score, n, hw)["fg"][j] for n, j in everyone]
+            self._ious[cache] = ({k: r for r, k in enumerate(everyone)}, window_ious(fg, fg))
+        rows, matrix = self._ious[cache]
+        at = [rows[k] for k in keys]
+        return matrix[np.ix_(at, at)]
+
+    def combine(self, combo: dict, boxes: bool = False) -> list:
+        """The masks of one combination (:func:`combine`'s rules): a model's own for one model, else its models
+        fused (:func:`fuse_windows` with ``combo``'s ``weights``, ``iou``, ``min_votes``, ``min_score``: defaults
+        1, 0.5, 1, 0) into the masks a fused table row stores (:func:`ensemble_tables`' rules; empty when no
+        model has a mask scoring ``>= min_score``); their boxes only with ``boxes`` (what a table row needs)."""
+        names = list(combo["models"])
+        missing = [m for m in names if m not in self.masks]
+        if missing:
+            raise ValueError(f"combination needs models {missing}, the predictions have {sorted(self.masks)}")
+        if len(names) == 1:
+            return self.masks[names[0]]
+        weights = combo.get("weights")
+        check_weights(weights, len(names))
+        min_score = float(combo.get("min_score", 0.0))
+        kept = self._scoring(min_score)
+        ref = next((kept[n] for n in names if kept[n]), None)
+        if ref is None:
+            return []
+        hw = ref[0].hw
+        sources = [self._source(min_score, n, hw) for n in names]
+        pooled = [(n, j) for n, src in zip(names, sources) for j in range(len(src["windows"]))]
+        cats = [c for src in sources for c in src["categories"]]
+
+        def iou(idx):
+            return self._iou(min_score, hw, cats[idx[0]], [pooled[i] for i in idx]) if len(idx) else np.zeros((0, 0))
+
+        fused = fuse_windows(sources, weights, float(combo.get("iou", 0.5)), int(combo.get("min_votes", 1)), iou)
+        scale = None
+        if boxes:
+            scale = (self.orig_hw[1] / hw[1], self.orig_hw[0] / hw[0]) if self.orig_hw else (1.0, 1.0)
+        attrs = fused["attr_scores"]
+        return [_stored(win, c, sc, None if attrs is None else attrs[i], hw, scale)
+                for i, (win, c, sc) in enumerate(zip(fused["windows"], fused["categories"], fused["scores"]))]
 
 
 def fuse_stored(sources: list[list], orig_hw: tuple[int, int] | None, weights: Sequence[float] | None = None,
                 iou_thr: float = 0.5, min_votes: int = 1, min_score: float = 0.0) -> list:
     """Fuse one image's instances of K models, each a list of :class:`lib.prediction_table.StoredMask` (its
-    table rows), into the masks a fused table row stores (:func:`ensemble_tables`' rules; empty when no model
-    has a mask scoring ``>= min_score``). ``orig_hw``: the image's original size (the boxes' pixels)."""
+    table rows), into the masks a fused table row stores (:meth:`ImageFusion.combine` of all K)."""
     check_weights(weights, len(sources))
-    if min_score > 0:
-        sources = [[m for m, ok in zip(ms, np.array([m.score for m in ms], np.float32) >= min_score) if ok]
-                   for ms in sources]
-    ref = next((ms for ms in sources if ms), None)
-    if ref is None:
-        return []
-    hw = ref[0].hw
-    fused = fuse_windows([_stored_source(ms, hw) for ms in sources], weights, iou_thr, min_votes)
-    scale = (orig_hw[1] / hw[1], orig_hw[0] / hw[0]) if orig_hw else (1.0, 1.0)
-    attrs = fused["attr_scores"]
-    return [_stored(win, c, sc, None if attrs is None else attrs[i], hw, scale)
-            for i, (win, c, sc) in enumerate(zip(fused["windows"], fused["categories"], fused["scores"]))]
+    names = [str(k) for k in range(len(sources))]
+    return ImageFusion(dict(zip(names, sources)), orig_hw).combine(
+        {"models": names, "weights": weights, "iou": iou_thr, "min_votes": min_votes, "min_score": min_score},
+        boxes=True)
 
 
 def combine_image(masks: dict[str, list], combo: dict, orig_hw: tuple[int, int] | None = None) -> list:
-    """One image's masks of one combination (:func:`combine`'s rules): ``masks`` maps model name -> its
+    """One image's masks of one combination (:meth:`ImageFusion.combine`): ``masks`` maps model name -> its
     :class:`lib.prediction_table.StoredMask` list (table order)."""
-    missing = [m for m in combo["models"] if m not in masks]
-    if missing:
-        raise ValueError(f"combination needs models {missing}, the predictions have {sorted(masks)}")
-    if len(combo["models"]) == 1:
-        return masks[combo["models"][0]]
-    return fuse_stored([masks[m] for m in combo["models"]], orig_hw, combo.get("weights"),
-                       float(combo.get("iou", 0.5)), int(combo.get("min_votes", 1)),
-                       float(combo.get("min_score", 0.0)))
+    return ImageFusion(masks, orig_hw).combine(combo)
 
 
 def ensemble_tables(
@@ -441,21 +502,23 @@ def compared_names(names: Sequence[str], combo: dict, with_ensemble: bool) -> li
 
 
 def compared_masks(names: Sequence[str], combo: dict, with_ensemble: bool, iou: float, min_votes: int, task,
-                   masks: dict[str, list]) -> dict[str, list]:
+                   masks: dict[str, list], boxes: bool = False) -> dict[str, list]:
     """What 06 compares, for one image (a :func:`lib.table_stream.map_images` function: ``task`` is its
     :class:`lib.table_stream.ImageTask`, ``masks`` its sources' masks): each model alone, all models fused with
     equal weights (``"ensemble"``: the submission itself when ``combo`` is that, else fused here at ``iou`` /
     ``min_votes`` when ``with_ensemble``) and, when it is neither of those, the submission's combination
-    (``"submission"``). One model alone: just it. Values: :class:`lib.prediction_table.StoredMask` lists."""
+    (``"submission"``). One model alone: just it. Values: :class:`lib.prediction_table.StoredMask` lists (fused
+    ones with their boxes only with ``boxes``)."""
     wanted = compared_names(names, combo, with_ensemble)
     out = {n: masks[n] for n in names}
     if len(wanted) == len(out):
         return out
-    submission = combine_image(masks, combo, task.orig_hw)
+    fusion = ImageFusion(masks, task.orig_hw)
+    submission = fusion.combine(combo, boxes)
     if "submission" not in wanted:  # the submission is all models with equal weights
         return {**out, "ensemble": submission}
     if "ensemble" in wanted:
         everything = {"models": list(names), "weights": [1.0] * len(names), "iou": iou, "min_votes": min_votes,
                       "min_score": 0.0}
-        out["ensemble"] = combine_image(masks, everything, task.orig_hw)
+        out["ensemble"] = fusion.combine(everything, boxes)
     return {**out, "submission": submission}

@@ -152,7 +152,7 @@ def _score(s: SubmissionSettings, sources: list, indexes: dict, gt: Path, params
 def _compared_rows(names, combo, with_ensemble, iou, min_votes, task, masks) -> list[dict]:
     """One image's compared tables as prediction-table rows (column ``model`` = the table's name), for the report."""
     out = []
-    for name, ms in fusion.compared_masks(names, combo, with_ensemble, iou, min_votes, task, masks).items():
+    for name, ms in fusion.compared_masks(names, combo, with_ensemble, iou, min_votes, task, masks, True).items():
         out += lpred.mask_rows(task.image_id, name, ms, task.orig_hw)
     return out
 

@@ -78,7 +78,8 @@ def png_bytes(q: np.ndarray) -> bytes:
 class StoredMask:
     """One row's instance as the table stores it: ``q`` (h, w) uint8 ``round(p * 255)`` crop at (y0, x0) of a
     ``hw`` = (mask_height, mask_width) map that is zero elsewhere; ``score`` a float32 value; ``attrs`` (A,)
-    float32 or None; ``box`` (x1, y1, x2, y2) in original-image pixels."""
+    float32 or None; ``box`` (x1, y1, x2, y2) in original-image pixels, or None where not needed (a fused mask
+    that no table row will hold)."""
 
     category: int
     score: float
@@ -87,7 +88,7 @@ class StoredMask:
     y0: int
     q: np.ndarray
     hw: tuple[int, int]
-    box: tuple[float, float, float, float]
+    box: tuple[float, float, float, float] | None
 
 
 def _attrs_of(value) -> np.ndarray | None:

@@ -25,7 +25,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .fusion import check_weights, combine_image
+from .fusion import ImageFusion, check_weights
 from .io import read_json
 from .postprocess import POSTPROCESS_DEFAULTS, finalize, load_params, rank_windows, resolve_params, save_params
 from .scoring import ImageScorer, image_ground_truth, raise_problems, scored_images
@@ -126,9 +126,10 @@ def _image_points(candidates, groups, n_points, floor, full_class_ids, classes, 
     instances are scored once.
     """
     gt = image_ground_truth(task.gt, task.size, full_class_ids)
+    fusion = ImageFusion(masks, task.orig_hw)
     out = []
     for combo in candidates:
-        probs = rank_windows(combine_image(masks, combo, task.orig_hw), task.size, floor)
+        probs = rank_windows(fusion.combine(combo), task.size, floor)
         index = np.zeros(n_points, np.int64)
         distinct: list[tuple[float, dict]] = []
         memo: dict = {}
