@@ -16,15 +16,23 @@ image's id by its file name, a category's id by its name (a category the file la
 ``segmentation`` is a pycocotools RLE of the mask at the original image size (``counts`` as str); ``bbox`` is
 ``[x, y, width, height]`` (:func:`lib.boxes.mask_bbox`).
 
+The export streams by image: the prediction table file (``predictions.parquet``, rows grouped by image in the
+order of the images table, as 05 writes it) is read one row group at a time (:func:`lib.shards.image_rows`),
+each image is fused, post-processed, drawn and appended to ``coco_results.json`` in turn, so memory holds one
+row group and one image whatever the number of images.
+
 :func:`export_signature` is what the exported files depend on besides the image files (the predictions, the
 params file's content, the ground-truth file's content): 05 exports again when it changes.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Iterator
 
 import cv2
 import numpy as np
@@ -33,33 +41,49 @@ from tqdm import tqdm
 
 from . import io as lio
 from . import kaggle_data as lkaggle
+from . import prediction_table as lpred
 from . import viz
 from .boxes import mask_bbox
 from .fusion import combine
 from .labels import parse_class_id
-from .postprocess import image_groups, load_params, postprocess_image, resolve_params
+from .postprocess import load_params, postprocess_image, resolve_params
+from .shards import image_rows, table_models
 
-__all__ = ["EXPORT_FORMAT", "export_table", "coco_record", "overlay_names", "CocoGt", "read_coco_gt",
+__all__ = ["EXPORT_FORMAT", "export_plan", "export_table", "coco_record", "overlay_names", "CocoGt", "read_coco_gt",
            "export_signature", "remove_exports", "export_predictions"]
 
 EXPORT_FORMAT = 2  # 2: unique overlay names, ids of a ground-truth file (exports of format 1 are redone)
 
 
-def export_table(table: pd.DataFrame, params_path: str | Path | None = None) -> tuple[pd.DataFrame, dict, str]:
-    """The table to export and its post-processing: ``(table, params, what)``. One model: its rows. Several:
+def export_plan(models: list[str], params_path: str | Path | None = None
+                ) -> tuple[Callable[[pd.DataFrame], pd.DataFrame], dict, str]:
+    """How a table of ``models`` (names in order of first appearance) is exported: ``(fuse, params, what)``.
+    ``fuse`` maps rows (of one image, or any) to the rows to post-process. One model: its rows. Several:
     fused with the combination saved in ``params_path`` (06's ``params.json``) when it has one, else all
-    models with equal weights. ``params``: those of ``params_path``, else the winning recipe."""
+    models with equal weights. ``params``: those of ``params_path``, else the winning recipe. A combination
+    that does not fit ``models`` is a ``ValueError`` here, before anything is exported."""
     from .tuning import load_combination
 
     params = load_params(params_path) if params_path else resolve_params()
-    names = list(dict.fromkeys(table["model"]))
+    names = list(models)
     if len(names) <= 1:
-        return table, params, names[0] if names else "no predictions"
+        return (lambda rows: rows), params, names[0] if names else "no predictions"
     combo = load_combination(params_path) if params_path else None
     if combo is None:
         combo = {"models": names, "weights": [1.0] * len(names), "iou": 0.5, "min_votes": 1}
-    sources = {n: table[table["model"] == n].reset_index(drop=True) for n in names}
-    return combine(sources, combo), params, f"ensemble of {'+'.join(combo['models'])}"
+
+    def fuse(rows: pd.DataFrame) -> pd.DataFrame:
+        return combine({n: rows[rows["model"] == n].reset_index(drop=True) for n in names}, combo)
+
+    fuse(lpred.make_table([]))  # checks the combination against the models
+    return fuse, params, f"ensemble of {'+'.join(combo['models'])}"
+
+
+def export_table(table: pd.DataFrame, params_path: str | Path | None = None) -> tuple[pd.DataFrame, dict, str]:
+    """The table to export and its post-processing: ``(table, params, what)``, :func:`export_plan` of the
+    table's models applied to the whole table."""
+    fuse, params, what = export_plan(list(dict.fromkeys(table["model"])), params_path)
+    return fuse(table), params, what
 
 
 def coco_record(number: int, image_id: str, category_id: int, mask: np.ndarray, score: float) -> dict:
@@ -186,20 +210,22 @@ def remove_exports(out_dir: str | Path, overlays: bool = True, coco: bool = True
             d.rmdir()
 
 
-def export_predictions(out_dir: str | Path, table: pd.DataFrame, images: pd.DataFrame, paths: dict[str, str],
+def export_predictions(out_dir: str | Path, predictions: str | Path, images: pd.DataFrame, paths: dict[str, str],
                        class_names, params_path: str | Path | None = None, overlays: bool = True,
                        coco: bool = True, progress: bool = True, coco_gt: CocoGt | str | Path | None = None) -> dict:
     """Write ``overlays/`` and ``coco_results.json`` into ``out_dir`` (module docstring) for the readable
-    images of ``images`` (``image_id, orig_height, orig_width[, error]``; ``paths``: image id -> file).
-    ``coco_gt``: a ground-truth file (or :func:`read_coco_gt` of one) whose image and category ids the COCO
-    results use. Returns what was written: ``{"exported": what, "overlays": dir or None, "coco_results": file
-    or None, "num_instances": n}``, plus ``"renamed_overlays"`` (ids whose overlay name got a hash, with
-    their names) and, with ``coco_gt``, ``"categories_not_in_gt"`` (name -> instances left out)."""
+    images of ``images`` (``image_id, orig_height, orig_width[, error]``; ``paths``: image id -> file), image
+    by image. ``predictions``: a prediction-table file whose rows are grouped by image in the order of
+    ``images`` (``predictions.parquet`` of 05), read one row group at a time; ``ValueError`` naming it when
+    an image's rows come after a later image's. ``coco_gt``: a ground-truth file (or :func:`read_coco_gt` of
+    one) whose image and category ids the COCO results use. Returns what was written: ``{"exported": what,
+    "overlays": dir or None, "coco_results": file or None, "num_instances": n}``, plus ``"renamed_overlays"``
+    (ids whose overlay name got a hash, with their names) and, with ``coco_gt``, ``"categories_not_in_gt"``
+    (name -> instances left out)."""
     from .labels import competition_labels
 
     out_dir = Path(out_dir)
-    table, params, what = export_table(table, params_path)
-    groups = image_groups(table)
+    fuse, params, what = export_plan(table_models(predictions), params_path)
     if "error" in images:
         images = images[images["error"].fillna("") == ""]
     image_ids = images["image_id"].astype(str).tolist()
@@ -212,28 +238,26 @@ def export_predictions(out_dir: str | Path, table: pd.DataFrame, images: pd.Data
         numbers = {i: n for n, i in enumerate(image_ids, start=1)}
         cat_ids = None
     names = overlay_names(image_ids)
-    records, n_inst, left_out = [], 0, Counter()
-    for r in tqdm(list(images.itertuples(index=False)), desc="05 export", unit="img", disable=not progress):
-        size = (int(r.orig_height), int(r.orig_width))
-        idx = groups.get(r.image_id)
-        insts = postprocess_image(table.iloc[idx], params, size) if idx is not None else []
-        n_inst += len(insts)
-        if coco:
-            for c, m, s in insts:
-                cat = parse_class_id(c)[0]
-                cid = cat if cat_ids is None else cat_ids.get(cat)
-                if cid is None:
-                    left_out[cat_names[cat]] += 1
-                    continue
-                records.append(coco_record(numbers[r.image_id], r.image_id, cid, m, s))
-        if overlays:
-            masks = np.stack([m for _, m, _ in insts]) if insts else np.zeros((0, *size), np.uint8)
-            labels = [_class_name(c, class_names) for c, _, _ in insts]
-            rgb = viz.draw_overlay(lkaggle.read_image(paths[r.image_id]), masks, labels, [s for _, _, s in insts])
-            ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-            lio.atomic_write_bytes(out_dir / "overlays" / names[r.image_id], buf.tobytes())
-    if coco:
-        lio.atomic_write_json(out_dir / "coco_results.json", records, indent=None)
+    n_inst, left_out = 0, Counter()
+    # strict: after the last image the file is read to its end (rows out of order there are an error too)
+    per_image = zip(images.itertuples(index=False), _rows_in_order(predictions, image_ids), strict=True)
+    with _json_list(out_dir / "coco_results.json" if coco else None) as add_record:
+        for r, rows in tqdm(per_image, total=len(images), desc="05 export", unit="img", disable=not progress):
+            size = (int(r.orig_height), int(r.orig_width))
+            rows = fuse(rows) if rows is not None else None
+            insts = postprocess_image(rows, params, size) if rows is not None and len(rows) else []
+            n_inst += len(insts)
+            if coco:
+                for c, m, s in insts:
+                    cat = parse_class_id(c)[0]
+                    cid = cat if cat_ids is None else cat_ids.get(cat)
+                    if cid is None:
+                        left_out[cat_names[cat]] += 1
+                        continue
+                    add_record(coco_record(numbers[r.image_id], r.image_id, cid, m, s))
+            if overlays:
+                _write_overlay(out_dir / "overlays" / names[r.image_id], paths[r.image_id], insts, size,
+                               class_names)
     out = {"exported": what, "overlays": str(out_dir / "overlays") if overlays else None,
            "coco_results": str(out_dir / "coco_results.json") if coco else None, "num_instances": n_inst,
            "renamed_overlays": {i: n for i, n in names.items() if n != _plain_name(i) + ".png"} if overlays else {}}
@@ -241,6 +265,54 @@ def export_predictions(out_dir: str | Path, table: pd.DataFrame, images: pd.Data
         out["coco_gt"] = str(gt.path)
         out["categories_not_in_gt"] = dict(sorted(left_out.items()))
     return out
+
+
+def _rows_in_order(predictions: str | Path, image_ids: list[str]) -> Iterator[pd.DataFrame | None]:
+    """The rows of each of ``image_ids`` in turn (None: no rows) from a prediction-table file grouped by
+    image in that order (rows of images not listed are passed over); ``ValueError`` naming the file when an
+    image's rows come after those of an image later in the list."""
+    pos = {i: n for n, i in enumerate(image_ids)}
+    at = 0
+    for image_id, rows in image_rows(predictions):
+        n = pos.get(str(image_id))
+        if n is None:
+            continue
+        if n < at:
+            raise ValueError(f"{predictions}: the rows of {image_id!r} come after those of {image_ids[at - 1]!r}, "
+                             f"not in the order of the images table (as 05 writes predictions.parquet)")
+        yield from [None] * (n - at)
+        yield rows
+        at = n + 1
+    yield from [None] * (len(image_ids) - at)
+
+
+@contextlib.contextmanager
+def _json_list(path: Path | None):
+    """Write a JSON list to ``path`` atomically, one item at a time: yields ``add(item)``; the file reads as
+    ``lib.io.atomic_write_json(path, items, indent=None)`` writes it. ``path`` None: nothing written."""
+    if path is None:
+        yield lambda item: None
+        return
+    with lio.atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        first = [True]
+
+        def add(item) -> None:
+            f.write(("[" if first[0] else ", ") + lio.to_json(item, indent=None))
+            first[0] = False
+
+        yield add
+        f.write(("[" if first[0] else "") + "]\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _write_overlay(path: Path, image_path: str, insts, size: tuple[int, int], class_names) -> None:
+    """The overlay PNG of one image: its post-processed instances ``[(class id, (H, W) 0/1 mask, score)]``."""
+    masks = np.stack([m for _, m, _ in insts]) if insts else np.zeros((0, *size), np.uint8)
+    labels = [_class_name(c, class_names) for c, _, _ in insts]
+    rgb = viz.draw_overlay(lkaggle.read_image(image_path), masks, labels, [s for _, _, s in insts])
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    lio.atomic_write_bytes(path, buf.tobytes())
 
 
 def _class_name(class_id: str, class_names) -> str:

@@ -48,7 +48,6 @@ from tqdm import tqdm
 from . import checkpoint as lcheckpoint
 from . import io as lio
 from . import kaggle_data as ldata
-from . import prediction_table as lpred
 from . import prepared as lprepared
 from . import runtime
 from .inference import image_batches, predict_batch, result_rows, tta_views
@@ -148,7 +147,7 @@ def images_from_data_dir(data_dir: str | Path, progress: bool = True) -> pd.Data
     from . import submission as lsub
 
     df = lsub.list_test_images(data_dir, progress=progress)
-    df = df.assign(path=[str(Path(data_dir) / "test" / i) for i in df["image_id"]])
+    df = df.assign(path=[str(ldata.image_file(Path(data_dir) / "test", i)) for i in df["image_id"]])
     return df[["image_id", "path", "orig_height", "orig_width"]].reset_index(drop=True)
 
 
@@ -334,9 +333,10 @@ def _predict_images(sub: pd.DataFrame, models, names, store: ShardStore, rank: i
 
 
 def _merge(s: PredictSettings, store: ShardStore, frame: pd.DataFrame, names, meta_base: dict,
-           timing: dict) -> tuple[dict, pd.DataFrame | None, pd.DataFrame | None]:
-    """Rank 0, every rank done: merge the shards when every image is predicted; write meta.json. Returns the
-    summary and the merged predictions and images tables (None while images are left)."""
+           timing: dict) -> tuple[dict, pd.DataFrame | None]:
+    """Rank 0, every rank done: merge the shards when every image is predicted (streaming,
+    :meth:`lib.shards.ShardStore.merge`); write meta.json. Returns the summary and the images table (None
+    while images are left)."""
     out_dir = Path(s.out_dir)
     done = store.done()
     left = int((~frame["image_id"].isin(set(done["image_id"]))).sum())
@@ -345,17 +345,15 @@ def _merge(s: PredictSettings, store: ShardStore, frame: pd.DataFrame, names, me
         lio.atomic_write_json(out_dir / "meta.json", summary)
         print(f"05: {len(frame) - left} of {len(frame)} images predicted ({left} left); rerun the same "
               f"command to continue")
-        return summary, None, None
-    table, images = store.merge(frame["image_id"].tolist(), names)
-    with lio.atomic_path(out_dir / "predictions.parquet", suffix=".parquet") as tmp:
-        table.to_parquet(tmp, index=False)
+        return summary, None
+    images, per_model = store.merge(out_dir / "predictions.parquet", frame["image_id"].tolist(), names)
     with lio.atomic_path(out_dir / "images.parquet", suffix=".parquet") as tmp:
         images.to_parquet(tmp, index=False)
-    per_model = table.groupby("model").size().to_dict() if len(table) else {}
+    n_rows = sum(per_model.values())
     unreadable = {r.image_id: r.error for r in images.itertuples(index=False) if r.error}
     for image_id, reason in unreadable.items():
         print(f"05: could not read {image_id}, skipped: {reason}")
-    summary = {**meta_base, "status": "done", "num_predictions": len(table), "unreadable_images": unreadable,
+    summary = {**meta_base, "status": "done", "num_predictions": n_rows, "unreadable_images": unreadable,
                "predictions_per_model": {n: int(per_model.get(n, 0)) for n in names}, "timing": timing,
                "files": {"predictions": str(out_dir / "predictions.parquet"),
                          "images": str(out_dir / "images.parquet"),
@@ -363,18 +361,18 @@ def _merge(s: PredictSettings, store: ShardStore, frame: pd.DataFrame, names, me
     lio.atomic_write_json(out_dir / "meta.json", summary)
     if not s.keep_shards:
         store.clear()
-    print(f"05: {len(table)} instances for {len(images)} images from {len(names)} models "
+    print(f"05: {n_rows} instances for {len(images)} images from {len(names)} models "
           f"({', '.join(names)}) -> {out_dir / 'predictions.parquet'} "
           f"({timing['images_per_s']} images/s this run)")
-    return summary, table, images
+    return summary, images
 
 
-def _export(s: PredictSettings, frame: pd.DataFrame, summary: dict, tables, coco_gt=None) -> dict:
-    """Rank 0, every image predicted: overlays and COCO results (:mod:`lib.export`) of the merged tables
-    (``tables()`` -> ``(table, images)``, called only when something is exported), recorded in meta.json's
-    ``export`` with their :func:`lib.export.export_signature`. Files of an earlier export with another signature
-    are deleted; those with this one are kept (and written only when missing). ``coco_gt``: its
-    :func:`lib.export.read_coco_gt`, if already read."""
+def _export(s: PredictSettings, frame: pd.DataFrame, summary: dict, images, coco_gt=None) -> dict:
+    """Rank 0, every image predicted: overlays and COCO results (:mod:`lib.export`) of ``predictions.parquet``
+    (streamed by image) and the images table (``images()``, called only when something is exported), recorded
+    in meta.json's ``export`` with their :func:`lib.export.export_signature`. Files of an earlier export with
+    another signature are deleted; those with this one are kept (and written only when missing). ``coco_gt``:
+    its :func:`lib.export.read_coco_gt`, if already read."""
     from . import export as lexport
 
     out_dir = Path(s.out_dir)
@@ -398,8 +396,8 @@ def _export(s: PredictSettings, frame: pd.DataFrame, summary: dict, tables, coco
             summary = {k: v for k, v in summary.items() if k != "export"}
             lio.atomic_write_json(out_dir / "meta.json", summary)
         return summary
-    table, images = tables()
-    written = lexport.export_predictions(out_dir, table, images, dict(zip(frame["image_id"], frame["path"])),
+    written = lexport.export_predictions(out_dir, out_dir / "predictions.parquet", images(),
+                                         dict(zip(frame["image_id"], frame["path"])),
                                          summary.get("labels"), s.params, todo_overlays, todo_coco, s.progress,
                                          coco_gt=(coco_gt or s.coco_gt) if todo_coco else None)
     redone = {"overlays": todo_overlays, "renamed_overlays": todo_overlays, "coco_results": todo_coco,
@@ -469,8 +467,7 @@ def _run_prediction(s: PredictSettings, held: contextlib.ExitStack) -> dict:
             print(f"05: {out_dir}/predictions.parquet is complete for this configuration (hash {status['hash']}); "
                   f"nothing to predict (--restart predicts again)")
             summary = _export(s, frame, lio.read_json(out_dir / "meta.json"),
-                              lambda: (lpred.read_table(out_dir / "predictions.parquet"),
-                                       pd.read_parquet(out_dir / "images.parquet")), gt.get("coco"))
+                              lambda: pd.read_parquet(out_dir / "images.parquet"), gt.get("coco"))
         runtime.teardown_distributed(distributed)
         return summary
     meta_base = {"stage": "05_predict", "config_hash": status["hash"], "world_size": world, "device": str(device),
@@ -495,8 +492,8 @@ def _run_prediction(s: PredictSettings, held: contextlib.ExitStack) -> dict:
     if main:
         timing = {"seconds": round(time.time() - t0, 2), "predict_seconds": round(t_pred, 2),
                   "images_this_run": int(sum(counts)), "images_per_s": round(sum(counts) / max(t_pred, 1e-9), 3)}
-        summary, table, images = _merge(s, store, frame, names, meta_base, timing)
-        if table is not None:
-            summary = _export(s, frame, summary, lambda: (table, images), gt.get("coco"))
+        summary, images = _merge(s, store, frame, names, meta_base, timing)
+        if images is not None:
+            summary = _export(s, frame, summary, lambda: images, gt.get("coco"))
     runtime.teardown_distributed(distributed, barrier=True)
     return summary

@@ -2,7 +2,9 @@
 
 Output directory (``out_dir``) of ``05_predict.py``::
 
-    predictions.parquet     all rows (lib.prediction_table format), ordered by image, model, score (desc)
+    predictions.parquet     all rows (lib.prediction_table format), ordered by image (the image list's order),
+                            model, score (desc); row groups of whole images (an image's rows are never split
+                            between two row groups; :data:`ROW_GROUP_ROWS`), read by image with :func:`image_rows`
     images.parquet          image_id, orig_height, orig_width, error of every predicted image (even with no
                             rows; ``error``: why an unreadable image was skipped, else "")
     meta.json               checkpoints, model configs, args, config hash, timing (images/s)
@@ -13,30 +15,38 @@ Output directory (``out_dir``) of ``05_predict.py``::
 
 Resume: a rerun with the same configuration (:func:`prediction_config`, :func:`config_hash`) skips the images
 listed in ``shards/images-*`` and predicts the rest; when every image is done the shards are merged
-(:meth:`ShardStore.merge`, atomically) into ``predictions.parquet`` / ``images.parquet`` and removed
-(``keep_shards`` keeps them). Shards of another configuration (other checkpoint files, TTA, mask size, input
-size, score floor, precision or image list) are never mixed: the run stops with an error unless ``restart``
-is set, which deletes them.
+(:meth:`ShardStore.merge`, atomically, streaming: memory flat in the number of images) into
+``predictions.parquet`` / ``images.parquet`` and removed (``keep_shards`` keeps them). Shards of another
+configuration (other checkpoint files, TTA, mask size, input size, score floor, precision or image list) are
+never mixed: the run stops with an error unless ``restart`` is set, which deletes them.
 """
 from __future__ import annotations
 
 import hashlib
 import re
 import shutil
+from collections import Counter
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from . import io as lio
 from . import prediction_table as lpred
 
-__all__ = ["PREDICT_FORMAT", "IMAGE_COLUMNS", "prediction_config", "config_hash", "ShardStore"]
+__all__ = ["PREDICT_FORMAT", "IMAGE_COLUMNS", "ROW_GROUP_ROWS", "prediction_config", "config_hash", "ShardStore",
+           "image_rows", "table_models"]
 
 PREDICT_FORMAT = "imat-predictions/2"
 # The images table of a shard and of images.parquet; ``error``: why the image could not be read ("" if it was).
 IMAGE_COLUMNS = ["image_id", "orig_height", "orig_width", "error"]
+# A row group of predictions.parquet is closed at the first image boundary once it holds this many rows (an image
+# with more rows is one group): a reader holds one row group (about 1024 x 7 KB of mask PNGs) at a time; 06 reads
+# chunks of about as many rows (lib/table_stream.py).
+ROW_GROUP_ROWS = 1024
 _SHARD_RE = re.compile(r"^(part|images)-(\d+)-(\d+)\.parquet$")
 
 
@@ -136,32 +146,186 @@ class ShardStore:
             images = images.assign(error=images["error"] if "error" in images else "")
             images[IMAGE_COLUMNS].reset_index(drop=True).to_parquet(tmp, index=False)
 
-    def merge(self, image_ids: Sequence[str], model_order: Sequence[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """(predictions, images) of ``image_ids`` from the shards, in image order, model order, score desc."""
+    def merge(self, path: str | Path, image_ids: Sequence[str], model_order: Sequence[str],
+              row_group_rows: int = ROW_GROUP_ROWS) -> tuple[pd.DataFrame, dict[str, int]]:
+        """Write the prediction rows of ``image_ids`` from the shards to ``path`` (atomically): in the order of
+        ``image_ids``, then of ``model_order`` (other models after), then by score descending, ties in their
+        shard's order; only the rows of the shard that owns an image (the first in (rank, shard) order listing
+        it). Returns the images table (``IMAGE_COLUMNS``, in the order of ``image_ids``) and the number of rows
+        of each model.
+
+        A streaming k-way merge (:class:`_Part`): a shard's part is opened when its first image comes up, read
+        in batches as its images pass and dropped after its last, so memory holds a batch or two of each part
+        whose image range is open (about one per rank: a rank's shard holds a run of every ``world``-th image)
+        and one row group, whatever the number of images. Row groups hold whole images, each closed at an image
+        boundary once it has ``row_group_rows`` rows.
+        The file equals ``make_table(all rows)`` sorted so and written by ``to_parquet(index=False)``
+        (same columns, dtypes and pandas metadata). ``ValueError`` for images not predicted yet, or a part
+        that is not a prediction table.
+        """
         done = self.done().set_index("image_id")
         missing = [i for i in image_ids if i not in done.index]
         if missing:
             raise ValueError(f"{self.dir}: {len(missing)} images not predicted yet (e.g. {missing[:3]})")
         owner = {i: (int(done.at[i, "rank"]), int(done.at[i, "shard"])) for i in image_ids}
-        parts = []
         files = self._files()
-        for (kind, r, k), f in sorted(files.items()):
-            if kind == "part" and ("images", r, k) in files:
-                t = pd.read_parquet(f)
-                if len(t):
-                    t = t[[owner.get(i) == (r, k) for i in t["image_id"]]]
-                    parts.append(t)
-        pos = {iid: n for n, iid in enumerate(image_ids)}
-        mpos = {m: n for n, m in enumerate(model_order)}
-        table = pd.concat(parts, ignore_index=True) if parts else lpred.make_table([])
-        if len(table):
-            table = table.assign(_i=table["image_id"].map(pos), _m=table["model"].map(mpos).fillna(len(mpos)),
-                                 _s=-table["score"].astype(np.float64))
-            table = table.sort_values(["_i", "_m", "_s"], kind="stable").drop(columns=["_i", "_m", "_s"])
-        table = table[lpred.COLUMNS].astype(lpred.DTYPES) if len(table) else lpred.make_table([])
+        parts = {(r, k): f for (kind, r, k), f in files.items() if kind == "part" and ("images", r, k) in files}
+        last = {owner[i]: n for n, i in enumerate(image_ids)}  # owning shard -> position of its last image
+        schema = _table_schema(any([_part_has_attrs(parts[o]) for o in last if o in parts]))
+        counts: Counter = Counter()
+        with lio.atomic_path(path, suffix=".parquet") as tmp:
+            _write_whole_images(tmp, schema, _merged_images(parts, owner, last, list(image_ids), model_order,
+                                                            schema, counts), row_group_rows)
         images = done.loc[list(image_ids), ["orig_height", "orig_width", "error"]].reset_index()
         images = images.astype({"orig_height": "int32", "orig_width": "int32"})
-        return table.reset_index(drop=True), images
+        return images, dict(counts)
 
     def clear(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _part_has_attrs(path: Path) -> bool:
+    """Whether a shard's part stores attribute scores (its ``attr_scores`` is not all null); ``ValueError``
+    naming the file when it is not a prediction table."""
+    schema = pq.read_schema(path)
+    missing = [c for c in lpred.COLUMNS if c not in schema.names]
+    if missing:
+        raise ValueError(f"{path}: not a prediction table (missing columns {missing})")
+    return schema.field("attr_scores").type != pa.null()
+
+
+def _table_schema(attrs: bool) -> pa.Schema:
+    """The Arrow schema (pandas metadata included) ``to_parquet(index=False)`` gives a non-empty
+    :func:`lib.prediction_table.make_table`: ``attr_scores`` list<double>, or null when no row has them."""
+    row = {c: 0 for c in lpred.COLUMNS} | {"image_id": "", "model": "", "mask_png": b"",
+                                           "attr_scores": [0.0] if attrs else None}
+    return pa.Schema.from_pandas(lpred.make_table([row]), preserve_index=False)
+
+
+class _Part:
+    """One shard part during the merge: the order of the rows of the images its shard owns (sorted by image
+    position, model order, score descending; stable), found from its ``image_id, model, score`` columns; its
+    rows are read in batches of ``batch_rows`` as its images come up, and a batch is dropped once no image
+    still to come has a row in it (all of them are kept for a part not written in image order)."""
+
+    def __init__(self, path: Path | None, key: tuple[int, int], owner: dict, pos: dict, mpos: dict,
+                 batch_rows: int = 1024):
+        keys = pq.read_table(path, columns=["image_id", "model", "score"]) if path is not None else None
+        ids = keys.column("image_id").to_pylist() if keys is not None else []
+        rows = np.flatnonzero(np.array([owner.get(i) == key for i in ids], bool))
+        models = keys.column("model").to_pylist() if len(rows) else []
+        at = np.array([pos[ids[j]] for j in rows], np.int64)
+        model_at = np.array([mpos.get(models[j], len(mpos)) for j in rows], np.int64)
+        score = keys.column("score").to_numpy().astype(np.float64)[rows] if len(rows) else np.zeros(0)
+        order = np.lexsort((-score, model_at, at))
+        self.rows, self.at = rows[order], at[order]  # file row numbers in merged order, their image positions
+        self.need = np.minimum.accumulate(self.rows[::-1])[::-1]  # the lowest row needed from each on
+        self.counts = Counter(models[j] for j in rows)
+        self.batches = pq.ParquetFile(path, buffer_size=1 << 20, pre_buffer=False).iter_batches(
+            batch_rows, columns=lpred.COLUMNS) if len(rows) else iter(())
+        self.held: list[tuple[int, pa.RecordBatch]] = []  # (first row, batch)
+        self.end = 0  # rows read so far
+
+    def image(self, n: int, schema: pa.Schema) -> pa.Table:
+        """The rows of the image at position ``n`` in merged order, cast to ``schema`` (a copy)."""
+        a, b = np.searchsorted(self.at, [n, n + 1])
+        if a == b:
+            return schema.empty_table()
+        rows = self.rows[a:b]
+        lo, hi = int(rows.min()), int(rows.max()) + 1
+        while self.end < hi:
+            batch = next(self.batches)
+            self.held.append((self.end, batch))
+            self.end += batch.num_rows
+        pieces = [batch.slice(max(lo - s, 0), min(hi, s + batch.num_rows) - max(lo, s))
+                  for s, batch in self.held if s < hi and s + batch.num_rows > lo]
+        table = pa.Table.from_batches(pieces).select(lpred.COLUMNS).take(rows - lo).cast(schema)
+        keep = self.need[b] if b < len(self.rows) else self.end
+        self.held = [(s, batch) for s, batch in self.held if s + batch.num_rows > keep]
+        return table
+
+
+def _merged_images(parts: dict, owner: dict, last: dict, image_ids: list[str], model_order: Sequence[str],
+                   schema: pa.Schema, counts: Counter) -> Iterator[pa.Table]:
+    """The sorted rows of each of ``image_ids`` in turn (an empty table for an image without rows), each part
+    opened when its first image comes up and dropped after its last (``last``: owning shard -> position of its
+    last image); ``counts`` gets the rows of each model."""
+    pos = {iid: n for n, iid in enumerate(image_ids)}
+    mpos = {m: n for n, m in enumerate(model_order)}
+    held: dict[tuple[int, int], _Part] = {}
+    for n, iid in enumerate(image_ids):
+        key = owner[iid]
+        if key not in held:
+            held[key] = _Part(parts.get(key), key, owner, pos, mpos)
+            counts.update(held[key].counts)
+        yield held[key].image(n, schema)
+        if last[key] == n:
+            del held[key]
+
+
+def _write_whole_images(path: Path, schema: pa.Schema, per_image: Iterable[pa.Table], group_rows: int) -> None:
+    """Write the tables of ``per_image`` (one image's rows each, in order) to ``path`` with ``schema``: row
+    groups of whole images, each closed once it has ``group_rows`` rows. No row at all: the empty
+    :func:`lib.prediction_table.make_table` as ``to_parquet`` writes it."""
+    writer, pending, n = None, [], 0
+
+    def flush():
+        nonlocal writer, pending, n
+        writer = writer or pq.ParquetWriter(path, schema)
+        writer.write_table(pa.concat_tables(pending), row_group_size=n)
+        pending, n = [], 0
+
+    try:
+        for t in per_image:
+            if t.num_rows:
+                pending.append(t)
+                n += t.num_rows
+            if n >= group_rows:
+                flush()
+        if n:
+            flush()
+    finally:
+        if writer is not None:
+            writer.close()
+    if writer is None:
+        lpred.make_table([]).to_parquet(path, index=False)
+
+
+def image_rows(path: str | Path) -> Iterator[tuple[str, pd.DataFrame]]:
+    """``(image id, its rows)`` of a prediction-table file (``predictions.parquet``), in file order, reading
+    one row group at a time (:meth:`pyarrow.parquet.ParquetFile.read_row_group`). Rows of one image are
+    taken to be contiguous (as :meth:`ShardStore.merge` writes them); an image whose rows run on into the
+    next row group (a file written otherwise) is yielded whole. ``ValueError`` naming the file when it is
+    not a prediction table."""
+    pf = _table_file(path)
+    held_id, held = None, []
+    for g in range(pf.num_row_groups):
+        t = pf.read_row_group(g).to_pandas()
+        ids = t["image_id"].to_numpy()
+        starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]]) if len(t) else np.zeros(0, np.int64)
+        for a, b in zip(starts, [*starts[1:], len(t)]):
+            if ids[a] != held_id:
+                if held:
+                    yield held_id, held[0] if len(held) == 1 else pd.concat(held)
+                held_id, held = ids[a], []
+            held.append(t.iloc[a:b])
+    if held:
+        yield held_id, held[0] if len(held) == 1 else pd.concat(held)
+
+
+def table_models(path: str | Path) -> list[str]:
+    """The model names of a prediction-table file in order of first appearance (one row group read at a time,
+    its ``model`` column only). ``ValueError`` naming the file when it is not a prediction table."""
+    pf = _table_file(path)
+    seen: dict[str, None] = {}
+    for g in range(pf.num_row_groups):
+        seen.update(dict.fromkeys(pf.read_row_group(g, columns=["model"]).column("model").to_pylist()))
+    return list(seen)
+
+
+def _table_file(path: str | Path) -> pq.ParquetFile:
+    pf = pq.ParquetFile(path)
+    missing = [c for c in lpred.COLUMNS if c not in pf.schema_arrow.names]
+    if missing:
+        raise ValueError(f"{path}: not a prediction table (missing columns {missing})")
+    return pf

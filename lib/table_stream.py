@@ -29,8 +29,9 @@ from .io import WorkerDiedError, process_map, run_alone
 __all__ = ["Source", "TableIndex", "ImageTask", "read_sources", "map_images", "CHUNK_ROWS"]
 
 # Rows (over all files) a chunk of images holds at most, unless one image has more; and images per chunk. Small
-# chunks keep every worker busy and its memory low; a chunk reads its part of a row group (05 writes 4096 rows a
-# group), so a group is read by a few chunks: a few ms of I/O against seconds of work per chunk.
+# chunks keep every worker busy and its memory low; a chunk reads the row groups that hold its rows (05 writes
+# groups of lib.shards.ROW_GROUP_ROWS, as many rows), so a group is read once or twice: milliseconds of I/O
+# against seconds of work per chunk.
 CHUNK_ROWS = 1024
 CHUNK_IMAGES = 16
 

@@ -25,13 +25,19 @@ def _images(tmp_path, sizes):
     return frame, paths
 
 
+def _file(tmp_path, table):
+    """``table`` as a prediction-table file (what export_predictions reads)."""
+    table.to_parquet(tmp_path / "predictions.parquet", index=False)
+    return tmp_path / "predictions.parquet"
+
+
 def test_overlays_and_coco_results_follow_the_post_processed_masks(tmp_path):
     frame, paths = _images(tmp_path, {"a.jpg": (40, 30), "sub/b.png": (20, 24)})
     a = rect(5, 4, 25, 20, 0.9, hw=(40, 30))
     table = lpred.make_table(pred_rows("a.jpg", [a, rect(0, 0, 3, 3, 0.9, hw=(40, 30))], [6, 31], [0.8, 0.2],
                                        orig=(40, 30)))
-    got = export.export_predictions(tmp_path / "out", table, frame, paths, [f"c{i}" for i in range(46)],
-                                    progress=False)
+    got = export.export_predictions(tmp_path / "out", _file(tmp_path, table), frame, paths,
+                                    [f"c{i}" for i in range(46)], progress=False)
     assert got["num_instances"] == 1  # the 0.2-score sleeve is below the recipe's threshold
     recs = json.loads((tmp_path / "out" / "coco_results.json").read_text())
     assert len(recs) == 1
@@ -49,8 +55,8 @@ def test_unreadable_images_are_not_exported_and_exports_can_be_off(tmp_path):
     frame, paths = _images(tmp_path, {"a.jpg": (10, 10)})
     frame = pd.concat([frame, pd.DataFrame({"image_id": ["bad.jpg"], "orig_height": [10], "orig_width": [10],
                                             "error": ["truncated JPEG"]})], ignore_index=True)
-    got = export.export_predictions(tmp_path / "out", lpred.make_table([]), frame, paths, None, overlays=False,
-                                    progress=False)
+    got = export.export_predictions(tmp_path / "out", _file(tmp_path, lpred.make_table([])), frame, paths, None,
+                                    overlays=False, progress=False)
     assert got["overlays"] is None and json.loads((tmp_path / "out" / "coco_results.json").read_text()) == []
     assert not (tmp_path / "out" / "overlays").exists()
 
@@ -83,8 +89,8 @@ def test_overlay_names_are_unique_and_stable_when_plain_names_collide(tmp_path):
     assert len({n.casefold() for n in export.overlay_names(tricky).values()}) == len(tricky)
     # export_predictions writes one overlay per image, none overwritten
     frame, paths = _images(tmp_path, {"x.jpg": (12, 10), "x.png": (14, 10), "a/b.jpg": (10, 16), "a__b.jpg": (8, 8)})
-    got = export.export_predictions(tmp_path / "out", lpred.make_table([]), frame, paths, None, coco=False,
-                                    progress=False)
+    got = export.export_predictions(tmp_path / "out", _file(tmp_path, lpred.make_table([])), frame, paths, None,
+                                    coco=False, progress=False)
     written = {p.name: cv2.imread(str(p)).shape[:2] for p in (tmp_path / "out" / "overlays").glob("*.png")}
     want = export.overlay_names(frame["image_id"])
     assert written == {want[i]: (h, w) for i, h, w in frame[["image_id", "orig_height", "orig_width"]].itertuples(
@@ -113,8 +119,8 @@ def test_coco_results_take_the_image_and_category_ids_of_a_ground_truth_file(tmp
     # their ids differ from ours (a pre-release list), "sleeve" (31) is not in the file, b.png by its base name
     gt = _coco_gt(tmp_path / "gt.json", [(9813, "a.jpg", 40, 30), (77, "b.png", 20, 24)],
                   [(106, names[6]), (124, names[23])])
-    got = export.export_predictions(tmp_path / "out", table, frame, paths, None, overlays=False, progress=False,
-                                    coco_gt=gt)
+    got = export.export_predictions(tmp_path / "out", _file(tmp_path, table), frame, paths, None, overlays=False,
+                                    progress=False, coco_gt=gt)
     recs = json.loads((tmp_path / "out" / "coco_results.json").read_text())
     assert sorted((r["file_name"], r["image_id"], r["category_id"]) for r in recs) == [
         ("a.jpg", 9813, 106), ("shoot/b.png", 77, 124)]
@@ -122,14 +128,15 @@ def test_coco_results_take_the_image_and_category_ids_of_a_ground_truth_file(tmp
     coco = COCO(str(gt))
     assert len(coco.loadRes(recs).getAnnIds()) == 2  # pycocotools takes the ids
     # without the file: images numbered 1..N, our category ids
-    export.export_predictions(tmp_path / "plain", table, frame, paths, None, overlays=False, progress=False)
+    export.export_predictions(tmp_path / "plain", _file(tmp_path, table), frame, paths, None, overlays=False,
+                              progress=False)
     plain = json.loads((tmp_path / "plain" / "coco_results.json").read_text())
     assert sorted((r["image_id"], r["category_id"]) for r in plain) == [(1, 6), (2, 23), (2, 31)]
     # an image the file does not list is an error naming it
     gt2 = _coco_gt(tmp_path / "gt2.json", [(1, "a.jpg", 40, 30)], [(6, names[6])])
     with pytest.raises(ValueError, match=r"gt2.json: 1 of 2 images are not in that file.*shoot/b.png"):
-        export.export_predictions(tmp_path / "o2", table, frame, paths, None, overlays=False, progress=False,
-                                  coco_gt=gt2)
+        export.export_predictions(tmp_path / "o2", _file(tmp_path, table), frame, paths, None, overlays=False,
+                                  progress=False, coco_gt=gt2)
     assert not (tmp_path / "o2" / "coco_results.json").exists()
     # a category id of Infinity (json's extension) is a clear error, not a traceback
     (tmp_path / "gt3.json").write_text('{"images": [], "annotations": [], "categories": [{"id": Infinity, "name": "x"}]}')
@@ -158,8 +165,8 @@ def test_coco_results_load_against_the_real_fashionpedia_sample(shared_data, tmp
     paths = {f: str(d / f) for f, _, _ in files.values()}
     params = tmp_path / "params.json"
     save_params(params, {"nms_iou": 1.0, "overlap": "none", "min_area": 0})
-    export.export_predictions(tmp_path / "out", lpred.make_table(rows), frame, paths, None, params_path=params,
-                              overlays=False, progress=False, coco_gt=d / "sample.json")
+    export.export_predictions(tmp_path / "out", _file(tmp_path, lpred.make_table(rows)), frame, paths, None,
+                              params_path=params, overlays=False, progress=False, coco_gt=d / "sample.json")
     recs = json.loads((tmp_path / "out" / "coco_results.json").read_text())
     assert {r["image_id"] for r in recs} == set(files) and len(recs) == len(rows)
     assert {r["category_id"] for r in recs} <= {a["category_id"] for a in gt["annotations"]}  # their ids
@@ -168,6 +175,83 @@ def test_coco_results_load_against_the_real_fashionpedia_sample(shared_data, tmp
     ev.evaluate(), ev.accumulate(), ev.summarize()
     assert ev.stats[0] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="not in that file"):
-        export.export_predictions(tmp_path / "o2", lpred.make_table(rows), frame.assign(image_id="other.jpg"),
+        export.export_predictions(tmp_path / "o2", _file(tmp_path, lpred.make_table(rows)),
+                                  frame.assign(image_id="other.jpg"),
                                   {"other.jpg": paths[frame["image_id"][0]]}, None, overlays=False, progress=False,
                                   coco_gt=d / "sample.json")
+
+
+def _whole_table_json(table, frame, params_path=None) -> str:
+    """coco_results.json as the export wrote it from one in-memory table: fused as a whole, grouped by image."""
+    from lib import io as lio
+    from lib.labels import parse_class_id
+    from lib.postprocess import image_groups, postprocess_image
+
+    fused, params, _ = export.export_table(table, params_path)
+    groups = image_groups(fused)
+    recs = []
+    for n, r in enumerate(frame.itertuples(index=False), start=1):
+        idx = groups.get(r.image_id)
+        insts = postprocess_image(fused.iloc[idx], params, (r.orig_height, r.orig_width)) if idx is not None else []
+        recs += [export.coco_record(n, r.image_id, parse_class_id(c)[0], m, s) for c, m, s in insts]
+    return lio.to_json(recs, indent=None) + "\n"
+
+
+def test_the_export_streams_by_row_group_and_writes_what_the_whole_table_gave(tmp_path, monkeypatch):
+    """Several models fused image by image from a merged file of small row groups: coco_results.json has the
+    bytes of the export of the whole table; the file is only read one row group at a time."""
+    import pyarrow.parquet as pq
+
+    from lib import shards as lshards
+
+    sizes = {f"{k}.jpg": (32 + 4 * k, 28) for k in range(6)}
+    frame, paths = _images(tmp_path, sizes)
+    rows = []
+    for k, (image_id, hw) in enumerate(sizes.items()):
+        if k == 2:
+            continue  # no rows
+        for model, shift, score in (("x", 0, 0.9), ("y", 1, 0.7), ("z", 8, 0.6))[: 3 if k != 4 else 1]:
+            rows += pred_rows(image_id, [rect(2 + shift, 3, 20 + shift, 20, 0.9, hw=hw), rect(0, 0, 6, 6, 0.8, hw=hw)],
+                              [k + 1, 31], [score, score - 0.1], orig=hw, model=model)
+    store = lshards.ShardStore(tmp_path / "run")
+    store.check_config("h", {})
+    ids = list(sizes)
+    for r, mine in enumerate((ids[0::2], ids[1::2])):
+        store.write(r, 0, [x for x in rows if x["image_id"] in mine], frame[frame["image_id"].isin(mine)])
+    merged = tmp_path / "run" / "predictions.parquet"
+    store.merge(merged, ids, ["x", "y", "z"], row_group_rows=5)
+    assert pq.ParquetFile(merged).num_row_groups == 4  # 6 rows | 6 | 6 | 2 + 6 (image 2 has none)
+    table = pd.read_parquet(merged)
+    want = _whole_table_json(table, frame)
+
+    reads = []
+    real_read = pq.ParquetFile.read_row_group
+    monkeypatch.setattr(pq.ParquetFile, "read_row_group", lambda self, i, *a, **k: reads.append(i) or
+                        real_read(self, i, *a, **k))
+    monkeypatch.setattr(pq.ParquetFile, "read", lambda *a, **k: pytest.fail("the whole file was read"))
+    monkeypatch.setattr(pq, "read_table", lambda *a, **k: pytest.fail("the whole file was read"))
+    got = export.export_predictions(tmp_path / "out", merged, frame, paths, None, progress=False)
+    assert (tmp_path / "out" / "coco_results.json").read_text() == want
+    assert got["exported"] == "ensemble of x+y+z" and got["num_instances"] == len(json.loads(want)) > 0
+    assert reads == [*range(4), *range(4)]  # the model names, then the rows: one row group at a time
+    assert len(list((tmp_path / "out" / "overlays").glob("*.png"))) == 6
+    # a saved combination of two of the models, also image by image
+    save_params(tmp_path / "params.json", {"score_thresh": 0.3},
+                ensemble={"models": ["x", "z"], "weights": [1.0, 2.0], "iou": 0.5, "min_votes": 2})
+    export.export_predictions(tmp_path / "o2", merged, frame, paths, None, tmp_path / "params.json", overlays=False,
+                              progress=False)
+    assert (tmp_path / "o2" / "coco_results.json").read_text() == _whole_table_json(table, frame,
+                                                                                    tmp_path / "params.json")
+
+
+def test_a_table_not_in_the_order_of_the_images_is_a_clear_error(tmp_path):
+    frame, paths = _images(tmp_path, {"a.jpg": (10, 10), "b.jpg": (10, 10)})
+    box = rect(2, 2, 8, 8, 0.9, hw=(10, 10))
+    table = lpred.make_table(pred_rows("b.jpg", [box], [3], [0.9], orig=(10, 10))
+                             + pred_rows("a.jpg", [box], [3], [0.9], orig=(10, 10)))
+    with pytest.raises(ValueError, match=r"predictions.parquet: the rows of 'a.jpg' come after those of 'b.jpg'"):
+        export.export_predictions(tmp_path / "out", _file(tmp_path, table), frame, paths, None, progress=False)
+    assert not (tmp_path / "out" / "coco_results.json").exists()
+    with pytest.raises(ValueError, match="combination needs models"):  # before anything is written
+        save_params(tmp_path / "params.json", {}, ensemble={"models": ["m", "w"], "weights": [1.0, 1.0]})
+        export.export_plan(["m", "v"], tmp_path / "params.json")

@@ -333,7 +333,7 @@ def test_05_missing_test_image_is_a_clear_error(tmp_path, tiny_maskrcnn):
     cv2.imwrite(str(data / "test" / "a.jpg"), np.zeros((20, 20, 3), np.uint8))
     (data / "sample_submission.csv").write_text("ImageId,EncodedPixels,ClassId\na.jpg,1 1,0\nb.jpg,1 1,0\n")
     with pytest.raises(SystemExit, match=r"05: error: 1 test images listed in .*sample_submission.csv are missing "
-                                         r"from .*test: \['b.jpg'\]"):
+                                         r"from .*test \(looked for <ImageId> and <ImageId>\.jpg.*\): \['b.jpg'\]"):
         _run(tmp_path / "out", tiny_maskrcnn, data)
 
 
