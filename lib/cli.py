@@ -287,7 +287,8 @@ def add_submission_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--report-images", type=int, default=6,
                    help="images shown in <out-dir>/report/index.html (overlays per model); 0 = no report")
     p.add_argument("--processes", type=int, default=0,
-                   help="processes that post-process and encode the test images (0 = one per CPU, 1 = none)")
+                   help="worker processes for every pass over the images: tuning, scores, the submission (0 = one "
+                        "per CPU, 1 = none)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return p
 

@@ -16,10 +16,12 @@ image's id by its file name, a category's id by its name (a category the file la
 ``segmentation`` is a pycocotools RLE of the mask at the original image size (``counts`` as str); ``bbox`` is
 ``[x, y, width, height]`` (:func:`lib.boxes.mask_bbox`).
 
-The export streams by image: the prediction table file (``predictions.parquet``, rows grouped by image in the
-order of the images table, as 05 writes it) is read one row group at a time (:func:`lib.shards.image_rows`),
-each image is fused, post-processed, drawn and appended to ``coco_results.json`` in turn, so memory holds one
-row group and one image whatever the number of images.
+The export streams by image, through 06's reader (:func:`lib.table_stream.map_images`): the prediction table
+file (``predictions.parquet``) is indexed by its ``image_id`` column alone (:class:`lib.table_stream.TableIndex`:
+its rows may come in any order) and read a chunk of consecutive images at a time from the row groups that hold
+them; each image's masks are fused, post-processed (in ``processes`` worker processes) and then drawn and
+appended to ``coco_results.json`` in image order, so memory holds a chunk's rows and one image's masks whatever
+the number of images.
 
 :func:`export_signature` is what the exported files depend on besides the image files (the predictions, the
 params file's content, the ground-truth file's content): 05 exports again when it changes.
@@ -27,27 +29,24 @@ params file's content, the ground-truth file's content): 05 exports again when i
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 import cv2
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from . import io as lio
 from . import kaggle_data as lkaggle
-from . import prediction_table as lpred
 from . import viz
 from .boxes import mask_bbox
-from .fusion import combine
+from .fusion import combine, combine_image
 from .labels import parse_class_id
-from .postprocess import load_params, postprocess_image, resolve_params
-from .shards import image_rows, table_models
+from .postprocess import Instance, finalize, load_params, rank_windows, resolve_params
 
 __all__ = ["EXPORT_FORMAT", "export_plan", "export_table", "coco_record", "overlay_names", "CocoGt", "read_coco_gt",
            "export_signature", "remove_exports", "export_predictions"]
@@ -55,35 +54,35 @@ __all__ = ["EXPORT_FORMAT", "export_plan", "export_table", "coco_record", "overl
 EXPORT_FORMAT = 2  # 2: unique overlay names, ids of a ground-truth file (exports of format 1 are redone)
 
 
-def export_plan(models: list[str], params_path: str | Path | None = None
-                ) -> tuple[Callable[[pd.DataFrame], pd.DataFrame], dict, str]:
-    """How a table of ``models`` (names in order of first appearance) is exported: ``(fuse, params, what)``.
-    ``fuse`` maps rows (of one image, or any) to the rows to post-process. One model: its rows. Several:
-    fused with the combination saved in ``params_path`` (06's ``params.json``) when it has one, else all
-    models with equal weights. ``params``: those of ``params_path``, else the winning recipe. A combination
-    that does not fit ``models`` is a ``ValueError`` here, before anything is exported."""
+def export_plan(models: list[str], params_path: str | Path | None = None) -> tuple[dict | None, dict, str]:
+    """How a table of ``models`` (names in order of first appearance) is exported: ``(combo, params, what)``.
+    ``combo``: the combination (:func:`lib.fusion.combine`'s) of the models to post-process, None without
+    models. One model: ``{"models": [it]}`` (its own masks). Several: the combination saved in ``params_path``
+    (06's ``params.json``) when it has one, else all models with equal weights. ``params``: those of
+    ``params_path``, else the winning recipe. A combination that does not fit ``models`` is a ``ValueError``
+    here, before anything is exported."""
     from .tuning import load_combination
 
     params = load_params(params_path) if params_path else resolve_params()
     names = list(models)
     if len(names) <= 1:
-        return (lambda rows: rows), params, names[0] if names else "no predictions"
+        return ({"models": names} if names else None), params, names[0] if names else "no predictions"
     combo = load_combination(params_path) if params_path else None
     if combo is None:
         combo = {"models": names, "weights": [1.0] * len(names), "iou": 0.5, "min_votes": 1}
-
-    def fuse(rows: pd.DataFrame) -> pd.DataFrame:
-        return combine({n: rows[rows["model"] == n].reset_index(drop=True) for n in names}, combo)
-
-    fuse(lpred.make_table([]))  # checks the combination against the models
-    return fuse, params, f"ensemble of {'+'.join(combo['models'])}"
+    combine_image({n: [] for n in names}, combo)  # checks the combination against the models
+    return combo, params, f"ensemble of {'+'.join(combo['models'])}"
 
 
 def export_table(table: pd.DataFrame, params_path: str | Path | None = None) -> tuple[pd.DataFrame, dict, str]:
     """The table to export and its post-processing: ``(table, params, what)``, :func:`export_plan` of the
-    table's models applied to the whole table."""
-    fuse, params, what = export_plan(list(dict.fromkeys(table["model"])), params_path)
-    return fuse(table), params, what
+    table's models applied to the whole table in memory (:func:`lib.fusion.combine`; small tables: what
+    :func:`export_predictions` does image by image)."""
+    names = list(dict.fromkeys(table["model"]))
+    combo, params, what = export_plan(names, params_path)
+    if len(names) > 1:
+        table = combine({n: table[table["model"] == n].reset_index(drop=True) for n in names}, combo)
+    return table, params, what
 
 
 def coco_record(number: int, image_id: str, category_id: int, mask: np.ndarray, score: float) -> dict:
@@ -212,20 +211,23 @@ def remove_exports(out_dir: str | Path, overlays: bool = True, coco: bool = True
 
 def export_predictions(out_dir: str | Path, predictions: str | Path, images: pd.DataFrame, paths: dict[str, str],
                        class_names, params_path: str | Path | None = None, overlays: bool = True,
-                       coco: bool = True, progress: bool = True, coco_gt: CocoGt | str | Path | None = None) -> dict:
+                       coco: bool = True, progress: bool = True, coco_gt: CocoGt | str | Path | None = None,
+                       processes: int = 1) -> dict:
     """Write ``overlays/`` and ``coco_results.json`` into ``out_dir`` (module docstring) for the readable
     images of ``images`` (``image_id, orig_height, orig_width[, error]``; ``paths``: image id -> file), image
-    by image. ``predictions``: a prediction-table file whose rows are grouped by image in the order of
-    ``images`` (``predictions.parquet`` of 05), read one row group at a time; ``ValueError`` naming it when
-    an image's rows come after a later image's. ``coco_gt``: a ground-truth file (or :func:`read_coco_gt` of
-    one) whose image and category ids the COCO results use. Returns what was written: ``{"exported": what,
-    "overlays": dir or None, "coco_results": file or None, "num_instances": n}``, plus ``"renamed_overlays"``
-    (ids whose overlay name got a hash, with their names) and, with ``coco_gt``, ``"categories_not_in_gt"``
-    (name -> instances left out)."""
+    by image in the order of ``images``. ``predictions``: a prediction-table file (``predictions.parquet`` of
+    05; rows in any order), read a chunk of images at a time (:func:`lib.table_stream.map_images`, fusion and
+    post-processing in ``processes`` worker processes); ``ValueError`` naming it when it is not a prediction
+    table. ``coco_gt``: a ground-truth file (or :func:`read_coco_gt` of one) whose image and category ids the
+    COCO results use. Returns what was written: ``{"exported": what, "overlays": dir or None, "coco_results":
+    file or None, "num_instances": n}``, plus ``"renamed_overlays"`` (ids whose overlay name got a hash, with
+    their names) and, with ``coco_gt``, ``"categories_not_in_gt"`` (name -> instances left out)."""
     from .labels import competition_labels
+    from .table_stream import TableIndex
 
     out_dir = Path(out_dir)
-    fuse, params, what = export_plan(table_models(predictions), params_path)
+    index = TableIndex(predictions)
+    combo, params, what = export_plan(index.models, params_path)
     if "error" in images:
         images = images[images["error"].fillna("") == ""]
     image_ids = images["image_id"].astype(str).tolist()
@@ -239,13 +241,12 @@ def export_predictions(out_dir: str | Path, predictions: str | Path, images: pd.
         cat_ids = None
     names = overlay_names(image_ids)
     n_inst, left_out = 0, Counter()
-    # strict: after the last image the file is read to its end (rows out of order there are an error too)
-    per_image = zip(images.itertuples(index=False), _rows_in_order(predictions, image_ids), strict=True)
+    sizes = [(int(h), int(w)) for h, w in zip(images["orig_height"], images["orig_width"])]
+    per_image = zip(image_ids, sizes, _image_instances_of(index, combo, params, image_ids, sizes, processes,
+                                                          progress), strict=True)
     with _json_list(out_dir / "coco_results.json" if coco else None) as add_record:
-        for r, rows in tqdm(per_image, total=len(images), desc="05 export", unit="img", disable=not progress):
-            size = (int(r.orig_height), int(r.orig_width))
-            rows = fuse(rows) if rows is not None else None
-            insts = postprocess_image(rows, params, size) if rows is not None and len(rows) else []
+        for image_id, size, found in per_image:
+            insts = [(i.class_id, i.full(size), i.score) for i in found]
             n_inst += len(insts)
             if coco:
                 for c, m, s in insts:
@@ -254,10 +255,9 @@ def export_predictions(out_dir: str | Path, predictions: str | Path, images: pd.
                     if cid is None:
                         left_out[cat_names[cat]] += 1
                         continue
-                    add_record(coco_record(numbers[r.image_id], r.image_id, cid, m, s))
+                    add_record(coco_record(numbers[image_id], image_id, cid, m, s))
             if overlays:
-                _write_overlay(out_dir / "overlays" / names[r.image_id], paths[r.image_id], insts, size,
-                               class_names)
+                _write_overlay(out_dir / "overlays" / names[image_id], paths[image_id], insts, size, class_names)
     out = {"exported": what, "overlays": str(out_dir / "overlays") if overlays else None,
            "coco_results": str(out_dir / "coco_results.json") if coco else None, "num_instances": n_inst,
            "renamed_overlays": {i: n for i, n in names.items() if n != _plain_name(i) + ".png"} if overlays else {}}
@@ -267,23 +267,27 @@ def export_predictions(out_dir: str | Path, predictions: str | Path, images: pd.
     return out
 
 
-def _rows_in_order(predictions: str | Path, image_ids: list[str]) -> Iterator[pd.DataFrame | None]:
-    """The rows of each of ``image_ids`` in turn (None: no rows) from a prediction-table file grouped by
-    image in that order (rows of images not listed are passed over); ``ValueError`` naming the file when an
-    image's rows come after those of an image later in the list."""
-    pos = {i: n for n, i in enumerate(image_ids)}
-    at = 0
-    for image_id, rows in image_rows(predictions):
-        n = pos.get(str(image_id))
-        if n is None:
-            continue
-        if n < at:
-            raise ValueError(f"{predictions}: the rows of {image_id!r} come after those of {image_ids[at - 1]!r}, "
-                             f"not in the order of the images table (as 05 writes predictions.parquet)")
-        yield from [None] * (n - at)
-        yield rows
-        at = n + 1
-    yield from [None] * (len(image_ids) - at)
+def _image_instances_of(index, combo: dict | None, params: dict, image_ids: list[str], sizes: list[tuple[int, int]],
+                        processes: int, progress: bool):
+    """The post-processed instances (:func:`_image_instances`) of each of ``image_ids`` (``sizes``: their
+    original (h, w)) in turn, from the table ``index`` (:class:`lib.table_stream.TableIndex`) of the file."""
+    from .table_stream import ImageTask, Source, map_images
+
+    tasks = (ImageTask(i, hw, hw) for i, hw in zip(image_ids, sizes))
+    sources = [Source(m, index.path, m) for m in (combo["models"] if combo else [])]
+    fused = len(sources) > 1  # then rows below the threshold but above the combination's min_score vote too
+    floor = min(params["score_thresh"], float(combo.get("min_score", 0.0))) if fused else params["score_thresh"]
+    return map_images(functools.partial(_image_instances, combo, params), tasks, len(image_ids), sources,
+                      {index.path: index}, processes, floor, progress, desc="05 export")
+
+
+def _image_instances(combo: dict | None, params: dict, task, masks: dict[str, list]) -> list[Instance]:
+    """A :func:`lib.table_stream.map_images` function: one image's masks (``masks``: model -> its
+    :class:`lib.prediction_table.StoredMask` list) combined by ``combo`` (:func:`lib.fusion.combine_image`;
+    None: no models) and post-processed with ``params`` at the original size ``task.size`` = (h, w):
+    :class:`lib.postprocess.Instance` windows, best score first."""
+    found = combine_image(masks, combo, task.orig_hw) if combo else []
+    return finalize(rank_windows(found, task.size, params["score_thresh"]), params, task.size)
 
 
 @contextlib.contextmanager

@@ -4,7 +4,8 @@ Output directory (``out_dir``) of ``05_predict.py``::
 
     predictions.parquet     all rows (lib.prediction_table format), ordered by image (the image list's order),
                             model, score (desc); row groups of whole images (an image's rows are never split
-                            between two row groups; :data:`ROW_GROUP_ROWS`), read by image with :func:`image_rows`
+                            between two row groups; :data:`ROW_GROUP_ROWS`), read by image with
+                            :func:`lib.table_stream.map_images` (05's export, 06)
     images.parquet          image_id, orig_height, orig_width, error of every predicted image (even with no
                             rows; ``error``: why an unreadable image was skipped, else "")
     meta.json               checkpoints, model configs, args, config hash, timing (images/s)
@@ -37,8 +38,7 @@ import pyarrow.parquet as pq
 from . import io as lio
 from . import prediction_table as lpred
 
-__all__ = ["PREDICT_FORMAT", "IMAGE_COLUMNS", "ROW_GROUP_ROWS", "prediction_config", "config_hash", "ShardStore",
-           "image_rows", "table_models"]
+__all__ = ["PREDICT_FORMAT", "IMAGE_COLUMNS", "ROW_GROUP_ROWS", "prediction_config", "config_hash", "ShardStore"]
 
 PREDICT_FORMAT = "imat-predictions/2"
 # The images table of a shard and of images.parquet; ``error``: why the image could not be read ("" if it was).
@@ -289,43 +289,3 @@ def _write_whole_images(path: Path, schema: pa.Schema, per_image: Iterable[pa.Ta
             writer.close()
     if writer is None:
         lpred.make_table([]).to_parquet(path, index=False)
-
-
-def image_rows(path: str | Path) -> Iterator[tuple[str, pd.DataFrame]]:
-    """``(image id, its rows)`` of a prediction-table file (``predictions.parquet``), in file order, reading
-    one row group at a time (:meth:`pyarrow.parquet.ParquetFile.read_row_group`). Rows of one image are
-    taken to be contiguous (as :meth:`ShardStore.merge` writes them); an image whose rows run on into the
-    next row group (a file written otherwise) is yielded whole. ``ValueError`` naming the file when it is
-    not a prediction table."""
-    pf = _table_file(path)
-    held_id, held = None, []
-    for g in range(pf.num_row_groups):
-        t = pf.read_row_group(g).to_pandas()
-        ids = t["image_id"].to_numpy()
-        starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]]) if len(t) else np.zeros(0, np.int64)
-        for a, b in zip(starts, [*starts[1:], len(t)]):
-            if ids[a] != held_id:
-                if held:
-                    yield held_id, held[0] if len(held) == 1 else pd.concat(held)
-                held_id, held = ids[a], []
-            held.append(t.iloc[a:b])
-    if held:
-        yield held_id, held[0] if len(held) == 1 else pd.concat(held)
-
-
-def table_models(path: str | Path) -> list[str]:
-    """The model names of a prediction-table file in order of first appearance (one row group read at a time,
-    its ``model`` column only). ``ValueError`` naming the file when it is not a prediction table."""
-    pf = _table_file(path)
-    seen: dict[str, None] = {}
-    for g in range(pf.num_row_groups):
-        seen.update(dict.fromkeys(pf.read_row_group(g, columns=["model"]).column("model").to_pylist()))
-    return list(seen)
-
-
-def _table_file(path: str | Path) -> pq.ParquetFile:
-    pf = pq.ParquetFile(path)
-    missing = [c for c in lpred.COLUMNS if c not in pf.schema_arrow.names]
-    if missing:
-        raise ValueError(f"{path}: not a prediction table (missing columns {missing})")
-    return pf

@@ -1,5 +1,6 @@
 """lib/export.py: overlays and COCO results of post-processed predictions, one model or several fused."""
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -197,12 +198,14 @@ def _whole_table_json(table, frame, params_path=None) -> str:
     return lio.to_json(recs, indent=None) + "\n"
 
 
-def test_the_export_streams_by_row_group_and_writes_what_the_whole_table_gave(tmp_path, monkeypatch):
+def test_the_export_streams_by_chunks_of_images_and_writes_what_the_whole_table_gave(tmp_path, monkeypatch):
     """Several models fused image by image from a merged file of small row groups: coco_results.json has the
-    bytes of the export of the whole table; the file is only read one row group at a time."""
+    bytes of the export of the whole table; the file is read through lib.table_stream: its image_id and model
+    columns whole, its rows a chunk of images at a time from the row groups that hold them."""
     import pyarrow.parquet as pq
 
     from lib import shards as lshards
+    from lib import table_stream as lstream
 
     sizes = {f"{k}.jpg": (32 + 4 * k, 28) for k in range(6)}
     frame, paths = _images(tmp_path, sizes)
@@ -225,15 +228,22 @@ def test_the_export_streams_by_row_group_and_writes_what_the_whole_table_gave(tm
     want = _whole_table_json(table, frame)
 
     reads = []
-    real_read = pq.ParquetFile.read_row_group
-    monkeypatch.setattr(pq.ParquetFile, "read_row_group", lambda self, i, *a, **k: reads.append(i) or
-                        real_read(self, i, *a, **k))
-    monkeypatch.setattr(pq.ParquetFile, "read", lambda *a, **k: pytest.fail("the whole file was read"))
+    real_groups, real_read = pq.ParquetFile.read_row_groups, pq.ParquetFile.read
+    monkeypatch.setattr(pq.ParquetFile, "read_row_groups", lambda self, groups, *a, **k: reads.append(list(groups))
+                        or real_groups(self, groups, *a, **k))
+
+    def read_ids_only(self, columns=None, **k):
+        if columns is None or not set(columns) <= {"image_id", "model"}:
+            pytest.fail("the whole file was read")
+        return real_read(self, columns=columns, **k)
+
+    monkeypatch.setattr(pq.ParquetFile, "read", read_ids_only)
     monkeypatch.setattr(pq, "read_table", lambda *a, **k: pytest.fail("the whole file was read"))
+    monkeypatch.setattr(lstream, "CHUNK_ROWS", 6)  # chunks: image 0 | 1, 2 | 3 | 4 | 5
     got = export.export_predictions(tmp_path / "out", merged, frame, paths, None, progress=False)
     assert (tmp_path / "out" / "coco_results.json").read_text() == want
     assert got["exported"] == "ensemble of x+y+z" and got["num_instances"] == len(json.loads(want)) > 0
-    assert reads == [*range(4), *range(4)]  # the model names, then the rows: one row group at a time
+    assert reads == [[0], [1], [2], [3], [3]]  # each chunk: only the row groups that hold its rows
     assert len(list((tmp_path / "out" / "overlays").glob("*.png"))) == 6
     # a saved combination of two of the models, also image by image
     save_params(tmp_path / "params.json", {"score_thresh": 0.3},
@@ -244,14 +254,50 @@ def test_the_export_streams_by_row_group_and_writes_what_the_whole_table_gave(tm
                                                                                     tmp_path / "params.json")
 
 
-def test_a_table_not_in_the_order_of_the_images_is_a_clear_error(tmp_path):
-    frame, paths = _images(tmp_path, {"a.jpg": (10, 10), "b.jpg": (10, 10)})
-    box = rect(2, 2, 8, 8, 0.9, hw=(10, 10))
-    table = lpred.make_table(pred_rows("b.jpg", [box], [3], [0.9], orig=(10, 10))
-                             + pred_rows("a.jpg", [box], [3], [0.9], orig=(10, 10)))
-    with pytest.raises(ValueError, match=r"predictions.parquet: the rows of 'a.jpg' come after those of 'b.jpg'"):
-        export.export_predictions(tmp_path / "out", _file(tmp_path, table), frame, paths, None, progress=False)
-    assert not (tmp_path / "out" / "coco_results.json").exists()
+def test_a_table_in_any_row_order_exports_the_same_bytes(tmp_path):
+    """The rows of a file shuffled over small row groups (images and models interleaved, an image split between
+    groups), also read in 2 worker processes: the same overlays and coco_results.json as from the file in image
+    order, in the order of the images table; a combination that does not fit the models is an error before
+    anything is written."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sizes = {"a.jpg": (30, 26), "b.jpg": (24, 32), "c.jpg": (20, 20), "d.jpg": (28, 22)}
+    frame, paths = _images(tmp_path, sizes)
+    rows = []
+    for k, (image_id, hw) in enumerate(sizes.items()):
+        for model, shift, score in (("x", 0, 0.9), ("y", 2, 0.8)):
+            rows += pred_rows(image_id, [rect(1 + shift, 2 + k, 15 + shift, 18, 0.9, hw=hw),
+                                         rect(0, 0, 5 + k, 6, 0.8, hw=hw)], [k + 1, 31], [score, score - 0.2],
+                              orig=hw, model=model)
+    ordered = lpred.make_table(rows)
+    order = np.random.default_rng(3).permutation(len(ordered))
+    first_x = next(n for n, i in enumerate(order) if ordered["model"][i] == "x")
+    order[[0, first_x]] = order[[first_x, 0]]  # x stays the first model seen (the fusion's order)
+    shuffled = ordered.iloc[order].reset_index(drop=True)
+    assert list(dict.fromkeys(shuffled["image_id"])) != list(sizes)  # really out of image order
+    (tmp_path / "in_order").mkdir()
+    (tmp_path / "shuffled").mkdir()
+    ordered.to_parquet(tmp_path / "in_order" / "predictions.parquet", index=False)
+    pq.write_table(pa.Table.from_pandas(shuffled, preserve_index=False), tmp_path / "shuffled" / "predictions.parquet",
+                   row_group_size=3)
+    runs = {"in_order": ("in_order", 1), "shuffled": ("shuffled", 1), "in_workers": ("shuffled", 2)}
+    got = {r: export.export_predictions(tmp_path / r / "out", tmp_path / d / "predictions.parquet", frame, paths,
+                                        [f"c{i}" for i in range(46)], progress=False, processes=n)
+           for r, (d, n) in runs.items()}
+    assert got["in_order"]["exported"] == got["shuffled"]["exported"] == "ensemble of x+y"
+    assert got["in_order"]["num_instances"] == got["shuffled"]["num_instances"] == got["in_workers"]["num_instances"] > 0
+    files = {r: {f.relative_to(tmp_path / r / "out"): f.read_bytes() for f in (tmp_path / r / "out").rglob("*")
+                 if f.is_file()} for r in runs}
+    assert len(files["in_order"]) == 5 and files["shuffled"] == files["in_workers"] == files["in_order"]
+    recs = json.loads(files["in_order"][Path("coco_results.json")])
+    assert [r["file_name"] for r in recs] == sorted(r["file_name"] for r in recs)  # in the images' order
+    assert files["in_order"][Path("coco_results.json")].decode() == _whole_table_json(ordered, frame)
     with pytest.raises(ValueError, match="combination needs models"):  # before anything is written
         save_params(tmp_path / "params.json", {}, ensemble={"models": ["m", "w"], "weights": [1.0, 1.0]})
         export.export_plan(["m", "v"], tmp_path / "params.json")
+    with pytest.raises(ValueError, match=r"combination needs models \['w'\]"):
+        save_params(tmp_path / "params.json", {}, ensemble={"models": ["x", "w"], "weights": [1.0, 1.0]})
+        export.export_predictions(tmp_path / "o3", tmp_path / "shuffled" / "predictions.parquet", frame, paths, None,
+                                  tmp_path / "params.json", progress=False)
+    assert not (tmp_path / "o3").exists()

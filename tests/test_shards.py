@@ -170,12 +170,6 @@ def test_streaming_merge_equals_the_in_memory_sort_with_whole_images_per_row_gro
         assert len(g) >= 10 and len(g) - g.count(g[-1]) < 10
     assert ["07.jpg"] in [sorted(set(g)) for g in groups]  # 07's 17 rows: a group of its own
 
-    # read back by image, one row group at a time: the same rows
-    back = list(lshards.image_rows(tmp_path / "merged.parquet"))
-    assert [i for i, _ in back] == [i for i in ids if i in rows_of]
-    pd.testing.assert_frame_equal(pd.concat([t for _, t in back], ignore_index=True), ref)
-    assert lshards.table_models(tmp_path / "merged.parquet") == ["y", "x", "z"]
-
 
 def test_streaming_merge_without_rows_and_of_a_bad_part(tmp_path):
     store = lshards.ShardStore(tmp_path)
@@ -186,25 +180,12 @@ def test_streaming_merge_without_rows_and_of_a_bad_part(tmp_path):
     lpred.make_table([]).to_parquet(tmp_path / "ref.parquet", index=False)  # as the in-memory merge wrote it
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "p.parquet"), pd.read_parquet(tmp_path / "ref.parquet"))
     assert pq.read_schema(tmp_path / "p.parquet").equals(pq.read_schema(tmp_path / "ref.parquet"), check_metadata=True)
-    assert list(lshards.image_rows(tmp_path / "p.parquet")) == [] and lshards.table_models(tmp_path / "p.parquet") == []
 
     store.write(0, 1, _rows("c.jpg", "x", [0.5]), _images(["c.jpg"]))
     pd.DataFrame({"image_id": ["c.jpg"], "score": [0.5]}).to_parquet(store.dir / "part-0-00001.parquet")
     with pytest.raises(ValueError, match=r"part-0-00001.parquet: not a prediction table \(missing columns"):
         store.merge(tmp_path / "q.parquet", ["a.jpg", "c.jpg"], ["x"])
     assert not (tmp_path / "q.parquet").exists() and not list(tmp_path.glob(".tmp.*"))
-
-
-def test_image_rows_joins_an_image_split_between_row_groups(tmp_path):
-    table = lpred.make_table(_rows("a.jpg", "x", [0.9, 0.8, 0.7]) + _rows("b.jpg", "x", [0.6, 0.5]))
-    table.to_parquet(tmp_path / "t.parquet", index=False, row_group_size=2)  # groups: a a | a b | b
-    assert pq.ParquetFile(tmp_path / "t.parquet").num_row_groups == 3
-    back = list(lshards.image_rows(tmp_path / "t.parquet"))
-    assert [(i, list(t["score"].astype(float).round(2))) for i, t in back] == [("a.jpg", [0.9, 0.8, 0.7]),
-                                                                               ("b.jpg", [0.6, 0.5])]
-    table.drop(columns=["mask_png"]).to_parquet(tmp_path / "bad.parquet")
-    with pytest.raises(ValueError, match=r"bad.parquet: not a prediction table \(missing columns \['mask_png'\]"):
-        next(lshards.image_rows(tmp_path / "bad.parquet"))
 
 
 def test_a_part_is_read_in_batches_dropped_as_its_images_pass(tmp_path):
