@@ -137,7 +137,7 @@ def engine_step(model, images, targets, optimizer, dtype, clip_grad: float = 0.0
     from lib.engine import train_step
 
     params = [p for g in optimizer.param_groups for p in g["params"] if p.requires_grad]
-    _, parts, _, _ = train_step(model, images, targets, optimizer, params, clip_grad, images[0].device, dtype)
+    _, parts, _, _ = train_step(model, [(images, targets)], optimizer, params, clip_grad, images[0].device, dtype)
     return parts
 
 

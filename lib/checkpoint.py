@@ -105,16 +105,27 @@ def check_checkpoint(ckpt, path: str | Path) -> dict:
     return ckpt
 
 
-def load_checkpoint(path: str | Path, map_location="cpu") -> tuple[torch.nn.Module, dict]:
-    """Rebuild the model from the checkpoint's own config and load its weights.
+def ema_weights(ckpt: dict) -> dict | None:
+    """The model state dict of a checkpoint's moving average of the weights (``model_ema``: a
+    ``torch.optim.swa_utils.AveragedModel`` state, ``module.`` keys), or None when the run kept none."""
+    ema = ckpt.get("model_ema")
+    if not ema:
+        return None
+    return {k[len("module."):]: v for k, v in ema.items() if k.startswith("module.")}
+
+
+def load_checkpoint(path: str | Path, map_location="cpu", ema: bool = True) -> tuple[torch.nn.Module, dict]:
+    """Rebuild the model from the checkpoint's own config and load its weights: the moving average of them when
+    the run kept one (``--ema-decay``; what its validation scored) and ``ema``, else the trained weights.
 
     Returns ``(model in eval mode, checkpoint dict)``. Raises ``ValueError`` naming the file when it is not
     a training checkpoint or its weights do not fit the config.
     """
     ckpt = read_checkpoint(path, map_location)
     model = lmodels.build_model(dict(ckpt["config"]))  # builds never download: the weights come from the file
+    weights = (ema_weights(ckpt) if ema else None) or ckpt["model"]
     try:
-        model.load_state_dict(ckpt["model"])
+        model.load_state_dict(weights)
     except RuntimeError as e:
         raise ValueError(f"{path}: weights do not match the saved config: {str(e)[:500]}") from None
     model.eval()

@@ -64,6 +64,18 @@ def add_common_args(parser: argparse.ArgumentParser, out_dir: str, **defaults) -
                    help="epochs where the step schedule decays, e.g. '8,11' (default: 2/3 and 8/9 of --epochs)")
     g.add_argument("--lr-gamma", type=float, default=0.1, help="step schedule decay factor")
     g.add_argument("--clip-grad", type=float, default=d["clip_grad"], help="max gradient norm; 0 = no clipping")
+    g.add_argument("--accumulate", type=int, default=1, metavar="N",
+                   help="gradient accumulation: each optimizer step sums the gradients of N batches (each loss / N), "
+                        "so a 16 GB GPU reaches a recipe's batch: batch x N x GPUs images per step; --epochs, "
+                        "--warmup-steps and the schedule count optimizer steps")
+    g.add_argument("--lr-scale", choices=["none", "linear"], default="none",
+                   help="linear: the learning rate is --lr x (GPUs x --batch-size x --accumulate) / --lr-base-batch "
+                        "(the linear scaling rule; meta.json records the result)")
+    g.add_argument("--lr-base-batch", type=int, default=16,
+                   help="the images per optimizer step --lr is given for, with --lr-scale linear")
+    g.add_argument("--ema-decay", type=float, default=0.0,
+                   help="keep an exponential moving average of the weights (e.g. 0.999; 0 = off): validation, "
+                        "best.pth's choice and 05 use it; the checkpoint keeps both")
     g.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], default="auto",
                    help="mixed precision: auto = bf16 autocast on GPUs with native bf16 (A100, H100), fp16 with a "
                         "gradient scaler on older GPUs (T4, V100, P100), off on CPU")

@@ -277,13 +277,16 @@ class StepResult(NamedTuple):
     skipped: bool
 
 
-def train_step(net, images, targets, optimizer, params, clip_grad: float, device: torch.device, dtype=None,
+def train_step(net, batches, optimizer, params, clip_grad: float, device: torch.device, dtype=None,
                distributed: bool = False, scaler: torch.amp.GradScaler | None = None) -> StepResult:
-    """One optimisation step: forward under autocast, backward, gradient clipping, ``optimizer.step()``.
+    """One optimisation step: forward under autocast and backward for each micro-batch, gradient clipping,
+    ``optimizer.step()``.
 
-    ``images``/``targets`` are already on ``device``; ``clip_grad`` 0 = no clipping (the norm is still
-    computed). The losses and the gradient norm are read together after ``backward``: one device-to-host
-    copy per step.
+    ``batches``: ``[(images, targets)]``, already on ``device``; with several (``--accumulate``) each loss is
+    divided by their number before its backward, so the gradients add up to those of the mean loss over them
+    (DDP averages the gradients once, on the last: ``no_sync`` before it), and the reported losses are their
+    means. ``clip_grad`` 0 = no clipping (the norm is still computed). The losses and the gradient norm are read
+    together after the last ``backward``: one device-to-host copy per step.
 
     ``scaler``: fp16's ``torch.amp.GradScaler`` (:func:`lib.runtime.make_grad_scaler`). Enabled, it scales
     the loss, unscales the gradients before clipping, and skips the update when a gradient is inf/NaN
@@ -293,16 +296,23 @@ def train_step(net, images, targets, optimizer, params, clip_grad: float, device
     the weights change.
     """
     scaling = scaler is not None and scaler.is_enabled()
-    with _autocast(device, dtype):
-        loss_dict = net(images, targets)
-    loss = sum(loss_dict.values())
+    n = len(batches)
     optimizer.zero_grad(set_to_none=True)
-    (scaler.scale(loss) if scaling else loss).backward()
+    sums = None
+    for k, (images, targets) in enumerate(batches):
+        quiet = distributed and k < n - 1 and hasattr(net, "no_sync")  # DDP: reduce the gradients once, at the end
+        with net.no_sync() if quiet else contextlib.nullcontext():
+            with _autocast(device, dtype):
+                loss_dict = net(images, targets)
+            loss = sum(loss_dict.values())
+            part = loss / n if n > 1 else loss
+            (scaler.scale(part) if scaling else part).backward()
+        values = torch.stack([loss.detach().float(), *(v.detach().float().reshape(()) for v in loss_dict.values())])
+        sums = values if sums is None else sums + values
     if scaling:
         scaler.unscale_(optimizer)
     gn = torch.nn.utils.clip_grad_norm_(params, clip_grad if clip_grad > 0 else float("inf"))
-    values = torch.stack([loss.detach().float(), *(v.detach().float().reshape(()) for v in loss_dict.values()),
-                          gn.detach().float().reshape(())])
+    values = torch.cat([sums / n if n > 1 else sums, gn.detach().float().reshape(1)])
     share = distributed and not scaling  # with the scaler every rank skips together: DDP averaged the gradients
     if share:  # every rank must stop together: share the "some value is not finite" flag
         bad = (~torch.isfinite(values[:-1])).any().float().reshape(1)
@@ -350,6 +360,10 @@ class TrainSettings:
     lr_milestones: str = ""
     lr_gamma: float = 0.1
     clip_grad: float = 0.0
+    accumulate: int = 1
+    lr_scale: str = "none"
+    lr_base_batch: int = 16
+    ema_decay: float = 0.0
     amp: str = "auto"
     channels_last: bool = False
     device: str = "auto"
@@ -406,6 +420,8 @@ class Run:
     run_args: dict
     data_summary: dict
     scaler: torch.amp.GradScaler | None = None
+    ema: torch.optim.swa_utils.AveragedModel | None = None
+    optimization: dict = field(default_factory=dict)
     monitor: TrainMonitor | None = None
     skipped_steps: int = 0
     consecutive_skips: int = 0
@@ -425,6 +441,11 @@ class Run:
     @property
     def device(self) -> torch.device:
         return self.env["device"]
+
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """What validation scores and best.pth is chosen by: the EMA of the weights when kept, else the model."""
+        return self.ema.module if self.ema is not None else self.model
 
     def path(self, name: str) -> Path:
         return self.out_dir / name
@@ -452,6 +473,31 @@ def run_training(arch: str, model_overrides: dict, s: TrainSettings, stage: str 
         return summary
 
 
+def optimization_summary(s: TrainSettings, world_size: int) -> dict:
+    """The batch an optimizer step sees and its learning rate: ``global_batch`` = world size x ``--batch-size`` x
+    ``--accumulate``; ``lr`` = ``--lr``, or with ``--lr-scale linear`` ``--lr`` x global batch / ``--lr-base-batch``
+    (the linear scaling rule of Goyal et al. 2017, as detectron2's ``REFERENCE_WORLD_SIZE``). Saved in meta.json."""
+    if s.lr_scale not in ("none", "linear"):
+        raise ValueError(f"--lr-scale: 'none' or 'linear', got {s.lr_scale!r}")
+    global_batch = int(world_size) * int(s.batch_size) * int(s.accumulate)
+    lr = s.lr * global_batch / s.lr_base_batch if s.lr_scale == "linear" else s.lr
+    return {"global_batch": global_batch, "accumulate": int(s.accumulate), "lr_scale": s.lr_scale,
+            "lr_base_batch": int(s.lr_base_batch), "lr": lr, "ema_decay": float(s.ema_decay)}
+
+
+def make_ema(model: torch.nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel | None:
+    """The exponential moving average of ``model``'s weights and buffers (BatchNorm statistics too, as
+    torchvision's references keep it), updated after every optimizer step (:meth:`update_parameters`:
+    ``ema = decay * ema + (1 - decay) * weights``, the first step copying); None when ``decay`` is 0."""
+    if not 0.0 <= decay < 1.0:
+        raise ValueError(f"--ema-decay must be in [0, 1), got {decay}")
+    if decay == 0:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
 def start_run(arch: str, model_overrides: dict, s: TrainSettings, stage: str, held: contextlib.ExitStack) -> Run:
     """Devices, output folder, data, model config, starting or resumed weights, optimizer: a :class:`Run`."""
     env = runtime.setup_distributed(s.device)
@@ -464,7 +510,10 @@ def start_run(arch: str, model_overrides: dict, s: TrainSettings, stage: str, he
         lio.claim_dir(out_dir, "training run", held)
     label_names, meta = _cache_labels(s.prepared_dir)
     train_ds, val_ds, loader = _datasets(s, env["distributed"])
-    steps_per_epoch = len(loader)
+    if s.accumulate < 1 or len(loader) < s.accumulate:
+        raise ValueError(f"--accumulate {s.accumulate}: needs 1 to {len(loader)} (the batches of an epoch per "
+                         f"process)")
+    steps_per_epoch = len(loader) // s.accumulate  # optimizer steps; the last batches short of a step are left
     if s.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, s.max_steps_per_epoch)
 
@@ -490,7 +539,8 @@ def start_run(arch: str, model_overrides: dict, s: TrainSettings, stage: str, he
     model = model.to(device)
     if s.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(model, s.optimizer, s.lr, s.weight_decay, s.momentum, device)
+    optimization = optimization_summary(s, env["world_size"])
+    optimizer = build_optimizer(model, s.optimizer, optimization["lr"], s.weight_decay, s.momentum, device)
     lr_f = lr_factor_fn(s.schedule, steps_per_epoch * s.epochs, s.warmup_steps,
                         milestone_steps(s.lr_milestones, s.epochs, steps_per_epoch), s.lr_gamma)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_f)
@@ -498,6 +548,7 @@ def start_run(arch: str, model_overrides: dict, s: TrainSettings, stage: str, he
     run = Run(arch=arch, stage=stage, settings=s, env=env, dtype=dtype, scaler=runtime.make_grad_scaler(dtype, device),
               out_dir=out_dir, label_names=label_names, train_ds=train_ds, val_ds=val_ds, loader=loader,
               steps_per_epoch=steps_per_epoch, config=config, model=model, net=model, optimizer=optimizer,
+              optimization=optimization, ema=make_ema(model, s.ema_decay),
               scheduler=scheduler, params=[], init_report=init_report, resume=resume,
               run_args=s.record,
               data_summary={"prepared_dir": str(s.prepared_dir), "num_train": len(train_ds),
@@ -580,6 +631,10 @@ def _restore(run: Run) -> None:
         run.scheduler.load_state_dict(ck["scheduler"])
     if ck.get("scaler") and run.scaler.is_enabled():  # fp16: the loss scale and its growth counter
         run.scaler.load_state_dict(ck["scaler"])
+    if run.ema is not None and ck.get("model_ema") is not None:
+        run.ema.load_state_dict(ck["model_ema"])
+    elif run.ema is not None:
+        run.ema.update_parameters(run.model)  # resumed without an average (EMA turned on now): start it here
     run.skipped_steps = int(ck.get("skipped_steps", 0))
     run.consecutive_skips = int(ck.get("consecutive_skips", 0))
     run.start_epoch = int(ck.get("epoch", 0))
@@ -633,7 +688,7 @@ def train_one_epoch(run: Run, epoch: int) -> dict:
     else:
         runtime.seed_everything(s.seed + 1000 * (epoch + 1) + rank)
     loader = run.loader
-    set_epoch(loader, epoch, skip)
+    set_epoch(loader, epoch, skip * s.accumulate)
     loader.generator.manual_seed(s.seed + epoch)
     run.net.train()
     sums: dict[str, float] = {}
@@ -646,14 +701,17 @@ def train_one_epoch(run: Run, epoch: int) -> dict:
         n_finite = int(part.get("finite_steps", n_steps))
     bar = tqdm(total=run.steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{s.epochs}", unit="step",
                disable=not run.main, dynamic_ncols=True)
-    it, t_step = skip, time.time()
+    it, t_step, t_data, t_ready, group = skip, time.time(), 0.0, time.time(), []
     for images, targets in checked_batches(loader):  # a dead loader worker: an error naming the image
         if it >= run.steps_per_epoch:
             break
-        t_data = time.time() - t_step  # waiting for the loader
-        images, targets = _to_device(images, targets, run.device)
+        t_data += time.time() - t_ready  # waiting for the loader
+        group.append(_to_device(images, targets, run.device))
+        if len(group) < s.accumulate:  # --accumulate: this step's micro-batches
+            t_ready = time.time()
+            continue
         try:
-            step = train_step(run.net, images, targets, run.optimizer, run.params, s.clip_grad, run.device,
+            step = train_step(run.net, group, run.optimizer, run.params, s.clip_grad, run.device,
                               run.dtype, run.env["distributed"], run.scaler)
         except NonFiniteLossError as e:
             what, _, detail = str(e).partition(": ")
@@ -661,6 +719,10 @@ def train_one_epoch(run: Run, epoch: int) -> dict:
                 f"{what} at epoch {epoch + 1}, step {it + 1} of the epoch (global step {run.global_step + 1}): "
                 f"{detail}; stopped without saving - {run.path('checkpoint.pth')} keeps the last good state"
             ) from None
+        if run.ema is not None and not step.skipped:
+            run.ema.update_parameters(run.model)
+        images = [im for ims, _ in group for im in ims]
+        group = []
         _count_skip(run, step.skipped, epoch, it)
         with warnings.catch_warnings():  # a skipped fp16 update is no misordered scheduler call
             warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
@@ -692,6 +754,7 @@ def train_one_epoch(run: Run, epoch: int) -> dict:
                 and it < run.steps_per_epoch:
             _save_mid_epoch(run, epoch, it, {"sums": dict(sums), "steps": n_steps, "images": n_images,
                                              "finite_steps": n_finite})
+        t_data, t_ready = 0.0, time.time()
     bar.close()
     return {"sums": sums, "steps": n_steps, "images": n_images, "finite_steps": n_finite,
             "seconds": time.time() - t_epoch}
@@ -746,7 +809,7 @@ def end_epoch(run: Run, epoch: int, epoch_sums: dict) -> None:
     run.epochs_done = epoch + 1
     do_val = len(run.val_ds) > 0 and s.val_every > 0 and ((epoch + 1) % s.val_every == 0 or epoch == s.epochs - 1)
     t_val = time.time()
-    res = evaluate(run.model, run.val_ds, run.device, run.dtype, batch_size=s.batch_size,
+    res = evaluate(run.eval_model, run.val_ds, run.device, run.dtype, batch_size=s.batch_size,
                    score_thresh=s.val_score_thresh, progress=run.main, workers=s.workers,
                    distributed=run.env["distributed"], examples=OVERLAY_IMAGES) if do_val else None
     if run.main:
@@ -812,6 +875,7 @@ def make_checkpoint(run: Run, epoch_done: int, iter_in_epoch: int) -> dict:
             "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
             "scheduler": run.scheduler.state_dict(),
             "scaler": run.scaler.state_dict() if run.scaler.is_enabled() else None,
+            "model_ema": run.ema.state_dict() if run.ema is not None else None,
             "skipped_steps": run.skipped_steps, "consecutive_skips": run.consecutive_skips, "epoch": epoch_done,
             "iter_in_epoch": iter_in_epoch, "global_step": run.global_step, "rng": runtime.rng_state(),
             "args": run.run_args, "labels": run.label_names, "best_score": run.best_score,
@@ -832,7 +896,8 @@ def write_meta(run: Run, status: str) -> dict:
     kept = {str(e): str(run.path(f"model_{e}.pth")) for e in sorted(run.settings.keep_epochs or ())
             if run.path(f"model_{e}.pth").exists()}
     m = {"stage": run.stage, "arch": run.arch, "status": status, "config": run.config, "init": run.init_report,
-         "args": run.run_args, "data": run.data_summary, "world_size": run.env["world_size"],
+         "args": run.run_args, "data": run.data_summary, "optimization": run.optimization,
+         "world_size": run.env["world_size"],
          "device": str(run.device), "amp": str(run.dtype).replace("torch.", "") if run.dtype else "off",
          "epochs_done": run.epochs_done, "global_step": run.global_step,
          "best_val_kaggle": run.best_score if math.isfinite(run.best_score) else None,

@@ -394,15 +394,15 @@ def test_train_step_reads_losses_once_and_stops_before_a_bad_update():
         return lambda images, targets: {"loss_a": net(images).pow(2).mean() * scale, "loss_b": net(images).mean() * 0}
 
     before = net.weight.detach().clone()
-    total, parts, gn, skipped = engine.train_step(model(1.0), x, None, opt, params, 0.0, torch.device("cpu"))
+    total, parts, gn, skipped = engine.train_step(model(1.0), [(x, None)], opt, params, 0.0, torch.device("cpu"))
     assert isinstance(total, float) and set(parts) == {"loss_a", "loss_b"} and total == pytest.approx(sum(parts.values()))
     assert gn > 0 and not skipped and not torch.equal(net.weight, before)  # a step was taken
     before = net.weight.detach().clone()
     with pytest.raises(engine.NonFiniteLossError, match=r"non-finite loss: loss=nan \(loss_a=nan, loss_b=-?0\)"):
-        engine.train_step(model(float("nan")), x, None, opt, params, 0.0, torch.device("cpu"))
+        engine.train_step(model(float("nan")), [(x, None)], opt, params, 0.0, torch.device("cpu"))
     assert torch.equal(net.weight, before)  # no update from the bad step
     with pytest.raises(engine.NonFiniteLossError, match="non-finite gradient norm"):
-        engine.train_step(lambda i, t: {"loss": torch.sqrt(net(i).pow(2) * 0).mean()}, x, None, opt, params,
+        engine.train_step(lambda i, t: {"loss": torch.sqrt(net(i).pow(2) * 0).mean()}, [(x, None)], opt, params,
                           0.0, torch.device("cpu"))  # loss 0, gradient 0 * inf = nan
     assert torch.equal(net.weight, before)
 
@@ -423,14 +423,14 @@ def test_fp16_train_step_with_scaler_skips_an_overflow_and_counts_it():
         return lambda images, targets: {"loss": net(images).pow(2).mean() * factor}
 
     before = net.weight.detach().clone()
-    step = engine.train_step(loss(float("inf")), x, None, opt, params, 1.0, torch.device("cpu"), torch.float16,
+    step = engine.train_step(loss(float("inf")), [(x, None)], opt, params, 1.0, torch.device("cpu"), torch.float16,
                              scaler=scaler)
     assert step.skipped and not math.isfinite(step.grad_norm) and torch.equal(net.weight, before)
     assert scaler.get_scale() == scale0 / 2  # the scaler backed off
-    step = engine.train_step(loss(1.0), x, None, opt, params, 1.0, torch.device("cpu"), torch.float16, scaler=scaler)
+    step = engine.train_step(loss(1.0), [(x, None)], opt, params, 1.0, torch.device("cpu"), torch.float16, scaler=scaler)
     assert not step.skipped and math.isfinite(step.loss) and not torch.equal(net.weight, before)
     with pytest.raises(engine.NonFiniteLossError, match="non-finite loss"):
-        engine.train_step(loss(float("inf")), x, None, opt, params, 1.0, torch.device("cpu"), None)
+        engine.train_step(loss(float("inf")), [(x, None)], opt, params, 1.0, torch.device("cpu"), None)
 
 
 @pytest.mark.parametrize("amp", ["fp16", "off"])
@@ -450,14 +450,14 @@ def test_train_step_under_ddp_reports_the_same_as_single_process(amp, tmp_path):
             scaler = runtime.make_grad_scaler(dtype, torch.device("cpu"))
             x = torch.randn(4, 3)
             loss = lambda f: lambda i, t: {"loss_a": net(i).pow(2).mean() * f, "loss_b": net(i).mean() * 0}  # noqa: E731
-            steps = [engine.train_step(loss(1.0), x, None, opt, list(net.parameters()), 1.0, torch.device("cpu"),
+            steps = [engine.train_step(loss(1.0), [(x, None)], opt, list(net.parameters()), 1.0, torch.device("cpu"),
                                        dtype, distributed, scaler)]
             if amp == "fp16":
-                steps.append(engine.train_step(loss(float("inf")), x, None, opt, list(net.parameters()), 1.0,
+                steps.append(engine.train_step(loss(float("inf")), [(x, None)], opt, list(net.parameters()), 1.0,
                                                torch.device("cpu"), dtype, distributed, scaler))
             else:
                 with pytest.raises(engine.NonFiniteLossError, match="non-finite loss"):
-                    engine.train_step(loss(float("nan")), x, None, opt, list(net.parameters()), 1.0,
+                    engine.train_step(loss(float("nan")), [(x, None)], opt, list(net.parameters()), 1.0,
                                       torch.device("cpu"), dtype, distributed, scaler)
             results.append([(set(s.parts), s.grad_norm, s.skipped) for s in steps])
         assert results[0][0][0] == {"loss_a", "loss_b"}
@@ -886,7 +886,7 @@ def test_channels_last_model_trains_like_the_default_layout(arch, prepared_set):
                 batch, _ = model.transform([im.as_subclass(torch.Tensor) for im in images])
                 feats = model.backbone(batch.tensors)
         torch.manual_seed(1)  # the same RoI sampling on both sides
-        total, parts, _, _ = engine.train_step(model, images, targets, opt, params, 0.0, torch.device("cpu"), None)
+        total, parts, _, _ = engine.train_step(model, [(images, targets)], opt, params, 0.0, torch.device("cpu"), None)
         results.append((total, [p.detach().clone() for p in params], feats))
     (t0, p0, f0), (t1, p1, f1) = results
     assert math.isfinite(t1) and t1 == pytest.approx(t0, rel=1e-3)
@@ -917,9 +917,92 @@ def test_bf16_autocast_train_step_on_cpu(arch, prepared_set):
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-3)
     before = [p.detach().clone() for p in params]
-    total, parts, gn, _ = engine.train_step(model, images, targets, opt, params, 1.0, torch.device("cpu"),
+    total, parts, gn, _ = engine.train_step(model, [(images, targets)], opt, params, 1.0, torch.device("cpu"),
                                          torch.bfloat16)
     assert math.isfinite(total) and math.isfinite(gn) and all(math.isfinite(v) for v in parts.values())
     assert ("loss_attr" in parts) == (arch == "maskrcnn")
     assert any(not torch.equal(b, p) for b, p in zip(before, params))
     assert all(p.dtype == torch.float32 for p in params)  # autocast leaves the weights in fp32
+
+
+# --------------------------------------------------------------------------------------------- recipe options
+def test_accumulated_micro_batches_step_like_the_large_batch():
+    """--accumulate: two micro-batches of 2 (each loss / 2) give the gradient, update and reported losses of one
+    batch of 4 whose loss is the mean over images."""
+    x = torch.randn(4, 3, generator=torch.Generator().manual_seed(1))
+    results = []
+    for batches in ([(x, None)], [(x[:2], None), (x[2:], None)]):
+        torch.manual_seed(0)
+        net = torch.nn.Linear(3, 1)
+        opt = torch.optim.SGD(net.parameters(), lr=0.1)
+        loss = lambda i, t: {"loss_a": net(i).pow(2).mean(), "loss_b": net(i).mean()}  # noqa: E731
+        step = engine.train_step(loss, batches, opt, list(net.parameters()), 0.0, torch.device("cpu"))
+        results.append((step, net.weight.detach().clone(), net.bias.detach().clone()))
+    (a, wa, ba), (b, wb, bb) = results
+    assert torch.allclose(wa, wb, atol=1e-7) and torch.allclose(ba, bb, atol=1e-7)
+    assert b.loss == pytest.approx(a.loss, rel=1e-6) and b.grad_norm == pytest.approx(a.grad_norm, rel=1e-6)
+    assert b.parts == pytest.approx(a.parts, rel=1e-6)
+
+
+def test_accumulate_counts_optimizer_steps_and_resumes_mid_epoch_exactly(prepared_set, tmp_path, monkeypatch):
+    common = ["--epochs", "2", "--val-every", "0", "--warmup-steps", "2", "--lr", "1e-3", "--seed", "5",
+              "--accumulate", "2", "--batch-size", "1"]
+    _run("unet", prepared_set, tmp_path / "full", *common)
+    full = lio.read_json(tmp_path / "full" / "meta.json")
+    assert full["global_step"] == 4 and full["optimization"]["global_batch"] == 2  # 1 image x 2 micro-batches
+    epochs = [r for r in lio.read_jsonl(tmp_path / "full" / "metrics.jsonl") if r["kind"] == "epoch"]
+    assert [r["steps"] for r in epochs] == [2, 2]
+
+    def crash(losses):
+        raise RuntimeError("simulated crash")
+
+    _patch_forward(monkeypatch, 7, crash)  # epoch 2, step 2, its first micro-batch (forwards 1-4 are epoch 1)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _run("unet", prepared_set, tmp_path / "split", *common, "--checkpoint-every-steps", "1")
+    monkeypatch.undo()
+    mid = torch.load(tmp_path / "split" / "checkpoint.pth", weights_only=True)
+    assert (mid["epoch"], mid["iter_in_epoch"], mid["global_step"]) == (1, 1, 3)
+    _run("unet", prepared_set, tmp_path / "split", *common, "--resume", "auto")
+    a = torch.load(tmp_path / "full" / "checkpoint.pth", weights_only=True)
+    b = torch.load(tmp_path / "split" / "checkpoint.pth", weights_only=True)
+    assert b["global_step"] == 4
+    for k, v in a["model"].items():
+        assert torch.allclose(v.float(), b["model"][k].float(), atol=1e-6, rtol=0), k
+    with pytest.raises(ValueError, match="--accumulate 1000: needs 1 to"):
+        _run("unet", prepared_set, tmp_path / "bad", "--accumulate", "1000")
+
+
+def test_lr_scale_linear_scales_with_the_global_batch(prepared_set, tmp_path):
+    _run("unet", prepared_set, tmp_path / "run", "--lr", "0.02", "--lr-scale", "linear", "--accumulate", "2",
+         "--max-steps-per-epoch", "1", "--val-every", "0", "--schedule", "none", "--warmup-steps", "0")
+    opt = lio.read_json(tmp_path / "run" / "meta.json")["optimization"]
+    assert opt == {"global_batch": 4, "accumulate": 2, "lr_scale": "linear", "lr_base_batch": 16,
+                   "lr": pytest.approx(0.02 * 4 / 16), "ema_decay": 0.0}
+    ck = torch.load(tmp_path / "run" / "checkpoint.pth", weights_only=True)
+    assert ck["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.005)
+
+
+def test_ema_is_validated_saved_resumed_and_loaded_by_05(prepared_set, tmp_path, monkeypatch):
+    common = ["--epochs", "2", "--val-every", "1", "--warmup-steps", "2", "--lr", "1e-3", "--seed", "2",
+              "--ema-decay", "0.5"]
+    _run("unet", prepared_set, tmp_path / "full", *common)
+    ck = lcheckpoint.read_checkpoint(tmp_path / "full" / "checkpoint.pth")
+    ema = lcheckpoint.ema_weights(ck)
+    assert int(ck["model_ema"]["n_averaged"]) == 4 and set(ema) == set(ck["model"])
+    assert any(not torch.equal(ema[k], v) for k, v in ck["model"].items() if v.is_floating_point())
+    model, _ = lcheckpoint.load_checkpoint(tmp_path / "full" / "checkpoint.pth")  # 05's load: the average
+    assert all(torch.equal(v, ema[k]) for k, v in model.state_dict().items())
+    raw, _ = lcheckpoint.load_checkpoint(tmp_path / "full" / "checkpoint.pth", ema=False)
+    assert all(torch.equal(v, ck["model"][k]) for k, v in raw.state_dict().items())
+    # validation scored the average: evaluating it again gives the recorded score
+    val = PreparedDataset(prepared_set, "val", build_transforms(False), image_ids=None)
+    val.image_ids = val.image_ids[:2]
+    res = engine.evaluate(model, val, torch.device("cpu"), batch_size=2, progress=False)
+    assert res["kaggle"] == pytest.approx(lio.read_json(tmp_path / "full" / "val_scores.json")["latest"]["kaggle"])
+    # resumed after epoch 1, the average goes on exactly
+    _run("unet", prepared_set, tmp_path / "split", *common, "--stop-after-epoch", "1")
+    _run("unet", prepared_set, tmp_path / "split", *common, "--resume", "auto")
+    b = lcheckpoint.read_checkpoint(tmp_path / "split" / "checkpoint.pth")
+    for k, v in ck["model_ema"].items():
+        assert torch.allclose(v.float(), b["model_ema"][k].float(), atol=1e-6, rtol=0), k
+    assert lio.read_json(tmp_path / "full" / "meta.json")["optimization"]["ema_decay"] == 0.5
