@@ -43,6 +43,7 @@ Commands (run from the repository root)::
     python bench/quality.py                           # GPU mode: 512-1024 px, sized for <= 6 min on one H200
     python bench/quality.py --cpu --reuse             # rescore existing runs (skips finished stages)
     python bench/quality.py --tiny --out /tmp/q       # smoke size (tests/test_bench_quality.py)
+    python bench/quality.py --cpu --ablation '--ema-decay 0.99'   # one feature, with vs without (<= 25 min)
 
 Floors (:data:`FLOORS`, test Kaggle metric after post-processing): each model >= 0.10 and 06's val-tuned
 submission >= the best single model; ``quality.json`` says which are met.
@@ -58,6 +59,7 @@ import importlib.util
 import json
 import math
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -226,8 +228,9 @@ def _generate(task):
     return synthetic.generate_dataset(out, progress=False, **kw)
 
 
-def make_data(cfg: dict, data: Path) -> dict:
-    """Four synthetic Kaggle-layout sets from different seeds: ``train``, ``val``, ``test``, ``pretrain``."""
+def make_data(cfg: dict, data: Path, sets=("train", "val", "test", "pretrain")) -> dict:
+    """Synthetic Kaggle-layout sets from different seeds: ``train``, ``val``, ``test``, ``pretrain`` (those of
+    ``sets``)."""
     lo, hi = cfg["sides"]
     s_train, s_val, s_test, s_pretrain = cfg["seeds"]
     tasks = [(data / "train", dict(n_train=cfg["n_train"], n_test=0, seed=s_train, min_side=lo, max_side=hi)),
@@ -238,15 +241,28 @@ def make_data(cfg: dict, data: Path) -> dict:
              # another seed's images: the run that the fine-tuning comparison starts from
              (data / "pretrain", dict(n_train=cfg["n_pretrain"], n_test=0, seed=s_pretrain, min_side=lo,
                                       max_side=hi))]
+    named = [(n, t) for n, t in zip(("train", "val", "test", "pretrain"), tasks) if n in sets]
     with ProcessPoolExecutor(2, mp_context=get_context("fork")) as pool:
-        metas = list(pool.map(_generate, tasks))
+        metas = list(pool.map(_generate, [t for _, t in named]))
     return {name: {"dir": str(t[0]), "seed": t[1]["seed"], "train_images": m["counts"]["train_images"],
                    "test_images": m["counts"]["test_images"], "train_rows": m["counts"]["train_rows"],
                    "test_rows": m["counts"]["test_rows"]}
-            for name, t, m in zip(("train", "val", "test", "pretrain"), tasks, metas)}
+            for (name, t), m in zip(named, metas)}
 
 
 FINE_TUNE_RUNS = ("maskrcnn_finetune", "maskrcnn_scratch")
+
+
+def train_args(cfg: dict, w: Path, run: str, budget: dict, prepared: str = "prepared") -> list:
+    """The flags every training run of the benchmark shares: data, output, the step budget, validation."""
+    val = ["--val-every", str(budget["val_every"]), "--max-val-images", str(cfg["val_images"]),
+           "--val-score-thresh", str(cfg["val_score_thresh"])] if cfg["val_images"] else ["--val-every", "0"]
+    return ["--prepared-dir", w / prepared, "--out-dir", w / run, "--epochs", str(budget["epochs"]),
+            "--max-steps-per-epoch", str(budget["steps"]), "--batch-size", str(budget["batch"]),
+            "--lr", str(budget["lr"]), "--warmup-steps", str(budget["warmup"]), "--workers",
+            str(cfg["workers"]), "--device", cfg["device"], "--threads",
+            str(cfg["threads"] if cfg["device"] == "cpu" else 0),
+            "--log-every", "5", "--scale-range", *cfg["scale_range"], "--seed", "0", *val]
 
 
 def training_jobs(cfg: dict, w: Path, agnostic_flag: bool, claim_group: str, reuse: bool) -> list:
@@ -258,16 +274,9 @@ def training_jobs(cfg: dict, w: Path, agnostic_flag: bool, claim_group: str, reu
     model of the train seed's images), ``maskrcnn_scratch`` from random weights, the same budget.
     """
     py = sys.executable
-    threads = str(cfg["threads"] if cfg["device"] == "cpu" else 0)
 
     def common(run, budget, prepared="prepared"):
-        val = ["--val-every", str(budget["val_every"]), "--max-val-images", str(cfg["val_images"]),
-               "--val-score-thresh", str(cfg["val_score_thresh"])] if cfg["val_images"] else ["--val-every", "0"]
-        return ["--prepared-dir", w / prepared, "--out-dir", w / run, "--epochs", str(budget["epochs"]),
-                "--max-steps-per-epoch", str(budget["steps"]), "--batch-size", str(budget["batch"]),
-                "--lr", str(budget["lr"]), "--warmup-steps", str(budget["warmup"]), "--workers",
-                str(cfg["workers"]), "--device", cfg["device"], "--threads", threads,
-                "--log-every", "5", "--scale-range", *cfg["scale_range"], "--seed", "0", *val]
+        return train_args(cfg, w, run, budget, prepared)
 
     b, cb, ub = cfg["det_budget"], cfg["claim_budget"], cfg["unet_budget"]
     det = cfg["det"]
@@ -683,6 +692,99 @@ def markdown(rep: dict) -> str:
 
 
 # --------------------------------------------------------------------------------------------- main
+# --------------------------------------------------------------------------------------------- ablation
+# The training script, model flags and step budget of each arch an ablation can run on.
+ABLATION_ARCHS = {"maskrcnn": ("03_train_maskrcnn.py", "det_budget"), "deepmac": ("04_train_deepmac.py", "det_budget"),
+                  "unet": ("02_train_unet.py", "unet_budget")}
+
+
+def _ablation_model_flags(cfg: dict, arch: str) -> list:
+    return {"maskrcnn": cfg["det"], "deepmac": [*cfg["det"], *cfg["deepmac"]], "unet": cfg["unet"]}[arch]
+
+
+def ablation(cfg: dict, arch: str, flags: list[str], out: Path, jobs, reuse: bool) -> dict:
+    """One recipe feature measured: ``arch`` trained without and with the training ``flags`` (e.g.
+    ``--ema-decay 0.99``) on the train seed's images, the same steps, two runs side by side; both predicted on the
+    held-out test seed's images (05, the mode's TTA) and scored with the winning recipe's post-processing: Kaggle
+    metric and COCO mask AP, per class group, per category (AP), and the val learning curves."""
+    from lib import scoring as lscoring
+    from lib import postprocess as lpost
+
+    data, w, py = out / "data", out / "work", sys.executable
+    rep: dict = {"arch": arch, "flags": flags, "timings": {}}
+    t0 = time.time()
+    if not (reuse and (data / "test" / "test_ground_truth.csv").is_file()):
+        rep["data"] = make_data(cfg, data, sets=("train", "test"))
+    if not (reuse and (w / "prepared" / "meta.json").is_file()):
+        jobs.run([("01_prepared", [py, "01_prepare_data.py", "--data-dir", data / "train", "--out-dir",
+                                   w / "prepared", "--long-side", str(cfg["long_side"]), "--processes",
+                                   str(cfg["prepare_workers"]), "--no-progress"])])
+    rep["timings"]["data"] = round(time.time() - t0, 1)
+    script, budget = ABLATION_ARCHS[arch]
+    model = _ablation_model_flags(cfg, arch)
+    runs = {"without": [], "with": list(flags)}
+    t0 = time.time()
+    jobs.run([(f"train_{name}", [py, script, *train_args(cfg, w, name, cfg[budget]), *model, *extra])
+              for name, extra in runs.items()
+              if not (reuse and (w / name / "meta.json").is_file()
+                      and json.loads((w / name / "meta.json").read_text()).get("status") == "done")])
+    rep["timings"]["train"] = round(time.time() - t0, 1)
+    t0 = time.time()
+    jobs.run([("predict_test", [py, "05_predict.py", "--checkpoints", w / "without", w / "with", "--names",
+                                "without", "with", "--data-dir", data / "test", "--out-dir", w / "pred_test",
+                                "--batch-size", str(cfg["predict_batch"]), "--workers", str(cfg["workers"]),
+                                "--device", cfg["device"], "--threads",
+                                str(cfg["threads"] if cfg["device"] == "cpu" else 0), "--restart", "--no-progress",
+                                *cfg["tta"]])])
+    rep["timings"]["predict"] = round(time.time() - t0, 1)
+    t0 = time.time()
+    gt_csv = data / "test" / "test_ground_truth.csv"
+    tables = load_sources(w / "pred_test")
+    images = pd.read_parquet(w / "pred_test" / "images.parquet")
+    recipe = lpost.resolve_params(None)
+    rep["scores"] = score_tables(tables, {k: recipe for k in tables}, group_gt(gt_csv, w), images,
+                                 cfg["score_workers"])
+    per_cat = {k: lscoring.score_table(t, gt_csv, recipe, images=images, progress=False)["per_category_AP"]
+               for k, t in tables.items()}
+    cats = sorted(set(per_cat["without"]) | set(per_cat["with"]))
+    rep["per_category_AP"] = {int(c): {"without": _finite(per_cat["without"].get(c)),
+                                       "with": _finite(per_cat["with"].get(c))} for c in cats}
+    rep["timings"]["score"] = round(time.time() - t0, 1)
+    rep["training"] = training_summary(w, list(runs))
+    rep["learning_curves"] = learning_curves(w, list(runs))
+    a, b = rep["scores"]["without"]["all"], rep["scores"]["with"]["all"]
+    rep["delta"] = {k: (None if a[k] is None or b[k] is None else b[k] - a[k]) for k in a}
+    return rep
+
+
+def ablation_markdown(rep: dict) -> str:
+    """The ablation's tables: scores without / with / difference, per group, the categories that moved most."""
+    s, d = rep["scores"], rep["delta"]
+    lines = [f"### {rep['arch']}: without vs with `{' '.join(rep['flags'])}` (test seed, recipe post-processing)", "",
+             "| | Kaggle | mask AP | AP50 | AP75 | Kaggle garments | Kaggle parts | AP garments | AP parts |",
+             "|---|---|---|---|---|---|---|---|---|"]
+
+    def f(x):
+        return "-" if x is None else f"{x:.4f}"
+
+    for name in ("without", "with"):
+        r = s[name]
+        lines.append(f"| {name} | " + " | ".join(f(r["all"][k]) for k in ("kaggle", "AP", "AP50", "AP75")) + " | "
+                     + " | ".join(f(r[g][k]) for k in ("kaggle", "AP") for g in GROUPS) + " |")
+    lines.append("| with - without | " + " | ".join(f(d[k]) for k in ("kaggle", "AP", "AP50", "AP75"))
+                 + " | | | | |")
+    moved = sorted(((c, v["with"] - v["without"]) for c, v in rep["per_category_AP"].items()
+                    if v["with"] is not None and v["without"] is not None), key=lambda x: -abs(x[1]))[:8]
+    if moved:
+        lines += ["", "Categories whose AP moved most (with - without): "
+                  + ", ".join(f"{c}: {x:+.3f}" for c, x in moved)]
+    t = rep["training"]
+    lines += ["", f"Steps {t.get('without', {}).get('steps')} each; final val Kaggle without "
+                  f"{f(t.get('without', {}).get('val_kaggle'))}, with {f(t.get('with', {}).get('val_kaggle'))}; "
+                  f"{sum(rep['timings'].values()):.0f} s ({rep['timings']})."]
+    return "\n".join(lines)
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -692,6 +794,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--claim-group", choices=GROUPS, default="garments",
                    help="the class group whose masks the claim runs train on (the other one is held out)")
     p.add_argument("--lanes", type=int, default=None, help="trainings / predictions run at a time (mode default)")
+    p.add_argument("--ablation", default=None, metavar="'FLAGS'",
+                   help="measure one training feature instead: --ablation-arch trained without and with these flags, "
+                        "quoted (e.g. --ablation '--ema-decay 0.99'), the same steps, scored on the held-out test "
+                        "seed (a pair: <= 25 min with --cpu)")
+    p.add_argument("--ablation-arch", choices=sorted(ABLATION_ARCHS), default="maskrcnn",
+                   help="the model an --ablation trains")
     p.add_argument("--reuse", action="store_true",
                    help="keep finished data, prepared sets, trainings and predictions under --out (default: fresh runs)")
     return p
@@ -703,7 +811,7 @@ def main(args) -> dict:
     if args.lanes:
         cfg["lanes"] = args.lanes
     device = bc.pick_device(mode != "gpu")
-    out = Path(args.out or f"work/bench_quality{'' if mode == 'gpu' else '_' + mode}")
+    out = Path(args.out or f"work/bench_{'ablation' if args.ablation else 'quality'}{'' if mode == 'gpu' else '_' + mode}")
     data, w = out / "data", out / "work"
     w.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", PYTHONPATH=str(REPO))
@@ -711,6 +819,15 @@ def main(args) -> dict:
     if device.type == "cpu":
         torch.set_num_threads(max(1, cfg["threads"]))
     jobs = Jobs(out / "logs", cfg["lanes"], env)
+    if args.ablation:
+        rep = {"mode": mode, "env": bc.env_info(device), "config": dict(cfg), "out": str(out),
+               "ablation": ablation(cfg, args.ablation_arch, shlex.split(args.ablation), out, jobs, args.reuse),
+               "commands": jobs.commands, "jobs": jobs.results}
+        bc.write_json(out / "ablation.json", rep)
+        md = ablation_markdown(rep["ablation"])
+        (out / "ablation.md").write_text(md + "\n")
+        print(md)
+        return rep
     held = [g for g in GROUPS if g != args.claim_group][0]
     rep: dict = {"mode": mode, "env": bc.env_info(device), "config": {k: v for k, v in cfg.items()},
                  "out": str(out), "timings": {}, "commands": jobs.commands}
