@@ -913,8 +913,7 @@ def main(args) -> dict:
     def all_scores():
         recipe = lpost.resolve_params(None)
         tables = dict(main_src)
-        tables["ensemble"] = lfusion.combine(main_src, {"models": list(main_src), "weights": [1.0] * len(main_src),
-                                                     "iou": 0.5, "min_votes": 1, "min_score": 0.0})
+        tables["ensemble"] = lfusion.combine(main_src, lfusion.default_combination(main_src))
         params_of = {k: recipe for k in tables}
         combo = load_combination(sub_dir / "params.json")
         if combo is not None:

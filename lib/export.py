@@ -46,7 +46,7 @@ from . import viz
 from .boxes import mask_bbox
 from .fusion import combine, combine_image
 from .labels import parse_class_id
-from .postprocess import Instance, finalize, load_params, rank_windows, resolve_params
+from .postprocess import Instance, finalize, rank_windows
 
 __all__ = ["EXPORT_FORMAT", "export_plan", "export_table", "coco_record", "overlay_names", "CocoGt", "read_coco_gt",
            "export_signature", "remove_exports", "export_predictions"]
@@ -59,17 +59,14 @@ def export_plan(models: list[str], params_path: str | Path | None = None) -> tup
     ``combo``: the combination (:func:`lib.fusion.combine`'s) of the models to post-process, None without
     models. One model: ``{"models": [it]}`` (its own masks). Several: the combination saved in ``params_path``
     (06's ``params.json``) when it has one, else all models with equal weights. ``params``: those of
-    ``params_path``, else the winning recipe. A combination that does not fit ``models`` is a ``ValueError``
-    here, before anything is exported."""
-    from .tuning import load_combination
+    ``params_path``, else the winning recipe. ``params_path`` is read by 06's :func:`lib.tuning.saved_choice`
+    alone. A combination that does not fit ``models`` is a ``ValueError`` here, before anything is exported."""
+    from .tuning import saved_choice
 
-    params = load_params(params_path) if params_path else resolve_params()
     names = list(models)
+    combo, params = saved_choice(params_path, names)
     if len(names) <= 1:
-        return ({"models": names} if names else None), params, names[0] if names else "no predictions"
-    combo = load_combination(params_path) if params_path else None
-    if combo is None:
-        combo = {"models": names, "weights": [1.0] * len(names), "iou": 0.5, "min_votes": 1}
+        return combo, params, names[0] if names else "no predictions"
     combine_image({n: [] for n in names}, combo)  # checks the combination against the models
     return combo, params, f"ensemble of {'+'.join(combo['models'])}"
 

@@ -55,7 +55,15 @@ from .postprocess import window_at
 from .metric import window_ious
 
 __all__ = ["fuse_windows", "fuse_instances", "fusion_plan", "fused_attributes", "ImageFusion", "fuse_stored", "combine_image",
-           "ensemble_tables", "combine", "check_weights", "compared_names", "compared_masks"]
+           "ensemble_tables", "combine", "check_weights", "default_combination", "compared_names", "compared_masks"]
+
+
+def default_combination(names: Sequence[str], iou: float = 0.5, min_votes: int = 1) -> dict:
+    """The combination when none is chosen: all ``names`` with equal weights, fused at ``iou`` keeping clusters of
+    at least ``min_votes`` models: ``{"models", "weights", "iou", "min_votes"}`` (:func:`combine`'s;
+    ``min_score`` at its default, 0)."""
+    names = list(names)
+    return {"models": names, "weights": [1.0] * len(names), "iou": iou, "min_votes": min_votes}
 
 
 def check_weights(weights, n: int) -> np.ndarray:
@@ -505,10 +513,11 @@ def compared_masks(names: Sequence[str], combo: dict, with_ensemble: bool, iou: 
                    masks: dict[str, list], boxes: bool = False) -> dict[str, list]:
     """What 06 compares, for one image (a :func:`lib.table_stream.map_images` function: ``task`` is its
     :class:`lib.table_stream.ImageTask`, ``masks`` its sources' masks): each model alone, all models fused with
-    equal weights (``"ensemble"``: the submission itself when ``combo`` is that, else fused here at ``iou`` /
-    ``min_votes`` when ``with_ensemble``) and, when it is neither of those, the submission's combination
-    (``"submission"``). One model alone: just it. Values: :class:`lib.prediction_table.StoredMask` lists (fused
-    ones with their boxes only with ``boxes``)."""
+    equal weights (``"ensemble"``: the submission itself when ``combo`` is that, else
+    :func:`default_combination` at ``iou`` / ``min_votes`` fused here when ``with_ensemble``) and,
+    when it is neither of those, the submission's combination (``"submission"``). One model alone: just it.
+    Values: :class:`lib.prediction_table.StoredMask` lists (fused ones with their boxes only with ``boxes``)."""
+
     wanted = compared_names(names, combo, with_ensemble)
     out = {n: masks[n] for n in names}
     if len(wanted) == len(out):
@@ -518,7 +527,5 @@ def compared_masks(names: Sequence[str], combo: dict, with_ensemble: bool, iou: 
     if "submission" not in wanted:  # the submission is all models with equal weights
         return {**out, "ensemble": submission}
     if "ensemble" in wanted:
-        everything = {"models": list(names), "weights": [1.0] * len(names), "iou": iou, "min_votes": min_votes,
-                      "min_score": 0.0}
-        out["ensemble"] = fusion.combine(everything, boxes)
+        out["ensemble"] = fusion.combine(default_combination(names, iou, min_votes), boxes)
     return {**out, "submission": submission}

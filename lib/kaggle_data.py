@@ -15,7 +15,8 @@ editor shows them. Every bad row or image becomes a :class:`Problem`
 
 An ImageId names its image file in the 2019 edition (``"abc.jpg"``) but not in the 2020 edition (``"abc"``,
 file ``abc.jpg``), in train.csv and sample_submission.csv alike: ids are kept as written, :func:`image_file`
-finds the file of either form and :func:`image_key` is the part both forms share.
+finds the file of either form and :func:`image_key` is the part both forms share. :func:`list_test_images`
+lists the test images (``sample_submission.csv``'s ids, else ``test/``'s files) with their sizes.
 
 Images are read with ``cv2.IMREAD_IGNORE_ORIENTATION``: EXIF orientation is
 *not* applied, because the Height/Width in train.csv refer to the stored pixel
@@ -30,6 +31,8 @@ from typing import NamedTuple
 
 import cv2
 import numpy as np
+import pandas as pd
+from tqdm import tqdm
 
 from . import labels as llabels
 from . import rle as lrle
@@ -217,6 +220,18 @@ def read_rows(
             seen[key] = row_no
             rows.append(r)
     return rows, problems
+
+
+def write_train_csv(path: str | Path, rows) -> int:
+    """Write ``rows`` = ``(ImageId, EncodedPixels, Height, Width, ClassId)`` tuples as a train.csv of the 2019
+    layout (:data:`TRAIN_COLUMNS`, ClassId with its attributes, ``"6_7_20"``) atomically. Returns the number of
+    rows (0: the header alone)."""
+    from .io import atomic_path
+
+    df = pd.DataFrame(list(rows), columns=list(TRAIN_COLUMNS))
+    with atomic_path(path, suffix=".csv") as tmp:
+        df.to_csv(tmp, index=False)
+    return len(df)
 
 
 def remap_attributes(rows: list[Row], mapping: dict[int, int]) -> list[Row]:
@@ -435,3 +450,35 @@ def image_size(path: str | Path) -> tuple[int, int]:
     except Exception:  # noqa: BLE001 - fall back to a full decode, which raises a clear error
         img = read_image(path)
         return int(img.shape[0]), int(img.shape[1])
+
+
+def list_test_images(data_dir: str | Path, progress: bool = True) -> pd.DataFrame:
+    """The test images of a Kaggle-layout directory: DataFrame ``image_id, orig_height, orig_width``.
+
+    Ids come from ``sample_submission.csv`` (unique, in file order, as written there: the 2019 edition's
+    with ``.jpg``, the 2020 edition's without), or, if it is absent, from the images in ``test/`` (file
+    names). Each id's file is ``test/<id>``, else ``test/<id>.jpg`` (or ``.jpeg``, ``.png``:
+    :func:`image_file`).
+    Sizes are read from the image headers (no EXIF rotation, as :func:`read_image`). Raises
+    ``FileNotFoundError`` listing images that are missing from ``test/``.
+    """
+    data_dir = Path(data_dir)
+    test_dir = data_dir / "test"
+    sample = data_dir / "sample_submission.csv"
+    if sample.is_file():
+        try:
+            ids = pd.read_csv(sample, usecols=["ImageId"], dtype=str)["ImageId"].str.strip()
+        except ValueError as e:
+            raise ValueError(f"{sample}: cannot read the ImageId column ({e})") from None
+        ids = list(dict.fromkeys(ids.dropna()))
+    else:
+        ids = list_images(test_dir)
+    files = [image_file(test_dir, i) for i in ids]
+    missing = [i for i, f in zip(ids, files) if not f.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} test images listed in {sample} are missing from {test_dir} "
+                                f"(looked for <ImageId> and <ImageId>{'/'.join(IMAGE_SUFFIXES)}): "
+                                f"{missing[:10]}{' ...' if len(missing) > 10 else ''}")
+    sizes = [image_size(f) for f in tqdm(files, desc="test images", unit="img", disable=not progress)]
+    return pd.DataFrame({"image_id": ids, "orig_height": [s[0] for s in sizes],
+                         "orig_width": [s[1] for s in sizes]}).astype({"orig_height": "int32", "orig_width": "int32"})

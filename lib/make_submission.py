@@ -2,7 +2,7 @@
 
 Flow of :func:`run` (settings: :class:`SubmissionSettings`):
 
-1. the images: the test images of the Kaggle-layout ``data_dir`` (:func:`lib.submission.list_test_images`),
+1. the images: the test images of the Kaggle-layout ``data_dir`` (:func:`lib.kaggle_data.list_test_images`),
    or, when the predictions are of a prepared split (``05_predict.py --prepared-dir --split``), that split's
    images and its ``gt.csv``, or of a folder (``05_predict.py --images``), its images; the ground truth
    ``gt`` may be a train.csv-format CSV or a COCO-format JSON (Fashionpedia's val file,
@@ -37,6 +37,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import fusion, scoring, tuning
+from . import kaggle_data as lkaggle
 from . import prediction_table as lpred
 from . import submission as lsub
 from .io import atomic_write_json
@@ -80,7 +81,7 @@ def validate_file(path, data_dir, mask_size=None, progress: bool = True) -> int:
     """Check a submission file against ``data_dir``'s test images; print every problem. Returns 0 if valid.
     ``mask_size``: the size the file was written at (:func:`lib.submission.parse_mask_size`); None = the one
     06's meta.json beside a ``submission.csv`` records, else the edition's (:func:`lib.submission.written_mask_size`)."""
-    images = lsub.list_test_images(data_dir, progress=progress)
+    images = lkaggle.list_test_images(data_dir, progress=progress)
     sizes = {r.image_id: (int(r.orig_height), int(r.orig_width)) for r in images.itertuples(index=False)}
     edition, _, their_ids = _edition(data_dir)
     size, origin = lsub.written_mask_size(path, mask_size, edition)
@@ -194,7 +195,7 @@ def _test_images(s: SubmissionSettings) -> pd.DataFrame:
     """The test images of ``data_dir`` for predictions that are not of a prepared split or a folder; a
     ``ValueError`` saying what to give when there are none."""
     try:
-        return lsub.list_test_images(s.data_dir, progress=s.progress)
+        return lkaggle.list_test_images(s.data_dir, progress=s.progress)
     except FileNotFoundError as e:
         d = Path(s.predictions[0])
         d = d if d.is_dir() else d.parent

@@ -5,9 +5,10 @@ Flow of :func:`run_prediction` (settings: :class:`PredictSettings`):
 1. models: each checkpoint (a ``best.pth``/``checkpoint.pth`` file, or a training out-dir, meaning its
    ``best.pth``, else ``checkpoint.pth``: :func:`resolve_checkpoint`) is rebuilt from its saved config alone
    (:func:`lib.checkpoint.load_checkpoint`); its name is the out-dir name unless ``names`` says otherwise;
-2. images: the test images of a Kaggle-layout ``data_dir`` (:func:`lib.submission.list_test_images`,
+2. images: the test images of a Kaggle-layout ``data_dir`` (:func:`lib.kaggle_data.list_test_images`,
    original sizes), or the images of one split of a prepared set (``prepared_dir``; "original" size = the
-   prepared size; ``gt.csv`` in train.csv format is written for them so 06 can score and tune on val), or
+   prepared size; ``gt.csv`` in train.csv format is written for them, :func:`lib.prepared.write_ground_truth`,
+   so 06 can score and tune on val), or
    any images (``images``: a folder or a glob pattern, :func:`images_from_folder`). A file that cannot be
    read is reported (meta.json ``skipped_images`` / ``unreadable_images``, ``images.parquet``'s ``error``) and
    skipped, the rest predicted;
@@ -54,7 +55,7 @@ from .inference import image_batches, predict_batch, result_rows, tta_views
 from .shards import ShardStore, config_hash, prediction_config
 
 __all__ = ["PredictSettings", "resolve_checkpoint", "model_names", "images_from_data_dir", "images_from_prepared",
-           "images_from_folder", "write_gt_csv", "run_prediction"]
+           "images_from_folder", "run_prediction"]
 
 
 @dataclass
@@ -144,9 +145,7 @@ def model_names(paths: Sequence[str | Path], names: Sequence[str] | None = None)
 
 def images_from_data_dir(data_dir: str | Path, progress: bool = True) -> pd.DataFrame:
     """Test images of a Kaggle-layout dir: ``image_id, path, orig_height, orig_width`` (original sizes)."""
-    from . import submission as lsub
-
-    df = lsub.list_test_images(data_dir, progress=progress)
+    df = ldata.list_test_images(data_dir, progress=progress)
     df = df.assign(path=[str(ldata.image_file(Path(data_dir) / "test", i)) for i in df["image_id"]])
     return df[["image_id", "path", "orig_height", "orig_width"]].reset_index(drop=True)
 
@@ -192,22 +191,6 @@ def images_from_folder(spec: str | Path, progress: bool = True) -> tuple[pd.Data
         rows.append((image_id, str(f), h, w))
     frame = pd.DataFrame(rows, columns=["image_id", "path", "orig_height", "orig_width"])
     return frame.astype({"orig_height": "int32", "orig_width": "int32"}), skipped, root
-
-
-def write_gt_csv(prepared_dir: str | Path, image_ids: Sequence[str], path: str | Path) -> int:
-    """Write the prepared set records of ``image_ids`` as a train.csv-format CSV (masks at the prepared size).
-
-    Returns the number of rows. Images without instances have no row (as in train.csv).
-    """
-    rows = []
-    for iid in image_ids:
-        ann = lprepared.read_ann(prepared_dir, iid)
-        for inst in ann["instances"]:
-            rows.append((iid, inst["rle"], int(ann["height"]), int(ann["width"]), str(inst["class_id"])))
-    df = pd.DataFrame(rows, columns=["ImageId", "EncodedPixels", "Height", "Width", "ClassId"])
-    with lio.atomic_path(path, suffix=".csv") as tmp:
-        df.to_csv(tmp, index=False)
-    return len(df)
 
 
 def _broadcast(obj, distributed: bool):
@@ -457,7 +440,7 @@ def _run_prediction(s: PredictSettings, held: contextlib.ExitStack) -> dict:
             config["channels_last"] = True
         status = _check_out_dir(s, store, config, held)
         if status["state"] != "complete" and s.prepared_dir:
-            write_gt_csv(s.prepared_dir, frame["image_id"], out_dir / "gt.csv")
+            lprepared.write_ground_truth(s.prepared_dir, frame["image_id"], out_dir / "gt.csv")
         return status
 
     status = _shared_status(main, distributed, check)

@@ -1,4 +1,5 @@
-"""The prepared set: what ``01_prepare_data.py`` writes (:func:`prepare_dataset`) and training reads.
+"""The prepared set: what ``01_prepare_data.py`` writes (:func:`prepare_dataset`) and training reads; the
+ground truth of its images as a train.csv-format file (:func:`write_ground_truth`: 05's ``gt.csv`` of a split).
 
 Per image (in parallel worker processes): read and validate its rows, read the
 image without EXIF rotation, check every row's Height/Width against the pixel
@@ -119,6 +120,19 @@ def load_index(prepared_dir: str | Path, split: str | None = None) -> pd.DataFra
         df = df[df["split"] == split].reset_index(drop=True)
     return df
 
+
+
+def write_ground_truth(prepared_dir: str | Path, image_ids: Sequence[str], path: str | Path) -> int:
+    """Write the annotation records of ``image_ids`` (e.g. a split's) as their ground truth: a train.csv-format
+    CSV (:func:`lib.kaggle_data.write_train_csv`; masks, Height and Width at the prepared size), images in the
+    order given, each record's instances in its order. Returns the number of rows; an image without instances
+    has none (as in train.csv)."""
+    rows = []
+    for iid in image_ids:
+        ann = read_ann(prepared_dir, iid)
+        for inst in ann["instances"]:
+            rows.append((iid, inst["rle"], int(ann["height"]), int(ann["width"]), str(inst["class_id"])))
+    return ldata.write_train_csv(path, rows)
 
 
 def decode_instances(ann: dict) -> tuple[np.ndarray, np.ndarray, list[tuple[int, ...]]]:

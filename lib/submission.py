@@ -2,8 +2,7 @@
 
 :func:`build_submission` post-processes every test image (:mod:`lib.postprocess`) and encodes its masks;
 :func:`validate_submission` checks a file or frame against the test images (header, every ImageId once,
-RLE syntax and bounds, same-class overlaps); :func:`write_submission` writes only what passes, atomically;
-:func:`list_test_images` lists the test images of a Kaggle-layout directory.
+RLE syntax and bounds, same-class overlaps); :func:`write_submission` writes only what passes, atomically.
 
 Mask size: the frame a submission's masks are encoded in, in one of three forms (:func:`parse_mask_size`,
 :func:`mask_shape`): ``N`` (``N x N``, the image resized without keeping its aspect), ``0`` (each image's own
@@ -43,7 +42,7 @@ from .prediction_table import check_images, stored_masks
 
 __all__ = ["PLACEHOLDER", "EDITION_MASK_SIZES", "SubmissionError", "build_submission", "submission_of_sources",
            "image_rows", "validate_submission",
-           "write_submission", "submission_edition", "to_edition_2020", "count_placeholders", "list_test_images",
+           "write_submission", "submission_edition", "to_edition_2020", "count_placeholders",
            "parse_mask_size", "mask_shape", "written_mask_size"]
 
 
@@ -468,39 +467,6 @@ def written_mask_size(path: str | Path, given=None, edition: str = "2019") -> tu
             except ValueError as e:
                 raise ValueError(f"{meta_path}: {e}") from None
     return EDITION_MASK_SIZES[edition], f"the {edition} edition's"
-
-
-def list_test_images(data_dir: str | Path, progress: bool = True) -> pd.DataFrame:
-    """The test images of a Kaggle-layout directory: DataFrame ``image_id, orig_height, orig_width``.
-
-    Ids come from ``sample_submission.csv`` (unique, in file order, as written there: the 2019 edition's
-    with ``.jpg``, the 2020 edition's without), or, if it is absent, from the images in ``test/`` (file
-    names). Each id's file is ``test/<id>``, else ``test/<id>.jpg`` (or ``.jpeg``, ``.png``:
-    :func:`lib.kaggle_data.image_file`).
-    Sizes are read from the image headers (no EXIF rotation, as :func:`lib.kaggle_data.read_image`). Raises
-    ``FileNotFoundError`` listing images that are missing from ``test/``.
-    """
-    data_dir = Path(data_dir)
-    test_dir = data_dir / "test"
-    sample = data_dir / "sample_submission.csv"
-    if sample.is_file():
-        try:
-            ids = pd.read_csv(sample, usecols=["ImageId"], dtype=str)["ImageId"].str.strip()
-        except ValueError as e:
-            raise ValueError(f"{sample}: cannot read the ImageId column ({e})") from None
-        ids = list(dict.fromkeys(ids.dropna()))
-    else:
-        ids = lkaggle.list_images(test_dir)
-    files = [lkaggle.image_file(test_dir, i) for i in ids]
-    missing = [i for i, f in zip(ids, files) if not f.is_file()]
-    if missing:
-        raise FileNotFoundError(f"{len(missing)} test images listed in {sample} are missing from {test_dir} "
-                                f"(looked for <ImageId> and <ImageId>{'/'.join(lkaggle.IMAGE_SUFFIXES)}): "
-                                f"{missing[:10]}{' ...' if len(missing) > 10 else ''}")
-    sizes = [lkaggle.image_size(f) for f in tqdm(files, desc="test images", unit="img", disable=not progress)]
-    return pd.DataFrame({"image_id": ids, "orig_height": [s[0] for s in sizes],
-                         "orig_width": [s[1] for s in sizes]}).astype({"orig_height": "int32", "orig_width": "int32"})
-
 
 
 def count_placeholders(sub: pd.DataFrame) -> int:

@@ -12,7 +12,8 @@ the simpler combination (fewer models, then equal weights). The
 choice is saved with the post-processing parameters (``params.json``, key
 ``"ensemble"``: ``models``, ``weights``, ``iou``, ``min_votes``) and
 :func:`load_combination` reads it back, so 06 applies to the test predictions
-exactly what won on validation.
+exactly what won on validation. Without a saved choice the combination is :func:`lib.fusion.default_combination` (all
+models, equal weights). :func:`saved_choice` is how another stage (05's export) reads what 06 saved.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .fusion import ImageFusion, check_weights
+from .fusion import ImageFusion, check_weights, default_combination
 from .io import read_json
 from .postprocess import POSTPROCESS_DEFAULTS, finalize, load_params, rank_windows, resolve_params, save_params
 from .scoring import ImageScorer, image_ground_truth, raise_problems, scored_images
@@ -33,7 +34,8 @@ from .table_stream import map_images
 
 __all__ = ["DEFAULT_GRID", "TuningSet", "grid_points", "point_groups", "search_candidates", "score_dropping",
            "choose_dropped_categories", "tune_postprocess", "weight_vectors",
-           "combinations", "tune_ensemble", "load_combination", "initial_choice", "free_grid", "tune_choice"]
+           "combinations", "tune_ensemble", "load_combination", "saved_choice", "initial_choice",
+           "free_grid", "tune_choice"]
 
 
 # ------------------------------------------------------------------ post-processing
@@ -365,6 +367,25 @@ def load_combination(path: str | Path) -> dict | None:
     return out
 
 
+def saved_choice(path: str | Path | None, models: Sequence[str]) -> tuple[dict | None, dict]:
+    """What 06 saved in ``path`` (its ``params.json``; None: nothing saved), for predictions of ``models``
+    (names in order): ``(combo, params)``.
+
+    ``params``: :func:`lib.postprocess.load_params` of ``path``, else the defaults
+    (:func:`lib.postprocess.resolve_params`). ``combo`` (:func:`lib.fusion.combine`'s): None without models;
+    ``{"models": [it]}`` for one model (its own masks; the saved combination is not read); for several, the one
+    saved in ``path`` (:func:`load_combination`) when it has one, else :func:`default_combination`. Not checked
+    against ``models``.
+    ``ValueError`` naming ``path`` when what it holds is malformed.
+    """
+    params = load_params(path) if path else resolve_params()
+    names = list(models)
+    if len(names) <= 1:
+        return ({"models": names} if names else None), params
+    saved = load_combination(path) if path else None
+    return (default_combination(names) if saved is None else saved), params
+
+
 # ------------------------------------------------------------------ 06's choice
 
 
@@ -376,12 +397,14 @@ def initial_choice(names: Sequence[str], params_path: str | Path, use_saved: boo
     ``params``: those saved in ``params_path`` when ``use_saved`` (else :data:`lib.postprocess.POSTPROCESS_DEFAULTS`),
     updated with ``overrides`` (None values = not given). ``combo``: ``{"models", "weights", "iou", "min_votes"}``
     of the flags when ``explicit`` (models or weights given), else the one saved in ``params_path`` (when
-    ``use_saved`` and it has one, :func:`load_combination`), else all ``names`` with equal weights.
+    ``use_saved`` and it has one, :func:`load_combination`), else all ``names`` with equal weights
+    (:func:`default_combination`).
     """
     base = load_params(params_path) if use_saved else dict(POSTPROCESS_DEFAULTS)
     params = resolve_params(base, **overrides)
-    combo = {"models": list(names), "weights": list(weights or [1.0] * len(names)), "iou": iou,
-             "min_votes": min_votes}
+    combo = default_combination(names, iou, min_votes)
+    if weights:
+        combo["weights"] = list(weights)
     origin = "flags" if explicit else "all models, equal weights"
     if use_saved and not explicit:
         saved = load_combination(params_path)

@@ -25,9 +25,10 @@ def test_demo_end_to_end_tiny(tmp_path):
     assert r.returncode == 0, f"demo.sh failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
 
     from lib import submission as lsub
+    from lib.kaggle_data import list_test_images
 
     sub_dir = work / "submission"
-    images = lsub.list_test_images(data, progress=False)
+    images = list_test_images(data, progress=False)
     assert len(images) == 3
     sizes = {i.image_id: (i.orig_height, i.orig_width) for i in images.itertuples(index=False)}
     assert lsub.validate_submission(sub_dir / "submission.csv", images["image_id"], 512, sizes) == []

@@ -10,7 +10,8 @@ from pycocotools import mask as mask_utils
 
 from lib import export
 from lib import prediction_table as lpred
-from lib.postprocess import save_params
+from lib.postprocess import resolve_params, save_params
+from lib.fusion import default_combination
 from test_postprocess import pred_rows, rect
 
 
@@ -76,6 +77,20 @@ def test_several_models_are_fused_with_the_saved_combination(tmp_path):
     assert what == "ensemble of x+y" and list(fused["category"]) == [3] and params["score_thresh"] == 0.3
     one, _, what = export.export_table(table[table["model"] == "x"])
     assert what == "x" and len(one) == 1
+
+
+def test_export_plan_is_06s_saved_choice(tmp_path):
+    """What is exported: 06's params.json read through lib.tuning (its combination for several models, else all
+    of them with equal weights), checked against the models."""
+    assert export.export_plan([]) == (None, resolve_params(), "no predictions")
+    assert export.export_plan(["m"]) == ({"models": ["m"]}, resolve_params(), "m")
+    assert export.export_plan(["m", "v"]) == (default_combination(["m", "v"]), resolve_params(), "ensemble of m+v")
+    p = tmp_path / "params.json"
+    save_params(p, {"score_thresh": 0.3}, ensemble={"models": ["v", "m"], "weights": [2.0, 1.0]})
+    combo, params, what = export.export_plan(["m", "v"], p)
+    assert combo == {"models": ["v", "m"], "weights": [2.0, 1.0], "iou": 0.5, "min_votes": 1, "min_score": 0.0}
+    assert what == "ensemble of v+m" and params == resolve_params({"score_thresh": 0.3})
+    assert export.export_plan(["m"], p) == ({"models": ["m"]}, params, "m")
 
 
 def test_overlay_names_are_unique_and_stable_when_plain_names_collide(tmp_path):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from lib import prediction_table as lpred
-from lib.fusion import ensemble_tables, fuse_instances
+from lib.fusion import default_combination, ensemble_tables, fuse_instances
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -172,3 +172,10 @@ def test_ensemble_votes_across_tables_and_resizes_to_the_first_table():
     c = out[out["image_id"] == "c.jpg"]  # only in t2: its own size, half the score
     assert int(c["mask_height"].iloc[0]) == 12 and c["score"].iloc[0] == pytest.approx(0.3)
     assert ensemble_tables([t1, t2], min_votes=2, progress=False)["image_id"].tolist() == ["a.jpg"]
+
+
+def test_default_combination_is_all_models_with_equal_weights():
+    assert default_combination(("a", "b")) == {"models": ["a", "b"], "weights": [1.0, 1.0], "iou": 0.5, "min_votes": 1}
+    three = default_combination(["a", "b", "c"], 0.7, 2)
+    assert three == {"models": ["a", "b", "c"], "weights": [1.0, 1.0, 1.0], "iou": 0.7, "min_votes": 2}
+    assert list(three) == ["models", "weights", "iou", "min_votes"]  # the order meta.json / params.json write

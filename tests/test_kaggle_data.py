@@ -1,10 +1,12 @@
-"""lib/kaggle_data.py: streaming train.csv reader, row validation, image reading without EXIF rotation."""
+"""lib/kaggle_data.py: streaming train.csv reader and writer, row validation, image reading without EXIF rotation,
+the test images' list."""
 import json
 
 import cv2
 import numpy as np
 import pytest
 
+from conftest import REPO
 from lib import kaggle_data, rle
 
 
@@ -228,6 +230,23 @@ def test_known_real_prefixes_match_derived_rows(shared_data):
     # the genuine attribute-bearing ClassId parses
     from lib.labels import parse_class_id
     assert parse_class_id(known[2]["ClassId"]) == (10, (3, 20, 34, 56, 69, 91))
+
+
+def test_write_train_csv_known_bytes_and_read_back(tmp_path):
+    """train.csv's 2019 layout written atomically; the reader gives back every row as written, in order."""
+    rows = [("b.jpg", "1 2", 4, 4, "6_7_20"), ("a.jpg", "3 1", 4, 4, "0"), ("b.jpg", "9 3", 4, 4, "31")]
+    p = tmp_path / "gt.csv"
+    assert kaggle_data.write_train_csv(p, iter(rows)) == 3
+    assert p.read_text() == ("ImageId,EncodedPixels,Height,Width,ClassId\n"
+                             "b.jpg,1 2,4,4,6_7_20\na.jpg,3 1,4,4,0\nb.jpg,9 3,4,4,31\n")
+    groups, problems = kaggle_data.index_csv(p)
+    assert problems == [] and list(groups) == ["b.jpg", "a.jpg"]
+    got, problems = kaggle_data.read_rows(p, groups["b.jpg"])
+    assert problems == [] and [(r.row, r.rle, r.height, r.width, r.class_id) for r in got] == [
+        (2, "1 2", 4, 4, "6_7_20"), (4, "9 3", 4, 4, "31")]
+    assert kaggle_data.write_train_csv(tmp_path / "empty.csv", []) == 0
+    assert (tmp_path / "empty.csv").read_text() == "ImageId,EncodedPixels,Height,Width,ClassId\n"
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["empty.csv", "gt.csv"]  # no temporary file left
 
 
 # ------------------------------------------------------------------ fuzzing (docs/RELIABILITY.md)
@@ -458,3 +477,60 @@ def test_2020_ids_without_jpg_read_and_matched_to_real_images(shared_data, tmp_p
         assert rows[0].image_id == image_id
         f = kaggle_data.image_file(d, image_id)
         assert f == d / f"{image_id}.jpg" and {(r.height, r.width) for r in rows} == {kaggle_data.image_size(f)}
+
+
+# ------------------------------------------------------------------ test images (sample_submission.csv, test/)
+
+
+def make_data_dir(root, ids, sizes, sample=True):
+    (root / "test").mkdir(parents=True)
+    for i, (h, w) in zip(ids, sizes):
+        cv2.imwrite(str(root / "test" / i), np.full((h, w, 3), 128, np.uint8))
+    if sample:
+        (root / "sample_submission.csv").write_text(
+            "ImageId,EncodedPixels,ClassId\n" + "".join(f"{i},1 1,23\n" for i in ids + ids[:1]))
+    return root
+
+
+def test_list_test_images(tmp_path):
+    d = make_data_dir(tmp_path / "d", ["b.jpg", "a.png"], [(20, 30), (7, 5)])
+    imgs = kaggle_data.list_test_images(d, progress=False)
+    assert imgs.values.tolist() == [["b.jpg", 20, 30], ["a.png", 7, 5]]  # sample order, duplicates once
+    (d / "sample_submission.csv").unlink()
+    assert kaggle_data.list_test_images(d, progress=False)["image_id"].tolist() == ["a.png", "b.jpg"]
+    (d / "sample_submission.csv").write_text("ImageId,EncodedPixels,ClassId\nnope.jpg,1 1,0\n")
+    with pytest.raises(FileNotFoundError, match="nope.jpg"):
+        kaggle_data.list_test_images(d, progress=False)
+
+
+def test_image_sizes_from_headers_match_decoded_real_images(tmp_path):
+    """Sizes come from the file headers; they must be the stored pixel array's (no EXIF rotation)."""
+    from lib.kaggle_data import read_image
+
+    shared = REPO.parent / "shared" / "data" / "real_samples"
+    files = sorted((shared / "imaterialist2019_test").glob("*.jpg")) + sorted(
+        (shared / "imaterialist2019_train").glob("*.jpg"))
+    if not files:
+        pytest.skip(f"real sample images not found under {shared} (../shared/data beside the repo)")
+    (tmp_path / "test").mkdir()
+    for f in files:
+        (tmp_path / "test" / f.name).symlink_to(f)
+    imgs = kaggle_data.list_test_images(tmp_path, progress=False)
+    assert imgs["image_id"].tolist() == sorted(f.name for f in files)
+    for r in imgs.itertuples(index=False):
+        assert (r.orig_height, r.orig_width) == read_image(tmp_path / "test" / r.image_id).shape[:2], r.image_id
+    assert imgs.set_index("image_id").loc["00a8764cff12b2e849c850f4be5608bc.jpg"].tolist() == [3008, 2000]
+
+
+def test_test_images_listed_with_or_without_their_jpg(tmp_path):
+    """The 2020 edition's sample_submission.csv lists its ImageIds without .jpg (the file is test/<id>.jpg),
+    the 2019 edition's with it: both find their files and keep the ids as written."""
+    d = make_data_dir(tmp_path / "d", ["b.jpg", "a.jpg"], [(20, 30), (7, 5)], sample=False)
+    sample = d / "sample_submission.csv"
+    sample.write_text("ImageId,EncodedPixels,ClassId,AttributesIds\nb,1 1,0,\na,1 1,0,\nb,1 1,0,\n")
+    assert kaggle_data.list_test_images(d, progress=False).values.tolist() == [["b", 20, 30], ["a", 7, 5]]
+    sample.write_text("ImageId,EncodedPixels,ClassId\nb.jpg,1 1,23\na,1 1,23\n")
+    assert kaggle_data.list_test_images(d, progress=False).values.tolist() == [["b.jpg", 20, 30], ["a", 7, 5]]
+    sample.write_text("ImageId,EncodedPixels,ClassId\nb,1 1,23\nc,1 1,23\nc.jpg,1 1,23\n")
+    with pytest.raises(FileNotFoundError, match=r"2 test images .*<ImageId>\.jpg.*\['c', 'c\.jpg'\]"):
+        kaggle_data.list_test_images(d, progress=False)

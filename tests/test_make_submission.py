@@ -15,9 +15,9 @@ from lib.labels import parse_class_id
 from lib.postprocess import load_params
 from lib.tuning import load_combination
 from test_fusion import H, W
+from test_kaggle_data import make_data_dir
 from test_postprocess import pred_rows, rect, write_gt
 from test_scoring import fashionpedia_sample, gt_items
-from test_submission import make_data_dir
 from test_tuning import gt_csv, three_models, write_pred_dir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -304,13 +304,14 @@ def test_2020_edition_masks_default_to_the_long_side_1024(tmp_path, capsys):
     size, and a copy of it checked at the images' own size is refused where its runs leave the image."""
     from lib import rle, synthetic
     from lib import submission as lsub
+    from lib.kaggle_data import list_test_images
 
     data = tmp_path / "d2020"
     synthetic.generate_dataset(data, n_train=1, n_test=2, seed=3, min_side=64, max_side=96, progress=False,
                                edition="2020")
     pdir = tmp_path / "pred"
     pdir.mkdir()
-    imgs = lsub.list_test_images(data, progress=False)
+    imgs = list_test_images(data, progress=False)
     rows = [r for i in imgs.itertuples(index=False)  # one box over the lower right quarter of each image
             for r in pred_rows(i.image_id, [rect(i.orig_height // 2, i.orig_width // 2, i.orig_height, i.orig_width,
                                                  hw=(int(i.orig_height), int(i.orig_width)))],

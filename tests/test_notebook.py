@@ -294,8 +294,9 @@ def test_notebook_runs_on_a_tiny_synthetic_set(tmp_path, monkeypatch):
 
     # submission.csv where NB_SUBMISSION said, valid against the test images, and the notebook's own check said so
     from lib import submission as lsub
+    from lib.kaggle_data import list_test_images
 
-    test_images = lsub.list_test_images(data, progress=False)
+    test_images = list_test_images(data, progress=False)
     sizes = {i.image_id: (i.orig_height, i.orig_width) for i in test_images.itertuples(index=False)}
     assert lsub.validate_submission(submission, test_images["image_id"], 512, sizes) == []
     assert set(pd.read_csv(submission, dtype=str)["ImageId"]) == set(test_images["image_id"])

@@ -46,6 +46,34 @@ def test_cache_matches_decoded_rows_resized(synthetic_data_dir, prepared_set):
             assert inst["category"] == r.category and inst["bbox"] == mask_bbox(m)
 
 
+def test_write_ground_truth_is_the_records_as_train_csv(prepared_set, tmp_path):
+    """A split's ground truth: every instance of each record, images in the order given, at the prepared size;
+    what the train.csv reader reads back."""
+    ids = prepared.load_index(prepared_set, "val")["image_id"].tolist()[::-1]
+    out = tmp_path / "gt.csv"
+    n = prepared.write_ground_truth(prepared_set, ids, out)
+    want = [(i, inst["rle"], rec["height"], rec["width"], inst["class_id"])
+            for i in ids for rec in [prepared.read_ann(prepared_set, i)] for inst in rec["instances"]]
+    assert n == len(want) > len(ids) > 1
+    gt = pd.read_csv(out, dtype={"ClassId": str})
+    assert list(gt.columns) == list(kaggle_data.TRAIN_COLUMNS)
+    assert list(gt.itertuples(index=False, name=None)) == want
+    groups, problems = kaggle_data.index_csv(out)
+    assert problems == [] and list(groups) == ids
+    rows, problems = kaggle_data.read_rows(out, groups[ids[0]])
+    assert problems == [] and [r.rle for r in rows] == [w[1] for w in want if w[0] == ids[0]]
+
+
+def test_write_ground_truth_image_without_instances_has_no_row(tmp_path):
+    lio.atomic_write_json(prepared.ann_path(tmp_path, "a.jpg"), {"height": 4, "width": 6, "instances": []})
+    lio.atomic_write_json(prepared.ann_path(tmp_path, "b.jpg"), {"height": 4, "width": 6, "instances": [
+        {"rle": "1 3", "class_id": "6_7"}]})
+    assert prepared.write_ground_truth(tmp_path, ["a.jpg", "b.jpg"], tmp_path / "gt.csv") == 1
+    assert (tmp_path / "gt.csv").read_text() == "ImageId,EncodedPixels,Height,Width,ClassId\nb.jpg,1 3,4,6,6_7\n"
+    assert prepared.write_ground_truth(tmp_path, [], tmp_path / "none.csv") == 0
+    assert (tmp_path / "none.csv").read_text() == "ImageId,EncodedPixels,Height,Width,ClassId\n"
+
+
 def test_resume_after_interruption_equals_clean_run(synthetic_data_dir, tmp_path):
     clean = tmp_path / "clean"
     prepared.prepare_dataset(synthetic_data_dir, clean, long_side=128, workers=2, progress=False)

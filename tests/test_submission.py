@@ -5,7 +5,6 @@ import csv
 import io
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pandas as pd
 import pytest
@@ -16,7 +15,7 @@ from conftest import fuzz_sizes, run_stage, snapshot_files
 from lib import prediction_table as lpred
 from lib import rle as lrle
 from lib import submission as lsub
-from lib.kaggle_data import SUBMISSION_COLUMNS
+from lib.kaggle_data import SUBMISSION_COLUMNS, list_test_images
 from lib.labels import parse_class_id
 
 REPO = Path(__file__).resolve().parents[1]
@@ -222,49 +221,6 @@ def test_property_build_submission_always_validates(n, tmp_path_factory):
     print(f"written submissions validate: {seen}")
 
 
-# ------------------------------------------------------------------ test images and 06
-
-
-def make_data_dir(root, ids, sizes, sample=True):
-    (root / "test").mkdir(parents=True)
-    for i, (h, w) in zip(ids, sizes):
-        cv2.imwrite(str(root / "test" / i), np.full((h, w, 3), 128, np.uint8))
-    if sample:
-        (root / "sample_submission.csv").write_text(
-            "ImageId,EncodedPixels,ClassId\n" + "".join(f"{i},1 1,23\n" for i in ids + ids[:1]))
-    return root
-
-
-def test_list_test_images(tmp_path):
-    d = make_data_dir(tmp_path / "d", ["b.jpg", "a.png"], [(20, 30), (7, 5)])
-    imgs = lsub.list_test_images(d, progress=False)
-    assert imgs.values.tolist() == [["b.jpg", 20, 30], ["a.png", 7, 5]]  # sample order, duplicates once
-    (d / "sample_submission.csv").unlink()
-    assert lsub.list_test_images(d, progress=False)["image_id"].tolist() == ["a.png", "b.jpg"]
-    (d / "sample_submission.csv").write_text("ImageId,EncodedPixels,ClassId\nnope.jpg,1 1,0\n")
-    with pytest.raises(FileNotFoundError, match="nope.jpg"):
-        lsub.list_test_images(d, progress=False)
-
-
-def test_image_sizes_from_headers_match_decoded_real_images(tmp_path):
-    """Sizes come from the file headers; they must be the stored pixel array's (no EXIF rotation)."""
-    from lib.kaggle_data import read_image
-
-    shared = REPO.parent / "shared" / "data" / "real_samples"
-    files = sorted((shared / "imaterialist2019_test").glob("*.jpg")) + sorted(
-        (shared / "imaterialist2019_train").glob("*.jpg"))
-    if not files:
-        pytest.skip(f"real sample images not found under {shared} (../shared/data beside the repo)")
-    (tmp_path / "test").mkdir()
-    for f in files:
-        (tmp_path / "test" / f.name).symlink_to(f)
-    imgs = lsub.list_test_images(tmp_path, progress=False)
-    assert imgs["image_id"].tolist() == sorted(f.name for f in files)
-    for r in imgs.itertuples(index=False):
-        assert (r.orig_height, r.orig_width) == read_image(tmp_path / "test" / r.image_id).shape[:2], r.image_id
-    assert imgs.set_index("image_id").loc["00a8764cff12b2e849c850f4be5608bc.jpg"].tolist() == [3008, 2000]
-
-
 # ------------------------------------------------------------------ mask sizes and the editions' ImageIds
 
 
@@ -357,20 +313,6 @@ def test_the_size_a_file_was_written_at(tmp_path):
         lsub.written_mask_size(sub, None, "2020")
 
 
-def test_test_images_listed_with_or_without_their_jpg(tmp_path):
-    """The 2020 edition's sample_submission.csv lists its ImageIds without .jpg (the file is test/<id>.jpg),
-    the 2019 edition's with it: both find their files and keep the ids as written."""
-    d = make_data_dir(tmp_path / "d", ["b.jpg", "a.jpg"], [(20, 30), (7, 5)], sample=False)
-    sample = d / "sample_submission.csv"
-    sample.write_text("ImageId,EncodedPixels,ClassId,AttributesIds\nb,1 1,0,\na,1 1,0,\nb,1 1,0,\n")
-    assert lsub.list_test_images(d, progress=False).values.tolist() == [["b", 20, 30], ["a", 7, 5]]
-    sample.write_text("ImageId,EncodedPixels,ClassId\nb.jpg,1 1,23\na,1 1,23\n")
-    assert lsub.list_test_images(d, progress=False).values.tolist() == [["b.jpg", 20, 30], ["a", 7, 5]]
-    sample.write_text("ImageId,EncodedPixels,ClassId\nb,1 1,23\nc,1 1,23\nc.jpg,1 1,23\n")
-    with pytest.raises(FileNotFoundError, match=r"2 test images .*<ImageId>\.jpg.*\['c', 'c\.jpg'\]"):
-        lsub.list_test_images(d, progress=False)
-
-
 @pytest.mark.parametrize("listed,written", [(["abc", "def"], "def.jpg"), (["abc.jpg", "def.jpg"], "def")])
 def test_validator_names_an_imageid_in_the_other_form(listed, written):
     """Kaggle matches ImageIds as the test list writes them: a row in the other form (with or without .jpg)
@@ -395,7 +337,7 @@ def test_real_test_image_listed_the_2020_way_and_its_frame(tmp_path):
     (tmp_path / "test").mkdir()
     (tmp_path / "test" / f.name).symlink_to(f)
     (tmp_path / "sample_submission.csv").write_text(f"ImageId,EncodedPixels,ClassId,AttributesIds\n{f.stem},1 1,0,\n")
-    imgs = lsub.list_test_images(tmp_path, progress=False)
+    imgs = list_test_images(tmp_path, progress=False)
     assert imgs.values.tolist() == [[f.stem, 3008, 2000]] and lsub.submission_edition(tmp_path) == "2020"
     size = lsub.EDITION_MASK_SIZES["2020"]
     assert lsub.mask_shape(size, 3008, 2000) == (1024, 680)

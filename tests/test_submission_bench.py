@@ -15,6 +15,7 @@ from bench import submission_bench as sb
 from lib import prediction_table as lpred
 from lib import rle
 from lib import submission as lsub
+from lib.kaggle_data import list_test_images
 
 TINY = dict(sb.MODES, rows_per_model=5, gt_per_image=3.0, seed=0)
 
@@ -31,7 +32,7 @@ def test_generated_sets_are_05_outputs(tmp_path):
     split = lpred.split_source([val])  # 06 --tune-on's view: a prepared val split with its gt.csv
     assert split["split"] == "val" and split["gt"] == str(val / "gt.csv") and len(split["images"]) == 3
     assert lpred.split_source([test]) is None  # the Kaggle test images of --data-dir
-    listed = lsub.list_test_images(data, progress=False)
+    listed = list_test_images(data, progress=False)
     ids = [sb.image_id("test", 0, k) for k in range(2)]
     assert listed["image_id"].tolist() == ids
     assert [tuple(x) for x in listed[["orig_height", "orig_width"]].to_numpy()] == list(sb.IMAGE_HW)

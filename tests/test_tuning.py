@@ -13,9 +13,10 @@ from lib import rle as lrle
 from lib import postprocess as lpost
 from lib import scoring as lscoring
 from lib.table_stream import read_sources
-from lib.tuning import (TuningSet, choose_dropped_categories, combinations, load_combination, point_groups,
-                        score_dropping, search_candidates, tune_ensemble, tune_postprocess, weight_vectors)
-from lib.fusion import combine
+from lib.tuning import (TuningSet, choose_dropped_categories, combinations, initial_choice,
+                        load_combination, point_groups, saved_choice, score_dropping, search_candidates, tune_ensemble,
+                        tune_postprocess, weight_vectors)
+from lib.fusion import combine, default_combination
 from test_fusion import H, W, box, table
 from test_postprocess import S, pred_rows, rect, write_gt
 
@@ -116,6 +117,42 @@ def test_load_combination_absent_and_malformed(tmp_path):
     f.write_text(json.dumps({"ensemble": {"models": ["a"], "weights": [-1]}}))
     with pytest.raises(ValueError, match="weights must be"):
         load_combination(f)
+
+
+def test_saved_choice_is_what_06_saved_or_the_default(tmp_path):
+    defaults, f = lpost.resolve_params(), tmp_path / "params.json"
+    assert saved_choice(None, []) == (None, defaults)
+    assert saved_choice(None, ["a"]) == ({"models": ["a"]}, defaults)
+    assert saved_choice(None, ["a", "b"]) == (default_combination(["a", "b"]), defaults)
+    lpost.save_params(f, {"score_thresh": 0.3})
+    tuned = lpost.resolve_params({"score_thresh": 0.3})
+    assert saved_choice(f, ["a", "b"]) == (default_combination(["a", "b"]), tuned)
+    combo = {"models": ["b", "a"], "weights": [2.0, 1.0], "iou": 0.6, "min_votes": 2, "min_score": 0.1}
+    lpost.save_params(f, {"score_thresh": 0.3}, ensemble=combo)
+    assert saved_choice(f, ["a", "b"]) == (combo, tuned)
+    assert saved_choice(f, ["a"]) == ({"models": ["a"]}, tuned)  # one model: its own masks
+    f.write_text(json.dumps({"params": {}, "ensemble": {"weights": [1]}}))
+    assert saved_choice(f, ["a"]) == ({"models": ["a"]}, defaults)  # the combination is not read for one model
+    with pytest.raises(ValueError, match="params.json: malformed"):
+        saved_choice(f, ["a", "b"])
+    f.write_text(json.dumps({"params": {"score_thresh": "high"}}))
+    with pytest.raises(ValueError, match="params.json"):
+        saved_choice(f, ["a"])
+
+
+def test_initial_choice_starts_from_the_default_combination(tmp_path):
+    f = tmp_path / "params.json"
+    params, combo, origin = initial_choice(["a", "b"], f, False, {})
+    assert (params, combo, origin) == (lpost.resolve_params(), default_combination(["a", "b"]),
+                                       "all models, equal weights")
+    _, combo, origin = initial_choice(["a", "b"], f, False, {}, weights=[2.0, 1.0], iou=0.7, min_votes=2,
+                                      explicit=True)
+    assert combo == {"models": ["a", "b"], "weights": [2.0, 1.0], "iou": 0.7, "min_votes": 2} and origin == "flags"
+    assert list(combo) == ["models", "weights", "iou", "min_votes"]
+    saved = dict(default_combination(["b", "a"]), min_score=0.1)
+    lpost.save_params(f, {"score_thresh": 0.3}, ensemble=saved)
+    params, combo, origin = initial_choice(["a", "b"], f, True, {"min_area": 5})
+    assert combo == saved and origin == str(f) and (params["score_thresh"], params["min_area"]) == (0.3, 5)
 
 
 def write_pred_dir(d, tables, image_ids, orig, source=None):
