@@ -179,3 +179,25 @@ def test_default_combination_is_all_models_with_equal_weights():
     three = default_combination(["a", "b", "c"], 0.7, 2)
     assert three == {"models": ["a", "b", "c"], "weights": [1.0, 1.0, 1.0], "iou": 0.7, "min_votes": 2}
     assert list(three) == ["models", "weights", "iou", "min_votes"]  # the order meta.json / params.json write
+
+
+def test_one_image_fusion_serves_every_combination_like_a_fresh_one():
+    """06 fuses up to 16 combinations of one image from one ImageFusion (windows and IoUs computed once): each
+    equals what ensemble_tables gives for that combination alone, whatever was fused before it."""
+    from lib.fusion import ImageFusion, combine
+
+    rng = np.random.default_rng(4)
+    tables, masks = {}, {}
+    for m in ("a", "b", "c"):
+        probs = [box(*sorted(rng.integers(0, H, 2)), *sorted(rng.integers(0, W, 2))) * rng.uniform(0.4, 1) for _ in range(5)]
+        probs = [p if p.any() else box(1, 1, 5, 5) for p in probs]
+        tables[m] = table("a.jpg", probs, list(rng.integers(0, 2, 5)), list(rng.uniform(0.1, 1, 5)), model=m)
+        masks[m] = lpred.stored_masks(tables[m])
+    combos = [{"models": ["a", "b"], "weights": [1, 1]}, {"models": ["a", "b", "c"], "weights": [2, 1, 1]},
+              {"models": ["b", "c"], "weights": [1, 3], "min_score": 0.3}, {"models": ["c", "a"], "weights": [1, 1]},
+              {"models": ["a", "b", "c"], "weights": [1, 1, 1], "iou": 0.3, "min_votes": 2}]
+    shared = ImageFusion(masks, (48, 48))
+    for combo in combos:
+        got = lpred.make_table(lpred.mask_rows("a.jpg", "ensemble", shared.combine(combo, boxes=True), (48, 48)))
+        want = combine(tables, combo)
+        assert got.drop(columns="attr_scores").equals(want.drop(columns="attr_scores"))

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from lib import metric
 from lib.metric import (
     THRESHOLDS,
     AttributeEvaluator,
@@ -482,3 +483,42 @@ def test_attribute_evaluator_pools_counts_over_images():
     assert ev.summary(0.8)["tp"] == 0 and ev.summary(0.8)["fn"] == 4
     with pytest.raises(ValueError, match="attributes"):
         ev.add(g1, [0], hot((1,), n=5), g1, [0], None, None)
+
+
+def test_window_ious_equal_mask_iou_of_the_pasted_masks():
+    rng = np.random.default_rng(3)
+    hw = (40, 50)
+
+    def window(full):
+        rows, cols = np.flatnonzero(full.any(1)), np.flatnonzero(full.any(0))
+        if rows.size == 0:
+            return 7, 9, np.zeros((0, 0), bool)  # an empty mask anywhere
+        return int(rows[0]), int(cols[0]), full[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1].astype(bool)
+
+    masks = []
+    for _ in range(12):
+        m = np.zeros(hw, np.uint8)
+        y, x = rng.integers(0, 35, 2)
+        m[y:y + rng.integers(1, 15), x:x + rng.integers(1, 20)] = rng.random() > 0.1
+        masks.append(m)
+    a, b = np.stack(masks[:7]), np.stack(masks[7:])
+    got = metric.window_ious([window(m) for m in a], [window(m) for m in b])
+    assert np.array_equal(got, metric.mask_iou(a, b))  # exactly: the same integer counts
+    assert metric.window_ious([], [window(b[0])]).shape == (0, 1)
+
+
+def test_add_scored_equals_add():
+    """An image scored elsewhere (06's workers: Kaggle score, class scores, COCO records) adds up like add()."""
+    gt = np.zeros((2, 8, 8), np.uint8)
+    gt[0, :4, :4] = 1
+    gt[1, 4:, 4:] = 1
+    pred = gt[[1, 0]].copy()
+    pred[0, 4, 4] = 0
+    direct, parts = metric.Evaluator(), metric.Evaluator()
+    for k in range(2):
+        direct.add(f"i{k}", gt, [1, 2], pred[: k + 1], [2, 1][: k + 1], [0.9, 0.8][: k + 1])
+        score, per_class = metric.image_score(gt, [1, 2], pred[: k + 1], [2, 1][: k + 1], [0.9, 0.8][: k + 1],
+                                              return_per_class=True)
+        parts.add_scored(f"i{k}", score, per_class,
+                         *metric.coco_records(gt, [1, 2], pred[: k + 1], [2, 1][: k + 1], [0.9, 0.8][: k + 1]))
+    assert direct.summary() == parts.summary()

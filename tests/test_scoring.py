@@ -135,3 +135,29 @@ def test_hostile_coco_ground_truth_is_a_value_error_listing_its_entries(tmp_path
     masks, keys = out["a.jpg"]
     assert keys == [10, 10] and masks[1].all() and masks[0].sum() == 11 * 8
     assert "earmuffs" in capsys.readouterr().out
+
+
+def test_image_scorer_scores_any_subset_like_image_score():
+    """Tuning scores many subsets of one post-processing (score thresholds, areas) from one set of IoUs: each equals
+    lib.metric.image_score of the subset's full masks."""
+    from lib.metric import image_score
+    from lib.postprocess import Instance
+
+    rng = np.random.default_rng(5)
+    size = (24, 24)
+    gt_masks = np.zeros((3, *size), np.uint8)
+    gt_masks[0, 2:10, 2:10] = gt_masks[1, 12:20, 3:9] = gt_masks[2, 5:15, 14:22] = 1
+    gt = lscoring.GroundTruth([1, 1, 2], [lscoring._crop(m) for m in gt_masks], size)
+    insts = []
+    for k in range(6):
+        m = np.roll(gt_masks[k % 3], rng.integers(-2, 3, 2), (0, 1))
+        y, x, w = lscoring._crop(m)
+        insts.append(Instance([1, 1, 2, 1, 2, 1][k], float(1 - 0.1 * k), "c", y, x, w, int(w.sum()), k))
+    scorer = lscoring.ImageScorer(gt, insts)
+    for keep in ([1, 1, 1, 1, 1, 1], [1, 0, 1, 0, 1, 0], [0, 0, 0, 0, 0, 0], [0, 1, 0, 1, 1, 1]):
+        keep = np.array(keep, bool)
+        kept = [i for i, on in zip(insts, keep) if on]
+        pred = np.stack([i.full(size) for i in kept]) if kept else np.zeros((0, *size), np.uint8)
+        want = image_score(gt_masks, [1, 1, 2], pred, [i.category for i in kept], [i.score for i in kept],
+                           return_per_class=True)
+        assert scorer.score(keep) == want
