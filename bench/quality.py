@@ -24,7 +24,7 @@ scores them on unseen synthetic images, through the same scripts a user runs:
    main models fused with equal weights (``ensemble``) and of 06's val-tuned choice (``submission``), on
    all classes and per class group (garments 0-26, parts 27-45: ground truth and predictions restricted
    to the group, scored on the test images that contain it; COCO AP per group = mean of its categories'
-   AP, ``lib.metric.group_scores``);
+   AP, ``lib.evaluator.group_scores``);
 5. oracle boxes: each detector's mask branch run at the ground-truth boxes of the test images
    (``lib.models.maskrcnn.masks_for_boxes``), mean mask IoU and the fraction with IoU >= 0.5 per group:
    the mask head alone, which is what the DeepMAC claim is about (Birodkar et al., ICCV 2021: trained
@@ -32,7 +32,7 @@ scores them on unseen synthetic images, through the same scripts a user runs:
    other classes far better; COCO VOC -> non-VOC, ResNet-50 with the default head 25.9 mask AP,
    Hourglass-52 33.1). The box itself as the mask (``box_fill``) is the floor a head has to beat, and
    each config freshly initialised (``init``) shows how far training moved the head;
-6. attributes (``maskrcnn`` run): attribute F1 (``lib.metric.AttributeEvaluator``) of the post-processed
+6. attributes (``maskrcnn`` run): attribute F1 (``lib.attribute_metric.AttributeEvaluator``) of the post-processed
    test predictions, of the head at the ground-truth boxes (``attributes_for_boxes``) against a prior
    (per category, the attributes present in at least half of its training instances), and the Kaggle
    metric with attributes on (full ClassIds) vs off.
@@ -390,7 +390,7 @@ def score_tables(tables: dict, params_of: dict, gts: dict, images: pd.DataFrame,
     the group-restricted ground truth and predictions, and the group's COCO AP (mean over its categories)."""
     from lib import postprocess as lpost
     from lib.labels import CATEGORY_GROUPS
-    from lib.metric import group_scores
+    from lib.evaluator import group_scores
 
     tasks = []
     for name, table in tables.items():
@@ -530,7 +530,7 @@ def attributes_report(run_dir: Path, table: pd.DataFrame, items: list[dict], gt_
     from lib import scoring as lscoring
     from lib.checkpoint import load_checkpoint
     from lib.labels import ATTRIBUTE_CATEGORIES, N_ATTRIBUTES, parse_class_id
-    from lib.metric import AttributeEvaluator, multilabel_f1
+    from lib.attribute_metric import AttributeEvaluator, multilabel_f1
     from lib.models.maskrcnn import attributes_for_boxes
     from lib.predict import resolve_checkpoint
 
@@ -724,7 +724,14 @@ def ablation(cfg: dict, arch: str, flags: list[str], out: Path, jobs, reuse: boo
     model = _ablation_model_flags(cfg, arch)
     runs = {"without": [], "with": list(flags)}
     t0 = time.time()
-    jobs.run([(f"train_{name}", [py, script, *train_args(cfg, w, name, cfg[budget]), *model, *extra])
+    def argv(name, extra):  # large-scale jitter replaces the mode's --scale-range
+        base = train_args(cfg, w, name, cfg[budget])
+        if "--lsj" in extra:
+            k = base.index("--scale-range")
+            base = base[:k] + base[k + 3:]
+        return [py, script, *base, *model, *extra]
+
+    jobs.run([(f"train_{name}", argv(name, extra))
               for name, extra in runs.items()
               if not (reuse and (w / name / "meta.json").is_file()
                       and json.loads((w / name / "meta.json").read_text()).get("status") == "done")])
@@ -841,7 +848,7 @@ def main(args) -> dict:
                   "IoU with the ground-truth mask at the test image's size; box_fill = the box as the mask",
         "attributes": "attribute categories only; oracle = head at the ground-truth boxes; prior = attributes "
                       "in >= half of the category's training instances; pipeline = post-processed predictions "
-                      "(attributes on) matched at mask IoU >= 0.5 (lib.metric.AttributeEvaluator)"}
+                      "(attributes on) matched at mask IoU >= 0.5 (lib.attribute_metric.AttributeEvaluator)"}
     json_path, md_path = out / "quality.json", out / "quality.md"
     t_start = time.time()
 

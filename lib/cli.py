@@ -114,6 +114,18 @@ def add_common_args(parser: argparse.ArgumentParser, out_dir: str, **defaults) -
                         "times U(LO, HI), e.g. 0.6 1.0; values > 8 are short-side pixels (divided by the min size)")
     g.add_argument("--no-hflip", action="store_true", help="disable random horizontal flips")
     g.add_argument("--color-jitter", type=float, default=0.2, help="brightness/contrast/saturation jitter; 0 = off")
+    g.add_argument("--lsj", type=int, default=0, metavar="SIZE",
+                   help="large-scale jitter (Ghiasi et al. 2021, detectron2's LSJ configs) instead of --scale-range: "
+                        "each training image scaled to fit SIZE x SIZE times U(0.1, 2.0), then randomly cropped or "
+                        "padded (mean colour) to SIZE x SIZE with its instances; 0 = off. The model's own resize must "
+                        "keep SIZE x SIZE images: with it give 03/04 --min-size SIZE --max-size SIZE (test images then "
+                        "get long side SIZE, as in detectron2's LSJ configs) and 02 --image-size SIZE, e.g. 1024")
+    g.add_argument("--copy-paste", type=float, default=0.0, metavar="P",
+                   help="simple copy-paste (Ghiasi et al. 2021): with probability P per training image, a random "
+                        "subset of another image's instances in the batch is pasted on it at the same pixel positions "
+                        "(top-left aligned; with --lsj all images are SIZE x SIZE, as in the paper); covered masks "
+                        "are cut (one left with under 16 pixels is dropped), boxes follow the masks, pasted "
+                        "instances keep their labels and attributes. Needs --batch-size >= 2; 0 = off")
     g.add_argument("--mask-classes", type=str, default=None,
                    help="categories that get masks, e.g. 'garments', 'parts', '0-26,31' (default: all)")
     g = parser.add_argument_group("starting weights (lib/weights.py; default: random)")

@@ -184,12 +184,12 @@ def evaluate(model: torch.nn.Module, dataset, device: torch.device, dtype=None, 
     the shards in order, so the scores equal a single-process evaluation's; the other ranks return None.
 
     Returns ``dict(kaggle, kaggle_all, num_images, per_class, coco, attr, examples)`` (``kaggle_all``: Kaggle
-    metric with every detection; ``attr``: :class:`lib.metric.AttributeEvaluator` summary of the kept
+    metric with every detection; ``attr``: :class:`lib.attribute_metric.AttributeEvaluator` summary of the kept
     detections when the model predicts attributes, else None; ``examples``: the first ``examples`` images as
     ``(image (3, H, W) float, {"masks" (N, H, W) bool, "labels", "scores"})`` with the kept detections, for
     overlays).
     """
-    from .metric import Evaluator
+    from .evaluator import Evaluator
 
     was_training = model.training
     model.eval()
@@ -222,7 +222,7 @@ def evaluate(model: torch.nn.Module, dataset, device: torch.device, dtype=None, 
 def _score_image(evs: dict, out: dict, t: dict, hw: tuple[int, int], score_thresh: float,
                  mask_thresh: float) -> dict:
     """Add one image's predictions to the evaluators of :func:`evaluate`; returns the kept detections."""
-    from .metric import AttributeEvaluator
+    from .attribute_metric import AttributeEvaluator
 
     gt_masks = t["masks"].as_subclass(torch.Tensor).numpy()
     gt_cls = (t["labels"] - 1).numpy()
@@ -383,6 +383,8 @@ class TrainSettings:
     scale_range: list | None = None
     no_hflip: bool = False
     color_jitter: float = 0.2
+    lsj: int = 0
+    copy_paste: float = 0.0
     mask_classes: str | None = None
     weights_backbone: str | None = None
     weights: str | None = None
@@ -575,10 +577,19 @@ def _datasets(s: TrainSettings, distributed: bool):
     """Train and val datasets of the prepared set and the training loader.
 
     Multi-scale training happens in the model's own resize (config train_scale_range): scaling the image
-    here would be undone by it.
+    here would be undone by it. Large-scale jitter (``--lsj SIZE``) is the exception: it hands the model
+    SIZE x SIZE images, which a model resizing to SIZE keeps. ``--copy-paste`` pastes in the loader's collate.
     """
+    if s.lsj < 0:
+        raise ValueError(f"--lsj: a size >= 1, or 0 = off, got {s.lsj}")
+    if s.lsj and s.scale_range is not None:
+        raise ValueError("--lsj and --scale-range are alternative scale augmentations: give one of them")
+    if not 0.0 <= s.copy_paste <= 1.0:
+        raise ValueError(f"--copy-paste: a probability in [0, 1], got {s.copy_paste}")
+    if s.copy_paste and s.batch_size < 2:
+        raise ValueError("--copy-paste pastes instances from another image of the batch: it needs --batch-size >= 2")
     train_ds = PreparedDataset(s.prepared_dir, "train", build_transforms(
-        True, hflip=0.0 if s.no_hflip else 0.5, color_jitter=s.color_jitter))
+        True, hflip=0.0 if s.no_hflip else 0.5, color_jitter=s.color_jitter, lsj_size=s.lsj))
     if len(train_ds) == 0:
         raise ValueError(f"{s.prepared_dir}: the train split is empty")
     val_ds = PreparedDataset(s.prepared_dir, "val", build_transforms(False))
@@ -586,7 +597,8 @@ def _datasets(s: TrainSettings, distributed: bool):
         val_ds = PreparedDataset(s.prepared_dir, "val", build_transforms(False),
                               image_ids=val_ds.image_ids[: s.max_val_images])
     loader = make_loader(train_ds, s.batch_size, shuffle=True, workers=s.workers, distributed=distributed,
-                         seed=s.seed, aspect_ratio_group_factor=s.aspect_ratio_group_factor)
+                         seed=s.seed, aspect_ratio_group_factor=s.aspect_ratio_group_factor,
+                         copy_paste=s.copy_paste)
     return train_ds, val_ds, loader
 
 
@@ -598,6 +610,13 @@ def _model_config(arch: str, model_overrides: dict, s: TrainSettings, n_categori
     overrides["num_classes"] = n_categories + 1
     if s.mask_classes:
         overrides["mask_classes"] = list(llabels.resolve_category_spec(s.mask_classes, n_categories))
+    if s.lsj:  # the model's own resize must keep the SIZE x SIZE crops LSJ hands it
+        clash = {k: overrides[k] for k in ("min_size", "max_size") if k in overrides and overrides[k] != s.lsj}
+        if clash:
+            raise ValueError(f"--lsj {s.lsj}: the model would resize its {s.lsj} x {s.lsj} crops to {clash} "
+                             f"(--min-size / --max-size, 02's --image-size): leave them out (--lsj sets them) or "
+                             f"give {s.lsj}")
+        overrides.update(min_size=s.lsj, max_size=s.lsj)
     config = lmodels.default_config(arch, **overrides)
     if s.scale_range is not None:
         overrides["train_scale_range"] = config["train_scale_range"] = train_scale_range(s.scale_range,

@@ -52,7 +52,7 @@ from tqdm import tqdm
 from . import prediction_table as lpred
 from .boxes import prob_boxes
 from .postprocess import window_at
-from .metric import window_ious
+from .kaggle_metric import window_ious
 
 __all__ = ["fuse_windows", "fuse_instances", "fusion_plan", "fused_attributes", "ImageFusion", "fuse_stored", "combine_image",
            "ensemble_tables", "combine", "check_weights", "default_combination", "compared_names", "compared_masks"]

@@ -37,8 +37,8 @@ from . import kaggle_data as ldata
 from . import prediction_table as lpred
 from .boxes import prob_boxes_torch
 from .fusion import fused_attributes, fusion_plan
+from .kaggle_metric import _FLOAT32_EXACT, mask_iou
 from .mask_paste import crops_from, default_chunk, masks_in_frame
-from .metric import _FLOAT32_EXACT, mask_iou
 from .models.unet import without_semantic
 
 __all__ = ["ImageDataset", "make_image_loader", "image_batches", "tta_views", "predict_batch", "batch_views", "result_rows"]
@@ -207,7 +207,7 @@ def _iou_within_categories(binary: torch.Tensor, categories: np.ndarray, by_matm
     """(N, N) float64 mask IoU of the (N, H, W) boolean masks ``binary`` between instances of one category
     (0 across categories). ``by_matmul`` (default: off the CPU) computes all pairs with one matrix product on
     the masks' device: float32 with TF32 switched off for it (exact counts below 2**24 pixels; float64 above,
-    which is slow on consumer GPUs); otherwise :func:`lib.metric.mask_iou` per category on the host."""
+    which is slow on consumer GPUs); otherwise :func:`lib.kaggle_metric.mask_iou` per category on the host."""
     n = binary.shape[0]
     if by_matmul is None:
         by_matmul = binary.device.type != "cpu"

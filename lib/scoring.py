@@ -1,6 +1,6 @@
 """Scoring a prediction table after post-processing against train.csv-format ground truth.
 
-:func:`score_table`: the Kaggle metric (:mod:`lib.metric`) of the post-processed instances and COCO mask AP
+:func:`score_table`: the Kaggle metric (:mod:`lib.kaggle_metric`) of the post-processed instances and COCO mask AP
 of the ranked ones, per class too, of a table in memory; :func:`score_tables`: the same for 06's tables, image by
 image in worker processes (:mod:`lib.table_stream`). Both score an image with :func:`image_record`: the ground
 truth decoded once (:class:`GroundTruth`), the IoUs counted on windows (:class:`ImageScorer`, which tuning uses to
@@ -23,7 +23,9 @@ from tqdm import tqdm
 from . import kaggle_data as lkaggle
 from . import labels as llabels
 from . import prediction_table as lpred
-from .metric import Evaluator, class_score, coco_records, window_ious
+from .coco_metric import coco_records
+from .evaluator import Evaluator
+from .kaggle_metric import class_score, window_ious
 from .postprocess import finalize, image_groups, rank_windows, resolve_params
 from .prediction_table import check_images
 
@@ -119,7 +121,7 @@ def load_ground_truth(gt_csv_path: str | Path, mask_size: int | None = 512, full
 @dataclass
 class GroundTruth:
     """One image's ground truth at the output size: class ``keys`` (categories, or full ClassIds) and masks as
-    windows ``(y0, x0, (h, w) bool)`` cropped to their pixels (:func:`lib.metric.window_ious`)."""
+    windows ``(y0, x0, (h, w) bool)`` cropped to their pixels (:func:`lib.kaggle_metric.window_ious`)."""
 
     keys: list
     windows: list
@@ -153,7 +155,7 @@ def image_ground_truth(rows: list, size: tuple[int, int], full_class_ids: bool =
 
 
 class ImageScorer:
-    """The Kaggle score (:func:`lib.metric.image_score`) of one image's post-processed instances, or of any subset
+    """The Kaggle score (:func:`lib.kaggle_metric.image_score`) of one image's post-processed instances, or of any subset
     of them, against its ground truth; the IoUs are counted once, on windows."""
 
     def __init__(self, gt: GroundTruth, insts: list, full_class_ids: bool = False):
@@ -190,7 +192,7 @@ class ImageScorer:
 
 
 def image_record(probs: list, gt: GroundTruth, params: dict, full_class_ids: bool = False, coco: bool = True):
-    """One image's :meth:`lib.metric.Evaluator.add_scored` arguments (after the image id): its Kaggle score and
+    """One image's :meth:`lib.evaluator.Evaluator.add_scored` arguments (after the image id): its Kaggle score and
     class scores after post-processing with ``params`` (:func:`lib.postprocess.finalize` of ``probs``, windows at
     ``gt.size`` best first), and with ``coco`` its COCO records of every instance (the same post-processing
     without the score threshold: AP ranks them all)."""
@@ -259,7 +261,7 @@ def _score_image(params, full_class_ids, coco, floor, task, masks):
 
 
 def summarize(ev: Evaluator, params: dict, mask_size, ignored: int, per_class: bool = True) -> dict:
-    """:func:`score_table`'s result from an :class:`lib.metric.Evaluator` filled by :func:`image_record`."""
+    """:func:`score_table`'s result from an :class:`lib.evaluator.Evaluator` filled by :func:`image_record`."""
     s = ev.summary()
     c = s["coco"] or {}
     out = {

@@ -13,6 +13,11 @@ An item is ``(image, target)``:
 Because boxes and masks are tv_tensors, every v2 geometric transform moves them together with the image,
 and ``SanitizeBoundingBoxes`` (with :func:`instance_fields` as its ``labels_getter``) and
 :class:`BoxesFromMasks` drop instances together with their labels, masks and attributes.
+
+Two augmentations of Ghiasi et al. 2021 ("Simple Copy-Paste is a Strong Data Augmentation Method for Instance
+Segmentation"), both off by default: large-scale jitter per image (:func:`build_transforms` ``lsj_size``) and
+copy-paste between the images of a batch (:class:`CopyPaste`, the loader's collate function:
+:func:`make_loader` ``copy_paste``).
 """
 from __future__ import annotations
 
@@ -34,6 +39,13 @@ from .labels import N_ATTRIBUTES
 
 # Per-instance plain tensors of a target, filtered together with the boxes and masks.
 INSTANCE_FIELDS = ("labels", "attributes")
+# Large-scale jitter: the resize factor range of the paper and of detectron2's LSJ configs.
+LSJ_SCALE_RANGE = (0.1, 2.0)
+# Padding colour of large-scale jitter (uint8 RGB): the ImageNet mean the models subtract, so padding is 0 after
+# their normalisation, as the padding of their own batching.
+LSJ_PAD_RGB = (124, 116, 104)
+# Copy-paste: an instance that loses pixels (covered by pasted ones, or cut by the frame) and keeps fewer is dropped.
+COPY_PASTE_MIN_PIXELS = 16
 
 
 class PreparedDataset(Dataset):
@@ -147,7 +159,7 @@ class BoxesFromMasks(v2.Transform):
 
 
 def build_transforms(train: bool, scale_range: Sequence[float] | None = None, hflip: float = 0.5,
-                     color_jitter: float = 0.2, target_size: int | None = None) -> v2.Compose:
+                     color_jitter: float = 0.2, target_size: int | None = None, lsj_size: int = 0) -> v2.Compose:
     """torchvision v2 pipeline for ``(image, target)`` pairs; ends with ``ToDtype(float32, scale=True)``.
 
     ``train=False``: only the dtype conversion (the model resizes internally).
@@ -162,11 +174,15 @@ def build_transforms(train: bool, scale_range: Sequence[float] | None = None, hf
         the image size). None: no resizing;
       * ``RandomHorizontalFlip(hflip)`` (0 disables), ``ColorJitter(brightness/contrast/saturation =
         color_jitter)`` (0 disables);
+      * ``lsj_size=S > 0``: large-scale jitter (:func:`lsj_transforms`): every image comes out S x S, its
+        instances cropped with it; not with ``scale_range`` (ValueError). 0: off;
       * ``ClampBoundingBoxes``, ``SanitizeBoundingBoxes`` (drops boxes under 1 px with their labels,
         attributes and masks) and :class:`BoxesFromMasks` (drops empty masks, boxes = mask extents).
     """
     ts: list = []
     if train:
+        if lsj_size and scale_range is not None:
+            raise ValueError("large-scale jitter (lsj_size) and scale_range are alternatives: give one")
         if scale_range is not None:
             lo, hi = float(scale_range[0]), float(scale_range[1])
             if not 0 < lo <= hi:
@@ -183,6 +199,8 @@ def build_transforms(train: bool, scale_range: Sequence[float] | None = None, hf
             ts.append(v2.RandomHorizontalFlip(p=hflip))
         if color_jitter > 0:
             ts.append(v2.ColorJitter(brightness=color_jitter, contrast=color_jitter, saturation=color_jitter))
+        if lsj_size:
+            ts += lsj_transforms(lsj_size)
         ts += [v2.ClampBoundingBoxes(), v2.SanitizeBoundingBoxes(min_size=1.0, labels_getter=instance_fields),
                BoxesFromMasks()]
     ts.append(v2.ToDtype(torch.float32, scale=True))
@@ -193,6 +211,134 @@ def collate_fn(batch):
     """``[(image, target), ...]`` -> ``(list of images, list of targets)`` (sizes differ, so no stacking)."""
     images, targets = zip(*batch) if batch else ((), ())
     return list(images), list(targets)
+
+
+def lsj_transforms(size: int, scale_range: Sequence[float] = LSJ_SCALE_RANGE) -> list:
+    """Large-scale jitter to ``size`` x ``size`` (the copy-paste paper; detectron2's ``ResizeScale`` +
+    ``FixedSizeCrop``), as two v2 transforms of a uint8 ``(image, target)``:
+
+    * ``ScaleJitter``: the image scaled to fit ``size`` x ``size`` (aspect kept) times U(``scale_range``);
+    * ``RandomCrop(size, pad_if_needed=True)``: a random ``size`` x ``size`` window; a side shorter than ``size``
+      is padded (image: :data:`LSJ_PAD_RGB`, masks: 0) and the image lands at a random offset in it.
+
+    Boxes and masks move with the image; instances cropped away are left to ``SanitizeBoundingBoxes`` /
+    :class:`BoxesFromMasks` after it. Random draws from torch's global generator, as every v2 transform.
+    """
+    if int(size) < 1:
+        raise ValueError(f"large-scale jitter size must be >= 1, got {size}")
+    lo, hi = (float(v) for v in scale_range)
+    if not 0 < lo <= hi:
+        raise ValueError(f"large-scale jitter scale range must be 0 < lo <= hi, got {tuple(scale_range)}")
+    s = int(size)
+    return [v2.ScaleJitter(target_size=(s, s), scale_range=(lo, hi), antialias=True),
+            v2.RandomCrop((s, s), pad_if_needed=True, fill={tv_tensors.Image: list(LSJ_PAD_RGB), "others": 0})]
+
+
+def _like(new: torch.Tensor, old):
+    """``new`` as the tv_tensor type (and box format / canvas) of ``old``, or plain when ``old`` is plain."""
+    return tv_tensors.wrap(new, like=old) if isinstance(old, tv_tensors.TVTensor) else new
+
+
+def _visible(masks: torch.Tensor, lost: torch.Tensor, min_pixels: int) -> torch.Tensor:
+    """Which instances stay after a cut (N,) bool: those that lost no pixels (``lost`` (N,) bool) and those that
+    keep at least ``max(1, min_pixels)`` of their ``masks`` (N, H, W) (counted for the cut instances only)."""
+    keep = ~lost
+    if bool(lost.any()):
+        counts = masks[lost].flatten(1).sum(1, dtype=torch.int32)
+        keep[lost] = counts >= max(1, int(min_pixels))
+    return keep
+
+
+def _any_pixel(masks: torch.Tensor) -> torch.Tensor:
+    """(N,) bool: which of the (N, h, w) masks have a nonzero pixel (a max-reduction, no boolean copy)."""
+    if masks.numel() == 0:  # no masks, or a zero-size window
+        return torch.zeros(len(masks), dtype=torch.bool, device=masks.device)
+    return masks.flatten(1).amax(1) != 0
+
+
+def paste_instances(image: torch.Tensor, target: dict, src_image: torch.Tensor, src_target: dict,
+                    chosen: torch.Tensor, min_pixels: int = COPY_PASTE_MIN_PIXELS) -> tuple[torch.Tensor, dict]:
+    """Copy-paste (Ghiasi et al. 2021) without blending: the instances ``chosen`` (int64 indices) of
+    ``(src_image, src_target)`` pasted on ``(image, target)``.
+
+    ``image`` (3, H, W) and ``src_image`` (3, h, w) of one dtype; targets as :class:`PreparedDataset` items
+    (``masks`` (N, H, W) 0/1, ``boxes``, :data:`INSTANCE_FIELDS`). The frames are aligned at the top-left
+    corner, at the pixels' own scale: source pixels outside the H x W frame are cut (with large-scale jitter
+    every image is the same size). The chosen masks' union takes the source's pixels; the target's masks lose
+    the pixels under it; the pasted instances follow the target's, with their labels and attributes (and any
+    other :data:`INSTANCE_FIELDS`). An instance left empty is dropped, and so is one that lost pixels (covered,
+    or cut by the frame) and keeps fewer than ``min_pixels``; a chosen instance dropped so is not pasted at all
+    (none left: the inputs are returned). Boxes are recomputed from the masks (:class:`BoxesFromMasks`).
+    Returns the new ``(image, target)``; the other target keys are the target's.
+    """
+    h, w = image.shape[-2:]
+    hh, ww = min(h, src_image.shape[-2]), min(w, src_image.shape[-1])
+    src_masks = src_target["masks"].as_subclass(torch.Tensor)[chosen]
+    masks = target["masks"].as_subclass(torch.Tensor)
+    pasted = masks.new_zeros((len(chosen), h, w))
+    pasted[:, :hh, :ww] = src_masks[:, :hh, :ww]
+    outside = _any_pixel(src_masks[:, hh:]) | _any_pixel(src_masks[:, :, ww:])
+    fits = _visible(pasted, outside, min_pixels)
+    if not bool(fits.any()):
+        return image, target
+    chosen, pasted = chosen[fits], pasted[fits]  # a pasted instance cut away by the frame is not pasted at all
+    alpha = pasted.amax(0) != 0  # (H, W) bool: the pasted pixels
+    plain = image.as_subclass(torch.Tensor)
+    out_image = plain.clone()
+    out_image[:, :hh, :ww] = torch.where(alpha[:hh, :ww], src_image.as_subclass(torch.Tensor)[:, :hh, :ww].to(
+        plain.dtype), plain[:, :hh, :ww])
+    cut = masks * (~alpha).to(masks.dtype)
+    covered = _any_pixel(masks * alpha.to(masks.dtype))
+    keep = torch.cat([_visible(cut, covered, min_pixels),
+                      torch.ones(len(chosen), dtype=torch.bool, device=masks.device)])
+    all_masks = torch.cat([cut, pasted])
+    out = dict(target)
+    for key in INSTANCE_FIELDS:
+        if key in target:
+            out[key] = torch.cat([target[key], src_target[key][chosen].to(target[key].dtype)])[keep]
+    out["masks"] = _like(all_masks[keep], target["masks"])
+    out["boxes"] = _like(torch.zeros((int(keep.sum()), 4), dtype=target["boxes"].dtype), target["boxes"])
+    return BoxesFromMasks()(_like(out_image, image), out)
+
+
+class CopyPaste:
+    """Simple Copy-Paste at batch level, as the loader's collate function (torchvision's references apply
+    their ``SimpleCopyPaste`` in the collate step too): ``[(image, target), ...]`` -> ``(images, targets)``
+    as :func:`collate_fn`, then each image, with probability ``p``, gets a random non-empty subset of the
+    instances of another image of the batch (:func:`paste_instances`; the sources are the images before any
+    pasting). A batch of one image is left as it is.
+
+    Draws (the choice per image, the source image, the subset size and the subset) come from torch's global
+    generator, as the per-image v2 transforms': seeded per epoch in the main process (``--workers 0``) and per
+    worker from the loader's generator. ``p = 0`` draws nothing.
+    """
+
+    def __init__(self, p: float, min_pixels: int = COPY_PASTE_MIN_PIXELS):
+        if not 0.0 <= float(p) <= 1.0:
+            raise ValueError(f"copy-paste probability must be in [0, 1], got {p}")
+        self.p, self.min_pixels = float(p), int(min_pixels)
+
+    def __call__(self, batch):
+        return self.paste_batch(*collate_fn(batch))
+
+    def paste_batch(self, images: list, targets: list) -> tuple[list, list]:
+        """The lists of a collated batch with instances pasted (new lists; the inputs are not changed)."""
+        n = len(images)
+        out_images, out_targets = list(images), list(targets)
+        if self.p <= 0 or n < 2:
+            return out_images, out_targets
+        for i in range(n):
+            if float(torch.rand(())) >= self.p:
+                continue
+            j = (i + 1 + int(torch.randint(n - 1, ()))) % n
+            n_src = int(targets[j]["masks"].shape[0])
+            if n_src == 0:
+                continue
+            k = int(torch.randint(1, n_src + 1, ()))
+            chosen = torch.randperm(n_src)[:k].sort().values
+            out_images[i], out_targets[i] = paste_instances(images[i], targets[i], images[j], targets[j], chosen,
+                                                            self.min_pixels)
+        return out_images, out_targets
 
 
 class EpochSampler(Sampler):
@@ -356,8 +502,10 @@ def seed_worker(worker_id: int) -> None:
 
 
 def make_loader(dataset, batch_size: int, shuffle: bool, workers: int = 0, distributed: bool = False,
-                seed: int = 0, drop_last: bool = False, aspect_ratio_group_factor: int = 0) -> DataLoader:
-    """DataLoader with :func:`collate_fn` over an :class:`EpochSampler`.
+                seed: int = 0, drop_last: bool = False, aspect_ratio_group_factor: int = 0,
+                copy_paste: float = 0.0) -> DataLoader:
+    """DataLoader with :func:`collate_fn` over an :class:`EpochSampler`; ``copy_paste`` > 0: collated by
+    :class:`CopyPaste` with that probability per image instead.
 
     Call :func:`set_epoch` each epoch (and reseed ``loader.generator``). ``distributed`` shards by
     ``torch.distributed`` rank. ``pin_memory`` when CUDA is available, persistent workers when
@@ -375,7 +523,8 @@ def make_loader(dataset, batch_size: int, shuffle: bool, workers: int = 0, distr
     sampler = EpochSampler(dataset, shuffle=shuffle, seed=seed, num_replicas=num_replicas, rank=rank,
                            drop_last=drop_last)
     g = torch.Generator().manual_seed(int(seed))
-    common = dict(num_workers=workers, collate_fn=collate_fn, pin_memory=torch.cuda.is_available(),
+    collate = CopyPaste(copy_paste) if copy_paste else collate_fn
+    common = dict(num_workers=workers, collate_fn=collate, pin_memory=torch.cuda.is_available(),
                   persistent_workers=workers > 0, worker_init_fn=seed_worker, generator=g)
     if aspect_ratio_group_factor:
         groups = aspect_ratio_groups(image_aspect_ratios(dataset), aspect_ratio_group_factor)
@@ -435,7 +584,8 @@ def _dead_worker_image(loader: DataLoader, done: int) -> str:
     return f"no image of the {len(in_flight)} batches in flight kills a process when read again (out of memory?)"
 
 
-__all__ = ["PreparedDataset", "BoxesFromMasks", "INSTANCE_FIELDS", "instance_fields",
+__all__ = ["PreparedDataset", "BoxesFromMasks", "INSTANCE_FIELDS", "instance_fields", "CopyPaste", "paste_instances",
+           "lsj_transforms", "LSJ_SCALE_RANGE", "LSJ_PAD_RGB", "COPY_PASTE_MIN_PIXELS",
            "EpochSampler", "GroupedBatchSampler", "aspect_ratio_bins", "aspect_ratio_groups",
            "image_aspect_ratios", "build_transforms", "collate_fn", "make_loader", "set_epoch", "seed_worker",
            "checked_batches", "LoaderWorkerDied"]

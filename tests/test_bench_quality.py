@@ -14,7 +14,7 @@ import torch  # noqa: E402
 
 from bench import quality  # noqa: E402
 from lib.labels import CATEGORY_GROUPS  # noqa: E402
-from lib.metric import group_scores  # noqa: E402
+from lib.evaluator import group_scores  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1006,3 +1006,74 @@ def test_ema_is_validated_saved_resumed_and_loaded_by_05(prepared_set, tmp_path,
     for k, v in ck["model_ema"].items():
         assert torch.allclose(v.float(), b["model_ema"][k].float(), atol=1e-6, rtol=0), k
     assert lio.read_json(tmp_path / "full" / "meta.json")["optimization"]["ema_decay"] == 0.5
+
+
+# --------------------------------------------------------------------------------------------- LSJ and copy-paste
+@pytest.mark.parametrize("flag", ["lsj", "copy_paste"])
+@pytest.mark.parametrize("arch", ["unet", "maskrcnn"])
+def test_one_tiny_epoch_with_lsj_or_copy_paste(arch, flag, prepared_set, tmp_path, monkeypatch):
+    """--lsj 96 (the tiny models resize to 96, so they keep 96 x 96 images) / --copy-paste 1: the batches the
+    model trains on are as the flag says (boxes on the masks), the losses finite, the flag in the checkpoint."""
+    import lib.training_data as ltd
+    from lib.boxes import mask_boxes
+
+    seen, pastes = [], []
+    real_step, real_paste = engine.train_step, ltd.paste_instances
+
+    def step(net, group, *a, **k):
+        seen.extend((im, t) for images, targets in group for im, t in zip(images, targets))
+        return real_step(net, group, *a, **k)
+
+    def paste(*a, **k):
+        pastes.append(a[3]["labels"])
+        return real_paste(*a, **k)
+
+    monkeypatch.setattr(engine, "train_step", step)
+    monkeypatch.setattr(ltd, "paste_instances", paste)
+    extra = ["--lsj", "96"] if flag == "lsj" else ["--copy-paste", "1.0"]
+    out = tmp_path / "run"
+    assert _run(arch, prepared_set, out, *extra, "--val-every", "0") == 0
+    assert len(seen) == 4  # 2 steps x 2 images
+    for image, t in seen:
+        assert t["masks"].shape[1:] == image.shape[1:] and t["labels"].shape[0] == t["attributes"].shape[0]
+        assert torch.equal(t["boxes"], mask_boxes(t["masks"])) if len(t["masks"]) else t["boxes"].shape == (0, 4)
+        if flag == "lsj":
+            assert image.shape == (3, 96, 96)
+    # p = 1: every image of a batch gets the other's instances (the loop reads a batch past its last step too)
+    assert len(pastes) >= 4 if flag == "copy_paste" else not pastes
+    train = [r for r in lio.read_jsonl(out / "metrics.jsonl") if r["kind"] == "train"]
+    assert len(train) == 2 and all(math.isfinite(r["loss"]) for r in train)
+    args = torch.load(out / "checkpoint.pth", map_location="cpu", weights_only=True)["args"]
+    assert (args["lsj"], args["copy_paste"]) == ((96, 0.0) if flag == "lsj" else (0, 1.0))
+
+
+def test_lsj_and_copy_paste_resume_mid_epoch_exactly(prepared_set, tmp_path, monkeypatch):
+    common = ["--epochs", "2", "--val-every", "0", "--warmup-steps", "2", "--lr", "1e-3", "--seed", "5",
+              "--lsj", "96", "--copy-paste", "0.5"]
+    _run("unet", prepared_set, tmp_path / "full", *common)
+
+    def crash(losses):
+        raise RuntimeError("simulated crash")
+
+    _patch_forward(monkeypatch, 4, crash)  # epoch 2, step 2
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _run("unet", prepared_set, tmp_path / "split", *common, "--checkpoint-every-steps", "1")
+    monkeypatch.undo()
+    _run("unet", prepared_set, tmp_path / "split", *common, "--resume", "auto")
+    a = torch.load(tmp_path / "full" / "checkpoint.pth", weights_only=True)
+    b = torch.load(tmp_path / "split" / "checkpoint.pth", weights_only=True)
+    assert b["global_step"] == 4 and b["epoch"] == 2
+    for k, v in a["model"].items():
+        assert torch.allclose(v.float(), b["model"][k].float(), atol=1e-6, rtol=0), k
+    la = [r["loss"] for r in lio.read_jsonl(tmp_path / "full" / "metrics.jsonl") if r["kind"] == "train"]
+    lb = [r["loss"] for r in lio.read_jsonl(tmp_path / "split" / "metrics.jsonl") if r["kind"] == "train"]
+    assert la == lb
+
+
+def test_lsj_with_scale_range_or_copy_paste_without_a_second_image_is_an_error(prepared_set, tmp_path):
+    with pytest.raises(ValueError, match="--lsj and --scale-range"):
+        _run("unet", prepared_set, tmp_path / "a", "--lsj", "96", "--scale-range", "0.8", "1.0")
+    with pytest.raises(ValueError, match="--batch-size >= 2"):
+        _run("unet", prepared_set, tmp_path / "b", "--copy-paste", "0.5", "--batch-size", "1")
+    with pytest.raises(ValueError, match=r"--lsj 64: the model would resize its 64 x 64 crops to \{'min_size': 96, "):
+        _run("maskrcnn", prepared_set, tmp_path / "c", "--lsj", "64")  # the tiny model's --min-size 96

@@ -132,7 +132,7 @@ def test_tta_fusion_on_the_device_matches_fuse_instances(seed):
 
 
 def test_iou_within_categories_both_ways_agree_with_mask_iou():
-    from lib.metric import mask_iou
+    from lib.kaggle_metric import mask_iou
 
     rng = np.random.default_rng(0)
     masks = torch.from_numpy(rng.random((9, 20, 30)) < rng.random((9, 1, 1)))

@@ -139,8 +139,8 @@ def test_hostile_coco_ground_truth_is_a_value_error_listing_its_entries(tmp_path
 
 def test_image_scorer_scores_any_subset_like_image_score():
     """Tuning scores many subsets of one post-processing (score thresholds, areas) from one set of IoUs: each equals
-    lib.metric.image_score of the subset's full masks."""
-    from lib.metric import image_score
+    lib.kaggle_metric.image_score of the subset's full masks."""
+    from lib.kaggle_metric import image_score
     from lib.postprocess import Instance
 
     rng = np.random.default_rng(5)

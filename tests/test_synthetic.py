@@ -1,4 +1,4 @@
-"""Tests for lib/synthetic.py: the offline synthetic dataset in the Kaggle iMaterialist 2019 layout."""
+"""Tests for lib/synthetic/: the offline synthetic dataset in the Kaggle iMaterialist 2019 layout."""
 import csv
 import json
 import re

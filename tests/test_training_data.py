@@ -9,9 +9,10 @@ from torchvision import tv_tensors
 from lib import prepared as lprepared
 from lib.kaggle_data import read_image
 from lib.boxes import mask_bbox
-from lib.training_data import (BoxesFromMasks, EpochSampler, GroupedBatchSampler, PreparedDataset,
-                               aspect_ratio_bins, aspect_ratio_groups, build_transforms, collate_fn,
-                               image_aspect_ratios, instance_fields, make_loader, set_epoch)
+from lib.training_data import (LSJ_PAD_RGB, BoxesFromMasks, CopyPaste, EpochSampler, GroupedBatchSampler,
+                               PreparedDataset, aspect_ratio_bins, aspect_ratio_groups, build_transforms,
+                               collate_fn, image_aspect_ratios, instance_fields, lsj_transforms, make_loader,
+                               paste_instances, set_epoch)
 
 
 def _box_of(mask: torch.Tensor) -> list[float]:
@@ -434,3 +435,189 @@ def test_grouped_loader_on_a_prepared_set(prepared_set, tmp_path):
     set_epoch(loader, 0)
     ids = [t["image_id"] for _, targets in loader for t in targets]
     assert sorted(ids) == sorted(ds.image_ids) and len(loader) == -(-len(ds) // 2)
+
+
+# ------------------------------------------------------------------------------ copy-paste and large-scale jitter
+def _target(h, w, rects, labels, attributes=None):
+    """A float image's target: one 0/1 mask per ``(y1, y2, x1, x2)`` rectangle, boxes from the masks."""
+    masks = torch.zeros((len(rects), h, w), dtype=torch.uint8)
+    for k, (y1, y2, x1, x2) in enumerate(rects):
+        masks[k, y1:y2, x1:x2] = 1
+    boxes = [[x1, y1, x2, y2] for y1, y2, x1, x2 in rects]
+    return {"boxes": tv_tensors.BoundingBoxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4), format="XYXY",
+                                              canvas_size=(h, w)),
+            "labels": torch.tensor(labels, dtype=torch.int64), "masks": tv_tensors.Mask(masks),
+            "attributes": torch.eye(len(rects), 92) if attributes is None else attributes, "image_id": "t.jpg"}
+
+
+def _image(h, w, value):
+    return tv_tensors.Image(torch.full((3, h, w), float(value)))
+
+
+def _paste_case():
+    """Target 16 x 20 (zeros): A rows 0:8 cols 0:8, C inside the pasted square, D 12 px of which 6 are covered,
+    E one pixel far away. Source (ones): P rows 0:8 cols 4:12 (chosen) and Q (not chosen)."""
+    target = _target(16, 20, [(0, 8, 0, 8), (2, 6, 6, 10), (5, 8, 10, 14), (14, 15, 18, 19)], [1, 2, 3, 4])
+    src_attr = torch.zeros(2, 92)
+    src_attr[0, [5, 7]] = 1
+    source = _target(16, 20, [(0, 8, 4, 12), (12, 16, 0, 4)], [10, 11], src_attr)
+    return _image(16, 20, 0), target, _image(16, 20, 1), source
+
+
+def test_paste_cuts_covered_masks_drops_remnants_and_carries_the_pasted_attributes():
+    image, target, src_image, source = _paste_case()
+    before = {k: v.clone() for k, v in target.items() if torch.is_tensor(v)}
+    out_image, t = paste_instances(image, target, src_image, source, torch.tensor([0]))
+    # A keeps its left half (box recomputed), C (covered) and D (6 px left) are gone, E (1 px, untouched) stays
+    assert t["labels"].tolist() == [1, 4, 10]
+    assert t["boxes"].tolist() == [[0, 0, 4, 8], [18, 14, 19, 15], [4, 0, 12, 8]]
+    assert isinstance(t["boxes"], tv_tensors.BoundingBoxes) and tuple(t["boxes"].canvas_size) == (16, 20)
+    assert isinstance(t["masks"], tv_tensors.Mask) and isinstance(out_image, tv_tensors.Image)
+    expected = _target(16, 20, [(0, 8, 0, 4), (14, 15, 18, 19), (0, 8, 4, 12)], [1, 4, 10])["masks"]
+    assert torch.equal(t["masks"], expected)
+    eye = torch.eye(4, 92)
+    assert torch.equal(t["attributes"], torch.stack([eye[0], eye[3], source["attributes"][0]]))
+    assert t["attributes"][2].nonzero().flatten().tolist() == [5, 7] and t["image_id"] == "t.jpg"
+    # the image takes the source's pixels exactly under the pasted mask
+    assert torch.equal(out_image, expected[2].bool().expand(3, -1, -1).float())
+    for b, m in zip(t["boxes"], t["masks"]):
+        assert b.tolist() == _box_of(m)
+    assert all(torch.equal(target[k], v) for k, v in before.items())  # inputs untouched
+    # the remnant threshold: D keeps 6 pixels, kept from min_pixels 6 on
+    _, t6 = paste_instances(image, target, src_image, source, torch.tensor([0]), min_pixels=6)
+    assert t6["labels"].tolist() == [1, 3, 4, 10] and t6["boxes"][1].tolist() == [12, 5, 14, 8]
+    _, t7 = paste_instances(image, target, src_image, source, torch.tensor([0]), min_pixels=7)
+    assert t7["labels"].tolist() == [1, 4, 10]
+    # nothing chosen: unchanged
+    same_image, same = paste_instances(image, target, src_image, source, torch.tensor([], dtype=torch.int64))
+    assert same_image is image and same is target
+
+
+def test_paste_from_a_larger_image_cuts_at_the_frame():
+    target = _target(16, 20, [(10, 16, 0, 6)], [1])
+    src_image = tv_tensors.Image(torch.arange(3 * 24 * 30, dtype=torch.float32).reshape(3, 24, 30))
+    # X: 32 px, 16 in the 16 x 20 frame (kept); Y below the frame; Z: 16 px, 4 in the frame (dropped)
+    source = _target(24, 30, [(4, 8, 16, 24), (18, 22, 0, 4), (10, 12, 18, 26)], [5, 6, 7])
+    out_image, t = paste_instances(_image(16, 20, 0), target, src_image, source, torch.tensor([0, 1, 2]))
+    assert t["labels"].tolist() == [1, 5] and t["boxes"].tolist() == [[0, 10, 6, 16], [16, 4, 20, 8]]
+    assert torch.equal(t["attributes"], torch.stack([torch.eye(1, 92)[0], torch.eye(3, 92)[0]]))
+    assert out_image.shape == (3, 16, 20)
+    assert torch.equal(out_image[:, 4:8, 16:20], src_image[:, 4:8, 16:20])  # the same pixel positions
+    assert int((out_image != 0).any(0).sum()) == 16  # Z, dropped, leaves no pixels either
+
+
+def test_paste_reaches_the_unet_semantic_map_consistently():
+    from lib.models.unet import semantic_target
+
+    # source: a garment (category 0) with a sleeve (category 31) on it; target: a garment and a part elsewhere
+    source = _target(16, 20, [(0, 10, 0, 10), (2, 5, 2, 5)], [1, 32])
+    target = _target(16, 20, [(4, 16, 4, 20), (12, 14, 14, 18)], [5, 30])
+    _, t = paste_instances(_image(16, 20, 0), target, _image(16, 20, 1), source, torch.tensor([0, 1]))
+    alpha = source["masks"].bool().any(0)
+    expected = torch.where(alpha, semantic_target(source["masks"], source["labels"]),
+                           semantic_target(target["masks"], target["labels"]))
+    assert torch.equal(semantic_target(t["masks"], t["labels"]), expected)
+    assert set(expected[alpha].unique().tolist()) == {1, 32} and 5 in expected[~alpha].tolist()
+
+
+def _two_images():
+    a = (_image(16, 20, 0), _target(16, 20, [(0, 8, 0, 8), (8, 16, 10, 20)], [1, 2]))
+    b = (_image(16, 20, 1), _target(16, 20, [(0, 6, 12, 20), (10, 14, 0, 6)], [10, 11]))
+    return [a, b]
+
+
+def test_copy_paste_collate_pastes_from_the_other_original_image_and_repeats_with_the_seed():
+    batch = _two_images()
+    state = torch.get_rng_state()
+    for p, items in ((0.0, batch), (1.0, batch[:1])):  # off / a batch of one: collate_fn's lists, no draws
+        images, targets = CopyPaste(p)(items)
+        assert torch.equal(torch.get_rng_state(), state)
+        assert len(images) == len(items) and all(im is b[0] and t is b[1] for im, t, b in zip(images, targets, items))
+    pasted_sets = set()
+    for seed in range(8):
+        torch.manual_seed(seed)
+        images, targets = CopyPaste(1.0)(batch)
+        torch.manual_seed(seed)
+        images2, targets2 = CopyPaste(1.0)(batch)
+        assert all(torch.equal(x, y) for x, y in zip(images, images2))
+        assert all(torch.equal(x[k], y[k]) for x, y in zip(targets, targets2) for k in ("boxes", "labels", "masks"))
+        for i, own, other in ((0, {1, 2}, [10, 11]), (1, {10, 11}, [1, 2])):
+            labels = targets[i]["labels"].tolist()
+            new = [v for v in labels if v not in own]
+            assert new and set(new) <= set(other) and len(labels) == len(set(labels))  # from the original other
+            pasted_sets.add(tuple(new))
+            for b, m in zip(targets[i]["boxes"], targets[i]["masks"]):
+                assert b.tolist() == _box_of(m)
+    assert {1, 2} <= {len(p) for p in pasted_sets}  # random non-empty subsets
+    with pytest.raises(ValueError, match="probability"):
+        CopyPaste(1.5)
+
+
+def test_lsj_known_answer_fixed_size_and_instances_moved_with_the_image():
+    # scale 1: the 16 x 20 image fits 40 x 40 at x2 (32 x 40), padded by 8 rows each side, a random 40-row window
+    tf = lsj_transforms(40, scale_range=(1.0, 1.0))
+    image = tv_tensors.Image(torch.full((3, 16, 20), 200, dtype=torch.uint8))
+    target = _target(16, 20, [(0, 8, 0, 8)], [3])
+    offsets = set()
+    for seed in range(6):
+        torch.manual_seed(seed)
+        out, t = image, target
+        for f in tf:
+            out, t = f(out, t)
+        assert out.shape == (3, 40, 40) and t["masks"].shape == (1, 40, 40)
+        band = (out[0] == 200).all(1).nonzero().flatten()
+        off = int(band[0]) if int(band[0]) > 0 else int(band[-1]) + 1 - 32  # where the image's row 0 lands
+        offsets.add(off)
+        assert band.tolist() == list(range(max(0, off), min(40, 32 + off)))
+        pad = torch.tensor(LSJ_PAD_RGB, dtype=torch.uint8)[:, None]
+        outside = torch.ones(40, dtype=torch.bool)
+        outside[band] = False
+        assert torch.equal(out[:, outside].flatten(1), pad.expand(3, int(outside.sum()) * 40))
+        rows = t["masks"][0].any(1).nonzero().flatten().tolist()
+        assert rows == list(range(max(0, off), min(40, 16 + off)))  # instance rows 0:8 x2, moved with the image
+        assert t["masks"][0].any(0).nonzero().flatten().tolist() == list(range(16))
+    assert len(offsets) > 1
+    with pytest.raises(ValueError, match="size"):
+        lsj_transforms(0)
+
+
+def test_lsj_on_the_prepared_set_gives_fixed_size_items_with_boxes_on_masks(prepared_set):
+    ds = PreparedDataset(prepared_set, "train", build_transforms(True, lsj_size=64))
+    raw = PreparedDataset(prepared_set, "train")
+    torch.manual_seed(0)
+    n_in = n_out = 0
+    for i in range(len(ds)):
+        image, t = ds[i]
+        n = t["masks"].shape[0]
+        n_in, n_out = n_in + raw[i][1]["masks"].shape[0], n_out + n
+        assert image.shape == (3, 64, 64) and image.dtype == torch.float32
+        assert t["masks"].shape == (n, 64, 64) and tuple(t["boxes"].canvas_size) == (64, 64)
+        assert t["labels"].shape == (n,) and t["attributes"].shape == (n, 92)
+        assert t["masks"].flatten(1).any(1).all()
+        for b, m in zip(t["boxes"], t["masks"]):
+            assert b.tolist() == _box_of(m)
+    assert 0 < n_out <= n_in
+    with pytest.raises(ValueError, match="scale_range"):
+        build_transforms(True, scale_range=(0.5, 1.0), target_size=160, lsj_size=64)
+
+
+def test_loader_with_lsj_and_copy_paste_repeats_from_the_seed(prepared_set):
+    ds = PreparedDataset(prepared_set, "train", build_transforms(True, lsj_size=64))
+
+    def epoch(workers):
+        loader = make_loader(ds, 3, shuffle=True, workers=workers, seed=7, copy_paste=1.0)
+        set_epoch(loader, 0)
+        return [(im, t) for images, targets in loader for im, t in zip(images, targets)]
+
+    torch.manual_seed(1)
+    a0 = epoch(0)
+    torch.manual_seed(1)  # --workers 0: the per-epoch seed of torch's generator (lib/engine.py)
+    b0 = epoch(0)
+    a2, b2 = epoch(2), epoch(2)  # workers: seeded from the loader's generator
+    for a, b in ((a0, b0), (a2, b2)):
+        assert len(a) == len(b) == len(ds)
+        for (ia, ta), (ib, tb) in zip(a, b):
+            assert ia.shape == (3, 64, 64) and torch.equal(ia, ib)
+            assert all(torch.equal(ta[k], tb[k]) for k in ("boxes", "labels", "masks", "attributes"))
+            for box, m in zip(ta["boxes"], ta["masks"]):
+                assert box.tolist() == _box_of(m)

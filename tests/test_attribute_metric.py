@@ -1,0 +1,103 @@
+"""Tests for lib/attribute_metric.py: attribute F1 of the matched instances."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lib.attribute_metric import AttributeEvaluator, attribute_f1, match_instances, matched_attributes, multilabel_f1
+from test_kaggle_metric import none, strips
+
+
+def hot(*rows, n=92):
+    """(len(rows), n) multi-hot from attribute-id tuples."""
+    out = np.zeros((len(rows), n))
+    for i, ids in enumerate(rows):
+        out[i, list(ids)] = 1
+    return out
+
+
+def test_multilabel_f1_known_values():
+    gt = hot((1, 2), (3,))
+    scores = hot((1, 5), (3,)) * 0.9
+    r = multilabel_f1(gt, scores, 0.5)
+    # TP: 1, 3; FP: 5; FN: 2
+    assert (r["tp"], r["fp"], r["fn"]) == (2, 1, 1)
+    assert r["micro_f1"] == pytest.approx(4 / 6)
+    assert r["per_attribute"] == {1: 1.0, 2: 0.0, 3: 1.0, 5: 0.0}
+    assert r["macro_f1"] == pytest.approx(0.5)
+    assert r["precision"] == pytest.approx(2 / 3) and r["recall"] == pytest.approx(2 / 3)
+    assert r["num_instances"] == 2 and r["threshold"] == 0.5
+    # the threshold is inclusive
+    assert multilabel_f1(hot((1,)), hot((1,)) * 0.5, 0.5)["micro_f1"] == 1.0
+    assert multilabel_f1(hot((1,)), hot((1,)) * 0.49, 0.5)["micro_f1"] == 0.0
+    # nothing true and nothing predicted: undefined
+    empty = multilabel_f1(hot(()), hot(()), 0.5)
+    assert np.isnan(empty["micro_f1"]) and np.isnan(empty["macro_f1"]) and empty["per_attribute"] == {}
+    with pytest.raises(ValueError, match="one shape"):
+        multilabel_f1(hot((1,)), hot((1,), ()), 0.5)
+
+
+def test_attribute_f1_on_matched_instances():
+    gt_m = strips((0, 8), (8, 16))
+    r = attribute_f1(gt_m, [0, 1], hot((1, 2), (3,)), gt_m, [0, 1], [0.9, 0.8], hot((1, 5), (3,)) * 0.9)
+    assert (r["tp"], r["fp"], r["fn"]) == (2, 1, 1)
+    assert r["micro_f1"] == pytest.approx(4 / 6) and r["macro_f1"] == pytest.approx(0.5)
+    assert (r["num_instances"], r["num_gt"], r["num_pred"]) == (2, 2, 2)
+    # unmatched predictions and ground truth are ignored (only counted in num_pred / num_gt)
+    more = attribute_f1(strips((0, 8), (8, 16), (0, 2)), [0, 1, 2], hot((1, 2), (3,), (7,)),
+                        strips((0, 8), (8, 16), (12, 16)), [0, 1, 5], [0.9, 0.8, 0.99], hot((1, 5), (3,), (9,)) * 0.9)
+    assert (more["tp"], more["fp"], more["fn"]) == (2, 1, 1) and (more["num_gt"], more["num_pred"]) == (3, 3)
+    # a model without attribute scores: every true attribute is missed
+    off = attribute_f1(gt_m, [0, 1], hot((1, 2), (3,)), gt_m, [0, 1], [0.9, 0.8], None)
+    assert (off["tp"], off["fp"], off["fn"]) == (0, 0, 3) and off["micro_f1"] == 0.0
+    # no match at all: undefined
+    miss = attribute_f1(gt_m, [0, 1], hot((1,), (3,)), none(), [], None, np.zeros((0, 92)))
+    assert miss["num_instances"] == 0 and np.isnan(miss["micro_f1"])
+
+
+def test_attribute_matching_iou_category_and_score_order():
+    gt = strips((0, 8))
+    # IoU exactly 0.5 matches (>=), 3/8 does not
+    assert match_instances(gt, [0], strips((0, 4)), [0], [1.0], 0.5).tolist() == [[0, 0]]
+    assert match_instances(gt, [0], strips((0, 3)), [0], [1.0], 0.5).shape == (0, 2)
+    # another category never matches
+    assert match_instances(gt, [0], strips((0, 8)), [1], [1.0]).shape == (0, 2)
+    # greedy by score: the better-scored prediction takes the ground truth, whatever the input order
+    preds, attrs = strips((0, 8), (0, 7)), hot((2,), (1,)) * 0.9
+    assert match_instances(gt, [0], preds, [0, 0], [0.3, 0.9]).tolist() == [[0, 1]]
+    assert attribute_f1(gt, [0], hot((1,)), preds, [0, 0], [0.3, 0.9], attrs)["micro_f1"] == 1.0
+    assert attribute_f1(gt, [0], hot((1,)), preds, [0, 0], [0.9, 0.3], attrs)["micro_f1"] == 0.0
+    # each prediction takes the still-free ground truth with the highest IoU
+    two = strips((0, 8), (2, 10))
+    assert match_instances(two, [0, 0], strips((2, 9), (0, 8)), [0, 0], [0.9, 0.8]).tolist() == [[1, 0], [0, 1]]
+    with pytest.raises(ValueError, match="gt_attributes must have shape \\(1, 92\\)"):
+        attribute_f1(gt, [0], hot((1,), (2,)), gt, [0], None, hot((1,)))
+
+
+def test_attribute_f1_ignores_categories_without_attributes():
+    gt_m = strips((0, 8), (8, 16))
+    # category 30 (not in lib.labels.ATTRIBUTE_CATEGORIES): its wrong attributes do not count
+    base = attribute_f1(gt_m, [0, 30], hot((1,), (3,)), gt_m, [0, 30], None, hot((1,), (4,)))
+    assert (base["tp"], base["fp"], base["fn"], base["num_gt"]) == (1, 0, 0, 1) and base["micro_f1"] == 1.0
+    every = attribute_f1(gt_m, [0, 30], hot((1,), (3,)), gt_m, [0, 30], None, hot((1,), (4,)), categories=None)
+    assert (every["tp"], every["fp"], every["fn"]) == (1, 1, 1)
+    gt, sc = matched_attributes(gt_m, [0, 30], hot((1,), (3,)), gt_m, [0, 30], None, hot((1,), (4,)))
+    assert gt.shape == (1, 92) and gt.dtype == bool and sc[0, 1] == 1.0
+
+
+def test_attribute_evaluator_pools_counts_over_images():
+    ev = AttributeEvaluator()
+    g1 = strips((0, 8))
+    assert ev.add(g1, [0], hot((1,)), g1, [0], [0.9], hot((1,)) * 0.7) == 1  # 1 TP
+    g2 = strips((0, 8), (8, 16))
+    ev.add(g2, [1, 2], hot((2, 3), (4,)), g2, [1, 2], [0.9, 0.9], hot((), ()))  # 3 FN
+    ev.add(none(), [], None, none(), [], None, None)  # an empty image
+    r = ev.summary()
+    assert (r["tp"], r["fp"], r["fn"], r["num_instances"], r["num_gt"], r["num_pred"]) == (1, 0, 3, 3, 3, 3)
+    assert r["micro_f1"] == pytest.approx(2 / 5)  # pooled, not the mean of the image F1s (1 and 0)
+    assert r["macro_f1"] == pytest.approx(1 / 4)  # attributes 1 (F1 1), 2, 3, 4 (F1 0)
+    # another threshold from the same matches
+    assert ev.summary(0.8)["tp"] == 0 and ev.summary(0.8)["fn"] == 4
+    with pytest.raises(ValueError, match="attributes"):
+        ev.add(g1, [0], hot((1,), n=5), g1, [0], None, None)
+
