@@ -10,6 +10,9 @@ import os
 import platform
 import socket
 import statistics
+import subprocess
+import tempfile
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -242,3 +245,84 @@ def write_json(path: str | Path, obj) -> Path:
 __all__ = ["REPO", "pick_device", "bench_dtype", "sync", "autocast", "env_info", "random_batch", "stock_step",
            "engine_step", "mode_config", "report_header", "time_calls", "time_interleaved", "count_syncs",
            "profile_table", "ratio", "fmt", "table", "write_json"]
+
+
+# --------------------------------------------------------------------------------------------- process-tree memory
+def _children() -> dict[int, list[int]]:
+    kids: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                ppid = int(Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            kids.setdefault(ppid, []).append(int(d))
+    return kids
+
+
+def tree_pids(root: int) -> list[int]:
+    """``root`` and all its descendants (from /proc)."""
+    kids, out, todo = _children(), [], [root]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += kids.get(p, [])
+    return out
+
+
+def _kb(text: str, key: str) -> int | None:
+    for line in text.splitlines():
+        if line.startswith(key):
+            return int(line.split()[1])
+    return None
+
+
+def tree_memory(root: int) -> tuple[int, int, int]:
+    """(sum of VmRSS, sum of PSS, largest VmHWM) in bytes over ``root`` and its descendants; PSS from
+    ``smaps_rollup`` (its RSS where that cannot be read)."""
+    rss = pss = hwm = 0
+    for p in tree_pids(root):
+        try:
+            status = Path(f"/proc/{p}/status").read_text()
+        except OSError:
+            continue
+        r = _kb(status, "VmRSS:") or 0
+        try:
+            ps = _kb(Path(f"/proc/{p}/smaps_rollup").read_text(), "Pss:")
+        except OSError:
+            ps = None
+        rss, pss, hwm = rss + r, pss + (r if ps is None else ps), max(hwm, _kb(status, "VmHWM:") or 0)
+    return rss * 1024, pss * 1024, hwm * 1024
+
+
+def run_measured(cmd: list[str], env: dict | None = None, poll: float = 0.05, tail: int = 4000) -> dict:
+    """Run ``cmd`` from the repo root; ``rc``, ``wall_s``, the peaks ``tree_rss_mb``, ``tree_pss_mb``,
+    ``max_hwm_mb`` (:func:`tree_memory` sampled every ``poll`` s in a thread) and the last ``tail`` characters
+    of its output."""
+    with tempfile.TemporaryFile("w+") as log:
+        own = Path("/proc/self/cmdline").read_bytes()
+        t0 = time.perf_counter()
+        p = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        peak, done = [0, 0, 0], threading.Event()
+
+        def sample():
+            while not done.is_set():
+                try:  # between fork and exec the child still shows this process's memory: not sampled
+                    if Path(f"/proc/{p.pid}/cmdline").read_bytes() == own:
+                        done.wait(0.001)
+                        continue
+                except OSError:
+                    pass
+                peak[:] = [max(a, b) for a, b in zip(peak, tree_memory(p.pid))]
+                done.wait(poll)
+
+        th = threading.Thread(target=sample, daemon=True)
+        th.start()
+        rc = p.wait()
+        wall = time.perf_counter() - t0
+        done.set()
+        th.join()
+        log.seek(0)
+        output = log.read()
+    return {"rc": rc, "wall_s": wall, "tree_rss_mb": peak[0] / 2**20, "tree_pss_mb": peak[1] / 2**20,
+            "max_hwm_mb": peak[2] / 2**20, "output": output[-tail:]}

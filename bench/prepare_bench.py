@@ -31,9 +31,7 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -101,71 +99,16 @@ def replicated_dataset(base: Path, out: Path, n_images: int, n_rows: int | None 
 
 
 # --------------------------------------------------------------------------------------------- measuring
-def _tree_memory(root: int) -> tuple[int, int]:
-    """(sum of the current RSS, largest peak RSS ``VmHWM``) over ``root`` and its descendants (from /proc)."""
-    parent = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                parent[int(d)] = int(Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-    keep, frontier = {root}, [root]
-    while frontier:
-        p = frontier.pop()
-        kids = [c for c, pp in parent.items() if pp == p and c not in keep]
-        keep.update(kids)
-        frontier += kids
-    total, hwm = 0, 0
-    for p in keep:
-        try:
-            status = Path(f"/proc/{p}/status").read_text().splitlines()
-        except OSError:
-            continue
-        for line in status:
-            if line.startswith("VmRSS:"):
-                total += int(line.split()[1]) * 1024
-            elif line.startswith("VmHWM:"):
-                hwm = max(hwm, int(line.split()[1]) * 1024)
-    return total, hwm
-
-
 def run_measured(cmd: list[str], env: dict | None = None, poll: float = 0.02) -> dict:
     """Run ``cmd``; return ``rc``, ``wall_s``, ``peak_rss_mb`` (the largest ``VmHWM`` of any process of its
     tree: the peak RSS of one process since its exec) and ``tree_rss_mb`` (the largest sampled sum of the
-    tree's RSS), and the end of its output. Both are sampled every ``poll`` seconds from /proc."""
-    import tempfile
+    tree's RSS), and the end of its output. Both are sampled every ``poll`` seconds from /proc
+    (:func:`bench.common.run_measured`)."""
+    from bench import common as bc  # not at the top: the plain loop (this file) runs without torch
 
-    with tempfile.TemporaryFile("w+") as log:
-        t0 = time.perf_counter()
-        p = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-        peak = [0, 0]
-        done = threading.Event()
-
-        own = Path("/proc/self/cmdline").read_bytes()
-
-        def sample():
-            while not done.is_set():
-                try:  # between fork and exec the child still shows this process's memory: not sampled
-                    if Path(f"/proc/{p.pid}/cmdline").read_bytes() == own:
-                        done.wait(0.001)
-                        continue
-                except OSError:
-                    pass
-                total, hwm = _tree_memory(p.pid)
-                peak[0], peak[1] = max(peak[0], total), max(peak[1], hwm)
-                done.wait(poll)
-
-        th = threading.Thread(target=sample, daemon=True)
-        th.start()
-        rc = p.wait()
-        wall = time.perf_counter() - t0
-        done.set()
-        th.join()
-        log.seek(0)
-        out = log.read()
-    return {"rc": rc, "wall_s": wall, "peak_rss_mb": peak[1] / 2**20, "tree_rss_mb": peak[0] / 2**20,
-            "output": out[-3000:]}
+    r = bc.run_measured(cmd, env, poll, tail=3000)
+    return {"rc": r["rc"], "wall_s": r["wall_s"], "peak_rss_mb": r["max_hwm_mb"], "tree_rss_mb": r["tree_rss_mb"],
+            "output": r["output"]}
 
 
 def _env() -> dict:
@@ -315,12 +258,13 @@ def main(argv=None) -> dict:
                          args.workers or 1)
         print(json.dumps(res))
         return res
-    from bench import common as bc
 
     cfg = config_from_args(args)
     print(f"01 prepare, {'small' if args.cpu else 'full-size'} mode: {cfg}", flush=True)
     res = run(cfg, args.work_dir)
     import torch
+
+    from bench import common as bc
 
     report = {"benchmark": "prepare", "mode": "cpu" if args.cpu else "full", **bc.env_info(torch.device("cpu")),
               "config": cfg, **res}

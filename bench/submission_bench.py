@@ -69,10 +69,7 @@ import math
 import os
 import shlex
 import shutil
-import subprocess
 import sys
-import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -83,6 +80,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from bench import common as bc  # noqa: E402
 from lib import io as lio  # noqa: E402
 from lib import prediction_table as lpred  # noqa: E402
 from lib import rle  # noqa: E402
@@ -372,85 +370,6 @@ def ensure_sets(work_dir: Path, n_val: int, n_test: int, cfg: dict, workers: int
 
 
 # --------------------------------------------------------------------------------------------- measuring
-def _children() -> dict[int, list[int]]:
-    kids: dict[int, list[int]] = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                ppid = int(Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            kids.setdefault(ppid, []).append(int(d))
-    return kids
-
-
-def tree_pids(root: int) -> list[int]:
-    """``root`` and all its descendants (from /proc)."""
-    kids, out, todo = _children(), [], [root]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo += kids.get(p, [])
-    return out
-
-
-def _kb(text: str, key: str) -> int | None:
-    for line in text.splitlines():
-        if line.startswith(key):
-            return int(line.split()[1])
-    return None
-
-
-def tree_memory(root: int) -> tuple[int, int, int]:
-    """(sum of VmRSS, sum of PSS, largest VmHWM) in bytes over ``root`` and its descendants; PSS from
-    ``smaps_rollup`` (its RSS where that cannot be read)."""
-    rss = pss = hwm = 0
-    for p in tree_pids(root):
-        try:
-            status = Path(f"/proc/{p}/status").read_text()
-        except OSError:
-            continue
-        r = _kb(status, "VmRSS:") or 0
-        try:
-            ps = _kb(Path(f"/proc/{p}/smaps_rollup").read_text(), "Pss:")
-        except OSError:
-            ps = None
-        rss, pss, hwm = rss + r, pss + (r if ps is None else ps), max(hwm, _kb(status, "VmHWM:") or 0)
-    return rss * 1024, pss * 1024, hwm * 1024
-
-
-def run_measured(cmd: list[str], env: dict | None = None, poll: float = 0.05) -> dict:
-    """Run ``cmd`` from the repo root; ``rc``, ``wall_s``, the peaks ``tree_rss_mb``, ``tree_pss_mb``,
-    ``max_hwm_mb`` (:func:`tree_memory` sampled every ``poll`` s in a thread) and the end of its output."""
-    with tempfile.TemporaryFile("w+") as log:
-        own = Path("/proc/self/cmdline").read_bytes()
-        t0 = time.perf_counter()
-        p = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-        peak, done = [0, 0, 0], threading.Event()
-
-        def sample():
-            while not done.is_set():
-                try:  # between fork and exec the child still shows this process's memory: not sampled
-                    if Path(f"/proc/{p.pid}/cmdline").read_bytes() == own:
-                        done.wait(0.001)
-                        continue
-                except OSError:
-                    pass
-                peak[:] = [max(a, b) for a, b in zip(peak, tree_memory(p.pid))]
-                done.wait(poll)
-
-        th = threading.Thread(target=sample, daemon=True)
-        th.start()
-        rc = p.wait()
-        wall = time.perf_counter() - t0
-        done.set()
-        th.join()
-        log.seek(0)
-        output = log.read()
-    return {"rc": rc, "wall_s": wall, "tree_rss_mb": peak[0] / 2**20, "tree_pss_mb": peak[1] / 2**20,
-            "max_hwm_mb": peak[2] / 2**20, "output": output[-4000:]}
-
-
 def stage_env() -> dict:
     """The environment of the measured commands: this one, one OpenMP thread unless set, offline."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
@@ -468,7 +387,7 @@ def run_06(sets: dict, out: Path, processes: int, extra: list[str], poll: float)
     """06 on ``sets`` into a fresh ``out``, measured; raises ``RuntimeError`` with its output if it fails.
     Adds 06's own ``seconds`` and the submission's figures from its meta.json."""
     shutil.rmtree(out, ignore_errors=True)
-    r = run_measured(command_06(sets, out, processes, extra), stage_env(), poll)
+    r = bc.run_measured(command_06(sets, out, processes, extra), stage_env(), poll)
     if r["rc"] != 0:
         raise RuntimeError(f"06_make_submission.py failed (exit {r['rc']}):\n{r['output']}")
     meta = json.loads((out / "meta.json").read_text())
@@ -479,7 +398,7 @@ def run_06(sets: dict, out: Path, processes: int, extra: list[str], poll: float)
 
 def run_baseline(poll: float) -> dict:
     """The fixed part: a process that starts Python and imports ``lib.make_submission`` (06's library)."""
-    r = run_measured([sys.executable, "-c", "import lib.make_submission"], stage_env(), poll)
+    r = bc.run_measured([sys.executable, "-c", "import lib.make_submission"], stage_env(), poll)
     if r["rc"] != 0:
         raise RuntimeError(f"baseline (import lib.make_submission) failed:\n{r['output']}")
     return r
@@ -689,7 +608,6 @@ def config_from_args(args) -> dict:
 def main(argv=None) -> dict:
     args = get_args_parser().parse_args(argv)
     cfg = config_from_args(args)
-    from bench import common as bc
 
     print(f"06 --tune-on time and memory vs val images: {cfg}", flush=True)
     if max(cfg["processes"]) > len(os.sched_getaffinity(0)):

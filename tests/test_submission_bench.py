@@ -11,6 +11,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from bench import common as bc
 from bench import submission_bench as sb
 from lib import prediction_table as lpred
 from lib import rle
@@ -94,7 +95,7 @@ def test_sets_are_nested_cached_and_keep_whole_images_in_row_groups(tmp_path):
 
 def test_memory_sampler_counts_child_processes():
     child = "b = bytearray(300 * 2**20); import time; time.sleep(0.6)"
-    r = sb.run_measured([sys.executable, "-c", f"import subprocess, sys; subprocess.run([sys.executable, '-c', "
+    r = bc.run_measured([sys.executable, "-c", f"import subprocess, sys; subprocess.run([sys.executable, '-c', "
                                                f"{child!r}], check=True)"], poll=0.02)
     assert r["rc"] == 0 and r["wall_s"] > 0.6
     assert r["tree_rss_mb"] > 300 and r["max_hwm_mb"] > 300  # the child's 300 MB, not the parent's few MB
