@@ -218,22 +218,29 @@ def _patch_forward(monkeypatch, on_call: int, action):
     monkeypatch.setattr(lmodels, "build_model", build)
 
 
-def test_resume_from_a_mid_epoch_checkpoint(prepared_set, tmp_path, monkeypatch):
-    common = ["--epochs", "2", "--val-every", "0", "--warmup-steps", "2", "--lr", "1e-3", "--seed", "5"]
+def _crash_and_resume(prepared_set, tmp_path, monkeypatch, common, on_call):
+    """A U-Net run of ``common`` flags straight through (``full``), and one killed at its ``on_call``-th training
+    forward after a checkpoint every step, then resumed (``split``): ``(the mid-epoch checkpoint, full's last
+    checkpoint, split's last checkpoint)``."""
     _run("unet", prepared_set, tmp_path / "full", *common)
 
     def crash(losses):
         raise RuntimeError("simulated crash")
 
-    _patch_forward(monkeypatch, 4, crash)  # epoch 2, step 2
+    _patch_forward(monkeypatch, on_call, crash)
     with pytest.raises(RuntimeError, match="simulated crash"):
         _run("unet", prepared_set, tmp_path / "split", *common, "--checkpoint-every-steps", "1")
     monkeypatch.undo()
     mid = torch.load(tmp_path / "split" / "checkpoint.pth", weights_only=True)
-    assert (mid["epoch"], mid["iter_in_epoch"], mid["global_step"]) == (1, 1, 3)
     _run("unet", prepared_set, tmp_path / "split", *common, "--resume", "auto")
-    a = torch.load(tmp_path / "full" / "checkpoint.pth", weights_only=True)
-    b = torch.load(tmp_path / "split" / "checkpoint.pth", weights_only=True)
+    return (mid, torch.load(tmp_path / "full" / "checkpoint.pth", weights_only=True),
+            torch.load(tmp_path / "split" / "checkpoint.pth", weights_only=True))
+
+
+def test_resume_from_a_mid_epoch_checkpoint(prepared_set, tmp_path, monkeypatch):
+    common = ["--epochs", "2", "--val-every", "0", "--warmup-steps", "2", "--lr", "1e-3", "--seed", "5"]
+    mid, a, b = _crash_and_resume(prepared_set, tmp_path, monkeypatch, common, 4)  # epoch 2, step 2
+    assert (mid["epoch"], mid["iter_in_epoch"], mid["global_step"]) == (1, 1, 3)
     assert b["global_step"] == 4 and b["epoch"] == 2
     for k, v in a["model"].items():
         assert torch.allclose(v.float(), b["model"][k].float(), atol=1e-6, rtol=0), k
@@ -947,24 +954,13 @@ def test_accumulated_micro_batches_step_like_the_large_batch():
 def test_accumulate_counts_optimizer_steps_and_resumes_mid_epoch_exactly(prepared_set, tmp_path, monkeypatch):
     common = ["--epochs", "2", "--val-every", "0", "--warmup-steps", "2", "--lr", "1e-3", "--seed", "5",
               "--accumulate", "2", "--batch-size", "1"]
-    _run("unet", prepared_set, tmp_path / "full", *common)
+    # epoch 2, step 2, its first micro-batch (forwards 1-4 are epoch 1)
+    mid, a, b = _crash_and_resume(prepared_set, tmp_path, monkeypatch, common, 7)
     full = lio.read_json(tmp_path / "full" / "meta.json")
     assert full["global_step"] == 4 and full["optimization"]["global_batch"] == 2  # 1 image x 2 micro-batches
     epochs = [r for r in lio.read_jsonl(tmp_path / "full" / "metrics.jsonl") if r["kind"] == "epoch"]
     assert [r["steps"] for r in epochs] == [2, 2]
-
-    def crash(losses):
-        raise RuntimeError("simulated crash")
-
-    _patch_forward(monkeypatch, 7, crash)  # epoch 2, step 2, its first micro-batch (forwards 1-4 are epoch 1)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        _run("unet", prepared_set, tmp_path / "split", *common, "--checkpoint-every-steps", "1")
-    monkeypatch.undo()
-    mid = torch.load(tmp_path / "split" / "checkpoint.pth", weights_only=True)
     assert (mid["epoch"], mid["iter_in_epoch"], mid["global_step"]) == (1, 1, 3)
-    _run("unet", prepared_set, tmp_path / "split", *common, "--resume", "auto")
-    a = torch.load(tmp_path / "full" / "checkpoint.pth", weights_only=True)
-    b = torch.load(tmp_path / "split" / "checkpoint.pth", weights_only=True)
     assert b["global_step"] == 4
     for k, v in a["model"].items():
         assert torch.allclose(v.float(), b["model"][k].float(), atol=1e-6, rtol=0), k
@@ -1050,18 +1046,7 @@ def test_one_tiny_epoch_with_lsj_or_copy_paste(arch, flag, prepared_set, tmp_pat
 def test_lsj_and_copy_paste_resume_mid_epoch_exactly(prepared_set, tmp_path, monkeypatch):
     common = ["--epochs", "2", "--val-every", "0", "--warmup-steps", "2", "--lr", "1e-3", "--seed", "5",
               "--lsj", "96", "--copy-paste", "0.5"]
-    _run("unet", prepared_set, tmp_path / "full", *common)
-
-    def crash(losses):
-        raise RuntimeError("simulated crash")
-
-    _patch_forward(monkeypatch, 4, crash)  # epoch 2, step 2
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        _run("unet", prepared_set, tmp_path / "split", *common, "--checkpoint-every-steps", "1")
-    monkeypatch.undo()
-    _run("unet", prepared_set, tmp_path / "split", *common, "--resume", "auto")
-    a = torch.load(tmp_path / "full" / "checkpoint.pth", weights_only=True)
-    b = torch.load(tmp_path / "split" / "checkpoint.pth", weights_only=True)
+    _, a, b = _crash_and_resume(prepared_set, tmp_path, monkeypatch, common, 4)  # epoch 2, step 2
     assert b["global_step"] == 4 and b["epoch"] == 2
     for k, v in a["model"].items():
         assert torch.allclose(v.float(), b["model"][k].float(), atol=1e-6, rtol=0), k
