@@ -117,9 +117,10 @@ def add_common_args(parser: argparse.ArgumentParser, out_dir: str, **defaults) -
     g.add_argument("--lsj", type=int, default=0, metavar="SIZE",
                    help="large-scale jitter (Ghiasi et al. 2021, detectron2's LSJ configs) instead of --scale-range: "
                         "each training image scaled to fit SIZE x SIZE times U(0.1, 2.0), then randomly cropped or "
-                        "padded (mean colour) to SIZE x SIZE with its instances; 0 = off. The model's own resize must "
-                        "keep SIZE x SIZE images: with it give 03/04 --min-size SIZE --max-size SIZE (test images then "
-                        "get long side SIZE, as in detectron2's LSJ configs) and 02 --image-size SIZE, e.g. 1024")
+                        "padded (mean colour) to SIZE x SIZE with its instances; 0 = off. The model's own resize is "
+                        "set to keep SIZE x SIZE images (its min and max size = SIZE, so test images get long side "
+                        "SIZE, as in detectron2's LSJ configs); a different --min-size/--max-size (02: --image-size) "
+                        "is an error. E.g. 1024")
     g.add_argument("--copy-paste", type=float, default=0.0, metavar="P",
                    help="simple copy-paste (Ghiasi et al. 2021): with probability P per training image, a random "
                         "subset of another image's instances in the batch is pasted on it at the same pixel positions "
