@@ -52,7 +52,7 @@ from tqdm import tqdm
 from . import prediction_table as lpred
 from .boxes import prob_boxes
 from .postprocess import window_at
-from .kaggle_metric import window_ious
+from .kaggle_metric import mask_window, window_ious
 
 __all__ = ["fuse_windows", "fuse_instances", "fusion_plan", "fused_attributes", "ImageFusion", "fuse_stored", "combine_image",
            "ensemble_tables", "combine", "check_weights", "default_combination", "compared_names", "compared_masks"]
@@ -97,11 +97,7 @@ def _source_arrays(src: dict, k: int):
 def _foreground(win) -> tuple[int, int, np.ndarray]:
     """A probability window -> the window of its pixels ``>= 0.5`` cropped to them (empty: a 0 x 0 window)."""
     y0, x0, p = win
-    fg = p >= 0.5
-    rows, cols = np.flatnonzero(fg.any(1)), np.flatnonzero(fg.any(0))
-    if rows.size == 0:
-        return y0, x0, np.zeros((0, 0), bool)
-    return y0 + int(rows[0]), x0 + int(cols[0]), fg[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    return mask_window(p >= 0.5, y0, x0)
 
 
 def _weighted_sum(terms: list[tuple[tuple, float]]) -> tuple[int, int, np.ndarray]:

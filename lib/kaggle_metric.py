@@ -38,6 +38,7 @@ import numpy as np
 __all__ = [
     "THRESHOLDS",
     "mask_iou",
+    "mask_window",
     "window_ious",
     "class_score",
     "image_score",
@@ -104,6 +105,15 @@ def mask_iou(a, b) -> np.ndarray:
     inter = np.rint(inter)
     union = area_a[:, None] + area_b[None, :] - inter
     return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
+def mask_window(mask: np.ndarray, y0: int = 0, x0: int = 0) -> tuple[int, int, np.ndarray]:
+    """A mask (nonzero = foreground) at rows ``y0..``, columns ``x0..`` of a canvas -> the window
+    :func:`window_ious` takes: ``(y, x, (h, w) bool)`` cropped to its foreground (a 0 x 0 window when empty)."""
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    if rows.size == 0:
+        return y0, x0, np.zeros((0, 0), bool)
+    return y0 + int(rows[0]), x0 + int(cols[0]), mask[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1] != 0
 
 
 def window_ious(a, b) -> np.ndarray:

@@ -25,7 +25,7 @@ from . import labels as llabels
 from . import prediction_table as lpred
 from .coco_metric import coco_records
 from .evaluator import Evaluator
-from .kaggle_metric import class_score, window_ious
+from .kaggle_metric import class_score, mask_window, window_ious
 from .postprocess import finalize, image_groups, rank_windows, resolve_params
 from .prediction_table import check_images
 
@@ -139,18 +139,11 @@ def _paste(windows, size) -> np.ndarray:
     return out
 
 
-def _crop(mask: np.ndarray) -> tuple[int, int, np.ndarray]:
-    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
-    if rows.size == 0:
-        return 0, 0, np.zeros((0, 0), bool)
-    return int(rows[0]), int(cols[0]), mask[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1] != 0
-
-
 def image_ground_truth(rows: list, size: tuple[int, int], full_class_ids: bool = False) -> GroundTruth:
     """Ground-truth rows (:class:`lib.kaggle_data.Row`) of one image -> :class:`GroundTruth` at ``size``
     (:func:`lib.kaggle_data.resize_rle`, as :func:`load_ground_truth`)."""
     keys = [llabels.format_class_id(r.category, r.attributes) if full_class_ids else r.category for r in rows]
-    wins = [_crop(lkaggle.resize_rle(r.rle, (r.height, r.width), size)) for r in rows]
+    wins = [mask_window(lkaggle.resize_rle(r.rle, (r.height, r.width), size)) for r in rows]
     return GroundTruth(keys, wins, tuple(size))
 
 

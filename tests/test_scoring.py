@@ -14,6 +14,7 @@ from pycocotools.cocoeval import COCOeval
 from lib import prediction_table as lpred
 from lib import scoring as lscoring
 from lib.kaggle_data import resize_mask
+from lib.kaggle_metric import mask_window
 from lib.label_descriptions import label_descriptions
 from test_postprocess import images_df, pred_rows, rect, write_gt
 
@@ -147,11 +148,11 @@ def test_image_scorer_scores_any_subset_like_image_score():
     size = (24, 24)
     gt_masks = np.zeros((3, *size), np.uint8)
     gt_masks[0, 2:10, 2:10] = gt_masks[1, 12:20, 3:9] = gt_masks[2, 5:15, 14:22] = 1
-    gt = lscoring.GroundTruth([1, 1, 2], [lscoring._crop(m) for m in gt_masks], size)
+    gt = lscoring.GroundTruth([1, 1, 2], [mask_window(m) for m in gt_masks], size)
     insts = []
     for k in range(6):
         m = np.roll(gt_masks[k % 3], rng.integers(-2, 3, 2), (0, 1))
-        y, x, w = lscoring._crop(m)
+        y, x, w = mask_window(m)
         insts.append(Instance([1, 1, 2, 1, 2, 1][k], float(1 - 0.1 * k), "c", y, x, w, int(w.sum()), k))
     scorer = lscoring.ImageScorer(gt, insts)
     for keep in ([1, 1, 1, 1, 1, 1], [1, 0, 1, 0, 1, 0], [0, 0, 0, 0, 0, 0], [0, 1, 0, 1, 1, 1]):
