@@ -20,6 +20,8 @@ Examples:
   torchrun --nproc_per_node=4 02_train_unet.py --prepared-dir work/prepared --out-dir work/unet \\
       --encoder resnet34 --image-size 512 --epochs 30 --batch-size 16 --lr 6e-4
 """
+from __future__ import annotations
+
 import argparse
 import sys
 
@@ -27,9 +29,8 @@ from lib import cli, engine
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    cli.add_common_args(p, "work/unet", lr=3e-4, optimizer="adamw", batch_size=8, epochs=30, clip_grad=5.0)
+    p = cli.script_parser(__doc__)
+    cli.add_training_args(p, "work/unet", lr=3e-4, batch_size=8, epochs=30, clip_grad=5.0)
     g = p.add_argument_group("U-Net (defaults: lib/models/unet.py DEFAULT_CONFIG)")
     g.add_argument("--encoder", type=str, default=None, help="smp encoder name, e.g. resnet18, resnet34, efficientnet-b3")
     g.add_argument("--encoder-depth", type=int, default=None, help="encoder stages (3-5)")
@@ -50,7 +51,9 @@ def model_overrides(args) -> dict:
 
 
 def main(args) -> int:
-    engine.run_training("unet", model_overrides(args), cli.train_settings(args), stage="02_train_unet")  # summary: OUT_DIR/meta.json
+    with cli.bad_input_exits("02"):  # a bad file, row or flag: one line naming it
+        engine.run_training("unet", model_overrides(args), cli.train_settings(args),
+                            stage="02_train_unet")  # summary: OUT_DIR/meta.json
     return 0
 
 

@@ -23,6 +23,8 @@ Examples:
   # continue an interrupted run
   python 03_train_maskrcnn.py --out-dir work/maskrcnn --resume auto  # plus the same flags as before
 """
+from __future__ import annotations
+
 import argparse
 import sys
 
@@ -30,10 +32,8 @@ from lib import cli, engine
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    cli.add_common_args(p, "work/maskrcnn", lr=1e-4, optimizer="adamw", clip_grad=10.0,
-                        aspect_ratio_group_factor=3)
+    p = cli.script_parser(__doc__)
+    cli.add_training_args(p, "work/maskrcnn", clip_grad=10.0, aspect_ratio_group_factor=3)
     cli.add_detector_args(p)
     return p
 
@@ -44,7 +44,9 @@ def model_overrides(args) -> dict:
 
 
 def main(args) -> int:
-    engine.run_training("maskrcnn", model_overrides(args), cli.train_settings(args), stage="03_train_maskrcnn")  # summary: OUT_DIR/meta.json
+    with cli.bad_input_exits("03"):  # a bad file, row or flag: one line naming it
+        engine.run_training("maskrcnn", model_overrides(args), cli.train_settings(args),
+                            stage="03_train_maskrcnn")  # summary: OUT_DIR/meta.json
     return 0
 
 

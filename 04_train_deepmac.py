@@ -21,6 +21,8 @@ Examples:
   torchrun --nproc_per_node=4 04_train_deepmac.py --prepared-dir work/prepared --out-dir work/deepmac \\
       --backbone resnet50 --epochs 12 --batch-size 8 --lr 4e-4
 """
+from __future__ import annotations
+
 import argparse
 import sys
 
@@ -28,10 +30,8 @@ from lib import cli, engine
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    cli.add_common_args(p, "work/deepmac", lr=1e-4, optimizer="adamw", clip_grad=10.0,
-                        aspect_ratio_group_factor=3)
+    p = cli.script_parser(__doc__)
+    cli.add_training_args(p, "work/deepmac", clip_grad=10.0, aspect_ratio_group_factor=3)
     cli.add_detector_args(p, deepmac=True)
     return p
 
@@ -42,7 +42,9 @@ def model_overrides(args) -> dict:
 
 
 def main(args) -> int:
-    engine.run_training("deepmac", model_overrides(args), cli.train_settings(args), stage="04_train_deepmac")  # summary: OUT_DIR/meta.json
+    with cli.bad_input_exits("04"):  # a bad file, row or flag: one line naming it
+        engine.run_training("deepmac", model_overrides(args), cli.train_settings(args),
+                            stage="04_train_deepmac")  # summary: OUT_DIR/meta.json
     return 0
 
 

@@ -1,26 +1,33 @@
-"""Command-line flags of the scripts 01-06 and their translation into settings and configs.
+"""The command line of the six scripts: one help formatter and parser shape, settings dataclasses from parsed
+flags, and the flags the three training scripts (02/03/04) share.
 
-:func:`add_common_args` (data, optimisation, logging, checkpoints, augmentation, starting weights) and
-:func:`add_detector_args` (03/04's model flags) build the training parsers; :func:`detector_overrides` and
-:func:`train_scale_range` turn parsed flags into ``lib.models`` config keys (``None`` = the model's default),
-:func:`train_settings` into ``lib.engine.TrainSettings``. :func:`add_prepare_args` builds 01's parser,
-:func:`add_predict_args` / :func:`predict_settings` 05's parser and ``lib.predict.PredictSettings``,
-:func:`add_submission_args` / :func:`submission_settings` 06's parser and
-``lib.make_submission.SubmissionSettings``. This is the one module that reads argparse Namespaces.
+Each script builds its own parser (:func:`script_parser`: the docstring's first paragraph is the description,
+the rest, with the examples, the epilog). A stage's defaults have one home, its settings dataclass
+(``lib.prepared.PrepareSettings``, ``lib.engine.TrainSettings``, ``lib.predict.PredictSettings``,
+``lib.make_submission.SubmissionSettings``): the parser reads them with :func:`field_defaults`, flags are named as
+the fields, and :func:`settings_of` builds the dataclass from the parsed flags. :func:`add_training_args` (data,
+optimisation, logging, checkpoints, augmentation, starting weights) and :func:`add_detector_args` (03/04's model
+flags) build the training parsers; :func:`detector_overrides` turns the model flags into ``lib.models`` config
+keys (``None`` = the model's default). This is the one module that reads argparse Namespaces.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
+import inspect
+import os
 import re
 from pathlib import Path
 
 from . import io as lio
 
 
-class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """``--help`` with each flag's default said once: argparse's ``(default: X)`` is added only where the help
-    text does not already say what the default is (``(default: <data-dir>/train.csv)``) and the default is a
-    value (not None, False or an empty list: a flag that is off or left to another rule)."""
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Every script's ``--help``: the description and epilog as written (the examples keep their lines), and each
+    flag's default said once: argparse's ``(default: X)`` is added only where the help text does not already say
+    what the default is (``(default: <data-dir>/train.csv)``) and the default is a value (not None, False or an
+    empty list: a flag that is off or left to another rule)."""
 
     def _get_help_string(self, action):
         text = action.help or ""
@@ -31,21 +38,77 @@ class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def add_common_args(parser: argparse.ArgumentParser, out_dir: str, **defaults) -> argparse.ArgumentParser:
-    """Add the flags shared by the training scripts. ``defaults`` override per-script defaults (e.g. lr=0.02)."""
-    d = dict(epochs=12, batch_size=4, lr=1e-4, optimizer="adamw", weight_decay=1e-4, momentum=0.9,
-             warmup_steps=500, schedule="cosine", clip_grad=0.0, workers=4, log_every=20, aspect_ratio_group_factor=0)
+def script_parser(doc: str) -> argparse.ArgumentParser:
+    """A script's parser: its module docstring's first paragraph is the description, the rest (what it reads and
+    writes, the examples) the epilog; :class:`HelpFormatter`."""
+    head, _, rest = doc.strip().partition("\n\n")
+    return argparse.ArgumentParser(description=head, epilog=rest or None, formatter_class=HelpFormatter)
+
+
+@contextlib.contextmanager
+def bad_input_exits(stage: str):
+    """Around a script's work: bad input (a ValueError or FileNotFoundError raised by this project's code, whose
+    message names the file, row or flag at fault) ends the script with the one line ``<stage>: error: <message>``
+    (exit status 1); one raised inside a library is a bug and keeps its traceback (``IMAT_TRACEBACK=1``: always)."""
+    try:
+        yield
+    except (ValueError, FileNotFoundError) as e:
+        if os.environ.get("IMAT_TRACEBACK") or not lio.raised_by_project(e):
+            raise
+        raise SystemExit(f"{stage}: error: {e}") from None
+
+
+def field_defaults(settings_class) -> dict:
+    """``{field: default}`` of a settings dataclass (a ``default_factory`` called); fields without a default are
+    left out. The parsers take their defaults from here, so each default is written once."""
+    out = {}
+    for f in dataclasses.fields(settings_class):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return out
+
+
+def parameter_defaults(function) -> dict:
+    """``{parameter: default}`` of a function's keyword parameters (flags that pass straight to it take these)."""
+    return {k: p.default for k, p in inspect.signature(function).parameters.items()
+            if p.default is not inspect.Parameter.empty}
+
+
+def settings_of(settings_class, args, **given):
+    """``settings_class`` built from the parsed flags named as its fields; ``given`` sets the others (fields that
+    are neither flags nor given keep their defaults)."""
+    names = {f.name for f in dataclasses.fields(settings_class)} - set(given)
+    return settings_class(**{k: getattr(args, k) for k in sorted(names) if hasattr(args, k)}, **given)
+
+
+def train_settings(args):
+    """A training script's parsed flags as :class:`lib.engine.TrainSettings` (every flag kept in ``record``)."""
+    from .engine import TrainSettings
+
+    return settings_of(TrainSettings, args, record=args_dict(args))
+
+
+def add_training_args(parser: argparse.ArgumentParser, out_dir: str, **defaults) -> argparse.ArgumentParser:
+    """Add the flags shared by the training scripts, with the defaults of :class:`lib.engine.TrainSettings`;
+    ``defaults`` are the script's own (e.g. ``lr=3e-4``), each a field of it."""
+    from .engine import TrainSettings
+
+    d = field_defaults(TrainSettings)
     unknown = set(defaults) - set(d)
     if unknown:
-        raise ValueError(f"add_common_args: unknown defaults {sorted(unknown)}")
+        raise ValueError(f"add_training_args: unknown defaults {sorted(unknown)}")
     d.update(defaults)
     g = parser.add_argument_group("data and output")
     g.add_argument("--prepared-dir", type=Path, default=Path("work/prepared"),
                    help="01_prepare_data.py output (the prepared set)")
     g.add_argument("--out-dir", type=Path, default=Path(out_dir), help="where checkpoints, logs and plots go")
     g.add_argument("--workers", type=int, default=d["workers"], help="DataLoader worker processes per rank")
-    g.add_argument("--max-steps-per-epoch", type=int, default=0, help="cap steps per epoch (quick runs); 0 = all")
-    g.add_argument("--max-val-images", type=int, default=0, help="validate on the first N val images; 0 = all")
+    g.add_argument("--max-steps-per-epoch", type=int, default=d["max_steps_per_epoch"],
+                   help="cap steps per epoch (quick runs); 0 = all")
+    g.add_argument("--max-val-images", type=int, default=d["max_val_images"],
+                   help="validate on the first N val images; 0 = all")
     g.add_argument("--aspect-ratio-group-factor", type=int, default=d["aspect_ratio_group_factor"],
                    help="batch images of similar aspect ratio (2k+1 log-spaced bins, as torchvision's references) "
                         "so a batch pads less; 0 = plain shuffled batches")
@@ -60,83 +123,86 @@ def add_common_args(parser: argparse.ArgumentParser, out_dir: str, **defaults) -
     g.add_argument("--warmup-steps", type=int, default=d["warmup_steps"], help="linear warmup steps from lr/1000")
     g.add_argument("--schedule", choices=["cosine", "step", "none"], default=d["schedule"],
                    help="lr after warmup: cosine to 0 over the run, step (x--lr-gamma at --lr-milestones), none")
-    g.add_argument("--lr-milestones", type=str, default="",
+    g.add_argument("--lr-milestones", type=str, default=d["lr_milestones"],
                    help="epochs where the step schedule decays, e.g. '8,11' (default: 2/3 and 8/9 of --epochs)")
-    g.add_argument("--lr-gamma", type=float, default=0.1, help="step schedule decay factor")
+    g.add_argument("--lr-gamma", type=float, default=d["lr_gamma"], help="step schedule decay factor")
     g.add_argument("--clip-grad", type=float, default=d["clip_grad"], help="max gradient norm; 0 = no clipping")
-    g.add_argument("--accumulate", type=int, default=1, metavar="N",
+    g.add_argument("--accumulate", type=int, default=d["accumulate"], metavar="N",
                    help="gradient accumulation: each optimizer step sums the gradients of N batches (each loss / N), "
                         "so a 16 GB GPU reaches a recipe's batch: batch x N x GPUs images per step; --epochs, "
                         "--warmup-steps and the schedule count optimizer steps")
-    g.add_argument("--lr-scale", choices=["none", "linear"], default="none",
+    g.add_argument("--lr-scale", choices=["none", "linear"], default=d["lr_scale"],
                    help="linear: the learning rate is --lr x (GPUs x --batch-size x --accumulate) / --lr-base-batch "
                         "(the linear scaling rule; meta.json records the result)")
-    g.add_argument("--lr-base-batch", type=int, default=16,
+    g.add_argument("--lr-base-batch", type=int, default=d["lr_base_batch"],
                    help="the images per optimizer step --lr is given for, with --lr-scale linear")
-    g.add_argument("--ema-decay", type=float, default=0.0,
+    g.add_argument("--ema-decay", type=float, default=d["ema_decay"],
                    help="keep an exponential moving average of the weights (e.g. 0.999; 0 = off): validation, "
                         "best.pth's choice and 05 use it; the checkpoint keeps both")
-    g.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], default="auto",
+    g.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], default=d["amp"],
                    help="mixed precision: auto = bf16 autocast on GPUs with native bf16 (A100, H100), fp16 with a "
                         "gradient scaler on older GPUs (T4, V100, P100), off on CPU")
     g.add_argument("--channels-last", action="store_true",
                    help="keep the model's 4-D weights (and so its conv activations) in channels-last (NHWC) "
                         "layout: often faster for convolutions on tensor-core GPUs; bench/train_bench.py measures "
                         "it against the default layout")
-    g.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto = cuda if available")
-    g.add_argument("--seed", type=int, default=0, help="seed for weights, data order and augmentation")
-    g.add_argument("--threads", type=int, default=0, help="torch.set_num_threads on CPU; 0 = torch's default")
+    g.add_argument("--device", choices=["auto", "cpu", "cuda"], default=d["device"], help="auto = cuda if available")
+    g.add_argument("--seed", type=int, default=d["seed"], help="seed for weights, data order and augmentation")
+    g.add_argument("--threads", type=int, default=d["threads"],
+                   help="torch.set_num_threads on CPU; 0 = torch's default")
     g.add_argument("--sync-bn", action="store_true",
                    help="with several CUDA processes: SyncBatchNorm (BatchNorm statistics over the global batch)")
-    g.add_argument("--ddp-find-unused", action=argparse.BooleanOptionalAction, default=False,
+    g.add_argument("--ddp-find-unused", action=argparse.BooleanOptionalAction, default=d["ddp_find_unused"],
                    help="DDP find_unused_parameters (an extra graph walk every step; not needed by these models: "
                         "every trainable parameter gets a gradient, also in batches without instances or without "
                         "--mask-classes instances, tests/test_models.py)")
     g = parser.add_argument_group("logging, validation, checkpoints")
     g.add_argument("--log-every", type=int, default=d["log_every"], help="write a train record every N steps")
-    g.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=True,
+    g.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=d["tensorboard"],
                    help="also write TensorBoard event files to OUT_DIR/tensorboard (tensorboard --logdir work)")
-    g.add_argument("--val-every", type=int, default=1, help="validate every N epochs (and after the last); 0 = never")
-    g.add_argument("--val-score-thresh", type=float, default=0.5,
+    g.add_argument("--val-every", type=int, default=d["val_every"],
+                   help="validate every N epochs (and after the last); 0 = never")
+    g.add_argument("--val-score-thresh", type=float, default=d["val_score_thresh"],
                    help="detections below this score are dropped for the Kaggle metric (COCO AP uses all)")
-    g.add_argument("--checkpoint-every-steps", type=int, default=0,
+    g.add_argument("--checkpoint-every-steps", type=int, default=d["checkpoint_every_steps"],
                    help="also save checkpoint.pth every N steps (mid-epoch resume); 0 = only at epoch ends")
-    g.add_argument("--stop-after-epoch", type=int, default=0,
+    g.add_argument("--stop-after-epoch", type=int, default=d["stop_after_epoch"],
                    help="stop after this epoch (to split a run into jobs; continue with --resume auto); 0 = no")
-    g.add_argument("--resume", type=str, default="",
+    g.add_argument("--resume", type=str, default=d["resume"],
                    help="checkpoint to continue from, or 'auto' = OUT_DIR/checkpoint.pth if it exists")
-    g.add_argument("--keep-epochs", type=int, nargs="+", default=[], metavar="EPOCH",
+    g.add_argument("--keep-epochs", type=int, nargs="+", default=d["keep_epochs"], metavar="EPOCH",
                    help="also keep the checkpoints of these epochs as OUT_DIR/model_<epoch>.pth (torchvision's "
                         "references' name), e.g. 8 10 12 for a checkpoint ensemble (05 --checkpoints takes them)")
     g = parser.add_argument_group("augmentation and model")
-    g.add_argument("--scale-range", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+    g.add_argument("--scale-range", type=float, nargs=2, default=d["scale_range"], metavar=("LO", "HI"),
                    help="multi-scale training: each image's resize sizes (--min-size/--max-size or --image-size) "
                         "times U(LO, HI), e.g. 0.6 1.0; values > 8 are short-side pixels (divided by the min size)")
     g.add_argument("--no-hflip", action="store_true", help="disable random horizontal flips")
-    g.add_argument("--color-jitter", type=float, default=0.2, help="brightness/contrast/saturation jitter; 0 = off")
-    g.add_argument("--lsj", type=int, default=0, metavar="SIZE",
+    g.add_argument("--color-jitter", type=float, default=d["color_jitter"],
+                   help="brightness/contrast/saturation jitter; 0 = off")
+    g.add_argument("--lsj", type=int, default=d["lsj"], metavar="SIZE",
                    help="large-scale jitter (Ghiasi et al. 2021, detectron2's LSJ configs) instead of --scale-range: "
                         "each training image scaled to fit SIZE x SIZE times U(0.1, 2.0), then randomly cropped or "
                         "padded (mean colour) to SIZE x SIZE with its instances; 0 = off. The model's own resize is "
                         "set to keep SIZE x SIZE images (its min and max size = SIZE, so test images get long side "
                         "SIZE, as in detectron2's LSJ configs); a different --min-size/--max-size (02: --image-size) "
                         "is an error. E.g. 1024")
-    g.add_argument("--copy-paste", type=float, default=0.0, metavar="P",
+    g.add_argument("--copy-paste", type=float, default=d["copy_paste"], metavar="P",
                    help="simple copy-paste (Ghiasi et al. 2021): with probability P per training image, a random "
                         "subset of another image's instances in the batch is pasted on it at the same pixel positions "
                         "(top-left aligned; with --lsj all images are SIZE x SIZE, as in the paper); covered masks "
                         "are cut (one left with under 16 pixels is dropped), boxes follow the masks, pasted "
                         "instances keep their labels and attributes. Needs --batch-size >= 2; 0 = off")
-    g.add_argument("--mask-classes", type=str, default=None,
+    g.add_argument("--mask-classes", type=str, default=d["mask_classes"],
                    help="categories that get masks, e.g. 'garments', 'parts', '0-26,31' (default: all)")
     g = parser.add_argument_group("starting weights (lib/weights.py; default: random)")
-    g.add_argument("--weights-backbone", type=str, default=None, metavar="imagenet|PATH",
+    g.add_argument("--weights-backbone", type=str, default=d["weights_backbone"], metavar="imagenet|PATH",
                    help="ImageNet weights for the detector backbone / UNet encoder: 'imagenet' = torchvision's "
                         "file from the torch cache (else downloaded), or a local file such as "
                         "resnet50-0676ba61.pth; detectors then freeze BatchNorm (--trainable-backbone-layers)")
     g.add_argument("--pretrained", dest="weights_backbone", action="store_const", const="imagenet",
                    help="alias of --weights-backbone imagenet")
-    g.add_argument("--weights", type=str, default=None, metavar="coco|PATH",
+    g.add_argument("--weights", type=str, default=d["weights"], metavar="coco|PATH",
                    help="the whole model: 'coco' = torchvision's COCO Mask R-CNN (03/04, resnet50 or resnet50_v2; "
                         "the class-count layers start fresh, DeepMAC keeps its own mask head), a local copy of that "
                         "file, or a checkpoint of ours of the same arch (fine-tuning; its model config is kept)")
@@ -177,7 +243,8 @@ def add_detector_args(parser: argparse.ArgumentParser, deepmac: bool = False) ->
     g.add_argument("--rpn-pre-nms-test", type=int, default=None, help="RPN proposals kept before NMS (eval)")
     g.add_argument("--rpn-post-nms-train", type=int, default=None, help="RPN proposals kept after NMS (train)")
     g.add_argument("--rpn-post-nms-test", type=int, default=None, help="RPN proposals kept after NMS (eval)")
-    g.add_argument("--rpn-batch-size-per-image", type=int, default=None, help="anchors sampled per image for the RPN loss")
+    g.add_argument("--rpn-batch-size-per-image", type=int, default=None,
+                   help="anchors sampled per image for the RPN loss")
     g.add_argument("--box-batch-size-per-image", type=int, default=None, help="RoIs sampled per image for the box loss")
     g.add_argument("--detections-per-img", type=int, default=None, help="max detections per image")
     g.add_argument("--box-score-thresh", type=float, default=None, help="drop detections below this score")
@@ -249,230 +316,3 @@ def train_scale_range(scale_range, min_size: int) -> list[float] | None:
 def args_dict(args) -> dict:
     """``vars(args)`` with Paths/tuples made JSON-safe."""
     return lio.json_safe(vars(args))
-
-
-def add_submission_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """06_make_submission.py's flags: prediction tables, the combination, post-processing overrides, scoring and
-    tuning, output. The post-processing flags carry the names of :data:`lib.postprocess.POSTPROCESS_DEFAULTS`
-    (:func:`postprocess_overrides`)."""
-    p.add_argument("--predictions", nargs="+", default=[],
-                   help="predictions.parquet files or 05 output directories (several -> ensemble)")
-    p.add_argument("--models", nargs="+", default=None, help="use only these model names from the tables")
-    p.add_argument("--ensemble-weights", nargs="+", type=float, default=None,
-                   help="one weight per model used (default: the tuned combination in the params file, else equal)")
-    p.add_argument("--ensemble-iou", type=float, default=0.5, help="mask IoU to fuse instances across models")
-    p.add_argument("--min-votes", type=int, default=1, help="keep fused instances found by at least this many models")
-    p.add_argument("--data-dir", default="data/synthetic",
-                   help="Kaggle-layout directory (test/, sample_submission.csv)")
-    p.add_argument("--out-dir", type=Path, default=Path("work/submission"),
-                   help="where submission.csv, params.json, scores.json, meta.json and report/ go")
-    p.add_argument("--mask-size", type=mask_size_arg, default=None, metavar="SIZE",
-                   help="the frame of the submission's masks: N (N x N, the image resized without keeping its "
-                        "aspect), 0 (each image's own size) or long:N (the image scaled so its long side is N, aspect "
-                        "kept, short side floored). Default: the one --data-dir's edition is evaluated at, 512 for "
-                        "2019 and long:1024 for 2020 (data/README.md). With --validate: the size FILE was written at "
-                        "(default: 06's meta.json beside a submission.csv, else the edition's)")
-    p.add_argument("--params", default=None,
-                   help="post-processing params JSON (default: <out-dir>/params.json if it exists)")
-    g = p.add_argument_group("post-processing overrides (default: from --params)")
-    g.add_argument("--score-thresh", type=float, default=None, help="drop instances scoring below this")
-    g.add_argument("--mask-thresh", type=float, default=None, help="binarise probabilities at >= this")
-    g.add_argument("--nms-iou", type=float, default=None, help="per-category mask NMS: drop IoU > this")
-    g.add_argument("--min-area", type=int, default=None, help="drop masks smaller than this (pixels)")
-    g.add_argument("--overlap", choices=["score", "none"], default=None,
-                   help="same-category overlap suppression by score, or none")
-    g.add_argument("--keep-categories", default=None, help="only these categories, e.g. garments or 0-26,31")
-    g.add_argument("--drop-categories", default=None, help="drop these categories, e.g. parts or 45")
-    g.add_argument("--tune-drop-categories", action=argparse.BooleanOptionalAction, default=False,
-                   help="with --tune / --tune-on: after the threshold grid, drop the categories whose predictions "
-                        "lower the tuning split's score (a category the model never gets right only adds zeros "
-                        "to the images' averages); saved in params.json. Needs a large tuning split: on the "
-                        "demo's 12 val images it overfits")
-    g.add_argument("--attributes", choices=["off", "on"], default=None, help="emit attributes in ClassIds")
-    g.add_argument("--attr-thresh", type=float, default=None, help="attribute score threshold")
-    p.add_argument("--gt", default=None,
-                   help="ground truth to score on: train.csv-format CSV or COCO-format JSON, e.g. Fashionpedia's val "
-                        "file (default: <data-dir>/test_ground_truth.csv)")
-    p.add_argument("--no-score", action="store_true", help="do not score even if ground truth exists")
-    p.add_argument("--tune", action="store_true", help="grid-search post-processing on --gt, save params.json, use it")
-    p.add_argument("--tune-on", nargs="+", default=None, metavar="DIR",
-                   help="05 output dirs of the prepared set's val split (with gt.csv): tune the combination and "
-                        "post-processing there, save params.json, and apply them to --predictions")
-    p.add_argument("--weight-choices", nargs="+", type=float, default=[1.0, 2.0],
-                   help="per-model weights tried when tuning a combination (distinct ratios only)")
-    p.add_argument("--max-models", type=int, default=0,
-                   help="largest combination tried when tuning (0 = all models)")
-    p.add_argument("--refine", type=int, default=3,
-                   help="combinations searched over the whole grid after a first pass over score thresholds "
-                        "(0 = whole grid for every combination)")
-    p.add_argument("--tune-grid", default=None,
-                   help='JSON grid for --tune, e.g. \'{"score_thresh": [0.4, 0.5], "mask_thresh": [0.45]}\'')
-    p.add_argument("--validate", default=None, metavar="FILE",
-                   help="only validate FILE against --data-dir's test images; exit 0 if valid, 1 if not")
-    p.add_argument("--report-images", type=int, default=6,
-                   help="images shown in <out-dir>/report/index.html (overlays per model); 0 = no report")
-    p.add_argument("--processes", type=int, default=0,
-                   help="worker processes for every pass over the images: tuning, scores, the submission (0 = one "
-                        "per CPU, 1 = none)")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    return p
-
-
-def mask_size_arg(text: str):
-    """06's ``--mask-size`` value in :func:`lib.submission.parse_mask_size`'s form; a bad one is argparse's error."""
-    from .submission import parse_mask_size
-
-    try:
-        return parse_mask_size(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def postprocess_overrides(args) -> dict:
-    """06's post-processing flags as :func:`lib.postprocess.resolve_params` overrides (None = not given)."""
-    from .postprocess import POSTPROCESS_DEFAULTS
-
-    return {k: getattr(args, k) for k in POSTPROCESS_DEFAULTS}
-
-
-def add_predict_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """05_predict.py's flags (named as the fields of :class:`lib.predict.PredictSettings`, :func:`predict_settings`)."""
-    g = p.add_argument_group("models and images")
-    g.add_argument("--checkpoints", nargs="+", required=True,
-                   help="checkpoint files or training out-dirs (an out-dir means its best.pth, else checkpoint.pth)")
-    g.add_argument("--names", nargs="+", default=None, help="model names (default: each checkpoint's out-dir name)")
-    g.add_argument("--data-dir", type=Path, default=Path("data/synthetic"),
-                   help="Kaggle-layout dir: predicts its test images (sample_submission.csv order)")
-    g.add_argument("--prepared-dir", type=Path, default=None,
-                   help="a prepared set: predict one split of it instead (--split) and write gt.csv")
-    g.add_argument("--split", choices=["val", "train"], default="val", help="prepared split with --prepared-dir")
-    g.add_argument("--images", default=None, metavar="DIR_OR_GLOB",
-                   help="predict any images instead: a folder (its .jpg/.jpeg/.png files) or a glob pattern "
-                        "(quote it; ** recurses); writes overlays/ and coco_results.json too")
-    g.add_argument("--limit", type=int, default=0, help="predict only the first N images (quick runs); 0 = all")
-    g.add_argument("--out-dir", type=Path, default=Path("work/predictions"), help="output directory")
-    g = p.add_argument_group("inference")
-    g.add_argument("--batch-size", type=int, default=4, help="images per forward pass (per process)")
-    g.add_argument("--workers", type=int, default=4, help="DataLoader workers decoding + resizing images")
-    g.add_argument("--input-long-side", type=int, default=0,
-                   help="shrink images to this long side before the model (0 = the largest model max_size "
-                        "x the largest TTA scale; images are never upscaled)")
-    g.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], default="auto",
-                   help="autocast: auto = bf16 on GPUs with native bf16 (A100, H100), fp16 on older GPUs (T4, V100, "
-                        "P100), off on CPU")
-    g.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto = cuda if available")
-    g.add_argument("--channels-last", action="store_true",
-                   help="run the models in channels-last (NHWC) layout (bench/infer_bench.py measures it)")
-    g.add_argument("--threads", type=int, default=0, help="torch.set_num_threads on CPU; 0 = torch's default")
-    g = p.add_argument_group("test-time augmentation")
-    g.add_argument("--tta-flip", action="store_true", help="add horizontally flipped views (mapped back)")
-    g.add_argument("--tta-scales", type=float, nargs="+", default=[1.0],
-                   help="view scales, e.g. 0.8 1.0 1.2 (multiply the model's resize sizes)")
-    g.add_argument("--tta-iou", type=float, default=0.5, help="mask IoU at which instances of two views fuse")
-    g = p.add_argument_group("storage")
-    g.add_argument("--mask-size", type=int, default=512,
-                   help="store masks at N x N (resized from the original frame, aspect not kept); 0 = original size "
-                        "(with TTA each view's masks wait on the device as uint8 until fused: about 0.6 GB per view "
-                        "and image at 100 detections of a 3000x2000 image, so lower --batch-size)")
-    g.add_argument("--score-floor", type=float, default=0.05,
-                   help="drop instances scoring below this (06 applies the real threshold)")
-    g.add_argument("--shard-size", type=int, default=100,
-                   help="write a resumable shard every N images (rounded up to a multiple of --batch-size)")
-    g.add_argument("--stop-after", type=int, default=0,
-                   help="stop this run after N images per process (split a long run; rerun to continue); 0 = no")
-    g.add_argument("--restart", action="store_true",
-                   help="delete shards / results of an earlier run in --out-dir and predict from scratch")
-    g.add_argument("--keep-shards", action="store_true", help="keep out_dir/shards after merging")
-    g = p.add_argument_group("export (default: on with --images, off otherwise)")
-    g.add_argument("--overlays", action=argparse.BooleanOptionalAction, default=None,
-                   help="write overlays/<image>.png: each image with its post-processed masks, class names, scores")
-    g.add_argument("--coco-results", action=argparse.BooleanOptionalAction, default=None,
-                   help="write coco_results.json: the post-processed instances in COCO results format")
-    g.add_argument("--params", type=Path, default=None,
-                   help="06's params.json for the exported instances: thresholds and the combination of several "
-                        "models (default: the winning recipe, all models fused with equal weights); a rerun with "
-                        "another params file (or other content) exports again")
-    g.add_argument("--coco-gt", type=Path, default=None, metavar="FILE",
-                   help="a COCO-format ground-truth file of these images (e.g. Fashionpedia's "
-                        "instances_attributes_val2020.json): coco_results.json then uses its image ids (matched by "
-                        "file name; an image not in the file is an error) and its category ids (by name), so "
-                        "pycocotools' COCO(FILE).loadRes takes it (default: images numbered 1..N, category ids "
-                        "0-45); turns --coco-results on")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    return p
-
-
-def predict_settings(args):
-    """05's parsed flags as :class:`lib.predict.PredictSettings`."""
-    from dataclasses import fields
-
-    from .predict import PredictSettings
-
-    names = {f.name for f in fields(PredictSettings)} - {"progress"}
-    return PredictSettings(**{k: getattr(args, k) for k in names}, progress=not args.no_progress)
-
-
-def train_settings(args):
-    """A training script's parsed flags as :class:`lib.engine.TrainSettings` (every flag kept in ``record``)."""
-    from dataclasses import fields
-
-    from .engine import TrainSettings
-
-    names = {f.name for f in fields(TrainSettings)} - {"record"}
-    return TrainSettings(**{k: getattr(args, k) for k in names}, record=args_dict(args))
-
-
-def submission_settings(args):
-    """06's parsed flags as :class:`lib.make_submission.SubmissionSettings`."""
-    from .make_submission import SubmissionSettings, parse_grid
-
-    return SubmissionSettings(
-        predictions=list(args.predictions), models=args.models, ensemble_weights=args.ensemble_weights,
-        ensemble_iou=args.ensemble_iou, min_votes=args.min_votes, data_dir=Path(args.data_dir),
-        out_dir=Path(args.out_dir), mask_size=args.mask_size, params=Path(args.params) if args.params else None,
-        postprocess=postprocess_overrides(args), gt=Path(args.gt) if args.gt else None, score=not args.no_score,
-        tune=args.tune, tune_on=args.tune_on, tune_grid=parse_grid(args.tune_grid),
-        tune_drop_categories=args.tune_drop_categories, weight_choices=list(args.weight_choices),
-        max_models=args.max_models, refine=args.refine, report_images=args.report_images, processes=args.processes,
-        progress=not args.no_progress, record=args_dict(args))
-
-
-def add_prepare_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """01_prepare_data.py's flags: the sources (Kaggle layout, COCO files, the synthetic generator), the
-    prepared set's size and split, processes."""
-    p.add_argument("--data-dir", default=None,
-                   help="Kaggle-layout input directory (default: data/synthetic, unless --coco-json alone is given)")
-    p.add_argument("--out-dir", default="work/prepared", help="prepared-set directory to write")
-    p.add_argument("--train-csv", default=None, help="train.csv to read (default: <data-dir>/train.csv)")
-    p.add_argument("--image-dir", default=None, help="training images (default: <data-dir>/train)")
-    p.add_argument("--labels", default=None, help="label file (default: <data-dir>/label_descriptions.json)")
-    p.add_argument("--coco-json", nargs="+", default=[], metavar="FILE",
-                   help="COCO-format instance files (Fashionpedia's instances_attributes_*2020.json) to prepare too, "
-                        "categories and attributes mapped by name; an ImageId already in an earlier source is "
-                        "prepared once")
-    p.add_argument("--coco-images", nargs="+", default=[], metavar="DIR",
-                   help="the image folder of each --coco-json file (default: the file's folder)")
-    p.add_argument("--long-side", type=int, default=1024, help="resize images so the long side is this (0 = keep)")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="fraction of images in the val split")
-    p.add_argument("--seed", type=int, default=0, help="seed of the split")
-    p.add_argument("--processes", type=int, default=0, help="processes preparing images in parallel (0 = all cores)")
-    p.add_argument("--limit", type=int, default=None, help="prepare only the first N images (quick runs)")
-    p.add_argument("--jpeg-quality", type=int, default=95, help="JPEG quality of the cached images")
-    p.add_argument("--strict", action="store_true", help="exit with status 1 if any row or image was skipped")
-    p.add_argument("--keep-duplicate-files", action="store_true",
-                   help="prepare every ImageId even when its file has the same bytes as another's (by default "
-                        "such an image is prepared once and the others reported)")
-    g = p.add_argument_group("synthetic data (offline default)")
-    g.add_argument("--synthetic", action="store_true",
-                   help="first generate the synthetic Kaggle-layout dataset into --data-dir (reused if it is there)")
-    g.add_argument("--synthetic-train", type=int, default=48, help="synthetic training images")
-    g.add_argument("--synthetic-test", type=int, default=12, help="synthetic test images")
-    g.add_argument("--synthetic-seed", type=int, default=0, help="synthetic generator seed")
-    g.add_argument("--synthetic-max-side", type=int, default=768, help="long side of the largest synthetic image")
-    g.add_argument("--synthetic-min-side", type=int, default=256, help="long side of the smallest synthetic image")
-    g.add_argument("--synthetic-preset", choices=("realistic", "demo"), default="realistic",
-                   help="how hard the synthetic images are: 'realistic' (1-3 figures, all 46 categories, cluttered "
-                        "backgrounds) or 'demo' (one figure in a few big garments on a plain background; "
-                        "see lib.synthetic.PRESETS); a set generated with another preset is regenerated")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    return p

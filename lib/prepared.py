@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 import os
 import time
 from pathlib import Path
@@ -329,30 +329,63 @@ def stratified_split(image_categories: dict[str, set[int]], val_fraction: float,
     return split
 
 
-def prepare_dataset(
-    data_dir: str | Path | None, out_dir: str | Path, long_side: int | None = 1024, val_fraction: float = 0.1,
-    seed: int = 0, workers: int = 0, limit: int | None = None, progress: bool = True, jpeg_quality: int = 95,
-    csv_path: str | Path | None = None, image_dir: str | Path | None = None, label_file: str | Path | None = None,
-    args: dict | None = None, coco: Sequence[tuple[str | Path, str | Path | None]] = (),
-    keep_duplicate_files: bool = False,
-) -> dict:
-    """Prepare ``data_dir`` (Kaggle layout) and/or COCO-format files into ``out_dir``; returns the meta dict
-    (also written to meta.json).
-
-    ``csv_path`` / ``image_dir`` / ``label_file`` default to ``data_dir``'s
+@dataclass
+class PrepareSettings:
+    """What 01 is told (``01_prepare_data.py``'s flags, same names; see its ``--help``): the sources, the
+    prepared set's size and split, processes. ``train_csv`` / ``image_dir`` / ``labels`` default to ``data_dir``'s
     ``train.csv`` / ``train/`` / ``label_descriptions.json`` (without ``data_dir``: the competition's labels,
-    :mod:`lib.label_descriptions`). ``coco``: ``(instances JSON, its image folder or None = the JSON's
-    folder)`` pairs (:mod:`lib.coco_data`; categories and attributes mapped by name onto the labels). An ImageId
-    in several sources is prepared once, from the first (Kaggle, then the COCO files in order); the others are
-    reported. So is an image file with the same bytes as an earlier one under another ImageId, unless
-    ``keep_duplicate_files`` (benchmarks replicate images). ``workers=0`` means ``os.cpu_count()`` processes; 1 runs in-process.
-    ``limit`` keeps the first N images (sorted by ImageId) for quick runs.
+    :mod:`lib.label_descriptions`); ``data_dir`` None with no ``coco_json`` is ``data/synthetic``.
+    ``coco_json``: COCO-format instance files, ``coco_images`` the image folder of each (missing = the file's
+    folder). ``long_side`` 0 keeps the size; ``processes`` 0 = ``os.cpu_count()``, 1 = in-process; ``limit`` keeps
+    the first N images (sorted by ImageId). ``record``: every flag, saved as meta.json's ``args``."""
+
+    data_dir: Path | None = None
+    out_dir: Path = Path("work/prepared")
+    train_csv: Path | None = None
+    image_dir: Path | None = None
+    labels: Path | None = None
+    coco_json: list = field(default_factory=list)
+    coco_images: list = field(default_factory=list)
+    long_side: int = 1024
+    val_fraction: float = 0.1
+    seed: int = 0
+    processes: int = 0
+    limit: int | None = None
+    jpeg_quality: int = 95
+    keep_duplicate_files: bool = False
+    progress: bool = True
+    record: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.data_dir is None and not self.coco_json:
+            self.data_dir = Path("data/synthetic")
+        if len(self.coco_images) > len(self.coco_json):
+            raise ValueError(f"--coco-images: {len(self.coco_images)} folders for {len(self.coco_json)} "
+                             f"--coco-json files")
+
+    def coco_sources(self) -> list[tuple]:
+        """``(instances JSON, its image folder or None = the JSON's folder)`` per ``coco_json`` file."""
+        return [(f, self.coco_images[k] if k < len(self.coco_images) else None) for k, f in enumerate(self.coco_json)]
+
+
+def prepare_dataset(s: PrepareSettings) -> dict:
+    """Prepare ``s.data_dir`` (Kaggle layout) and/or COCO-format files into ``s.out_dir``
+    (:class:`PrepareSettings`); returns the meta dict (also written to meta.json).
+
+    The COCO files' categories and attributes are mapped by name onto the labels (:mod:`lib.coco_data`). An
+    ImageId in several sources is prepared once, from the first (Kaggle, then the COCO files in order); the
+    others are reported. So is an image file with the same bytes as an earlier one under another ImageId, unless
+    ``keep_duplicate_files`` (benchmarks replicate images).
     Holds the lock of ``out_dir`` (:func:`lib.io.lock_dir`) while it runs; raises ``OutputError`` when the
     prepared set cannot be written (disk full, read-only) and ``ValueError`` when nothing could be prepared.
     """
+    data_dir, long_side, coco = s.data_dir, s.long_side or None, s.coco_sources()
+    csv_path, image_dir, label_file = s.train_csv, s.image_dir, s.labels
+    val_fraction, seed, workers, limit, progress = s.val_fraction, s.seed, s.processes, s.limit, s.progress
+    jpeg_quality, keep_duplicate_files, args = s.jpeg_quality, s.keep_duplicate_files, s.record
     with contextlib.ExitStack() as held:
         t0 = time.time()
-        out_dir = Path(out_dir)
+        out_dir = Path(s.out_dir)
         data_dir = Path(data_dir) if data_dir else None
         csv_path = Path(csv_path) if csv_path else (data_dir / "train.csv" if data_dir else None)
         image_dir = Path(image_dir) if image_dir else (data_dir / "train" if data_dir else None)

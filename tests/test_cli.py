@@ -73,3 +73,84 @@ def test_submission_mask_size_flag(capsys):
     with pytest.raises(SystemExit):
         p.parse_args(["--mask-size", "long:x"])
     assert "argument --mask-size: mask size 'long:x': expected N (N x N masks)" in capsys.readouterr().err
+
+
+SCRIPTS = ["01_prepare_data.py", "02_train_unet.py", "03_train_maskrcnn.py", "04_train_deepmac.py", "05_predict.py",
+           "06_make_submission.py"]
+# each script's settings dataclass, the flags it must be given, and the defaults the script sets itself
+SETTINGS = {"01_prepare_data.py": ("lib.prepared", "PrepareSettings", [], {}),
+            "02_train_unet.py": ("lib.engine", "TrainSettings", [],
+                                 {"lr": 3e-4, "batch_size": 8, "epochs": 30, "clip_grad": 5.0}),
+            "03_train_maskrcnn.py": ("lib.engine", "TrainSettings", [], {"clip_grad": 10.0,
+                                                                         "aspect_ratio_group_factor": 3}),
+            "04_train_deepmac.py": ("lib.engine", "TrainSettings", [], {"clip_grad": 10.0,
+                                                                        "aspect_ratio_group_factor": 3}),
+            "05_predict.py": ("lib.predict", "PredictSettings", ["--checkpoints", "a"], {}),
+            "06_make_submission.py": ("lib.make_submission", "SubmissionSettings", [], {})}
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_each_default_has_one_home_the_stage_settings(script):
+    """A flag named as a field of the stage's settings dataclass parses, unset, to that field's default (or the
+    default the script sets on purpose), and the settings built from no flags are those defaults."""
+    import importlib
+
+    module, name, argv, own = SETTINGS[script]
+    cls = getattr(importlib.import_module(module), name)
+    defaults = cli.field_defaults(cls)
+    args = vars(stage_module(script).get_args_parser().parse_args(argv))
+    shared = sorted(set(defaults) & set(args))
+    assert len(shared) >= 10, shared
+    assert {k: args[k] for k in shared} == {k: own.get(k, defaults[k]) for k in shared}
+    assert set(own) <= set(shared)
+
+
+def test_field_and_parameter_defaults_and_settings_of():
+    from dataclasses import dataclass, field
+
+    @dataclass
+    class S:
+        a: int
+        b: float = 0.5
+        c: list = field(default_factory=lambda: [1])
+
+    assert cli.field_defaults(S) == {"b": 0.5, "c": [1]}
+    assert cli.parameter_defaults(lambda x, y=2, *, z="q": None) == {"y": 2, "z": "q"}
+    import argparse
+
+    s = cli.settings_of(S, argparse.Namespace(a=3, b=1.5, other=9), c=[7])
+    assert s == S(a=3, b=1.5, c=[7])
+    assert cli.settings_of(S, argparse.Namespace(a=1)) == S(a=1)  # a field that is no flag keeps its default
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_the_six_scripts_are_alike(script):
+    """Same shebang, docstring shape, parser (the docstring's first paragraph as description, the rest with the
+    examples as epilog, one help formatter), ``get_args_parser`` / ``main`` / ``__main__`` guard."""
+    text = (Path(__file__).resolve().parents[1] / script).read_text()
+    assert text.startswith(f'#!/usr/bin/env python3\n"""Stage {script[:2]}: ')
+    assert "\nExamples:\n" in text and "from __future__ import annotations\n" in text
+    assert "\ndef get_args_parser() -> argparse.ArgumentParser:\n    p = cli.script_parser(__doc__)\n" in text
+    assert "\ndef main(args) -> int:\n" in text
+    assert text.endswith('\nif __name__ == "__main__":\n    sys.exit(main(get_args_parser().parse_args()))\n')
+    mod = stage_module(script)
+    p = mod.get_args_parser()
+    assert p.formatter_class is cli.HelpFormatter
+    assert p.description == mod.__doc__.strip().split("\n\n")[0] and "Examples:" in p.epilog
+    assert "  python " in p.format_help()  # the examples keep their lines
+
+
+def test_bad_input_exits_with_one_line_and_library_errors_keep_their_traceback(monkeypatch):
+    import json
+
+    monkeypatch.delenv("IMAT_TRACEBACK", raising=False)
+    with pytest.raises(SystemExit, match=r"^05: error: --params file not found: x\.json$"):
+        with cli.bad_input_exits("05"):
+            raise ValueError("--params file not found: x.json")
+    with pytest.raises(json.JSONDecodeError):  # raised inside the standard library: a bug, not bad input
+        with cli.bad_input_exits("05"):
+            json.loads("{")
+    monkeypatch.setenv("IMAT_TRACEBACK", "1")
+    with pytest.raises(ValueError, match="bad"):
+        with cli.bad_input_exits("05"):
+            raise ValueError("bad")
