@@ -81,7 +81,7 @@ def model_sizes(sizes, long_side: int | None, min_size: int, max_size: int, scal
                 seed: int = 0) -> list[tuple[int, int]]:
     """Each size after 01 (long side ``long_side``, never upscaled) and the model's training resize; with
     ``scale_range=(lo, hi)`` the sizes are times a random ``s ~ U(lo, hi)`` per image, as
-    ``lib.models.maskrcnn.ScaleJitterTransform`` (``round(min_size * s)``, ``round(max_size * s)``)."""
+    ``lib.models.common.ScaleJitterTransform`` (``round(min_size * s)``, ``round(max_size * s)``)."""
     from lib.kaggle_data import resized_shape
 
     rng = np.random.default_rng(seed)

@@ -144,7 +144,7 @@ def _window(a: torch.Tensor, b: torch.Tensor, ratio: float, size: int) -> tuple[
 def crops_from(model):
     """Inside the block, an eval forward of ``model`` returns unpasted ``mask_crops (N, 1, M, M)`` (and no
     ``masks``) for each image, boxes in input pixels as usual: the model's transform gets ``paste_masks =
-    False`` (:class:`lib.models.maskrcnn.ScaleJitterTransform`); restored after. A no-op for models whose
+    False`` (:class:`lib.models.common.ScaleJitterTransform`); restored after. A no-op for models whose
     transform has no such switch, and the UNet, which never pastes, keeps returning full-size ``masks``.
     Give it the bare model (validation and 05 run the model itself, not its DDP wrapper). Yields ``model``.
 

@@ -158,43 +158,24 @@ class BoxesFromMasks(v2.Transform):
         return image, target
 
 
-def build_transforms(train: bool, scale_range: Sequence[float] | None = None, hflip: float = 0.5,
-                     color_jitter: float = 0.2, target_size: int | None = None, lsj_size: int = 0) -> v2.Compose:
+def build_transforms(train: bool, hflip: float = 0.5, color_jitter: float = 0.2, lsj_size: int = 0) -> v2.Compose:
     """torchvision v2 pipeline for ``(image, target)`` pairs; ends with ``ToDtype(float32, scale=True)``.
 
     ``train=False``: only the dtype conversion (the model resizes internally).
 
     The models resize every image to their own ``min_size``/``max_size`` (``GeneralizedRCNNTransform``),
-    which undoes a rescale done here: the training scripts get multi-scale training from the model config
-    ``train_scale_range`` instead and do not pass ``scale_range``.
+    which would undo a rescale done here: multi-scale training is the model config's ``train_scale_range``
+    (:class:`lib.models.common.ScaleJitterTransform`), not a transform of this pipeline.
     ``train=True``:
-      * ``scale_range=(lo, hi)``: if ``hi > 8`` these are short-side pixel sizes (``RandomShortestSize``
-        over ``lo..hi`` in steps of 32, plus ``hi``); otherwise scale factors (``ScaleJitter`` to
-        ``target_size`` x U(lo, hi); with ``target_size`` = the prepared set's ``long_side`` a factor of 1 keeps
-        the image size). None: no resizing;
       * ``RandomHorizontalFlip(hflip)`` (0 disables), ``ColorJitter(brightness/contrast/saturation =
         color_jitter)`` (0 disables);
       * ``lsj_size=S > 0``: large-scale jitter (:func:`lsj_transforms`): every image comes out S x S, its
-        instances cropped with it; not with ``scale_range`` (ValueError). 0: off;
+        instances cropped with it. 0: off;
       * ``ClampBoundingBoxes``, ``SanitizeBoundingBoxes`` (drops boxes under 1 px with their labels,
         attributes and masks) and :class:`BoxesFromMasks` (drops empty masks, boxes = mask extents).
     """
     ts: list = []
     if train:
-        if lsj_size and scale_range is not None:
-            raise ValueError("large-scale jitter (lsj_size) and scale_range are alternatives: give one")
-        if scale_range is not None:
-            lo, hi = float(scale_range[0]), float(scale_range[1])
-            if not 0 < lo <= hi:
-                raise ValueError(f"scale_range must be 0 < lo <= hi, got {tuple(scale_range)}")
-            if hi > 8:
-                sizes = sorted(set(list(range(int(lo), int(hi) + 1, 32)) + [int(hi)]))
-                ts.append(v2.RandomShortestSize(min_size=sizes, antialias=True))
-            else:
-                if target_size is None:
-                    raise ValueError("scale factors in scale_range need target_size (the prepared set long side)")
-                ts.append(v2.ScaleJitter(target_size=(int(target_size), int(target_size)), scale_range=(lo, hi),
-                                         antialias=True))
         if hflip > 0:
             ts.append(v2.RandomHorizontalFlip(p=hflip))
         if color_jitter > 0:

@@ -25,6 +25,10 @@ key (and both shapes); BatchNorm's ``num_batches_tracked`` counters are listed a
 (torchvision's older files do not hold them). Old torchvision key names (``rpn.head.conv.weight``,
 ``mask_fcn1``) are upgraded by torchvision's own ``load_state_dict`` hooks.
 
+What each model contributes (its class-count layers and new heads, where its backbone sits and which config
+key names it, which config keys fix its architecture, whether COCO files fit it) is declared by its module and
+read here through :data:`lib.models.ARCHS` (see :mod:`lib.models`); this module holds the rules and the files.
+
 Pretrained backbones follow torchvision's convention: the model config's ``pretrained`` is set, so the
 detector backbones use ``FrozenBatchNorm2d`` and only ``trainable_backbone_layers`` (default 3) train
 (``lib.models.maskrcnn.build_backbone``); building a model never downloads anything.
@@ -49,6 +53,7 @@ from torchvision.models import (
 from torchvision.models.detection import MaskRCNN_ResNet50_FPN_V2_Weights, MaskRCNN_ResNet50_FPN_Weights
 
 from . import checkpoint as lcheckpoint
+from . import models as lmodels
 
 # torchvision's ImageNet files, by our backbone / smp encoder name (file name = last part of the URL).
 BACKBONE_URLS = {
@@ -68,30 +73,20 @@ COCO_URLS = {
 BACKBONE_FILES = {k: u.rsplit("/", 1)[1] for k, u in BACKBONE_URLS.items()}
 COCO_FILES = {k: u.rsplit("/", 1)[1] for k, u in COCO_URLS.items()}
 
-# Where the backbone's weights sit in our models, and the file's prefix that maps there.
-_BACKBONE_SCOPE = {"unet": "net.encoder.", "maskrcnn": "backbone.body.", "deepmac": "backbone.body."}
-_FILE_PREFIX = {"mobilenet_v3": "features."}  # torchvision's MobileNetV3: the FPN body is its `features`
 _UNUSED_BACKBONE_KEYS = ("fc.", "classifier.")  # ImageNet classifiers
-_CLASS_COUNT_PREFIXES = ("roi_heads.box_predictor.", "roi_heads.mask_predictor.mask_fcn_logits.",
-                         "net.segmentation_head.")
-_CLASS_COUNT_KEYS = ("roi_heads.mask_predictor.weight", "roi_heads.mask_predictor.bias")  # DeepMAC's 1x1 conv
-_DEEPMAC_OWN = ("roi_heads.mask_head.", "roi_heads.mask_predictor.")  # kept fresh when loading a COCO file
-_ALWAYS_FRESH = ("roi_heads.attr_predictor.",)  # in no published file
-
-# Model config keys that fix the architecture (parameter names, shapes or norm layers) per arch: a
-# fine-tuning run may not change them (num_classes may change: the class-count layers start fresh).
-ARCHITECTURE_KEYS = {
-    "unet": ("encoder", "encoder_depth", "decoder_channels"),
-    "maskrcnn": ("backbone", "pretrained", "anchor_sizes", "aspect_ratios", "class_agnostic_masks", "attr_head",
-                 "num_attributes", "attr_hidden"),
-}
-ARCHITECTURE_KEYS["deepmac"] = ARCHITECTURE_KEYS["maskrcnn"] + ("mask_head_depth", "mask_head_width",
-                                                               "mask_head_stacks")
 
 
-def is_class_count_key(key: str) -> bool:
-    """Whether a state-dict key belongs to a layer whose shape follows the number of classes."""
-    return key.startswith(_CLASS_COUNT_PREFIXES) or key in _CLASS_COUNT_KEYS
+def _declared(name: str, arch: str | None) -> tuple:
+    """The key prefixes ``name`` (e.g. ``CLASS_COUNT_PREFIXES``) that ``arch``'s model module declares, or every
+    model's together when ``arch`` is None."""
+    modules = lmodels.ARCHS.values() if arch is None else [lmodels.ARCHS[arch]]
+    return tuple(p for m in modules for p in getattr(m, name))
+
+
+def is_class_count_key(key: str, arch: str | None = None) -> bool:
+    """Whether a state-dict key belongs to a layer whose shape follows the number of classes (those of
+    ``arch``'s model, or of any model when ``arch`` is None: each model module's ``CLASS_COUNT_PREFIXES``)."""
+    return key.startswith(_declared("CLASS_COUNT_PREFIXES", arch))
 
 
 # --------------------------------------------------------------------------------------------- finding files
@@ -117,8 +112,8 @@ def cached_or_downloaded(url: str, flag: str) -> Path:
 
 
 def _backbone_name(arch: str, config: dict) -> str:
-    """The backbone of a detector config, or the encoder of a UNet config."""
-    return config["encoder"] if arch == "unet" else config["backbone"]
+    """The backbone of a detector config, or the encoder of a UNet config (the model's ``BACKBONE_CONFIG_KEY``)."""
+    return config[lmodels.ARCHS[arch].BACKBONE_CONFIG_KEY]
 
 
 def backbone_file(source: str, arch: str, config: dict) -> Path:
@@ -175,16 +170,17 @@ def fine_tune_config(saved: dict, config: dict, explicit: dict, path: str | Path
 
     ``config``: this run's config from its flags; ``explicit``: the keys its flags set (plus
     ``num_classes``). Keys the flags do not set keep the checkpoint's values; an explicit value of an
-    architecture key (:data:`ARCHITECTURE_KEYS`) that differs from the checkpoint's is a ValueError naming
-    the key and both values. ``num_classes`` is this run's (the class-count layers start fresh if it differs).
+    architecture key (the model module's ``ARCHITECTURE_KEYS``) that differs from the checkpoint's is a
+    ValueError naming the key and both values. ``num_classes`` is this run's (the class-count layers start
+    fresh if it differs).
     """
     arch = config["arch"]
     if saved.get("arch") != arch:
         raise ValueError(f"{path}: a checkpoint of arch {saved.get('arch')!r}; --weights needs a {arch!r} "
                          f"checkpoint (or torchvision's COCO file for the detectors)")
     out = dict(config, **{k: v for k, v in saved.items() if k in config})
-    diffs = [f"{k}: {explicit[k]!r} here, {saved.get(k)!r} in the checkpoint" for k in ARCHITECTURE_KEYS[arch]
-             if k in explicit and explicit[k] != saved.get(k)]
+    diffs = [f"{k}: {explicit[k]!r} here, {saved.get(k)!r} in the checkpoint"
+             for k in lmodels.ARCHS[arch].ARCHITECTURE_KEYS if k in explicit and explicit[k] != saved.get(k)]
     if diffs:
         raise ValueError(f"{path}: this run's model differs from the checkpoint's beyond the class-count layers "
                          f"({'; '.join(diffs)}); drop those flags to fine-tune the checkpoint's model")
@@ -198,11 +194,13 @@ def _group(keys) -> dict:
     return dict(sorted(Counter(".".join(k.split(".")[:2]) for k in keys).items()))
 
 
-def load_weights(model: torch.nn.Module, state: dict, path: str | Path, *, scope: str = "", file_prefix: str = "",
-                 unused_prefixes: tuple = (), fresh_prefixes: tuple = ()) -> dict:
+def load_weights(model: torch.nn.Module, state: dict, path: str | Path, *, arch: str | None = None, scope: str = "",
+                 file_prefix: str = "", unused_prefixes: tuple = (), fresh_prefixes: tuple = ()) -> dict:
     """Load ``state`` (read from ``path``) into ``model`` by the rules of the module docstring.
 
     Args:
+        arch: ``model``'s arch, whose module declares its class-count layers (``CLASS_COUNT_PREFIXES``) and
+            heads in no published file (``NEW_HEAD_PREFIXES``); None: those of every model.
         scope: the part of the model the file fills (``""`` = all of it; ``"backbone.body."``: a backbone);
             parameters of the model outside it start fresh.
         file_prefix: the file's prefix for that part (``"features."`` for MobileNetV3): file keys
@@ -217,6 +215,7 @@ def load_weights(model: torch.nn.Module, state: dict, path: str | Path, *, scope
     not loaded). Raises ValueError naming the file and the key for anything else that does not fit.
     """
     own = model.state_dict()
+    class_count, new_heads = _declared("CLASS_COUNT_PREFIXES", arch), _declared("NEW_HEAD_PREFIXES", arch)
     part = scope.rstrip(".") or "weights"  # for messages
     feed, unused, fresh, source_key = {}, [], [], {}
     for key, value in state.items():
@@ -231,7 +230,7 @@ def load_weights(model: torch.nn.Module, state: dict, path: str | Path, *, scope
             unused.append(key)
             continue
         if target in own and tuple(own[target].shape) != tuple(value.shape):
-            if not is_class_count_key(target):
+            if not target.startswith(class_count):
                 raise ValueError(f"{path}: {key!r} has shape {tuple(value.shape)} in the file but "
                                  f"{tuple(own[target].shape)} in the model ({target})")
             fresh.append(target)
@@ -253,7 +252,7 @@ def load_weights(model: torch.nn.Module, state: dict, path: str | Path, *, scope
             continue
         if key.endswith("num_batches_tracked"):
             missing.append(key)
-        elif key.startswith(fresh_prefixes + _ALWAYS_FRESH) or (is_class_count_key(key) and scope == ""):
+        elif key.startswith(fresh_prefixes + new_heads) or (key.startswith(class_count) and scope == ""):
             fresh.append(key)
         else:
             raise ValueError(f"{path}: the file has no {key!r} (shape {tuple(own[key].shape)}) for the model's "
@@ -285,10 +284,11 @@ def plan_init(arch: str, config: dict, explicit: dict, weights: str | None, weig
                                                "state": state}
     if not weights:
         return config, None
+    takes_coco = lmodels.ARCHS[arch].TAKES_COCO_FILES
     if weights == "coco":
-        if arch == "unet":
-            raise ValueError("--weights coco is torchvision's COCO Mask R-CNN, for 03/04; the UNet takes "
-                             "--weights-backbone imagenet|PATH or --weights with a UNet checkpoint of ours")
+        if not takes_coco:
+            raise ValueError(f"--weights coco is torchvision's COCO Mask R-CNN, for 03/04; the {arch} model takes "
+                             f"--weights-backbone imagenet|PATH or --weights with a {arch} checkpoint of ours")
         path = coco_file(config)
     else:
         path = Path(weights)
@@ -296,22 +296,23 @@ def plan_init(arch: str, config: dict, explicit: dict, weights: str | None, weig
     if ckpt is not None:
         config = fine_tune_config(dict(ckpt["config"]), config, explicit, path)
         kind = "checkpoint"
-    else:  # a torchvision detector file (COCO) or a bare state dict of our UNet
-        kind = "coco" if arch != "unet" else "state_dict"
-        if arch != "unet":
+    else:  # a torchvision detector file (COCO) or a bare state dict of our model (the UNet)
+        kind = "coco" if takes_coco else "state_dict"
+        if takes_coco:
             config = dict(config, pretrained=True)
     return config, {"kind": kind, "source": weights, "path": path, "state": state}
 
 
 def apply_init(model: torch.nn.Module, arch: str, config: dict, plan: dict) -> dict:
     """Load what :func:`plan_init` planned into the freshly built ``model``; the report (JSON-safe)."""
+    module = lmodels.ARCHS[arch]
     if plan["kind"] == "backbone":
-        report = load_weights(model, plan["state"], plan["path"], scope=_BACKBONE_SCOPE[arch],
-                              file_prefix=_FILE_PREFIX.get(_backbone_name(arch, config), ""),
+        report = load_weights(model, plan["state"], plan["path"], arch=arch, scope=module.BACKBONE_SCOPE,
+                              file_prefix=module.BACKBONE_FILE_PREFIXES.get(_backbone_name(arch, config), ""),
                               unused_prefixes=_UNUSED_BACKBONE_KEYS)
     else:
-        fresh = _DEEPMAC_OWN if (arch == "deepmac" and plan["kind"] == "coco") else ()
-        report = load_weights(model, plan["state"], plan["path"], fresh_prefixes=fresh)
+        fresh = module.OWN_HEAD_PREFIXES if plan["kind"] == "coco" else ()
+        report = load_weights(model, plan["state"], plan["path"], arch=arch, fresh_prefixes=fresh)
     flag = "--weights-backbone" if plan["kind"] == "backbone" else "--weights"
     return {"flag": flag, "source": str(plan["source"]), "kind": plan["kind"], **report}
 

@@ -10,7 +10,7 @@ import torch  # noqa: E402
 import torchvision  # noqa: E402
 
 from lib import models  # noqa: E402
-from lib.models import deepmac, maskrcnn, unet  # noqa: E402
+from lib.models import common, deepmac, maskrcnn, unet  # noqa: E402
 
 ARCHS = ("unet", "maskrcnn", "deepmac")
 
@@ -59,11 +59,11 @@ def batch(categories=(0, 30)):
 def test_default_configs_are_complete_json_and_strict():
     for arch in ARCHS:
         cfg = models.default_config(arch)
-        assert cfg["arch"] == arch and cfg == models.DEFAULTS[arch]
+        assert cfg["arch"] == arch and cfg == models.ARCHS[arch].DEFAULT_CONFIG
         assert cfg["num_classes"] == 47 and cfg["pretrained"] is False and cfg["mask_classes"] is None
         assert {"min_size", "max_size"} <= set(cfg)
         assert json.loads(json.dumps(cfg)) == cfg
-        assert cfg is not models.DEFAULTS[arch]  # a copy: callers may edit it
+        assert cfg is not models.ARCHS[arch].DEFAULT_CONFIG  # a copy: callers may edit it
     assert models.default_config("deepmac")["mask_roi_size"] == 32
     assert models.default_config("maskrcnn")["mask_roi_size"] == 14
     assert models.default_config("maskrcnn", min_size=64)["min_size"] == 64
@@ -74,7 +74,38 @@ def test_default_configs_are_complete_json_and_strict():
     with pytest.raises(ValueError, match="no 'arch'"):
         models.build_model({"num_classes": 47})
     with pytest.raises(ValueError, match="arch"):
-        models.BUILDERS["maskrcnn"]({"arch": "deepmac"})
+        models.ARCHS["maskrcnn"].build({"arch": "deepmac"})
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_weight_loading_facts_each_model_declares_fit_its_state_dict(arch):
+    """What lib/weights.py reads from a model's module (lib.models.ARCHS) names that model's real layers."""
+    mod = models.ARCHS[arch]
+    cfg = {"class_agnostic_masks": False} if arch == "deepmac" else {}  # per-class masks: channels follow classes
+    a = build(arch, num_classes=47, **cfg).state_dict()
+    b = build(arch, num_classes=12, **cfg).state_dict()
+    assert list(a) == list(b)
+    # the class-count layers are exactly the tensors whose shape follows num_classes
+    differ = [k for k in a if a[k].shape != b[k].shape]
+    assert differ and differ == [k for k in a if k.startswith(mod.CLASS_COUNT_PREFIXES)]
+    assert any(k.startswith(mod.BACKBONE_SCOPE) for k in a)
+    assert mod.BACKBONE_CONFIG_KEY in mod.DEFAULT_CONFIG
+    assert set(mod.ARCHITECTURE_KEYS) <= set(mod.DEFAULT_CONFIG) and "num_classes" not in mod.ARCHITECTURE_KEYS
+    assert set(mod.BACKBONE_FILE_PREFIXES) <= set(maskrcnn.BACKBONES)
+    assert all(any(k.startswith(p) for k in a) for p in mod.OWN_HEAD_PREFIXES)
+    assert mod.TAKES_COCO_FILES == (arch != "unet") and bool(mod.OWN_HEAD_PREFIXES) == (arch == "deepmac")
+    if mod.NEW_HEAD_PREFIXES:  # the attribute head: only with attr_head
+        assert not any(k.startswith(mod.NEW_HEAD_PREFIXES) for k in a)
+        assert any(k.startswith(mod.NEW_HEAD_PREFIXES) for k in build(arch, attr_head=True, **cfg).state_dict())
+
+
+def test_train_scale_range_from_flag_values():
+    # --scale-range: factors pass through; pixel sizes (> 8) become factors of the min size
+    assert common.train_scale_range(None, 800) is None
+    assert common.train_scale_range([0.6, 1.0], 800) == [0.6, 1.0]
+    assert common.train_scale_range([480, 800], 800) == [0.6, 1.0]
+    with pytest.raises(ValueError, match="--scale-range must be 0 < LO <= HI"):
+        common.train_scale_range([1.0, 0.5], 800)
 
 
 def test_bad_config_values_are_rejected():
@@ -272,8 +303,8 @@ def test_deepmac_class_specific_masks():
 
 @pytest.mark.parametrize("arch", ["maskrcnn", "deepmac"])
 def test_mask_classes_restrict_only_the_mask_loss(arch):
-    assert maskrcnn.mask_label_table(4, None).tolist() == [False, True, True, True]
-    assert maskrcnn.mask_label_table(4, [2]).tolist() == [False, False, False, True]
+    assert common.mask_label_table(4, None).tolist() == [False, True, True, True]
+    assert common.mask_label_table(4, [2]).tolist() == [False, False, False, True]
     model = build(arch, mask_classes=[0])
     assert model.roi_heads.mask_label_allowed.nonzero().flatten().tolist() == [1]
     assert "roi_heads.mask_label_allowed" not in model.state_dict()

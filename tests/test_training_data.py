@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 from torchvision import tv_tensors
+from torchvision.transforms import v2
 
 from lib import prepared as lprepared
 from lib.kaggle_data import read_image
@@ -91,34 +92,6 @@ def test_eval_transforms_only_convert_dtype(prepared_set):
     assert torch.equal(t["boxes"], target["boxes"]) and torch.equal(t["masks"], target["masks"])
 
 
-def test_scale_range_resizes_short_side_and_keeps_boxes_on_masks(prepared_set):
-    ds = PreparedDataset(prepared_set, "train", build_transforms(True, scale_range=(64, 96), hflip=0.0,
-                                                                  color_jitter=0.0))
-    torch.manual_seed(0)
-    sizes = set()
-    for i in range(len(ds)):
-        image, t = ds[i]
-        short = min(image.shape[-2:])
-        assert short in (64, 96)
-        sizes.add(short)
-        assert t["masks"].shape[-2:] == image.shape[-2:] and tuple(t["boxes"].canvas_size) == tuple(image.shape[-2:])
-        assert t["masks"].flatten(1).any(1).all()  # no instance resized away
-        for b, m in zip(t["boxes"], t["masks"]):  # boxes follow the resized masks exactly
-            assert b.tolist() == _box_of(m)
-    with pytest.raises(ValueError, match="target_size"):
-        build_transforms(True, scale_range=(0.5, 1.5))
-    with pytest.raises(ValueError, match="lo <= hi"):
-        build_transforms(True, scale_range=(2.0, 1.0), target_size=160)
-
-
-def test_scale_jitter_factors(prepared_set):
-    ds = PreparedDataset(prepared_set, "train", build_transforms(True, scale_range=(0.5, 0.5), hflip=0.0,
-                                                                  color_jitter=0.0, target_size=160))
-    image, t = ds[0]
-    raw, _ = PreparedDataset(prepared_set, "train")[0]
-    assert abs(max(image.shape[-2:]) - 0.5 * max(raw.shape[-2:])) <= 1
-
-
 def _sample(h=32, w=40):
     image = tv_tensors.Image(torch.randint(0, 256, (3, h, w), dtype=torch.uint8))
     masks = torch.zeros((4, h, w), dtype=torch.uint8)
@@ -156,7 +129,7 @@ def test_image_without_instances_passes_through():
     target = {"boxes": tv_tensors.BoundingBoxes(torch.zeros((0, 4)), format="XYXY", canvas_size=(16, 16)),
               "labels": torch.zeros((0,), dtype=torch.int64),
               "masks": tv_tensors.Mask(torch.zeros((0, 16, 16), dtype=torch.uint8)), "image_id": "e.jpg"}
-    out, t = build_transforms(True, scale_range=(32, 32))(image, target)
+    out, t = v2.Compose([v2.Resize(32, antialias=True), build_transforms(True)])(image, target)  # resized first
     assert out.shape == (3, 32, 32) and t["boxes"].shape == (0, 4) and t["masks"].shape == (0, 32, 32)
 
 
@@ -233,8 +206,9 @@ def test_instance_fields_filter_without_attributes_and_on_scaling(prepared_set):
     assert t["labels"].tolist() == [1, 2] and "attributes" not in t
     assert instance_fields((image, {"labels": target["labels"]}))[0] is target["labels"]
     # resizing that drops instances keeps the attribute rows with their labels
-    ds = PreparedDataset(prepared_set, "train", build_transforms(True, scale_range=(0.1, 0.1), hflip=0.0,
-                                                                  color_jitter=0.0, target_size=160))
+    shrink = v2.ScaleJitter(target_size=(160, 160), scale_range=(0.1, 0.1), antialias=True)
+    ds = PreparedDataset(prepared_set, "train", v2.Compose([shrink, build_transforms(True, hflip=0.0,
+                                                                                     color_jitter=0.0)]))
     raw = PreparedDataset(prepared_set, "train")
     dropped = 0
     for i in range(len(ds)):
@@ -597,8 +571,6 @@ def test_lsj_on_the_prepared_set_gives_fixed_size_items_with_boxes_on_masks(prep
         for b, m in zip(t["boxes"], t["masks"]):
             assert b.tolist() == _box_of(m)
     assert 0 < n_out <= n_in
-    with pytest.raises(ValueError, match="scale_range"):
-        build_transforms(True, scale_range=(0.5, 1.0), target_size=160, lsj_size=64)
 
 
 def test_loader_with_lsj_and_copy_paste_repeats_from_the_seed(prepared_set):

@@ -276,7 +276,8 @@ TINY["deepmac"] = TINY["maskrcnn"] + ["--mask-roi-size", "8", "--mask-head-width
 
 
 def _train(arch, cache, out, *extra):
-    """One step of the stage script at lr 0 (so the saved weights are the starting weights)."""
+    """One step of the stage script at lr 0 (so the saved weights are the starting weights); bad input ends it
+    with SystemExit ``<stage>: error: <message>`` (lib.cli.bad_input_exits)."""
     spec = importlib.util.spec_from_file_location(f"stage_{arch}", REPO / SCRIPTS[arch])
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
@@ -331,9 +332,9 @@ def test_fine_tuning_from_our_checkpoint_through_the_script(prepared_set, tmp_pa
     assert len(params) > 100
     for k in params:
         assert torch.equal(ck2["model"][k], ck1["model"][k]), k
-    with pytest.raises(ValueError, match="differs from the checkpoint's beyond the class-count layers "
-                                         r"\(backbone: 'resnet34' here, 'resnet18' in the checkpoint\)"):
+    with pytest.raises(SystemExit, match="differs from the checkpoint's beyond the class-count layers "
+                                          r"\(backbone: 'resnet34' here, 'resnet18' in the checkpoint\)"):
         _train("maskrcnn", prepared_set, tmp_path / "third", "--weights", str(first / "best.pth"),
                "--backbone", "resnet34")
-    with pytest.raises(ValueError, match="a checkpoint of arch 'maskrcnn'; --weights needs a 'deepmac'"):
+    with pytest.raises(SystemExit, match="a checkpoint of arch 'maskrcnn'; --weights needs a 'deepmac'"):
         _train("deepmac", prepared_set, tmp_path / "fourth", "--weights", str(first / "best.pth"))

@@ -3,6 +3,14 @@
 A config is a flat JSON-serialisable dict holding ``arch`` and every setting of that arch
 (``default_config(arch, **overrides)``); it is saved in checkpoints and is all ``build_model`` needs.
 
+:data:`ARCHS` names the architectures: arch -> its module, which declares what the rest of the pipeline
+needs: ``DEFAULT_CONFIG``, ``build(config)`` and, for :mod:`lib.weights`, ``ARCHITECTURE_KEYS`` (config keys
+a fine-tuning run may not change), ``BACKBONE_CONFIG_KEY`` / ``BACKBONE_SCOPE`` / ``BACKBONE_FILE_PREFIXES``
+(which ImageNet file fills which part of the state dict), ``CLASS_COUNT_PREFIXES`` (layers whose shape
+follows ``num_classes``), ``NEW_HEAD_PREFIXES`` (heads in no published file), ``TAKES_COCO_FILES`` and
+``OWN_HEAD_PREFIXES`` (torchvision's COCO Mask R-CNN files: whether they fit, and what of them stays fresh).
+What the models share (config rules, the resize transform) is in :mod:`lib.models.common`.
+
 Every model: ``forward(images, targets=None)`` with ``images`` a list of ``(3, H, W)`` float32 tensors in
 0..1 (sizes may differ) and ``targets`` a list of dicts ``boxes (N, 4)`` float32 x1y1x2y2, ``labels (N,)``
 int64 = category + 1, ``masks (N, H, W)`` uint8 (N may be 0); detectors with ``attr_head`` also need
@@ -33,25 +41,25 @@ import copy
 from torch import nn
 
 from . import deepmac, maskrcnn, unet
+from .common import complete_config
 
-BUILDERS = {"unet": unet.build, "maskrcnn": maskrcnn.build, "deepmac": deepmac.build}
-DEFAULTS = {"unet": unet.DEFAULT_CONFIG, "maskrcnn": maskrcnn.DEFAULT_CONFIG, "deepmac": deepmac.DEFAULT_CONFIG}
+ARCHS = {"unet": unet, "maskrcnn": maskrcnn, "deepmac": deepmac}
 
 
 def _check_arch(arch: str) -> None:
-    if arch not in DEFAULTS:
-        raise ValueError(f"unknown arch {arch!r}; choose one of {sorted(DEFAULTS)}")
+    if arch not in ARCHS:
+        raise ValueError(f"unknown arch {arch!r}; choose one of {sorted(ARCHS)}")
 
 
 def default_config(arch: str, **overrides) -> dict:
     """The full config of ``arch`` with ``overrides`` applied; unknown keys raise ValueError."""
     _check_arch(arch)
-    return maskrcnn.complete_config(DEFAULTS[arch], overrides)
+    return complete_config(ARCHS[arch].DEFAULT_CONFIG, overrides)
 
 
 def build_model(config: dict) -> nn.Module:
     """The model described by ``config`` (needs ``arch``; missing keys take the arch's defaults)."""
     if "arch" not in config:
-        raise ValueError(f"config has no 'arch' (one of {sorted(DEFAULTS)}): {sorted(config)}")
+        raise ValueError(f"config has no 'arch' (one of {sorted(ARCHS)}): {sorted(config)}")
     _check_arch(config["arch"])
-    return BUILDERS[config["arch"]](copy.deepcopy(config))
+    return ARCHS[config["arch"]].build(copy.deepcopy(config))

@@ -39,6 +39,7 @@ from torchvision.models.detection.roi_heads import maskrcnn_loss
 from torchvision.ops import MultiScaleRoIAlign
 
 from . import maskrcnn
+from .common import complete_config
 
 DEFAULT_CONFIG = {
     **maskrcnn.DEFAULT_CONFIG,
@@ -51,6 +52,18 @@ DEFAULT_CONFIG = {
     "gt_box_jitter": 0.05,  # max corner shift, relative to the box width/height (training only)
     "mask_max_instances": 64,  # GT boxes per image used by the mask loss
 }
+
+# What lib/weights.py needs to load weight files into this model (see lib/models/maskrcnn.py): the detector's,
+# but for the mask branch.
+ARCHITECTURE_KEYS = maskrcnn.ARCHITECTURE_KEYS + ("mask_head_depth", "mask_head_width", "mask_head_stacks")
+BACKBONE_CONFIG_KEY = maskrcnn.BACKBONE_CONFIG_KEY
+BACKBONE_SCOPE = maskrcnn.BACKBONE_SCOPE
+BACKBONE_FILE_PREFIXES = maskrcnn.BACKBONE_FILE_PREFIXES
+# the box predictor and the mask predictor (a 1x1 conv: exactly these two tensors)
+CLASS_COUNT_PREFIXES = ("roi_heads.box_predictor.", "roi_heads.mask_predictor.weight", "roi_heads.mask_predictor.bias")
+NEW_HEAD_PREFIXES = maskrcnn.NEW_HEAD_PREFIXES
+TAKES_COCO_FILES = True
+OWN_HEAD_PREFIXES = ("roi_heads.mask_head.", "roi_heads.mask_predictor.")  # the hourglass head: fresh from COCO
 
 
 def _norm(channels: int) -> nn.GroupNorm:
@@ -158,7 +171,7 @@ class DeepMACRoIHeads(maskrcnn.MaskSubsetRoIHeads):
 
 def build(config: dict) -> MaskRCNN:
     """DeepMAC from a (possibly partial) config; missing keys take DEFAULT_CONFIG's values."""
-    config = maskrcnn.complete_config(DEFAULT_CONFIG, config)
+    config = complete_config(DEFAULT_CONFIG, config)
     for key in ("mask_head_depth", "mask_head_width", "mask_head_stacks", "mask_roi_size"):
         if int(config[key]) < (0 if key == "mask_head_depth" else 1):
             raise ValueError(f"{key} must be a positive integer, got {config[key]!r}")

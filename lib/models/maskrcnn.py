@@ -39,9 +39,10 @@ a per-class head never trains the channels of the other classes; a class-agnosti
 (trained) channel for them, which is the setting of the DeepMAC paper's comparison (lib/models/deepmac.py).
 
 Multi-scale training (config ``train_scale_range``: ``None`` or ``[lo, hi]``): the model's own resize
-(:class:`ScaleJitterTransform`, a ``GeneralizedRCNNTransform``) draws a factor ``s ~ U(lo, hi)`` per
-training image and resizes it with ``min_size * s`` / ``max_size * s``; eval always uses the nominal
-sizes. Rescaling the image before the model would be undone by this resize, so the jitter has to live here.
+(:class:`lib.models.common.ScaleJitterTransform`, a ``GeneralizedRCNNTransform``) draws a factor
+``s ~ U(lo, hi)`` per training image and resizes it with ``min_size * s`` / ``max_size * s``; eval always
+uses the nominal sizes. Rescaling the image before the model would be undone by this resize, so the jitter
+has to live here.
 
 Heads at given boxes (:func:`masks_for_boxes`, :func:`attributes_for_boxes`): the mask branch (or the
 attribute head) of a Mask R-CNN / DeepMAC run on boxes the caller chooses, e.g. ground-truth boxes, to
@@ -57,7 +58,6 @@ probabilities at the input size (plus ``attr_scores (N, num_attributes)`` float3
 """
 from __future__ import annotations
 
-import copy
 import math
 import numbers
 from typing import Optional
@@ -78,12 +78,13 @@ from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.roi_heads import RoIHeads, fastrcnn_loss, maskrcnn_inference, maskrcnn_loss
 from torchvision.models.detection.rpn import RPNHead
-from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
+from torchvision.models.detection.transform import resize_boxes
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops import misc as misc_nn_ops
 
 from ..labels import ATTRIBUTE_CATEGORIES, N_ATTRIBUTES
 from ..mask_paste import paste_masks
+from .common import ScaleJitterTransform, complete_config, mask_label_table
 
 FPN_CHANNELS = 256  # out_channels of every backbone below
 BACKBONES = ("resnet50", "resnet50_v2", "resnet18", "resnet34", "mobilenet_v3")
@@ -125,6 +126,21 @@ DEFAULT_CONFIG = {
     "attr_loss_weight": 1.0,  # factor on loss_attr
 }
 
+# What lib/weights.py needs to load weight files into this model (read through lib.models.ARCHS).
+# Config keys that fix the architecture (parameter names, shapes or norm layers): a fine-tuning run may not
+# change them (num_classes may: the class-count layers start fresh).
+ARCHITECTURE_KEYS = ("backbone", "pretrained", "anchor_sizes", "aspect_ratios", "class_agnostic_masks", "attr_head",
+                     "num_attributes", "attr_hidden")
+BACKBONE_CONFIG_KEY = "backbone"  # the config key naming the backbone (lib.weights.BACKBONE_URLS: ImageNet files)
+BACKBONE_SCOPE = "backbone.body."  # where the ImageNet backbone's weights sit in the state dict
+# The ImageNet file's prefix of that part, per backbone (torchvision's MobileNetV3: the FPN body is its `features`).
+BACKBONE_FILE_PREFIXES = {"mobilenet_v3": "features."}
+# Layers whose shape follows num_classes: they load when their shapes fit, else start fresh (COCO's 91 -> 47).
+CLASS_COUNT_PREFIXES = ("roi_heads.box_predictor.", "roi_heads.mask_predictor.mask_fcn_logits.")
+NEW_HEAD_PREFIXES = ("roi_heads.attr_predictor.",)  # the attribute head: in no published file, starts fresh
+TAKES_COCO_FILES = True  # torchvision's COCO Mask R-CNN files (lib.weights.COCO_URLS) fit this model
+OWN_HEAD_PREFIXES = ()  # layers that start fresh even though a COCO file holds them (none: the file's model)
+
 
 class Float32BoxCoder(BoxCoder):
     """torchvision's ``BoxCoder`` that decodes in float32 whatever the dtype of the regression output.
@@ -158,89 +174,6 @@ def use_float32_boxes(model: MaskRCNN) -> MaskRCNN:
         old = part.box_coder
         part.box_coder = Float32BoxCoder(old.weights, old.bbox_xform_clip)
     return model
-
-
-class ScaleJitterTransform(GeneralizedRCNNTransform):
-    """``GeneralizedRCNNTransform`` whose training resize is multi-scale.
-
-    With ``scale_range = (lo, hi)`` each training image is resized with ``min_size`` and ``max_size``
-    multiplied by ``s ~ U(lo, hi)`` (torch's global generator, so seeded runs repeat); ``scale_range=None``
-    and eval mode behave exactly as the parent class.
-
-    ``paste_masks`` (True; not in the state dict): with False, eval ``postprocess`` maps the boxes to the
-    original image size as usual but leaves the mask crops unpasted, under ``mask_crops (N, 1, M, M)``
-    instead of ``masks``, for :func:`lib.mask_paste.masks_in_frame` to paste into the frame the caller
-    keeps (switched by :func:`lib.mask_paste.crops_from`).
-    """
-
-    paste_masks = True
-
-    def __init__(self, *args, scale_range=None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.scale_range = check_scale_range(scale_range)
-
-    def postprocess(self, result, image_shapes, original_image_sizes):
-        if self.training or self.paste_masks:
-            return super().postprocess(result, image_shapes, original_image_sizes)
-        for pred, im_s, o_im_s in zip(result, image_shapes, original_image_sizes):
-            pred["boxes"] = resize_boxes(pred["boxes"], im_s, o_im_s)
-            if "masks" in pred:
-                pred["mask_crops"] = pred.pop("masks")
-        return result
-
-    def resize(self, image, target=None):
-        if not (self.training and self.scale_range):
-            return super().resize(image, target)
-        lo, hi = self.scale_range
-        s = float(torch.empty(()).uniform_(lo, hi))
-        nominal = self.min_size, self.max_size
-        self.min_size = tuple(max(1, round(m * s)) for m in nominal[0])
-        self.max_size = max(1, round(nominal[1] * s))
-        try:
-            return super().resize(image, target)
-        finally:
-            self.min_size, self.max_size = nominal
-
-
-def check_scale_range(scale_range) -> Optional[tuple[float, float]]:
-    """``None`` or a validated ``(lo, hi)`` pair of factors with ``0 < lo <= hi``."""
-    if scale_range is None:
-        return None
-    try:
-        lo, hi = (float(v) for v in scale_range)
-    except (TypeError, ValueError):
-        raise ValueError(f"train_scale_range must be [lo, hi], got {scale_range!r}") from None
-    if not 0 < lo <= hi:
-        raise ValueError(f"train_scale_range must satisfy 0 < lo <= hi, got {scale_range!r}")
-    return lo, hi
-
-
-def complete_config(defaults: dict, config: dict) -> dict:
-    """``defaults`` updated with ``config``; unknown keys or another ``arch`` raise ValueError."""
-    unknown = sorted(set(config) - set(defaults))
-    if unknown:
-        raise ValueError(f"unknown config keys for arch {defaults['arch']!r}: {unknown}; known: {sorted(defaults)}")
-    if config.get("arch", defaults["arch"]) != defaults["arch"]:
-        raise ValueError(f"config arch {config['arch']!r} given to the {defaults['arch']!r} builder")
-    out = copy.deepcopy(defaults)
-    out.update(copy.deepcopy(config))
-    return out
-
-
-def mask_label_table(num_classes: int, mask_classes: Optional[list[int]]) -> torch.Tensor:
-    """``(num_classes,)`` bool: True at label ``c + 1`` for each category ``c`` whose masks train.
-
-    ``mask_classes=None`` allows every label; index 0 (background) is always False.
-    """
-    table = torch.zeros(num_classes, dtype=torch.bool)
-    if mask_classes is None:
-        table[1:] = True
-        return table
-    for c in mask_classes:
-        if not isinstance(c, numbers.Integral) or isinstance(c, bool) or not 0 <= c < num_classes - 1:
-            raise ValueError(f"mask_classes: {c!r} is not a category id in 0..{num_classes - 2}")
-        table[int(c) + 1] = True
-    return table
 
 
 class AttributePredictor(nn.Sequential):

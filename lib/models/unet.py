@@ -21,8 +21,8 @@ the fraction of absent classes).
 Input handling: torchvision's ``GeneralizedRCNNTransform`` normalises (ImageNet mean/std), resizes like the
 detectors (scale = min(min_size / short side, max_size / long side); the default min_size = max_size = 512
 puts the long side at 512; in training times a random factor from ``train_scale_range`` when set, see
-:class:`lib.models.maskrcnn.ScaleJitterTransform`), pads to a multiple of ``2 ** encoder_depth`` and batches. Training targets are
-built at the input size and resized with the same nearest sampling; padding is ignored by the losses.
+:class:`lib.models.common.ScaleJitterTransform`), pads to a multiple of ``2 ** encoder_depth`` and batches. Training
+targets are built at the input size and resized with the same nearest sampling; padding is ignored by the losses.
 Eval: logits are cropped to each image, resized bilinearly to the input size, softmaxed, and turned into
 instances by :func:`instances_from_probs` (``min_area`` is in network pixels and scaled to the input size).
 
@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..labels import CATEGORY_GROUPS
-from .maskrcnn import ScaleJitterTransform
+from .common import ScaleJitterTransform, complete_config, mask_label_table
 
 IGNORE_INDEX = -100  # target value of pixels the losses skip (torch's cross-entropy default)
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
@@ -69,6 +69,17 @@ DEFAULT_CONFIG = {
     "return_semantic": True,  # eval output carries "semantic" (C, H, W) probabilities
     "mask_classes": None,  # category ids whose masks train (None = all); see the module docstring
 }
+
+# What lib/weights.py needs to load weight files into this model (read through lib.models.ARCHS; see
+# lib/models/maskrcnn.py). smp's ResNet encoders take torchvision's ImageNet files as they are.
+ARCHITECTURE_KEYS = ("encoder", "encoder_depth", "decoder_channels")  # a fine-tuning run may not change them
+BACKBONE_CONFIG_KEY = "encoder"
+BACKBONE_SCOPE = "net.encoder."
+BACKBONE_FILE_PREFIXES = {}
+CLASS_COUNT_PREFIXES = ("net.segmentation_head.",)
+NEW_HEAD_PREFIXES = ()
+TAKES_COCO_FILES = False  # a weights file that is not our checkpoint is a bare state dict of this model
+OWN_HEAD_PREFIXES = ()
 
 
 def semantic_target(
@@ -256,8 +267,6 @@ class UNet(nn.Module):
 
 def build(config: dict) -> UNet:
     """UNet from a (possibly partial) config; missing keys take DEFAULT_CONFIG's values."""
-    from .maskrcnn import complete_config, mask_label_table
-
     config = complete_config(DEFAULT_CONFIG, config)
     mask_label_table(config["num_classes"], config["mask_classes"])  # validates the ids
     if len(config["decoder_channels"]) != config["encoder_depth"]:
