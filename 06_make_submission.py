@@ -4,7 +4,7 @@
 Reads one or more prediction tables (``predictions.parquet`` files or 05 output
 directories); several models are fused with lib/fusion.py. Post-processing
 parameters come from ``--params`` (default ``<out-dir>/params.json`` when it
-exists, else the winning recipe lib.postprocess.POSTPROCESS_DEFAULTS); the
+exists, else the winning recipe, the defaults of lib.postprocess.Params); the
 ``--score-thresh`` ... flags override them. When ground truth is available
 (``--gt``, default ``<data-dir>/test_ground_truth.csv``) the Kaggle metric and
 COCO mask AP are printed for each model alone and for the ensemble, and saved
@@ -12,7 +12,7 @@ to ``scores.json``. ``--tune`` grid-searches the parameters the flags leave
 free on that ground truth and saves the full parameter set to
 ``<out-dir>/params.json``, which later runs load; ``--tune-drop-categories`` then also drops the categories
 whose predictions lower the tuning score. With several models, tuning also chooses the combination:
-every subset of the models and weight ratio (lib/tuning.py ``tune_ensemble``); the winner is saved in
+every subset of the models and weight ratio (lib/tuning.py ``choose_combination``); the winner is saved in
 params.json and is the default of later runs. ``--tune-on`` tunes on other predictions (the prepared set's val
 split, predicted by ``05_predict.py --prepared-dir ... --split val``, which writes its gt.csv) and applies the
 result to ``--predictions`` in the same run: the recommended way. The submission is always validated before
@@ -131,11 +131,11 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def settings(args) -> make_submission.SubmissionSettings:
     """The parsed flags as 06's settings: the post-processing flags (named as
-    :data:`lib.postprocess.POSTPROCESS_DEFAULTS`' keys, None = not given) in ``postprocess``, every flag in
+    :class:`lib.postprocess.Params`' fields, None = not given) in ``postprocess``, every flag in
     ``record``."""
     return cli.settings_of(
         make_submission.SubmissionSettings, args,
-        postprocess={k: getattr(args, k) for k in postprocess.POSTPROCESS_DEFAULTS},
+        postprocess={k: getattr(args, k) for k in postprocess.Params.names()},
         tune_grid=make_submission.parse_grid(args.tune_grid), score=not args.no_score, progress=not args.no_progress,
         record=cli.args_dict(args))
 

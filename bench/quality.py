@@ -20,8 +20,8 @@ scores them on unseen synthetic images, through the same scripts a user runs:
 3. ``05_predict.py`` (flip TTA, plus scales in GPU mode) on the val images and the test images;
    ``06_make_submission.py --tune-on`` chooses the combination and thresholds on val and scores on test;
 4. in-process scoring (``lib.scoring.score_table`` with the winning recipe's post-processing,
-   ``lib.postprocess.POSTPROCESS_DEFAULTS``): Kaggle metric and COCO mask AP of every model, of the three
-   main models fused with equal weights (``ensemble``) and of 06's val-tuned choice (``submission``), on
+   ``lib.postprocess.Params()``): Kaggle metric and COCO mask AP of every model, of the three
+   main models fused with equal weights (``ensemble``) and of 06's val-tuned combination (``submission``), on
    all classes and per class group (garments 0-26, parts 27-45: ground truth and predictions restricted
    to the group, scored on the test images that contain it; COCO AP per group = mean of its categories'
    AP, ``lib.evaluator.group_scores``);
@@ -388,7 +388,6 @@ def _score_task(task):
 def score_tables(tables: dict, params_of: dict, gts: dict, images: pd.DataFrame, workers: int) -> dict:
     """Per table: ``all`` (Kaggle, AP, AP50, AP75 on every test image) and, per group, the Kaggle metric of
     the group-restricted ground truth and predictions, and the group's COCO AP (mean over its categories)."""
-    from lib import postprocess as lpost
     from lib.labels import CATEGORY_GROUPS
     from lib.evaluator import group_scores
 
@@ -397,8 +396,7 @@ def score_tables(tables: dict, params_of: dict, gts: dict, images: pd.DataFrame,
         params = params_of[name]
         tasks.append(((name, "all"), table, gts["all"], params, images, True, False))
         for g in GROUPS:
-            tasks.append(((name, g), table, gts[g], lpost.resolve_params(params, keep_categories=g), None, False,
-                          False))
+            tasks.append(((name, g), table, gts[g], params.replace(keep_categories=g), None, False, False))
     with ProcessPoolExecutor(max(1, workers), mp_context=get_context("fork")) as pool:
         done = dict(pool.map(_score_task, tasks))
     out = {}
@@ -565,7 +563,7 @@ def attributes_report(run_dir: Path, table: pd.DataFrame, items: list[dict], gt_
         out["oracle_boxes"] = summary(multilabel_f1(g, np.concatenate(scores)))
         out["prior"] = summary(multilabel_f1(g, np.concatenate(prior_scores)))
     # 2. the pipeline: post-processed test predictions with attributes on, matched at mask IoU >= 0.5
-    params_on = lpost.resolve_params(None, attributes="on")
+    params_on = lpost.Params(attributes="on")
     gt = lscoring.load_ground_truth(gt_csv, 512, full_class_ids=True, progress=False)
     ev = AttributeEvaluator()
     by_image = table.groupby("image_id").indices if len(table) else {}
@@ -590,9 +588,10 @@ def attributes_report(run_dir: Path, table: pd.DataFrame, items: list[dict], gt_
 FLOORS = {"maskrcnn": 0.10, "deepmac": 0.10, "unet": 0.10}  # test Kaggle metric after post-processing
 
 
-def floors(scores_06: dict, combo: dict | None, floor_of: dict) -> dict:
+def floors(scores_06: dict, combination: dict | None, floor_of: dict) -> dict:
     """Each model's test Kaggle metric after 06's val-tuned post-processing (06's ``scores.json``) against
-    its floor, and 06's submission (the val-tuned combination) against the best single model."""
+    its floor, and 06's submission (the val-tuned ``combination``, as scores.json holds it) against the best
+    single model."""
     def kaggle(name):
         return (scores_06.get(name) or {}).get("kaggle")
 
@@ -600,8 +599,8 @@ def floors(scores_06: dict, combo: dict | None, floor_of: dict) -> dict:
            for n, f in floor_of.items()}
     if "submission" in scores_06:
         sub = kaggle("submission")
-    elif combo and len(combo.get("models", [])) == 1:  # the chosen "combination" is one model
-        sub = kaggle(combo["models"][0])
+    elif combination and len(combination.get("models", [])) == 1:  # the chosen combination is one model
+        sub = kaggle(combination["models"][0])
     else:  # every model with equal weights: 06 scored it as the ensemble
         sub = kaggle("ensemble")
     best = max((kaggle(n) for n in floor_of if kaggle(n) is not None), default=None)
@@ -748,7 +747,7 @@ def ablation(cfg: dict, arch: str, flags: list[str], out: Path, jobs, reuse: boo
     gt_csv = data / "test" / "test_ground_truth.csv"
     tables = load_sources(w / "pred_test")
     images = pd.read_parquet(w / "pred_test" / "images.parquet")
-    recipe = lpost.resolve_params(None)
+    recipe = lpost.Params()
     rep["scores"] = score_tables(tables, {k: recipe for k in tables}, group_gt(gt_csv, w), images,
                                  cfg["score_workers"])
     per_cat = {k: lscoring.score_table(t, gt_csv, recipe, images=images, progress=False)["per_category_AP"]
@@ -839,7 +838,7 @@ def main(args) -> dict:
     rep: dict = {"mode": mode, "env": bc.env_info(device), "config": {k: v for k, v in cfg.items()},
                  "out": str(out), "timings": {}, "commands": jobs.commands}
     rep["conventions"] = {
-        "post_processing": "lib.postprocess.POSTPROCESS_DEFAULTS (the winning recipe) for every table but "
+        "post_processing": "lib.postprocess.Params() (the winning recipe) for every table but "
                            "'submission', which uses 06's val-tuned params.json",
         "ensemble": "unet + maskrcnn + deepmac fused with equal weights (lib.fusion.combine)",
         "groups": "Kaggle per group: ground truth and predictions restricted to the group, scored on the test "
@@ -918,13 +917,13 @@ def main(args) -> dict:
     claim_src = load_sources(w / "pred_claim")
 
     def all_scores():
-        recipe = lpost.resolve_params(None)
+        recipe = lpost.Params()
         tables = dict(main_src)
-        tables["ensemble"] = lfusion.combine(main_src, lfusion.default_combination(main_src))
+        tables["ensemble"] = lfusion.combine(main_src, lfusion.Combination.default(main_src))
         params_of = {k: recipe for k in tables}
-        combo = load_combination(sub_dir / "params.json")
-        if combo is not None:
-            tables["submission"] = lfusion.combine(main_src, combo)
+        combination = load_combination(sub_dir / "params.json")
+        if combination is not None:
+            tables["submission"] = lfusion.combine(main_src, combination)
             params_of["submission"] = lpost.load_params(sub_dir / "params.json")
         tables.update(claim_src)
         params_of.update({k: recipe for k in claim_src})

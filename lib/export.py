@@ -44,9 +44,9 @@ from . import io as lio
 from . import kaggle_data as lkaggle
 from . import viz
 from .boxes import mask_bbox
-from .fusion import combine, combine_image
+from .fusion import Combination, combine, combine_image
 from .labels import parse_class_id
-from .postprocess import Instance, finalize, rank_windows
+from .postprocess import Instance, Params, finalize, rank_windows
 
 __all__ = ["EXPORT_FORMAT", "export_plan", "export_table", "coco_record", "overlay_names", "CocoGt", "read_coco_gt",
            "export_signature", "remove_exports", "export_predictions"]
@@ -54,31 +54,31 @@ __all__ = ["EXPORT_FORMAT", "export_plan", "export_table", "coco_record", "overl
 EXPORT_FORMAT = 2  # 2: unique overlay names, ids of a ground-truth file (exports of format 1 are redone)
 
 
-def export_plan(models: list[str], params_path: str | Path | None = None) -> tuple[dict | None, dict, str]:
-    """How a table of ``models`` (names in order of first appearance) is exported: ``(combo, params, what)``.
-    ``combo``: the combination (:func:`lib.fusion.combine`'s) of the models to post-process, None without
-    models. One model: ``{"models": [it]}`` (its own masks). Several: the combination saved in ``params_path``
+def export_plan(models: list[str], params_path: str | Path | None = None) -> tuple[Combination | None, Params, str]:
+    """How a table of ``models`` (names in order of first appearance) is exported: ``(combination, params,
+    what)``. ``combination``: the :class:`lib.fusion.Combination` of the models to post-process, None without
+    models. One model: it alone (its own masks). Several: the combination saved in ``params_path``
     (06's ``params.json``) when it has one, else all models with equal weights. ``params``: those of
-    ``params_path``, else the winning recipe. ``params_path`` is read by 06's :func:`lib.tuning.saved_choice`
+    ``params_path``, else the winning recipe. ``params_path`` is read by 06's :func:`lib.tuning.saved_combination`
     alone. A combination that does not fit ``models`` is a ``ValueError`` here, before anything is exported."""
-    from .tuning import saved_choice
+    from .tuning import saved_combination
 
     names = list(models)
-    combo, params = saved_choice(params_path, names)
+    combination, params = saved_combination(params_path, names)
     if len(names) <= 1:
-        return combo, params, names[0] if names else "no predictions"
-    combine_image({n: [] for n in names}, combo)  # checks the combination against the models
-    return combo, params, f"ensemble of {'+'.join(combo['models'])}"
+        return combination, params, names[0] if names else "no predictions"
+    combination.check_models(names)
+    return combination, params, f"ensemble of {'+'.join(combination.models)}"
 
 
-def export_table(table: pd.DataFrame, params_path: str | Path | None = None) -> tuple[pd.DataFrame, dict, str]:
+def export_table(table: pd.DataFrame, params_path: str | Path | None = None) -> tuple[pd.DataFrame, Params, str]:
     """The table to export and its post-processing: ``(table, params, what)``, :func:`export_plan` of the
     table's models applied to the whole table in memory (:func:`lib.fusion.combine`; small tables: what
     :func:`export_predictions` does image by image)."""
     names = list(dict.fromkeys(table["model"]))
-    combo, params, what = export_plan(names, params_path)
+    combination, params, what = export_plan(names, params_path)
     if len(names) > 1:
-        table = combine({n: table[table["model"] == n].reset_index(drop=True) for n in names}, combo)
+        table = combine({n: table[table["model"] == n].reset_index(drop=True) for n in names}, combination)
     return table, params, what
 
 
@@ -224,7 +224,7 @@ def export_predictions(out_dir: str | Path, predictions: str | Path, images: pd.
 
     out_dir = Path(out_dir)
     index = TableIndex(predictions)
-    combo, params, what = export_plan(index.models, params_path)
+    combination, params, what = export_plan(index.models, params_path)
     if "error" in images:
         images = images[images["error"].fillna("") == ""]
     image_ids = images["image_id"].astype(str).tolist()
@@ -239,7 +239,7 @@ def export_predictions(out_dir: str | Path, predictions: str | Path, images: pd.
     names = overlay_names(image_ids)
     n_inst, left_out = 0, Counter()
     sizes = [(int(h), int(w)) for h, w in zip(images["orig_height"], images["orig_width"])]
-    per_image = zip(image_ids, sizes, _image_instances_of(index, combo, params, image_ids, sizes, processes,
+    per_image = zip(image_ids, sizes, _image_instances_of(index, combination, params, image_ids, sizes, processes,
                                                           progress), strict=True)
     with _json_list(out_dir / "coco_results.json" if coco else None) as add_record:
         for image_id, size, found in per_image:
@@ -264,27 +264,27 @@ def export_predictions(out_dir: str | Path, predictions: str | Path, images: pd.
     return out
 
 
-def _image_instances_of(index, combo: dict | None, params: dict, image_ids: list[str], sizes: list[tuple[int, int]],
-                        processes: int, progress: bool):
+def _image_instances_of(index, combination: Combination | None, params: Params, image_ids: list[str],
+                        sizes: list[tuple[int, int]], processes: int, progress: bool):
     """The post-processed instances (:func:`_image_instances`) of each of ``image_ids`` (``sizes``: their
     original (h, w)) in turn, from the table ``index`` (:class:`lib.table_stream.TableIndex`) of the file."""
     from .table_stream import ImageTask, Source, map_images
 
     tasks = (ImageTask(i, hw, hw) for i, hw in zip(image_ids, sizes))
-    sources = [Source(m, index.path, m) for m in (combo["models"] if combo else [])]
+    sources = [Source(m, index.path, m) for m in (combination.models if combination else [])]
     fused = len(sources) > 1  # then rows below the threshold but above the combination's min_score vote too
-    floor = min(params["score_thresh"], float(combo.get("min_score", 0.0))) if fused else params["score_thresh"]
-    return map_images(functools.partial(_image_instances, combo, params), tasks, len(image_ids), sources,
+    floor = min(params.score_thresh, combination.min_score or 0.0) if fused else params.score_thresh
+    return map_images(functools.partial(_image_instances, combination, params), tasks, len(image_ids), sources,
                       {index.path: index}, processes, floor, progress, desc="05 export")
 
 
-def _image_instances(combo: dict | None, params: dict, task, masks: dict[str, list]) -> list[Instance]:
+def _image_instances(combination: Combination | None, params: Params, task, masks: dict[str, list]) -> list[Instance]:
     """A :func:`lib.table_stream.map_images` function: one image's masks (``masks``: model -> its
-    :class:`lib.prediction_table.StoredMask` list) combined by ``combo`` (:func:`lib.fusion.combine_image`;
+    :class:`lib.prediction_table.StoredMask` list) combined by ``combination`` (:func:`lib.fusion.combine_image`;
     None: no models) and post-processed with ``params`` at the original size ``task.size`` = (h, w):
     :class:`lib.postprocess.Instance` windows, best score first."""
-    found = combine_image(masks, combo, task.orig_hw) if combo else []
-    return finalize(rank_windows(found, task.size, params["score_thresh"]), params, task.size)
+    found = combine_image(masks, combination, task.orig_hw) if combination else []
+    return finalize(rank_windows(found, task.size, params.score_thresh), params, task.size)
 
 
 @contextlib.contextmanager

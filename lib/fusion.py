@@ -37,11 +37,12 @@ Fusion, category by category (instances of different categories never fuse):
 
 :func:`ensemble_tables` applies this image by image to prediction tables in
 the :mod:`lib.prediction_table` format and returns a table of the same format.
-:func:`combine` fuses the tables of one combination (models, weights, IoU, votes), as
+:func:`combine` fuses the tables of one :class:`Combination` (models, weights, IoU, votes, score floor), as
 :mod:`lib.tuning` chose it on the validation split.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import cv2
@@ -54,16 +55,8 @@ from .boxes import prob_boxes
 from .postprocess import window_at
 from .kaggle_metric import mask_window, window_ious
 
-__all__ = ["fuse_windows", "fuse_instances", "fusion_plan", "fused_attributes", "ImageFusion", "fuse_stored", "combine_image",
-           "ensemble_tables", "combine", "check_weights", "default_combination", "compared_names", "compared_masks"]
-
-
-def default_combination(names: Sequence[str], iou: float = 0.5, min_votes: int = 1) -> dict:
-    """The combination when none is chosen: all ``names`` with equal weights, fused at ``iou`` keeping clusters of
-    at least ``min_votes`` models: ``{"models", "weights", "iou", "min_votes"}`` (:func:`combine`'s;
-    ``min_score`` at its default, 0)."""
-    names = list(names)
-    return {"models": names, "weights": [1.0] * len(names), "iou": iou, "min_votes": min_votes}
+__all__ = ["fuse_windows", "fuse_instances", "fusion_plan", "fused_attributes", "Combination", "ImageFusion",
+           "combine_image", "ensemble_tables", "combine", "check_weights", "compared_names", "compared_masks"]
 
 
 def check_weights(weights, n: int) -> np.ndarray:
@@ -73,6 +66,73 @@ def check_weights(weights, n: int) -> np.ndarray:
     if not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
         raise ValueError(f"weights must be finite, >= 0 and not all 0, got {w.tolist()}")
     return w
+
+
+@dataclass(frozen=True)
+class Combination:
+    """Which models' predictions are combined and how they are fused (:func:`combine`; 06's submission, saved
+    as params.json's ``"ensemble"`` entry: :meth:`to_json`).
+
+    ``models``: names, in fusion order (one model: its own masks, nothing fused); ``weights``: one per model,
+    finite, >= 0, not all 0 (None = equal); ``iou``: a pooled instance joins a cluster at mask IoU ``>= iou``;
+    ``min_votes``: clusters with fewer distinct models are dropped (1..len(models) when fused); ``min_score``:
+    instances scoring below it are dropped before fusing (None = not given: none dropped, as at 0; the flags'
+    combination, which params.json and scores.json write without it). Checked once, when made: ``ValueError``
+    naming a bad value.
+    """
+
+    models: tuple[str, ...]
+    weights: tuple[float, ...] | None = None
+    iou: float = 0.5
+    min_votes: int = 1
+    min_score: float | None = None
+
+    def __post_init__(self):
+        def put(name, value):
+            object.__setattr__(self, name, value)
+
+        put("models", tuple(str(m) for m in self.models))
+        if not self.models:
+            raise ValueError("a combination needs at least one model")
+        put("weights", tuple(float(w) for w in check_weights(self.weights, len(self.models))))
+        put("iou", float(self.iou))
+        put("min_votes", int(self.min_votes))
+        if len(self.models) > 1 and not 1 <= self.min_votes <= len(self.models):
+            raise ValueError(f"min_votes must be 1..{len(self.models)}, got {self.min_votes}")
+        if self.min_score is not None:
+            put("min_score", float(self.min_score))
+
+    @classmethod
+    def default(cls, names: Sequence[str], iou: float = 0.5, min_votes: int = 1) -> Combination:
+        """The combination when none is chosen: all ``names`` with equal weights, fused at ``iou`` keeping
+        clusters of at least ``min_votes`` models (``min_score`` not given)."""
+        return cls(tuple(names), None, iou, min_votes)
+
+    @classmethod
+    def from_json(cls, obj) -> Combination:
+        """params.json's ``"ensemble"`` entry (:meth:`to_json`; missing ``weights``: equal, ``iou`` 0.5,
+        ``min_votes`` 1, ``min_score`` 0); ``ValueError`` for a malformed entry or a bad value."""
+        try:
+            models = [str(m) for m in obj["models"]]
+            weights = [float(w) for w in obj.get("weights") or [1.0] * len(models)]
+            values = float(obj.get("iou", 0.5)), int(obj.get("min_votes", 1)), float(obj.get("min_score", 0.0))
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"malformed \"ensemble\" entry {obj!r:.200} ({e})") from None
+        if not models or len(weights) != len(models):
+            raise ValueError(f"\"ensemble\" needs one weight per model, got {obj!r:.200}")
+        return cls(tuple(models), tuple(weights), *values)
+
+    def to_json(self) -> dict:
+        """``{"models", "weights", "iou", "min_votes"[, "min_score"]}`` (``min_score`` when given), as params.json,
+        scores.json and meta.json hold it."""
+        out = {"models": list(self.models), "weights": list(self.weights), "iou": self.iou, "min_votes": self.min_votes}
+        return out if self.min_score is None else {**out, "min_score": self.min_score}
+
+    def check_models(self, available) -> None:
+        """``ValueError`` naming the models of the combination that ``available`` (names) lacks."""
+        missing = [m for m in self.models if m not in available]
+        if missing:
+            raise ValueError(f"combination needs models {missing}, the predictions have {sorted(available)}")
 
 
 def _source_arrays(src: dict, k: int):
@@ -378,20 +438,16 @@ class ImageFusion:
         at = [rows[k] for k in keys]
         return matrix[np.ix_(at, at)]
 
-    def combine(self, combo: dict, boxes: bool = False) -> list:
+    def combine(self, combination: Combination, boxes: bool = False) -> list:
         """The masks of one combination (:func:`combine`'s rules): a model's own for one model, else its models
-        fused (:func:`fuse_windows` with ``combo``'s ``weights``, ``iou``, ``min_votes``, ``min_score``: defaults
-        1, 0.5, 1, 0) into the masks a fused table row stores (:func:`ensemble_tables`' rules; empty when no
-        model has a mask scoring ``>= min_score``); their boxes only with ``boxes`` (what a table row needs)."""
-        names = list(combo["models"])
-        missing = [m for m in names if m not in self.masks]
-        if missing:
-            raise ValueError(f"combination needs models {missing}, the predictions have {sorted(self.masks)}")
+        fused (:func:`fuse_windows` with the combination's ``weights``, ``iou``, ``min_votes`` and ``min_score``)
+        into the masks a fused table row stores (:func:`ensemble_tables`' rules; empty when no model has a mask
+        scoring ``>= min_score``); their boxes only with ``boxes`` (what a table row needs)."""
+        names = list(combination.models)
+        combination.check_models(self.masks)
         if len(names) == 1:
             return self.masks[names[0]]
-        weights = combo.get("weights")
-        check_weights(weights, len(names))
-        min_score = float(combo.get("min_score", 0.0))
+        min_score = combination.min_score or 0.0
         kept = self._scoring(min_score)
         ref = next((kept[n] for n in names if kept[n]), None)
         if ref is None:
@@ -404,7 +460,7 @@ class ImageFusion:
         def iou(idx):
             return self._iou(min_score, hw, cats[idx[0]], [pooled[i] for i in idx]) if len(idx) else np.zeros((0, 0))
 
-        fused = fuse_windows(sources, weights, float(combo.get("iou", 0.5)), int(combo.get("min_votes", 1)), iou)
+        fused = fuse_windows(sources, combination.weights, combination.iou, combination.min_votes, iou)
         scale = None
         if boxes:
             scale = (self.orig_hw[1] / hw[1], self.orig_hw[0] / hw[0]) if self.orig_hw else (1.0, 1.0)
@@ -413,21 +469,10 @@ class ImageFusion:
                 for i, (win, c, sc) in enumerate(zip(fused["windows"], fused["categories"], fused["scores"]))]
 
 
-def fuse_stored(sources: list[list], orig_hw: tuple[int, int] | None, weights: Sequence[float] | None = None,
-                iou_thr: float = 0.5, min_votes: int = 1, min_score: float = 0.0) -> list:
-    """Fuse one image's instances of K models, each a list of :class:`lib.prediction_table.StoredMask` (its
-    table rows), into the masks a fused table row stores (:meth:`ImageFusion.combine` of all K)."""
-    check_weights(weights, len(sources))
-    names = [str(k) for k in range(len(sources))]
-    return ImageFusion(dict(zip(names, sources)), orig_hw).combine(
-        {"models": names, "weights": weights, "iou": iou_thr, "min_votes": min_votes, "min_score": min_score},
-        boxes=True)
-
-
-def combine_image(masks: dict[str, list], combo: dict, orig_hw: tuple[int, int] | None = None) -> list:
+def combine_image(masks: dict[str, list], combination: Combination, orig_hw: tuple[int, int] | None = None) -> list:
     """One image's masks of one combination (:meth:`ImageFusion.combine`): ``masks`` maps model name -> its
     :class:`lib.prediction_table.StoredMask` list (table order)."""
-    return ImageFusion(masks, orig_hw).combine(combo)
+    return ImageFusion(masks, orig_hw).combine(combination)
 
 
 def ensemble_tables(
@@ -460,7 +505,7 @@ def ensemble_tables(
     """
     if not tables:
         raise ValueError("ensemble_tables: no tables")
-    check_weights(weights, len(tables))
+    combination = Combination(tuple(str(k) for k in range(len(tables))), weights, iou_thr, min_votes, min_score)
     groups = []
     order: dict[str, None] = {}
     for t in tables:
@@ -476,52 +521,49 @@ def ensemble_tables(
         ref = next(g[image_id] for g in groups if image_id in g)
         orig = (int(ref["orig_height"].iloc[0]), int(ref["orig_width"].iloc[0]))
         sources = [lpred.stored_masks(g[image_id]) if image_id in g else [] for g in groups]
-        out_rows += lpred.mask_rows(image_id, model_name, fuse_stored(sources, orig, weights, iou_thr, min_votes),
-                                    orig)
+        fused = ImageFusion(dict(zip(combination.models, sources)), orig).combine(combination, boxes=True)
+        out_rows += lpred.mask_rows(image_id, model_name, fused, orig)
     return lpred.make_table(out_rows)
 
 
-def combine(sources: dict[str, pd.DataFrame], combo: dict, progress: bool = False) -> pd.DataFrame:
+def combine(sources: dict[str, pd.DataFrame], combination: Combination, progress: bool = False) -> pd.DataFrame:
     """The prediction table of one combination: the model's own table for one model, else
-    :func:`ensemble_tables` of ``combo["models"]`` with ``combo["weights"]``, ``iou``, ``min_votes`` and
-    ``min_score`` (defaults 0.5, 1 and 0). ``sources`` maps model name -> prediction table."""
-    missing = [m for m in combo["models"] if m not in sources]
-    if missing:
-        raise ValueError(f"combination needs models {missing}, the predictions have {sorted(sources)}")
-    if len(combo["models"]) == 1:
-        return sources[combo["models"][0]]
-    return ensemble_tables([sources[m] for m in combo["models"]], combo.get("weights"),
-                           float(combo.get("iou", 0.5)), int(combo.get("min_votes", 1)),
-                           min_score=float(combo.get("min_score", 0.0)), progress=progress)
+    :func:`ensemble_tables` of its models with its ``weights``, ``iou``, ``min_votes`` and ``min_score``.
+    ``sources`` maps model name -> prediction table."""
+    combination.check_models(sources)
+    if len(combination.models) == 1:
+        return sources[combination.models[0]]
+    return ensemble_tables([sources[m] for m in combination.models], combination.weights, combination.iou,
+                           combination.min_votes, min_score=combination.min_score or 0.0, progress=progress)
 
 
-def compared_names(names: Sequence[str], combo: dict, with_ensemble: bool) -> list[str]:
+def compared_names(names: Sequence[str], combination: Combination, with_ensemble: bool) -> list[str]:
     """The tables 06 compares (:func:`compared_masks`), in order."""
     names = list(names)
     if len(names) < 2:
         return names
-    if list(combo["models"]) == names and np.allclose(combo["weights"], 1.0):
+    if list(combination.models) == names and np.allclose(combination.weights, 1.0):
         return names + ["ensemble"]
     return names + (["ensemble"] if with_ensemble else []) + ["submission"]
 
 
-def compared_masks(names: Sequence[str], combo: dict, with_ensemble: bool, iou: float, min_votes: int, task,
+def compared_masks(names: Sequence[str], combination: Combination, ensemble: Combination | None, task,
                    masks: dict[str, list], boxes: bool = False) -> dict[str, list]:
     """What 06 compares, for one image (a :func:`lib.table_stream.map_images` function: ``task`` is its
     :class:`lib.table_stream.ImageTask`, ``masks`` its sources' masks): each model alone, all models fused with
-    equal weights (``"ensemble"``: the submission itself when ``combo`` is that, else
-    :func:`default_combination` at ``iou`` / ``min_votes`` fused here when ``with_ensemble``) and,
-    when it is neither of those, the submission's combination (``"submission"``). One model alone: just it.
-    Values: :class:`lib.prediction_table.StoredMask` lists (fused ones with their boxes only with ``boxes``)."""
+    equal weights (``"ensemble"``: the submission itself when ``combination`` is that, else ``ensemble``, all of
+    ``names`` by :meth:`Combination.default`, fused here unless None) and, when it is neither of those, the
+    submission's combination (``"submission"``). One model alone: just it. Values:
+    :class:`lib.prediction_table.StoredMask` lists (fused ones with their boxes only with ``boxes``)."""
 
-    wanted = compared_names(names, combo, with_ensemble)
+    wanted = compared_names(names, combination, ensemble is not None)
     out = {n: masks[n] for n in names}
     if len(wanted) == len(out):
         return out
     fusion = ImageFusion(masks, task.orig_hw)
-    submission = fusion.combine(combo, boxes)
+    submission = fusion.combine(combination, boxes)
     if "submission" not in wanted:  # the submission is all models with equal weights
         return {**out, "ensemble": submission}
     if "ensemble" in wanted:
-        out["ensemble"] = fusion.combine(default_combination(names, iou, min_votes), boxes)
+        out["ensemble"] = fusion.combine(ensemble, boxes)
     return {**out, "submission": submission}

@@ -23,9 +23,13 @@ Flow of :func:`run` (settings: :class:`SubmissionSettings`):
    (:func:`lib.report.write_report`) and ``meta.json``. The competition refuses overlapping masks of one
    class, so the file always has same-category overlaps removed by score: ``overlap="none"`` (a scoring
    experiment) applies to the scores and the report only (:func:`submission_params`).
+
+The post-processing parameters are one :class:`lib.postprocess.Params` and the combination one
+:class:`lib.fusion.Combination`, each made once (:func:`choose`) and passed down as they are.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -41,6 +45,7 @@ from . import kaggle_data as lkaggle
 from . import prediction_table as lpred
 from . import submission as lsub
 from .io import atomic_write_json
+from .postprocess import Params
 from .table_stream import map_images, read_sources
 
 __all__ = ["SubmissionSettings", "validate_file", "choose", "submission_params", "run"]
@@ -49,7 +54,7 @@ __all__ = ["SubmissionSettings", "validate_file", "choose", "submission_params",
 @dataclass
 class SubmissionSettings:
     """What 06 is told (``06_make_submission.py``'s flags, same names; see its ``--help``). ``postprocess``:
-    the post-processing flags (:data:`lib.postprocess.POSTPROCESS_DEFAULTS` keys, None = not given);
+    the post-processing flags (:class:`lib.postprocess.Params` fields, None = not given);
     ``tune_grid``: a grid dict or None; ``record``: every flag, as meta.json saves them."""
 
     predictions: list = field(default_factory=list)
@@ -98,20 +103,21 @@ def validate_file(path, data_dir, mask_size=None, progress: bool = True) -> int:
 
 def choose(s: SubmissionSettings, sources: list, indexes: dict, images: pd.DataFrame, gt: Path,
            mask_size: int | None):
-    """The post-processing parameters and the model combination: ``(params, combo, where the combination comes
-    from, where the parameters come from)``, from params.json and the flags, or tuned (``tune``, ``tune_on``)."""
+    """The post-processing parameters and the model combination: ``(params, combination, where the combination
+    comes from, where the parameters come from)``, from params.json and the flags, or tuned (``tune``,
+    ``tune_on``)."""
     out_dir = Path(s.out_dir)
     params_path = Path(s.params) if s.params else out_dir / "params.json"
     if s.params and not params_path.is_file():
         raise ValueError(f"--params file not found: {params_path}")
     tuning_on = s.tune or bool(s.tune_on)
     explicit = s.models is not None or s.ensemble_weights is not None
-    params, combo, origin = tuning.initial_choice(
+    params, combination, origin = tuning.initial_combination(
         [src.name for src in sources], params_path, params_path.is_file() and not (tuning_on and not s.params),
         s.postprocess, s.ensemble_weights, s.ensemble_iou, s.min_votes, explicit)
     if not tuning_on:
-        return params, combo, origin, str(params_path) if params_path.is_file() else "defaults"
-    full_class_ids, procs = params["attributes"] == "on", _processes(s)
+        return params, combination, origin, str(params_path) if params_path.is_file() else "defaults"
+    full_class_ids, procs = params.attributes == "on", _processes(s)
     if s.tune_on:  # tune on the val-split predictions and their gt.csv
         split = lpred.split_source(s.tune_on)
         if not split or not split["gt"]:
@@ -126,40 +132,51 @@ def choose(s: SubmissionSettings, sources: list, indexes: dict, images: pd.DataF
         ts = tuning.TuningSet(sources, indexes, gt, images, mask_size, full_class_ids, procs, s.progress)
     grid = tuning.free_grid(s.tune_grid, s.postprocess)
     fixed = s.postprocess.get("keep_categories") is not None or s.postprocess.get("drop_categories") is not None
-    combo, params = tuning.tune_choice(ts, grid, params, combo, explicit, out_dir / "params.json", s.weight_choices,
-                                       s.max_models or None, s.refine, s.tune_drop_categories and not fixed)
-    return params, combo, f"tuned on {ts.gt_path}", str(params_path)
+    combination, params = tuning.tune_combination(ts, grid, params, combination, explicit, out_dir / "params.json",
+                                                  s.weight_choices, s.max_models or None, s.refine,
+                                                  s.tune_drop_categories and not fixed)
+    return params, combination, f"tuned on {ts.gt_path}", str(params_path)
 
 
 def _processes(s: SubmissionSettings) -> int:
     return s.processes or os.cpu_count() or 1
 
 
-def _score(s: SubmissionSettings, sources: list, indexes: dict, gt: Path, params: dict, mask_size, images,
-           combo: dict) -> dict:
+def _ensemble(s: SubmissionSettings, sources: list, combination: fusion.Combination,
+              with_ensemble: bool) -> fusion.Combination | None:
+    """The compared ``"ensemble"`` (:func:`lib.fusion.compared_masks`) when it is fused apart from the
+    submission: all models with equal weights at the flags' IoU and minimum votes; else None."""
+    names = [src.name for src in sources]
+    if not with_ensemble or "submission" not in fusion.compared_names(names, combination, True):
+        return None
+    return fusion.Combination.default(names, s.ensemble_iou, s.min_votes)
+
+
+def _score(s: SubmissionSettings, sources: list, indexes: dict, gt: Path, params: Params, mask_size, images,
+           combination: fusion.Combination) -> dict:
     """Score every compared table (:func:`lib.fusion.compared_masks`) on ``gt`` in one pass over the images;
     print one line each; returns ``{name: lib.scoring.score_table result}``."""
     print(f"scores on {gt} (masks at {mask_size or 'original size'}):")
-    compare = functools.partial(fusion.compared_masks, [src.name for src in sources], combo, True, s.ensemble_iou,
-                                s.min_votes)
+    compare = functools.partial(fusion.compared_masks, [src.name for src in sources], combination,
+                                _ensemble(s, sources, combination, True))
     scores = scoring.score_tables({"sources": sources, "indexes": indexes}, gt, params, mask_size, images, compare,
-                                  params["attributes"] == "on", _processes(s), s.progress)
+                                  params.attributes == "on", _processes(s), s.progress)
     for name, result in scores.items():
-        label = name if name != "submission" else f"submission = {'+'.join(combo['models'])}"
+        label = name if name != "submission" else f"submission = {'+'.join(combination.models)}"
         print(scoring.score_line(label, result))
     return scores
 
 
-def _compared_rows(names, combo, with_ensemble, iou, min_votes, task, masks) -> list[dict]:
+def _compared_rows(names, combination, ensemble, task, masks) -> list[dict]:
     """One image's compared tables as prediction-table rows (column ``model`` = the table's name), for the report."""
     out = []
-    for name, ms in fusion.compared_masks(names, combo, with_ensemble, iou, min_votes, task, masks, True).items():
+    for name, ms in fusion.compared_masks(names, combination, ensemble, task, masks, True).items():
         out += lpred.mask_rows(task.image_id, name, ms, task.orig_hw)
     return out
 
 
-def _report(s: SubmissionSettings, sources: list, indexes: dict, images: pd.DataFrame, combo: dict, params: dict,
-            gt: Path | None, scores: dict, split) -> Path:
+def _report(s: SubmissionSettings, sources: list, indexes: dict, images: pd.DataFrame,
+            combination: fusion.Combination, params: Params, gt: Path | None, scores: dict, split) -> Path:
     """The report of a few sampled images (:func:`lib.report.sample_ids`), their compared tables made for them."""
     from .report import sample_ids, train_dirs_from_predictions, write_report
     from .table_stream import ImageTask
@@ -170,12 +187,13 @@ def _report(s: SubmissionSettings, sources: list, indexes: dict, images: pd.Data
     ids = sample_ids(predicted, gt_ids, s.report_images)
     orig = {r.image_id: (int(r.orig_height), int(r.orig_width)) for r in images.itertuples(index=False)}
     tasks = [ImageTask(i, orig.get(i, (0, 0)), orig.get(i, (0, 0))) for i in ids]
-    rows = [r for part in map_images(functools.partial(_compared_rows, [src.name for src in sources], combo,
-                                                       bool(scores), s.ensemble_iou, s.min_votes),
+    ensemble = _ensemble(s, sources, combination, bool(scores))
+    rows = [r for part in map_images(functools.partial(_compared_rows, [src.name for src in sources], combination,
+                                                       ensemble),
                                      tasks, len(tasks), sources, indexes, 1, 0.0, False) for r in part]
     table = lpred.make_table(rows)
-    tables = {n: table[table["model"] == n] for n in fusion.compared_names([src.name for src in sources], combo,
-                                                                          bool(scores))}
+    tables = {n: table[table["model"] == n] for n in fusion.compared_names([src.name for src in sources],
+                                                                          combination, bool(scores))}
     return write_report(out_dir / "report", s.data_dir, tables, params, gt,
                         train_dirs_from_predictions(s.predictions), scores, n_images=s.report_images,
                         image_dir=split["image_dir"] if split else None, image_ids=ids,
@@ -184,11 +202,11 @@ def _report(s: SubmissionSettings, sources: list, indexes: dict, images: pd.Data
                                "predictions": ", ".join(map(str, s.predictions))})
 
 
-def submission_params(params: dict) -> dict:
+def submission_params(params: Params) -> Params:
     """The post-processing of ``submission.csv``: ``params`` with same-category overlaps removed (``overlap``
     "score") also when they say "none", which the competition's (and :func:`lib.submission.validate_submission`'s)
     rule forbids in a submission."""
-    return {**params, "overlap": "score"} if params["overlap"] == "none" else params
+    return params.replace(overlap="score") if params.overlap == "none" else params
 
 
 def _test_images(s: SubmissionSettings) -> pd.DataFrame:
@@ -246,41 +264,42 @@ def _run(s: SubmissionSettings) -> dict:
     if s.ensemble_weights and len(s.ensemble_weights) != len(sources):
         raise ValueError(f"--ensemble-weights: {len(s.ensemble_weights)} weights for {len(sources)} models "
                          f"{[src.name for src in sources]}")
-    params, combo, origin, params_from = choose(s, sources, indexes, images, gt, mask_size)
+    params, combination, origin, params_from = choose(s, sources, indexes, images, gt, mask_size)
     ids = images["image_id"].tolist()
     not_predicted = [i for i in ids if i not in predicted]
     if not_predicted:
         print(f"WARNING: {len(not_predicted)} of {len(ids)} test images were not predicted "
               f"(e.g. {not_predicted[:3]}); they get placeholder rows", file=sys.stderr)
     if len(sources) > 1:
-        print(f"combination ({origin}): {combo['models']} weights {[round(w, 3) for w in combo['weights']]}, "
-              f"IoU {combo['iou']}, min votes {combo['min_votes']}")
-    print(f"post-processing: {params} (from {params_from})")
+        print(f"combination ({origin}): {list(combination.models)} weights "
+              f"{[round(w, 3) for w in combination.weights]}, IoU {combination.iou}, "
+              f"min votes {combination.min_votes}")
+    print(f"post-processing: {dataclasses.asdict(params)} (from {params_from})")
     scored = gt.is_file() and s.score
-    scores = _score(s, sources, indexes, gt, params, mask_size, images, combo) if scored else {}
+    scores = _score(s, sources, indexes, gt, params, mask_size, images, combination) if scored else {}
     if scores:
-        atomic_write_json(out_dir / "scores.json", {"gt": str(gt), "scores": scores, "submission": combo})
+        atomic_write_json(out_dir / "scores.json", {"gt": str(gt), "scores": scores,
+                                                   "submission": combination.to_json()})
     sizes = {r.image_id: (int(r.orig_height), int(r.orig_width)) for r in images.itertuples(index=False)}
     sub_params = submission_params(params)
     if sub_params is not params:
         print("note: --overlap none applies to the scores and the report; submission.csv has same-category "
               "overlaps removed by score all the same (the competition refuses overlapping masks of one class)")
-    sub = lsub.submission_of_sources(sources, indexes, combo, images, sub_params, sub_size, _processes(s),
+    sub = lsub.submission_of_sources(sources, indexes, combination, images, sub_params, sub_size, _processes(s),
                                      s.progress)
     if edition == "2020":
         sub = lsub.to_edition_2020(sub, theirs)
     lsub.write_submission(sub, out_dir / "submission.csv", ids, sub_size, sizes, their_ids)
-    report = (_report(s, sources, indexes, images, combo, params, gt if gt.is_file() else None, scores, split)
+    report = (_report(s, sources, indexes, images, combination, params, gt if gt.is_file() else None, scores, split)
               if s.report_images > 0 else None)
     if report:
         print(f"report: {report}")
     n_placeholder = lsub.count_placeholders(sub)
     meta = {
         "stage": "06_make_submission", "args": s.record, "predictions": [str(p) for p in s.predictions],
-        "models": [src.name for src in sources], "combination": combo,
-        "params": {k: (list(v) if isinstance(v, tuple) else v) for k, v in params.items()},
-        "mask_size": sub_size or None, "score_mask_size": mask_size,
-        "submission_overlap": sub_params["overlap"],
+        "models": [src.name for src in sources], "combination": combination.to_json(),
+        "params": params.to_json(), "mask_size": sub_size or None, "score_mask_size": mask_size,
+        "submission_overlap": sub_params.overlap,
         "edition": edition, "num_images": len(ids), "num_rows": len(sub), "num_placeholder_rows": n_placeholder,
         "images_not_predicted": len(not_predicted),
         "scores": {k: {m: v[m] for m in ("kaggle", "AP", "AP50", "AP75")} for k, v in scores.items()},

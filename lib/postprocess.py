@@ -21,17 +21,19 @@ Post-processing of one image (:func:`postprocess_image`; :func:`finalize` on dec
    :data:`lib.labels.ATTRIBUTE_CATEGORIES` only) the attributes whose score
    is ``>= attr_thresh``.
 
-:data:`POSTPROCESS_DEFAULTS` is the recipe of the competition's winning
-solution (score 0.5, mask threshold 0.45, NMS 0.3, same-class overlap
+The parameters are a :class:`Params` record, checked once when made; its defaults are the recipe of the
+competition's winning solution (score 0.5, mask threshold 0.45, NMS 0.3, same-class overlap
 suppression, minimum area 20 px). Masks come out at ``mask_size x
 mask_size`` (512 by the competition's convention) or, with ``mask_size=None``,
 at each image's original size.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 import cv2
 import numpy as np
@@ -42,21 +44,8 @@ from . import prediction_table as lpred
 from . import rle as lrle
 from .io import atomic_write_json, read_json
 
-__all__ = ["POSTPROCESS_DEFAULTS", "resolve_params", "load_params", "save_params", "ProbWindow", "Instance",
+__all__ = ["Params", "load_params", "save_params", "ProbWindow", "Instance",
            "window_at", "decode_windows", "rank_windows", "finalize", "postprocess_image", "image_groups"]
-
-
-POSTPROCESS_DEFAULTS = dict(
-    score_thresh=0.5,
-    mask_thresh=0.45,
-    nms_iou=0.3,
-    overlap="score",
-    min_area=20,
-    keep_categories=None,
-    drop_categories=(),
-    attributes="off",
-    attr_thresh=0.5,
-)
 
 
 def _category_set(value, name: str) -> tuple[int, ...] | None:
@@ -74,55 +63,103 @@ def _category_set(value, name: str) -> tuple[int, ...] | None:
     return out
 
 
-def resolve_params(params: dict | None = None, **overrides) -> dict:
-    """:data:`POSTPROCESS_DEFAULTS` updated with ``params`` then ``overrides`` (None values ignored), checked.
+@dataclass(frozen=True)
+class Params:
+    """The post-processing parameters (the steps of the module docstring); the defaults are the winning recipe.
 
-    Category sets become sorted tuples (``keep_categories`` None = all);
-    strings such as ``"garments"`` or ``"0-26,31"`` are accepted. Raises
-    ``ValueError`` naming an unknown key or a bad value.
+    Checked once, when made (``ValueError`` naming a bad value): the thresholds become floats (``score_thresh``,
+    ``mask_thresh``, ``attr_thresh`` in [0, 1]; ``nms_iou`` >= 0), ``min_area`` an int >= 0; ``overlap`` is
+    "score" or "none", ``attributes`` "off" or "on"; the category sets become sorted tuples (``keep_categories``
+    None = all), given as such or as strings such as ``"garments"`` or ``"0-26,31"``. Made from a dict of some
+    fields (:meth:`from_dict`, params.json's ``"params"``), changed with :meth:`replace`, written by
+    :meth:`to_json`.
     """
-    p = dict(POSTPROCESS_DEFAULTS)
-    for src, skip_none in ((params or {}), False), (overrides, True):
-        unknown = sorted(set(src) - set(POSTPROCESS_DEFAULTS))
+
+    score_thresh: float = 0.5
+    mask_thresh: float = 0.45
+    nms_iou: float = 0.3
+    overlap: str = "score"
+    min_area: int = 20
+    keep_categories: tuple[int, ...] | None = None
+    drop_categories: tuple[int, ...] = ()
+    attributes: str = "off"
+    attr_thresh: float = 0.5
+
+    def __post_init__(self):
+        def put(name, value):
+            object.__setattr__(self, name, value)
+
+        for k in ("score_thresh", "mask_thresh", "attr_thresh"):
+            value = float(getattr(self, k))
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{k} must be in [0, 1], got {value}")
+            put(k, value)
+        put("nms_iou", float(self.nms_iou))
+        if not 0.0 <= self.nms_iou:
+            raise ValueError(f"nms_iou must be >= 0, got {self.nms_iou}")
+        put("min_area", int(self.min_area))
+        if self.min_area < 0:
+            raise ValueError(f"min_area must be >= 0, got {self.min_area}")
+        if self.overlap not in ("score", "none"):
+            raise ValueError(f"overlap must be 'score' or 'none', got {self.overlap!r}")
+        if self.attributes not in ("off", "on"):
+            raise ValueError(f"attributes must be 'off' or 'on', got {self.attributes!r}")
+        put("keep_categories", _category_set(self.keep_categories, "keep_categories"))
+        put("drop_categories", _category_set(self.drop_categories, "drop_categories") or ())
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        """The parameters' names, in the order :meth:`to_json` writes them."""
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def _check_names(cls, values) -> None:
+        unknown = sorted(set(values) - set(cls.names()))
         if unknown:
-            raise ValueError(f"unknown post-processing parameters {unknown}; known: {sorted(POSTPROCESS_DEFAULTS)}")
-        p.update({k: v for k, v in src.items() if not (skip_none and v is None)})
-    for k in ("score_thresh", "mask_thresh", "attr_thresh"):
-        p[k] = float(p[k])
-        if not 0.0 <= p[k] <= 1.0:
-            raise ValueError(f"{k} must be in [0, 1], got {p[k]}")
-    p["nms_iou"] = float(p["nms_iou"])
-    if not 0.0 <= p["nms_iou"]:
-        raise ValueError(f"nms_iou must be >= 0, got {p['nms_iou']}")
-    p["min_area"] = int(p["min_area"])
-    if p["min_area"] < 0:
-        raise ValueError(f"min_area must be >= 0, got {p['min_area']}")
-    if p["overlap"] not in ("score", "none"):
-        raise ValueError(f"overlap must be 'score' or 'none', got {p['overlap']!r}")
-    if p["attributes"] not in ("off", "on"):
-        raise ValueError(f"attributes must be 'off' or 'on', got {p['attributes']!r}")
-    p["keep_categories"] = _category_set(p["keep_categories"], "keep_categories")
-    p["drop_categories"] = _category_set(p["drop_categories"], "drop_categories") or ()
-    return p
+            raise ValueError(f"unknown post-processing parameters {unknown}; known: {sorted(cls.names())}")
+
+    @classmethod
+    def from_dict(cls, values: Mapping | None) -> Params:
+        """The recipe updated with ``values`` (some of the parameters; None = none), checked; ``ValueError``
+        naming an unknown key."""
+        values = values or {}
+        cls._check_names(values)
+        return cls(**values)
+
+    @classmethod
+    def of(cls, params: Params | Mapping | None) -> Params:
+        """``params`` as a record: itself, the recipe for None, :meth:`from_dict` of a dict."""
+        return params if isinstance(params, Params) else cls.from_dict(params)
+
+    def replace(self, **overrides) -> Params:
+        """This record with ``overrides`` (None values = not given, ignored), checked; ``ValueError`` naming an
+        unknown key."""
+        self._check_names(overrides)
+        given = {k: v for k, v in overrides.items() if v is not None}
+        return dataclasses.replace(self, **given) if given else self
+
+    def to_json(self) -> dict:
+        """The parameters as params.json's ``"params"`` holds them (category sets as lists)."""
+        values = {k: getattr(self, k) for k in self.names()}
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in values.items()}
 
 
-def load_params(path: str | Path) -> dict:
-    """Read a params JSON (``{"params": {...}, ...}`` as :func:`save_params` writes, or a flat dict), checked."""
+def load_params(path: str | Path) -> Params:
+    """Read a params JSON (``{"params": {...}, ...}`` as :func:`save_params` writes, or a flat dict), checked
+    (:meth:`Params.from_dict`; a problem names ``path``)."""
     obj = read_json(path)
     if not isinstance(obj, dict):
         raise ValueError(f"{path}: expected a JSON object of post-processing parameters")
     params = obj.get("params", obj)
     try:
-        return resolve_params(params)
+        return Params.from_dict(params)
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
 
 
-def save_params(path: str | Path, params: dict, **info) -> None:
-    """Write ``{"params": params, **info}`` atomically (the format :func:`load_params` reads)."""
-    p = resolve_params(params)
-    p = {k: (list(v) if isinstance(v, tuple) else v) for k, v in p.items()}
-    atomic_write_json(path, {"params": p, **info})
+def save_params(path: str | Path, params: Params, **info) -> None:
+    """Write ``{"params": params.to_json(), **info}`` atomically (the format :func:`load_params` reads)."""
+    atomic_write_json(path, {"params": params.to_json(), **info})
 
 
 @dataclass
@@ -259,20 +296,20 @@ def _window_iou(a: Instance, b: Instance) -> float:
     return inter / union if union else 0.0
 
 
-def _class_id(p: ProbWindow, params: dict) -> str:
-    if params["attributes"] == "on" and p.attrs is not None and p.category in llabels.ATTRIBUTE_CATEGORIES:
-        return llabels.format_class_id(p.category, np.flatnonzero(p.attrs >= params["attr_thresh"]))
+def _class_id(p: ProbWindow, params: Params) -> str:
+    if params.attributes == "on" and p.attrs is not None and p.category in llabels.ATTRIBUTE_CATEGORIES:
+        return llabels.format_class_id(p.category, np.flatnonzero(p.attrs >= params.attr_thresh))
     return str(p.category)
 
 
-def finalize(probs: list[ProbWindow], params: dict, out_size: tuple[int, int]) -> list[Instance]:
+def finalize(probs: list[ProbWindow], params: Params, out_size: tuple[int, int]) -> list[Instance]:
     """Steps 1-7 of the module docstring on decoded windows (already sorted by score)."""
-    keep, drop = params["keep_categories"], set(params["drop_categories"])
+    keep, drop = params.keep_categories, set(params.drop_categories)
     kept: dict[int, list[Instance]] = {}
     for rank, p in enumerate(probs):
-        if p.score < params["score_thresh"] or p.category in drop or (keep is not None and p.category not in keep):
+        if p.score < params.score_thresh or p.category in drop or (keep is not None and p.category not in keep):
             continue
-        fg = p.prob >= params["mask_thresh"]
+        fg = p.prob >= params.mask_thresh
         rows, cols = np.flatnonzero(fg.any(1)), np.flatnonzero(fg.any(0))
         if rows.size == 0:
             continue
@@ -280,12 +317,12 @@ def finalize(probs: list[ProbWindow], params: dict, out_size: tuple[int, int]) -
         inst = Instance(p.category, p.score, _class_id(p, params), p.y0 + int(rows[0]), p.x0 + int(cols[0]), fg,
                      int(np.count_nonzero(fg)), rank)
         same = kept.setdefault(p.category, [])
-        if any(_window_iou(inst, k) > params["nms_iou"] for k in same):
+        if any(_window_iou(inst, k) > params.nms_iou for k in same):
             continue
         same.append(inst)
     out = []
     for insts in kept.values():
-        if params["overlap"] == "score":
+        if params.overlap == "score":
             for n, inst in enumerate(insts):  # remove the pixels of every higher-scoring mask of the category
                 for k in insts[:n]:
                     ya, yb = max(inst.y0, k.y0), min(inst.y0 + inst.mask.shape[0], k.y0 + k.mask.shape[0])
@@ -294,25 +331,25 @@ def finalize(probs: list[ProbWindow], params: dict, out_size: tuple[int, int]) -
                         inst.mask[ya - inst.y0:yb - inst.y0, xa - inst.x0:xb - inst.x0] &= \
                             ~k.mask[ya - k.y0:yb - k.y0, xa - k.x0:xb - k.x0]
                 inst.area = int(np.count_nonzero(inst.mask))
-        out += [i for i in insts if i.area >= max(1, params["min_area"])]
+        out += [i for i in insts if i.area >= max(1, params.min_area)]
     out.sort(key=lambda i: i.rank)
     return out
 
 
-def postprocess_image(rows: pd.DataFrame, params: dict | None = None,
+def postprocess_image(rows: pd.DataFrame, params: Params | Mapping | None = None,
                       out_size: tuple[int, int] = (512, 512)) -> list[tuple[str, np.ndarray, float]]:
     """Post-process the prediction-table rows of one image (steps in the module docstring).
 
     Args:
         rows: the rows of one image (:mod:`lib.prediction_table` columns).
-        params: post-processing parameters (missing keys from :data:`POSTPROCESS_DEFAULTS`).
+        params: post-processing parameters (:meth:`Params.of`: None = the recipe; a dict of some of them).
         out_size: (h, w) of the output masks (512x512, or the original size).
 
     Returns:
         ``[(class_id, mask, score), ...]`` best score first; ``mask`` is
         (h, w) uint8 0/1.
     """
-    params = resolve_params(params)
+    params = Params.of(params)
     out_size = (int(out_size[0]), int(out_size[1]))
     insts = finalize(decode_windows(rows, out_size), params, out_size)
     return [(i.class_id, i.full(out_size), i.score) for i in insts]

@@ -13,6 +13,7 @@ Overlays show the instances as they would be submitted: each table's rows go thr
 """
 from __future__ import annotations
 
+import dataclasses
 import html
 import math
 import shutil
@@ -27,7 +28,7 @@ from . import kaggle_data as ldata
 from . import io as lio
 from . import labels as llabels
 from . import viz
-from .postprocess import postprocess_image, resolve_params
+from .postprocess import Params, postprocess_image
 from .scoring import ground_truth_index
 
 __all__ = ["write_report", "sample_ids", "train_dirs_from_predictions", "category_names"]
@@ -107,7 +108,7 @@ def _fmt(v) -> str:
 
 
 def write_report(report_dir: str | Path, data_dir: str | Path | None, tables: Mapping[str, pd.DataFrame],
-                 params: dict | None = None, gt_csv: str | Path | None = None,
+                 params: Params | dict | None = None, gt_csv: str | Path | None = None,
                  train_dirs: Mapping[str, str | Path] | Sequence[str | Path] | None = None,
                  scores: Mapping[str, dict] | None = None, n_images: int = 6,
                  class_names: Sequence[str] | None = None, image_dir: str | Path | None = None,
@@ -120,7 +121,8 @@ def write_report(report_dir: str | Path, data_dir: str | Path | None, tables: Ma
         data_dir: Kaggle-layout dir: images from ``<data_dir>/test`` and names from its
             ``label_descriptions.json`` (either may be overridden by ``image_dir`` / ``class_names``).
         tables: ``{name: prediction table}`` (lib.prediction_table format), e.g. each model and "ensemble".
-        params: the submission's post-processing parameters (lib.postprocess), shown and used for overlays.
+        params: the submission's post-processing parameters (:meth:`lib.postprocess.Params.of`: None = the
+            recipe; a dict of some of them), shown and used for overlays.
         gt_csv: ground truth of these images (train.csv-format CSV or COCO JSON; a panel per image), or None.
         train_dirs: training out-dirs (``{name: dir}``, or dirs named after their model) for curves.png
             and val_scores.json.
@@ -133,7 +135,7 @@ def write_report(report_dir: str | Path, data_dir: str | Path | None, tables: Ma
     report_dir = Path(report_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
     names = list(class_names) if class_names is not None else category_names(data_dir)
-    params = resolve_params(params)
+    params = Params.of(params)
     image_dir = Path(image_dir) if image_dir else (Path(data_dir) / "test" if data_dir else None)
     gt_csv = Path(gt_csv) if gt_csv and Path(gt_csv).is_file() else None
     gt = ground_truth_index(gt_csv) if gt_csv is not None else None
@@ -155,7 +157,7 @@ def write_report(report_dir: str | Path, data_dir: str | Path | None, tables: Ma
     if extra:
         parts.append(_kv_table(extra))
     parts += _scores_html(scores)
-    parts.append("<h2>Post-processing parameters</h2>" + _kv_table(params))
+    parts.append("<h2>Post-processing parameters</h2>" + _kv_table(dataclasses.asdict(params)))
     if charts:
         parts.append("<h2>Per-class scores</h2>")
         parts += [f"<h3>{esc(n)}</h3><img src='{esc(r)}' alt='{esc(n)} per-class scores'>" for n, r in charts]
@@ -187,7 +189,7 @@ def _kv_table(items: Mapping) -> str:
 
 
 def _overlay(report_dir: Path, image_id: str, image_dir: Path | None, tables: Mapping[str, pd.DataFrame],
-             gt: tuple | None, names: list[str], params: dict, panel_height: int):
+             gt: tuple | None, names: list[str], params: Params, panel_height: int):
     """One image's panels (the image, its ground truth, each table post-processed) as a PNG under
     ``overlays/``: ``(image_id, relative path or None, error or None)``."""
     path = ldata.image_file(image_dir, image_id) if image_dir is not None else None

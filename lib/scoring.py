@@ -26,7 +26,7 @@ from . import prediction_table as lpred
 from .coco_metric import coco_records
 from .evaluator import Evaluator
 from .kaggle_metric import class_score, mask_window, window_ious
-from .postprocess import finalize, image_groups, rank_windows, resolve_params
+from .postprocess import Params, finalize, image_groups, rank_windows
 from .prediction_table import check_images
 
 __all__ = ["ground_truth_index", "load_ground_truth", "GroundTruth", "image_ground_truth", "ImageScorer",
@@ -184,13 +184,13 @@ class ImageScorer:
         return (float(np.mean(list(per_class.values()))) if per_class else 1.0), per_class
 
 
-def image_record(probs: list, gt: GroundTruth, params: dict, full_class_ids: bool = False, coco: bool = True):
+def image_record(probs: list, gt: GroundTruth, params: Params, full_class_ids: bool = False, coco: bool = True):
     """One image's :meth:`lib.evaluator.Evaluator.add_scored` arguments (after the image id): its Kaggle score and
     class scores after post-processing with ``params`` (:func:`lib.postprocess.finalize` of ``probs``, windows at
     ``gt.size`` best first), and with ``coco`` its COCO records of every instance (the same post-processing
     without the score threshold: AP ranks them all)."""
-    insts = finalize(probs, dict(params, score_thresh=0.0) if coco else params, gt.size)
-    keep = np.array([i.score >= params["score_thresh"] for i in insts], bool)  # a score threshold keeps a prefix
+    insts = finalize(probs, params.replace(score_thresh=0.0) if coco else params, gt.size)
+    keep = np.array([i.score >= params.score_thresh for i in insts], bool)  # a score threshold keeps a prefix
     score, per_class = ImageScorer(gt, insts, full_class_ids).score(keep)
     if not coco:
         return score, per_class
@@ -253,7 +253,7 @@ def _score_image(params, full_class_ids, coco, floor, task, masks):
             for name, m in masks.items()}
 
 
-def summarize(ev: Evaluator, params: dict, mask_size, ignored: int, per_class: bool = True) -> dict:
+def summarize(ev: Evaluator, params: Params, mask_size, ignored: int, per_class: bool = True) -> dict:
     """:func:`score_table`'s result from an :class:`lib.evaluator.Evaluator` filled by :func:`image_record`."""
     s = ev.summary()
     c = s["coco"] or {}
@@ -264,7 +264,7 @@ def summarize(ev: Evaluator, params: dict, mask_size, ignored: int, per_class: b
         "AP75": c.get("AP75", float("nan")),
         "num_images": s["num_images"],
         "ignored_pred_images": ignored,
-        "params": {k: (list(v) if isinstance(v, tuple) else v) for k, v in params.items()},
+        "params": params.to_json(),
         "mask_size": mask_size,
     }
     if per_class:
@@ -273,7 +273,7 @@ def summarize(ev: Evaluator, params: dict, mask_size, ignored: int, per_class: b
     return out
 
 
-def score_table(pred_table: pd.DataFrame, gt_csv_path: str | Path, params: dict | None = None,
+def score_table(pred_table: pd.DataFrame, gt_csv_path: str | Path, params: Params | dict | None = None,
                 mask_size: int | None = 512, per_class: bool = True, full_class_ids: bool = False,
                 coco: bool = True, images: pd.DataFrame | None = None, progress: bool = True) -> dict:
     """Kaggle metric and COCO mask AP of a prediction table (in memory) after post-processing.
@@ -287,6 +287,7 @@ def score_table(pred_table: pd.DataFrame, gt_csv_path: str | Path, params: dict 
     The Kaggle metric uses the post-processed instances; COCO mask AP ranks
     every instance (the same post-processing with ``score_thresh`` 0), as AP
     is defined over a ranked list. (06 scores its tables image by image in processes, :func:`score_tables`.)
+    ``params``: :meth:`lib.postprocess.Params.of` (None = the recipe; a dict of some of them).
 
     Returns:
         ``kaggle``, ``AP``, ``AP50``, ``AP75`` (COCO mask AP; nan unless
@@ -294,11 +295,11 @@ def score_table(pred_table: pd.DataFrame, gt_csv_path: str | Path, params: dict 
         scored), ``params``, ``mask_size``, and with ``per_class``:
         ``per_class`` (class -> Kaggle class score) and ``per_category_AP``.
     """
-    params = resolve_params(params)
+    params = Params.of(params)
     problems: list = []
     tasks, total, positions = scored_images(gt_csv_path, images, mask_size, full_class_ids, problems)
     groups = image_groups(pred_table)
-    floor = 0.0 if coco else params["score_thresh"]
+    floor = 0.0 if coco else params.score_thresh
     records = {}
     for task in tqdm(tasks, total=total, desc="score", unit="img", disable=not progress):
         idx = groups.get(task.image_id)
@@ -312,7 +313,7 @@ def score_table(pred_table: pd.DataFrame, gt_csv_path: str | Path, params: dict 
     return summarize(ev, params, mask_size, sum(1 for k in groups if k not in positions), per_class)
 
 
-def score_tables(sources: dict, gt_path: str | Path, params: dict, mask_size: int | None, images: pd.DataFrame | None,
+def score_tables(sources: dict, gt_path: str | Path, params: Params, mask_size: int | None, images: pd.DataFrame | None,
                  combine: Callable, full_class_ids: bool = False, processes: int = 1,
                  progress: bool = True) -> dict[str, dict]:
     """:func:`score_table` of several tables at once, image by image in ``processes`` (06's scores).

@@ -36,8 +36,8 @@ from . import kaggle_data as lkaggle
 from . import labels as llabels
 from . import rle as lrle
 from .io import atomic_path, process_map, read_json
-from .fusion import combine_image
-from .postprocess import finalize, image_groups, rank_windows, resolve_params
+from .fusion import Combination, combine_image
+from .postprocess import Params, finalize, image_groups, rank_windows
 from .prediction_table import check_images, stored_masks
 
 __all__ = ["PLACEHOLDER", "EDITION_MASK_SIZES", "SubmissionError", "build_submission", "submission_of_sources",
@@ -99,10 +99,10 @@ class SubmissionError(ValueError):
         super().__init__(f"{what} is invalid ({len(self.problems)} problems):\n" + "\n".join(shown) + more)
 
 
-def image_rows(image_id: str, size: tuple[int, int], masks: list | None, params: dict) -> list[tuple[str, str, str]]:
+def image_rows(image_id: str, size: tuple[int, int], masks: list | None, params: Params) -> list[tuple[str, str, str]]:
     """The submission rows of one image: its :class:`lib.prediction_table.StoredMask` (None = not predicted)
     post-processed with ``params`` at ``size`` = (h, w), or the :data:`PLACEHOLDER` row."""
-    insts = [] if masks is None else finalize(rank_windows(masks, size, params["score_thresh"]), params, size)
+    insts = [] if masks is None else finalize(rank_windows(masks, size, params.score_thresh), params, size)
     if not insts:
         return [(image_id, *PLACEHOLDER)]
     return [(image_id, i.rle(size), i.class_id) for i in insts]
@@ -111,36 +111,38 @@ def image_rows(image_id: str, size: tuple[int, int], masks: list | None, params:
 def _submission_rows(task) -> list[tuple[str, str, str]]:
     """The submission rows of one image: ``task`` = (image_id, (h, w), its prediction rows or None, params)."""
     image_id, size, rows, params = task
-    masks = None if rows is None else stored_masks(rows[rows["score"].to_numpy() >= params["score_thresh"]])
+    masks = None if rows is None else stored_masks(rows[rows["score"].to_numpy() >= params.score_thresh])
     return image_rows(image_id, size, masks, params)
 
 
-def _combined_rows(combo: dict, params: dict, task, masks: dict) -> list[tuple[str, str, str]]:
-    return image_rows(task.image_id, task.size, combine_image(masks, combo, task.orig_hw), params)
+def _combined_rows(combination: Combination, params: Params, task, masks: dict) -> list[tuple[str, str, str]]:
+    return image_rows(task.image_id, task.size, combine_image(masks, combination, task.orig_hw), params)
 
 
-def submission_of_sources(sources: list, indexes: dict, combo: dict, images: pd.DataFrame, params: dict | None = None,
-                          mask_size: int | str | None = 512, processes: int = 1, progress: bool = True) -> pd.DataFrame:
-    """:func:`build_submission` of the combination ``combo`` (:func:`lib.fusion.combine_image`) of prediction
+def submission_of_sources(sources: list, indexes: dict, combination: Combination, images: pd.DataFrame,
+                          params: Params | None = None, mask_size: int | str | None = 512, processes: int = 1,
+                          progress: bool = True) -> pd.DataFrame:
+    """:func:`build_submission` of the ``combination`` (:func:`lib.fusion.combine_image`) of prediction
     tables on disk (``sources``, ``indexes``: :func:`lib.table_stream.read_sources`), image by image in
-    ``processes`` worker processes (:func:`lib.table_stream.map_images`): memory flat in the number of images."""
+    ``processes`` worker processes (:func:`lib.table_stream.map_images`): memory flat in the number of images.
+    ``params`` None: the recipe."""
     from .table_stream import ImageTask, map_images
 
-    params = resolve_params(params)
+    params = Params() if params is None else params
     images = check_images(images)
     mask_size = parse_mask_size(mask_size)
     tasks = (ImageTask(r.image_id, mask_shape(mask_size, r.orig_height, r.orig_width),
                        (int(r.orig_height), int(r.orig_width))) for r in images.itertuples(index=False))
-    floor = min([params["score_thresh"]] + [float(combo.get("min_score", 0.0))] * (len(combo["models"]) > 1))
+    floor = min([params.score_thresh] + [combination.min_score or 0.0] * (len(combination.models) > 1))
     out: list[tuple[str, str, str]] = []
-    for rows in map_images(functools.partial(_combined_rows, combo, params), tasks, len(images),
-                           [s for s in sources if s.name in combo["models"]], indexes, processes, floor, progress,
+    for rows in map_images(functools.partial(_combined_rows, combination, params), tasks, len(images),
+                           [s for s in sources if s.name in combination.models], indexes, processes, floor, progress,
                            desc="submission"):
         out += rows
     return pd.DataFrame(out, columns=list(lkaggle.SUBMISSION_COLUMNS))
 
 
-def build_submission(pred_table: pd.DataFrame, images: pd.DataFrame, params: dict | None = None,
+def build_submission(pred_table: pd.DataFrame, images: pd.DataFrame, params: Params | dict | None = None,
                      mask_size: int | str | None = 512, progress: bool = True, workers: int = 1) -> pd.DataFrame:
     """Post-process every image and encode the Kaggle submission.
 
@@ -149,7 +151,8 @@ def build_submission(pred_table: pd.DataFrame, images: pd.DataFrame, params: dic
             not in ``images`` are ignored.
         images: DataFrame ``image_id, orig_height, orig_width`` listing EVERY
             test image (order kept in the output).
-        params: post-processing parameters.
+        params: post-processing parameters (:meth:`lib.postprocess.Params.of`: None = the recipe; a dict of some
+            of them).
         mask_size: the masks' frame (:func:`parse_mask_size`: ``N`` for ``N x N``, 0 or None for each image's
             own size, ``"long:N"`` for its long side scaled to ``N``; :func:`mask_shape`).
         workers: processes that post-process images in parallel (1 = in this
@@ -159,7 +162,7 @@ def build_submission(pred_table: pd.DataFrame, images: pd.DataFrame, params: dic
         DataFrame ``ImageId, EncodedPixels, ClassId`` (strings); an image
         without any instance gets the :data:`PLACEHOLDER` row.
     """
-    params = resolve_params(params)
+    params = Params.of(params)
     images = check_images(images)
     groups = image_groups(pred_table)
     mask_size = parse_mask_size(mask_size)

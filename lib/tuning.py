@@ -4,19 +4,20 @@ Post-processing (:func:`tune_postprocess`): a grid search over :mod:`lib.postpro
 (:data:`DEFAULT_GRID` unless another is given) maximising the Kaggle metric, optionally followed by
 dropping the categories whose predictions lower it (:func:`choose_dropped_categories`).
 
-The combination (:func:`tune_ensemble`): every non-empty subset of
+The combination (:func:`choose_combination`): every non-empty subset of
 the models, each with every weight vector of :func:`weight_vectors` (distinct
 ratios only), is fused (:func:`lib.fusion.combine`) on the validation predictions and scored over the
 score thresholds; the few best get the full post-processing grid, and the best Kaggle metric wins; ties go to
 the simpler combination (fewer models, then equal weights). The
-choice is saved with the post-processing parameters (``params.json``, key
-``"ensemble"``: ``models``, ``weights``, ``iou``, ``min_votes``) and
+combination is saved with the post-processing parameters (``params.json``, key
+``"ensemble"``: :meth:`lib.fusion.Combination.to_json`) and
 :func:`load_combination` reads it back, so 06 applies to the test predictions
-exactly what won on validation. Without a saved choice the combination is :func:`lib.fusion.default_combination` (all
-models, equal weights). :func:`saved_choice` is how another stage (05's export) reads what 06 saved.
+exactly what won on validation. Without a saved combination it is :meth:`lib.fusion.Combination.default` (all
+models, equal weights). :func:`saved_combination` is how another stage (05's export) reads what 06 saved.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 from dataclasses import dataclass
@@ -26,16 +27,16 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .fusion import ImageFusion, check_weights, default_combination
+from .fusion import Combination, ImageFusion
 from .io import read_json
-from .postprocess import POSTPROCESS_DEFAULTS, finalize, load_params, rank_windows, resolve_params, save_params
+from .postprocess import Params, finalize, load_params, rank_windows, save_params
 from .scoring import ImageScorer, image_ground_truth, raise_problems, scored_images
 from .table_stream import map_images
 
 __all__ = ["DEFAULT_GRID", "TuningSet", "grid_points", "point_groups", "search_candidates", "score_dropping",
            "choose_dropped_categories", "tune_postprocess", "weight_vectors",
-           "combinations", "tune_ensemble", "load_combination", "saved_choice", "initial_choice",
-           "free_grid", "tune_choice"]
+           "combinations", "choose_combination", "load_combination", "saved_combination", "initial_combination",
+           "free_grid", "tune_combination"]
 
 
 # ------------------------------------------------------------------ post-processing
@@ -99,24 +100,25 @@ class TuningSet:
         return [s.name for s in self.sources]
 
 
-def grid_points(grid: dict, base: dict) -> tuple[list[dict], list[dict]]:
-    """The points of ``grid`` in product order: ``(grid values, full parameters)`` of each (``base`` updated)."""
+def grid_points(grid: dict, base: Params) -> tuple[list[dict], list[Params]]:
+    """The points of ``grid`` in product order: ``(grid values, full parameters)`` of each (``base`` with
+    them, :meth:`lib.postprocess.Params.replace`)."""
     if not grid or any(len(v) == 0 for v in grid.values()):
         raise ValueError(f"tune: empty grid {grid}")
     values = [dict(zip(grid, vals)) for vals in itertools.product(*grid.values())]
-    return values, [resolve_params(base, **v) for v in values]
+    return values, [base.replace(**v) for v in values]
 
 
-def point_groups(points: list[dict]) -> list[tuple[dict, list[tuple[int, float, int]]]]:
+def point_groups(points: list[Params]) -> list[tuple[Params, list[tuple[int, float, int]]]]:
     """Points that differ only in ``score_thresh`` and ``min_area`` share one post-processing: those two are
     filters of its output (a threshold keeps the instances scoring above it, which no lower one changes; the
     area filter comes last). Returns ``[(the group's finalize parameters: its lowest threshold, no area
     filter), [(point index, score_thresh, min_area)]]``."""
     groups: dict = {}
     for k, p in enumerate(points):
-        key = tuple(sorted((n, v) for n, v in p.items() if n not in ("score_thresh", "min_area")))
-        groups.setdefault(key, []).append((k, p["score_thresh"], p["min_area"]))
-    return [(dict(points[m[0][0]], score_thresh=min(t for _, t, _ in m), min_area=0), m) for m in groups.values()]
+        key = tuple(getattr(p, n) for n in Params.names() if n not in ("score_thresh", "min_area"))
+        groups.setdefault(key, []).append((k, p.score_thresh, p.min_area))
+    return [(points[m[0][0]].replace(score_thresh=min(t for _, t, _ in m), min_area=0), m) for m in groups.values()]
 
 
 def _image_points(candidates, groups, n_points, floor, full_class_ids, classes, task, masks):
@@ -130,8 +132,8 @@ def _image_points(candidates, groups, n_points, floor, full_class_ids, classes, 
     gt = image_ground_truth(task.gt, task.size, full_class_ids)
     fusion = ImageFusion(masks, task.orig_hw)
     out = []
-    for combo in candidates:
-        probs = rank_windows(fusion.combine(combo), task.size, floor)
+    for combination in candidates:
+        probs = rank_windows(fusion.combine(combination), task.size, floor)
         index = np.zeros(n_points, np.int64)
         distinct: list[tuple[float, dict]] = []
         memo: dict = {}
@@ -151,13 +153,13 @@ def _image_points(candidates, groups, n_points, floor, full_class_ids, classes, 
     return task.image_id, set(gt.keys), out
 
 
-def _score_pass(ts: TuningSet, candidates: list[dict], points: list[dict], classes: bool, desc: str):
+def _score_pass(ts: TuningSet, candidates: list[Combination], points: list[Params], classes: bool, desc: str):
     """One pass over the tuning images: per candidate, (P, N) image scores (images in
     :func:`lib.scoring.scored_images`' order), and with ``classes`` per image its (class-score dicts, index)."""
     groups = point_groups(points)
-    floor = min(p["score_thresh"] for p in points)
-    fused = [c.get("min_score", 0.0) for c in candidates if len(c["models"]) > 1]
-    needed = {m for c in candidates for m in c["models"]}
+    floor = min(p.score_thresh for p in points)
+    fused = [c.min_score or 0.0 for c in candidates if len(c.models) > 1]
+    needed = {m for c in candidates for m in c.models}
     problems: list = []
     tasks, total, positions = scored_images(ts.gt_path, ts.images, ts.mask_size, ts.full_class_ids, problems)
     work = functools.partial(_image_points, candidates, groups, len(points), floor, ts.full_class_ids, classes)
@@ -175,8 +177,8 @@ def _score_pass(ts: TuningSet, candidates: list[dict], points: list[dict], class
     return scores, per_image, gt_keys
 
 
-def search_candidates(ts: TuningSet, candidates: list[dict], grid: dict, base: dict, drop_categories: bool = False,
-                      desc: str = "tune") -> list[tuple[dict, list[dict]]]:
+def search_candidates(ts: TuningSet, candidates: list[Combination], grid: dict, base: Params,
+                      drop_categories: bool = False, desc: str = "tune") -> list[tuple[Params, list[dict]]]:
     """The grid search of each candidate combination, in one pass over the images.
 
     Per candidate: ``(best parameters, results)`` as :func:`tune_postprocess` returns them: one
@@ -196,23 +198,23 @@ def search_candidates(ts: TuningSet, candidates: list[dict], grid: dict, base: d
             table = [(dicts[index[best]], keys) for (dicts, index), keys in zip(per_image[c], gt_keys)]
             dropped, score = choose_dropped_categories(table)
             if dropped:
-                params = resolve_params(params, drop_categories=sorted(set(params["drop_categories"]) | set(dropped)))
-                results.append({"params": dict(values[best], drop_categories=list(params["drop_categories"])),
+                params = params.replace(drop_categories=sorted(set(params.drop_categories) | set(dropped)))
+                results.append({"params": dict(values[best], drop_categories=list(params.drop_categories)),
                                 "kaggle": score})
         out.append((params, results))
     return out
 
 
-def tune_postprocess(ts: TuningSet, combo: dict, grid: dict[str, Sequence] | None = None,
-                     base_params: dict | None = None, out_path: str | Path | None = None,
-                     drop_categories: bool = False) -> tuple[dict, list[dict]]:
-    """Grid search of post-processing parameters maximising the Kaggle metric of one combination ``combo``
-    (one model: ``{"models": [name]}``) on the tuning set (and, with ``drop_categories``, then the categories
-    to drop).
+def tune_postprocess(ts: TuningSet, combination: Combination, grid: dict[str, Sequence] | None = None,
+                     base_params: Params | None = None, out_path: str | Path | None = None,
+                     drop_categories: bool = False) -> tuple[Params, list[dict]]:
+    """Grid search of post-processing parameters maximising the Kaggle metric of one ``combination``
+    (one model: ``Combination.default([name])``) on the tuning set (and, with ``drop_categories``, then the
+    categories to drop).
 
     Args:
-        grid: ``{param: [values, ...]}`` over :data:`lib.postprocess.POSTPROCESS_DEFAULTS` keys
-            (default :data:`DEFAULT_GRID`); other parameters from ``base_params``.
+        grid: ``{param: [values, ...]}`` over :class:`lib.postprocess.Params` fields
+            (default :data:`DEFAULT_GRID`); other parameters from ``base_params`` (None = the recipe).
         out_path: when given, the best parameters are saved there
             (:func:`lib.postprocess.save_params`, with the score and the grid) for 06 to load.
         drop_categories: after the grid, with the best parameters, drop the categories whose
@@ -230,7 +232,8 @@ def tune_postprocess(ts: TuningSet, combo: dict, grid: dict[str, Sequence] | Non
     minimum area (:func:`point_groups`).
     """
     grid = dict(DEFAULT_GRID if grid is None else grid)
-    best, results = search_candidates(ts, [combo], grid, resolve_params(base_params), drop_categories)[0]
+    base = Params() if base_params is None else base_params
+    best, results = search_candidates(ts, [combination], grid, base, drop_categories)[0]
     if out_path is not None:
         save_params(out_path, best, kaggle=max(r["kaggle"] for r in results), mask_size=ts.mask_size,
                     gt=str(ts.gt_path), grid={k: list(v) for k, v in grid.items()})
@@ -257,11 +260,12 @@ def weight_vectors(k: int, choices: Sequence[float] = (1.0, 2.0)) -> list[tuple[
     return list(out)
 
 
-def combinations(names: Sequence[str], weight_choices: Sequence[float] = (1.0, 2.0),
-                 max_models: int | None = None) -> list[dict]:
-    """Candidate combinations ``{"models": [...], "weights": [...]}``: each non-empty subset of ``names``
-    (at most ``max_models`` models; fewer models first, in ``names`` order), with each of its
-    :func:`weight_vectors` (a single model has weight 1)."""
+def combinations(names: Sequence[str], weight_choices: Sequence[float] = (1.0, 2.0), max_models: int | None = None,
+                 iou: float = 0.5, min_votes: int = 1, min_score: float | None = None) -> list[Combination]:
+    """Candidate combinations: each non-empty subset of ``names`` (at most ``max_models`` models; fewer models
+    first, in ``names`` order), with each of its :func:`weight_vectors` (a single model has weight 1), fused at
+    ``iou`` keeping clusters of ``min_votes`` models (capped at the candidate's model count) after dropping the
+    instances below ``min_score``."""
     names = list(dict.fromkeys(names))
     if not names:
         raise ValueError("combinations: no models")
@@ -270,14 +274,15 @@ def combinations(names: Sequence[str], weight_choices: Sequence[float] = (1.0, 2
     for k in range(1, top + 1):
         for subset in itertools.combinations(names, k):
             for w in (weight_vectors(k, weight_choices) if k > 1 else [(1.0,)]):
-                out.append({"models": list(subset), "weights": list(w)})
+                out.append(Combination(subset, w, iou, min(int(min_votes), k), min_score))
     return out
 
 
-def tune_ensemble(ts: TuningSet, grid: dict | None = None, base_params: dict | None = None,
-                  weight_choices: Sequence[float] = (1.0, 2.0), iou_thr: float = 0.5, min_votes: int = 1,
-                  max_models: int | None = None, min_score: float | None = None, refine: int = 3,
-                  out_path: str | Path | None = None, drop_categories: bool = False) -> tuple[dict, dict, list[dict]]:
+def choose_combination(ts: TuningSet, grid: dict | None = None, base_params: Params | None = None,
+                       weight_choices: Sequence[float] = (1.0, 2.0), iou_thr: float = 0.5, min_votes: int = 1,
+                       max_models: int | None = None, min_score: float | None = None, refine: int = 3,
+                       out_path: str | Path | None = None,
+                       drop_categories: bool = False) -> tuple[Combination, Params, list[dict]]:
     """Choose the model combination, its weights and its post-processing on validation ground truth.
 
     Two stages, each one pass over the images (:func:`search_candidates`): every candidate
@@ -289,6 +294,7 @@ def tune_ensemble(ts: TuningSet, grid: dict | None = None, base_params: dict | N
     Args:
         ts: the validation predictions and their ground truth.
         grid: post-processing grid (:func:`tune_postprocess`; None = :data:`DEFAULT_GRID`).
+        base_params: the parameters the grid leaves (None = the recipe).
         weight_choices, max_models: the candidates (:func:`combinations`).
         iou_thr, min_votes: fusion settings of every multi-model candidate (``min_votes`` is
             capped at the candidate's model count).
@@ -304,113 +310,98 @@ def tune_ensemble(ts: TuningSet, grid: dict | None = None, base_params: dict | N
             :func:`lib.postprocess.save_params`, plus ``"ensemble"`` and ``"candidates"``).
 
     Returns:
-        ``(combo, params, results)``: the winning ``{"models", "weights", "iou", "min_votes", "min_score"}``,
+        ``(combination, params, results)``: the winning :class:`lib.fusion.Combination`,
         its tuned post-processing parameters, and per candidate (in candidate order) ``{"models",
         "weights", "kaggle_first", "kaggle", "params"}``, where ``kaggle_first`` is the first-stage score
         and ``kaggle`` / ``params`` the full-grid result (None for candidates not refined). Ties go to the
         earlier (simpler) candidate.
     """
     grid = dict(DEFAULT_GRID if grid is None else grid)
-    base = resolve_params(base_params)
+    base = Params() if base_params is None else base_params
     if min_score is None:
-        min_score = 0.5 * min(float(v) for v in grid.get("score_thresh", [base["score_thresh"]]))
+        min_score = 0.5 * min(float(v) for v in grid.get("score_thresh", [base.score_thresh]))
     first_grid = {"score_thresh": grid["score_thresh"]} if "score_thresh" in grid else dict([next(iter(grid.items()))])
-    cands = [dict(c, iou=float(iou_thr), min_votes=min(int(min_votes), len(c["models"])), min_score=float(min_score))
-             for c in combinations(ts.names, weight_choices, max_models)]
+    cands = combinations(ts.names, weight_choices, max_models, iou_thr, min_votes, min_score)
     exhaustive = refine <= 0 or refine >= len(cands) or first_grid == grid
     first = search_candidates(ts, cands, grid if exhaustive else first_grid, base, drop_categories,
                               desc=f"tune {len(cands)} combinations")
     results, tuned = [], []  # tuned: (combination, its tuned parameters) per candidate
-    for combo, (params, res) in zip(cands, first):
+    for combination, (params, res) in zip(cands, first):
         score = max(r["kaggle"] for r in res)
-        results.append({"models": combo["models"], "weights": combo["weights"], "kaggle_first": score,
-                        "kaggle": score if exhaustive else None,
-                        "params": {k: params[k] for k in grid} if exhaustive else None})
-        tuned.append((combo, params))
+        results.append({"models": list(combination.models), "weights": list(combination.weights),
+                        "kaggle_first": score, "kaggle": score if exhaustive else None,
+                        "params": {k: getattr(params, k) for k in grid} if exhaustive else None})
+        tuned.append((combination, params))
     chosen = list(range(len(cands)))
     if not exhaustive:
         chosen = sorted(sorted(range(len(cands)), key=lambda i: -results[i]["kaggle_first"])[:refine])
         refined = search_candidates(ts, [cands[i] for i in chosen], grid, base, drop_categories,
                                     desc=f"refine {len(chosen)}")
         for i, (params, res) in zip(chosen, refined):
-            results[i].update(kaggle=max(r["kaggle"] for r in res), params={k: params[k] for k in grid})
+            results[i].update(kaggle=max(r["kaggle"] for r in res), params={k: getattr(params, k) for k in grid})
             tuned[i] = (tuned[i][0], params)
     best = max(chosen, key=lambda i: (results[i]["kaggle"], -i))
-    combo, params = tuned[best]
+    combination, params = tuned[best]
     if out_path is not None:
         save_params(out_path, params, kaggle=results[best]["kaggle"], mask_size=ts.mask_size,
-                    gt=str(ts.gt_path), grid={k: list(v) for k, v in grid.items()}, ensemble=combo,
+                    gt=str(ts.gt_path), grid={k: list(v) for k, v in grid.items()}, ensemble=combination.to_json(),
                     candidates=results)
-    return combo, params, results
+    return combination, params, results
 
 
-def load_combination(path: str | Path) -> dict | None:
-    """The ``"ensemble"`` choice saved in a params JSON by :func:`tune_ensemble`, or None if it has none.
-
-    Returns ``{"models": [...], "weights": [...], "iou": float, "min_votes": int, "min_score": float}``;
-    raises ``ValueError`` naming the file when the entry is malformed.
-    """
+def load_combination(path: str | Path) -> Combination | None:
+    """The combination saved in a params JSON (its ``"ensemble"`` entry, :meth:`lib.fusion.Combination.from_json`)
+    by :func:`choose_combination`, or None if it has none; ``ValueError`` naming the file when the entry is
+    malformed."""
     obj = read_json(path)
-    combo = obj.get("ensemble") if isinstance(obj, dict) else None
-    if combo is None:
+    entry = obj.get("ensemble") if isinstance(obj, dict) else None
+    if entry is None:
         return None
     try:
-        models = [str(m) for m in combo["models"]]
-        weights = [float(w) for w in combo.get("weights") or [1.0] * len(models)]
-        out = {"models": models, "weights": weights, "iou": float(combo.get("iou", 0.5)),
-               "min_votes": int(combo.get("min_votes", 1)), "min_score": float(combo.get("min_score", 0.0))}
-    except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"{path}: malformed \"ensemble\" entry {combo!r:.200} ({e})") from None
-    if not models or len(weights) != len(models):
-        raise ValueError(f"{path}: \"ensemble\" needs one weight per model, got {combo!r:.200}")
-    check_weights(weights, len(models))
-    return out
+        return Combination.from_json(entry)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
 
 
-def saved_choice(path: str | Path | None, models: Sequence[str]) -> tuple[dict | None, dict]:
+def saved_combination(path: str | Path | None, models: Sequence[str]) -> tuple[Combination | None, Params]:
     """What 06 saved in ``path`` (its ``params.json``; None: nothing saved), for predictions of ``models``
-    (names in order): ``(combo, params)``.
+    (names in order): ``(combination, params)``.
 
-    ``params``: :func:`lib.postprocess.load_params` of ``path``, else the defaults
-    (:func:`lib.postprocess.resolve_params`). ``combo`` (:func:`lib.fusion.combine`'s): None without models;
-    ``{"models": [it]}`` for one model (its own masks; the saved combination is not read); for several, the one
-    saved in ``path`` (:func:`load_combination`) when it has one, else :func:`default_combination`. Not checked
-    against ``models``.
+    ``params``: :func:`lib.postprocess.load_params` of ``path``, else the recipe. ``combination``: None without
+    models; the model alone for one model (its own masks; the saved combination is not read); for several, the
+    one saved in ``path`` (:func:`load_combination`) when it has one, else
+    :meth:`lib.fusion.Combination.default`. Not checked against ``models``.
     ``ValueError`` naming ``path`` when what it holds is malformed.
     """
-    params = load_params(path) if path else resolve_params()
+    params = load_params(path) if path else Params()
     names = list(models)
     if len(names) <= 1:
-        return ({"models": names} if names else None), params
+        return (Combination.default(names) if names else None), params
     saved = load_combination(path) if path else None
-    return (default_combination(names) if saved is None else saved), params
+    return (Combination.default(names) if saved is None else saved), params
 
 
-# ------------------------------------------------------------------ 06's choice
+# ------------------------------------------------------------------ 06's combination
 
 
-def initial_choice(names: Sequence[str], params_path: str | Path, use_saved: bool, overrides: dict,
-                   weights: Sequence[float] | None = None, iou: float = 0.5, min_votes: int = 1,
-                   explicit: bool = False) -> tuple[dict, dict, str]:
-    """The post-processing parameters and model combination 06 starts from: ``(params, combo, where from)``.
+def initial_combination(names: Sequence[str], params_path: str | Path, use_saved: bool, overrides: dict,
+                        weights: Sequence[float] | None = None, iou: float = 0.5, min_votes: int = 1,
+                        explicit: bool = False) -> tuple[Params, Combination, str]:
+    """The post-processing parameters and model combination 06 starts from: ``(params, combination, where from)``.
 
-    ``params``: those saved in ``params_path`` when ``use_saved`` (else :data:`lib.postprocess.POSTPROCESS_DEFAULTS`),
-    updated with ``overrides`` (None values = not given). ``combo``: ``{"models", "weights", "iou", "min_votes"}``
-    of the flags when ``explicit`` (models or weights given), else the one saved in ``params_path`` (when
-    ``use_saved`` and it has one, :func:`load_combination`), else all ``names`` with equal weights
-    (:func:`default_combination`).
+    ``params``: those saved in ``params_path`` when ``use_saved`` (else the recipe), with ``overrides`` (the
+    flags; None values = not given). ``combination``: the flags' (``names`` with ``weights``, else equal ones, at
+    ``iou`` / ``min_votes``) when ``explicit`` (models or weights given), else the one saved in ``params_path``
+    (when ``use_saved`` and it has one, :func:`load_combination`), else all ``names`` with equal weights
+    (:meth:`lib.fusion.Combination.default`).
     """
-    base = load_params(params_path) if use_saved else dict(POSTPROCESS_DEFAULTS)
-    params = resolve_params(base, **overrides)
-    combo = default_combination(names, iou, min_votes)
-    if weights:
-        combo["weights"] = list(weights)
-    origin = "flags" if explicit else "all models, equal weights"
-    if use_saved and not explicit:
-        saved = load_combination(params_path)
-        if saved is not None:
-            combo, origin = saved, str(params_path)
-    return params, combo, origin
+    base = load_params(params_path) if use_saved else Params()
+    params = base.replace(**overrides)
+    saved = load_combination(params_path) if use_saved and not explicit else None
+    if saved is not None:
+        return params, saved, str(params_path)
+    combination = Combination(tuple(names), tuple(weights) if weights else None, iou, min_votes)
+    return params, combination, "flags" if explicit else "all models, equal weights"
 
 
 def free_grid(grid: dict | None, fixed: dict) -> dict:
@@ -421,33 +412,34 @@ def free_grid(grid: dict | None, fixed: dict) -> dict:
     return free
 
 
-def tune_choice(ts: TuningSet, grid: dict, params: dict, combo: dict, explicit: bool, out_path: str | Path,
-                weight_choices: Sequence[float] = (1.0, 2.0), max_models: int | None = None, refine: int = 3,
-                drop_categories: bool = False) -> tuple[dict, dict]:
-    """06's tuning on the tuning set ``ts``: returns ``(combo, params)``, saved to ``out_path`` (``params.json``).
+def tune_combination(ts: TuningSet, grid: dict, params: Params, combination: Combination, explicit: bool,
+                     out_path: str | Path, weight_choices: Sequence[float] = (1.0, 2.0), max_models: int | None = None,
+                     refine: int = 3, drop_categories: bool = False) -> tuple[Combination, Params]:
+    """06's tuning on the tuning set ``ts``: returns ``(combination, params)``, saved to ``out_path``
+    (``params.json``).
 
     A combination given by flags (``explicit``), or a single model, gets its post-processing tuned
     (:func:`tune_postprocess`); otherwise the combination and its post-processing are chosen together
-    (:func:`tune_ensemble`, with ``combo``'s fusion IoU and minimum votes). Prints the outcome.
+    (:func:`choose_combination`, with ``combination``'s fusion IoU and minimum votes). Prints the outcome.
     """
     names = ts.names
     if explicit or len(names) == 1:
         if len(names) == 1 and not explicit:
-            combo = dict(combo, models=list(names), weights=[1.0])
-        missing = [n for n in combo["models"] if n not in names]
+            combination = dataclasses.replace(combination, models=tuple(names), weights=(1.0,))
+        missing = [n for n in combination.models if n not in names]
         if missing:
             raise ValueError(f"--tune-on: models {missing} are not in the tuning predictions (they have "
                              f"{names})")
-        params, results = tune_postprocess(ts, combo, grid, params, drop_categories=drop_categories)
+        params, results = tune_postprocess(ts, combination, grid, params, drop_categories=drop_categories)
         best = max(r["kaggle"] for r in results)
         save_params(out_path, params, kaggle=best, mask_size=ts.mask_size, gt=str(ts.gt_path),
-                    grid={k: list(v) for k, v in grid.items()}, ensemble=combo)
+                    grid={k: list(v) for k, v in grid.items()}, ensemble=combination.to_json())
         print(f"tuned {len(results)} post-processing combinations on {ts.gt_path}: best kaggle {best:.4f} with "
-              f"{ {k: params[k] for k in grid} } -> {out_path}")
-        return combo, params
+              f"{ {k: getattr(params, k) for k in grid} } -> {out_path}")
+        return combination, params
     print(f"tuning the combination of {names} and its post-processing on {ts.gt_path} ...")
-    combo, params, results = tune_ensemble(
-        ts, grid, params, weight_choices=weight_choices, iou_thr=combo["iou"], min_votes=combo["min_votes"],
+    combination, params, results = choose_combination(
+        ts, grid, params, weight_choices=weight_choices, iou_thr=combination.iou, min_votes=combination.min_votes,
         max_models=max_models, refine=refine, out_path=out_path, drop_categories=drop_categories)
     ranked = sorted(results, key=lambda r: (-(r["kaggle"] if r["kaggle"] is not None else -1), -r["kaggle_first"]))
     for r in ranked[:5]:
@@ -455,4 +447,4 @@ def tune_choice(ts: TuningSet, grid: dict, params: dict, combo: dict, explicit: 
         print(f"  kaggle {full} (thresholds only {r['kaggle_first']:.4f})  {r['models']} "
               f"weights {[round(w, 2) for w in r['weights']]}")
     print(f"best of {len(results)} combinations -> {out_path}")
-    return combo, params
+    return combination, params

@@ -10,8 +10,8 @@ from pycocotools import mask as mask_utils
 
 from lib import export
 from lib import prediction_table as lpred
-from lib.postprocess import resolve_params, save_params
-from lib.fusion import default_combination
+from lib.postprocess import Params, save_params
+from lib.fusion import Combination
 from test_postprocess import pred_rows, rect
 
 
@@ -71,26 +71,27 @@ def test_several_models_are_fused_with_the_saved_combination(tmp_path):
                                          model="z"))
     fused, params, what = export.export_table(table)
     assert what == "ensemble of x+y+z" and sorted(fused["category"]) == [3, 5]  # x and y fused into one
-    save_params(tmp_path / "params.json", {"score_thresh": 0.3},
+    save_params(tmp_path / "params.json", Params(score_thresh=0.3),
                 ensemble={"models": ["x", "y"], "weights": [1.0, 1.0], "iou": 0.5, "min_votes": 2})
     fused, params, what = export.export_table(table, tmp_path / "params.json")
-    assert what == "ensemble of x+y" and list(fused["category"]) == [3] and params["score_thresh"] == 0.3
+    assert what == "ensemble of x+y" and list(fused["category"]) == [3] and params.score_thresh == 0.3
     one, _, what = export.export_table(table[table["model"] == "x"])
     assert what == "x" and len(one) == 1
 
 
-def test_export_plan_is_06s_saved_choice(tmp_path):
+def test_export_plan_is_06s_saved_combination(tmp_path):
     """What is exported: 06's params.json read through lib.tuning (its combination for several models, else all
     of them with equal weights), checked against the models."""
-    assert export.export_plan([]) == (None, resolve_params(), "no predictions")
-    assert export.export_plan(["m"]) == ({"models": ["m"]}, resolve_params(), "m")
-    assert export.export_plan(["m", "v"]) == (default_combination(["m", "v"]), resolve_params(), "ensemble of m+v")
+    assert export.export_plan([]) == (None, Params(), "no predictions")
+    assert export.export_plan(["m"]) == (Combination.default(["m"]), Params(), "m")
+    assert export.export_plan(["m", "v"]) == (Combination.default(["m", "v"]), Params(), "ensemble of m+v")
     p = tmp_path / "params.json"
-    save_params(p, {"score_thresh": 0.3}, ensemble={"models": ["v", "m"], "weights": [2.0, 1.0]})
-    combo, params, what = export.export_plan(["m", "v"], p)
-    assert combo == {"models": ["v", "m"], "weights": [2.0, 1.0], "iou": 0.5, "min_votes": 1, "min_score": 0.0}
-    assert what == "ensemble of v+m" and params == resolve_params({"score_thresh": 0.3})
-    assert export.export_plan(["m"], p) == ({"models": ["m"]}, params, "m")
+    save_params(p, Params(score_thresh=0.3), ensemble={"models": ["v", "m"], "weights": [2.0, 1.0]})
+    combination, params, what = export.export_plan(["m", "v"], p)
+    assert combination.to_json() == {"models": ["v", "m"], "weights": [2.0, 1.0], "iou": 0.5, "min_votes": 1,
+                                     "min_score": 0.0}
+    assert what == "ensemble of v+m" and params == Params(score_thresh=0.3)
+    assert export.export_plan(["m"], p) == (Combination.default(["m"]), params, "m")
 
 
 def test_overlay_names_are_unique_and_stable_when_plain_names_collide(tmp_path):
@@ -180,7 +181,7 @@ def test_coco_results_load_against_the_real_fashionpedia_sample(shared_data, tmp
                           "orig_width": [w for _, _, w in files.values()]})
     paths = {f: str(d / f) for f, _, _ in files.values()}
     params = tmp_path / "params.json"
-    save_params(params, {"nms_iou": 1.0, "overlap": "none", "min_area": 0})
+    save_params(params, Params(nms_iou=1.0, overlap="none", min_area=0))
     export.export_predictions(tmp_path / "out", _file(tmp_path, lpred.make_table(rows)), frame, paths, None,
                               params_path=params, overlays=False, progress=False, coco_gt=d / "sample.json")
     recs = json.loads((tmp_path / "out" / "coco_results.json").read_text())
@@ -261,7 +262,7 @@ def test_the_export_streams_by_chunks_of_images_and_writes_what_the_whole_table_
     assert reads == [[0], [1], [2], [3], [3]]  # each chunk: only the row groups that hold its rows
     assert len(list((tmp_path / "out" / "overlays").glob("*.png"))) == 6
     # a saved combination of two of the models, also image by image
-    save_params(tmp_path / "params.json", {"score_thresh": 0.3},
+    save_params(tmp_path / "params.json", Params(score_thresh=0.3),
                 ensemble={"models": ["x", "z"], "weights": [1.0, 2.0], "iou": 0.5, "min_votes": 2})
     export.export_predictions(tmp_path / "o2", merged, frame, paths, None, tmp_path / "params.json", overlays=False,
                               progress=False)
@@ -309,10 +310,10 @@ def test_a_table_in_any_row_order_exports_the_same_bytes(tmp_path):
     assert [r["file_name"] for r in recs] == sorted(r["file_name"] for r in recs)  # in the images' order
     assert files["in_order"][Path("coco_results.json")].decode() == _whole_table_json(ordered, frame)
     with pytest.raises(ValueError, match="combination needs models"):  # before anything is written
-        save_params(tmp_path / "params.json", {}, ensemble={"models": ["m", "w"], "weights": [1.0, 1.0]})
+        save_params(tmp_path / "params.json", Params(), ensemble={"models": ["m", "w"], "weights": [1.0, 1.0]})
         export.export_plan(["m", "v"], tmp_path / "params.json")
     with pytest.raises(ValueError, match=r"combination needs models \['w'\]"):
-        save_params(tmp_path / "params.json", {}, ensemble={"models": ["x", "w"], "weights": [1.0, 1.0]})
+        save_params(tmp_path / "params.json", Params(), ensemble={"models": ["x", "w"], "weights": [1.0, 1.0]})
         export.export_predictions(tmp_path / "o3", tmp_path / "shuffled" / "predictions.parquet", frame, paths, None,
                                   tmp_path / "params.json", progress=False)
     assert not (tmp_path / "o3").exists()

@@ -1,6 +1,7 @@
 """Tests for lib/fusion.py: instance fusion (TTA and models) and table ensembling."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import cv2
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 
 from lib import prediction_table as lpred
-from lib.fusion import default_combination, ensemble_tables, fuse_instances
+from lib.fusion import Combination, ensemble_tables, fuse_instances
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -175,13 +176,67 @@ def test_ensemble_votes_across_tables_and_resizes_to_the_first_table():
 
 
 def test_default_combination_is_all_models_with_equal_weights():
-    assert default_combination(("a", "b")) == {"models": ["a", "b"], "weights": [1.0, 1.0], "iou": 0.5, "min_votes": 1}
-    three = default_combination(["a", "b", "c"], 0.7, 2)
+    assert Combination.default(("a", "b")).to_json() == {"models": ["a", "b"], "weights": [1.0, 1.0], "iou": 0.5,
+                                                         "min_votes": 1}
+    three = Combination.default(["a", "b", "c"], 0.7, 2).to_json()
     assert three == {"models": ["a", "b", "c"], "weights": [1.0, 1.0, 1.0], "iou": 0.7, "min_votes": 2}
     assert list(three) == ["models", "weights", "iou", "min_votes"]  # the order meta.json / params.json write
 
 
-def test_one_image_fusion_serves_every_combination_like_a_fresh_one():
+@pytest.mark.parametrize("args, message", [
+    ((("a", "b"), (1.0,)), "1 weights for 2 sources"),
+    ((("a", "b"), (-1, 1)), "weights must be finite, >= 0 and not all 0, got [-1.0, 1.0]"),
+    ((("a", "b"), (0, 0)), "weights must be finite, >= 0 and not all 0, got [0.0, 0.0]"),
+    ((("a", "b"), None, 0.5, 3), "min_votes must be 1..2, got 3"),
+    ((("a", "b", "c"), None, 0.5, 0), "min_votes must be 1..3, got 0"),
+    (((),), "a combination needs at least one model"),
+])
+def test_a_combination_is_checked_once_when_made(args, message):
+    """The messages fusing gave (check_weights, fuse_windows), now when the record is made."""
+    with pytest.raises(ValueError) as e:
+        Combination(*args)
+    assert str(e.value) == message
+
+
+def test_combination_fields_are_typed_and_the_record_frozen():
+    c = Combination(["a", "b"], [2, 1], 1, 2, 0)
+    assert c == Combination(("a", "b"), (2.0, 1.0), 1.0, 2, 0.0)
+    assert (type(c.weights[0]), type(c.iou), type(c.min_score)) == (float, float, float)
+    assert Combination(["only"], None, 0.5, 7).min_votes == 7  # one model is not fused: any min_votes
+    assert Combination.default(["m"]) == Combination(("m",), (1.0,))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        c.iou = 0.7
+    with pytest.raises(ValueError, match=r"combination needs models \['c'\], the predictions have \['a', 'b'\]"):
+        Combination(("a", "c")).check_models({"b": [], "a": []})
+
+
+def test_combination_json_round_trip_as_params_json_holds_it():
+    """to_json writes what params.json / scores.json / meta.json held before: min_score only when given; from_json
+    reads an entry as load_combination did (defaults filled, min_score always)."""
+    tuned = Combination(("b", "a"), (2.0, 1.0), 0.6, 2, 0.1)
+    assert tuned.to_json() == {"models": ["b", "a"], "weights": [2.0, 1.0], "iou": 0.6, "min_votes": 2,
+                               "min_score": 0.1}
+    assert list(tuned.to_json()) == ["models", "weights", "iou", "min_votes", "min_score"]
+    assert Combination.from_json(tuned.to_json()) == tuned
+    loaded = Combination.from_json({"models": ["v", "m"], "weights": [2, 1]})
+    assert loaded.to_json() == {"models": ["v", "m"], "weights": [2.0, 1.0], "iou": 0.5, "min_votes": 1,
+                                "min_score": 0.0}
+    assert Combination.from_json({"models": ["v", "m"]}).weights == (1.0, 1.0)
+    flags = Combination.default(["a", "b"], 0.7)
+    assert "min_score" not in flags.to_json() and Combination.from_json(flags.to_json()).min_score == 0.0
+    with pytest.raises(ValueError, match="^malformed \"ensemble\" entry"):
+        Combination.from_json({"weights": [1]})
+    with pytest.raises(ValueError, match="^malformed \"ensemble\" entry"):
+        Combination.from_json({"models": ["a"], "iou": "high"})
+    with pytest.raises(ValueError, match="^\"ensemble\" needs one weight per model"):
+        Combination.from_json({"models": ["a", "b"], "weights": [1]})
+    with pytest.raises(ValueError, match=r"^min_votes must be 1\.\.2, got 3$"):
+        Combination.from_json({"models": ["a", "b"], "min_votes": 3})
+    with pytest.raises(ValueError, match=r"^weights must be finite, >= 0 and not all 0, got \[-1.0\]$"):
+        Combination.from_json({"models": ["a"], "weights": [-1]})
+
+
+def test_one_image_fusion_serves_every_combination_like_a_fresh_one(monkeypatch):
     """06 fuses up to 16 combinations of one image from one ImageFusion (windows and IoUs computed once): each
     equals what ensemble_tables gives for that combination alone, whatever was fused before it."""
     from lib.fusion import ImageFusion, combine
@@ -193,11 +248,17 @@ def test_one_image_fusion_serves_every_combination_like_a_fresh_one():
         probs = [p if p.any() else box(1, 1, 5, 5) for p in probs]
         tables[m] = table("a.jpg", probs, list(rng.integers(0, 2, 5)), list(rng.uniform(0.1, 1, 5)), model=m)
         masks[m] = lpred.stored_masks(tables[m])
-    combos = [{"models": ["a", "b"], "weights": [1, 1]}, {"models": ["a", "b", "c"], "weights": [2, 1, 1]},
-              {"models": ["b", "c"], "weights": [1, 3], "min_score": 0.3}, {"models": ["c", "a"], "weights": [1, 1]},
-              {"models": ["a", "b", "c"], "weights": [1, 1, 1], "iou": 0.3, "min_votes": 2}]
+    combinations = [Combination(("a", "b"), (1, 1)), Combination(("a", "b", "c"), (2, 1, 1)),
+                    Combination(("b", "c"), (1, 3), min_score=0.3), Combination(("c", "a"), (1, 1)),
+                    Combination(("a", "b", "c"), (1, 1, 1), iou=0.3, min_votes=2)]
     shared = ImageFusion(masks, (48, 48))
-    for combo in combos:
-        got = lpred.make_table(lpred.mask_rows("a.jpg", "ensemble", shared.combine(combo, boxes=True), (48, 48)))
-        want = combine(tables, combo)
+    made = []
+    check = Combination.__post_init__
+    monkeypatch.setattr(Combination, "__post_init__", lambda self: (made.append(self), check(self))[1])
+    for combination in combinations:
+        got = lpred.make_table(lpred.mask_rows("a.jpg", "ensemble", shared.combine(combination, boxes=True),
+                                               (48, 48)))
+        assert made == []  # fusing reads the combination, it does not make or check another
+        want = combine(tables, combination)
         assert got.drop(columns="attr_scores").equals(want.drop(columns="attr_scores"))
+        made.clear()

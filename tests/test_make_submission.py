@@ -66,7 +66,7 @@ def test_make_submission_script_end_to_end(tmp_path, capsys):
     assert mod.main(mod.get_args_parser().parse_args(
         ["--predictions", str(pdir), "--models", "good", "--tune", "--tune-grid", '{"min_area": [0, 5000]}']
         + base)) == 0
-    assert load_params(out.parent / "params.json")["min_area"] == 0
+    assert load_params(out.parent / "params.json").min_area == 0
     # An invalid file: exit 1, every problem printed.
     bad = tmp_path / "bad.csv"
     bad.write_text("ImageId,EncodedPixels,ClassId\na.jpg,1 2 3,6\nzz.jpg,1 1,0\n")
@@ -96,7 +96,7 @@ def test_make_submission_tune_on_val_applies_the_winner_to_test(tmp_path, capsys
             "--mask-size", "0", "--no-progress", "--report-images", "0", "--weight-choices", "1",
             "--tune-grid", '{"score_thresh": [0.3, 0.5]}']
     assert mod.main(mod.get_args_parser().parse_args(args)) == 0
-    assert load_combination(out.parent / "params.json")["models"] == ["good", "other"]
+    assert list(load_combination(out.parent / "params.json").models) == ["good", "other"]
     meta = json.loads((out.parent / "meta.json").read_text())
     assert meta["combination"]["models"] == ["good", "other"] and meta["scores"]["submission"]["kaggle"] == 1.0
     assert meta["scores"]["noise"]["kaggle"] == 0.0

@@ -1,6 +1,7 @@
 """lib/postprocess.py: parameters, post-processing of one image (thresholds, NMS, overlaps, attributes, resizing)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -38,7 +39,7 @@ def table(*parts):
 
 
 def post(t, out_size=(S, S), **params):
-    return lpost.postprocess_image(t, params, out_size)
+    return lpost.postprocess_image(t, lpost.Params(**params), out_size)
 
 
 def images_df(ids, h=64, w=48):
@@ -57,26 +58,97 @@ def write_gt(path, items):
 # ------------------------------------------------------------------ parameters
 
 
-def test_resolve_params_defaults_overrides_and_errors(tmp_path):
-    p = lpost.resolve_params()
-    assert p["score_thresh"] == 0.5 and p["mask_thresh"] == 0.45 and p["nms_iou"] == 0.3
-    assert p["overlap"] == "score" and p["min_area"] == 20 and p["keep_categories"] is None
-    p = lpost.resolve_params({"score_thresh": 0.3}, score_thresh=None, mask_thresh=0.6, keep_categories="garments",
-                            drop_categories="1,2")
-    assert p["score_thresh"] == 0.3 and p["mask_thresh"] == 0.6
-    assert p["keep_categories"] == tuple(range(27)) and p["drop_categories"] == (1, 2)
+def test_params_defaults_overrides_and_errors(tmp_path):
+    p = lpost.Params()
+    assert p.score_thresh == 0.5 and p.mask_thresh == 0.45 and p.nms_iou == 0.3
+    assert p.overlap == "score" and p.min_area == 20 and p.keep_categories is None
+    p = lpost.Params.from_dict({"score_thresh": 0.3}).replace(score_thresh=None, mask_thresh=0.6,
+                                                              keep_categories="garments", drop_categories="1,2")
+    assert p.score_thresh == 0.3 and p.mask_thresh == 0.6
+    assert p.keep_categories == tuple(range(27)) and p.drop_categories == (1, 2)
     with pytest.raises(ValueError, match="unknown post-processing parameters"):
-        lpost.resolve_params({"score": 0.3})
+        lpost.Params.from_dict({"score": 0.3})
     with pytest.raises(ValueError, match="overlap"):
-        lpost.resolve_params(overlap="union")
+        lpost.Params(overlap="union")
     with pytest.raises(ValueError, match="score_thresh"):
-        lpost.resolve_params(score_thresh=1.5)
+        lpost.Params(score_thresh=1.5)
     with pytest.raises(ValueError, match="out of range"):
-        lpost.resolve_params(keep_categories=[46])
+        lpost.Params(keep_categories=[46])
     lpost.save_params(tmp_path / "params.json", p, kaggle=0.5)
     assert lpost.load_params(tmp_path / "params.json") == p
     (tmp_path / "flat.json").write_text(json.dumps({"min_area": 7}))
-    assert lpost.load_params(tmp_path / "flat.json")["min_area"] == 7
+    assert lpost.load_params(tmp_path / "flat.json").min_area == 7
+
+
+KNOWN = sorted(lpost.Params.names())
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"score_thresh": 1.5}, "score_thresh must be in [0, 1], got 1.5"),
+    ({"mask_thresh": -0.1}, "mask_thresh must be in [0, 1], got -0.1"),
+    ({"attr_thresh": 2}, "attr_thresh must be in [0, 1], got 2.0"),
+    ({"nms_iou": -1}, "nms_iou must be >= 0, got -1.0"),
+    ({"min_area": -3}, "min_area must be >= 0, got -3"),
+    ({"overlap": "union"}, "overlap must be 'score' or 'none', got 'union'"),
+    ({"attributes": "yes"}, "attributes must be 'off' or 'on', got 'yes'"),
+    ({"keep_categories": [46]}, "keep_categories: categories [46] out of range 0-45"),
+    ({"drop_categories": [None]}, "drop_categories: expected a category spec string or a list of ids, got [None]"),
+    ({"keep_categories": "0-99"}, "category 46 in '0-99' is out of range 0-45"),
+    ({"score": 0.3}, f"unknown post-processing parameters ['score']; known: {KNOWN}"),
+])
+def test_a_bad_value_is_the_same_error_however_the_record_is_made(tmp_path, values, message):
+    """resolve_params' messages, from the constructor, a dict, replace and a params.json (which names the file)."""
+    makers = [lambda: lpost.Params.from_dict(values), lambda: lpost.Params().replace(**values)]
+    if "score" not in values:
+        makers.append(lambda: lpost.Params(**values))
+    for make in makers:
+        with pytest.raises(ValueError) as e:
+            make()
+        assert str(e.value) == message
+    (tmp_path / "params.json").write_text(json.dumps({"params": values}))
+    with pytest.raises(ValueError) as e:
+        lpost.load_params(tmp_path / "params.json")
+    assert str(e.value) == f"{tmp_path / 'params.json'}: {message}"
+
+
+def test_a_record_is_checked_once_and_passed_down_as_it_is(monkeypatch):
+    made = []
+    check = lpost.Params.__post_init__
+    monkeypatch.setattr(lpost.Params, "__post_init__", lambda self: (made.append(self), check(self))[1])
+    params = lpost.Params(score_thresh=0.3, nms_iou=0.5, min_area=0, keep_categories="0-9")
+    assert len(made) == 1 and params.keep_categories == tuple(range(10))
+    t = table(pred_rows("a", [rect(4, 4, 20, 20), rect(12, 4, 28, 20)], [3, 3], [0.7, 0.9]))
+    assert [c for c, _, _ in lpost.postprocess_image(t, params, (S, S))] == ["3", "3"]
+    assert lpost.finalize(lpost.decode_windows(t, (S, S)), params, (S, S))
+    assert len(made) == 1  # post-processing reads the record, it does not make or check another
+    assert lpost.Params.of(params) is params and params.replace() is params
+    assert params.replace(score_thresh=None, keep_categories=None) is params  # None = not given
+    assert params.replace(min_area=5).min_area == 5 and len(made) == 2 and params.min_area == 0
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        params.score_thresh = 0.9
+
+
+def test_none_overrides_are_ignored_but_a_dict_sets_none():
+    kept = lpost.Params(keep_categories=[2, 1], min_area=5)
+    assert kept.replace(keep_categories=None, min_area=None, overlap="none") == lpost.Params(
+        keep_categories=(1, 2), min_area=5, overlap="none")
+    assert lpost.Params.from_dict({"keep_categories": None}).keep_categories is None  # given: all categories
+    assert lpost.Params.of(None) == lpost.Params() == lpost.Params.from_dict({})
+    with pytest.raises(ValueError, match="unknown post-processing parameters"):
+        kept.replace(score=None)  # an unknown name is an error even when not given
+
+
+def test_params_json_round_trip_is_byte_for_byte_the_format_of_before(tmp_path):
+    p = lpost.Params(score_thresh=0.3, drop_categories="7,1", keep_categories=None, attributes="on")
+    want = {"score_thresh": 0.3, "mask_thresh": 0.45, "nms_iou": 0.3, "overlap": "score", "min_area": 20,
+            "keep_categories": None, "drop_categories": [1, 7], "attributes": "on", "attr_thresh": 0.5}
+    assert p.to_json() == want and list(p.to_json()) == list(want)  # keys in the order params.json writes them
+    lpost.save_params(tmp_path / "params.json", p, kaggle=0.5, grid={"score_thresh": [0.3, 0.5]})
+    assert (tmp_path / "params.json").read_text() == json.dumps(
+        {"params": want, "kaggle": 0.5, "grid": {"score_thresh": [0.3, 0.5]}}, indent=2) + "\n"
+    assert lpost.load_params(tmp_path / "params.json") == p == lpost.Params.from_dict(p.to_json())
+    q = lpost.Params(keep_categories="garments")
+    assert lpost.Params.from_dict(json.loads(json.dumps(q.to_json()))) == q
 
 
 # ------------------------------------------------------------------ post-processing

@@ -270,7 +270,7 @@ def test_05_export_follows_params_and_coco_gt_and_reruns_keep_up_to_date_files(t
 
     from lib.export import overlay_names
     from lib.labels import competition_labels
-    from lib.postprocess import save_params
+    from lib.postprocess import Params, save_params
 
     src = tmp_path / "photos"
     src.mkdir()
@@ -279,8 +279,8 @@ def test_05_export_follows_params_and_coco_gt_and_reruns_keep_up_to_date_files(t
         cv2.imwrite(str(src / name), rng.integers(0, 255, (*hw, 3), dtype=np.uint8))
     out = tmp_path / "pred"
     loose, strict = tmp_path / "loose.json", tmp_path / "strict.json"
-    save_params(loose, {"score_thresh": 0.0, "min_area": 0})
-    save_params(strict, {"score_thresh": 1.0})
+    save_params(loose, Params(score_thresh=0.0, min_area=0))
+    save_params(strict, Params(score_thresh=1.0))
 
     def run(**kw):
         PREDICT.main(_args(checkpoints=[tiny_maskrcnn], images=str(src), out_dir=out, workers=0, no_progress=True,
@@ -300,7 +300,7 @@ def test_05_export_follows_params_and_coco_gt_and_reruns_keep_up_to_date_files(t
     run(params=strict)  # the same inputs: kept as they are
     assert "up to date" in capsys.readouterr().out
     assert stamp == {p.name: p.stat().st_mtime_ns for p in [*(out / "overlays").iterdir(), out / "coco_results.json"]}
-    save_params(strict, {"score_thresh": 0.0, "min_area": 0, "nms_iou": 1.0})  # the same file, new content
+    save_params(strict, Params(score_thresh=0.0, min_area=0, nms_iou=1.0))  # the same file, new content
     meta, recs = run(params=strict)
     assert len(recs) > 0 and "exporting again" in capsys.readouterr().out
 

@@ -15,6 +15,7 @@ from conftest import fuzz_sizes, run_stage, snapshot_files
 from lib import prediction_table as lpred
 from lib import rle as lrle
 from lib import submission as lsub
+from lib.fusion import Combination
 from lib.kaggle_data import SUBMISSION_COLUMNS, list_test_images
 from lib.labels import parse_class_id
 
@@ -62,7 +63,7 @@ def test_a_worker_dying_on_a_test_image_stops_06_naming_it(monkeypatch, tmp_path
     signal.alarm(120)
     try:
         with pytest.raises(RuntimeError, match=r"a worker process died on submission image 007\.jpg: killed by SIGKILL"):
-            lsub.submission_of_sources(sources, indexes, {"models": [sources[0].name]}, images_df(ids),
+            lsub.submission_of_sources(sources, indexes, Combination.default([sources[0].name]), images_df(ids),
                                        mask_size=S, processes=2, progress=False)
     finally:
         signal.alarm(0)

@@ -1,6 +1,7 @@
 """lib/tuning.py: the post-processing grid, dropped categories, and the combination of models chosen on validation."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -13,10 +14,10 @@ from lib import rle as lrle
 from lib import postprocess as lpost
 from lib import scoring as lscoring
 from lib.table_stream import read_sources
-from lib.tuning import (TuningSet, choose_dropped_categories, combinations, initial_choice,
-                        load_combination, point_groups, saved_choice, score_dropping, search_candidates, tune_ensemble,
+from lib.tuning import (TuningSet, choose_combination, choose_dropped_categories, combinations, initial_combination,
+                        load_combination, point_groups, saved_combination, score_dropping, search_candidates,
                         tune_postprocess, weight_vectors)
-from lib.fusion import combine, default_combination
+from lib.fusion import Combination, combine
 from test_fusion import H, W, box, table
 from test_postprocess import S, pred_rows, rect, write_gt
 
@@ -49,8 +50,8 @@ def test_weight_vectors_distinct_ratios_equal_first():
 def test_combinations_fewer_models_first():
     c = combinations(["a", "b", "c"], (1, 2))
     assert len(c) == 3 + 3 * 3 + 7
-    assert [x["models"] for x in c[:4]] == [["a"], ["b"], ["c"], ["a", "b"]]
-    assert c[3]["weights"] == [1.0, 1.0] and c[-7]["models"] == ["a", "b", "c"]
+    assert [list(x.models) for x in c[:4]] == [["a"], ["b"], ["c"], ["a", "b"]]
+    assert list(c[3].weights) == [1.0, 1.0] and list(c[-7].models) == ["a", "b", "c"]
     assert len(combinations(["a", "b", "c"], (1,), max_models=2)) == 6
 
 
@@ -74,34 +75,35 @@ def three_models(orig=(H, W)):
     return t, gt
 
 
-def test_tune_ensemble_picks_the_complementary_pair_and_round_trips(tmp_path):
+def test_choose_combination_picks_the_complementary_pair_and_round_trips(tmp_path):
     sources, items = three_models()
     gt = gt_csv(tmp_path / "gt.csv", items)
     grid = {"score_thresh": [0.3, 0.5], "min_area": [0]}
     ts = tuning_set(tmp_path, sources, gt, H)
-    combo, params, results = tune_ensemble(ts, grid, weight_choices=(1, 2), out_path=tmp_path / "params.json")
+    combination, params, results = choose_combination(ts, grid, weight_choices=(1, 2),
+                                                      out_path=tmp_path / "params.json")
     assert len(results) == 19
     by = {(tuple(r["models"]), tuple(r["weights"])): r["kaggle_first"] for r in results}
     assert sum(r["kaggle"] is not None for r in results) == 3  # the 3 best of the first stage are refined
     assert by[(("good",), (1.0,))] == 0.5 and by[(("other",), (1.0,))] == 0.5  # one image each
     assert by[(("noise",), (1.0,))] == 0.0
     # Together they find both objects; the fused score halves (one vote of two), so 0.3 must be the threshold.
-    assert combo["models"] == ["good", "other"] and combo["weights"] == [1.0, 1.0]
-    assert max(by.values()) == 1.0 and params["score_thresh"] == 0.3
-    assert combo["min_score"] == pytest.approx(0.15)  # half the lowest threshold of the grid
+    assert list(combination.models) == ["good", "other"] and list(combination.weights) == [1.0, 1.0]
+    assert max(by.values()) == 1.0 and params.score_thresh == 0.3
+    assert combination.min_score == pytest.approx(0.15)  # half the lowest threshold of the grid
     # Saved for 06: the same combination and parameters come back.
-    assert load_combination(tmp_path / "params.json") == combo
+    assert load_combination(tmp_path / "params.json") == combination
     assert lpost.load_params(tmp_path / "params.json") == params
     saved = json.loads((tmp_path / "params.json").read_text())
     assert saved["kaggle"] == 1.0 and len(saved["candidates"]) == 19
     # Exhaustive search agrees, and scores every candidate on the whole grid.
-    combo2, params2, results2 = tune_ensemble(ts, grid, weight_choices=(1, 2), refine=0)
-    assert (combo2, params2) == (combo, params) and all(r["kaggle"] is not None for r in results2)
-    fused = combine(sources, combo)
+    combination2, params2, results2 = choose_combination(ts, grid, weight_choices=(1, 2), refine=0)
+    assert (combination2, params2) == (combination, params) and all(r["kaggle"] is not None for r in results2)
+    fused = combine(sources, combination)
     assert lscoring.score_table(fused, gt, params, mask_size=H, coco=False, progress=False)["kaggle"] == 1.0
-    assert combine(sources, {"models": ["good"]}) is sources["good"]
+    assert combine(sources, Combination.default(["good"])) is sources["good"]
     with pytest.raises(ValueError, match=r"\['zz'\]"):
-        combine(sources, {"models": ["good", "zz"]})
+        combine(sources, Combination.default(["good", "zz"]))
 
 
 def test_load_combination_absent_and_malformed(tmp_path):
@@ -119,40 +121,41 @@ def test_load_combination_absent_and_malformed(tmp_path):
         load_combination(f)
 
 
-def test_saved_choice_is_what_06_saved_or_the_default(tmp_path):
-    defaults, f = lpost.resolve_params(), tmp_path / "params.json"
-    assert saved_choice(None, []) == (None, defaults)
-    assert saved_choice(None, ["a"]) == ({"models": ["a"]}, defaults)
-    assert saved_choice(None, ["a", "b"]) == (default_combination(["a", "b"]), defaults)
-    lpost.save_params(f, {"score_thresh": 0.3})
-    tuned = lpost.resolve_params({"score_thresh": 0.3})
-    assert saved_choice(f, ["a", "b"]) == (default_combination(["a", "b"]), tuned)
-    combo = {"models": ["b", "a"], "weights": [2.0, 1.0], "iou": 0.6, "min_votes": 2, "min_score": 0.1}
-    lpost.save_params(f, {"score_thresh": 0.3}, ensemble=combo)
-    assert saved_choice(f, ["a", "b"]) == (combo, tuned)
-    assert saved_choice(f, ["a"]) == ({"models": ["a"]}, tuned)  # one model: its own masks
+def test_saved_combination_is_what_06_saved_or_the_default(tmp_path):
+    defaults, f = lpost.Params(), tmp_path / "params.json"
+    assert saved_combination(None, []) == (None, defaults)
+    assert saved_combination(None, ["a"]) == (Combination.default(["a"]), defaults)
+    assert saved_combination(None, ["a", "b"]) == (Combination.default(["a", "b"]), defaults)
+    lpost.save_params(f, lpost.Params(score_thresh=0.3))
+    tuned = lpost.Params(score_thresh=0.3)
+    assert saved_combination(f, ["a", "b"]) == (Combination.default(["a", "b"]), tuned)
+    combination = Combination(("b", "a"), (2.0, 1.0), 0.6, 2, 0.1)
+    lpost.save_params(f, lpost.Params(score_thresh=0.3), ensemble=combination.to_json())
+    assert saved_combination(f, ["a", "b"]) == (combination, tuned)
+    assert saved_combination(f, ["a"]) == (Combination.default(["a"]), tuned)  # one model: its own masks
     f.write_text(json.dumps({"params": {}, "ensemble": {"weights": [1]}}))
-    assert saved_choice(f, ["a"]) == ({"models": ["a"]}, defaults)  # the combination is not read for one model
+    assert saved_combination(f, ["a"]) == (Combination.default(["a"]), defaults)  # not read for one model
     with pytest.raises(ValueError, match="params.json: malformed"):
-        saved_choice(f, ["a", "b"])
+        saved_combination(f, ["a", "b"])
     f.write_text(json.dumps({"params": {"score_thresh": "high"}}))
     with pytest.raises(ValueError, match="params.json"):
-        saved_choice(f, ["a"])
+        saved_combination(f, ["a"])
 
 
-def test_initial_choice_starts_from_the_default_combination(tmp_path):
+def test_initial_combination_starts_from_the_default_combination(tmp_path):
     f = tmp_path / "params.json"
-    params, combo, origin = initial_choice(["a", "b"], f, False, {})
-    assert (params, combo, origin) == (lpost.resolve_params(), default_combination(["a", "b"]),
-                                       "all models, equal weights")
-    _, combo, origin = initial_choice(["a", "b"], f, False, {}, weights=[2.0, 1.0], iou=0.7, min_votes=2,
-                                      explicit=True)
-    assert combo == {"models": ["a", "b"], "weights": [2.0, 1.0], "iou": 0.7, "min_votes": 2} and origin == "flags"
-    assert list(combo) == ["models", "weights", "iou", "min_votes"]
-    saved = dict(default_combination(["b", "a"]), min_score=0.1)
-    lpost.save_params(f, {"score_thresh": 0.3}, ensemble=saved)
-    params, combo, origin = initial_choice(["a", "b"], f, True, {"min_area": 5})
-    assert combo == saved and origin == str(f) and (params["score_thresh"], params["min_area"]) == (0.3, 5)
+    params, combination, origin = initial_combination(["a", "b"], f, False, {})
+    assert (params, combination, origin) == (lpost.Params(), Combination.default(["a", "b"]),
+                                             "all models, equal weights")
+    _, combination, origin = initial_combination(["a", "b"], f, False, {}, weights=[2.0, 1.0], iou=0.7,
+                                                 min_votes=2, explicit=True)
+    assert combination.to_json() == {"models": ["a", "b"], "weights": [2.0, 1.0], "iou": 0.7,
+                                     "min_votes": 2} and origin == "flags"
+    assert list(combination.to_json()) == ["models", "weights", "iou", "min_votes"]
+    saved = dataclasses.replace(Combination.default(["b", "a"]), min_score=0.1)
+    lpost.save_params(f, lpost.Params(score_thresh=0.3), ensemble=saved.to_json())
+    params, combination, origin = initial_combination(["a", "b"], f, True, {"min_area": 5})
+    assert combination == saved and origin == str(f) and (params.score_thresh, params.min_area) == (0.3, 5)
 
 
 def write_pred_dir(d, tables, image_ids, orig, source=None):
@@ -174,12 +177,12 @@ def test_tune_picks_thresholds_that_improve_a_constructed_case(tmp_path):
     gt = write_gt(tmp_path / "gt.csv", [("a.jpg", obj, "2")])
     soft = rect(4, 4, 28, 28, 0.5) + rect(8, 8, 24, 24, 0.4)  # 0.9 on the object, 0.5 around it
     t = lpred.make_table(pred_rows("a.jpg", [soft, rect(0, 0, 6, 6)], [2, 2], [0.9, 0.4], orig=(S, S)))
-    base = lscoring.score_table(t, gt, {"score_thresh": 0.3}, mask_size=S, progress=False)["kaggle"]
-    best, results = tune_postprocess(tuning_set(tmp_path, t, gt, S), {"models": ["m"]},
+    base = lscoring.score_table(t, gt, lpost.Params(score_thresh=0.3), mask_size=S, progress=False)["kaggle"]
+    best, results = tune_postprocess(tuning_set(tmp_path, t, gt, S), Combination.default(["m"]),
                                      {"score_thresh": [0.3, 0.5], "mask_thresh": [0.45, 0.7]},
                                      out_path=tmp_path / "params.json")
     assert len(results) == 4 and results[0]["params"] == {"score_thresh": 0.3, "mask_thresh": 0.45}
-    assert best["score_thresh"] == 0.5 and best["mask_thresh"] == 0.7
+    assert best.score_thresh == 0.5 and best.mask_thresh == 0.7
     assert max(r["kaggle"] for r in results) == 1.0 > base == results[0]["kaggle"]
     saved = lpost.load_params(tmp_path / "params.json")
     assert saved == best and json.loads((tmp_path / "params.json").read_text())["kaggle"] == 1.0
@@ -194,20 +197,20 @@ def test_tune_drops_categories_that_only_add_false_positives(tmp_path):
     t = lpred.make_table(rows)
     grid = {"score_thresh": [0.5]}
     ts = tuning_set(tmp_path, t, gt, S)
-    best, results = tune_postprocess(ts, {"models": ["m"]}, grid, out_path=tmp_path / "params.json",
+    best, results = tune_postprocess(ts, Combination.default(["m"]), grid, out_path=tmp_path / "params.json",
                                      drop_categories=True)
     # category 7 is predicted in both images and never there: dropped; 5 is there and mostly right: kept
-    assert best["drop_categories"] == (7,)
+    assert best.drop_categories == (7,)
     assert results[-1]["params"] == {"score_thresh": 0.5, "drop_categories": [7]}
     assert results[-1]["kaggle"] > results[0]["kaggle"]
-    assert lpost.load_params(tmp_path / "params.json")["drop_categories"] == (7,)
+    assert lpost.load_params(tmp_path / "params.json").drop_categories == (7,)
     # the shortcut score equals scoring the table with those categories dropped
     assert results[-1]["kaggle"] == pytest.approx(lscoring.score_table(t, gt, best, mask_size=S, coco=False,
                                                                    progress=False)["kaggle"])
-    assert results[0]["kaggle"] == pytest.approx(lscoring.score_table(t, gt, {"score_thresh": 0.5}, mask_size=S,
-                                                                  coco=False, progress=False)["kaggle"])
-    no_drop, res = tune_postprocess(ts, {"models": ["m"]}, grid)  # off by default
-    assert no_drop["drop_categories"] == () and len(res) == 1
+    assert results[0]["kaggle"] == pytest.approx(lscoring.score_table(t, gt, lpost.Params(score_thresh=0.5),
+                                                                  mask_size=S, coco=False, progress=False)["kaggle"])
+    no_drop, res = tune_postprocess(ts, Combination.default(["m"]), grid)  # off by default
+    assert no_drop.drop_categories == () and len(res) == 1
 
 
 def test_score_dropping_matches_the_metric():
@@ -249,13 +252,13 @@ def random_models(seed, n_images=4, rows=10, hw=(32, 32), orig=(40, 56)):
 
 
 def test_point_groups_share_one_postprocessing_per_mask_threshold_and_nms():
-    points = [lpost.resolve_params(None, score_thresh=t, min_area=a, mask_thresh=m)
+    points = [lpost.Params(score_thresh=t, min_area=a, mask_thresh=m)
               for m in (0.4, 0.6) for t in (0.5, 0.3) for a in (0, 20)]
     groups = point_groups(points)
     assert len(groups) == 2
     for params, members in groups:
-        assert params["score_thresh"] == 0.3 and params["min_area"] == 0
-        assert [k for k, _, _ in members] == [k for k, p in enumerate(points) if p["mask_thresh"] == params["mask_thresh"]]
+        assert params.score_thresh == 0.3 and params.min_area == 0
+        assert [k for k, _, _ in members] == [k for k, p in enumerate(points) if p.mask_thresh == params.mask_thresh]
 
 
 @pytest.mark.parametrize("mask_size", [32, None])
@@ -266,18 +269,18 @@ def test_every_candidate_and_point_equals_scoring_its_fused_table(tmp_path, mask
     tables, items = random_models(1)
     gt = write_gt(tmp_path / "gt.csv", items)
     grid = {"score_thresh": [0.3, 0.6], "mask_thresh": [0.35, 0.55], "min_area": [0, 15], "nms_iou": [0.3, 0.7]}
-    cands = [dict(c, iou=0.5, min_votes=1, min_score=0.15) for c in combinations(["a", "b", "c"], (1, 2), 3)]
+    cands = combinations(["a", "b", "c"], (1, 2), 3, iou=0.5, min_votes=1, min_score=0.15)
     cands = [cands[k] for k in (0, 3, 4, 12, 15)]  # a, a+b, a+b weighted, all three, all three weighted
-    base = lpost.resolve_params(None)
+    base = lpost.Params()
     found = search_candidates(tuning_set(tmp_path, tables, gt, mask_size), cands, grid, base)
     values = [dict(zip(grid, v)) for v in __import__("itertools").product(*grid.values())]
-    for combo, (best, results) in zip(cands, found):
-        fused = combine(tables, combo)
-        want = [lscoring.score_table(fused, gt, lpost.resolve_params(base, **v), mask_size, per_class=False,
+    for combination, (best, results) in zip(cands, found):
+        fused = combine(tables, combination)
+        want = [lscoring.score_table(fused, gt, base.replace(**v), mask_size, per_class=False,
                                      coco=False, progress=False)["kaggle"] for v in values]
         assert [r["kaggle"] for r in results] == want  # exactly: the same IoUs, matches and means
         assert [r["params"] for r in results] == values
-        assert {k: best[k] for k in grid} == values[int(np.argmax(want))]
+        assert {k: getattr(best, k) for k in grid} == values[int(np.argmax(want))]
     assert len({r["kaggle"] for _, res in found for r in res}) > 8  # the points do differ
     (tmp_path / "two").mkdir()
     assert search_candidates(tuning_set(tmp_path / "two", tables, gt, mask_size, processes=2), cands, grid, base) == found
