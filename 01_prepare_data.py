@@ -57,7 +57,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--processes", type=int, default=D["processes"],
                    help="processes preparing images in parallel (0 = all cores)")
     p.add_argument("--limit", type=int, default=D["limit"], help="prepare only the first N images (quick runs)")
-    p.add_argument("--jpeg-quality", type=int, default=D["jpeg_quality"], help="JPEG quality of the cached images")
+    p.add_argument("--jpeg-quality", type=int, default=D["jpeg_quality"], help="JPEG quality of the prepared images")
     p.add_argument("--strict", action="store_true", help="exit with status 1 if any row or image was skipped")
     p.add_argument("--keep-duplicate-files", action="store_true",
                    help="prepare every ImageId even when its file has the same bytes as another's (by default "

@@ -16,7 +16,7 @@ sections that would start after the budget is spent):
 2. ``infer``: ``bench/infer_bench.py`` - stock forward vs our forward vs 05's prediction path (flip TTA,
    512 x 512 masks) and 06 (post-processing + RLE) on synthetic 3000 x 2000 JPEGs at 1024 px, the
    projected 05 + 06 time for 3,200 test images (target 90 s), and 05's batched mask paste vs torchvision's.
-3. ``input``: ``bench/input_bench.py`` - the training DataLoader (8 workers) on a 1024 px 01 cache vs our
+3. ``input``: ``bench/input_bench.py`` - the training DataLoader (8 workers) on a 1024 px prepared set vs our
    Mask R-CNN step: loader / model and end-to-end / model-only (target >= 0.95).
 4. ``pipeline``: synthetic data at 1024 px -> 01 -> 02/03/04 (short) -> 05 (flip TTA) -> 06, the time of
    each stage and the local scores (the accuracy check of a short synthetic training run).

@@ -81,7 +81,7 @@ MODES = {
 # --------------------------------------------------------------------------------------------- inputs
 def make_test_images(work_dir: Path, n: int, size: tuple[int, int], seed: int = 0) -> list[Path]:
     """``n`` synthetic JPEGs (q90) of ``size = (H, W)`` in ``work_dir`` (kept and reused)."""
-    from lib import kaggle_data as ldata
+    from lib import kaggle_data as lkaggle
     from lib import synthetic
 
     h, w = int(size[0]), int(size[1])
@@ -91,7 +91,7 @@ def make_test_images(work_dir: Path, n: int, size: tuple[int, int], seed: int = 
         p = work_dir / f"test_{h}x{w}_{seed}_{i}.jpg"
         if not p.is_file():
             img, _ = synthetic.make_image(np.random.default_rng([seed, 7, i]), h, w)
-            ldata.write_jpeg(p, img, quality=90)
+            lkaggle.write_jpeg(p, img, quality=90)
         paths.append(p)
     return paths
 
@@ -112,11 +112,11 @@ def decode_ms(paths: list[Path], long_side: int, repeat: int = 2) -> float:
 def load_batch(paths: list[Path], long_side: int, batch: int, device):
     """05's batch: ``batch`` images (cycling over ``paths``) as float 0..1 ``(3, h, w)`` on ``device`` (read and
     shrunk by ``lib.inference.ImageDataset``) and their original ``(H, W)`` sizes."""
-    from lib import kaggle_data as ldata
+    from lib import kaggle_data as lkaggle
     from lib.inference import ImageDataset
 
     ds = ImageDataset([str(p) for p in paths], long_side)
-    sizes = [ldata.read_image(p).shape[:2] for p in paths]
+    sizes = [lkaggle.read_image(p).shape[:2] for p in paths]
     items = [ds[i % len(ds)][1] for i in range(batch)]
     orig = [tuple(map(int, sizes[i % len(paths)])) for i in range(batch)]
     return [im.to(device).float().div_(255) for im in items], orig

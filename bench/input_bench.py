@@ -210,10 +210,10 @@ def main(argv=None) -> dict:
     t0 = time.time()
     prepared = args.prepared_dir or ensure_cache(args.work_dir, cfg["n_train"], cfg["data_side"], cfg["long_side"],
                                                  workers=max(1, min(8, os.cpu_count() or 1)))
-    cache_s = time.time() - t0
+    prepare_s = time.time() - t0
     res = measure(prepared, cfg, device, dtype)
     report = {**bc.report_header("input_pipeline", args.cpu, device, dtype, cfg),
-              "prepared_dir": str(prepared), "cache_seconds": round(cache_s, 1), **res}
+              "prepared_dir": str(prepared), "prepare_seconds": round(prepare_s, 1), **res}
     print()
     print(bc.table([res], COLUMNS))
     bc.write_json(args.out, report)

@@ -17,7 +17,7 @@ the process tree); both are sampled from /proc every 20 ms. Memory must stay fla
 costs in memory.
 
 The default mode is the full-size one for a many-core host (the GPU machine's CPUs; no GPU is needed):
-2000 px sources, 1024 px cache, 8 processes. ``--cpu`` is the small one.
+2000 px sources, 1024 px prepared set, 8 processes. ``--cpu`` is the small one.
 
 Examples::
 
@@ -234,7 +234,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv-rows", type=int, nargs="*", default=None, help="CSV row counts of the second sweep")
     p.add_argument("--unique", type=int, default=None, help="distinct synthetic images behind the copies")
     p.add_argument("--data-side", type=int, default=None, help="long side of the source images")
-    p.add_argument("--long-side", type=int, default=None, help="cache long side (01 --long-side)")
+    p.add_argument("--long-side", type=int, default=None, help="prepared set long side (01 --long-side)")
     p.add_argument("--workers", type=int, default=None, help="processes of 01 and of the plain loop")
     p.add_argument("--work-dir", type=Path, default=Path("work/bench/prepare"), help="synthetic data and outputs")
     p.add_argument("--out", type=Path, default=Path("work/bench/prepare_bench.json"), help="JSON file to write")

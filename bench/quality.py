@@ -425,16 +425,16 @@ def load_sources(pred_dir: Path) -> dict[str, pd.DataFrame]:
 def load_test_instances(gt_csv: Path, image_dir: Path) -> list[dict]:
     """Per test image: ``path``, ``masks (N, H, W)`` uint8, ``boxes (N, 4)`` x1y1x2y2 (x2/y2 exclusive),
     ``categories (N,)``, ``attributes`` (N tuples), from a train.csv-format ground truth."""
-    from lib import kaggle_data as ldata
+    from lib import kaggle_data as lkaggle
     from lib import rle as lrle
     from lib.boxes import mask_bbox
 
-    groups, problems = ldata.index_csv(gt_csv)
+    groups, problems = lkaggle.index_csv(gt_csv)
     if problems:
         raise ValueError(f"{gt_csv}: {problems[:3]}")
     out = []
     for image_id in sorted(groups):
-        rows, probs = ldata.read_rows(gt_csv, groups[image_id])
+        rows, probs = lkaggle.read_rows(gt_csv, groups[image_id])
         if probs:
             raise ValueError(f"{gt_csv}: {probs[:3]}")
         masks = [np.ascontiguousarray(lrle.decode(r.rle, (r.height, r.width))) for r in rows]
@@ -477,11 +477,11 @@ def oracle_masks(run_dirs: dict[str, Path], items: list[dict], device: torch.dev
             np.maximum(1, (it["boxes"][:, 2] - it["boxes"][:, 0]) * (it["boxes"][:, 3] - it["boxes"][:, 1]))
             for it in items]
     out = {"box_fill": group_iou_stats(np.concatenate(fill) if fill else np.zeros(0), cats)}
-    from lib import kaggle_data as ldata
+    from lib import kaggle_data as lkaggle
 
     images = {}
     for it in items:
-        images[it["image_id"]] = torch.from_numpy(ldata.read_image(it["path"])).permute(2, 0, 1).float() / 255
+        images[it["image_id"]] = torch.from_numpy(lkaggle.read_image(it["path"])).permute(2, 0, 1).float() / 255
 
     def stats(model):
         model.to(device).eval()
@@ -544,7 +544,7 @@ def attributes_report(run_dir: Path, table: pd.DataFrame, items: list[dict], gt_
     # 1. oracle boxes: the head at the ground-truth boxes of attribute categories, against the prior
     model, _ = load_checkpoint(resolve_checkpoint(run_dir))
     model.to(device).eval()
-    from lib import kaggle_data as ldata
+    from lib import kaggle_data as lkaggle
 
     gts, scores, prior_scores = [], [], []
     prior = attribute_prior(train_csv, N_ATTRIBUTES)
@@ -552,7 +552,7 @@ def attributes_report(run_dir: Path, table: pd.DataFrame, items: list[dict], gt_
         sel = np.flatnonzero(np.isin(it["categories"], ATTRIBUTE_CATEGORIES))
         if not sel.size:
             continue
-        img = torch.from_numpy(ldata.read_image(it["path"])).permute(2, 0, 1).float().div(255).to(device)
+        img = torch.from_numpy(lkaggle.read_image(it["path"])).permute(2, 0, 1).float().div(255).to(device)
         s = attributes_for_boxes(model, [img], [torch.from_numpy(it["boxes"][sel]).to(device)])[0]
         scores.append(s.cpu().numpy())
         gts.append(np.stack([multi_hot(it["attributes"][i]) for i in sel]))

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from . import kaggle_data as ldata
+from . import kaggle_data as lkaggle
 from . import prediction_table as lpred
 from .boxes import prob_boxes_torch
 from .fusion import fused_attributes, fusion_plan
@@ -59,11 +59,11 @@ class ImageDataset(Dataset):
 
     def __getitem__(self, i: int):
         try:
-            img = ldata.read_image(self.paths[i])
+            img = lkaggle.read_image(self.paths[i])
         except ValueError as e:
             return i, str(e)
         h, w = img.shape[:2]
-        nh, nw = ldata.resized_shape(h, w, self.long_side or None)
+        nh, nw = lkaggle.resized_shape(h, w, self.long_side or None)
         if (nh, nw) != (h, w):
             img = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_AREA)
         return i, torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).contiguous()

@@ -48,7 +48,7 @@ from tqdm import tqdm
 
 from . import checkpoint as lcheckpoint
 from . import io as lio
-from . import kaggle_data as ldata
+from . import kaggle_data as lkaggle
 from . import prepared as lprepared
 from . import runtime
 from .inference import image_batches, predict_batch, result_rows, tta_views
@@ -145,8 +145,8 @@ def model_names(paths: Sequence[str | Path], names: Sequence[str] | None = None)
 
 def images_from_data_dir(data_dir: str | Path, progress: bool = True) -> pd.DataFrame:
     """Test images of a Kaggle-layout dir: ``image_id, path, orig_height, orig_width`` (original sizes)."""
-    df = ldata.list_test_images(data_dir, progress=progress)
-    df = df.assign(path=[str(ldata.image_file(Path(data_dir) / "test", i)) for i in df["image_id"]])
+    df = lkaggle.list_test_images(data_dir, progress=progress)
+    df = df.assign(path=[str(lkaggle.image_file(Path(data_dir) / "test", i)) for i in df["image_id"]])
     return df[["image_id", "path", "orig_height", "orig_width"]].reset_index(drop=True)
 
 
@@ -173,18 +173,18 @@ def images_from_folder(spec: str | Path, progress: bool = True) -> tuple[pd.Data
     """
     p = Path(spec)
     if p.is_dir():
-        files, root = [f for f in p.iterdir() if f.is_file() and ldata.is_image_file(f)], p
+        files, root = [f for f in p.iterdir() if f.is_file() and lkaggle.is_image_file(f)], p
     else:
-        files = [Path(f) for f in glob.glob(str(spec), recursive=True) if Path(f).is_file() and ldata.is_image_file(f)]
+        files = [Path(f) for f in glob.glob(str(spec), recursive=True) if Path(f).is_file() and lkaggle.is_image_file(f)]
         root = Path(os.path.commonpath([f.parent.resolve() for f in files])) if files else None
     if not files:
-        raise FileNotFoundError(f"--images {spec}: no {'/'.join(ldata.IMAGE_SUFFIXES)} files there")
+        raise FileNotFoundError(f"--images {spec}: no {'/'.join(lkaggle.IMAGE_SUFFIXES)} files there")
     base = root.resolve()
     rows, skipped = [], {}
     for image_id, f in tqdm(sorted((f.resolve().relative_to(base).as_posix(), f) for f in files), desc="images",
                             unit="img", disable=not progress):
         try:
-            h, w = ldata.image_size(f)
+            h, w = lkaggle.image_size(f)
         except ValueError as e:
             skipped[image_id] = str(e)
             continue

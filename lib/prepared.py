@@ -27,7 +27,7 @@ An annotation record::
      "instances": [{"category": 6, "attributes": [7, 20], "class_id": "6_7_20",
                     "rle": "<Kaggle RLE at (H, W)>", "bbox": [x1, y1, x2, y2], "row": 17}, ...],
      "problems": [[file, row, image_id, reason], ...],
-     "settings": {"cache_version": 1, "long_side": 1024, "jpeg_quality": 95}}
+     "settings": {"format_version": 1, "long_side": 1024, "jpeg_quality": 95}}
 
 ``bbox`` is in pixels of the resized image, x2/y2 exclusive (a one-pixel mask
 at (r, c) has bbox [c, r, c + 1, r + 1]), as torchvision expects for masks.
@@ -51,7 +51,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from . import kaggle_data as ldata
+from . import kaggle_data as lkaggle
 from . import io as lio
 from . import labels as llabels
 from . import rle as lrle
@@ -59,7 +59,7 @@ from .boxes import mask_bbox
 from .coco_data import CocoSource, annotation_rows, read_coco
 
 STAGE = "01_prepare_data"
-CACHE_VERSION = 1
+FORMAT_VERSION = 1  # of the annotation records; records of another version are prepared again
 
 
 @dataclass(frozen=True)
@@ -132,7 +132,7 @@ def write_ground_truth(prepared_dir: str | Path, image_ids: Sequence[str], path:
         ann = read_ann(prepared_dir, iid)
         for inst in ann["instances"]:
             rows.append((iid, inst["rle"], int(ann["height"]), int(ann["width"]), str(inst["class_id"])))
-    return ldata.write_train_csv(path, rows)
+    return lkaggle.write_train_csv(path, rows)
 
 
 def decode_instances(ann: dict) -> tuple[np.ndarray, np.ndarray, list[tuple[int, ...]]]:
@@ -165,13 +165,13 @@ def _write_output(write, path, *a) -> None:
 
 def record_settings(long_side: int | None, jpeg_quality: int) -> dict:
     """What an annotation record depends on besides its rows; a rerun with other settings redoes the image."""
-    return {"cache_version": CACHE_VERSION, "long_side": long_side, "jpeg_quality": int(jpeg_quality)}
+    return {"format_version": FORMAT_VERSION, "long_side": long_side, "jpeg_quality": int(jpeg_quality)}
 
 
 def prepare_image(
     source, image_dir: str, image_id: str, entries: list[tuple[int, int]] | None, out_dir: str,
     long_side: int | None, num_categories: int, num_attributes: int, jpeg_quality: int = 95,
-) -> tuple[dict | None, list[ldata.Problem]]:
+) -> tuple[dict | None, list[lkaggle.Problem]]:
     """Prepare one image; return (index row or None if skipped, problems).
 
     ``source``: a :class:`CsvSource` (the image's rows at ``entries``, from :func:`lib.kaggle_data.index_csv`),
@@ -181,48 +181,48 @@ def prepare_image(
         csv_path = str(source.path)
         first_row = int(source.annotations[image_id][0].get("id", 0)) if source.annotations.get(image_id) else 0
     else:
-        rows, problems = ldata.read_rows(source.path, entries, num_categories, source.num_attributes)
+        rows, problems = lkaggle.read_rows(source.path, entries, num_categories, source.num_attributes)
         if source.attribute_map is not None:
-            rows = ldata.remap_attributes(rows, source.attribute_map)
+            rows = lkaggle.remap_attributes(rows, source.attribute_map)
         csv_path = source.path
         first_row = entries[0][0] if entries else 0
-    img_file = ldata.image_file(image_dir, image_id)
+    img_file = lkaggle.image_file(image_dir, image_id)
     if not rows:
-        problems.append(ldata.Problem(str(img_file), first_row, image_id, "no valid rows for this image; skipped"))
+        problems.append(lkaggle.Problem(str(img_file), first_row, image_id, "no valid rows for this image; skipped"))
         return None, problems
     try:
-        data = ldata.read_image_bytes(img_file)  # read once: decoded and hashed
-        rgb = ldata.decode_image(data, img_file)
+        data = lkaggle.read_image_bytes(img_file)  # read once: decoded and hashed
+        rgb = lkaggle.decode_image(data, img_file)
     except ValueError as e:
-        problems.append(ldata.Problem(str(img_file), first_row, image_id, f"{e}; image skipped"))
+        problems.append(lkaggle.Problem(str(img_file), first_row, image_id, f"{e}; image skipped"))
         return None, problems
     H, W = rgb.shape[:2]
     good = []
     for r in rows:
         if (r.height, r.width) != (H, W):
             hint = " (swapped: EXIF-rotated copy?)" if (r.height, r.width) == (W, H) else ""
-            problems.append(ldata.Problem(
+            problems.append(lkaggle.Problem(
                 csv_path, r.row, image_id, f"Height/Width {r.height}x{r.width} disagree with the image {H}x{W}{hint}"))
             continue
         good.append(r)
     if not good:
-        problems.append(ldata.Problem(str(img_file), first_row, image_id, "no row matches the image size; skipped"))
+        problems.append(lkaggle.Problem(str(img_file), first_row, image_id, "no row matches the image size; skipped"))
         return None, problems
-    h, w = ldata.resized_shape(H, W, long_side)
+    h, w = lkaggle.resized_shape(H, W, long_side)
     instances = []
     for r in good:
-        m = ldata.resize_rle(r.rle, (H, W), (h, w))
+        m = lkaggle.resize_rle(r.rle, (H, W), (h, w))
         bbox = mask_bbox(m)
         if bbox is None:
-            problems.append(ldata.Problem(csv_path, r.row, image_id, f"mask vanishes at the resized size {h}x{w}; row skipped"))
+            problems.append(lkaggle.Problem(csv_path, r.row, image_id, f"mask vanishes at the resized size {h}x{w}; row skipped"))
             continue
         instances.append({"category": r.category, "attributes": list(r.attributes), "class_id": r.class_id,
                           "rle": lrle.encode(m), "bbox": bbox, "row": r.row})
     if not instances:
-        problems.append(ldata.Problem(str(img_file), first_row, image_id, "no instance left after resizing; skipped"))
+        problems.append(lkaggle.Problem(str(img_file), first_row, image_id, "no instance left after resizing; skipped"))
         return None, problems
     small = rgb if (h, w) == (H, W) else cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA)
-    _write_output(lambda p, a: ldata.write_jpeg(p, a, jpeg_quality), image_path(out_dir, image_id), small)
+    _write_output(lambda p, a: lkaggle.write_jpeg(p, a, jpeg_quality), image_path(out_dir, image_id), small)
     record = {"image_id": image_id, "orig_height": H, "orig_width": W, "height": h, "width": w,
               "instances": instances, "problems": [list(p) for p in problems],
               "settings": record_settings(long_side, jpeg_quality), "file_sha1": hashlib.sha1(data).hexdigest()}
@@ -249,7 +249,7 @@ def _drop_duplicate_files(rows: dict[str, dict], order: list[str], images: dict)
         if sha is None:
             continue
         if sha in first:
-            problems.append(ldata.Problem(str(Path(images[i][1]) / i), 0, i, f"the same image file as "
+            problems.append(lkaggle.Problem(str(Path(images[i][1]) / i), 0, i, f"the same image file as "
                                           f"{first[sha]!r} (identical bytes); prepared once, as {first[sha]!r}"))
             del rows[i]
         else:
@@ -263,14 +263,14 @@ def _work(task):
     except OutputError:
         raise  # the output is unwritable: every other image would fail the same way
     except Exception as e:  # never lose the whole run to one image
-        return task[2], (None, [ldata.Problem(str(Path(task[1]) / task[2]), task[3][0][0] if task[3] else 0,
+        return task[2], (None, [lkaggle.Problem(str(Path(task[1]) / task[2]), task[3][0][0] if task[3] else 0,
                                               task[2], f"unexpected error: {type(e).__name__}: {e}")])
 
 
 def _worker_died(task, reason: str):
     """:func:`_work`'s result for an image whose worker process died (killed, crashed): a problem row."""
     row = task[3][0][0] if task[3] else 0
-    return task[2], (None, [ldata.Problem(str(Path(task[1]) / task[2]), row, task[2],
+    return task[2], (None, [lkaggle.Problem(str(Path(task[1]) / task[2]), row, task[2],
                                           f"the worker process preparing this image died ({reason}); image skipped")])
 
 
@@ -281,10 +281,10 @@ def _check_image_ids(ids: list[str], images: dict, problems: list) -> list[str]:
         source, _, entries = images[i]
         csv_path, first_row = source.path, (entries[0][0] if entries else 0)
         if Path(i).name != i or i in (".", ".."):
-            problems.append(ldata.Problem(str(csv_path), first_row, i,
+            problems.append(lkaggle.Problem(str(csv_path), first_row, i,
                                           "ImageId is not a plain file name (a path); image skipped"))
         elif stem(i) in stems:
-            problems.append(ldata.Problem(str(csv_path), first_row, i, f"ImageId has the same file stem as "
+            problems.append(lkaggle.Problem(str(csv_path), first_row, i, f"ImageId has the same file stem as "
                                           f"{stems[stem(i)]!r} (one file each); image skipped"))
         else:
             stems[stem(i)] = i
@@ -415,7 +415,7 @@ def prepare_dataset(s: PrepareSettings) -> dict:
             raise ValueError(f"none of the {selected} images could be prepared ({len(problems)} problems): "
                              f"see {out_dir / 'problems.csv'}")
         meta = {
-            "stage": STAGE, "cache_version": CACHE_VERSION, "data_dir": str(data_dir) if data_dir else None,
+            "stage": STAGE, "format_version": FORMAT_VERSION, "data_dir": str(data_dir) if data_dir else None,
             "out_dir": str(out_dir), "train_csv": str(csv_path) if csv_path else None,
             "image_dir": str(image_dir) if image_dir else None, "label_file": str(label_file) if label_file else None,
             "long_side": long_side, "seed": seed, "val_fraction": val_fraction, "labels": labels.to_json(),
@@ -434,7 +434,7 @@ def _read_inputs(data_dir: Path | None, out_dir: Path, csv_path: Path | None, im
     (the first source of an ImageId wins), the problems found so far and a summary per source."""
     if csv_path is not None and not csv_path.exists():
         raise FileNotFoundError(f"{csv_path} not found: --data-dir must be a Kaggle-layout directory")
-    edition = ldata.csv_layout(csv_path) if csv_path is not None else None
+    edition = lkaggle.csv_layout(csv_path) if csv_path is not None else None
     if label_file is not None and edition != "2020":
         labels = llabels.load_labels(label_file)
     else:  # the 2020 edition's label file is mapped onto these by name (_csv_source)
@@ -445,7 +445,7 @@ def _read_inputs(data_dir: Path | None, out_dir: Path, csv_path: Path | None, im
         raise ValueError(f"--out-dir {out_dir} must not be inside --data-dir {data_dir} (the input is never modified)")
     images, problems, sources = {}, [], []
     if csv_path is not None:
-        groups, problems = ldata.index_csv(csv_path)
+        groups, problems = lkaggle.index_csv(csv_path)
         if not groups:
             raise ValueError(f"{csv_path}: no data rows (only the header{', and bad rows' if problems else ''})")
         source, vocabulary = _csv_source(csv_path, edition, label_file, labels)
@@ -458,7 +458,7 @@ def _read_inputs(data_dir: Path | None, out_dir: Path, csv_path: Path | None, im
         sources.append(src.summary())
         for i in src.images:
             if i in images:
-                problems.append(ldata.Problem(str(src.path), 0, i, f"ImageId also in {images[i][0].path}; prepared "
+                problems.append(lkaggle.Problem(str(src.path), 0, i, f"ImageId also in {images[i][0].path}; prepared "
                                               f"once, from there"))
             else:
                 images[i] = (src.for_image(i), str(src.image_dir), None)
@@ -500,19 +500,27 @@ def _claim_out_dir(out_dir: Path, held: contextlib.ExitStack) -> None:
         raise OutputError(e.errno, f"cannot write to --out-dir {out_dir}: {e.strerror or e}") from e
 
 
+def _same_settings(recorded: dict | None, settings: dict) -> bool:
+    """A record's settings equal ``settings``; records written before the key was named ``format_version`` say
+    ``cache_version``."""
+    if isinstance(recorded, dict) and "cache_version" in recorded:
+        recorded = {("format_version" if k == "cache_version" else k): v for k, v in recorded.items()}
+    return recorded == settings
+
+
 def _finished_images(out_dir: Path, ids: list[str], settings: dict):
     """Images a run with the same ``settings`` finished: ``(index rows, problems)`` of each, and the ids to do."""
     rows: dict[str, dict] = {}
-    image_problems: dict[str, list[ldata.Problem]] = {}
+    image_problems: dict[str, list[lkaggle.Problem]] = {}
     todo = []
     for i in ids:
         p = ann_path(out_dir, i)
         if p.exists() and image_path(out_dir, i).exists():
             try:
                 rec = lio.read_json(p)
-                if rec.get("image_id") == i and rec.get("settings") == settings:
+                if rec.get("image_id") == i and _same_settings(rec.get("settings"), settings):
                     rows[i] = index_row(rec)
-                    image_problems[i] = [ldata.Problem(*q) for q in rec.get("problems", [])]
+                    image_problems[i] = [lkaggle.Problem(*q) for q in rec.get("problems", [])]
                     continue
             except (ValueError, KeyError, TypeError, AttributeError):
                 pass  # unreadable record: prepare the image again
@@ -529,7 +537,7 @@ def _write_tables(out_dir: Path, rows: dict[str, dict], problems: list, val_frac
     with lio.atomic_path(out_dir / "index.parquet") as tmp:
         index.to_parquet(tmp, index=False)
     with lio.atomic_path(out_dir / "problems.csv") as tmp:
-        pd.DataFrame(problems, columns=list(ldata.Problem._fields)).to_csv(tmp, index=False)
+        pd.DataFrame(problems, columns=list(lkaggle.Problem._fields)).to_csv(tmp, index=False)
     return index
 
 

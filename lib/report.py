@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from . import kaggle_data as ldata
+from . import kaggle_data as lkaggle
 from . import io as lio
 from . import labels as llabels
 from . import viz
@@ -89,7 +89,7 @@ def _gt_instances(gt: tuple | None, image_id: str, size: tuple[int, int]):
     if gt is None or image_id not in gt[0]:
         return None
     rows, _ = gt[1](image_id)
-    masks = [ldata.resize_rle(r.rle, (r.height, r.width), size) for r in rows]
+    masks = [lkaggle.resize_rle(r.rle, (r.height, r.width), size) for r in rows]
     return (np.stack(masks) if masks else np.zeros((0, *size), np.uint8)), [r.category for r in rows]
 
 
@@ -192,10 +192,10 @@ def _overlay(report_dir: Path, image_id: str, image_dir: Path | None, tables: Ma
              gt: tuple | None, names: list[str], params: Params, panel_height: int):
     """One image's panels (the image, its ground truth, each table post-processed) as a PNG under
     ``overlays/``: ``(image_id, relative path or None, error or None)``."""
-    path = ldata.image_file(image_dir, image_id) if image_dir is not None else None
+    path = lkaggle.image_file(image_dir, image_id) if image_dir is not None else None
     if path is None or not path.is_file():
         return image_id, None, f"image not found: {path}"
-    img = ldata.read_image(path)
+    img = lkaggle.read_image(path)
     h, w = img.shape[:2]
     dh = min(panel_height, h)
     dw = max(1, round(w * dh / h))

@@ -1,4 +1,4 @@
-"""Shared fixtures: paths to the read-only reference data and a tiny synthetic dataset + 01 cache."""
+"""Shared fixtures: paths to the read-only reference data and a tiny synthetic dataset + its prepared set."""
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before anything imports smp/timm/huggingface_hub
@@ -49,7 +49,7 @@ def synthetic_data_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def prepared_set(synthetic_data_dir, tmp_path_factory) -> Path:
-    """01 cache of the tiny synthetic set (long side 160, 30% val so both splits are populated)."""
+    """The prepared set of the tiny synthetic set (long side 160, 30% val so both splits are populated)."""
     from lib import prepared
 
     out = tmp_path_factory.mktemp("prepared") / "prepared"

@@ -579,3 +579,13 @@ def test_prepare_settings_sources():
     assert s.data_dir is None and s.coco_sources() == [(Path("a.json"), Path("imgs")), (Path("b.json"), None)]
     with pytest.raises(ValueError, match="--coco-images: 2 folders for 1 --coco-json files"):
         prepared.PrepareSettings(coco_json=["a.json"], coco_images=["x", "y"])
+
+
+def test_records_written_before_the_format_version_key_was_renamed_still_count_as_done():
+    now = prepared.record_settings(128, 95)
+    assert now == {"format_version": prepared.FORMAT_VERSION, "long_side": 128, "jpeg_quality": 95}
+    assert prepared._same_settings({"cache_version": prepared.FORMAT_VERSION, "long_side": 128, "jpeg_quality": 95}, now)
+    assert not prepared._same_settings({"cache_version": 0, "long_side": 128, "jpeg_quality": 95}, now)
+    assert not prepared._same_settings({"format_version": prepared.FORMAT_VERSION, "long_side": 64,
+                                        "jpeg_quality": 95}, now)
+    assert not prepared._same_settings(None, now)
