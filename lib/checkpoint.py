@@ -1,8 +1,56 @@
 """Training checkpoints: save atomically with a content digest, read with ``weights_only=True``, rebuild.
 
-A checkpoint is a dict of plain Python types and tensors (see :mod:`lib.engine` for its keys), so
-``torch.load(path, weights_only=True)`` reads it; :func:`load_checkpoint` rebuilds the model from the saved
-``config`` alone (``lib.models.build_model``: no download, the weights come from the file).
+A checkpoint is a dict of plain Python types and tensors, so ``torch.load(path, weights_only=True)`` reads it;
+:func:`load_checkpoint` rebuilds the model from the saved ``config`` alone (``lib.models.build_model``: no
+download, the weights come from the file). ``lib/engine.py`` (``make_checkpoint``) writes ``checkpoint.pth``
+every epoch (and every ``--checkpoint-every-steps`` steps), ``best.pth`` and ``model_<epoch>.pth``.
+
+Format ``CHECKPOINT_FORMAT`` (``"imat-train-checkpoint/2"``). The keys of every training checkpoint
+(``CHECKPOINT_KEYS``):
+
+* ``format`` (str): ``CHECKPOINT_FORMAT``;
+* ``stage`` (str): the script that trained, e.g. ``"03_train_maskrcnn"``;
+* ``arch`` (str): the ``lib.models`` architecture (``"unet"``, ``"maskrcnn"``, ``"deepmac"``);
+* ``config`` (dict): the model config, ``config["arch"]`` included; ``lib.models.build_model(config)``
+  rebuilds the model;
+* ``model`` (dict[str, Tensor]): the trained weights, ``state_dict()`` of the bare model (no DDP ``module.``);
+* ``optimizer`` (dict): ``optimizer.state_dict()`` (SGD or AdamW, :func:`lib.optim.build_optimizer`);
+* ``scheduler`` (dict): the ``LambdaLR``'s ``state_dict()`` (:func:`lib.optim.build_lr_scheduler`;
+  ``last_epoch`` = optimizer steps taken, as it steps once per step);
+* ``scaler`` (dict | None): fp16's ``torch.amp.GradScaler`` ``state_dict()`` (loss scale, growth tracker);
+  None in fp32 and bf16, which need no scaler;
+* ``model_ema`` (dict[str, Tensor] | None): the moving average of the weights (``--ema-decay``,
+  :func:`lib.optim.make_ema`), an ``AveragedModel`` ``state_dict()`` (``module.<name>`` keys and
+  ``n_averaged``); None when the run keeps none; :func:`ema_weights` gives it as model weights;
+* ``skipped_steps`` (int): fp16 updates the gradient scaler skipped (inf/NaN gradients) so far;
+* ``consecutive_skips`` (int): of them, the ones in a row up to this checkpoint (a resumed run goes on
+  counting towards ``lib.engine.MAX_CONSECUTIVE_SKIPS``);
+* ``epoch`` (int): epochs finished;
+* ``iter_in_epoch`` (int): optimizer steps done in the next epoch (0 at an epoch's end);
+* ``global_step`` (int): optimizer steps done in the whole run;
+* ``rng`` (dict): the saving process's generator states, ``lib.runtime.rng_state()``: ``torch`` (uint8
+  Tensor), ``cuda`` (list of uint8 Tensors, one per GPU; empty without CUDA), ``numpy`` (dict: ``keys`` int64
+  Tensor (624,), ``pos``, ``has_gauss``, ``cached_gaussian``);
+* ``args`` (dict): every flag of the script, resolved (``TrainSettings.record``), as in meta.json;
+* ``labels`` (list[str]): the category names; category ``i`` is model label ``i + 1`` (0 = background);
+* ``best_score`` (float): the best validation Kaggle metric so far (``-inf`` before any validation);
+* ``metrics`` (dict): the last ``{"kind": "epoch", ...}`` record of ``metrics.jsonl`` (``{}`` before the
+  first epoch's end);
+* ``world_size`` (int): the processes that trained (torchrun / DDP; 1 alone);
+* ``init`` (dict | None): what the run's weights started from, ``lib.weights.apply_init``'s report
+  (``flag``, ``source``, ``kind``, what was loaded and left out); None when neither ``--weights`` nor
+  ``--weights-backbone`` was given.
+
+Mid-epoch checkpoints (``iter_in_epoch`` > 0) also hold (``MID_EPOCH_KEYS``):
+
+* ``epoch_sums`` (dict): the epoch's meters so far, ``lib.monitor.MetricLogger.state()``: ``sums``
+  (dict[str, float]: ``loss`` and each loss part summed over the steps with a finite loss), ``steps``,
+  ``images`` (all ranks), ``finite_steps``; the resumed epoch's record then means the whole epoch;
+* ``rng_ranks`` (list[dict], under DDP only): every rank's ``rng``, in rank order, so each resumes with its own.
+
+:func:`save_checkpoint` adds ``digest`` (str): :func:`state_digest` (SHA-256 hex) of all the rest, checked by
+:func:`read_checkpoint` and removed from what it returns; required from format ``/2`` on (files of format ``/1``,
+or without ``format``, load without it).
 """
 from __future__ import annotations
 
@@ -16,6 +64,10 @@ from . import io as lio
 from . import models as lmodels
 
 CHECKPOINT_FORMAT = "imat-train-checkpoint/2"  # /2: carries a "digest", which is then required
+CHECKPOINT_KEYS = ("format", "stage", "arch", "config", "model", "optimizer", "scheduler", "scaler", "model_ema",
+                   "skipped_steps", "consecutive_skips", "epoch", "iter_in_epoch", "global_step", "rng", "args",
+                   "labels", "best_score", "metrics", "world_size", "init")  # every training checkpoint (above)
+MID_EPOCH_KEYS = ("epoch_sums", "rng_ranks")  # added by mid-epoch checkpoints (rng_ranks: under DDP only)
 _FORMATS_WITHOUT_DIGEST = (None, "imat-train-checkpoint/1")
 
 

@@ -298,21 +298,6 @@ def detector_overrides(args) -> dict:
     return {k: v for k, v in o.items() if v is not None}
 
 
-def train_scale_range(scale_range, min_size: int) -> list[float] | None:
-    """``--scale-range LO HI`` -> the model config's ``train_scale_range`` factors (None = off).
-
-    Values above 8 are short-side pixel sizes and are divided by the model's ``min_size``.
-    """
-    if scale_range is None:
-        return None
-    lo, hi = (float(v) for v in scale_range)
-    if hi > 8:
-        lo, hi = lo / float(min_size), hi / float(min_size)
-    if not 0 < lo <= hi:
-        raise ValueError(f"--scale-range must be 0 < LO <= HI, got {tuple(scale_range)}")
-    return [round(lo, 6), round(hi, 6)]
-
-
 def args_dict(args) -> dict:
     """``vars(args)`` with Paths/tuples made JSON-safe."""
     return lio.json_safe(vars(args))

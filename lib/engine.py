@@ -2,8 +2,10 @@
 
 ``run_training(arch, model_overrides, settings)`` (:class:`TrainSettings`: the flags of :mod:`lib.cli`) trains
 a ``lib.models`` model on a prepared set, as torchvision's references do: :func:`train_one_epoch` then
-validation (:func:`evaluate`) and checkpoints at each epoch's end, over a small :class:`Run` state. It writes
-to ``out_dir``:
+validation (:func:`evaluate`) and checkpoints at each epoch's end (:func:`end_epoch`), over a small :class:`Run`
+state. The optimizer, the learning-rate schedule and the moving average of the weights come from
+:mod:`lib.optim`; an epoch's meters (losses, step and data time, images/s) are a
+:class:`lib.monitor.MetricLogger`. It writes to ``out_dir``:
 
 * ``checkpoint.pth`` - rolling checkpoint (every epoch; also every ``--checkpoint-every-steps`` steps);
 * ``best.pth``       - the checkpoint with the best validation Kaggle score so far;
@@ -15,16 +17,9 @@ to ``out_dir``:
 * ``meta.json``      - stage, arch, model config, args, data summary, final metrics, checkpoint paths.
 
 Checkpoints hold only plain Python types and tensors, so ``torch.load(path, weights_only=True)`` reads
-them; :func:`lib.checkpoint.load_checkpoint` rebuilds the model from the saved config alone. Keys: ``format``, ``stage``,
-``arch``, ``config``, ``model``, ``optimizer``, ``scheduler``, ``scaler`` (fp16's ``GradScaler`` state; None in fp32 and bf16, which need no scaler),
-``skipped_steps`` (updates fp16's scaler skipped so far),
-``epoch`` (epochs completed), ``iter_in_epoch`` (steps done in epoch ``epoch``; 0 at epoch ends),
-``global_step``, ``rng`` (torch / cuda / numpy states), ``rng_ranks`` (mid-epoch checkpoints of a DDP run:
-every rank's states), ``epoch_sums`` (mid-epoch checkpoints: the epoch's loss sums so far), ``args``,
-``labels`` (category names), ``best_score``, ``metrics`` (the last epoch record), ``world_size``, ``init``
-(what the run started from: :func:`lib.weights.apply_init`'s report, or None), ``digest``
-(SHA-256 of the rest, checked on load: a corrupted file is refused; required from format ``/2`` on, files
-of format ``/1`` without it still load).
+them; :func:`lib.checkpoint.load_checkpoint` rebuilds the model from the saved config alone. Their keys (what
+:func:`make_checkpoint` saves), with types and meanings, are listed where the format lives: :mod:`lib.checkpoint`
+(``CHECKPOINT_KEYS``, ``CHECKPOINT_FORMAT``).
 
 Determinism: every epoch reseeds torch/numpy/random from ``(seed, epoch, rank)`` and the sampler's order
 depends only on ``(seed, epoch)``, so a run split by ``--stop-after-epoch`` + ``--resume`` gives the same
@@ -55,10 +50,10 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-import warnings
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -74,78 +69,10 @@ from . import weights as lweights
 from .checkpoint import CHECKPOINT_FORMAT, save_checkpoint
 from .mask_paste import crops_from, masks_in_frame
 from .models.unet import without_semantic
-from .monitor import TrainMonitor, tensorboard_dir
+from .monitor import MetricLogger, TrainMonitor, tensorboard_dir
+from .optim import build_lr_scheduler, build_optimizer, make_ema, optimization_summary, step_scheduler
 from .training_data import PreparedDataset, build_transforms, checked_batches, make_loader, set_epoch
 from .viz import plot_curves
-
-
-# --------------------------------------------------------------------------------------------- optimisation
-def build_optimizer(model: torch.nn.Module, name: str, lr: float, weight_decay: float, momentum: float,
-                    device: torch.device) -> torch.optim.Optimizer:
-    """``name`` "sgd" or "adamw" over the trainable parameters; no weight decay on 1-D parameters (biases,
-    norm weights); fused kernels on CUDA."""
-    decay, no_decay = [], []
-    for _, p in model.named_parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    groups = [g for g in groups if g["params"]]
-    kw = {"fused": True} if device.type == "cuda" else {}
-    if name == "sgd":
-        make = lambda **k: torch.optim.SGD(groups, lr=lr, momentum=momentum, **k)  # noqa: E731
-    else:
-        make = lambda **k: torch.optim.AdamW(groups, lr=lr, **k)  # noqa: E731
-    try:
-        return make(**kw)
-    except (TypeError, RuntimeError, ValueError):
-        return make()
-
-
-def lr_factor_fn(schedule: str, total_steps: int, warmup_steps: int, milestones_steps=(), gamma: float = 0.1):
-    """step -> multiplier of the peak lr: linear warmup from 1/1000, then cosine to 0 / steps / constant."""
-    total_steps = max(1, int(total_steps))
-    warmup_steps = max(0, int(warmup_steps))
-    milestones_steps = sorted(int(m) for m in milestones_steps)
-
-    def f(step: int) -> float:
-        if step < warmup_steps:
-            a = step / warmup_steps
-            w = 1e-3 * (1 - a) + a
-        else:
-            w = 1.0
-        if schedule == "cosine":
-            t = min(1.0, max(0.0, (step - warmup_steps) / max(1, total_steps - warmup_steps)))
-            return w * 0.5 * (1 + math.cos(math.pi * t))
-        if schedule == "step":
-            return w * gamma ** sum(step >= m for m in milestones_steps)
-        return w
-
-    return f
-
-
-def milestone_steps(lr_milestones: str, epochs: int, steps_per_epoch: int) -> list[int]:
-    """``--lr-milestones`` ("8,11"; "" = 2/3 and 8/9 of ``epochs``) as global steps."""
-    if lr_milestones.strip():
-        try:
-            eps = [int(x) for x in lr_milestones.split(",") if x.strip()]
-        except ValueError:
-            raise ValueError(f"--lr-milestones {lr_milestones!r}: expected comma-separated epochs") from None
-    else:
-        eps = sorted({max(1, round(epochs * 2 / 3)), max(1, round(epochs * 8 / 9))})
-    return [e * steps_per_epoch for e in eps]
-
-
-
-def _drop_records_after(log_path: Path, step: int) -> None:
-    """Rewrite a metrics log without the records past ``step`` (atomically); torn lines are dropped too."""
-    if not log_path.exists():
-        return
-    recs = lio.read_jsonl(log_path)
-    keep = [r for r in recs if not (isinstance(r.get("step"), (int, float)) and r["step"] > step
-                                    and r.get("kind") in ("train", "epoch"))]
-    text = "".join(lio.to_json(r, indent=None) + "\n" for r in keep)
-    if text != log_path.read_text(encoding="utf-8", errors="replace"):
-        lio.atomic_write_text(log_path, text)
 
 
 # --------------------------------------------------------------------------------------------- data helpers
@@ -340,9 +267,10 @@ def train_step(net, batches, optimizer, params, clip_grad: float, device: torch.
 # --------------------------------------------------------------------------------------------- a run
 @dataclass
 class TrainSettings:
-    """What a training run is told: the flags of :func:`lib.cli.add_common_args`, same names (see their
-    ``--help``); :func:`lib.cli.train_settings` builds it from the parsed flags. ``record`` is every flag of the
-    script (its model flags too), as saved in checkpoints and meta.json."""
+    """What a training run is told: the flags of :func:`lib.cli.add_training_args`, same names (see their
+    ``--help``), whose defaults are these (the scripts change a few: lr, clip_grad, ...);
+    :func:`lib.cli.train_settings` builds it from the parsed flags. ``record`` is every flag of the script (its
+    model flags too), as saved in checkpoints and meta.json."""
 
     prepared_dir: Path
     out_dir: Path
@@ -392,12 +320,42 @@ class TrainSettings:
 
 
 @dataclass
+class StepCounters:
+    """What :func:`train_one_epoch` counts across epochs (saved in checkpoints): optimizer steps so far, fp16
+    updates the gradient scaler skipped so far, and the skips in a row up to the last step."""
+
+    global_step: int = 0
+    skipped_steps: int = 0
+    consecutive_skips: int = 0
+
+
+@dataclass
+class StepSettings:
+    """How :func:`train_one_epoch` steps: ``steps_per_epoch`` optimizer steps of ``accumulate`` batches each,
+    gradients clipped to ``clip_grad`` (0 = not), a train record every ``log_every`` steps (0 = none), a mid-epoch
+    checkpoint every ``checkpoint_every_steps`` (0 = none); ``world_size`` processes (``distributed``: under DDP).
+    ``epochs`` (of the run) is shown by the progress bar; ``checkpoint_path`` is named by the errors that stop the
+    run (it keeps the last good state)."""
+
+    steps_per_epoch: int
+    epochs: int = 1
+    accumulate: int = 1
+    clip_grad: float = 0.0
+    log_every: int = 0
+    checkpoint_every_steps: int = 0
+    world_size: int = 1
+    distributed: bool = False
+    checkpoint_path: Path = Path("checkpoint.pth")
+
+
+@dataclass
 class Run:
-    """The state of one training run: what :func:`train_one_epoch` and the epoch end work on.
+    """The state of one training run, outside the epoch loop: what :func:`run_training` hands to
+    :func:`train_one_epoch` and what the epoch end (:func:`end_epoch`) works on.
 
     ``model`` is the bare model (saved, validated); ``net`` is what trains (``model`` or its DDP wrapper).
     ``resume``: the checkpoint being resumed (weights already loaded; its RNG states and epoch sums are
-    used by the first epoch), else None.
+    used by the first epoch), else None. ``counters``: steps and fp16 skips so far.
     """
 
     arch: str
@@ -416,7 +374,6 @@ class Run:
     net: torch.nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: object
-    params: list
     init_report: dict | None
     resume: dict | None
     run_args: dict
@@ -425,11 +382,9 @@ class Run:
     ema: torch.optim.swa_utils.AveragedModel | None = None
     optimization: dict = field(default_factory=dict)
     monitor: TrainMonitor | None = None
-    skipped_steps: int = 0
-    consecutive_skips: int = 0
+    counters: StepCounters = field(default_factory=StepCounters)
     start_epoch: int = 0
     start_iter: int = 0
-    global_step: int = 0
     best_score: float = -math.inf
     last_metrics: dict = field(default_factory=dict)
     val_history: list = field(default_factory=list)
@@ -454,7 +409,7 @@ class Run:
 
 
 def run_training(arch: str, model_overrides: dict, s: TrainSettings, stage: str | None = None) -> dict:
-    """Train ``arch`` (a ``lib.models.BUILDERS`` name) as the settings ``s`` say.
+    """Train ``arch`` (a ``lib.models.ARCHS`` name) as the settings ``s`` say.
 
     ``model_overrides``: config keys from the script's model flags (None values are ignored, so the
     model's defaults apply). Returns the final summary (also in ``out_dir/meta.json``). Rank 0 holds the
@@ -468,36 +423,41 @@ def run_training(arch: str, model_overrides: dict, s: TrainSettings, stage: str 
         if run.main:
             write_meta(run, "running")
         for epoch in range(run.start_epoch, last_epoch + 1):
-            epoch_sums = train_one_epoch(run, epoch)
-            end_epoch(run, epoch, epoch_sums)
+            metric_logger = _train_epoch(run, epoch)
+            end_epoch(run, epoch, metric_logger)
         summary = write_meta(run, "done" if run.epochs_done >= s.epochs else "stopped") if run.main else {}
         runtime.teardown_distributed(run.env["distributed"], barrier=True)
         return summary
 
 
-def optimization_summary(s: TrainSettings, world_size: int) -> dict:
-    """The batch an optimizer step sees and its learning rate: ``global_batch`` = world size x ``--batch-size`` x
-    ``--accumulate``; ``lr`` = ``--lr``, or with ``--lr-scale linear`` ``--lr`` x global batch / ``--lr-base-batch``
-    (the linear scaling rule of Goyal et al. 2017, as detectron2's ``REFERENCE_WORLD_SIZE``). Saved in meta.json."""
-    if s.lr_scale not in ("none", "linear"):
-        raise ValueError(f"--lr-scale: 'none' or 'linear', got {s.lr_scale!r}")
-    global_batch = int(world_size) * int(s.batch_size) * int(s.accumulate)
-    lr = s.lr * global_batch / s.lr_base_batch if s.lr_scale == "linear" else s.lr
-    return {"global_batch": global_batch, "accumulate": int(s.accumulate), "lr_scale": s.lr_scale,
-            "lr_base_batch": int(s.lr_base_batch), "lr": lr, "ema_decay": float(s.ema_decay)}
+def _train_epoch(run: Run, epoch: int) -> MetricLogger:
+    """Epoch ``epoch`` of ``run``: its generators and the loader's order, then :func:`train_one_epoch`. The
+    resumed epoch starts at its checkpoint's step, with the generators and loss sums saved there."""
+    s, env = run.settings, run.env
+    start_iter = run.start_iter if epoch == run.start_epoch else 0
+    resumed = run.resume if start_iter else None
+    if resumed is not None and resumed.get("rng"):
+        per_rank = resumed.get("rng_ranks") or []
+        runtime.set_rng_state(per_rank[env["rank"]] if len(per_rank) == env["world_size"] else resumed["rng"])
+    else:
+        runtime.seed_everything(s.seed + 1000 * (epoch + 1) + env["rank"])
+    set_epoch(run.loader, epoch, start_iter * s.accumulate)
+    run.loader.generator.manual_seed(s.seed + epoch)
+    cfg = StepSettings(steps_per_epoch=run.steps_per_epoch, epochs=s.epochs, accumulate=s.accumulate,
+                       clip_grad=s.clip_grad, log_every=s.log_every, checkpoint_every_steps=s.checkpoint_every_steps,
+                       world_size=env["world_size"], distributed=env["distributed"],
+                       checkpoint_path=run.path("checkpoint.pth"))
+    return train_one_epoch(run.net, run.optimizer, run.scheduler, run.loader, run.device, epoch, cfg, run.counters,
+                           dtype=run.dtype, scaler=run.scaler, ema=run.ema, start_iter=start_iter,
+                           metric_logger=MetricLogger(resumed.get("epoch_sums") if resumed is not None else None),
+                           log=partial(_log_train, run) if run.main else None,
+                           save_mid_epoch=partial(_save_mid_epoch, run, epoch))
 
 
-def make_ema(model: torch.nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel | None:
-    """The exponential moving average of ``model``'s weights and buffers (BatchNorm statistics too, as
-    torchvision's references keep it), updated after every optimizer step (:meth:`update_parameters`:
-    ``ema = decay * ema + (1 - decay) * weights``, the first step copying); None when ``decay`` is 0."""
-    if not 0.0 <= decay < 1.0:
-        raise ValueError(f"--ema-decay must be in [0, 1), got {decay}")
-    if decay == 0:
-        return None
-    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
-    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+def _log_train(run: Run, rec: dict) -> None:
+    """A ``{"kind": "train", ...}`` record into metrics.jsonl and TensorBoard (rank 0)."""
+    lio.append_jsonl(run.path("metrics.jsonl"), rec)
+    run.monitor.log_train(rec["step"], rec)
 
 
 def start_run(arch: str, model_overrides: dict, s: TrainSettings, stage: str, held: contextlib.ExitStack) -> Run:
@@ -541,17 +501,17 @@ def start_run(arch: str, model_overrides: dict, s: TrainSettings, stage: str, he
     model = model.to(device)
     if s.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimization = optimization_summary(s, env["world_size"])
+    optimization = optimization_summary(s.lr, s.batch_size, s.accumulate, env["world_size"], s.lr_scale,
+                                        s.lr_base_batch, s.ema_decay)
     optimizer = build_optimizer(model, s.optimizer, optimization["lr"], s.weight_decay, s.momentum, device)
-    lr_f = lr_factor_fn(s.schedule, steps_per_epoch * s.epochs, s.warmup_steps,
-                        milestone_steps(s.lr_milestones, s.epochs, steps_per_epoch), s.lr_gamma)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_f)
+    scheduler = build_lr_scheduler(optimizer, s.schedule, s.epochs, steps_per_epoch, s.warmup_steps, s.lr_milestones,
+                                   s.lr_gamma)
     dtype = runtime.amp_dtype(s.amp, device)
     run = Run(arch=arch, stage=stage, settings=s, env=env, dtype=dtype, scaler=runtime.make_grad_scaler(dtype, device),
               out_dir=out_dir, label_names=label_names, train_ds=train_ds, val_ds=val_ds, loader=loader,
               steps_per_epoch=steps_per_epoch, config=config, model=model, net=model, optimizer=optimizer,
               optimization=optimization, ema=make_ema(model, s.ema_decay),
-              scheduler=scheduler, params=[], init_report=init_report, resume=resume,
+              scheduler=scheduler, init_report=init_report, resume=resume,
               run_args=s.record,
               data_summary={"prepared_dir": str(s.prepared_dir), "num_train": len(train_ds),
                             "num_val": len(val_ds), "long_side": meta.get("long_side"),
@@ -559,7 +519,7 @@ def start_run(arch: str, model_overrides: dict, s: TrainSettings, stage: str, he
     if resume is not None:
         _restore(run)
     run.monitor = held.enter_context(TrainMonitor(tensorboard_dir(out_dir), enabled=main and s.tensorboard,
-                                                  resume_step=run.global_step))
+                                                  resume_step=run.counters.global_step))
     _wrap_distributed(run)
     return run
 
@@ -604,7 +564,7 @@ def _datasets(s: TrainSettings, distributed: bool):
 
 def _model_config(arch: str, model_overrides: dict, s: TrainSettings, n_categories: int) -> tuple[dict, dict]:
     """The model config from the script's overrides and the common flags, and the keys the flags set."""
-    from .cli import train_scale_range
+    from .models.common import train_scale_range
 
     overrides = {k: v for k, v in (model_overrides or {}).items() if v is not None}
     overrides["num_classes"] = n_categories + 1
@@ -654,28 +614,41 @@ def _restore(run: Run) -> None:
         run.ema.load_state_dict(ck["model_ema"])
     elif run.ema is not None:
         run.ema.update_parameters(run.model)  # resumed without an average (EMA turned on now): start it here
-    run.skipped_steps = int(ck.get("skipped_steps", 0))
-    run.consecutive_skips = int(ck.get("consecutive_skips", 0))
+    run.counters.skipped_steps = int(ck.get("skipped_steps", 0))
+    run.counters.consecutive_skips = int(ck.get("consecutive_skips", 0))
     run.start_epoch = int(ck.get("epoch", 0))
     run.start_iter = int(ck.get("iter_in_epoch", 0))
-    run.global_step = int(ck.get("global_step", 0))
+    run.counters.global_step = int(ck.get("global_step", 0))
     run.best_score = float(ck.get("best_score", -math.inf))
     run.last_metrics = dict(ck.get("metrics") or {})
     if run.start_iter >= run.steps_per_epoch:
         run.start_epoch, run.start_iter = run.start_epoch + 1, 0
     run.epochs_done = run.start_epoch
     if run.main:
-        _drop_records_after(run.path("metrics.jsonl"), run.global_step)  # logged after the checkpoint: redone
+        _drop_records_after(run.path("metrics.jsonl"), run.counters.global_step)  # logged after it: redone
         lio.append_jsonl(run.path("metrics.jsonl"), {"kind": "resume", "from": ck["path"], "epoch": run.start_epoch,
-                                                     "iter_in_epoch": run.start_iter, "step": run.global_step})
+                                                     "iter_in_epoch": run.start_iter,
+                                                     "step": run.counters.global_step})
         if run.path("val_scores.json").exists():
             run.val_history = [h for h in lio.read_json(run.path("val_scores.json")).get("history", [])
                                if h.get("epoch", 0) <= run.start_epoch]  # later epochs are redone
     del ck["model"], ck["optimizer"]
 
 
+def _drop_records_after(log_path: Path, step: int) -> None:
+    """Rewrite a metrics log without the records past ``step`` (atomically); torn lines are dropped too."""
+    if not log_path.exists():
+        return
+    recs = lio.read_jsonl(log_path)
+    keep = [r for r in recs if not (isinstance(r.get("step"), (int, float)) and r["step"] > step
+                                    and r.get("kind") in ("train", "epoch"))]
+    text = "".join(lio.to_json(r, indent=None) + "\n" for r in keep)
+    if text != log_path.read_text(encoding="utf-8", errors="replace"):
+        lio.atomic_write_text(log_path, text)
+
+
 def _wrap_distributed(run: Run) -> None:
-    """SyncBatchNorm / DDP under torchrun; the list of trainable parameters."""
+    """SyncBatchNorm / DDP under torchrun."""
     s, env = run.settings, run.env
     if env["distributed"] and s.sync_bn:
         if run.device.type == "cuda":
@@ -687,113 +660,95 @@ def _wrap_distributed(run: Run) -> None:
         run.net = torch.nn.parallel.DistributedDataParallel(
             run.model, device_ids=[run.device.index] if run.device.type == "cuda" else None,
             find_unused_parameters=s.ddp_find_unused)
-    run.params = [p for p in run.model.parameters() if p.requires_grad]
 
 
 # --------------------------------------------------------------------------------------------- an epoch
-def train_one_epoch(run: Run, epoch: int) -> dict:
-    """Train epoch ``epoch`` (0-based) of ``run``, from ``run.start_iter`` when it is the resumed epoch.
+def train_one_epoch(net: torch.nn.Module, optimizer: torch.optim.Optimizer, lr_scheduler, data_loader,
+                    device: torch.device, epoch: int, cfg: StepSettings, counters: StepCounters, dtype=None,
+                    scaler: torch.amp.GradScaler | None = None, ema: torch.optim.swa_utils.AveragedModel | None = None,
+                    start_iter: int = 0, metric_logger: MetricLogger | None = None,
+                    log: Callable[[dict], None] | None = None,
+                    save_mid_epoch: Callable[[int, dict], None] | None = None) -> MetricLogger:
+    """Train epoch ``epoch`` (0-based) from its step ``start_iter``: ``cfg.steps_per_epoch`` optimizer steps
+    (:func:`train_step`) of ``cfg.accumulate`` batches of ``data_loader`` each, each followed by ``lr_scheduler``,
+    the moving average ``ema`` (None: none kept) and ``counters``.
 
-    Logs a train record every ``--log-every`` steps and saves mid-epoch checkpoints every
-    ``--checkpoint-every-steps``. Returns ``{"sums": {loss name: sum over the steps with a finite loss},
-    "steps", "images", "finite_steps", "seconds"}``.
+    ``net``: the model (or its DDP wrapper), trained under autocast to ``dtype`` (None: fp32) with fp16's gradient
+    ``scaler``. ``metric_logger``: the epoch's meters so far (a resumed epoch's), None: a new one. ``log`` takes a
+    ``{"kind": "train", ...}`` record every ``cfg.log_every`` steps and at the epoch's last step (None on ranks > 0:
+    no records, no progress bar); ``save_mid_epoch(steps done in the epoch, metric_logger.state())`` runs every
+    ``cfg.checkpoint_every_steps`` steps but the epoch's last, on every rank. Returns the epoch's stopped
+    :class:`MetricLogger`.
     """
-    s, world, rank = run.settings, run.env["world_size"], run.env["rank"]
-    skip = run.start_iter if epoch == run.start_epoch else 0
-    resumed = run.resume if skip else None
-    if resumed is not None and resumed.get("rng"):
-        per_rank = resumed.get("rng_ranks") or []
-        runtime.set_rng_state(per_rank[rank] if len(per_rank) == world else resumed["rng"])
-    else:
-        runtime.seed_everything(s.seed + 1000 * (epoch + 1) + rank)
-    loader = run.loader
-    set_epoch(loader, epoch, skip * s.accumulate)
-    loader.generator.manual_seed(s.seed + epoch)
-    run.net.train()
-    sums: dict[str, float] = {}
-    n_steps, n_images, n_finite, t_epoch = 0, 0, 0, time.time()
-    if resumed is not None and resumed.get("epoch_sums"):
-        # the epoch's running loss sums up to the checkpoint, so its epoch record means the whole epoch
-        part = resumed["epoch_sums"]
-        sums = {str(k): float(v) for k, v in part["sums"].items()}
-        n_steps, n_images = int(part["steps"]), int(part["images"])
-        n_finite = int(part.get("finite_steps", n_steps))
-    bar = tqdm(total=run.steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{s.epochs}", unit="step",
-               disable=not run.main, dynamic_ncols=True)
-    it, t_step, t_data, t_ready, group = skip, time.time(), 0.0, time.time(), []
-    for images, targets in checked_batches(loader):  # a dead loader worker: an error naming the image
-        if it >= run.steps_per_epoch:
+    net.train()
+    model = net.module if isinstance(net, torch.nn.parallel.DistributedDataParallel) else net
+    params = [p for p in model.parameters() if p.requires_grad]
+    metric_logger = MetricLogger() if metric_logger is None else metric_logger
+    bar = tqdm(total=cfg.steps_per_epoch, initial=start_iter, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step",
+               disable=log is None, dynamic_ncols=True)
+    it, group = start_iter, []
+    for images, targets in metric_logger.timed(checked_batches(data_loader)):  # a dead worker: error naming the image
+        if it >= cfg.steps_per_epoch:
             break
-        t_data += time.time() - t_ready  # waiting for the loader
-        group.append(_to_device(images, targets, run.device))
-        if len(group) < s.accumulate:  # --accumulate: this step's micro-batches
-            t_ready = time.time()
+        group.append(_to_device(images, targets, device))
+        if len(group) < cfg.accumulate:  # --accumulate: this step's micro-batches
             continue
         try:
-            step = train_step(run.net, group, run.optimizer, run.params, s.clip_grad, run.device,
-                              run.dtype, run.env["distributed"], run.scaler)
+            step = train_step(net, group, optimizer, params, cfg.clip_grad, device, dtype, cfg.distributed, scaler)
         except NonFiniteLossError as e:
             what, _, detail = str(e).partition(": ")
             raise NonFiniteLossError(
-                f"{what} at epoch {epoch + 1}, step {it + 1} of the epoch (global step {run.global_step + 1}): "
-                f"{detail}; stopped without saving - {run.path('checkpoint.pth')} keeps the last good state"
-            ) from None
-        if run.ema is not None and not step.skipped:
-            run.ema.update_parameters(run.model)
-        images = [im for ims, _ in group for im in ims]
-        group = []
-        _count_skip(run, step.skipped, epoch, it)
-        with warnings.catch_warnings():  # a skipped fp16 update is no misordered scheduler call
-            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
-            run.scheduler.step()
-        run.global_step += 1
+                f"{what} at epoch {epoch + 1}, step {it + 1} of the epoch (global step {counters.global_step + 1}): "
+                f"{detail}; stopped without saving - {cfg.checkpoint_path} keeps the last good state") from None
+        if ema is not None and not step.skipped:
+            ema.update_parameters(model)
+        n_images, group = sum(len(ims) for ims, _ in group) * cfg.world_size, []
+        _count_skip(counters, step.skipped, epoch, it, scaler, cfg.checkpoint_path)
+        step_scheduler(lr_scheduler)
+        counters.global_step += 1
         it += 1
-        n_steps += 1
-        n_images += len(images) * world
-        dt, t_step = time.time() - t_step, time.time()
-        if math.isfinite(step.loss):  # an fp16 step the scaler skipped may have an inf loss: not in the means
-            n_finite += 1
-            for k, v in (("loss", step.loss), *step.parts.items()):
-                sums[k] = sums.get(k, 0.0) + v
-        if run.main:
-            lr = run.optimizer.param_groups[0]["lr"]
-            bar.set_postfix(loss=f"{step.loss:.3f}", lr=f"{lr:.2e}", **({"skipped": run.skipped_steps}
-                                                                        if run.skipped_steps else {}))
+        metric_logger.update(step.loss, step.parts, n_images)
+        if log is not None:
+            lr = optimizer.param_groups[0]["lr"]
+            bar.set_postfix(loss=f"{step.loss:.3f}", lr=f"{lr:.2e}", **({"skipped": counters.skipped_steps}
+                                                                        if counters.skipped_steps else {}))
             bar.update(1)
-            if s.log_every and (run.global_step % s.log_every == 0 or it == run.steps_per_epoch):
-                rec = {"kind": "train", "epoch": epoch + 1, "iter": it, "step": run.global_step,
-                       "loss": _finite_or_none(step.loss)}  # an fp16 step the scaler skipped: null, not Infinity
-                rec.update({k if k.startswith("loss") else f"loss_{k}": _finite_or_none(v) for k, v in step.parts.items()})
-                rec.update({"lr": lr, "grad_norm": _finite_or_none(step.grad_norm), "step_time": round(dt, 4),
-                            "data_time": round(t_data, 4), "images_per_s": round(len(images) * world / max(dt, 1e-9), 3),
-                            "skipped_steps": run.skipped_steps, **_device_memory(run.device)})
-                lio.append_jsonl(run.path("metrics.jsonl"), rec)
-                run.monitor.log_train(run.global_step, rec)
-        if s.checkpoint_every_steps and run.global_step % s.checkpoint_every_steps == 0 \
-                and it < run.steps_per_epoch:
-            _save_mid_epoch(run, epoch, it, {"sums": dict(sums), "steps": n_steps, "images": n_images,
-                                             "finite_steps": n_finite})
-        t_data, t_ready = 0.0, time.time()
+            if cfg.log_every and (counters.global_step % cfg.log_every == 0 or it == cfg.steps_per_epoch):
+                log(_train_record(epoch, it, counters, step, lr, metric_logger, device))
+        if save_mid_epoch is not None and cfg.checkpoint_every_steps \
+                and counters.global_step % cfg.checkpoint_every_steps == 0 and it < cfg.steps_per_epoch:
+            save_mid_epoch(it, metric_logger.state())
     bar.close()
-    return {"sums": sums, "steps": n_steps, "images": n_images, "finite_steps": n_finite,
-            "seconds": time.time() - t_epoch}
+    metric_logger.stop()
+    return metric_logger
+
+
+def _train_record(epoch: int, it: int, counters: StepCounters, step: StepResult, lr: float,
+                  metric_logger: MetricLogger, device: torch.device) -> dict:
+    """The ``{"kind": "train", ...}`` record of the step just taken (step ``it`` of ``epoch``)."""
+    rec = {"kind": "train", "epoch": epoch + 1, "iter": it, "step": counters.global_step,
+           "loss": _finite_or_none(step.loss)}  # an fp16 step the scaler skipped: null, not Infinity
+    rec.update({k if k.startswith("loss") else f"loss_{k}": _finite_or_none(v) for k, v in step.parts.items()})
+    rec.update({"lr": lr, "grad_norm": _finite_or_none(step.grad_norm), **metric_logger.step_meters(),
+                "skipped_steps": counters.skipped_steps, **_device_memory(device)})
+    return rec
 
 
 MAX_CONSECUTIVE_SKIPS = 25  # fp16 steps in a row without an update: the scale fell from 2**16 to below 2**-8
 
 
-def _count_skip(run: Run, skipped: bool, epoch: int, it: int) -> None:
+def _count_skip(counters: StepCounters, skipped: bool, epoch: int, it: int, scaler, checkpoint_path) -> None:
     """Count a step fp16's gradient scaler skipped; a long run of them (the loss itself is not finite, not an
     overflow the scale can cure) stops training like a non-finite fp32 loss."""
-    run.consecutive_skips = run.consecutive_skips + 1 if skipped else 0
+    counters.consecutive_skips = counters.consecutive_skips + 1 if skipped else 0
     if not skipped:
         return
-    run.skipped_steps += 1
-    if run.consecutive_skips >= MAX_CONSECUTIVE_SKIPS:
+    counters.skipped_steps += 1
+    if counters.consecutive_skips >= MAX_CONSECUTIVE_SKIPS:
         raise NonFiniteLossError(
-            f"non-finite gradients in {run.consecutive_skips} fp16 steps in a row up to epoch {epoch + 1}, step "
-            f"{it + 1} (loss scale now {run.scaler.get_scale():.3g}); stopped without saving - "
-            f"{run.path('checkpoint.pth')} keeps the last good state (try --amp bf16 or off, a lower --lr)")
+            f"non-finite gradients in {counters.consecutive_skips} fp16 steps in a row up to epoch {epoch + 1}, step "
+            f"{it + 1} (loss scale now {scaler.get_scale():.3g}); stopped without saving - "
+            f"{checkpoint_path} keeps the last good state (try --amp bf16 or off, a lower --lr)")
 
 
 def _device_memory(device: torch.device) -> dict:
@@ -805,7 +760,7 @@ def _device_memory(device: torch.device) -> dict:
 
 def _save_mid_epoch(run: Run, epoch: int, it: int, epoch_sums: dict) -> None:
     """checkpoint.pth at step ``it`` of ``epoch`` with the epoch's sums and every rank's RNG states."""
-    check_params_finite(run, f"at global step {run.global_step}")
+    check_params_finite(run, f"at global step {run.counters.global_step}")
     rng_ranks = runtime.gather_rng_states(run.env["world_size"]) if run.env["distributed"] else None
     if run.main:
         ck = make_checkpoint(run, epoch, it)
@@ -820,9 +775,10 @@ def _save_mid_epoch(run: Run, epoch: int, it: int, epoch_sums: dict) -> None:
 OVERLAY_IMAGES = 4  # validation images drawn into TensorBoard each validated epoch
 
 
-def end_epoch(run: Run, epoch: int, epoch_sums: dict) -> None:
-    """The epoch's end: validation on every rank (each over its shard), then on rank 0 the epoch record,
-    TensorBoard, best.pth / model_<epoch>.pth / checkpoint.pth, curves, meta."""
+def end_epoch(run: Run, epoch: int, metric_logger: MetricLogger) -> None:
+    """The epoch's end: validation on every rank (each over its shard), then on rank 0 the epoch record (from
+    the epoch's ``metric_logger``: steps, time, images/s, mean losses), TensorBoard, best.pth /
+    model_<epoch>.pth / checkpoint.pth, curves, meta."""
     s = run.settings
     check_params_finite(run, f"after epoch {epoch + 1}")
     run.epochs_done = epoch + 1
@@ -832,25 +788,22 @@ def end_epoch(run: Run, epoch: int, epoch_sums: dict) -> None:
                    score_thresh=s.val_score_thresh, progress=run.main, workers=s.workers,
                    distributed=run.env["distributed"], examples=OVERLAY_IMAGES) if do_val else None
     if run.main:
-        n_steps, seconds = epoch_sums["steps"], epoch_sums["seconds"]
-        rec = {"kind": "epoch", "epoch": epoch + 1, "step": run.global_step, "steps": n_steps,
-               "epoch_time": round(seconds, 2), "images_per_s": round(epoch_sums["images"] / max(seconds, 1e-9), 3),
+        rec = {"kind": "epoch", "epoch": epoch + 1, "step": run.counters.global_step, **metric_logger.epoch_meters(),
                "lr": run.optimizer.param_groups[0]["lr"]}
         rec.update(_device_memory(run.device))
         if run.scaler.is_enabled():
-            rec["skipped_steps"] = run.skipped_steps
-        for k, v in epoch_sums["sums"].items():
-            rec[f"train_{k}" if k == "loss" or k.startswith("loss") else f"train_loss_{k}"] = \
-                v / max(epoch_sums["finite_steps"], 1)
+            rec["skipped_steps"] = run.counters.skipped_steps
+        for k, v in metric_logger.means().items():
+            rec[f"train_{k}" if k == "loss" or k.startswith("loss") else f"train_loss_{k}"] = v
         improved = record_validation(run, epoch, rec, res, time.time() - t_val) if res is not None else False
         run.last_metrics = lio.json_safe(rec)
         # Order matters when the process is killed in between: the log record and best.pth come before
         # checkpoint.pth, so a resume from the previous checkpoint redoes this epoch (dropping its record)
         # and never continues from a state whose record or best.pth is missing.
         lio.append_jsonl(run.path("metrics.jsonl"), rec)
-        run.monitor.log_epoch(run.global_step, rec)
+        run.monitor.log_epoch(run.counters.global_step, rec)
         if res is not None:
-            run.monitor.log_overlays(run.global_step, [im for im, _ in res["examples"]],
+            run.monitor.log_overlays(run.counters.global_step, [im for im, _ in res["examples"]],
                                      [p for _, p in res["examples"]], class_names=run.label_names)
         ck = make_checkpoint(run, epoch + 1, 0)
         if improved:
@@ -878,7 +831,7 @@ def record_validation(run: Run, epoch: int, rec: dict, res: dict, seconds: float
     improved = math.isfinite(score) and score > run.best_score
     if improved:
         run.best_score = score
-    entry = {"epoch": epoch + 1, "step": run.global_step, **{k: v for k, v in res.items() if k != "examples"}}
+    entry = {"epoch": epoch + 1, "step": run.counters.global_step, **{k: v for k, v in res.items() if k != "examples"}}
     run.val_history.append({"epoch": epoch + 1, "kaggle": res["kaggle"], "AP": rec["val_AP"]})
     path = run.path("val_scores.json")
     old = lio.read_json(path) if path.exists() else {}
@@ -889,14 +842,17 @@ def record_validation(run: Run, epoch: int, rec: dict, res: dict, seconds: float
 
 # --------------------------------------------------------------------------------------------- saving
 def make_checkpoint(run: Run, epoch_done: int, iter_in_epoch: int) -> dict:
-    """The checkpoint dict of ``run`` after ``iter_in_epoch`` steps of epoch ``epoch_done`` (0 at epoch ends)."""
+    """The checkpoint dict of ``run`` after ``iter_in_epoch`` steps of epoch ``epoch_done`` (0 at epoch ends):
+    the keys of ``lib.checkpoint.CHECKPOINT_KEYS``, as :mod:`lib.checkpoint`'s docstring describes them
+    (:func:`_save_mid_epoch` adds the ``MID_EPOCH_KEYS``; :func:`lib.checkpoint.save_checkpoint` the ``digest``)."""
     return {"format": CHECKPOINT_FORMAT, "stage": run.stage, "arch": run.arch, "config": run.config,
             "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
             "scheduler": run.scheduler.state_dict(),
             "scaler": run.scaler.state_dict() if run.scaler.is_enabled() else None,
             "model_ema": run.ema.state_dict() if run.ema is not None else None,
-            "skipped_steps": run.skipped_steps, "consecutive_skips": run.consecutive_skips, "epoch": epoch_done,
-            "iter_in_epoch": iter_in_epoch, "global_step": run.global_step, "rng": runtime.rng_state(),
+            "skipped_steps": run.counters.skipped_steps, "consecutive_skips": run.counters.consecutive_skips,
+            "epoch": epoch_done, "iter_in_epoch": iter_in_epoch, "global_step": run.counters.global_step,
+            "rng": runtime.rng_state(),
             "args": run.run_args, "labels": run.label_names, "best_score": run.best_score,
             "metrics": run.last_metrics, "world_size": run.env["world_size"], "init": run.init_report}
 
@@ -918,7 +874,7 @@ def write_meta(run: Run, status: str) -> dict:
          "args": run.run_args, "data": run.data_summary, "optimization": run.optimization,
          "world_size": run.env["world_size"],
          "device": str(run.device), "amp": str(run.dtype).replace("torch.", "") if run.dtype else "off",
-         "epochs_done": run.epochs_done, "global_step": run.global_step,
+         "epochs_done": run.epochs_done, "global_step": run.counters.global_step,
          "best_val_kaggle": run.best_score if math.isfinite(run.best_score) else None,
          "final_metrics": run.last_metrics,
          "checkpoints": {"last": str(run.path("checkpoint.pth")), "best": str(best) if best.exists() else None,
@@ -932,6 +888,7 @@ def write_meta(run: Run, status: str) -> dict:
     return m
 
 
-__all__ = ["Run", "run_training", "start_run", "train_one_epoch", "end_epoch", "record_validation", "evaluate", "shard_indices", "train_step", "StepResult",
-           "build_optimizer", "lr_factor_fn", "milestone_steps", "make_checkpoint", "write_meta",
-           "NonFiniteLossError"]
+__all__ = ["Run", "StepCounters", "StepSettings", "run_training", "start_run", "train_one_epoch", "end_epoch",
+           "record_validation", "evaluate", "shard_indices", "train_step", "StepResult", "make_checkpoint",
+           "write_meta", "NonFiniteLossError",
+           "build_optimizer"]  # lib.optim's, still imported from here by bench/train_bench.py and bench/input_bench.py

@@ -1,4 +1,8 @@
-"""Watching a training run live: TensorBoard event files beside ``metrics.jsonl``.
+"""Watching a training run live: the meters of an epoch, and TensorBoard event files beside ``metrics.jsonl``.
+
+:class:`MetricLogger` keeps the meters of one training epoch (loss sums and means, step time, data time,
+images/s), as torchvision's references' ``MetricLogger`` does: the training loop (``lib/engine.py``) updates it
+every optimizer step and makes its ``metrics.jsonl`` records from it.
 
 :class:`TrainMonitor` writes the records the training loop (``lib/engine.py``) logs to ``metrics.jsonl`` as
 TensorBoard scalars, and a few validation overlays as images, into ``<out_dir>/tensorboard/``
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import time
 from pathlib import Path
 
 import numpy as np
@@ -114,6 +119,84 @@ def overlay_image(image: torch.Tensor, prediction: dict, class_names=None, score
     return torch.from_numpy(drawn).permute(2, 0, 1).contiguous()
 
 
+class MetricLogger:
+    """The meters of one training epoch, updated once per optimizer step (:meth:`update`).
+
+    * ``sums``: the sum of ``"loss"`` and of each loss part over the steps whose loss is finite (an fp16 step
+      the gradient scaler skipped may have an inf loss: it stays out of the means), ``finite_steps`` their
+      count, :meth:`means` the means;
+    * ``steps``, ``images``: the steps and the images (all ranks together) of the epoch so far;
+    * ``step_time``: seconds of the last step, since the previous step ended (its wait for data included);
+      ``data_time``: the part of it spent waiting for the loader (batches fetched through :meth:`timed`);
+      ``step_images``: its images;
+    * ``seconds``: from the start to :meth:`stop`.
+
+    Args:
+        state: what :meth:`state` returned, e.g. in a mid-epoch checkpoint: a resumed epoch goes on with its
+            sums and counts (``finite_steps`` defaults to ``steps``); None starts at zero.
+        clock: seconds now (``time.time``).
+    """
+
+    def __init__(self, state: dict | None = None, clock=time.time):
+        state = state or {}
+        self.clock = clock
+        self.sums = {str(k): float(v) for k, v in (state.get("sums") or {}).items()}
+        self.steps, self.images = int(state.get("steps", 0)), int(state.get("images", 0))
+        self.finite_steps = int(state.get("finite_steps", self.steps))
+        self.step_time = self.data_time = 0.0
+        self.step_images, self.seconds = 0, None
+        self._waited = 0.0  # waiting for data since the last step
+        self.t_start = self.t_step = clock()
+
+    def timed(self, batches):
+        """Yield the items of ``batches``, counting the wait for each as data time of the coming step."""
+        batches = iter(batches)
+        while True:
+            t = self.clock()
+            try:
+                item = next(batches)
+            except StopIteration:
+                return
+            self._waited += self.clock() - t
+            yield item
+
+    def update(self, loss: float, parts: dict, images: int) -> None:
+        """One optimizer step done: its total ``loss``, ``{name: value}`` loss ``parts`` and ``images``."""
+        now = self.clock()
+        self.step_time, self.t_step = now - self.t_step, now
+        self.data_time, self._waited = self._waited, 0.0
+        self.steps += 1
+        self.images += images
+        self.step_images = images
+        if math.isfinite(loss):
+            self.finite_steps += 1
+            for k, v in (("loss", loss), *parts.items()):
+                self.sums[k] = self.sums.get(k, 0.0) + v
+
+    def step_meters(self) -> dict:
+        """``{"step_time", "data_time", "images_per_s"}`` of the last step (seconds to 4 decimals)."""
+        return {"step_time": round(self.step_time, 4), "data_time": round(self.data_time, 4),
+                "images_per_s": round(self.step_images / max(self.step_time, 1e-9), 3)}
+
+    def means(self) -> dict:
+        """``{name: sum / finite_steps}`` of the loss and its parts, in the order they first came."""
+        return {k: v / max(self.finite_steps, 1) for k, v in self.sums.items()}
+
+    def stop(self) -> None:
+        """The epoch's training ends: fixes ``seconds`` (later work, e.g. validation, is not counted)."""
+        self.seconds = self.clock() - self.t_start
+
+    def epoch_meters(self) -> dict:
+        """``{"steps", "epoch_time", "images_per_s"}`` of the epoch, after :meth:`stop`."""
+        return {"steps": self.steps, "epoch_time": round(self.seconds, 2),
+                "images_per_s": round(self.images / max(self.seconds, 1e-9), 3)}
+
+    def state(self) -> dict:
+        """The sums and counts (plain types) that a :class:`MetricLogger` of a resumed epoch starts from."""
+        return {"sums": dict(self.sums), "steps": self.steps, "images": self.images,
+                "finite_steps": self.finite_steps}
+
+
 class TrainMonitor:
     """TensorBoard writer of one training run (``torch.utils.tensorboard.SummaryWriter``).
 
@@ -197,5 +280,5 @@ class TrainMonitor:
         self.close()
 
 
-__all__ = ["TrainMonitor", "tensorboard_dir", "overlay_image", "record_scalars", "scalar_value", "train_tag",
-           "epoch_tag", "TENSORBOARD_SUBDIR"]
+__all__ = ["MetricLogger", "TrainMonitor", "tensorboard_dir", "overlay_image", "record_scalars", "scalar_value",
+           "train_tag", "epoch_tag", "TENSORBOARD_SUBDIR"]

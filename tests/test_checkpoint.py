@@ -84,3 +84,16 @@ def test_fuzz_tampered_checkpoints_fail_safely(n, tmp_path):
             seen["intact"] += 1
     assert seen["refused"] + seen["intact"] >= n * 0.99 and seen["refused"] > n * 0.5
     print(f"tampered checkpoints: {seen}")
+
+
+def test_every_checkpoint_key_is_documented_with_its_type():
+    """lib/checkpoint.py's docstring lists each key of CHECKPOINT_KEYS / MID_EPOCH_KEYS (and the digest) as
+    ``* ``key`` (type): meaning``; tests/test_engine.py checks real checkpoints hold exactly these keys."""
+    import re
+
+    doc = lcheckpoint.__doc__
+    listed = re.findall(r"^\* ``(\w+)`` \(([^)]+)\): \S", doc, flags=re.M)
+    names = [k for k, _ in listed]
+    assert names == [*lcheckpoint.CHECKPOINT_KEYS, *lcheckpoint.MID_EPOCH_KEYS]
+    assert len(set(names)) == len(names) and "``digest`` (str)" in doc
+    assert lcheckpoint.CHECKPOINT_FORMAT in doc

@@ -28,12 +28,6 @@ def test_flags_map_to_model_config():
     m = stage_module("03_train_maskrcnn.py").get_args_parser()
     assert cli.detector_overrides(m.parse_args(["--class-agnostic-masks"]))["class_agnostic_masks"] is True
     assert "class_agnostic_masks" not in cli.detector_overrides(m.parse_args([]))
-    # --scale-range: factors pass through; pixel sizes (> 8) become factors of the min size
-    assert cli.train_scale_range(None, 800) is None
-    assert cli.train_scale_range([0.6, 1.0], 800) == [0.6, 1.0]
-    assert cli.train_scale_range([480, 800], 800) == [0.6, 1.0]
-    with pytest.raises(ValueError, match="0 < LO <= HI"):
-        cli.train_scale_range([1.0, 0.5], 800)
 
 
 def test_keep_epochs_and_starting_weight_flags():

@@ -144,3 +144,65 @@ def test_missing_tensorboard_names_the_fix(monkeypatch, tmp_path):
     with pytest.raises(ImportError, match="pip install.*--no-tensorboard"):
         monitor.TrainMonitor(tmp_path)
     monitor.TrainMonitor(tmp_path, enabled=False).close()  # the off switch needs no tensorboard
+
+
+# the (loss, loss parts) of the fake steps: the second is an fp16 step the gradient scaler skipped
+STEP_LOSSES = [(2.0, {"loss_a": 1.5, "loss_b": 0.5}), (math.inf, {"loss_a": math.inf, "loss_b": 0.5}),
+               (4.0, {"loss_a": 3.0, "loss_b": 1.0})]
+
+
+def _epoch(logger, now, steps, micro=1, wait=0.25, compute=1.75):
+    """Run ``steps`` fake optimizer steps of ``micro`` batches through ``logger`` on the clock ``now`` (a 1-list):
+    each batch waits ``wait`` s for the loader, each step computes ``compute`` s and has the losses
+    ``STEP_LOSSES[logger.steps]``; returns each step's meters."""
+    def batches():
+        for _ in range(steps * micro):
+            now[0] += wait
+            yield "batch"
+
+    seen, group = [], 0
+    for _ in logger.timed(batches()):
+        group += 1
+        if group < micro:
+            continue
+        group = 0
+        now[0] += compute
+        loss, parts = STEP_LOSSES[logger.steps]
+        logger.update(loss, parts, images=4)
+        seen.append(logger.step_meters())
+    return seen
+
+
+@pytest.mark.parametrize("micro", [1, 2])
+def test_metric_logger_times_steps_and_means_the_finite_losses(micro):
+    now = [10.0]
+    logger = monitor.MetricLogger(clock=lambda: now[0])
+    seen = _epoch(logger, now, 3, micro=micro)
+    step_time, data_time = 1.75 + 0.25 * micro, 0.25 * micro  # a step's time holds its waits for data
+    assert seen == [{"step_time": step_time, "data_time": data_time, "images_per_s": round(4 / step_time, 3)}] * 3
+    # the inf step counts as a step, but not in the means
+    assert (logger.steps, logger.finite_steps, logger.images) == (3, 2, 12)
+    assert logger.means() == {"loss": 3.0, "loss_a": 2.25, "loss_b": 0.75}
+    assert list(logger.means()) == ["loss", "loss_a", "loss_b"]
+    logger.stop()
+    now[0] += 100.0  # e.g. validation after the epoch: not in its time
+    assert logger.epoch_meters() == {"steps": 3, "epoch_time": 3 * step_time,
+                                     "images_per_s": round(12 / (3 * step_time), 3)}
+
+
+def test_metric_logger_state_resumes_an_epoch_with_the_same_means():
+    now = [0.0]
+    whole = monitor.MetricLogger(clock=lambda: now[0])
+    _epoch(whole, now, 3)
+    first = monitor.MetricLogger(clock=lambda: now[0])
+    _epoch(first, now, 1)
+    state = first.state()
+    assert state == {"sums": {"loss": 2.0, "loss_a": 1.5, "loss_b": 0.5}, "steps": 1, "images": 4, "finite_steps": 1}
+    state["sums"]["loss"] = 99.0
+    assert first.sums["loss"] == 2.0  # a copy: a checkpoint holding it does not change with the epoch
+    resumed = monitor.MetricLogger(first.state(), clock=lambda: now[0])
+    _epoch(resumed, now, 2)
+    assert resumed.state() == whole.state() and resumed.means() == whole.means()
+    old = monitor.MetricLogger({"sums": {"loss": 3.0}, "steps": 2, "images": 8})  # saved without finite_steps
+    assert (old.finite_steps, old.means()) == (2, {"loss": 1.5})
+    assert monitor.MetricLogger(None).state() == {"sums": {}, "steps": 0, "images": 0, "finite_steps": 0}
