@@ -81,10 +81,11 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from bench import common as bc  # noqa: E402
-from lib import io as lio  # noqa: E402
+from lib import files as lfiles  # noqa: E402
 from lib import prediction_table as lpred  # noqa: E402
 from lib import rle  # noqa: E402
 from lib import shards as lshards  # noqa: E402
+from lib import workers as lworkers  # noqa: E402
 
 GENERATOR_VERSION = 1
 MODELS = ("unet", "maskrcnn", "deepmac")
@@ -285,14 +286,14 @@ def write_predictions(out: Path, split: str, n: int, cfg: dict, source: dict, wo
     tasks = [(split, cfg["seed"], k, cfg["gt_per_image"], cfg["rows_per_model"]) for k in range(n)]
     per_model, png_bytes, n_gt = {m: 0 for m in MODELS}, 0, 0
     with contextlib.ExitStack() as stack:
-        tmp = stack.enter_context(lio.atomic_path(out / "predictions.parquet"))
+        tmp = stack.enter_context(lfiles.atomic_path(out / "predictions.parquet"))
         gt = None
         if split == "val":
-            gt = open(stack.enter_context(lio.atomic_path(out / "gt.csv")), "w")
+            gt = open(stack.enter_context(lfiles.atomic_path(out / "gt.csv")), "w")
             stack.callback(gt.close)
             gt.write("ImageId,EncodedPixels,Height,Width,ClassId\n")
         writer = _TableWriter(tmp, cfg["row_group_rows"])
-        results = stack.enter_context(lio.process_map(image_task, tasks, workers, chunksize=4))
+        results = stack.enter_context(lworkers.process_map(image_task, tasks, workers, chunksize=4))
         for lines, rows in results:
             if gt is not None:
                 gt.write("".join(line + "\n" for line in lines))
@@ -306,10 +307,10 @@ def write_predictions(out: Path, split: str, n: int, cfg: dict, source: dict, wo
     hws = [IMAGE_HW[k % 2] for k in range(n)]
     images = pd.DataFrame({"image_id": ids, "orig_height": [h for h, _ in hws], "orig_width": [w for _, w in hws],
                            "error": ""}).astype({"orig_height": "int32", "orig_width": "int32"})
-    with lio.atomic_path(out / "images.parquet") as tmp:
+    with lfiles.atomic_path(out / "images.parquet") as tmp:
         images.to_parquet(tmp, index=False)
     rows = sum(per_model.values())
-    lio.atomic_write_json(out / "meta.json", {
+    lfiles.atomic_write_json(out / "meta.json", {
         "stage": "05_predict", "status": "done", "source": source, "num_images": n, "mask_size": FRAME,
         "score_floor": 0.05, "models": [{"name": m, "arch": m} for m in MODELS], "num_predictions": rows,
         "predictions_per_model": per_model, "generated_by": "bench/submission_bench.py",
@@ -356,8 +357,8 @@ def ensure_sets(work_dir: Path, n_val: int, n_test: int, cfg: dict, workers: int
     figures = {}
     for split, d, n in (("val", val, n_val), ("test", test, n_test)):
         record = d / "bench.json"
-        if record.is_file() and lio.read_json(record).get("config") == want:
-            figures[split] = lio.read_json(record)["figures"]
+        if record.is_file() and lfiles.read_json(record).get("config") == want:
+            figures[split] = lfiles.read_json(record)["figures"]
             continue
         shutil.rmtree(d, ignore_errors=True)
         source = ({"prepared_dir": str((base / "prepared").resolve()), "split": "val"} if split == "val"
@@ -365,7 +366,7 @@ def ensure_sets(work_dir: Path, n_val: int, n_test: int, cfg: dict, workers: int
         if split == "test":
             write_data_dir(data, base / "blanks", n, cfg["seed"])
         figures[split] = write_predictions(d, split, n, cfg, source, workers)
-        lio.atomic_write_json(record, {"config": want, "figures": figures[split]})
+        lfiles.atomic_write_json(record, {"config": want, "figures": figures[split]})
     return {"val": val, "test": test, "data": data, "generation": figures}
 
 

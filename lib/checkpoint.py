@@ -15,7 +15,7 @@ Format ``CHECKPOINT_FORMAT`` (``"imat-train-checkpoint/2"``). The keys of every 
   rebuilds the model;
 * ``model`` (dict[str, Tensor]): the trained weights, ``state_dict()`` of the bare model (no DDP ``module.``);
 * ``optimizer`` (dict): ``optimizer.state_dict()`` (SGD or AdamW, :func:`lib.optim.build_optimizer`);
-* ``scheduler`` (dict): the ``LambdaLR``'s ``state_dict()`` (:func:`lib.optim.build_lr_scheduler`;
+* ``lr_scheduler`` (dict; ``scheduler`` in checkpoints written before 2026-12-05): the ``LambdaLR``'s ``state_dict()`` (:func:`lib.optim.build_lr_scheduler`;
   ``last_epoch`` = optimizer steps taken, as it steps once per step);
 * ``scaler`` (dict | None): fp16's ``torch.amp.GradScaler`` ``state_dict()`` (loss scale, growth tracker);
   None in fp32 and bf16, which need no scaler;
@@ -60,11 +60,11 @@ from pathlib import Path
 
 import torch
 
-from . import io as lio
+from . import files as lfiles
 from . import models as lmodels
 
 CHECKPOINT_FORMAT = "imat-train-checkpoint/2"  # /2: carries a "digest", which is then required
-CHECKPOINT_KEYS = ("format", "stage", "arch", "config", "model", "optimizer", "scheduler", "scaler", "model_ema",
+CHECKPOINT_KEYS = ("format", "stage", "arch", "config", "model", "optimizer", "lr_scheduler", "scaler", "model_ema",
                    "skipped_steps", "consecutive_skips", "epoch", "iter_in_epoch", "global_step", "rng", "args",
                    "labels", "best_score", "metrics", "world_size", "init")  # every training checkpoint (above)
 MID_EPOCH_KEYS = ("epoch_sums", "rng_ranks")  # added by mid-epoch checkpoints (rng_ranks: under DDP only)
@@ -110,7 +110,7 @@ def save_checkpoint(path: str | Path, ckpt: dict) -> None:
     ckpt = {k: v for k, v in ckpt.items() if k != "digest"}
     ckpt["digest"] = state_digest(ckpt)
     try:
-        with lio.atomic_path(path, suffix=".pth") as tmp:
+        with lfiles.atomic_path(path, suffix=".pth") as tmp:
             with open(tmp, "wb") as f:  # a Python file: torch then chains the OSError of a failed write
                 torch.save(ckpt, f)
                 f.flush()

@@ -20,7 +20,7 @@ import os
 import re
 from pathlib import Path
 
-from . import io as lio
+from . import files as lfiles
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -45,6 +45,19 @@ def script_parser(doc: str) -> argparse.ArgumentParser:
     return argparse.ArgumentParser(description=head, epilog=rest or None, formatter_class=HelpFormatter)
 
 
+def raised_by_project(error: BaseException) -> bool:
+    """True when ``error`` was raised by this project's own code, whose messages name the file, row or flag at
+    fault (a script prints them as one line); False when it comes from inside a library (numpy, pandas,
+    torch, ...): a bug, to be shown with its traceback."""
+    tb, last = error.__traceback__, None
+    while tb is not None:
+        last, tb = tb.tb_frame.f_code.co_filename, tb.tb_next
+    if last is None:
+        return False
+    root = Path(__file__).resolve().parents[1]
+    return Path(last).resolve().is_relative_to(root) and "site-packages" not in last
+
+
 @contextlib.contextmanager
 def bad_input_exits(stage: str):
     """Around a script's work: bad input (a ValueError or FileNotFoundError raised by this project's code, whose
@@ -53,7 +66,7 @@ def bad_input_exits(stage: str):
     try:
         yield
     except (ValueError, FileNotFoundError) as e:
-        if os.environ.get("IMAT_TRACEBACK") or not lio.raised_by_project(e):
+        if os.environ.get("IMAT_TRACEBACK") or not raised_by_project(e):
             raise
         raise SystemExit(f"{stage}: error: {e}") from None
 
@@ -300,4 +313,4 @@ def detector_overrides(args) -> dict:
 
 def args_dict(args) -> dict:
     """``vars(args)`` with Paths/tuples made JSON-safe."""
-    return lio.json_safe(vars(args))
+    return lfiles.json_safe(vars(args))

@@ -61,7 +61,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from . import prepared as lprepared
-from . import io as lio
+from . import files as lfiles
 from . import labels as llabels
 from . import models as lmodels
 from . import runtime
@@ -373,7 +373,7 @@ class Run:
     model: torch.nn.Module
     net: torch.nn.Module
     optimizer: torch.optim.Optimizer
-    scheduler: object
+    lr_scheduler: object
     init_report: dict | None
     resume: dict | None
     run_args: dict
@@ -413,7 +413,7 @@ def run_training(arch: str, model_overrides: dict, s: TrainSettings, stage: str 
 
     ``model_overrides``: config keys from the script's model flags (None values are ignored, so the
     model's defaults apply). Returns the final summary (also in ``out_dir/meta.json``). Rank 0 holds the
-    lock of ``out_dir`` (:func:`lib.io.lock_dir`) until it returns.
+    lock of ``out_dir`` (:func:`lib.files.lock_dir`) until it returns.
     """
     with contextlib.ExitStack() as held:
         run = start_run(arch, model_overrides, s, stage or f"train_{arch}", held)
@@ -447,7 +447,7 @@ def _train_epoch(run: Run, epoch: int) -> MetricLogger:
                        clip_grad=s.clip_grad, log_every=s.log_every, checkpoint_every_steps=s.checkpoint_every_steps,
                        world_size=env["world_size"], distributed=env["distributed"],
                        checkpoint_path=run.path("checkpoint.pth"))
-    return train_one_epoch(run.net, run.optimizer, run.scheduler, run.loader, run.device, epoch, cfg, run.counters,
+    return train_one_epoch(run.net, run.optimizer, run.lr_scheduler, run.loader, run.device, epoch, cfg, run.counters,
                            dtype=run.dtype, scaler=run.scaler, ema=run.ema, start_iter=start_iter,
                            metric_logger=MetricLogger(resumed.get("epoch_sums") if resumed is not None else None),
                            log=partial(_log_train, run) if run.main else None,
@@ -456,7 +456,7 @@ def _train_epoch(run: Run, epoch: int) -> MetricLogger:
 
 def _log_train(run: Run, rec: dict) -> None:
     """A ``{"kind": "train", ...}`` record into metrics.jsonl and TensorBoard (rank 0)."""
-    lio.append_jsonl(run.path("metrics.jsonl"), rec)
+    lfiles.append_jsonl(run.path("metrics.jsonl"), rec)
     run.monitor.log_train(rec["step"], rec)
 
 
@@ -469,8 +469,8 @@ def start_run(arch: str, model_overrides: dict, s: TrainSettings, stage: str, he
     runtime.set_backend_flags()
     out_dir = Path(s.out_dir)
     if main:
-        lio.claim_dir(out_dir, "training run", held)
-    label_names, meta = _cache_labels(s.prepared_dir)
+        lfiles.claim_dir(out_dir, "training run", held)
+    label_names, meta = _prepared_labels(s.prepared_dir)
     train_ds, val_ds, loader = _datasets(s, env["distributed"])
     if s.accumulate < 1 or len(loader) < s.accumulate:
         raise ValueError(f"--accumulate {s.accumulate}: needs 1 to {len(loader)} (the batches of an epoch per "
@@ -504,18 +504,18 @@ def start_run(arch: str, model_overrides: dict, s: TrainSettings, stage: str, he
     optimization = optimization_summary(s.lr, s.batch_size, s.accumulate, env["world_size"], s.lr_scale,
                                         s.lr_base_batch, s.ema_decay)
     optimizer = build_optimizer(model, s.optimizer, optimization["lr"], s.weight_decay, s.momentum, device)
-    scheduler = build_lr_scheduler(optimizer, s.schedule, s.epochs, steps_per_epoch, s.warmup_steps, s.lr_milestones,
-                                   s.lr_gamma)
+    lr_scheduler = build_lr_scheduler(optimizer, s.schedule, s.epochs, steps_per_epoch, s.warmup_steps,
+                                      s.lr_milestones, s.lr_gamma)
     dtype = runtime.amp_dtype(s.amp, device)
     run = Run(arch=arch, stage=stage, settings=s, env=env, dtype=dtype, scaler=runtime.make_grad_scaler(dtype, device),
               out_dir=out_dir, label_names=label_names, train_ds=train_ds, val_ds=val_ds, loader=loader,
               steps_per_epoch=steps_per_epoch, config=config, model=model, net=model, optimizer=optimizer,
               optimization=optimization, ema=make_ema(model, s.ema_decay),
-              scheduler=scheduler, init_report=init_report, resume=resume,
+              lr_scheduler=lr_scheduler, init_report=init_report, resume=resume,
               run_args=s.record,
               data_summary={"prepared_dir": str(s.prepared_dir), "num_train": len(train_ds),
                             "num_val": len(val_ds), "long_side": meta.get("long_side"),
-                            "num_categories": len(label_names), "cache_counts": meta.get("counts")})
+                            "num_categories": len(label_names), "prepared_counts": meta.get("counts")})
     if resume is not None:
         _restore(run)
     run.monitor = held.enter_context(TrainMonitor(tensorboard_dir(out_dir), enabled=main and s.tensorboard,
@@ -524,7 +524,7 @@ def start_run(arch: str, model_overrides: dict, s: TrainSettings, stage: str, he
     return run
 
 
-def _cache_labels(prepared_dir) -> tuple[list[str], dict]:
+def _prepared_labels(prepared_dir) -> tuple[list[str], dict]:
     """The category names of a prepared set, and its meta.json."""
     meta = lprepared.load_meta(prepared_dir)
     cats = meta.get("labels", {}).get("categories")
@@ -606,8 +606,9 @@ def _restore(run: Run) -> None:
     run.model.load_state_dict(ck["model"])
     if ck.get("optimizer") is not None:
         run.optimizer.load_state_dict(ck["optimizer"])
-    if ck.get("scheduler") is not None:
-        run.scheduler.load_state_dict(ck["scheduler"])
+    saved = ck.get("lr_scheduler", ck.get("scheduler"))  # "scheduler": checkpoints before the key's rename
+    if saved is not None:
+        run.lr_scheduler.load_state_dict(saved)
     if ck.get("scaler") and run.scaler.is_enabled():  # fp16: the loss scale and its growth counter
         run.scaler.load_state_dict(ck["scaler"])
     if run.ema is not None and ck.get("model_ema") is not None:
@@ -626,11 +627,11 @@ def _restore(run: Run) -> None:
     run.epochs_done = run.start_epoch
     if run.main:
         _drop_records_after(run.path("metrics.jsonl"), run.counters.global_step)  # logged after it: redone
-        lio.append_jsonl(run.path("metrics.jsonl"), {"kind": "resume", "from": ck["path"], "epoch": run.start_epoch,
+        lfiles.append_jsonl(run.path("metrics.jsonl"), {"kind": "resume", "from": ck["path"], "epoch": run.start_epoch,
                                                      "iter_in_epoch": run.start_iter,
                                                      "step": run.counters.global_step})
         if run.path("val_scores.json").exists():
-            run.val_history = [h for h in lio.read_json(run.path("val_scores.json")).get("history", [])
+            run.val_history = [h for h in lfiles.read_json(run.path("val_scores.json")).get("history", [])
                                if h.get("epoch", 0) <= run.start_epoch]  # later epochs are redone
     del ck["model"], ck["optimizer"]
 
@@ -639,12 +640,12 @@ def _drop_records_after(log_path: Path, step: int) -> None:
     """Rewrite a metrics log without the records past ``step`` (atomically); torn lines are dropped too."""
     if not log_path.exists():
         return
-    recs = lio.read_jsonl(log_path)
+    recs = lfiles.read_jsonl(log_path)
     keep = [r for r in recs if not (isinstance(r.get("step"), (int, float)) and r["step"] > step
                                     and r.get("kind") in ("train", "epoch"))]
-    text = "".join(lio.to_json(r, indent=None) + "\n" for r in keep)
+    text = "".join(lfiles.to_json(r, indent=None) + "\n" for r in keep)
     if text != log_path.read_text(encoding="utf-8", errors="replace"):
-        lio.atomic_write_text(log_path, text)
+        lfiles.atomic_write_text(log_path, text)
 
 
 def _wrap_distributed(run: Run) -> None:
@@ -796,11 +797,11 @@ def end_epoch(run: Run, epoch: int, metric_logger: MetricLogger) -> None:
         for k, v in metric_logger.means().items():
             rec[f"train_{k}" if k == "loss" or k.startswith("loss") else f"train_loss_{k}"] = v
         improved = record_validation(run, epoch, rec, res, time.time() - t_val) if res is not None else False
-        run.last_metrics = lio.json_safe(rec)
+        run.last_metrics = lfiles.json_safe(rec)
         # Order matters when the process is killed in between: the log record and best.pth come before
         # checkpoint.pth, so a resume from the previous checkpoint redoes this epoch (dropping its record)
         # and never continues from a state whose record or best.pth is missing.
-        lio.append_jsonl(run.path("metrics.jsonl"), rec)
+        lfiles.append_jsonl(run.path("metrics.jsonl"), rec)
         run.monitor.log_epoch(run.counters.global_step, rec)
         if res is not None:
             run.monitor.log_overlays(run.counters.global_step, [im for im, _ in res["examples"]],
@@ -834,9 +835,9 @@ def record_validation(run: Run, epoch: int, rec: dict, res: dict, seconds: float
     entry = {"epoch": epoch + 1, "step": run.counters.global_step, **{k: v for k, v in res.items() if k != "examples"}}
     run.val_history.append({"epoch": epoch + 1, "kaggle": res["kaggle"], "AP": rec["val_AP"]})
     path = run.path("val_scores.json")
-    old = lio.read_json(path) if path.exists() else {}
+    old = lfiles.read_json(path) if path.exists() else {}
     vs = {"latest": entry, "history": run.val_history, "best": entry if improved else old.get("best")}
-    lio.atomic_write_json(path, lio.json_safe(vs))
+    lfiles.atomic_write_json(path, lfiles.json_safe(vs))
     return improved
 
 
@@ -847,7 +848,7 @@ def make_checkpoint(run: Run, epoch_done: int, iter_in_epoch: int) -> dict:
     (:func:`_save_mid_epoch` adds the ``MID_EPOCH_KEYS``; :func:`lib.checkpoint.save_checkpoint` the ``digest``)."""
     return {"format": CHECKPOINT_FORMAT, "stage": run.stage, "arch": run.arch, "config": run.config,
             "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
-            "scheduler": run.scheduler.state_dict(),
+            "lr_scheduler": run.lr_scheduler.state_dict(),
             "scaler": run.scaler.state_dict() if run.scaler.is_enabled() else None,
             "model_ema": run.ema.state_dict() if run.ema is not None else None,
             "skipped_steps": run.counters.skipped_steps, "consecutive_skips": run.counters.consecutive_skips,
@@ -883,8 +884,8 @@ def write_meta(run: Run, status: str) -> dict:
                    "val_scores": str(run.path("val_scores.json")),
                    "tensorboard": str(tensorboard_dir(run.out_dir)) if run.settings.tensorboard else None},
          "time_s": round(time.time() - run.t_start, 1)}
-    m = lio.json_safe(m)
-    lio.atomic_write_json(run.path("meta.json"), m)
+    m = lfiles.json_safe(m)
+    lfiles.atomic_write_json(run.path("meta.json"), m)
     return m
 
 

@@ -40,7 +40,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from . import io as lio
+from . import files as lfiles
 from . import kaggle_data as lkaggle
 from . import viz
 from .boxes import mask_bbox
@@ -163,7 +163,7 @@ def read_coco_gt(path: str | Path) -> CocoGt:
     the file for one that is not COCO."""
     path = Path(path)
     try:
-        obj = lio.read_json(path)
+        obj = lfiles.read_json(path)
     except (OSError, ValueError) as e:
         raise ValueError(f"--coco-gt {path}: cannot read it as JSON ({e})") from None
     if not isinstance(obj, dict) or not isinstance(obj.get("images"), list) \
@@ -290,15 +290,15 @@ def _image_instances(combination: Combination | None, params: Params, task, mask
 @contextlib.contextmanager
 def _json_list(path: Path | None):
     """Write a JSON list to ``path`` atomically, one item at a time: yields ``add(item)``; the file reads as
-    ``lib.io.atomic_write_json(path, items, indent=None)`` writes it. ``path`` None: nothing written."""
+    ``lib.files.atomic_write_json(path, items, indent=None)`` writes it. ``path`` None: nothing written."""
     if path is None:
         yield lambda item: None
         return
-    with lio.atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+    with lfiles.atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         first = [True]
 
         def add(item) -> None:
-            f.write(("[" if first[0] else ", ") + lio.to_json(item, indent=None))
+            f.write(("[" if first[0] else ", ") + lfiles.to_json(item, indent=None))
             first[0] = False
 
         yield add
@@ -313,7 +313,7 @@ def _write_overlay(path: Path, image_path: str, insts, size: tuple[int, int], cl
     labels = [_class_name(c, class_names) for c, _, _ in insts]
     rgb = viz.draw_overlay(lkaggle.read_image(image_path), masks, labels, [s for _, _, s in insts])
     ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-    lio.atomic_write_bytes(path, buf.tobytes())
+    lfiles.atomic_write_bytes(path, buf.tobytes())
 
 
 def _class_name(class_id: str, class_names) -> str:

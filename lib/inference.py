@@ -96,13 +96,13 @@ def image_batches(paths: Sequence[str], long_side: int, batch_size: int, workers
     a loader process that dies (a decoder crashing on a hostile file, an out-of-memory kill).
 
     PyTorch's DataLoader then raises at once ("worker exited unexpectedly") without naming the image. Here the
-    images that were in flight are read again, each in a process of its own (:func:`lib.io.run_alone`): the
+    images that were in flight are read again, each in a process of its own (:func:`lib.workers.run_alone`): the
     one whose process dies becomes an unreadable image (its reason a str, as for a file that cannot be
     decoded: 05 reports and skips it), the others are predicted, and a new loader goes on with the rest.
     """
     from torch.utils.data import Subset
 
-    from .io import LOADER_PREFETCH, loader_worker_died, run_alone, worker_deaths_seen_in_next
+    from .workers import LOADER_PREFETCH, loader_worker_died, run_alone, worker_deaths_seen_in_next
 
     dataset = ImageDataset(paths, long_side)
     start, n = 0, len(dataset)

@@ -226,7 +226,7 @@ def write_train_csv(path: str | Path, rows) -> int:
     """Write ``rows`` = ``(ImageId, EncodedPixels, Height, Width, ClassId)`` tuples as a train.csv of the 2019
     layout (:data:`TRAIN_COLUMNS`, ClassId with its attributes, ``"6_7_20"``) atomically. Returns the number of
     rows (0: the header alone)."""
-    from .io import atomic_path
+    from .files import atomic_path
 
     df = pd.DataFrame(list(rows), columns=list(TRAIN_COLUMNS))
     with atomic_path(path, suffix=".csv") as tmp:
@@ -280,7 +280,7 @@ def decode_image(data: bytes, path: str | Path) -> np.ndarray:
 
 def write_jpeg(path: str | Path, rgb: np.ndarray, quality: int = 95) -> None:
     """Encode an RGB uint8 (H, W, 3) array as JPEG and write it atomically."""
-    from .io import atomic_write_bytes
+    from .files import atomic_write_bytes
 
     ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
     if not ok:

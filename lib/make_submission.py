@@ -44,7 +44,7 @@ from . import fusion, scoring, tuning
 from . import kaggle_data as lkaggle
 from . import prediction_table as lpred
 from . import submission as lsub
-from .io import atomic_write_json
+from .files import atomic_write_json
 from .postprocess import Params
 from .table_stream import map_images, read_sources
 

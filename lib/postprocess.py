@@ -42,7 +42,7 @@ import pandas as pd
 from . import labels as llabels
 from . import prediction_table as lpred
 from . import rle as lrle
-from .io import atomic_write_json, read_json
+from .files import atomic_write_json, read_json
 
 __all__ = ["Params", "load_params", "save_params", "ProbWindow", "Instance",
            "window_at", "decode_windows", "rank_windows", "finalize", "postprocess_image", "image_groups"]

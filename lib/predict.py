@@ -29,7 +29,7 @@ Flow of :func:`run_prediction` (settings: :class:`PredictSettings`):
 
 Distributed: launched by ``torchrun`` (``WORLD_SIZE`` > 1), rank ``r`` predicts ``todo[r::world]`` of the
 images still to do and writes its own shards; rank 0 merges after a barrier (gloo on CPU, nccl on CUDA).
-Rank 0 holds the lock of ``out_dir`` (:func:`lib.io.lock_dir`) until the run returns.
+Rank 0 holds the lock of ``out_dir`` (:func:`lib.files.lock_dir`) until the run returns.
 """
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ import torch
 from tqdm import tqdm
 
 from . import checkpoint as lcheckpoint
-from . import io as lio
+from . import files as lfiles
 from . import kaggle_data as lkaggle
 from . import prepared as lprepared
 from . import runtime
@@ -241,11 +241,11 @@ def _images(s: PredictSettings, progress: bool) -> tuple[pd.DataFrame, dict, dic
 def _check_out_dir(s: PredictSettings, store: ShardStore, config: dict, held: contextlib.ExitStack) -> dict:
     """Rank 0: lock ``out_dir`` and compare its contents with ``config``: ``{"state": "complete" | "fresh" |
     "resume", "hash", ...}``. Writes the shards' config.json (and gt.csv for a prepared split)."""
-    out_dir = lio.claim_dir(s.out_dir, "05_predict run", held)
-    lio.remove_temp_files(store.dir)  # half-written shards of a killed run (never read); no rank writes yet
+    out_dir = lfiles.claim_dir(s.out_dir, "05_predict run", held)
+    lfiles.remove_temp_files(store.dir)  # half-written shards of a killed run (never read); no rank writes yet
     chash = config_hash(config)
     meta_path = out_dir / "meta.json"
-    old_meta = lio.read_json(meta_path) if meta_path.is_file() else {}
+    old_meta = lfiles.read_json(meta_path) if meta_path.is_file() else {}
     complete = (old_meta.get("status") == "done" and (out_dir / "predictions.parquet").is_file()
                 and (out_dir / "images.parquet").is_file())
     if complete and not s.restart:
@@ -325,12 +325,12 @@ def _merge(s: PredictSettings, store: ShardStore, frame: pd.DataFrame, names, me
     left = int((~frame["image_id"].isin(set(done["image_id"]))).sum())
     if left:
         summary = {**meta_base, "status": "partial", "images_left": left, "timing": timing}
-        lio.atomic_write_json(out_dir / "meta.json", summary)
+        lfiles.atomic_write_json(out_dir / "meta.json", summary)
         print(f"05: {len(frame) - left} of {len(frame)} images predicted ({left} left); rerun the same "
               f"command to continue")
         return summary, None
     images, per_model = store.merge(out_dir / "predictions.parquet", frame["image_id"].tolist(), names)
-    with lio.atomic_path(out_dir / "images.parquet", suffix=".parquet") as tmp:
+    with lfiles.atomic_path(out_dir / "images.parquet", suffix=".parquet") as tmp:
         images.to_parquet(tmp, index=False)
     n_rows = sum(per_model.values())
     unreadable = {r.image_id: r.error for r in images.itertuples(index=False) if r.error}
@@ -341,7 +341,7 @@ def _merge(s: PredictSettings, store: ShardStore, frame: pd.DataFrame, names, me
                "files": {"predictions": str(out_dir / "predictions.parquet"),
                          "images": str(out_dir / "images.parquet"),
                          "gt": str(out_dir / "gt.csv") if s.prepared_dir else None}}
-    lio.atomic_write_json(out_dir / "meta.json", summary)
+    lfiles.atomic_write_json(out_dir / "meta.json", summary)
     if not s.keep_shards:
         store.clear()
     print(f"05: {n_rows} instances for {len(images)} images from {len(names)} models "
@@ -377,7 +377,7 @@ def _export(s: PredictSettings, frame: pd.DataFrame, summary: dict, images, coco
                   f"up to date (same predictions, --params and --coco-gt as when exported)")
         if old == {} and summary.get("export"):
             summary = {k: v for k, v in summary.items() if k != "export"}
-            lio.atomic_write_json(out_dir / "meta.json", summary)
+            lfiles.atomic_write_json(out_dir / "meta.json", summary)
         return summary
     written = lexport.export_predictions(out_dir, out_dir / "predictions.parquet", images(),
                                          dict(zip(frame["image_id"], frame["path"])),
@@ -387,7 +387,7 @@ def _export(s: PredictSettings, frame: pd.DataFrame, summary: dict, images, coco
               "coco_gt": todo_coco, "categories_not_in_gt": todo_coco}
     record = {**old, **{k: v for k, v in written.items() if redone.get(k, True)}, "signature": sig}
     summary = {**summary, "export": record}
-    lio.atomic_write_json(out_dir / "meta.json", summary)
+    lfiles.atomic_write_json(out_dir / "meta.json", summary)
     print(f"05: exported {written['num_instances']} instances ({written['exported']}): "
           f"{', '.join(v for k, v in written.items() if k in ('overlays', 'coco_results') and v)}")
     if written.get("renamed_overlays"):
@@ -449,7 +449,7 @@ def _run_prediction(s: PredictSettings, held: contextlib.ExitStack) -> dict:
         if main:
             print(f"05: {out_dir}/predictions.parquet is complete for this configuration (hash {status['hash']}); "
                   f"nothing to predict (--restart predicts again)")
-            summary = _export(s, frame, lio.read_json(out_dir / "meta.json"),
+            summary = _export(s, frame, lfiles.read_json(out_dir / "meta.json"),
                               lambda: pd.read_parquet(out_dir / "images.parquet"), gt.get("coco"))
         runtime.teardown_distributed(distributed)
         return summary
@@ -457,9 +457,9 @@ def _run_prediction(s: PredictSettings, held: contextlib.ExitStack) -> dict:
                  "amp": amp, "input_long_side": long_side, "tta_views": [[sc, f] for sc, f in views],
                  "mask_size": s.mask_size, "score_floor": s.score_floor, "source": source,
                  "num_images": len(frame), "models": [{k: v for k, v in i.items() if k != "labels"} for i in infos],
-                 "labels": infos[0]["labels"], "skipped_images": skipped, "args": lio.json_safe(asdict(s))}
+                 "labels": infos[0]["labels"], "skipped_images": skipped, "args": lfiles.json_safe(asdict(s))}
     if main:
-        lio.atomic_write_json(out_dir / "meta.json", {**meta_base, "status": "running"})
+        lfiles.atomic_write_json(out_dir / "meta.json", {**meta_base, "status": "running"})
 
     done_ids = set(store.done()["image_id"])
     todo = [k for k, iid in enumerate(frame["image_id"]) if iid not in done_ids]

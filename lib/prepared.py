@@ -52,7 +52,8 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from . import kaggle_data as lkaggle
-from . import io as lio
+from . import files as lfiles
+from . import workers as lworkers
 from . import labels as llabels
 from . import rle as lrle
 from .boxes import mask_bbox
@@ -97,14 +98,14 @@ def ann_path(prepared_dir: str | Path, image_id: str) -> Path:
 
 
 def read_ann(prepared_dir: str | Path, image_id: str) -> dict:
-    return lio.read_json(ann_path(prepared_dir, image_id))
+    return lfiles.read_json(ann_path(prepared_dir, image_id))
 
 
 def load_meta(prepared_dir: str | Path) -> dict:
     p = Path(prepared_dir) / "meta.json"
     if not p.exists():
         raise FileNotFoundError(f"{p} not found: run 01_prepare_data.py first (or point --prepared-dir at its output)")
-    return lio.read_json(p)
+    return lfiles.read_json(p)
 
 
 def load_index(prepared_dir: str | Path, split: str | None = None) -> pd.DataFrame:
@@ -226,7 +227,7 @@ def prepare_image(
     record = {"image_id": image_id, "orig_height": H, "orig_width": W, "height": h, "width": w,
               "instances": instances, "problems": [list(p) for p in problems],
               "settings": record_settings(long_side, jpeg_quality), "file_sha1": hashlib.sha1(data).hexdigest()}
-    _write_output(lambda p, r: lio.atomic_write_json(p, r, indent=None), ann_path(out_dir, image_id), record)
+    _write_output(lambda p, r: lfiles.atomic_write_json(p, r, indent=None), ann_path(out_dir, image_id), record)
     return index_row(record), problems
 
 
@@ -376,7 +377,7 @@ def prepare_dataset(s: PrepareSettings) -> dict:
     ImageId in several sources is prepared once, from the first (Kaggle, then the COCO files in order); the
     others are reported. So is an image file with the same bytes as an earlier one under another ImageId, unless
     ``keep_duplicate_files`` (benchmarks replicate images).
-    Holds the lock of ``out_dir`` (:func:`lib.io.lock_dir`) while it runs; raises ``OutputError`` when the
+    Holds the lock of ``out_dir`` (:func:`lib.files.lock_dir`) while it runs; raises ``OutputError`` when the
     prepared set cannot be written (disk full, read-only) and ``ValueError`` when nothing could be prepared.
     """
     data_dir, long_side, coco = s.data_dir, s.long_side or None, s.coco_sources()
@@ -398,7 +399,7 @@ def prepare_dataset(s: PrepareSettings) -> dict:
         rows, image_problems, todo = _finished_images(out_dir, ids, record_settings(long_side, jpeg_quality))
         todo = [(*images[i][:2], i, images[i][2], str(out_dir), long_side, labels.num_categories,
                  labels.num_attributes, jpeg_quality) for i in todo]
-        with lio.process_map(_work, todo, min(workers or os.cpu_count() or 1, len(todo)), ordered=False,
+        with lworkers.process_map(_work, todo, min(workers or os.cpu_count() or 1, len(todo)), ordered=False,
                              chunksize=4, on_crash=_worker_died) as results:
             for image_id, (row, probs) in tqdm(results, total=len(todo), desc="01 prepare", unit="img",
                                                disable=not progress):
@@ -424,7 +425,7 @@ def prepare_dataset(s: PrepareSettings) -> dict:
             **_index_summary(index, labels), "seconds": round(time.time() - t0, 2), "args": args or {},
         }
         meta["sources"] = sources
-        lio.atomic_write_json(out_dir / "meta.json", meta)
+        lfiles.atomic_write_json(out_dir / "meta.json", meta)
         return meta
 
 
@@ -484,9 +485,9 @@ def _csv_source(csv_path: Path, edition: str, label_file: Path | None, labels) -
 
 
 def _claim_out_dir(out_dir: Path, held: contextlib.ExitStack) -> None:
-    """Lock ``out_dir`` (:func:`lib.io.claim_dir`), remove its meta.json and the temporary files of a killed run."""
+    """Lock ``out_dir`` (:func:`lib.files.claim_dir`), remove its meta.json and the temporary files of a killed run."""
     try:
-        lio.claim_dir(out_dir, "01_prepare_data run", held)
+        lfiles.claim_dir(out_dir, "01_prepare_data run", held)
     except OSError as e:  # "--out-dir ... is not writable: <reason>"
         raise OutputError(e.errno, e.strerror) from e
     try:
@@ -495,7 +496,7 @@ def _claim_out_dir(out_dir: Path, held: contextlib.ExitStack) -> None:
         (out_dir / "meta.json").unlink(missing_ok=True)
         for sub in ("images", "ann"):
             (out_dir / sub).mkdir(parents=True, exist_ok=True)
-            lio.remove_temp_files(out_dir / sub)  # left by a killed run; never read
+            lfiles.remove_temp_files(out_dir / sub)  # left by a killed run; never read
     except OSError as e:
         raise OutputError(e.errno, f"cannot write to --out-dir {out_dir}: {e.strerror or e}") from e
 
@@ -517,7 +518,7 @@ def _finished_images(out_dir: Path, ids: list[str], settings: dict):
         p = ann_path(out_dir, i)
         if p.exists() and image_path(out_dir, i).exists():
             try:
-                rec = lio.read_json(p)
+                rec = lfiles.read_json(p)
                 if rec.get("image_id") == i and _same_settings(rec.get("settings"), settings):
                     rows[i] = index_row(rec)
                     image_problems[i] = [lkaggle.Problem(*q) for q in rec.get("problems", [])]
@@ -534,9 +535,9 @@ def _write_tables(out_dir: Path, rows: dict[str, dict], problems: list, val_frac
     split = stratified_split(cats, val_fraction, seed)
     index = pd.DataFrame([rows[i] for i in sorted(rows)], columns=INDEX_COLUMNS)
     index["split"] = [split[i] for i in index["image_id"]]
-    with lio.atomic_path(out_dir / "index.parquet") as tmp:
+    with lfiles.atomic_path(out_dir / "index.parquet") as tmp:
         index.to_parquet(tmp, index=False)
-    with lio.atomic_path(out_dir / "problems.csv") as tmp:
+    with lfiles.atomic_path(out_dir / "problems.csv") as tmp:
         pd.DataFrame(problems, columns=list(lkaggle.Problem._fields)).to_csv(tmp, index=False)
     return index
 

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from . import kaggle_data as lkaggle
-from . import io as lio
+from . import files as lfiles
 from . import labels as llabels
 from . import viz
 from .postprocess import Params, postprocess_image
@@ -51,7 +51,7 @@ def train_dirs_from_predictions(prediction_paths: Sequence[str | Path]) -> dict[
         meta = (p if p.is_dir() else p.parent) / "meta.json"
         if not meta.is_file():
             continue
-        for m in lio.read_json(meta).get("models", []):
+        for m in lfiles.read_json(meta).get("models", []):
             ck = m.get("checkpoint")
             if ck and m.get("name") and Path(ck).parent.is_dir():
                 out.setdefault(m["name"], Path(ck).parent)
@@ -94,7 +94,7 @@ def _gt_instances(gt: tuple | None, image_id: str, size: tuple[int, int]):
 
 
 def _write_png(path: Path, rgb: np.ndarray) -> None:
-    with lio.atomic_path(path, suffix=".png") as tmp:
+    with lfiles.atomic_path(path, suffix=".png") as tmp:
         if not cv2.imwrite(str(tmp), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
             raise OSError(f"cannot write {path}")
 
@@ -170,7 +170,7 @@ def write_report(report_dir: str | Path, data_dir: str | Path | None, tables: Ma
     parts += _training_html(learning, learning_rel, curves)
     parts.append("</body></html>\n")
     index = report_dir / "index.html"
-    lio.atomic_write_text(index, "\n".join(parts))
+    lfiles.atomic_write_text(index, "\n".join(parts))
     return index
 
 
@@ -254,7 +254,7 @@ def _training_runs(report_dir: Path, tdirs: Mapping[str, Path]) -> list[tuple]:
             shutil.copyfile(src, report_dir / rel)
         val = {}
         if (d / "val_scores.json").is_file():
-            vs = lio.read_json(d / "val_scores.json")
+            vs = lfiles.read_json(d / "val_scores.json")
             for which in ("best", "latest"):
                 e = vs.get(which) or {}
                 val[which] = (e.get("epoch"), e.get("kaggle"), (e.get("coco") or {}).get("AP"))

@@ -1,5 +1,5 @@
 """Run start-up shared by the stages that run models (02/03/04 training, 05 prediction, the benchmarks); the
-output folder is claimed by :func:`lib.io.claim_dir` (01 and 06's writers use it too, without torch).
+output folder is claimed by :func:`lib.files.claim_dir` (01 and 06's writers use it too, without torch).
 
 - :func:`setup_distributed`: torchrun's process group (``WORLD_SIZE`` > 1) and the device of this rank;
 - :func:`set_backend_flags`: cuDNN autotuning off (detectors see new shapes every step: with it on, Mask R-CNN

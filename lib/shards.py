@@ -35,7 +35,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import io as lio
+from . import files as lfiles
 from . import prediction_table as lpred
 
 __all__ = ["PREDICT_FORMAT", "IMAGE_COLUMNS", "ROW_GROUP_ROWS", "prediction_config", "config_hash", "ShardStore"]
@@ -71,7 +71,7 @@ def prediction_config(checkpoints: Sequence[Path], names: Sequence[str], images:
 
 
 def config_hash(config: dict) -> str:
-    return hashlib.sha256(lio.to_json(config, indent=None).encode()).hexdigest()[:16]
+    return hashlib.sha256(lfiles.to_json(config, indent=None).encode()).hexdigest()[:16]
 
 
 class ShardStore:
@@ -98,7 +98,7 @@ class ShardStore:
         if self.dir.exists() and restart:
             shutil.rmtree(self.dir)
         if cfg_path.is_file():
-            old = lio.read_json(cfg_path)
+            old = lfiles.read_json(cfg_path)
             if old.get("config_hash") != chash:
                 diff = sorted(k for k in set(old.get("config", {})) | set(config)
                               if old.get("config", {}).get(k) != config.get(k))
@@ -109,7 +109,7 @@ class ShardStore:
             return "resume" if self._files() else "fresh"
         if self._files():
             raise ValueError(f"{self.dir} holds shards without config.json; rerun with --restart to delete them")
-        lio.atomic_write_json(cfg_path, {"config_hash": chash, "config": config})
+        lfiles.atomic_write_json(cfg_path, {"config_hash": chash, "config": config})
         return "fresh"
 
     def remove_orphans(self) -> int:
@@ -140,9 +140,9 @@ class ShardStore:
 
     def write(self, rank: int, index: int, rows: list[dict], images: pd.DataFrame) -> None:
         """Write one shard: its rows, then (the done marker) its images, each atomically."""
-        with lio.atomic_path(self.dir / f"part-{rank}-{index:05d}.parquet", suffix=".parquet") as tmp:
+        with lfiles.atomic_path(self.dir / f"part-{rank}-{index:05d}.parquet", suffix=".parquet") as tmp:
             lpred.make_table(rows).to_parquet(tmp, index=False)
-        with lio.atomic_path(self.dir / f"images-{rank}-{index:05d}.parquet", suffix=".parquet") as tmp:
+        with lfiles.atomic_path(self.dir / f"images-{rank}-{index:05d}.parquet", suffix=".parquet") as tmp:
             images = images.assign(error=images["error"] if "error" in images else "")
             images[IMAGE_COLUMNS].reset_index(drop=True).to_parquet(tmp, index=False)
 
@@ -173,7 +173,7 @@ class ShardStore:
         last = {owner[i]: n for n, i in enumerate(image_ids)}  # owning shard -> position of its last image
         schema = _table_schema(any([_part_has_attrs(parts[o]) for o in last if o in parts]))
         counts: Counter = Counter()
-        with lio.atomic_path(path, suffix=".parquet") as tmp:
+        with lfiles.atomic_path(path, suffix=".parquet") as tmp:
             _write_whole_images(tmp, schema, _merged_images(parts, owner, last, list(image_ids), model_order,
                                                             schema, counts), row_group_rows)
         images = done.loc[list(image_ids), ["orig_height", "orig_width", "error"]].reset_index()

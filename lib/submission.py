@@ -35,7 +35,8 @@ from tqdm import tqdm
 from . import kaggle_data as lkaggle
 from . import labels as llabels
 from . import rle as lrle
-from .io import atomic_path, process_map, read_json
+from .files import atomic_path, read_json
+from .workers import process_map
 from .fusion import Combination, combine_image
 from .postprocess import Params, finalize, image_groups, rank_windows
 from .prediction_table import check_images, stored_masks

@@ -24,7 +24,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from . import prediction_table as lpred
-from .io import WorkerDiedError, process_map, run_alone
+from .workers import WorkerDiedError, process_map, run_alone
 
 __all__ = ["Source", "TableIndex", "ImageTask", "read_sources", "map_images", "CHUNK_ROWS"]
 
@@ -174,7 +174,7 @@ def _run_chunk(fn, files, starts, sources, floor, chunk):
 
 def _culprit(work, desc: str, chunk: list, reason: str):
     """A worker died on ``chunk``: run its images one by one, each in a process of its own, to name the one that
-    kills its process (:class:`lib.io.WorkerDiedError`)."""
+    kills its process (:class:`lib.workers.WorkerDiedError`)."""
     for task in chunk:
         run_alone(work, [task], name=lambda c: f"{desc} image {c[0].image_id}")
     raise WorkerDiedError(f"a worker process died on the {desc} images {chunk[0].image_id} .. {chunk[-1].image_id} "
@@ -190,7 +190,7 @@ def map_images(fn: Callable, images: Iterable[ImageTask], total: int, sources: S
     ``masks`` maps each source's name to the image's :class:`lib.prediction_table.StoredMask` list in table order,
     rows scoring ``>= floor`` (float32, as the column) only. ``fn`` must be picklable (a module-level function or
     a ``functools.partial`` of one) when ``processes > 1``. A worker that dies stops the pass with
-    :class:`lib.io.WorkerDiedError` naming the image it died on.
+    :class:`lib.workers.WorkerDiedError` naming the image it died on.
     """
     files = list(dict.fromkeys(s.path for s in sources))
     starts = [indexes[f].group_starts for f in files]

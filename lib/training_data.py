@@ -534,9 +534,9 @@ class LoaderWorkerDied(RuntimeError):
 def checked_batches(loader: DataLoader):
     """The batches of ``loader`` (one epoch, after :func:`set_epoch`). When a worker process dies (PyTorch then
     raises without naming the image), the batches that were in flight are read again, one image at a time in a
-    process of its own (:func:`lib.io.run_alone`), and :class:`LoaderWorkerDied` names the image whose process
+    process of its own (:func:`lib.workers.run_alone`), and :class:`LoaderWorkerDied` names the image whose process
     dies, with the reason (e.g. "killed by SIGKILL")."""
-    from .io import loader_worker_died, worker_deaths_seen_in_next
+    from .workers import loader_worker_died, worker_deaths_seen_in_next
 
     batches, done = iter(loader), 0  # iter() starts the workers (and PyTorch's SIGCHLD handler)
     try:
@@ -553,7 +553,7 @@ def checked_batches(loader: DataLoader):
 
 def _dead_worker_image(loader: DataLoader, done: int) -> str:
     """Which image of the batches in flight after ``done`` batches kills the process that reads it."""
-    from .io import LOADER_PREFETCH, run_alone
+    from .workers import LOADER_PREFETCH, run_alone
 
     dataset = loader.dataset
     ids = getattr(dataset, "image_ids", None)

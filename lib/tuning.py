@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from .fusion import Combination, ImageFusion
-from .io import read_json
+from .files import read_json
 from .postprocess import Params, finalize, load_params, rank_windows, save_params
 from .scoring import ImageScorer, image_ground_truth, raise_problems, scored_images
 from .table_stream import map_images

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from . import io as lio
+from . import files as lfiles
 
 VAL_KEYS = ("val_kaggle", "val_AP", "val_AP50", "val_AP75")
 
@@ -23,7 +23,7 @@ def save_figure(fig, png_path: str | Path) -> Path:
 
     fig.tight_layout()
     png_path = Path(png_path)
-    with lio.atomic_path(png_path, suffix=".png") as tmp:
+    with lfiles.atomic_path(png_path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=80)
     plt.close(fig)
     return png_path
@@ -44,7 +44,7 @@ def plot_curves(jsonl_path: str | Path, png_path: str | Path, title: str | None 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    recs = lio.read_jsonl(jsonl_path)
+    recs = lfiles.read_jsonl(jsonl_path)
     train = [r for r in recs if r.get("kind") == "train" and _finite(r.get("step"))]
     epochs = [r for r in recs if r.get("kind") == "epoch" and _finite(r.get("epoch"))]
 
@@ -107,7 +107,7 @@ def learning_curve(jsonl_path: str | Path, key: str = "val_kaggle") -> list[tupl
     A resumed run's log may hold an epoch twice: the last record of a step wins.
     """
     pts = {}
-    for r in lio.read_jsonl(jsonl_path) if Path(jsonl_path).is_file() else []:
+    for r in lfiles.read_jsonl(jsonl_path) if Path(jsonl_path).is_file() else []:
         if r.get("kind") == "epoch" and _finite(r.get("step")) and _finite(r.get(key)):
             pts[int(r["step"])] = float(r[key])
     return sorted(pts.items())

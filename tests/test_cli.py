@@ -148,3 +148,22 @@ def test_bad_input_exits_with_one_line_and_library_errors_keep_their_traceback(m
     with pytest.raises(ValueError, match="bad"):
         with cli.bad_input_exits("05"):
             raise ValueError("bad")
+
+
+def test_raised_by_project_tells_our_messages_from_library_errors(tmp_path):
+    """05/06 print our own ValueErrors as one line; one raised inside a library keeps its traceback."""
+    import pandas as pd
+
+    import json
+
+    from lib import rle
+
+    with pytest.raises(ValueError, match="not sorted") as ours:
+        rle.decode("5 3 1 2", (4, 4))
+    assert cli.raised_by_project(ours.value)
+    with pytest.raises(ValueError) as theirs:
+        json.loads("{")
+    assert not cli.raised_by_project(theirs.value)
+    with pytest.raises(FileNotFoundError) as missing:
+        pd.read_parquet(tmp_path / "missing.parquet")
+    assert not cli.raised_by_project(missing.value)

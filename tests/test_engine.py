@@ -21,7 +21,7 @@ import torch
 from lib import prepared as lprepared
 from lib import checkpoint as lcheckpoint
 from lib import cli, engine, runtime
-from lib import io as lio
+from lib import files as lfiles
 from lib import rle as lrle
 from lib.training_data import PreparedDataset, build_transforms
 
@@ -71,7 +71,7 @@ def test_one_tiny_epoch_writes_everything_and_checkpoint_rebuilds_model(arch, pr
     assert _run(arch, prepared_set, out, *extra) == 0
     for name in ("checkpoint.pth", "best.pth", "metrics.jsonl", "curves.png", "meta.json", "val_scores.json"):
         assert (out / name).is_file(), name
-    recs = lio.read_jsonl(out / "metrics.jsonl")
+    recs = lfiles.read_jsonl(out / "metrics.jsonl")
     train = [r for r in recs if r["kind"] == "train"]
     epochs = [r for r in recs if r["kind"] == "epoch"]
     assert [r["step"] for r in train] == [1, 2] and len(epochs) == 1
@@ -81,7 +81,7 @@ def test_one_tiny_epoch_writes_everything_and_checkpoint_rebuilds_model(arch, pr
     assert ep["steps"] == 2 and ep["val_images"] == 2 and 0.0 <= ep["val_kaggle"] <= 1.0
     assert "val_AP" in ep and "train_loss" in ep
 
-    meta = lio.read_json(out / "meta.json")
+    meta = lfiles.read_json(out / "meta.json")
     assert meta["status"] == "done" and meta["arch"] == arch and meta["config"]["arch"] == arch
     assert meta["epochs_done"] == 1 and meta["global_step"] == 2
     assert meta["checkpoints"]["best"] == str(out / "best.pth")
@@ -89,7 +89,7 @@ def test_one_tiny_epoch_writes_everything_and_checkpoint_rebuilds_model(arch, pr
     assert meta["final_metrics"]["val_kaggle"] == ep["val_kaggle"]
     assert all("data_time" in r and "skipped_steps" in r for r in train)
     _assert_tensorboard_events(out / "tensorboard", train, ep)
-    vs = lio.read_json(out / "val_scores.json")
+    vs = lfiles.read_json(out / "val_scores.json")
     assert vs["latest"]["epoch"] == 1 and vs["best"]["epoch"] == 1 and vs["latest"]["coco"] is not None
 
     # the checkpoint is plain data: weights_only=True loads it, and it rebuilds the model alone
@@ -98,7 +98,7 @@ def test_one_tiny_epoch_writes_everything_and_checkpoint_rebuilds_model(arch, pr
     assert raw["config"]["num_classes"] == 47 and len(raw["labels"]) == 46
     assert raw["args"]["prepared_dir"] == str(prepared_set) and raw["scaler"] is None
     assert raw["args"]["channels_last"] == (arch == "unet")
-    assert {"optimizer", "scheduler", "rng", "best_score", "metrics"} <= set(raw)
+    assert {"optimizer", "lr_scheduler", "rng", "best_score", "metrics"} <= set(raw)
     assert set(raw) == {*lcheckpoint.CHECKPOINT_KEYS, "digest"}  # as lib/checkpoint.py documents them
     if arch == "deepmac":
         assert raw["config"]["mask_classes"] == list(range(27))
@@ -162,20 +162,27 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(prepared_set, tmp
               "--seed", "3"]
     _run("maskrcnn", prepared_set, tmp_path / "full", *common)
     _run("maskrcnn", prepared_set, tmp_path / "split", *common, "--stop-after-epoch", "1")
-    meta = lio.read_json(tmp_path / "split" / "meta.json")
+    meta = lfiles.read_json(tmp_path / "split" / "meta.json")
     assert meta["status"] == "stopped" and meta["epochs_done"] == 1
+    # written as a checkpoint from before the schedule's key was renamed: "scheduler", not "lr_scheduler"
+    from lib.checkpoint import read_checkpoint, save_checkpoint
+
+    old = read_checkpoint(tmp_path / "split" / "checkpoint.pth")
+    old["scheduler"] = old.pop("lr_scheduler")
+    old.pop("digest", None)
+    save_checkpoint(tmp_path / "split" / "checkpoint.pth", old)
     _run("maskrcnn", prepared_set, tmp_path / "split", *common, "--resume", "auto")
     a = torch.load(tmp_path / "full" / "checkpoint.pth", weights_only=True)
     b = torch.load(tmp_path / "split" / "checkpoint.pth", weights_only=True)
     assert a["epoch"] == b["epoch"] == 2 and a["global_step"] == b["global_step"] == 4
     for k, v in a["model"].items():
         assert torch.allclose(v.float(), b["model"][k].float(), atol=1e-6, rtol=0), k
-    assert a["scheduler"]["last_epoch"] == b["scheduler"]["last_epoch"] == 4
-    la = [r["loss"] for r in lio.read_jsonl(tmp_path / "full" / "metrics.jsonl") if r["kind"] == "train"]
-    lb = [r["loss"] for r in lio.read_jsonl(tmp_path / "split" / "metrics.jsonl") if r["kind"] == "train"]
+    assert a["lr_scheduler"]["last_epoch"] == b["lr_scheduler"]["last_epoch"] == 4
+    la = [r["loss"] for r in lfiles.read_jsonl(tmp_path / "full" / "metrics.jsonl") if r["kind"] == "train"]
+    lb = [r["loss"] for r in lfiles.read_jsonl(tmp_path / "split" / "metrics.jsonl") if r["kind"] == "train"]
     assert np.allclose(la, lb, rtol=1e-6)
-    assert any(r["kind"] == "resume" for r in lio.read_jsonl(tmp_path / "split" / "metrics.jsonl"))
-    assert lio.read_json(tmp_path / "split" / "meta.json")["status"] == "done"
+    assert any(r["kind"] == "resume" for r in lfiles.read_jsonl(tmp_path / "split" / "metrics.jsonl"))
+    assert lfiles.read_json(tmp_path / "split" / "meta.json")["status"] == "done"
 
 
 def test_keep_epochs_saves_model_epoch_checkpoints(prepared_set, tmp_path):
@@ -183,7 +190,7 @@ def test_keep_epochs_saves_model_epoch_checkpoints(prepared_set, tmp_path):
     _run("unet", prepared_set, out, "--epochs", "3", "--max-steps-per-epoch", "1", "--val-every", "0",
          "--keep-epochs", "1", "3")
     assert sorted(p.name for p in out.glob("model_*.pth")) == ["model_1.pth", "model_3.pth"]
-    meta = lio.read_json(out / "meta.json")
+    meta = lfiles.read_json(out / "meta.json")
     assert meta["checkpoints"]["epochs"] == {"1": str(out / "model_1.pth"), "3": str(out / "model_3.pth")}
     first, last = (lcheckpoint.read_checkpoint(out / f"model_{e}.pth") for e in (1, 3))
     final = lcheckpoint.read_checkpoint(out / "checkpoint.pth")
@@ -350,7 +357,7 @@ def _ddp_eval_worker(rank, world, init_file, prepared_set, out, which):
         res = engine.evaluate(_eval_model(which, prepared_set), _eval_ds(prepared_set), torch.device("cpu"),
                               batch_size=2, score_thresh=0.0, progress=False, distributed=True, examples=2)
         if rank == 0:
-            torch.save({"res": lio.json_safe({k: v for k, v in res.items() if k != "examples"}),
+            torch.save({"res": lfiles.json_safe({k: v for k, v in res.items() if k != "examples"}),
                         "n_examples": len(res["examples"])}, out)
         else:
             assert res is None
@@ -374,7 +381,7 @@ def test_distributed_evaluation_equals_single_process(which, prepared_set, tmp_p
     single = engine.evaluate(_eval_model(which, prepared_set), _eval_ds(prepared_set), torch.device("cpu"),
                              batch_size=2, score_thresh=0.0, progress=False, examples=2)
     assert ddp["n_examples"] == 2 and len(single["examples"]) == 2
-    single = lio.json_safe({k: v for k, v in single.items() if k != "examples"})
+    single = lfiles.json_safe({k: v for k, v in single.items() if k != "examples"})
     assert single["num_images"] == ddp["res"]["num_images"] == 5
     if which == "detector":
         assert single["attr"] is not None and single["attr"]["num_pred"] > 0
@@ -482,7 +489,7 @@ def test_fp16_run_skips_an_overflow_step_and_resumes_exactly(prepared_set, tmp_p
     _patch_forward(monkeypatch, 2, to_inf)
     _run("unet", prepared_set, tmp_path / "full", *common)
     monkeypatch.undo()
-    full = lio.read_jsonl(tmp_path / "full" / "metrics.jsonl")
+    full = lfiles.read_jsonl(tmp_path / "full" / "metrics.jsonl")
     train = [r for r in full if r["kind"] == "train"]
     skips = [r["skipped_steps"] for r in train]  # cumulative; the first fp16 steps may overflow on their own
     assert len(skips) == 4 and skips[1] == skips[0] + 1 and skips == sorted(skips)  # the inf step counted
@@ -492,7 +499,7 @@ def test_fp16_run_skips_an_overflow_step_and_resumes_exactly(prepared_set, tmp_p
     assert all(math.isfinite(r["train_loss"]) for r in epochs)  # and left out of the epoch means
     ck = torch.load(tmp_path / "full" / "checkpoint.pth", weights_only=True)
     assert ck["skipped_steps"] == skips[3] and ck["scaler"]["scale"] == 2.0 ** (16 - skips[3])  # halved per skip
-    assert lio.read_json(tmp_path / "full" / "meta.json")["amp"] == "float16"
+    assert lfiles.read_json(tmp_path / "full" / "meta.json")["amp"] == "float16"
 
     _patch_forward(monkeypatch, 2, to_inf)
     _run("unet", prepared_set, tmp_path / "split", *common, "--stop-after-epoch", "1")
@@ -531,7 +538,7 @@ def test_fp16_steps_that_never_update_stop_the_run(prepared_set, tmp_path, monke
 def test_cuda_amp_auto_tiny_epoch(arch, prepared_set, tmp_path):
     """--amp auto on the GPU there is: bf16 where it is native (Ampere and newer), fp16 with the scaler before."""
     _run(arch, prepared_set, tmp_path / arch, "--device", "cuda", "--amp", "auto")
-    meta = lio.read_json(tmp_path / arch / "meta.json")
+    meta = lfiles.read_json(tmp_path / arch / "meta.json")
     native_bf16 = torch.cuda.get_device_capability()[0] >= 8
     assert meta["device"].startswith("cuda") and meta["amp"] == ("bfloat16" if native_bf16 else "float16")
     ck = torch.load(tmp_path / arch / "checkpoint.pth", weights_only=True)
@@ -551,12 +558,12 @@ def test_ddp_two_processes_gloo_cpu(prepared_set, tmp_path):
     r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert time.time() - t < 600
-    meta = lio.read_json(out / "meta.json")
+    meta = lfiles.read_json(out / "meta.json")
     assert meta["world_size"] == 2 and meta["status"] == "done"
     ck = torch.load(out / "checkpoint.pth", weights_only=True)
     assert ck["world_size"] == 2 and ck["global_step"] == 2
     assert not any(k.startswith("module.") for k in ck["model"])  # saved unwrapped
-    train = [r for r in lio.read_jsonl(out / "metrics.jsonl") if r["kind"] == "train"]
+    train = [r for r in lfiles.read_jsonl(out / "metrics.jsonl") if r["kind"] == "train"]
     assert [r["step"] for r in train] == [1, 2]  # rank 0 alone logs
     assert train[0]["images_per_s"] > 0
     lcheckpoint.load_checkpoint(out / "checkpoint.pth")
@@ -580,7 +587,7 @@ def large_instance_set(src: Path, dst: Path, n_images: int, min_area: int, repea
     for _, r in lprepared.load_index(src, "train").iterrows():
         ann = lprepared.read_ann(src, r["image_id"])
         keep = [a for a in ann["instances"] if lrle.area(a["rle"]) >= min_area]
-        lio.atomic_write_json(lprepared.ann_path(dst, r["image_id"]), dict(ann, instances=keep))
+        lfiles.atomic_write_json(lprepared.ann_path(dst, r["image_id"]), dict(ann, instances=keep))
         rows.append(dict(r, num_instances=len(keep),
                          categories=" ".join(str(c) for c in sorted({a["category"] for a in keep}))))
     df = pd.DataFrame(rows)
@@ -635,7 +642,7 @@ def test_overfits_a_few_images(arch, prepared_set, tmp_path):
     t = time.time()
     _script(arch).main(args)
     elapsed = time.time() - t
-    recs = lio.read_jsonl(out / "metrics.jsonl")
+    recs = lfiles.read_jsonl(out / "metrics.jsonl")
     losses = [r["loss"] for r in recs if r["kind"] == "train"]
     final = [r for r in recs if r["kind"] == "epoch"][-1]
     first, last = float(np.mean(losses[:3])), float(np.mean(losses[-3:]))
@@ -682,12 +689,12 @@ def _assert_same_training(a: Path, b: Path, atol=0.0):
     for k, v in ca["model"].items():
         assert torch.allclose(v.float(), cb["model"][k].float(), atol=atol, rtol=0), k
     losses = lambda d: [(r["kind"], r["step"], r.get("loss", r.get("train_loss")))  # noqa: E731
-                        for r in lio.read_jsonl(d / "metrics.jsonl") if r["kind"] in ("train", "epoch")]
+                        for r in lfiles.read_jsonl(d / "metrics.jsonl") if r["kind"] in ("train", "epoch")]
     la, lb = losses(a), losses(b)
     assert [x[:2] for x in la] == [x[:2] for x in lb]  # the same records, none lost or doubled
     nan = lambda xs: [np.nan if x[2] is None else x[2] for x in xs]  # noqa: E731 - an fp16 step's inf loss: null
     assert np.allclose(nan(la), nan(lb), rtol=1e-6, atol=atol, equal_nan=True)
-    assert lio.read_json(b / "meta.json")["status"] == "done"
+    assert lfiles.read_json(b / "meta.json")["status"] == "done"
     assert not [p.name for p in b.iterdir() if p.name.startswith(".tmp.")]
 
 
@@ -696,12 +703,12 @@ def _kill_then_resume(arch, cache, tmp_path, delay, launcher=(), extra=()):
     out = tmp_path / "killed"
     cmd = _train_cmd(arch, cache, out, *extra, launcher=launcher)
     assert kill_when(cmd, lambda: (out / "checkpoint.pth").exists(), delay=delay), "the run ended before the kill"
-    assert lio.read_json(out / "meta.json")["status"] == "running"
+    assert lfiles.read_json(out / "meta.json")["status"] == "running"
     left = lcheckpoint.read_checkpoint(out / "checkpoint.pth")  # whatever the kill interrupted, this loads
     step = int(left["global_step"])
     r = run_stage(cmd)
     assert r.returncode == 0, r.stderr[-3000:]
-    resumes = [x for x in lio.read_jsonl(out / "metrics.jsonl") if x["kind"] == "resume"]
+    resumes = [x for x in lfiles.read_jsonl(out / "metrics.jsonl") if x["kind"] == "resume"]
     assert [x["step"] for x in resumes] == [step]  # it continued from the last checkpoint, not from scratch
     return out, step
 
@@ -745,18 +752,18 @@ def test_resume_drops_log_records_after_the_checkpoint(prepared_set, tmp_path):
     common = ["--epochs", "2", "--val-every", "1", "--seed", "3", "--max-val-images", "1"]
     _run("unet", prepared_set, out, *common, "--stop-after-epoch", "1")
     good = (out / "metrics.jsonl").read_text()
-    lio.append_jsonl(out / "metrics.jsonl", {"kind": "train", "epoch": 2, "iter": 1, "step": 3, "loss": 9.0})
+    lfiles.append_jsonl(out / "metrics.jsonl", {"kind": "train", "epoch": 2, "iter": 1, "step": 3, "loss": 9.0})
     with open(out / "metrics.jsonl", "a") as f:
         f.write('{"kind": "train", "epoch": 2, "it')
-    vs = lio.read_json(out / "val_scores.json")
-    lio.atomic_write_json(out / "val_scores.json", dict(vs, history=vs["history"] + [{"epoch": 2, "kaggle": 0.5}]))
+    vs = lfiles.read_json(out / "val_scores.json")
+    lfiles.atomic_write_json(out / "val_scores.json", dict(vs, history=vs["history"] + [{"epoch": 2, "kaggle": 0.5}]))
     (out / ".tmp.checkpoint.abc.pth").write_bytes(b"half a checkpoint")
     _run("unet", prepared_set, out, *common, "--resume", "auto")
-    recs = lio.read_jsonl(out / "metrics.jsonl")
+    recs = lfiles.read_jsonl(out / "metrics.jsonl")
     assert (out / "metrics.jsonl").read_text().startswith(good)
     assert [r["step"] for r in recs if r["kind"] == "train"] == [1, 2, 3, 4]
     assert not any(r.get("loss") == 9.0 for r in recs)
-    assert [h["epoch"] for h in lio.read_json(out / "val_scores.json")["history"]] == [1, 2]
+    assert [h["epoch"] for h in lfiles.read_json(out / "val_scores.json")["history"]] == [1, 2]
     assert not (out / ".tmp.checkpoint.abc.pth").exists()
 
 
@@ -774,7 +781,7 @@ def test_disk_full_during_training_keeps_the_last_checkpoint(prepared_set, tmp_p
     lcheckpoint.read_checkpoint(out / "checkpoint.pth")
     r = run_stage(_train_cmd("unet", prepared_set, out, "--checkpoint-every-steps", "0"))  # space again
     assert r.returncode == 0, r.stderr[-3000:]
-    assert lio.read_json(out / "meta.json")["status"] == "done"
+    assert lfiles.read_json(out / "meta.json")["status"] == "done"
 
 
 def test_read_only_out_dir_stops_training_with_a_clear_error(prepared_set, tmp_path):
@@ -850,7 +857,7 @@ def test_same_seed_gives_the_same_first_epoch_losses_on_cpu(prepared_set, tmp_pa
     runs = {}
     for name, seed in (("a", "5"), ("b", "5"), ("c", "6")):
         _run("unet", prepared_set, tmp_path / name, *common, "--seed", seed)
-        runs[name] = [r["loss"] for r in lio.read_jsonl(tmp_path / name / "metrics.jsonl") if r["kind"] == "train"]
+        runs[name] = [r["loss"] for r in lfiles.read_jsonl(tmp_path / name / "metrics.jsonl") if r["kind"] == "train"]
     assert len(runs["a"]) == 3 and runs["a"] == runs["b"]  # bit-identical
     assert runs["c"] != runs["a"]
     digest = lambda d: hashlib.sha256(b"".join(  # noqa: E731
@@ -949,9 +956,9 @@ def test_accumulate_counts_optimizer_steps_and_resumes_mid_epoch_exactly(prepare
               "--accumulate", "2", "--batch-size", "1"]
     # epoch 2, step 2, its first micro-batch (forwards 1-4 are epoch 1)
     mid, a, b = _crash_and_resume(prepared_set, tmp_path, monkeypatch, common, 7)
-    full = lio.read_json(tmp_path / "full" / "meta.json")
+    full = lfiles.read_json(tmp_path / "full" / "meta.json")
     assert full["global_step"] == 4 and full["optimization"]["global_batch"] == 2  # 1 image x 2 micro-batches
-    epochs = [r for r in lio.read_jsonl(tmp_path / "full" / "metrics.jsonl") if r["kind"] == "epoch"]
+    epochs = [r for r in lfiles.read_jsonl(tmp_path / "full" / "metrics.jsonl") if r["kind"] == "epoch"]
     assert [r["steps"] for r in epochs] == [2, 2]
     assert (mid["epoch"], mid["iter_in_epoch"], mid["global_step"]) == (1, 1, 3)
     assert b["global_step"] == 4
@@ -964,7 +971,7 @@ def test_accumulate_counts_optimizer_steps_and_resumes_mid_epoch_exactly(prepare
 def test_lr_scale_linear_scales_with_the_global_batch(prepared_set, tmp_path):
     _run("unet", prepared_set, tmp_path / "run", "--lr", "0.02", "--lr-scale", "linear", "--accumulate", "2",
          "--max-steps-per-epoch", "1", "--val-every", "0", "--schedule", "none", "--warmup-steps", "0")
-    opt = lio.read_json(tmp_path / "run" / "meta.json")["optimization"]
+    opt = lfiles.read_json(tmp_path / "run" / "meta.json")["optimization"]
     assert opt == {"global_batch": 4, "accumulate": 2, "lr_scale": "linear", "lr_base_batch": 16,
                    "lr": pytest.approx(0.02 * 4 / 16), "ema_decay": 0.0}
     ck = torch.load(tmp_path / "run" / "checkpoint.pth", weights_only=True)
@@ -987,14 +994,14 @@ def test_ema_is_validated_saved_resumed_and_loaded_by_05(prepared_set, tmp_path,
     val = PreparedDataset(prepared_set, "val", build_transforms(False), image_ids=None)
     val.image_ids = val.image_ids[:2]
     res = engine.evaluate(model, val, torch.device("cpu"), batch_size=2, progress=False)
-    assert res["kaggle"] == pytest.approx(lio.read_json(tmp_path / "full" / "val_scores.json")["latest"]["kaggle"])
+    assert res["kaggle"] == pytest.approx(lfiles.read_json(tmp_path / "full" / "val_scores.json")["latest"]["kaggle"])
     # resumed after epoch 1, the average goes on exactly
     _run("unet", prepared_set, tmp_path / "split", *common, "--stop-after-epoch", "1")
     _run("unet", prepared_set, tmp_path / "split", *common, "--resume", "auto")
     b = lcheckpoint.read_checkpoint(tmp_path / "split" / "checkpoint.pth")
     for k, v in ck["model_ema"].items():
         assert torch.allclose(v.float(), b["model_ema"][k].float(), atol=1e-6, rtol=0), k
-    assert lio.read_json(tmp_path / "full" / "meta.json")["optimization"]["ema_decay"] == 0.5
+    assert lfiles.read_json(tmp_path / "full" / "meta.json")["optimization"]["ema_decay"] == 0.5
 
 
 # --------------------------------------------------------------------------------------------- LSJ and copy-paste
@@ -1030,7 +1037,7 @@ def test_one_tiny_epoch_with_lsj_or_copy_paste(arch, flag, prepared_set, tmp_pat
             assert image.shape == (3, 96, 96)
     # p = 1: every image of a batch gets the other's instances (the loop reads a batch past its last step too)
     assert len(pastes) >= 4 if flag == "copy_paste" else not pastes
-    train = [r for r in lio.read_jsonl(out / "metrics.jsonl") if r["kind"] == "train"]
+    train = [r for r in lfiles.read_jsonl(out / "metrics.jsonl") if r["kind"] == "train"]
     assert len(train) == 2 and all(math.isfinite(r["loss"]) for r in train)
     args = torch.load(out / "checkpoint.pth", map_location="cpu", weights_only=True)["args"]
     assert (args["lsj"], args["copy_paste"]) == ((96, 0.0) if flag == "lsj" else (0, 1.0))
@@ -1043,8 +1050,8 @@ def test_lsj_and_copy_paste_resume_mid_epoch_exactly(prepared_set, tmp_path, mon
     assert b["global_step"] == 4 and b["epoch"] == 2
     for k, v in a["model"].items():
         assert torch.allclose(v.float(), b["model"][k].float(), atol=1e-6, rtol=0), k
-    la = [r["loss"] for r in lio.read_jsonl(tmp_path / "full" / "metrics.jsonl") if r["kind"] == "train"]
-    lb = [r["loss"] for r in lio.read_jsonl(tmp_path / "split" / "metrics.jsonl") if r["kind"] == "train"]
+    la = [r["loss"] for r in lfiles.read_jsonl(tmp_path / "full" / "metrics.jsonl") if r["kind"] == "train"]
+    lb = [r["loss"] for r in lfiles.read_jsonl(tmp_path / "split" / "metrics.jsonl") if r["kind"] == "train"]
     assert la == lb
 
 

@@ -200,7 +200,7 @@ def test_coco_results_load_against_the_real_fashionpedia_sample(shared_data, tmp
 
 def _whole_table_json(table, frame, params_path=None) -> str:
     """coco_results.json as the export wrote it from one in-memory table: fused as a whole, grouped by image."""
-    from lib import io as lio
+    from lib import files as lfiles
     from lib.labels import parse_class_id
     from lib.postprocess import image_groups, postprocess_image
 
@@ -211,7 +211,7 @@ def _whole_table_json(table, frame, params_path=None) -> str:
         idx = groups.get(r.image_id)
         insts = postprocess_image(fused.iloc[idx], params, (r.orig_height, r.orig_width)) if idx is not None else []
         recs += [export.coco_record(n, r.image_id, parse_class_id(c)[0], m, s) for c, m, s in insts]
-    return lio.to_json(recs, indent=None) + "\n"
+    return lfiles.to_json(recs, indent=None) + "\n"
 
 
 def test_the_export_streams_by_chunks_of_images_and_writes_what_the_whole_table_gave(tmp_path, monkeypatch):

@@ -14,7 +14,7 @@ import torch
 
 from conftest import REAL_TEST, REPO
 from lib import checkpoint as lcheckpoint
-from lib import io as lio
+from lib import files as lfiles
 from lib import models as lmodels
 from lib import inference as linference
 from lib import predict as lpredict
@@ -135,7 +135,7 @@ def test_05_resume_after_interruption_gives_the_clean_result(tmp_path, tiny_mask
     def crashing_write(self, rank, index, rows, images):
         calls.append(index)
         if len(calls) == 2:  # the second shard: its rows are written, then the process "dies"
-            with lio.atomic_path(self.dir / f"part-{rank}-{index:05d}.parquet", suffix=".parquet") as t:
+            with lfiles.atomic_path(self.dir / f"part-{rank}-{index:05d}.parquet", suffix=".parquet") as t:
                 lpred.make_table(rows).to_parquet(t, index=False)
             raise KeyboardInterrupt("simulated interruption")
         return real_write(self, rank, index, rows, images)

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lib import io as lio
+from lib import files as lfiles
 from lib import kaggle_data, prepared, rle
 from lib.boxes import mask_bbox
 
@@ -19,7 +19,7 @@ def _snapshot(d):
     for p in sorted(d.rglob("*")):
         if p.is_file() and p.name != "meta.json":
             out[str(p.relative_to(d))] = p.read_bytes()
-    meta = lio.read_json(d / "meta.json")
+    meta = lfiles.read_json(d / "meta.json")
     for k in ("seconds", "out_dir", "args"):
         meta.pop(k)
     out["meta"] = meta
@@ -66,8 +66,8 @@ def test_write_ground_truth_is_the_records_as_train_csv(prepared_set, tmp_path):
 
 
 def test_write_ground_truth_image_without_instances_has_no_row(tmp_path):
-    lio.atomic_write_json(prepared.ann_path(tmp_path, "a.jpg"), {"height": 4, "width": 6, "instances": []})
-    lio.atomic_write_json(prepared.ann_path(tmp_path, "b.jpg"), {"height": 4, "width": 6, "instances": [
+    lfiles.atomic_write_json(prepared.ann_path(tmp_path, "a.jpg"), {"height": 4, "width": 6, "instances": []})
+    lfiles.atomic_write_json(prepared.ann_path(tmp_path, "b.jpg"), {"height": 4, "width": 6, "instances": [
         {"rle": "1 3", "class_id": "6_7"}]})
     assert prepared.write_ground_truth(tmp_path, ["a.jpg", "b.jpg"], tmp_path / "gt.csv") == 1
     assert (tmp_path / "gt.csv").read_text() == "ImageId,EncodedPixels,Height,Width,ClassId\nb.jpg,1 3,4,6,6_7\n"
@@ -492,7 +492,7 @@ def test_read_only_out_dir_stops_01_with_a_clear_error(synthetic_data_dir, tmp_p
 def test_a_second_01_on_the_same_out_dir_is_refused_while_one_runs(synthetic_data_dir, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
-    held = lio.lock_dir(out, "01_prepare_data run")  # what a running 01 (or its orphaned workers) holds
+    held = lfiles.lock_dir(out, "01_prepare_data run")  # what a running 01 (or its orphaned workers) holds
     try:
         with pytest.raises(RuntimeError, match="in use by another 01_prepare_data run"):
             prepared.prepare_dataset(prepared.PrepareSettings(

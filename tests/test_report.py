@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lib import io as lio
+from lib import files as lfiles
 from lib import prediction_table as lpred
 from lib import rle as lrle
 from lib import viz
@@ -81,8 +81,8 @@ def test_write_report(tmp_path):
     viz.plot_class_scores({"x": 0.5}, train / "curves.png")
     for rec in ({"kind": "epoch", "epoch": 1, "step": 10, "val_kaggle": 0.125},
                 {"kind": "epoch", "epoch": 2, "step": 20, "val_kaggle": 0.375}):
-        lio.append_jsonl(train / "metrics.jsonl", rec)
-    lio.atomic_write_json(train / "val_scores.json", {"best": {"epoch": 2, "kaggle": 0.25, "coco": {"AP": 0.1}},
+        lfiles.append_jsonl(train / "metrics.jsonl", rec)
+    lfiles.atomic_write_json(train / "val_scores.json", {"best": {"epoch": 2, "kaggle": 0.25, "coco": {"AP": 0.1}},
                                                       "latest": {"epoch": 3, "kaggle": 0.2, "coco": {"AP": 0.1}}})
     scores = {"a": {"kaggle": 0.5, "AP": 0.3, "AP50": 0.6, "AP75": 0.2, "num_images": 3,
                     "per_class": {"10": 1.0, "31": 0.0}}}
@@ -116,7 +116,7 @@ def test_write_report(tmp_path):
 
 def test_train_dirs_from_predictions(tmp_path):
     (tmp_path / "unet").mkdir()
-    lio.atomic_write_json(tmp_path / "pred" / "meta.json",
+    lfiles.atomic_write_json(tmp_path / "pred" / "meta.json",
                           {"models": [{"name": "u", "checkpoint": str(tmp_path / "unet" / "best.pth")},
                                       {"name": "gone", "checkpoint": str(tmp_path / "nope" / "best.pth")}]})
     assert train_dirs_from_predictions([tmp_path / "pred"]) == {"u": tmp_path / "unet"}

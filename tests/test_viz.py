@@ -4,19 +4,19 @@ import json
 import cv2
 import numpy as np
 
-from lib import io as lio
+from lib import files as lfiles
 from lib.viz import learning_curve, plot_curves, plot_learning_curves
 
 
 def _log(path, n_steps=12, with_val=True):
     for s in range(1, n_steps + 1):
-        lio.append_jsonl(path, {"kind": "train", "epoch": 1 + (s - 1) // 4, "step": s, "loss": 3.0 / s,
+        lfiles.append_jsonl(path, {"kind": "train", "epoch": 1 + (s - 1) // 4, "step": s, "loss": 3.0 / s,
                                 "loss_mask": 1.0 / s, "loss_classifier": 2.0 / s, "lr": 1e-3 * min(1, s / 4)})
         if s % 4 == 0:
             rec = {"kind": "epoch", "epoch": s // 4, "step": s, "train_loss": 3.0 / s}
             if with_val:
                 rec.update({"val_kaggle": 0.1 * s / 4, "val_AP": 0.05 * s / 4, "val_AP50": None})
-            lio.append_jsonl(path, rec)
+            lfiles.append_jsonl(path, rec)
 
 
 def _read(png):
@@ -63,7 +63,7 @@ def test_learning_curve_points_and_plot(tmp_path):
                 {"kind": "epoch", "epoch": 3, "step": 30, "val_kaggle": float("nan")},
                 {"kind": "epoch", "epoch": 4, "step": 40, "val_kaggle": 0.3},
                 {"kind": "epoch", "epoch": 4, "step": 40, "val_kaggle": 0.35}):  # a resumed epoch: the last wins
-        lio.append_jsonl(log, rec)
+        lfiles.append_jsonl(log, rec)
     assert learning_curve(log) == [(10, 0.1), (40, 0.35)]
     assert learning_curve(tmp_path / "missing.jsonl") == []
     full = _read(plot_learning_curves({"a": learning_curve(log), "b": []}, tmp_path / "lc.png"))

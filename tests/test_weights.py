@@ -20,7 +20,7 @@ from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor  #
 from torchvision.ops import misc as misc_nn_ops  # noqa: E402
 
 from lib import checkpoint as lcheckpoint  # noqa: E402
-from lib import io as lio  # noqa: E402
+from lib import files as lfiles  # noqa: E402
 from lib import models  # noqa: E402
 from lib import weights  # noqa: E402
 
@@ -286,7 +286,7 @@ def _train(arch, cache, out, *extra):
         "--max-steps-per-epoch", "1", "--epochs", "1", "--max-val-images", "1", "--threads", "1",
         "--lr", "0", "--warmup-steps", "0", *TINY[arch], *extra])
     mod.main(args)
-    return lio.read_json(out / "meta.json"), torch.load(out / "checkpoint.pth", weights_only=True)
+    return lfiles.read_json(out / "meta.json"), torch.load(out / "checkpoint.pth", weights_only=True)
 
 
 @pytest.mark.parametrize("arch", ["unet", "maskrcnn"])

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from .. import io as lio
+from .. import files as lfiles
 from .. import rle as lrle
 from ..label_descriptions import label_descriptions
 from ..labels import N_CATEGORIES, format_class_id
@@ -68,19 +68,19 @@ def _write_annotations(out: Path, rows: dict, params: dict, edition: str, coco: 
     for split, name in (("train", "train.csv"), ("test", "test_ground_truth.csv")):
         ordered = sorted(rows[split], key=lambda r: r[0])  # stable: instance order kept within an image
         if edition == "2020":
-            lio.atomic_write_text(out / name, _csv_text(header + ",AttributesIds", map(_row_2020, ordered)))
+            lfiles.atomic_write_text(out / name, _csv_text(header + ",AttributesIds", map(_row_2020, ordered)))
         else:
-            lio.atomic_write_text(out / name, _csv_text(header, ordered))
+            lfiles.atomic_write_text(out / name, _csv_text(header, ordered))
     if coco:
         for split in ("train", "test"):
-            lio.atomic_write_json(out / f"instances_{split}.json", coco_json(sorted(rows[split], key=lambda r: r[0])),
+            lfiles.atomic_write_json(out / f"instances_{split}.json", coco_json(sorted(rows[split], key=lambda r: r[0])),
                                   indent=None)
     test_ids = sorted(image_id_for(params["seed"], "test", i) for i in range(params["n_test"]))
     if edition == "2020":
-        lio.atomic_write_text(out / "sample_submission.csv", _csv_text("ImageId,EncodedPixels,ClassId,AttributesIds",
+        lfiles.atomic_write_text(out / "sample_submission.csv", _csv_text("ImageId,EncodedPixels,ClassId,AttributesIds",
                                                                        [(t, "1 1", "0", "") for t in test_ids]))
     else:
-        lio.atomic_write_text(out / "sample_submission.csv",
+        lfiles.atomic_write_text(out / "sample_submission.csv",
                               _csv_text("ImageId,EncodedPixels,ClassId", [(t, "1 1", "0") for t in test_ids]))
 
 
@@ -118,7 +118,7 @@ def _existing(out: Path, params: dict) -> dict | None:
         raise ValueError(f"refusing to write the synthetic dataset into {out}: it is not empty and has no "
                          f"{MARKER} marker (it may be a real dataset); choose an empty or new directory")
     try:
-        meta = lio.read_json(marker)
+        meta = lfiles.read_json(marker)
     except ValueError as e:
         raise ValueError(f"refusing to overwrite {out}: {e}") from None
     if not isinstance(meta, dict) or meta.get("generator") != "lib.synthetic":
@@ -169,9 +169,9 @@ def generate_dataset(out_dir, n_train: int = 48, n_test: int = 12, seed: int = 0
         return dict(meta, out_dir=str(out), reused=True)
     out.mkdir(parents=True, exist_ok=True)
     base = {"generator": "lib.synthetic", "version": GENERATOR_VERSION, "params": params}
-    lio.atomic_write_json(out / MARKER, dict(base, complete=False))
+    lfiles.atomic_write_json(out / MARKER, dict(base, complete=False))
     labels = label_descriptions() if edition == "2019" else edition_2020_labels()
-    lio.atomic_write_text(out / "label_descriptions.json", lio.to_json(labels, indent=2) + "\n")
+    lfiles.atomic_write_text(out / "label_descriptions.json", lfiles.to_json(labels, indent=2) + "\n")
     rows = {"train": [], "test": []}
     counts = {"train": np.zeros(N_CATEGORIES, np.int64), "test": np.zeros(N_CATEGORIES, np.int64)}
     images = {"train": np.zeros(N_CATEGORIES, np.int64), "test": np.zeros(N_CATEGORIES, np.int64)}
@@ -185,7 +185,7 @@ def generate_dataset(out_dir, n_train: int = 48, n_test: int = 12, seed: int = 0
             img, inst = make_image(rng, h, w, force=_force_for(images[split], i, cfg["force"], cfg["categories"]),
                                    preset=preset)
             image_id = image_id_for(params["seed"], split, i)
-            lio.atomic_write_bytes(out / split / image_id, _jpeg_bytes(img, params["jpeg_quality"]))
+            lfiles.atomic_write_bytes(out / split / image_id, _jpeg_bytes(img, params["jpeg_quality"]))
             seen = set()
             for d in inst:
                 rows[split].append((image_id, lrle.encode(d["mask"]), h, w,
@@ -213,5 +213,5 @@ def generate_dataset(out_dir, n_train: int = 48, n_test: int = 12, seed: int = 0
                 sizes={s: size_summary(sizes[s]) for s in ("train", "test")},
                 category_counts={s: {str(c): int(counts[s][c]) for c in range(N_CATEGORIES)} for s in counts},
                 category_images={s: {str(c): int(images[s][c]) for c in range(N_CATEGORIES)} for s in images})
-    lio.atomic_write_json(out / MARKER, meta)
+    lfiles.atomic_write_json(out / MARKER, meta)
     return dict(meta, out_dir=str(out), reused=False)
