@@ -89,7 +89,7 @@ def main(args) -> int:
                                        seed=args.synthetic_seed, min_side=args.synthetic_min_side,
                                        max_side=args.synthetic_max_side, progress=settings.progress,
                                        preset=args.synthetic_preset)
-        meta = prepared.prepare_dataset(settings)
+        meta = prepared.run(settings)
     except (ValueError, OSError, RuntimeError) as e:  # bad input or unwritable output: the message says which
         print(f"01: error: {e}", file=sys.stderr)
         return 2

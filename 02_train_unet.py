@@ -52,7 +52,7 @@ def model_overrides(args) -> dict:
 
 def main(args) -> int:
     with cli.bad_input_exits("02"):  # a bad file, row or flag: one line naming it
-        engine.run_training("unet", model_overrides(args), cli.train_settings(args),
+        engine.run("unet", model_overrides(args), cli.train_settings(args),
                             stage="02_train_unet")  # summary: OUT_DIR/meta.json
     return 0
 

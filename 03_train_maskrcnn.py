@@ -45,7 +45,7 @@ def model_overrides(args) -> dict:
 
 def main(args) -> int:
     with cli.bad_input_exits("03"):  # a bad file, row or flag: one line naming it
-        engine.run_training("maskrcnn", model_overrides(args), cli.train_settings(args),
+        engine.run("maskrcnn", model_overrides(args), cli.train_settings(args),
                             stage="03_train_maskrcnn")  # summary: OUT_DIR/meta.json
     return 0
 

@@ -43,7 +43,7 @@ def model_overrides(args) -> dict:
 
 def main(args) -> int:
     with cli.bad_input_exits("04"):  # a bad file, row or flag: one line naming it
-        engine.run_training("deepmac", model_overrides(args), cli.train_settings(args),
+        engine.run("deepmac", model_overrides(args), cli.train_settings(args),
                             stage="04_train_deepmac")  # summary: OUT_DIR/meta.json
     return 0
 

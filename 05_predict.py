@@ -117,7 +117,7 @@ def main(args) -> int:
     with cli.bad_input_exits("05"):  # a bad file, row or flag: one line naming it
         settings = cli.settings_of(predict.PredictSettings, args, progress=not args.no_progress)
         settings.check()
-        predict.run_prediction(settings)  # summary: OUT_DIR/meta.json
+        predict.run(settings)  # summary: OUT_DIR/meta.json
     return 0
 
 

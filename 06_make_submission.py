@@ -50,13 +50,13 @@ import sys
 from pathlib import Path
 
 from lib import cli
-from lib import make_submission, postprocess, submission
+from lib import make_submission, postprocess, submission_file
 
 
 def mask_size(text: str):
-    """``--mask-size`` in :func:`lib.submission.parse_mask_size`'s form; a bad value is argparse's error."""
+    """``--mask-size`` in :func:`lib.submission_file.parse_mask_size`'s form; a bad value is argparse's error."""
     try:
-        return submission.parse_mask_size(text)
+        return submission_file.parse_mask_size(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
 

@@ -2,7 +2,7 @@
 model forward, and the projected 05 + 06 time for the 3,200 test images.
 
 Inputs are synthetic test-size JPEGs (``--test-size``, default 3000 x 2000 as the competition's test images,
-``lib.synthetic`` scenes) decoded and shrunk to the model size by ``lib.inference.ImageDataset`` as 05 does.
+``lib.synthetic`` scenes) decoded and shrunk to the model size by ``lib.tta.ImageDataset`` as 05 does.
 Models have random weights, so their scores mean nothing: to load the post-processing as a trained model
 would, every model keeps ``--detections`` instances per image (``box_score_thresh = 0`` and
 ``score_floor = 0``; the UNet keeps up to that many components) and 06 sees the scores spread uniformly over
@@ -14,14 +14,14 @@ would, every model keeps ``--detections`` instances per image (``box_score_thres
 - ``ours_forward_img_s``: our model's plain eval forward, the same way; with ``--channels-last`` (default in
   GPU mode) also ``ours_cl_forward_img_s`` / ``cl_forward_ratio`` (vs stock): the same weights in
   channels-last layout (05 ``--channels-last``), timed in the same turns;
-- ``predict_img_s``: ``lib.inference.predict_batch`` (every TTA view: forward, masks to the original frame
+- ``predict_img_s``: ``lib.tta.predict_batch`` (every TTA view: forward, masks to the original frame
   at 512 x 512, view fusion) = 05's main loop;
 - ``fusion_device_ms`` / ``fusion_host_ms`` / ``fusion_ratio`` (with TTA): the view fusion per image on the
   model's device as 05 does it vs the host (numpy) fusion it replaced, on the same views, timed in turns;
   ``fusion_ratio`` = host time / device time;
-- ``rows_ms``: ``lib.inference.result_rows`` per image (PNG crops; 05 runs it in a thread pool);
+- ``rows_ms``: ``lib.tta.result_rows`` per image (PNG crops; 05 runs it in a thread pool);
 - ``decode_ms``: ``ImageDataset`` per image (JPEG decode + shrink; 05 runs it in DataLoader workers);
-- ``s06_ms`` = ``s06_build_ms`` + ``s06_validate_ms``: ``lib.submission.build_submission`` (default
+- ``s06_ms`` = ``s06_build_ms`` + ``s06_validate_ms``: ``lib.submission_file.build_submission`` (default
   post-processing, 512 x 512 RLE) and ``validate_submission`` per image, each in one process.
 
 Mask pasting (``paste``, once per run, no model: ``--paste-detections`` random smooth ``28 x 28`` crops at
@@ -97,8 +97,8 @@ def make_test_images(work_dir: Path, n: int, size: tuple[int, int], seed: int = 
 
 
 def decode_ms(paths: list[Path], long_side: int, repeat: int = 2) -> float:
-    """Milliseconds per image of 05's read + shrink (``lib.inference.ImageDataset``), one process."""
-    from lib.inference import ImageDataset
+    """Milliseconds per image of 05's read + shrink (``lib.tta.ImageDataset``), one process."""
+    from lib.tta import ImageDataset
 
     ds = ImageDataset([str(p) for p in paths], long_side)
     ds[0]
@@ -111,9 +111,9 @@ def decode_ms(paths: list[Path], long_side: int, repeat: int = 2) -> float:
 
 def load_batch(paths: list[Path], long_side: int, batch: int, device):
     """05's batch: ``batch`` images (cycling over ``paths``) as float 0..1 ``(3, h, w)`` on ``device`` (read and
-    shrunk by ``lib.inference.ImageDataset``) and their original ``(H, W)`` sizes."""
+    shrunk by ``lib.tta.ImageDataset``) and their original ``(H, W)`` sizes."""
     from lib import kaggle_data as lkaggle
-    from lib.inference import ImageDataset
+    from lib.tta import ImageDataset
 
     ds = ImageDataset([str(p) for p in paths], long_side)
     sizes = [lkaggle.read_image(p).shape[:2] for p in paths]
@@ -163,9 +163,9 @@ def stock_model(arch: str, cfg: dict):
 # --------------------------------------------------------------------------------------------- measurement
 def measure_arch(arch: str, cfg: dict, paths: list[Path], device, dtype, views, project_images: int,
                  dec_ms: float) -> dict:
-    from lib import inference as linference
+    from lib import tta as ltta
     from lib import prediction_table as lpred
-    from lib import submission as lsub
+    from lib import submission_file as lsub
 
     size = cfg["unet_size"] if arch == "unet" else cfg["size"]
     long_side = int(round(size * max(s for s, _ in views)))
@@ -200,7 +200,7 @@ def measure_arch(arch: str, cfg: dict, paths: list[Path], device, dtype, views, 
     results = []
 
     def predict():
-        results[:] = linference.predict_batch(model, images, orig, views, mask_size=512, score_floor=0.0,
+        results[:] = ltta.predict_batch(model, images, orig, views, mask_size=512, score_floor=0.0,
                                             dtype=dtype)
 
     row["predict_img_s"] = len(images) / bc.time_calls(predict, device, steps, warm)
@@ -211,7 +211,7 @@ def measure_arch(arch: str, cfg: dict, paths: list[Path], device, dtype, views, 
     rows: list[dict] = []
 
     def make_rows():
-        rows[:] = [x for i, r in enumerate(results) for x in linference.result_rows(ids[i], arch, r, orig[i])]
+        rows[:] = [x for i, r in enumerate(results) for x in ltta.result_rows(ids[i], arch, r, orig[i])]
 
     row["rows_ms"] = bc.time_calls(make_rows, "cpu", 1, 1) / len(images) * 1e3
     table = lpred.make_table(rows)
@@ -258,19 +258,19 @@ def measure_arch(arch: str, cfg: dict, paths: list[Path], device, dtype, views, 
 
 def fusion_ms(model, images, orig, views, device, dtype, steps: int = 2, warm: int = 1) -> dict:
     """TTA view fusion per image (of the first two images of the batch: the host path takes about a second
-    per image at 100 detections per view): 05's on-device fusion (``lib.inference._fuse_views``) vs the host
+    per image at 100 detections per view): 05's on-device fusion (``lib.tta._fuse_views``) vs the host
     path it replaced, timed in turns on the same views (uint8 maps on the device): every view's masks copied to
     the host, then ``lib.fusion.fuse_instances`` in numpy on uint8 / 255 maps and the fused masks quantized
     again."""
-    from lib import inference as linference
+    from lib import tta as ltta
     from lib.fusion import fuse_instances
 
-    per_image = linference.batch_views(model, images, orig, views, [(512, 512)] * len(images), 0.0, dtype)
+    per_image = ltta.batch_views(model, images, orig, views, [(512, 512)] * len(images), 0.0, dtype)
 
     def on_device():
         with torch.inference_mode():
             for i, vs in enumerate(per_image):
-                linference._fuse_views(vs, tuple(orig[i]), (512, 512), 0.5, 0.0)
+                ltta._fuse_views(vs, tuple(orig[i]), (512, 512), 0.5, 0.0)
 
     def on_host():
         for vs in per_image:
@@ -340,7 +340,7 @@ def run(cfg: dict, device, dtype, archs=ARCHS, work_dir: Path = Path("work/bench
         project_images: int = 3200, target_s: float = 90.0) -> dict:
     """The mask paste (:func:`paste_ms`, unless ``cfg["paste_detections"]`` is 0), then every arch in ``archs``
     on ``cfg["unique_images"]`` synthetic test-size JPEGs."""
-    from lib.inference import tta_views
+    from lib.tta import tta_views
 
     paste = None
     if cfg.get("paste_detections"):

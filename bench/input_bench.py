@@ -65,7 +65,7 @@ def ensure_cache(work_dir: Path, n_train: int, data_side: int, long_side: int, w
             return prepared
     except FileNotFoundError:
         pass
-    lprepared.prepare_dataset(lprepared.PrepareSettings(
+    lprepared.run(lprepared.PrepareSettings(
         data_dir=data, out_dir=prepared, long_side=long_side, val_fraction=0.0, seed=0, processes=workers,
         progress=False))  # every image in the train split
     return prepared

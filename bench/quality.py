@@ -145,7 +145,7 @@ _AGNOSTIC_03 = (
     "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)\n"
     "a = m.get_args_parser().parse_args(sys.argv[1:])\n"
     "from lib import cli, engine\n"
-    "engine.run_training('maskrcnn', dict(m.model_overrides(a), class_agnostic_masks=True), cli.train_settings(a),"
+    "engine.run('maskrcnn', dict(m.model_overrides(a), class_agnostic_masks=True), cli.train_settings(a),"
     " stage='03_train_maskrcnn')\n")
 
 
@@ -877,7 +877,7 @@ def main(args) -> dict:
     # 2. training
     agnostic_flag = "--class-agnostic-masks" in script_flags("03_train_maskrcnn.py")
     rep["class_agnostic_maskrcnn_via"] = ("03 --class-agnostic-masks" if agnostic_flag else
-                                          "03's parser + lib.engine.run_training with class_agnostic_masks=True "
+                                          "03's parser + lib.engine.run with class_agnostic_masks=True "
                                           "(03 has no --class-agnostic-masks flag)")
     cg = args.claim_group
     main_runs = ["unet", "maskrcnn", "deepmac"]

@@ -1,6 +1,6 @@
 """Training loop shared by ``02_train_unet.py``, ``03_train_maskrcnn.py`` and ``04_train_deepmac.py``.
 
-``run_training(arch, model_overrides, settings)`` (:class:`TrainSettings`: the flags of :mod:`lib.cli`) trains
+``run(arch, model_overrides, settings)`` (:class:`TrainSettings`: the flags of :mod:`lib.cli`) trains
 a ``lib.models`` model on a prepared set, as torchvision's references do: :func:`train_one_epoch` then
 validation (:func:`evaluate`) and checkpoints at each epoch's end (:func:`end_epoch`), over a small :class:`Run`
 state. The optimizer, the learning-rate schedule and the moving average of the weights come from
@@ -350,7 +350,7 @@ class StepSettings:
 
 @dataclass
 class Run:
-    """The state of one training run, outside the epoch loop: what :func:`run_training` hands to
+    """The state of one training run, outside the epoch loop: what :func:`run` hands to
     :func:`train_one_epoch` and what the epoch end (:func:`end_epoch`) works on.
 
     ``model`` is the bare model (saved, validated); ``net`` is what trains (``model`` or its DDP wrapper).
@@ -408,7 +408,7 @@ class Run:
         return self.out_dir / name
 
 
-def run_training(arch: str, model_overrides: dict, s: TrainSettings, stage: str | None = None) -> dict:
+def run(arch: str, model_overrides: dict, s: TrainSettings, stage: str | None = None) -> dict:
     """Train ``arch`` (a ``lib.models.ARCHS`` name) as the settings ``s`` say.
 
     ``model_overrides``: config keys from the script's model flags (None values are ignored, so the
@@ -416,17 +416,17 @@ def run_training(arch: str, model_overrides: dict, s: TrainSettings, stage: str 
     lock of ``out_dir`` (:func:`lib.files.lock_dir`) until it returns.
     """
     with contextlib.ExitStack() as held:
-        run = start_run(arch, model_overrides, s, stage or f"train_{arch}", held)
+        state = start_run(arch, model_overrides, s, stage or f"train_{arch}", held)
         last_epoch = s.epochs - 1
         if s.stop_after_epoch:
             last_epoch = min(last_epoch, s.stop_after_epoch - 1)
-        if run.main:
-            write_meta(run, "running")
-        for epoch in range(run.start_epoch, last_epoch + 1):
-            metric_logger = _train_epoch(run, epoch)
-            end_epoch(run, epoch, metric_logger)
-        summary = write_meta(run, "done" if run.epochs_done >= s.epochs else "stopped") if run.main else {}
-        runtime.teardown_distributed(run.env["distributed"], barrier=True)
+        if state.main:
+            write_meta(state, "running")
+        for epoch in range(state.start_epoch, last_epoch + 1):
+            metric_logger = _train_epoch(state, epoch)
+            end_epoch(state, epoch, metric_logger)
+        summary = write_meta(state, "done" if state.epochs_done >= s.epochs else "stopped") if state.main else {}
+        runtime.teardown_distributed(state.env["distributed"], barrier=True)
         return summary
 
 
@@ -889,7 +889,7 @@ def write_meta(run: Run, status: str) -> dict:
     return m
 
 
-__all__ = ["Run", "StepCounters", "StepSettings", "run_training", "start_run", "train_one_epoch", "end_epoch",
+__all__ = ["Run", "StepCounters", "StepSettings", "run", "start_run", "train_one_epoch", "end_epoch",
            "record_validation", "evaluate", "shard_indices", "train_step", "StepResult", "make_checkpoint",
            "write_meta", "NonFiniteLossError",
            "build_optimizer"]  # lib.optim's, still imported from here by bench/train_bench.py and bench/input_bench.py

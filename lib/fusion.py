@@ -278,7 +278,7 @@ def fusion_plan(categories: np.ndarray, scores: np.ndarray, sources: np.ndarray,
     """The clusters of :func:`fuse_instances` and their fusion coefficients, from small arrays only.
 
     The rules are the module docstring's; the mask arithmetic is left to the caller, so the same plan drives
-    the numpy fusion of :func:`fuse_instances` and the on-device fusion of TTA views in :mod:`lib.inference`.
+    the numpy fusion of :func:`fuse_instances` and the on-device fusion of TTA views in :mod:`lib.tta`.
 
     Args:
         categories, scores, sources: (N,) the pooled instances' category, score and source index (0..K-1).

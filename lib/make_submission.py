@@ -15,10 +15,10 @@ Flow of :func:`run` (settings: :class:`SubmissionSettings`):
 4. the models fused as chosen (:func:`lib.fusion.combine`); with ground truth, each model alone, all of them
    fused with equal weights and the chosen combination are scored (:func:`lib.scoring.score_table`,
    ``scores.json``);
-5. ``submission.csv`` built (:func:`lib.submission.build_submission`), in the columns of ``data_dir``'s
+5. ``submission.csv`` built (:func:`lib.submission_file.build_submission`), in the columns of ``data_dir``'s
    edition (its ``sample_submission.csv`` header: the 2020 edition's AttributesIds column with that edition's
-   attribute ids, :func:`lib.submission.to_edition_2020`) and, unless ``mask_size`` says otherwise, at the
-   mask size it is evaluated at (:data:`lib.submission.EDITION_MASK_SIZES`: 512 x 512 for 2019, long side
+   attribute ids, :func:`lib.submission_file.to_edition_2020`) and, unless ``mask_size`` says otherwise, at the
+   mask size it is evaluated at (:data:`lib.submission_file.EDITION_MASK_SIZES`: 512 x 512 for 2019, long side
    1024 for 2020), validated and written; an HTML report
    (:func:`lib.report.write_report`) and ``meta.json``. The competition refuses overlapping masks of one
    class, so the file always has same-category overlaps removed by score: ``overlap="none"`` (a scoring
@@ -43,7 +43,7 @@ import pandas as pd
 from . import fusion, scoring, tuning
 from . import kaggle_data as lkaggle
 from . import prediction_table as lpred
-from . import submission as lsub
+from . import submission_file as lsub
 from .files import atomic_write_json
 from .postprocess import Params
 from .table_stream import map_images, read_sources
@@ -64,7 +64,7 @@ class SubmissionSettings:
     min_votes: int = 1
     data_dir: Path = Path("data/synthetic")
     out_dir: Path = Path("work/submission")
-    mask_size: int | str | None = None  # None: the edition's (lib.submission.EDITION_MASK_SIZES)
+    mask_size: int | str | None = None  # None: the edition's (lib.submission_file.EDITION_MASK_SIZES)
     params: Path | None = None
     postprocess: dict = field(default_factory=dict)
     gt: Path | None = None
@@ -84,8 +84,8 @@ class SubmissionSettings:
 
 def validate_file(path, data_dir, mask_size=None, progress: bool = True) -> int:
     """Check a submission file against ``data_dir``'s test images; print every problem. Returns 0 if valid.
-    ``mask_size``: the size the file was written at (:func:`lib.submission.parse_mask_size`); None = the one
-    06's meta.json beside a ``submission.csv`` records, else the edition's (:func:`lib.submission.written_mask_size`)."""
+    ``mask_size``: the size the file was written at (:func:`lib.submission_file.parse_mask_size`); None = the one
+    06's meta.json beside a ``submission.csv`` records, else the edition's (:func:`lib.submission_file.written_mask_size`)."""
     images = lkaggle.list_test_images(data_dir, progress=progress)
     sizes = {r.image_id: (int(r.orig_height), int(r.orig_width)) for r in images.itertuples(index=False)}
     edition, _, their_ids = _edition(data_dir)
@@ -204,7 +204,7 @@ def _report(s: SubmissionSettings, sources: list, indexes: dict, images: pd.Data
 
 def submission_params(params: Params) -> Params:
     """The post-processing of ``submission.csv``: ``params`` with same-category overlaps removed (``overlap``
-    "score") also when they say "none", which the competition's (and :func:`lib.submission.validate_submission`'s)
+    "score") also when they say "none", which the competition's (and :func:`lib.submission_file.validate_submission`'s)
     rule forbids in a submission."""
     return params.replace(overlap="score") if params.overlap == "none" else params
 

@@ -14,7 +14,7 @@ Post-processing of one image (:func:`postprocess_image`; :func:`finalize` on dec
    same *category* (Kaggle requires same-class masks not to overlap; the
    category is the stricter reading, since ClassIds with attributes of one
    category are still the same garment). ``overlap="none"`` skips it, which
-   can produce files :func:`lib.submission.validate_submission` rejects (useful for scoring
+   can produce files :func:`lib.submission_file.validate_submission` rejects (useful for scoring
    experiments only);
 6. drop masks smaller than ``min_area`` pixels (empty masks always);
 7. ClassId: the category, plus (``attributes="on"``, categories in

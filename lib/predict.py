@@ -1,6 +1,6 @@
 """Stage 05 (``05_predict.py``): checkpoints + images -> prediction table (:mod:`lib.prediction_table`).
 
-Flow of :func:`run_prediction` (settings: :class:`PredictSettings`):
+Flow of :func:`run` (settings: :class:`PredictSettings`):
 
 1. models: each checkpoint (a ``best.pth``/``checkpoint.pth`` file, or a training out-dir, meaning its
    ``best.pth``, else ``checkpoint.pth``: :func:`resolve_checkpoint`) is rebuilt from its saved config alone
@@ -14,7 +14,7 @@ Flow of :func:`run_prediction` (settings: :class:`PredictSettings`):
    skipped, the rest predicted;
 3. the configuration is checked against what ``out_dir`` holds (:mod:`lib.shards`): a finished run of the
    same configuration is kept, shards of it are resumed, others are an error unless ``restart``;
-4. batches of the images still to do are predicted (:mod:`lib.inference`: TTA views fused on the device)
+4. batches of the images still to do are predicted (:mod:`lib.tta`: TTA views fused on the device)
    and written as shards every ``shard_size`` images (multiples of the batch size, so a run split by
    ``stop_after`` sees the same batches as an uninterrupted one);
 5. when every image is done the shards are merged into ``predictions.parquet`` / ``images.parquet``, and
@@ -51,11 +51,11 @@ from . import files as lfiles
 from . import kaggle_data as lkaggle
 from . import prepared as lprepared
 from . import runtime
-from .inference import image_batches, predict_batch, result_rows, tta_views
+from .tta import image_batches, predict_batch, result_rows, tta_views
 from .shards import ShardStore, config_hash, prediction_config
 
 __all__ = ["PredictSettings", "resolve_checkpoint", "model_names", "images_from_data_dir", "images_from_prepared",
-           "images_from_folder", "run_prediction"]
+           "images_from_folder", "run"]
 
 
 @dataclass
@@ -399,13 +399,13 @@ def _export(s: PredictSettings, frame: pd.DataFrame, summary: dict, images, coco
     return summary
 
 
-def run_prediction(s: PredictSettings) -> dict:
+def run(s: PredictSettings) -> dict:
     """Stage 05. Returns the summary also written to ``meta.json`` (module docstring)."""
     with contextlib.ExitStack() as held:
-        return _run_prediction(s, held)
+        return _run(s, held)
 
 
-def _run_prediction(s: PredictSettings, held: contextlib.ExitStack) -> dict:
+def _run(s: PredictSettings, held: contextlib.ExitStack) -> dict:
     s.check()
     env = runtime.setup_distributed(s.device)
     rank, world, device, distributed = env["rank"], env["world_size"], env["device"], env["distributed"]

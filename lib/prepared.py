@@ -1,4 +1,4 @@
-"""The prepared set: what ``01_prepare_data.py`` writes (:func:`prepare_dataset`) and training reads; the
+"""The prepared set: what ``01_prepare_data.py`` writes (:func:`run`) and training reads; the
 ground truth of its images as a train.csv-format file (:func:`write_ground_truth`: 05's ``gt.csv`` of a split).
 
 Per image (in parallel worker processes): read and validate its rows, read the
@@ -369,7 +369,7 @@ class PrepareSettings:
         return [(f, self.coco_images[k] if k < len(self.coco_images) else None) for k, f in enumerate(self.coco_json)]
 
 
-def prepare_dataset(s: PrepareSettings) -> dict:
+def run(s: PrepareSettings) -> dict:
     """Prepare ``s.data_dir`` (Kaggle layout) and/or COCO-format files into ``s.out_dir``
     (:class:`PrepareSettings`); returns the meta dict (also written to meta.json).
 

@@ -5,7 +5,7 @@ of the ranked ones, per class too, of a table in memory; :func:`score_tables`: t
 image in worker processes (:mod:`lib.table_stream`). Both score an image with :func:`image_record`: the ground
 truth decoded once (:class:`GroundTruth`), the IoUs counted on windows (:class:`ImageScorer`, which tuning uses to
 score many subsets of one post-processing).
-Submission placeholder rows (:data:`lib.submission.PLACEHOLDER`) are not part of this: an image without
+Submission placeholder rows (:data:`lib.submission_file.PLACEHOLDER`) are not part of this: an image without
 any instance scores as predicting nothing.
 """
 from __future__ import annotations

@@ -53,7 +53,7 @@ def prepared_set(synthetic_data_dir, tmp_path_factory) -> Path:
     from lib import prepared
 
     out = tmp_path_factory.mktemp("prepared") / "prepared"
-    prepared.prepare_dataset(prepared.PrepareSettings(
+    prepared.run(prepared.PrepareSettings(
         data_dir=synthetic_data_dir, out_dir=out, long_side=TINY_LONG_SIDE, val_fraction=0.3, seed=0,
         processes=1, progress=False))
     return out

@@ -332,9 +332,9 @@ def test_synthetic_set_in_coco_layout_prepares_like_its_csv(tmp_path):
     data = tmp_path / "data"
     synthetic.generate_dataset(data, n_train=6, n_test=1, seed=3, min_side=96, max_side=160, progress=False,
                                coco=True)
-    a = prepared.prepare_dataset(prepared.PrepareSettings(
+    a = prepared.run(prepared.PrepareSettings(
         data_dir=data, out_dir=tmp_path / "csv", long_side=128, processes=1, progress=False))
-    b = prepared.prepare_dataset(prepared.PrepareSettings(
+    b = prepared.run(prepared.PrepareSettings(
         data_dir=None, out_dir=tmp_path / "coco", long_side=128, processes=1, progress=False,
         coco_json=[data / "instances_train.json"], coco_images=[data / "train"]))
     assert a["num_images"] == b["num_images"] == 6 and b["num_problems"] == 0

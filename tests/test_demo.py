@@ -24,7 +24,7 @@ def test_demo_end_to_end_tiny(tmp_path):
                        timeout=1200)
     assert r.returncode == 0, f"demo.sh failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
 
-    from lib import submission as lsub
+    from lib import submission_file as lsub
     from lib.kaggle_data import list_test_images
 
     sub_dir = work / "submission"

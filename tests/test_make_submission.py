@@ -226,7 +226,7 @@ def test_2020_edition_submission_and_ground_truth(tmp_path):
     bad.loc[2, "AttributesIds"] = "1"  # not an id of the 2020 label file
     bad.to_csv(tmp_path / "bad.csv", index=False)
     assert make_submission.validate_file(tmp_path / "bad.csv", data, None, progress=False) == 1
-    from lib.submission import validate_submission
+    from lib.submission_file import validate_submission
 
     sizes = {i: (int(h), int(w)) for i, h, w in pd.read_parquet(pdir / "predictions.parquet")[
         ["image_id", "orig_height", "orig_width"]].drop_duplicates().itertuples(index=False)}
@@ -303,7 +303,7 @@ def test_2020_edition_masks_default_to_the_long_side_1024(tmp_path, capsys):
     so its long side is 1024 (aspect kept), and says so in meta.json; --validate then checks the file at that
     size, and a copy of it checked at the images' own size is refused where its runs leave the image."""
     from lib import rle, synthetic
-    from lib import submission as lsub
+    from lib import submission_file as lsub
     from lib.kaggle_data import list_test_images
 
     data = tmp_path / "d2020"

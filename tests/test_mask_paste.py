@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 
-from lib import inference as linference
+from lib import tta as ltta
 from lib import models as lmodels
 from lib.mask_paste import crops_from, masks_in_frame, paste_masks, resize_maps
 
@@ -185,8 +185,8 @@ def test_05_masks_of_a_detector_are_the_models_own_at_the_input_size():
     model = lmodels.build_model(lmodels.default_config("maskrcnn", **TINY["maskrcnn"])).eval()
     img = torch.rand(3, 90, 120)
     with torch.no_grad():
-        res = linference.predict_batch(model, [img], [(90, 120)], [(1.0, False)], mask_size=0, score_floor=0.0)[0]
-        flipped = linference.predict_batch(model, [img.flip(-1)], [(90, 120)], [(1.0, True)], mask_size=0,
+        res = ltta.predict_batch(model, [img], [(90, 120)], [(1.0, False)], mask_size=0, score_floor=0.0)[0]
+        flipped = ltta.predict_batch(model, [img.flip(-1)], [(90, 120)], [(1.0, True)], mask_size=0,
                                            score_floor=0.0)[0]
         out = model([img])[0]
     order = torch.argsort(out["scores"], descending=True, stable=True)

@@ -293,7 +293,7 @@ def test_notebook_runs_on_a_tiny_synthetic_set(tmp_path, monkeypatch):
                for c in code for o in c.outputs)
 
     # submission.csv where NB_SUBMISSION said, valid against the test images, and the notebook's own check said so
-    from lib import submission as lsub
+    from lib import submission_file as lsub
     from lib.kaggle_data import list_test_images
 
     test_images = list_test_images(data, progress=False)

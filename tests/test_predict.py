@@ -16,7 +16,7 @@ from conftest import REAL_TEST, REPO
 from lib import checkpoint as lcheckpoint
 from lib import files as lfiles
 from lib import models as lmodels
-from lib import inference as linference
+from lib import tta as ltta
 from lib import predict as lpredict
 from lib import shards as lshards
 from lib import prediction_table as lpred
@@ -86,7 +86,7 @@ def tiny_maskrcnn(tmp_path_factory) -> Path:
 
 
 def test_05_real_test_image_to_valid_submission(tmp_path, tiny_maskrcnn):
-    from lib import submission as lsub
+    from lib import submission_file as lsub
 
     real = sorted(REAL_TEST.glob("*.jpg")) if REAL_TEST.is_dir() else []
     if not real:
@@ -153,7 +153,7 @@ def test_05_resume_after_interruption_gives_the_clean_result(tmp_path, tiny_mask
         _run(out, tiny_maskrcnn, synthetic_data_dir, batch_size=1, mask_size=32, shard_size=1)
 
     seen = []
-    real_batch = linference.predict_batch
+    real_batch = ltta.predict_batch
     monkeypatch.setattr(lpredict, "predict_batch", lambda m, imgs, *a, **k: seen.append(len(imgs)) or
                         real_batch(m, imgs, *a, **k))
     _run(out, tiny_maskrcnn, synthetic_data_dir, batch_size=1, mask_size=64, shard_size=1)

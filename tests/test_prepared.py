@@ -77,17 +77,17 @@ def test_write_ground_truth_image_without_instances_has_no_row(tmp_path):
 
 def test_resume_after_interruption_equals_clean_run(synthetic_data_dir, tmp_path):
     clean = tmp_path / "clean"
-    prepared.prepare_dataset(prepared.PrepareSettings(
+    prepared.run(prepared.PrepareSettings(
         data_dir=synthetic_data_dir, out_dir=clean, long_side=128, processes=2, progress=False))
     part = tmp_path / "part"
-    prepared.prepare_dataset(prepared.PrepareSettings(
+    prepared.run(prepared.PrepareSettings(
         data_dir=synthetic_data_dir, out_dir=part, long_side=128, processes=1, progress=False, limit=4))
     # an interrupted write leaves at most a temp file and a missing record
     rec = sorted((part / "ann").glob("*.json"))[0]
     rec.unlink()
     (part / "ann" / ".tmp.partial.json").write_text("{")
     (part / "meta.json").unlink()
-    prepared.prepare_dataset(prepared.PrepareSettings(
+    prepared.run(prepared.PrepareSettings(
         data_dir=synthetic_data_dir, out_dir=part, long_side=128, processes=2, progress=False))
     assert not (part / "ann" / ".tmp.partial.json").exists()  # a killed run's temporary file is removed
     assert _snapshot(part) == _snapshot(clean)
@@ -106,7 +106,7 @@ def test_bad_jpeg_and_bad_row_are_reported_and_skipped(synthetic_data_dir, tmp_p
     df.to_csv(src / "train.csv", index=False)
     before = {p: p.read_bytes() for p in src.rglob("*") if p.is_file()}
     out = tmp_path / "out"
-    meta = prepared.prepare_dataset(prepared.PrepareSettings(
+    meta = prepared.run(prepared.PrepareSettings(
         data_dir=src, out_dir=out, long_side=128, processes=2, progress=False))
     assert {p: p.read_bytes() for p in src.rglob("*") if p.is_file()} == before  # input untouched
     assert meta["num_images"] == len(ids) - 1 and meta["num_images_skipped"] == 1
@@ -140,7 +140,7 @@ def test_a_worker_dying_on_an_image_is_a_problem_row_not_a_hang(sig, synthetic_d
     signal.alarm(300)
     try:
         out = tmp_path / "out"
-        meta = prepared.prepare_dataset(prepared.PrepareSettings(
+        meta = prepared.run(prepared.PrepareSettings(
             data_dir=synthetic_data_dir, out_dir=out, long_side=64, processes=2, progress=False))
     finally:
         signal.alarm(0)
@@ -151,7 +151,7 @@ def test_a_worker_dying_on_an_image_is_a_problem_row_not_a_hang(sig, synthetic_d
     assert f"worker process preparing this image died (killed by {sig}" in row["reason"]
     assert row["file"].endswith(victim)
     monkeypatch.undo()  # the image was fine after all: a rerun prepares it
-    meta = prepared.prepare_dataset(prepared.PrepareSettings(
+    meta = prepared.run(prepared.PrepareSettings(
         data_dir=synthetic_data_dir, out_dir=out, long_side=64, processes=2, progress=False))
     assert meta["num_images"] == len(ids) and victim not in set(pd.read_csv(out / "problems.csv")["image_id"])
 
@@ -164,7 +164,7 @@ def test_size_mismatch_reported(synthetic_data_dir, tmp_path):
     sel = df["ImageId"] == target
     df.loc[sel, ["Height", "Width"]] = df.loc[sel, ["Width", "Height"]].to_numpy()
     df.to_csv(src / "train.csv", index=False)
-    meta = prepared.prepare_dataset(prepared.PrepareSettings(
+    meta = prepared.run(prepared.PrepareSettings(
         data_dir=src, out_dir=tmp_path / "out", long_side=128, processes=1, progress=False))
     probs = pd.read_csv(tmp_path / "out" / "problems.csv")
     mism = probs[probs["image_id"] == target]
@@ -193,16 +193,16 @@ def test_stratified_split_covers_categories():
 
 def test_missing_inputs_give_clear_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="train.csv not found"):
-        prepared.prepare_dataset(prepared.PrepareSettings(data_dir=tmp_path, out_dir=tmp_path / "out", progress=False))
+        prepared.run(prepared.PrepareSettings(data_dir=tmp_path, out_dir=tmp_path / "out", progress=False))
     (tmp_path / "train.csv").write_text("ImageId,EncodedPixels,Height,Width,ClassId\n")
     with pytest.raises(FileNotFoundError, match="label file not found"):
-        prepared.prepare_dataset(prepared.PrepareSettings(data_dir=tmp_path, out_dir=tmp_path / "out", progress=False))
+        prepared.run(prepared.PrepareSettings(data_dir=tmp_path, out_dir=tmp_path / "out", progress=False))
 
 
 def test_real_images_through_01(shared_data, tmp_path):
     d = shared_data / "real_samples" / "imaterialist2019_train"
     out = tmp_path / "real"
-    meta = prepared.prepare_dataset(prepared.PrepareSettings(
+    meta = prepared.run(prepared.PrepareSettings(
         data_dir=d, out_dir=out, long_side=512, processes=2, progress=False,
         train_csv=d / "train_derived.csv", image_dir=d,
         labels=shared_data / "imaterialist2019" / "label_descriptions.json"))
@@ -385,7 +385,7 @@ def test_image_ids_that_are_paths_or_share_a_stem_are_skipped(tmp_path, syntheti
     extra = df[df["ImageId"] == first].assign(ImageId=twin)
     path_id = df[df["ImageId"] == first].assign(ImageId=f"../train/{first}")
     pd.concat([df, extra, path_id]).to_csv(src / "train.csv", index=False)
-    meta = prepared.prepare_dataset(prepared.PrepareSettings(
+    meta = prepared.run(prepared.PrepareSettings(
         data_dir=src, out_dir=tmp_path / "out", long_side=64, processes=1, progress=False))
     probs = pd.read_csv(tmp_path / "out" / "problems.csv")
     probs = probs[probs["reason"].str.contains("ImageId")]
@@ -397,9 +397,9 @@ def test_image_ids_that_are_paths_or_share_a_stem_are_skipped(tmp_path, syntheti
 
 def test_rerun_with_other_settings_redoes_images_and_meta_marks_completion(synthetic_data_dir, tmp_path):
     out = tmp_path / "out"
-    prepared.prepare_dataset(prepared.PrepareSettings(
+    prepared.run(prepared.PrepareSettings(
         data_dir=synthetic_data_dir, out_dir=out, long_side=96, processes=1, progress=False))
-    prepared.prepare_dataset(prepared.PrepareSettings(
+    prepared.run(prepared.PrepareSettings(
         data_dir=synthetic_data_dir, out_dir=out, long_side=64, processes=1, progress=False))
     index = prepared.load_index(out)
     assert index[["height", "width"]].max().max() == 64  # no record of the 96 px run is reused
@@ -495,7 +495,7 @@ def test_a_second_01_on_the_same_out_dir_is_refused_while_one_runs(synthetic_dat
     held = lfiles.lock_dir(out, "01_prepare_data run")  # what a running 01 (or its orphaned workers) holds
     try:
         with pytest.raises(RuntimeError, match="in use by another 01_prepare_data run"):
-            prepared.prepare_dataset(prepared.PrepareSettings(
+            prepared.run(prepared.PrepareSettings(
                 data_dir=synthetic_data_dir, out_dir=out, long_side=64, processes=1, progress=False))
         assert [p.name for p in out.iterdir()] == [".lock"]  # nothing touched
     finally:
@@ -513,9 +513,9 @@ def test_2020_edition_prepares_like_2019(tmp_path):
                                edition="2020")
     assert (b / "train.csv").read_text().startswith("ImageId,EncodedPixels,Height,Width,ClassId,AttributesIds\n")
     assert kaggle_data.csv_layout(b / "train.csv") == "2020" and '"' in (b / "train.csv").read_text()
-    ma = prepared.prepare_dataset(prepared.PrepareSettings(
+    ma = prepared.run(prepared.PrepareSettings(
         data_dir=a, out_dir=tmp_path / "p2019", long_side=128, processes=1, progress=False))
-    mb = prepared.prepare_dataset(prepared.PrepareSettings(
+    mb = prepared.run(prepared.PrepareSettings(
         data_dir=b, out_dir=tmp_path / "p2020", long_side=128, processes=1, progress=False))
     assert mb["num_problems"] == 0 and mb["num_images"] == ma["num_images"] == 6
     assert mb["sources"][0]["edition"] == "2020" and mb["sources"][0]["attribute_vocabulary"]["mapped"] == 92
@@ -528,7 +528,7 @@ def test_2020_edition_prepares_like_2019(tmp_path):
     assert with_attributes > 0  # the sparse ids did map back
     with pytest.raises(FileNotFoundError, match="2020 edition's train.csv"):
         (b / "label_descriptions.json").unlink()
-        prepared.prepare_dataset(prepared.PrepareSettings(
+        prepared.run(prepared.PrepareSettings(
             data_dir=b, out_dir=tmp_path / "p2020b", long_side=128, processes=1, progress=False))
 
 
@@ -540,14 +540,14 @@ def test_the_same_image_file_under_two_ids_is_prepared_once(synthetic_data_dir, 
     shutil.copyfile(d / "train" / first_id, d / "train" / "zz_copy.jpg")  # sorts after every hex id
     copies = [l.replace(first_id, "zz_copy.jpg", 1) for l in lines[1:] if l.startswith(first_id + ",")]
     (d / "train.csv").write_text("\n".join(lines + copies) + "\n")
-    meta = prepared.prepare_dataset(prepared.PrepareSettings(
+    meta = prepared.run(prepared.PrepareSettings(
         data_dir=d, out_dir=tmp_path / "out", long_side=128, processes=1, progress=False))
     index = prepared.load_index(tmp_path / "out")
     assert first_id in set(index["image_id"]) and "zz_copy.jpg" not in set(index["image_id"])
     assert meta["num_images"] == meta["num_images_selected"] - 1
     problems = pd.read_csv(tmp_path / "out" / "problems.csv")
     assert problems["reason"].str.contains(f"the same image file as '{first_id}'").sum() == 1
-    kept = prepared.prepare_dataset(prepared.PrepareSettings(
+    kept = prepared.run(prepared.PrepareSettings(
         data_dir=d, out_dir=tmp_path / "kept", long_side=128, processes=1, progress=False,
         keep_duplicate_files=True))  # what benchmarks that replicate images ask for
     assert kept["num_images"] == meta["num_images"] + 1
@@ -563,7 +563,7 @@ def test_2020_image_ids_without_jpg_find_their_images(tmp_path):
                                edition="2020")
     csv_path = data / "train.csv"
     csv_path.write_text(re.sub(r"^([0-9a-f]+)\.jpg,", r"\1,", csv_path.read_text(), flags=re.M))
-    m = prepared.prepare_dataset(prepared.PrepareSettings(
+    m = prepared.run(prepared.PrepareSettings(
         data_dir=data, out_dir=tmp_path / "p", long_side=64, processes=1, progress=False))
     assert m["num_images"] == 3 and m["num_problems"] == 0
     ids = prepared.load_index(tmp_path / "p")["image_id"].tolist()

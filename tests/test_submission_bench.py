@@ -15,7 +15,7 @@ from bench import common as bc
 from bench import submission_bench as sb
 from lib import prediction_table as lpred
 from lib import rle
-from lib import submission as lsub
+from lib import submission_file as lsub
 from lib.kaggle_data import list_test_images
 
 TINY = dict(sb.MODES, rows_per_model=5, gt_per_image=3.0, seed=0)

@@ -21,7 +21,7 @@ int64 = category + 1, ``masks (N, H, W)`` uint8 (N may be 0); detectors with ``a
 - eval mode: one dict per image: ``boxes (N, 4)`` float x1y1x2y2 in input pixels, ``labels (N,)`` int64 in
   1..num_classes-1, ``scores (N,)``, ``masks (N, 1, H, W)`` float probabilities at the input size; the UNet
   adds ``semantic (C, H, W)`` probabilities; detectors with ``attr_head`` add ``attr_scores
-  (N, num_attributes)`` float32 sigmoid probabilities, row-aligned with the detections (lib/inference.py
+  (N, num_attributes)`` float32 sigmoid probabilities, row-aligned with the detections (lib/tta.py
   keeps them; lib/postprocess.py turns them into ``cat_attr_attr`` ClassIds with ``attributes="on"``).
   Inside ``lib.mask_paste.crops_from(model)`` the detectors return unpasted ``mask_crops (N, 1, M, M)``
   instead of ``masks`` (``lib.mask_paste.masks_in_frame`` pastes them into any frame), and inside

@@ -1,10 +1,10 @@
-"""lib/inference.py: prediction rows, TTA views mapped back and fused on the device, the image loader, bf16."""
+"""lib/tta.py: prediction rows, TTA views mapped back and fused on the device, the image loader, bf16."""
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from lib import inference as linference
+from lib import tta as ltta
 from lib import models as lmodels
 from lib import predict as lpredict
 from lib import prediction_table as lpred
@@ -48,7 +48,7 @@ def test_result_rows_round_trip(tmp_path):
     res = {"masks": q, "categories": np.array([6, 31]), "scores": np.array([0.9, 0.4], np.float32),
            "boxes": np.array([[12, 8, 40, 20], [62, 60, 64, 64]], np.float32),
            "attr_scores": np.array([[0.1] * 92, [0.7] * 92], np.float32)}
-    rows = linference.result_rows("a.jpg", "m", res, (64, 64))
+    rows = ltta.result_rows("a.jpg", "m", res, (64, 64))
     path = tmp_path / "p.parquet"
     lpred.make_table(rows).to_parquet(path, index=False)
     t = lpred.read_table(path)
@@ -66,7 +66,7 @@ def test_result_rows_round_trip(tmp_path):
 def test_result_rows_without_attributes():
     res = {"masks": np.zeros((1, 8, 8), np.uint8), "categories": np.array([3]), "scores": np.array([0.5]),
            "boxes": np.zeros((1, 4), np.float32), "attr_scores": None}
-    (row,) = linference.result_rows("a.jpg", "m", res, (8, 8))
+    (row,) = ltta.result_rows("a.jpg", "m", res, (8, 8))
     assert row["attr_scores"] is None and (row["mask_x0"], row["mask_y0"]) == (0, 0)
 
 
@@ -74,8 +74,8 @@ def test_result_rows_without_attributes():
 def test_flip_tta_of_a_symmetric_model_equals_no_tta():
     model = FakeModel([(0.25, 0.2, 0.75, 0.8)], [0.8], [7])  # centred: its mirror image is itself
     img = _image()
-    plain = linference.predict_batch(model, [img], [(60, 80)], linference.tta_views([1.0], False), mask_size=40)[0]
-    tta = linference.predict_batch(model, [img], [(60, 80)], linference.tta_views([1.0], True), mask_size=40)[0]
+    plain = ltta.predict_batch(model, [img], [(60, 80)], ltta.tta_views([1.0], False), mask_size=40)[0]
+    tta = ltta.predict_batch(model, [img], [(60, 80)], ltta.tta_views([1.0], True), mask_size=40)[0]
     assert len(model.calls) == 3  # one plain view, then plain + flipped
     np.testing.assert_array_equal(tta["masks"], plain["masks"])
     np.testing.assert_allclose(tta["scores"], plain["scores"], rtol=1e-6)
@@ -114,7 +114,7 @@ def test_tta_fusion_on_the_device_matches_fuse_instances(seed):
     rng = np.random.default_rng(seed)
     hw = (24, 32)
     views = _random_views(rng, 3, hw, n_attr=4 if seed % 2 else None)
-    got = linference._fuse_views(views, (48, 96), hw, iou_thr=0.4, score_floor=0.1)
+    got = ltta._fuse_views(views, (48, 96), hw, iou_thr=0.4, score_floor=0.1)
     ref = fuse_instances([{**v, "masks": v["masks"].numpy() / 255.0} for v in views], iou_thr=0.4)
     keep = ref["scores"] >= 0.1
     np.testing.assert_array_equal(got["categories"], ref["categories"][keep])
@@ -140,7 +140,7 @@ def test_iou_within_categories_both_ways_agree_with_mask_iou():
     cats = np.array([0, 1, 0, 2, 0, 1, 1, 2, 0])
     ref = mask_iou(masks.numpy(), masks.numpy()) * (cats[:, None] == cats[None, :])
     for by_matmul in (False, True):  # True is what CUDA runs
-        got = linference._iou_within_categories(masks, cats, by_matmul=by_matmul)
+        got = ltta._iou_within_categories(masks, cats, by_matmul=by_matmul)
         np.testing.assert_allclose(got, ref, rtol=1e-12, atol=0)
     assert ref[0, 2] > 0 and ref[0, 1] == 0 and ref[4, 4] == 0
 
@@ -148,8 +148,8 @@ def test_iou_within_categories_both_ways_agree_with_mask_iou():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_tta_fusion_on_cuda_matches_the_cpu():
     views = _random_views(np.random.default_rng(0), 3, (24, 32), n_attr=4)
-    cpu = linference._fuse_views(views, (48, 96), (24, 32), iou_thr=0.4, score_floor=0.1)
-    gpu = linference._fuse_views([{**v, "masks": v["masks"].cuda()} for v in views], (48, 96), (24, 32),
+    cpu = ltta._fuse_views(views, (48, 96), (24, 32), iou_thr=0.4, score_floor=0.1)
+    gpu = ltta._fuse_views([{**v, "masks": v["masks"].cuda()} for v in views], (48, 96), (24, 32),
                                iou_thr=0.4, score_floor=0.1)
     np.testing.assert_array_equal(gpu["categories"], cpu["categories"])
     assert np.abs(gpu["masks"].astype(int) - cpu["masks"]).max(initial=0) <= 1
@@ -159,14 +159,14 @@ def test_tta_fusion_on_cuda_matches_the_cpu():
 def test_tta_fusion_of_empty_views():
     empty = {"masks": torch.zeros((0, 8, 8), dtype=torch.uint8), "categories": np.zeros(0, np.int64),
              "scores": np.zeros(0, np.float32), "boxes": np.zeros((0, 4), np.float32), "attr_scores": None}
-    got = linference._fuse_views([empty, empty], (16, 16), (8, 8), 0.5, 0.05)
+    got = ltta._fuse_views([empty, empty], (16, 16), (8, 8), 0.5, 0.05)
     assert got["masks"].shape == (0, 8, 8) and got["boxes"].shape == (0, 4) and got["attr_scores"] is None
 
 
 def test_flip_tta_maps_the_flipped_view_back():
     # A model that always marks the left quarter: on the mirrored image that is the right quarter of the original.
     model = FakeModel([(0.0, 0.0, 0.25, 1.0)], [0.6], [1])
-    res = linference.predict_batch(model, [_image(40, 80)], [(40, 80)], linference.tta_views([1.0], True),
+    res = ltta.predict_batch(model, [_image(40, 80)], [(40, 80)], ltta.tta_views([1.0], True),
                                  mask_size=0, score_floor=0.0)[0]
     assert res["masks"].shape == (2, 40, 80)
     np.testing.assert_allclose(res["scores"], [0.3, 0.3], rtol=1e-6)  # each found by one of two views
@@ -180,7 +180,7 @@ def test_flip_tta_maps_the_flipped_view_back():
 def test_flipped_single_view_boxes_and_original_scale():
     model = FakeModel([(0.0, 0.5, 0.25, 1.0)], [0.9], [2])
     # the image reached the model shrunk to half size: boxes come back in original pixels
-    res = linference.predict_batch(model, [_image(30, 40)], [(60, 80)], [(1.0, True)], mask_size=0)[0]
+    res = ltta.predict_batch(model, [_image(30, 40)], [(60, 80)], [(1.0, True)], mask_size=0)[0]
     np.testing.assert_allclose(res["boxes"], [[60, 30, 80, 60]])
     fg = res["masks"][0] >= 128  # bilinear upsampling blurs the edge by one pixel
     assert fg.shape == (60, 80) and fg[30:, 60:].all() and not fg[:, :60].any() and not fg[:30].any()
@@ -188,7 +188,7 @@ def test_flipped_single_view_boxes_and_original_scale():
 
 def test_score_floor_and_order():
     model = FakeModel([(0, 0, 0.5, 0.5), (0.5, 0.5, 1, 1), (0, 0.5, 0.5, 1)], [0.3, 0.04, 0.7], [1, 2, 3])
-    res = linference.predict_batch(model, [_image()], [(60, 80)], mask_size=16, score_floor=0.05)[0]
+    res = ltta.predict_batch(model, [_image()], [(60, 80)], mask_size=16, score_floor=0.05)[0]
     np.testing.assert_allclose(res["scores"], [0.7, 0.3], rtol=1e-6)
     np.testing.assert_array_equal(res["categories"], [2, 0])
 
@@ -209,16 +209,16 @@ def test_scale_tta_scales_the_model_transform_and_restores_it():
         return orig_forward(images)
 
     model.forward = spy
-    res = linference.predict_batch(model, [_image()], [(60, 80)], linference.tta_views([0.5, 1.0, 1.5]), mask_size=32)
+    res = ltta.predict_batch(model, [_image()], [(60, 80)], ltta.tta_views([0.5, 1.0, 1.5]), mask_size=32)
     assert seen == [((50,), 100), ((100,), 200), ((150,), 300)]
     assert (model.transform.min_size, model.transform.max_size) == ((100,), 200)
     assert len(res[0]["scores"]) == 1 and abs(res[0]["scores"][0] - 0.9) < 1e-6
 
 
 def test_tta_views():
-    assert linference.tta_views([1.0, 0.8], True) == [(1.0, False), (1.0, True), (0.8, False), (0.8, True)]
+    assert ltta.tta_views([1.0, 0.8], True) == [(1.0, False), (1.0, True), (0.8, False), (0.8, True)]
     with pytest.raises(ValueError):
-        linference.tta_views([0.0])
+        ltta.tta_views([0.0])
 
 
 class OracleModel(nn.Module):
@@ -253,7 +253,7 @@ def test_predicted_masks_land_in_the_original_frame(synthetic_data_dir, long_sid
     gt_csv = synthetic_data_dir / "test_ground_truth.csv"
     gt = lscoring.load_ground_truth(gt_csv, mask_size=None, progress=False)
     model = OracleModel([(gt[i][0], np.array(gt[i][1])) for i in frame["image_id"]])
-    loader = linference.make_image_loader(frame["path"], long_side=long_side, batch_size=2, workers=0)
+    loader = ltta.make_image_loader(frame["path"], long_side=long_side, batch_size=2, workers=0)
     rows = []
     for positions, imgs in loader:
         orig = [(int(frame.at[p, "orig_height"]), int(frame.at[p, "orig_width"])) for p in positions]
@@ -261,10 +261,10 @@ def test_predicted_masks_land_in_the_original_frame(synthetic_data_dir, long_sid
             assert all(max(im.shape[-2:]) == long_side for im in imgs)  # really shrunk
         else:
             assert [tuple(im.shape[-2:]) for im in imgs] == orig
-        res = linference.predict_batch(model, [im.float() / 255 for im in imgs], orig, mask_size=mask_size,
+        res = ltta.predict_batch(model, [im.float() / 255 for im in imgs], orig, mask_size=mask_size,
                                      score_floor=0)
         for p, r, o in zip(positions, res, orig):
-            rows += linference.result_rows(frame.at[p, "image_id"], "oracle", r, o)
+            rows += ltta.result_rows(frame.at[p, "image_id"], "oracle", r, o)
     table = lpred.make_table(rows)
     s = lscoring.score_table(table, gt_csv, {"score_thresh": 0.0, "nms_iou": 1.0, "overlap": "none", "min_area": 0},
                          mask_size=mask_size or None, per_class=False, coco=False, progress=False)
@@ -283,10 +283,10 @@ def test_bf16_autocast_prediction_matches_fp32(arch):
     torch.manual_seed(0)
     model = lmodels.build_model(lmodels.default_config(arch, **overrides)).eval()
     images = [torch.rand(3, 90, 120)]
-    views = linference.tta_views((1.0,), flip=True)
+    views = ltta.tta_views((1.0,), flip=True)
     with torch.no_grad():
-        ref = linference.predict_batch(model, images, [(180, 240)], views, mask_size=64, score_floor=0.0)[0]
-        got = linference.predict_batch(model, images, [(180, 240)], views, mask_size=64, score_floor=0.0,
+        ref = ltta.predict_batch(model, images, [(180, 240)], views, mask_size=64, score_floor=0.0)[0]
+        got = ltta.predict_batch(model, images, [(180, 240)], views, mask_size=64, score_floor=0.0,
                                      dtype=torch.bfloat16)[0]
     n = len(got["scores"])
     assert n > 0 and got["masks"].shape == (n, 64, 64) and got["masks"].dtype == np.uint8

@@ -1,4 +1,4 @@
-"""lib/submission.py and 06_make_submission.py: building, validating and writing submission.csv; 06 end to end."""
+"""lib/submission_file.py and 06_make_submission.py: building, validating and writing submission.csv; 06 end to end."""
 from __future__ import annotations
 
 import csv
@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from conftest import fuzz_sizes, run_stage, snapshot_files
 from lib import prediction_table as lpred
 from lib import rle as lrle
-from lib import submission as lsub
+from lib import submission_file as lsub
 from lib.fusion import Combination
 from lib.kaggle_data import SUBMISSION_COLUMNS, list_test_images
 from lib.labels import parse_class_id
@@ -503,7 +503,7 @@ def test_write_submission_validates_the_bytes_it_wrote(tmp_path, monkeypatch):
 
 WRITE_SCRIPT = """
 import sys, pandas as pd
-from lib import submission as lsub
+from lib import submission_file as lsub
 rows = [("a.jpg", " ".join(f"{1 + 2 * k} 1" for k in range(5000)), "6"), ("b.jpg", "1 1", "0")]
 lsub.write_submission(pd.DataFrame(rows, columns=["ImageId", "EncodedPixels", "ClassId"]), sys.argv[1],
                       ["a.jpg", "b.jpg"], 512)
