@@ -2,7 +2,7 @@
 """Stage 04: train Deep-MARC / DeepMAC (Mask R-CNN with a deep hourglass mask head trained on GT boxes).
 
 The deep mask head generalises to categories whose masks were not trained: e.g. train masks on the
-garments only (--mask-classes garments) and still get masks for the parts. Writes OUT_DIR/
+garments only (--mask-categories garments) and still get masks for the parts. Writes OUT_DIR/
 {checkpoint.pth, best.pth, metrics.jsonl, curves.png, val_scores.json, meta.json} (see lib/engine.py).
 
 Examples:

@@ -11,7 +11,7 @@ scores them on unseen synthetic images, through the same scripts a user runs:
    and pretrain (the fine-tuning comparison's starting run);
 2. training (``02/03/04``, two or three runs at a time, validated every epoch or two: the learning curves,
    val Kaggle metric against step): ``unet``; ``maskrcnn`` (all masks, with ``--attr-head``: the attribute
-   run); ``deepmac`` (all masks); the DeepMAC claim runs, masks of one group only (``--mask-classes
+   run); ``deepmac`` (all masks); the DeepMAC claim runs, masks of one group only (``--mask-categories
    garments``): ``maskrcnn_garments`` (stock per-class mask head), ``maskrcnn_agnostic_garments``
    (class-agnostic mask head: the paper's baseline) and ``deepmac_garments``; and the fine-tuning
    comparison on another seed's images (the pretrain set, its own val split): ``maskrcnn_finetune``
@@ -288,11 +288,11 @@ def training_jobs(cfg: dict, w: Path, agnostic_flag: bool, claim_group: str, reu
         ("deepmac", [py, "04_train_deepmac.py", *common("deepmac", b), *dm]),
         ("unet", [*unet, *common("unet", ub)]),
         (f"maskrcnn_{claim_group}", [py, "03_train_maskrcnn.py", *common(f"maskrcnn_{claim_group}", cb), *det,
-                                     "--mask-classes", claim_group]),
+                                     "--mask-categories", claim_group]),
         (f"maskrcnn_agnostic_{claim_group}", [*agn, *common(f"maskrcnn_agnostic_{claim_group}", cb), *det,
-                                              "--mask-classes", claim_group]),
+                                              "--mask-categories", claim_group]),
         (f"deepmac_{claim_group}", [py, "04_train_deepmac.py", *common(f"deepmac_{claim_group}", cb), *dm,
-                                    "--mask-classes", claim_group]),
+                                    "--mask-categories", claim_group]),
         ("maskrcnn_finetune", [py, "03_train_maskrcnn.py", *common("maskrcnn_finetune", cfg["finetune_budget"],
                                                                    "prepared_pretrain"), *det, "--attr-head",
                                "--weights", w / "maskrcnn" / "best.pth"], "train_maskrcnn"),
@@ -337,7 +337,7 @@ def training_summary(w: Path, runs: list[str]) -> dict:
         m = json.loads(meta.read_text())
         fm = m.get("final_metrics") or {}
         out[run] = {"arch": m.get("arch"), "steps": m.get("global_step"), "seconds": m.get("time_s"),
-                    "mask_classes": (m.get("config") or {}).get("mask_classes") is not None,
+                    "mask_categories": (m.get("config") or {}).get("mask_categories") is not None,
                     "class_agnostic_masks": (m.get("config") or {}).get("class_agnostic_masks"),
                     "attr_head": (m.get("config") or {}).get("attr_head"),
                     **{k: _finite(fm.get(k)) for k in ("train_loss", "train_loss_mask", "train_loss_attr",

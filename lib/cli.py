@@ -168,7 +168,7 @@ def add_training_args(parser: argparse.ArgumentParser, out_dir: str, **defaults)
     g.add_argument("--ddp-find-unused", action=argparse.BooleanOptionalAction, default=d["ddp_find_unused"],
                    help="DDP find_unused_parameters (an extra graph walk every step; not needed by these models: "
                         "every trainable parameter gets a gradient, also in batches without instances or without "
-                        "--mask-classes instances, tests/test_models.py)")
+                        "--mask-categories instances, tests/test_models.py)")
     g = parser.add_argument_group("logging, validation, checkpoints")
     g.add_argument("--log-every", type=int, default=d["log_every"], help="write a train record every N steps")
     g.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=d["tensorboard"],
@@ -206,8 +206,9 @@ def add_training_args(parser: argparse.ArgumentParser, out_dir: str, **defaults)
                         "(top-left aligned; with --lsj all images are SIZE x SIZE, as in the paper); covered masks "
                         "are cut (one left with under 16 pixels is dropped), boxes follow the masks, pasted "
                         "instances keep their labels and attributes. Needs --batch-size >= 2; 0 = off")
-    g.add_argument("--mask-classes", type=str, default=d["mask_classes"],
-                   help="categories that get masks, e.g. 'garments', 'parts', '0-26,31' (default: all)")
+    g.add_argument("--mask-categories", "--mask-classes", type=str, default=d["mask_categories"],
+                   help="categories that get masks, e.g. 'garments', 'parts', '0-26,31' (default: all; "
+                        "--mask-classes is its older name)")
     g = parser.add_argument_group("starting weights (lib/weights.py; default: random)")
     g.add_argument("--weights-backbone", type=str, default=d["weights_backbone"], metavar="imagenet|PATH",
                    help="ImageNet weights for the detector backbone / UNet encoder: 'imagenet' = torchvision's "

@@ -313,7 +313,7 @@ class TrainSettings:
     color_jitter: float = 0.2
     lsj: int = 0
     copy_paste: float = 0.0
-    mask_classes: str | None = None
+    mask_categories: str | None = None
     weights_backbone: str | None = None
     weights: str | None = None
     record: dict = field(default_factory=dict)
@@ -568,8 +568,8 @@ def _model_config(arch: str, model_overrides: dict, s: TrainSettings, n_categori
 
     overrides = {k: v for k, v in (model_overrides or {}).items() if v is not None}
     overrides["num_classes"] = n_categories + 1
-    if s.mask_classes:
-        overrides["mask_classes"] = list(llabels.resolve_category_spec(s.mask_classes, n_categories))
+    if s.mask_categories:
+        overrides["mask_categories"] = list(llabels.resolve_category_spec(s.mask_categories, n_categories))
     if s.lsj:  # the model's own resize must keep the SIZE x SIZE crops LSJ hands it
         clash = {k: overrides[k] for k in ("min_size", "max_size") if k in overrides and overrides[k] != s.lsj}
         if clash:

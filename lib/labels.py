@@ -17,7 +17,7 @@ from pathlib import Path
 N_CATEGORIES = 46
 N_ATTRIBUTES = 92
 
-# Named groups of categories, used e.g. by --mask-classes.
+# Named groups of categories, used e.g. by --mask-categories.
 CATEGORY_GROUPS = {
     "garments": tuple(range(0, 27)),  # whole garments and accessories (upperbody ... others)
     "parts": tuple(range(27, 46)),  # garment parts, closures, decorations

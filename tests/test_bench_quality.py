@@ -77,7 +77,7 @@ def test_tiny_run_reports_every_model_group_and_measure(tmp_path):
     assert rep["training"]["maskrcnn"]["attr_head"] is True
     assert rep["training"]["maskrcnn_agnostic_garments"]["class_agnostic_masks"] is True
     assert rep["training"]["maskrcnn_garments"]["class_agnostic_masks"] is False
-    assert rep["training"]["deepmac_garments"]["mask_classes"] is True
+    assert rep["training"]["deepmac_garments"]["mask_categories"] is True
 
     # learning curves: val Kaggle at each validated step, for every run
     assert set(rep["learning_curves"]) == runs | fine_tune
@@ -120,7 +120,7 @@ def test_tiny_run_reports_every_model_group_and_measure(tmp_path):
     assert at["oracle_boxes"]["num_instances"] == at["prior"]["num_instances"] > 0
 
     cmds = "\n".join(rep["commands"])
-    assert "06_make_submission.py" in cmds and "--tune-on" in cmds and "--mask-classes garments" in cmds
+    assert "06_make_submission.py" in cmds and "--tune-on" in cmds and "--mask-categories garments" in cmds
     assert "--attr-head" in cmds
     md = (out / "quality.md").read_text()
     assert "DeepMAC claim" in md and "| ensemble |" in md and "Attributes" in md and "Fine-tuning" in md

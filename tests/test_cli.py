@@ -167,3 +167,10 @@ def test_raised_by_project_tells_our_messages_from_library_errors(tmp_path):
     with pytest.raises(FileNotFoundError) as missing:
         pd.read_parquet(tmp_path / "missing.parquet")
     assert not cli.raised_by_project(missing.value)
+
+
+def test_mask_categories_flag_and_its_older_name():
+    p = stage_module("04_train_deepmac.py").get_args_parser()
+    assert p.parse_args(["--mask-categories", "garments"]).mask_categories == "garments"
+    assert p.parse_args(["--mask-classes", "parts"]).mask_categories == "parts"
+    assert p.parse_args([]).mask_categories is None

@@ -67,7 +67,7 @@ def _run(arch, cache, out, *extra):
 @pytest.mark.parametrize("arch", ["unet", "maskrcnn", "deepmac"])
 def test_one_tiny_epoch_writes_everything_and_checkpoint_rebuilds_model(arch, prepared_set, tmp_path):
     out = tmp_path / arch
-    extra = {"deepmac": ["--mask-classes", "garments"], "unet": ["--channels-last"]}.get(arch, [])
+    extra = {"deepmac": ["--mask-categories", "garments"], "unet": ["--channels-last"]}.get(arch, [])
     assert _run(arch, prepared_set, out, *extra) == 0
     for name in ("checkpoint.pth", "best.pth", "metrics.jsonl", "curves.png", "meta.json", "val_scores.json"):
         assert (out / name).is_file(), name
@@ -101,7 +101,7 @@ def test_one_tiny_epoch_writes_everything_and_checkpoint_rebuilds_model(arch, pr
     assert {"optimizer", "lr_scheduler", "rng", "best_score", "metrics"} <= set(raw)
     assert set(raw) == {*lcheckpoint.CHECKPOINT_KEYS, "digest"}  # as lib/checkpoint.py documents them
     if arch == "deepmac":
-        assert raw["config"]["mask_classes"] == list(range(27))
+        assert raw["config"]["mask_categories"] == list(range(27))
     model, ck = lcheckpoint.load_checkpoint(out / "best.pth")
     assert not model.training and ck["arch"] == arch
     for k, v in model.state_dict().items():

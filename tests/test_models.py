@@ -60,7 +60,7 @@ def test_default_configs_are_complete_json_and_strict():
     for arch in ARCHS:
         cfg = models.default_config(arch)
         assert cfg["arch"] == arch and cfg == models.ARCHS[arch].DEFAULT_CONFIG
-        assert cfg["num_classes"] == 47 and cfg["pretrained"] is False and cfg["mask_classes"] is None
+        assert cfg["num_classes"] == 47 and cfg["pretrained"] is False and cfg["mask_categories"] is None
         assert {"min_size", "max_size"} <= set(cfg)
         assert json.loads(json.dumps(cfg)) == cfg
         assert cfg is not models.ARCHS[arch].DEFAULT_CONFIG  # a copy: callers may edit it
@@ -113,8 +113,8 @@ def test_bad_config_values_are_rejected():
         models.build_model(tiny_config("maskrcnn", backbone="vgg"))
     with pytest.raises(ValueError, match="anchor_sizes needs 5 levels"):
         models.build_model(tiny_config("maskrcnn", anchor_sizes=[[8], [16]]))
-    with pytest.raises(ValueError, match="mask_classes: 46"):
-        models.build_model(tiny_config("deepmac", mask_classes=[0, 46]))
+    with pytest.raises(ValueError, match="mask_categories: 46"):
+        models.build_model(tiny_config("deepmac", mask_categories=[0, 46]))
     with pytest.raises(ValueError, match="decoder_channels"):
         models.build_model(tiny_config("unet", decoder_channels=[16, 8]))
 
@@ -302,10 +302,10 @@ def test_deepmac_class_specific_masks():
 
 
 @pytest.mark.parametrize("arch", ["maskrcnn", "deepmac"])
-def test_mask_classes_restrict_only_the_mask_loss(arch):
+def test_mask_categories_restrict_only_the_mask_loss(arch):
     assert common.mask_label_table(4, None).tolist() == [False, True, True, True]
     assert common.mask_label_table(4, [2]).tolist() == [False, False, False, True]
-    model = build(arch, mask_classes=[0])
+    model = build(arch, mask_categories=[0])
     assert model.roi_heads.mask_label_allowed.nonzero().flatten().tolist() == [1]
     assert "roi_heads.mask_label_allowed" not in model.state_dict()
     images, targets = batch(categories=(5, 30))  # no category 0
@@ -511,23 +511,23 @@ def test_semantic_target_paints_parts_over_garments_and_small_over_large():
     ])
     assert torch.equal(unet.semantic_target(masks, labels), expected)
     # Only garments supervised: the parts' pixels become the garments'; the rest is unchanged.
-    only_garments = unet.semantic_target(masks, labels, mask_classes=[0, 4])
+    only_garments = unet.semantic_target(masks, labels, mask_categories=[0, 4])
     assert torch.equal(only_garments, torch.tensor([[1] * 6, [1] * 6, [1, 1, 1, 5, 5, 5], [1, 1, 1, 5, 5, 5]]))
     # An unsupervised instance nobody covers is ignored, not background.
-    ign = unet.semantic_target(masks[2:3], labels[2:3], mask_classes=[0])
+    ign = unet.semantic_target(masks[2:3], labels[2:3], mask_categories=[0])
     assert (ign == unet.IGNORE_INDEX).sum() == 4 and (ign == 0).sum() == 20
     empty = unet.semantic_target(torch.zeros(0, 3, 5, dtype=torch.uint8), torch.zeros(0, dtype=torch.int64))
     assert empty.shape == (3, 5) and empty.dtype == torch.int64 and (empty == 0).all()
 
 
-def _painted_in_order(masks, labels, mask_classes=None):
+def _painted_in_order(masks, labels, mask_categories=None):
     """semantic_target's rule, painted one instance at a time on the host (the reference)."""
     out = torch.zeros(masks.shape[-2:], dtype=torch.int64)
     m, cats = masks.bool(), (labels - 1).tolist()
     areas = m.flatten(1).sum(1).tolist()
     parts = set(range(27, 46))
     order = sorted(range(len(cats)), key=lambda i: (cats[i] in parts, -areas[i], i))
-    supervised = [mask_classes is None or c in mask_classes for c in cats]
+    supervised = [mask_categories is None or c in mask_categories for c in cats]
     for i in order:
         if not supervised[i]:
             out[m[i]] = unet.IGNORE_INDEX
@@ -612,7 +612,7 @@ def test_unet_resizes_like_the_detectors_and_ignores_padding():
     assert image_list.image_sizes == [(48, 64), (64, 40)]  # long side = max_size, aspect kept
     assert image_list.tensors.shape[-2:] == (64, 64)  # padded to a multiple of 32
     # An image fully covered by an unsupervised instance has no supervised pixel: finite, zero losses.
-    m = build("unet", mask_classes=[1]).train()
+    m = build("unet", mask_categories=[1]).train()
     full = dict(boxes=torch.tensor([[0.0, 0, 128, 96]]), labels=torch.tensor([1]),
                 masks=torch.ones(1, 96, 128, dtype=torch.uint8))
     losses = m(images[:1], [full])
@@ -710,8 +710,8 @@ def test_class_agnostic_maskrcnn_config_trains_one_channel():
     images, targets = batch()
     losses = model(images, targets)
     assert 0 < losses["loss_mask"].item() < 3  # ~0.7-1.5 from a sane init; torchvision's 1-channel init gives ~9
-    # mask_classes still decide which instances train the shared channel
-    m = build("maskrcnn", class_agnostic_masks=True, mask_classes=[0]).train()
+    # mask_categories still decide which instances train the shared channel
+    m = build("maskrcnn", class_agnostic_masks=True, mask_categories=[0]).train()
     images, targets = batch(categories=(5, 30))
     assert m(images, targets)["loss_mask"].item() == 0
 
@@ -826,7 +826,7 @@ def test_every_trainable_parameter_gets_a_gradient(arch, case):
         pytest.skip("the UNet has no attribute head")
     overrides = {"attr_head": True} if case == "attr_head" else {}
     if case == "no_mask_supervised_instance":
-        overrides["mask_classes"] = [5]  # the batch's instances are categories 0 and 30
+        overrides["mask_categories"] = [5]  # the batch's instances are categories 0 and 30
     model = build(arch, **overrides).train()
     images, targets = batch()
     if case == "images_without_instances":
@@ -838,3 +838,16 @@ def test_every_trainable_parameter_gets_a_gradient(arch, case):
     sum(losses.values()).backward()
     missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
     assert not missing, missing[:10]
+
+
+def test_configs_of_older_checkpoints_read_renamed_keys():
+    """A config saved before ``mask_classes`` was named ``mask_categories`` builds the same model."""
+    from lib.models import common
+
+    old = dict(tiny_config("maskrcnn"), mask_classes=[0, 1])
+    old.pop("mask_categories", None)
+    assert models.default_config("maskrcnn", **{k: v for k, v in old.items() if k != "arch"})["mask_categories"] == [0, 1]
+    assert common.complete_config({"arch": "x", "mask_categories": None}, {"mask_classes": [3]}) == {
+        "arch": "x", "mask_categories": [3]}
+    with pytest.raises(ValueError, match="unknown config keys"):
+        common.complete_config({"arch": "x", "mask_categories": None}, {"mask_kinds": [3]})

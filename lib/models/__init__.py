@@ -27,7 +27,7 @@ int64 = category + 1, ``masks (N, H, W)`` uint8 (N may be 0); detectors with ``a
   instead of ``masks`` (``lib.mask_paste.masks_in_frame`` pastes them into any frame), and inside
   ``lib.models.unet.without_semantic(model)`` the UNet leaves out ``semantic``.
 
-Shared keys: ``arch, num_classes (47), min_size, max_size, pretrained (False), mask_classes (None = all)``.
+Shared keys: ``arch, num_classes (47), min_size, max_size, pretrained (False), mask_categories (None = all)``.
 ``pretrained`` says the backbone starts from pretrained weights (detectors then freeze BatchNorm, as torchvision
 does); building never downloads: :mod:`lib.weights` loads weight files into a built model.
 Mask R-CNN and DeepMAC: ``attr_head (False), num_attributes (92), attr_hidden (256), attr_loss_weight (1.0)``

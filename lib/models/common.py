@@ -3,7 +3,7 @@
 - :func:`complete_config`: a model's full config from its ``DEFAULT_CONFIG`` and a (partial) config; unknown
   keys or another ``arch`` are errors.
 - :func:`mask_label_table`: the ``(num_classes,)`` bool table of the labels whose masks train
-  (config ``mask_classes``), checked.
+  (config ``mask_categories``), checked.
 - :func:`train_scale_range`: the one rule that turns ``--scale-range LO HI`` into the config's
   ``train_scale_range`` factors; :func:`check_scale_range` checks such factors.
 - :class:`ScaleJitterTransform`: torchvision's ``GeneralizedRCNNTransform`` (normalise, resize to
@@ -50,8 +50,13 @@ def check_scale_range(scale_range) -> Optional[tuple[float, float]]:
     return lo, hi
 
 
+RENAMED_KEYS = {"mask_classes": "mask_categories"}  # config keys of older checkpoints -> their names now
+
+
 def complete_config(defaults: dict, config: dict) -> dict:
-    """``defaults`` updated with ``config``; unknown keys or another ``arch`` raise ValueError."""
+    """``defaults`` updated with ``config`` (keys of :data:`RENAMED_KEYS` read under their new names); unknown
+    keys or another ``arch`` raise ValueError."""
+    config = {RENAMED_KEYS.get(k, k): v for k, v in config.items()}
     unknown = sorted(set(config) - set(defaults))
     if unknown:
         raise ValueError(f"unknown config keys for arch {defaults['arch']!r}: {unknown}; known: {sorted(defaults)}")
@@ -62,18 +67,18 @@ def complete_config(defaults: dict, config: dict) -> dict:
     return out
 
 
-def mask_label_table(num_classes: int, mask_classes: Optional[list[int]]) -> torch.Tensor:
+def mask_label_table(num_classes: int, mask_categories: Optional[list[int]]) -> torch.Tensor:
     """``(num_classes,)`` bool: True at label ``c + 1`` for each category ``c`` whose masks train.
 
-    ``mask_classes=None`` allows every label; index 0 (background) is always False.
+    ``mask_categories=None`` allows every label; index 0 (background) is always False.
     """
     table = torch.zeros(num_classes, dtype=torch.bool)
-    if mask_classes is None:
+    if mask_categories is None:
         table[1:] = True
         return table
-    for c in mask_classes:
+    for c in mask_categories:
         if not isinstance(c, numbers.Integral) or isinstance(c, bool) or not 0 <= c < num_classes - 1:
-            raise ValueError(f"mask_classes: {c!r} is not a category id in 0..{num_classes - 2}")
+            raise ValueError(f"mask_categories: {c!r} is not a category id in 0..{num_classes - 2}")
         table[int(c) + 1] = True
     return table
 

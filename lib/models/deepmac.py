@@ -3,7 +3,7 @@
 After Birodkar et al., "The surprising impact of mask-head architecture on novel class segmentation"
 (ICCV 2021, DeepMAC / Deep-MARC): a deep mask head, trained on ground-truth boxes rather than on
 proposals, generalises much better, in particular to classes whose masks were never seen in training
-(here: categories outside ``mask_classes``, which still get boxes).
+(here: categories outside ``mask_categories``, which still get boxes).
 
 The detector (backbone, RPN, box head, config keys) is the one of :mod:`lib.models.maskrcnn`; only the
 mask branch changes (:class:`DeepMACRoIHeads`, plugged in through torchvision's RoIHeads modules
@@ -18,7 +18,7 @@ mask branch changes (:class:`DeepMACRoIHeads`, plugged in through torchvision's 
   no 2x ConvTranspose as in torchvision's predictor); torchvision pastes masks of any square size.
 - Class-agnostic masks by default (``class_agnostic_masks``: one channel used for every label); with
   False the predictor has ``num_classes`` channels and the channel of the (predicted / GT) label is used.
-- Training: the mask branch pools at the GT boxes of each image whose category is in ``mask_classes``
+- Training: the mask branch pools at the GT boxes of each image whose category is in ``mask_categories``
   (at most ``mask_max_instances`` per image, a random subset beyond that), each corner jittered
   uniformly by up to ``gt_box_jitter`` x the box width/height; BCE against the GT mask cropped to the
   (jittered) box (torchvision's ``maskrcnn_loss`` / ``project_masks_on_boxes``). Proposals do not reach

@@ -16,9 +16,9 @@ False (and all backbone layers train). With ``pretrained`` BatchNorm is frozen a
 ``trainable_backbone_layers`` (default 3) of the backbone train; the weights themselves (ImageNet or COCO
 files) are loaded after the build by :mod:`lib.weights`. Building never downloads.
 
-Partial mask supervision (config ``mask_classes``: category ids, ``None`` = all): the box classifier and
+Partial mask supervision (config ``mask_categories``: category ids, ``None`` = all): the box classifier and
 regressor train on every class, but the mask loss only uses positive proposals whose matched ground-truth
-category is in ``mask_classes`` (:class:`MaskSubsetRoIHeads`). With no such proposal in the batch the mask
+category is in ``mask_categories`` (:class:`MaskSubsetRoIHeads`). With no such proposal in the batch the mask
 loss is an exact zero that is still connected to the graph.
 
 Attribute head (config ``attr_head``, off by default): a multi-label classifier over the
@@ -34,7 +34,7 @@ every detection; consumers keep them for attribute categories only). With ``attr
 its state dict and its outputs are exactly those without the head.
 
 Class-agnostic masks (config ``class_agnostic_masks``, False by default as in torchvision): the mask
-predictor has one output channel, used for every label, instead of one per class. With ``mask_classes``
+predictor has one output channel, used for every label, instead of one per class. With ``mask_categories``
 a per-class head never trains the channels of the other classes; a class-agnostic head uses the same
 (trained) channel for them, which is the setting of the DeepMAC paper's comparison (lib/models/deepmac.py).
 
@@ -118,7 +118,7 @@ DEFAULT_CONFIG = {
     "box_score_thresh": 0.05,
     "box_nms_thresh": 0.5,
     "mask_roi_size": 14,  # RoIAlign crop of the mask branch; the predictor outputs 2x this
-    "mask_classes": None,  # category ids whose masks train (None = all); boxes train on all classes
+    "mask_categories": None,  # category ids whose masks train (None = all); boxes train on all classes
     "class_agnostic_masks": False,  # one mask channel for every label (True) or one per class (torchvision)
     "attr_head": False,  # multi-label attribute head on the box head's RoI features (see the docstring)
     "num_attributes": N_ATTRIBUTES,  # 92
@@ -206,7 +206,7 @@ class MaskSubsetRoIHeads(RoIHeads):
 
     With an ``attr_predictor`` (an :class:`AttributePredictor`) the heads also train and predict
     attributes (see the module docstring): :meth:`attr_loss` in training, :meth:`attr_logits` at the final
-    detections in eval. ``attr_classes``: category ids whose instances train it (None = all).
+    detections in eval. ``attr_categories``: category ids whose instances train it (None = all).
     Without one, nothing about the heads changes (no modules, buffers, losses or outputs are added).
     """
 
@@ -214,21 +214,21 @@ class MaskSubsetRoIHeads(RoIHeads):
         self,
         *args,
         num_classes: int,
-        mask_classes: Optional[list[int]] = None,
+        mask_categories: Optional[list[int]] = None,
         class_agnostic_masks: bool = False,
         attr_predictor: Optional[nn.Module] = None,
-        attr_classes: Optional[list[int]] = None,
+        attr_categories: Optional[list[int]] = None,
         attr_loss_weight: float = 1.0,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
         self.class_agnostic_masks = class_agnostic_masks
         # Derived from the config, not a learned state: kept out of the state dict.
-        self.register_buffer("mask_label_allowed", mask_label_table(num_classes, mask_classes), persistent=False)
+        self.register_buffer("mask_label_allowed", mask_label_table(num_classes, mask_categories), persistent=False)
         self.attr_predictor = attr_predictor
         if attr_predictor is not None:
             self.attr_loss_weight = float(attr_loss_weight)
-            self.register_buffer("attr_label_allowed", mask_label_table(num_classes, attr_classes), persistent=False)
+            self.register_buffer("attr_label_allowed", mask_label_table(num_classes, attr_categories), persistent=False)
 
     def mask_channels(self, labels: torch.Tensor) -> torch.Tensor:
         """The predictor channel used for each label (0 when masks are class-agnostic)."""
@@ -402,7 +402,7 @@ def attribute_head_kwargs(config: dict, in_features: int) -> dict:
         raise ValueError(f"attr_loss_weight must be a finite number >= 0, got {weight!r}")
     return {
         "attr_predictor": AttributePredictor(int(in_features), int(n_attr), int(hidden)),
-        "attr_classes": [c for c in ATTRIBUTE_CATEGORIES if c < config["num_classes"] - 1],
+        "attr_categories": [c for c in ATTRIBUTE_CATEGORIES if c < config["num_classes"] - 1],
         "attr_loss_weight": float(weight),
     }
 
@@ -462,7 +462,7 @@ def build_detector(config: dict, mask_roi_pool=None, mask_head=None, mask_predic
         mask_head=mask_head if mask_head is not None else old.mask_head,
         mask_predictor=mask_predictor if mask_predictor is not None else old.mask_predictor,
         num_classes=config["num_classes"],
-        mask_classes=config["mask_classes"],
+        mask_categories=config["mask_categories"],
         **attribute_head_kwargs(config, old.box_predictor.cls_score.in_features),
         **(roi_heads_kwargs or {}),
     )

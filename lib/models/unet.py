@@ -8,8 +8,8 @@ painted over garments, and within each group smaller instances over larger ones.
 map (the detectors in :mod:`lib.models.maskrcnn` / :mod:`lib.models.deepmac` handle overlaps properly; this
 model is meant for the ensemble, which fuses its instances with the detectors').
 
-Partial supervision (config ``mask_classes``, category ids, ``None`` = all): pixels of instances whose
-category is not in ``mask_classes`` are ignored by the losses unless a supervised instance is painted
+Partial supervision (config ``mask_categories``, category ids, ``None`` = all): pixels of instances whose
+category is not in ``mask_categories`` are ignored by the losses unless a supervised instance is painted
 over them (the model is not taught their class, and they are not background either).
 
 Loss = ``ce_weight`` x cross-entropy (all classes incl. background, ignored pixels excluded) +
@@ -67,7 +67,7 @@ DEFAULT_CONFIG = {
     "min_area": 16,  # smallest component kept, in network pixels
     "max_instances": 100,  # per image, highest scores first
     "return_semantic": True,  # eval output carries "semantic" (C, H, W) probabilities
-    "mask_classes": None,  # category ids whose masks train (None = all); see the module docstring
+    "mask_categories": None,  # category ids whose masks train (None = all); see the module docstring
 }
 
 # What lib/weights.py needs to load weight files into this model (read through lib.models.ARCHS; see
@@ -85,14 +85,14 @@ OWN_HEAD_PREFIXES = ()
 def semantic_target(
     masks: torch.Tensor,
     labels: torch.Tensor,
-    mask_classes: list[int] | None = None,
+    mask_categories: list[int] | None = None,
     ignore_index: int = IGNORE_INDEX,
 ) -> torch.Tensor:
     """Per-pixel class map ``(H, W)`` int64 from instance ``masks (N, H, W)`` and ``labels (N,)`` (= category+1).
 
     Background is 0. Painting order (later wins): garments (categories 0-26), then parts (27-45); within
     each group larger instances (by mask area) first, so smaller ones end on top; ties keep input order.
-    Instances whose category is not in ``mask_classes`` (when given) are painted first as ``ignore_index``,
+    Instances whose category is not in ``mask_categories`` (when given) are painted first as ``ignore_index``,
     so they are ignored where no supervised instance covers them.
     """
     h, w = masks.shape[-2:]
@@ -110,10 +110,10 @@ def semantic_target(
     order = order[torch.argsort(is_part[order].to(torch.int8), stable=True)]  # then garments before parts
     rank = torch.empty(n, dtype=torch.int32, device=dev)
     rank[order] = torch.arange(1, n + 1, dtype=torch.int32, device=dev)
-    if mask_classes is None:
+    if mask_categories is None:
         supervised = torch.ones(n, dtype=torch.bool, device=dev)
     else:
-        supervised = torch.isin(cats, torch.tensor(list(mask_classes), dtype=torch.int64, device=dev))
+        supervised = torch.isin(cats, torch.tensor(list(mask_categories), dtype=torch.int64, device=dev))
     key = torch.where(supervised, rank, 0)[:, None, None]
     top = torch.zeros((h, w), dtype=torch.int32, device=dev)
     ignored = torch.zeros((h, w), dtype=torch.bool, device=dev)
@@ -237,7 +237,7 @@ class UNet(nn.Module):
         b, _, hp, wp = logits.shape
         target = torch.full((b, hp, wp), IGNORE_INDEX, dtype=torch.int64, device=logits.device)
         for i, (t, (h, w)) in enumerate(zip(targets, image_sizes)):
-            sem = semantic_target(t["masks"], t["labels"], self.config["mask_classes"])
+            sem = semantic_target(t["masks"], t["labels"], self.config["mask_categories"])
             # nearest, as GeneralizedRCNNTransform resizes instance masks
             target[i, :h, :w] = F.interpolate(sem[None, None].float(), size=(h, w))[0, 0].long()
         valid = (target != IGNORE_INDEX).sum().clamp(min=1)
@@ -268,7 +268,7 @@ class UNet(nn.Module):
 def build(config: dict) -> UNet:
     """UNet from a (possibly partial) config; missing keys take DEFAULT_CONFIG's values."""
     config = complete_config(DEFAULT_CONFIG, config)
-    mask_label_table(config["num_classes"], config["mask_classes"])  # validates the ids
+    mask_label_table(config["num_classes"], config["mask_categories"])  # validates the ids
     if len(config["decoder_channels"]) != config["encoder_depth"]:
         raise ValueError(
             f"decoder_channels needs one entry per encoder level ({config['encoder_depth']}), "
