@@ -113,6 +113,16 @@ def add_training_args(parser: argparse.ArgumentParser, out_dir: str, **defaults)
     if unknown:
         raise ValueError(f"add_training_args: unknown defaults {sorted(unknown)}")
     d.update(defaults)
+    _add_data_args(parser, d, out_dir)
+    _add_optimisation_args(parser, d)
+    _add_logging_args(parser, d)
+    _add_augmentation_args(parser, d)
+    _add_weights_args(parser, d)
+    return parser
+
+
+def _add_data_args(parser: argparse.ArgumentParser, d: dict, out_dir: str) -> None:
+    """Data and output flags of :func:`add_training_args` (``d``: their defaults)."""
     g = parser.add_argument_group("data and output")
     g.add_argument("--prepared-dir", type=Path, default=Path("work/prepared"),
                    help="01_prepare_data.py output (the prepared set)")
@@ -125,6 +135,10 @@ def add_training_args(parser: argparse.ArgumentParser, out_dir: str, **defaults)
     g.add_argument("--aspect-ratio-group-factor", type=int, default=d["aspect_ratio_group_factor"],
                    help="batch images of similar aspect ratio (2k+1 log-spaced bins, as torchvision's references) "
                         "so a batch pads less; 0 = plain shuffled batches")
+
+
+def _add_optimisation_args(parser: argparse.ArgumentParser, d: dict) -> None:
+    """Optimisation flags: optimizer, schedule, accumulation, EMA, precision, devices of :func:`add_training_args` (``d``: their defaults)."""
     g = parser.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=d["epochs"], help="total epochs")
     g.add_argument("--batch-size", type=int, default=d["batch_size"], help="images per step per process")
@@ -169,6 +183,10 @@ def add_training_args(parser: argparse.ArgumentParser, out_dir: str, **defaults)
                    help="DDP find_unused_parameters (an extra graph walk every step; not needed by these models: "
                         "every trainable parameter gets a gradient, also in batches without instances or without "
                         "--mask-categories instances, tests/test_models.py)")
+
+
+def _add_logging_args(parser: argparse.ArgumentParser, d: dict) -> None:
+    """Logging, validation and checkpoint flags of :func:`add_training_args` (``d``: their defaults)."""
     g = parser.add_argument_group("logging, validation, checkpoints")
     g.add_argument("--log-every", type=int, default=d["log_every"], help="write a train record every N steps")
     g.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=d["tensorboard"],
@@ -186,6 +204,10 @@ def add_training_args(parser: argparse.ArgumentParser, out_dir: str, **defaults)
     g.add_argument("--keep-epochs", type=int, nargs="+", default=d["keep_epochs"], metavar="EPOCH",
                    help="also keep the checkpoints of these epochs as OUT_DIR/model_<epoch>.pth (torchvision's "
                         "references' name), e.g. 8 10 12 for a checkpoint ensemble (05 --checkpoints takes them)")
+
+
+def _add_augmentation_args(parser: argparse.ArgumentParser, d: dict) -> None:
+    """Augmentation flags and the categories that get masks of :func:`add_training_args` (``d``: their defaults)."""
     g = parser.add_argument_group("augmentation and model")
     g.add_argument("--scale-range", type=float, nargs=2, default=d["scale_range"], metavar=("LO", "HI"),
                    help="multi-scale training: each image's resize sizes (--min-size/--max-size or --image-size) "
@@ -209,6 +231,10 @@ def add_training_args(parser: argparse.ArgumentParser, out_dir: str, **defaults)
     g.add_argument("--mask-categories", "--mask-classes", type=str, default=d["mask_categories"],
                    help="categories that get masks, e.g. 'garments', 'parts', '0-26,31' (default: all; "
                         "--mask-classes is its older name)")
+
+
+def _add_weights_args(parser: argparse.ArgumentParser, d: dict) -> None:
+    """Starting-weight flags of :func:`add_training_args` (``d``: their defaults)."""
     g = parser.add_argument_group("starting weights (lib/weights.py; default: random)")
     g.add_argument("--weights-backbone", type=str, default=d["weights_backbone"], metavar="imagenet|PATH",
                    help="ImageNet weights for the detector backbone / UNet encoder: 'imagenet' = torchvision's "
@@ -220,7 +246,6 @@ def add_training_args(parser: argparse.ArgumentParser, out_dir: str, **defaults)
                    help="the whole model: 'coco' = torchvision's COCO Mask R-CNN (03/04, resnet50 or resnet50_v2; "
                         "the class-count layers start fresh, DeepMAC keeps its own mask head), a local copy of that "
                         "file, or a checkpoint of ours of the same arch (fine-tuning; its model config is kept)")
-    return parser
 
 
 def parse_levels(tokens, what: str = "anchor sizes", cast=int) -> list[list] | None:
