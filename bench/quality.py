@@ -522,30 +522,29 @@ def attribute_prior(train_csv: Path, n_attr: int) -> dict[int, np.ndarray]:
     return {c: counts[c] / totals[c] for c in counts}
 
 
-def attributes_report(run_dir: Path, table: pd.DataFrame, items: list[dict], gt_csv: Path, train_csv: Path,
-                      images: pd.DataFrame, device: torch.device, kaggle_off: float | None) -> dict:
-    from lib import postprocess as lpost
-    from lib import scoring as lscoring
+def _attr_summary(s: dict) -> dict:
+    return {k: _finite(s[k]) if isinstance(s[k], float) else s[k]
+            for k in ("micro_f1", "macro_f1", "precision", "recall", "tp", "fp", "fn", "num_instances")}
+
+
+def oracle_attributes(run_dir: Path, items: list[dict], train_csv: Path, device: torch.device) -> dict:
+    """The attribute head of ``run_dir``'s model at the ground-truth boxes (and labels) of the attribute-category
+    test instances (``oracle_boxes``), against the per-category prior of ``train_csv`` (``prior``: each
+    attribute predicted where its frequency in the instance's category is >= 0.5): micro / macro F1."""
     from lib.checkpoint import load_checkpoint
-    from lib.labels import ATTRIBUTE_CATEGORIES, N_ATTRIBUTES, parse_class_id
-    from lib.attribute_metric import AttributeEvaluator, multilabel_f1
+    from lib.labels import ATTRIBUTE_CATEGORIES, N_ATTRIBUTES
+    from lib.attribute_metric import multilabel_f1
     from lib.models.maskrcnn import attributes_for_boxes
     from lib.predict import resolve_checkpoint
+    from lib import kaggle_data as lkaggle
 
     def multi_hot(attrs):
         v = np.zeros(N_ATTRIBUTES)
         v[list(attrs)] = 1
         return v
 
-    summary = lambda s: {k: _finite(s[k]) if isinstance(s[k], float) else s[k]  # noqa: E731
-                         for k in ("micro_f1", "macro_f1", "precision", "recall", "tp", "fp", "fn",
-                                   "num_instances")}
-    out = {"run": run_dir.name, "categories": list(ATTRIBUTE_CATEGORIES)}
-    # 1. oracle boxes: the head at the ground-truth boxes of attribute categories, against the prior
     model, _ = load_checkpoint(resolve_checkpoint(run_dir))
     model.to(device).eval()
-    from lib import kaggle_data as lkaggle
-
     gts, scores, prior_scores = [], [], []
     prior = attribute_prior(train_csv, N_ATTRIBUTES)
     for it in items:
@@ -553,15 +552,35 @@ def attributes_report(run_dir: Path, table: pd.DataFrame, items: list[dict], gt_
         if not sel.size:
             continue
         img = torch.from_numpy(lkaggle.read_image(it["path"])).permute(2, 0, 1).float().div(255).to(device)
-        s = attributes_for_boxes(model, [img], [torch.from_numpy(it["boxes"][sel]).to(device)])[0]
+        labels = torch.from_numpy(np.asarray(it["categories"])[sel].astype(np.int64) + 1).to(device)
+        s = attributes_for_boxes(model, [img], [torch.from_numpy(it["boxes"][sel]).to(device)], [labels])[0]
         scores.append(s.cpu().numpy())
         gts.append(np.stack([multi_hot(it["attributes"][i]) for i in sel]))
         prior_scores.append(np.stack([prior.get(int(it["categories"][i]), np.zeros(N_ATTRIBUTES)) for i in sel]))
     del model
-    if gts:
-        g = np.concatenate(gts)
-        out["oracle_boxes"] = summary(multilabel_f1(g, np.concatenate(scores)))
-        out["prior"] = summary(multilabel_f1(g, np.concatenate(prior_scores)))
+    if not gts:
+        return {}
+    g = np.concatenate(gts)
+    return {"oracle_boxes": _attr_summary(multilabel_f1(g, np.concatenate(scores))),
+            "prior": _attr_summary(multilabel_f1(g, np.concatenate(prior_scores)))}
+
+
+def attributes_report(run_dir: Path, table: pd.DataFrame, items: list[dict], gt_csv: Path, train_csv: Path,
+                      images: pd.DataFrame, device: torch.device, kaggle_off: float | None) -> dict:
+    from lib import postprocess as lpost
+    from lib import scoring as lscoring
+    from lib.labels import ATTRIBUTE_CATEGORIES, N_ATTRIBUTES, parse_class_id
+    from lib.attribute_metric import AttributeEvaluator
+
+    def multi_hot(attrs):
+        v = np.zeros(N_ATTRIBUTES)
+        v[list(attrs)] = 1
+        return v
+
+    summary = _attr_summary
+    out = {"run": run_dir.name, "categories": list(ATTRIBUTE_CATEGORIES)}
+    # 1. oracle boxes: the head at the ground-truth boxes of attribute categories, against the prior
+    out.update(oracle_attributes(run_dir, items, train_csv, device))
     # 2. the pipeline: post-processed test predictions with attributes on, matched at mask IoU >= 0.5
     params_on = lpost.Params(attributes="on")
     gt = lscoring.load_ground_truth(gt_csv, 512, full_class_ids=True, progress=False)
@@ -701,16 +720,18 @@ def _ablation_model_flags(cfg: dict, arch: str) -> list:
     return {"maskrcnn": cfg["det"], "deepmac": [*cfg["det"], *cfg["deepmac"]], "unet": cfg["unet"]}[arch]
 
 
-def ablation(cfg: dict, arch: str, flags: list[str], out: Path, jobs, reuse: bool) -> dict:
+def ablation(cfg: dict, arch: str, flags: list[str], out: Path, jobs, reuse: bool, base=()) -> dict:
     """One recipe feature measured: ``arch`` trained without and with the training ``flags`` (e.g.
     ``--ema-decay 0.99``) on the train seed's images, the same steps, two runs side by side; both predicted on the
     held-out test seed's images (05, the mode's TTA) and scored with the winning recipe's post-processing: Kaggle
-    metric and COCO mask AP, per class group, per category (AP), and the val learning curves."""
+    metric and COCO mask AP, per class group, per category (AP), and the val learning curves. ``base``: flags
+    both runs get (e.g. ``--attr-head``); with an attribute head, each run's attribute F1 at the test seed's
+    ground-truth boxes too (:func:`oracle_attributes`), against the per-category prior."""
     from lib import scoring as lscoring
     from lib import postprocess as lpost
 
     data, w, py = out / "data", out / "work", sys.executable
-    rep: dict = {"arch": arch, "flags": flags, "timings": {}}
+    rep: dict = {"arch": arch, "flags": flags, "base": list(base), "timings": {}}
     t0 = time.time()
     if not (reuse and (data / "test" / "test_ground_truth.csv").is_file()):
         rep["data"] = make_data(cfg, data, sets=("train", "test"))
@@ -723,12 +744,14 @@ def ablation(cfg: dict, arch: str, flags: list[str], out: Path, jobs, reuse: boo
     model = _ablation_model_flags(cfg, arch)
     runs = {"without": [], "with": list(flags)}
     t0 = time.time()
+    base_flags = list(base)
+
     def argv(name, extra):  # large-scale jitter replaces the mode's --scale-range
-        base = train_args(cfg, w, name, cfg[budget])
+        args = train_args(cfg, w, name, cfg[budget])
         if "--lsj" in extra:
-            k = base.index("--scale-range")
-            base = base[:k] + base[k + 3:]
-        return [py, script, *base, *model, *extra]
+            k = args.index("--scale-range")
+            args = args[:k] + args[k + 3:]
+        return [py, script, *args, *model, *base_flags, *extra]
 
     jobs.run([(f"train_{name}", argv(name, extra))
               for name, extra in runs.items()
@@ -756,6 +779,12 @@ def ablation(cfg: dict, arch: str, flags: list[str], out: Path, jobs, reuse: boo
     rep["per_category_AP"] = {int(c): {"without": _finite(per_cat["without"].get(c)),
                                        "with": _finite(per_cat["with"].get(c))} for c in cats}
     rep["timings"]["score"] = round(time.time() - t0, 1)
+    if "--attr-head" in [*base, *flags] and arch != "unet":
+        t0 = time.time()
+        items = load_test_instances(gt_csv, data / "test" / "test")
+        rep["attributes"] = {name: oracle_attributes(w / name, items, data / "train" / "train.csv",
+                                                     torch.device(cfg["device"])) for name in runs}
+        rep["timings"]["attributes"] = round(time.time() - t0, 1)
     rep["training"] = training_summary(w, list(runs))
     rep["learning_curves"] = learning_curves(w, list(runs))
     a, b = rep["scores"]["without"]["all"], rep["scores"]["with"]["all"]
@@ -766,7 +795,9 @@ def ablation(cfg: dict, arch: str, flags: list[str], out: Path, jobs, reuse: boo
 def ablation_markdown(rep: dict) -> str:
     """The ablation's tables: scores without / with / difference, per group, the categories that moved most."""
     s, d = rep["scores"], rep["delta"]
-    lines = [f"### {rep['arch']}: without vs with `{' '.join(rep['flags'])}` (test seed, recipe post-processing)", "",
+    both = f" (both runs: `{' '.join(rep['base'])}`)" if rep.get("base") else ""
+    lines = [f"### {rep['arch']}: without vs with `{' '.join(rep['flags'])}`{both} (test seed, recipe post-processing)",
+             "",
              "| | Kaggle | mask AP | AP50 | AP75 | Kaggle garments | Kaggle parts | AP garments | AP parts |",
              "|---|---|---|---|---|---|---|---|---|"]
 
@@ -784,6 +815,13 @@ def ablation_markdown(rep: dict) -> str:
     if moved:
         lines += ["", "Categories whose AP moved most (with - without): "
                   + ", ".join(f"{c}: {x:+.3f}" for c, x in moved)]
+    attrs = rep.get("attributes") or {}
+    if attrs.get("without"):
+        lines += ["", "Attributes at the test seed's ground-truth boxes (micro / macro F1): "
+                  + ", ".join(f"{name} {f(a['oracle_boxes']['micro_f1'])} / {f(a['oracle_boxes']['macro_f1'])}"
+                              for name, a in attrs.items() if a)
+                  + f"; the per-category prior {f(attrs['without']['prior']['micro_f1'])} / "
+                    f"{f(attrs['without']['prior']['macro_f1'])}."]
     t = rep["training"]
     lines += ["", f"Steps {t.get('without', {}).get('steps')} each; final val Kaggle without "
                   f"{f(t.get('without', {}).get('val_kaggle'))}, with {f(t.get('with', {}).get('val_kaggle'))}; "
@@ -806,6 +844,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "seed (a pair: <= 25 min with --cpu)")
     p.add_argument("--ablation-arch", choices=sorted(ABLATION_ARCHS), default="maskrcnn",
                    help="the model an --ablation trains")
+    p.add_argument("--ablation-base", default="", metavar="'FLAGS'",
+                   help="training flags both runs of an --ablation get, quoted (e.g. --ablation-base "
+                        "'--attr-head --no-attr-prior' --ablation '--attr-prior'); with --attr-head the attribute "
+                        "F1 at the test seed's ground-truth boxes is measured too")
     p.add_argument("--reuse", action="store_true",
                    help="keep finished data, prepared sets, trainings and predictions under --out (default: fresh runs)")
     return p
@@ -827,7 +869,8 @@ def main(args) -> dict:
     jobs = Jobs(out / "logs", cfg["lanes"], env)
     if args.ablation:
         rep = {"mode": mode, "env": bc.env_info(device), "config": dict(cfg), "out": str(out),
-               "ablation": ablation(cfg, args.ablation_arch, shlex.split(args.ablation), out, jobs, args.reuse),
+               "ablation": ablation(cfg, args.ablation_arch, shlex.split(args.ablation), out, jobs, args.reuse,
+                                    shlex.split(args.ablation_base)),
                "commands": jobs.commands, "jobs": jobs.results}
         bc.write_json(out / "ablation.json", rep)
         md = ablation_markdown(rep["ablation"])

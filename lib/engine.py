@@ -71,7 +71,7 @@ from .mask_paste import crops_from, masks_in_frame
 from .models.unet import without_semantic
 from .monitor import MetricLogger, TrainMonitor, tensorboard_dir
 from .optim import build_lr_scheduler, build_optimizer, make_ema, optimization_summary, step_scheduler
-from .training_data import PreparedDataset, build_transforms, checked_batches, make_loader, set_epoch
+from .training_data import PreparedDataset, attribute_counts, build_transforms, checked_batches, make_loader, set_epoch
 from .viz import plot_curves
 
 
@@ -492,6 +492,8 @@ def start_run(arch: str, model_overrides: dict, s: TrainSettings, stage: str, he
 
     runtime.seed_everything(s.seed)
     model = lmodels.build_model(config)
+    if resume is None and config.get("attr_prior"):  # before the weights a file may hold for the head
+        _start_attribute_prior(model, train_ds, config["num_classes"], s.workers, main)
     init_report = resume.get("init") if resume is not None else None
     if init_plan is not None:
         init_report = lweights.apply_init(model, arch, config, init_plan)
@@ -522,6 +524,14 @@ def start_run(arch: str, model_overrides: dict, s: TrainSettings, stage: str, he
                                                   resume_step=run.counters.global_step))
     _wrap_distributed(run)
     return run
+
+
+def _start_attribute_prior(model: torch.nn.Module, train_ds, num_classes: int, workers: int, main: bool) -> None:
+    """The attribute head's per-category logits started at the train split's attribute frequencies."""
+    counts, totals = attribute_counts(train_ds, num_classes, workers)
+    model.roi_heads.attr_predictor.init_prior(counts, totals)
+    if main:
+        print(f"attribute prior: {int(totals.sum())} training instances of {int((totals > 0).sum())} categories")
 
 
 def _prepared_labels(prepared_dir) -> tuple[list[str], dict]:

@@ -114,6 +114,39 @@ class PreparedDataset(Dataset):
         return image, target
 
 
+def _image_attribute_counts(task) -> tuple[np.ndarray, np.ndarray]:
+    prepared_dir, image_ids, num_classes, num_attributes = task
+    counts = np.zeros((num_classes, num_attributes), np.int64)
+    totals = np.zeros(num_classes, np.int64)
+    for image_id in image_ids:
+        for inst in lprepared.read_ann(prepared_dir, image_id)["instances"]:
+            label = int(inst["category"]) + 1
+            totals[label] += 1
+            counts[label, [int(a) for a in inst.get("attributes", ())]] += 1
+    return counts, totals
+
+
+def attribute_counts(dataset: PreparedDataset, num_classes: int, workers: int = 0,
+                     chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """How often each attribute goes with each label in ``dataset``'s annotation records (no image is read):
+    ``counts (num_classes, num_attributes)`` int64 instances of label ``c`` (category + 1) carrying attribute
+    ``a``, and ``totals (num_classes,)`` instances of label ``c``. Chunks of ``chunk`` images in ``workers``
+    processes (0 or 1: in this one); what the attribute head's prior starts from
+    (:meth:`lib.models.maskrcnn.AttributePredictor.init_prior`)."""
+    from .workers import process_map
+
+    ids = list(dataset.image_ids)
+    tasks = [(dataset.prepared_dir, ids[k:k + chunk], num_classes, dataset.num_attributes)
+             for k in range(0, len(ids), chunk)]
+    counts = np.zeros((num_classes, dataset.num_attributes), np.int64)
+    totals = np.zeros(num_classes, np.int64)
+    with process_map(_image_attribute_counts, tasks, workers, ordered=False) as results:
+        for c, t in results:
+            counts += c
+            totals += t
+    return torch.from_numpy(counts), torch.from_numpy(totals)
+
+
 def instance_fields(inputs) -> tuple[torch.Tensor, ...]:
     """``SanitizeBoundingBoxes`` labels_getter: the target's :data:`INSTANCE_FIELDS` that are present.
 

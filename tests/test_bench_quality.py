@@ -141,3 +141,21 @@ def test_ablation_mode_trains_a_pair_and_reports_the_difference(tmp_path):
     without_meta = json.loads((tmp_path / "work" / "without" / "meta.json").read_text())
     assert with_meta["optimization"]["ema_decay"] == 0.9 and without_meta["optimization"]["ema_decay"] == 0.0
     assert (tmp_path / "ablation.md").read_text().startswith("### maskrcnn: without vs with `--ema-decay 0.9`")
+
+
+def test_ablation_with_base_flags_measures_attributes_against_the_prior(tmp_path):
+    """--ablation-base: both runs get those flags; with the attribute head each run's attribute F1 at the test
+    seed's ground-truth boxes is reported beside the per-category prior's."""
+    rep = quality.main(quality.get_args_parser().parse_args(
+        ["--tiny", "--ablation-base=--attr-head --no-attr-prior", "--ablation=--attr-prior", "--out",
+         str(tmp_path)]))["ablation"]
+    assert rep["base"] == ["--attr-head", "--no-attr-prior"] and rep["flags"] == ["--attr-prior"]
+    for name, prior_on in (("without", False), ("with", True)):
+        ck = torch.load(tmp_path / "work" / name / "checkpoint.pth", weights_only=True)
+        assert ck["config"]["attr_head"] is True and ck["config"]["attr_prior"] is prior_on
+        a = rep["attributes"][name]
+        assert a["oracle_boxes"]["num_instances"] == a["prior"]["num_instances"] > 0
+        assert 0 <= a["oracle_boxes"]["micro_f1"] <= 1
+    assert rep["attributes"]["with"]["prior"] == rep["attributes"]["without"]["prior"]
+    md = (tmp_path / "ablation.md").read_text()
+    assert "(both runs: `--attr-head --no-attr-prior`)" in md and "Attributes at the test seed's ground-truth" in md

@@ -912,7 +912,7 @@ def test_bf16_autocast_train_step_on_cpu(arch, prepared_set):
     from lib.training_data import collate_fn
 
     cfg = {"unet": dict(encoder="resnet18", min_size=96, max_size=96, decoder_channels=[32, 16, 16, 8, 8]),
-           "maskrcnn": dict(backbone="resnet18", min_size=96, max_size=96, attr_head=True,
+           "maskrcnn": dict(backbone="resnet18", min_size=96, max_size=96, attr_head=True, attr_prior=True,
                             train_scale_range=[0.8, 1.0]),
            "deepmac": dict(backbone="resnet18", min_size=96, max_size=96, mask_head_width=16, mask_head_depth=2,
                            mask_head_stacks=1, mask_roi_size=16)}[arch]
@@ -930,6 +930,22 @@ def test_bf16_autocast_train_step_on_cpu(arch, prepared_set):
     assert ("loss_attr" in parts) == (arch == "maskrcnn")
     assert any(not torch.equal(b, p) for b, p in zip(before, params))
     assert all(p.dtype == torch.float32 for p in params)  # autocast leaves the weights in fp32
+
+
+def test_attribute_prior_starts_from_the_train_split(prepared_set, tmp_path, capsys):
+    """03 --attr-head: the head's per-category logits start at the train split's attribute frequencies (lr 0
+    keeps them there), saved in the checkpoint with the config key that rebuilds them."""
+    from lib.models import maskrcnn
+    from lib.training_data import attribute_counts
+
+    _run("maskrcnn", prepared_set, tmp_path / "m", "--attr-head", "--lr", "0", "--val-every", "0")
+    ck = torch.load(tmp_path / "m" / "checkpoint.pth", weights_only=True)
+    assert ck["config"]["attr_head"] is True and ck["config"]["attr_prior"] is True
+    counts, totals = attribute_counts(PreparedDataset(prepared_set, "train"), 47)
+    want = maskrcnn.AttributePredictor(1, 92, 0, 47)
+    want.init_prior(counts, totals)
+    torch.testing.assert_close(ck["model"]["roi_heads.attr_predictor.category_logits"], want.category_logits.detach())
+    assert f"attribute prior: {int(totals.sum())} training instances" in capsys.readouterr().out
 
 
 # --------------------------------------------------------------------------------------------- recipe options

@@ -444,6 +444,52 @@ def test_attr_loss_uses_only_attribute_categories(arch):
     assert loss([(1, 2), ()], weight=0.0).item() == 0
 
 
+def test_attribute_prior_starts_at_the_per_category_frequencies():
+    """init_prior: per-label frequencies shrunk by one pseudo-instance towards the attribute's overall frequency;
+    with the last layer at zero the untrained head predicts exactly that, whatever the features."""
+    head = maskrcnn.AttributePredictor(8, 3, hidden=4, num_classes=3)
+    counts = torch.tensor([[0, 0, 0], [3, 1, 0], [1, 0, 1]])
+    totals = torch.tensor([0, 4, 1])
+    head.init_prior(counts, totals)
+    overall = torch.tensor([4.0, 1.0, 1.0]) / 5
+    want = torch.stack([overall, (counts[1] + overall) / 5, (counts[2] + overall) / 2])
+    labels = torch.tensor([0, 1, 2, 1])
+    got = torch.sigmoid(head(torch.randn(4, 8), labels))
+    torch.testing.assert_close(got, want[labels].float(), rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="needs each RoI's label"):
+        head(torch.randn(2, 8))
+    plain = maskrcnn.AttributePredictor(8, 3, hidden=4)  # without a prior: a plain MLP, labels ignored
+    assert plain.category_logits is None and plain[-1].weight.abs().sum() > 0
+    torch.testing.assert_close(plain(torch.ones(1, 8)), plain(torch.ones(1, 8), torch.tensor([2])))
+
+
+@pytest.mark.parametrize("arch", DET)
+def test_attribute_prior_in_the_model_trains_and_follows_each_detection_label(arch):
+    model = build(arch, attr_head=True, attr_prior=True, box_score_thresh=0.0)
+    head = model.roi_heads.attr_predictor
+    assert head.category_logits.shape == (model.roi_heads.box_predictor.cls_score.out_features, 92)
+    assert "roi_heads.attr_predictor.category_logits" in model.state_dict()
+    counts, totals = torch.zeros(head.category_logits.shape, dtype=torch.long), torch.zeros(len(head.category_logits))
+    counts[1, 5], totals[1] = 9, 10  # label 1 (shirt): attribute 5 on 9 of 10
+    head.init_prior(counts, totals)
+    model.eval()
+    images, targets = batch()
+    with torch.no_grad():
+        out = model(images)
+    for r in out:  # untrained: each detection gets its label's prior, whatever its features
+        torch.testing.assert_close(r["attr_scores"], torch.sigmoid(head.category_logits[r["labels"]]))
+    boxes = [t["boxes"] for t in targets]
+    at = maskrcnn.attributes_for_boxes(model, images, boxes, [torch.ones(len(b), dtype=torch.long) for b in boxes])
+    assert at[0][:, 5].tolist() == pytest.approx([(9 + 0.9) / 11] * len(boxes[0]), abs=1e-6)
+    with pytest.raises(ValueError, match="needs each RoI's label"):
+        maskrcnn.attributes_for_boxes(model, images, boxes)
+    model.train()
+    losses = model(images, with_attributes(targets, [(1, 5), ()]))
+    losses["loss_attr"].backward()
+    assert head.category_logits.grad is not None and head.category_logits.grad.abs().sum() > 0
+    assert head[-1].weight.grad.abs().sum() > 0  # the features' part learns from its zero start
+
+
 def test_attr_head_config_and_targets_are_checked():
     cfg = models.default_config("maskrcnn")
     assert (cfg["attr_head"], cfg["num_attributes"], cfg["attr_loss_weight"]) == (False, 92, 1.0)
@@ -458,7 +504,7 @@ def test_attr_head_config_and_targets_are_checked():
     with pytest.raises(ValueError, match=r"shape \(2, 5\)"):
         model(images, with_attributes(targets, [(1,), ()]))  # 92 wide, the model has 5
     for bad in (dict(attr_hidden=-1), dict(num_attributes=0), dict(attr_loss_weight=-1.0),
-                dict(attr_loss_weight=float("nan")), dict(attr_head="yes")):
+                dict(attr_loss_weight=float("nan")), dict(attr_head="yes"), dict(attr_prior="yes")):
         with pytest.raises(ValueError, match="attr"):
             models.build_model(tiny_config("maskrcnn", **{"attr_head": True, **bad}))
 

@@ -593,3 +593,21 @@ def test_loader_with_lsj_and_copy_paste_repeats_from_the_seed(prepared_set):
             assert all(torch.equal(ta[k], tb[k]) for k in ("boxes", "labels", "masks", "attributes"))
             for box, m in zip(ta["boxes"], ta["masks"]):
                 assert box.tolist() == _box_of(m)
+
+
+def test_attribute_counts_of_the_annotation_records(prepared_set):
+    from lib import prepared as lprepared
+    from lib.training_data import attribute_counts
+
+    ds = PreparedDataset(prepared_set, "train")
+    counts, totals = attribute_counts(ds, 47)
+    want_c, want_t = torch.zeros(47, 92, dtype=torch.long), torch.zeros(47, dtype=torch.long)
+    for image_id in ds.image_ids:
+        for inst in lprepared.read_ann(prepared_set, image_id)["instances"]:
+            want_t[inst["category"] + 1] += 1
+            for a in inst.get("attributes", ()):
+                want_c[inst["category"] + 1, a] += 1
+    assert torch.equal(counts, want_c) and torch.equal(totals, want_t)
+    assert totals[0] == 0 and totals.sum() > 0 and counts.sum() > 0
+    c2, t2 = attribute_counts(ds, 47, workers=2, chunk=2)  # in worker processes, in chunks: the same sums
+    assert torch.equal(c2, counts) and torch.equal(t2, totals)

@@ -30,7 +30,8 @@ int64 = category + 1, ``masks (N, H, W)`` uint8 (N may be 0); detectors with ``a
 Shared keys: ``arch, num_classes (47), min_size, max_size, pretrained (False), mask_categories (None = all)``.
 ``pretrained`` says the backbone starts from pretrained weights (detectors then freeze BatchNorm, as torchvision
 does); building never downloads: :mod:`lib.weights` loads weight files into a built model.
-Mask R-CNN and DeepMAC: ``attr_head (False), num_attributes (92), attr_hidden (256), attr_loss_weight (1.0)``
+Mask R-CNN and DeepMAC: ``attr_head (False), num_attributes (92), attr_hidden (256), attr_loss_weight (1.0),
+attr_prior (False)``
 (lib/models/maskrcnn.py); with ``attr_head`` False the model and its state dict are those without the head,
 so configs saved before these keys existed build the same model.
 """

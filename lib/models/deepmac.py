@@ -23,9 +23,9 @@ mask branch changes (:class:`DeepMACRoIHeads`, plugged in through torchvision's 
   uniformly by up to ``gt_box_jitter`` x the box width/height; BCE against the GT mask cropped to the
   (jittered) box (torchvision's ``maskrcnn_loss`` / ``project_masks_on_boxes``). Proposals do not reach
   the mask loss. Inference: the mask branch runs on the final detections, as in Mask R-CNN.
-- Optional attribute head (``attr_head``, ``num_attributes``, ``attr_hidden``, ``attr_loss_weight``): the
-  one of :mod:`lib.models.maskrcnn` (on the box head's RoI features, trained on proposals, ``loss_attr``
-  and ``attr_scores``); the mask branch above does not touch it.
+- Optional attribute head (``attr_head``, ``num_attributes``, ``attr_hidden``, ``attr_loss_weight``,
+  ``attr_prior``): the one of :mod:`lib.models.maskrcnn` (on the box head's RoI features, trained on
+  proposals, ``loss_attr`` and ``attr_scores``); the mask branch above does not touch it.
 """
 from __future__ import annotations
 

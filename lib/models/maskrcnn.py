@@ -31,7 +31,10 @@ are ignored) against the matched instance's multi-hot ``attributes``, times ``at
 features are pooled again at each final detection box and ``attr_scores (N, num_attributes)`` sigmoid
 probabilities are added to each image's output, row-aligned with ``boxes/labels/scores/masks`` (for
 every detection; consumers keep them for attribute categories only). With ``attr_head`` False the model,
-its state dict and its outputs are exactly those without the head.
+its state dict and its outputs are exactly those without the head. With ``attr_prior`` (off by default; 03/04
+turn it on with ``--attr-head``) the head adds per-category logits at each RoI's label (the matched ground
+truth's in training, the detection's in eval), which the engine starts at the training set's per-category
+attribute frequencies (:meth:`AttributePredictor.init_prior`): the head starts as the per-category prior.
 
 Class-agnostic masks (config ``class_agnostic_masks``, False by default as in torchvision): the mask
 predictor has one output channel, used for every label, instead of one per class. With ``mask_categories``
@@ -124,13 +127,14 @@ DEFAULT_CONFIG = {
     "num_attributes": N_ATTRIBUTES,  # 92
     "attr_hidden": 256,  # hidden units of the attribute MLP (0 = a single linear layer)
     "attr_loss_weight": 1.0,  # factor on loss_attr
+    "attr_prior": False,  # per-category attribute logits added to the head's, started at the training set's frequencies
 }
 
 # What lib/weights.py needs to load weight files into this model (read through lib.models.ARCHS).
 # Config keys that fix the architecture (parameter names, shapes or norm layers): a fine-tuning run may not
 # change them (num_classes may: the class-count layers start fresh).
 ARCHITECTURE_KEYS = ("backbone", "pretrained", "anchor_sizes", "aspect_ratios", "class_agnostic_masks", "attr_head",
-                     "num_attributes", "attr_hidden")
+                     "num_attributes", "attr_hidden", "attr_prior")
 BACKBONE_CONFIG_KEY = "backbone"  # the config key naming the backbone (lib.weights.BACKBONE_URLS: ImageNet files)
 BACKBONE_SCOPE = "backbone.body."  # where the ImageNet backbone's weights sit in the state dict
 # The ImageNet file's prefix of that part, per backbone (torchvision's MobileNetV3: the FPN body is its `features`).
@@ -177,19 +181,46 @@ def use_float32_boxes(model: MaskRCNN) -> MaskRCNN:
 
 
 class AttributePredictor(nn.Sequential):
-    """RoI features ``(R, in_features)`` -> attribute logits ``(R, num_attributes)``.
+    """RoI features ``(R, in_features)`` and their labels ``(R,)`` -> attribute logits ``(R, num_attributes)``.
 
     ``Linear(in_features, hidden) - ReLU - Linear(hidden, num_attributes)``, or one ``Linear`` when
-    ``hidden`` is 0.
+    ``hidden`` is 0. With ``num_classes`` (config ``attr_prior``) a ``(num_classes, num_attributes)`` table of
+    per-category logits is added at each RoI's label: :meth:`init_prior` starts it at the training set's
+    per-category attribute frequencies, and the last layer starts at zero, so the untrained head predicts the
+    per-category prior and training learns what the RoI's features add to it.
     """
 
-    def __init__(self, in_features: int, num_attributes: int, hidden: int = 256):
+    def __init__(self, in_features: int, num_attributes: int, hidden: int = 256, num_classes: int | None = None):
         if hidden > 0:
             layers = [nn.Linear(in_features, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_attributes)]
         else:
             layers = [nn.Linear(in_features, num_attributes)]
         super().__init__(*layers)
         self.num_attributes = int(num_attributes)
+        self.category_logits = None
+        if num_classes is not None:
+            self.category_logits = nn.Parameter(torch.zeros(int(num_classes), self.num_attributes))
+            nn.init.zeros_(layers[-1].weight)
+            nn.init.zeros_(layers[-1].bias)
+
+    def forward(self, features: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        out = super().forward(features)
+        if self.category_logits is None:
+            return out
+        if labels is None:
+            raise ValueError("an attribute head with a per-category prior (attr_prior) needs each RoI's label")
+        return out + self.category_logits[labels.long()].to(out.dtype)
+
+    @torch.no_grad()
+    def init_prior(self, counts: torch.Tensor, totals: torch.Tensor, strength: float = 1.0) -> None:
+        """Start the per-category logits at the attribute frequencies: ``counts (num_classes, num_attributes)``
+        instances of label ``c`` with attribute ``a``, ``totals (num_classes,)`` instances of label ``c``. Each
+        frequency is shrunk towards the attribute's frequency over all labels by ``strength`` pseudo-instances
+        (a label without instances gets that overall frequency), then clipped to [1e-4, 1 - 1e-4]."""
+        counts, totals = counts.double(), totals.double()
+        overall = counts.sum(0) / totals.sum().clamp(min=1)
+        p = (counts + strength * overall) / (totals[:, None] + strength)
+        self.category_logits.copy_(torch.logit(p.clamp(1e-4, 1 - 1e-4)).to(self.category_logits))
 
 
 class MaskSubsetRoIHeads(RoIHeads):
@@ -255,9 +286,12 @@ class MaskSubsetRoIHeads(RoIHeads):
         gt_channels = [self.mask_channels(t["labels"]) for t in targets]
         return maskrcnn_loss(logits, mask_proposals, gt_masks, gt_channels, pos_matched_idxs)
 
-    def attr_logits(self, features, boxes: list[torch.Tensor], image_shapes) -> torch.Tensor:
-        """``(sum N_i, num_attributes)`` attribute logits for ``boxes[i] (N_i, 4)`` in image ``i``."""
-        return self.attr_predictor(self.box_head(self.box_roi_pool(features, boxes, image_shapes)))
+    def attr_logits(self, features, boxes: list[torch.Tensor], image_shapes,
+                    labels: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """``(sum N_i, num_attributes)`` attribute logits for ``boxes[i] (N_i, 4)`` in image ``i`` labelled
+        ``labels[i] (N_i,)`` (category + 1; needed by a head with a per-category prior)."""
+        return self.attr_predictor(self.box_head(self.box_roi_pool(features, boxes, image_shapes)),
+                                   None if labels is None else torch.cat(labels))
 
     def attr_loss(self, box_features, matched_idxs, labels, targets) -> torch.Tensor:
         """BCE-with-logits of the attribute head on the sampled positive proposals of attribute categories.
@@ -267,12 +301,13 @@ class MaskSubsetRoIHeads(RoIHeads):
         indices. Mean over (selected proposals x attributes); an exact zero (still in the graph) when none.
         """
         feats = box_features.split([len(lab) for lab in labels])
-        sel_feats, sel_targets = [], []
+        sel_feats, sel_labels, sel_targets = [], [], []
         for f, midx, lab, t in zip(feats, matched_idxs, labels, targets):
             pos = torch.where((lab > 0) & self.attr_label_allowed[lab.clamp(min=0)])[0]
             sel_feats.append(f[pos])
+            sel_labels.append(lab[pos])
             sel_targets.append(t["attributes"][midx[pos]])
-        logits = self.attr_predictor(torch.cat(sel_feats))
+        logits = self.attr_predictor(torch.cat(sel_feats), torch.cat(sel_labels))
         if logits.shape[0] == 0:
             return logits.sum() * 0.0
         target = torch.cat(sel_targets).to(device=logits.device, dtype=torch.float32)
@@ -321,7 +356,7 @@ class MaskSubsetRoIHeads(RoIHeads):
         for r, p in zip(result, probs):
             r["masks"] = p  # float32 probabilities also under autocast (pasted in float32 at float32 boxes)
         if self.attr_predictor is not None:
-            attr = torch.sigmoid(self.attr_logits(features, boxes, image_shapes).float())
+            attr = torch.sigmoid(self.attr_logits(features, boxes, image_shapes, labels).float())
             for r, a in zip(result, attr.split([len(b) for b in boxes])):
                 r["attr_scores"] = a
         return result, {}
@@ -394,6 +429,8 @@ def attribute_head_kwargs(config: dict, in_features: int) -> dict:
         raise ValueError(f"attr_head must be true or false, got {config['attr_head']!r}")
     if not config["attr_head"]:
         return {}
+    if not isinstance(config["attr_prior"], bool):
+        raise ValueError(f"attr_prior must be true or false, got {config['attr_prior']!r}")
     n_attr, hidden, weight = config["num_attributes"], config["attr_hidden"], config["attr_loss_weight"]
     for key, value, low in (("num_attributes", n_attr, 1), ("attr_hidden", hidden, 0)):
         if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < low:
@@ -401,7 +438,8 @@ def attribute_head_kwargs(config: dict, in_features: int) -> dict:
     if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not 0 <= float(weight) < float("inf"):
         raise ValueError(f"attr_loss_weight must be a finite number >= 0, got {weight!r}")
     return {
-        "attr_predictor": AttributePredictor(int(in_features), int(n_attr), int(hidden)),
+        "attr_predictor": AttributePredictor(int(in_features), int(n_attr), int(hidden),
+                                             int(config["num_classes"]) if config["attr_prior"] else None),
         "attr_categories": [c for c in ATTRIBUTE_CATEGORIES if c < config["num_classes"] - 1],
         "attr_loss_weight": float(weight),
     }
@@ -551,17 +589,21 @@ def masks_for_boxes(model: MaskRCNN, images: list[torch.Tensor], boxes: list[tor
 
 
 @torch.no_grad()
-def attributes_for_boxes(model: MaskRCNN, images: list[torch.Tensor], boxes: list[torch.Tensor]) -> list[torch.Tensor]:
+def attributes_for_boxes(model: MaskRCNN, images: list[torch.Tensor], boxes: list[torch.Tensor],
+                         labels: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
     """The attribute head of ``model`` (built with ``attr_head``) at given boxes.
 
-    ``images`` / ``boxes`` as :func:`masks_for_boxes`. Returns one ``(N_i, num_attributes)`` float32
-    tensor of sigmoid probabilities per image, row-aligned with ``boxes[i]`` (what the model's
-    ``attr_scores`` would be for detections at these boxes).
+    ``images`` / ``boxes`` as :func:`masks_for_boxes`; ``labels[i] (N_i,)`` int64 category + 1 of each box
+    (needed by a head with a per-category prior, config ``attr_prior``). Returns one ``(N_i, num_attributes)``
+    float32 tensor of sigmoid probabilities per image, row-aligned with ``boxes[i]`` (what the model's
+    ``attr_scores`` would be for detections at these boxes with these labels).
     """
     heads = getattr(model, "roi_heads", None)
     if getattr(heads, "attr_predictor", None) is None:
         raise ValueError("attributes_for_boxes: the model has no attribute head (build it with attr_head=True)")
     model.eval()
     features, scaled, sizes, _ = _heads_input(model, images, boxes)
-    scores = torch.sigmoid(heads.attr_logits(features, scaled, sizes).float())
+    if labels is not None:
+        labels = [torch.as_tensor(lab, device=b.device).long() for lab, b in zip(labels, scaled)]
+    scores = torch.sigmoid(heads.attr_logits(features, scaled, sizes, labels).float())
     return list(scores.split([len(b) for b in scaled]))
