@@ -97,7 +97,7 @@ KNOWN = sorted(lpost.Params.names())
     ({"score": 0.3}, f"unknown post-processing parameters ['score']; known: {KNOWN}"),
 ])
 def test_a_bad_value_is_the_same_error_however_the_record_is_made(tmp_path, values, message):
-    """resolve_params' messages, from the constructor, a dict, replace and a params.json (which names the file)."""
+    """The parameter checks' messages, from the constructor, a dict, replace and a params.json (which names the file)."""
     makers = [lambda: lpost.Params.from_dict(values), lambda: lpost.Params().replace(**values)]
     if "score" not in values:
         makers.append(lambda: lpost.Params(**values))
