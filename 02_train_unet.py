@@ -40,6 +40,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--dice-weight", type=float, default=None, help="weight of the soft Dice loss")
     g.add_argument("--min-area", type=int, default=None, help="smallest instance kept at inference (network pixels)")
     g.add_argument("--max-instances", type=int, default=None, help="instances per image at inference")
+    g.add_argument("--region-masks", action=argparse.BooleanOptionalAction, default=None,
+                   help="an instance's mask is its region (1 inside) rather than its class probability there, which "
+                        "06's --mask-thresh would cut where the class wins with a lower probability (default: off; "
+                        "bench/RESULTS.md measures it)")
     return p
 
 
@@ -47,7 +51,8 @@ def model_overrides(args) -> dict:
     """Model config keys set by the flags above (None = the model's default)."""
     return {"encoder": args.encoder, "encoder_depth": args.encoder_depth, "decoder_channels": args.decoder_channels,
             "min_size": args.image_size, "max_size": args.image_size, "ce_weight": args.ce_weight,
-            "dice_weight": args.dice_weight, "min_area": args.min_area, "max_instances": args.max_instances}
+            "dice_weight": args.dice_weight, "min_area": args.min_area, "max_instances": args.max_instances,
+            "region_masks": args.region_masks}
 
 
 def main(args) -> int:

@@ -640,6 +640,29 @@ def test_instances_from_probs_splits_components():
     assert none["boxes"].shape == (0, 4) and none["masks"].shape == (0, 1, 4, 4) and none["labels"].dtype == torch.int64
 
 
+def test_region_masks_are_the_regions_themselves():
+    """region_masks: 1 inside each region, so a class that wins a pixel with a probability under a detector's
+    mask threshold (47-way softmax early in training) keeps its whole region; scores and boxes are unchanged."""
+    probs = torch.full((3, 6, 6), 0.3)
+    probs[1, 1:4, 1:4] = 0.4  # class 1 wins this 3x3 block with 0.4 (under 06's mask threshold 0.45)
+    probs[0, 1:4, 1:4] = 0.3
+    probs[2, 1:4, 1:4] = 0.3
+    probs[0, :, :] = torch.where(probs[1] == 0.4, probs[0], torch.tensor(0.4))
+    soft = unet.instances_from_probs(probs, min_area=1, max_instances=5)
+    hard = unet.instances_from_probs(probs, min_area=1, max_instances=5, region_masks=True)
+    assert soft["labels"].tolist() == hard["labels"].tolist() == [1]
+    torch.testing.assert_close(soft["scores"], hard["scores"])
+    assert soft["boxes"].tolist() == hard["boxes"].tolist() == [[1, 1, 4, 4]]
+    assert (soft["masks"][0, 0] >= 0.45).sum() == 0  # the soft mask binarises to nothing at 0.45
+    expected = torch.zeros(6, 6)
+    expected[1:4, 1:4] = 1.0
+    torch.testing.assert_close(hard["masks"][0, 0], expected)
+    model = build("unet", region_masks=True).eval()  # the config key reaches the model's instances
+    with torch.no_grad():
+        out = model([torch.rand(3, 64, 64)])[0]
+    assert len(out["masks"]) > 0 and set(out["masks"].unique().tolist()) == {0.0, 1.0}
+
+
 def test_soft_dice_loss_known_values():
     target = torch.tensor([[[0, 1], [0, unet.IGNORE_INDEX]]])
     # Equal logits: p = 1/2 everywhere. Class 1: intersection 1/2, sum p over 3 valid pixels 3/2, 1 true pixel.

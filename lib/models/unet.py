@@ -66,6 +66,7 @@ DEFAULT_CONFIG = {
     "dice_weight": 1.0,
     "min_area": 16,  # smallest component kept, in network pixels
     "max_instances": 100,  # per image, highest scores first
+    "region_masks": False,  # instance masks: the region itself (1 inside) instead of its class probability there
     "return_semantic": True,  # eval output carries "semantic" (C, H, W) probabilities
     "mask_categories": None,  # category ids whose masks train (None = all); see the module docstring
 }
@@ -126,14 +127,17 @@ def semantic_target(
     return torch.where((top == 0) & ignored, torch.full_like(out, ignore_index), out)
 
 
-def instances_from_probs(probs: torch.Tensor, min_area: float = 16, max_instances: int = 100) -> dict:
+def instances_from_probs(probs: torch.Tensor, min_area: float = 16, max_instances: int = 100,
+                         region_masks: bool = False) -> dict:
     """Instances from semantic probabilities ``probs (C, H, W)`` (channel 0 = background).
 
     The pixels are split into 8-connected regions of equal argmax class (``skimage.measure.label``: the
     connected components of ``argmax == c`` for every class ``c > 0`` in one pass); regions smaller than
     ``min_area`` pixels are dropped. Each region is one instance: ``labels`` = c, ``scores`` = mean of
     ``probs[c]`` over the region, ``boxes`` = its bounding box x1y1x2y2 (x2/y2 exclusive),
-    ``masks (N, 1, H, W)`` float32 = ``probs[c]`` inside the region and 0 outside. Sorted by score
+    ``masks (N, 1, H, W)`` float32 = ``probs[c]`` inside the region and 0 outside (``region_masks``: 1 inside:
+    the region is already the argmax decision, so a mask threshold meant for a detector's sigmoid does not cut
+    a region whose class wins with a probability under it; the score still carries the confidence). Sorted by score
     (descending; ties in raster order of the regions), at most ``max_instances``. Tensors are on
     ``probs``' device.
     """
@@ -165,7 +169,8 @@ def instances_from_probs(probs: torch.Tensor, min_area: float = 16, max_instance
         regions_t = torch.from_numpy(regions).to(dev)
         for i, (k, (x1, y1, x2, y2)) in enumerate(zip(ks.tolist(), boxes)):
             inside = regions_t[y1:y2, x1:x2] == k
-            masks[i, 0, y1:y2, x1:x2] = torch.where(inside, probs[int(classes[k]), y1:y2, x1:x2].float(), 0.0)
+            inside_value = 1.0 if region_masks else probs[int(classes[k]), y1:y2, x1:x2].float()
+            masks[i, 0, y1:y2, x1:x2] = torch.where(inside, inside_value, 0.0)
     return {
         "boxes": torch.tensor(boxes, dtype=torch.float32, device=dev).reshape(-1, 4),
         "labels": torch.tensor(classes[ks], dtype=torch.int64, device=dev),
@@ -258,7 +263,7 @@ class UNet(nn.Module):
             lg = F.interpolate(logits[i : i + 1, :, :h, :w], size=(H, W), mode="bilinear", align_corners=False)
             probs = lg.softmax(1)[0]
             min_area = self.config["min_area"] * (H * W) / (h * w)
-            r = instances_from_probs(probs, min_area, int(self.config["max_instances"]))
+            r = instances_from_probs(probs, min_area, int(self.config["max_instances"]), self.config["region_masks"])
             if self.return_semantic:
                 r["semantic"] = probs
             out.append(r)
