@@ -522,6 +522,13 @@ def attribute_prior(train_csv: Path, n_attr: int) -> dict[int, np.ndarray]:
     return {c: counts[c] / totals[c] for c in counts}
 
 
+def _multi_hot(attrs, n_attr: int) -> np.ndarray:
+    """``(n_attr,)`` 0/1 vector of the attribute ids ``attrs``."""
+    v = np.zeros(n_attr)
+    v[list(attrs)] = 1
+    return v
+
+
 def _attr_summary(s: dict) -> dict:
     return {k: _finite(s[k]) if isinstance(s[k], float) else s[k]
             for k in ("micro_f1", "macro_f1", "precision", "recall", "tp", "fp", "fn", "num_instances")}
@@ -538,11 +545,6 @@ def oracle_attributes(run_dir: Path, items: list[dict], train_csv: Path, device:
     from lib.predict import resolve_checkpoint
     from lib import kaggle_data as lkaggle
 
-    def multi_hot(attrs):
-        v = np.zeros(N_ATTRIBUTES)
-        v[list(attrs)] = 1
-        return v
-
     model, _ = load_checkpoint(resolve_checkpoint(run_dir))
     model.to(device).eval()
     gts, scores, prior_scores = [], [], []
@@ -555,7 +557,7 @@ def oracle_attributes(run_dir: Path, items: list[dict], train_csv: Path, device:
         labels = torch.from_numpy(np.asarray(it["categories"])[sel].astype(np.int64) + 1).to(device)
         s = attributes_for_boxes(model, [img], [torch.from_numpy(it["boxes"][sel]).to(device)], [labels])[0]
         scores.append(s.cpu().numpy())
-        gts.append(np.stack([multi_hot(it["attributes"][i]) for i in sel]))
+        gts.append(np.stack([_multi_hot(it["attributes"][i], N_ATTRIBUTES) for i in sel]))
         prior_scores.append(np.stack([prior.get(int(it["categories"][i]), np.zeros(N_ATTRIBUTES)) for i in sel]))
     del model
     if not gts:
@@ -572,12 +574,6 @@ def attributes_report(run_dir: Path, table: pd.DataFrame, items: list[dict], gt_
     from lib.labels import ATTRIBUTE_CATEGORIES, N_ATTRIBUTES, parse_class_id
     from lib.attribute_metric import AttributeEvaluator
 
-    def multi_hot(attrs):
-        v = np.zeros(N_ATTRIBUTES)
-        v[list(attrs)] = 1
-        return v
-
-    summary = _attr_summary
     out = {"run": run_dir.name, "categories": list(ATTRIBUTE_CATEGORIES)}
     # 1. oracle boxes: the head at the ground-truth boxes of attribute categories, against the prior
     out.update(oracle_attributes(run_dir, items, train_csv, device))
@@ -591,11 +587,12 @@ def attributes_report(run_dir: Path, table: pd.DataFrame, items: list[dict], gt_
         rows = table.iloc[by_image[image_id]] if image_id in by_image else table.iloc[:0]
         insts = lpost.postprocess_image(rows, params_on, (512, 512))
         pc = [parse_class_id(cid) for cid, _, _ in insts]
-        ev.add(gmasks, [c for c, _ in parsed], np.stack([multi_hot(a) for _, a in parsed]) if parsed else None,
+        ev.add(gmasks, [c for c, _ in parsed],
+               np.stack([_multi_hot(a, N_ATTRIBUTES) for _, a in parsed]) if parsed else None,
                np.stack([m for _, m, _ in insts]) if insts else np.zeros((0, 512, 512), np.uint8),
                [c for c, _ in pc], [s for _, _, s in insts],
-               np.stack([multi_hot(a) for _, a in pc]) if pc else None)
-    out["pipeline"] = dict(summary(ev.summary()), num_gt=ev.num_gt, num_pred=ev.num_pred)
+               np.stack([_multi_hot(a, N_ATTRIBUTES) for _, a in pc]) if pc else None)
+    out["pipeline"] = dict(_attr_summary(ev.summary()), num_gt=ev.num_gt, num_pred=ev.num_pred)
     on = lscoring.score_table(table, gt_csv, params=params_on, full_class_ids=True, coco=False, per_class=False,
                           images=images, progress=False)
     out["kaggle_attributes_on"] = _finite(on["kaggle"])
@@ -744,14 +741,12 @@ def ablation(cfg: dict, arch: str, flags: list[str], out: Path, jobs, reuse: boo
     model = _ablation_model_flags(cfg, arch)
     runs = {"without": [], "with": list(flags)}
     t0 = time.time()
-    base_flags = list(base)
-
     def argv(name, extra):  # large-scale jitter replaces the mode's --scale-range
         args = train_args(cfg, w, name, cfg[budget])
         if "--lsj" in extra:
             k = args.index("--scale-range")
             args = args[:k] + args[k + 3:]
-        return [py, script, *args, *model, *base_flags, *extra]
+        return [py, script, *args, *model, *base, *extra]
 
     jobs.run([(f"train_{name}", argv(name, extra))
               for name, extra in runs.items()

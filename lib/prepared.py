@@ -251,7 +251,7 @@ def _drop_duplicate_files(rows: dict[str, dict], order: list[str], images: dict)
             continue
         if sha in first:
             problems.append(lkaggle.Problem(str(Path(images[i][1]) / i), 0, i, f"the same image file as "
-                                          f"{first[sha]!r} (identical bytes); prepared once, as {first[sha]!r}"))
+                                            f"{first[sha]!r} (identical bytes); prepared once, as {first[sha]!r}"))
             del rows[i]
         else:
             first[sha] = i
@@ -265,14 +265,14 @@ def _work(task):
         raise  # the output is unwritable: every other image would fail the same way
     except Exception as e:  # never lose the whole run to one image
         return task[2], (None, [lkaggle.Problem(str(Path(task[1]) / task[2]), task[3][0][0] if task[3] else 0,
-                                              task[2], f"unexpected error: {type(e).__name__}: {e}")])
+                                                task[2], f"unexpected error: {type(e).__name__}: {e}")])
 
 
 def _worker_died(task, reason: str):
     """:func:`_work`'s result for an image whose worker process died (killed, crashed): a problem row."""
     row = task[3][0][0] if task[3] else 0
     return task[2], (None, [lkaggle.Problem(str(Path(task[1]) / task[2]), row, task[2],
-                                          f"the worker process preparing this image died ({reason}); image skipped")])
+                                            f"the worker process preparing this image died ({reason}); image skipped")])
 
 
 def _check_image_ids(ids: list[str], images: dict, problems: list) -> list[str]:
@@ -283,10 +283,10 @@ def _check_image_ids(ids: list[str], images: dict, problems: list) -> list[str]:
         csv_path, first_row = source.path, (entries[0][0] if entries else 0)
         if Path(i).name != i or i in (".", ".."):
             problems.append(lkaggle.Problem(str(csv_path), first_row, i,
-                                          "ImageId is not a plain file name (a path); image skipped"))
+                                            "ImageId is not a plain file name (a path); image skipped"))
         elif stem(i) in stems:
             problems.append(lkaggle.Problem(str(csv_path), first_row, i, f"ImageId has the same file stem as "
-                                          f"{stems[stem(i)]!r} (one file each); image skipped"))
+                                            f"{stems[stem(i)]!r} (one file each); image skipped"))
         else:
             stems[stem(i)] = i
             keep.append(i)
@@ -380,38 +380,36 @@ def run(s: PrepareSettings) -> dict:
     Holds the lock of ``out_dir`` (:func:`lib.files.lock_dir`) while it runs; raises ``OutputError`` when the
     prepared set cannot be written (disk full, read-only) and ``ValueError`` when nothing could be prepared.
     """
-    data_dir, long_side, coco = s.data_dir, s.long_side or None, s.coco_sources()
-    csv_path, image_dir, label_file = s.train_csv, s.image_dir, s.labels
-    val_fraction, seed, workers, limit, progress = s.val_fraction, s.seed, s.processes, s.limit, s.progress
-    jpeg_quality, keep_duplicate_files, args = s.jpeg_quality, s.keep_duplicate_files, s.record
     with contextlib.ExitStack() as held:
         t0 = time.time()
         out_dir = Path(s.out_dir)
-        data_dir = Path(data_dir) if data_dir else None
-        csv_path = Path(csv_path) if csv_path else (data_dir / "train.csv" if data_dir else None)
-        image_dir = Path(image_dir) if image_dir else (data_dir / "train" if data_dir else None)
-        label_file = Path(label_file) if label_file else (data_dir / "label_descriptions.json" if data_dir else None)
-        labels, images, problems, sources = _read_inputs(data_dir, out_dir, csv_path, image_dir, label_file, coco)
-        ids = sorted(images)[:limit or None]
+        long_side = s.long_side or None  # 0 keeps the size
+        data_dir = Path(s.data_dir) if s.data_dir else None
+        csv_path = Path(s.train_csv) if s.train_csv else (data_dir / "train.csv" if data_dir else None)
+        image_dir = Path(s.image_dir) if s.image_dir else (data_dir / "train" if data_dir else None)
+        label_file = Path(s.labels) if s.labels else (data_dir / "label_descriptions.json" if data_dir else None)
+        labels, images, problems, sources = _read_inputs(data_dir, out_dir, csv_path, image_dir, label_file,
+                                                         s.coco_sources())
+        ids = sorted(images)[:s.limit or None]
         selected = len(ids)
         ids = _check_image_ids(ids, images, problems)
         _claim_out_dir(out_dir, held)
-        rows, image_problems, todo = _finished_images(out_dir, ids, record_settings(long_side, jpeg_quality))
+        rows, image_problems, todo = _finished_images(out_dir, ids, record_settings(long_side, s.jpeg_quality))
         todo = [(*images[i][:2], i, images[i][2], str(out_dir), long_side, labels.num_categories,
-                 labels.num_attributes, jpeg_quality) for i in todo]
-        with lworkers.process_map(_work, todo, min(workers or os.cpu_count() or 1, len(todo)), ordered=False,
-                             chunksize=4, on_crash=_worker_died) as results:
+                 labels.num_attributes, s.jpeg_quality) for i in todo]
+        with lworkers.process_map(_work, todo, min(s.processes or os.cpu_count() or 1, len(todo)), ordered=False,
+                                  chunksize=4, on_crash=_worker_died) as results:
             for image_id, (row, probs) in tqdm(results, total=len(todo), desc="01 prepare", unit="img",
-                                               disable=not progress):
+                                               disable=not s.progress):
                 image_problems[image_id] = probs
                 if row is not None:
                     rows[image_id] = row
         # Problems in ImageId order, so the report depends neither on worker scheduling nor on an earlier run.
         problems = problems + [q for i in sorted(image_problems) for q in image_problems[i]]
-        if not keep_duplicate_files:
+        if not s.keep_duplicate_files:
             kept = set(ids)
             problems += _drop_duplicate_files(rows, [i for i in images if i in kept], images)
-        index = _write_tables(out_dir, rows, problems, val_fraction, seed)
+        index = _write_tables(out_dir, rows, problems, s.val_fraction, s.seed)
         if not rows:
             raise ValueError(f"none of the {selected} images could be prepared ({len(problems)} problems): "
                              f"see {out_dir / 'problems.csv'}")
@@ -419,10 +417,10 @@ def run(s: PrepareSettings) -> dict:
             "stage": STAGE, "format_version": FORMAT_VERSION, "data_dir": str(data_dir) if data_dir else None,
             "out_dir": str(out_dir), "train_csv": str(csv_path) if csv_path else None,
             "image_dir": str(image_dir) if image_dir else None, "label_file": str(label_file) if label_file else None,
-            "long_side": long_side, "seed": seed, "val_fraction": val_fraction, "labels": labels.to_json(),
+            "long_side": long_side, "seed": s.seed, "val_fraction": s.val_fraction, "labels": labels.to_json(),
             "num_images_in_csv": sources[0]["num_images"] if csv_path else 0, "num_images_selected": selected,
             "num_images": len(rows), "num_images_skipped": selected - len(rows), "num_problems": len(problems),
-            **_index_summary(index, labels), "seconds": round(time.time() - t0, 2), "args": args or {},
+            **_index_summary(index, labels), "seconds": round(time.time() - t0, 2), "args": s.record or {},
         }
         meta["sources"] = sources
         lfiles.atomic_write_json(out_dir / "meta.json", meta)
@@ -460,7 +458,7 @@ def _read_inputs(data_dir: Path | None, out_dir: Path, csv_path: Path | None, im
         for i in src.images:
             if i in images:
                 problems.append(lkaggle.Problem(str(src.path), 0, i, f"ImageId also in {images[i][0].path}; prepared "
-                                              f"once, from there"))
+                                                f"once, from there"))
             else:
                 images[i] = (src.for_image(i), str(src.image_dir), None)
     if not images:
