@@ -201,7 +201,7 @@ def measure_arch(arch: str, cfg: dict, paths: list[Path], device, dtype, views, 
 
     def predict():
         results[:] = ltta.predict_batch(model, images, orig, views, mask_size=512, score_floor=0.0,
-                                            dtype=dtype)
+                                        dtype=dtype)
 
     row["predict_img_s"] = len(images) / bc.time_calls(predict, device, steps, warm)
     row["instances_per_image"] = float(np.mean([len(r["scores"]) for r in results]))

@@ -638,8 +638,8 @@ def _restore(run: Run) -> None:
     if run.main:
         _drop_records_after(run.path("metrics.jsonl"), run.counters.global_step)  # logged after it: redone
         lfiles.append_jsonl(run.path("metrics.jsonl"), {"kind": "resume", "from": ck["path"], "epoch": run.start_epoch,
-                                                     "iter_in_epoch": run.start_iter,
-                                                     "step": run.counters.global_step})
+                                                        "iter_in_epoch": run.start_iter,
+                                                        "step": run.counters.global_step})
         if run.path("val_scores.json").exists():
             run.val_history = [h for h in lfiles.read_json(run.path("val_scores.json")).get("history", [])
                                if h.get("epoch", 0) <= run.start_epoch]  # later epochs are redone

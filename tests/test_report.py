@@ -83,7 +83,7 @@ def test_write_report(tmp_path):
                 {"kind": "epoch", "epoch": 2, "step": 20, "val_kaggle": 0.375}):
         lfiles.append_jsonl(train / "metrics.jsonl", rec)
     lfiles.atomic_write_json(train / "val_scores.json", {"best": {"epoch": 2, "kaggle": 0.25, "coco": {"AP": 0.1}},
-                                                      "latest": {"epoch": 3, "kaggle": 0.2, "coco": {"AP": 0.1}}})
+                                                         "latest": {"epoch": 3, "kaggle": 0.2, "coco": {"AP": 0.1}}})
     scores = {"a": {"kaggle": 0.5, "AP": 0.3, "AP50": 0.6, "AP75": 0.2, "num_images": 3,
                     "per_class": {"10": 1.0, "31": 0.0}}}
     index = write_report(tmp_path / "sub" / "report", data, tables, {"score_thresh": 0.2}, data / "gt.csv",
@@ -117,7 +117,7 @@ def test_write_report(tmp_path):
 def test_train_dirs_from_predictions(tmp_path):
     (tmp_path / "unet").mkdir()
     lfiles.atomic_write_json(tmp_path / "pred" / "meta.json",
-                          {"models": [{"name": "u", "checkpoint": str(tmp_path / "unet" / "best.pth")},
-                                      {"name": "gone", "checkpoint": str(tmp_path / "nope" / "best.pth")}]})
+                             {"models": [{"name": "u", "checkpoint": str(tmp_path / "unet" / "best.pth")},
+                                         {"name": "gone", "checkpoint": str(tmp_path / "nope" / "best.pth")}]})
     assert train_dirs_from_predictions([tmp_path / "pred"]) == {"u": tmp_path / "unet"}
     assert train_dirs_from_predictions([tmp_path / "pred" / "predictions.parquet"]) == {"u": tmp_path / "unet"}

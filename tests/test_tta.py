@@ -150,7 +150,7 @@ def test_tta_fusion_on_cuda_matches_the_cpu():
     views = _random_views(np.random.default_rng(0), 3, (24, 32), n_attr=4)
     cpu = ltta._fuse_views(views, (48, 96), (24, 32), iou_thr=0.4, score_floor=0.1)
     gpu = ltta._fuse_views([{**v, "masks": v["masks"].cuda()} for v in views], (48, 96), (24, 32),
-                               iou_thr=0.4, score_floor=0.1)
+                           iou_thr=0.4, score_floor=0.1)
     np.testing.assert_array_equal(gpu["categories"], cpu["categories"])
     assert np.abs(gpu["masks"].astype(int) - cpu["masks"]).max(initial=0) <= 1
     np.testing.assert_allclose(gpu["boxes"], cpu["boxes"])
@@ -167,7 +167,7 @@ def test_flip_tta_maps_the_flipped_view_back():
     # A model that always marks the left quarter: on the mirrored image that is the right quarter of the original.
     model = FakeModel([(0.0, 0.0, 0.25, 1.0)], [0.6], [1])
     res = ltta.predict_batch(model, [_image(40, 80)], [(40, 80)], ltta.tta_views([1.0], True),
-                                 mask_size=0, score_floor=0.0)[0]
+                             mask_size=0, score_floor=0.0)[0]
     assert res["masks"].shape == (2, 40, 80)
     np.testing.assert_allclose(res["scores"], [0.3, 0.3], rtol=1e-6)  # each found by one of two views
     fg = res["masks"] > 0
@@ -262,7 +262,7 @@ def test_predicted_masks_land_in_the_original_frame(synthetic_data_dir, long_sid
         else:
             assert [tuple(im.shape[-2:]) for im in imgs] == orig
         res = ltta.predict_batch(model, [im.float() / 255 for im in imgs], orig, mask_size=mask_size,
-                                     score_floor=0)
+                                 score_floor=0)
         for p, r, o in zip(positions, res, orig):
             rows += ltta.result_rows(frame.at[p, "image_id"], "oracle", r, o)
     table = lpred.make_table(rows)
@@ -287,7 +287,7 @@ def test_bf16_autocast_prediction_matches_fp32(arch):
     with torch.no_grad():
         ref = ltta.predict_batch(model, images, [(180, 240)], views, mask_size=64, score_floor=0.0)[0]
         got = ltta.predict_batch(model, images, [(180, 240)], views, mask_size=64, score_floor=0.0,
-                                     dtype=torch.bfloat16)[0]
+                                 dtype=torch.bfloat16)[0]
     n = len(got["scores"])
     assert n > 0 and got["masks"].shape == (n, 64, 64) and got["masks"].dtype == np.uint8
     assert got["scores"].dtype == np.float32 and np.isfinite(got["scores"]).all()

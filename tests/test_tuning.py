@@ -205,10 +205,10 @@ def test_tune_drops_categories_that_only_add_false_positives(tmp_path):
     assert results[-1]["kaggle"] > results[0]["kaggle"]
     assert lpost.load_params(tmp_path / "params.json").drop_categories == (7,)
     # the shortcut score equals scoring the table with those categories dropped
-    assert results[-1]["kaggle"] == pytest.approx(lscoring.score_table(t, gt, best, mask_size=S, coco=False,
-                                                                   progress=False)["kaggle"])
-    assert results[0]["kaggle"] == pytest.approx(lscoring.score_table(t, gt, lpost.Params(score_thresh=0.5),
-                                                                  mask_size=S, coco=False, progress=False)["kaggle"])
+    assert results[-1]["kaggle"] == pytest.approx(lscoring.score_table(
+        t, gt, best, mask_size=S, coco=False, progress=False)["kaggle"])
+    assert results[0]["kaggle"] == pytest.approx(lscoring.score_table(
+        t, gt, lpost.Params(score_thresh=0.5), mask_size=S, coco=False, progress=False)["kaggle"])
     no_drop, res = tune_postprocess(ts, Combination.default(["m"]), grid)  # off by default
     assert no_drop.drop_categories == () and len(res) == 1
 

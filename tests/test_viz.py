@@ -11,7 +11,7 @@ from lib.viz import learning_curve, plot_curves, plot_learning_curves
 def _log(path, n_steps=12, with_val=True):
     for s in range(1, n_steps + 1):
         lfiles.append_jsonl(path, {"kind": "train", "epoch": 1 + (s - 1) // 4, "step": s, "loss": 3.0 / s,
-                                "loss_mask": 1.0 / s, "loss_classifier": 2.0 / s, "lr": 1e-3 * min(1, s / 4)})
+                                   "loss_mask": 1.0 / s, "loss_classifier": 2.0 / s, "lr": 1e-3 * min(1, s / 4)})
         if s % 4 == 0:
             rec = {"kind": "epoch", "epoch": s // 4, "step": s, "train_loss": 3.0 / s}
             if with_val:

@@ -60,7 +60,7 @@ def test_process_map_never_hangs_on_a_dying_worker(sig, ordered, no_hang):
 
     tasks = [(x, getattr(signal, sig)) for x in range(10)]
     with lworkers.process_map(_die_on_3, tasks, 2, ordered=ordered,
-                         on_crash=lambda task, reason: f"task {task[0]}: {reason}") as it:
+                              on_crash=lambda task, reason: f"task {task[0]}: {reason}") as it:
         got = list(it)
     crashed = [g for g in got if isinstance(g, str)]
     assert len(crashed) == 1 and crashed[0].startswith(f"task 3: killed by {sig} (")
@@ -69,7 +69,7 @@ def test_process_map_never_hangs_on_a_dying_worker(sig, ordered, no_hang):
     assert not ordered or got.index(crashed[0]) == 3
     with pytest.raises(lworkers.WorkerDiedError, match=rf"a worker process died on task three: killed by {sig}"):
         with lworkers.process_map(_die_on_3, tasks, 2, ordered=ordered,
-                             name=lambda t: "task three" if t[0] == 3 else str(t)) as it:
+                                  name=lambda t: "task three" if t[0] == 3 else str(t)) as it:
             list(it)
 
 

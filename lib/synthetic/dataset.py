@@ -74,14 +74,14 @@ def _write_annotations(out: Path, rows: dict, params: dict, edition: str, coco: 
     if coco:
         for split in ("train", "test"):
             lfiles.atomic_write_json(out / f"instances_{split}.json", coco_json(sorted(rows[split], key=lambda r: r[0])),
-                                  indent=None)
+                                     indent=None)
     test_ids = sorted(image_id_for(params["seed"], "test", i) for i in range(params["n_test"]))
     if edition == "2020":
         lfiles.atomic_write_text(out / "sample_submission.csv", _csv_text("ImageId,EncodedPixels,ClassId,AttributesIds",
-                                                                       [(t, "1 1", "0", "") for t in test_ids]))
+                                                                          [(t, "1 1", "0", "") for t in test_ids]))
     else:
         lfiles.atomic_write_text(out / "sample_submission.csv",
-                              _csv_text("ImageId,EncodedPixels,ClassId", [(t, "1 1", "0") for t in test_ids]))
+                                 _csv_text("ImageId,EncodedPixels,ClassId", [(t, "1 1", "0") for t in test_ids]))
 
 
 def _csv_text(header: str, rows) -> str:
