@@ -42,8 +42,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-instances", type=int, default=None, help="instances per image at inference")
     g.add_argument("--region-masks", action=argparse.BooleanOptionalAction, default=None,
                    help="an instance's mask is its region (1 inside) rather than its class probability there, which "
-                        "06's --mask-thresh would cut where the class wins with a lower probability (default: off; "
-                        "bench/RESULTS.md measures it)")
+                        "06's --mask-thresh would cut where the class wins with a lower probability (default: on; "
+                        "--no-region-masks: the class probability; bench/RESULTS.md measures both)")
     return p
 
 

@@ -631,7 +631,7 @@ def test_instances_from_probs_splits_components():
     probs[1, 7, 0] = 0.7  # a 1 px speck of class 1
     probs[2, 0, 9] = 0.95  # 1 px of class 2
     probs[0] = 1 - probs[1] - probs[2]
-    r = unet.instances_from_probs(probs, min_area=2, max_instances=10)
+    r = unet.instances_from_probs(probs, min_area=2, max_instances=10, region_masks=False)
     assert r["labels"].tolist() == [1, 1]
     torch.testing.assert_close(r["scores"], torch.tensor([0.8, 0.6]))
     assert r["boxes"].tolist() == [[1, 1, 4, 3], [6, 5, 10, 7]]
@@ -660,8 +660,8 @@ def test_region_masks_are_the_regions_themselves():
     probs[0, 1:4, 1:4] = 0.3
     probs[2, 1:4, 1:4] = 0.3
     probs[0, :, :] = torch.where(probs[1] == 0.4, probs[0], torch.tensor(0.4))
-    soft = unet.instances_from_probs(probs, min_area=1, max_instances=5)
-    hard = unet.instances_from_probs(probs, min_area=1, max_instances=5, region_masks=True)
+    soft = unet.instances_from_probs(probs, min_area=1, max_instances=5, region_masks=False)
+    hard = unet.instances_from_probs(probs, min_area=1, max_instances=5)  # the default
     assert soft["labels"].tolist() == hard["labels"].tolist() == [1]
     torch.testing.assert_close(soft["scores"], hard["scores"])
     assert soft["boxes"].tolist() == hard["boxes"].tolist() == [[1, 1, 4, 4]]
@@ -669,7 +669,12 @@ def test_region_masks_are_the_regions_themselves():
     expected = torch.zeros(6, 6)
     expected[1:4, 1:4] = 1.0
     torch.testing.assert_close(hard["masks"][0, 0], expected)
-    model = build("unet", region_masks=True).eval()  # the config key reaches the model's instances
+    assert models.default_config("unet")["region_masks"] is True
+    model = build("unet", region_masks=False).eval()  # the config key reaches the model's instances
+    with torch.no_grad():
+        out = model([torch.rand(3, 64, 64)])[0]
+    assert len(out["masks"]) > 0 and len(out["masks"].unique()) > 2  # the class probabilities
+    model = build("unet", region_masks=True).eval()
     with torch.no_grad():
         out = model([torch.rand(3, 64, 64)])[0]
     assert len(out["masks"]) > 0 and set(out["masks"].unique().tolist()) == {0.0, 1.0}

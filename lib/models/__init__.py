@@ -33,7 +33,8 @@ does); building never downloads: :mod:`lib.weights` loads weight files into a bu
 Mask R-CNN and DeepMAC: ``attr_head (False), num_attributes (92), attr_hidden (256), attr_loss_weight (1.0),
 attr_prior (False)``
 (lib/models/maskrcnn.py); with ``attr_head`` False the model and its state dict are those without the head,
-so configs saved before these keys existed build the same model.
+so configs saved before these keys existed build the same model. One default changed since: the U-Net's
+``region_masks`` (True now); a U-Net saved before that key existed gives region masks too (bench/RESULTS.md).
 """
 from __future__ import annotations
 

@@ -24,7 +24,9 @@ puts the long side at 512; in training times a random factor from ``train_scale_
 :class:`lib.models.common.ScaleJitterTransform`), pads to a multiple of ``2 ** encoder_depth`` and batches. Training
 targets are built at the input size and resized with the same nearest sampling; padding is ignored by the losses.
 Eval: logits are cropped to each image, resized bilinearly to the input size, softmaxed, and turned into
-instances by :func:`instances_from_probs` (``min_area`` is in network pixels and scaled to the input size).
+instances by :func:`instances_from_probs` (``min_area`` is in network pixels and scaled to the input size); each
+instance's mask is its region (config ``region_masks``, on by default: bench/RESULTS.md measures it against the
+class probability as the mask).
 
 forward(images, targets=None): images a list of ``(3, H, W)`` float in 0..1; targets ``masks (N, H, W)``
 uint8 and ``labels (N,)`` int64 = category + 1 (``boxes`` unused), N may be 0. Training returns
@@ -66,7 +68,7 @@ DEFAULT_CONFIG = {
     "dice_weight": 1.0,
     "min_area": 16,  # smallest component kept, in network pixels
     "max_instances": 100,  # per image, highest scores first
-    "region_masks": False,  # instance masks: the region itself (1 inside) instead of its class probability there
+    "region_masks": True,  # instance masks: the region itself (1 inside) instead of its class probability there
     "return_semantic": True,  # eval output carries "semantic" (C, H, W) probabilities
     "mask_categories": None,  # category ids whose masks train (None = all); see the module docstring
 }
@@ -128,7 +130,7 @@ def semantic_target(
 
 
 def instances_from_probs(probs: torch.Tensor, min_area: float = 16, max_instances: int = 100,
-                         region_masks: bool = False) -> dict:
+                         region_masks: bool = True) -> dict:
     """Instances from semantic probabilities ``probs (C, H, W)`` (channel 0 = background).
 
     The pixels are split into 8-connected regions of equal argmax class (``skimage.measure.label``: the
