@@ -462,10 +462,11 @@ def group_iou_stats(ious: np.ndarray, cats: np.ndarray) -> dict:
     return out
 
 
-def oracle_masks(run_dirs: dict[str, Path], items: list[dict], device: torch.device) -> dict:
+def oracle_masks(run_dirs: dict[str, Path], items: list[dict], device: torch.device, init: bool = True) -> dict:
     """Mask IoU of each model's mask branch at the ground-truth boxes (prob >= 0.5), per group, of the
-    trained model and (``init``) of the same config freshly initialised with the run's seed (where the
-    training started); and ``box_fill``: the box itself as the mask (IoU = mask area / box area)."""
+    trained model (``run_dirs``: name -> training out-dir or checkpoint file) and, with ``init``, of the same
+    config freshly initialised with the run's seed (where the training started); and ``box_fill``: the box
+    itself as the mask (IoU = mask area / box area)."""
     from lib import models as lmodels
     from lib.checkpoint import load_checkpoint
     from lib.runtime import seed_everything
@@ -502,8 +503,9 @@ def oracle_masks(run_dirs: dict[str, Path], items: list[dict], device: torch.dev
     for name, d in run_dirs.items():
         model, ckpt = load_checkpoint(resolve_checkpoint(d))
         out[name] = stats(model)
-        seed_everything(int((ckpt.get("args") or {}).get("seed", 0)))  # as lib.engine.start_run does
-        out[name]["init"] = stats(lmodels.build_model(ckpt["config"]))
+        if init:
+            seed_everything(int((ckpt.get("args") or {}).get("seed", 0)))  # as lib.engine.start_run does
+            out[name]["init"] = stats(lmodels.build_model(ckpt["config"]))
         del model
     return out
 
@@ -717,6 +719,21 @@ def _ablation_model_flags(cfg: dict, arch: str) -> list:
     return {"maskrcnn": cfg["det"], "deepmac": [*cfg["det"], *cfg["deepmac"]], "unet": cfg["unet"]}[arch]
 
 
+def train_and_test_data(cfg: dict, out: Path, jobs, reuse: bool) -> dict | None:
+    """The train and test seeds' images under ``out/data`` and the train seed's prepared set under
+    ``out/work/prepared`` (01), as an ablation or the claim curve uses them; what exists is kept with ``reuse``.
+    Returns :func:`make_data`'s summary, or None when the images were kept."""
+    data, w = out / "data", out / "work"
+    summary = None
+    if not (reuse and (data / "test" / "test_ground_truth.csv").is_file()):
+        summary = make_data(cfg, data, sets=("train", "test"))
+    if not (reuse and (w / "prepared" / "meta.json").is_file()):
+        jobs.run([("01_prepared", [sys.executable, "01_prepare_data.py", "--data-dir", data / "train", "--out-dir",
+                                   w / "prepared", "--long-side", str(cfg["long_side"]), "--processes",
+                                   str(cfg["prepare_workers"]), "--no-progress"])])
+    return summary
+
+
 def ablation(cfg: dict, arch: str, flags: list[str], out: Path, jobs, reuse: bool, base=()) -> dict:
     """One recipe feature measured: ``arch`` trained without and with the training ``flags`` (e.g.
     ``--ema-decay 0.99``) on the train seed's images, the same steps, two runs side by side; both predicted on the
@@ -730,12 +747,7 @@ def ablation(cfg: dict, arch: str, flags: list[str], out: Path, jobs, reuse: boo
     data, w, py = out / "data", out / "work", sys.executable
     rep: dict = {"arch": arch, "flags": flags, "base": list(base), "timings": {}}
     t0 = time.time()
-    if not (reuse and (data / "test" / "test_ground_truth.csv").is_file()):
-        rep["data"] = make_data(cfg, data, sets=("train", "test"))
-    if not (reuse and (w / "prepared" / "meta.json").is_file()):
-        jobs.run([("01_prepared", [py, "01_prepare_data.py", "--data-dir", data / "train", "--out-dir",
-                                   w / "prepared", "--long-side", str(cfg["long_side"]), "--processes",
-                                   str(cfg["prepare_workers"]), "--no-progress"])])
+    rep["data"] = train_and_test_data(cfg, out, jobs, reuse)
     rep["timings"]["data"] = round(time.time() - t0, 1)
     script, budget = ABLATION_ARCHS[arch]
     model = _ablation_model_flags(cfg, arch)
@@ -785,6 +797,62 @@ def ablation(cfg: dict, arch: str, flags: list[str], out: Path, jobs, reuse: boo
     a, b = rep["scores"]["without"]["all"], rep["scores"]["with"]["all"]
     rep["delta"] = {k: (None if a[k] is None or b[k] is None else b[k] - a[k]) for k in a}
     return rep
+
+
+# --------------------------------------------------------------------------------------------- claim curve
+def claim_curve(cfg: dict, group: str, epochs: int, out: Path, jobs, reuse: bool, device: torch.device) -> dict:
+    """DeepMAC's claim against steps: the class-agnostic Mask R-CNN head (the paper's baseline) and DeepMAC,
+    trained with the masks of ``group`` only for ``epochs`` epochs of the mode's claim budget (the full
+    benchmark's claim runs are its first epochs, but with the schedule's cosine over ``epochs``), every epoch's
+    weights kept (``--keep-epochs``); at step 0 (the run's seeded init) and every kept epoch, the mask branch at
+    the held-out group's ground-truth boxes of the test seed (:func:`oracle_masks`): mean IoU and share at
+    IoU >= 0.5, against the box itself as the mask."""
+    data, w, py = out / "data", out / "work", sys.executable
+    held = [g for g in GROUPS if g != group][0]
+    rep: dict = {"train_group": group, "held_out_group": held, "timings": {}}
+    t0 = time.time()
+    train_and_test_data(cfg, out, jobs, reuse)
+    rep["timings"]["data"] = round(time.time() - t0, 1)
+    budget = dict(cfg["claim_budget"], epochs=epochs, val_every=epochs)
+    runs = {"agnostic": (f"maskrcnn_agnostic_{group}", [py, "03_train_maskrcnn.py", "--class-agnostic-masks"]),
+            "deepmac": (f"deepmac_{group}", [py, "04_train_deepmac.py", *cfg["deepmac"]])}
+    t0 = time.time()
+    jobs.run([(f"train_{name}", [*cmd, *train_args(cfg, w, name, budget), *cfg["det"], "--mask-categories", group,
+                                 "--keep-epochs", *(str(e) for e in range(1, epochs + 1))])
+              for name, cmd in runs.values()
+              if not (reuse and (w / name / "meta.json").is_file()
+                      and json.loads((w / name / "meta.json").read_text()).get("status") == "done")])
+    rep["timings"]["train"] = round(time.time() - t0, 1)
+    t0 = time.time()
+    items = load_test_instances(data / "test" / "test_ground_truth.csv", data / "test" / "test")
+    first = oracle_masks({key: w / name for key, (name, _) in runs.items()}, items, device)
+    rep["box_fill"] = first["box_fill"][held]
+    steps = budget["steps"]
+    rep["curve"] = {key: [{"step": 0, **first[key]["init"][held]}] for key in runs}
+    for e in range(1, epochs + 1):
+        at = oracle_masks({key: w / name / f"model_{e}.pth" for key, (name, _) in runs.items()}, items, device,
+                          init=False)
+        for key in runs:
+            rep["curve"][key].append({"step": e * steps, **at[key][held]})
+    rep["timings"]["oracle"] = round(time.time() - t0, 1)
+    return rep
+
+
+def claim_curve_markdown(rep: dict) -> str:
+    """The claim curve as one table: step, then mean IoU / share >= 0.5 of each head; box fill last."""
+    def f(x):
+        return "-" if x is None else f"{x:.3f}"
+
+    lines = [f"### DeepMAC's claim against steps: masks of {rep['train_group']} only, oracle boxes of the held-out "
+             f"{rep['held_out_group']} ({rep['box_fill']['n']} test instances)", "",
+             "| step | class-agnostic Mask R-CNN mean IoU | IoU >= 0.5 | DeepMAC mean IoU | IoU >= 0.5 |",
+             "|---|---|---|---|---|"]
+    for a, d in zip(rep["curve"]["agnostic"], rep["curve"]["deepmac"]):
+        lines.append(f"| {a['step']} | {f(a['mean_iou'])} | {f(a['iou50'])} | {f(d['mean_iou'])} | {f(d['iou50'])} |")
+    b = rep["box_fill"]
+    lines += [f"| box fill | {f(b['mean_iou'])} | {f(b['iou50'])} | {f(b['mean_iou'])} | {f(b['iou50'])} |", "",
+              f"{sum(rep['timings'].values()):.0f} s ({rep['timings']})."]
+    return "\n".join(lines)
 
 
 def ablation_markdown(rep: dict) -> str:
@@ -843,6 +911,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="training flags both runs of an --ablation get, quoted (e.g. --ablation-base "
                         "'--attr-head --no-attr-prior' --ablation '--attr-prior'); with --attr-head the attribute "
                         "F1 at the test seed's ground-truth boxes is measured too")
+    p.add_argument("--claim-curve", type=int, default=0, metavar="EPOCHS",
+                   help="measure DeepMAC's claim against steps instead: the class-agnostic Mask R-CNN and DeepMAC "
+                        "claim runs trained EPOCHS epochs of the mode's claim budget, the held-out group's oracle-box "
+                        "mask IoU at every epoch (--cpu: 50 steps an epoch)")
     p.add_argument("--reuse", action="store_true",
                    help="keep finished data, prepared sets, trainings and predictions under --out (default: fresh runs)")
     return p
@@ -854,7 +926,8 @@ def main(args) -> dict:
     if args.lanes:
         cfg["lanes"] = args.lanes
     device = bc.pick_device(mode != "gpu")
-    out = Path(args.out or f"work/bench_{'ablation' if args.ablation else 'quality'}{'' if mode == 'gpu' else '_' + mode}")
+    kind = "ablation" if args.ablation else "claim_curve" if args.claim_curve else "quality"
+    out = Path(args.out or f"work/bench_{kind}{'' if mode == 'gpu' else '_' + mode}")
     data, w = out / "data", out / "work"
     w.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", PYTHONPATH=str(REPO))
@@ -870,6 +943,15 @@ def main(args) -> dict:
         bc.write_json(out / "ablation.json", rep)
         md = ablation_markdown(rep["ablation"])
         (out / "ablation.md").write_text(md + "\n")
+        print(md)
+        return rep
+    if args.claim_curve:
+        rep = {"mode": mode, "env": bc.env_info(device), "config": dict(cfg), "out": str(out),
+               "claim_curve": claim_curve(cfg, args.claim_group, args.claim_curve, out, jobs, args.reuse, device),
+               "commands": jobs.commands, "jobs": jobs.results}
+        bc.write_json(out / "claim_curve.json", rep)
+        md = claim_curve_markdown(rep["claim_curve"])
+        (out / "claim_curve.md").write_text(md + "\n")
         print(md)
         return rep
     held = [g for g in GROUPS if g != args.claim_group][0]
