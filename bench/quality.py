@@ -800,22 +800,25 @@ def ablation(cfg: dict, arch: str, flags: list[str], out: Path, jobs, reuse: boo
 
 
 # --------------------------------------------------------------------------------------------- claim curve
-def claim_curve(cfg: dict, group: str, epochs: int, out: Path, jobs, reuse: bool, device: torch.device) -> dict:
+def claim_curve(cfg: dict, group: str, epochs: int, out: Path, jobs, reuse: bool, device: torch.device,
+                deepmac_flags: list[str] | None = None) -> dict:
     """DeepMAC's claim against steps: the class-agnostic Mask R-CNN head (the paper's baseline) and DeepMAC,
     trained with the masks of ``group`` only for ``epochs`` epochs of the mode's claim budget (the full
     benchmark's claim runs are its first epochs, but with the schedule's cosine over ``epochs``), every epoch's
     weights kept (``--keep-epochs``); at step 0 (the run's seeded init) and every kept epoch, the mask branch at
     the held-out group's ground-truth boxes of the test seed (:func:`oracle_masks`): mean IoU and share at
-    IoU >= 0.5, against the box itself as the mask."""
+    IoU >= 0.5, against the box itself as the mask. ``deepmac_flags``: DeepMAC's head flags instead of the
+    mode's (e.g. the default head's crop and depth)."""
     data, w, py = out / "data", out / "work", sys.executable
     held = [g for g in GROUPS if g != group][0]
-    rep: dict = {"train_group": group, "held_out_group": held, "timings": {}}
+    head = list(cfg["deepmac"] if deepmac_flags is None else deepmac_flags)
+    rep: dict = {"train_group": group, "held_out_group": held, "deepmac_flags": head, "timings": {}}
     t0 = time.time()
     train_and_test_data(cfg, out, jobs, reuse)
     rep["timings"]["data"] = round(time.time() - t0, 1)
     budget = dict(cfg["claim_budget"], epochs=epochs, val_every=epochs)
     runs = {"agnostic": (f"maskrcnn_agnostic_{group}", [py, "03_train_maskrcnn.py", "--class-agnostic-masks"]),
-            "deepmac": (f"deepmac_{group}", [py, "04_train_deepmac.py", *cfg["deepmac"]])}
+            "deepmac": (f"deepmac_{group}", [py, "04_train_deepmac.py", *head])}
     t0 = time.time()
     jobs.run([(f"train_{name}", [*cmd, *train_args(cfg, w, name, budget), *cfg["det"], "--mask-categories", group,
                                  "--keep-epochs", *(str(e) for e in range(1, epochs + 1))])
@@ -844,7 +847,8 @@ def claim_curve_markdown(rep: dict) -> str:
         return "-" if x is None else f"{x:.3f}"
 
     lines = [f"### DeepMAC's claim against steps: masks of {rep['train_group']} only, oracle boxes of the held-out "
-             f"{rep['held_out_group']} ({rep['box_fill']['n']} test instances)", "",
+             f"{rep['held_out_group']} ({rep['box_fill']['n']} test instances); DeepMAC `{' '.join(rep['deepmac_flags'])}`",
+             "",
              "| step | class-agnostic Mask R-CNN mean IoU | IoU >= 0.5 | DeepMAC mean IoU | IoU >= 0.5 |",
              "|---|---|---|---|---|"]
     for a, d in zip(rep["curve"]["agnostic"], rep["curve"]["deepmac"]):
@@ -915,6 +919,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="measure DeepMAC's claim against steps instead: the class-agnostic Mask R-CNN and DeepMAC "
                         "claim runs trained EPOCHS epochs of the mode's claim budget, the held-out group's oracle-box "
                         "mask IoU at every epoch (--cpu: 50 steps an epoch)")
+    p.add_argument("--claim-deepmac", default=None, metavar="'FLAGS'",
+                   help="with --claim-curve: DeepMAC's head flags instead of the mode's, quoted (e.g. "
+                        "--claim-deepmac '--mask-roi-size 32 --mask-head-depth 3')")
     p.add_argument("--reuse", action="store_true",
                    help="keep finished data, prepared sets, trainings and predictions under --out (default: fresh runs)")
     return p
@@ -947,7 +954,8 @@ def main(args) -> dict:
         return rep
     if args.claim_curve:
         rep = {"mode": mode, "env": bc.env_info(device), "config": dict(cfg), "out": str(out),
-               "claim_curve": claim_curve(cfg, args.claim_group, args.claim_curve, out, jobs, args.reuse, device),
+               "claim_curve": claim_curve(cfg, args.claim_group, args.claim_curve, out, jobs, args.reuse, device,
+                                          None if args.claim_deepmac is None else shlex.split(args.claim_deepmac)),
                "commands": jobs.commands, "jobs": jobs.results}
         bc.write_json(out / "claim_curve.json", rep)
         md = claim_curve_markdown(rep["claim_curve"])

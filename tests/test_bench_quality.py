@@ -165,7 +165,8 @@ def test_claim_curve_scores_the_held_out_group_at_every_kept_epoch(tmp_path):
     """--claim-curve: the class-agnostic Mask R-CNN and DeepMAC claim runs keep every epoch's weights; the curve
     has step 0 (the seeded init) and one point per epoch for each, the held-out group's box fill beside them."""
     rep = quality.main(quality.get_args_parser().parse_args(
-        ["--tiny", "--claim-curve", "2", "--out", str(tmp_path)]))["claim_curve"]
+        ["--tiny", "--claim-curve", "2", "--claim-deepmac=--mask-roi-size 8 --mask-head-depth 1 --mask-head-width 8 "
+         "--mask-head-stacks 1", "--out", str(tmp_path)]))["claim_curve"]
     assert (rep["train_group"], rep["held_out_group"]) == ("garments", "parts")
     steps = quality.MODES["tiny"]["claim_budget"]["steps"]
     for key, run in (("agnostic", "maskrcnn_agnostic_garments"), ("deepmac", "deepmac_garments")):
@@ -173,6 +174,8 @@ def test_claim_curve_scores_the_held_out_group_at_every_kept_epoch(tmp_path):
         assert all(p["n"] == rep["box_fill"]["n"] > 0 and 0 <= p["mean_iou"] <= 1 for p in rep["curve"][key])
         ck = torch.load(tmp_path / "work" / run / "model_2.pth", weights_only=True)
         assert ck["config"]["mask_categories"] == sorted(CATEGORY_GROUPS["garments"])
+    assert torch.load(tmp_path / "work" / "deepmac_garments" / "model_1.pth",
+                      weights_only=True)["config"]["mask_head_width"] == 8  # --claim-deepmac's head
     assert rep["box_fill"]["mean_iou"] > 0
     md = (tmp_path / "claim_curve.md").read_text()
     assert md.startswith("### DeepMAC's claim against steps") and md.count("\n| ") == 5  # header, 3 steps, box fill
