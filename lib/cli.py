@@ -294,8 +294,6 @@ def add_detector_args(parser: argparse.ArgumentParser, deepmac: bool = False) ->
                    help="add the multi-label attribute head (92 attributes, on the box head's RoI features); "
                         "predictions then carry attr_scores for 06's --attributes on")
     g.add_argument("--attr-loss-weight", type=float, default=None, help="factor on loss_attr (default 1.0)")
-    g.add_argument("--attr-lr-factor", type=float, default=None,
-                   help="factor on the attribute head's learning rate (default 1.0; bench/RESULTS.md measures it)")
     g.add_argument("--attr-prior", action=argparse.BooleanOptionalAction, default=None,
                    help="with --attr-head: per-category attribute logits added to the head's, started at the train "
                         "split's per-category attribute frequencies, so the head starts as the per-category prior "
@@ -333,7 +331,6 @@ def detector_overrides(args) -> dict:
          "mask_roi_size": args.mask_roi_size,
          "attr_head": True if getattr(args, "attr_head", False) else None,
          "attr_loss_weight": getattr(args, "attr_loss_weight", None),
-         "attr_lr_factor": getattr(args, "attr_lr_factor", None),
          "attr_prior": (args.attr_prior is not False) if getattr(args, "attr_head", False) else None}
     if hasattr(args, "mask_head_depth"):
         o.update({"mask_head_depth": args.mask_head_depth, "mask_head_width": args.mask_head_width,

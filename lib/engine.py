@@ -505,8 +505,7 @@ def start_run(arch: str, model_overrides: dict, s: TrainSettings, stage: str, he
         model = model.to(memory_format=torch.channels_last)
     optimization = optimization_summary(s.lr, s.batch_size, s.accumulate, env["world_size"], s.lr_scale,
                                         s.lr_base_batch, s.ema_decay)
-    optimizer = build_optimizer(model, s.optimizer, optimization["lr"], s.weight_decay, s.momentum, device,
-                                lmodels.lr_factors(config))
+    optimizer = build_optimizer(model, s.optimizer, optimization["lr"], s.weight_decay, s.momentum, device)
     lr_scheduler = build_lr_scheduler(optimizer, s.schedule, s.epochs, steps_per_epoch, s.warmup_steps,
                                       s.lr_milestones, s.lr_gamma)
     dtype = runtime.amp_dtype(s.amp, device)

@@ -17,20 +17,15 @@ import torch
 
 
 def build_optimizer(model: torch.nn.Module, name: str, lr: float, weight_decay: float, momentum: float,
-                    device: torch.device, lr_factors: dict[str, float] | None = None) -> torch.optim.Optimizer:
+                    device: torch.device) -> torch.optim.Optimizer:
     """``name`` "sgd" or "adamw" over the trainable parameters; no weight decay on 1-D parameters (biases,
-    norm weights); fused kernels on CUDA. ``lr_factors``: parameter-name prefix -> factor on ``lr`` for the
-    parameters under it (:func:`lib.models.lr_factors`), in groups of their own after the others; the
-    schedule scales every group alike."""
-    factors = lr_factors or {}
-    grouped: dict[tuple[float, bool], list] = {}
-    for pname, p in model.named_parameters():
+    norm weights); fused kernels on CUDA."""
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():
         if p.requires_grad:
-            factor = next((f for prefix, f in factors.items() if pname.startswith(prefix)), 1.0)
-            grouped.setdefault((factor, p.ndim <= 1), []).append(p)
-    order = sorted(grouped, key=lambda k: (k[0] != 1.0, k))  # factor 1 first: decayed, then undecayed
-    groups = [{"params": grouped[k], "weight_decay": 0.0 if k[1] else weight_decay, "lr": lr * k[0]}
-              for k in order]
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [g for g in groups if g["params"]]
     kw = {"fused": True} if device.type == "cuda" else {}
     if name == "sgd":
         make = lambda **k: torch.optim.SGD(groups, lr=lr, momentum=momentum, **k)  # noqa: E731

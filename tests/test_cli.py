@@ -28,9 +28,6 @@ def test_flags_map_to_model_config():
     m = stage_module("03_train_maskrcnn.py").get_args_parser()
     assert cli.detector_overrides(m.parse_args(["--class-agnostic-masks"]))["class_agnostic_masks"] is True
     assert "class_agnostic_masks" not in cli.detector_overrides(m.parse_args([]))
-    o = cli.detector_overrides(m.parse_args(["--attr-head", "--attr-lr-factor", "10"]))
-    assert (o["attr_head"], o["attr_prior"], o["attr_lr_factor"]) == (True, True, 10.0)
-    assert "attr_lr_factor" not in cli.detector_overrides(m.parse_args(["--attr-head"]))
 
 
 def test_keep_epochs_and_starting_weight_flags():

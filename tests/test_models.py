@@ -504,21 +504,9 @@ def test_attr_head_config_and_targets_are_checked():
     with pytest.raises(ValueError, match=r"shape \(2, 5\)"):
         model(images, with_attributes(targets, [(1,), ()]))  # 92 wide, the model has 5
     for bad in (dict(attr_hidden=-1), dict(num_attributes=0), dict(attr_loss_weight=-1.0),
-                dict(attr_loss_weight=float("nan")), dict(attr_head="yes"), dict(attr_prior="yes"),
-                dict(attr_lr_factor=0.0), dict(attr_lr_factor=float("inf"))):
+                dict(attr_loss_weight=float("nan")), dict(attr_head="yes"), dict(attr_prior="yes")):
         with pytest.raises(ValueError, match="attr"):
             models.build_model(tiny_config("maskrcnn", **{"attr_head": True, **bad}))
-
-
-@pytest.mark.parametrize("arch", ["maskrcnn", "deepmac"])
-def test_lr_factors_name_the_attribute_head_parameters(arch):
-    assert models.lr_factors(models.default_config(arch)) == {}  # factor 1: no group of its own
-    assert models.lr_factors(models.default_config("unet")) == {}
-    cfg = tiny_config(arch, attr_head=True, attr_lr_factor=10.0)
-    factors = models.lr_factors(cfg)
-    assert factors == {"roi_heads.attr_predictor.": 10.0}
-    names = [n for n, _ in models.build_model(cfg).named_parameters() if n.startswith(next(iter(factors)))]
-    assert names and all(".attr_predictor." in n for n in names)  # the prefix reaches the head, and only it
 
 
 @pytest.mark.slow

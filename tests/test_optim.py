@@ -72,23 +72,6 @@ def test_build_optimizer_leaves_1d_parameters_undecayed_and_frozen_ones_out(name
     assert len(optim.build_optimizer(only_biases, name, 0.01, 1e-4, 0.9, torch.device("cpu")).param_groups) == 1
 
 
-def test_build_optimizer_lr_factors_get_groups_of_their_own_that_the_schedule_scales_alike():
-    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
-    plain = optim.build_optimizer(model, "adamw", 0.01, 1e-4, 0.9, torch.device("cpu"))
-    same = optim.build_optimizer(model, "adamw", 0.01, 1e-4, 0.9, torch.device("cpu"), {"9.": 5.0})
-    assert same.state_dict() == plain.state_dict()  # no parameter under the prefix: the groups without factors
-    opt = optim.build_optimizer(model, "adamw", 0.01, 1e-4, 0.9, torch.device("cpu"), {"1.": 10.0})
-    groups = [([id(p) for p in g["params"]], g["lr"], g["weight_decay"]) for g in opt.param_groups]
-    assert groups == [([id(model[0].weight)], 0.01, 1e-4), ([id(model[0].bias)], 0.01, 0.0),
-                      ([id(model[1].weight)], 0.1, 1e-4), ([id(model[1].bias)], 0.1, 0.0)]
-    sched = optim.build_lr_scheduler(opt, "cosine", epochs=1, steps_per_epoch=10, warmup_steps=2)
-    for _ in range(4):
-        opt.step()
-        sched.step()
-    lrs = [g["lr"] for g in opt.param_groups]
-    assert lrs[2] == pytest.approx(10 * lrs[0]) and 0 < lrs[0] < 0.01
-
-
 def test_optimization_summary_global_batch_and_linear_lr():
     assert optim.optimization_summary(0.02, batch_size=2, accumulate=2, world_size=1, lr_scale="linear") == {
         "global_batch": 4, "accumulate": 2, "lr_scale": "linear", "lr_base_batch": 16, "lr": pytest.approx(0.005),

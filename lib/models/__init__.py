@@ -59,14 +59,6 @@ def default_config(arch: str, **overrides) -> dict:
     return complete_config(ARCHS[arch].DEFAULT_CONFIG, overrides)
 
 
-def lr_factors(config: dict) -> dict[str, float]:
-    """Parameter-name prefix -> learning-rate factor of ``config``'s model (the arch's ``LR_FACTOR_KEYS``: the
-    config key of each factor); prefixes whose factor is 1 are left out, so most configs give {}."""
-    _check_arch(config["arch"])
-    keys = getattr(ARCHS[config["arch"]], "LR_FACTOR_KEYS", {})
-    return {prefix: float(config[key]) for prefix, key in keys.items() if float(config.get(key, 1.0)) != 1.0}
-
-
 def build_model(config: dict) -> nn.Module:
     """The model described by ``config`` (needs ``arch``; missing keys take the arch's defaults)."""
     if "arch" not in config:

@@ -62,7 +62,6 @@ BACKBONE_FILE_PREFIXES = maskrcnn.BACKBONE_FILE_PREFIXES
 # the box predictor and the mask predictor (a 1x1 conv: exactly these two tensors)
 CLASS_COUNT_PREFIXES = ("roi_heads.box_predictor.", "roi_heads.mask_predictor.weight", "roi_heads.mask_predictor.bias")
 NEW_HEAD_PREFIXES = maskrcnn.NEW_HEAD_PREFIXES
-LR_FACTOR_KEYS = maskrcnn.LR_FACTOR_KEYS
 TAKES_COCO_FILES = True
 OWN_HEAD_PREFIXES = ("roi_heads.mask_head.", "roi_heads.mask_predictor.")  # the hourglass head: fresh from COCO
 

@@ -35,8 +35,6 @@ its state dict and its outputs are exactly those without the head. With ``attr_p
 turn it on with ``--attr-head``) the head adds per-category logits at each RoI's label (the matched ground
 truth's in training, the detection's in eval), which the engine starts at the training set's per-category
 attribute frequencies (:meth:`AttributePredictor.init_prior`): the head starts as the per-category prior.
-``attr_lr_factor`` multiplies the head's learning rate (:data:`LR_FACTOR_KEYS`, read by the engine's
-optimizer): its few positive RoIs per step leave it near its start at the detector's learning rate.
 
 Class-agnostic masks (config ``class_agnostic_masks``, False by default as in torchvision): the mask
 predictor has one output channel, used for every label, instead of one per class. With ``mask_categories``
@@ -129,7 +127,6 @@ DEFAULT_CONFIG = {
     "num_attributes": N_ATTRIBUTES,  # 92
     "attr_hidden": 256,  # hidden units of the attribute MLP (0 = a single linear layer)
     "attr_loss_weight": 1.0,  # factor on loss_attr
-    "attr_lr_factor": 1.0,  # factor on the learning rate of the attribute head (lib.optim.build_optimizer)
     "attr_prior": False,  # per-category attribute logits added to the head's, started at the training set's frequencies
 }
 
@@ -147,8 +144,6 @@ CLASS_COUNT_PREFIXES = ("roi_heads.box_predictor.", "roi_heads.mask_predictor.ma
 NEW_HEAD_PREFIXES = ("roi_heads.attr_predictor.",)  # the attribute head: in no published file, starts fresh
 TAKES_COCO_FILES = True  # torchvision's COCO Mask R-CNN files (lib.weights.COCO_URLS) fit this model
 OWN_HEAD_PREFIXES = ()  # layers that start fresh even though a COCO file holds them (none: the file's model)
-# What lib.engine needs to build the optimizer: parameter-name prefix -> the config key of its learning-rate factor.
-LR_FACTOR_KEYS = {"roi_heads.attr_predictor.": "attr_lr_factor"}
 
 
 class Float32BoxCoder(BoxCoder):
@@ -442,9 +437,6 @@ def attribute_head_kwargs(config: dict, in_features: int) -> dict:
             raise ValueError(f"{key} must be an integer >= {low}, got {value!r}")
     if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not 0 <= float(weight) < float("inf"):
         raise ValueError(f"attr_loss_weight must be a finite number >= 0, got {weight!r}")
-    factor = config["attr_lr_factor"]
-    if isinstance(factor, bool) or not isinstance(factor, numbers.Real) or not 0 < float(factor) < float("inf"):
-        raise ValueError(f"attr_lr_factor must be a finite number > 0, got {factor!r}")
     return {
         "attr_predictor": AttributePredictor(int(in_features), int(n_attr), int(hidden),
                                              int(config["num_classes"]) if config["attr_prior"] else None),
