@@ -33,9 +33,10 @@ scores them on unseen synthetic images, through the same scripts a user runs:
    Hourglass-52 33.1). The box itself as the mask (``box_fill``) is the floor a head has to beat, and
    each config freshly initialised (``init``) shows how far training moved the head;
 6. attributes (``maskrcnn`` run): attribute F1 (``lib.attribute_metric.AttributeEvaluator``) of the post-processed
-   test predictions, of the head at the ground-truth boxes (``attributes_for_boxes``) against a prior
-   (per category, the attributes present in at least half of its training instances), and the Kaggle
-   metric with attributes on (full ClassIds) vs off.
+   test predictions, of the head at the ground-truth boxes (its box-head features there) against a prior
+   (per category, the attributes present in at least half of its training instances) and against the head
+   retrained alone on the frozen detector's features (``refit``: what the features hold that joint training
+   did not take), and the Kaggle metric with attributes on (full ClassIds) vs off.
 
 Commands (run from the repository root)::
 
@@ -44,6 +45,7 @@ Commands (run from the repository root)::
     python bench/quality.py --cpu --reuse             # rescore existing runs (skips finished stages)
     python bench/quality.py --tiny --out /tmp/q       # smoke size (tests/test_bench_quality.py)
     python bench/quality.py --cpu --ablation '--ema-decay 0.99'   # one feature, with vs without (<= 25 min)
+    python bench/quality.py --cpu --claim-curve 6     # DeepMAC's claim against steps (two claim runs, 300 steps)
 
 Floors (:data:`FLOORS`, test Kaggle metric after post-processing): each model >= 0.10 and 06's val-tuned
 submission >= the best single model; ``quality.json`` says which are met.
@@ -422,9 +424,10 @@ def load_sources(pred_dir: Path) -> dict[str, pd.DataFrame]:
 
 
 # --------------------------------------------------------------------------------------------- oracle boxes
-def load_test_instances(gt_csv: Path, image_dir: Path) -> list[dict]:
-    """Per test image: ``path``, ``masks (N, H, W)`` uint8, ``boxes (N, 4)`` x1y1x2y2 (x2/y2 exclusive),
-    ``categories (N,)``, ``attributes`` (N tuples), from a train.csv-format ground truth."""
+def load_test_instances(gt_csv: Path, image_dir: Path, image_ids=None, keep_masks: bool = True) -> list[dict]:
+    """Per test image (those of ``image_ids``, None = all): ``path``, ``masks (N, H, W)`` uint8 (with
+    ``keep_masks``), ``boxes (N, 4)`` x1y1x2y2 (x2/y2 exclusive), ``categories (N,)``, ``attributes`` (N tuples),
+    from a train.csv-format ground truth."""
     from lib import kaggle_data as lkaggle
     from lib import rle as lrle
     from lib.boxes import mask_bbox
@@ -433,18 +436,27 @@ def load_test_instances(gt_csv: Path, image_dir: Path) -> list[dict]:
     if problems:
         raise ValueError(f"{gt_csv}: {problems[:3]}")
     out = []
-    for image_id in sorted(groups):
+    for image_id in sorted(groups if image_ids is None else set(groups) & set(image_ids)):
         rows, probs = lkaggle.read_rows(gt_csv, groups[image_id])
         if probs:
             raise ValueError(f"{gt_csv}: {probs[:3]}")
         masks = [np.ascontiguousarray(lrle.decode(r.rle, (r.height, r.width))) for r in rows]
         keep = [i for i, m in enumerate(masks) if m.any()]
         out.append({"image_id": image_id, "path": image_dir / image_id,
-                    "masks": np.stack([masks[i] for i in keep]) if keep else np.zeros((0, 1, 1), np.uint8),
+                    "masks": (np.stack([masks[i] for i in keep]) if keep else np.zeros((0, 1, 1), np.uint8))
+                    if keep_masks else None,
                     "boxes": np.array([mask_bbox(masks[i]) for i in keep], np.float32).reshape(-1, 4),
                     "categories": np.array([rows[i].category for i in keep], np.int64),
                     "attributes": [rows[i].attributes for i in keep]})
     return out
+
+
+def train_split_items(data: Path, prepared: Path) -> list[dict]:
+    """The instances (boxes, categories, attributes; no masks) of the training split that 01 made of ``data``
+    (its train.csv and images) in ``prepared``, as :func:`load_test_instances` gives them."""
+    idx = pd.read_parquet(prepared / "index.parquet", columns=["image_id", "split"])
+    return load_test_instances(data / "train.csv", data / "train", set(idx.image_id[idx.split == "train"]),
+                               keep_masks=False)
 
 
 def _iou_stats(ious: np.ndarray) -> dict:
@@ -536,41 +548,86 @@ def _attr_summary(s: dict) -> dict:
             for k in ("micro_f1", "macro_f1", "precision", "recall", "tp", "fp", "fn", "num_instances")}
 
 
-def oracle_attributes(run_dir: Path, items: list[dict], train_csv: Path, device: torch.device) -> dict:
-    """The attribute head of ``run_dir``'s model at the ground-truth boxes (and labels) of the attribute-category
-    test instances (``oracle_boxes``), against the per-category prior of ``train_csv`` (``prior``: each
-    attribute predicted where its frequency in the instance's category is >= 0.5): micro / macro F1."""
-    from lib.checkpoint import load_checkpoint
+def attribute_rows(model, items: list[dict], device: torch.device) -> tuple:
+    """The attribute-category instances of ``items`` at their ground-truth boxes: the model's box-head features
+    ``(K, F)`` float32, labels ``(K,)`` int64 (category + 1) and multi-hot attributes ``(K, N_ATTRIBUTES)``."""
     from lib.labels import ATTRIBUTE_CATEGORIES, N_ATTRIBUTES
-    from lib.attribute_metric import multilabel_f1
-    from lib.models.maskrcnn import attributes_for_boxes
-    from lib.predict import resolve_checkpoint
+    from lib.models.maskrcnn import box_features_for_boxes
     from lib import kaggle_data as lkaggle
 
-    model, _ = load_checkpoint(resolve_checkpoint(run_dir))
-    model.to(device).eval()
-    gts, scores, prior_scores = [], [], []
-    prior = attribute_prior(train_csv, N_ATTRIBUTES)
+    feats, labels, gts = [], [], []
     for it in items:
         sel = np.flatnonzero(np.isin(it["categories"], ATTRIBUTE_CATEGORIES))
         if not sel.size:
             continue
         img = torch.from_numpy(lkaggle.read_image(it["path"])).permute(2, 0, 1).float().div(255).to(device)
-        labels = torch.from_numpy(np.asarray(it["categories"])[sel].astype(np.int64) + 1).to(device)
-        s = attributes_for_boxes(model, [img], [torch.from_numpy(it["boxes"][sel]).to(device)], [labels])[0]
-        scores.append(s.cpu().numpy())
+        feats.append(box_features_for_boxes(model, [img], [torch.from_numpy(it["boxes"][sel]).to(device)]).float()
+                     .cpu())
+        labels.append(torch.from_numpy(np.asarray(it["categories"])[sel].astype(np.int64) + 1))
         gts.append(np.stack([_multi_hot(it["attributes"][i], N_ATTRIBUTES) for i in sel]))
-        prior_scores.append(np.stack([prior.get(int(it["categories"][i]), np.zeros(N_ATTRIBUTES)) for i in sel]))
-    del model
-    if not gts:
+    if not feats:
+        return torch.zeros(0, 1), torch.zeros(0, dtype=torch.int64), np.zeros((0, N_ATTRIBUTES))
+    return torch.cat(feats), torch.cat(labels), np.concatenate(gts)
+
+
+def refit_attribute_head(head: torch.nn.Module, feats: torch.Tensor, labels: torch.Tensor, gts: np.ndarray,
+                         steps: int = 400, batch: int = 128, lr: float = 1e-3, seed: int = 0) -> torch.nn.Module:
+    """A copy of the attribute head ``head`` trained alone on frozen box-head features ``feats (K, F)`` with
+    ``labels (K,)`` and multi-hot ``gts (K, A)``: ``steps`` AdamW steps (weight decay 1e-4) of ``batch`` rows
+    drawn with replacement, BCE-with-logits. It asks whether the trained detector's features carry more about the
+    attributes than the jointly trained head took from them."""
+    import copy
+
+    head = copy.deepcopy(head).cpu().train()
+    target = torch.from_numpy(gts).float()
+    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=1e-4)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        i = torch.randint(0, len(feats), (batch,), generator=g)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(head(feats[i], labels[i]), target[i])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return head.eval()
+
+
+def oracle_attributes(run_dir: Path, items: list[dict], train_csv: Path, device: torch.device,
+                      train_items: list[dict] | None = None) -> dict:
+    """The attribute head of ``run_dir``'s model at the ground-truth boxes (and labels) of the attribute-category
+    test instances (``oracle_boxes``), against the per-category prior of ``train_csv`` (``prior``: each
+    attribute predicted where its frequency in the instance's category is >= 0.5): micro / macro F1. With
+    ``train_items`` (the training split's instances) also ``refit``: the head retrained alone on the frozen
+    detector's features at those instances' boxes (:func:`refit_attribute_head`), at the same test boxes."""
+    from lib.checkpoint import load_checkpoint
+    from lib.labels import N_ATTRIBUTES
+    from lib.attribute_metric import multilabel_f1
+    from lib.predict import resolve_checkpoint
+
+    model, _ = load_checkpoint(resolve_checkpoint(run_dir))
+    model.to(device).eval()
+    head = model.roi_heads.attr_predictor
+    feats, labels, g = attribute_rows(model, items, device)
+    if not len(g):
         return {}
-    g = np.concatenate(gts)
-    return {"oracle_boxes": _attr_summary(multilabel_f1(g, np.concatenate(scores))),
-            "prior": _attr_summary(multilabel_f1(g, np.concatenate(prior_scores)))}
+    prior = attribute_prior(train_csv, N_ATTRIBUTES)
+    prior_scores = np.stack([prior.get(int(c) - 1, np.zeros(N_ATTRIBUTES)) for c in labels])
+
+    def scores(h):
+        with torch.no_grad():
+            return torch.sigmoid(h(feats.to(device), labels.to(device)).float()).cpu().numpy()
+
+    out = {"oracle_boxes": _attr_summary(multilabel_f1(g, scores(head))),
+           "prior": _attr_summary(multilabel_f1(g, prior_scores))}
+    if train_items:
+        refit = refit_attribute_head(head, *attribute_rows(model, train_items, device))
+        out["refit"] = _attr_summary(multilabel_f1(g, scores(refit.to(device))))
+    del model
+    return out
 
 
 def attributes_report(run_dir: Path, table: pd.DataFrame, items: list[dict], gt_csv: Path, train_csv: Path,
-                      images: pd.DataFrame, device: torch.device, kaggle_off: float | None) -> dict:
+                      images: pd.DataFrame, device: torch.device, kaggle_off: float | None,
+                      train_items: list[dict] | None = None) -> dict:
     from lib import postprocess as lpost
     from lib import scoring as lscoring
     from lib.labels import ATTRIBUTE_CATEGORIES, N_ATTRIBUTES, parse_class_id
@@ -578,7 +635,7 @@ def attributes_report(run_dir: Path, table: pd.DataFrame, items: list[dict], gt_
 
     out = {"run": run_dir.name, "categories": list(ATTRIBUTE_CATEGORIES)}
     # 1. oracle boxes: the head at the ground-truth boxes of attribute categories, against the prior
-    out.update(oracle_attributes(run_dir, items, train_csv, device))
+    out.update(oracle_attributes(run_dir, items, train_csv, device, train_items))
     # 2. the pipeline: post-processed test predictions with attributes on, matched at mask IoU >= 0.5
     params_on = lpost.Params(attributes="on")
     gt = lscoring.load_ground_truth(gt_csv, 512, full_class_ids=True, progress=False)
@@ -699,7 +756,7 @@ def markdown(rep: dict) -> str:
     if at:
         lines += [f"Attributes (`{at.get('run')}` run, attribute categories only):", "",
                   "| measure | micro F1 | macro F1 | instances |", "|---|---|---|---|"]
-        for k in ("oracle_boxes", "prior", "pipeline"):
+        for k in ("oracle_boxes", "prior", "refit", "pipeline"):
             if k in at:
                 lines.append(f"| {k} | {f(at[k]['micro_f1'], 3)} | {f(at[k]['macro_f1'], 3)} | "
                              f"{at[k]['num_instances']} |")
@@ -789,8 +846,9 @@ def ablation(cfg: dict, arch: str, flags: list[str], out: Path, jobs, reuse: boo
     if "--attr-head" in [*base, *flags] and arch != "unet":
         t0 = time.time()
         items = load_test_instances(gt_csv, data / "test" / "test")
+        train_items = train_split_items(data / "train", w / "prepared")
         rep["attributes"] = {name: oracle_attributes(w / name, items, data / "train" / "train.csv",
-                                                     torch.device(cfg["device"])) for name in runs}
+                                                     torch.device(cfg["device"]), train_items) for name in runs}
         rep["timings"]["attributes"] = round(time.time() - t0, 1)
     rep["training"] = training_summary(w, list(runs))
     rep["learning_curves"] = learning_curves(w, list(runs))
@@ -888,7 +946,10 @@ def ablation_markdown(rep: dict) -> str:
                   + ", ".join(f"{name} {f(a['oracle_boxes']['micro_f1'])} / {f(a['oracle_boxes']['macro_f1'])}"
                               for name, a in attrs.items() if a)
                   + f"; the per-category prior {f(attrs['without']['prior']['micro_f1'])} / "
-                    f"{f(attrs['without']['prior']['macro_f1'])}."]
+                    f"{f(attrs['without']['prior']['macro_f1'])}"
+                  + "".join(f"; {name}'s head refit on its frozen features {f(a['refit']['micro_f1'])} / "
+                            f"{f(a['refit']['macro_f1'])}" for name, a in attrs.items() if a and a.get("refit"))
+                  + "."]
     t = rep["training"]
     lines += ["", f"Steps {t.get('without', {}).get('steps')} each; final val Kaggle without "
                   f"{f(t.get('without', {}).get('val_kaggle'))}, with {f(t.get('with', {}).get('val_kaggle'))}; "
@@ -974,7 +1035,9 @@ def main(args) -> dict:
         "oracle": "mask branch at the ground-truth boxes (lib.models.maskrcnn.masks_for_boxes), prob >= 0.5, "
                   "IoU with the ground-truth mask at the test image's size; box_fill = the box as the mask",
         "attributes": "attribute categories only; oracle = head at the ground-truth boxes; prior = attributes "
-                      "in >= half of the category's training instances; pipeline = post-processed predictions "
+                      "in >= half of the category's training instances; refit = the head retrained alone on the "
+                      "frozen detector's features at the train split's ground-truth boxes (400 AdamW steps of 128, "
+                      "lr 1e-3), at the same test boxes; pipeline = post-processed predictions "
                       "(attributes on) matched at mask IoU >= 0.5 (lib.attribute_metric.AttributeEvaluator)"}
     json_path, md_path = out / "quality.json", out / "quality.md"
     t_start = time.time()
@@ -1072,7 +1135,7 @@ def main(args) -> dict:
     # 6. attributes
     rep["attributes"] = stage("attributes", lambda: attributes_report(
         w / "maskrcnn", main_src["maskrcnn"], items, gt_csv, data / "train" / "train.csv", images, device,
-        rep["scores"]["maskrcnn"]["all"]["kaggle"]))
+        rep["scores"]["maskrcnn"]["all"]["kaggle"], train_split_items(data / "train", w / "prepared")))
     rep["attributes"]["val_during_training"] = {k: rep["training"].get("maskrcnn", {}).get(k)
                                                 for k in ("val_attr_micro_f1", "val_attr_macro_f1")}
 

@@ -154,11 +154,32 @@ def test_ablation_with_base_flags_measures_attributes_against_the_prior(tmp_path
         ck = torch.load(tmp_path / "work" / name / "checkpoint.pth", weights_only=True)
         assert ck["config"]["attr_head"] is True and ck["config"]["attr_prior"] is prior_on
         a = rep["attributes"][name]
-        assert a["oracle_boxes"]["num_instances"] == a["prior"]["num_instances"] > 0
-        assert 0 <= a["oracle_boxes"]["micro_f1"] <= 1
+        assert a["oracle_boxes"]["num_instances"] == a["prior"]["num_instances"] == a["refit"]["num_instances"] > 0
+        assert 0 <= a["oracle_boxes"]["micro_f1"] <= 1 and 0 <= a["refit"]["micro_f1"] <= 1
     assert rep["attributes"]["with"]["prior"] == rep["attributes"]["without"]["prior"]
     md = (tmp_path / "ablation.md").read_text()
     assert "(both runs: `--attr-head --no-attr-prior`)" in md and "Attributes at the test seed's ground-truth" in md
+    assert "with's head refit on its frozen features" in md
+
+
+def test_refit_attribute_head_learns_what_the_features_say_and_leaves_the_head_alone():
+    """refit_attribute_head: a copy of the head trained alone on frozen features; on features that carry an
+    attribute (feature 0 > 0 <=> attribute 1) it learns it, and the head it was given is unchanged."""
+    from lib.models.maskrcnn import AttributePredictor
+
+    torch.manual_seed(0)
+    head = AttributePredictor(4, 3, hidden=8, num_classes=2)
+    before = {k: v.clone() for k, v in head.state_dict().items()}
+    feats = torch.randn(256, 4)
+    labels = torch.ones(256, dtype=torch.int64)
+    gts = np.zeros((256, 3))
+    gts[:, 1] = (feats[:, 0] > 0).numpy()
+    refit = quality.refit_attribute_head(head, feats, labels, gts, steps=300, batch=64, lr=1e-2)
+    with torch.no_grad():
+        pred = torch.sigmoid(refit(feats, labels)).numpy() >= 0.5
+    assert (pred[:, 1] == gts[:, 1].astype(bool)).mean() > 0.95 and not pred[:, [0, 2]].any()
+    for k, v in head.state_dict().items():
+        torch.testing.assert_close(v, before[k])
 
 
 def test_claim_curve_scores_the_held_out_group_at_every_kept_epoch(tmp_path):

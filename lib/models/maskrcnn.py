@@ -47,7 +47,8 @@ Multi-scale training (config ``train_scale_range``: ``None`` or ``[lo, hi]``): t
 uses the nominal sizes. Rescaling the image before the model would be undone by this resize, so the jitter
 has to live here.
 
-Heads at given boxes (:func:`masks_for_boxes`, :func:`attributes_for_boxes`): the mask branch (or the
+Heads at given boxes (:func:`masks_for_boxes`, :func:`attributes_for_boxes`, and the box head's features there,
+:func:`box_features_for_boxes`): the mask branch (or the
 attribute head) of a Mask R-CNN / DeepMAC run on boxes the caller chooses, e.g. ground-truth boxes, to
 measure the mask head alone, without the detector's box errors.
 
@@ -589,6 +590,17 @@ def masks_for_boxes(model: MaskRCNN, images: list[torch.Tensor], boxes: list[tor
 
 
 @torch.no_grad()
+def box_features_for_boxes(model: MaskRCNN, images: list[torch.Tensor], boxes: list[torch.Tensor]) -> torch.Tensor:
+    """The box head's RoI features (what the box predictor and the attribute head read) at given boxes:
+    ``(sum N_i, representation size)``, rows in the order of ``boxes`` (``images`` / ``boxes`` as
+    :func:`masks_for_boxes`)."""
+    heads = model.roi_heads
+    model.eval()
+    features, scaled, sizes, _ = _heads_input(model, images, boxes)
+    return heads.box_head(heads.box_roi_pool(features, scaled, sizes))
+
+
+@torch.no_grad()
 def attributes_for_boxes(model: MaskRCNN, images: list[torch.Tensor], boxes: list[torch.Tensor],
                          labels: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
     """The attribute head of ``model`` (built with ``attr_head``) at given boxes.
@@ -601,9 +613,8 @@ def attributes_for_boxes(model: MaskRCNN, images: list[torch.Tensor], boxes: lis
     heads = getattr(model, "roi_heads", None)
     if getattr(heads, "attr_predictor", None) is None:
         raise ValueError("attributes_for_boxes: the model has no attribute head (build it with attr_head=True)")
-    model.eval()
-    features, scaled, sizes, _ = _heads_input(model, images, boxes)
+    feats = box_features_for_boxes(model, images, boxes)
     if labels is not None:
-        labels = [torch.as_tensor(lab, device=b.device).long() for lab, b in zip(labels, scaled)]
-    scores = torch.sigmoid(heads.attr_logits(features, scaled, sizes, labels).float())
-    return list(scores.split([len(b) for b in scaled]))
+        labels = torch.cat([torch.as_tensor(lab, device=feats.device).long() for lab in labels])
+    scores = torch.sigmoid(heads.attr_predictor(feats, labels).float())
+    return list(scores.split([len(b) for b in boxes]))
