@@ -81,6 +81,7 @@ import torch  # noqa: E402
 from bench import common as bc  # noqa: E402
 
 GROUPS = ("garments", "parts")
+REFIT_STEPS = 400  # the attribute head's refit on frozen features (lib.attribute_refit), as measured
 PAPER = {"source": "Birodkar et al., ICCV 2021, COCO VOC -> non-VOC mask AP",
          "resnet50_default_head": 25.9, "hourglass52": 33.1}
 
@@ -548,47 +549,16 @@ def _attr_summary(s: dict) -> dict:
             for k in ("micro_f1", "macro_f1", "precision", "recall", "tp", "fp", "fn", "num_instances")}
 
 
-def attribute_rows(model, items: list[dict], device: torch.device) -> tuple:
-    """The attribute-category instances of ``items`` at their ground-truth boxes: the model's box-head features
-    ``(K, F)`` float32, labels ``(K,)`` int64 (category + 1) and multi-hot attributes ``(K, N_ATTRIBUTES)``."""
-    from lib.labels import ATTRIBUTE_CATEGORIES, N_ATTRIBUTES
-    from lib.models.maskrcnn import box_features_for_boxes
+def _attribute_samples(items: list[dict], n_attr: int):
+    """:func:`lib.attribute_refit.attribute_rows`'s samples from :func:`load_test_instances` items."""
     from lib import kaggle_data as lkaggle
 
-    feats, labels, gts = [], [], []
     for it in items:
-        sel = np.flatnonzero(np.isin(it["categories"], ATTRIBUTE_CATEGORIES))
-        if not sel.size:
-            continue
-        img = torch.from_numpy(lkaggle.read_image(it["path"])).permute(2, 0, 1).float().div(255).to(device)
-        feats.append(box_features_for_boxes(model, [img], [torch.from_numpy(it["boxes"][sel]).to(device)]).float()
-                     .cpu())
-        labels.append(torch.from_numpy(np.asarray(it["categories"])[sel].astype(np.int64) + 1))
-        gts.append(np.stack([_multi_hot(it["attributes"][i], N_ATTRIBUTES) for i in sel]))
-    if not feats:
-        return torch.zeros(0, 1), torch.zeros(0, dtype=torch.int64), np.zeros((0, N_ATTRIBUTES))
-    return torch.cat(feats), torch.cat(labels), np.concatenate(gts)
-
-
-def refit_attribute_head(head: torch.nn.Module, feats: torch.Tensor, labels: torch.Tensor, gts: np.ndarray,
-                         steps: int = 400, batch: int = 128, lr: float = 1e-3, seed: int = 0) -> torch.nn.Module:
-    """A copy of the attribute head ``head`` trained alone on frozen box-head features ``feats (K, F)`` with
-    ``labels (K,)`` and multi-hot ``gts (K, A)``: ``steps`` AdamW steps (weight decay 1e-4) of ``batch`` rows
-    drawn with replacement, BCE-with-logits. It asks whether the trained detector's features carry more about the
-    attributes than the jointly trained head took from them."""
-    import copy
-
-    head = copy.deepcopy(head).cpu().train()
-    target = torch.from_numpy(gts).float()
-    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=1e-4)
-    g = torch.Generator().manual_seed(seed)
-    for _ in range(steps):
-        i = torch.randint(0, len(feats), (batch,), generator=g)
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(head(feats[i], labels[i]), target[i])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return head.eval()
+        img = torch.from_numpy(lkaggle.read_image(it["path"])).permute(2, 0, 1).float().div(255)
+        attrs = np.stack([_multi_hot(a, n_attr) for a in it["attributes"]]) if it["attributes"] else \
+            np.zeros((0, n_attr))
+        yield (img, torch.from_numpy(it["boxes"]), torch.from_numpy(np.asarray(it["categories"]) + 1),
+               torch.from_numpy(attrs))
 
 
 def oracle_attributes(run_dir: Path, items: list[dict], train_csv: Path, device: torch.device,
@@ -597,7 +567,9 @@ def oracle_attributes(run_dir: Path, items: list[dict], train_csv: Path, device:
     test instances (``oracle_boxes``), against the per-category prior of ``train_csv`` (``prior``: each
     attribute predicted where its frequency in the instance's category is >= 0.5): micro / macro F1. With
     ``train_items`` (the training split's instances) also ``refit``: the head retrained alone on the frozen
-    detector's features at those instances' boxes (:func:`refit_attribute_head`), at the same test boxes."""
+    detector's features at those instances' boxes (``lib.attribute_refit.refit_head``, :data:`REFIT_STEPS` steps, as
+    03 / 04 ``--attr-refit-steps`` do to best.pth), at the same test boxes."""
+    from lib.attribute_refit import REFIT_DEFAULTS, attribute_rows, refit_head
     from lib.checkpoint import load_checkpoint
     from lib.labels import N_ATTRIBUTES
     from lib.attribute_metric import multilabel_f1
@@ -606,9 +578,11 @@ def oracle_attributes(run_dir: Path, items: list[dict], train_csv: Path, device:
     model, _ = load_checkpoint(resolve_checkpoint(run_dir))
     model.to(device).eval()
     head = model.roi_heads.attr_predictor
-    feats, labels, g = attribute_rows(model, items, device)
-    if not len(g):
+    try:
+        feats, labels, g = attribute_rows(model, _attribute_samples(items, N_ATTRIBUTES), device)
+    except ValueError:  # no attribute-category instance among the test items
         return {}
+    g = g.numpy()
     prior = attribute_prior(train_csv, N_ATTRIBUTES)
     prior_scores = np.stack([prior.get(int(c) - 1, np.zeros(N_ATTRIBUTES)) for c in labels])
 
@@ -619,7 +593,8 @@ def oracle_attributes(run_dir: Path, items: list[dict], train_csv: Path, device:
     out = {"oracle_boxes": _attr_summary(multilabel_f1(g, scores(head))),
            "prior": _attr_summary(multilabel_f1(g, prior_scores))}
     if train_items:
-        refit = refit_attribute_head(head, *attribute_rows(model, train_items, device))
+        refit = refit_head(head, *attribute_rows(model, _attribute_samples(train_items, N_ATTRIBUTES), device),
+                           steps=REFIT_STEPS, **REFIT_DEFAULTS)
         out["refit"] = _attr_summary(multilabel_f1(g, scores(refit.to(device))))
     del model
     return out

@@ -48,6 +48,11 @@ Mid-epoch checkpoints (``iter_in_epoch`` > 0) also hold (``MID_EPOCH_KEYS``):
   ``images`` (all ranks), ``finite_steps``; the resumed epoch's record then means the whole epoch;
 * ``rng_ranks`` (list[dict], under DDP only): every rank's ``rng``, in rank order, so each resumes with its own.
 
+``best.pth`` of a run with ``--attr-refit-steps`` (03 / 04) also holds (``REFIT_KEYS``):
+
+* ``attr_refit`` (dict): the attribute head was refit alone on the frozen detector's features
+  (:func:`lib.attribute_refit.refit_checkpoint`): ``steps``, ``batch``, ``lr``, ``weight_decay``, ``seed``, ``rows``.
+
 :func:`save_checkpoint` adds ``digest`` (str): :func:`state_digest` (SHA-256 hex) of all the rest, checked by
 :func:`read_checkpoint` and removed from what it returns; required from format ``/2`` on (files of format ``/1``,
 or without ``format``, load without it).
@@ -68,6 +73,7 @@ CHECKPOINT_KEYS = ("format", "stage", "arch", "config", "model", "optimizer", "l
                    "skipped_steps", "consecutive_skips", "epoch", "iter_in_epoch", "global_step", "rng", "args",
                    "labels", "best_score", "metrics", "world_size", "init")  # every training checkpoint (above)
 MID_EPOCH_KEYS = ("epoch_sums", "rng_ranks")  # added by mid-epoch checkpoints (rng_ranks: under DDP only)
+REFIT_KEYS = ("attr_refit",)  # added to best.pth by the attribute head's refit (lib/attribute_refit.py)
 _FORMATS_WITHOUT_DIGEST = (None, "imat-train-checkpoint/1")
 
 

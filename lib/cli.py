@@ -96,11 +96,15 @@ def settings_of(settings_class, args, **given):
     return settings_class(**{k: getattr(args, k) for k in sorted(names) if hasattr(args, k)}, **given)
 
 
+def _train_settings_class():
+    from .engine import TrainSettings  # lib.engine imports nothing from here; imported late to keep it that way
+
+    return TrainSettings
+
+
 def train_settings(args):
     """A training script's parsed flags as :class:`lib.engine.TrainSettings` (every flag kept in ``record``)."""
-    from .engine import TrainSettings
-
-    return settings_of(TrainSettings, args, record=args_dict(args))
+    return settings_of(_train_settings_class(), args, record=args_dict(args))
 
 
 def add_training_args(parser: argparse.ArgumentParser, out_dir: str, **defaults) -> argparse.ArgumentParser:
@@ -294,6 +298,10 @@ def add_detector_args(parser: argparse.ArgumentParser, deepmac: bool = False) ->
                    help="add the multi-label attribute head (92 attributes, on the box head's RoI features); "
                         "predictions then carry attr_scores for 06's --attributes on")
     g.add_argument("--attr-loss-weight", type=float, default=None, help="factor on loss_attr (default 1.0)")
+    g.add_argument("--attr-refit-steps", type=int, default=field_defaults(_train_settings_class())["attr_refit_steps"],
+                   help="with --attr-head: after training, refit the attribute head of best.pth alone on the frozen "
+                        "model's features at the train split's ground-truth boxes, this many steps of 128 instances "
+                        "(lib/attribute_refit.py; 0 = no refit; bench/RESULTS.md measures it)")
     g.add_argument("--attr-prior", action=argparse.BooleanOptionalAction, default=None,
                    help="with --attr-head: per-category attribute logits added to the head's, started at the train "
                         "split's per-category attribute frequencies, so the head starts as the per-category prior "

@@ -66,6 +66,7 @@ from . import labels as llabels
 from . import models as lmodels
 from . import runtime
 from . import weights as lweights
+from .attribute_refit import refit_checkpoint
 from .checkpoint import CHECKPOINT_FORMAT, save_checkpoint
 from .mask_paste import crops_from, masks_in_frame
 from .models.unet import without_semantic
@@ -308,6 +309,7 @@ class TrainSettings:
     stop_after_epoch: int = 0
     resume: str = ""
     keep_epochs: list = field(default_factory=list)
+    attr_refit_steps: int = 0
     scale_range: list | None = None
     no_hflip: bool = False
     color_jitter: float = 0.2
@@ -389,6 +391,7 @@ class Run:
     last_metrics: dict = field(default_factory=dict)
     val_history: list = field(default_factory=list)
     epochs_done: int = 0
+    attr_refit: dict | None = None  # what lib.attribute_refit did to best.pth (--attr-refit-steps)
     t_start: float = field(default_factory=time.time)
 
     @property
@@ -415,6 +418,8 @@ def run(arch: str, model_overrides: dict, s: TrainSettings, stage: str | None = 
     model's defaults apply). Returns the final summary (also in ``out_dir/meta.json``). Rank 0 holds the
     lock of ``out_dir`` (:func:`lib.files.lock_dir`) until it returns.
     """
+    if s.attr_refit_steps < 0 or (s.attr_refit_steps and not model_overrides.get("attr_head") and not s.resume):
+        raise ValueError(f"--attr-refit-steps {s.attr_refit_steps}: needs --attr-head and a number of steps >= 0")
     with contextlib.ExitStack() as held:
         state = start_run(arch, model_overrides, s, stage or f"train_{arch}", held)
         last_epoch = s.epochs - 1
@@ -425,6 +430,8 @@ def run(arch: str, model_overrides: dict, s: TrainSettings, stage: str | None = 
         for epoch in range(state.start_epoch, last_epoch + 1):
             metric_logger = _train_epoch(state, epoch)
             end_epoch(state, epoch, metric_logger)
+        if state.main and s.attr_refit_steps and state.epochs_done >= s.epochs:
+            refit_attribute_head(state)
         summary = write_meta(state, "done" if state.epochs_done >= s.epochs else "stopped") if state.main else {}
         runtime.teardown_distributed(state.env["distributed"], barrier=True)
         return summary
@@ -876,6 +883,18 @@ def check_params_finite(run: Run, where: str) -> None:
                                  f"{run.path('checkpoint.pth')} keeps the last good state")
 
 
+def refit_attribute_head(run: Run) -> None:
+    """After the last epoch: the attribute head of ``best.pth`` (``checkpoint.pth`` without one) refit alone on
+    the frozen model's features at the train split's ground-truth boxes (:mod:`lib.attribute_refit`, rank 0)."""
+    path = run.path("best.pth") if run.path("best.pth").exists() else run.path("checkpoint.pth")
+    t0 = time.time()
+    run.attr_refit = {"checkpoint": str(path), **refit_checkpoint(path, run.settings.prepared_dir,
+                                                                    run.settings.attr_refit_steps, run.device,
+                                                                    run.settings.workers)}
+    print(f"attribute head refit on {run.attr_refit['rows']} training instances, {run.attr_refit['steps']} steps "
+          f"({time.time() - t0:.0f} s) -> {path}")
+
+
 def write_meta(run: Run, status: str) -> dict:
     """meta.json of the run (atomically); returns it."""
     best = run.path("best.pth")
@@ -893,7 +912,7 @@ def write_meta(run: Run, status: str) -> dict:
          "files": {"metrics": str(run.path("metrics.jsonl")), "curves": str(run.path("curves.png")),
                    "val_scores": str(run.path("val_scores.json")),
                    "tensorboard": str(tensorboard_dir(run.out_dir)) if run.settings.tensorboard else None},
-         "time_s": round(time.time() - run.t_start, 1)}
+         "attr_refit": run.attr_refit, "time_s": round(time.time() - run.t_start, 1)}
     m = lfiles.json_safe(m)
     lfiles.atomic_write_json(run.path("meta.json"), m)
     return m

@@ -94,6 +94,6 @@ def test_every_checkpoint_key_is_documented_with_its_type():
     doc = lcheckpoint.__doc__
     listed = re.findall(r"^\* ``(\w+)`` \(([^)]+)\): \S", doc, flags=re.M)
     names = [k for k, _ in listed]
-    assert names == [*lcheckpoint.CHECKPOINT_KEYS, *lcheckpoint.MID_EPOCH_KEYS]
+    assert names == [*lcheckpoint.CHECKPOINT_KEYS, *lcheckpoint.MID_EPOCH_KEYS, *lcheckpoint.REFIT_KEYS]
     assert len(set(names)) == len(names) and "``digest`` (str)" in doc
     assert lcheckpoint.CHECKPOINT_FORMAT in doc

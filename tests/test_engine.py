@@ -948,6 +948,24 @@ def test_attribute_prior_starts_from_the_train_split(prepared_set, tmp_path, cap
     assert f"attribute prior: {int(totals.sum())} training instances" in capsys.readouterr().out
 
 
+def test_attribute_refit_rewrites_best_pth_after_training(prepared_set, tmp_path):
+    """03 --attr-head --attr-refit-steps: after the last epoch best.pth's attribute head is refit (recorded in the
+    checkpoint and meta.json), the rest of its weights and checkpoint.pth are the training's; without the head the
+    flag is refused before anything trains."""
+    _run("maskrcnn", prepared_set, tmp_path / "m", "--attr-head", "--attr-refit-steps", "3")
+    meta = lfiles.read_json(tmp_path / "m" / "meta.json")
+    best = torch.load(tmp_path / "m" / "best.pth", weights_only=True)
+    last = torch.load(tmp_path / "m" / "checkpoint.pth", weights_only=True)
+    assert meta["attr_refit"]["steps"] == 3 and meta["attr_refit"]["rows"] > 0
+    assert meta["attr_refit"]["checkpoint"] == str(tmp_path / "m" / "best.pth")
+    assert best["attr_refit"]["rows"] == meta["attr_refit"]["rows"] and "attr_refit" not in last
+    changed = {k for k, v in best["model"].items() if not torch.equal(v, last["model"][k])}
+    assert changed and all(k.startswith("roi_heads.attr_predictor.") for k in changed)  # one epoch: best = last
+    with pytest.raises(SystemExit, match="needs --attr-head"):
+        _run("maskrcnn", prepared_set, tmp_path / "n", "--attr-refit-steps", "3")
+    assert not (tmp_path / "n").exists()
+
+
 # --------------------------------------------------------------------------------------------- recipe options
 def test_accumulated_micro_batches_step_like_the_large_batch():
     """--accumulate: two micro-batches of 2 (each loss / 2) give the gradient, update and reported losses of one
