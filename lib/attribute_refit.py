@@ -3,7 +3,8 @@
 At a short budget the jointly trained attribute head stays where its per-category prior starts it: its few
 positive RoIs per step move none of its decisions (bench/RESULTS.md). The trained detector's box-head features
 hold more: the same head trained alone on them, at the ground-truth boxes of the training split, beats the
-prior on held-out images. After training, the engine does that to ``best.pth``:
+prior on held-out images. After training, the engine does that to ``best.pth`` (:func:`refit_steps`: on by default
+for a model with an attribute head):
 
 * :func:`attribute_rows`: the box-head features (:func:`lib.models.maskrcnn.box_features_for_boxes`) of every
   attribute-category instance (``lib.labels.ATTRIBUTE_CATEGORIES``) at its ground-truth box, with its label and
@@ -29,6 +30,17 @@ from .models.maskrcnn import box_features_for_boxes
 from .training_data import PreparedDataset, build_transforms
 
 REFIT_DEFAULTS = {"batch": 128, "lr": 1e-3, "weight_decay": 1e-4, "seed": 0}
+DEFAULT_STEPS = 400  # --attr-refit-steps of a run with an attribute head, unless given (bench/RESULTS.md)
+
+
+def refit_steps(requested: int | None, attr_head: bool) -> int:
+    """The refit steps of a run: ``requested`` (``--attr-refit-steps``) when given, else :data:`DEFAULT_STEPS`
+    with an attribute head and 0 without one."""
+    if requested is None:
+        return DEFAULT_STEPS if attr_head else 0
+    if requested < 0 or (requested and not attr_head):
+        raise ValueError(f"--attr-refit-steps {requested}: needs --attr-head and a number of steps >= 0")
+    return int(requested)
 
 
 def attribute_rows(model: nn.Module, samples: Iterable, device: torch.device
@@ -108,4 +120,4 @@ def refit_checkpoint(path: str | Path, prepared_dir: str | Path, steps: int, dev
     return ckpt["attr_refit"]
 
 
-__all__ = ["REFIT_DEFAULTS", "attribute_rows", "refit_head", "prepared_samples", "refit_checkpoint"]
+__all__ = ["REFIT_DEFAULTS", "DEFAULT_STEPS", "refit_steps", "attribute_rows", "refit_head", "prepared_samples", "refit_checkpoint"]

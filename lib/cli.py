@@ -301,7 +301,8 @@ def add_detector_args(parser: argparse.ArgumentParser, deepmac: bool = False) ->
     g.add_argument("--attr-refit-steps", type=int, default=field_defaults(_train_settings_class())["attr_refit_steps"],
                    help="with --attr-head: after training, refit the attribute head of best.pth alone on the frozen "
                         "model's features at the train split's ground-truth boxes, this many steps of 128 instances "
-                        "(lib/attribute_refit.py; 0 = no refit; bench/RESULTS.md measures it)")
+                        "(lib/attribute_refit.py; default: 400 with --attr-head; 0 = no refit; bench/RESULTS.md "
+                        "measures it)")
     g.add_argument("--attr-prior", action=argparse.BooleanOptionalAction, default=None,
                    help="with --attr-head: per-category attribute logits added to the head's, started at the train "
                         "split's per-category attribute frequencies, so the head starts as the per-category prior "

@@ -66,7 +66,7 @@ from . import labels as llabels
 from . import models as lmodels
 from . import runtime
 from . import weights as lweights
-from .attribute_refit import refit_checkpoint
+from .attribute_refit import refit_checkpoint, refit_steps
 from .checkpoint import CHECKPOINT_FORMAT, save_checkpoint
 from .mask_paste import crops_from, masks_in_frame
 from .models.unet import without_semantic
@@ -309,7 +309,7 @@ class TrainSettings:
     stop_after_epoch: int = 0
     resume: str = ""
     keep_epochs: list = field(default_factory=list)
-    attr_refit_steps: int = 0
+    attr_refit_steps: int | None = None  # None: lib.attribute_refit.DEFAULT_STEPS with an attribute head, else 0
     scale_range: list | None = None
     no_hflip: bool = False
     color_jitter: float = 0.2
@@ -418,8 +418,8 @@ def run(arch: str, model_overrides: dict, s: TrainSettings, stage: str | None = 
     model's defaults apply). Returns the final summary (also in ``out_dir/meta.json``). Rank 0 holds the
     lock of ``out_dir`` (:func:`lib.files.lock_dir`) until it returns.
     """
-    if s.attr_refit_steps < 0 or (s.attr_refit_steps and not model_overrides.get("attr_head") and not s.resume):
-        raise ValueError(f"--attr-refit-steps {s.attr_refit_steps}: needs --attr-head and a number of steps >= 0")
+    if not s.resume:  # a resumed run's head is in its checkpoint's config: checked after it is read
+        refit_steps(s.attr_refit_steps, bool(model_overrides.get("attr_head")))
     with contextlib.ExitStack() as held:
         state = start_run(arch, model_overrides, s, stage or f"train_{arch}", held)
         last_epoch = s.epochs - 1
@@ -430,8 +430,9 @@ def run(arch: str, model_overrides: dict, s: TrainSettings, stage: str | None = 
         for epoch in range(state.start_epoch, last_epoch + 1):
             metric_logger = _train_epoch(state, epoch)
             end_epoch(state, epoch, metric_logger)
-        if state.main and s.attr_refit_steps and state.epochs_done >= s.epochs:
-            refit_attribute_head(state)
+        steps = refit_steps(s.attr_refit_steps, bool(state.config.get("attr_head")))
+        if state.main and steps and state.epochs_done >= s.epochs:
+            refit_attribute_head(state, steps)
         summary = write_meta(state, "done" if state.epochs_done >= s.epochs else "stopped") if state.main else {}
         runtime.teardown_distributed(state.env["distributed"], barrier=True)
         return summary
@@ -883,14 +884,14 @@ def check_params_finite(run: Run, where: str) -> None:
                                  f"{run.path('checkpoint.pth')} keeps the last good state")
 
 
-def refit_attribute_head(run: Run) -> None:
+def refit_attribute_head(run: Run, steps: int) -> None:
     """After the last epoch: the attribute head of ``best.pth`` (``checkpoint.pth`` without one) refit alone on
-    the frozen model's features at the train split's ground-truth boxes (:mod:`lib.attribute_refit`, rank 0)."""
+    the frozen model's features at the train split's ground-truth boxes, ``steps`` steps (:mod:`lib.attribute_refit`,
+    rank 0)."""
     path = run.path("best.pth") if run.path("best.pth").exists() else run.path("checkpoint.pth")
     t0 = time.time()
-    run.attr_refit = {"checkpoint": str(path), **refit_checkpoint(path, run.settings.prepared_dir,
-                                                                    run.settings.attr_refit_steps, run.device,
-                                                                    run.settings.workers)}
+    run.attr_refit = {"checkpoint": str(path), **refit_checkpoint(path, run.settings.prepared_dir, steps,
+                                                                    run.device, run.settings.workers)}
     print(f"attribute head refit on {run.attr_refit['rows']} training instances, {run.attr_refit['steps']} steps "
           f"({time.time() - t0:.0f} s) -> {path}")
 

@@ -80,3 +80,12 @@ def test_refit_checkpoint_changes_the_head_only_and_once(prepared_set, tmp_path,
     assert lrefit.refit_checkpoint(path, prepared_set, steps=5, device=torch.device("cpu")) == info
     assert np.array_equal(read_checkpoint(path)["model"]["roi_heads.attr_predictor.2.weight"].numpy(),
                           after["model"]["roi_heads.attr_predictor.2.weight"].numpy())
+
+
+def test_refit_steps_default_with_the_head_and_refuse_without_it():
+    assert lrefit.refit_steps(None, attr_head=True) == lrefit.DEFAULT_STEPS == 400
+    assert lrefit.refit_steps(None, attr_head=False) == 0 and lrefit.refit_steps(0, attr_head=False) == 0
+    assert lrefit.refit_steps(7, attr_head=True) == 7 and lrefit.refit_steps(0, attr_head=True) == 0
+    for bad, head in ((3, False), (-1, True)):
+        with pytest.raises(ValueError, match="needs --attr-head"):
+            lrefit.refit_steps(bad, attr_head=head)

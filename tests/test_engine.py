@@ -938,7 +938,8 @@ def test_attribute_prior_starts_from_the_train_split(prepared_set, tmp_path, cap
     from lib.models import maskrcnn
     from lib.training_data import attribute_counts
 
-    _run("maskrcnn", prepared_set, tmp_path / "m", "--attr-head", "--lr", "0", "--val-every", "0")
+    _run("maskrcnn", prepared_set, tmp_path / "m", "--attr-head", "--lr", "0", "--val-every", "0",
+         "--attr-refit-steps", "0")
     ck = torch.load(tmp_path / "m" / "checkpoint.pth", weights_only=True)
     assert ck["config"]["attr_head"] is True and ck["config"]["attr_prior"] is True
     counts, totals = attribute_counts(PreparedDataset(prepared_set, "train"), 47)
