@@ -566,7 +566,8 @@ def oracle_attributes(run_dir: Path, items: list[dict], train_csv: Path, device:
     """The attribute head of ``run_dir``'s model at the ground-truth boxes (and labels) of the attribute-category
     test instances (``oracle_boxes``), against the per-category prior of ``train_csv`` (``prior``: each
     attribute predicted where its frequency in the instance's category is >= 0.5): micro / macro F1. With
-    ``train_items`` (the training split's instances) also ``refit``: the head retrained alone on the frozen
+    ``train_items`` (the training split's instances) and a head the run did not refit itself
+    (``refit_in_checkpoint`` otherwise) also ``refit``: the head retrained alone on the frozen
     detector's features at those instances' boxes (``lib.attribute_refit.refit_head``, :data:`REFIT_STEPS` steps, as
     03 / 04 ``--attr-refit-steps`` do to best.pth), at the same test boxes."""
     from lib.attribute_refit import REFIT_DEFAULTS, attribute_rows, refit_head
@@ -575,7 +576,7 @@ def oracle_attributes(run_dir: Path, items: list[dict], train_csv: Path, device:
     from lib.attribute_metric import multilabel_f1
     from lib.predict import resolve_checkpoint
 
-    model, _ = load_checkpoint(resolve_checkpoint(run_dir))
+    model, ckpt = load_checkpoint(resolve_checkpoint(run_dir))
     model.to(device).eval()
     head = model.roi_heads.attr_predictor
     try:
@@ -592,7 +593,9 @@ def oracle_attributes(run_dir: Path, items: list[dict], train_csv: Path, device:
 
     out = {"oracle_boxes": _attr_summary(multilabel_f1(g, scores(head))),
            "prior": _attr_summary(multilabel_f1(g, prior_scores))}
-    if train_items:
+    if ckpt.get("attr_refit"):  # the run refit its head already (03 / 04 --attr-refit-steps)
+        out["refit_in_checkpoint"] = ckpt["attr_refit"]
+    elif train_items:
         refit = refit_head(head, *attribute_rows(model, _attribute_samples(train_items, N_ATTRIBUTES), device),
                            steps=REFIT_STEPS, **REFIT_DEFAULTS)
         out["refit"] = _attr_summary(multilabel_f1(g, scores(refit.to(device))))
@@ -735,6 +738,9 @@ def markdown(rep: dict) -> str:
             if k in at:
                 lines.append(f"| {k} | {f(at[k]['micro_f1'], 3)} | {f(at[k]['macro_f1'], 3)} | "
                              f"{at[k]['num_instances']} |")
+        if at.get("refit_in_checkpoint"):
+            lines += ["", f"The run's head was refit on its frozen features after training "
+                          f"({at['refit_in_checkpoint']['steps']} steps, `--attr-refit-steps`): oracle_boxes is that head."]
         lines += ["", f"Kaggle metric with attributes on (full ClassIds): {f(at.get('kaggle_attributes_on'))}; "
                       f"off: {f(at.get('kaggle_attributes_off'))}.", ""]
     return "\n".join(lines)

@@ -117,6 +117,7 @@ def test_tiny_run_reports_every_model_group_and_measure(tmp_path):
     at = rep["attributes"]
     assert at["run"] == "maskrcnn"
     assert {"oracle_boxes", "prior", "pipeline", "kaggle_attributes_on", "kaggle_attributes_off"} <= set(at)
+    assert at["refit_in_checkpoint"]["steps"] == 400  # --attr-head refits best.pth by default
     assert at["oracle_boxes"]["num_instances"] == at["prior"]["num_instances"] > 0
 
     cmds = "\n".join(rep["commands"])
@@ -147,9 +148,10 @@ def test_ablation_with_base_flags_measures_attributes_against_the_prior(tmp_path
     """--ablation-base: both runs get those flags; with the attribute head each run's attribute F1 at the test
     seed's ground-truth boxes is reported beside the per-category prior's."""
     rep = quality.main(quality.get_args_parser().parse_args(
-        ["--tiny", "--ablation-base=--attr-head --no-attr-prior", "--ablation=--attr-prior", "--out",
-         str(tmp_path)]))["ablation"]
-    assert rep["base"] == ["--attr-head", "--no-attr-prior"] and rep["flags"] == ["--attr-prior"]
+        ["--tiny", "--ablation-base=--attr-head --no-attr-prior --attr-refit-steps 0", "--ablation=--attr-prior",
+         "--out", str(tmp_path)]))["ablation"]
+    assert rep["base"] == ["--attr-head", "--no-attr-prior", "--attr-refit-steps", "0"]
+    assert rep["flags"] == ["--attr-prior"]
     for name, prior_on in (("without", False), ("with", True)):
         ck = torch.load(tmp_path / "work" / name / "checkpoint.pth", weights_only=True)
         assert ck["config"]["attr_head"] is True and ck["config"]["attr_prior"] is prior_on
@@ -158,5 +160,6 @@ def test_ablation_with_base_flags_measures_attributes_against_the_prior(tmp_path
         assert 0 <= a["oracle_boxes"]["micro_f1"] <= 1 and 0 <= a["refit"]["micro_f1"] <= 1
     assert rep["attributes"]["with"]["prior"] == rep["attributes"]["without"]["prior"]
     md = (tmp_path / "ablation.md").read_text()
-    assert "(both runs: `--attr-head --no-attr-prior`)" in md and "Attributes at the test seed's ground-truth" in md
+    assert "(both runs: `--attr-head --no-attr-prior --attr-refit-steps 0`)" in md
+    assert "Attributes at the test seed's ground-truth" in md
     assert "with's head refit on its frozen features" in md
