@@ -430,12 +430,14 @@ def run(arch: str, model_overrides: dict, s: TrainSettings, stage: str | None = 
         for epoch in range(state.start_epoch, last_epoch + 1):
             metric_logger = _train_epoch(state, epoch)
             end_epoch(state, epoch, metric_logger)
-        steps = refit_steps(s.attr_refit_steps, bool(state.config.get("attr_head")))
-        if state.main and steps and state.epochs_done >= s.epochs:
-            refit_attribute_head(state, steps)
-        summary = write_meta(state, "done" if state.epochs_done >= s.epochs else "stopped") if state.main else {}
+        done = state.epochs_done >= s.epochs
         runtime.teardown_distributed(state.env["distributed"], barrier=True)
-        return summary
+        if not state.main:
+            return {}
+        steps = refit_steps(s.attr_refit_steps, bool(state.config.get("attr_head")))
+        if steps and done:  # rank 0 alone, the other ranks released: no collective waits on it
+            refit_attribute_head(state, steps)
+        return write_meta(state, "done" if done else "stopped")
 
 
 def _train_epoch(run: Run, epoch: int) -> MetricLogger:

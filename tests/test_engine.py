@@ -552,7 +552,8 @@ def test_ddp_two_processes_gloo_cpu(prepared_set, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            str(REPO / SCRIPTS["maskrcnn"]), "--prepared-dir", str(prepared_set), "--out-dir", str(out),
            "--workers", "0", "--batch-size", "1", "--max-steps-per-epoch", "2", "--epochs", "1",
-           "--log-every", "1", "--max-val-images", "1", "--device", "cpu", "--threads", "1", *TINY_MODEL["maskrcnn"]]
+           "--log-every", "1", "--max-val-images", "1", "--device", "cpu", "--threads", "1", *TINY_MODEL["maskrcnn"],
+           "--attr-head", "--attr-refit-steps", "5"]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     t = time.time()
     r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
@@ -560,6 +561,7 @@ def test_ddp_two_processes_gloo_cpu(prepared_set, tmp_path):
     assert time.time() - t < 600
     meta = lfiles.read_json(out / "meta.json")
     assert meta["world_size"] == 2 and meta["status"] == "done"
+    assert meta["attr_refit"]["rows"] > 0  # rank 0 refits once the other rank is released
     ck = torch.load(out / "checkpoint.pth", weights_only=True)
     assert ck["world_size"] == 2 and ck["global_step"] == 2
     assert not any(k.startswith("module.") for k in ck["model"])  # saved unwrapped
