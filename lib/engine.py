@@ -418,10 +418,11 @@ def run(arch: str, model_overrides: dict, s: TrainSettings, stage: str | None = 
     model's defaults apply). Returns the final summary (also in ``out_dir/meta.json``). Rank 0 holds the
     lock of ``out_dir`` (:func:`lib.files.lock_dir`) until it returns.
     """
-    if not s.resume:  # a resumed run's head is in its checkpoint's config: checked after it is read
+    if not s.resume:  # a resumed run's head is in its checkpoint's config: checked once start_run read it
         refit_steps(s.attr_refit_steps, bool(model_overrides.get("attr_head")))
     with contextlib.ExitStack() as held:
         state = start_run(arch, model_overrides, s, stage or f"train_{arch}", held)
+        steps = refit_steps(s.attr_refit_steps, bool(state.config.get("attr_head")))  # before anything trains
         last_epoch = s.epochs - 1
         if s.stop_after_epoch:
             last_epoch = min(last_epoch, s.stop_after_epoch - 1)
@@ -434,7 +435,6 @@ def run(arch: str, model_overrides: dict, s: TrainSettings, stage: str | None = 
         runtime.teardown_distributed(state.env["distributed"], barrier=True)
         if not state.main:
             return {}
-        steps = refit_steps(s.attr_refit_steps, bool(state.config.get("attr_head")))
         if steps and done:  # rank 0 alone, the other ranks released: no collective waits on it
             refit_attribute_head(state, steps)
         return write_meta(state, "done" if done else "stopped")

@@ -967,6 +967,11 @@ def test_attribute_refit_rewrites_best_pth_after_training(prepared_set, tmp_path
     with pytest.raises(SystemExit, match="needs --attr-head"):
         _run("maskrcnn", prepared_set, tmp_path / "n", "--attr-refit-steps", "3")
     assert not (tmp_path / "n").exists()
+    _run("maskrcnn", prepared_set, tmp_path / "p", "--val-every", "0")  # no head: resumed, the saved config says so
+    with pytest.raises(SystemExit, match="needs --attr-head"):
+        _run("maskrcnn", prepared_set, tmp_path / "p", "--attr-refit-steps", "3", "--resume",
+             str(tmp_path / "p" / "checkpoint.pth"))
+    assert lfiles.read_json(tmp_path / "p" / "meta.json")["status"] == "done"
 
 
 # --------------------------------------------------------------------------------------------- recipe options
