@@ -81,7 +81,6 @@ import torch  # noqa: E402
 from bench import common as bc  # noqa: E402
 
 GROUPS = ("garments", "parts")
-REFIT_STEPS = 400  # the attribute head's refit on frozen features (lib.attribute_refit), as measured
 PAPER = {"source": "Birodkar et al., ICCV 2021, COCO VOC -> non-VOC mask AP",
          "resnet50_default_head": 25.9, "hourglass52": 33.1}
 
@@ -268,6 +267,12 @@ def train_args(cfg: dict, w: Path, run: str, budget: dict, prepared: str = "prep
             "--log-every", "5", "--scale-range", *cfg["scale_range"], "--seed", "0", *val]
 
 
+def finished(run_dir: Path) -> bool:
+    """Whether the training in ``run_dir`` ran to its end (its meta.json says ``done``): what ``--reuse`` keeps."""
+    meta = run_dir / "meta.json"
+    return meta.is_file() and json.loads(meta.read_text()).get("status") == "done"
+
+
 def training_jobs(cfg: dict, w: Path, agnostic_flag: bool, claim_group: str, reuse: bool) -> list:
     """``[(run name, argv[, after])]`` of the trainings, longest first (Mask R-CNN is the slowest on CPU).
 
@@ -304,8 +309,7 @@ def training_jobs(cfg: dict, w: Path, agnostic_flag: bool, claim_group: str, reu
     ]
     out = []
     for name, cmd, *after in runs:
-        meta = w / name / "meta.json"
-        if reuse and meta.is_file() and json.loads(meta.read_text()).get("status") == "done":
+        if reuse and finished(w / name):
             continue
         shutil.rmtree(w / name, ignore_errors=True)  # a fixed budget: every run starts from scratch
         out.append((f"train_{name}", cmd, *after))
@@ -568,9 +572,9 @@ def oracle_attributes(run_dir: Path, items: list[dict], train_csv: Path, device:
     attribute predicted where its frequency in the instance's category is >= 0.5): micro / macro F1. With
     ``train_items`` (the training split's instances) and a head the run did not refit itself
     (``refit_in_checkpoint`` otherwise) also ``refit``: the head retrained alone on the frozen
-    detector's features at those instances' boxes (``lib.attribute_refit.refit_head``, :data:`REFIT_STEPS` steps, as
-    03 / 04 ``--attr-refit-steps`` do to best.pth), at the same test boxes."""
-    from lib.attribute_refit import REFIT_DEFAULTS, attribute_rows, refit_head
+    detector's features at those instances' boxes (``lib.attribute_refit.refit_head``, its ``DEFAULT_STEPS``,
+    as 03 / 04 ``--attr-refit-steps`` do to best.pth), at the same test boxes."""
+    from lib.attribute_refit import DEFAULT_STEPS, REFIT_DEFAULTS, attribute_rows, refit_head
     from lib.checkpoint import load_checkpoint
     from lib.labels import N_ATTRIBUTES
     from lib.attribute_metric import multilabel_f1
@@ -597,7 +601,7 @@ def oracle_attributes(run_dir: Path, items: list[dict], train_csv: Path, device:
         out["refit_in_checkpoint"] = ckpt["attr_refit"]
     elif train_items:
         refit = refit_head(head, *attribute_rows(model, _attribute_samples(train_items, N_ATTRIBUTES), device),
-                           steps=REFIT_STEPS, **REFIT_DEFAULTS)
+                           steps=DEFAULT_STEPS, **REFIT_DEFAULTS)
         out["refit"] = _attr_summary(multilabel_f1(g, scores(refit.to(device))))
     del model
     return out
@@ -799,9 +803,7 @@ def ablation(cfg: dict, arch: str, flags: list[str], out: Path, jobs, reuse: boo
         return [py, script, *args, *model, *base, *extra]
 
     jobs.run([(f"train_{name}", argv(name, extra))
-              for name, extra in runs.items()
-              if not (reuse and (w / name / "meta.json").is_file()
-                      and json.loads((w / name / "meta.json").read_text()).get("status") == "done")])
+              for name, extra in runs.items() if not (reuse and finished(w / name))])
     rep["timings"]["train"] = round(time.time() - t0, 1)
     t0 = time.time()
     jobs.run([("predict_test", [py, "05_predict.py", "--checkpoints", w / "without", w / "with", "--names",
@@ -861,9 +863,7 @@ def claim_curve(cfg: dict, group: str, epochs: int, out: Path, jobs, reuse: bool
     t0 = time.time()
     jobs.run([(f"train_{name}", [*cmd, *train_args(cfg, w, name, budget), *cfg["det"], "--mask-categories", group,
                                  "--keep-epochs", *(str(e) for e in range(1, epochs + 1))])
-              for name, cmd in runs.values()
-              if not (reuse and (w / name / "meta.json").is_file()
-                      and json.loads((w / name / "meta.json").read_text()).get("status") == "done")])
+              for name, cmd in runs.values() if not (reuse and finished(w / name))])
     rep["timings"]["train"] = round(time.time() - t0, 1)
     t0 = time.time()
     items = load_test_instances(data / "test" / "test_ground_truth.csv", data / "test" / "test")
@@ -984,26 +984,22 @@ def main(args) -> dict:
     if device.type == "cpu":
         torch.set_num_threads(max(1, cfg["threads"]))
     jobs = Jobs(out / "logs", cfg["lanes"], env)
+    def single(kind, result, to_markdown):  # one measurement instead of the benchmark: <kind>.json and .md
+        rep = {"mode": mode, "env": bc.env_info(device), "config": dict(cfg), "out": str(out), kind: result,
+               "commands": jobs.commands, "jobs": jobs.results}
+        bc.write_json(out / f"{kind}.json", rep)
+        md = to_markdown(result)
+        (out / f"{kind}.md").write_text(md + "\n")
+        print(md)
+        return rep
+
     if args.ablation:
-        rep = {"mode": mode, "env": bc.env_info(device), "config": dict(cfg), "out": str(out),
-               "ablation": ablation(cfg, args.ablation_arch, shlex.split(args.ablation), out, jobs, args.reuse,
-                                    shlex.split(args.ablation_base)),
-               "commands": jobs.commands, "jobs": jobs.results}
-        bc.write_json(out / "ablation.json", rep)
-        md = ablation_markdown(rep["ablation"])
-        (out / "ablation.md").write_text(md + "\n")
-        print(md)
-        return rep
+        return single("ablation", ablation(cfg, args.ablation_arch, shlex.split(args.ablation), out, jobs, args.reuse,
+                                           shlex.split(args.ablation_base)), ablation_markdown)
     if args.claim_curve:
-        rep = {"mode": mode, "env": bc.env_info(device), "config": dict(cfg), "out": str(out),
-               "claim_curve": claim_curve(cfg, args.claim_group, args.claim_curve, out, jobs, args.reuse, device,
-                                          None if args.claim_deepmac is None else shlex.split(args.claim_deepmac)),
-               "commands": jobs.commands, "jobs": jobs.results}
-        bc.write_json(out / "claim_curve.json", rep)
-        md = claim_curve_markdown(rep["claim_curve"])
-        (out / "claim_curve.md").write_text(md + "\n")
-        print(md)
-        return rep
+        return single("claim_curve", claim_curve(
+            cfg, args.claim_group, args.claim_curve, out, jobs, args.reuse, device,
+            None if args.claim_deepmac is None else shlex.split(args.claim_deepmac)), claim_curve_markdown)
     held = [g for g in GROUPS if g != args.claim_group][0]
     rep: dict = {"mode": mode, "env": bc.env_info(device), "config": {k: v for k, v in cfg.items()},
                  "out": str(out), "timings": {}, "commands": jobs.commands}
