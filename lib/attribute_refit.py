@@ -24,7 +24,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from .checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, save_checkpoint
 from .labels import ATTRIBUTE_CATEGORIES
 from .models.maskrcnn import box_features_for_boxes
 from .training_data import PreparedDataset, build_transforms
@@ -98,10 +98,9 @@ def refit_checkpoint(path: str | Path, prepared_dir: str | Path, steps: int, dev
     of :func:`attribute_rows` from the weights :func:`lib.checkpoint.load_checkpoint` gives, :func:`refit_head`
     with :data:`REFIT_DEFAULTS`) and save it back. Returns the checkpoint's ``attr_refit``: ``steps``, the
     settings and ``rows`` (instances it learned from); a checkpoint that has one already is not refit again."""
-    ckpt = read_checkpoint(path)
+    model, ckpt = load_checkpoint(path)
     if ckpt.get("attr_refit"):
         return ckpt["attr_refit"]
-    model, _ = load_checkpoint(path)
     head = getattr(model.roi_heads, "attr_predictor", None)
     if head is None:
         raise ValueError(f"{path}: the model has no attribute head to refit (train it with --attr-head)")
@@ -115,7 +114,6 @@ def refit_checkpoint(path: str | Path, prepared_dir: str | Path, steps: int, dev
             ema = ckpt["model_ema"]
             ema["module." + prefix + name] = value.to(ema["module." + prefix + name].dtype)
     ckpt["attr_refit"] = {"steps": int(steps), **REFIT_DEFAULTS, "rows": int(len(rows[0]))}
-    ckpt.pop("digest", None)
     save_checkpoint(path, ckpt)
     return ckpt["attr_refit"]
 

@@ -110,9 +110,7 @@ def train_settings(args):
 def add_training_args(parser: argparse.ArgumentParser, out_dir: str, **defaults) -> argparse.ArgumentParser:
     """Add the flags shared by the training scripts, with the defaults of :class:`lib.engine.TrainSettings`;
     ``defaults`` are the script's own (e.g. ``lr=3e-4``), each a field of it."""
-    from .engine import TrainSettings
-
-    d = field_defaults(TrainSettings)
+    d = field_defaults(_train_settings_class())
     unknown = set(defaults) - set(d)
     if unknown:
         raise ValueError(f"add_training_args: unknown defaults {sorted(unknown)}")
