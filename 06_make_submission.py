@@ -100,7 +100,11 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "to the images' averages); saved in params.json. Needs a large tuning split: on the "
                         "demo's 12 val images it overfits")
     g.add_argument("--attributes", choices=["off", "on"], default=None, help="emit attributes in ClassIds")
-    g.add_argument("--attr-thresh", type=float, default=None, help="attribute score threshold")
+    g.add_argument("--attr-thresh", type=float, default=None,
+                   help="attribute score threshold, one for all attributes. Not given: with --attributes on, "
+                        "--tune / --tune-on tune one per attribute (each attribute's F1 on the matched instances "
+                        "of the tuning split, around the saved or default 0.5) into params.json, which later runs "
+                        "use; given, it replaces them")
     p.add_argument("--gt", type=Path, default=D["gt"],
                    help="ground truth to score on: train.csv-format CSV or COCO-format JSON, e.g. Fashionpedia's val "
                         "file (default: <data-dir>/test_ground_truth.csv)")
@@ -135,7 +139,7 @@ def settings(args) -> make_submission.SubmissionSettings:
     ``record``."""
     return cli.settings_of(
         make_submission.SubmissionSettings, args,
-        postprocess={k: getattr(args, k) for k in postprocess.Params.names()},
+        postprocess={k: getattr(args, k) for k in postprocess.Params.names() if k != "attr_thresholds"},  # tuned only
         tune_grid=make_submission.parse_grid(args.tune_grid), score=not args.no_score, progress=not args.no_progress,
         record=cli.args_dict(args))
 

@@ -13,11 +13,21 @@ from .labels import ATTRIBUTE_CATEGORIES, N_ATTRIBUTES
 
 __all__ = [
     "match_instances",
+    "greedy_matches",
     "matched_attributes",
+    "matched_window_attributes",
     "multilabel_f1",
     "attribute_f1",
     "AttributeEvaluator",
+    "THRESHOLD_GRID",
+    "MIN_POSITIVES",
+    "tune_thresholds",
 ]
+
+# The per-attribute thresholds :func:`tune_thresholds` tries, and the fewest ground-truth positives an attribute
+# needs on the tuning split to get its own (fewer: the shared threshold; one or two examples overfit).
+THRESHOLD_GRID = tuple(np.round(np.arange(0.05, 1.0, 0.05), 2))
+MIN_POSITIVES = 5
 
 
 def match_instances(gt_masks, gt_classes, pred_masks, pred_classes, pred_scores=None,
@@ -38,11 +48,19 @@ def match_instances(gt_masks, gt_classes, pred_masks, pred_classes, pred_scores=
     gt, gt_classes, pr, pred_classes, scores = _check_inputs(
         gt_masks, gt_classes, pred_masks, pred_classes, pred_scores
     )
+    return greedy_matches(gt_classes, pred_classes, scores, lambda gi, pj: mask_iou(gt[gi], pr[pj]), iou_threshold)
+
+
+def greedy_matches(gt_classes, pred_classes, pred_scores, iou_of, iou_threshold: float = 0.5) -> np.ndarray:
+    """:func:`match_instances` with the IoUs from ``iou_of(gt indices, pred indices)`` -> (len, len) array,
+    asked once per class (e.g. :func:`lib.kaggle_metric.window_ious` of cropped windows, without full masks).
+    ``pred_scores``: (M,) or None (input order). Returns the (K, 2) ``(gt index, pred index)`` pairs."""
+    gt_classes, pred_classes = list(gt_classes), list(pred_classes)
     pairs: list[tuple[int, int]] = []
     gt_idx: dict = {}
     for i, c in enumerate(gt_classes):
         gt_idx.setdefault(c, []).append(i)
-    order = _order_by_score(scores, len(pred_classes))
+    order = _order_by_score(None if pred_scores is None else np.asarray(pred_scores, np.float64), len(pred_classes))
     ious: dict = {}
     taken = np.zeros(len(gt_classes), bool)
     for j in order:
@@ -52,7 +70,7 @@ def match_instances(gt_masks, gt_classes, pred_masks, pred_classes, pred_scores=
         c = pred_classes[j]
         if c not in ious:  # IoU of every prediction of class c with its ground truth: (Ngt_c, Npred_c)
             pj = [k for k, pc in enumerate(pred_classes) if pc == c]
-            ious[c] = (dict(zip(pj, range(len(pj)))), mask_iou(gt[gi], pr[pj]))
+            ious[c] = (dict(zip(pj, range(len(pj)))), np.asarray(iou_of(gi, pj), np.float64))
         col, iou = ious[c]
         cand = np.where(~taken[gi] & (iou[:, col[j]] >= iou_threshold), iou[:, col[j]], -1.0)
         if cand.max() < 0:
@@ -99,23 +117,35 @@ def matched_attributes(gt_masks, gt_classes, gt_attributes, pred_masks, pred_cla
     gt, gt_classes, pr, pred_classes, scores = _check_inputs(
         gt_masks, gt_classes, pred_masks, pred_classes, pred_scores
     )
+    return matched_window_attributes(gt_classes, gt_attributes, pred_classes, scores, pred_attr_scores,
+                                     lambda gi, pj: mask_iou(gt[gi], pr[pj]), iou_threshold, categories)
+
+
+def matched_window_attributes(gt_classes, gt_attributes, pred_classes, pred_scores, pred_attr_scores, iou_of,
+                              iou_threshold: float = 0.5,
+                              categories=ATTRIBUTE_CATEGORIES) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`matched_attributes` with the IoUs from ``iou_of(gt indices, pred indices)`` (as
+    :func:`greedy_matches`; indices into all N / M instances), for masks kept as windows."""
+    gt_classes = [_plain(c) for c in gt_classes]
+    pred_classes = [_plain(c) for c in pred_classes]
     n_attr = _attribute_width(gt_attributes, pred_attr_scores)
     a_gt = _attribute_rows(gt_attributes, len(gt_classes), "gt_attributes", n_attr)
     a_pr = _attribute_rows(pred_attr_scores, len(pred_classes), "pred_attr_scores", n_attr)
     allowed = None if categories is None else {_plain(c) for c in categories}
     gi = [i for i, c in enumerate(gt_classes) if allowed is None or c in allowed]
     pj = [j for j, c in enumerate(pred_classes) if allowed is None or c in allowed]
-    pairs = match_instances(
-        gt[gi], [gt_classes[i] for i in gi], pr[pj], [pred_classes[j] for j in pj],
-        None if scores is None else scores[pj], iou_threshold,
-    )
+    scores = None if pred_scores is None else np.asarray(pred_scores, np.float64)
+    pairs = greedy_matches([gt_classes[i] for i in gi], [pred_classes[j] for j in pj],
+                           None if scores is None else scores[pj],
+                           lambda g, p: iou_of([gi[k] for k in g], [pj[k] for k in p]), iou_threshold)
     g = np.asarray(gi, np.int64)[pairs[:, 0]] if len(pairs) else np.zeros(0, np.int64)
     p = np.asarray(pj, np.int64)[pairs[:, 1]] if len(pairs) else np.zeros(0, np.int64)
     return a_gt[g] != 0, a_pr[p]
 
 
-def multilabel_f1(gt, scores, threshold: float = 0.5) -> dict:
-    """Micro and macro F1 of ``scores >= threshold`` against ``gt``, both (K, A) (rows = instances).
+def multilabel_f1(gt, scores, threshold=0.5) -> dict:
+    """Micro and macro F1 of ``scores >= threshold`` against ``gt``, both (K, A) (rows = instances);
+    ``threshold`` one float, or (A,) per attribute (:func:`tune_thresholds`).
 
     Per attribute a: TP/FP/FN over the K rows; F1_a = 2 TP / (2 TP + FP + FN), defined when that
     denominator is > 0 (the attribute is in the ground truth or predicted at least once).
@@ -124,13 +154,17 @@ def multilabel_f1(gt, scores, threshold: float = 0.5) -> dict:
         ``micro_f1`` (TP/FP/FN summed over attributes), ``macro_f1`` (mean F1_a over the attributes
         where it is defined), ``precision`` / ``recall`` (micro), ``tp, fp, fn`` (totals),
         ``per_attribute`` ({attribute id: F1_a} for defined ones), ``num_instances`` (K),
-        ``threshold``. Undefined scores (nothing in the ground truth nor predicted) are nan.
+        ``threshold`` (a float, or a list of A). Undefined scores (nothing in the ground truth nor predicted) are
+        nan.
     """
     gt = np.asarray(gt) != 0
     scores = np.asarray(scores, dtype=np.float64)
     if gt.shape != scores.shape or gt.ndim != 2:
         raise ValueError(f"gt and scores must be (K, A) arrays of one shape, got {gt.shape} and {scores.shape}")
-    pred = scores >= threshold
+    thr = np.asarray(threshold, np.float64)
+    if thr.ndim and thr.shape != (gt.shape[1],):
+        raise ValueError(f"threshold must be a float or one per attribute ({gt.shape[1]}), got shape {thr.shape}")
+    pred = scores >= thr
     tp = (gt & pred).sum(0)
     fp = (~gt & pred).sum(0)
     fn = (gt & ~pred).sum(0)
@@ -148,8 +182,41 @@ def multilabel_f1(gt, scores, threshold: float = 0.5) -> dict:
         "fn": FN,
         "per_attribute": {int(a): float(f1[a]) for a in np.flatnonzero(den > 0)},
         "num_instances": int(gt.shape[0]),
-        "threshold": float(threshold),
+        "threshold": thr.tolist() if thr.ndim else float(thr),
     }
+
+
+def tune_thresholds(gt, scores, default: float = 0.5, grid=THRESHOLD_GRID,
+                    min_positives: int = MIN_POSITIVES) -> np.ndarray:
+    """Per-attribute thresholds maximising each attribute's F1 on matched pairs (06's tuning split).
+
+    Args:
+        gt: (K, A) multi-hot ground truth of the matched pairs; scores: (K, A) attribute scores
+            (:meth:`AttributeEvaluator.pairs`).
+        default: the shared threshold, kept by the attributes with fewer than ``min_positives``
+            ground-truth positives.
+        grid: the thresholds tried; ties go to the one nearest ``default``, then the lower.
+
+    Returns:
+        (A,) float64 thresholds; an attribute's F1 on ``(gt, scores)`` at its threshold is the best of the grid's
+        (and ``default``'s) and so at least its F1 at ``default``.
+    """
+    gt = np.asarray(gt) != 0
+    scores = np.asarray(scores, dtype=np.float64)
+    if gt.shape != scores.shape or gt.ndim != 2:
+        raise ValueError(f"gt and scores must be (K, A) arrays of one shape, got {gt.shape} and {scores.shape}")
+    cand = np.unique(np.append(np.asarray(grid, np.float64), default))
+    cand = cand[np.argsort(np.abs(cand - default), kind="stable")]  # nearest the default first: argmax keeps it
+    pred = scores[:, :, None] >= cand[None, None, :]  # (K, A, G)
+    tp = (pred & gt[:, :, None]).sum(0)
+    fp = (pred & ~gt[:, :, None]).sum(0)
+    fn = gt.sum(0)[:, None] - tp
+    den = 2 * tp + fp + fn
+    f1 = np.divide(2.0 * tp, den, out=np.zeros(den.shape), where=den > 0)  # (A, G)
+    out = np.full(gt.shape[1], float(default))
+    own = gt.sum(0) >= max(1, min_positives)
+    out[own] = cand[np.argmax(f1[own], axis=1)]
+    return out
 
 
 def attribute_f1(gt_masks, gt_classes, gt_attributes, pred_masks, pred_classes, pred_scores, pred_attr_scores,
@@ -223,12 +290,17 @@ class AttributeEvaluator:
         self.num_pred += other.num_pred
         return self
 
-    def summary(self, threshold: float | None = None) -> dict:
-        """:func:`multilabel_f1` of every matched pair so far, plus ``num_gt`` / ``num_pred``."""
+    def pairs(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every matched pair so far: ``(gt, scores)``, (K, A) bool and (K, A) float64."""
         n_attr = self._gt[0].shape[1] if self._gt else N_ATTRIBUTES
         gt = np.concatenate(self._gt) if self._gt else np.zeros((0, n_attr), bool)
         scores = np.concatenate(self._scores) if self._scores else np.zeros((0, n_attr))
-        out = multilabel_f1(gt, scores, self.threshold if threshold is None else threshold)
+        return gt, scores
+
+    def summary(self, threshold=None) -> dict:
+        """:func:`multilabel_f1` of every matched pair so far (at ``threshold``: a float or (A,); None = the
+        evaluator's), plus ``num_gt`` / ``num_pred``."""
+        out = multilabel_f1(*self.pairs(), self.threshold if threshold is None else threshold)
         out.update(num_gt=self.num_gt, num_pred=self.num_pred)
         return out
 

@@ -135,6 +135,8 @@ def choose(s: SubmissionSettings, sources: list, indexes: dict, images: pd.DataF
     combination, params = tuning.tune_combination(ts, grid, params, combination, explicit, out_dir / "params.json",
                                                   s.weight_choices, s.max_models or None, s.refine,
                                                   s.tune_drop_categories and not fixed)
+    if params.attributes == "on" and s.postprocess.get("attr_thresh") is None:  # --attr-thresh given: kept
+        params, _ = tuning.tune_attribute_thresholds(ts, combination, params, out_dir / "params.json")
     return params, combination, f"tuned on {ts.gt_path}", str(params_path)
 
 
@@ -160,10 +162,14 @@ def _score(s: SubmissionSettings, sources: list, indexes: dict, gt: Path, params
     compare = functools.partial(fusion.compared_masks, [src.name for src in sources], combination,
                                 _ensemble(s, sources, combination, True))
     scores = scoring.score_tables({"sources": sources, "indexes": indexes}, gt, params, mask_size, images, compare,
-                                  params.attributes == "on", _processes(s), s.progress)
+                                  params.attributes == "on", _processes(s), s.progress, params.attributes == "on")
     for name, result in scores.items():
         label = name if name != "submission" else f"submission = {'+'.join(combination.models)}"
         print(scoring.score_line(label, result))
+        if "attributes" in result:
+            a = result["attributes"]
+            print(f"  {'':<30} attributes: micro F1 {a['micro_f1']:.4f}  macro F1 {a['macro_f1']:.4f}  "
+                  f"({a['num_instances']} matched instances, thresholds {a['thresholds']})")
     return scores
 
 
@@ -302,7 +308,8 @@ def _run(s: SubmissionSettings) -> dict:
         "submission_overlap": sub_params.overlap,
         "edition": edition, "num_images": len(ids), "num_rows": len(sub), "num_placeholder_rows": n_placeholder,
         "images_not_predicted": len(not_predicted),
-        "scores": {k: {m: v[m] for m in ("kaggle", "AP", "AP50", "AP75")} for k, v in scores.items()},
+        "scores": {k: {m: v[m] for m in ("kaggle", "AP", "AP50", "AP75", "attributes") if m in v}
+                   for k, v in scores.items()},
         "report": str(report) if report else None, "seconds": round(time.time() - t0, 1)}
     atomic_write_json(out_dir / "meta.json", meta)
     print(f"wrote {out_dir / 'submission.csv'}: {len(sub)} rows for {len(ids)} images "

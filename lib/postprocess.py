@@ -19,7 +19,7 @@ Post-processing of one image (:func:`postprocess_image`; :func:`finalize` on dec
 6. drop masks smaller than ``min_area`` pixels (empty masks always);
 7. ClassId: the category, plus (``attributes="on"``, categories in
    :data:`lib.labels.ATTRIBUTE_CATEGORIES` only) the attributes whose score
-   is ``>= attr_thresh``.
+   is ``>= attr_thresh`` (or, when 06 tuned them, ``>=`` its own of ``attr_thresholds``).
 
 The parameters are a :class:`Params` record, checked once when made; its defaults are the recipe of the
 competition's winning solution (score 0.5, mask threshold 0.45, NMS 0.3, same-class overlap
@@ -45,7 +45,8 @@ from . import rle as lrle
 from .files import atomic_write_json, read_json
 
 __all__ = ["Params", "load_params", "save_params", "ProbWindow", "Instance",
-           "window_at", "decode_windows", "rank_windows", "finalize", "postprocess_image", "image_groups"]
+           "window_at", "decode_windows", "rank_windows", "attribute_thresholds", "finalize", "postprocess_image",
+           "image_groups"]
 
 
 def _category_set(value, name: str) -> tuple[int, ...] | None:
@@ -68,7 +69,9 @@ class Params:
     """The post-processing parameters (the steps of the module docstring); the defaults are the winning recipe.
 
     Checked once, when made (``ValueError`` naming a bad value): the thresholds become floats (``score_thresh``,
-    ``mask_thresh``, ``attr_thresh`` in [0, 1]; ``nms_iou`` >= 0), ``min_area`` an int >= 0; ``overlap`` is
+    ``mask_thresh``, ``attr_thresh`` in [0, 1]; ``nms_iou`` >= 0), ``min_area`` an int >= 0; ``attr_thresholds``
+    (one per attribute, tuned by 06: :func:`lib.tuning.tune_attribute_thresholds`) None or a tuple of values in
+    [0, 1] that replaces ``attr_thresh``; ``overlap`` is
     "score" or "none", ``attributes`` "off" or "on"; the category sets become sorted tuples (``keep_categories``
     None = all), given as such or as strings such as ``"garments"`` or ``"0-26,31"``. Made from a dict of some
     fields (:meth:`from_dict`, params.json's ``"params"``), changed with :meth:`replace`, written by
@@ -84,6 +87,7 @@ class Params:
     drop_categories: tuple[int, ...] = ()
     attributes: str = "off"
     attr_thresh: float = 0.5
+    attr_thresholds: tuple[float, ...] | None = None
 
     def __post_init__(self):
         def put(name, value):
@@ -104,6 +108,12 @@ class Params:
             raise ValueError(f"overlap must be 'score' or 'none', got {self.overlap!r}")
         if self.attributes not in ("off", "on"):
             raise ValueError(f"attributes must be 'off' or 'on', got {self.attributes!r}")
+        if self.attr_thresholds is not None:
+            thr = tuple(float(t) for t in self.attr_thresholds)
+            if not thr or not all(0.0 <= t <= 1.0 for t in thr):
+                raise ValueError(f"attr_thresholds must be a non-empty list of values in [0, 1], got "
+                                 f"{list(self.attr_thresholds)[:8]}...")
+            put("attr_thresholds", thr)
         put("keep_categories", _category_set(self.keep_categories, "keep_categories"))
         put("drop_categories", _category_set(self.drop_categories, "drop_categories") or ())
 
@@ -139,8 +149,9 @@ class Params:
         return dataclasses.replace(self, **given) if given else self
 
     def to_json(self) -> dict:
-        """The parameters as params.json's ``"params"`` holds them (category sets as lists)."""
-        values = {k: getattr(self, k) for k in self.names()}
+        """The parameters as params.json's ``"params"`` holds them (category sets as lists; ``attr_thresholds``
+        only when tuned, so untuned files keep the format of before it)."""
+        values = {k: getattr(self, k) for k in self.names() if k != "attr_thresholds" or self.attr_thresholds}
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in values.items()}
 
 
@@ -296,9 +307,21 @@ def _window_iou(a: Instance, b: Instance) -> float:
     return inter / union if union else 0.0
 
 
+def attribute_thresholds(params: Params, num_attributes: int):
+    """The threshold of each of ``num_attributes`` attribute scores: ``params.attr_thresholds`` ((A,) array;
+    ``ValueError`` when A is not ``num_attributes``), else ``params.attr_thresh``."""
+    if params.attr_thresholds is None:
+        return params.attr_thresh
+    if len(params.attr_thresholds) != num_attributes:
+        raise ValueError(f"attr_thresholds has {len(params.attr_thresholds)} values, the predictions "
+                         f"{num_attributes} attribute scores")
+    return np.asarray(params.attr_thresholds)
+
+
 def _class_id(p: ProbWindow, params: Params) -> str:
     if params.attributes == "on" and p.attrs is not None and p.category in llabels.ATTRIBUTE_CATEGORIES:
-        return llabels.format_class_id(p.category, np.flatnonzero(p.attrs >= params.attr_thresh))
+        return llabels.format_class_id(p.category, np.flatnonzero(p.attrs >= attribute_thresholds(params,
+                                                                                                 len(p.attrs))))
     return str(p.category)
 
 

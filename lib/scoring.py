@@ -23,15 +23,16 @@ from tqdm import tqdm
 from . import kaggle_data as lkaggle
 from . import labels as llabels
 from . import prediction_table as lpred
+from .attribute_metric import matched_window_attributes, multilabel_f1
 from .coco_metric import coco_records
 from .evaluator import Evaluator
 from .kaggle_metric import class_score, mask_window, window_ious
-from .postprocess import Params, finalize, image_groups, rank_windows
+from .postprocess import Params, attribute_thresholds, finalize, image_groups, rank_windows
 from .prediction_table import check_images
 
 __all__ = ["ground_truth_index", "load_ground_truth", "GroundTruth", "image_ground_truth", "ImageScorer",
-           "image_record", "scored_images", "raise_problems", "summarize", "score_table", "score_tables",
-           "score_line", "warnings_once"]
+           "image_record", "attribute_pairs", "scored_images", "raise_problems", "summarize", "score_table",
+           "score_tables", "table_attribute_pairs", "attribute_summary", "score_line", "warnings_once"]
 
 
 _SEEN: list[set[str]] = []  # the messages printed in each open warnings_once() scope
@@ -199,6 +200,33 @@ def image_record(probs: list, gt: GroundTruth, params: Params, full_class_ids: b
     return (score, per_class, *coco_records(gt.masks(), gt.keys, pred, keys, [i.score for i in insts]))
 
 
+def attribute_pairs(probs: list, gt: GroundTruth, rows: list, params: Params):
+    """One image's attribute pairs: its post-processed instances (:func:`lib.postprocess.finalize` of ``probs``
+    with ``params``) that carry attribute scores, matched to its ground truth (``gt`` by category, ``rows`` its
+    :class:`lib.kaggle_data.Row` list in the same order) as :func:`lib.attribute_metric.matched_attributes`
+    matches (same category, mask IoU >= 0.5, attribute categories only; IoUs on windows).
+
+    Returns ``(gt, scores)``: (K, A) bool and (K, A) float64, or None when no instance has attribute scores
+    (a model without an attribute head; fused instances none of whose models has one). ``ValueError`` naming
+    the row when a ground-truth attribute id is not below A."""
+    insts = [i for i in finalize(probs, params, gt.size)
+             if probs[i.rank].attrs is not None and not np.isnan(probs[i.rank].attrs).any()]
+    if not insts:
+        return None
+    n_attr = len(probs[insts[0].rank].attrs)
+    gt_attr = np.zeros((len(rows), n_attr), bool)
+    for k, r in enumerate(rows):
+        bad = [a for a in r.attributes if not 0 <= a < n_attr]
+        if bad:
+            raise ValueError(f"row {r.row} ({r.image_id}): attribute ids {bad} outside the predictions' {n_attr}")
+        gt_attr[k, list(r.attributes)] = True
+    pred_windows = [(i.y0, i.x0, i.mask) for i in insts]
+    return matched_window_attributes(
+        [r.category for r in rows], gt_attr, [i.category for i in insts], [i.score for i in insts],
+        np.stack([probs[i.rank].attrs for i in insts]),
+        lambda gi, pj: window_ious([gt.windows[g] for g in gi], [pred_windows[j] for j in pj]))
+
+
 def scored_images(gt_path: str | Path, images: pd.DataFrame | None, mask_size: int | None,
                   full_class_ids: bool = False, problems: list | None = None):
     """The images a score covers, for :func:`lib.table_stream.map_images`: ``(tasks, total, positions)``.
@@ -315,21 +343,26 @@ def score_table(pred_table: pd.DataFrame, gt_csv_path: str | Path, params: Param
 
 def score_tables(sources: dict, gt_path: str | Path, params: Params, mask_size: int | None, images: pd.DataFrame | None,
                  combine: Callable, full_class_ids: bool = False, processes: int = 1,
-                 progress: bool = True) -> dict[str, dict]:
+                 progress: bool = True, attributes: bool = False) -> dict[str, dict]:
     """:func:`score_table` of several tables at once, image by image in ``processes`` (06's scores).
 
     ``sources``: ``{"sources": [lib.table_stream.Source], "indexes": {file: TableIndex}}``; ``combine(task,
     masks) -> {table name: StoredMask list}`` makes each scored table of one image from its sources' masks
-    (a picklable function). Returns ``{table name: score_table result}``."""
+    (a picklable function). Returns ``{table name: score_table result}``; with ``attributes``, a table whose
+    instances carry attribute scores also gets ``"attributes"``: :func:`attribute_summary` of its
+    :func:`attribute_pairs`."""
     from .table_stream import map_images
 
     problems: list = []
     tasks, total, positions = scored_images(gt_path, images, mask_size, full_class_ids, problems)
-    work = functools.partial(_combined_records, combine, params, full_class_ids)
+    work = functools.partial(_combined_records, combine, params, full_class_ids, attributes)
     records: dict = {}
-    for task_id, rec in map_images(work, tasks, total, sources["sources"], sources["indexes"], processes, 0.0,
-                                   progress, desc="score"):
+    pairs: dict = {}
+    for task_id, rec, image_pairs in map_images(work, tasks, total, sources["sources"], sources["indexes"],
+                                                processes, 0.0, progress, desc="score"):
         records[task_id] = rec
+        for name, p in (image_pairs or {}).items():
+            pairs.setdefault(name, []).append(p)
     raise_problems(gt_path, problems)
     names = list(next(iter(records.values()))) if records else []
     predicted = set().union(*(sources["indexes"][f].rows for f in {s.path for s in sources["sources"]}))
@@ -339,11 +372,63 @@ def score_tables(sources: dict, gt_path: str | Path, params: Params, mask_size: 
         for image_id in sorted(records, key=positions.__getitem__):
             ev.add_scored(image_id, *records[image_id][name])
         out[name] = summarize(ev, params, mask_size, sum(1 for k in predicted if k not in positions))
+        stacked = _stacked(pairs.get(name, []))
+        if stacked is not None:
+            out[name]["attributes"] = attribute_summary(stacked, params)
     return out
 
 
-def _combined_records(combine, params, full_class_ids, task, masks):
-    return task.image_id, _score_image(params, full_class_ids, True, 0.0, task, combine(task, masks))
+def _combined_records(combine, params, full_class_ids, attributes, task, masks):
+    tables = combine(task, masks)
+    pairs = _image_pairs(params, task, tables) if attributes else None
+    return task.image_id, _score_image(params, full_class_ids, True, 0.0, task, tables), pairs
+
+
+def _image_pairs(params, task, tables):
+    """:func:`attribute_pairs` of each table of one image: ``{table name: (gt, scores) or None}``."""
+    gt = image_ground_truth(task.gt, task.size)
+    return {name: attribute_pairs(rank_windows(m, task.size, params.score_thresh), gt, task.gt, params)
+            for name, m in tables.items()}
+
+
+def _pairs_of(combine, params, task, masks):
+    return _image_pairs(params, task, combine(task, masks))
+
+
+def _stacked(pairs: list) -> tuple[np.ndarray, np.ndarray] | None:
+    """The images' pairs (None = the image had no attribute scores) as one ``(gt, scores)``; None when none had."""
+    had = [p for p in pairs if p is not None]
+    if not had:
+        return None
+    return np.concatenate([g for g, _ in had]), np.concatenate([sc for _, sc in had])
+
+
+def table_attribute_pairs(sources: dict, gt_path: str | Path, params: Params, mask_size: int | None,
+                          images: pd.DataFrame | None, combine: Callable, processes: int = 1,
+                          progress: bool = True) -> dict:
+    """Every image's :func:`attribute_pairs`, of the tables ``combine`` makes (as :func:`score_tables`), in one
+    pass: ``{table name: (gt (K, A) bool, scores (K, A)) or None}`` (None: no attribute scores)."""
+    from .table_stream import map_images
+
+    problems: list = []
+    tasks, total, _ = scored_images(gt_path, images, mask_size, False, problems)
+    per: dict = {}
+    for tables in map_images(functools.partial(_pairs_of, combine, params), tasks, total, sources["sources"],
+                             sources["indexes"], processes, params.score_thresh, progress, desc="attributes"):
+        for name, p in tables.items():
+            per.setdefault(name, []).append(p)
+    raise_problems(gt_path, problems)
+    return {name: _stacked(p) for name, p in per.items()}
+
+
+def attribute_summary(pairs: tuple[np.ndarray, np.ndarray], params: Params) -> dict:
+    """Attribute F1 (:func:`lib.attribute_metric.multilabel_f1`: ``micro_f1``, ``macro_f1``, ``precision``,
+    ``recall``, ``num_instances``) of matched ``pairs`` at ``params``' thresholds; ``thresholds`` says
+    whether they were per attribute ("tuned") or ``attr_thresh``."""
+    gt, scores = pairs
+    f1 = multilabel_f1(gt, scores, attribute_thresholds(params, gt.shape[1]))
+    return {**{k: f1[k] for k in ("micro_f1", "macro_f1", "precision", "recall", "num_instances")},
+            "thresholds": "tuned" if params.attr_thresholds else params.attr_thresh}
 
 
 def score_line(name: str, s: dict) -> str:

@@ -30,13 +30,15 @@ import pandas as pd
 from .fusion import Combination, ImageFusion
 from .files import read_json
 from .postprocess import Params, finalize, load_params, rank_windows, save_params
-from .scoring import ImageScorer, image_ground_truth, raise_problems, scored_images
+from .attribute_metric import tune_thresholds
+from .scoring import (ImageScorer, attribute_summary, image_ground_truth, raise_problems, scored_images,
+                      table_attribute_pairs)
 from .table_stream import map_images
 
 __all__ = ["DEFAULT_GRID", "TuningSet", "grid_points", "point_groups", "search_candidates", "score_dropping",
            "choose_dropped_categories", "tune_postprocess", "weight_vectors",
            "combinations", "choose_combination", "load_combination", "saved_combination", "initial_combination",
-           "free_grid", "tune_combination"]
+           "free_grid", "tune_combination", "tune_attribute_thresholds"]
 
 
 # ------------------------------------------------------------------ post-processing
@@ -396,6 +398,8 @@ def initial_combination(names: Sequence[str], params_path: str | Path, use_saved
     (:meth:`lib.fusion.Combination.default`).
     """
     base = load_params(params_path) if use_saved else Params()
+    if overrides.get("attr_thresh") is not None:  # a threshold given replaces the saved per-attribute ones
+        base = dataclasses.replace(base, attr_thresholds=None)
     params = base.replace(**overrides)
     saved = load_combination(params_path) if use_saved and not explicit else None
     if saved is not None:
@@ -448,3 +452,44 @@ def tune_combination(ts: TuningSet, grid: dict, params: Params, combination: Com
               f"weights {[round(w, 2) for w in r['weights']]}")
     print(f"best of {len(results)} combinations -> {out_path}")
     return combination, params
+
+
+# ------------------------------------------------------------------ per-attribute thresholds
+
+
+def _submission_masks(combination: Combination, task, masks) -> dict:
+    """In a worker: the one table ``combination`` makes of an image's masks."""
+    return {"submission": ImageFusion(masks, task.orig_hw).combine(combination)}
+
+
+def tune_attribute_thresholds(ts: TuningSet, combination: Combination, params: Params,
+                              out_path: str | Path | None = None) -> tuple[Params, dict | None]:
+    """Per-attribute thresholds on the tuning set, around ``params.attr_thresh``.
+
+    The instances ``combination`` post-processed with ``params`` gives (06's tuned submission) are matched to the
+    ground truth (:func:`lib.scoring.table_attribute_pairs`), and each attribute gets the threshold that maximises
+    its F1 on the matched pairs (:func:`lib.attribute_metric.tune_thresholds`; attributes with few positives keep
+    ``attr_thresh``). With ``out_path`` (the params.json tuning wrote) the result is saved into it, with the
+    attribute F1 before and after (``"attributes"``).
+
+    Returns ``(params with attr_thresholds, {"before": ..., "after": ...})`` (:func:`lib.scoring.attribute_summary`
+    each); ``(params, None)`` unchanged when the predictions have no attribute scores or nothing matched.
+    """
+    shared = dataclasses.replace(params, attr_thresholds=None)
+    pairs = table_attribute_pairs({"sources": ts.sources, "indexes": ts.indexes}, ts.gt_path, shared, ts.mask_size,
+                                  ts.images, functools.partial(_submission_masks, combination), ts.processes,
+                                  ts.progress).get("submission")
+    if pairs is None or not len(pairs[0]):
+        print("attribute thresholds: the tuning predictions have no attribute scores on matched instances; "
+              f"attr_thresh {params.attr_thresh} stays")
+        return params, None
+    tuned = dataclasses.replace(shared, attr_thresholds=tuple(tune_thresholds(*pairs, default=shared.attr_thresh)))
+    info = {"before": attribute_summary(pairs, shared), "after": attribute_summary(pairs, tuned)}
+    if out_path is not None:
+        saved = read_json(out_path)
+        save_params(out_path, tuned, **{k: v for k, v in saved.items() if k != "params"}, attributes=info)
+    b, a = info["before"], info["after"]
+    print(f"attribute thresholds tuned on {ts.gt_path} ({b['num_instances']} matched instances): micro / macro F1 "
+          f"{b['micro_f1']:.4f} / {b['macro_f1']:.4f} at {shared.attr_thresh} -> {a['micro_f1']:.4f} / "
+          f"{a['macro_f1']:.4f} per attribute")
+    return tuned, info

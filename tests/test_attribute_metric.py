@@ -4,7 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lib.attribute_metric import AttributeEvaluator, attribute_f1, match_instances, matched_attributes, multilabel_f1
+from lib.attribute_metric import (AttributeEvaluator, attribute_f1, match_instances, matched_attributes,
+                                  matched_window_attributes, multilabel_f1, tune_thresholds)
+from lib.kaggle_metric import mask_window, window_ious
 from test_kaggle_metric import none, strips
 
 
@@ -101,3 +103,51 @@ def test_attribute_evaluator_pools_counts_over_images():
     with pytest.raises(ValueError, match="attributes"):
         ev.add(g1, [0], hot((1,), n=5), g1, [0], None, None)
 
+
+
+def test_per_attribute_thresholds_in_multilabel_f1():
+    gt = hot((1,), (1, 2), (2,), n=3)
+    scores = np.array([[0, 0.3, 0.9], [0, 0.4, 0.6], [0, 0.1, 0.7]])
+    r = multilabel_f1(gt, scores, np.array([0.5, 0.25, 0.8]))  # attribute 1 at 0.25, attribute 2 at 0.8
+    # attribute 1: TP 2 (0.3, 0.4); attribute 2: TP 0, FP 1 (0.9), FN 2
+    assert (r["tp"], r["fp"], r["fn"]) == (2, 1, 2) and r["per_attribute"] == {1: 1.0, 2: 0.0}
+    assert r["threshold"] == [0.5, 0.25, 0.8]
+    assert multilabel_f1(gt, scores, np.full(3, 0.5))["micro_f1"] == multilabel_f1(gt, scores, 0.5)["micro_f1"]
+    with pytest.raises(ValueError, match="one per attribute"):
+        multilabel_f1(gt, scores, [0.5, 0.5])
+
+
+def test_tune_thresholds_maximises_each_attributes_f1():
+    rng = np.random.default_rng(0)
+    gt = np.zeros((40, 4), bool)
+    gt[:20, 0] = gt[::2, 1] = True
+    gt[:3, 2] = True  # 3 positives: fewer than min_positives, keeps the default
+    scores = np.zeros((40, 4))
+    scores[:, 0] = np.where(gt[:, 0], 0.3, 0.1)  # separable at (0.1, 0.3]: F1 0 at 0.5, 1 tuned
+    scores[:, 1] = rng.uniform(0, 1, 40)  # noise: whatever wins, it is at least as good as 0.5
+    scores[:, 2] = np.where(gt[:, 2], 0.2, 0.0)
+    thr = tune_thresholds(gt, scores, default=0.5, min_positives=5)
+    assert 0.1 < thr[0] <= 0.3 and thr[2] == 0.5 and thr[3] == 0.5  # attribute 3: never in the ground truth
+    at = lambda t: multilabel_f1(gt, scores, t)["per_attribute"]
+    tuned, shared = at(thr), at(0.5)
+    assert tuned[0] == 1.0 and shared.get(0, 0.0) == 0.0
+    assert tuned[1] >= shared[1]
+    for t in (0.05, 0.25, 0.45, 0.65, 0.85):  # no grid threshold beats the chosen one
+        assert at(np.where(np.arange(4) == 1, t, thr)).get(1, 0.0) <= tuned[1]
+    # ties go to the threshold nearest the default: every threshold in (0.1, 0.3] is perfect for attribute 0
+    assert thr[0] == 0.3
+    assert tune_thresholds(gt, scores, default=0.2, min_positives=5)[0] == 0.2
+
+
+def test_window_matching_equals_full_mask_matching():
+    rng = np.random.default_rng(3)
+    gt_masks = rng.random((5, 24, 20)) > 0.5
+    pred_masks = np.concatenate([gt_masks[[2, 0, 4]], rng.random((2, 24, 20)) > 0.4])
+    gt_classes, pred_classes = [1, 1, 3, 33, 1], [3, 1, 1, 1, 33]
+    gt_attr, pred_attr = hot((1,), (2,), (3,), (4,), (5,)), rng.random((5, 92))
+    scores = [0.9, 0.8, 0.7, 0.6, 0.5]
+    want = matched_attributes(gt_masks, gt_classes, gt_attr, pred_masks, pred_classes, scores, pred_attr)
+    gw, pw = [mask_window(m) for m in gt_masks], [mask_window(m) for m in pred_masks]
+    got = matched_window_attributes(gt_classes, gt_attr, pred_classes, scores, pred_attr,
+                                    lambda gi, pj: window_ious([gw[g] for g in gi], [pw[j] for j in pj]))
+    assert len(want[0]) == 3 and np.array_equal(want[0], got[0]) and np.array_equal(want[1], got[1])

@@ -335,3 +335,44 @@ def test_2020_edition_masks_default_to_the_long_side_1024(tmp_path, capsys):
     assert make_submission.validate_file(tmp_path / "copy.csv", data, 0, progress=False) == 1
     printed = capsys.readouterr().out
     assert printed.count("past the") == len(imgs) and "line 2 (" in printed
+
+
+def test_tuning_with_attributes_tunes_one_threshold_per_attribute(tmp_path):
+    """--tune with --attributes on: each attribute's threshold maximises its F1 on the matched instances, saved in
+    params.json and used by later runs; --attr-thresh given replaces them."""
+    ids = [f"{k}.jpg" for k in range(6)]
+    d = make_data_dir(tmp_path / "data", ids, [(40, 30)] * 6)
+    m = rect(5, 5, 30, 25, hw=(40, 30)).astype(np.uint8)
+    items = [(i, m, "1_3_7" if k < 3 else "1_3") for k, i in enumerate(ids)]
+    write_gt(d / "test_ground_truth.csv", items)
+    rows = []
+    for k, i in enumerate(ids):  # attribute 3 (6 positives) at 0.3; attribute 7 (3: too few to tune) at 0.35
+        attrs = np.zeros(92, np.float32)
+        attrs[3], attrs[7] = 0.3, 0.35 if k < 3 else 0.05
+        rows += pred_rows(i, [m.astype(np.float32)], [1], [0.9], orig=(40, 30), attrs=[attrs])
+    pdir = tmp_path / "pred"
+    pdir.mkdir()
+    lpred.make_table(rows).to_parquet(pdir / "predictions.parquet")
+    pd.DataFrame({"image_id": ids, "orig_height": 40, "orig_width": 30}).to_parquet(pdir / "images.parquet")
+    common = dict(predictions=[pdir], data_dir=d, out_dir=tmp_path / "sub", mask_size=0, report_images=0,
+                  processes=1, progress=False)
+    meta = make_submission.run(make_submission.SubmissionSettings(
+        **common, tune=True, tune_grid={"score_thresh": [0.5]}, postprocess={"attributes": "on"}))
+    saved = json.loads((tmp_path / "sub" / "params.json").read_text())
+    thr = saved["params"]["attr_thresholds"]
+    assert len(thr) == 92 and thr[3] == 0.3 and thr[7] == 0.5 and set(thr[:3] + thr[8:]) == {0.5}
+    assert saved["attributes"]["before"]["micro_f1"] == 0.0  # nothing reaches 0.5
+    assert saved["attributes"]["after"]["micro_f1"] == pytest.approx(12 / 15)  # TP 6, FN 3 (attribute 7)
+    assert saved["kaggle"] is not None and saved["grid"] == {"score_thresh": [0.5]}  # the tuning's record kept
+    a = meta["scores"]["m"]["attributes"]
+    assert a["micro_f1"] == pytest.approx(12 / 15) and a["thresholds"] == "tuned" and a["num_instances"] == 6
+    sub = pd.read_csv(tmp_path / "sub" / "submission.csv", dtype=str)
+    assert sub["ClassId"].tolist() == ["1_3"] * 6
+    assert meta["scores"]["m"]["kaggle"] == pytest.approx(0.5)  # the three "1_3" images right, "1_3_7" ones not
+    # A later run reads params.json; a shared threshold given replaces the tuned ones.
+    again = make_submission.run(make_submission.SubmissionSettings(**common))
+    assert again["scores"]["m"]["attributes"]["micro_f1"] == pytest.approx(12 / 15)
+    shared = make_submission.run(make_submission.SubmissionSettings(**common, postprocess={"attr_thresh": 0.5}))
+    assert shared["params"].get("attr_thresholds") is None
+    b = shared["scores"]["m"]["attributes"]
+    assert b["micro_f1"] == 0.0 and b["recall"] == 0.0 and b["thresholds"] == 0.5 and b["num_instances"] == 6

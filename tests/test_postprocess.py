@@ -234,3 +234,23 @@ def test_window_rle_equals_encoding_the_full_canvas():
         m = rng.random((h, w)) < rng.choice([0.3, 0.9, 1.0])
         inst = lpost.Instance(0, 1.0, "0", int(y0), int(x0), m, int(m.sum()))
         assert inst.rle((H, W)) == lrle.encode(inst.full((H, W)))
+
+
+def test_per_attribute_thresholds_decide_the_class_id_and_round_trip(tmp_path):
+    attrs = np.zeros(92, np.float32)
+    attrs[[3, 7]] = 0.4
+    t = table(pred_rows("a", [rect(4, 4, 20, 20)], [1], [0.9], attrs=[attrs]))
+    shared = lpost.Params(attributes="on")
+    assert [c for c, _, _ in lpost.postprocess_image(t, shared, (S, S))] == ["1"]  # 0.4 < 0.5
+    thr = np.full(92, 0.5)
+    thr[7] = 0.3
+    tuned = lpost.Params(attributes="on", attr_thresholds=thr)
+    assert [c for c, _, _ in lpost.postprocess_image(t, tuned, (S, S))] == ["1_7"]
+    assert tuned.attr_thresholds == tuple(thr) and all(type(v) is float for v in tuned.attr_thresholds)
+    lpost.save_params(tmp_path / "p.json", tuned)
+    assert lpost.load_params(tmp_path / "p.json") == tuned
+    assert "attr_thresholds" not in shared.to_json()  # untuned files keep their format
+    with pytest.raises(ValueError, match="attr_thresholds"):
+        lpost.Params(attr_thresholds=[0.5, 1.5])
+    with pytest.raises(ValueError, match="attr_thresholds has 3 values"):
+        lpost.postprocess_image(t, lpost.Params(attributes="on", attr_thresholds=[0.5] * 3), (S, S))
