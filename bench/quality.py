@@ -57,10 +57,12 @@ predictions under ``OUT/data`` and ``OUT/work``. Default ``OUT``: ``work/bench_q
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib.util
 import json
 import math
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -776,38 +778,62 @@ def train_and_test_data(cfg: dict, out: Path, jobs, reuse: bool) -> dict | None:
     return summary
 
 
+def _slug(flags) -> str:
+    """Training flags as a folder name: ``--attr-head --lr 1e-3`` -> ``attr-head_lr_1e-3`` (long ones shortened,
+    with a digest of the whole)."""
+    text = "_".join(re.sub(r"[^A-Za-z0-9.=-]+", "-", f.lstrip("-")) for f in flags) or "none"
+    return text if len(text) <= 60 else f"{text[:50]}-{hashlib.sha1(text.encode()).hexdigest()[:8]}"
+
+
+def ablation_runs(arch: str, flags, base=()) -> dict:
+    """The folders under ``OUT/work`` of an ablation's two runs: ``{"without": the baseline, "with": ...}``. The
+    baseline's name depends on ``arch`` and ``base`` only, so every ablation of that arch and base under one ``--out``
+    shares it."""
+    baseline = f"base_{arch}" + (f"_{_slug(base)}" if base else "")
+    return {"without": baseline, "with": f"{baseline}__{_slug(flags)}"}
+
+
 def ablation(cfg: dict, arch: str, flags: list[str], out: Path, jobs, reuse: bool, base=()) -> dict:
     """One recipe feature measured: ``arch`` trained without and with the training ``flags`` (e.g.
-    ``--ema-decay 0.99``) on the train seed's images, the same steps, two runs side by side; both predicted on the
-    held-out test seed's images (05, the mode's TTA) and scored with the winning recipe's post-processing: Kaggle
-    metric and COCO mask AP, per class group, per category (AP), and the val learning curves. ``base``: flags
-    both runs get (e.g. ``--attr-head``); with an attribute head, each run's attribute F1 at the test seed's
-    ground-truth boxes too (:func:`oracle_attributes`), against the per-category prior."""
+    ``--ema-decay 0.99``) on the train seed's images, the same steps; both predicted on the held-out test seed's
+    images (05, the mode's TTA) and scored with the winning recipe's post-processing: Kaggle metric and COCO mask
+    AP, per class group, per category (AP), and the val learning curves. ``base``: flags both runs get (e.g.
+    ``--attr-head``); with an attribute head, each run's attribute F1 at the test seed's ground-truth boxes too
+    (:func:`oracle_attributes`), against the per-category prior.
+
+    The data, the prepared set and the baseline (:func:`ablation_runs`) are deterministic in the mode, so they are
+    kept once finished (delete ``OUT/work/base_*`` after changing the training code): the first ablation under an
+    ``--out`` trains the pair side by side, each later one (of the same arch and base) only its ``with`` run, alone
+    with every lane's threads. ``reuse`` also keeps a finished ``with`` run."""
     from lib import scoring as lscoring
     from lib import postprocess as lpost
 
     data, w, py = out / "data", out / "work", sys.executable
     rep: dict = {"arch": arch, "flags": flags, "base": list(base), "timings": {}}
     t0 = time.time()
-    rep["data"] = train_and_test_data(cfg, out, jobs, reuse)
+    rep["data"] = train_and_test_data(cfg, out, jobs, True)
     rep["timings"]["data"] = round(time.time() - t0, 1)
     script, budget = ABLATION_ARCHS[arch]
     model = _ablation_model_flags(cfg, arch)
-    runs = {"without": [], "with": list(flags)}
+    dirs = ablation_runs(arch, flags, base)
+    rep["runs"] = dirs
+    extras = {"without": [], "with": list(flags)}
+    todo = [n for n in dirs if not (finished(w / dirs[n]) and (n == "without" or reuse))]
+    lone = dict(cfg, threads=cfg["threads"] * cfg["lanes"]) if len(todo) == 1 and cfg["device"] == "cpu" else cfg
+    rep["trained"] = {n: n in todo for n in dirs}
     t0 = time.time()
-    def argv(name, extra):  # large-scale jitter replaces the mode's --scale-range
-        args = train_args(cfg, w, name, cfg[budget])
-        if "--lsj" in extra:
+    def argv(name):  # large-scale jitter replaces the mode's --scale-range
+        args = train_args(lone, w, dirs[name], cfg[budget])
+        if "--lsj" in extras[name]:
             k = args.index("--scale-range")
             args = args[:k] + args[k + 3:]
-        return [py, script, *args, *model, *base, *extra]
+        return [py, script, *args, *model, *base, *extras[name]]
 
-    jobs.run([(f"train_{name}", argv(name, extra))
-              for name, extra in runs.items() if not (reuse and finished(w / name))])
+    jobs.run([(f"train_{dirs[n]}", argv(n)) for n in todo])
     rep["timings"]["train"] = round(time.time() - t0, 1)
     t0 = time.time()
-    jobs.run([("predict_test", [py, "05_predict.py", "--checkpoints", w / "without", w / "with", "--names",
-                                "without", "with", "--data-dir", data / "test", "--out-dir", w / "pred_test",
+    jobs.run([("predict_test", [py, "05_predict.py", "--checkpoints", w / dirs["without"], w / dirs["with"],
+                                "--names", "without", "with", "--data-dir", data / "test", "--out-dir", w / "pred_test",
                                 "--batch-size", str(cfg["predict_batch"]), "--workers", str(cfg["workers"]),
                                 "--device", cfg["device"], "--threads",
                                 str(cfg["threads"] if cfg["device"] == "cpu" else 0), "--restart", "--no-progress",
@@ -830,11 +856,11 @@ def ablation(cfg: dict, arch: str, flags: list[str], out: Path, jobs, reuse: boo
         t0 = time.time()
         items = load_test_instances(gt_csv, data / "test" / "test")
         train_items = train_split_items(data / "train", w / "prepared")
-        rep["attributes"] = {name: oracle_attributes(w / name, items, data / "train" / "train.csv",
-                                                     torch.device(cfg["device"]), train_items) for name in runs}
+        rep["attributes"] = {name: oracle_attributes(w / d, items, data / "train" / "train.csv",
+                                                     torch.device(cfg["device"]), train_items) for name, d in dirs.items()}
         rep["timings"]["attributes"] = round(time.time() - t0, 1)
-    rep["training"] = training_summary(w, list(runs))
-    rep["learning_curves"] = learning_curves(w, list(runs))
+    rep["training"] = {n: v for n, d in dirs.items() for v in [training_summary(w, [d]).get(d)] if v}
+    rep["learning_curves"] = {n: learning_curves(w, [d])[d] for n, d in dirs.items()}
     a, b = rep["scores"]["without"]["all"], rep["scores"]["with"]["all"]
     rep["delta"] = {k: (None if a[k] is None or b[k] is None else b[k] - a[k]) for k in a}
     return rep
@@ -932,9 +958,10 @@ def ablation_markdown(rep: dict) -> str:
                             f"{f(a['refit']['macro_f1'])}" for name, a in attrs.items() if a and a.get("refit"))
                   + "."]
     t = rep["training"]
+    kept = "" if rep.get("trained", {}).get("without", True) else f"; the baseline `{rep['runs']['without']}` kept"
     lines += ["", f"Steps {t.get('without', {}).get('steps')} each; final val Kaggle without "
                   f"{f(t.get('without', {}).get('val_kaggle'))}, with {f(t.get('with', {}).get('val_kaggle'))}; "
-                  f"{sum(rep['timings'].values()):.0f} s ({rep['timings']})."]
+                  f"{sum(rep['timings'].values()):.0f} s ({rep['timings']}){kept}."]
     return "\n".join(lines)
 
 
@@ -950,7 +977,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--ablation", default=None, metavar="'FLAGS'",
                    help="measure one training feature instead: --ablation-arch trained without and with these flags, "
                         "quoted (e.g. --ablation '--ema-decay 0.99'), the same steps, scored on the held-out test "
-                        "seed (a pair: <= 25 min with --cpu)")
+                        "seed; report OUT/ablation_<run>.md. The baseline is trained once per --out (and arch and "
+                        "--ablation-base) and kept: later ablations train their one run alone")
     p.add_argument("--ablation-arch", choices=sorted(ABLATION_ARCHS), default="maskrcnn",
                    help="the model an --ablation trains")
     p.add_argument("--ablation-base", default="", metavar="'FLAGS'",
@@ -965,7 +993,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="with --claim-curve: DeepMAC's head flags instead of the mode's, quoted (e.g. "
                         "--claim-deepmac '--mask-roi-size 32 --mask-head-depth 3')")
     p.add_argument("--reuse", action="store_true",
-                   help="keep finished data, prepared sets, trainings and predictions under --out (default: fresh runs)")
+                   help="keep finished data, prepared sets, trainings and predictions under --out (default: fresh runs; "
+                        "an --ablation keeps its data and baseline always)")
     return p
 
 
@@ -984,18 +1013,19 @@ def main(args) -> dict:
     if device.type == "cpu":
         torch.set_num_threads(max(1, cfg["threads"]))
     jobs = Jobs(out / "logs", cfg["lanes"], env)
-    def single(kind, result, to_markdown):  # one measurement instead of the benchmark: <kind>.json and .md
+    def single(kind, result, to_markdown, stem=None):  # one measurement instead of the benchmark: <stem>.json, .md
         rep = {"mode": mode, "env": bc.env_info(device), "config": dict(cfg), "out": str(out), kind: result,
                "commands": jobs.commands, "jobs": jobs.results}
-        bc.write_json(out / f"{kind}.json", rep)
+        bc.write_json(out / f"{stem or kind}.json", rep)
         md = to_markdown(result)
-        (out / f"{kind}.md").write_text(md + "\n")
+        (out / f"{stem or kind}.md").write_text(md + "\n")
         print(md)
         return rep
 
     if args.ablation:
-        return single("ablation", ablation(cfg, args.ablation_arch, shlex.split(args.ablation), out, jobs, args.reuse,
-                                           shlex.split(args.ablation_base)), ablation_markdown)
+        flags, base = shlex.split(args.ablation), shlex.split(args.ablation_base)
+        return single("ablation", ablation(cfg, args.ablation_arch, flags, out, jobs, args.reuse, base),
+                      ablation_markdown, "ablation_" + ablation_runs(args.ablation_arch, flags, base)["with"])
     if args.claim_curve:
         return single("claim_curve", claim_curve(
             cfg, args.claim_group, args.claim_curve, out, jobs, args.reuse, device,

@@ -138,10 +138,24 @@ def test_ablation_mode_trains_a_pair_and_reports_the_difference(tmp_path):
     for k, v in rep["delta"].items():
         assert v == pytest.approx(rep["scores"]["with"]["all"][k] - rep["scores"]["without"]["all"][k])
     assert rep["training"]["with"]["steps"] == rep["training"]["without"]["steps"] > 0
-    with_meta = json.loads((tmp_path / "work" / "with" / "meta.json").read_text())
-    without_meta = json.loads((tmp_path / "work" / "without" / "meta.json").read_text())
+    assert rep["runs"] == {"without": "base_maskrcnn", "with": "base_maskrcnn__ema-decay_0.9"}
+    assert rep["trained"] == {"without": True, "with": True}
+    with_meta = json.loads((tmp_path / "work" / "base_maskrcnn__ema-decay_0.9" / "meta.json").read_text())
+    base_meta = tmp_path / "work" / "base_maskrcnn" / "meta.json"
+    without_meta = json.loads(base_meta.read_text())
     assert with_meta["optimization"]["ema_decay"] == 0.9 and without_meta["optimization"]["ema_decay"] == 0.0
-    assert (tmp_path / "ablation.md").read_text().startswith("### maskrcnn: without vs with `--ema-decay 0.9`")
+    assert (tmp_path / "ablation_base_maskrcnn__ema-decay_0.9.md").read_text().startswith(
+        "### maskrcnn: without vs with `--ema-decay 0.9`")
+    # A second feature under the same --out: the baseline is kept, the one new run gets both lanes' threads.
+    before = base_meta.read_bytes()
+    again = quality.main(quality.get_args_parser().parse_args(
+        ["--tiny", "--ablation", "--ema-decay 0.8", "--out", str(tmp_path)]))["ablation"]
+    assert again["trained"] == {"without": False, "with": True} and base_meta.read_bytes() == before
+    assert again["scores"]["without"] == rep["scores"]["without"]
+    second = json.loads((tmp_path / "work" / "base_maskrcnn__ema-decay_0.8" / "meta.json").read_text())
+    assert second["optimization"]["ema_decay"] == 0.8 and second["args"]["threads"] == 2
+    assert without_meta["args"]["threads"] == 1
+    assert "the baseline `base_maskrcnn` kept" in (tmp_path / "ablation_base_maskrcnn__ema-decay_0.8.md").read_text()
 
 
 def test_ablation_with_base_flags_measures_attributes_against_the_prior(tmp_path):
@@ -153,13 +167,13 @@ def test_ablation_with_base_flags_measures_attributes_against_the_prior(tmp_path
     assert rep["base"] == ["--attr-head", "--no-attr-prior", "--attr-refit-steps", "0"]
     assert rep["flags"] == ["--attr-prior"]
     for name, prior_on in (("without", False), ("with", True)):
-        ck = torch.load(tmp_path / "work" / name / "checkpoint.pth", weights_only=True)
+        ck = torch.load(tmp_path / "work" / rep["runs"][name] / "checkpoint.pth", weights_only=True)
         assert ck["config"]["attr_head"] is True and ck["config"]["attr_prior"] is prior_on
         a = rep["attributes"][name]
         assert a["oracle_boxes"]["num_instances"] == a["prior"]["num_instances"] == a["refit"]["num_instances"] > 0
         assert 0 <= a["oracle_boxes"]["micro_f1"] <= 1 and 0 <= a["refit"]["micro_f1"] <= 1
     assert rep["attributes"]["with"]["prior"] == rep["attributes"]["without"]["prior"]
-    md = (tmp_path / "ablation.md").read_text()
+    md = (tmp_path / f"ablation_{rep['runs']['with']}.md").read_text()
     assert "(both runs: `--attr-head --no-attr-prior --attr-refit-steps 0`)" in md
     assert "Attributes at the test seed's ground-truth" in md
     assert "with's head refit on its frozen features" in md
