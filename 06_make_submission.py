@@ -102,8 +102,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--attributes", choices=["off", "on"], default=None, help="emit attributes in ClassIds")
     g.add_argument("--attr-thresh", type=float, default=None,
                    help="attribute score threshold, one for all attributes. Not given: with --attributes on, "
-                        "--tune / --tune-on tune one per attribute (each attribute's F1 on the matched instances "
-                        "of the tuning split, around the saved or default 0.5) into params.json, which later runs "
+                        "--tune / --tune-on tune one per attribute (micro F1 of the matched instances of the "
+                        "tuning split, starting from the saved or default 0.5) into params.json, which later runs "
                         "use; given, it replaces them")
     p.add_argument("--gt", type=Path, default=D["gt"],
                    help="ground truth to score on: train.csv-format CSV or COCO-format JSON, e.g. Fashionpedia's val "

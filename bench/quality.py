@@ -458,11 +458,11 @@ def load_test_instances(gt_csv: Path, image_dir: Path, image_ids=None, keep_mask
     return out
 
 
-def train_split_items(data: Path, prepared: Path) -> list[dict]:
-    """The instances (boxes, categories, attributes; no masks) of the training split that 01 made of ``data``
-    (its train.csv and images) in ``prepared``, as :func:`load_test_instances` gives them."""
+def train_split_items(data: Path, prepared: Path, split: str = "train") -> list[dict]:
+    """The instances (boxes, categories, attributes; no masks) of the ``split`` (train or val) that 01 made of
+    ``data`` (its train.csv and images) in ``prepared``, as :func:`load_test_instances` gives them."""
     idx = pd.read_parquet(prepared / "index.parquet", columns=["image_id", "split"])
-    return load_test_instances(data / "train.csv", data / "train", set(idx.image_id[idx.split == "train"]),
+    return load_test_instances(data / "train.csv", data / "train", set(idx.image_id[idx.split == split]),
                                keep_masks=False)
 
 
@@ -568,18 +568,21 @@ def _attribute_samples(items: list[dict], n_attr: int):
 
 
 def oracle_attributes(run_dir: Path, items: list[dict], train_csv: Path, device: torch.device,
-                      train_items: list[dict] | None = None) -> dict:
+                      train_items: list[dict] | None = None, val_items: list[dict] | None = None) -> dict:
     """The attribute head of ``run_dir``'s model at the ground-truth boxes (and labels) of the attribute-category
     test instances (``oracle_boxes``), against the per-category prior of ``train_csv`` (``prior``: each
     attribute predicted where its frequency in the instance's category is >= 0.5): micro / macro F1. With
     ``train_items`` (the training split's instances) and a head the run did not refit itself
     (``refit_in_checkpoint`` otherwise) also ``refit``: the head retrained alone on the frozen
     detector's features at those instances' boxes (``lib.attribute_refit.refit_head``, its ``DEFAULT_STEPS``,
-    as 03 / 04 ``--attr-refit-steps`` do to best.pth), at the same test boxes."""
+    as 03 / 04 ``--attr-refit-steps`` do to best.pth), at the same test boxes. With ``val_items`` (the val
+    split's instances) also ``tuned`` and ``prior_tuned``: the refit head (else the run's) and the prior with one
+    threshold per attribute tuned on the val split's ground-truth boxes (``lib.attribute_metric.tune_thresholds``,
+    as 06 tunes them), at the test boxes."""
     from lib.attribute_refit import DEFAULT_STEPS, REFIT_DEFAULTS, attribute_rows, refit_head
     from lib.checkpoint import load_checkpoint
     from lib.labels import N_ATTRIBUTES
-    from lib.attribute_metric import multilabel_f1
+    from lib.attribute_metric import multilabel_f1, tune_thresholds
     from lib.predict import resolve_checkpoint
 
     model, ckpt = load_checkpoint(resolve_checkpoint(run_dir))
@@ -591,27 +594,39 @@ def oracle_attributes(run_dir: Path, items: list[dict], train_csv: Path, device:
         return {}
     g = g.numpy()
     prior = attribute_prior(train_csv, N_ATTRIBUTES)
-    prior_scores = np.stack([prior.get(int(c) - 1, np.zeros(N_ATTRIBUTES)) for c in labels])
 
-    def scores(h):
+    def prior_scores(cats):
+        return np.stack([prior.get(int(c) - 1, np.zeros(N_ATTRIBUTES)) for c in cats])
+
+    def scores(h, f=feats, cats=labels):
         with torch.no_grad():
-            return torch.sigmoid(h(feats.to(device), labels.to(device)).float()).cpu().numpy()
+            return torch.sigmoid(h(f.to(device), cats.to(device)).float()).cpu().numpy()
 
     out = {"oracle_boxes": _attr_summary(multilabel_f1(g, scores(head))),
-           "prior": _attr_summary(multilabel_f1(g, prior_scores))}
+           "prior": _attr_summary(multilabel_f1(g, prior_scores(labels)))}
+    best = head
     if ckpt.get("attr_refit"):  # the run refit its head already (03 / 04 --attr-refit-steps)
         out["refit_in_checkpoint"] = ckpt["attr_refit"]
     elif train_items:
-        refit = refit_head(head, *attribute_rows(model, _attribute_samples(train_items, N_ATTRIBUTES), device),
-                           steps=DEFAULT_STEPS, **REFIT_DEFAULTS)
-        out["refit"] = _attr_summary(multilabel_f1(g, scores(refit.to(device))))
+        best = refit_head(head, *attribute_rows(model, _attribute_samples(train_items, N_ATTRIBUTES), device),
+                          steps=DEFAULT_STEPS, **REFIT_DEFAULTS).to(device)
+        out["refit"] = _attr_summary(multilabel_f1(g, scores(best)))
+    try:
+        vf, vl, vg = attribute_rows(model, _attribute_samples(val_items, N_ATTRIBUTES), device) if val_items else ()
+    except ValueError:  # no attribute-category instance among the val items
+        vf = ()
+    if len(vf):
+        out["tuned"] = _attr_summary(multilabel_f1(g, scores(best), tune_thresholds(vg.numpy(), scores(best, vf, vl))))
+        out["prior_tuned"] = _attr_summary(multilabel_f1(g, prior_scores(labels),
+                                                         tune_thresholds(vg.numpy(), prior_scores(vl))))
+        out["val_instances"] = int(len(vl))
     del model
     return out
 
 
 def attributes_report(run_dir: Path, table: pd.DataFrame, items: list[dict], gt_csv: Path, train_csv: Path,
                       images: pd.DataFrame, device: torch.device, kaggle_off: float | None,
-                      train_items: list[dict] | None = None) -> dict:
+                      train_items: list[dict] | None = None, val_items: list[dict] | None = None) -> dict:
     from lib import postprocess as lpost
     from lib import scoring as lscoring
     from lib.labels import ATTRIBUTE_CATEGORIES, N_ATTRIBUTES, parse_class_id
@@ -619,7 +634,7 @@ def attributes_report(run_dir: Path, table: pd.DataFrame, items: list[dict], gt_
 
     out = {"run": run_dir.name, "categories": list(ATTRIBUTE_CATEGORIES)}
     # 1. oracle boxes: the head at the ground-truth boxes of attribute categories, against the prior
-    out.update(oracle_attributes(run_dir, items, train_csv, device, train_items))
+    out.update(oracle_attributes(run_dir, items, train_csv, device, train_items, val_items))
     # 2. the pipeline: post-processed test predictions with attributes on, matched at mask IoU >= 0.5
     params_on = lpost.Params(attributes="on")
     gt = lscoring.load_ground_truth(gt_csv, 512, full_class_ids=True, progress=False)
@@ -740,10 +755,14 @@ def markdown(rep: dict) -> str:
     if at:
         lines += [f"Attributes (`{at.get('run')}` run, attribute categories only):", "",
                   "| measure | micro F1 | macro F1 | instances |", "|---|---|---|---|"]
-        for k in ("oracle_boxes", "prior", "refit", "pipeline"):
+        for k in ("oracle_boxes", "prior", "refit", "tuned", "prior_tuned", "pipeline"):
             if k in at:
                 lines.append(f"| {k} | {f(at[k]['micro_f1'], 3)} | {f(at[k]['macro_f1'], 3)} | "
                              f"{at[k]['num_instances']} |")
+        if "tuned" in at:
+            lines += ["", f"tuned / prior_tuned: one threshold per attribute tuned on the val split's "
+                          f"{at['val_instances']} ground-truth boxes (`lib.attribute_metric.tune_thresholds`, micro F1, "
+                          f"as 06 tunes them)."]
         if at.get("refit_in_checkpoint"):
             lines += ["", f"The run's head was refit on its frozen features after training "
                           f"({at['refit_in_checkpoint']['steps']} steps, `--attr-refit-steps`): oracle_boxes is that head."]
@@ -856,8 +875,10 @@ def ablation(cfg: dict, arch: str, flags: list[str], out: Path, jobs, reuse: boo
         t0 = time.time()
         items = load_test_instances(gt_csv, data / "test" / "test")
         train_items = train_split_items(data / "train", w / "prepared")
+        val_items = train_split_items(data / "train", w / "prepared", "val")
         rep["attributes"] = {name: oracle_attributes(w / d, items, data / "train" / "train.csv",
-                                                     torch.device(cfg["device"]), train_items) for name, d in dirs.items()}
+                                                     torch.device(cfg["device"]), train_items, val_items)
+                             for name, d in dirs.items()}
         rep["timings"]["attributes"] = round(time.time() - t0, 1)
     rep["training"] = {n: v for n, d in dirs.items() for v in [training_summary(w, [d]).get(d)] if v}
     rep["learning_curves"] = {n: learning_curves(w, [d])[d] for n, d in dirs.items()}
@@ -956,6 +977,9 @@ def ablation_markdown(rep: dict) -> str:
                     f"{f(attrs['without']['prior']['macro_f1'])}"
                   + "".join(f"; {name}'s head refit on its frozen features {f(a['refit']['micro_f1'])} / "
                             f"{f(a['refit']['macro_f1'])}" for name, a in attrs.items() if a and a.get("refit"))
+                  + "".join(f"; {name} with thresholds tuned on val {f(a['tuned']['micro_f1'])} / "
+                            f"{f(a['tuned']['macro_f1'])} (the prior so tuned {f(a['prior_tuned']['micro_f1'])} / "
+                            f"{f(a['prior_tuned']['macro_f1'])})" for name, a in attrs.items() if a and a.get("tuned"))
                   + "."]
     t = rep["training"]
     kept = "" if rep.get("trained", {}).get("without", True) else f"; the baseline `{rep['runs']['without']}` kept"
@@ -1142,7 +1166,8 @@ def main(args) -> dict:
     # 6. attributes
     rep["attributes"] = stage("attributes", lambda: attributes_report(
         w / "maskrcnn", main_src["maskrcnn"], items, gt_csv, data / "train" / "train.csv", images, device,
-        rep["scores"]["maskrcnn"]["all"]["kaggle"], train_split_items(data / "train", w / "prepared")))
+        rep["scores"]["maskrcnn"]["all"]["kaggle"], train_split_items(data / "train", w / "prepared"),
+        train_split_items(data / "train", w / "prepared", "val")))
     rep["attributes"]["val_during_training"] = {k: rep["training"].get("maskrcnn", {}).get(k)
                                                 for k in ("val_attr_micro_f1", "val_attr_macro_f1")}
 

@@ -280,7 +280,10 @@ def _run(s: SubmissionSettings) -> dict:
         print(f"combination ({origin}): {list(combination.models)} weights "
               f"{[round(w, 3) for w in combination.weights]}, IoU {combination.iou}, "
               f"min votes {combination.min_votes}")
-    print(f"post-processing: {dataclasses.asdict(params)} (from {params_from})")
+    shown = dict(dataclasses.asdict(params), attr_thresholds=params.attr_thresholds and
+                 f"{sum(t != params.attr_thresh for t in params.attr_thresholds)} of {len(params.attr_thresholds)} "
+                 f"tuned away from {params.attr_thresh}")
+    print(f"post-processing: {shown} (from {params_from})")
     scored = gt.is_file() and s.score
     scores = _score(s, sources, indexes, gt, params, mask_size, images, combination) if scored else {}
     if scores:

@@ -467,9 +467,9 @@ def tune_attribute_thresholds(ts: TuningSet, combination: Combination, params: P
     """Per-attribute thresholds on the tuning set, around ``params.attr_thresh``.
 
     The instances ``combination`` post-processed with ``params`` gives (06's tuned submission) are matched to the
-    ground truth (:func:`lib.scoring.table_attribute_pairs`), and each attribute gets the threshold that maximises
-    its F1 on the matched pairs (:func:`lib.attribute_metric.tune_thresholds`; attributes with few positives keep
-    ``attr_thresh``). With ``out_path`` (the params.json tuning wrote) the result is saved into it, with the
+    ground truth (:func:`lib.scoring.table_attribute_pairs`), and the thresholds maximise micro F1 on the matched
+    pairs (:func:`lib.attribute_metric.tune_thresholds`, one attribute at a time; attributes with few positives
+    keep ``attr_thresh``). With ``out_path`` (the params.json tuning wrote) the result is saved into it, with the
     attribute F1 before and after (``"attributes"``).
 
     Returns ``(params with attr_thresholds, {"before": ..., "after": ...})`` (:func:`lib.scoring.attribute_summary`

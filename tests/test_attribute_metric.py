@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from lib.attribute_metric import (AttributeEvaluator, attribute_f1, match_instances, matched_attributes,
-                                  matched_window_attributes, multilabel_f1, tune_thresholds)
+                                  matched_window_attributes, multilabel_f1, tune_thresholds, THRESHOLD_GRID)
 from lib.kaggle_metric import mask_window, window_ious
 from test_kaggle_metric import none, strips
 
@@ -117,26 +117,54 @@ def test_per_attribute_thresholds_in_multilabel_f1():
         multilabel_f1(gt, scores, [0.5, 0.5])
 
 
-def test_tune_thresholds_maximises_each_attributes_f1():
+def tuning_pairs():
     rng = np.random.default_rng(0)
     gt = np.zeros((40, 4), bool)
     gt[:20, 0] = gt[::2, 1] = True
     gt[:3, 2] = True  # 3 positives: fewer than min_positives, keeps the default
     scores = np.zeros((40, 4))
     scores[:, 0] = np.where(gt[:, 0], 0.3, 0.1)  # separable at (0.1, 0.3]: F1 0 at 0.5, 1 tuned
-    scores[:, 1] = rng.uniform(0, 1, 40)  # noise: whatever wins, it is at least as good as 0.5
+    scores[:, 1] = np.clip(gt[:, 1] * 0.25 + rng.uniform(0, 0.75, 40), 0, 1)  # noisy
     scores[:, 2] = np.where(gt[:, 2], 0.2, 0.0)
-    thr = tune_thresholds(gt, scores, default=0.5, min_positives=5)
+    return gt, scores
+
+
+@pytest.mark.parametrize("objective", ["micro", "macro"])
+def test_tune_thresholds_never_loses_to_the_shared_threshold(objective):
+    gt, scores = tuning_pairs()
+    thr = tune_thresholds(gt, scores, default=0.5, min_positives=5, objective=objective)
     assert 0.1 < thr[0] <= 0.3 and thr[2] == 0.5 and thr[3] == 0.5  # attribute 3: never in the ground truth
-    at = lambda t: multilabel_f1(gt, scores, t)["per_attribute"]
-    tuned, shared = at(thr), at(0.5)
-    assert tuned[0] == 1.0 and shared.get(0, 0.0) == 0.0
-    assert tuned[1] >= shared[1]
-    for t in (0.05, 0.25, 0.45, 0.65, 0.85):  # no grid threshold beats the chosen one
-        assert at(np.where(np.arange(4) == 1, t, thr)).get(1, 0.0) <= tuned[1]
+    f1 = lambda t: multilabel_f1(gt, scores, t)
+    tuned, shared = f1(thr), f1(0.5)
+    assert tuned["per_attribute"][0] == 1.0 and shared["per_attribute"].get(0, 0.0) == 0.0
+    key = "micro_f1" if objective == "micro" else "macro_f1"
+    assert tuned[key] > shared[key]
+    for t in THRESHOLD_GRID:  # no single change of attribute 1's threshold beats the chosen set
+        other = f1(np.where(np.arange(4) == 1, t, thr))
+        assert (other[key] if objective == "micro" else other["per_attribute"].get(1, 0.0)) <= \
+            (tuned[key] if objective == "micro" else tuned["per_attribute"][1]) + 1e-12
     # ties go to the threshold nearest the default: every threshold in (0.1, 0.3] is perfect for attribute 0
     assert thr[0] == 0.3
-    assert tune_thresholds(gt, scores, default=0.2, min_positives=5)[0] == 0.2
+    assert tune_thresholds(gt, scores, default=0.2, min_positives=5, objective=objective)[0] == 0.2
+
+
+def test_micro_and_macro_tuning_differ_where_they_should():
+    """A rare attribute whose positives score below 12 negatives: its own F1 (macro) takes a low threshold and all
+    the false positives; pooled with a frequent attribute (micro), those false positives cost more than its 5
+    true positives bring, so it keeps the shared threshold."""
+    gt = np.zeros((20, 2), bool)
+    gt[:10, 0] = True
+    gt[:5, 1] = True
+    scores = np.zeros((20, 2))
+    scores[:, 0] = np.where(gt[:, 0], 0.9, 0.1)  # frequent, perfect at 0.5
+    scores[:5, 1] = 0.3  # the 5 positives
+    scores[5:17, 1] = 0.35  # 12 negatives above them
+    micro = tune_thresholds(gt, scores, objective="micro")
+    macro = tune_thresholds(gt, scores, objective="macro")
+    assert macro[1] == 0.3 and micro[1] == 0.5  # own F1 10/27 > 0 at 0.5; micro 30/42 < 20/25
+    assert micro[0] == macro[0] == 0.5
+    with pytest.raises(ValueError, match="objective"):
+        tune_thresholds(gt, scores, objective="mean")
 
 
 def test_window_matching_equals_full_mask_matching():

@@ -172,8 +172,10 @@ def test_ablation_with_base_flags_measures_attributes_against_the_prior(tmp_path
         a = rep["attributes"][name]
         assert a["oracle_boxes"]["num_instances"] == a["prior"]["num_instances"] == a["refit"]["num_instances"] > 0
         assert 0 <= a["oracle_boxes"]["micro_f1"] <= 1 and 0 <= a["refit"]["micro_f1"] <= 1
+        assert a["tuned"]["num_instances"] == a["prior_tuned"]["num_instances"] == a["prior"]["num_instances"]
+        assert a["val_instances"] > 0
     assert rep["attributes"]["with"]["prior"] == rep["attributes"]["without"]["prior"]
     md = (tmp_path / f"ablation_{rep['runs']['with']}.md").read_text()
     assert "(both runs: `--attr-head --no-attr-prior --attr-refit-steps 0`)" in md
     assert "Attributes at the test seed's ground-truth" in md
-    assert "with's head refit on its frozen features" in md
+    assert "with's head refit on its frozen features" in md and "with thresholds tuned on val" in md
