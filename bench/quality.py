@@ -387,10 +387,9 @@ def group_gt(gt_csv: Path, out_dir: Path) -> dict[str, Path]:
 def _score_task(task):
     from lib import scoring as lscoring
 
-    key, table, gt, params, images, coco, full_ids = task
+    key, table, gt, params, images, coco = task
     torch.set_num_threads(1)
-    s = lscoring.score_table(table, gt, params=params, images=images, coco=coco, per_class=coco,
-                         full_class_ids=full_ids, progress=False)
+    s = lscoring.score_table(table, gt, params=params, images=images, coco=coco, per_class=coco, progress=False)
     return key, s
 
 
@@ -403,9 +402,9 @@ def score_tables(tables: dict, params_of: dict, gts: dict, images: pd.DataFrame,
     tasks = []
     for name, table in tables.items():
         params = params_of[name]
-        tasks.append(((name, "all"), table, gts["all"], params, images, True, False))
+        tasks.append(((name, "all"), table, gts["all"], params, images, True))
         for g in GROUPS:
-            tasks.append(((name, g), table, gts[g], params.replace(keep_categories=g), None, False, False))
+            tasks.append(((name, g), table, gts[g], params.replace(keep_categories=g), None, False))
     with ProcessPoolExecutor(max(1, workers), mp_context=get_context("fork")) as pool:
         done = dict(pool.map(_score_task, tasks))
     out = {}
@@ -651,7 +650,7 @@ def attributes_report(run_dir: Path, table: pd.DataFrame, items: list[dict], gt_
                [c for c, _ in pc], [s for _, _, s in insts],
                np.stack([_multi_hot(a, N_ATTRIBUTES) for _, a in pc]) if pc else None)
     out["pipeline"] = dict(_attr_summary(ev.summary()), num_gt=ev.num_gt, num_pred=ev.num_pred)
-    on = lscoring.score_table(table, gt_csv, params=params_on, full_class_ids=True, coco=False, per_class=False,
+    on = lscoring.score_table(table, gt_csv, params=params_on, class_keys="class_id", coco=False, per_class=False,
                           images=images, progress=False)
     out["kaggle_attributes_on"] = _finite(on["kaggle"])
     out["kaggle_attributes_off"] = kaggle_off

@@ -26,6 +26,12 @@ Mask arrays are ``(N, H, W)`` (bool / uint8 / any dtype, nonzero =
 foreground); ``N`` may be 0 (shape ``(0, H, W)``). IoU of two empty masks is
 defined as 0.
 
+The 2020 edition's metric (iMaterialist Fashion 2020, as its evaluation page reads) adds an attribute condition:
+classes are categories, and at each pair of thresholds (IoU t_i, attribute F1 t_f), both over 0.50:0.05:0.95, a
+prediction hits a ground-truth object when their IoU > t_i and, if the object has attributes, the F1 of the two
+attribute sets > t_f (:func:`attribute_set_f1`; ``class_score(..., f1=...)``); the class score is the mean over
+all pairs. The page's quoted precision TP / (TP + FP) is read here as the 2019 one, TP / (TP + FP + FN).
+
 The other metrics build on this module: COCO mask AP in lib/coco_metric.py, attribute F1 in
 lib/attribute_metric.py; lib/evaluator.py accumulates the Kaggle metric and COCO mask AP over a dataset.
 """
@@ -41,6 +47,7 @@ __all__ = [
     "mask_window",
     "window_ious",
     "class_score",
+    "attribute_set_f1",
     "image_score",
 ]
 
@@ -163,7 +170,19 @@ def _greedy_tp(iou: np.ndarray, order: np.ndarray, threshold: float) -> int:
     return tp
 
 
-def class_score(iou, pred_order=None, thresholds=THRESHOLDS) -> float:
+def attribute_set_f1(gt_attributes, pred_attributes) -> np.ndarray:
+    """(Ngt, Npred) F1 of each ground-truth and predicted instance's attribute sets, ``2 |G & P| / (|G| + |P|)``;
+    NaN in the rows of ground truth without attributes (no condition on them, the 2020 edition's rule).
+    ``gt_attributes`` / ``pred_attributes``: one iterable of attribute ids per instance."""
+    gs, ps = [set(g) for g in gt_attributes], [set(p) for p in pred_attributes]
+    out = np.full((len(gs), len(ps)), np.nan)
+    for i, g in enumerate(gs):
+        if g:
+            out[i] = [2 * len(g & p) / (len(g) + len(p)) for p in ps]
+    return out
+
+
+def class_score(iou, pred_order=None, thresholds=THRESHOLDS, f1=None, f1_thresholds=THRESHOLDS) -> float:
     """Kaggle score of one class in one image.
 
     Args:
@@ -172,10 +191,20 @@ def class_score(iou, pred_order=None, thresholds=THRESHOLDS) -> float:
         pred_order: processing order of the prediction columns (a permutation
             of ``range(Npred)``, best score first); None = column order.
         thresholds: IoU thresholds; a pair is a hit when IoU > threshold.
+        f1: None (2019), or the 2020 edition's attribute condition: (Ngt, Npred) attribute-set F1
+            (:func:`attribute_set_f1`; NaN = ground truth without attributes, no condition). At each pair of
+            thresholds (IoU, F1) a pair is then a hit when IoU > the IoU threshold and, where ``f1`` is not NaN,
+            F1 > the F1 threshold; the score is the mean over all such pairs (``thresholds`` x ``f1_thresholds``).
 
     Returns:
         mean over thresholds of TP / (TP + FP + FN); 1.0 when Ngt = Npred = 0.
     """
+    if f1 is not None:
+        iou, f1 = np.asarray(iou, dtype=np.float64), np.asarray(f1, dtype=np.float64)
+        if f1.shape != iou.shape:
+            raise ValueError(f"class_score: f1 must have the shape of iou {iou.shape}, got {f1.shape}")
+        return float(np.mean([class_score(np.where(np.isnan(f1) | (f1 > tf), iou, 0.0), pred_order, thresholds)
+                              for tf in np.asarray(f1_thresholds, np.float64).reshape(-1)]))
     iou = np.asarray(iou, dtype=np.float64)
     if iou.ndim != 2:
         raise ValueError(f"class_score: iou must be 2-D (Ngt, Npred), got shape {iou.shape}")

@@ -102,10 +102,11 @@ def validate_file(path, data_dir, mask_size=None, progress: bool = True) -> int:
 
 
 def choose(s: SubmissionSettings, sources: list, indexes: dict, images: pd.DataFrame, gt: Path,
-           mask_size: int | None):
+           mask_size: int | None, edition: str = "2019"):
     """The post-processing parameters and the model combination: ``(params, combination, where the combination
     comes from, where the parameters come from)``, from params.json and the flags, or tuned (``tune``,
-    ``tune_on``)."""
+    ``tune_on``). For the 2020 ``edition``, whose metric counts attributes, tuning also decides whether to emit
+    them (``attributes`` off / on in the grid) unless ``--attributes`` says."""
     out_dir = Path(s.out_dir)
     params_path = Path(s.params) if s.params else out_dir / "params.json"
     if s.params and not params_path.is_file():
@@ -117,20 +118,22 @@ def choose(s: SubmissionSettings, sources: list, indexes: dict, images: pd.DataF
         s.postprocess, s.ensemble_weights, s.ensemble_iou, s.min_votes, explicit)
     if not tuning_on:
         return params, combination, origin, str(params_path) if params_path.is_file() else "defaults"
-    full_class_ids, procs = params.attributes == "on", _processes(s)
+    class_keys, procs = scoring.class_keys_of(params.attributes == "on", edition), _processes(s)
     if s.tune_on:  # tune on the val-split predictions and their gt.csv
         split = lpred.split_source(s.tune_on)
         if not split or not split["gt"]:
             raise ValueError(f"--tune-on {s.tune_on[0]}: not a 05 output of a prepared split with gt.csv (run "
                              f"05_predict.py --prepared-dir ... --split val --out-dir {s.tune_on[0]})")
         tsources, tindexes, _ = read_sources(s.tune_on, s.models)
-        ts = tuning.TuningSet(tsources, tindexes, Path(split["gt"]), split["images"], mask_size, full_class_ids,
+        ts = tuning.TuningSet(tsources, tindexes, Path(split["gt"]), split["images"], mask_size, class_keys,
                               procs, s.progress)
     else:
         if not gt.is_file():
             raise ValueError(f"--tune needs ground truth (--gt; {gt} not found)")
-        ts = tuning.TuningSet(sources, indexes, gt, images, mask_size, full_class_ids, procs, s.progress)
+        ts = tuning.TuningSet(sources, indexes, gt, images, mask_size, class_keys, procs, s.progress)
     grid = tuning.free_grid(s.tune_grid, s.postprocess)
+    if edition == "2020" and s.postprocess.get("attributes") is None and "attributes" not in grid:
+        grid["attributes"] = ["off", "on"]  # the 2020 metric counts attributes: the tuned head decides
     fixed = s.postprocess.get("keep_categories") is not None or s.postprocess.get("drop_categories") is not None
     combination, params = tuning.tune_combination(ts, grid, params, combination, explicit, out_dir / "params.json",
                                                   s.weight_choices, s.max_models or None, s.refine,
@@ -155,14 +158,15 @@ def _ensemble(s: SubmissionSettings, sources: list, combination: fusion.Combinat
 
 
 def _score(s: SubmissionSettings, sources: list, indexes: dict, gt: Path, params: Params, mask_size, images,
-           combination: fusion.Combination) -> dict:
+           combination: fusion.Combination, edition: str = "2019") -> dict:
     """Score every compared table (:func:`lib.fusion.compared_masks`) on ``gt`` in one pass over the images;
     print one line each; returns ``{name: lib.scoring.score_table result}``."""
-    print(f"scores on {gt} (masks at {mask_size or 'original size'}):")
+    print(f"scores on {gt} (masks at {mask_size or 'original size'}; the {edition} edition's metric):")
     compare = functools.partial(fusion.compared_masks, [src.name for src in sources], combination,
                                 _ensemble(s, sources, combination, True))
     scores = scoring.score_tables({"sources": sources, "indexes": indexes}, gt, params, mask_size, images, compare,
-                                  params.attributes == "on", _processes(s), s.progress, params.attributes == "on")
+                                  scoring.class_keys_of(params.attributes == "on", edition), _processes(s),
+                                  s.progress, params.attributes == "on")
     for name, result in scores.items():
         label = name if name != "submission" else f"submission = {'+'.join(combination.models)}"
         print(scoring.score_line(label, result))
@@ -270,7 +274,7 @@ def _run(s: SubmissionSettings) -> dict:
     if s.ensemble_weights and len(s.ensemble_weights) != len(sources):
         raise ValueError(f"--ensemble-weights: {len(s.ensemble_weights)} weights for {len(sources)} models "
                          f"{[src.name for src in sources]}")
-    params, combination, origin, params_from = choose(s, sources, indexes, images, gt, mask_size)
+    params, combination, origin, params_from = choose(s, sources, indexes, images, gt, mask_size, edition)
     ids = images["image_id"].tolist()
     not_predicted = [i for i in ids if i not in predicted]
     if not_predicted:
@@ -285,7 +289,7 @@ def _run(s: SubmissionSettings) -> dict:
                  f"tuned away from {params.attr_thresh}")
     print(f"post-processing: {shown} (from {params_from})")
     scored = gt.is_file() and s.score
-    scores = _score(s, sources, indexes, gt, params, mask_size, images, combination) if scored else {}
+    scores = _score(s, sources, indexes, gt, params, mask_size, images, combination, edition) if scored else {}
     if scores:
         atomic_write_json(out_dir / "scores.json", {"gt": str(gt), "scores": scores,
                                                    "submission": combination.to_json()})

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -26,11 +26,11 @@ from . import prediction_table as lpred
 from .attribute_metric import matched_window_attributes, multilabel_f1
 from .coco_metric import coco_records
 from .evaluator import Evaluator
-from .kaggle_metric import class_score, mask_window, window_ious
+from .kaggle_metric import attribute_set_f1, class_score, mask_window, window_ious
 from .postprocess import Params, attribute_thresholds, finalize, image_groups, rank_windows
 from .prediction_table import check_images
 
-__all__ = ["ground_truth_index", "load_ground_truth", "GroundTruth", "image_ground_truth", "ImageScorer",
+__all__ = ["CLASS_KEYS", "class_keys_of", "ground_truth_index", "load_ground_truth", "GroundTruth", "image_ground_truth", "ImageScorer",
            "image_record", "attribute_pairs", "scored_images", "raise_problems", "summarize", "score_table",
            "score_tables", "table_attribute_pairs", "attribute_summary", "score_line", "warnings_once"]
 
@@ -119,14 +119,35 @@ def load_ground_truth(gt_csv_path: str | Path, mask_size: int | None = 512, full
     return out
 
 
+# How instances are told apart as classes (06 picks them: :func:`class_keys_of`): by category; by full ClassId
+# (category and attributes, matched exactly: the 2019 metric with attributes on); or by category with the 2020
+# edition's attribute condition (a hit also needs the attribute sets' F1 above an F1 threshold,
+# :func:`lib.kaggle_metric.class_score`).
+CLASS_KEYS = ("category", "class_id", "attributes")
+
+
+def class_keys_of(attributes_on: bool, edition: str = "2019") -> str:
+    """The class keys 06 scores with: the 2020 edition's metric (``"attributes"``, whether or not attributes are
+    emitted), else full ClassIds when attributes are on, else categories."""
+    return "attributes" if edition == "2020" else "class_id" if attributes_on else "category"
+
+
+def _check_keys(class_keys: str) -> str:
+    if class_keys not in CLASS_KEYS:
+        raise ValueError(f"class_keys must be one of {CLASS_KEYS}, got {class_keys!r}")
+    return class_keys
+
+
 @dataclass
 class GroundTruth:
-    """One image's ground truth at the output size: class ``keys`` (categories, or full ClassIds) and masks as
-    windows ``(y0, x0, (h, w) bool)`` cropped to their pixels (:func:`lib.kaggle_metric.window_ious`)."""
+    """One image's ground truth at the output size: class ``keys`` (categories, or full ClassIds), each instance's
+    ``attributes`` (ids) and masks as windows ``(y0, x0, (h, w) bool)`` cropped to their pixels
+    (:func:`lib.kaggle_metric.window_ious`)."""
 
     keys: list
     windows: list
     size: tuple[int, int]
+    attributes: list = field(default_factory=list)
 
     def masks(self) -> np.ndarray:
         """(N, H, W) uint8 full masks."""
@@ -140,21 +161,28 @@ def _paste(windows, size) -> np.ndarray:
     return out
 
 
-def image_ground_truth(rows: list, size: tuple[int, int], full_class_ids: bool = False) -> GroundTruth:
+def image_ground_truth(rows: list, size: tuple[int, int], class_keys: str = "category") -> GroundTruth:
     """Ground-truth rows (:class:`lib.kaggle_data.Row`) of one image -> :class:`GroundTruth` at ``size``
-    (:func:`lib.kaggle_data.resize_rle`, as :func:`load_ground_truth`)."""
-    keys = [llabels.format_class_id(r.category, r.attributes) if full_class_ids else r.category for r in rows]
+    (:func:`lib.kaggle_data.resize_rle`, as :func:`load_ground_truth`), keyed by ``class_keys``
+    (:data:`CLASS_KEYS`: full ClassIds for ``"class_id"``, else categories)."""
+    full = _check_keys(class_keys) == "class_id"
+    keys = [llabels.format_class_id(r.category, r.attributes) if full else r.category for r in rows]
     wins = [mask_window(lkaggle.resize_rle(r.rle, (r.height, r.width), size)) for r in rows]
-    return GroundTruth(keys, wins, tuple(size))
+    return GroundTruth(keys, wins, tuple(size), [tuple(r.attributes) for r in rows])
 
 
 class ImageScorer:
     """The Kaggle score (:func:`lib.kaggle_metric.image_score`) of one image's post-processed instances, or of any subset
-    of them, against its ground truth; the IoUs are counted once, on windows."""
+    of them, against its ground truth; the IoUs are counted once, on windows. ``class_keys`` as the ground truth's
+    (:data:`CLASS_KEYS`); with ``"attributes"`` (the 2020 edition) a prediction's attributes are those of its
+    ClassId, and a hit also needs their F1 with the ground truth's above the F1 threshold."""
 
-    def __init__(self, gt: GroundTruth, insts: list, full_class_ids: bool = False):
+    def __init__(self, gt: GroundTruth, insts: list, class_keys: str = "category"):
         self.gt = gt
-        self.keys = [i.class_id if full_class_ids else i.category for i in insts]
+        full = _check_keys(class_keys) == "class_id"
+        self.keys = [i.class_id if full else i.category for i in insts]
+        self.attributes = ([llabels.parse_class_id(i.class_id)[1] for i in insts] if class_keys == "attributes"
+                           else None)
         self.scores = np.array([i.score for i in insts], np.float64)
         self.insts = insts
         self._gt_of: dict = {}
@@ -162,12 +190,17 @@ class ImageScorer:
             self._gt_of.setdefault(c, []).append(k)
         self._ious: dict = {}
 
-    def _iou(self, c) -> tuple[np.ndarray, list[int]]:
-        """(Ngt_c, Npred_c) IoU of class ``c`` over all instances of that class, and their indices."""
+    def _iou(self, c) -> tuple[np.ndarray, list[int], np.ndarray | None]:
+        """(Ngt_c, Npred_c) IoU of class ``c`` over all instances of that class, their indices, and with the 2020
+        condition their attribute-set F1 (:func:`lib.kaggle_metric.attribute_set_f1`; else None)."""
         if c not in self._ious:
+            gi = self._gt_of[c]
             pj = [j for j, k in enumerate(self.keys) if k == c]
-            self._ious[c] = (window_ious([self.gt.windows[g] for g in self._gt_of[c]],
-                                         [(self.insts[j].y0, self.insts[j].x0, self.insts[j].mask) for j in pj]), pj)
+            f1 = None if self.attributes is None else attribute_set_f1(
+                [self.gt.attributes[g] for g in gi], [self.attributes[j] for j in pj])
+            self._ious[c] = (window_ious([self.gt.windows[g] for g in gi],
+                                         [(self.insts[j].y0, self.insts[j].x0, self.insts[j].mask) for j in pj]),
+                             pj, f1)
         return self._ious[c]
 
     def score(self, keep: np.ndarray | None = None) -> tuple[float, dict]:
@@ -178,26 +211,26 @@ class ImageScorer:
             if c not in self._gt_of or not any(on and k == c for k, on in zip(self.keys, kept)):
                 per_class[c] = 0.0
                 continue
-            iou, pj = self._iou(c)
+            iou, pj, f1 = self._iou(c)
             cols = [n for n, j in enumerate(pj) if kept[j]]
             order = np.argsort(-self.scores[[pj[n] for n in cols]], kind="stable")
-            per_class[c] = class_score(iou[:, cols], order)
+            per_class[c] = class_score(iou[:, cols], order, f1=None if f1 is None else f1[:, cols])
         return (float(np.mean(list(per_class.values()))) if per_class else 1.0), per_class
 
 
-def image_record(probs: list, gt: GroundTruth, params: Params, full_class_ids: bool = False, coco: bool = True):
+def image_record(probs: list, gt: GroundTruth, params: Params, class_keys: str = "category", coco: bool = True):
     """One image's :meth:`lib.evaluator.Evaluator.add_scored` arguments (after the image id): its Kaggle score and
     class scores after post-processing with ``params`` (:func:`lib.postprocess.finalize` of ``probs``, windows at
     ``gt.size`` best first), and with ``coco`` its COCO records of every instance (the same post-processing
-    without the score threshold: AP ranks them all)."""
+    without the score threshold: AP ranks them all; by category unless ``class_keys`` is ``"class_id"``)."""
     insts = finalize(probs, params.replace(score_thresh=0.0) if coco else params, gt.size)
     keep = np.array([i.score >= params.score_thresh for i in insts], bool)  # a score threshold keeps a prefix
-    score, per_class = ImageScorer(gt, insts, full_class_ids).score(keep)
+    scorer = ImageScorer(gt, insts, class_keys)
+    score, per_class = scorer.score(keep)
     if not coco:
         return score, per_class
-    keys = [i.class_id if full_class_ids else i.category for i in insts]
     pred = _paste([(i.y0, i.x0, i.mask) for i in insts], gt.size)
-    return (score, per_class, *coco_records(gt.masks(), gt.keys, pred, keys, [i.score for i in insts]))
+    return (score, per_class, *coco_records(gt.masks(), gt.keys, pred, scorer.keys, [i.score for i in insts]))
 
 
 def attribute_pairs(probs: list, gt: GroundTruth, rows: list, params: Params):
@@ -228,7 +261,7 @@ def attribute_pairs(probs: list, gt: GroundTruth, rows: list, params: Params):
 
 
 def scored_images(gt_path: str | Path, images: pd.DataFrame | None, mask_size: int | None,
-                  full_class_ids: bool = False, problems: list | None = None):
+                  problems: list | None = None):
     """The images a score covers, for :func:`lib.table_stream.map_images`: ``(tasks, total, positions)``.
 
     ``tasks`` yields an :class:`lib.table_stream.ImageTask` per image with its ground-truth rows (read as the
@@ -274,10 +307,10 @@ def raise_problems(gt_path, problems: list) -> None:
         raise ValueError(f"{gt_path}: {len(problems)} bad ground-truth rows:\n{lines}")
 
 
-def _score_image(params, full_class_ids, coco, floor, task, masks):
+def _score_image(params, class_keys, coco, floor, task, masks):
     """:func:`score_tables`' work on one image in a worker: ``{table name: image_record}``."""
-    gt = image_ground_truth(task.gt, task.size, full_class_ids)
-    return {name: image_record(rank_windows(m, task.size, floor), gt, params, full_class_ids, coco)
+    gt = image_ground_truth(task.gt, task.size, class_keys)
+    return {name: image_record(rank_windows(m, task.size, floor), gt, params, class_keys, coco)
             for name, m in masks.items()}
 
 
@@ -302,7 +335,7 @@ def summarize(ev: Evaluator, params: Params, mask_size, ignored: int, per_class:
 
 
 def score_table(pred_table: pd.DataFrame, gt_csv_path: str | Path, params: Params | dict | None = None,
-                mask_size: int | None = 512, per_class: bool = True, full_class_ids: bool = False,
+                mask_size: int | None = 512, per_class: bool = True, class_keys: str = "category",
                 coco: bool = True, images: pd.DataFrame | None = None, progress: bool = True) -> dict:
     """Kaggle metric and COCO mask AP of a prediction table (in memory) after post-processing.
 
@@ -310,8 +343,9 @@ def score_table(pred_table: pd.DataFrame, gt_csv_path: str | Path, params: Param
     for counts as predicting nothing), plus the images of ``images`` (image_id,
     orig_height, orig_width) when given (those absent from the ground truth
     have no objects). Masks are compared at ``mask_size x mask_size`` (None =
-    original size). Classes are categories unless ``full_class_ids`` (for
-    ``attributes="on"``). Submission placeholder rows are not part of this.
+    original size). Classes are told apart by ``class_keys`` (:data:`CLASS_KEYS`; ``"class_id"`` for
+    ``attributes="on"`` in 2019, ``"attributes"`` for the 2020 edition's metric, :func:`class_keys_of`).
+    Submission placeholder rows are not part of this.
     The Kaggle metric uses the post-processed instances; COCO mask AP ranks
     every instance (the same post-processing with ``score_thresh`` 0), as AP
     is defined over a ranked list. (06 scores its tables image by image in processes, :func:`score_tables`.)
@@ -325,7 +359,7 @@ def score_table(pred_table: pd.DataFrame, gt_csv_path: str | Path, params: Param
     """
     params = Params.of(params)
     problems: list = []
-    tasks, total, positions = scored_images(gt_csv_path, images, mask_size, full_class_ids, problems)
+    tasks, total, positions = scored_images(gt_csv_path, images, mask_size, problems)
     groups = image_groups(pred_table)
     floor = 0.0 if coco else params.score_thresh
     records = {}
@@ -333,7 +367,7 @@ def score_table(pred_table: pd.DataFrame, gt_csv_path: str | Path, params: Param
         idx = groups.get(task.image_id)
         rows = pred_table.iloc[idx] if idx is not None else pred_table.iloc[:0]
         masks = {"t": lpred.stored_masks(rows[rows["score"].to_numpy() >= floor])}
-        records[task.image_id] = _score_image(params, full_class_ids, coco, floor, task, masks)["t"]
+        records[task.image_id] = _score_image(params, class_keys, coco, floor, task, masks)["t"]
     raise_problems(gt_csv_path, problems)
     ev = Evaluator(coco=coco)
     for image_id in sorted(records, key=positions.__getitem__):
@@ -342,7 +376,7 @@ def score_table(pred_table: pd.DataFrame, gt_csv_path: str | Path, params: Param
 
 
 def score_tables(sources: dict, gt_path: str | Path, params: Params, mask_size: int | None, images: pd.DataFrame | None,
-                 combine: Callable, full_class_ids: bool = False, processes: int = 1,
+                 combine: Callable, class_keys: str = "category", processes: int = 1,
                  progress: bool = True, attributes: bool = False) -> dict[str, dict]:
     """:func:`score_table` of several tables at once, image by image in ``processes`` (06's scores).
 
@@ -354,8 +388,8 @@ def score_tables(sources: dict, gt_path: str | Path, params: Params, mask_size: 
     from .table_stream import map_images
 
     problems: list = []
-    tasks, total, positions = scored_images(gt_path, images, mask_size, full_class_ids, problems)
-    work = functools.partial(_combined_records, combine, params, full_class_ids, attributes)
+    tasks, total, positions = scored_images(gt_path, images, mask_size, problems)
+    work = functools.partial(_combined_records, combine, params, class_keys, attributes)
     records: dict = {}
     pairs: dict = {}
     for task_id, rec, image_pairs in map_images(work, tasks, total, sources["sources"], sources["indexes"],
@@ -378,10 +412,10 @@ def score_tables(sources: dict, gt_path: str | Path, params: Params, mask_size: 
     return out
 
 
-def _combined_records(combine, params, full_class_ids, attributes, task, masks):
+def _combined_records(combine, params, class_keys, attributes, task, masks):
     tables = combine(task, masks)
     pairs = _image_pairs(params, task, tables) if attributes else None
-    return task.image_id, _score_image(params, full_class_ids, True, 0.0, task, tables), pairs
+    return task.image_id, _score_image(params, class_keys, True, 0.0, task, tables), pairs
 
 
 def _image_pairs(params, task, tables):
@@ -411,7 +445,7 @@ def table_attribute_pairs(sources: dict, gt_path: str | Path, params: Params, ma
     from .table_stream import map_images
 
     problems: list = []
-    tasks, total, _ = scored_images(gt_path, images, mask_size, False, problems)
+    tasks, total, _ = scored_images(gt_path, images, mask_size, problems)
     per: dict = {}
     for tables in map_images(functools.partial(_pairs_of, combine, params), tasks, total, sources["sources"],
                              sources["indexes"], processes, params.score_thresh, progress, desc="attributes"):

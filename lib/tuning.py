@@ -85,7 +85,7 @@ class TuningSet:
     """What tuning scores on: the validation predictions (``sources`` with their ``indexes``,
     :func:`lib.table_stream.read_sources`), their ground truth ``gt_path`` (train.csv format or COCO JSON) and
     images table (``images``: the images scored besides the ground truth's, None = those only), compared at
-    ``mask_size`` (None = original size) by category or (``full_class_ids``) full ClassId; each pass over the
+    ``mask_size`` (None = original size) with ``class_keys`` (:data:`lib.scoring.CLASS_KEYS`); each pass over the
     images runs in ``processes`` worker processes."""
 
     sources: list
@@ -93,7 +93,7 @@ class TuningSet:
     gt_path: Path
     images: pd.DataFrame | None = None
     mask_size: int | None = 512
-    full_class_ids: bool = False
+    class_keys: str = "category"
     processes: int = 1
     progress: bool = True
 
@@ -123,7 +123,7 @@ def point_groups(points: list[Params]) -> list[tuple[Params, list[tuple[int, flo
     return [(points[m[0][0]].replace(score_thresh=min(t for _, t, _ in m), min_area=0), m) for m in groups.values()]
 
 
-def _image_points(candidates, groups, n_points, floor, full_class_ids, classes, task, masks):
+def _image_points(candidates, groups, n_points, floor, class_keys, classes, task, masks):
     """In a worker: one image's Kaggle score at every point of every candidate.
 
     Returns ``(image id, its ground-truth categories, [(scores (P,), distinct class-score dicts or None, which
@@ -131,7 +131,7 @@ def _image_points(candidates, groups, n_points, floor, full_class_ids, classes, 
     fused once; each group of points is post-processed once and its IoUs counted once; points keeping the same
     instances are scored once.
     """
-    gt = image_ground_truth(task.gt, task.size, full_class_ids)
+    gt = image_ground_truth(task.gt, task.size, class_keys)
     fusion = ImageFusion(masks, task.orig_hw)
     out = []
     for combination in candidates:
@@ -141,7 +141,7 @@ def _image_points(candidates, groups, n_points, floor, full_class_ids, classes, 
         memo: dict = {}
         for g, (params, members) in enumerate(groups):
             insts = finalize(probs, params, task.size)
-            scorer = ImageScorer(gt, insts, full_class_ids)
+            scorer = ImageScorer(gt, insts, class_keys)
             areas = np.array([i.area for i in insts], np.int64)
             for k, thresh, min_area in members:
                 keep = (scorer.scores >= thresh) & (areas >= max(1, min_area))
@@ -163,8 +163,8 @@ def _score_pass(ts: TuningSet, candidates: list[Combination], points: list[Param
     fused = [c.min_score or 0.0 for c in candidates if len(c.models) > 1]
     needed = {m for c in candidates for m in c.models}
     problems: list = []
-    tasks, total, positions = scored_images(ts.gt_path, ts.images, ts.mask_size, ts.full_class_ids, problems)
-    work = functools.partial(_image_points, candidates, groups, len(points), floor, ts.full_class_ids, classes)
+    tasks, total, positions = scored_images(ts.gt_path, ts.images, ts.mask_size, problems)
+    work = functools.partial(_image_points, candidates, groups, len(points), floor, ts.class_keys, classes)
     scores = np.zeros((len(candidates), len(points), len(positions)), np.float64)
     per_image: list = [[None] * len(positions) for _ in candidates]
     gt_keys: list = [set()] * len(positions)
@@ -189,7 +189,7 @@ def search_candidates(ts: TuningSet, candidates: list[Combination], grid: dict, 
     (:func:`choose_dropped_categories`) and one more entry when any are.
     """
     values, points = grid_points(grid, base)
-    drop = drop_categories and not ts.full_class_ids
+    drop = drop_categories and ts.class_keys != "class_id"
     scores, per_image, gt_keys = _score_pass(ts, candidates, points, drop, desc)
     out = []
     for c in range(len(candidates)):

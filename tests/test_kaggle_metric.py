@@ -207,3 +207,21 @@ def test_window_ious_equal_mask_iou_of_the_pasted_masks():
     assert np.array_equal(got, metric.mask_iou(a, b))  # exactly: the same integer counts
     assert metric.window_ious([], [window(b[0])]).shape == (0, 1)
 
+
+
+def test_attribute_set_f1_and_the_2020_condition():
+    f1 = metric.attribute_set_f1([(3, 7), ()], [(3,), (3, 7), ()])
+    assert f1[0].tolist() == [pytest.approx(2 / 3), 1.0, 0.0] and np.isnan(f1[1]).all()  # no attributes: no condition
+    iou = np.array([[0.9, 0.0, 0.0]])
+    # one ground truth with attributes (3, 7), one prediction at IoU 0.9 with attributes (3,): F1 2/3 passes the F1
+    # thresholds 0.50-0.65 (4 of 10); the IoU passes 0.50-0.85 (8 of 10): 32 of the 100 pairs are hits.
+    assert class_score(iou[:, :1], f1=f1[:1, :1]) == pytest.approx(0.32)
+    assert class_score(iou[:, :1], f1=np.array([[1.0]])) == class_score(iou[:, :1]) == pytest.approx(0.8)
+    assert class_score(iou[:, :1], f1=np.array([[np.nan]])) == pytest.approx(0.8)
+    assert class_score(iou[:, :1], f1=np.array([[0.5]])) == 0.0  # F1 must be greater than the threshold
+    # A prediction failing the F1 condition leaves the ground truth to the next one, as a lower IoU would.
+    two = np.array([[0.95, 0.9]])
+    assert class_score(two, [0, 1], f1=np.array([[0.0, 1.0]])) == pytest.approx(np.mean(
+        [1 / 2 if t < 0.9 else 0.0 for t in THRESHOLDS]))
+    with pytest.raises(ValueError, match="shape"):
+        class_score(two, f1=np.ones((2, 2)))

@@ -185,9 +185,9 @@ def test_folder_predictions_scored_on_coco_ground_truth(shared_data, tmp_path):
     assert len(shown) == 1 and shown[0].stem in {"000000009813", "000000010223"}
 
 
-def test_2020_edition_submission_and_ground_truth(tmp_path):
-    """A 2020-layout data dir: 06 scores on its ground truth (sparse attribute ids mapped by name) and writes
-    the 2020 columns with the 2020 ids; the validator reads them back, and refuses a bad AttributesIds."""
+def data_2020_with_perfect_predictions(tmp_path):
+    """A synthetic 2020-layout data dir and a 05-like folder of its ground truth as predictions (attributes as
+    probability-1 scores in our 92): ``(data dir, predictions dir)``."""
     from lib import rle, synthetic
     from lib.kaggle_data import index_csv, read_rows
     from lib.labels import competition_labels, map_vocabulary
@@ -198,7 +198,7 @@ def test_2020_edition_submission_and_ground_truth(tmp_path):
     mapping, theirs = map_vocabulary(data / "label_descriptions.json", competition_labels())
     bound = max(theirs) + 1
     groups, _ = index_csv(data / "test_ground_truth.csv")
-    rows = []  # the ground truth as predictions, attributes as probability-1 scores in our 92
+    rows = []
     for image_id, entries in groups.items():
         for r in read_rows(data / "test_ground_truth.csv", entries, num_attributes=bound)[0]:
             attrs = np.zeros(92, np.float32)
@@ -208,6 +208,13 @@ def test_2020_edition_submission_and_ground_truth(tmp_path):
     pdir = tmp_path / "pred"
     pdir.mkdir()
     lpred.make_table(rows).to_parquet(pdir / "predictions.parquet")
+    return data, pdir
+
+
+def test_2020_edition_submission_and_ground_truth(tmp_path):
+    """A 2020-layout data dir: 06 scores on its ground truth (sparse attribute ids mapped by name) and writes
+    the 2020 columns with the 2020 ids; the validator reads them back, and refuses a bad AttributesIds."""
+    data, pdir = data_2020_with_perfect_predictions(tmp_path)
     s = make_submission.SubmissionSettings(predictions=[pdir], data_dir=data, out_dir=tmp_path / "sub", mask_size=0,
                                            report_images=0, processes=1, progress=False,
                                            postprocess={"attributes": "on", "overlap": "none", "nms_iou": 1.0,
@@ -376,3 +383,27 @@ def test_tuning_with_attributes_tunes_one_threshold_per_attribute(tmp_path):
     assert shared["params"].get("attr_thresholds") is None
     b = shared["scores"]["m"]["attributes"]
     assert b["micro_f1"] == 0.0 and b["recall"] == 0.0 and b["thresholds"] == 0.5 and b["num_instances"] == 6
+
+
+def test_2020_edition_metric_counts_attributes_and_tuning_decides_them(tmp_path):
+    """The 2020 edition's metric: a hit also needs the attribute sets' F1 above the F1 threshold, so the perfect
+    masks without their attributes lose the attribute categories; --tune puts attributes off / on in the grid
+    (no --attributes given) and keeps them on."""
+    from lib.labels import ATTRIBUTE_CATEGORIES
+
+    data, pdir = data_2020_with_perfect_predictions(tmp_path)
+    common = dict(predictions=[pdir], data_dir=data, mask_size=0, report_images=0, processes=1, progress=False)
+    fixed = {"overlap": "none", "nms_iou": 1.0, "min_area": 0}
+    off = make_submission.run(make_submission.SubmissionSettings(
+        **common, out_dir=tmp_path / "off", postprocess=dict(fixed, attributes="off")))
+    per_class = json.loads((tmp_path / "off" / "scores.json").read_text())["scores"]["m"]["per_class"]
+    gt = pd.read_csv(data / "test_ground_truth.csv", dtype=str, keep_default_na=False)
+    with_attrs = {int(c) for c, a in zip(gt["ClassId"], gt["AttributesIds"]) if a}
+    assert with_attrs and with_attrs <= set(ATTRIBUTE_CATEGORIES)
+    assert {int(c) for c, v in per_class.items() if v == 0.0} == with_attrs  # the others are perfect
+    assert off["scores"]["m"]["kaggle"] < 1.0
+    tuned = make_submission.run(make_submission.SubmissionSettings(
+        **common, out_dir=tmp_path / "tuned", tune=True, tune_grid={"score_thresh": [0.5]}, postprocess=fixed))
+    saved = json.loads((tmp_path / "tuned" / "params.json").read_text())
+    assert saved["params"]["attributes"] == "on" and saved["grid"]["attributes"] == ["off", "on"]
+    assert tuned["scores"]["m"]["kaggle"] == 1.0

@@ -52,9 +52,9 @@ def test_score_table_ground_truth_as_predictions_is_perfect(tmp_path):
     attrs[2, [3, 7]] = 0.9
     t = as_table(None)
     t2 = lpred.make_table([dict(r, attr_scores=list(attrs[i])) for i, r in enumerate(t.to_dict("records"))])
-    s = lscoring.score_table(t2, gt, {"attributes": "on"}, full_class_ids=True, progress=False)
+    s = lscoring.score_table(t2, gt, {"attributes": "on"}, class_keys="class_id", progress=False)
     assert s["kaggle"] == 1.0 and "10_3_7" in s["per_class"]
-    s = lscoring.score_table(t2, gt, full_class_ids=True, progress=False)  # attributes off: "10" != "10_3_7"
+    s = lscoring.score_table(t2, gt, class_keys="class_id", progress=False)  # attributes off: "10" != "10_3_7"
     assert s["kaggle"] < 1.0
 
 
@@ -162,3 +162,30 @@ def test_image_scorer_scores_any_subset_like_image_score():
         want = image_score(gt_masks, [1, 1, 2], pred, [i.category for i in kept], [i.score for i in kept],
                            return_per_class=True)
         assert scorer.score(keep) == want
+
+
+def test_image_scorer_with_the_2020_attribute_condition():
+    """class_keys="attributes": classes are categories, and a hit also needs the F1 of the ClassId's attributes
+    with the ground truth's above the F1 threshold (none for ground truth without attributes)."""
+    from lib.postprocess import Instance
+
+    size = (20, 20)
+    m = np.zeros(size, np.uint8)
+    m[2:12, 3:15] = 1
+    gt = lscoring.GroundTruth([1, 5], [mask_window(m), mask_window(m)], size, [(3, 7), ()])
+    y, x, w = mask_window(m)
+
+    def score(class_ids):
+        insts = [Instance(int(c.split("_")[0]), 0.9, c, y, x, w.copy(), int(w.sum()), k)
+                 for k, c in enumerate(class_ids)]
+        return lscoring.ImageScorer(gt, insts, "attributes").score()
+
+    assert score(["1_3_7", "5"]) == (1.0, {1: 1.0, 5: 1.0})
+    assert score(["1_3", "5_2"]) == (pytest.approx(0.7), {1: pytest.approx(0.4), 5: 1.0})  # F1 2/3: 4 of 10
+    assert score(["1", "5"])[1] == {1: 0.0, 5: 1.0}  # no attributes predicted: F1 0
+    full = lscoring.ImageScorer(gt, [Instance(1, 0.9, "1_3", y, x, w.copy(), int(w.sum()), 0)], "category").score()
+    assert full == (0.5, {1: 1.0, 5: 0.0})  # by category alone the attributes do not count
+    assert lscoring.class_keys_of(True, "2020") == lscoring.class_keys_of(False, "2020") == "attributes"
+    assert lscoring.class_keys_of(True) == "class_id" and lscoring.class_keys_of(False) == "category"
+    with pytest.raises(ValueError, match="class_keys"):
+        lscoring.ImageScorer(gt, [], "full")
