@@ -203,8 +203,16 @@ def class_score(iou, pred_order=None, thresholds=THRESHOLDS, f1=None, f1_thresho
         iou, f1 = np.asarray(iou, dtype=np.float64), np.asarray(f1, dtype=np.float64)
         if f1.shape != iou.shape:
             raise ValueError(f"class_score: f1 must have the shape of iou {iou.shape}, got {f1.shape}")
-        return float(np.mean([class_score(np.where(np.isnan(f1) | (f1 > tf), iou, 0.0), pred_order, thresholds)
-                              for tf in np.asarray(f1_thresholds, np.float64).reshape(-1)]))
+        can_hit = iou > np.min(thresholds)  # the pairs any IoU threshold lets through
+        memo: dict = {}  # F1 thresholds that let the same of those pairs through score alike
+        out = []
+        for tf in np.asarray(f1_thresholds, np.float64).reshape(-1):
+            gate = np.isnan(f1) | (f1 > tf)
+            key = (gate & can_hit).tobytes()
+            if key not in memo:
+                memo[key] = class_score(np.where(gate, iou, 0.0), pred_order, thresholds)
+            out.append(memo[key])
+        return float(np.mean(out))
     iou = np.asarray(iou, dtype=np.float64)
     if iou.ndim != 2:
         raise ValueError(f"class_score: iou must be 2-D (Ngt, Npred), got shape {iou.shape}")
