@@ -143,6 +143,16 @@ def matched_window_attributes(gt_classes, gt_attributes, pred_classes, pred_scor
     return a_gt[g] != 0, a_pr[p]
 
 
+def _pair_arrays(gt, scores) -> tuple[np.ndarray, np.ndarray]:
+    """Matched pairs' ``gt`` (K, A) as bool and ``scores`` (K, A) as float64; ``ValueError`` unless both are
+    (K, A) of one shape."""
+    gt = np.asarray(gt) != 0
+    scores = np.asarray(scores, dtype=np.float64)
+    if gt.shape != scores.shape or gt.ndim != 2:
+        raise ValueError(f"gt and scores must be (K, A) arrays of one shape, got {gt.shape} and {scores.shape}")
+    return gt, scores
+
+
 def multilabel_f1(gt, scores, threshold=0.5) -> dict:
     """Micro and macro F1 of ``scores >= threshold`` against ``gt``, both (K, A) (rows = instances);
     ``threshold`` one float, or (A,) per attribute (:func:`tune_thresholds`).
@@ -157,10 +167,7 @@ def multilabel_f1(gt, scores, threshold=0.5) -> dict:
         ``threshold`` (a float, or a list of A). Undefined scores (nothing in the ground truth nor predicted) are
         nan.
     """
-    gt = np.asarray(gt) != 0
-    scores = np.asarray(scores, dtype=np.float64)
-    if gt.shape != scores.shape or gt.ndim != 2:
-        raise ValueError(f"gt and scores must be (K, A) arrays of one shape, got {gt.shape} and {scores.shape}")
+    gt, scores = _pair_arrays(gt, scores)
     thr = np.asarray(threshold, np.float64)
     if thr.ndim and thr.shape != (gt.shape[1],):
         raise ValueError(f"threshold must be a float or one per attribute ({gt.shape[1]}), got shape {thr.shape}")
@@ -212,10 +219,7 @@ def tune_thresholds(gt, scores, default: float = 0.5, grid=THRESHOLD_GRID, min_p
     """
     if objective not in ("micro", "macro"):
         raise ValueError(f"objective must be 'micro' or 'macro', got {objective!r}")
-    gt = np.asarray(gt) != 0
-    scores = np.asarray(scores, dtype=np.float64)
-    if gt.shape != scores.shape or gt.ndim != 2:
-        raise ValueError(f"gt and scores must be (K, A) arrays of one shape, got {gt.shape} and {scores.shape}")
+    gt, scores = _pair_arrays(gt, scores)
     cand = np.unique(np.append(np.asarray(grid, np.float64), default))
     cand = cand[np.argsort(np.abs(cand - default), kind="stable")]  # nearest the default first: argmax keeps it
     pred = scores[:, :, None] >= cand[None, None, :]  # (K, A, G); cand[0] is the default

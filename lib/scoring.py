@@ -223,8 +223,18 @@ def image_record(probs: list, gt: GroundTruth, params: Params, class_keys: str =
     class scores after post-processing with ``params`` (:func:`lib.postprocess.finalize` of ``probs``, windows at
     ``gt.size`` best first), and with ``coco`` its COCO records of every instance (the same post-processing
     without the score threshold: AP ranks them all; by category unless ``class_keys`` is ``"class_id"``)."""
-    insts = finalize(probs, params.replace(score_thresh=0.0) if coco else params, gt.size)
-    keep = np.array([i.score >= params.score_thresh for i in insts], bool)  # a score threshold keeps a prefix
+    return _record(*_post_processed(probs, params, gt.size, coco), gt, class_keys, coco)
+
+
+def _post_processed(probs: list, params: Params, size, coco: bool) -> tuple[list, np.ndarray]:
+    """:func:`image_record`'s instances and which of them the score threshold keeps: with ``coco`` all of the
+    post-processing without the threshold (a threshold keeps a prefix of those, the instances post-processing
+    with it gives: nothing below a kept instance changes it), else those of ``params``."""
+    insts = finalize(probs, params.replace(score_thresh=0.0) if coco else params, size)
+    return insts, np.array([i.score >= params.score_thresh for i in insts], bool)
+
+
+def _record(insts: list, keep: np.ndarray, gt: GroundTruth, class_keys: str, coco: bool):
     scorer = ImageScorer(gt, insts, class_keys)
     score, per_class = scorer.score(keep)
     if not coco:
@@ -233,17 +243,17 @@ def image_record(probs: list, gt: GroundTruth, params: Params, class_keys: str =
     return (score, per_class, *coco_records(gt.masks(), gt.keys, pred, scorer.keys, [i.score for i in insts]))
 
 
-def attribute_pairs(probs: list, gt: GroundTruth, rows: list, params: Params):
-    """One image's attribute pairs: its post-processed instances (:func:`lib.postprocess.finalize` of ``probs``
-    with ``params``) that carry attribute scores, matched to its ground truth (``gt`` by category, ``rows`` its
-    :class:`lib.kaggle_data.Row` list in the same order) as :func:`lib.attribute_metric.matched_attributes`
-    matches (same category, mask IoU >= 0.5, attribute categories only; IoUs on windows).
+def attribute_pairs(insts: list, probs: list, gt: GroundTruth, rows: list):
+    """One image's attribute pairs: its post-processed instances ``insts`` (:func:`lib.postprocess.finalize` of
+    ``probs``, which their ``rank`` indexes) that carry attribute scores, matched to its ground truth (``gt`` by
+    category, ``rows`` its :class:`lib.kaggle_data.Row` list in the same order) as
+    :func:`lib.attribute_metric.matched_attributes` matches (same category, mask IoU >= 0.5, attribute categories
+    only; IoUs on windows).
 
     Returns ``(gt, scores)``: (K, A) bool and (K, A) float64, or None when no instance has attribute scores
     (a model without an attribute head; fused instances none of whose models has one). ``ValueError`` naming
     the row when a ground-truth attribute id is not below A."""
-    insts = [i for i in finalize(probs, params, gt.size)
-             if probs[i.rank].attrs is not None and not np.isnan(probs[i.rank].attrs).any()]
+    insts = [i for i in insts if probs[i.rank].attrs is not None and not np.isnan(probs[i.rank].attrs).any()]
     if not insts:
         return None
     n_attr = len(probs[insts[0].rank].attrs)
@@ -307,11 +317,19 @@ def raise_problems(gt_path, problems: list) -> None:
         raise ValueError(f"{gt_path}: {len(problems)} bad ground-truth rows:\n{lines}")
 
 
-def _score_image(params, class_keys, coco, floor, task, masks):
-    """:func:`score_tables`' work on one image in a worker: ``{table name: image_record}``."""
+def _score_image(params, class_keys, coco, floor, task, masks, attributes: bool = False):
+    """:func:`score_tables`' work on one image in a worker: ``({table name: image_record}, {table name:
+    attribute_pairs} with ``attributes``, else {})``; the ground truth is decoded once and each table
+    post-processed once for both."""
     gt = image_ground_truth(task.gt, task.size, class_keys)
-    return {name: image_record(rank_windows(m, task.size, floor), gt, params, class_keys, coco)
-            for name, m in masks.items()}
+    records, pairs = {}, {}
+    for name, m in masks.items():
+        probs = rank_windows(m, task.size, floor)
+        insts, keep = _post_processed(probs, params, gt.size, coco)
+        records[name] = _record(insts, keep, gt, class_keys, coco)
+        if attributes:
+            pairs[name] = attribute_pairs([i for i, on in zip(insts, keep) if on], probs, gt, task.gt)
+    return records, pairs
 
 
 def summarize(ev: Evaluator, params: Params, mask_size, ignored: int, per_class: bool = True) -> dict:
@@ -367,7 +385,7 @@ def score_table(pred_table: pd.DataFrame, gt_csv_path: str | Path, params: Param
         idx = groups.get(task.image_id)
         rows = pred_table.iloc[idx] if idx is not None else pred_table.iloc[:0]
         masks = {"t": lpred.stored_masks(rows[rows["score"].to_numpy() >= floor])}
-        records[task.image_id] = _score_image(params, class_keys, coco, floor, task, masks)["t"]
+        records[task.image_id] = _score_image(params, class_keys, coco, floor, task, masks)[0]["t"]
     raise_problems(gt_csv_path, problems)
     ev = Evaluator(coco=coco)
     for image_id in sorted(records, key=positions.__getitem__):
@@ -395,7 +413,7 @@ def score_tables(sources: dict, gt_path: str | Path, params: Params, mask_size: 
     for task_id, rec, image_pairs in map_images(work, tasks, total, sources["sources"], sources["indexes"],
                                                 processes, 0.0, progress, desc="score"):
         records[task_id] = rec
-        for name, p in (image_pairs or {}).items():
+        for name, p in image_pairs.items():
             pairs.setdefault(name, []).append(p)
     raise_problems(gt_path, problems)
     names = list(next(iter(records.values()))) if records else []
@@ -413,20 +431,17 @@ def score_tables(sources: dict, gt_path: str | Path, params: Params, mask_size: 
 
 
 def _combined_records(combine, params, class_keys, attributes, task, masks):
-    tables = combine(task, masks)
-    pairs = _image_pairs(params, task, tables) if attributes else None
-    return task.image_id, _score_image(params, class_keys, True, 0.0, task, tables), pairs
-
-
-def _image_pairs(params, task, tables):
-    """:func:`attribute_pairs` of each table of one image: ``{table name: (gt, scores) or None}``."""
-    gt = image_ground_truth(task.gt, task.size)
-    return {name: attribute_pairs(rank_windows(m, task.size, params.score_thresh), gt, task.gt, params)
-            for name, m in tables.items()}
+    return (task.image_id, *_score_image(params, class_keys, True, 0.0, task, combine(task, masks), attributes))
 
 
 def _pairs_of(combine, params, task, masks):
-    return _image_pairs(params, task, combine(task, masks))
+    """:func:`table_attribute_pairs`' work on one image: ``{table name: attribute_pairs}``."""
+    gt = image_ground_truth(task.gt, task.size)
+    out = {}
+    for name, m in combine(task, masks).items():
+        probs = rank_windows(m, task.size, params.score_thresh)
+        out[name] = attribute_pairs(finalize(probs, params, gt.size), probs, gt, task.gt)
+    return out
 
 
 def _stacked(pairs: list) -> tuple[np.ndarray, np.ndarray] | None:
