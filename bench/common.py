@@ -91,6 +91,17 @@ def env_info(device) -> dict:
     return info
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512_BF16 or AMX: AMD Zen 4+, Intel Cooper Lake / Sapphire
+    Rapids+), where torch's CPU autocast to bf16 trains faster than fp32; elsewhere bf16 is emulated, slower."""
+    try:
+        flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def _cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

@@ -92,17 +92,20 @@ MODES = {
     # Two cores: one thread per process, two processes side by side (as demo.sh). Light RoI settings. Sized for
     # <= 60 minutes: hundreds of training images and hundreds of steps per model, validated every epoch
     # (the learning curves). The recipe of the issue's measurements: resnet18-FPN detectors at 128 px, batch 4,
-    # AdamW 5e-4, cosine; resnet18 UNet, lr 3e-3.
+    # AdamW 5e-4, cosine; resnet18 UNet, lr 3e-3. Detectors train under bf16 autocast (1.6x faster a step on a
+    # CPU with native bf16, no loss at equal steps: bench/RESULTS.md; fp32 where the CPU lacks it), 800 steps;
+    # an --ablation's pair 400 steps each (the first pair <= 25 minutes).
     "cpu": dict(
         sides=(128, 176), long_side=128, n_train=600, n_val=60, n_test=60, n_pretrain=300,
         seeds=(101, 202, 303, 404),
-        det=["--backbone", "resnet18", "--min-size", "128", "--max-size", "128",
+        det=["--backbone", "resnet18", "--min-size", "128", "--max-size", "128", "--amp", "bf16",
              "--anchor-sizes", "16", "32", "64", "128", "256", *_LIGHT_RPN, "--box-batch-size-per-image", "64"],
         deepmac=["--mask-roi-size", "16", "--mask-head-depth", "2", "--mask-head-width", "64",
                  "--mask-head-stacks", "2"],
         unet=["--encoder", "resnet18", "--image-size", "128", "--decoder-channels", "128", "64", "32", "16", "16",
               "--min-area", "8"],
-        det_budget=dict(epochs=10, steps=40, batch=4, lr=5e-4, warmup=20, val_every=2),
+        det_budget=dict(epochs=20, steps=40, batch=4, lr=5e-4, warmup=20, val_every=4),
+        ablation_budget=dict(epochs=10, steps=40, batch=4, lr=5e-4, warmup=20, val_every=2),
         claim_budget=dict(epochs=3, steps=50, batch=4, lr=5e-4, warmup=20, val_every=3),
         unet_budget=dict(epochs=10, steps=45, batch=12, lr=3e-3, warmup=20, val_every=1),  # 540 images: 45 steps
         finetune_budget=dict(epochs=2, steps=50, batch=4, lr=5e-4, warmup=10, val_every=1),
@@ -118,6 +121,7 @@ MODES = {
         unet=["--encoder", "resnet18", "--image-size", "128", "--decoder-channels", "32", "16", "16", "8", "8",
               "--min-area", "4"],
         det_budget=dict(epochs=1, steps=2, batch=2, lr=5e-4, warmup=1, val_every=1),
+        ablation_budget=dict(epochs=1, steps=2, batch=2, lr=5e-4, warmup=1, val_every=1),
         claim_budget=dict(epochs=1, steps=2, batch=2, lr=5e-4, warmup=1, val_every=1),
         unet_budget=dict(epochs=1, steps=2, batch=2, lr=1e-3, warmup=1, val_every=1),
         finetune_budget=dict(epochs=2, steps=1, batch=2, lr=5e-4, warmup=1, val_every=1),
@@ -133,6 +137,7 @@ MODES = {
         deepmac=[],
         unet=["--encoder", "resnet34", "--image-size", "512"],
         det_budget=dict(epochs=5, steps=20, batch=8, lr=3e-4, warmup=20, val_every=1),
+        ablation_budget=dict(epochs=5, steps=20, batch=8, lr=3e-4, warmup=20, val_every=1),
         claim_budget=dict(epochs=5, steps=20, batch=8, lr=3e-4, warmup=20, val_every=5),
         unet_budget=dict(epochs=5, steps=20, batch=8, lr=1e-3, warmup=20, val_every=1),
         finetune_budget=dict(epochs=2, steps=10, batch=8, lr=3e-4, warmup=5, val_every=1),
@@ -270,7 +275,8 @@ def train_args(cfg: dict, w: Path, run: str, budget: dict, prepared: str = "prep
 
 
 def finished(run_dir: Path) -> bool:
-    """Whether the training in ``run_dir`` ran to its end (its meta.json says ``done``): what ``--reuse`` keeps."""
+    """Whether the training or the 05 run in ``run_dir`` ran to its end (its meta.json says ``done``): what
+    ``--reuse`` and the ablations keep."""
     meta = run_dir / "meta.json"
     return meta.is_file() and json.loads(meta.read_text()).get("status") == "done"
 
@@ -773,7 +779,8 @@ def markdown(rep: dict) -> str:
 # --------------------------------------------------------------------------------------------- main
 # --------------------------------------------------------------------------------------------- ablation
 # The training script, model flags and step budget of each arch an ablation can run on.
-ABLATION_ARCHS = {"maskrcnn": ("03_train_maskrcnn.py", "det_budget"), "deepmac": ("04_train_deepmac.py", "det_budget"),
+ABLATION_ARCHS = {"maskrcnn": ("03_train_maskrcnn.py", "ablation_budget"),
+                  "deepmac": ("04_train_deepmac.py", "ablation_budget"),
                   "unet": ("02_train_unet.py", "unet_budget")}
 
 
@@ -819,10 +826,13 @@ def ablation(cfg: dict, arch: str, flags: list[str], out: Path, jobs, reuse: boo
     ``--attr-head``); with an attribute head, each run's attribute F1 at the test seed's ground-truth boxes too
     (:func:`oracle_attributes`), against the per-category prior.
 
-    The data, the prepared set and the baseline (:func:`ablation_runs`) are deterministic in the mode, so they are
-    kept once finished (delete ``OUT/work/base_*`` after changing the training code): the first ablation under an
-    ``--out`` trains the pair side by side, each later one (of the same arch and base) only its ``with`` run, alone
-    with every lane's threads. ``reuse`` also keeps a finished ``with`` run."""
+    The data, the prepared set and the baseline (:func:`ablation_runs`) with its test predictions are deterministic
+    in the mode, so they are kept once finished with the command the mode gives them now (``OUT/work/<run>.argv.json``;
+    delete ``OUT/work/base_*`` after changing the training code): the
+    first ablation under an ``--out`` trains and predicts the pair, each later one (of the same arch and base) only
+    its ``with`` run. On CPU the runs go one after another, each with every lane's threads (2.05 s a step alone
+    against 4.6 s for each of two side by side on 2 cores); on a GPU side by side. ``reuse`` also keeps a finished
+    ``with`` run."""
     from lib import scoring as lscoring
     from lib import postprocess as lpost
 
@@ -836,10 +846,8 @@ def ablation(cfg: dict, arch: str, flags: list[str], out: Path, jobs, reuse: boo
     dirs = ablation_runs(arch, flags, base)
     rep["runs"] = dirs
     extras = {"without": [], "with": list(flags)}
-    todo = [n for n in dirs if not (finished(w / dirs[n]) and (n == "without" or reuse))]
-    lone = dict(cfg, threads=cfg["threads"] * cfg["lanes"]) if len(todo) == 1 and cfg["device"] == "cpu" else cfg
-    rep["trained"] = {n: n in todo for n in dirs}
-    t0 = time.time()
+    cpu = cfg["device"] == "cpu"
+    lone = dict(cfg, threads=cfg["threads"] * cfg["lanes"]) if cpu else cfg
     def argv(name):  # large-scale jitter replaces the mode's --scale-range
         args = train_args(lone, w, dirs[name], cfg[budget])
         if "--lsj" in extras[name]:
@@ -847,20 +855,30 @@ def ablation(cfg: dict, arch: str, flags: list[str], out: Path, jobs, reuse: boo
             args = args[:k] + args[k + 3:]
         return [py, script, *args, *model, *base, *extras[name]]
 
-    jobs.run([(f"train_{dirs[n]}", argv(n)) for n in todo])
+    # A run is kept when it finished with the command this mode gives it now (OUT/work/<run>.argv.json).
+    recorded = {n: w / f"{dirs[n]}.argv.json" for n in dirs}
+    todo = [n for n in dirs if not (finished(w / dirs[n]) and (n == "without" or reuse) and recorded[n].is_file()
+                                    and json.loads(recorded[n].read_text()) == [str(a) for a in argv(n)[1:]])]
+    rep["trained"] = {n: n in todo for n in dirs}
+    t0 = time.time()
+    trainings = [(f"train_{dirs[n]}", argv(n)) for n in todo]
+    for batch in ([[j] for j in trainings] if cpu else [trainings]):
+        jobs.run(batch)
+    for n in todo:
+        bc.write_json(recorded[n], [str(a) for a in argv(n)[1:]])
     rep["timings"]["train"] = round(time.time() - t0, 1)
     t0 = time.time()
-    jobs.run([("predict_test", [py, "05_predict.py", "--checkpoints", w / dirs["without"], w / dirs["with"],
-                                "--names", "without", "with", "--data-dir", data / "test", "--out-dir", w / "pred_test",
-                                "--batch-size", str(cfg["predict_batch"]), "--workers", str(cfg["workers"]),
-                                "--device", cfg["device"], "--threads",
-                                str(cfg["threads"] if cfg["device"] == "cpu" else 0), "--restart", "--no-progress",
-                                *cfg["tta"]])])
+    preds = {n: w / f"pred_test_{dirs[n]}" for n in dirs}
+    jobs.run([(f"predict_{dirs[n]}", [py, "05_predict.py", "--checkpoints", w / dirs[n], "--names", n, "--data-dir",
+                                      data / "test", "--out-dir", preds[n], "--batch-size", str(cfg["predict_batch"]),
+                                      "--workers", str(cfg["workers"]), "--device", cfg["device"], "--threads",
+                                      str(lone["threads"] if cpu else 0), "--restart", "--no-progress", *cfg["tta"]])
+              for n in dirs if n in todo or not finished(preds[n])])
     rep["timings"]["predict"] = round(time.time() - t0, 1)
     t0 = time.time()
     gt_csv = data / "test" / "test_ground_truth.csv"
-    tables = load_sources(w / "pred_test")
-    images = pd.read_parquet(w / "pred_test" / "images.parquet")
+    tables = {**load_sources(preds["without"]), **load_sources(preds["with"])}
+    images = pd.read_parquet(preds["with"] / "images.parquet")
     recipe = lpost.Params()
     rep["scores"] = score_tables(tables, {k: recipe for k in tables}, group_gt(gt_csv, w), images,
                                  cfg["score_workers"])
@@ -1000,8 +1018,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--ablation", default=None, metavar="'FLAGS'",
                    help="measure one training feature instead: --ablation-arch trained without and with these flags, "
                         "quoted (e.g. --ablation '--ema-decay 0.99'), the same steps, scored on the held-out test "
-                        "seed; report OUT/ablation_<run>.md. The baseline is trained once per --out (and arch and "
-                        "--ablation-base) and kept: later ablations train their one run alone")
+                        "seed; report OUT/ablation_<run>.md. The baseline and its predictions are made once per --out "
+                        "(and arch and --ablation-base) and kept: later ablations train their one run")
     p.add_argument("--ablation-arch", choices=sorted(ABLATION_ARCHS), default="maskrcnn",
                    help="the model an --ablation trains")
     p.add_argument("--ablation-base", default="", metavar="'FLAGS'",
@@ -1024,6 +1042,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(args) -> dict:
     mode = "tiny" if args.tiny else "cpu" if args.cpu else "gpu"
     cfg = dict(MODES[mode])
+    if mode == "cpu" and not bc.cpu_has_native_bf16():  # emulated bf16 trains slower than fp32
+        cfg["det"] = [("off" if a == "bf16" else a) for a in cfg["det"]]
     if args.lanes:
         cfg["lanes"] = args.lanes
     device = bc.pick_device(mode != "gpu")
