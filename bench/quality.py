@@ -861,19 +861,21 @@ def ablation(cfg: dict, arch: str, flags: list[str], out: Path, jobs, reuse: boo
                                     and json.loads(recorded[n].read_text()) == [str(a) for a in argv(n)[1:]])]
     rep["trained"] = {n: n in todo for n in dirs}
     t0 = time.time()
-    trainings = [(f"train_{dirs[n]}", argv(n)) for n in todo]
-    for batch in ([[j] for j in trainings] if cpu else [trainings]):
-        jobs.run(batch)
+    def run(batch):  # on CPU one after another, each with every lane's threads; on a GPU side by side
+        for part in ([[j] for j in batch] if cpu else [batch]):
+            jobs.run(part)
+
+    run([(f"train_{dirs[n]}", argv(n)) for n in todo])
     for n in todo:
         bc.write_json(recorded[n], [str(a) for a in argv(n)[1:]])
     rep["timings"]["train"] = round(time.time() - t0, 1)
     t0 = time.time()
     preds = {n: w / f"pred_test_{dirs[n]}" for n in dirs}
-    jobs.run([(f"predict_{dirs[n]}", [py, "05_predict.py", "--checkpoints", w / dirs[n], "--names", n, "--data-dir",
-                                      data / "test", "--out-dir", preds[n], "--batch-size", str(cfg["predict_batch"]),
-                                      "--workers", str(cfg["workers"]), "--device", cfg["device"], "--threads",
-                                      str(lone["threads"] if cpu else 0), "--restart", "--no-progress", *cfg["tta"]])
-              for n in dirs if n in todo or not finished(preds[n])])
+    run([(f"predict_{dirs[n]}", [py, "05_predict.py", "--checkpoints", w / dirs[n], "--names", n, "--data-dir",
+                                 data / "test", "--out-dir", preds[n], "--batch-size", str(cfg["predict_batch"]),
+                                 "--workers", str(cfg["workers"]), "--device", cfg["device"], "--threads",
+                                 str(lone["threads"] if cpu else 0), "--restart", "--no-progress", *cfg["tta"]])
+         for n in dirs if n in todo or not finished(preds[n])])
     rep["timings"]["predict"] = round(time.time() - t0, 1)
     t0 = time.time()
     gt_csv = data / "test" / "test_ground_truth.csv"
@@ -999,7 +1001,8 @@ def ablation_markdown(rep: dict) -> str:
                             f"{f(a['prior_tuned']['macro_f1'])})" for name, a in attrs.items() if a and a.get("tuned"))
                   + "."]
     t = rep["training"]
-    kept = "" if rep.get("trained", {}).get("without", True) else f"; the baseline `{rep['runs']['without']}` kept"
+    kept = ("" if rep.get("trained", {}).get("without", True)
+            else f"; the baseline `{rep['runs']['without']}` and its predictions kept")
     lines += ["", f"Steps {t.get('without', {}).get('steps')} each; final val Kaggle without "
                   f"{f(t.get('without', {}).get('val_kaggle'))}, with {f(t.get('with', {}).get('val_kaggle'))}; "
                   f"{sum(rep['timings'].values()):.0f} s ({rep['timings']}){kept}."]

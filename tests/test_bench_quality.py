@@ -157,7 +157,17 @@ def test_ablation_mode_trains_a_pair_and_reports_the_difference(tmp_path):
     second = json.loads((tmp_path / "work" / "base_maskrcnn__ema-decay_0.8" / "meta.json").read_text())
     assert second["optimization"]["ema_decay"] == 0.8
     assert second["args"]["threads"] == with_meta["args"]["threads"] == without_meta["args"]["threads"] == 2
-    assert "the baseline `base_maskrcnn` kept" in (tmp_path / "ablation_base_maskrcnn__ema-decay_0.8.md").read_text()
+    md = (tmp_path / "ablation_base_maskrcnn__ema-decay_0.8.md").read_text()
+    assert "the baseline `base_maskrcnn` and its predictions kept" in md
+    # A baseline finished with another command than the mode gives it now (e.g. before a change of the mode) is
+    # trained again, and its predictions made again (the 'with' run trains every time without --reuse).
+    recorded = tmp_path / "work" / "base_maskrcnn.argv.json"
+    assert json.loads(recorded.read_text())[0] == "03_train_maskrcnn.py"
+    recorded.write_text(json.dumps(json.loads(recorded.read_text()) + ["--amp", "off"]))
+    third = quality.main(quality.get_args_parser().parse_args(
+        ["--tiny", "--ablation", "--ema-decay 0.8", "--out", str(tmp_path)]))["ablation"]
+    assert third["trained"] == {"without": True, "with": True} and base_pred.read_bytes() != pred_before
+    assert "--amp" not in json.loads(recorded.read_text())
 
 
 def test_ablation_with_base_flags_measures_attributes_against_the_prior(tmp_path):
