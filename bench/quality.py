@@ -827,10 +827,10 @@ def ablation(cfg: dict, arch: str, flags: list[str], out: Path, jobs, reuse: boo
     (:func:`oracle_attributes`), against the per-category prior.
 
     The data, the prepared set and the baseline (:func:`ablation_runs`) with its test predictions are deterministic
-    in the mode, so they are kept once finished with the command the mode gives them now (``OUT/work/<run>.argv.json``;
-    delete ``OUT/work/base_*`` after changing the training code): the
-    first ablation under an ``--out`` trains and predicts the pair, each later one (of the same arch and base) only
-    its ``with`` run. On CPU the runs go one after another, each with every lane's threads (2.05 s a step alone
+    in the mode, so they are kept once finished with the command the mode gives them now
+    (``OUT/work/<run>.argv.json``; delete ``OUT/work/base_*`` after changing the training code): the first ablation
+    under an ``--out`` trains and predicts the pair, each later one (of the same arch and base) only its ``with``
+    run. On CPU the runs go one after another, each with every lane's threads (2.05 s a step alone
     against 4.6 s for each of two side by side on 2 cores); on a GPU side by side. ``reuse`` also keeps a finished
     ``with`` run."""
     from lib import scoring as lscoring
@@ -1042,11 +1042,18 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
+def mode_config(mode: str, native_bf16: bool) -> dict:
+    """The settings of ``mode`` (:data:`MODES`) on this machine: the CPU mode's detectors train in fp32 where the
+    CPU lacks native bf16 (``native_bf16`` False: emulated bf16 trains slower than fp32)."""
+    cfg = dict(MODES[mode])
+    if mode == "cpu" and not native_bf16:
+        cfg["det"] = [("off" if a == "bf16" else a) for a in cfg["det"]]
+    return cfg
+
+
 def main(args) -> dict:
     mode = "tiny" if args.tiny else "cpu" if args.cpu else "gpu"
-    cfg = dict(MODES[mode])
-    if mode == "cpu" and not bc.cpu_has_native_bf16():  # emulated bf16 trains slower than fp32
-        cfg["det"] = [("off" if a == "bf16" else a) for a in cfg["det"]]
+    cfg = mode_config(mode, bc.cpu_has_native_bf16())
     if args.lanes:
         cfg["lanes"] = args.lanes
     device = bc.pick_device(mode != "gpu")

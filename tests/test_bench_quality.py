@@ -128,6 +128,20 @@ def test_tiny_run_reports_every_model_group_and_measure(tmp_path):
     assert "Floors" in md and "Learning curves" in md
 
 
+def test_cpu_mode_trains_detectors_in_bf16_only_where_the_cpu_has_it():
+    """The CPU mode's detectors get --amp bf16 on a CPU with native bf16 and --amp off elsewhere; an ablation's
+    pair has its own budget, half the detectors' steps."""
+    def amp(cfg):
+        return cfg["det"][cfg["det"].index("--amp") + 1]
+
+    assert amp(quality.mode_config("cpu", True)) == "bf16" and amp(quality.mode_config("cpu", False)) == "off"
+    assert quality.MODES["cpu"]["det"] == quality.mode_config("cpu", True)["det"]  # MODES itself unchanged
+    assert "--amp" not in quality.mode_config("tiny", False)["det"]
+    cpu = quality.mode_config("cpu", True)
+    steps = {k: cpu[k]["epochs"] * cpu[k]["steps"] for k in ("det_budget", "ablation_budget")}
+    assert steps == {"det_budget": 800, "ablation_budget": 400}
+
+
 def test_ablation_mode_trains_a_pair_and_reports_the_difference(tmp_path):
     """--ablation: the same arch without and with the flags, the same steps, scored on the test seed; the report
     holds both, their difference and per-category AP, and the 'with' run got the flag."""
