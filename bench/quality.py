@@ -848,26 +848,27 @@ def ablation(cfg: dict, arch: str, flags: list[str], out: Path, jobs, reuse: boo
     extras = {"without": [], "with": list(flags)}
     cpu = cfg["device"] == "cpu"
     lone = dict(cfg, threads=cfg["threads"] * cfg["lanes"]) if cpu else cfg
-    def argv(name):  # large-scale jitter replaces the mode's --scale-range
+    def command(name):  # the training's argv after the interpreter; large-scale jitter replaces --scale-range
         args = train_args(lone, w, dirs[name], cfg[budget])
         if "--lsj" in extras[name]:
             k = args.index("--scale-range")
             args = args[:k] + args[k + 3:]
-        return [py, script, *args, *model, *base, *extras[name]]
+        return [str(a) for a in (script, *args, *model, *base, *extras[name])]
 
     # A run is kept when it finished with the command this mode gives it now (OUT/work/<run>.argv.json).
+    commands = {n: command(n) for n in dirs}
     recorded = {n: w / f"{dirs[n]}.argv.json" for n in dirs}
     todo = [n for n in dirs if not (finished(w / dirs[n]) and (n == "without" or reuse) and recorded[n].is_file()
-                                    and json.loads(recorded[n].read_text()) == [str(a) for a in argv(n)[1:]])]
+                                    and json.loads(recorded[n].read_text()) == commands[n])]
     rep["trained"] = {n: n in todo for n in dirs}
     t0 = time.time()
     def run(batch):  # on CPU one after another, each with every lane's threads; on a GPU side by side
         for part in ([[j] for j in batch] if cpu else [batch]):
             jobs.run(part)
 
-    run([(f"train_{dirs[n]}", argv(n)) for n in todo])
+    run([(f"train_{dirs[n]}", [py, *commands[n]]) for n in todo])
     for n in todo:
-        bc.write_json(recorded[n], [str(a) for a in argv(n)[1:]])
+        bc.write_json(recorded[n], commands[n])
     rep["timings"]["train"] = round(time.time() - t0, 1)
     t0 = time.time()
     preds = {n: w / f"pred_test_{dirs[n]}" for n in dirs}
